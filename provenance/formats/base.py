@@ -1,0 +1,247 @@
+"""The one interface every checkpoint reader implements.
+
+Metadata and the tensor table are read eagerly (and validated); tensor data is read
+lazily, in bounded row chunks, so memory does not grow with model size.
+
+Layout conventions, fixed here once for the whole package:
+
+* ``TensorInfo.shape`` is in numpy (row-major) order. A GGUF tensor listed with
+  ``ne = [640, 2048]`` (fastest dimension first) has ``shape == (2048, 640)``.
+* Every tensor is also viewed as a 2-D matrix of ``n_rows x row_length`` where
+  ``row_length`` is the last (fastest) dimension; quantization blocks run along rows.
+* Canonical names are llama.cpp's GGUF names (``blk.3.attn_q.weight``), and the
+  canonical layout is GGUF's, so a safetensors llama ``q_proj`` is row-permuted on read
+  to match llama.cpp's converter (see :mod:`provenance.names.qk_permute`).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from math import prod
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from provenance.errors import MalformedCheckpoint, TensorNotFound
+
+#: Default size of one streamed chunk of raw tensor bytes.
+DEFAULT_CHUNK_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor's entry in a checkpoint's table, as validated at open time."""
+
+    name: str
+    """Canonical (GGUF-style) name; the stored name when no mapping is known."""
+    stored_name: str
+    """The name exactly as stored in the file."""
+    shape: tuple[int, ...]
+    """numpy (row-major) order."""
+    dtype: str
+    """Storage type: a ggml type name for GGUF (``Q4_K``), a safetensors dtype otherwise."""
+    file: str
+    """The file that holds the bytes (differs between shards / splits)."""
+    offset: int
+    """Absolute byte offset of the tensor's first byte in ``file``."""
+    n_bytes: int
+    block_size: int = 1
+    """Elements per quantization block (1 for plain types)."""
+    block_bytes: int = 4
+    """Bytes per block (the element size for plain types)."""
+    ggml_type: int | None = None
+    """``gguf.GGMLQuantizationType`` value for GGUF tensors."""
+    layer: int | None = None
+    role: str | None = None
+    """Canonical role within its layer, e.g. ``attn_q``, ``ffn_down``, ``token_embd``."""
+    qk_heads: int | None = None
+    """When set, rows are stored in HF rotate-half order and are permuted on read with
+    this many heads so the result matches llama.cpp's layout."""
+
+    @property
+    def n_elements(self) -> int:
+        return prod(self.shape)
+
+    @property
+    def row_length(self) -> int:
+        return self.shape[-1] if self.shape else 1
+
+    @property
+    def n_rows(self) -> int:
+        return self.n_elements // self.row_length if self.row_length else 0
+
+    @property
+    def row_bytes(self) -> int:
+        return self.row_length // self.block_size * self.block_bytes
+
+    @property
+    def quantized(self) -> bool:
+        return self.block_size > 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "stored_name": self.stored_name,
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "n_bytes": self.n_bytes,
+            "offset": self.offset,
+            "file": self.file,
+            "layer": self.layer,
+            "role": self.role,
+            "qk_permuted_on_read": self.qk_heads is not None,
+        }
+
+
+@dataclass
+class FileSpan:
+    """A file that is part of a checkpoint, with the byte range its tensors occupy."""
+
+    path: str
+    size: int
+    data_start: int
+    data_end: int
+
+
+class Checkpoint(ABC):
+    """A model checkpoint opened for reading. Use as a context manager."""
+
+    format: str = "unknown"
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self.metadata: dict[str, Any] = {}
+        self.tensors: dict[str, TensorInfo] = {}
+        self.files: list[FileSpan] = []
+        self.warnings: list[str] = []
+        self._fds: dict[str, int] = {}
+
+    # ----- lifecycle ---------------------------------------------------------------
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def __enter__(self) -> "Checkpoint":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # best effort; explicit close() is preferred
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # ----- table -------------------------------------------------------------------
+    def __contains__(self, name: object) -> bool:
+        return name in self.tensors
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+    def keys(self) -> list[str]:
+        return list(self.tensors)
+
+    def info(self, name: str) -> TensorInfo:
+        try:
+            return self.tensors[name]
+        except KeyError:
+            raise TensorNotFound(f"{self.path}: no tensor named {name!r}") from None
+
+    @property
+    @abstractmethod
+    def architecture(self) -> Any:
+        """The :class:`provenance.names.arch.ArchRecord` of this checkpoint."""
+
+    @property
+    def metadata_claims(self) -> Mapping[str, Any]:
+        """Declared identity (name, base model, ...) as the file states it: claims, not evidence."""
+        return {}
+
+    # ----- raw bytes ---------------------------------------------------------------
+    def _fd(self, path: str) -> int:
+        fd = self._fds.get(path)
+        if fd is None:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            self._fds[path] = fd
+        return fd
+
+    def _pread(self, path: str, n_bytes: int, offset: int) -> bytes:
+        data = os.pread(self._fd(path), n_bytes, offset)
+        if len(data) != n_bytes:  # the file shrank after it was validated
+            raise MalformedCheckpoint(path, f"short read: {len(data)} of {n_bytes} bytes", offset=offset)
+        return data
+
+    def raw_rows(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Stored bytes of rows ``[start, stop)`` as a ``(rows, row_bytes)`` uint8 array.
+
+        Rows are in *storage* order (no Q/K permutation): these are the bytes whose
+        quantization grid the quant module inspects.
+        """
+        info = self.info(name)
+        start, stop = _clip_rows(info, start, stop)
+        data = self._pread(info.file, (stop - start) * info.row_bytes, info.offset + start * info.row_bytes)
+        return np.frombuffer(data, dtype=np.uint8).reshape(stop - start, info.row_bytes)
+
+    def iter_raw(self, name: str, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[bytes]:
+        """The tensor's stored bytes in order, in chunks of at most ``chunk_bytes``."""
+        info = self.info(name)
+        done = 0
+        while done < info.n_bytes:
+            n = min(chunk_bytes, info.n_bytes - done)
+            yield self._pread(info.file, n, info.offset + done)
+            done += n
+
+    def tensor_sha256(self, name: str) -> str:
+        digest = hashlib.sha256()
+        for chunk in self.iter_raw(name):
+            digest.update(chunk)
+        return digest.hexdigest()
+
+    # ----- decoded values ----------------------------------------------------------
+    @abstractmethod
+    def _decode_rows(self, info: TensorInfo, raw: np.ndarray) -> np.ndarray:
+        """Convert ``(rows, row_bytes)`` stored bytes to ``(rows, row_length)`` float32."""
+
+    def read_rows(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Rows ``[start, stop)`` of the canonical 2-D view as float32 ``(rows, row_length)``."""
+        info = self.info(name)
+        start, stop = _clip_rows(info, start, stop)
+        if info.qk_heads is None:
+            return self._decode_rows(info, self.raw_rows(name, start, stop))
+        from provenance.names.qk_permute import llama_qk_row_order
+
+        # Canonical row r comes from stored row order[r]; a contiguous chunk of canonical
+        # rows maps into whole heads, so read that span once and gather.
+        order = llama_qk_row_order(info.n_rows, info.qk_heads)[start:stop]
+        lo, hi = int(order.min()), int(order.max()) + 1
+        block = self._decode_rows(info, self.raw_rows(name, lo, hi))
+        return block[order - lo]
+
+    def read(self, name: str) -> np.ndarray:
+        """The whole tensor as float32 in its numpy shape (canonical layout)."""
+        info = self.info(name)
+        return self.read_rows(name).reshape(info.shape)
+
+    def iter_rows(self, name: str, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(start_row, float32 rows)`` chunks covering the tensor, each bounded in size."""
+        info = self.info(name)
+        rows_per_chunk = max(1, chunk_bytes // max(1, info.row_length * 4))
+        if info.qk_heads is not None:
+            head_rows = info.n_rows // info.qk_heads
+            rows_per_chunk = max(head_rows, rows_per_chunk // head_rows * head_rows)
+        for start in range(0, info.n_rows, rows_per_chunk):
+            yield start, self.read_rows(name, start, min(info.n_rows, start + rows_per_chunk))
+
+
+def _clip_rows(info: TensorInfo, start: int, stop: int | None) -> tuple[int, int]:
+    stop = info.n_rows if stop is None else stop
+    if not 0 <= start <= stop <= info.n_rows:
+        raise IndexError(f"rows [{start}, {stop}) outside 0..{info.n_rows} of {info.name}")
+    return start, stop

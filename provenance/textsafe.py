@@ -1,0 +1,26 @@
+"""Make file-derived strings safe to show on a terminal or in a report.
+
+Names and metadata come from untrusted files: control characters could move the
+cursor, rewrite earlier lines or hide text (bidi overrides). Everything printed goes
+through :func:`safe_text`.
+"""
+from __future__ import annotations
+
+import re
+
+# C0 and C1 controls, DEL, and the Unicode bidi/format controls used in "trojan
+# source" style attacks, plus line/paragraph separators.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def safe_text(value: object, max_len: int | None = None) -> str:
+    """Return ``str(value)`` with control and bidi characters escaped, optionally shortened."""
+    text = _UNSAFE.sub(_escape, str(value))
+    if max_len is not None and len(text) > max_len:
+        text = text[: max(0, max_len - 1)] + "…"
+    return text
