@@ -1,0 +1,49 @@
+"""Checkpoint readers behind one interface; see :mod:`provenance.formats.base`."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from provenance.errors import CheckpointError, MalformedCheckpoint
+from provenance.formats.base import Checkpoint, TensorInfo
+from provenance.formats.detect import detect_format
+from provenance.formats.gguf_reader import GGUFCheckpoint
+from provenance.formats.jsonsafe import read_json_file
+from provenance.formats.llama2c_reader import Llama2cCheckpoint
+from provenance.formats.safetensors_reader import SafetensorsCheckpoint, open_directory, open_index
+
+__all__ = ["Checkpoint", "TensorInfo", "open_checkpoint", "detect_format", "GGUFCheckpoint", "SafetensorsCheckpoint", "Llama2cCheckpoint"]
+
+
+def open_checkpoint(path: str | Path) -> Checkpoint:
+    """Open any supported checkpoint: GGUF (single or split), safetensors (single file,
+    ``model.safetensors.index.json``, or an HF directory with ``config.json``) or
+    llama2.c. The format is decided by content; pickles are refused.
+
+    Every problem with the file raises a :class:`provenance.errors.CheckpointError`.
+    """
+    path = os.fspath(path)
+    kind = detect_format(path)
+    try:
+        if kind == "directory":
+            return open_directory(path)
+        if kind == "gguf":
+            return GGUFCheckpoint(path)
+        if kind == "safetensors-index":
+            return open_index(path)
+        if kind == "llama2c":
+            return Llama2cCheckpoint(path)
+        # A lone safetensors file takes its architecture from a config.json beside it.
+        config_path = os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")
+        config = read_json_file(config_path, "config") if os.path.isfile(config_path) else None
+        return SafetensorsCheckpoint(path, config=config if isinstance(config, dict) else None)
+    except CheckpointError:
+        raise
+    except (OSError, MemoryError, OverflowError, ValueError, struct_error()) as exc:  # last line of defence
+        raise MalformedCheckpoint(path, f"{type(exc).__name__}: {exc}") from None
+
+
+def struct_error() -> type[Exception]:
+    import struct
+
+    return struct.error

@@ -1,0 +1,140 @@
+"""GGUF checkpoints (single files and llama.cpp split files) behind the Checkpoint interface."""
+from __future__ import annotations
+
+import mmap
+import os
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+from gguf import GGML_QUANT_SIZES
+
+from provenance.errors import MalformedCheckpoint
+from provenance.formats.base import Checkpoint, FileSpan, TensorInfo
+from provenance.formats.gguf_header import GGUFArray, GGUFHeader, parse_header
+from provenance.names.arch import ArchRecord, from_gguf_metadata
+from provenance.names.canonical import layer_and_role
+
+_SPLIT_NAME = re.compile(r"^(?P<stem>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
+_SPLIT_NO, _SPLIT_COUNT, _SPLIT_TENSORS = "split.no", "split.count", "split.tensors.count"
+MAX_SPLITS = 1024
+
+
+def _map_file(path: str) -> tuple[mmap.mmap | bytes, int]:
+    """Map a file read-only (empty files cannot be mapped: return empty bytes)."""
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size == 0:
+            return b"", 0
+        return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ), size
+
+
+class GGUFCheckpoint(Checkpoint):
+    """A GGUF model. Open a split model through any of its ``-0000K-of-0000N.gguf`` files."""
+
+    format = "gguf"
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__(path)
+        self._maps: list[Any] = []
+        self.headers: list[GGUFHeader] = []
+        paths = self._split_paths(str(path))
+        for part in paths:
+            buffer, size = _map_file(part)
+            self._maps.append(buffer)
+            header = parse_header(buffer, part, size)
+            self.headers.append(header)
+            self.files.append(FileSpan(part, size, header.data_start, header.data_end))
+        if len(paths) > 1:
+            self.format = "gguf-split"
+            self._check_splits(paths)
+        self.metadata = dict(self.headers[0].metadata)
+        self.version = self.headers[0].version
+        self._build_table()
+
+    # ----- splits ------------------------------------------------------------------
+    def _split_paths(self, path: str) -> list[str]:
+        match = _SPLIT_NAME.match(os.path.basename(path))
+        if not match:
+            return [path]
+        count = int(match.group("count"))
+        if not 1 <= count <= MAX_SPLITS:
+            raise MalformedCheckpoint(path, f"split count {count} in the file name is out of range", field="file name")
+        directory, stem = os.path.dirname(path), match.group("stem")
+        paths = [os.path.join(directory, f"{stem}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
+        for part in paths:
+            if not os.path.isfile(part):
+                raise MalformedCheckpoint(path, f"split file {os.path.basename(part)} is missing", field="split.count")
+        return paths
+
+    def _check_splits(self, paths: list[str]) -> None:
+        total = None
+        for index, (part, header) in enumerate(zip(paths, self.headers)):
+            split_no, split_count = header.metadata.get(_SPLIT_NO), header.metadata.get(_SPLIT_COUNT)
+            if split_no != index or split_count != len(paths):
+                raise MalformedCheckpoint(
+                    part, f"split.no={split_no!r} split.count={split_count!r}, expected {index} and {len(paths)}",
+                    field=_SPLIT_NO,
+                )
+            if index == 0:
+                total = header.metadata.get(_SPLIT_TENSORS)
+        found = sum(len(h.tensors) for h in self.headers)
+        if total != found:
+            raise MalformedCheckpoint(
+                paths[0], f"split.tensors.count is {total!r} but the splits hold {found} tensors", field=_SPLIT_TENSORS
+            )
+
+    # ----- table -------------------------------------------------------------------
+    def _build_table(self) -> None:
+        seen_in: dict[str, str] = {}
+        for span, header in zip(self.files, self.headers):
+            for entry in header.tensors:
+                if entry.name in seen_in:
+                    raise MalformedCheckpoint(
+                        span.path, f"tensor {entry.name!r} also appears in {os.path.basename(seen_in[entry.name])}",
+                        field=f"tensor {entry.name}", offset=entry.entry_offset,
+                    )
+                seen_in[entry.name] = span.path
+                block_size, block_bytes = GGML_QUANT_SIZES[entry.ggml_type]
+                layer, role = layer_and_role(entry.name)
+                self.tensors[entry.name] = TensorInfo(
+                    name=entry.name,
+                    stored_name=entry.name,
+                    shape=tuple(reversed(entry.ne)),
+                    dtype=entry.ggml_type.name,
+                    file=span.path,
+                    offset=header.data_start + entry.relative_offset,
+                    n_bytes=entry.n_bytes,
+                    block_size=block_size,
+                    block_bytes=block_bytes,
+                    ggml_type=int(entry.ggml_type),
+                    layer=layer,
+                    role=role,
+                )
+
+    @property
+    def architecture(self) -> ArchRecord:
+        tokens = self.metadata.get("tokenizer.ggml.tokens")
+        return from_gguf_metadata(self.metadata, len(tokens) if isinstance(tokens, GGUFArray) else None)
+
+    @property
+    def metadata_claims(self) -> Mapping[str, Any]:
+        keys = [k for k in self.metadata if k.startswith("general.") and k != "general.alignment"]
+        return {k: self.metadata[k] for k in keys if not isinstance(self.metadata[k], GGUFArray)}
+
+    def _decode_rows(self, info: TensorInfo, raw: np.ndarray) -> np.ndarray:
+        from provenance.quant import dequantize_rows
+
+        assert info.ggml_type is not None
+        return dequantize_rows(raw, info.ggml_type)
+
+    def close(self) -> None:
+        super().close()
+        for buffer in self._maps:
+            if isinstance(buffer, mmap.mmap):
+                try:
+                    buffer.close()
+                except BufferError:  # a lazy array view is still alive; the GC will unmap it
+                    pass
+        self._maps.clear()

@@ -1,0 +1,55 @@
+"""Strict JSON for untrusted headers and index files: size caps, no duplicate keys."""
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from provenance.errors import LimitExceeded, MalformedCheckpoint
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def loads_strict(data: bytes, path: str, field: str, offset: int = 0) -> Any:
+    """Parse JSON, rejecting duplicate keys and NaN/Infinity."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MalformedCheckpoint(path, "JSON is not valid UTF-8", field=field, offset=offset + exc.start) from None
+    # Deep nesting ends in RecursionError inside the C scanner, caught below.
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+    except _DuplicateKey as exc:
+        raise MalformedCheckpoint(path, f"duplicate JSON key {exc.args[0]!r}", field=field, offset=offset) from None
+    except (ValueError, RecursionError) as exc:
+        position = getattr(exc, "pos", None)
+        where = offset + position if isinstance(position, int) else offset
+        message = getattr(exc, "msg", str(exc))
+        raise MalformedCheckpoint(path, f"invalid JSON: {message}", field=field, offset=where) from None
+
+
+def read_json_file(path: str, field: str, max_bytes: int = 64 * 1024 * 1024) -> Any:
+    with open(path, "rb") as handle:
+        data = handle.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise LimitExceeded(path, f"file is larger than the {max_bytes}-byte cap", field=field, offset=0)
+    return loads_strict(data, path, field)
+
+
+def finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
