@@ -172,10 +172,12 @@ class Checkpoint(ABC):
             self._fds[path] = fd
         return fd
 
-    def _pread(self, path: str, n_bytes: int, offset: int) -> bytes:
-        data = os.pread(self._fd(path), n_bytes, offset)
-        if len(data) != n_bytes:  # the file shrank after it was validated
-            raise MalformedCheckpoint(path, f"short read: {len(data)} of {n_bytes} bytes", offset=offset)
+    def _pread(self, path: str, n_bytes: int, offset: int) -> bytearray:
+        # A bytearray is writable, so numpy and torch can wrap it without a copy.
+        data = bytearray(n_bytes)
+        got = os.preadv(self._fd(path), [data], offset) if n_bytes else 0
+        if got != n_bytes:  # the file shrank after it was validated
+            raise MalformedCheckpoint(path, f"short read: {got} of {n_bytes} bytes", offset=offset)
         return data
 
     def raw_rows(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
@@ -189,7 +191,7 @@ class Checkpoint(ABC):
         data = self._pread(info.file, (stop - start) * info.row_bytes, info.offset + start * info.row_bytes)
         return np.frombuffer(data, dtype=np.uint8).reshape(stop - start, info.row_bytes)
 
-    def iter_raw(self, name: str, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[bytes]:
+    def iter_raw(self, name: str, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[bytearray]:
         """The tensor's stored bytes in order, in chunks of at most ``chunk_bytes``."""
         info = self.info(name)
         done = 0

@@ -1,0 +1,24 @@
+"""provenance: model provenance and watermark forensics for LLM weights.
+
+The CLI (``provenance ...``) is a thin shell over this API::
+
+    from provenance import open_checkpoint, inspect_checkpoint
+    with open_checkpoint("model.gguf") as ckpt:
+        for start, rows in ckpt.iter_rows("blk.0.attn_q.weight"):
+            ...
+"""
+__version__ = "0.1.0"
+
+from provenance.errors import CheckpointError, ProvenanceError  # noqa: E402
+from provenance.formats import Checkpoint, TensorInfo, open_checkpoint  # noqa: E402
+from provenance.inspect import inspect_checkpoint  # noqa: E402
+
+__all__ = [
+    "__version__",
+    "Checkpoint",
+    "CheckpointError",
+    "ProvenanceError",
+    "TensorInfo",
+    "inspect_checkpoint",
+    "open_checkpoint",
+]

@@ -1,0 +1,47 @@
+"""The ``provenance`` command line: a thin shell over the Python API.
+
+Results go to stdout (or ``--output``), summaries and errors to stderr. Exit codes
+are shared by all commands: 0 ok, 1 findings, 2 error, 64 usage error.
+"""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from provenance import __version__
+from provenance.commands import inspect_cmd
+from provenance.commands.common import EXIT_ERROR, EXIT_USAGE, stderr_console
+from provenance.errors import ProvenanceError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="provenance")
+def cli() -> None:
+    """Model provenance and watermark forensics for LLM weights (GGUF, safetensors)."""
+
+
+COMMANDS = [inspect_cmd.command]
+for _command in COMMANDS:
+    cli.add_command(_command)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        cli.main(args=argv, prog_name="provenance", standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.UsageError as exc:
+        exc.show()
+        sys.exit(EXIT_USAGE)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(EXIT_ERROR)
+    except ProvenanceError as exc:
+        stderr_console.print(f"error: {exc}", markup=False)
+        sys.exit(EXIT_ERROR)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Click commands: each module exposes ``command``; :mod:`provenance.cli` registers them."""

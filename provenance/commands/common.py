@@ -1,0 +1,43 @@
+"""Conventions shared by every command: consoles, exit codes, atomic output files."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+# Exit codes shared by every command (CI gates depend on them).
+EXIT_OK = 0
+EXIT_FINDINGS = 1
+EXIT_ERROR = 2
+EXIT_USAGE = 64  # BSD EX_USAGE: kept apart from 1 and 2 so a CI gate never confuses them
+
+stderr_console = Console(stderr=True, highlight=False, markup=False, emoji=False, soft_wrap=True)
+stdout_console = Console(highlight=False, markup=False, emoji=False)
+
+
+def write_atomic(path: str | Path, data: str | bytes) -> None:
+    """Write a whole file or nothing: a temp file in the same directory, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data.encode("utf-8") if isinstance(data, str) else data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def to_json(document: Any) -> str:
+    # ensure_ascii: file-derived strings cannot put raw control or bidi characters on a terminal.
+    return json.dumps(document, indent=2, ensure_ascii=True, allow_nan=False, default=str) + "\n"
