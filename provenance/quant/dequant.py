@@ -1,31 +1,109 @@
-"""Dequantize rows of stored ggml blocks to float32.
+"""Dequantize rows of stored ggml blocks to float32, with the torch kernels.
 
-The byte ranges passed here have already been validated by the reader (bounds,
-block alignment), so handing them to the gguf package's numpy kernels is safe.
+The byte ranges passed here have already been validated by the reader (bounds, block
+alignment). Results are bit-identical to ``gguf.quants.dequantize`` (NaN payloads
+aside: any NaN stays a NaN); types without a native kernel are handed to it.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
+import torch
 from gguf import GGMLQuantizationType
 from gguf import quants as gguf_quants
 
-_PLAIN = {
-    GGMLQuantizationType.F32: np.dtype("<f4"),
-    GGMLQuantizationType.F16: np.dtype("<f2"),
-    GGMLQuantizationType.F64: np.dtype("<f8"),
-    GGMLQuantizationType.I8: np.dtype("i1"),
-    GGMLQuantizationType.I16: np.dtype("<i2"),
-    GGMLQuantizationType.I32: np.dtype("<i4"),
-    GGMLQuantizationType.I64: np.dtype("<i8"),
-}
+from provenance.quant.kernels import KERNELS, PLAIN, Decoded, workspace
+from provenance.quant.types import type_info
+
+DEFAULT_CHUNK_ELEMS = 1 << 18
+"""Weights decoded per chunk: big enough that per-op overhead is small, small enough
+that the scratch buffers stay in a 2 MiB L2 cache."""
+
+
+def as_torch(raw: np.ndarray) -> torch.Tensor:
+    """Zero-copy torch view of a (possibly read-only, memory-mapped) uint8 array.
+
+    The kernels never write to their input, so torch's warning about read-only
+    arrays does not apply.
+    """
+    arr = np.ascontiguousarray(raw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(arr)
+
+
+def combine(dec: Decoded, out: torch.Tensor) -> None:
+    """``out = scale * level (+ offset)`` with one float32 rounding per operation."""
+    o = out.view(dec.levels.shape)
+    o.copy_(dec.levels)
+    o.mul_(dec.scale)
+    if dec.offset is not None:
+        if dec.subtract_offset:
+            o.sub_(dec.offset)
+        else:
+            o.add_(dec.offset)
+
+
+def _plain(raw: torch.Tensor, dtype: torch.dtype, out: torch.Tensor) -> None:
+    try:
+        src = raw.view(dtype)
+    except RuntimeError:  # misaligned or strided bytes: copy them first
+        src = raw.contiguous().view(dtype)
+    out.copy_(src.view(out.shape))
+
+
+def dequantize_torch(
+    raw: torch.Tensor,
+    ggml_type: int,
+    out: torch.Tensor | None = None,
+    chunk_elems: int = DEFAULT_CHUNK_ELEMS,
+) -> torch.Tensor:
+    """``(rows, row_bytes)`` uint8 on any device -> ``(rows, row_length)`` float32 there.
+
+    Blocks are decoded ``chunk_elems`` weights at a time into reused scratch buffers and
+    written straight into ``out`` (allocated when not given).
+    """
+    info = type_info(ggml_type)
+    if raw.dim() == 1:
+        raw = raw.view(1, -1)
+    rows, row_bytes = raw.shape
+    if row_bytes % info.type_size:
+        raise ValueError(f"{info.name}: {row_bytes} bytes per row is not a whole number of blocks")
+    row_length = row_bytes // info.type_size * info.block_size
+    if out is None:
+        out = torch.empty((rows, row_length), dtype=torch.float32, device=raw.device)
+    elif out.shape != (rows, row_length) or out.dtype != torch.float32 or not out.is_contiguous():
+        raise ValueError(f"out must be contiguous float32 of shape {(rows, row_length)}")
+    if rows == 0 or row_length == 0:
+        return out
+    plain = PLAIN.get(info.ggml_type)
+    if plain is not None:
+        _plain(raw, plain, out)
+        return out
+    kernel = KERNELS.get(info.ggml_type)
+    if kernel is None:
+        host = raw.cpu().numpy()
+        ref = gguf_quants.dequantize(host, GGMLQuantizationType(info.ggml_type))
+        out.copy_(torch.from_numpy(np.ascontiguousarray(ref, dtype=np.float32)).view(rows, row_length))
+        return out
+    blocks = raw.reshape(-1, info.type_size)
+    flat = out.view(-1, info.block_size)
+    ws = workspace(raw.device)
+    step = max(1, chunk_elems // info.block_size)
+    for start in range(0, blocks.shape[0], step):
+        stop = min(start + step, blocks.shape[0])
+        combine(kernel(blocks[start:stop], ws), flat[start:stop])
+    return out
 
 
 def dequantize_rows(raw: np.ndarray, ggml_type: int) -> np.ndarray:
     """``(rows, row_bytes)`` uint8 stored blocks -> ``(rows, row_length)`` float32."""
-    qtype = GGMLQuantizationType(ggml_type)
-    plain = _PLAIN.get(qtype)
-    if plain is not None:
-        return raw.view(plain).astype(np.float32, copy=False)
-    if qtype == GGMLQuantizationType.BF16:
-        return (raw.view("<u2").astype(np.uint32) << 16).view(np.float32)
-    return np.asarray(gguf_quants.dequantize(raw, qtype), dtype=np.float32)
+    raw = np.asarray(raw)
+    if raw.dtype != np.uint8:
+        raw = raw.view(np.uint8)
+    shape = raw.shape
+    if raw.ndim != 2:
+        raw = raw.reshape(-1, shape[-1]) if raw.ndim else raw.reshape(1, 1)
+    result = dequantize_torch(as_torch(raw), ggml_type).numpy()
+    return result.reshape(*shape[:-1], result.shape[-1]) if len(shape) > 1 else result.reshape(-1)

@@ -21,7 +21,7 @@ import torch
 from torch.nn import functional as F
 from transformers import LlamaForCausalLM
 
-from provenance.synth.arch import synth_config
+from provenance.synth.arch import rope_theta_of, synth_config
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ def train(model: LlamaForCausalLM, tokens: np.ndarray, recipe: TrainRecipe, data
             opt.step()
             opt.zero_grad(set_to_none=True)
             if history is not None:
-                history.append(float(loss))
+                history.append(loss.item())
     return model.eval()
 
 
@@ -167,8 +167,6 @@ def copy_model(model: LlamaForCausalLM, rope_theta: float | None = None,
                max_position_embeddings: int | None = None) -> LlamaForCausalLM:
     """A float32 copy of ``model`` (optionally with a new RoPE base / context length)."""
     cfg = model.config
-    from provenance.synth.arch import rope_theta_of  # local: avoid widening arch's import surface
-
     new = LlamaForCausalLM._from_config(
         synth_config(rope_theta=rope_theta if rope_theta is not None else rope_theta_of(cfg),
                      max_position_embeddings=max_position_embeddings or cfg.max_position_embeddings),

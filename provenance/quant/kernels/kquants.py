@@ -1,0 +1,148 @@
+"""K-quants (Q2_K..Q6_K) and the ternary TQ1_0 / TQ2_0: 256-weight super-blocks.
+
+Element orders follow ggml's ``dequantize_row_q*_K``: a 2-bit plane byte ``j`` of half
+``h`` holds weights ``h*128 + s*32 + j`` in bits ``2s``; a high-bit byte ``j`` holds
+bit ``b`` of weight ``b*32 + j``; Q4_K/Q5_K nibble byte ``c*32 + j`` holds weights
+``c*64 + j`` (low) and ``c*64 + 32 + j`` (high).
+"""
+from __future__ import annotations
+
+import torch
+
+from provenance.quant.kernels._common import Decoded, DeviceTables, Workspace, f16_field, field, nibbles
+
+_TABLES = DeviceTables(
+    lambda: {
+        "bit8": torch.arange(8, dtype=torch.uint8).view(1, 8, 1),
+        "crumb4": torch.tensor([0, 2, 4, 6], dtype=torch.uint8).view(1, 4, 1),
+        "pow5": torch.tensor([1, 3, 9, 27, 81], dtype=torch.uint8).view(1, 5, 1),
+        "pow4": torch.tensor([1, 3, 9, 27], dtype=torch.uint8).view(1, 4, 1),
+    }
+)
+
+
+def _crumbs(src: torch.Tensor, out: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """2-bit fields: ``src`` ``(n, H, 32)`` bytes -> ``out`` ``(n, H, 4, 32)`` values 0..3."""
+    torch.bitwise_right_shift(src.unsqueeze(2), shifts, out=out)
+    return out.bitwise_and_(3)
+
+
+def _high_bits(src: torch.Tensor, ws: Workspace, name: str, shift_to: int) -> torch.Tensor:
+    """Bit ``b`` of byte ``j`` of ``src`` ``(n, 32)`` -> ``(n, 8, 32)``, moved to bit ``shift_to``."""
+    n = src.shape[0]
+    out = ws.get(name, (n, 8, 32), torch.uint8)
+    torch.bitwise_right_shift(src.unsqueeze(1), _TABLES.on(src.device)["bit8"], out=out)
+    out.bitwise_and_(1)
+    if shift_to:
+        out.bitwise_left_shift_(shift_to)
+    return out
+
+
+def q2_k(blocks: torch.Tensor, ws: Workspace) -> Decoded:
+    n = blocks.shape[0]
+    t = _TABLES.on(blocks.device)
+    sc = blocks[:, 0:16]
+    d = f16_field(blocks, 80, ws, "d")
+    dmin = f16_field(blocks, 82, ws, "dmin")
+    codes = ws.get("lv", (n, 2, 4, 32), torch.uint8)
+    _crumbs(blocks[:, 16:80].view(n, 2, 32), codes, t["crumb4"])
+    scale = torch.mul(d, sc.bitwise_and(0x0F))
+    mins = torch.mul(dmin, sc.bitwise_right_shift(4))
+    return Decoded(codes.view(n, 16, 16), scale.view(n, 16, 1), mins.view(n, 16, 1), subtract_offset=True)
+
+
+def q3_k_scales(blocks: torch.Tensor) -> torch.Tensor:
+    """The 16 signed 6-bit sub-block scales of Q3_K (bytes 96..107), int8 ``(n, 16)``."""
+    n = blocks.shape[0]
+    low = blocks[:, 96:104]
+    high = blocks[:, 104:108]
+    lo = torch.cat([low.bitwise_and(0x0F), low.bitwise_right_shift(4)], dim=1)
+    shifts = _TABLES.on(blocks.device)["crumb4"]
+    hi = high.unsqueeze(1).bitwise_right_shift(shifts).bitwise_and_(3).reshape(n, 16)
+    return lo.bitwise_or_(hi.bitwise_left_shift_(4)).view(torch.int8).sub_(32)
+
+
+def q3_k(blocks: torch.Tensor, ws: Workspace) -> Decoded:
+    n = blocks.shape[0]
+    t = _TABLES.on(blocks.device)
+    d = f16_field(blocks, 108, ws, "d")
+    codes = ws.get("lv", (n, 2, 4, 32), torch.uint8)
+    _crumbs(blocks[:, 32:96].view(n, 2, 32), codes, t["crumb4"])
+    # level = low2 - 4 when the hmask bit is clear, low2 when it is set.
+    hbit = _high_bits(blocks[:, 0:32], ws, "hbit", 2)
+    codes.view(n, 8, 32).bitwise_or_(hbit)
+    levels = codes.view(torch.int8).sub_(4)
+    scale = torch.mul(d, q3_k_scales(blocks))
+    return Decoded(levels.view(n, 16, 16), scale.view(n, 16, 1))
+
+
+def k_scale_min(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Q4_K/Q5_K: 12 packed bytes -> 8 six-bit scales and 8 six-bit mins, uint8 ``(n, 8)``."""
+    d_, m_, md = packed[:, 0:4], packed[:, 4:8], packed[:, 8:12]
+    sc = torch.cat([d_.bitwise_and(63), md.bitwise_and(0x0F).bitwise_or_(d_.bitwise_right_shift(2).bitwise_and_(0x30))], 1)
+    mn = torch.cat([m_.bitwise_and(63), md.bitwise_right_shift(4).bitwise_or_(m_.bitwise_right_shift(2).bitwise_and_(0x30))], 1)
+    return sc, mn
+
+
+def _q45_k(blocks: torch.Tensor, ws: Workspace, qs_start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    n = blocks.shape[0]
+    d = f16_field(blocks, 0, ws, "d")
+    dmin = f16_field(blocks, 2, ws, "dmin")
+    sc, mn = k_scale_min(blocks[:, 4:16])
+    codes = ws.get("lv", (n, 4, 2, 32), torch.uint8)
+    qs = blocks[:, qs_start:qs_start + 128].view(n, 4, 32)
+    nibbles(qs, codes[:, :, 0], codes[:, :, 1])
+    return codes.view(n, 8, 32), torch.mul(d, sc).view(n, 8, 1), torch.mul(dmin, mn).view(n, 8, 1)
+
+
+def q4_k(blocks: torch.Tensor, ws: Workspace) -> Decoded:
+    codes, scale, mins = _q45_k(blocks, ws, 16)
+    return Decoded(codes, scale, mins, subtract_offset=True)
+
+
+def q5_k(blocks: torch.Tensor, ws: Workspace) -> Decoded:
+    codes, scale, mins = _q45_k(blocks, ws, 48)
+    codes.bitwise_or_(_high_bits(blocks[:, 16:48], ws, "hbit", 4))
+    return Decoded(codes, scale, mins, subtract_offset=True)
+
+
+def q6_k(blocks: torch.Tensor, ws: Workspace) -> Decoded:
+    n = blocks.shape[0]
+    t = _TABLES.on(blocks.device)
+    d = f16_field(blocks, 208, ws, "d")
+    codes = ws.get("lv", (n, 2, 2, 64), torch.uint8)
+    nibbles(blocks[:, 0:128].view(n, 2, 64), codes[:, :, 0], codes[:, :, 1])
+    high = ws.get("hbit", (n, 2, 4, 32), torch.uint8)
+    _crumbs(blocks[:, 128:192].view(n, 2, 32), high, t["crumb4"]).bitwise_left_shift_(4)
+    codes.view(n, 2, 4, 32).bitwise_or_(high)
+    levels = codes.view(torch.int8).sub_(32)
+    scale = torch.mul(d, blocks[:, 192:208].view(torch.int8))
+    return Decoded(levels.view(n, 16, 16), scale.view(n, 16, 1))
+
+
+def tq1_0(blocks: torch.Tensor, ws: Workspace) -> Decoded:
+    """Base-3 packing: byte ``x`` times ``3**p`` (mod 256) puts digit ``p`` on top;
+    ``(y * 3) >> 8`` reads it back (ggml's TQ1_0 trick)."""
+    n = blocks.shape[0]
+    t = _TABLES.on(blocks.device)
+    d = f16_field(blocks, 52, ws, "d")
+    packed = ws.get("tq.packed", (n, 256), torch.uint8)
+    torch.mul(blocks[:, 0:32].unsqueeze(1), t["pow5"], out=packed[:, 0:160].view(n, 5, 32))
+    torch.mul(blocks[:, 32:48].unsqueeze(1), t["pow5"], out=packed[:, 160:240].view(n, 5, 16))
+    torch.mul(blocks[:, 48:52].unsqueeze(1), t["pow4"], out=packed[:, 240:256].view(n, 4, 4))
+    wide = ws.get("tq.wide", (n, 256), torch.int16)
+    wide.copy_(packed)
+    wide.mul_(3).bitwise_right_shift_(8).sub_(1)
+    levels = ws.get("lv", (n, 256), torch.int8)
+    levels.copy_(wide)
+    return Decoded(levels.view(n, 1, 256), d.view(n, 1, 1))
+
+
+def tq2_0(blocks: torch.Tensor, ws: Workspace) -> Decoded:
+    n = blocks.shape[0]
+    t = _TABLES.on(blocks.device)
+    d = f16_field(blocks, 64, ws, "d")
+    codes = ws.get("lv", (n, 2, 4, 32), torch.uint8)
+    _crumbs(blocks[:, 0:64].view(n, 2, 32), codes, t["crumb4"])
+    levels = codes.view(torch.int8).sub_(1)
+    return Decoded(levels.view(n, 1, 256), d.view(n, 1, 1))
