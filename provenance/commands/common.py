@@ -16,7 +16,7 @@ EXIT_ERROR = 2
 EXIT_USAGE = 64  # BSD EX_USAGE: kept apart from 1 and 2 so a CI gate never confuses them
 
 stderr_console = Console(stderr=True, highlight=False, markup=False, emoji=False, soft_wrap=True)
-stdout_console = Console(highlight=False, markup=False, emoji=False)
+stdout_console = Console(highlight=False, markup=False, emoji=False, soft_wrap=True)
 
 
 def write_atomic(path: str | Path, data: str | bytes) -> None:

@@ -100,6 +100,10 @@ def command(paths: tuple[str, ...], as_json: bool, hashes: bool, output: str | N
         except CheckpointError as exc:
             errors.append(exc.to_dict())
             stderr_console.print(Text(f"error: {exc.one_line()}"))
+        except Exception as exc:  # a bug must not stop a batch scan; report it like a bad file
+            errors.append({"path": path, "kind": "internal-error", "field": None, "offset": None,
+                           "message": f"{type(exc).__name__}: {exc}"})
+            stderr_console.print(Text(f"error: {safe_text(path)}: internal error {type(exc).__name__}: {safe_text(exc)}"))
     document = {"schema": BATCH_SCHEMA, "reports": reports, "errors": errors}
     if output:
         write_atomic(output, to_json(document))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from typing import Any
 
 from provenance.errors import LimitExceeded, MalformedCheckpoint
@@ -45,9 +46,10 @@ def loads_strict(data: bytes, path: str, field: str, offset: int = 0) -> Any:
 
 def read_json_file(path: str, field: str, max_bytes: int = 64 * 1024 * 1024) -> Any:
     with open(path, "rb") as handle:
-        data = handle.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise LimitExceeded(path, f"file is larger than the {max_bytes}-byte cap", field=field, offset=0)
+        size = os.fstat(handle.fileno()).st_size
+        if size > max_bytes:
+            raise LimitExceeded(path, f"file is larger than the {max_bytes}-byte cap", field=field, offset=0)
+        data = handle.read(size)
     return loads_strict(data, path, field)
 
 

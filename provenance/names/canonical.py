@@ -10,8 +10,9 @@ from functools import lru_cache
 
 import gguf
 
-_BLOCK = re.compile(r"^blk\.(\d+)\.(.+?)(?:\.(weight|bias|scale))?$")
-_TOP = re.compile(r"^(.+?)(?:\.(weight|bias|scale))?$")
+# DOTALL: names come from files and may hold any character, newlines included.
+_BLOCK = re.compile(r"^blk\.(\d+)\.(.+?)(?:\.(weight|bias|scale))?$", re.DOTALL)
+_TOP = re.compile(r"^(.*?)(?:\.(weight|bias|scale))?$", re.DOTALL)
 
 
 def layer_and_role(canonical_name: str) -> tuple[int | None, str]:

@@ -1,4 +1,5 @@
 """Quantization forensics: dequantization of every ggml type, and quantization grids."""
-from provenance.quant.dequant import dequantize_rows
+from provenance.quant.dequant import dequantize_rows, dequantize_torch
+from provenance.quant.kernels import kernel_coverage
 
-__all__ = ["dequantize_rows"]
+__all__ = ["dequantize_rows", "dequantize_torch", "kernel_coverage"]

@@ -42,6 +42,8 @@ PRETRAIN_SPEC = CorpusSpec(n_rows=640, seed=20260401, temperature=1.0)
 FINETUNE_SPEC = CorpusSpec(n_rows=96, seed=20260402, temperature=0.8)
 EVAL_ROWS = 32
 """Rows at the end of the pretraining corpus never used for training (eval loss)."""
+FINETUNE_EVAL_ROWS = 16
+"""Rows at the end of the fine-tuning corpus never used for training."""
 
 
 @torch.no_grad()
@@ -73,8 +75,18 @@ def sample_corpus(model_path: str | os.PathLike[str], n_rows: int, seed: int,
     return out
 
 
-def split_pretrain(corpus: np.ndarray, eval_rows: int = EVAL_ROWS) -> tuple[np.ndarray, np.ndarray]:
-    """(train, eval) rows of the pretraining corpus."""
+def split_heldout(corpus: np.ndarray, eval_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, eval) rows: the last ``eval_rows`` rows are held out."""
     if not 0 < eval_rows < len(corpus):
         raise ValueError(f"cannot hold out {eval_rows} of {len(corpus)} rows")
     return corpus[:-eval_rows], corpus[-eval_rows:]
+
+
+def split_pretrain(corpus: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(train, eval) rows of the pretraining corpus."""
+    return split_heldout(corpus, EVAL_ROWS)
+
+
+def split_finetune(corpus: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(train, eval) rows of the fine-tuning corpus."""
+    return split_heldout(corpus, FINETUNE_EVAL_ROWS)

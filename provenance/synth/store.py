@@ -123,3 +123,15 @@ def rounded_copy(model: LlamaForCausalLM, dtype: torch.dtype) -> LlamaForCausalL
     copy.load_state_dict({k: v.to(dtype).float() for k, v in model.state_dict().items()})
     copy.tie_weights()
     return copy.eval()
+
+
+def load_synth_tokens(name: str, root: Path | None = None) -> "np.ndarray":
+    """A shipped corpus (``"corpus"`` or ``"finetune"``) as a (rows, 512) uint16 array."""
+    if name not in ("corpus", "finetune"):
+        raise SynthModelNotFound(f"no synth corpus named {name!r}")
+    import numpy as np  # noqa: PLC0415  (only this helper needs numpy)
+
+    path = (root or synth_data_dir()) / f"{name}.npy"
+    if not path.is_file():
+        raise SynthModelNotFound(f"synth corpus {path} is missing; run scripts/build_synth_models.py")
+    return np.load(path, allow_pickle=False)

@@ -44,6 +44,15 @@ KERNELS: dict[int, Kernel] = {
 }
 """Block-quantized types with a native torch kernel."""
 
+F16_SCALE_OFFSETS: dict[int, tuple[int, ...]] = {
+    T.Q4_0: (0,), T.Q4_1: (0, 2), T.Q5_0: (0,), T.Q5_1: (0, 2), T.Q8_0: (0,),
+    T.Q2_K: (80, 82), T.Q3_K: (108,), T.Q4_K: (0, 2), T.Q5_K: (0, 2), T.Q6_K: (208,),
+    T.TQ1_0: (52,), T.TQ2_0: (64,), T.IQ4_NL: (0,), T.IQ4_XS: (0,), T.IQ2_XXS: (0,),
+    T.IQ2_XS: (0,), T.IQ2_S: (0,), T.IQ3_XXS: (0,), T.IQ3_S: (0,), T.IQ1_S: (0,),
+}
+"""Byte offsets of the plain f16 super-scales / mins inside one block (IQ1_M spreads its
+scale over 4 nibbles; MXFP4/NVFP4 use 8-bit exponents and E4M3)."""
+
 PLAIN: dict[int, torch.dtype] = {
     T.F32: torch.float32,
     T.F16: torch.float16,
@@ -56,7 +65,7 @@ PLAIN: dict[int, torch.dtype] = {
 }
 """Element types converted to float32 by a plain torch cast (bit-exact with numpy's)."""
 
-__all__ = ["KERNELS", "PLAIN", "Decoded", "Kernel", "decode_blocks", "kernel_coverage", "workspace"]
+__all__ = ["F16_SCALE_OFFSETS", "KERNELS", "PLAIN", "Decoded", "Kernel", "decode_blocks", "kernel_coverage", "workspace"]
 
 
 def decode_blocks(blocks: torch.Tensor, ggml_type: int, ws: Workspace | None = None) -> Decoded:

@@ -1,0 +1,132 @@
+"""Dequantization throughput: our torch kernels vs gguf.quants.dequantize (numpy).
+
+One run measures, per ggml type, Melem/s of gguf's numpy kernels and of ours with 1 and
+2 torch threads over the same >= 64 MiB of stored blocks, streamed in row chunks (ours
+into one reused output buffer), and the process's peak RSS after each type, which stays
+flat because nothing grows with the tensor size. Data: llama.cpp-compatible blocks made
+by gguf.quants.quantize from Gaussian floats where it supports the type (a 1 MiB piece,
+tiled), otherwise random bytes with sane f16 scales.
+
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_dequant.py [--mib 64] [--types Q4_K,Q6_K]
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # must precede the torch import
+
+import argparse
+import platform
+import resource
+import time
+import warnings
+
+import gguf
+import numpy as np
+import torch
+from gguf import GGML_QUANT_SIZES
+from gguf import GGMLQuantizationType as T
+
+from provenance.quant.dequant import dequantize_torch
+from provenance.quant.kernels import F16_SCALE_OFFSETS
+
+TYPES = (
+    "Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K Q4_K Q5_K Q6_K IQ4_NL IQ4_XS IQ2_XXS IQ2_XS IQ2_S "
+    "IQ3_XXS IQ3_S IQ1_S IQ1_M TQ1_0 TQ2_0 MXFP4 NVFP4 BF16 F16"
+).split()
+QUANTIZABLE = {T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.TQ1_0, T.TQ2_0, T.MXFP4, T.BF16}
+ROW = 4096  # weights per row: a multiple of every block size
+CHUNK_ROWS_BYTES = 4 << 20  # stored bytes per streamed chunk
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def make_blocks(qtype: T, mib: int) -> np.ndarray:
+    """``(rows, row_bytes)`` uint8, at least ``mib`` MiB."""
+    block_size, type_size = GGML_QUANT_SIZES[qtype]
+    row_bytes = ROW // block_size * type_size
+    rows = -(-(mib << 20) // row_bytes)
+    rng = np.random.default_rng(int(qtype))
+    if qtype in QUANTIZABLE or qtype == T.F16:
+        piece_rows = max(1, (1 << 20) // row_bytes)
+        floats = (rng.standard_normal((piece_rows, ROW)) * 0.02).astype(np.float32)
+        piece = np.asarray(gguf.quants.quantize(floats, qtype)).view(np.uint8).reshape(piece_rows, row_bytes)
+        return np.ascontiguousarray(np.tile(piece, (-(-rows // piece_rows), 1))[:rows])
+    raw = rng.integers(0, 256, (rows, row_bytes), dtype=np.uint8)
+    blocks = raw.reshape(-1, type_size)
+    for offset in F16_SCALE_OFFSETS.get(qtype, ()):
+        scales = (np.abs(rng.standard_normal(blocks.shape[0])) * 1e-3 + 1e-4).astype(np.float16)
+        blocks[:, offset:offset + 2] = scales.view(np.uint8).reshape(-1, 2)
+    return raw
+
+
+def chunks(raw: np.ndarray) -> list[np.ndarray]:
+    step = max(1, CHUNK_ROWS_BYTES // raw.shape[1])
+    return [raw[i:i + step] for i in range(0, raw.shape[0], step)]
+
+
+def time_ours(raw: np.ndarray, qtype: T, threads: int, reps: int) -> float:
+    torch.set_num_threads(threads)
+    parts = [torch.from_numpy(c) for c in chunks(raw)]
+    out = torch.empty((parts[0].shape[0], ROW), dtype=torch.float32)
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        for part in parts:
+            dequantize_torch(part, qtype, out=out[: part.shape[0]])
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def time_gguf(raw: np.ndarray, qtype: T) -> float:
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for part in chunks(raw):
+            gguf.quants.dequantize(part, qtype)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mib", type=int, default=64, help="stored MiB per type (default 64)")
+    ap.add_argument("--types", default=",".join(TYPES))
+    ap.add_argument("--reps", type=int, default=3, help="our runs per thread count (best kept)")
+    args = ap.parse_args()
+    types = [T[name] for name in args.types.split(",")]
+    print(f"torch {torch.__version__}, gguf {gguf.__version__ if hasattr(gguf, '__version__') else '?'}, "
+          f"numpy {np.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
+    results = {}
+    # Phase 1: ours, streaming. Peak RSS is a high-water mark, so it is read before gguf runs.
+    for qtype in types:
+        raw = make_blocks(qtype, args.mib)
+        n_elems = raw.shape[0] * ROW
+        t1 = time_ours(raw, qtype, 1, args.reps)
+        t2 = time_ours(raw, qtype, 2, args.reps)
+        results[qtype] = dict(mib=raw.nbytes / 2**20, n=n_elems, t1=t1, t2=t2, rss=peak_rss_mib())
+        del raw
+    # Phase 2: gguf's numpy on the same bytes, same row chunks.
+    for qtype in types:
+        raw = make_blocks(qtype, args.mib)
+        results[qtype]["tg"] = time_gguf(raw, qtype)
+        del raw
+    print(f"\n{'type':8} {'MiB':>5} {'gguf':>8} {'ours 1t':>8} {'ours 2t':>8} {'x 1t':>6} {'x 2t':>6} {'peak RSS':>9}")
+    print(f"{'':8} {'':>5} {'Melem/s':>8} {'Melem/s':>8} {'Melem/s':>8} {'':>6} {'':>6} {'MiB':>9}")
+    worst = float("inf")
+    for qtype, r in results.items():
+        g, o1, o2 = (r["n"] / r[k] / 1e6 for k in ("tg", "t1", "t2"))
+        worst = min(worst, o2 / g)
+        print(f"{qtype.name:8} {r['mib']:5.0f} {g:8.0f} {o1:8.0f} {o2:8.0f} {o1 / g:6.1f} {o2 / g:6.1f} {r['rss']:9.0f}")
+    print(f"\nworst 2-thread ratio: {worst:.1f}x   peak RSS after gguf phase: {peak_rss_mib():.0f} MiB")
+    # For contrast: one whole-tensor call of gguf (what a non-streaming reader does).
+    raw = make_blocks(T.Q4_K, args.mib)
+    before = peak_rss_mib()
+    gguf.quants.dequantize(raw, T.Q4_K)
+    print(f"whole-tensor gguf Q4_K dequantize of {raw.nbytes / 2**20:.0f} MiB: peak RSS {before:.0f} -> {peak_rss_mib():.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
