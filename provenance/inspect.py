@@ -14,7 +14,7 @@ from typing import Any
 from provenance import __version__
 from provenance.formats import Checkpoint, open_checkpoint
 from provenance.formats.gguf_header import GGUFArray
-from provenance.hashing import file_sha256, tensor_sha256s
+from provenance.hashing import checkpoint_sha256s
 from provenance.tokenizer import summarize_tokenizer
 
 SCHEMA = "provenance.inspect/1"
@@ -67,10 +67,10 @@ def inspect_checkpoint(
         n_bytes = sum(info.n_bytes for info in checkpoint.tensors.values())
         if hashes:
             if on_total:
-                on_total(sum(span.size for span in checkpoint.files) + n_bytes)
+                on_total(sum(span.size for span in checkpoint.files))
+            file_digests, digests = checkpoint_sha256s(checkpoint, progress)
             for entry in files:
-                entry["sha256"] = file_sha256(entry["path"], progress)
-            digests = tensor_sha256s(checkpoint, progress)
+                entry["sha256"] = file_digests[entry["path"]]
             for entry in tensors:
                 entry["sha256"] = digests[entry["name"]]
         metadata = {key: metadata_value(value) for key, value in checkpoint.metadata.items()}

@@ -69,19 +69,55 @@ def workspace(device: torch.device) -> Workspace:
     return ws
 
 
+_WIDTHS = ((8, torch.int64), (4, torch.int32), (2, torch.int16))
+
+LO4 = 0x0F0F0F0F0F0F0F0F
+"""SWAR masks: one byte-lane mask repeated over an int64 word."""
+LO2 = 0x0303030303030303
+LO1 = 0x0101010101010101
+
+
+def wide_view(blocks: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Bytes ``start:stop`` of every block as the widest integer dtype the alignment
+    allows (a strided view, no copy); uint8 when nothing wider fits.
+
+    Strided torch ops cost about the same per *element* whatever its width, so moving
+    8 bytes at a time is several times faster than moving one.
+    """
+    for width, dtype in _WIDTHS:
+        if blocks.shape[1] % width == 0 and start % width == 0 and stop % width == 0 and blocks.data_ptr() % width == 0:
+            try:
+                return blocks.view(dtype)[:, start // width:stop // width]
+            except RuntimeError:
+                continue
+    return blocks[:, start:stop]
+
+
 def field(blocks: torch.Tensor, start: int, stop: int, ws: Workspace, name: str) -> torch.Tensor:
     """Bytes ``start:stop`` of every block, copied into a contiguous scratch buffer so
     they can be reinterpreted (``.view(torch.float16)`` etc.) whatever the block stride."""
     out = ws.get(name, (blocks.shape[0], stop - start), torch.uint8)
-    out.copy_(blocks[:, start:stop])
+    src = wide_view(blocks, start, stop)
+    out.view(src.dtype).copy_(src)
     return out
+
+
+def words(blocks: torch.Tensor, start: int, stop: int, ws: Workspace, name: str) -> torch.Tensor:
+    """Bytes ``start:stop`` (a multiple of 8) as int64 words ``(n, (stop-start)/8)`` for
+    SWAR bit manipulation: a free view when aligned, else one copy."""
+    src = wide_view(blocks, start, stop)
+    if src.dtype == torch.int64:
+        return src
+    return field(blocks, start, stop, ws, name).view(torch.int64)
 
 
 def f16_field(blocks: torch.Tensor, start: int, ws: Workspace, name: str) -> torch.Tensor:
     """The little-endian f16 at byte ``start`` of each block, as float32 ``(n, 1)``."""
-    raw = field(blocks, start, start + 2, ws, name + ".raw")
     out = ws.get(name, (blocks.shape[0], 1), torch.float32)
-    out.copy_(raw.view(torch.float16))
+    src = wide_view(blocks, start, start + 2)
+    if src.dtype != torch.int16:
+        src = field(blocks, start, start + 2, ws, name + ".raw").view(torch.int16)
+    out.copy_(src.view(torch.float16))
     return out
 
 
@@ -125,3 +161,44 @@ class DeviceTables:
                 tables = {k: v.to(device) for k, v in self._cpu.items()}
                 self._per_device[device] = tables
         return tables
+
+
+_SHIFTS = DeviceTables(
+    lambda: {
+        "crumb": torch.tensor([0, 2, 4, 6], dtype=torch.int64).view(4, 1),
+        "bit": torch.arange(8, dtype=torch.int64).view(8, 1),
+        "spread": torch.tensor(
+            [sum(((v >> b) & 1) << (8 * b) for b in range(8)) for v in range(256)], dtype=torch.int64
+        ),
+    }
+)
+
+
+def swar_nibbles(w: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> None:
+    """Low / high nibble of every byte lane of int64 words ``w`` into ``lo`` / ``hi``."""
+    torch.bitwise_and(w, LO4, out=lo)
+    torch.bitwise_right_shift(w, 4, out=hi)
+    hi.bitwise_and_(LO4)  # also clears the sign bits an arithmetic shift brings in
+
+
+def swar_crumbs(w: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``out[..., s, :] = 2-bit field s of every byte lane`` for ``w`` ``(..., k)``,
+    ``out`` ``(..., 4, k)`` int64."""
+    torch.bitwise_right_shift(w.unsqueeze(-2), _SHIFTS.on(w.device)["crumb"], out=out)
+    return out.bitwise_and_(LO2)
+
+
+def swar_bits(w: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``out[..., b, :] = bit b of every byte lane`` (as 0/1 bytes), ``out`` ``(..., 8, k)``."""
+    torch.bitwise_right_shift(w.unsqueeze(-2), _SHIFTS.on(w.device)["bit"], out=out)
+    return out.bitwise_and_(LO1)
+
+
+def spread_bits(src: torch.Tensor, ws: Workspace, name: str) -> torch.Tensor:
+    """Bytes ``(n, k)`` -> int64 ``(n, k)`` whose byte ``b`` is bit ``b`` of the source
+    byte: bit ``j`` of a little-endian bit field becomes byte ``j`` (via a 256-entry table)."""
+    idx = ws.get(name + ".idx", (src.numel(),), torch.int32)
+    idx.copy_(src.reshape(-1))
+    out = ws.get(name, (src.numel(),), torch.int64)
+    torch.index_select(_SHIFTS.on(src.device)["spread"], 0, idx, out=out)
+    return out.view(src.shape)

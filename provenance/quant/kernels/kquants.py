@@ -3,17 +3,26 @@
 Element orders follow ggml's ``dequantize_row_q*_K``: a 2-bit plane byte ``j`` of half
 ``h`` holds weights ``h*128 + s*32 + j`` in bits ``2s``; a high-bit byte ``j`` holds
 bit ``b`` of weight ``b*32 + j``; Q4_K/Q5_K nibble byte ``c*32 + j`` holds weights
-``c*64 + j`` (low) and ``c*64 + 32 + j`` (high).
+``c*64 + j`` (low) and ``c*64 + 32 + j`` (high). Because every plane is a run of 32
+consecutive weights, the unpacking is done eight byte lanes at a time on int64 words.
 """
 from __future__ import annotations
 
 import torch
 
-from provenance.quant.kernels._common import Decoded, DeviceTables, Workspace, f16_field, field, nibbles
+from provenance.quant.kernels._common import (
+    Decoded,
+    DeviceTables,
+    Workspace,
+    f16_field,
+    swar_bits,
+    swar_crumbs,
+    swar_nibbles,
+    words,
+)
 
 _TABLES = DeviceTables(
     lambda: {
-        "bit8": torch.arange(8, dtype=torch.uint8).view(1, 8, 1),
         "crumb4": torch.tensor([0, 2, 4, 6], dtype=torch.uint8).view(1, 4, 1),
         "pow5": torch.tensor([1, 3, 9, 27, 81], dtype=torch.uint8).view(1, 5, 1),
         "pow4": torch.tensor([1, 3, 9, 27], dtype=torch.uint8).view(1, 4, 1),
@@ -21,31 +30,28 @@ _TABLES = DeviceTables(
 )
 
 
-def _crumbs(src: torch.Tensor, out: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
-    """2-bit fields: ``src`` ``(n, H, 32)`` bytes -> ``out`` ``(n, H, 4, 32)`` values 0..3."""
-    torch.bitwise_right_shift(src.unsqueeze(2), shifts, out=out)
-    return out.bitwise_and_(3)
+def _planes2(blocks: torch.Tensor, start: int, ws: Workspace) -> torch.Tensor:
+    """2-bit codes of 64 bytes at ``start`` -> int64 ``(n, 2, 4, 4)``: 256 byte lanes in weight order."""
+    n = blocks.shape[0]
+    qs = words(blocks, start, start + 64, ws, "qs").view(n, 2, 4)
+    return swar_crumbs(qs, ws.get("lv", (n, 2, 4, 4), torch.int64))
 
 
-def _high_bits(src: torch.Tensor, ws: Workspace, name: str, shift_to: int) -> torch.Tensor:
-    """Bit ``b`` of byte ``j`` of ``src`` ``(n, 32)`` -> ``(n, 8, 32)``, moved to bit ``shift_to``."""
-    n = src.shape[0]
-    out = ws.get(name, (n, 8, 32), torch.uint8)
-    torch.bitwise_right_shift(src.unsqueeze(1), _TABLES.on(src.device)["bit8"], out=out)
-    out.bitwise_and_(1)
-    if shift_to:
-        out.bitwise_left_shift_(shift_to)
-    return out
+def _high_bits(blocks: torch.Tensor, start: int, ws: Workspace, shift_to: int) -> torch.Tensor:
+    """Bit ``b`` of byte ``j`` of 32 bytes at ``start`` -> lane ``b*32 + j`` (int64
+    ``(n, 8, 4)``), moved to bit ``shift_to``."""
+    n = blocks.shape[0]
+    w = words(blocks, start, start + 32, ws, "qh")
+    out = swar_bits(w, ws.get("hbit", (n, 8, 4), torch.int64))
+    return out.bitwise_left_shift_(shift_to) if shift_to else out
 
 
 def q2_k(blocks: torch.Tensor, ws: Workspace) -> Decoded:
     n = blocks.shape[0]
-    t = _TABLES.on(blocks.device)
     sc = blocks[:, 0:16]
     d = f16_field(blocks, 80, ws, "d")
     dmin = f16_field(blocks, 82, ws, "dmin")
-    codes = ws.get("lv", (n, 2, 4, 32), torch.uint8)
-    _crumbs(blocks[:, 16:80].view(n, 2, 32), codes, t["crumb4"])
+    codes = _planes2(blocks, 16, ws).view(torch.uint8)
     scale = torch.mul(d, sc.bitwise_and(0x0F))
     mins = torch.mul(dmin, sc.bitwise_right_shift(4))
     return Decoded(codes.view(n, 16, 16), scale.view(n, 16, 1), mins.view(n, 16, 1), subtract_offset=True)
@@ -64,13 +70,10 @@ def q3_k_scales(blocks: torch.Tensor) -> torch.Tensor:
 
 def q3_k(blocks: torch.Tensor, ws: Workspace) -> Decoded:
     n = blocks.shape[0]
-    t = _TABLES.on(blocks.device)
     d = f16_field(blocks, 108, ws, "d")
-    codes = ws.get("lv", (n, 2, 4, 32), torch.uint8)
-    _crumbs(blocks[:, 32:96].view(n, 2, 32), codes, t["crumb4"])
+    codes = _planes2(blocks, 32, ws)
     # level = low2 - 4 when the hmask bit is clear, low2 when it is set.
-    hbit = _high_bits(blocks[:, 0:32], ws, "hbit", 2)
-    codes.view(n, 8, 32).bitwise_or_(hbit)
+    codes.view(n, 8, 4).bitwise_or_(_high_bits(blocks, 0, ws, 2))
     levels = codes.view(torch.int8).sub_(4)
     scale = torch.mul(d, q3_k_scales(blocks))
     return Decoded(levels.view(n, 16, 16), scale.view(n, 16, 1))
@@ -89,32 +92,34 @@ def _q45_k(blocks: torch.Tensor, ws: Workspace, qs_start: int) -> tuple[torch.Te
     d = f16_field(blocks, 0, ws, "d")
     dmin = f16_field(blocks, 2, ws, "dmin")
     sc, mn = k_scale_min(blocks[:, 4:16])
-    codes = ws.get("lv", (n, 4, 2, 32), torch.uint8)
-    qs = blocks[:, qs_start:qs_start + 128].view(n, 4, 32)
-    nibbles(qs, codes[:, :, 0], codes[:, :, 1])
-    return codes.view(n, 8, 32), torch.mul(d, sc).view(n, 8, 1), torch.mul(dmin, mn).view(n, 8, 1)
+    qs = words(blocks, qs_start, qs_start + 128, ws, "qs").view(n, 4, 4)
+    codes = ws.get("lv", (n, 4, 2, 4), torch.int64)
+    swar_nibbles(qs, codes[:, :, 0], codes[:, :, 1])
+    return codes, torch.mul(d, sc).view(n, 8, 1), torch.mul(dmin, mn).view(n, 8, 1)
 
 
 def q4_k(blocks: torch.Tensor, ws: Workspace) -> Decoded:
+    n = blocks.shape[0]
     codes, scale, mins = _q45_k(blocks, ws, 16)
-    return Decoded(codes, scale, mins, subtract_offset=True)
+    return Decoded(codes.view(torch.uint8).view(n, 8, 32), scale, mins, subtract_offset=True)
 
 
 def q5_k(blocks: torch.Tensor, ws: Workspace) -> Decoded:
+    n = blocks.shape[0]
     codes, scale, mins = _q45_k(blocks, ws, 48)
-    codes.bitwise_or_(_high_bits(blocks[:, 16:48], ws, "hbit", 4))
-    return Decoded(codes, scale, mins, subtract_offset=True)
+    codes.view(n, 8, 4).bitwise_or_(_high_bits(blocks, 16, ws, 4))
+    return Decoded(codes.view(torch.uint8).view(n, 8, 32), scale, mins, subtract_offset=True)
 
 
 def q6_k(blocks: torch.Tensor, ws: Workspace) -> Decoded:
     n = blocks.shape[0]
-    t = _TABLES.on(blocks.device)
     d = f16_field(blocks, 208, ws, "d")
-    codes = ws.get("lv", (n, 2, 2, 64), torch.uint8)
-    nibbles(blocks[:, 0:128].view(n, 2, 64), codes[:, :, 0], codes[:, :, 1])
-    high = ws.get("hbit", (n, 2, 4, 32), torch.uint8)
-    _crumbs(blocks[:, 128:192].view(n, 2, 32), high, t["crumb4"]).bitwise_left_shift_(4)
-    codes.view(n, 2, 4, 32).bitwise_or_(high)
+    ql = words(blocks, 0, 128, ws, "ql").view(n, 2, 8)
+    codes = ws.get("lv", (n, 2, 2, 8), torch.int64)
+    swar_nibbles(ql, codes[:, :, 0], codes[:, :, 1])
+    qh = words(blocks, 128, 192, ws, "qh").view(n, 2, 4)
+    high = swar_crumbs(qh, ws.get("hbit", (n, 2, 4, 4), torch.int64)).bitwise_left_shift_(4)
+    codes.view(n, 2, 4, 4).bitwise_or_(high)
     levels = codes.view(torch.int8).sub_(32)
     scale = torch.mul(d, blocks[:, 192:208].view(torch.int8))
     return Decoded(levels.view(n, 16, 16), scale.view(n, 16, 1))
@@ -140,9 +145,6 @@ def tq1_0(blocks: torch.Tensor, ws: Workspace) -> Decoded:
 
 def tq2_0(blocks: torch.Tensor, ws: Workspace) -> Decoded:
     n = blocks.shape[0]
-    t = _TABLES.on(blocks.device)
     d = f16_field(blocks, 64, ws, "d")
-    codes = ws.get("lv", (n, 2, 4, 32), torch.uint8)
-    _crumbs(blocks[:, 0:64].view(n, 2, 32), codes, t["crumb4"])
-    levels = codes.view(torch.int8).sub_(1)
+    levels = _planes2(blocks, 0, ws).view(torch.int8).sub_(1)
     return Decoded(levels.view(n, 1, 256), d.view(n, 1, 1))
