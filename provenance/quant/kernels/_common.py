@@ -202,3 +202,47 @@ def spread_bits(src: torch.Tensor, ws: Workspace, name: str) -> torch.Tensor:
     out = ws.get(name, (src.numel(),), torch.int64)
     torch.index_select(_SHIFTS.on(src.device)["spread"], 0, idx, out=out)
     return out.view(src.shape)
+
+
+# ---- whole-block SWAR planes --------------------------------------------------------
+# Torch's per-op cost is dominated by the number of *contiguous runs* an op walks, not by
+# bytes: an op over a (n, 16)-byte strided slice costs ~1.5 ns per row whatever it does.
+# So bit planes are computed over every byte of a chunk's blocks at once (one long
+# contiguous run, wasted lanes included), and the wanted pieces are then laid out in
+# weight order by a single torch.cat (one memcpy per piece).
+
+
+def block_words(blocks: torch.Tensor) -> torch.Tensor:
+    """The chunk's blocks ``(n, type_size)`` viewed as the widest integer words that
+    divide the block (a view; the chunk is made contiguous first if needed)."""
+    blocks = blocks.contiguous()
+    for width, dtype in _WIDTHS:
+        if blocks.shape[1] % width == 0 and blocks.data_ptr() % width == 0:
+            try:
+                return blocks.view(dtype)
+            except RuntimeError:
+                continue
+    return blocks
+
+
+def lane_mask(byte: int, dtype: torch.dtype) -> int:
+    """``byte`` repeated in every byte lane of a word of ``dtype`` (byte < 0x80)."""
+    width = torch.empty((), dtype=dtype).element_size()
+    return int.from_bytes(bytes([byte]) * width, "little")
+
+
+def plane(words_: torch.Tensor, shift: int, byte_mask: int, ws: Workspace, name: str) -> torch.Tensor:
+    """``(byte >> shift) & byte_mask`` for every byte of the blocks -> uint8 ``(n, type_size)``."""
+    out = ws.get(name, tuple(words_.shape), words_.dtype)
+    mask = lane_mask(byte_mask, words_.dtype)
+    if shift:
+        torch.bitwise_right_shift(words_, shift, out=out)
+        out.bitwise_and_(mask)  # also clears bits shifted in from the neighbour lane / sign
+    else:
+        torch.bitwise_and(words_, mask, out=out)
+    return out.view(torch.uint8).view(words_.shape[0], -1)
+
+
+def assemble(pieces: list[torch.Tensor], out: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``(n, k_i)`` byte pieces along dim 1 into ``out`` (weight order)."""
+    return torch.cat(pieces, dim=1, out=out)

@@ -11,10 +11,13 @@ from __future__ import annotations
 import torch
 
 from provenance.quant.kernels._common import (
+    LO1,
+    LO2,
     Decoded,
     DeviceTables,
     Workspace,
     f16_field,
+    field,
     swar_bits,
     swar_crumbs,
     swar_nibbles,
@@ -79,50 +82,81 @@ def q3_k(blocks: torch.Tensor, ws: Workspace) -> Decoded:
     return Decoded(levels.view(n, 16, 16), scale.view(n, 16, 1))
 
 
-def k_scale_min(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Q4_K/Q5_K: 12 packed bytes -> 8 six-bit scales and 8 six-bit mins, uint8 ``(n, 8)``."""
-    d_, m_, md = packed[:, 0:4], packed[:, 4:8], packed[:, 8:12]
-    sc = torch.cat([d_.bitwise_and(63), md.bitwise_and(0x0F).bitwise_or_(d_.bitwise_right_shift(2).bitwise_and_(0x30))], 1)
-    mn = torch.cat([m_.bitwise_and(63), md.bitwise_right_shift(4).bitwise_or_(m_.bitwise_right_shift(2).bitwise_and_(0x30))], 1)
-    return sc, mn
+def k_scale_min(blocks: torch.Tensor, ws: Workspace) -> tuple[torch.Tensor, torch.Tensor]:
+    """Q4_K/Q5_K: the 12 packed bytes at 4..15 -> 8 six-bit scales and 8 six-bit mins,
+    uint8 ``(n, 8)`` each. As three little-endian words ``a, b, c``:
+    scales = ``a & 63`` (x4), ``(c & 15) | ((a >> 2) & 48)`` (x4); mins likewise from
+    ``b`` and ``c >> 4``. Done four byte lanes at a time on int32 words."""
+    n = blocks.shape[0]
+    w = field(blocks, 4, 16, ws, "kscales").view(torch.int32)  # (n, 3)
+    a, b, c = w[:, 0], w[:, 1], w[:, 2]
+    out = ws.get("kscales.out", (2, n, 2), torch.int32)
+    torch.bitwise_and(a, 0x3F3F3F3F, out=out[0, :, 0])
+    torch.bitwise_and(b, 0x3F3F3F3F, out=out[1, :, 0])
+    hi = torch.bitwise_right_shift(a, 2).bitwise_and_(0x30303030)
+    torch.bitwise_and(c, 0x0F0F0F0F, out=out[0, :, 1]).bitwise_or_(hi)
+    hi = torch.bitwise_right_shift(b, 2).bitwise_and_(0x30303030)
+    torch.bitwise_right_shift(c, 4, out=out[1, :, 1]).bitwise_and_(0x0F0F0F0F).bitwise_or_(hi)
+    both = out.view(torch.uint8).view(2, n, 8)
+    return both[0], both[1]
+
+
+_HALF_BITS = DeviceTables(lambda: {"q5k": torch.tensor([[0, 2, 4, 6], [1, 3, 5, 7]], dtype=torch.int64).view(2, 1, 4, 1)})
 
 
 def _q45_k(blocks: torch.Tensor, ws: Workspace, qs_start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Codes as int64 words ``(2, n, 4, 4)`` (plane s = low/high nibble of 32-byte group c),
+    and the per-32 scales and mins ``(n, 4, 2, 1)`` in the same (c, s) order."""
     n = blocks.shape[0]
     d = f16_field(blocks, 0, ws, "d")
     dmin = f16_field(blocks, 2, ws, "dmin")
-    sc, mn = k_scale_min(blocks[:, 4:16])
+    sc, mn = k_scale_min(blocks, ws)
     qs = words(blocks, qs_start, qs_start + 128, ws, "qs").view(n, 4, 4)
-    codes = ws.get("lv", (n, 4, 2, 4), torch.int64)
-    swar_nibbles(qs, codes[:, :, 0], codes[:, :, 1])
-    return codes, torch.mul(d, sc).view(n, 8, 1), torch.mul(dmin, mn).view(n, 8, 1)
+    codes = ws.get("lv", (2, n, 4, 4), torch.int64)
+    swar_nibbles(qs, codes[0], codes[1])
+    return codes, torch.mul(d, sc).view(n, 4, 2, 1), torch.mul(dmin, mn).view(n, 4, 2, 1)
+
+
+def _k_levels(codes: torch.Tensor) -> torch.Tensor:
+    n = codes.shape[1]
+    return codes.view(torch.uint8).view(2, n, 4, 32).permute(1, 2, 0, 3)  # (n, c, s, 32)
 
 
 def q4_k(blocks: torch.Tensor, ws: Workspace) -> Decoded:
-    n = blocks.shape[0]
     codes, scale, mins = _q45_k(blocks, ws, 16)
-    return Decoded(codes.view(torch.uint8).view(n, 8, 32), scale, mins, subtract_offset=True)
+    return Decoded(_k_levels(codes), scale, mins, subtract_offset=True)
 
 
 def q5_k(blocks: torch.Tensor, ws: Workspace) -> Decoded:
     n = blocks.shape[0]
     codes, scale, mins = _q45_k(blocks, ws, 48)
-    codes.view(n, 8, 4).bitwise_or_(_high_bits(blocks, 16, ws, 4))
-    return Decoded(codes.view(torch.uint8).view(n, 8, 32), scale, mins, subtract_offset=True)
+    # Bit b = 2c + s of qh byte j is the fifth bit of weight (c, s, j): shift straight
+    # into the codes' (s, n, c, word) layout so every write stays contiguous.
+    qh = words(blocks, 16, 48, ws, "qh").view(1, n, 1, 4)
+    high = ws.get("hbit", (2, n, 4, 4), torch.int64)
+    torch.bitwise_right_shift(qh, _HALF_BITS.on(blocks.device)["q5k"], out=high)
+    codes.bitwise_or_(high.bitwise_and_(LO1).bitwise_left_shift_(4))
+    return Decoded(_k_levels(codes), scale, mins, subtract_offset=True)
+
+
+_Q6_SHIFTS = DeviceTables(lambda: {"q6k": torch.tensor([[0, 2], [4, 6]], dtype=torch.int64).view(2, 1, 1, 2, 1)})
 
 
 def q6_k(blocks: torch.Tensor, ws: Workspace) -> Decoded:
+    """Weight ``h*128 + s*64 + j``: nibble s of ql byte ``h*64 + j``, and as bits 4-5 the
+    crumb ``k = 2s + j//32`` of qh byte ``h*32 + j%32``."""
     n = blocks.shape[0]
     d = f16_field(blocks, 208, ws, "d")
     ql = words(blocks, 0, 128, ws, "ql").view(n, 2, 8)
-    codes = ws.get("lv", (n, 2, 2, 8), torch.int64)
-    swar_nibbles(ql, codes[:, :, 0], codes[:, :, 1])
-    qh = words(blocks, 128, 192, ws, "qh").view(n, 2, 4)
-    high = swar_crumbs(qh, ws.get("hbit", (n, 2, 4, 4), torch.int64)).bitwise_left_shift_(4)
-    codes.view(n, 2, 4, 4).bitwise_or_(high)
-    levels = codes.view(torch.int8).sub_(32)
+    codes = ws.get("lv", (2, n, 2, 8), torch.int64)  # (s, n, h, word)
+    swar_nibbles(ql, codes[0], codes[1])
+    qh = words(blocks, 128, 192, ws, "qh").view(1, n, 2, 1, 4)
+    high = ws.get("hbit", (2, n, 2, 2, 4), torch.int64)  # (s, n, h, j//32, word)
+    torch.bitwise_right_shift(qh, _Q6_SHIFTS.on(blocks.device)["q6k"], out=high)
+    codes.bitwise_or_(high.bitwise_and_(LO2).bitwise_left_shift_(4).view(2, n, 2, 8))
+    levels = codes.view(torch.int8).sub_(32).view(2, n, 2, 4, 16).permute(1, 2, 0, 3, 4)
     scale = torch.mul(d, blocks[:, 192:208].view(torch.int8))
-    return Decoded(levels.view(n, 16, 16), scale.view(n, 16, 1))
+    return Decoded(levels, scale.view(n, 2, 2, 4, 1))
 
 
 def tq1_0(blocks: torch.Tensor, ws: Workspace) -> Decoded:

@@ -3,29 +3,35 @@
 Byte layouts (ggml ``block_q*``): one f16 scale ``d`` (and f16 min ``m`` for the _1
 types) then the codes; a nibble byte ``j`` holds weight ``j`` (low) and ``j+16`` (high);
 Q5 keeps the fifth bit of weight ``j`` in bit ``j`` of a little-endian uint32 ``qh``.
-Bit fields are unpacked eight bytes at a time on int64 words (SWAR).
 """
 from __future__ import annotations
 
 import torch
 
-from provenance.quant.kernels._common import Decoded, Workspace, f16_field, spread_bits, swar_nibbles, words
+from provenance.quant.kernels._common import (
+    Decoded,
+    Workspace,
+    assemble,
+    block_words,
+    f16_field,
+    plane,
+    spread_bits,
+)
 
 
 def _nibble_codes(blocks: torch.Tensor, start: int, ws: Workspace) -> torch.Tensor:
-    """Codes 0..15 of the 16 nibble bytes at ``start``, as int64 words ``(n, 4)`` whose
-    32 byte lanes are the 32 weights in order."""
-    n = blocks.shape[0]
-    qs = words(blocks, start, start + 16, ws, "qs")  # (n, 2)
-    codes = ws.get("lv", (n, 4), torch.int64)
-    swar_nibbles(qs, codes[:, 0:2], codes[:, 2:4])
-    return codes
+    """Codes 0..15 of the 16 nibble bytes at ``start``: uint8 ``(n, 32)`` in weight order."""
+    w = block_words(blocks)
+    lo = plane(w, 0, 0x0F, ws, "lo")
+    hi = plane(w, 4, 0x0F, ws, "hi")
+    codes = ws.get("lv", (blocks.shape[0], 32), torch.uint8)
+    return assemble([lo[:, start:start + 16], hi[:, start:start + 16]], codes)
 
 
 def _add_fifth_bit(codes: torch.Tensor, blocks: torch.Tensor, start: int, ws: Workspace) -> None:
     """OR bit ``j`` of the uint32 at ``start`` into code ``j`` as its bit 4."""
     high = spread_bits(blocks[:, start:start + 4], ws, "qh")  # (n, 4) words of 0/1 bytes
-    codes.bitwise_or_(high.bitwise_left_shift_(4))
+    codes.view(torch.int64).bitwise_or_(high.bitwise_left_shift_(4))
 
 
 def q4_0(blocks: torch.Tensor, ws: Workspace) -> Decoded:
@@ -39,7 +45,7 @@ def q4_1(blocks: torch.Tensor, ws: Workspace) -> Decoded:
     n = blocks.shape[0]
     d = f16_field(blocks, 0, ws, "d")
     m = f16_field(blocks, 2, ws, "m")
-    codes = _nibble_codes(blocks, 4, ws).view(torch.uint8)
+    codes = _nibble_codes(blocks, 4, ws)
     return Decoded(codes.view(n, 1, 32), d.view(n, 1, 1), m.view(n, 1, 1))
 
 
@@ -57,7 +63,7 @@ def q5_1(blocks: torch.Tensor, ws: Workspace) -> Decoded:
     m = f16_field(blocks, 2, ws, "m")
     codes = _nibble_codes(blocks, 8, ws)
     _add_fifth_bit(codes, blocks, 4, ws)
-    return Decoded(codes.view(torch.uint8).view(n, 1, 32), d.view(n, 1, 1), m.view(n, 1, 1))
+    return Decoded(codes.view(n, 1, 32), d.view(n, 1, 1), m.view(n, 1, 1))
 
 
 def q8_0(blocks: torch.Tensor, ws: Workspace) -> Decoded:
