@@ -10,7 +10,7 @@ import sys
 import click
 
 from provenance import __version__
-from provenance.commands import inspect_cmd
+from provenance.commands import check_cmd, inspect_cmd
 from provenance.commands.common import EXIT_ERROR, EXIT_USAGE, stderr_console
 from provenance.errors import ProvenanceError
 
@@ -21,7 +21,10 @@ def cli() -> None:
     """Model provenance and watermark forensics for LLM weights (GGUF, safetensors)."""
 
 
-COMMANDS = [inspect_cmd.command]
+COMMANDS = [
+    inspect_cmd.command,
+    check_cmd.command,
+]
 for _command in COMMANDS:
     cli.add_command(_command)
 

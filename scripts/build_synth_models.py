@@ -38,6 +38,8 @@ import transformers  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+transformers.utils.logging.disable_progress_bar()
+
 from provenance.synth import corpus as corpus_mod  # noqa: E402
 from provenance.synth.convert import load_stories260k_as_hf  # noqa: E402
 from provenance.synth.llama2c import Llama2cModel, load_llama2c  # noqa: E402
@@ -66,7 +68,7 @@ from provenance.synth.train import (  # noqa: E402
 
 STORIES = ROOT.parent / "shared" / "data" / "stories260K"
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
-DERIVED_PARENTS = ("synth-s00", "synth-s01", "stories260k")
+DERIVED_PARENTS = ("synth-s00", "stories260k")
 DERIVATIVE_SEED = 7  # data-order (and LoRA init) seed of every derivative
 
 
@@ -110,6 +112,7 @@ def _finish(model: torch.nn.Module, out: Path, model_id: str, dtype: str, record
         weights_sha256=weights_hash,
         files={name: file_sha256(path / name) for name in sorted(os.listdir(path))},
     )
+    print(f"  {model_id}: eval loss {record['eval_loss']:.3f}, {seconds:.0f}s", file=sys.stderr, flush=True)
     return record
 
 

@@ -46,8 +46,10 @@ class TrainRecipe:
         return self.lr * (self.min_lr_ratio + (1.0 - self.min_lr_ratio) * cosine)
 
 
-# Pretraining budget: ~1.3 passes over the corpus in ~25-40 s of one CPU thread.
-PRETRAIN_RECIPE = TrainRecipe(steps=100, lr=4e-3, batch_size=16, seq_len=256, warmup=10)
+# Pretraining budget: 200 steps of 16 x 128 tokens (~0.6 passes over the corpus), ~30-40 s
+# of one CPU thread. Measured alternatives (eval loss, same seed): lr 4e-3/100 steps of
+# 16 x 256: 4.79; lr 1e-2 / 200 x (8 x 256): 4.76; lr 2e-2: 4.89; 1000 steps (130 s): 4.67.
+PRETRAIN_RECIPE = TrainRecipe(steps=200, lr=1e-2, batch_size=16, seq_len=128, warmup=10)
 
 
 @contextmanager
@@ -179,9 +181,9 @@ def copy_model(model: LlamaForCausalLM, rope_theta: float | None = None,
 # Fine-tune strengths: steps x peak lr on the shifted (temperature 0.8) slice. "heavy"
 # moves the weights about as far as a good part of pretraining did.
 FINETUNE_STRENGTHS: dict[str, TrainRecipe] = {
-    "light": TrainRecipe(steps=20, lr=1e-4, warmup=2),
-    "medium": TrainRecipe(steps=60, lr=5e-4, warmup=5),
-    "heavy": TrainRecipe(steps=150, lr=2e-3, warmup=10),
+    "light": TrainRecipe(steps=20, lr=1e-4, batch_size=16, seq_len=128, warmup=2),
+    "medium": TrainRecipe(steps=60, lr=5e-4, batch_size=16, seq_len=128, warmup=5),
+    "heavy": TrainRecipe(steps=150, lr=2e-3, batch_size=16, seq_len=128, warmup=10),
 }
 
 

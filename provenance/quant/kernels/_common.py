@@ -213,16 +213,14 @@ def spread_bits(src: torch.Tensor, ws: Workspace, name: str) -> torch.Tensor:
 
 
 def block_words(blocks: torch.Tensor) -> torch.Tensor:
-    """The chunk's blocks ``(n, type_size)`` viewed as the widest integer words that
-    divide the block (a view; the chunk is made contiguous first if needed)."""
-    blocks = blocks.contiguous()
+    """The chunk's blocks ``(n, type_size)`` as one flat run of the widest integer words
+    that divide its byte length (a view; the chunk is made contiguous first if needed).
+    Planes are per byte, so word boundaries need not match block boundaries."""
+    flat = blocks.contiguous().view(-1)
     for width, dtype in _WIDTHS:
-        if blocks.shape[1] % width == 0 and blocks.data_ptr() % width == 0:
-            try:
-                return blocks.view(dtype)
-            except RuntimeError:
-                continue
-    return blocks
+        if flat.numel() % width == 0 and flat.data_ptr() % width == 0:
+            return flat.view(dtype)
+    return flat
 
 
 def lane_mask(byte: int, dtype: torch.dtype) -> int:
@@ -231,8 +229,9 @@ def lane_mask(byte: int, dtype: torch.dtype) -> int:
     return int.from_bytes(bytes([byte]) * width, "little")
 
 
-def plane(words_: torch.Tensor, shift: int, byte_mask: int, ws: Workspace, name: str) -> torch.Tensor:
-    """``(byte >> shift) & byte_mask`` for every byte of the blocks -> uint8 ``(n, type_size)``."""
+def plane(words_: torch.Tensor, n: int, shift: int, byte_mask: int, ws: Workspace, name: str) -> torch.Tensor:
+    """``(byte >> shift) & byte_mask`` for every byte of ``n`` blocks given as the flat
+    words of :func:`block_words` -> uint8 ``(n, type_size)``."""
     out = ws.get(name, tuple(words_.shape), words_.dtype)
     mask = lane_mask(byte_mask, words_.dtype)
     if shift:
@@ -240,7 +239,7 @@ def plane(words_: torch.Tensor, shift: int, byte_mask: int, ws: Workspace, name:
         out.bitwise_and_(mask)  # also clears bits shifted in from the neighbour lane / sign
     else:
         torch.bitwise_and(words_, mask, out=out)
-    return out.view(torch.uint8).view(words_.shape[0], -1)
+    return out.view(torch.uint8).view(n, -1)
 
 
 def assemble(pieces: list[torch.Tensor], out: torch.Tensor) -> torch.Tensor:

@@ -11,17 +11,14 @@ from __future__ import annotations
 import torch
 
 from provenance.quant.kernels._common import (
-    LO1,
-    LO2,
     Decoded,
     DeviceTables,
     Workspace,
+    assemble,
+    block_words,
     f16_field,
     field,
-    swar_bits,
-    swar_crumbs,
-    swar_nibbles,
-    words,
+    plane,
 )
 
 _TABLES = DeviceTables(
@@ -33,20 +30,34 @@ _TABLES = DeviceTables(
 )
 
 
-def _planes2(blocks: torch.Tensor, start: int, ws: Workspace) -> torch.Tensor:
-    """2-bit codes of 64 bytes at ``start`` -> int64 ``(n, 2, 4, 4)``: 256 byte lanes in weight order."""
-    n = blocks.shape[0]
-    qs = words(blocks, start, start + 64, ws, "qs").view(n, 2, 4)
-    return swar_crumbs(qs, ws.get("lv", (n, 2, 4, 4), torch.int64))
+def _region(blocks: torch.Tensor, start: int, stop: int, ws: Workspace, name: str) -> torch.Tensor:
+    """Flat words of a contiguous copy of bytes ``start:stop`` of each block: one cheap
+    strided copy (few rows per chunk here) so the many plane ops below touch only the
+    bytes they need."""
+    return block_words(field(blocks, start, stop, ws, name))
 
 
-def _high_bits(blocks: torch.Tensor, start: int, ws: Workspace, shift_to: int) -> torch.Tensor:
-    """Bit ``b`` of byte ``j`` of 32 bytes at ``start`` -> lane ``b*32 + j`` (int64
-    ``(n, 8, 4)``), moved to bit ``shift_to``."""
+def _crumb_codes(blocks: torch.Tensor, start: int, ws: Workspace, name: str = "lv") -> torch.Tensor:
+    """2-bit codes of the 64 bytes at ``start`` -> uint8 ``(n, 256)`` in weight order
+    (weight ``h*128 + s*32 + j`` = bits ``2s`` of byte ``start + h*32 + j``)."""
     n = blocks.shape[0]
-    w = words(blocks, start, start + 32, ws, "qh")
-    out = swar_bits(w, ws.get("hbit", (n, 8, 4), torch.int64))
-    return out.bitwise_left_shift_(shift_to) if shift_to else out
+    w = _region(blocks, start, start + 64, ws, "crumb.src")
+    planes = [plane(w, n, 2 * s, 0x03, ws, f"crumb{s}") for s in range(4)]
+    pieces = [planes[s][:, 32 * h:32 * h + 32] for h in range(2) for s in range(4)]
+    return assemble(pieces, ws.get(name, (n, 256), torch.uint8))
+
+
+def _bit_codes(blocks: torch.Tensor, start: int, ws: Workspace) -> torch.Tensor:
+    """Bit ``b`` of byte ``start + j`` -> weight ``b*32 + j``: uint8 ``(n, 256)`` of 0/1."""
+    n = blocks.shape[0]
+    w = _region(blocks, start, start + 32, ws, "bit.src")
+    pieces = [plane(w, n, b, 0x01, ws, f"bit{b}") for b in range(8)]
+    return assemble(pieces, ws.get("hbit", (n, 256), torch.uint8))
+
+
+def _or_shifted(codes: torch.Tensor, high: torch.Tensor, shift: int) -> None:
+    """``codes |= high << shift`` on 0/1 or small byte lanes, eight lanes per int64."""
+    codes.view(torch.int64).bitwise_or_(high.view(torch.int64).bitwise_left_shift_(shift))
 
 
 def q2_k(blocks: torch.Tensor, ws: Workspace) -> Decoded:
@@ -54,31 +65,36 @@ def q2_k(blocks: torch.Tensor, ws: Workspace) -> Decoded:
     sc = blocks[:, 0:16]
     d = f16_field(blocks, 80, ws, "d")
     dmin = f16_field(blocks, 82, ws, "dmin")
-    codes = _planes2(blocks, 16, ws).view(torch.uint8)
+    codes = _crumb_codes(blocks, 16, ws)
     scale = torch.mul(d, sc.bitwise_and(0x0F))
     mins = torch.mul(dmin, sc.bitwise_right_shift(4))
     return Decoded(codes.view(n, 16, 16), scale.view(n, 16, 1), mins.view(n, 16, 1), subtract_offset=True)
 
 
-def q3_k_scales(blocks: torch.Tensor) -> torch.Tensor:
-    """The 16 signed 6-bit sub-block scales of Q3_K (bytes 96..107), int8 ``(n, 16)``."""
+def q3_k_scales(blocks: torch.Tensor, ws: Workspace) -> torch.Tensor:
+    """The 16 signed 6-bit sub-block scales of Q3_K, int8 ``(n, 16)``. Bytes 96..107 as
+    little-endian words ``a, b, c``: scale ``4q + j`` has low nibble = nibble ``q // 2``
+    of byte j of ``(a, b)[q % 2]`` and high bits = crumb ``q`` of byte j of ``c``;
+    computed four lanes at a time on int32 words."""
     n = blocks.shape[0]
-    low = blocks[:, 96:104]
-    high = blocks[:, 104:108]
-    lo = torch.cat([low.bitwise_and(0x0F), low.bitwise_right_shift(4)], dim=1)
-    shifts = _TABLES.on(blocks.device)["crumb4"]
-    hi = high.unsqueeze(1).bitwise_right_shift(shifts).bitwise_and_(3).reshape(n, 16)
-    return lo.bitwise_or_(hi.bitwise_left_shift_(4)).view(torch.int8).sub_(32)
+    w = field(blocks, 96, 108, ws, "q3scales").view(torch.int32)  # (n, 3)
+    a, b, c = w[:, 0], w[:, 1], w[:, 2]
+    out = ws.get("q3scales.out", (n, 4), torch.int32)
+    for q, src in enumerate((a, b, a, b)):
+        low = torch.bitwise_right_shift(src, 4 * (q // 2)).bitwise_and_(0x0F0F0F0F)
+        high = torch.bitwise_right_shift(c, 2 * q).bitwise_and_(0x03030303).bitwise_left_shift_(4)
+        torch.bitwise_or(low, high, out=out[:, q])
+    return out.view(torch.int8).sub_(32)
 
 
 def q3_k(blocks: torch.Tensor, ws: Workspace) -> Decoded:
     n = blocks.shape[0]
     d = f16_field(blocks, 108, ws, "d")
-    codes = _planes2(blocks, 32, ws)
+    codes = _crumb_codes(blocks, 32, ws)
     # level = low2 - 4 when the hmask bit is clear, low2 when it is set.
-    codes.view(n, 8, 4).bitwise_or_(_high_bits(blocks, 0, ws, 2))
+    _or_shifted(codes, _bit_codes(blocks, 0, ws), 2)
     levels = codes.view(torch.int8).sub_(4)
-    scale = torch.mul(d, q3_k_scales(blocks))
+    scale = torch.mul(d, q3_k_scales(blocks, ws))
     return Decoded(levels.view(n, 16, 16), scale.view(n, 16, 1))
 
 
@@ -101,62 +117,51 @@ def k_scale_min(blocks: torch.Tensor, ws: Workspace) -> tuple[torch.Tensor, torc
     return both[0], both[1]
 
 
-_HALF_BITS = DeviceTables(lambda: {"q5k": torch.tensor([[0, 2, 4, 6], [1, 3, 5, 7]], dtype=torch.int64).view(2, 1, 4, 1)})
+def _nibble_codes_k(blocks: torch.Tensor, start: int, run: int, ws: Workspace) -> torch.Tensor:
+    """Nibble codes of ``4 * run * 2`` weights: byte ``start + g*run + j`` holds weight
+    ``g*2*run + j`` (low) and ``g*2*run + run + j`` (high) -> uint8 ``(n, 256)``."""
+    w = block_words(blocks)
+    lo = plane(w, blocks.shape[0], 0, 0x0F, ws, "lo")
+    hi = plane(w, blocks.shape[0], 4, 0x0F, ws, "hi")
+    pieces = []
+    for g in range(128 // run):
+        a = start + g * run
+        pieces += [lo[:, a:a + run], hi[:, a:a + run]]
+    return assemble(pieces, ws.get("lv", (blocks.shape[0], 256), torch.uint8))
 
 
 def _q45_k(blocks: torch.Tensor, ws: Workspace, qs_start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Codes as int64 words ``(2, n, 4, 4)`` (plane s = low/high nibble of 32-byte group c),
-    and the per-32 scales and mins ``(n, 4, 2, 1)`` in the same (c, s) order."""
     n = blocks.shape[0]
     d = f16_field(blocks, 0, ws, "d")
     dmin = f16_field(blocks, 2, ws, "dmin")
     sc, mn = k_scale_min(blocks, ws)
-    qs = words(blocks, qs_start, qs_start + 128, ws, "qs").view(n, 4, 4)
-    codes = ws.get("lv", (2, n, 4, 4), torch.int64)
-    swar_nibbles(qs, codes[0], codes[1])
-    return codes, torch.mul(d, sc).view(n, 4, 2, 1), torch.mul(dmin, mn).view(n, 4, 2, 1)
-
-
-def _k_levels(codes: torch.Tensor) -> torch.Tensor:
-    n = codes.shape[1]
-    return codes.view(torch.uint8).view(2, n, 4, 32).permute(1, 2, 0, 3)  # (n, c, s, 32)
+    codes = _nibble_codes_k(blocks, qs_start, 32, ws)
+    return codes, torch.mul(d, sc).view(n, 8, 1), torch.mul(dmin, mn).view(n, 8, 1)
 
 
 def q4_k(blocks: torch.Tensor, ws: Workspace) -> Decoded:
+    n = blocks.shape[0]
     codes, scale, mins = _q45_k(blocks, ws, 16)
-    return Decoded(_k_levels(codes), scale, mins, subtract_offset=True)
+    return Decoded(codes.view(n, 8, 32), scale, mins, subtract_offset=True)
 
 
 def q5_k(blocks: torch.Tensor, ws: Workspace) -> Decoded:
     n = blocks.shape[0]
     codes, scale, mins = _q45_k(blocks, ws, 48)
-    # Bit b = 2c + s of qh byte j is the fifth bit of weight (c, s, j): shift straight
-    # into the codes' (s, n, c, word) layout so every write stays contiguous.
-    qh = words(blocks, 16, 48, ws, "qh").view(1, n, 1, 4)
-    high = ws.get("hbit", (2, n, 4, 4), torch.int64)
-    torch.bitwise_right_shift(qh, _HALF_BITS.on(blocks.device)["q5k"], out=high)
-    codes.bitwise_or_(high.bitwise_and_(LO1).bitwise_left_shift_(4))
-    return Decoded(_k_levels(codes), scale, mins, subtract_offset=True)
-
-
-_Q6_SHIFTS = DeviceTables(lambda: {"q6k": torch.tensor([[0, 2], [4, 6]], dtype=torch.int64).view(2, 1, 1, 2, 1)})
+    _or_shifted(codes, _bit_codes(blocks, 16, ws), 4)
+    return Decoded(codes.view(n, 8, 32), scale, mins, subtract_offset=True)
 
 
 def q6_k(blocks: torch.Tensor, ws: Workspace) -> Decoded:
-    """Weight ``h*128 + s*64 + j``: nibble s of ql byte ``h*64 + j``, and as bits 4-5 the
-    crumb ``k = 2s + j//32`` of qh byte ``h*32 + j%32``."""
+    """Weight ``h*128 + s*64 + j``: nibble s of ql byte ``h*64 + j``; its bits 4-5 are
+    crumb ``k`` of qh byte ``128 + h*32 + i`` for weight ``h*128 + k*32 + i``."""
     n = blocks.shape[0]
     d = f16_field(blocks, 208, ws, "d")
-    ql = words(blocks, 0, 128, ws, "ql").view(n, 2, 8)
-    codes = ws.get("lv", (2, n, 2, 8), torch.int64)  # (s, n, h, word)
-    swar_nibbles(ql, codes[0], codes[1])
-    qh = words(blocks, 128, 192, ws, "qh").view(1, n, 2, 1, 4)
-    high = ws.get("hbit", (2, n, 2, 2, 4), torch.int64)  # (s, n, h, j//32, word)
-    torch.bitwise_right_shift(qh, _Q6_SHIFTS.on(blocks.device)["q6k"], out=high)
-    codes.bitwise_or_(high.bitwise_and_(LO2).bitwise_left_shift_(4).view(2, n, 2, 8))
-    levels = codes.view(torch.int8).sub_(32).view(2, n, 2, 4, 16).permute(1, 2, 0, 3, 4)
+    codes = _nibble_codes_k(blocks, 0, 64, ws)
+    _or_shifted(codes, _crumb_codes(blocks, 128, ws, "hbit"), 4)
+    levels = codes.view(torch.int8).sub_(32)
     scale = torch.mul(d, blocks[:, 192:208].view(torch.int8))
-    return Decoded(levels, scale.view(n, 2, 2, 4, 1))
+    return Decoded(levels.view(n, 16, 16), scale.view(n, 16, 1))
 
 
 def tq1_0(blocks: torch.Tensor, ws: Workspace) -> Decoded:
@@ -180,5 +185,5 @@ def tq1_0(blocks: torch.Tensor, ws: Workspace) -> Decoded:
 def tq2_0(blocks: torch.Tensor, ws: Workspace) -> Decoded:
     n = blocks.shape[0]
     d = f16_field(blocks, 64, ws, "d")
-    levels = _planes2(blocks, 0, ws).view(torch.int8).sub_(1)
+    levels = _crumb_codes(blocks, 0, ws).view(torch.int8).sub_(1)
     return Decoded(levels.view(n, 1, 256), d.view(n, 1, 1))

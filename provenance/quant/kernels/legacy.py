@@ -22,8 +22,8 @@ from provenance.quant.kernels._common import (
 def _nibble_codes(blocks: torch.Tensor, start: int, ws: Workspace) -> torch.Tensor:
     """Codes 0..15 of the 16 nibble bytes at ``start``: uint8 ``(n, 32)`` in weight order."""
     w = block_words(blocks)
-    lo = plane(w, 0, 0x0F, ws, "lo")
-    hi = plane(w, 4, 0x0F, ws, "hi")
+    lo = plane(w, blocks.shape[0], 0, 0x0F, ws, "lo")
+    hi = plane(w, blocks.shape[0], 4, 0x0F, ws, "hi")
     codes = ws.get("lv", (blocks.shape[0], 32), torch.uint8)
     return assemble([lo[:, start:start + 16], hi[:, start:start + 16]], codes)
 

@@ -1,0 +1,106 @@
+"""Policy files (TOML), validated strictly: unknown keys are errors, not silently ignored.
+
+Example (docs/ci.md has the full reference)::
+
+    version = 1
+    [format]
+    allow = ["gguf", "gguf-split", "safetensors", "safetensors-sharded", "hf-directory"]
+    [metadata]
+    require = ["general.license"]
+    require_base_model = true
+    [[forbid_copy]]
+    reference = "refs/llama-2-7b"     # a checkpoint path (relative to the policy file)
+    min_identical_fraction = 0.5
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from provenance.errors import ProvenanceError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+KNOWN_FORMATS = {"gguf", "gguf-split", "safetensors", "safetensors-sharded", "hf-directory", "llama2c"}
+
+
+class PolicyError(ProvenanceError):
+    """The policy file itself is invalid (a usage problem, not a finding)."""
+
+
+@dataclass(frozen=True)
+class ForbiddenCopy:
+    reference: str
+    min_identical_fraction: float = 0.5
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class Policy:
+    path: str
+    allow_formats: frozenset[str] = frozenset(KNOWN_FORMATS - {"llama2c"})
+    max_file_bytes: int | None = None
+    require_claims: tuple[str, ...] = ()
+    require_base_model: bool = False
+    forbid_copies: tuple[ForbiddenCopy, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Sections owned by other analyses (lineage, watermark), validated by them."""
+
+
+_TOP_KEYS = {"version", "format", "metadata", "forbid_copy", "lineage", "watermark"}
+
+
+def _expect(condition: bool, path: Path, message: str) -> None:
+    if not condition:
+        raise PolicyError(f"{path}: {message}")
+
+
+def load_policy(path: str | Path) -> Policy:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text("utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyError(f"{path}: cannot read policy: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise PolicyError(f"{path}: invalid TOML: {exc}") from None
+    _expect(data.get("version") == 1, path, "policy needs `version = 1`")
+    unknown = set(data) - _TOP_KEYS
+    _expect(not unknown, path, f"unknown policy sections {sorted(unknown)}")
+
+    fmt = data.get("format", {})
+    _expect(isinstance(fmt, dict) and set(fmt) <= {"allow", "max_file_bytes"}, path, "[format] takes allow, max_file_bytes")
+    allow = fmt.get("allow", sorted(KNOWN_FORMATS - {"llama2c"}))
+    _expect(isinstance(allow, list) and set(allow) <= KNOWN_FORMATS, path, f"[format] allow must list formats from {sorted(KNOWN_FORMATS)}")
+    max_bytes = fmt.get("max_file_bytes")
+    _expect(max_bytes is None or (isinstance(max_bytes, int) and max_bytes > 0), path, "max_file_bytes must be a positive integer")
+
+    meta = data.get("metadata", {})
+    _expect(isinstance(meta, dict) and set(meta) <= {"require", "require_base_model"}, path, "[metadata] takes require, require_base_model")
+    require = meta.get("require", [])
+    _expect(isinstance(require, list) and all(isinstance(k, str) for k in require), path, "[metadata] require must be a list of keys")
+
+    copies = []
+    for i, entry in enumerate(data.get("forbid_copy", [])):
+        _expect(isinstance(entry, dict) and "reference" in entry and set(entry) <= {"reference", "min_identical_fraction", "label"},
+                path, f"[[forbid_copy]] #{i} takes reference, min_identical_fraction, label")
+        fraction = entry.get("min_identical_fraction", 0.5)
+        _expect(isinstance(fraction, (int, float)) and 0 < fraction <= 1, path, "min_identical_fraction must be in (0, 1]")
+        reference = Path(entry["reference"])
+        if not reference.is_absolute():
+            reference = path.parent / reference
+        copies.append(ForbiddenCopy(str(reference), float(fraction), str(entry.get("label", entry["reference"]))))
+
+    return Policy(
+        path=str(path),
+        allow_formats=frozenset(allow),
+        max_file_bytes=max_bytes,
+        require_claims=tuple(require),
+        require_base_model=bool(meta.get("require_base_model", False)),
+        forbid_copies=tuple(copies),
+        extra={k: data[k] for k in ("lineage", "watermark") if k in data},
+    )
