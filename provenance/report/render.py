@@ -94,7 +94,7 @@ def render_markdown(report: Report) -> str:
     subject = report.subject
     lines = [f"# Provenance report: {md_escape(os.path.basename(str(subject.get('path', ''))))}", "",
              f"**{md_escape(report.executive_summary)}**", "",
-             f"- subject: `{safe_text(subject.get('path', '')).replace('`', '')}`",
+             f"- subject: {md_escape(subject.get('path', ''))}",
              f"- created {md_escape(report.created)} by provenance {md_escape(report.to_dict()['tool']['version'])}", ""]
     if report.findings:
         lines += ["## Findings", "", "| finding | verdict | p-value | severity | summary |", "|---|---|---|---|---|"]
