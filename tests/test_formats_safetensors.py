@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -106,3 +107,23 @@ def test_llama_cpp_converter_round_trip(fixture: str, request: pytest.FixtureReq
         # Without the permutation, attention projections would not match.
         raw_q = load_file(directory / "model.safetensors")["model.layers.0.self_attn.q_proj.weight"].numpy()
         assert not np.array_equal(raw_q, converted.read("blk.0.attn_q.weight"))
+
+
+def test_tokenizer_hash_agrees_across_formats(hf_llama_spm: Path, converter, tmp_path: Path) -> None:
+    """transformers' tokenizer.json and llama.cpp's GGUF token array of the same Llama 2
+    tokenizer give the same token-list hash (and equal the shipped llama-spm vocab GGUF's)."""
+    from transformers import LlamaTokenizer
+
+    from conftest import VOCAB_DIR
+    from provenance.tokenizer import summarize_tokenizer
+
+    model_dir = tmp_path / "with-tokenizer"
+    shutil.copytree(hf_llama_spm, model_dir)
+    LlamaTokenizer.from_pretrained(model_dir).save_pretrained(model_dir)
+    gguf_path = converter(model_dir, tmp_path / "m.gguf")
+    with open_checkpoint(model_dir) as hf, open_checkpoint(gguf_path) as gg, \
+         open_checkpoint(VOCAB_DIR / "ggml-vocab-llama-spm.gguf") as vocab:
+        summaries = [summarize_tokenizer(c) for c in (hf, gg, vocab)]
+    assert [s.source for s in summaries] == ["tokenizer.json", "gguf", "gguf"]
+    assert {s.vocab_size for s in summaries} == {32000}
+    assert len({s.tokens_sha256 for s in summaries}) == 1
