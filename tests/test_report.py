@@ -74,3 +74,16 @@ def test_report_json_matches_published_schema() -> None:
     jsonschema.validate(document, schema)
     assert document["findings"][0]["severity"] == "warning"
     assert document["sections"][0]["figures"][0]["file"] == "similarity.png"
+
+
+def test_html_renders_in_headless_chromium(tmp_path: Path) -> None:
+    from browser import rendered_text, screenshot
+
+    files = write_report(sample_report(), tmp_path / "r", formats=("html",))
+    dom = rendered_text(files["html"], tmp_path / "profile")
+    assert "Derived from the reference (fine-tune)" in dom and "<script>alert" not in dom
+    pixels = screenshot(files["html"], tmp_path / "shot.png", tmp_path / "profile")
+    assert pixels.shape[0] > 1000
+    # The embedded figure is drawn: some rows carry many non-white pixels (the plot line and axes).
+    ink = (pixels[..., :3].mean(axis=-1) < 0.8).sum(axis=1)
+    assert ink.max() > 200

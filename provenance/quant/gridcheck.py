@@ -1,0 +1,161 @@
+"""Grid consistency: are a candidate's stored codes what llama.cpp would have stored for
+the reference weights?
+
+For each quantized tensor the reference rows (canonical layout, same shape) are run
+through llama.cpp's own code arithmetic (:mod:`provenance.quant.recipes`) on the
+candidate's stored grid. A clean quantization of the reference gives zero unexplained
+mismatches; a source that differed by small noise gives rare flips next to cell
+boundaries (P(flip) ~ E|delta| / step, so the count estimates the noise amplitude); an
+unrelated source gives mismatches everywhere.
+
+Source precision: llama.cpp quantizes whatever floats it is handed, and converters often
+hand it f16 or bf16 values. The check is run with the reference as is (``f32``), rounded
+to f16, or to bf16, and the hypothesis that explains the grid best is reported: a
+forensic signal of what the quantizer saw. When the reference is f32 but the quantizer's
+input was an f16/bf16 rounding of a *higher-precision* original (e.g. float64 draws cast
+straight to f16), the two roundings differ exactly where the f32 value sits on a
+midpoint of the narrow format; both neighbours are then accepted (double rounding).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from provenance.quant.grid import QuantGrid, quant_grid
+from provenance.quant.recipes import Prediction, predict, supported
+
+PRECISIONS = ("f32", "f16", "bf16")
+_NARROW = {"f16": torch.float16, "bf16": torch.bfloat16}
+
+
+def source_variants(x: torch.Tensor, precision: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The reference as the quantizer would have seen it under ``precision``, and, for
+    narrow formats, the alternative where f32 values on a midpoint round the other way
+    (None when no value is ambiguous)."""
+    if precision == "f32":
+        return x, None
+    dtype = _NARROW[precision]
+    near = x.to(dtype).to(torch.float32)
+    other = 2 * x - near  # the neighbour on the other side, when x is a midpoint
+    ambiguous = (near != x) & (other - x == x - near) & (other.to(dtype).to(torch.float32) == other)
+    if not bool(ambiguous.any()):
+        return near, None
+    return near, torch.where(ambiguous, other, near)
+
+
+@dataclass
+class CheckCounts:
+    """Accumulated grid-consistency counts of one tensor (summable over row chunks)."""
+
+    n_weights: int = 0
+    n_checked: int = 0
+    n_mismatch: int = 0
+    n_explained: int = 0
+    n_unexplained: int = 0
+    n_up: int = 0
+    """Unexplained flips whose stored value lies above the reference's (source larger)."""
+    n_down: int = 0
+    n_blocks_scale_mismatch: int = 0
+    inv_step_sum: float = 0.0
+    """Sum over checked weights of 1/step (value units): P(flip) model denominator."""
+    distances: list[float] = field(default_factory=list)
+    """Distance of each unexplained mismatch outside its stored cell, in steps (capped list)."""
+
+    MAX_KEPT = 100_000
+
+    def add(self, other: "CheckCounts") -> None:
+        for name in ("n_weights", "n_checked", "n_mismatch", "n_explained", "n_unexplained", "n_up", "n_down", "n_blocks_scale_mismatch"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.inv_step_sum += other.inv_step_sum
+        room = self.MAX_KEPT - len(self.distances)
+        if room > 0:
+            self.distances.extend(other.distances[:room])
+
+    @property
+    def amplitude(self) -> float:
+        """Estimated std of the source difference (value units), from
+        ``E|delta| = flips / sum(1/step)`` and ``std = E|delta| * sqrt(pi/2)`` (Gaussian)."""
+        if self.inv_step_sum <= 0:
+            return float("nan")
+        return self.n_unexplained / self.inv_step_sum * math.sqrt(math.pi / 2)
+
+    def summary(self) -> dict[str, float | int]:
+        d = np.asarray(self.distances, dtype=np.float64)
+        out = {k: v for k, v in asdict(self).items() if k != "distances"}
+        out["frac_unexplained"] = self.n_unexplained / self.n_checked if self.n_checked else float("nan")
+        out["dist_median_steps"] = float(np.median(d)) if d.size else float("nan")
+        out["dist_max_steps"] = float(d.max()) if d.size else float("nan")
+        out["amplitude"] = self.amplitude
+        return out
+
+
+def _distance_steps(grid: QuantGrid, pred: Prediction, stored: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """How far the source position lies outside the stored level's cell (in local steps),
+    and the local step in level units."""
+    u = pred.u
+    if grid.levels is None:
+        return (u - stored).abs() - 0.5, torch.ones_like(u)
+    table = grid.levels.to(u.device)
+    idx = torch.searchsorted(table, stored.contiguous())
+    up = table[(idx + 1).clamp(max=len(table) - 1)]
+    down = table[(idx - 1).clamp(min=0)]
+    gap_up = torch.where(up > stored, up - stored, stored - down)
+    gap_down = torch.where(down < stored, stored - down, up - stored)
+    above = u > stored
+    gap = torch.where(above, gap_up, gap_down)
+    return ((u - stored).abs() - gap / 2) / gap, gap
+
+
+def check_block_rows(x: torch.Tensor, raw: np.ndarray | torch.Tensor, ggml_type: int, precision: str) -> CheckCounts:
+    """Grid consistency of stored rows ``raw`` against reference rows ``x`` (same shape)."""
+    grid = quant_grid(raw, ggml_type)
+    x = x.to(torch.float32).reshape(grid.codes.shape)
+    stored = grid.level_values()
+    near, alt = source_variants(x, precision)
+    pred = predict(near, grid, ggml_type)
+    mismatch = pred.valid & (pred.level != stored)
+    explained = torch.zeros_like(mismatch)
+    scale_bad = None if pred.scale_ok is None else ~pred.scale_ok
+    if alt is not None:
+        pred_alt = predict(alt, grid, ggml_type)
+        explained |= mismatch & (pred_alt.level == stored)
+        if scale_bad is not None and pred_alt.scale_ok is not None:
+            scale_bad &= ~pred_alt.scale_ok
+    dist, gap = _distance_steps(grid, pred, stored)
+    if pred.tolerance is not None:
+        explained |= mismatch & (dist * gap <= pred.tolerance)
+    unexplained = mismatch & ~explained
+    step_value = (grid.scale_per_weight() * gap).abs()
+    inv = torch.where(pred.valid & (step_value > 0) & torch.isfinite(step_value), 1.0 / step_value, torch.zeros_like(step_value))
+    direction = (stored - pred.level) * grid.scale_per_weight()
+    counts = CheckCounts(
+        n_weights=x.numel(),
+        n_checked=int(pred.valid.sum()),
+        n_mismatch=int(mismatch.sum()),
+        n_explained=int(explained.sum()),
+        n_unexplained=int(unexplained.sum()),
+        n_up=int((unexplained & (direction > 0)).sum()),
+        n_down=int((unexplained & (direction < 0)).sum()),
+        n_blocks_scale_mismatch=0 if scale_bad is None else int(scale_bad.sum()),
+        inv_step_sum=float(inv.double().sum()),
+    )
+    if counts.n_unexplained:
+        counts.distances = dist[unexplained][: CheckCounts.MAX_KEPT].tolist()
+    return counts
+
+
+def clean_values(x: torch.Tensor, raw: np.ndarray | torch.Tensor, ggml_type: int, precision: str) -> torch.Tensor:
+    """The reference re-quantized on the candidate's stored grid with llama.cpp's code
+    arithmetic: what a clean quantization with these scales stores (exactly the
+    candidate's values when it is one)."""
+    grid = quant_grid(raw, ggml_type)
+    near, _ = source_variants(x.to(torch.float32).reshape(grid.codes.shape), precision)
+    pred = predict(near, grid, ggml_type)
+    level = torch.where(pred.valid, pred.level, grid.level_values())
+    return grid.value_of(level)
+
+
+__all__ = ["PRECISIONS", "CheckCounts", "check_block_rows", "clean_values", "source_variants", "supported"]
