@@ -10,7 +10,7 @@ import sys
 import click
 
 from provenance import __version__
-from provenance.commands import check_cmd, inspect_cmd
+from provenance.commands import check_cmd, inspect_cmd, investigate_cmd
 from provenance.commands.common import EXIT_ERROR, EXIT_USAGE, stderr_console
 from provenance.errors import ProvenanceError
 
@@ -24,6 +24,7 @@ def cli() -> None:
 COMMANDS = [
     inspect_cmd.command,
     check_cmd.command,
+    investigate_cmd.command,
 ]
 for _command in COMMANDS:
     cli.add_command(_command)

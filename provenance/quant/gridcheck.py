@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from provenance.quant.dequant import as_torch
 from provenance.quant.grid import QuantGrid, quant_grid
 from provenance.quant.recipes import Prediction, predict, supported
 
@@ -111,16 +112,17 @@ def _distance_steps(grid: QuantGrid, pred: Prediction, stored: torch.Tensor) -> 
 
 def check_block_rows(x: torch.Tensor, raw: np.ndarray | torch.Tensor, ggml_type: int, precision: str) -> CheckCounts:
     """Grid consistency of stored rows ``raw`` against reference rows ``x`` (same shape)."""
-    grid = quant_grid(raw, ggml_type)
+    raw_t = raw if isinstance(raw, torch.Tensor) else as_torch(np.asarray(raw, dtype=np.uint8))
+    grid = quant_grid(raw_t, ggml_type)
     x = x.to(torch.float32).reshape(grid.codes.shape)
     stored = grid.level_values()
     near, alt = source_variants(x, precision)
-    pred = predict(near, grid, ggml_type)
+    pred = predict(near, grid, ggml_type, raw_t)
     mismatch = pred.valid & (pred.level != stored)
     explained = torch.zeros_like(mismatch)
     scale_bad = None if pred.scale_ok is None else ~pred.scale_ok
     if alt is not None:
-        pred_alt = predict(alt, grid, ggml_type)
+        pred_alt = predict(alt, grid, ggml_type, raw_t)
         explained |= mismatch & (pred_alt.level == stored)
         if scale_bad is not None and pred_alt.scale_ok is not None:
             scale_bad &= ~pred_alt.scale_ok

@@ -125,18 +125,36 @@ def _best_index(values: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return torch.where(v >= values[-1], torch.full_like(pick, len(values) - 1), pick)
 
 
-def _iq4(x: torch.Tensor, grid: QuantGrid) -> Prediction:
+def _iq4(x: torch.Tensor, grid: QuantGrid, raw: torch.Tensor | None) -> Prediction:
     assert grid.levels is not None
     dl = grid.scale_per_weight()
     v = x * _safe_inverse(dl)
     values = grid.levels.to(x.device)
     level = values[_best_index(values, v)]
-    tolerance = v.abs() * (2 * F16_REL) + 1e-4
+    # The codes were chosen with the f32 super-scale d; the file keeps fp16(d), which is
+    # off by at most half an f16 spacing: relative 2^-11 for normal f16, but an absolute
+    # 2^-25 for subnormal ones (common: d = max_scale/32 is often below 6.1e-5).
+    rel = torch.full_like(v, F16_REL)
+    if raw is not None:
+        d16 = _f16_scales(raw, grid).abs()
+        rel = torch.maximum(rel, torch.where(d16 > 0, 2.0 ** -25 / d16, torch.zeros_like(d16)))
+    tolerance = v.abs() * (2 * rel) + 1e-4
     return Prediction(level, v, dl != 0, tolerance=tolerance)
 
 
-def predict(x: torch.Tensor, grid: QuantGrid, ggml_type: int) -> Prediction:
-    """Codes llama.cpp would store for source ``x`` (float32, the grid's shape)."""
+def _f16_scales(raw: torch.Tensor, grid: QuantGrid) -> torch.Tensor:
+    """Per weight, the block's stored f16 super-scale (bytes 0..1 of IQ4 blocks)."""
+    rows = grid.codes.shape[0]
+    from provenance.quant.types import type_info
+
+    info = type_info(grid.qtype)
+    blocks = raw.reshape(-1, info.type_size)[:, 0:2].contiguous().view(torch.float16).to(torch.float32)
+    return blocks.view(rows, -1).repeat_interleave(info.block_size, dim=1)
+
+
+def predict(x: torch.Tensor, grid: QuantGrid, ggml_type: int, raw: torch.Tensor | None = None) -> Prediction:
+    """Codes llama.cpp would store for source ``x`` (float32, the grid's shape); ``raw``
+    (the stored blocks) sharpens the IQ4 tolerance."""
     qtype = T(ggml_type)
     x = x.to(torch.float32)
     if qtype == T.Q8_0:
@@ -152,7 +170,7 @@ def predict(x: torch.Tensor, grid: QuantGrid, ggml_type: int) -> Prediction:
     if qtype in (T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K):
         return _k_quant(x, grid)
     if qtype in TOLERANT_TYPES:
-        return _iq4(x, grid)
+        return _iq4(x, grid, raw)
     raise NotImplementedError(f"no code recipe for {qtype.name}")
 
 
