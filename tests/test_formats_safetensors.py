@@ -127,3 +127,24 @@ def test_tokenizer_hash_agrees_across_formats(hf_llama_spm: Path, converter, tmp
     assert [s.source for s in summaries] == ["tokenizer.json", "gguf", "gguf"]
     assert {s.vocab_size for s in summaries} == {32000}
     assert len({s.tokens_sha256 for s in summaries}) == 1
+
+
+def _raw_safetensors(path: Path, dtype: str, shape: list[int], data: bytes) -> Path:
+    import struct as _struct
+
+    header = json.dumps({"t": {"dtype": dtype, "shape": shape, "data_offsets": [0, len(data)]}}).encode()
+    path.write_bytes(_struct.pack("<Q", len(header)) + header + data)
+    return path
+
+
+def test_f8_e8m0_scales(tmp_path: Path) -> None:
+    path = _raw_safetensors(tmp_path / "e8m0.safetensors", "F8_E8M0", [4], bytes([127, 128, 126, 0]))
+    with open_checkpoint(path) as checkpoint:
+        assert checkpoint.read("t").tolist() == [1.0, 2.0, 0.5, 2.0**-127]
+
+
+def test_f4_e2m1_packed_two_per_byte(tmp_path: Path) -> None:
+    # Low nibble first: 0x21 -> (0.5, 1.0); 0xF7 -> (6.0, -6.0).
+    path = _raw_safetensors(tmp_path / "f4.safetensors", "F4", [2, 2], bytes([0x21, 0xF7]))
+    with open_checkpoint(path) as checkpoint:
+        assert checkpoint.read("t").tolist() == [[0.5, 1.0], [6.0, -6.0]]

@@ -1,0 +1,37 @@
+"""`provenance investigate`: one report, executive summary first, nothing written on failure."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+
+from conftest import QUANT_DIR, ROOT, SHARED_DATA
+from provenance.investigate import investigate
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "provenance.cli", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_investigate_api_on_a_quantized_file() -> None:
+    report = investigate(QUANT_DIR / "tiny-llama-Q4_K_M.gguf")
+    assert report.sections[0].kind == "inspect"
+    assert report.executive_summary.startswith("tiny-llama-Q4_K_M.gguf:")
+    assert report.claims["general.name"] == "tiny-llama-test"
+    document = report.to_dict()
+    jsonschema.validate(document, json.loads((ROOT / "docs" / "report-schema.json").read_text()))
+
+
+def test_unreadable_candidate_writes_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    result = run_cli("investigate", str(SHARED_DATA / "corrupted" / "utf8-mangled-ggml-vocab-bert-bge.gguf"), "-o", str(out))
+    assert result.returncode == 2 and "offset" in result.stderr
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_unknown_output_format_is_a_usage_error(tmp_path: Path) -> None:
+    result = run_cli("investigate", str(QUANT_DIR / "tiny-llama-Q8_0.gguf"), "-o", str(tmp_path / "r"), "--format", "pdf")
+    assert result.returncode == 64 and not (tmp_path / "r").exists()
