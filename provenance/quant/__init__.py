@@ -1,5 +1,6 @@
 """Quantization forensics: dequantization of every ggml type, and quantization grids."""
 from provenance.quant.dequant import dequantize_rows, dequantize_torch
 from provenance.quant.kernels import kernel_coverage
+from provenance.quant.api import quantcheck
 
-__all__ = ["dequantize_rows", "dequantize_torch", "kernel_coverage"]
+__all__ = ["dequantize_rows", "dequantize_torch", "kernel_coverage", "quantcheck"]

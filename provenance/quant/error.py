@@ -77,7 +77,8 @@ def error_stats(
         cd = clean.to(torch.float64) - r
         out.clean_sse = float((cd * cd).sum())
     if step is not None:
-        ok = step > 0
-        out.abs_steps = float((diff.abs()[ok] / step.to(torch.float64)[ok]).sum())
+        ok = (step > 0) & torch.isfinite(step)
+        safe = torch.where(ok, step, torch.ones_like(step)).to(torch.float64)
+        out.abs_steps = float(torch.where(ok, diff.abs() / safe, torch.zeros_like(diff)).sum())
         out.n_steps = int(ok.sum())
     return out

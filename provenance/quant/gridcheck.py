@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from provenance.quant.dequant import as_torch
+from provenance.quant.error import ErrorStats, error_stats
 from provenance.quant.grid import QuantGrid, quant_grid
 from provenance.quant.recipes import Prediction, predict, supported
 
@@ -110,8 +111,12 @@ def _distance_steps(grid: QuantGrid, pred: Prediction, stored: torch.Tensor) -> 
     return ((u - stored).abs() - gap / 2) / gap, gap
 
 
-def check_block_rows(x: torch.Tensor, raw: np.ndarray | torch.Tensor, ggml_type: int, precision: str) -> CheckCounts:
-    """Grid consistency of stored rows ``raw`` against reference rows ``x`` (same shape)."""
+def check_block_rows(
+    x: torch.Tensor, raw: np.ndarray | torch.Tensor, ggml_type: int, precision: str
+) -> tuple[CheckCounts, ErrorStats]:
+    """Grid consistency of stored rows ``raw`` against reference rows ``x`` (same shape),
+    and the dequantization error of the stored values (with the error a clean
+    quantization of the reference on the same grid would have)."""
     raw_t = raw if isinstance(raw, torch.Tensor) else as_torch(np.asarray(raw, dtype=np.uint8))
     grid = quant_grid(raw_t, ggml_type)
     x = x.to(torch.float32).reshape(grid.codes.shape)
@@ -130,9 +135,11 @@ def check_block_rows(x: torch.Tensor, raw: np.ndarray | torch.Tensor, ggml_type:
     if pred.tolerance is not None:
         explained |= mismatch & (dist * gap <= pred.tolerance)
     unexplained = mismatch & ~explained
-    step_value = (grid.scale_per_weight() * gap).abs()
-    inv = torch.where(pred.valid & (step_value > 0) & torch.isfinite(step_value), 1.0 / step_value, torch.zeros_like(step_value))
-    direction = (stored - pred.level) * grid.scale_per_weight()
+    scale = grid.scale_per_weight()
+    step_value = (scale * gap).abs()
+    usable = pred.valid & (step_value > 0) & torch.isfinite(step_value)
+    inv = torch.where(usable, 1.0 / torch.where(usable, step_value, torch.ones_like(step_value)), torch.zeros_like(step_value))
+    direction = (stored - pred.level) * scale
     counts = CheckCounts(
         n_weights=x.numel(),
         n_checked=int(pred.valid.sum()),
@@ -146,18 +153,9 @@ def check_block_rows(x: torch.Tensor, raw: np.ndarray | torch.Tensor, ggml_type:
     )
     if counts.n_unexplained:
         counts.distances = dist[unexplained][: CheckCounts.MAX_KEPT].tolist()
-    return counts
+    values = grid.value_of(stored)
+    clean = grid.value_of(torch.where(pred.valid, pred.level, stored))
+    return counts, error_stats(values, x, clean, step_value)
 
 
-def clean_values(x: torch.Tensor, raw: np.ndarray | torch.Tensor, ggml_type: int, precision: str) -> torch.Tensor:
-    """The reference re-quantized on the candidate's stored grid with llama.cpp's code
-    arithmetic: what a clean quantization with these scales stores (exactly the
-    candidate's values when it is one)."""
-    grid = quant_grid(raw, ggml_type)
-    near, _ = source_variants(x.to(torch.float32).reshape(grid.codes.shape), precision)
-    pred = predict(near, grid, ggml_type)
-    level = torch.where(pred.valid, pred.level, grid.level_values())
-    return grid.value_of(level)
-
-
-__all__ = ["PRECISIONS", "CheckCounts", "check_block_rows", "clean_values", "source_variants", "supported"]
+__all__ = ["PRECISIONS", "CheckCounts", "check_block_rows", "source_variants", "supported"]
