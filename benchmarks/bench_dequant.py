@@ -89,13 +89,36 @@ def time_gguf(raw: np.ndarray, qtype: T) -> float:
     return time.perf_counter() - t0
 
 
+def bench_device(types: list[T], mib: int, reps: int, device: torch.device) -> None:
+    """Our kernels on an accelerator: whole tensors resident on the device."""
+    print(f"torch {torch.__version__} on {torch.cuda.get_device_name(device) if device.type == 'cuda' else device}")
+    print(f"{'type':8} {'MiB':>5} {'Gelem/s':>8} {'GB/s out':>9}")
+    for qtype in types:
+        raw = torch.from_numpy(make_blocks(qtype, mib)).to(device)
+        out = torch.empty((raw.shape[0], ROW), dtype=torch.float32, device=device)
+        dequantize_torch(raw, qtype, out=out, chunk_elems=1 << 26)
+        torch.cuda.synchronize(device)
+        best = float("inf")
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            dequantize_torch(raw, qtype, out=out, chunk_elems=1 << 26)
+            torch.cuda.synchronize(device)
+            best = min(best, time.perf_counter() - t0)
+        n = out.numel()
+        print(f"{qtype.name:8} {raw.numel() / 2**20:5.0f} {n / best / 1e9:8.1f} {4 * n / best / 1e9:9.0f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mib", type=int, default=64, help="stored MiB per type (default 64)")
     ap.add_argument("--types", default=",".join(TYPES))
     ap.add_argument("--reps", type=int, default=3, help="our runs per thread count (best kept)")
+    ap.add_argument("--device", default="cpu", help="cpu (vs gguf, the default) or cuda (ours alone, on the GPU)")
     args = ap.parse_args()
     types = [T[name] for name in args.types.split(",")]
+    if args.device != "cpu":
+        bench_device(types, args.mib, args.reps, torch.device(args.device))
+        return
     print(f"torch {torch.__version__}, gguf {gguf.__version__ if hasattr(gguf, '__version__') else '?'}, "
           f"numpy {np.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")

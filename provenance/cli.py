@@ -10,7 +10,8 @@ import sys
 import click
 
 from provenance import __version__
-from provenance.commands import check_cmd, inspect_cmd, investigate_cmd
+from provenance.commands import check_cmd, inspect_cmd, watermark_cmd, investigate_cmd
+from provenance.commands import identify_cmd, refdb_cmd
 from provenance.commands.common import EXIT_ERROR, EXIT_USAGE, stderr_console
 from provenance.errors import ProvenanceError
 
@@ -25,6 +26,9 @@ COMMANDS = [
     inspect_cmd.command,
     check_cmd.command,
     investigate_cmd.command,
+    watermark_cmd.command,
+    identify_cmd.command,
+    refdb_cmd.command,
 ]
 for _command in COMMANDS:
     cli.add_command(_command)

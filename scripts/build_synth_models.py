@@ -210,23 +210,32 @@ def _run(jobs: int, calls: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
         return [f.result() for f in futures]
 
 
-def build(out: Path, n_seeds: int, dtype: str, jobs: int, reuse_corpus: bool) -> None:
+def build(out: Path, n_seeds: int, dtype: str, jobs: int, reuse_corpus: bool,
+          derivatives_only: bool = False) -> None:
     t0 = time.perf_counter()
     (out / "models").mkdir(parents=True, exist_ok=True)
-    if reuse_corpus and (out / "corpus.npy").is_file() and (out / "finetune.npy").is_file():
-        corpora = _corpus_info(out, Llama2cModel(load_llama2c(STORIES / "stories260K.bin")), {})
-        print("corpora: reused", file=sys.stderr)
-    else:
-        corpora = build_corpora(out)
-        print(f"corpora: sampled in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
-    shutil.copyfile(STORIES / "LICENSE-llama2c", out / "LICENSE-llama2c")
     stale = set(os.listdir(out / "models"))
+    if derivatives_only:
+        # Keep the shipped corpora and base models (and their records); redo derivatives.
+        with open(out / MANIFEST_NAME, encoding="utf-8") as fh:
+            previous = json.load(fh)
+        corpora = previous["corpora"]
+        records = [r for r in previous["models"] if r["parent"] is None]
+        print("corpora and base models: reused", file=sys.stderr)
+    else:
+        if reuse_corpus and (out / "corpus.npy").is_file() and (out / "finetune.npy").is_file():
+            corpora = _corpus_info(out, Llama2cModel(load_llama2c(STORIES / "stories260K.bin")), {})
+            print("corpora: reused", file=sys.stderr)
+        else:
+            corpora = build_corpora(out)
+            print(f"corpora: sampled in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+        shutil.copyfile(STORIES / "LICENSE-llama2c", out / "LICENSE-llama2c")
+        bases = [(build_independent, str(out), seed, dtype) for seed in range(n_seeds)]
+        bases.append((build_stories260k, str(out), dtype))
+        records = _run(jobs, bases)
+        print(f"independent pool: done at {time.perf_counter() - t0:.0f}s", file=sys.stderr)
 
-    bases = [(build_independent, str(out), seed, dtype) for seed in range(n_seeds)]
-    bases.append((build_stories260k, str(out), dtype))
-    records = _run(jobs, bases)
-    print(f"independent pool: done at {time.perf_counter() - t0:.0f}s", file=sys.stderr)
-
+    t_derived = time.perf_counter()
     parents = [p for p in DERIVED_PARENTS if p in {r["id"] for r in records}]
     derived: list[tuple[Any, ...]] = []
     for parent in parents:
@@ -234,7 +243,7 @@ def build(out: Path, n_seeds: int, dtype: str, jobs: int, reuse_corpus: bool) ->
         derived += [(build_derivative, str(out), parent, "lora", "", dtype),
                     (build_derivative, str(out), parent, "continued-pretraining", "", dtype)]
     records += _run(jobs, derived)
-    for old in stale - {r["id"] for r in records}:
+    for old in sorted(stale - {r["id"] for r in records}):
         shutil.rmtree(out / "models" / old)
 
     total = sum(f.stat().st_size for f in out.rglob("*") if f.is_file() and f.name != MANIFEST_NAME)
@@ -246,7 +255,9 @@ def build(out: Path, n_seeds: int, dtype: str, jobs: int, reuse_corpus: bool) ->
         "machine": platform.machine(),
         "threads_per_job": 1,
         "jobs": jobs,
-        "build_seconds": round(time.perf_counter() - t0, 1),
+        "build_seconds": round(time.perf_counter() - t0, 1) + (
+            previous["build_seconds"] - previous.get("derivative_seconds", 0.0) if derivatives_only else 0.0),
+        "derivative_seconds": round(time.perf_counter() - t_derived, 1),
         "total_bytes_without_manifest": total,
         "corpora": corpora,
         "models": records,
@@ -317,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float16", help="storage dtype")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (1 thread each)")
     parser.add_argument("--reuse-corpus", action="store_true", help="keep corpus.npy/finetune.npy")
+    parser.add_argument("--derivatives-only", action="store_true",
+                        help="keep the shipped corpora and base models, rebuild the derivatives")
     parser.add_argument("--check", nargs="*", metavar="MODEL_ID",
                         help="verify hashes and re-train these models (default synth-s00 and "
                              "synth-s00-ft-light) instead of building")
@@ -324,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     if args.check is not None:
         return check(args.out, args.check or ["synth-s00", "synth-s00-ft-light"])
-    build(args.out, args.n_seeds, args.dtype, args.jobs, args.reuse_corpus)
+    build(args.out, args.n_seeds, args.dtype, args.jobs, args.reuse_corpus, args.derivatives_only)
     return 0
 
 

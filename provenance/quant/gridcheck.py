@@ -62,7 +62,10 @@ class CheckCounts:
     n_down: int = 0
     n_blocks_scale_mismatch: int = 0
     inv_step_sum: float = 0.0
-    """Sum over checked weights of 1/step (value units): P(flip) model denominator."""
+    """Sum over checked weights of 1/step (value units)."""
+    near_sum: float = 0.0
+    """Sum over weights within ``NEAR`` steps of a cell boundary of ``1/(2*NEAR*step)``:
+    the density of weights at the boundaries, which is what flip counts measure."""
     distances: list[float] = field(default_factory=list)
     """Distance of each unexplained mismatch outside its stored cell, in steps (capped list)."""
 
@@ -72,17 +75,24 @@ class CheckCounts:
         for name in ("n_weights", "n_checked", "n_mismatch", "n_explained", "n_unexplained", "n_up", "n_down", "n_blocks_scale_mismatch"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.inv_step_sum += other.inv_step_sum
+        self.near_sum += other.near_sum
         room = self.MAX_KEPT - len(self.distances)
         if room > 0:
             self.distances.extend(other.distances[:room])
 
     @property
     def amplitude(self) -> float:
-        """Estimated std of the source difference (value units), from
-        ``E|delta| = flips / sum(1/step)`` and ``std = E|delta| * sqrt(pi/2)`` (Gaussian)."""
-        if self.inv_step_sum <= 0:
+        """Estimated std of the source difference (value units).
+
+        A weight at margin ``m`` steps from its cell boundary flips when the difference
+        pushes it across: ``E[flips] = E|delta| * sum_i rho_i / step_i`` with ``rho_i`` the
+        density of margins at 0 (1 for weights spread uniformly over their cells, but
+        K-quant scale searches pull weights towards cell centres, to ~0.7). ``rho`` is
+        measured on the reference itself (``near_sum``), and ``std = E|delta|*sqrt(pi/2)``
+        for Gaussian differences."""
+        if self.near_sum <= 0:
             return float("nan")
-        return self.n_unexplained / self.inv_step_sum * math.sqrt(math.pi / 2)
+        return self.n_unexplained / self.near_sum * math.sqrt(math.pi / 2)
 
     def summary(self) -> dict[str, float | int]:
         d = np.asarray(self.distances, dtype=np.float64)
@@ -109,6 +119,33 @@ def _distance_steps(grid: QuantGrid, pred: Prediction, stored: torch.Tensor) -> 
     above = u > stored
     gap = torch.where(above, gap_up, gap_down)
     return ((u - stored).abs() - gap / 2) / gap, gap
+
+
+NEAR = 0.05
+"""Margin (in steps) within which a weight counts as sitting on a cell boundary."""
+
+
+def _margins(grid: QuantGrid, pred: Prediction) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distance (in local steps) from each source position to the nearest boundary of
+    its predicted cell that exists (the outer side of an end cell has none), and the
+    gap (level units) on that side."""
+    u, level = pred.u, pred.level
+    if grid.levels is None:
+        r = u - level
+        margin = 0.5 - r.abs()
+        margin = torch.where(level >= grid.qmax, r + 0.5, margin)
+        margin = torch.where(level <= grid.qmin, 0.5 - r, margin)
+        return margin, torch.ones_like(u)
+    table = grid.levels.to(u.device)
+    idx = torch.searchsorted(table, level.contiguous())
+    last = len(table) - 1
+    up = table[(idx + 1).clamp(max=last)]
+    down = table[(idx - 1).clamp(min=0)]
+    gap_up, gap_down = up - level, level - down
+    m_up = torch.where(idx < last, ((level + up) / 2 - u) / torch.where(gap_up > 0, gap_up, torch.ones_like(gap_up)), torch.full_like(u, math.inf))
+    m_down = torch.where(idx > 0, (u - (level + down) / 2) / torch.where(gap_down > 0, gap_down, torch.ones_like(gap_down)), torch.full_like(u, math.inf))
+    use_up = m_up < m_down
+    return torch.where(use_up, m_up, m_down), torch.where(use_up, gap_up, gap_down)
 
 
 def check_block_rows(
@@ -139,6 +176,10 @@ def check_block_rows(
     step_value = (scale * gap).abs()
     usable = pred.valid & (step_value > 0) & torch.isfinite(step_value)
     inv = torch.where(usable, 1.0 / torch.where(usable, step_value, torch.ones_like(step_value)), torch.zeros_like(step_value))
+    margin, side_gap = _margins(grid, pred)
+    near = usable & (margin >= 0) & (margin < NEAR)
+    near_step = (scale * side_gap).abs()
+    near_inv = torch.where(near, 1.0 / torch.where(near, near_step, torch.ones_like(near_step)), torch.zeros_like(near_step))
     direction = (stored - pred.level) * scale
     counts = CheckCounts(
         n_weights=x.numel(),
@@ -150,6 +191,7 @@ def check_block_rows(
         n_down=int((unexplained & (direction < 0)).sum()),
         n_blocks_scale_mismatch=0 if scale_bad is None else int(scale_bad.sum()),
         inv_step_sum=float(inv.double().sum()),
+        near_sum=float(near_inv.double().sum()) / (2 * NEAR),
     )
     if counts.n_unexplained:
         counts.distances = dist[unexplained][: CheckCounts.MAX_KEPT].tolist()

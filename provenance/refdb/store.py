@@ -80,11 +80,20 @@ class RefDB:
         npz_path = self.directory / f"{entry.id}.npz"
         if npz is not None:
             write_atomic(npz_path, npz)
+            _readable(npz_path)
         elif npz_path.exists():
             npz_path.unlink()
         write_atomic(json_path, text)
+        _readable(json_path)
         self._cache.pop(entry.id, None)
         return json_path
+
+
+def _readable(path: Path) -> None:
+    # write_atomic's temp files are private (0600); database files are meant to be shared.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def _read_capped(path: Path, cap: int) -> bytes:

@@ -36,7 +36,7 @@ NULL_DRAWS = 199
 IDENTIFIED_Z = 6.0
 """Calibrated z above which the weights are reported as the reference's (p ~ 1e-9)."""
 SUMMARY_BUDGET_FRACTION = 0.005
-SUMMARY_BUDGET_FLOOR = 8 * 1024 * 1024
+SUMMARY_BUDGET_FLOOR = 2 * 1024 * 1024
 _R_CLIP = 1 - 1e-9
 _NULL_SEED = 20240129
 
@@ -151,14 +151,15 @@ def _fisher(r: float, n: int) -> float:
 class CandidateReader:
     """A candidate opened once and read for many fingerprints; reads are cached and metered."""
 
-    def __init__(self, ckpt: Checkpoint) -> None:
+    def __init__(self, ckpt: Checkpoint, summary_budget: int | None = None) -> None:
         self.ckpt = ckpt
         self.meter = ReadMeter()
         self._spans: dict[tuple[Any, ...], np.ndarray] = {}
         self._summaries: dict[str, tuple[Summary, Summary]] = {}
         total = sum(info.n_bytes for info in ckpt.tensors.values())
         self.tensor_bytes = total
-        self.summary_budget = max(int(total * SUMMARY_BUDGET_FRACTION), SUMMARY_BUDGET_FLOOR)
+        default = max(int(total * SUMMARY_BUDGET_FRACTION), SUMMARY_BUDGET_FLOOR)
+        self.summary_budget = default if summary_budget is None else summary_budget
         self._summary_spent = 0
         self._failed: set[str] = set()
 

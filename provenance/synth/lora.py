@@ -16,7 +16,7 @@ from transformers import LlamaForCausalLM
 from provenance.synth.train import TrainRecipe, copy_model, train
 
 LORA_TARGETS: tuple[str, ...] = ("q_proj", "v_proj", "gate_proj", "up_proj", "down_proj")
-LORA_RECIPE = TrainRecipe(steps=80, lr=3e-3, batch_size=16, seq_len=128, warmup=5)
+LORA_RECIPE = TrainRecipe(steps=80, lr=3e-3, batch_size=16, seq_len=128, warmup=5, bos_aligned=True)
 
 
 class LoRALinear(nn.Module):

@@ -22,11 +22,12 @@ class Decoded:
     """One chunk of blocks decoded to levels and scales (see module docstring)."""
 
     levels: torch.Tensor
-    """``(n_blocks, n_sub, sub_size)``; int8 or float32, exact."""
+    """``(n_blocks, n_sub, ...)``, int8/uint8 or float32, exact; its *logical* order
+    (it may be a strided view) is the weights' order within the block."""
     scale: torch.Tensor
-    """``(n_blocks, n_sub, 1)`` float32."""
+    """float32, one per sub-block, shaped to broadcast against ``levels``."""
     offset: torch.Tensor | None = None
-    """``(n_blocks, n_sub, 1)`` float32 or None. Added after the product."""
+    """Like ``scale``, or None. Added (or subtracted) after the product."""
     subtract_offset: bool = False
     """True when the stored arithmetic is ``scale*level - m`` (K-quant mins): ``offset``
     then holds ``m`` and is subtracted; bit-identical to adding ``-m``."""

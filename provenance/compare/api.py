@@ -1,0 +1,268 @@
+"""``compare(candidate, reference)``: is the candidate derived from the reference, and how?
+
+Data flow: open both -> pair tensors by canonical name/shape -> layout -> streamed pass
+(statistics under the identity map + sketches) -> calibrated residual-permutation test on
+symmetry-invariant circuits -> if related, recover permutations/scales and re-stream the
+tensors they touch -> verdict beside the metadata claims.
+
+``compare`` is a pure function of (paths, options) returning a picklable
+:class:`CompareResult`; torch's thread count is set for the duration of the call and
+restored.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from provenance.compare.align import Alignment, align
+from provenance.compare.claims import compare_claims
+from provenance.compare.engine import PairOutcome, stream_pair
+from provenance.compare.invariants import HeadLayout, circuits
+from provenance.compare.pairing import Pairing, TensorPair, detect_byte_transposition, pair_tensors
+from provenance.compare.sketch import NORMS, Sketch, SketchBuilder, residual_subset, token_subset
+from provenance.compare.stats import effective_rank
+from provenance.compare.symtest import TestResult, residual_permutation_test
+from provenance.compare.transform import Transform
+from provenance.compare.verdict import decide
+from provenance.formats import open_checkpoint
+from provenance.formats.base import Checkpoint
+from provenance.names.arch import ArchRecord
+from provenance.textsafe import safe_text
+
+SCHEMA = "provenance.compare/1"
+TABLE_COLUMNS = [
+    "name", "layer", "role", "kind", "shape", "candidate_dtype", "reference_dtype", "layout", "aligned",
+    "pearson", "one_minus_pearson", "cosine", "one_minus_cos", "rel_delta_norm", "max_abs_delta",
+    "norm_candidate", "norm_reference", "rank_energy", "stable_rank", "entropy_rank", "full_rank",
+    "grid_type", "grid_lossy_side", "grid_outside_fraction",
+]
+
+
+@dataclass(frozen=True)
+class CompareOptions:
+    permutations: int = 999
+    """Residual permutations for the exact p-value (its floor is 1 / (permutations + 1))."""
+    seed: int = 0
+    """Seed of the permutations and of the residual/token/row samples (results are reproducible)."""
+    max_residual: int = 128
+    """Residual coordinates kept in sketches (all of them for narrower models)."""
+    max_tokens: int = 2048
+    """Embedding rows kept in sketches."""
+    sample_rows: int = 256
+    """Rows of each delta kept for its effective rank."""
+    threads: int = 2
+    """Tensors streamed concurrently (torch runs one thread per tensor)."""
+    layout: str = "auto"
+    """``auto`` (detect transposed data), ``same`` or ``transposed-bytes``."""
+    align: bool = True
+    """Recover permutations/scales when the models are related."""
+    grid_check: bool = True
+    """Check a lossy side's quantization grid against the other side (requantization)."""
+    chunk_elems: int = 1 << 17
+
+
+@dataclass
+class CompareResult:
+    candidate: dict[str, Any]
+    reference: dict[str, Any]
+    verdict: dict[str, Any]
+    test: dict[str, Any] | None
+    claims: dict[str, Any]
+    pairing: dict[str, Any]
+    layout: dict[str, Any]
+    alignment: dict[str, Any] | None
+    rows: list[dict[str, Any]]
+    options: dict[str, Any]
+    timing: dict[str, Any]
+    null_sample: list[float] = field(default_factory=list)
+
+    @property
+    def table(self) -> pd.DataFrame:
+        """One row per paired tensor (the per-layer table)."""
+        return pd.DataFrame(self.rows, columns=TABLE_COLUMNS)
+
+    @property
+    def layer_table(self) -> pd.DataFrame:
+        """One row per layer: test statistic and p-values, mean similarities."""
+        layers = (self.test or {}).get("layers", [])
+        df = pd.DataFrame(layers)
+        if df.empty:
+            return df
+        t = self.table
+        mats = t[t["kind"] == "matrix"]
+        agg = mats.groupby("layer").agg(mean_pearson=("pearson", "mean"), mean_rel_delta=("rel_delta_norm", "mean"))
+        return df.merge(agg, how="left", left_on="layer", right_index=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA, "candidate": self.candidate, "reference": self.reference, "verdict": self.verdict,
+            "test": self.test, "claims": self.claims, "pairing": self.pairing, "layout": self.layout,
+            "alignment": self.alignment, "tensors": self.rows, "options": self.options, "timing": self.timing,
+        }
+
+
+def _describe(path: str, ckpt: Checkpoint) -> dict[str, Any]:
+    return {"path": safe_text(path), "format": ckpt.format, "architecture": ckpt.architecture.to_dict(),
+            "tensors": len(ckpt.tensors)}
+
+
+def _heads(arch: ArchRecord, other: ArchRecord) -> HeadLayout | None:
+    if not (arch.n_head and arch.n_head_kv and arch.head_dim):
+        return None
+    if (arch.n_head, arch.n_head_kv, arch.head_dim) != (other.n_head, other.n_head_kv, other.head_dim):
+        return None
+    if arch.n_head % arch.n_head_kv:
+        return None
+    return HeadLayout(arch.n_head, arch.n_head_kv, arch.head_dim)
+
+
+def _n_embd(ckpt: Checkpoint) -> int | None:
+    if ckpt.architecture.n_embd:
+        return ckpt.architecture.n_embd
+    info = ckpt.tensors.get("token_embd.weight")
+    return info.shape[-1] if info is not None else None
+
+
+def _row(out: PairOutcome) -> dict[str, Any]:
+    p, s = out.pair, out.stats
+    row: dict[str, Any] = {
+        "name": safe_text(p.name), "layer": p.layer, "role": safe_text(p.role), "kind": "matrix" if p.is_matrix else "vector",
+        "shape": "x".join(map(str, p.shape)), "candidate_dtype": p.candidate_dtype, "reference_dtype": p.reference_dtype,
+        "layout": p.layout, "aligned": out.transform is not None,
+        "pearson": s.pearson, "one_minus_pearson": s.one_minus_pearson, "cosine": s.cosine,
+        "one_minus_cos": s.one_minus_cos, "rel_delta_norm": s.rel_delta_norm, "max_abs_delta": s.max_abs_delta,
+        "norm_candidate": s.norm_candidate, "norm_reference": s.norm_reference,
+        "rank_energy": None, "stable_rank": None, "entropy_rank": None, "full_rank": None,
+        "grid_type": None, "grid_lossy_side": None, "grid_outside_fraction": None,
+    }
+    if p.is_matrix and out.delta_sample is not None and s.max_abs_delta > 0:
+        row.update(effective_rank(out.delta_sample))
+    if out.grid:
+        row["grid_type"] = out.grid.get("type")
+        row["grid_lossy_side"] = out.grid.get("lossy_side")
+        row["grid_outside_fraction"] = out.grid.get("outside_fraction")
+        if out.grid.get("error"):
+            row["grid_error"] = out.grid["error"]
+    if out.transform is not None:
+        row["transform"] = out.transform
+    return row
+
+
+def _run_pairs(cand: Checkpoint, ref: Checkpoint, pairs: list[TensorPair], transforms: dict[str, Transform],
+               opts: CompareOptions, sketch: tuple[np.ndarray, np.ndarray] | None,
+               progress: Callable[[str, int], None] | None) -> list[PairOutcome]:
+    def one(pair: TensorPair) -> PairOutcome:
+        info = ref.info(pair.name)
+        n = min(opts.sample_rows, info.n_rows)
+        rng = np.random.default_rng([opts.seed, info.n_rows, info.row_length])
+        sample = np.sort(rng.choice(info.n_rows, size=n, replace=False)) if pair.is_matrix else None
+        out = stream_pair(cand, ref, pair, transforms.get(pair.name), sample_rows=sample, sketch=sketch,
+                          grid_check=opts.grid_check, chunk_elems=opts.chunk_elems)
+        if progress is not None:
+            progress(pair.name, out.bytes_read)
+        return out
+
+    # Largest first so the thread pool ends together.
+    order = sorted(pairs, key=lambda p: -int(np.prod(p.shape)))
+    if opts.threads <= 1:
+        results = [one(p) for p in order]
+    else:
+        with ThreadPoolExecutor(max_workers=opts.threads) as pool:
+            results = list(pool.map(one, order))
+    by_name = {r.pair.name: r for r in results}
+    return [by_name[p.name] for p in pairs]
+
+
+def _build_sketches(outcomes: list[PairOutcome], residual: np.ndarray, tokens: np.ndarray) -> tuple[Sketch, Sketch]:
+    ref_b, cand_b = SketchBuilder(residual, tokens), SketchBuilder(residual, tokens)
+    for out in outcomes:
+        key = (out.pair.role, out.pair.layer)
+        if out.sketch_reference:
+            ref_b._parts[key] = list(out.sketch_reference)
+            cand_b._parts[key] = list(out.sketch_candidate)
+    return ref_b.finish(), cand_b.finish()
+
+
+def compare(candidate: str | os.PathLike[str], reference: str | os.PathLike[str],
+            options: CompareOptions | None = None,
+            progress: Callable[[str, int], None] | None = None) -> CompareResult:
+    """Compare ``candidate`` against ``reference``; see the module docstring."""
+    opts = options or CompareOptions()
+    t0 = time.perf_counter()
+    prev_threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # parallelism is across tensors; see DESIGN (2 threads can be 16-75x slower)
+    try:
+        with open_checkpoint(candidate) as cand, open_checkpoint(reference) as ref:
+            return _compare_open(os.fspath(candidate), os.fspath(reference), cand, ref, opts, progress, t0)
+    finally:
+        torch.set_num_threads(prev_threads)
+
+
+def _compare_open(cpath: str, rpath: str, cand: Checkpoint, ref: Checkpoint, opts: CompareOptions,
+                  progress: Callable[[str, int], None] | None, t0: float) -> CompareResult:
+    arch_c, arch_r = cand.architecture, ref.architecture
+    pairing: Pairing = pair_tensors(cand, ref)
+    layout: dict[str, Any] = {"mode": opts.layout}
+    pairs = pairing.pairs
+    if opts.layout == "auto":
+        layout.update(detect_byte_transposition(cand, ref, pairs))
+    elif opts.layout == "transposed-bytes":
+        layout["transposed_bytes"] = True
+    if layout.get("transposed_bytes"):
+        pairs = [replace(p, layout="transposed-bytes") if p.layout == "same" and p.is_matrix else p for p in pairs]
+    layout["transposed_shape"] = [p.name for p in pairs if p.layout == "transposed"]
+    d_c, d_r = _n_embd(cand), _n_embd(ref)
+    reason = None
+    if d_r is None or d_c != d_r:
+        reason = f"residual widths differ or are unknown (candidate {d_c}, reference {d_r})"
+    residual = residual_subset(d_r or 0, opts.max_residual, opts.seed)
+    emb = ref.tensors.get("token_embd.weight")
+    tokens = token_subset(emb.shape[0] if emb is not None else 0, opts.max_tokens, opts.seed + 1)
+    heads = _heads(arch_r, arch_c)
+    t1 = time.perf_counter()
+    outcomes = _run_pairs(cand, ref, pairs, {}, opts, (residual, tokens) if reason is None else None, progress)
+    t2 = time.perf_counter()
+    test: TestResult | None = None
+    alignment: Alignment | None = None
+    if reason is None:
+        sk_r, sk_c = _build_sketches(outcomes, residual, tokens)
+        circ_r, circ_c = circuits(sk_r, heads), circuits(sk_c, heads)
+        if circ_r:
+            test = residual_permutation_test(circ_r, circ_c, permutations=opts.permutations, seed=opts.seed)
+        else:
+            reason = "no comparable circuits (missing attention/MLP tensors)"
+        t3 = time.perf_counter()
+        if test is not None and opts.align and test.p_asymptotic < 1e-3:
+            norms_r = {p.name: ref.read(p.name).reshape(-1) for p in pairs if p.role in NORMS}
+            norms_c = {p.name: cand.read(p.name).reshape(-1) for p in pairs if p.role in NORMS and p.layout == "same"}
+            alignment = align(sk_r, sk_c, heads, norms_r, norms_c)
+            if not alignment.is_identity:
+                touched = [p for p in pairs if p.name in alignment.transforms and not alignment.transforms[p.name].is_identity]
+                redo = {o.pair.name: o for o in _run_pairs(cand, ref, touched, alignment.transforms, opts, None, None)}
+                outcomes = [redo.get(o.pair.name, o) for o in outcomes]
+    else:
+        t3 = t2
+    t4 = time.perf_counter()
+    rows = [_row(o) for o in outcomes]
+    verdict = decide(test, rows, arch_c, arch_r, layout, alignment.to_dict() if alignment else None, reason)
+    claims = compare_claims(dict(cand.metadata_claims), dict(ref.metadata_claims), verdict.get("related"))
+    if claims["disagreements"]:
+        verdict["evidence"] = verdict["evidence"] + ["metadata: " + d for d in claims["disagreements"]]
+    total_bytes = sum(o.bytes_read for o in outcomes)
+    timing = {"total_s": round(time.perf_counter() - t0, 3), "stream_s": round(t2 - t1, 3),
+              "test_s": round(t3 - t2, 3), "align_restream_s": round(t4 - t3, 3),
+              "tensor_bytes": total_bytes, "stream_gb_per_s": round(total_bytes / max(t2 - t1, 1e-9) / 1e9, 3)}
+    return CompareResult(
+        candidate=_describe(cpath, cand), reference=_describe(rpath, ref), verdict=verdict,
+        test=test.to_dict() if test else None, claims=claims, pairing=pairing.to_dict(), layout=layout,
+        alignment=alignment.to_dict() if alignment else None, rows=rows, options=asdict(opts), timing=timing,
+        null_sample=test.null_sample if test else [],
+    )

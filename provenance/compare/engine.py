@@ -1,0 +1,191 @@
+"""One streamed pass over an aligned tensor pair: statistics, delta sample, sketch, grid.
+
+Each call is a pure function of (open checkpoints, pair, transform, options) that returns
+a picklable :class:`PairOutcome`; nothing is shared between calls, so pairs run in
+threads (torch releases the GIL in its kernels) or could be shipped to workers.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from provenance.compare.pairing import TensorPair, apply_layout
+from provenance.compare.sketch import SketchBuilder
+from provenance.compare.stats import PairAccumulator, PairStats
+from provenance.compare.stream import RowReader, rows_per_chunk
+from provenance.compare.transform import Transform
+from provenance.formats.base import Checkpoint, TensorInfo
+
+_FLOAT_BITS = {"F64": 64, "F32": 32, "F16": 16, "BF16": 16}
+_TORCH_FLOAT = {"F16": torch.float16, "BF16": torch.bfloat16}
+#: tolerance of the grid check, in steps (the quantizer's own float arithmetic)
+GRID_TOLERANCE_STEPS = 0.05
+
+
+@dataclass
+class PairOutcome:
+    pair: TensorPair
+    stats: PairStats
+    transform: dict[str, Any] | None = None
+    delta_sample: np.ndarray | None = field(default=None, repr=False)
+    sketch_reference: list[tuple[int, np.ndarray]] = field(default_factory=list, repr=False)
+    sketch_candidate: list[tuple[int, np.ndarray]] = field(default_factory=list, repr=False)
+    grid: dict[str, Any] | None = None
+    bytes_read: int = 0
+    seconds: float = 0.0
+
+
+def bits_per_weight(info: TensorInfo) -> float:
+    if info.block_size == 1:
+        return float(_FLOAT_BITS.get(info.dtype, 8 * info.block_bytes))
+    return 8.0 * info.block_bytes / info.block_size
+
+
+class _GridCheck:
+    """Is the higher-precision side inside the cells of the lower-precision side?
+
+    For a quantized side the cells come from its stored grid (``provenance.quant.grid``);
+    for an f16/bf16 side against f32, "inside" means "rounds to the stored value". A
+    requantized or converted copy of the same weights is inside nearly everywhere; a
+    fine-tune moves weights across cell boundaries.
+    """
+
+    def __init__(self, lossy: str, info: TensorInfo) -> None:
+        self.lossy, self.info = lossy, info
+        self.outside = 0
+        self.total = 0
+        self.noise_energy = 0.0
+        self.error: str | None = None
+
+    def add(self, lossy_raw: np.ndarray | None, lossy_values: torch.Tensor, other: torch.Tensor) -> None:
+        if self.error:
+            return
+        info = self.info
+        if info.block_size == 1:
+            dtype = _TORCH_FLOAT.get(info.dtype)
+            if dtype is None:
+                self.error = f"no grid for {info.dtype}"
+                return
+            rounded = other.to(dtype).to(torch.float32)
+            self.outside += int((rounded != lossy_values).sum())
+            self.total += other.numel()
+            return
+        from provenance.quant.grid import quant_grid
+
+        try:
+            grid = quant_grid(lossy_raw, int(info.ggml_type))  # type: ignore[arg-type]
+        except (NotImplementedError, KeyError, ValueError) as exc:
+            self.error = f"no grid for {info.dtype}: {exc}"
+            return
+        lo, hi = grid.cell_bounds(clip=True)
+        step = grid.step().abs()
+        tol = GRID_TOLERANCE_STEPS * step
+        out = (other < lo - tol) | (other > hi + tol)
+        # llama.cpp quantizes f16-rounded values when converting from f16; a weight whose
+        # f16 rounding lands in the cell is inside too (shared/data/README: this explains
+        # all Q4_K and nearly all Q8_0 boundary cases of the real llama.cpp output)
+        other16 = other.to(torch.float16).to(torch.float32)
+        out &= (other16 < lo - tol) | (other16 > hi + tol)
+        self.outside += int(out.sum())
+        self.total += other.numel()
+        self.noise_energy += float((step.double() ** 2).sum() / 12.0)
+
+    def result(self) -> dict[str, Any]:
+        if self.error:
+            return {"lossy_side": self.lossy, "type": self.info.dtype, "error": self.error}
+        frac = self.outside / self.total if self.total else None
+        return {"lossy_side": self.lossy, "type": self.info.dtype, "outside": self.outside,
+                "checked": self.total, "outside_fraction": frac,
+                "predicted_noise_energy": self.noise_energy or None}
+
+
+def _lossy_side(cand: TensorInfo, ref: TensorInfo) -> str | None:
+    bc, br = bits_per_weight(cand), bits_per_weight(ref)
+    if bc < br:
+        return "candidate"
+    if br < bc:
+        return "reference"
+    return None
+
+
+def stream_pair(
+    candidate: Checkpoint,
+    reference: Checkpoint,
+    pair: TensorPair,
+    transform: Transform | None = None,
+    *,
+    sample_rows: np.ndarray | None = None,
+    sketch: tuple[np.ndarray, np.ndarray] | None = None,
+    grid_check: bool = True,
+    chunk_elems: int = 1 << 17,
+) -> PairOutcome:
+    """Stream one pair in reference row chunks, candidate mapped through ``transform``."""
+    t0 = time.perf_counter()
+    transform = transform or Transform()
+    r_info, c_info = reference.info(pair.name), candidate.info(pair.name)
+    n_rows, row_len = r_info.n_rows, r_info.row_length
+    step = rows_per_chunk(row_len, chunk_elems)
+    acc = PairAccumulator()
+    work = torch.empty((step, 2, row_len), dtype=torch.float32)
+    ref_reader = RowReader(reference, r_info, step)
+    full_cand: torch.Tensor | None = None
+    cand_reader: RowReader | None = None
+    if pair.layout != "same":
+        full_cand = torch.from_numpy(apply_layout(candidate.read(pair.name), pair.layout, r_info.shape).reshape(n_rows, row_len))
+    else:
+        cand_reader = RowReader(candidate, c_info, step)
+    builders = (SketchBuilder(*sketch), SketchBuilder(*sketch)) if sketch is not None and SketchBuilder.wants(pair.role) else None
+    lossy = _lossy_side(c_info, r_info) if grid_check and transform.is_identity and pair.layout == "same" else None
+    grid = _GridCheck(lossy, c_info if lossy == "candidate" else r_info) if lossy else None
+    samples: list[np.ndarray] = []
+    sample = np.asarray(sample_rows if sample_rows is not None else [], dtype=np.int64)
+    try:
+        for a in range(0, n_rows, step):
+            b = min(n_rows, a + step)
+            ref_rows = ref_reader.rows(a, b)
+            if full_cand is not None:
+                c_rows = full_cand[torch.from_numpy(transform.candidate_rows(a, b))] if transform.permutes_rows else full_cand[a:b]
+            elif transform.permutes_rows:
+                assert cand_reader is not None
+                c_rows = cand_reader.gather(transform.candidate_rows(a, b))
+            else:
+                assert cand_reader is not None
+                c_rows = cand_reader.rows(a, b)
+            c_rows = transform.apply(c_rows, a)
+            acc.add(c_rows, ref_rows, work)
+            if builders is not None:
+                builders[0].add_chunk(pair.role, pair.layer, a, ref_rows.numpy())
+                builders[1].add_chunk(pair.role, pair.layer, a, c_rows.numpy())
+            if len(sample):
+                sel = sample[(sample >= a) & (sample < b)] - a
+                if len(sel):
+                    samples.append((c_rows[sel] - ref_rows[sel]).numpy().copy())
+            if grid is not None:
+                if lossy == "candidate":
+                    raw = cand_reader.raw_rows(a, b) if c_info.quantized and cand_reader else None
+                    grid.add(raw, c_rows, ref_rows)
+                else:
+                    raw = ref_reader.raw_rows(a, b) if r_info.quantized else None
+                    grid.add(raw, ref_rows, c_rows)
+    finally:
+        ref_reader.close()
+        if cand_reader is not None:
+            cand_reader.close()
+    stats = acc.result(centred_only=not pair.is_matrix)
+    out = PairOutcome(
+        pair=pair, stats=stats,
+        transform=None if transform.is_identity else transform.summary(),
+        delta_sample=np.concatenate(samples, axis=0) if samples else None,
+        grid=grid.result() if grid is not None else None,
+        bytes_read=r_info.n_bytes + c_info.n_bytes,
+        seconds=time.perf_counter() - t0,
+    )
+    if builders is not None:
+        ref_b, cand_b = builders
+        out.sketch_reference = ref_b._parts.get((pair.role, pair.layer), [])
+        out.sketch_candidate = cand_b._parts.get((pair.role, pair.layer), [])
+    return out

@@ -1,0 +1,90 @@
+"""Residual-space circuit matrices that the free weight symmetries cannot change.
+
+For each layer, with the RMSNorm gains folded into the matrices that follow them:
+
+* ``qk``   = sum_h (W_q^h G)^T (W_k^{kv(h)} G)        (|S| x |S|)
+* ``ov``   = sum_h W_o^h (W_v^{kv(h)} G)
+* ``mlp``  = W_down (W_up F)
+* ``gate`` = (W_gate F)^T (W_gate F)
+
+plus the sampled token embedding (and an untied output matrix with its norm folded in).
+Each is unchanged by permuting MLP hidden units, permuting heads within a KV group (or
+whole groups), rescaling MLP units (up row x s, down column / s), rescaling v channels
+(v row x t, o column / t), rescaling residual channels at a norm (gain x a, following
+columns / a) and flipping signs. So the lineage test needs no fallible matching step:
+an adversary using these symmetries changes nothing it looks at. What does change them,
+a permutation of the residual stream, is exactly the symmetry the test's null
+distribution is built from (see :mod:`provenance.compare.symtest`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from provenance.compare.sketch import Sketch
+
+
+@dataclass(frozen=True)
+class HeadLayout:
+    n_head: int
+    n_head_kv: int
+    head_dim: int
+
+    def kv_of_q_rows(self) -> np.ndarray:
+        """For each q row, the k/v row it meets (llama.cpp's GQA: head h uses kv h // group)."""
+        group = self.n_head // self.n_head_kv
+        h = np.arange(self.n_head).repeat(self.head_dim)
+        r = np.tile(np.arange(self.head_dim), self.n_head)
+        return (h // group) * self.head_dim + r
+
+
+@dataclass(frozen=True)
+class Circuit:
+    label: str
+    layer: int | None
+    """None for the embedding / output blocks."""
+    matrix: np.ndarray
+    square: bool
+    """Square circuits are permuted on both axes; embedding blocks on columns only."""
+
+
+def _fold(matrix: np.ndarray, gains: np.ndarray | None) -> np.ndarray:
+    return matrix if gains is None else matrix * gains[None, :]
+
+
+def layer_circuits(parts: dict[str, np.ndarray], heads: HeadLayout | None) -> dict[str, np.ndarray]:
+    """The circuit matrices of one layer (those whose tensors are all present)."""
+    g = parts.get("attn_norm")
+    f = parts.get("ffn_norm")
+    out: dict[str, np.ndarray] = {}
+    f64 = np.float64
+    q, k, v, o = (parts.get(r) for r in ("attn_q", "attn_k", "attn_v", "attn_output"))
+    if heads is not None and q is not None and k is not None and q.shape[0] == heads.n_head * heads.head_dim:
+        kv = heads.kv_of_q_rows()
+        if k.shape[0] == heads.n_head_kv * heads.head_dim:
+            out["qk"] = _fold(q.astype(f64), g).T @ _fold(k.astype(f64)[kv], g)
+        if v is not None and o is not None and v.shape[0] == k.shape[0] and o.shape[1] == q.shape[0]:
+            out["ov"] = o.astype(f64) @ _fold(v.astype(f64)[kv], g)
+    down, up, gate = parts.get("ffn_down"), parts.get("ffn_up"), parts.get("ffn_gate")
+    if down is not None and up is not None and down.shape[1] == up.shape[0]:
+        out["mlp"] = down.astype(f64) @ _fold(up.astype(f64), f)
+    if gate is not None:
+        gf = _fold(gate.astype(f64), f)
+        out["gate"] = gf.T @ gf
+    return out
+
+
+def circuits(sketch: Sketch, heads: HeadLayout | None) -> list[Circuit]:
+    """All circuits of a sketch, layers in order, then the embedding blocks."""
+    result: list[Circuit] = []
+    for layer in sorted(sketch.layers):
+        for label, matrix in layer_circuits(sketch.layers[layer], heads).items():
+            result.append(Circuit(label, layer, matrix, True))
+    emb = sketch.globals.get("token_embd")
+    if emb is not None:
+        result.append(Circuit("token_embd", None, emb.astype(np.float64), False))
+    out = sketch.globals.get("output")
+    if out is not None:
+        result.append(Circuit("output", None, _fold(out.astype(np.float64), sketch.globals.get("output_norm")), False))
+    return result

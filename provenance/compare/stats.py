@@ -1,0 +1,150 @@
+"""Streamed pair statistics with float64 accumulation and a stable 1 - cos.
+
+Why not ``1 - dot(a, b) / (|a| |b|)``: at cos ~ 0.99995 that subtraction loses almost
+every significant digit of float32 dot products (17-36% relative error measured). We
+accumulate, per row chunk, the float32 row-level Gram matrix of ``d = a - b`` and
+``s = a + b`` (one batched matmul, so it is fast) and sum the rows in float64. Then
+
+* ``|a|^2 - |b|^2 = sum(d * s)`` exactly, without cancellation, and
+* ``1 - cos = (|d|^2 - (|a| - |b|)^2) / (2 |a| |b|)`` with ``|a| - |b| = sum(d s) / (|a| + |b|)``,
+
+so the small quantity 1 - cos is computed from small quantities (``d``), never as the
+difference of two numbers near 1. The same identity on centred sums gives 1 - Pearson.
+Each row dot is a float32 sum of at most a few thousand terms of one sign (``d.d``,
+``s.s``) or of a small quantity (``d.s``), accurate to ~1e-7 relative; the float64 sum
+over rows keeps that bound for any tensor size.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+
+@dataclass
+class PairAccumulator:
+    """Running sums over element pairs ``(a, b)``: ``a`` the candidate, ``b`` the reference."""
+
+    n: int = 0
+    sum_d: float = 0.0
+    sum_s: float = 0.0
+    sum_dd: float = 0.0
+    sum_ds: float = 0.0
+    sum_ss: float = 0.0
+    max_abs_d: float = 0.0
+    _gram: torch.Tensor | None = field(default=None, repr=False)
+
+    def add(self, a: torch.Tensor, b: torch.Tensor, work: torch.Tensor | None = None) -> None:
+        """Add a ``(rows, cols)`` float32 chunk pair. ``work`` is an optional reused
+        ``(>= rows, 2, cols)`` float32 buffer (allocation costs as much as arithmetic here)."""
+        rows, cols = a.shape
+        if rows == 0 or cols == 0:
+            return
+        if work is None or work.shape[0] < rows or work.shape[2] != cols:
+            work = torch.empty((rows, 2, cols), dtype=torch.float32)
+        x = work[:rows]
+        torch.sub(a, b, out=x[:, 0])
+        torch.add(a, b, out=x[:, 1])
+        gram = torch.bmm(x, x.transpose(1, 2)).sum(0, dtype=torch.float64)  # 2x2, rows summed in f64
+        sums = x.sum(dim=2, dtype=torch.float64).sum(0)
+        g = gram.tolist()
+        self.sum_dd += g[0][0]
+        self.sum_ds += g[0][1]
+        self.sum_ss += g[1][1]
+        sd, ss = sums.tolist()
+        self.sum_d += sd
+        self.sum_s += ss
+        self.n += rows * cols
+        m = float(x[:, 0].abs().max())
+        if m > self.max_abs_d or math.isnan(m):
+            self.max_abs_d = m
+
+    def merge(self, other: "PairAccumulator") -> None:
+        self.n += other.n
+        self.sum_d += other.sum_d
+        self.sum_s += other.sum_s
+        self.sum_dd += other.sum_dd
+        self.sum_ds += other.sum_ds
+        self.sum_ss += other.sum_ss
+        self.max_abs_d = max(self.max_abs_d, other.max_abs_d)
+
+    # ----- results -----------------------------------------------------------------
+    def result(self, centred_only: bool = False) -> "PairStats":
+        n = max(self.n, 1)
+        norm_a2 = max(0.0, (self.sum_ss + self.sum_dd + 2 * self.sum_ds) / 4)
+        norm_b2 = max(0.0, (self.sum_ss + self.sum_dd - 2 * self.sum_ds) / 4)
+        one_minus_cos = _one_minus(self.sum_dd, self.sum_ds, norm_a2, norm_b2)
+        cdd = self.sum_dd - self.sum_d * self.sum_d / n
+        cds = self.sum_ds - self.sum_d * self.sum_s / n
+        css = self.sum_ss - self.sum_s * self.sum_s / n
+        var_a = max(0.0, (css + cdd + 2 * cds) / 4)
+        var_b = max(0.0, (css + cdd - 2 * cds) / 4)
+        one_minus_r = _one_minus(max(cdd, 0.0), cds, var_a, var_b)
+        norm_b = math.sqrt(norm_b2)
+        return PairStats(
+            n=self.n,
+            cosine=None if centred_only or one_minus_cos is None else 1.0 - one_minus_cos,
+            one_minus_cos=None if centred_only else one_minus_cos,
+            pearson=None if one_minus_r is None else 1.0 - one_minus_r,
+            one_minus_pearson=one_minus_r,
+            rel_delta_norm=math.sqrt(max(self.sum_dd, 0.0)) / norm_b if norm_b > 0 else None,
+            norm_candidate=math.sqrt(norm_a2),
+            norm_reference=norm_b,
+            max_abs_delta=self.max_abs_d,
+        )
+
+
+def _one_minus(dd: float, ds: float, a2: float, b2: float) -> float | None:
+    """``1 - <a,b>/(|a||b|)`` from ``|a-b|^2``, ``|a|^2-|b|^2`` and the squared norms."""
+    if a2 <= 0 or b2 <= 0:
+        return None
+    na, nb = math.sqrt(a2), math.sqrt(b2)
+    diff = ds / (na + nb)  # |a| - |b| without cancellation
+    value = (dd - diff * diff) / (2 * na * nb)
+    return min(2.0, max(0.0, value))
+
+
+@dataclass(frozen=True)
+class PairStats:
+    """Similarity of one aligned tensor pair (candidate ``a`` vs reference ``b``)."""
+
+    n: int
+    cosine: float | None
+    one_minus_cos: float | None
+    pearson: float | None
+    """Centred correlation: the statistic that does not lie for norm vectors near 1."""
+    one_minus_pearson: float | None
+    rel_delta_norm: float | None
+    """``||a - b|| / ||b||``."""
+    norm_candidate: float
+    norm_reference: float
+    max_abs_delta: float
+
+
+def effective_rank(delta: np.ndarray, energy: float = 0.9) -> dict[str, float | int]:
+    """Rank summaries of a (sampled) delta matrix.
+
+    ``rank_energy``: fewest singular values holding ``energy`` of ``||delta||^2`` (a merged
+    LoRA of rank r shows r); ``stable_rank``: ``||delta||_F^2 / sigma_max^2``;
+    ``entropy_rank``: exp of the entropy of the normalised spectrum (Roy & Vetterli).
+    """
+    if delta.size == 0 or not np.isfinite(delta).all():
+        return {"rank_energy": 0, "stable_rank": 0.0, "entropy_rank": 0.0, "full_rank": 0}
+    sv = np.linalg.svd(np.asarray(delta, dtype=np.float64), compute_uv=False)
+    full = int(min(delta.shape))
+    power = sv**2
+    total = float(power.sum())
+    if total <= 0:
+        return {"rank_energy": 0, "stable_rank": 0.0, "entropy_rank": 0.0, "full_rank": full}
+    cum = np.cumsum(power) / total
+    k = int(np.searchsorted(cum, energy) + 1)
+    p = sv / sv.sum()
+    p = p[p > 0]
+    return {
+        "rank_energy": min(k, full),
+        "stable_rank": round(total / float(power[0]), 3),
+        "entropy_rank": round(float(np.exp(-(p * np.log(p)).sum())), 3),
+        "full_rank": full,
+    }

@@ -1,0 +1,316 @@
+"""``identify``: rank reference entries against a candidate, from the candidate file alone.
+
+Each entry is scored on independent signals, strongest first: exact file hash, exact
+tensor hashes, weight fingerprint (calibrated z), tokenizer relation, architecture.
+Every signal is reported with its evidence, whether it matched or not, so a reader
+can see *why* an entry ranks where it does. The candidate is read once: hashes only
+when ``hashes`` allows it (a full pass), the fingerprint by sampled blocks (a small,
+metered share of the bytes), metadata from the header.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from provenance.formats import open_checkpoint
+from provenance.formats.base import Checkpoint
+from provenance.hashing import checkpoint_sha256s
+from provenance.refdb.schema import RefEntry
+from provenance.refdb.store import RefDB
+from provenance.refdb.tokens import vocabulary_from_checkpoint
+from provenance.refdb.tokfp import CandidateVocabulary, compare_vocabulary
+from provenance.refdb.weightfp import CandidateReader, WeightMatch, score
+
+SCHEMA = "provenance.identify/1"
+HASH_AUTO_LIMIT = 1 << 30
+"""``hashes="auto"`` hashes candidates up to this many bytes (a full read); larger ones
+are identified from sampled blocks and metadata only."""
+SHAPE_FIELDS = ("n_layer", "n_embd", "n_ff", "n_head", "n_head_kv", "vocab_size", "n_expert")
+SOFT_FIELDS = ("arch", "context_length", "rope_freq_base", "n_expert_used")
+
+
+@dataclass
+class Evidence:
+    signal: str
+    """``file-hash``, ``tensor-hashes``, ``weight-fingerprint``, ``tokenizer``, ``architecture``."""
+    status: str
+    """``match``, ``partial``, ``no-match`` or ``unavailable``."""
+    detail: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class CandidateMatch:
+    entry_id: str
+    family: str
+    verdict: str
+    score: float
+    evidence: list[Evidence]
+
+    @property
+    def matched(self) -> bool:
+        return self.verdict not in ("no match", "architecture only")
+
+    def evidence_for(self, signal: str) -> Evidence | None:
+        return next((e for e in self.evidence if e.signal == signal), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"entry": self.entry_id, "family": self.family, "verdict": self.verdict, "score": round(self.score, 3),
+                "matched": self.matched, "evidence": [e.to_dict() for e in self.evidence]}
+
+
+@dataclass
+class IdentifyResult:
+    path: str
+    format: str
+    refdb: str
+    candidates: list[CandidateMatch]
+    architecture: dict[str, Any]
+    tokenizer: dict[str, Any] | None
+    claims: dict[str, Any]
+    hashed: bool
+    bytes_total: int
+    fingerprint_bytes_read: int
+    fingerprint_page_bytes: int
+    fingerprint_reads: int
+    seconds: float
+    weights_summary: str
+    schema: str = SCHEMA
+
+    @property
+    def identified(self) -> bool:
+        return any(c.matched for c in self.candidates)
+
+    @property
+    def best(self) -> CandidateMatch | None:
+        return next((c for c in self.candidates if c.matched), None)
+
+    def weight_matches(self) -> list[CandidateMatch]:
+        return [c for c in self.candidates if (e := c.evidence_for("weight-fingerprint")) and e.status == "match"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": self.schema, "path": self.path, "format": self.format, "refdb": self.refdb,
+            "identified": self.identified, "best": self.best.entry_id if self.best else None,
+            "best_family": self.best.family if self.best else None, "weights_summary": self.weights_summary,
+            "architecture": self.architecture, "tokenizer": self.tokenizer, "claims": self.claims,
+            "hashed": self.hashed, "bytes_total": self.bytes_total,
+            "fingerprint_read": {"bytes": self.fingerprint_bytes_read, "page_bytes": self.fingerprint_page_bytes,
+                                 "reads": self.fingerprint_reads,
+                                 "share_of_bytes": round(self.fingerprint_bytes_read / self.bytes_total, 6) if self.bytes_total else None},
+            "seconds": round(self.seconds, 3),
+            "candidates": [c.to_dict() for c in self.candidates],
+        }
+
+
+# ----- signals ------------------------------------------------------------------------
+
+def _file_evidence(entry: RefEntry, file_hashes: dict[str, str] | None) -> Evidence:
+    if not entry.files:
+        return Evidence("file-hash", "unavailable", "the entry records no file hashes")
+    if file_hashes is None:
+        return Evidence("file-hash", "unavailable", "candidate not hashed (too large for --hashes auto)")
+    known = {f["sha256"]: f["name"] for f in entry.files}
+    hits = [known[h] for h in file_hashes.values() if h in known]
+    if hits:
+        return Evidence("file-hash", "match", f"file identical to {hits[0]}", {"files": hits})
+    return Evidence("file-hash", "no-match", "no file identical")
+
+
+def _tensor_evidence(entry: RefEntry, tensor_hashes: dict[str, str] | None) -> Evidence:
+    if not entry.tensors:
+        return Evidence("tensor-hashes", "unavailable", "the entry records no tensor hashes")
+    if tensor_hashes is None:
+        return Evidence("tensor-hashes", "unavailable", "candidate not hashed")
+    useful = {n: t for n, t in entry.tensors.items() if t.get("informative", not t.get("constant", False))}
+    by_hash: dict[str, list[str]] = {}
+    for name, digest in tensor_hashes.items():
+        by_hash.setdefault(digest, []).append(name)
+    same = [n for n, t in useful.items() if t["sha256"] in by_hash]
+    renamed = [n for n in same if n not in by_hash[useful[n]["sha256"]]]
+    data = {"equal": len(same), "informative": len(useful), "renamed": renamed[:20],
+            "constant_ignored": len(entry.tensors) - len(useful)}
+    if useful and len(same) == len(useful):
+        return Evidence("tensor-hashes", "match", f"all {len(useful)} informative tensors byte-identical", data)
+    if same:
+        return Evidence("tensor-hashes", "partial", f"{len(same)} of {len(useful)} informative tensors byte-identical", data)
+    return Evidence("tensor-hashes", "no-match", f"none of {len(useful)} informative tensors byte-identical", data)
+
+
+def _tokenizer_evidence(entry: RefEntry, candidate: CandidateVocabulary | None) -> tuple[Evidence, float]:
+    if entry.tokenizer is None:
+        return Evidence("tokenizer", "unavailable", "the entry records no tokenizer"), 0.0
+    if candidate is None:
+        return Evidence("tokenizer", "unavailable", "the candidate holds no tokenizer"), 0.0
+    rel = compare_vocabulary(candidate, entry.tokenizer)
+    detail = {
+        "identical": "identical token list",
+        "extends": f"the reference's {entry.tokenizer.vocab_size} tokens, same ids, plus {rel.extra_tokens} more",
+        "prefix-of": f"the reference's first {candidate.fingerprint.vocab_size} tokens, same ids",
+        "near-identical": "same tokens and ids within the sketch's precision, lists differ",
+        "reordered": f"same tokens (~{100 * (rel.jaccard or 0):.1f}% shared) with different ids",
+        "superset": f"holds ~{100 * rel.ref_in_candidate:.1f}% of the reference's tokens and more",
+        "subset": f"~{100 * (rel.candidate_in_ref or 0):.1f}% of its tokens are the reference's",
+        "partial-overlap": f"partial overlap (Jaccard ~{rel.jaccard or 0:.2f})",
+        "unrelated": "unrelated vocabulary",
+    }[rel.relation]
+    extras = [f"scores {'equal' if rel.scores_equal else 'differ'}" for _ in [0] if rel.scores_equal is not None]
+    extras += [f"merges {'equal' if rel.merges_equal else 'differ'}" for _ in [0] if rel.merges_equal is not None]
+    if extras:
+        detail += " (" + ", ".join(extras) + ")"
+    status = {"identical": "match", "unrelated": "no-match"}.get(rel.relation, "partial")
+    return Evidence("tokenizer", status, detail, {"relation": rel.relation, **rel.to_dict()}), rel.strength
+
+
+def _architecture_evidence(entry: RefEntry, arch: dict[str, Any]) -> tuple[Evidence, float]:
+    ref = entry.architecture
+    if not ref:
+        return Evidence("architecture", "unavailable", "the entry records no architecture"), 0.0
+    compared = [f for f in SHAPE_FIELDS if ref.get(f) is not None and arch.get(f) is not None]
+    if not compared:
+        return Evidence("architecture", "unavailable", "no shape field known on both sides"), 0.0
+    differ = {f: {"reference": ref[f], "candidate": arch[f]} for f in compared if ref[f] != arch[f]}
+    soft = {f: {"reference": ref.get(f), "candidate": arch.get(f)} for f in SOFT_FIELDS
+            if ref.get(f) is not None and arch.get(f) is not None and ref.get(f) != arch.get(f)}
+    data = {"compared": compared, "differ": differ, "other_differences": soft, "reference_source": ref.get("source")}
+    if not differ:
+        note = f"; differs in {', '.join(soft)}" if soft else ""
+        return Evidence("architecture", "match", f"same shapes ({', '.join(compared)}){note}", data), 1.0 - 0.1 * len(soft)
+    share = 1 - len(differ) / len(compared)
+    return Evidence("architecture", "no-match", f"differs in {', '.join(differ)}", data), 0.0 if share < 0.5 else share * 0.3
+
+
+def _weight_evidence(entry: RefEntry, reader: CandidateReader | None) -> tuple[Evidence, WeightMatch | None]:
+    if entry.weights is None:
+        return Evidence("weight-fingerprint", "unavailable", "the entry has no weight fingerprint"), None
+    if reader is None:
+        return Evidence("weight-fingerprint", "unavailable", "the candidate holds no tensors"), None
+    match = score(entry.weights, reader)
+    if match.status == "not-comparable":
+        return Evidence("weight-fingerprint", "unavailable", "no tensor of the same name and size", match.to_dict(False)), match
+    detail = (f"z={match.calibrated_z:.1f} (p={match.p_value:.2g}), median r={match.median_r:.3f} over "
+              f"{match.tensors_compared} tensors, layout {match.layout}")
+    status = "match" if match.status == "match" else "no-match"
+    return Evidence("weight-fingerprint", status, detail, match.to_dict(True)), match
+
+
+def _verdict(ev: dict[str, Evidence], tok_strength: float, arch_strength: float) -> tuple[str, float]:
+    """A label from the strongest signal that matched, and a score that orders entries by it."""
+    s = 0.0
+    verdict = "no match"
+    tensors, weights, tok = ev["tensor-hashes"], ev["weight-fingerprint"], ev["tokenizer"]
+    share = tensors.data["equal"] / max(1, tensors.data["informative"]) if tensors.status in ("match", "partial") else 0.0
+    if ev["file-hash"].status == "match":
+        s += 1000
+        verdict = "same file"
+    s += 500 * share
+    if weights.status == "match":
+        s += 200 + min(float(weights.data.get("calibrated_z") or 0), 100.0)
+    if verdict == "no match":
+        if tensors.status == "match":
+            verdict = "same tensors"
+        elif weights.status == "match":
+            verdict = "weights match the reference's fingerprint"
+            if share:
+                verdict += f" ({tensors.data['equal']} tensors byte-identical)"
+        elif share:
+            verdict = "some tensors identical"
+    # Exact side hashes break ties between entries with the same token list.
+    s += 60 * tok_strength + 30 * arch_strength
+    s += sum(2.0 for key in ("scores_equal", "merges_equal", "special_tokens_equal") if tok.data.get(key))
+    if verdict == "no match":
+        if tok.status == "match" and ev["architecture"].status == "match":
+            verdict = "same tokenizer and architecture"
+        elif tok.status == "match":
+            verdict = "same tokenizer"
+        elif tok.status == "partial" and tok_strength >= 0.5:
+            verdict = f"related tokenizer ({tok.data['relation']})"
+        elif ev["architecture"].status == "match":
+            verdict = "architecture only"
+    return verdict, s
+
+
+# ----- the pass -----------------------------------------------------------------------
+
+def _should_hash(ckpt: Checkpoint, hashes: str | bool) -> bool:
+    if hashes in (True, "always"):
+        return True
+    if hashes in (False, "never"):
+        return False
+    return sum(span.size for span in ckpt.files) <= HASH_AUTO_LIMIT
+
+
+def identify(path: str | Path, refdb: RefDB | str | Path | None = None, *, hashes: str | bool = "auto",
+             summary_budget: int | None = None) -> IdentifyResult:
+    """Rank the entries of ``refdb`` (default: the shipped database) against the model at ``path``.
+
+    ``summary_budget`` caps the bytes read whole for layout-invariant summaries (default:
+    0.5% of the candidate's tensor bytes, at least 2 MiB); 0 reads sampled blocks only.
+    """
+    started = time.perf_counter()
+    db = refdb if isinstance(refdb, RefDB) else RefDB(refdb)
+    path = os.fspath(path)
+    with open_checkpoint(path) as ckpt:
+        arch = asdict(ckpt.architecture)
+        file_hashes = tensor_hashes = None
+        if _should_hash(ckpt, hashes):
+            file_hashes, tensor_hashes = checkpoint_sha256s(ckpt)
+        vocab = vocabulary_from_checkpoint(ckpt)
+        candidate_vocab = CandidateVocabulary(vocab) if vocab is not None and vocab.tokens else None
+        reader = CandidateReader(ckpt, summary_budget) if ckpt.tensors else None
+        matches, weight_results = [], []
+        for entry in db.entries():
+            tok_ev, tok_strength = _tokenizer_evidence(entry, candidate_vocab)
+            arch_ev, arch_strength = _architecture_evidence(entry, arch)
+            weight_ev, weight_match = _weight_evidence(entry, reader)
+            if weight_match is not None and weight_match.status != "not-comparable":
+                weight_results.append((entry.id, weight_match))
+            ev = {"file-hash": _file_evidence(entry, file_hashes), "tensor-hashes": _tensor_evidence(entry, tensor_hashes),
+                  "weight-fingerprint": weight_ev, "tokenizer": tok_ev, "architecture": arch_ev}
+            verdict, total = _verdict(ev, tok_strength, arch_strength)
+            matches.append(CandidateMatch(entry.id, entry.family, verdict, total, list(ev.values())))
+        _add_entry_null(matches, weight_results)
+        matches.sort(key=lambda m: (-m.score, m.entry_id))
+        tokenizer = None
+        if candidate_vocab is not None:
+            fp = candidate_vocab.fingerprint
+            tokenizer = {"model": fp.model, "vocab_size": fp.vocab_size, "tokens_sha256": fp.tokens_sha256,
+                         "scores_sha256": fp.scores_sha256, "merges_sha256": fp.merges_sha256, "source": vocab.source if vocab else None}
+        claims = {k: v for k, v in ckpt.metadata_claims.items() if isinstance(v, (str, int, float, bool))}
+        return IdentifyResult(
+            path=path, format=ckpt.format, refdb=str(db.directory), candidates=matches,
+            architecture={k: v for k, v in arch.items() if v is not None}, tokenizer=tokenizer, claims=claims,
+            hashed=file_hashes is not None, bytes_total=sum(span.size for span in ckpt.files),
+            fingerprint_bytes_read=reader.meter.bytes_read if reader else 0,
+            fingerprint_page_bytes=reader.meter.page_bytes if reader else 0,
+            fingerprint_reads=reader.meter.reads if reader else 0,
+            seconds=time.perf_counter() - started,
+            weights_summary=_weights_summary(weight_results, bool(ckpt.tensors)),
+        )
+
+
+def _add_entry_null(matches: list[CandidateMatch], weight_results: list[tuple[str, WeightMatch]]) -> None:
+    """Beside each fingerprint score, the scores of the *other* fingerprints: an unrelated-entry null."""
+    for match in matches:
+        ev = match.evidence_for("weight-fingerprint")
+        if ev is None or ev.status not in ("match", "no-match"):
+            continue
+        others = [round(m.calibrated_z, 2) for eid, m in weight_results if eid != match.entry_id and m.calibrated_z is not None]
+        ev.data["other_entries_z"] = others
+
+
+def _weights_summary(results: list[tuple[str, WeightMatch]], has_tensors: bool) -> str:
+    if not has_tensors:
+        return "the candidate holds no tensors"
+    if not results:
+        return "the architecture matches no shipped weight fingerprint (no tensor of equal name and size)"
+    hits = [eid for eid, m in results if m.status == "match"]
+    if hits:
+        return "weights match the fingerprint of " + ", ".join(hits)
+    return f"no match: weights unrelated to the {len(results)} comparable fingerprint(s)"

@@ -1,0 +1,26 @@
+"""Watermarks: keyed embed / detect / trace, and keyless perturbation analysis.
+
+* :mod:`.keys`      per-(secret, client, tensor) Gaussian keys (Philox + Box-Muller), key files
+* :mod:`.select`    which tensors carry the mark
+* :mod:`.embed`     write a marked copy (GGUF F16/F32, safetensors file or HF directory)
+* :mod:`.detect`    keyed z-scores: with the reference, on the quantization grid, blind
+* :mod:`.gridsign`  grid-consistency flips as a signed statistic
+* :mod:`.decoys`    innocent decoy keys scored on the same candidate (null check)
+* :mod:`.realign`   undo MLP permutations / rescaling before comparing
+* :mod:`.trace`     registries of clients, fixed-threshold accusation, collusion
+* :mod:`.analyze`   keyless: watermark-like, fine-tune-like, symmetry, or nothing
+* :mod:`.stats`     p-values, Holm, Bonferroni bound, null summaries
+"""
+from provenance.watermark.analyze import AnalysisResult, analyze_checkpoint
+from provenance.watermark.detect import ScoreOptions, ScoreResult, score_checkpoint
+from provenance.watermark.embed import DEFAULT_AMPLITUDE, EmbedReport, embed_checkpoint
+from provenance.watermark.keys import DerivedKey, FileKey, KeySource, gaussian_stream, key_seed, read_secret
+from provenance.watermark.stats import DEFAULT_THRESHOLD_Z, family_bound, holm
+from provenance.watermark.trace import TraceResult, load_registry, trace
+
+__all__ = [
+    "AnalysisResult", "DEFAULT_AMPLITUDE", "DEFAULT_THRESHOLD_Z", "DerivedKey", "EmbedReport", "FileKey",
+    "KeySource", "ScoreOptions", "ScoreResult", "TraceResult", "analyze_checkpoint", "embed_checkpoint",
+    "family_bound", "gaussian_stream", "holm", "key_seed", "load_registry", "read_secret",
+    "score_checkpoint", "trace",
+]

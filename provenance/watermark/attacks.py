@@ -1,0 +1,139 @@
+"""What a leaker can do to a marked copy: the transformations the robustness table measures.
+
+Each works on canonical float32 tensors and writes a real file through the real writers:
+quantization with gguf-py's bit-exact legacy quantizers (Q8_0, Q4_0, Q5_0, Q4_1, Q5_1) or
+llama.cpp's own ``llama_model_quantize`` (K-quant mixes, when llama-cpp-python is
+importable), magnitude pruning, MLP permutation + rescaling, and collusion (averages and
+midpoints of several copies). Fine-tuning and distillation live in the robustness script
+(they need the synth models and a training loop).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+from provenance.formats import open_checkpoint
+from provenance.watermark.embed import _gguf_kv
+
+LEGACY = {"Q8_0", "Q4_0", "Q5_0", "Q4_1", "Q5_1", "F16", "F32", "BF16"}
+#: llama.cpp file types (``LLAMA_FTYPE_MOSTLY_*``) of the K-quant mixes.
+K_MIXES = {"Q2_K": 10, "Q3_K_M": 12, "Q4_K_M": 15, "Q5_K_M": 17, "Q6_K": 18, "Q4_K_S": 14}
+
+
+def read_tensors(path: str | os.PathLike[str], names: list[str] | None = None) -> dict[str, np.ndarray]:
+    """Canonical float32 tensors (2-D views) of a checkpoint."""
+    with open_checkpoint(path) as ckpt:
+        return {n: ckpt.read_rows(n) for n in (names or list(ckpt.tensors))}
+
+
+def write_gguf_variant(template: str | os.PathLike[str], output: str | os.PathLike[str],
+                       replace: Mapping[str, np.ndarray], qtype: str | None = None,
+                       types: Mapping[str, str] | None = None) -> None:
+    """Copy GGUF ``template`` to ``output`` with the tensors in ``replace`` swapped in.
+
+    Replaced tensors are stored as ``types[name]``, else ``qtype``, else their template
+    type, quantized by gguf-py (legacy types only). Other tensors are copied as stored.
+    """
+    with open_checkpoint(template) as ckpt:
+        header = ckpt.headers[0]  # type: ignore[attr-defined]
+        writer = gguf.GGUFWriter(str(output), header.metadata.get("general.architecture", "llama"))
+        writer.data_alignment = header.alignment
+        for key, value in header.metadata.items():
+            if key != "general.architecture":
+                _gguf_kv(writer, key, value, header.metadata_types[key])
+        payloads = []
+        for info in ckpt.tensors.values():
+            if info.name in replace:
+                name = (types or {}).get(info.name) or qtype or info.dtype
+                if name not in LEGACY:
+                    raise ValueError(f"{name}: gguf-py quantizes legacy types only; use quantize_with_llama_cpp")
+                target = gguf.GGMLQuantizationType[name]
+                values = np.ascontiguousarray(replace[info.name], dtype=np.float32).reshape(info.shape)
+                if target == gguf.GGMLQuantizationType.F32:
+                    data = values.view(np.uint8).reshape(*info.shape[:-1], -1)
+                elif target == gguf.GGMLQuantizationType.F16:
+                    data = values.astype(np.float16).view(np.uint8).reshape(*info.shape[:-1], -1)
+                else:
+                    data = gguf.quants.quantize(values, target)
+            else:
+                target = gguf.GGMLQuantizationType(info.ggml_type)
+                data = ckpt.raw_rows(info.name).reshape(*info.shape[:-1], -1)
+            writer.add_tensor_info(info.name, data.shape, np.dtype(np.uint8), data.nbytes, raw_dtype=target)
+            payloads.append(data)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for data in payloads:
+            writer.write_tensor_data(np.ascontiguousarray(data))
+        writer.close()
+
+
+def llama_cpp_available() -> bool:
+    _add_local_llama_cpp()
+    try:
+        import llama_cpp  # noqa: F401
+    except Exception:  # noqa: BLE001 (missing, or its shared library failed to load)
+        return False
+    return True
+
+
+def _add_local_llama_cpp() -> None:
+    local = Path(__file__).resolve().parents[2] / ".cache" / "llamacpp"
+    if local.is_dir() and str(local) not in sys.path:
+        sys.path.append(str(local))
+
+
+def quantize_with_llama_cpp(source: str | os.PathLike[str], output: str | os.PathLike[str], mix: str, threads: int = 1) -> None:
+    """llama.cpp's own quantizer (``llama_model_quantize``, no importance matrix)."""
+    _add_local_llama_cpp()
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = K_MIXES[mix]
+    params.nthread = threads
+    code = llama_cpp.llama_model_quantize(str(source).encode(), str(output).encode(), params)
+    if code != 0:
+        raise RuntimeError(f"llama_model_quantize failed with {code}")
+
+
+def prune(w: np.ndarray, fraction: float = 0.5) -> np.ndarray:
+    """Magnitude pruning: zero the ``fraction`` smallest |w| in each row."""
+    k = int(w.shape[1] * fraction)
+    out = w.copy()
+    if k:
+        idx = np.argpartition(np.abs(w), k - 1, axis=1)[:, :k]
+        np.put_along_axis(out, idx, 0.0, axis=1)
+    return out
+
+
+def permute_rescale(tensors: dict[str, np.ndarray], layers: list[int], seed: int = 0, log_scale: float = 0.5) -> dict[str, np.ndarray]:
+    """Permute every MLP's hidden units and rescale up rows by s / down columns by 1/s:
+    the network computes exactly the same function (up to storage rounding)."""
+    rng = np.random.default_rng(seed)
+    out = dict(tensors)
+    for layer in layers:
+        gate, up, down = (f"blk.{layer}.{r}.weight" for r in ("ffn_gate", "ffn_up", "ffn_down"))
+        perm = rng.permutation(tensors[gate].shape[0])
+        s = np.exp(rng.normal(0.0, log_scale, perm.size)).astype(np.float32)
+        out[gate] = tensors[gate][perm]
+        out[up] = tensors[up][perm] * s[:, None]
+        out[down] = tensors[down][:, perm] / s[None, :]
+    return out
+
+
+def average(copies: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {n: np.mean([c[n] for c in copies], axis=0, dtype=np.float64).astype(np.float32) for n in copies[0]}
+
+
+def midpoint(copies: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Per weight, the midpoint of the copies' extremes (the classic +-1-mark eraser)."""
+    out = {}
+    for n in copies[0]:
+        stack = np.stack([c[n] for c in copies]).astype(np.float64)
+        out[n] = ((stack.min(axis=0) + stack.max(axis=0)) / 2).astype(np.float32)
+    return out
