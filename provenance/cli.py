@@ -5,15 +5,28 @@ are shared by all commands: 0 ok, 1 findings, 2 error, 64 usage error.
 """
 from __future__ import annotations
 
+import os
 import sys
 
-import click
+# Before torch is imported anywhere: with 2 busy cores, spinning OpenMP threads made
+# torch 16-75x slower (DESIGN.md); passive waiting costs nothing when idle.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from provenance import __version__
-from provenance.commands import check_cmd, inspect_cmd, watermark_cmd, investigate_cmd
-from provenance.commands import identify_cmd, refdb_cmd
-from provenance.commands.common import EXIT_ERROR, EXIT_USAGE, stderr_console
-from provenance.errors import ProvenanceError
+import click  # noqa: E402
+
+from provenance import __version__  # noqa: E402
+from provenance.commands import (  # noqa: E402
+    check_cmd,
+    compare_cmd,
+    identify_cmd,
+    inspect_cmd,
+    investigate_cmd,
+    quantcheck_cmd,
+    refdb_cmd,
+    watermark_cmd,
+)
+from provenance.commands.common import EXIT_ERROR, EXIT_USAGE, stderr_console  # noqa: E402
+from provenance.errors import ProvenanceError  # noqa: E402
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -29,6 +42,8 @@ COMMANDS = [
     watermark_cmd.command,
     identify_cmd.command,
     refdb_cmd.command,
+    compare_cmd.command,
+    quantcheck_cmd.command,
 ]
 for _command in COMMANDS:
     cli.add_command(_command)

@@ -19,6 +19,15 @@ from provenance.quant.kernels import KERNELS
 QUANT_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "llamacpp-quant"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():  # type: ignore[no-untyped-def]
+    """Spinning OpenMP threads crawl when other jobs hold the 2 cores; one thread is steady."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
 @pytest.mark.parametrize("qtype", [T(t) for t in KERNELS], ids=lambda t: t.name)
 def test_grid_reproduces_values_and_cells_contain_them(qtype: T) -> None:
     block_size, type_size = GGML_QUANT_SIZES[qtype]

@@ -12,7 +12,7 @@ import torch
 from click.testing import CliRunner
 from gguf import GGMLQuantizationType as T
 
-from provenance.commands.quantcheck import command
+from provenance.commands.quantcheck_cmd import command
 from provenance.quant import quantcheck
 from provenance.quant.gridcheck import check_block_rows, source_variants
 from provenance.quant.recipes import roundf
@@ -26,6 +26,15 @@ PRECISION = {
     "Q5_0": "f32", "Q3_K_M": "f32", "Q4_K_S": "f32", "IQ4_XS": "f32",
 }
 NOISE = 1e-3
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():  # type: ignore[no-untyped-def]
+    """Spinning OpenMP threads crawl when other jobs hold the 2 cores; one thread is steady."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
 
 
 def _rewrite(path: Path, transform) -> None:  # type: ignore[no-untyped-def]

@@ -33,6 +33,15 @@ F16_FIELDS: dict[T, list[int]] = {
 SPECIAL_F16 = [0x0000, 0x8000, 0x7C00, 0xFC00, 0x7E00, 0x7C01, 0xFE00, 0x0001, 0x03FF, 0x0400, 0x7BFF, 0xFBFF, 0x3C00]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():  # type: ignore[no-untyped-def]
+    """Spinning OpenMP threads crawl when other jobs hold the 2 cores; one thread is steady."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
 def reference(raw: np.ndarray, qtype: T) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # inf*0 etc. in gguf's numpy

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import click
-from rich.table import Table
 from rich.text import Text
 
 from provenance.commands.common import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, stderr_console, stdout_console, to_json, write_atomic
@@ -21,13 +20,15 @@ def render(result: IdentifyResult, top: int) -> None:
     if result.claims:
         out.print(Text(safe_text("claims (metadata, not evidence): " + ", ".join(f"{k}={v}" for k, v in result.claims.items()), 300)))
     out.print(Text(safe_text(f"weights: {result.weights_summary}")))
-    table = Table("rank", "entry", "family", "verdict", "evidence", title="candidates", title_justify="left")
+    # One candidate per block of lines, not a table: evidence lines stay whole in CI logs.
     shown = [c for c in result.candidates if c.score > 0][:top]
     for rank, cand in enumerate(shown, 1):
-        lines = [f"{e.signal}: {e.status}, {e.detail}" for e in cand.evidence if e.status != "unavailable"]
-        table.add_row(str(rank), Text(safe_text(cand.entry_id)), Text(safe_text(cand.family)), Text(safe_text(cand.verdict)),
-                      Text(safe_text("\n".join(lines), 2000)))
-    out.print(table)
+        out.print(Text(safe_text(f"{rank}. {cand.entry_id} ({cand.family}): {cand.verdict}"), style="bold" if cand.matched else ""))
+        for e in cand.evidence:
+            if e.status != "unavailable":
+                out.print(Text(safe_text(f"     {e.signal}: {e.status}, {e.detail}", 400)))
+    if not shown:
+        out.print(Text("no reference entry shares any signal with this file"))
 
 
 @click.command("identify")

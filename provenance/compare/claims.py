@@ -70,8 +70,9 @@ def compare_claims(candidate: Mapping[str, Any], reference: Mapping[str, Any], r
                      + ", ".join(safe_text(b, 80) for b in bases))
     if related is False and claim_names_reference:
         flags.append("metadata claims the reference as base model, but the weights show no relation")
+    notes: list[str] = []
     if related is True and not bases:
-        flags.append("weights show the candidate derives from the reference; its metadata does not declare a base model")
+        notes.append("weights show the candidate derives from the reference; its metadata does not declare a base model")
     same_name = bool(self_names(candidate)) and bool(ref_names) and _matches(self_names(candidate), ref_names)
     if related is False and same_name:
         flags.append("both files carry the same name, but the weights show no relation")
@@ -82,4 +83,5 @@ def compare_claims(candidate: Mapping[str, Any], reference: Mapping[str, Any], r
         "reference_names": [safe_text(n, 200) for n in ref_names],
         "status": status,
         "disagreements": flags,
+        "notes": notes,
     }

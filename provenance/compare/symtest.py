@@ -18,10 +18,14 @@ ranks, so each permuted statistic is one gather and one dot product.
 
 * exact p-value: ``(1 + #{k : T(P_k) >= T}) / (K + 1)`` over ``K`` uniform random
   permutations; valid for any K under H0 (its floor is ``1 / (K + 1)``);
-* asymptotic p-value: ``P(Z >= (T - mean_K) / sd_K)``, assuming the permutation
-  distribution of ``T`` is approximately normal (a sum of many weakly dependent
-  rank products, Mantel-test style). It reaches far below ``1 / (K + 1)``; its tail is
-  checked on the calibration pool, not assumed.
+* asymptotic p-value: the upper tail at ``z = (T - mean_K) / sd_K`` of a Pearson type
+  III distribution with the permutation distribution's skewness (the classic moment
+  approximation of Mantel-type permutation tests). Assumption: the permutation
+  distribution is well described by its first three moments. A plain normal tail was
+  anti-conservative here (skewness 0.3-0.5 on the synth pool: normal p 7e-4 where 9,999
+  permutations gave 4e-3); the skewness used is the estimate plus one standard error
+  (``sqrt(6/K)``), floored at 0, so the approximation errs conservative. It reaches far
+  below ``1 / (K + 1)``; its tail is checked on the calibration pool, not assumed.
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ from typing import Any
 
 import numpy as np
 from scipy.special import ndtr
-from scipy.stats import rankdata
+from scipy.stats import pearson3, rankdata, skew
 
 from provenance.compare.invariants import Circuit
 
@@ -74,8 +78,8 @@ class TestResult:
             "value": self.statistic, "z": self.z,
             "p_exact": self.p_exact, "p_exact_floor": 1.0 / (self.permutations + 1),
             "p_asymptotic": self.p_asymptotic,
-            "asymptotic_assumption": "permutation distribution of the statistic approximately normal "
-                                     "(mean and sd estimated from the permutations)",
+            "asymptotic_assumption": "permutation distribution of the statistic well described by a Pearson "
+                                     "type III law with its mean, sd and skewness (+1 s.e.) estimated from the permutations",
             "permutations": self.permutations, "perm_mean": self.perm_mean, "perm_sd": self.perm_sd,
             "layers": self.layers, "circuits": self.circuits,
         }
@@ -87,7 +91,23 @@ def _z_p(value: float, sample: np.ndarray) -> tuple[float, float, float, float]:
     if sd <= 0:
         return mean, sd, (math.inf if value > mean else 0.0), (0.0 if value > mean else 1.0)
     z = (value - mean) / sd
-    return mean, sd, z, float(ndtr(-z))
+    return mean, sd, z, pearson3_sf(z, conservative_skew(sample))
+
+
+def conservative_skew(sample: np.ndarray) -> float:
+    """Sample skewness plus one standard error, floored at 0 (see the module doc)."""
+    n = len(sample)
+    if n < 3:
+        return 0.0
+    return max(0.0, float(skew(sample, bias=False)) + math.sqrt(6.0 / n))
+
+
+def pearson3_sf(z: float, gamma: float) -> float:
+    """Upper tail of the standardised Pearson type III law with skewness ``gamma``
+    (the normal tail when ``gamma`` is 0)."""
+    if gamma <= 1e-6:
+        return float(ndtr(-z))
+    return float(pearson3.sf(z, gamma))
 
 
 def residual_permutation_test(

@@ -10,9 +10,10 @@ References (ggml-quants.c, no importance matrix):
 
 * ``quantize_row_q8_0_ref``: ``d = amax/127`` (f32), ``id = d ? 1/d : 0``,
   ``q = roundf(x*id)``: the codes use the f32 ``d`` and its f32 *inverse*; only the
-  stored copy of ``d`` is rounded to f16. Rounding ``x/d`` instead, or using the stored
-  f16 ``d``, flips codes that sit within ~1e-3 step of a boundary (the 9 "unexplained"
-  Q8_0 mismatches of the shared README are exactly these).
+  stored copy of ``d`` is rounded to f16. Using the stored f16 ``d`` instead flips ~0.7%
+  of codes, rounding ``x/d`` instead of ``x*id`` ~1 in 10^6 (measured on random data).
+  (The shared README's 9 leftover Q8_0 mismatches are a different effect, f16 double
+  rounding of the source: see :mod:`provenance.quant.gridcheck`.)
 * ``quantize_row_q4_0_ref`` / ``q5_0``: ``max`` = the signed value of largest magnitude
   (first one wins), ``d = max/-8`` (``/-16``), ``q = min(15, (int8)(x*id + 8.5f))``
   (``31``, ``16.5f``): truncation after a float add, not round().

@@ -21,7 +21,7 @@ import torch
 from torch.nn import functional as F
 from transformers import LlamaForCausalLM
 
-from provenance.synth.arch import rope_theta_of, synth_config
+from provenance.synth.arch import BOS_ID, rope_theta_of, synth_config
 
 
 @dataclass(frozen=True)
@@ -38,8 +38,8 @@ class TrainRecipe:
     betas: tuple[float, float] = (0.9, 0.99)
     grad_clip: float = 1.0
     bos_aligned: bool = False
-    """Windows start at row starts (a BOS), like fine-tuning documents, instead of at any
-    offset of the stream. stories260K's predictions hinge on a BOS at position 0 (its own
+    """Windows start at a BOS (a story start), like fine-tuning documents, instead of at
+    any offset of the stream. stories260K's predictions hinge on a BOS at position 0 (its own
     loss on its samples is 2.8 nats from a row start and ~7 from a random offset), so
     derivatives train on aligned windows to stay functional descendants."""
 
@@ -84,11 +84,9 @@ def init_model(seed: int, rope_theta: float = 10000.0, max_position_embeddings: 
 
 def batches(tokens: np.ndarray, recipe: TrainRecipe, seed: int) -> Iterator[torch.Tensor]:
     """``recipe.steps`` batches of (batch_size, seq_len + 1) windows of the flattened token
-    stream, at random offsets or (``bos_aligned``) at random row starts. Rows begin with
+    stream, at random offsets or (``bos_aligned``) at random BOS positions. Rows begin with
     BOS, so the stream is a concatenation of stories separated by BOS, as in llama2.c's
     pretraining data; a window longer than a row runs on into the next rows."""
-    tokens = np.atleast_2d(tokens)
-    row_len = tokens.shape[-1]
     stream = torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.int64).reshape(-1))
     span = recipe.seq_len + 1
     if stream.numel() < span:
@@ -96,9 +94,12 @@ def batches(tokens: np.ndarray, recipe: TrainRecipe, seed: int) -> Iterator[torc
     gen = torch.Generator().manual_seed(seed)
     offsets = torch.arange(span)
     n_starts = stream.numel() - span + 1
+    bos_starts = torch.nonzero(stream[:n_starts] == BOS_ID)[:, 0]
+    if recipe.bos_aligned and not len(bos_starts):
+        raise ValueError("no BOS to align windows to")
     for _ in range(recipe.steps):
         if recipe.bos_aligned:
-            starts = torch.randint(0, (n_starts - 1) // row_len + 1, (recipe.batch_size,), generator=gen) * row_len
+            starts = bos_starts[torch.randint(0, len(bos_starts), (recipe.batch_size,), generator=gen)]
         else:
             starts = torch.randint(0, n_starts, (recipe.batch_size,), generator=gen)
         yield stream[starts[:, None] + offsets]

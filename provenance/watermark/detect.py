@@ -45,6 +45,8 @@ class ScoreOptions:
     precision: str = "auto"
     """Source precision the quantizer saw, for the grid statistic (auto/f32/f16/bf16)."""
     selector: Selector | None = None
+    weighting: str = "inverse-variance"
+    """Reference statistic: ``inverse-variance`` row weights, or ``sigma`` (y = r / sigma_row)."""
 
 
 @dataclass
@@ -134,7 +136,17 @@ class _Scorer:
             if self.ref is not None:
                 x = _rows(self.cand, name, cand_full, start, stop) if cand_full is not None else raw_x
                 w = _rows(self.ref, name, ref_full, start, stop)
-                ys["reference"] = (x.astype(np.float64) - w) / _row_std(w)[:, None]
+                r = x.astype(np.float64) - w
+                if self.options.weighting == "inverse-variance":
+                    # Optimal linear weight for signal a*sigma_row*k in noise of variance v_row:
+                    # sigma_row / v_row. Fine-tuning moves some rows and tensors far more than
+                    # others; this keeps them from drowning the rest. v_row comes from the
+                    # residual itself (no key), so the null stays exact.
+                    v = np.mean(r * r, axis=1)
+                    sigma = w.std(axis=1, dtype=np.float64)
+                    ys["reference"] = r * np.where(v > 0, sigma / np.where(v > 0, v, 1.0), 0.0)[:, None]
+                else:
+                    ys["reference"] = r / _row_std(w)[:, None]
                 if "grid" in stats:
                     assert info.ggml_type is not None
                     if alignment is not None:

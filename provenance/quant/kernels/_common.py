@@ -72,11 +72,6 @@ def workspace(device: torch.device) -> Workspace:
 
 _WIDTHS = ((8, torch.int64), (4, torch.int32), (2, torch.int16))
 
-LO4 = 0x0F0F0F0F0F0F0F0F
-"""SWAR masks: one byte-lane mask repeated over an int64 word."""
-LO2 = 0x0303030303030303
-LO1 = 0x0101010101010101
-
 
 def wide_view(blocks: torch.Tensor, start: int, stop: int) -> torch.Tensor:
     """Bytes ``start:stop`` of every block as the widest integer dtype the alignment
@@ -101,15 +96,6 @@ def field(blocks: torch.Tensor, start: int, stop: int, ws: Workspace, name: str)
     src = wide_view(blocks, start, stop)
     out.view(src.dtype).copy_(src)
     return out
-
-
-def words(blocks: torch.Tensor, start: int, stop: int, ws: Workspace, name: str) -> torch.Tensor:
-    """Bytes ``start:stop`` (a multiple of 8) as int64 words ``(n, (stop-start)/8)`` for
-    SWAR bit manipulation: a free view when aligned, else one copy."""
-    src = wide_view(blocks, start, stop)
-    if src.dtype == torch.int64:
-        return src
-    return field(blocks, start, stop, ws, name).view(torch.int64)
 
 
 def f16_field(blocks: torch.Tensor, start: int, ws: Workspace, name: str) -> torch.Tensor:
@@ -138,12 +124,6 @@ def u32_field(blocks: torch.Tensor, start: int, count: int, ws: Workspace, name:
     return out.bitwise_and_(0xFFFFFFFF)
 
 
-def nibbles(src: torch.Tensor, out_lo: torch.Tensor, out_hi: torch.Tensor) -> None:
-    """Low and high 4-bit halves of each byte of ``src`` into two uint8 views."""
-    torch.bitwise_and(src, 0x0F, out=out_lo)
-    torch.bitwise_right_shift(src, 4, out=out_hi)
-
-
 class DeviceTables:
     """Small constant tables (level values, codebooks) built once per device."""
 
@@ -164,35 +144,13 @@ class DeviceTables:
         return tables
 
 
-_SHIFTS = DeviceTables(
+_SPREAD = DeviceTables(
     lambda: {
-        "crumb": torch.tensor([0, 2, 4, 6], dtype=torch.int64).view(4, 1),
-        "bit": torch.arange(8, dtype=torch.int64).view(8, 1),
         "spread": torch.tensor(
             [sum(((v >> b) & 1) << (8 * b) for b in range(8)) for v in range(256)], dtype=torch.int64
         ),
     }
 )
-
-
-def swar_nibbles(w: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> None:
-    """Low / high nibble of every byte lane of int64 words ``w`` into ``lo`` / ``hi``."""
-    torch.bitwise_and(w, LO4, out=lo)
-    torch.bitwise_right_shift(w, 4, out=hi)
-    hi.bitwise_and_(LO4)  # also clears the sign bits an arithmetic shift brings in
-
-
-def swar_crumbs(w: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """``out[..., s, :] = 2-bit field s of every byte lane`` for ``w`` ``(..., k)``,
-    ``out`` ``(..., 4, k)`` int64."""
-    torch.bitwise_right_shift(w.unsqueeze(-2), _SHIFTS.on(w.device)["crumb"], out=out)
-    return out.bitwise_and_(LO2)
-
-
-def swar_bits(w: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """``out[..., b, :] = bit b of every byte lane`` (as 0/1 bytes), ``out`` ``(..., 8, k)``."""
-    torch.bitwise_right_shift(w.unsqueeze(-2), _SHIFTS.on(w.device)["bit"], out=out)
-    return out.bitwise_and_(LO1)
 
 
 def spread_bits(src: torch.Tensor, ws: Workspace, name: str) -> torch.Tensor:
@@ -201,7 +159,7 @@ def spread_bits(src: torch.Tensor, ws: Workspace, name: str) -> torch.Tensor:
     idx = ws.get(name + ".idx", (src.numel(),), torch.int32)
     idx.copy_(src.reshape(-1))
     out = ws.get(name, (src.numel(),), torch.int64)
-    torch.index_select(_SHIFTS.on(src.device)["spread"], 0, idx, out=out)
+    torch.index_select(_SPREAD.on(src.device)["spread"], 0, idx, out=out)
     return out.view(src.shape)
 
 

@@ -17,8 +17,6 @@ from provenance.quant.kernels._common import (
     DeviceTables,
     Workspace,
     f16_field,
-    field,
-    nibbles,
     u16_field,
     u32_field,
 )
