@@ -43,7 +43,8 @@ def test_html_escapes_everything_and_embeds_figures() -> None:
 
 def test_markdown_escapes_markup() -> None:
     text = render_markdown(sample_report())
-    assert "<script>" not in text and "](javascript" not in text and "\x1b" not in text
+    assert "<script>" not in text and "[x](javascript" not in text and "\x1b" not in text
+    assert "\\[x\\](javascript" in text  # brackets escaped: no link can form
     assert "![similarity per layer](similarity.png)" in text
 
 

@@ -2,20 +2,37 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from conftest import QUANT_DIR
+from provenance.cli import main
 
 SOURCE = QUANT_DIR / "tiny-llama-f16.gguf"
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "provenance.cli", "watermark", *args], capture_output=True, text=True, timeout=120)
+@dataclass
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
 
 
-def test_embed_detect_trace_analyze(tmp_path: Path) -> None:
+@pytest.fixture
+def run_cli(capsys: pytest.CaptureFixture[str]):  # noqa: ANN201
+    """The real entry point in-process (a subprocess per call costs seconds of imports)."""
+    def run(*args: str) -> Run:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            main(["watermark", *args])
+        out = capsys.readouterr()
+        return Run(int(exit_info.value.code or 0), out.out, out.err)
+    return run
+
+
+def test_embed_detect_trace_analyze(tmp_path: Path, run_cli) -> None:  # noqa: ANN001
     secret = tmp_path / "owner.secret"
     secret.write_text("correct horse battery staple 2024\n")
     marked = tmp_path / "acme.gguf"
@@ -46,7 +63,7 @@ def test_embed_detect_trace_analyze(tmp_path: Path) -> None:
     assert analyze.returncode == 1 and json.loads(analyze.stdout)["verdict"] == "iid-perturbation"
 
 
-def test_usage_and_input_errors(tmp_path: Path) -> None:
+def test_usage_and_input_errors(tmp_path: Path, run_cli) -> None:  # noqa: ANN001
     secret = tmp_path / "s"
     secret.write_text("short")
     assert run_cli("detect", str(SOURCE)).returncode == 64  # no key given
@@ -55,5 +72,7 @@ def test_usage_and_input_errors(tmp_path: Path) -> None:
     (tmp_path / "reg.json").write_text(json.dumps({"secret_file": "../../etc/passwd", "clients": ["a"]}))
     escape = run_cli("trace", str(SOURCE), "--registry", str(tmp_path / "reg.json"))
     assert escape.returncode == 2 and "outside" in escape.stderr
-    quantized = run_cli("embed", str(QUANT_DIR / "tiny-llama-Q4_K_M.gguf"), "--secret-file", str(secret), "--client", "a", "-o", str(tmp_path / "x.gguf"))
-    assert quantized.returncode == 2
+    good = tmp_path / "good"
+    good.write_text("a long enough owner secret")
+    quantized = run_cli("embed", str(QUANT_DIR / "tiny-llama-Q4_K_M.gguf"), "--secret-file", str(good), "--client", "a", "-o", str(tmp_path / "x.gguf"))
+    assert quantized.returncode == 2 and "quantized input" in quantized.stderr and not (tmp_path / "x.gguf").exists()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -38,6 +39,20 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
         raise
 
 
+def json_ready(value: Any) -> Any:
+    """Strict-JSON form: NaN/inf become null (pandas fills gaps with NaN), numpy scalars
+    and arrays become Python numbers and lists, tuples become lists."""
+    if isinstance(value, dict):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):  # numpy scalar or array
+        return json_ready(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def to_json(document: Any) -> str:
     # ensure_ascii: file-derived strings cannot put raw control or bidi characters on a terminal.
-    return json.dumps(document, indent=2, ensure_ascii=True, allow_nan=False, default=str) + "\n"
+    return json.dumps(json_ready(document), indent=2, ensure_ascii=True, allow_nan=False, default=str) + "\n"

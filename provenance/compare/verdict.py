@@ -33,6 +33,11 @@ def _fmt_p(p: float) -> str:
     return f"{p:.3g}" if p > 0 else "< 1e-300"
 
 
+def _inside_grid(row: dict[str, Any]) -> bool:
+    frac = row.get("grid_outside_fraction")
+    return frac is not None and frac <= GRID_OUTSIDE_MAX
+
+
 def _overall_rel_delta(rows: list[dict[str, Any]]) -> float | None:
     num = sum((r["rel_delta_norm"] * r["norm_reference"]) ** 2 for r in rows if r["rel_delta_norm"] is not None)
     den = sum(r["norm_reference"] ** 2 for r in rows)
@@ -117,9 +122,10 @@ def decide(test: TestResult | None, rows: list[dict[str, Any]], arch_c: ArchReco
         evidence.append(f"RoPE base changed {arch_r.rope_freq_base:g} -> {arch_c.rope_freq_base:g} "
                         f"(context {arch_r.context_length} -> {arch_c.context_length}): context extension")
     else:
-        changed_mats = [r for r in mats if r["max_abs_delta"] > 0 and r.get("rank_energy") is not None]
+        # "untouched" up to storage precision: equal, or inside the lossy side's grid
+        untouched = [r for r in mats if r["max_abs_delta"] == 0 or _inside_grid(r)]
+        changed_mats = [r for r in mats if r not in untouched and r.get("rank_energy") is not None]
         low = [r for r in changed_mats if r["rank_energy"] <= LOW_RANK_MAX and r["rank_energy"] <= LOW_RANK_FRACTION * r["full_rank"]]
-        untouched = [r for r in mats if r["max_abs_delta"] == 0]
         if changed_mats and len(low) >= 0.6 * len(changed_mats) and untouched:
             kind = "lora-merge"
             ranks = sorted({int(r["rank_energy"]) for r in low})

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from provenance.investigate.quant_analysis import quant_analysis
+
 if TYPE_CHECKING:
     from provenance.investigate import Analysis
 
-ANALYSES: list["Analysis"] = []
+ANALYSES: list["Analysis"] = [quant_analysis]

@@ -30,4 +30,5 @@ def executive_summary(report: Report) -> str:
             break
     if not sentences:
         return f"{name}: no findings."
-    return f"{name}: " + " ".join(sentences)
+    text = " ".join(sentences)
+    return text if text.startswith(name) else f"{name}: {text}"

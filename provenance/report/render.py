@@ -22,7 +22,7 @@ from provenance.report.model import Finding, Report, Section
 from provenance.textsafe import safe_text
 
 MAX_TABLE_ROWS = 500
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+!|~&])")
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>|~&])")
 
 
 def md_escape(value: Any) -> str:
