@@ -170,12 +170,17 @@ def test_hf_checkpoints_through_save_pretrained(tmp_path: Path, db: RefDB) -> No
 
 @pytest.mark.skipif(not (SYNTH / "synth-s01" / "model.safetensors").is_file(), reason="data/synth not built yet")
 def test_independently_trained_models_are_not_stories260k(db: RefDB) -> None:
-    """Trained, not random: same shape, same data, other seeds (provenance.synth)."""
+    """Trained, not random: same shape, same data, other seeds (provenance.synth); while
+    fine-tunes and a merged LoRA of stories260K still match it."""
     pool = sorted(p for p in SYNTH.glob("synth-s[0-9][0-9]") if (p / "model.safetensors").is_file())[:4]
     for model in pool:
         result = identify(model, db, hashes="never", summary_budget=0)
         ev = next(c for c in result.candidates if c.entry_id == "stories260k").evidence_for("weight-fingerprint")
         assert ev is not None and ev.status == "no-match", (model.name, ev.detail)
+    for name in ("stories260k-ft-heavy", "stories260k-lora"):  # derivatives with a known parent
+        if (SYNTH / name / "model.safetensors").is_file():
+            result = identify(SYNTH / name, db, hashes="never", summary_budget=0)
+            assert [c.entry_id for c in result.weight_matches()] == ["stories260k"], name
 
 
 def test_identify_cli_json_and_output_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -35,3 +35,12 @@ def test_unreadable_candidate_writes_nothing(tmp_path: Path) -> None:
 def test_unknown_output_format_is_a_usage_error(tmp_path: Path) -> None:
     result = run_cli("investigate", str(QUANT_DIR / "tiny-llama-Q8_0.gguf"), "-o", str(tmp_path / "r"), "--format", "pdf")
     assert result.returncode == 64 and not (tmp_path / "r").exists()
+
+
+def test_investigate_with_reference_reports_exact_quantization(tmp_path: Path) -> None:
+    report = investigate(QUANT_DIR / "tiny-llama-Q4_K_M.gguf", [QUANT_DIR / "tiny-llama-f32.gguf"])
+    (finding,) = [f for f in report.findings if f.id == "quant.verdict"]
+    assert finding.verdict == "exact quantization" and finding.statistic["n_unexplained"] == 0
+    assert finding.statistic["n_weights_checked"] == 2_228_224
+    assert "exact llama.cpp quantization" in report.executive_summary
+    assert any(s.kind == "quantcheck" and s.figures for s in report.sections)
