@@ -297,7 +297,8 @@ def check(out: Path, model_ids: list[str]) -> int:
         for model_id in model_ids:
             rec = by_id[model_id]
             parent = rec["parent"]
-            if parent:  # derivatives start from the shipped parent
+            if parent:  # derivatives start from the shipped parent (not a re-trained one)
+                shutil.rmtree(scratch / "models" / parent, ignore_errors=True)
                 shutil.copytree(out / by_id[parent]["path"], scratch / "models" / parent)
             start = time.perf_counter()
             if rec["kind"] == "independent":

@@ -64,7 +64,8 @@ def decide(test: TestResult | None, rows: list[dict[str, Any]], arch_c: ArchReco
     if test.p_asymptotic >= ALPHA_UNRELATED:
         return {**base, "kind": "unrelated", "related": False, "evidence": evidence,
                 "summary": f"no evidence the candidate derives from the reference (asymptotic p = {_fmt_p(test.p_asymptotic)})"}
-    if not (test.p_asymptotic < ALPHA_RELATED and test.p_exact <= EXACT_RELATED):
+    exact_needed = max(EXACT_RELATED, 1.0 / (test.permutations + 1))  # few permutations: their floor
+    if not (test.p_asymptotic < ALPHA_RELATED and test.p_exact <= exact_needed):
         return {**base, "kind": "inconclusive", "related": None, "evidence": evidence,
                 "summary": f"weak similarity: asymptotic p = {_fmt_p(test.p_asymptotic)}, exact p = {test.p_exact:.3g}; "
                            "neither independent nor clearly derived"}

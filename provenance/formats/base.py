@@ -19,7 +19,7 @@ import hashlib
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from math import prod
 from pathlib import Path
 from typing import Any
@@ -190,6 +190,23 @@ class Checkpoint(ABC):
         start, stop = _clip_rows(info, start, stop)
         data = self._pread(info.file, (stop - start) * info.row_bytes, info.offset + start * info.row_bytes)
         return np.frombuffer(data, dtype=np.uint8).reshape(stop - start, info.row_bytes)
+
+    def raw_blocks(self, name: str, stored_row: int, first_block: int, n_blocks: int) -> np.ndarray:
+        """Stored bytes of ``n_blocks`` quantization blocks (elements, for plain types) of one
+        stored row, as uint8 ``(n_blocks * block_bytes,)``: the cheapest read there is, for
+        sampling a few values of a huge tensor."""
+        info = self.info(name)
+        blocks_per_row = info.row_length // info.block_size
+        if not (0 <= stored_row < info.n_rows and 0 <= first_block and first_block + n_blocks <= blocks_per_row):
+            raise IndexError(f"blocks [{first_block}, {first_block + n_blocks}) of row {stored_row} outside {name}")
+        offset = info.offset + stored_row * info.row_bytes + first_block * info.block_bytes
+        return np.frombuffer(self._pread(info.file, n_blocks * info.block_bytes, offset), dtype=np.uint8)
+
+    def decode_blocks(self, name: str, raw: np.ndarray) -> np.ndarray:
+        """Decode ``(n, k * block_bytes)`` stored bytes (whole blocks) to float32 ``(n, k * block_size)``."""
+        info = self.info(name)
+        elements = raw.shape[1] // info.block_bytes * info.block_size
+        return self._decode_rows(replace(info, shape=(elements,)), raw)
 
     def iter_raw(self, name: str, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[bytearray]:
         """The tensor's stored bytes in order, in chunks of at most ``chunk_bytes``."""

@@ -15,7 +15,6 @@ Two layouts are understood:
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -59,14 +58,7 @@ def _stored_rows(info: TensorInfo, rows: np.ndarray) -> np.ndarray:
 
 def _decode(ckpt: Checkpoint, info: TensorInfo, raw: np.ndarray) -> np.ndarray:
     """``(n, k blocks' bytes)`` -> ``(n, k * block_size)`` float32 with the reader's own decoder."""
-    if info.ggml_type is not None:
-        from provenance.quant import dequantize_rows
-
-        return dequantize_rows(raw, info.ggml_type)
-    # Plain (one-element "blocks") safetensors / llama2.c data: the reader's row decoder
-    # works on any whole number of elements once told the row length.
-    elements = raw.shape[1] // info.block_bytes * info.block_size
-    return ckpt._decode_rows(dataclasses.replace(info, shape=(elements,)), raw)  # noqa: SLF001
+    return ckpt.decode_blocks(info.name, raw)
 
 
 def read_blocks(ckpt: Checkpoint, info: TensorInfo, rows: np.ndarray, first_block: np.ndarray,
@@ -77,7 +69,7 @@ def read_blocks(ckpt: Checkpoint, info: TensorInfo, rows: np.ndarray, first_bloc
     raw = np.empty((len(rows), n_bytes), np.uint8)
     for i, (row, block) in enumerate(zip(stored.tolist(), first_block.tolist())):
         offset = info.offset + row * info.row_bytes + block * info.block_bytes
-        raw[i] = np.frombuffer(ckpt._pread(info.file, n_bytes, offset), np.uint8)  # noqa: SLF001
+        raw[i] = ckpt.raw_blocks(info.name, row, block, n_blocks)
         meter.add(info.file, offset, n_bytes)
     return _decode(ckpt, info, raw)
 

@@ -19,6 +19,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from transformers import LlamaForCausalLM
@@ -125,12 +126,10 @@ def rounded_copy(model: LlamaForCausalLM, dtype: torch.dtype) -> LlamaForCausalL
     return copy.eval()
 
 
-def load_synth_tokens(name: str, root: Path | None = None) -> "np.ndarray":
+def load_synth_tokens(name: str, root: Path | None = None) -> np.ndarray:
     """A shipped corpus (``"corpus"`` or ``"finetune"``) as a (rows, 512) uint16 array."""
     if name not in ("corpus", "finetune"):
         raise SynthModelNotFound(f"no synth corpus named {name!r}")
-    import numpy as np  # noqa: PLC0415  (only this helper needs numpy)
-
     path = (root or synth_data_dir()) / f"{name}.npy"
     if not path.is_file():
         raise SynthModelNotFound(f"synth corpus {path} is missing; run scripts/build_synth_models.py")

@@ -153,6 +153,7 @@ def embed_checkpoint(
     """Write a marked copy of ``source`` to ``output`` and report the relative change."""
     if not (0 < amplitude < 1):
         raise EmbedError(f"amplitude {amplitude} must be in (0, 1) (relative to each row's std)")
+    Path(output).parent.mkdir(parents=True, exist_ok=True)  # temp files go beside the output
     with open_checkpoint(source) as ckpt:
         report = EmbedReport(str(source), str(output), key.label, amplitude, ckpt.format)
         targets = _targets(ckpt, selector or default_selector, report)
@@ -231,7 +232,7 @@ def _write_safetensors(ckpt: Checkpoint, output: Path, targets: set[str], key: K
         by_file.setdefault(info.file, []).append(info)
     directory_input = ckpt.format != "safetensors" or os.path.isdir(ckpt.path)
     if directory_input:
-        staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent if output.parent.exists() else None))
+        staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     else:
         staging = output.parent
     try:
