@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from provenance.investigate.identify_analysis import identify_analysis
 from provenance.investigate.quant_analysis import quant_analysis
 
 if TYPE_CHECKING:
     from provenance.investigate import Analysis
 
-ANALYSES: list["Analysis"] = [quant_analysis]
+ANALYSES: list["Analysis"] = [identify_analysis, quant_analysis]

@@ -1,0 +1,181 @@
+"""Streamed comparison speed, precision and peak RSS on 7B-shaped layers.
+
+Generates a reference (F16 GGUF) and a candidate (the same weights plus a small
+perturbation, 1 - cos ~ 5e-5, F16 GGUF) of N Llama-7B-shaped layers (hidden 4096, ffn
+11008), then, each in a fresh process so peak RSS is per mode:
+
+* ``stream``: ``provenance.compare.compare`` (2 tensor threads, and 1), input GB/s of
+  tensor bytes read (both files; warm page cache, so this is compute speed);
+* ``naive``: the baseline, whole tensors read and compared in float64 numpy;
+
+and prints the ratio, the 1 - cos relative error of the streamed result against an exact
+float64 computation, the error of the naive float32 formula, and peak RSS at 1 and N
+layers (flat RSS means independent of model size). Whole-model figures are
+extrapolations from these layers (a 7B model has 32 of them), and are labelled so.
+
+    python benchmarks/bench_compare.py [--layers 2] [--keep DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+HIDDEN, FFN, HEADS = 4096, 11008, 32
+SHAPES = {"attn_q": (HIDDEN, HIDDEN), "attn_k": (HIDDEN, HIDDEN), "attn_v": (HIDDEN, HIDDEN),
+          "attn_output": (HIDDEN, HIDDEN), "ffn_gate": (FFN, HIDDEN), "ffn_up": (FFN, HIDDEN),
+          "ffn_down": (HIDDEN, FFN), "attn_norm": (HIDDEN,), "ffn_norm": (HIDDEN,)}
+
+
+def generate(directory: Path, layers: int) -> tuple[Path, Path]:
+    import gguf
+    import numpy as np
+
+    from provenance.names.arch import ArchRecord
+
+    ref_path, cand_path = directory / f"ref-{layers}.gguf", directory / f"cand-{layers}.gguf"
+    if ref_path.exists() and cand_path.exists():
+        return cand_path, ref_path
+    arch = ArchRecord(n_layer=layers, n_embd=HIDDEN, n_ff=FFN, n_head=HEADS, n_head_kv=HEADS, vocab_size=32000,
+                      context_length=4096, rope_freq_base=10000.0, norm_eps=1e-5)
+    rng = np.random.default_rng(0)
+    writers = []
+    for path in (ref_path, cand_path):
+        w = gguf.GGUFWriter(str(path), "llama")
+        w.add_block_count(layers)
+        w.add_embedding_length(HIDDEN)
+        w.add_feed_forward_length(FFN)
+        w.add_head_count(HEADS)
+        w.add_head_count_kv(HEADS)
+        w.add_context_length(4096)
+        w.add_rope_freq_base(10000.0)
+        w.add_vocab_size(arch.vocab_size)
+        writers.append(w)
+    tensors = []
+    for layer in range(layers):
+        for role, shape in SHAPES.items():
+            name = f"blk.{layer}.{role}.weight"
+            if len(shape) == 1:
+                ref = (1 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
+                cand = ref.copy()
+                tensors.append((name, ref, cand))
+            else:
+                ref = rng.standard_normal(shape, dtype=np.float32) * np.float32(0.02)
+                noise = rng.standard_normal(shape, dtype=np.float32) * np.float32(0.02 * 0.01)
+                tensors.append((name, ref.astype(np.float16), (ref + noise).astype(np.float16)))
+    for name, ref, cand in tensors:
+        writers[0].add_tensor(name, ref)
+        writers[1].add_tensor(name, cand)
+    for w in writers:
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+    return cand_path, ref_path
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def mode_stream(cand: str, ref: str, threads: int) -> dict:
+    import torch
+
+    from provenance.compare import CompareOptions, compare
+
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    res = compare(cand, ref, CompareOptions(threads=threads, permutations=99, grid_check=False))
+    wall = time.perf_counter() - t0
+    return {"mode": f"stream-{threads}t", "wall_s": round(wall, 3), "stream_s": res.timing["stream_s"],
+            "bytes": res.timing["tensor_bytes"], "stream_gb_s": res.timing["stream_gb_per_s"],
+            "one_minus_cos": {r["name"]: r["one_minus_cos"] for r in res.rows if r["kind"] == "matrix"},
+            "verdict": res.verdict["kind"], "peak_rss_mb": round(peak_rss_mb(), 1)}
+
+
+def mode_naive(cand: str, ref: str) -> dict:
+    """Baseline: whole tensors, float64 numpy; also the exact 1 - cos and the f32 formula's error."""
+    import numpy as np
+
+    from provenance.formats import open_checkpoint
+
+    t0 = time.perf_counter()
+    exact, naive32 = {}, {}
+    nbytes = 0
+    with open_checkpoint(cand) as c, open_checkpoint(ref) as r:
+        for name, info in r.tensors.items():
+            a64, b64 = c.read(name).astype(np.float64).ravel(), r.read(name).astype(np.float64).ravel()
+            nbytes += info.n_bytes + c.info(name).n_bytes
+            if len(info.shape) < 2:
+                continue
+            ua, ub = a64 / np.linalg.norm(a64), b64 / np.linalg.norm(b64)
+            exact[name] = float(((ua - ub) ** 2).sum() / 2)  # exact: no subtraction of numbers near 1
+            a32, b32 = a64.astype(np.float32), b64.astype(np.float32)
+            naive32[name] = 1.0 - float(np.dot(a32, b32) / (np.linalg.norm(a32) * np.linalg.norm(b32)))
+    wall = time.perf_counter() - t0
+    return {"mode": "naive-float64", "wall_s": round(wall, 3), "bytes": nbytes, "gb_s": round(nbytes / wall / 1e9, 3),
+            "exact": exact, "naive32": naive32, "peak_rss_mb": round(peak_rss_mb(), 1)}
+
+
+def _child(args: list[str]) -> dict:
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, env=env, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--keep", type=Path, help="directory for the generated files (kept)")
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        mode, cand, ref, *rest = args.child
+        result = mode_naive(cand, ref) if mode == "naive" else mode_stream(cand, ref, int(rest[0]))
+        print(json.dumps(result))
+        return 0
+    tmp = tempfile.TemporaryDirectory() if args.keep is None else None
+    directory = args.keep or Path(tmp.name)  # type: ignore[union-attr]
+    directory.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    small = generate(directory, 1)
+    big = generate(directory, args.layers)
+    print(f"generated 1- and {args.layers}-layer pairs in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+    s2 = _child(["--child", "stream", str(big[0]), str(big[1]), "2"])
+    s1 = _child(["--child", "stream", str(big[0]), str(big[1]), "1"])
+    small2 = _child(["--child", "stream", str(small[0]), str(small[1]), "2"])
+    naive = _child(["--child", "naive", str(big[0]), str(big[1])])
+    rel = [abs(s2["one_minus_cos"][k] - v) / v for k, v in naive["exact"].items()]
+    rel32 = [abs(naive["naive32"][k] - v) / v for k, v in naive["exact"].items()]
+    gb = s2["bytes"] / 1e9
+    report = {
+        "layers": args.layers, "input_gb": round(gb, 3),
+        "stream_2_threads_gb_s": s2["stream_gb_s"], "stream_1_thread_gb_s": s1["stream_gb_s"],
+        "stream_2_threads_wall_s": s2["wall_s"], "naive_float64_wall_s": naive["wall_s"],
+        "naive_float64_gb_s": naive["gb_s"], "speedup_vs_naive_wall": round(naive["wall_s"] / s2["wall_s"], 2),
+        "speedup_vs_naive_stream": round(naive["wall_s"] / s2["stream_s"], 2),
+        "one_minus_cos_exact_range": [min(naive["exact"].values()), max(naive["exact"].values())],
+        "one_minus_cos_max_rel_error_stream": max(rel), "one_minus_cos_max_rel_error_naive_f32": max(rel32),
+        "peak_rss_mb": {"stream_1_layer": small2["peak_rss_mb"], f"stream_{args.layers}_layers": s2["peak_rss_mb"],
+                        f"naive_{args.layers}_layers": naive["peak_rss_mb"]},
+        "extrapolated_7b_32_layers_stream_s": round(s2["stream_s"] / args.layers * 32, 1),
+        "verdict": s2["verdict"],
+    }
+    print(json.dumps(report, indent=1))
+    if tmp is not None:
+        tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
