@@ -14,7 +14,7 @@ from pathlib import Path
 
 from provenance.inspect import inspect_checkpoint
 from provenance.investigate.inspect_analysis import inspect_section
-from provenance.investigate.summary import executive_summary
+from provenance.investigate.summary import executive_summary, finding_rank
 from provenance.report.model import Report
 
 
@@ -53,11 +53,12 @@ def investigate(candidate: str | Path, references: tuple[str | Path, ...] | list
                              "sha256": [f.get("sha256") for f in inspected["files"]]},
                     command="investigate", claims=inspected["claims"])
     section, findings = inspect_section(inspected)
-    report.sections.append(section)
-    report.findings += findings
     for analysis in _analyses():
         if progress:
             progress(analysis.__name__)
         analysis(inputs, report)
+    # Evidence first; the description of the file (long tensor tables) closes the report.
+    report.sections.append(section)
+    report.findings = sorted(report.findings + findings, key=finding_rank)
     report.executive_summary = executive_summary(report)
     return report

@@ -41,7 +41,8 @@ def inspect_section(report: dict[str, Any]) -> tuple[Section, list[Finding]]:
               "summary": summary, "files": report["files"]},
         tables={
             "storage types": [{"type": k, **v} for k, v in report["quant_types"].items()],
-            "tensors": [{k: t.get(k) for k in ("name", "stored_name", "shape", "dtype", "n_bytes", "sha256") if k in t}
+            "tensors": [{"name": t["name"], "stored_name": t["stored_name"], "shape": "x".join(map(str, t["shape"])),
+                         "dtype": t["dtype"], "n_bytes": t["n_bytes"], **({"sha256": t["sha256"]} if "sha256" in t else {})}
                         for t in report["tensors"]],
         },
         figures=[quant_type_figure(report)] if report["quant_types"] else [],

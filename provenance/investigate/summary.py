@@ -10,7 +10,7 @@ from provenance.report.render import format_p
 PRIORITY = ["watermark.accusation", "lineage.verdict", "quant.verdict", "identify.match", "format.identity"]
 
 
-def _rank(finding: Finding) -> int:
+def finding_rank(finding: Finding) -> int:
     for index, prefix in enumerate(PRIORITY):
         if finding.id.startswith(prefix):
             return index
@@ -19,7 +19,7 @@ def _rank(finding: Finding) -> int:
 
 def executive_summary(report: Report) -> str:
     name = os.path.basename(str(report.subject.get("path", "")))
-    ranked = sorted(report.findings, key=_rank)
+    ranked = sorted(report.findings, key=finding_rank)
     sentences = []
     for finding in ranked:
         if finding.id.startswith("format.identity") and len(ranked) > 1:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from transformers import LlamaForCausalLM
 
-from provenance.synth.train import TrainRecipe, copy_model, train
+from provenance.synth.train import TrainRecipe, copy_model, shipped_tokens, train
 
 LORA_TARGETS: tuple[str, ...] = ("q_proj", "v_proj", "gate_proj", "up_proj", "down_proj")
 LORA_RECIPE = TrainRecipe(steps=80, lr=3e-3, batch_size=16, seq_len=128, warmup=5, bos_aligned=True)
@@ -44,11 +44,12 @@ class LoRALinear(nn.Module):
         return self.base
 
 
-def lora_finetune(model: LlamaForCausalLM, seed: int, tokens: np.ndarray, rank: int = 4,
+def lora_finetune(model: LlamaForCausalLM, seed: int, tokens: np.ndarray | None = None, rank: int = 4,
                   alpha: float = 8.0, targets: tuple[str, ...] = LORA_TARGETS,
                   recipe: TrainRecipe = LORA_RECIPE,
                   history: list[float] | None = None) -> LlamaForCausalLM:
     """LoRA-fine-tune a copy of ``model`` on ``tokens`` and return it merged (dense)."""
+    tokens = shipped_tokens("finetune") if tokens is None else tokens
     new = copy_model(model)
     for p in new.parameters():
         p.requires_grad_(False)

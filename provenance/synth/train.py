@@ -72,6 +72,16 @@ def deterministic(threads: int = 1) -> Iterator[None]:
         torch.set_num_threads(prev_threads)
 
 
+def shipped_tokens(name: str) -> np.ndarray:
+    """Training rows of a shipped corpus: ``"corpus"`` (pretraining) or ``"finetune"``
+    (the shifted slice); the default data of every training function below."""
+    from provenance.synth.corpus import split_finetune, split_pretrain  # noqa: PLC0415
+    from provenance.synth.store import load_synth_tokens  # noqa: PLC0415
+
+    split = split_pretrain if name == "corpus" else split_finetune
+    return split(load_synth_tokens(name))[0]
+
+
 def init_model(seed: int, rope_theta: float = 10000.0, max_position_embeddings: int = 512) -> LlamaForCausalLM:
     """A freshly initialised synth model; depends only on ``seed`` (global RNG untouched)."""
     config = synth_config(rope_theta=rope_theta, max_position_embeddings=max_position_embeddings)
@@ -163,12 +173,13 @@ def eval_loss(model: LlamaForCausalLM | Callable[[torch.Tensor], torch.Tensor], 
     return total / count
 
 
-def train_independent(seed: int, tokens: np.ndarray, recipe: TrainRecipe = PRETRAIN_RECIPE,
+def train_independent(seed: int, tokens: np.ndarray | None = None, recipe: TrainRecipe = PRETRAIN_RECIPE,
                       data_seed: int | None = None,
                       history: list[float] | None = None) -> LlamaForCausalLM:
     """Pretrain a synth model from scratch: init from ``seed``, data order from
     ``data_seed`` (default: derived from ``seed``, so one seed names one model)."""
     model = init_model(seed)
+    tokens = shipped_tokens("corpus") if tokens is None else tokens
     return train(model, tokens, recipe, data_seed=independent_data_seed(seed) if data_seed is None else data_seed,
                  history=history)
 
@@ -200,10 +211,12 @@ FINETUNE_STRENGTHS: dict[str, TrainRecipe] = {
 }
 
 
-def finetune(model: LlamaForCausalLM, strength: str | TrainRecipe, seed: int, tokens: np.ndarray,
+def finetune(model: LlamaForCausalLM, strength: str | TrainRecipe, seed: int, tokens: np.ndarray | None = None,
              history: list[float] | None = None) -> LlamaForCausalLM:
-    """Full fine-tune of a copy of ``model`` (the parent is left untouched)."""
+    """Full fine-tune of a copy of ``model`` (the parent is left untouched); by default on
+    the shipped shifted slice."""
     recipe = FINETUNE_STRENGTHS[strength] if isinstance(strength, str) else strength
+    tokens = shipped_tokens("finetune") if tokens is None else tokens
     return train(copy_model(model), tokens, recipe, data_seed=seed, history=history)
 
 
@@ -212,13 +225,14 @@ CPT_ROPE_THETA = 100000.0
 CPT_CONTEXT = 2048
 
 
-def continued_pretraining(model: LlamaForCausalLM, seed: int, tokens: np.ndarray,
+def continued_pretraining(model: LlamaForCausalLM, seed: int, tokens: np.ndarray | None = None,
                           rope_theta: float = CPT_ROPE_THETA, max_position_embeddings: int = CPT_CONTEXT,
                           recipe: TrainRecipe = CPT_RECIPE,
                           history: list[float] | None = None) -> LlamaForCausalLM:
     """Context extension as done to real models: raise the RoPE base (10k -> 100k), declare a
     longer context, and keep pretraining on longer windows of the pretraining data."""
     new = copy_model(model, rope_theta=rope_theta, max_position_embeddings=max_position_embeddings)
+    tokens = shipped_tokens("corpus") if tokens is None else tokens
     return train(new, tokens, recipe, data_seed=seed, history=history)
 
 
