@@ -19,7 +19,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 def test_investigate_api_on_a_quantized_file() -> None:
     report = investigate(QUANT_DIR / "tiny-llama-Q4_K_M.gguf")
     assert report.sections[-1].kind == "inspect" and report.findings[-1].id == "format.identity"
-    assert report.executive_summary.startswith("tiny-llama-Q4_K_M.gguf:")
+    assert report.executive_summary.startswith("tiny-llama-Q4_K_M.gguf is identified as tiny-llama-q4_k_m")
     assert report.claims["general.name"] == "tiny-llama-test"
     document = report.to_dict()
     jsonschema.validate(document, json.loads((ROOT / "docs" / "report-schema.json").read_text()))
