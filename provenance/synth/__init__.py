@@ -17,7 +17,7 @@ from __future__ import annotations
 from provenance.synth.arch import STORIES260K_SHAPE, synth_config
 from provenance.synth.convert import llama2c_to_hf, load_stories260k_as_hf
 from provenance.synth.corpus import FINETUNE_SPEC, PRETRAIN_SPEC, CorpusSpec, sample_corpus, split_pretrain
-from provenance.synth.llama2c import Llama2cCheckpoint, Llama2cModel, load_llama2c
+from provenance.synth.llama2c import Llama2cWeights, Llama2cModel, load_llama2c
 from provenance.synth.lora import lora_finetune
 from provenance.synth.store import (
     SynthModelNotFound,
@@ -41,7 +41,7 @@ from provenance.synth.train import (
 )
 
 __all__ = [
-    "CorpusSpec", "FINETUNE_SPEC", "FINETUNE_STRENGTHS", "Llama2cCheckpoint", "Llama2cModel",
+    "CorpusSpec", "FINETUNE_SPEC", "FINETUNE_STRENGTHS", "Llama2cWeights", "Llama2cModel",
     "PRETRAIN_RECIPE", "PRETRAIN_SPEC", "STORIES260K_SHAPE", "SynthModelNotFound", "TrainRecipe",
     "continued_pretraining", "eval_loss", "finetune", "init_model", "llama2c_to_hf", "load_llama2c",
     "load_manifest", "load_stories260k_as_hf", "load_synth_model", "load_synth_tokens", "lora_finetune",

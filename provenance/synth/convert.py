@@ -17,14 +17,14 @@ from transformers import LlamaForCausalLM
 from provenance.errors import UnsupportedCheckpoint
 from provenance.names.qk_permute import gguf_to_hf_rows
 from provenance.synth.arch import STORIES260K_SHAPE, synth_config
-from provenance.synth.llama2c import Llama2cCheckpoint, infer_rope_theta, load_llama2c
+from provenance.synth.llama2c import Llama2cWeights, infer_rope_theta, load_llama2c
 
 
 def _qk_to_hf(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     return torch.from_numpy(gguf_to_hf_rows(w.numpy(), n_heads).copy())
 
 
-def llama2c_to_hf(ckpt: Llama2cCheckpoint) -> LlamaForCausalLM:
+def llama2c_to_hf(ckpt: Llama2cWeights) -> LlamaForCausalLM:
     """An HF model computing the same function as ``ckpt`` (float32)."""
     c = ckpt.config
     shape = {"hidden_size": c.dim, "intermediate_size": c.hidden_dim, "num_hidden_layers": c.n_layers,

@@ -24,22 +24,14 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from provenance.errors import LimitExceeded, MalformedCheckpoint
+from provenance.errors import MalformedCheckpoint
 
-HEADER_BYTES = 7 * 4
-# Hard caps keep the size arithmetic and allocations sane on a hostile header; far above
-# any llama2.c model that exists (the largest, 110M, has dim 768, 12 layers).
-_MAX_DIM = 1 << 14
-_MAX_LAYERS = 1 << 10
-_MAX_VOCAB = 1 << 20
-_MAX_SEQ = 1 << 20
 RMS_EPS = 1e-5  # llama2.c's run.c and model.py both use 1e-5
 
 
@@ -62,36 +54,9 @@ class Llama2cConfig:
     def kv_dim(self) -> int:
         return self.head_dim * self.n_kv_heads
 
-    def tensor_shapes(self) -> list[tuple[str, tuple[int, ...]]]:
-        """Every tensor in file order with its numpy shape."""
-        d, h, n, kv, v = self.dim, self.hidden_dim, self.n_layers, self.kv_dim, self.vocab_size
-        half = self.head_dim // 2
-        shapes: list[tuple[str, tuple[int, ...]]] = [
-            ("tok_embeddings", (v, d)),
-            ("attention_norm", (n, d)),
-            ("wq", (n, d, d)),
-            ("wk", (n, kv, d)),
-            ("wv", (n, kv, d)),
-            ("wo", (n, d, d)),
-            ("ffn_norm", (n, d)),
-            ("w1", (n, h, d)),
-            ("w2", (n, d, h)),
-            ("w3", (n, h, d)),
-            ("norm", (d,)),
-            ("freqs_cos", (self.seq_len, half)),
-            ("freqs_sin", (self.seq_len, half)),
-        ]
-        if not self.shared_classifier:
-            shapes.append(("output", (v, d)))
-        return shapes
-
-    def file_size(self) -> int:
-        # Python ints: no overflow whatever the header says.
-        return HEADER_BYTES + 4 * sum(math.prod(s) for _, s in self.tensor_shapes())
-
 
 @dataclass(frozen=True)
-class Llama2cCheckpoint:
+class Llama2cWeights:
     path: str
     config: Llama2cConfig
     tensors: dict[str, torch.Tensor]
@@ -99,55 +64,34 @@ class Llama2cCheckpoint:
     ``output`` is always present (the embedding itself when shared)."""
 
 
-def _parse_header(path: Path, raw: bytes) -> Llama2cConfig:
-    if len(raw) < HEADER_BYTES:
-        raise MalformedCheckpoint(path, f"{len(raw)} bytes, shorter than the 28-byte header",
-                                  field="header", offset=0)
-    dim, hidden, layers, heads, kv_heads, vocab, seq = (
-        int(x) for x in np.frombuffer(raw[:HEADER_BYTES], dtype="<i4"))
-    fields = {"dim": dim, "hidden_dim": hidden, "n_layers": layers, "n_heads": heads,
-              "n_kv_heads": kv_heads, "seq_len": seq}
-    caps = {"dim": _MAX_DIM, "hidden_dim": 8 * _MAX_DIM, "n_layers": _MAX_LAYERS,
-            "n_heads": _MAX_DIM, "n_kv_heads": _MAX_DIM, "seq_len": _MAX_SEQ}
-    for offset, (name, value) in enumerate(fields.items()):
-        at = 4 * offset if name != "seq_len" else 24
-        if value <= 0:
-            raise MalformedCheckpoint(path, f"{name} = {value} must be positive", field=name, offset=at)
-        if value > caps[name]:
-            raise LimitExceeded(path, f"{name} = {value} exceeds {caps[name]}", field=name, offset=at)
-    if vocab == 0 or abs(vocab) > _MAX_VOCAB:
-        raise LimitExceeded(path, f"vocab_size = {vocab} out of range", field="vocab_size", offset=20)
-    if dim % heads or heads % kv_heads or (dim // heads) % 2:
-        raise MalformedCheckpoint(
-            path, f"dim {dim} / n_heads {heads} / n_kv_heads {kv_heads} do not form even-sized"
-            " heads grouped evenly over kv heads", field="n_heads", offset=12)
-    return Llama2cConfig(dim, hidden, layers, heads, kv_heads, abs(vocab), seq,
-                         shared_classifier=vocab > 0)
+# llama2.c tensor names (as the torch forward below uses them) -> the canonical names the
+# project's reader gives the same slabs; per-layer roles are stacked back into (L, ...).
+_PER_LAYER = {"attention_norm": "attn_norm", "wq": "attn_q", "wk": "attn_k", "wv": "attn_v", "wo": "attn_output",
+              "ffn_norm": "ffn_norm", "w1": "ffn_gate", "w2": "ffn_down", "w3": "ffn_up"}
+_GLOBAL = {"tok_embeddings": "token_embd", "norm": "output_norm", "freqs_cos": "rope_freqs_real",
+           "freqs_sin": "rope_freqs_imag", "output": "output"}
 
 
-def load_llama2c(path: str | os.PathLike[str]) -> Llama2cCheckpoint:
-    """Read a llama2.c legacy checkpoint; raise :class:`MalformedCheckpoint` unless the
-    header is plausible and the file is exactly as long as the header implies."""
-    path = Path(path)
-    with open(path, "rb") as fh:
-        header = fh.read(HEADER_BYTES)
-        config = _parse_header(path, header)
-        actual = os.fstat(fh.fileno()).st_size
-        expected = config.file_size()
-        if actual != expected:
-            raise MalformedCheckpoint(
-                path, f"file is {actual} bytes but its header implies exactly {expected}",
-                field="size", offset=min(actual, expected))
-        data = np.frombuffer(fh.read(expected - HEADER_BYTES), dtype="<f4")
-    tensors: dict[str, torch.Tensor] = {}
-    pos = 0
-    for name, shape in config.tensor_shapes():
-        n = math.prod(shape)
-        tensors[name] = torch.from_numpy(data[pos:pos + n].reshape(shape).copy())
-        pos += n
+def load_llama2c(path: str | os.PathLike[str]) -> Llama2cWeights:
+    """Read a llama2.c legacy checkpoint through the project's strict reader
+    (:class:`provenance.formats.llama2c_reader.Llama2cWeights`: plausible header, exact
+    file size), as float32 torch tensors in llama2.c's own names and stacked layout."""
+    from provenance.formats.llama2c_reader import Llama2cWeights as Llama2cReader
+
+    with Llama2cReader(path) as reader:
+        dim, hidden, layers, heads, kv_heads, vocab, seq = reader.header
+        config = Llama2cConfig(dim, hidden, layers, heads, kv_heads, abs(vocab), seq, shared_classifier=vocab > 0)
+
+        def read(name: str) -> torch.Tensor:
+            return torch.from_numpy(np.array(reader.read(name), dtype=np.float32))
+
+        tensors = {ours: read(f"{canonical}.weight") for ours, canonical in _GLOBAL.items()
+                   if f"{canonical}.weight" in reader}
+        for ours, role in _PER_LAYER.items():
+            tensors[ours] = torch.stack([read(f"blk.{i}.{role}.weight") for i in range(layers)])
     if config.shared_classifier:
         tensors["output"] = tensors["tok_embeddings"]
-    return Llama2cCheckpoint(str(path), config, tensors)
+    return Llama2cWeights(str(path), config, tensors)
 
 
 def rope_tables(head_dim: int, seq_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,7 +101,7 @@ def rope_tables(head_dim: int, seq_len: int, theta: float) -> tuple[torch.Tensor
     return torch.cos(angles), torch.sin(angles)
 
 
-def infer_rope_theta(ckpt: Llama2cCheckpoint,
+def infer_rope_theta(ckpt: Llama2cWeights,
                      candidates: tuple[float, ...] = (10000.0, 100000.0, 500000.0, 1000000.0)) -> float:
     """The RoPE base whose tables match the ones stored in the file (they are the
     only record of it); raise if none does, rather than guess."""
@@ -186,7 +130,7 @@ class Llama2cModel(nn.Module):
     """llama2.c's ``Transformer.forward`` (no dropout), with an optional KV cache so the
     corpus can be sampled in O(T) per token. Weights are buffers: this is for inference."""
 
-    def __init__(self, ckpt: Llama2cCheckpoint) -> None:
+    def __init__(self, ckpt: Llama2cWeights) -> None:
         super().__init__()
         self.config = ckpt.config
         for name, tensor in ckpt.tensors.items():

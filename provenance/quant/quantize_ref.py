@@ -1,0 +1,48 @@
+"""``quantize_rows``: float32 rows -> stored bytes, bit-exact with llama.cpp's reference
+quantizers (what ``llama_model_quantize`` runs without an importance matrix).
+
+* Q2_K..Q6_K: :mod:`provenance.quant.quantize_k` (our float32-exact port of
+  ``quantize_row_q*_K_ref``);
+* Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0 / BF16: ``gguf.quants.quantize``, already bit-exact
+  with ``quantize_row_q*_ref`` (its Q8_0 scales with the f32 ``d`` and rounds
+  ``x * (1/d)`` half away from zero, as ggml does);
+* F32 / F16: plain conversion (numpy's float16 cast rounds to nearest even, like
+  ``ggml_fp32_to_fp16_row``).
+
+Verified against every tensor of every file in ``shared/data/llamacpp-quant``
+(tests/test_quant_quantize.py).
+"""
+from __future__ import annotations
+
+import numpy as np
+from gguf import GGMLQuantizationType
+from gguf import quants as gguf_quants
+
+from provenance.quant.quantize_k import BLOCK_QUANTIZERS, quantize_k_rows
+
+_GGUF_EXACT = {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "BF16"}
+
+
+def supported_types() -> list[str]:
+    """ggml type names :func:`quantize_rows` can produce."""
+    return ["F32", "F16", *sorted(_GGUF_EXACT), *BLOCK_QUANTIZERS]
+
+
+def quantize_rows(values: np.ndarray, ggml_type: int | str) -> np.ndarray:
+    """Quantize float32 ``(rows, row_length)`` to ``ggml_type`` (number or name);
+    returns the stored bytes, uint8 ``(rows, row_bytes)``. ``row_length`` must be a
+    multiple of the type's block size."""
+    name = GGMLQuantizationType[ggml_type].name if isinstance(ggml_type, str) else GGMLQuantizationType(ggml_type).name
+    values = np.asarray(values, dtype=np.float32)
+    if values.ndim != 2:
+        raise ValueError(f"expected (rows, row_length) values, got shape {values.shape}")
+    rows = values.shape[0]
+    if name == "F32":
+        return np.ascontiguousarray(values).view(np.uint8).reshape(rows, -1)
+    if name == "F16":
+        return values.astype(np.float16).view(np.uint8).reshape(rows, -1)
+    if name in BLOCK_QUANTIZERS:
+        return quantize_k_rows(values, name)
+    if name in _GGUF_EXACT:
+        return gguf_quants.quantize(values, GGMLQuantizationType[name]).reshape(rows, -1)
+    raise NotImplementedError(f"no bit-exact quantizer for {name} (supported: {', '.join(supported_types())})")
