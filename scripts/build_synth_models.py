@@ -46,12 +46,10 @@ from provenance.synth.llama2c import Llama2cModel, load_llama2c  # noqa: E402
 from provenance.synth.lora import LORA_RECIPE, lora_finetune  # noqa: E402
 from provenance.synth.store import (  # noqa: E402
     MANIFEST_NAME,
-    WEIGHTS_NAME,
     file_sha256,
     load_synth_model,
     read_weights,
     save_model,
-    tensors_sha256,
 )
 from provenance.synth.arch import rope_theta_of  # noqa: E402
 from provenance.synth.train import (  # noqa: E402

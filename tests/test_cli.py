@@ -9,7 +9,6 @@ from pathlib import Path
 
 import gguf
 import numpy as np
-import pytest
 
 from conftest import QUANT_DIR, ROOT, SHARED_DATA
 from provenance.clidocs import commands, render_cli_reference

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gguf_bytes import ARRAY, STRING, UINT32, GGUFBytes, gstr, kv_str, kv_u32, tensor_info, valid_model
+from gguf_bytes import ARRAY, STRING, UINT32, gstr, kv_str, kv_u32, tensor_info, valid_model
 from conftest import Bounded
 from provenance.errors import CheckpointError, LimitExceeded, MalformedCheckpoint, UnsupportedCheckpoint
 from provenance.formats import open_checkpoint

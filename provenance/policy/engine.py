@@ -14,7 +14,7 @@ from typing import Any
 from provenance.errors import CheckpointError, PickleCheckpointRefused
 from provenance.formats import Checkpoint, open_checkpoint
 from provenance.hashing import checkpoint_sha256s
-from provenance.policy.load import ForbiddenCopy, Policy
+from provenance.policy.load import Policy
 from provenance.report.model import Finding, Severity
 
 BASE_MODEL_CLAIMS = ("general.base_model.0.name", "general.base_model.0.repo_url", "general.base_model.0.organization",

@@ -74,9 +74,9 @@ _GLOBAL = {"tok_embeddings": "token_embd", "norm": "output_norm", "freqs_cos": "
 
 def load_llama2c(path: str | os.PathLike[str]) -> Llama2cWeights:
     """Read a llama2.c legacy checkpoint through the project's strict reader
-    (:class:`provenance.formats.llama2c_reader.Llama2cWeights`: plausible header, exact
+    (:class:`provenance.formats.llama2c_reader.Llama2cCheckpoint`: plausible header, exact
     file size), as float32 torch tensors in llama2.c's own names and stacked layout."""
-    from provenance.formats.llama2c_reader import Llama2cWeights as Llama2cReader
+    from provenance.formats.llama2c_reader import Llama2cCheckpoint as Llama2cReader
 
     with Llama2cReader(path) as reader:
         dim, hidden, layers, heads, kv_heads, vocab, seq = reader.header
