@@ -28,7 +28,6 @@ from provenance.compare.engine import PairOutcome, stream_pair
 from provenance.compare.invariants import HeadLayout, circuits
 from provenance.compare.pairing import Pairing, TensorPair, detect_byte_transposition, pair_tensors
 from provenance.compare.sketch import NORMS, Sketch, SketchBuilder, residual_subset, token_subset
-from provenance.compare.stats import effective_rank
 from provenance.compare.symtest import TestResult, residual_permutation_test
 from provenance.compare.transform import Transform
 from provenance.compare.verdict import decide
@@ -143,8 +142,8 @@ def _row(out: PairOutcome) -> dict[str, Any]:
         "rank_energy": None, "stable_rank": None, "entropy_rank": None, "full_rank": None,
         "grid_type": None, "grid_lossy_side": None, "grid_outside_fraction": None,
     }
-    if p.is_matrix and out.delta_sample is not None and s.max_abs_delta > 0:
-        row.update(effective_rank(out.delta_sample))
+    if out.rank is not None:
+        row.update(out.rank)
     if out.grid:
         row["grid_type"] = out.grid.get("type")
         row["grid_lossy_side"] = out.grid.get("lossy_side")

@@ -15,7 +15,7 @@ import torch
 
 from provenance.compare.pairing import TensorPair, apply_layout
 from provenance.compare.sketch import SketchBuilder
-from provenance.compare.stats import PairAccumulator, PairStats
+from provenance.compare.stats import PairAccumulator, PairStats, effective_rank
 from provenance.compare.stream import RowReader, rows_per_chunk
 from provenance.compare.transform import Transform
 from provenance.formats.base import Checkpoint, TensorInfo
@@ -31,7 +31,8 @@ class PairOutcome:
     pair: TensorPair
     stats: PairStats
     transform: dict[str, Any] | None = None
-    delta_sample: np.ndarray | None = field(default=None, repr=False)
+    rank: dict[str, Any] | None = None
+    """Effective rank of the delta on sampled rows (computed here, so no sample is kept)."""
     sketch_reference: list[tuple[int, np.ndarray]] = field(default_factory=list, repr=False)
     sketch_candidate: list[tuple[int, np.ndarray]] = field(default_factory=list, repr=False)
     grid: dict[str, Any] | None = None
@@ -179,7 +180,7 @@ def stream_pair(
     out = PairOutcome(
         pair=pair, stats=stats,
         transform=None if transform.is_identity else transform.summary(),
-        delta_sample=np.concatenate(samples, axis=0) if samples else None,
+        rank=effective_rank(np.concatenate(samples, axis=0)) if samples and pair.is_matrix and stats.max_abs_delta > 0 else None,
         grid=grid.result() if grid is not None else None,
         bytes_read=r_info.n_bytes + c_info.n_bytes,
         seconds=time.perf_counter() - t0,

@@ -78,7 +78,9 @@ class SketchBuilder:
             part = rows.reshape(-1)
         else:
             return
-        self._parts.setdefault(key, []).append((start, np.array(part, dtype=np.float32, copy=True)))
+        # float32: the recovered scales come from sketch norms and must undo a rescaling
+        # to ~1e-7 (float16 left 2e-5 and turned "same weights" into "fine-tune")
+        self._parts.setdefault(key, []).append((start, np.array(part, dtype=np.float32)))
 
     def add_vector(self, role: str, layer: int | None, values: np.ndarray) -> None:
         self._parts[(role, layer)] = [(0, np.asarray(values, dtype=np.float32).reshape(-1))]
@@ -89,7 +91,7 @@ class SketchBuilder:
             if role in NORMS:
                 value = np.concatenate([p[1] for p in parts])[self.sketch.residual]
             else:
-                value = np.concatenate([p[1] for p in parts], axis=0)
+                value = np.concatenate([p[1] for p in parts], axis=0).astype(np.float32)
             self.sketch.put(role, layer, value)
         self._parts.clear()
         return self.sketch

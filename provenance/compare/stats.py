@@ -48,7 +48,7 @@ class PairAccumulator:
         torch.sub(a, b, out=x[:, 0])
         torch.add(a, b, out=x[:, 1])
         gram = torch.bmm(x, x.transpose(1, 2)).sum(0, dtype=torch.float64)  # 2x2, rows summed in f64
-        sums = x.sum(dim=2, dtype=torch.float64).sum(0)
+        sums = x.sum(dim=2).double().sum(0)  # per-row float32 (pairwise), rows in float64
         g = gram.tolist()
         self.sum_dd += g[0][0]
         self.sum_ds += g[0][1]
@@ -57,7 +57,8 @@ class PairAccumulator:
         self.sum_d += sd
         self.sum_s += ss
         self.n += rows * cols
-        m = float(x[:, 0].abs().max())
+        lo, hi = torch.aminmax(x[:, 0])
+        m = max(-float(lo), float(hi))
         if m > self.max_abs_d or math.isnan(m):
             self.max_abs_d = m
 

@@ -18,7 +18,15 @@ from __future__ import annotations
 import numpy as np
 from gguf import quants as gguf_quants
 
-from provenance.quant.quantize_k import GROUP_MAX_EPS, F32, _first_absmax, _f16_round, _seq_sum, _u16_bytes, nearest_int
+from provenance.quant.quantize_k import (
+    F32,
+    GROUP_MAX_EPS,
+    _f16_round,
+    _first_absmax,
+    _seq_sum,
+    _u16_bytes,
+    nearest_int,
+)
 
 VALUES = np.array(gguf_quants.IQ4_NL.kvalues, dtype=np.int8)
 _LEVELS = VALUES.astype(F32)
@@ -68,8 +76,7 @@ def quantize_iq4_nl(x: np.ndarray) -> np.ndarray:
     d = _search(xs)
     with np.errstate(divide="ignore"):
         inv = np.where(d != 0, F32(1) / d, F32(0))
-    L = best_index_int8(inv[:, None] * x)
-    L = np.where((np.abs(_first_absmax(xs)) < GROUP_MAX_EPS)[:, None], 0, L)
+    L = best_index_int8(inv[:, None] * x)  # all-zero blocks: 0*x -> level index 8, as in C
     return np.concatenate([_u16_bytes(_f16_round(d)), _pack(L)], axis=1)
 
 

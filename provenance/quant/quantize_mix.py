@@ -195,23 +195,21 @@ def _layer_info(i_layer: int, n_layer: int, name: str, model: MixModel) -> tuple
     return i_layer, n_layer
 
 
-def _impl(qs: _State, new: T, spec: TensorSpec, ft: LlamaFileType, cat: str, m: MixModel) -> T:  # noqa: C901
+def _impl(qs: _State, new: T, spec: TensorSpec, ft: LlamaFileType, cat: str, m: MixModel) -> T:
     """``llama_tensor_get_type_impl``, branch for branch."""
     ncols = spec.shape[-1]
     ne2 = spec.shape[-3] if len(spec.shape) >= 3 else 1
     falcon = m.arch == "falcon"
     IQ_LOW = (F.MOSTLY_IQ2_XXS, F.MOSTLY_IQ2_XS, F.MOSTLY_IQ1_S, F.MOSTLY_IQ2_S, F.MOSTLY_IQ2_M, F.MOSTLY_IQ1_M)
     if cat == "output" or (qs.has_tied_embeddings and cat == "token_embd"):
-        if ft == F.MOSTLY_MXFP4_MOE:
-            new = T.Q8_0
-        elif falcon or ncols % GGML_QUANT_SIZES[new][0] != 0:
+        if ft == F.MOSTLY_MXFP4_MOE or falcon or ncols % GGML_QUANT_SIZES[new][0] != 0:
             new = T.Q8_0
         elif ft in (F.MOSTLY_IQ2_XXS, F.MOSTLY_IQ2_XS, F.MOSTLY_IQ3_XXS, F.MOSTLY_IQ1_S, F.MOSTLY_IQ2_S, F.MOSTLY_IQ2_M, F.MOSTLY_IQ1_M):
             new = T.Q5_K
         elif new != T.Q8_0:
             new = T.Q6_K
     elif ft == F.MOSTLY_MXFP4_MOE:
-        experts = not (m.arch == "bailingmoe3") or cat in ("ffn_up", "ffn_gate", "ffn_down")
+        experts = m.arch != "bailingmoe3" or cat in ("ffn_up", "ffn_gate", "ffn_down")
         new = T.MXFP4 if ne2 > 1 and experts else T.Q8_0
     elif cat == "token_embd":
         if ft in (F.MOSTLY_IQ2_XXS, F.MOSTLY_IQ2_XS, F.MOSTLY_IQ1_S, F.MOSTLY_IQ1_M):
@@ -246,15 +244,11 @@ def _impl(qs: _State, new: T, spec: TensorSpec, ft: LlamaFileType, cat: str, m: 
             new = T.Q4_K
         elif ft == F.MOSTLY_IQ3_XXS:
             new = T.Q4_K if m.n_gqa >= 4 else T.IQ3_S  # no imatrix
-        elif ft in (F.MOSTLY_IQ3_XS, F.MOSTLY_IQ3_S) and m.n_gqa >= 4:
-            new = T.Q4_K
-        elif ft == F.MOSTLY_IQ3_M:
+        elif ft in (F.MOSTLY_IQ3_XS, F.MOSTLY_IQ3_S) and m.n_gqa >= 4 or ft == F.MOSTLY_IQ3_M:
             new = T.Q4_K
         elif ft == F.MOSTLY_Q3_K_M:
             new = T.Q5_K if i < 2 else T.Q4_K
-        elif ft == F.MOSTLY_Q3_K_L:
-            new = T.Q5_K
-        elif ft in (F.MOSTLY_IQ4_NL, F.MOSTLY_IQ4_XS) and m.n_gqa >= 4:
+        elif ft == F.MOSTLY_Q3_K_L or ft in (F.MOSTLY_IQ4_NL, F.MOSTLY_IQ4_XS) and m.n_gqa >= 4:
             new = T.Q5_K
         elif ft in (F.MOSTLY_Q4_K_M, F.MOSTLY_Q5_K_M) and _use_more_bits(i, n):
             new = T.Q6_K

@@ -25,11 +25,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
+from gguf import (
+    GGML_QUANT_SIZES,
+    GGMLQuantizationType,
+    GGUFReader,
+    GGUFValueType,
+    GGUFWriter,
+)
 
 from provenance.formats import open_checkpoint
 from provenance.formats.base import Checkpoint
-from provenance.quant.quantize_mix import MixModel, TensorSpec, parse_ftype, tensor_types
+from provenance.quant.quantize_mix import (
+    MixModel,
+    TensorSpec,
+    parse_ftype,
+    tensor_types,
+)
 from provenance.quant.quantize_ref import quantize_rows
 
 QUANTIZATION_VERSION = 2  # GGML_QNT_VERSION

@@ -73,6 +73,9 @@ def write_gguf_variant(template: str | os.PathLike[str], output: str | os.PathLi
         writer.close()
 
 
+_QUIET = None
+
+
 def llama_cpp_available() -> bool:
     _add_local_llama_cpp()
     try:
@@ -89,10 +92,19 @@ def _add_local_llama_cpp() -> None:
 
 
 def quantize_with_llama_cpp(source: str | os.PathLike[str], output: str | os.PathLike[str], mix: str, threads: int = 1) -> None:
-    """llama.cpp's own quantizer (``llama_model_quantize``, no importance matrix)."""
+    """llama.cpp's own quantizer (``llama_model_quantize``, no importance matrix).
+
+    Its output is grid-consistent with its input by construction (it *is* llama.cpp), but
+    the scale search's float arithmetic depends on the build: a portable build
+    (``GGML_NATIVE=OFF``) differs from the shared reference files in ~1-2% of K-quant
+    bytes (Q3_K_M identical), both being exact quantizations of the same source."""
     _add_local_llama_cpp()
     import llama_cpp
 
+    global _QUIET
+    if _QUIET is None:  # llama.cpp logs every tensor to stderr; keep the callback alive
+        _QUIET = llama_cpp.llama_log_callback(lambda level, text, user_data: None)
+        llama_cpp.llama_log_set(_QUIET, None)
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = K_MIXES[mix]
     params.nthread = threads
