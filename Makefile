@@ -26,7 +26,7 @@ setup-dev: setup
 	  $(BIN)/pip install -q --no-deps --target $(CONVERTER_DIR) $(CONVERTER_SPEC)
 
 demo: setup
-	$(BIN)/provenance inspect ../shared/data/llamacpp-quant/tiny-llama-Q4_K_M.gguf
+	$(BIN)/provenance demo -o out/demo
 
 test: setup-dev
 	$(BIN)/python -m pytest -q

@@ -18,6 +18,7 @@ from provenance import __version__  # noqa: E402
 from provenance.commands import (  # noqa: E402
     check_cmd,
     compare_cmd,
+    demo_cmd,
     identify_cmd,
     inspect_cmd,
     investigate_cmd,
@@ -44,6 +45,7 @@ COMMANDS = [
     refdb_cmd.command,
     compare_cmd.command,
     quantcheck_cmd.command,
+    demo_cmd.command,
 ]
 for _command in COMMANDS:
     cli.add_command(_command)
