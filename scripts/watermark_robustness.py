@@ -11,9 +11,10 @@ Models (all measured here, nothing extrapolated):
   fine-tuning rows and the distillation negative control.
 
 Every candidate is scored with the guilty key(s), ``--innocent`` innocent clients' keys
-and 1000 decoy keys; an accusation needs z >= 7 (fixed in advance). K-quant mixes use
-llama.cpp's own quantizer (llama-cpp-python, built into .cache/llamacpp) when importable,
-and are reported as pending otherwise.
+and 1000 decoy keys; an accusation needs z >= 7 (fixed in advance). Quantization uses the
+project's llama.cpp-exact quantizer (provenance.quant.writer.quantize_model, llama.cpp's
+type mixes); when llama-cpp-python is importable (built into .cache/llamacpp), every
+quantized file is also written by llama.cpp itself and compared byte for byte.
 """
 from __future__ import annotations
 
@@ -42,8 +43,7 @@ from provenance.watermark.stats import DEFAULT_THRESHOLD_Z  # noqa: E402
 TINY = ROOT.parent / "shared" / "data" / "llamacpp-quant" / "tiny-llama-f16.gguf"
 SECRET = b"robustness-table-secret-v1-0000"
 AMPLITUDES = (1e-2, 3e-3, 1e-3)
-LEGACY_QUANTS = ("Q8_0",)
-K_QUANTS = ("Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "Q2_K")
+QUANTS = ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "Q2_K")
 COLLUSION_SIZES = (2, 4, 8)
 FINETUNE = ("light", "medium", "heavy")
 
@@ -110,17 +110,14 @@ def tiny_rows(table: Table, amplitude: float, work: Path, n_colluders: int) -> N
     marked, me = paths[0], clients[:1]
     tensors = blocks(attacks.read_tensors(marked))
     table.score("none (F16 copy)", amplitude, marked, TINY, me)
-    for qtype in LEGACY_QUANTS:
-        out = work / f"{qtype}.gguf"
-        attacks.write_gguf_variant(marked, out, tensors, qtype=qtype)
-        table.score(f"{qtype} (gguf-py, bit-exact)", amplitude, out, TINY, me)
-    for mix in K_QUANTS:
-        if not attacks.llama_cpp_available():
-            table.pending(mix, amplitude, "llama.cpp quantizer not available")
-            continue
+    for mix in QUANTS:
         out = work / f"{mix}.gguf"
-        attacks.quantize_with_llama_cpp(marked, out, mix)
-        table.score(f"{mix} (llama.cpp)", amplitude, out, TINY, me)
+        attacks.quantize_mix(marked, out, mix)
+        row = table.score(mix, amplitude, out, TINY, me)
+        if attacks.llama_cpp_available():  # cross-check: the very file llama.cpp writes?
+            check = work / f"{mix}-llama.cpp.gguf"
+            attacks.quantize_with_llama_cpp(marked, check, mix)
+            row["identical_to_llama_cpp"] = attacks.same_bytes(out, check)
     out = work / "pruned.gguf"
     attacks.write_gguf_variant(marked, out, {n: attacks.prune(v, 0.5) for n, v in tensors.items()})
     table.score("50% magnitude pruning", amplitude, out, TINY, me)
@@ -129,10 +126,9 @@ def tiny_rows(table: Table, amplitude: float, work: Path, n_colluders: int) -> N
     attacks.write_gguf_variant(marked, out, moved)
     table.score("MLP permutation+rescale, no realign", amplitude, out, TINY, me, realign="never")
     table.score("MLP permutation+rescale, realigned", amplitude, out, TINY, me, realign="auto")
-    if attacks.llama_cpp_available():
-        outq = work / "perm-q4km.gguf"
-        attacks.quantize_with_llama_cpp(out, outq, "Q4_K_M")
-        table.score("permutation+rescale+Q4_K_M, realigned", amplitude, outq, TINY, me)
+    outq = work / "perm-q4km.gguf"
+    attacks.quantize_mix(out, outq, "Q4_K_M")
+    table.score("permutation+rescale+Q4_K_M, realigned", amplitude, outq, TINY, me)
     copies = [blocks(attacks.read_tensors(p)) for p in paths]
     for size in COLLUSION_SIZES:
         if size > len(copies):
@@ -238,7 +234,8 @@ def main() -> None:
         "innocent_max_z": max(r["innocent_max_z"] for r in measured),
         "decoy_max": max(r["decoy_max"] for r in measured),
         "seconds": round(time.time() - started),
-        "llama_cpp": attacks.llama_cpp_available(),
+        "llama_cpp_cross_check": attacks.llama_cpp_available(),
+        "identical_to_llama_cpp": sorted({r.get("identical_to_llama_cpp") for r in table.rows if "identical_to_llama_cpp" in r}, key=str),
         "torch": torch.__version__, "numpy": np.__version__,
     }
     args.out.mkdir(parents=True, exist_ok=True)

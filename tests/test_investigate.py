@@ -42,5 +42,5 @@ def test_investigate_with_reference_reports_exact_quantization(tmp_path: Path) -
     (finding,) = [f for f in report.findings if f.id == "quant.verdict"]
     assert finding.verdict == "exact quantization" and finding.statistic["n_unexplained"] == 0
     assert finding.statistic["n_weights_checked"] == 2_228_224
-    assert "exact llama.cpp quantization" in report.executive_summary
+    assert "is an exact quantization of tiny-llama-f32.gguf" in report.executive_summary
     assert any(s.kind == "quantcheck" and s.figures for s in report.sections)

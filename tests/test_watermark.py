@@ -12,7 +12,9 @@ from conftest import QUANT_DIR, save_tiny_model
 from provenance.formats import open_checkpoint
 from provenance.watermark import DerivedKey, FileKey, ScoreOptions, embed_checkpoint, gaussian_stream, key_seed, trace
 from provenance.watermark.analyze import analyze_checkpoint
-from provenance.watermark.attacks import llama_cpp_available, permute_rescale, quantize_with_llama_cpp, read_tensors, write_gguf_variant
+from provenance.watermark.attacks import (
+    llama_cpp_available, permute_rescale, quantize_mix, quantize_with_llama_cpp, read_tensors, same_bytes, write_gguf_variant,
+)
 from provenance.watermark.keys import WatermarkKeyError, export_key_file, read_secret
 from provenance.watermark.stats import family_bound, holm
 
@@ -160,15 +162,27 @@ def test_q8_0_grid_statistic(marked: dict[float, Path], tmp_path: Path) -> None:
     _assert_null(result)
 
 
-@pytest.mark.skipif(not llama_cpp_available(), reason="llama-cpp-python not built (see docs/watermark.md)")
-def test_detect_after_llama_cpp_q4_k_m(marked: dict[float, Path], tmp_path: Path) -> None:
-    """llama.cpp's own Q4_K_M of a 1e-3 mark: the grid statistic still accuses at z >= 7."""
-    out = tmp_path / "acme-q4km.gguf"
-    quantize_with_llama_cpp(marked[1e-3], out, "Q4_K_M")
+@pytest.mark.parametrize("mix", ["Q4_K_M", "Q2_K"])
+def test_detect_after_k_quants(marked: dict[float, Path], tmp_path: Path, mix: str) -> None:
+    """The project's llama.cpp-exact Q4_K_M / Q2_K of a 1e-3 mark (blind z would be 1.3):
+    the grid statistic accuses at z >= 7 (measured 84 / 45) and beats the plain residual."""
+    out = tmp_path / f"acme-{mix}.gguf"
+    quantize_mix(marked[1e-3], out, mix)
+    with open_checkpoint(out) as ckpt:
+        assert {"Q4_K": "Q4_K_M", "Q2_K": "Q2_K"}[ckpt.info("blk.0.attn_q.weight").dtype] == mix
     result = trace(out, [DerivedKey(SECRET, "acme"), *INNOCENT], SOURCE)
-    assert _z(result, "acme")["grid"] > 20
+    z = _z(result, "acme")
+    assert z["grid"] > 30 and z["grid"] > 2 * z["reference"]
     assert result.accused == ["acme"]
     _assert_null(result)
+
+
+@pytest.mark.skipif(not llama_cpp_available(), reason="llama-cpp-python not built into .cache/llamacpp (see docs/watermark.md)")
+def test_project_quantizer_writes_what_llama_cpp_writes(marked: dict[float, Path], tmp_path: Path) -> None:
+    for mix in ("Q4_K_M", "Q3_K_M"):
+        quantize_mix(marked[1e-3], tmp_path / "ours.gguf", mix)
+        quantize_with_llama_cpp(marked[1e-3], tmp_path / "theirs.gguf", mix)
+        assert same_bytes(tmp_path / "ours.gguf", tmp_path / "theirs.gguf"), mix
 
 
 def test_independent_decoys_agree(marked: dict[float, Path]) -> None:

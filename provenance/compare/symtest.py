@@ -40,6 +40,8 @@ from scipy.stats import pearson3, rankdata, skew
 from provenance.compare.invariants import Circuit
 
 ATANH_CLIP = 1 - 1e-12
+#: permuted circuit entries gathered per batch (float32: 4 MB, cache-friendly)
+_GATHER_BUDGET = 1_000_000
 
 
 def _standardised_ranks(values: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
@@ -110,73 +112,130 @@ def pearson3_sf(z: float, gamma: float) -> float:
     return float(pearson3.sf(z, gamma))
 
 
+class PermutationTest:
+    """The test accumulated one circuit group (one layer, or the embedding blocks) at a time.
+
+    The ``K`` residual permutations are drawn up front from the seed (``(K, m)`` indices,
+    8 KB per permutation at ``m = 128``), so each group's circuits can be scored under the
+    identity and under every permutation as soon as they exist, and then dropped: what is
+    kept per circuit is its observed rho and its ``K`` permuted rhos (8 KB), never the
+    circuit or the sketch it came from. Memory therefore does not grow with the width of
+    the model and only by ``8 K`` bytes per circuit with its depth.
+    """
+
+    def __init__(self, m: int, permutations: int = 999, seed: int = 0) -> None:
+        self.m, self.permutations = m, permutations
+        rng = np.random.default_rng(seed)
+        # one global P per draw, shared by every group (same draws, same order as drawing
+        # them in batches: the generator's stream is sequential)
+        self.perms = np.argsort(rng.random((permutations, m)), axis=1) if permutations else np.empty((0, m), dtype=np.int64)
+        self.labels: list[tuple[str, int | None]] = []
+        self.observed: list[float] = []
+        self.rho_perm: list[np.ndarray] = []
+
+    def add(self, reference: list[Circuit], candidate: list[Circuit]) -> int:
+        """Score the circuits of one group (those present on both sides with equal shapes);
+        returns how many were added."""
+        by_key = {(c.label, c.layer): c for c in candidate}
+        pairs = [(r, by_key[(r.label, r.layer)]) for r in reference
+                 if (r.label, r.layer) in by_key and by_key[(r.label, r.layer)].matrix.shape == r.matrix.shape
+                 and r.matrix.shape[1] == self.m]
+        if not pairs:
+            return 0
+        m, permutations = self.m, self.permutations
+        ra, rb = [], []
+        for r, c in pairs:
+            mask = ~np.eye(m, dtype=bool) if r.square else None
+            ra.append(_standardised_ranks(r.matrix, mask))
+            rb.append(_standardised_ranks(c.matrix, mask))
+        n_c = len(pairs)
+        observed = [float((a * b).sum()) for a, b in zip(ra, rb)]
+        rho_perm = np.empty((permutations, n_c))
+        sq_idx = [i for i in range(n_c) if pairs[i][0].square]
+        col_idx = [i for i in range(n_c) if not pairs[i][0].square]
+        # Square circuits: rho(P) = sum_ij A_ij B_P(i)P(j), one flat gather per permutation
+        # (float32 ranks: the statistic needs ~1e-6, not 1e-16). Column-permuted blocks:
+        # rho(P) = sum_j M_j,P(j) with M = A^T B, so O(m) per permutation.
+        if sq_idx and permutations:
+            a32 = [ra[i].ravel().astype(np.float32) for i in sq_idx]
+            b32 = [rb[i].ravel().astype(np.float32) for i in sq_idx]
+            # a fixed batch per circuit (not per group), so a circuit's permuted rhos do not
+            # depend on which circuits it is scored with (float32 gemv rounding depends on
+            # the batch shape): streamed and whole-model runs agree bit for bit
+            batch = max(1, int(_GATHER_BUDGET // (m * m)))
+            for start in range(0, permutations, batch):
+                perms = self.perms[start:start + batch]
+                k = len(perms)
+                flat = (perms[:, :, None] * m + perms[:, None, :]).reshape(k, m * m)
+                for j, i in enumerate(sq_idx):
+                    rho_perm[start:start + k, i] = np.take(b32[j], flat) @ a32[j]
+        cols = np.arange(m)
+        for i in col_idx:
+            rho_perm[:, i] = (ra[i].T @ rb[i])[cols[None, :], self.perms].sum(axis=1)
+        for i, (r, _) in enumerate(pairs):
+            self.labels.append((r.label, r.layer))
+            self.observed.append(observed[i])
+            self.rho_perm.append(rho_perm[:, i].copy())
+        return n_c
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def _arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        observed = np.asarray(self.observed, dtype=np.float64)
+        rho_perm = np.stack(self.rho_perm, axis=1) if self.rho_perm else np.empty((self.permutations, 0))
+        t_obs = np.arctanh(np.clip(observed, -ATANH_CLIP, ATANH_CLIP))
+        t_perm = np.arctanh(np.clip(rho_perm, -ATANH_CLIP, ATANH_CLIP))
+        return observed, rho_perm, t_obs, t_perm
+
+    def running_p(self) -> float:
+        """Asymptotic p of the statistic over the groups added so far (a progress signal)."""
+        if not self.labels or self.permutations < 3:
+            return 1.0
+        _, _, t_obs, t_perm = self._arrays()
+        return _z_p(float(t_obs.sum()), t_perm.sum(axis=1))[3]
+
+    def result(self) -> TestResult:
+        if not self.labels:
+            raise ValueError("no comparable circuits")
+        permutations = self.permutations
+        observed, rho_perm, t_obs, t_perm = self._arrays()
+        total_obs = float(t_obs.sum())
+        total_perm = t_perm.sum(axis=1)
+        p_exact = (1 + int((total_perm >= total_obs - 1e-12).sum())) / (permutations + 1)
+        mean, sd, z, p_asym = _z_p(total_obs, total_perm)
+        circuits_out = []
+        for i, (label, layer) in enumerate(self.labels):
+            circuits_out.append({"layer": layer, "circuit": label, "spearman": float(observed[i]),
+                                 "null_sd": float(rho_perm[:, i].std(ddof=1))})
+        layers_out = []
+        layer_keys: list[int | None] = []
+        for _, layer in self.labels:
+            if layer not in layer_keys:
+                layer_keys.append(layer)
+        for layer in layer_keys:
+            cols = [i for i, (_, lay) in enumerate(self.labels) if lay == layer]
+            obs = float(t_obs[cols].sum())
+            perm = t_perm[:, cols].sum(axis=1)
+            p_ex = (1 + int((perm >= obs - 1e-12).sum())) / (permutations + 1)
+            lm, lsd, lz, lp = _z_p(obs, perm)
+            layers_out.append({"layer": layer, "circuits": [self.labels[i][0] for i in cols],
+                               "statistic": obs, "z": lz, "p_exact": p_ex, "p_asymptotic": lp,
+                               "mean_spearman": float(np.mean(observed[cols]))})
+        return TestResult(
+            statistic=total_obs, p_exact=p_exact, p_asymptotic=p_asym, z=z, permutations=permutations,
+            perm_mean=mean, perm_sd=sd, circuits=circuits_out, layers=layers_out,
+            null_sample=[float(x) for x in total_perm[:200]],
+        )
+
+
 def residual_permutation_test(
     reference: list[Circuit], candidate: list[Circuit], permutations: int = 999, seed: int = 0,
-    batch: int = 0,
 ) -> TestResult:
-    """Exact and asymptotic p-values for H0 (independent training); see the module doc."""
-    by_key = {(c.label, c.layer): c for c in candidate}
-    pairs = [(r, by_key[(r.label, r.layer)]) for r in reference
-             if (r.label, r.layer) in by_key and by_key[(r.label, r.layer)].matrix.shape == r.matrix.shape]
-    if not pairs:
+    """Exact and asymptotic p-values for H0 (independent training) on all circuits at
+    once (the streamed pipeline feeds :class:`PermutationTest` group by group instead)."""
+    if not reference:
         raise ValueError("no comparable circuits")
-    m = pairs[0][0].matrix.shape[1]
-    ra, rb, square = [], [], []
-    for r, c in pairs:
-        mask = ~np.eye(m, dtype=bool) if r.square else None
-        ra.append(_standardised_ranks(r.matrix, mask))
-        rb.append(_standardised_ranks(c.matrix, mask))
-        square.append(r.square)
-    n_c = len(pairs)
-    rng = np.random.default_rng(seed)
-    observed = np.array([float((a * b).sum()) for a, b in zip(ra, rb)])
-    rho_perm = np.empty((permutations, n_c))
-    sq_idx = [i for i in range(n_c) if square[i]]
-    col_idx = [i for i in range(n_c) if not square[i]]
-    # Square circuits: rho(P) = sum_ij A_ij B_P(i)P(j), one flat gather per permutation
-    # (float32 ranks: the statistic needs ~1e-6, not 1e-16). Column-permuted blocks:
-    # rho(P) = sum_j M_j,P(j) with M = A^T B, so O(m) per permutation.
-    ra_sq = np.stack([ra[i].ravel() for i in sq_idx]).astype(np.float32) if sq_idx else None
-    rb_sq = np.stack([rb[i].ravel() for i in sq_idx]).astype(np.float32) if sq_idx else None
-    cross = [ra[i].T @ rb[i] for i in col_idx]
-    if batch <= 0:
-        batch = max(1, int(4_000_000 // max(1, len(sq_idx) * m * m)))
-    cols = np.arange(m)
-    for start in range(0, permutations, batch):
-        k = min(batch, permutations - start)
-        perms = np.argsort(rng.random((k, m)), axis=1)
-        if ra_sq is not None and rb_sq is not None:
-            flat = (perms[:, :, None] * m + perms[:, None, :]).reshape(k, m * m)
-            g = np.take(rb_sq, flat, axis=1)  # (circuits, k, m*m)
-            rho_perm[start:start + k, sq_idx] = np.matmul(g, ra_sq[:, :, None])[:, :, 0].T
-        for ci, i in enumerate(col_idx):
-            rho_perm[start:start + k, i] = cross[ci][cols[None, :], perms].sum(axis=1)
-    t_obs = np.arctanh(np.clip(observed, -ATANH_CLIP, ATANH_CLIP))
-    t_perm = np.arctanh(np.clip(rho_perm, -ATANH_CLIP, ATANH_CLIP))
-    total_obs = float(t_obs.sum())
-    total_perm = t_perm.sum(axis=1)
-    p_exact = (1 + int((total_perm >= total_obs - 1e-12).sum())) / (permutations + 1)
-    mean, sd, z, p_asym = _z_p(total_obs, total_perm)
-    circuits_out = []
-    for i, (r, _) in enumerate(pairs):
-        circuits_out.append({"layer": r.layer, "circuit": r.label, "spearman": float(observed[i]),
-                             "null_sd": float(rho_perm[:, i].std(ddof=1))})
-    layers_out = []
-    layer_keys: list[int | None] = []
-    for r, _ in pairs:
-        if r.layer not in layer_keys:
-            layer_keys.append(r.layer)
-    for layer in layer_keys:
-        cols = [i for i, (r, _) in enumerate(pairs) if r.layer == layer]
-        obs = float(t_obs[cols].sum())
-        perm = t_perm[:, cols].sum(axis=1)
-        p_ex = (1 + int((perm >= obs - 1e-12).sum())) / (permutations + 1)
-        lm, lsd, lz, lp = _z_p(obs, perm)
-        layers_out.append({"layer": layer, "circuits": [pairs[i][0].label for i in cols],
-                           "statistic": obs, "z": lz, "p_exact": p_ex, "p_asymptotic": lp,
-                           "mean_spearman": float(np.mean(observed[cols]))})
-    return TestResult(
-        statistic=total_obs, p_exact=p_exact, p_asymptotic=p_asym, z=z, permutations=permutations,
-        perm_mean=mean, perm_sd=sd, circuits=circuits_out, layers=layers_out,
-        null_sample=[float(x) for x in total_perm[:200]],
-    )
+    test = PermutationTest(reference[0].matrix.shape[1], permutations, seed)
+    test.add(reference, candidate)
+    return test.result()

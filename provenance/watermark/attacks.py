@@ -1,8 +1,9 @@
 """What a leaker can do to a marked copy: the transformations the robustness table measures.
 
 Each works on canonical float32 tensors and writes a real file through the real writers:
-quantization with gguf-py's bit-exact legacy quantizers (Q8_0, Q4_0, Q5_0, Q4_1, Q5_1) or
-llama.cpp's own ``llama_model_quantize`` (K-quant mixes, when llama-cpp-python is
+quantization with the project's llama.cpp-exact quantizer (:func:`quantize_mix`, every
+llama.cpp mix), gguf-py's bit-exact legacy quantizers (:func:`write_gguf_variant`) or
+llama.cpp's own ``llama_model_quantize`` (a cross-check, when llama-cpp-python is
 importable), magnitude pruning, MLP permutation + rescaling, and collusion (averages and
 midpoints of several copies). Fine-tuning and distillation live in the robustness script
 (they need the synth models and a training loop).
@@ -111,6 +112,19 @@ def quantize_with_llama_cpp(source: str | os.PathLike[str], output: str | os.Pat
     code = llama_cpp.llama_model_quantize(str(source).encode(), str(output).encode(), params)
     if code != 0:
         raise RuntimeError(f"llama_model_quantize failed with {code}")
+
+
+def quantize_mix(source: str | os.PathLike[str], output: str | os.PathLike[str], mix: str) -> None:
+    """The project's llama.cpp-exact quantizer (:func:`provenance.quant.writer.quantize_model`):
+    llama.cpp's per-tensor type recipe and reference quantizers, no importance matrix."""
+    from provenance.quant.writer import quantize_model
+
+    quantize_model(source, output, mix)
+
+
+def same_bytes(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        return fa.read() == fb.read()
 
 
 def prune(w: np.ndarray, fraction: float = 0.5) -> np.ndarray:
