@@ -229,60 +229,69 @@ def _expand_heads(perm: np.ndarray, hd: int) -> np.ndarray:
     return (perm[:, None] * hd + np.arange(hd)[None, :]).reshape(-1)
 
 
+def align_layer(layer: int, r: dict[str, np.ndarray], c: dict[str, np.ndarray], heads: HeadLayout | None,
+                res: np.ndarray, norms_ref: dict[str, np.ndarray],
+                norms_cand: dict[str, np.ndarray]) -> tuple[dict[str, Any], dict[str, Transform]]:
+    """Recover one layer's permutations and scales from its sketches ``r`` / ``c``
+    (residual-indexed slices, :class:`Sketch` ``.layers[layer]``); returns the layer's
+    record and its per-tensor transforms. Layers are independent of each other, so the
+    streamed pipeline aligns each layer while its sketches exist and then drops them."""
+    record: dict[str, Any] = {"layer": layer}
+    t: dict[str, dict[str, Any]] = {}
+    name = lambda role: f"blk.{layer}.{role}.weight"  # noqa: E731
+    # residual gains first: they act on the columns every other feature is read in
+    a, info_a = _gain_scale(norms_ref.get(name("attn_norm")), norms_cand.get(name("attn_norm")),
+                            [r[k] for k in ("attn_q", "attn_k", "attn_v") if k in r and k in c],
+                            [c[k] for k in ("attn_q", "attn_k", "attn_v") if k in r and k in c], res)
+    b, info_b = _gain_scale(norms_ref.get(name("ffn_norm")), norms_cand.get(name("ffn_norm")),
+                            [r[k] for k in ("ffn_gate", "ffn_up") if k in r and k in c],
+                            [c[k] for k in ("ffn_gate", "ffn_up") if k in r and k in c], res)
+    record["attn_norm_rescale"], record["ffn_norm_rescale"] = info_a, info_b
+    if a is not None:
+        t["attn_norm"] = {"col_scale": 1.0 / a}
+        for role in ("attn_q", "attn_k", "attn_v"):
+            t.setdefault(role, {})["col_scale"] = a
+    if b is not None:
+        t["ffn_norm"] = {"col_scale": 1.0 / b}
+        for role in ("ffn_gate", "ffn_up"):
+            t.setdefault(role, {})["col_scale"] = b
+    # features in the reference's residual frame: undo the gain scaling on the sketch
+    cs = {k: (v * a[res][None, :] if a is not None and k in ("attn_q", "attn_k", "attn_v") else
+              v * b[res][None, :] if b is not None and k in ("ffn_gate", "ffn_up") else v)
+          for k, v in c.items()}
+    if all(k in r and k in cs for k in ("ffn_up",)):
+        perm, scale, info = _mlp(r, cs)
+        record["mlp"] = info
+        if perm is not None:
+            t.setdefault("ffn_gate", {})["row_index"] = perm
+            t.setdefault("ffn_up", {})["row_index"] = perm
+            t.setdefault("ffn_down", {})["col_index"] = perm
+        if scale is not None:
+            t.setdefault("ffn_up", {})["row_scale"] = 1.0 / scale
+            t.setdefault("ffn_down", {})["col_scale"] = scale
+    if heads is not None and all(k in r and k in cs for k in ("attn_q", "attn_k", "attn_v", "attn_output")):
+        kv_perm, q_perm, v_scale, info = _attention(r, cs, heads)
+        record["attention"] = info
+        hd = heads.head_dim
+        if q_perm is not None:
+            t.setdefault("attn_q", {})["row_index"] = _expand_heads(q_perm, hd)
+            t.setdefault("attn_output", {})["col_index"] = _expand_heads(q_perm, hd)
+        if kv_perm is not None:
+            t.setdefault("attn_k", {})["row_index"] = _expand_heads(kv_perm, hd)
+            t.setdefault("attn_v", {})["row_index"] = _expand_heads(kv_perm, hd)
+        if v_scale is not None:
+            t.setdefault("attn_v", {})["row_scale"] = 1.0 / v_scale
+            t.setdefault("attn_output", {})["col_scale"] = v_scale[heads.kv_of_q_rows()]
+    return record, {name(role): Transform(**spec) for role, spec in t.items()}
+
+
 def align(ref: Sketch, cand: Sketch, heads: HeadLayout | None, norms_ref: dict[str, np.ndarray],
           norms_cand: dict[str, np.ndarray]) -> Alignment:
     """Recover permutations and scales layer by layer; returns per-tensor transforms."""
     result = Alignment()
-    res = ref.residual
     for layer in sorted(ref.layers):
-        r, c = ref.layers[layer], cand.layers.get(layer, {})
-        record: dict[str, Any] = {"layer": layer}
-        t: dict[str, dict[str, Any]] = {}
-        name = lambda role: f"blk.{layer}.{role}.weight"  # noqa: E731
-        # residual gains first: they act on the columns every other feature is read in
-        a, info_a = _gain_scale(norms_ref.get(name("attn_norm")), norms_cand.get(name("attn_norm")),
-                                [r[k] for k in ("attn_q", "attn_k", "attn_v") if k in r and k in c],
-                                [c[k] for k in ("attn_q", "attn_k", "attn_v") if k in r and k in c], res)
-        b, info_b = _gain_scale(norms_ref.get(name("ffn_norm")), norms_cand.get(name("ffn_norm")),
-                                [r[k] for k in ("ffn_gate", "ffn_up") if k in r and k in c],
-                                [c[k] for k in ("ffn_gate", "ffn_up") if k in r and k in c], res)
-        record["attn_norm_rescale"], record["ffn_norm_rescale"] = info_a, info_b
-        if a is not None:
-            t["attn_norm"] = {"col_scale": 1.0 / a}
-            for role in ("attn_q", "attn_k", "attn_v"):
-                t.setdefault(role, {})["col_scale"] = a
-        if b is not None:
-            t["ffn_norm"] = {"col_scale": 1.0 / b}
-            for role in ("ffn_gate", "ffn_up"):
-                t.setdefault(role, {})["col_scale"] = b
-        # features in the reference's residual frame: undo the gain scaling on the sketch
-        cs = {k: (v * a[res][None, :] if a is not None and k in ("attn_q", "attn_k", "attn_v") else
-                  v * b[res][None, :] if b is not None and k in ("ffn_gate", "ffn_up") else v)
-              for k, v in c.items()}
-        if all(k in r and k in cs for k in ("ffn_up",)):
-            perm, scale, info = _mlp(r, cs)
-            record["mlp"] = info
-            if perm is not None:
-                t.setdefault("ffn_gate", {})["row_index"] = perm
-                t.setdefault("ffn_up", {})["row_index"] = perm
-                t.setdefault("ffn_down", {})["col_index"] = perm
-            if scale is not None:
-                t.setdefault("ffn_up", {})["row_scale"] = 1.0 / scale
-                t.setdefault("ffn_down", {})["col_scale"] = scale
-        if heads is not None and all(k in r and k in cs for k in ("attn_q", "attn_k", "attn_v", "attn_output")):
-            kv_perm, q_perm, v_scale, info = _attention(r, cs, heads)
-            record["attention"] = info
-            hd = heads.head_dim
-            if q_perm is not None:
-                t.setdefault("attn_q", {})["row_index"] = _expand_heads(q_perm, hd)
-                t.setdefault("attn_output", {})["col_index"] = _expand_heads(q_perm, hd)
-            if kv_perm is not None:
-                t.setdefault("attn_k", {})["row_index"] = _expand_heads(kv_perm, hd)
-                t.setdefault("attn_v", {})["row_index"] = _expand_heads(kv_perm, hd)
-            if v_scale is not None:
-                t.setdefault("attn_v", {})["row_scale"] = 1.0 / v_scale
-                t.setdefault("attn_output", {})["col_scale"] = v_scale[heads.kv_of_q_rows()]
-        for role, spec in t.items():
-            result.transforms[name(role)] = Transform(**spec)
+        record, transforms = align_layer(layer, ref.layers[layer], cand.layers.get(layer, {}), heads, ref.residual,
+                                         norms_ref, norms_cand)
+        result.transforms.update(transforms)
         result.layers.append(record)
     return result

@@ -116,7 +116,7 @@ class PermutationTest:
     """The test accumulated one circuit group (one layer, or the embedding blocks) at a time.
 
     The ``K`` residual permutations are drawn up front from the seed (``(K, m)`` indices,
-    8 KB per permutation at ``m = 128``), so each group's circuits can be scored under the
+    1 KB per permutation at ``m = 128``), so each group's circuits can be scored under the
     identity and under every permutation as soon as they exist, and then dropped: what is
     kept per circuit is its observed rho and its ``K`` permuted rhos (8 KB), never the
     circuit or the sketch it came from. Memory therefore does not grow with the width of

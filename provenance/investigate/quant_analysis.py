@@ -65,7 +65,7 @@ def quant_analysis(inputs: Any, report: Report) -> None:
             amp=summary["amplitude_rel"] or 0.0, precision=summary["source_precision"])
         report.findings.append(Finding(
             id="quant.verdict", title=f"Quantized from exactly {ref}?", verdict=summary["verdict_text"], summary=text,
-            severity=Severity.INFO if verdict == "exact" else Severity.WARNING,
+            severity=Severity.WARNING if verdict == "perturbed" else Severity.INFO,
             statistic={k: summary[k] for k in ("n_weights_checked", "n_unexplained", "amplitude_rel", "source_precision")},
             evidence={"reference": reference, "verdicts": summary["verdicts"], "unchecked": summary["unchecked"]}))
         figure = mismatch_figure(table, f"{cand} vs {ref}")
