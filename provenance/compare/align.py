@@ -238,7 +238,7 @@ def align_layer(layer: int, r: dict[str, np.ndarray], c: dict[str, np.ndarray], 
     streamed pipeline aligns each layer while its sketches exist and then drops them."""
     record: dict[str, Any] = {"layer": layer}
     t: dict[str, dict[str, Any]] = {}
-    name = lambda role: f"blk.{layer}.{role}.weight"  # noqa: E731
+    name = lambda role: f"blk.{layer}.{role}.weight"
     # residual gains first: they act on the columns every other feature is read in
     a, info_a = _gain_scale(norms_ref.get(name("attn_norm")), norms_cand.get(name("attn_norm")),
                             [r[k] for k in ("attn_q", "attn_k", "attn_v") if k in r and k in c],

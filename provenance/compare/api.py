@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -22,13 +23,23 @@ import numpy as np
 import pandas as pd
 import torch
 
-from provenance.compare.align import Alignment, align
+from provenance.compare.align import Alignment, align_layer
 from provenance.compare.claims import compare_claims
 from provenance.compare.engine import PairOutcome, stream_pair
 from provenance.compare.invariants import HeadLayout, circuits
-from provenance.compare.pairing import Pairing, TensorPair, detect_byte_transposition, pair_tensors
-from provenance.compare.sketch import NORMS, Sketch, SketchBuilder, residual_subset, token_subset
-from provenance.compare.symtest import TestResult, residual_permutation_test
+from provenance.compare.pairing import (
+    Pairing,
+    TensorPair,
+    detect_byte_transposition,
+    pair_tensors,
+)
+from provenance.compare.sketch import (
+    NORMS,
+    SketchBuilder,
+    residual_subset,
+    token_subset,
+)
+from provenance.compare.symtest import PermutationTest, TestResult
 from provenance.compare.transform import Transform
 from provenance.compare.verdict import decide
 from provenance.formats import open_checkpoint
@@ -155,39 +166,139 @@ def _row(out: PairOutcome) -> dict[str, Any]:
     return row
 
 
+def _stream_order(pairs: list[TensorPair]) -> list[TensorPair]:
+    """Group by layer (globals first, then layers in order), largest tensor first within a
+    group: a layer's sketches are complete, scored and dropped before the next layer's
+    pile up, so memory holds about one layer's sketches whatever the depth."""
+    def key(p: TensorPair) -> tuple[int, int]:
+        return (-1 if p.layer is None else int(p.layer), -int(np.prod(p.shape)))
+    return sorted(pairs, key=key)
+
+
 def _run_pairs(cand: Checkpoint, ref: Checkpoint, pairs: list[TensorPair], transforms: dict[str, Transform],
                opts: CompareOptions, sketch: tuple[np.ndarray, np.ndarray] | None,
-               progress: Callable[[str, int], None] | None) -> list[PairOutcome]:
+               progress: Callable[[str, int], None] | None,
+               consume: Callable[[PairOutcome], None] | None = None, light: bool = False) -> list[PairOutcome]:
+    """Stream ``pairs`` on ``opts.threads`` threads; ``consume`` sees each outcome in stream
+    order as soon as it is done (in the calling thread), with a bounded number in flight.
+    ``light``: statistics and sketches only (no rank sample, no grid check)."""
     def one(pair: TensorPair) -> PairOutcome:
         info = ref.info(pair.name)
-        n = min(opts.sample_rows, info.n_rows)
-        rng = np.random.default_rng([opts.seed, info.n_rows, info.row_length])
-        sample = np.sort(rng.choice(info.n_rows, size=n, replace=False)) if pair.is_matrix else None
+        sample = None
+        if pair.is_matrix and not light:
+            n = min(opts.sample_rows, info.n_rows)
+            rng = np.random.default_rng([opts.seed, info.n_rows, info.row_length])
+            sample = np.sort(rng.choice(info.n_rows, size=n, replace=False))
         out = stream_pair(cand, ref, pair, transforms.get(pair.name), sample_rows=sample, sketch=sketch,
-                          grid_check=opts.grid_check, chunk_elems=opts.chunk_elems)
+                          grid_check=opts.grid_check and not light, chunk_elems=opts.chunk_elems)
         if progress is not None:
             progress(pair.name, out.bytes_read)
         return out
 
-    # Largest first so the thread pool ends together.
-    order = sorted(pairs, key=lambda p: -int(np.prod(p.shape)))
+    results: dict[str, PairOutcome] = {}
+
+    def done(out: PairOutcome) -> None:
+        if consume is not None:
+            consume(out)
+        results[out.pair.name] = out
+
+    order = _stream_order(pairs)
     if opts.threads <= 1:
-        results = [one(p) for p in order]
+        for p in order:
+            done(one(p))
     else:
+        window = 2 * opts.threads
         with ThreadPoolExecutor(max_workers=opts.threads) as pool:
-            results = list(pool.map(one, order))
-    by_name = {r.pair.name: r for r in results}
-    return [by_name[p.name] for p in pairs]
+            pending: deque[Future[PairOutcome]] = deque()
+            for p in order:
+                pending.append(pool.submit(one, p))
+                if len(pending) >= window:
+                    done(pending.popleft().result())
+            while pending:
+                done(pending.popleft().result())
+    return [results[p.name] for p in pairs]
 
 
-def _build_sketches(outcomes: list[PairOutcome], residual: np.ndarray, tokens: np.ndarray) -> tuple[Sketch, Sketch]:
-    ref_b, cand_b = SketchBuilder(residual, tokens), SketchBuilder(residual, tokens)
-    for out in outcomes:
-        key = (out.pair.role, out.pair.layer)
+#: the asymptotic p below which the models count as related enough to align
+ALIGN_P = 1e-3
+
+
+class _Lineage:
+    """Per-layer sketches -> circuits -> test (and alignment), as the stream delivers them.
+
+    Each outcome's sketch parts go to its group (a layer, or ``None`` for the embedding
+    blocks); when the group's last tensor arrives, its circuits are scored under the
+    identity and all permutations (:class:`PermutationTest`) and, once the running test
+    already shows a relation, the layer is aligned; then its sketches are dropped. Layers
+    scored before that point are listed in ``deferred`` and re-streamed for alignment only
+    if the final test asks for it. Results equal a whole-model computation (layers are
+    independent in both the test's per-circuit scores and the alignment).
+    """
+
+    def __init__(self, cand: Checkpoint, ref: Checkpoint, pairs: list[TensorPair], residual: np.ndarray,
+                 tokens: np.ndarray, heads: HeadLayout | None, opts: CompareOptions,
+                 test: PermutationTest | None) -> None:
+        self.cand, self.ref, self.residual, self.tokens, self.heads, self.opts = cand, ref, residual, tokens, heads, opts
+        self.test = test
+        self.align_now = test is None  # alignment-only pass: align every layer
+        self.remaining: dict[int | None, int] = {}
+        self.group_pairs: dict[int | None, list[TensorPair]] = {}
+        for p in pairs:
+            if SketchBuilder.wants(p.role):
+                self.remaining[p.layer] = self.remaining.get(p.layer, 0) + 1
+                self.group_pairs.setdefault(p.layer, []).append(p)
+        self.builders: dict[int | None, tuple[SketchBuilder, SketchBuilder]] = {}
+        self.any_circuits = False
+        self.aligned: dict[int, tuple[dict[str, Any], dict[str, Transform]]] = {}
+        self.deferred: list[int] = []
+        self.test_s = 0.0
+        self.align_s = 0.0
+
+    def consume(self, out: PairOutcome) -> None:
+        p = out.pair
+        if p.layer not in self.remaining or not SketchBuilder.wants(p.role):
+            return
+        rb, cb = self.builders.setdefault(p.layer, (SketchBuilder(self.residual, self.tokens),
+                                                     SketchBuilder(self.residual, self.tokens)))
         if out.sketch_reference:
-            ref_b._parts[key] = list(out.sketch_reference)
-            cand_b._parts[key] = list(out.sketch_candidate)
-    return ref_b.finish(), cand_b.finish()
+            rb._parts[(p.role, p.layer)] = list(out.sketch_reference)
+            cb._parts[(p.role, p.layer)] = list(out.sketch_candidate)
+        out.sketch_reference, out.sketch_candidate = [], []
+        self.remaining[p.layer] -= 1
+        if self.remaining[p.layer] == 0:
+            self._finish_group(p.layer)
+
+    def _finish_group(self, layer: int | None) -> None:
+        rb, cb = self.builders.pop(layer)
+        sk_r, sk_c = rb.finish(), cb.finish()
+        if self.test is not None:
+            t0 = time.perf_counter()
+            circ_r, circ_c = circuits(sk_r, self.heads), circuits(sk_c, self.heads)
+            self.any_circuits |= bool(circ_r)
+            self.test.add(circ_r, circ_c)
+            self.test_s += time.perf_counter() - t0
+        if layer is None or layer not in sk_r.layers or not self.opts.align:
+            return
+        if not self.align_now and self.test is not None and self.test.running_p() < ALIGN_P:
+            self.align_now = True
+        if not self.align_now:
+            self.deferred.append(layer)
+            return
+        t0 = time.perf_counter()
+        names = [p for p in self.group_pairs[layer] if p.role in NORMS]
+        norms_r = {p.name: self.ref.read(p.name).reshape(-1) for p in names}
+        norms_c = {p.name: self.cand.read(p.name).reshape(-1) for p in names if p.layout == "same"}
+        self.aligned[layer] = align_layer(layer, sk_r.layers[layer], sk_c.layers.get(layer, {}), self.heads,
+                                          self.residual, norms_r, norms_c)
+        self.align_s += time.perf_counter() - t0
+
+    def alignment(self) -> Alignment:
+        result = Alignment()
+        for layer in sorted(self.aligned):
+            record, transforms = self.aligned[layer]
+            result.transforms.update(transforms)
+            result.layers.append(record)
+        return result
 
 
 def compare(candidate: str | os.PathLike[str], reference: str | os.PathLike[str],
@@ -227,28 +338,36 @@ def _compare_open(cpath: str, rpath: str, cand: Checkpoint, ref: Checkpoint, opt
     tokens = token_subset(emb.shape[0] if emb is not None else 0, opts.max_tokens, opts.seed + 1)
     heads = _heads(arch_r, arch_c)
     t1 = time.perf_counter()
-    outcomes = _run_pairs(cand, ref, pairs, {}, opts, (residual, tokens) if reason is None else None, progress)
+    lineage: _Lineage | None = None
+    if reason is None:
+        lineage = _Lineage(cand, ref, pairs, residual, tokens, heads, opts,
+                           PermutationTest(len(residual), opts.permutations, opts.seed))
+    outcomes = _run_pairs(cand, ref, pairs, {}, opts, (residual, tokens) if reason is None else None, progress,
+                          consume=lineage.consume if lineage is not None else None)
     t2 = time.perf_counter()
     test: TestResult | None = None
     alignment: Alignment | None = None
-    if reason is None:
-        sk_r, sk_c = _build_sketches(outcomes, residual, tokens)
-        circ_r, circ_c = circuits(sk_r, heads), circuits(sk_c, heads)
-        if circ_r:
-            test = residual_permutation_test(circ_r, circ_c, permutations=opts.permutations, seed=opts.seed)
+    t3 = t2
+    if lineage is not None:
+        assert lineage.test is not None
+        if len(lineage.test):
+            test = lineage.test.result()
         else:
             reason = "no comparable circuits (missing attention/MLP tensors)"
         t3 = time.perf_counter()
-        if test is not None and opts.align and test.p_asymptotic < 1e-3:
-            norms_r = {p.name: ref.read(p.name).reshape(-1) for p in pairs if p.role in NORMS}
-            norms_c = {p.name: cand.read(p.name).reshape(-1) for p in pairs if p.role in NORMS and p.layout == "same"}
-            alignment = align(sk_r, sk_c, heads, norms_r, norms_c)
+        if test is not None and opts.align and test.p_asymptotic < ALIGN_P:
+            if lineage.deferred:
+                # layers scored before the relation showed: their sketches again (alignment only)
+                redo_pairs = [p for p in pairs if p.layer in set(lineage.deferred) and SketchBuilder.wants(p.role)]
+                again = _Lineage(cand, ref, redo_pairs, residual, tokens, heads, opts, None)
+                _run_pairs(cand, ref, redo_pairs, {}, opts, (residual, tokens), None, consume=again.consume, light=True)
+                lineage.aligned.update(again.aligned)
+                lineage.align_s += again.align_s
+            alignment = lineage.alignment()
             if not alignment.is_identity:
                 touched = [p for p in pairs if p.name in alignment.transforms and not alignment.transforms[p.name].is_identity]
                 redo = {o.pair.name: o for o in _run_pairs(cand, ref, touched, alignment.transforms, opts, None, None)}
                 outcomes = [redo.get(o.pair.name, o) for o in outcomes]
-    else:
-        t3 = t2
     t4 = time.perf_counter()
     rows = [_row(o) for o in outcomes]
     verdict = decide(test, rows, arch_c, arch_r, layout, alignment.to_dict() if alignment else None, reason)
@@ -257,7 +376,10 @@ def _compare_open(cpath: str, rpath: str, cand: Checkpoint, ref: Checkpoint, opt
         verdict["evidence"] = verdict["evidence"] + ["metadata: " + d for d in claims["disagreements"]]
     total_bytes = sum(o.bytes_read for o in outcomes)
     timing = {"total_s": round(time.perf_counter() - t0, 3), "stream_s": round(t2 - t1, 3),
-              "test_s": round(t3 - t2, 3), "align_restream_s": round(t4 - t3, 3),
+              "test_s": round(t3 - t2 + (lineage.test_s if lineage else 0.0), 3),
+              "test_during_stream_s": round(lineage.test_s, 3) if lineage else 0.0,
+              "align_during_stream_s": round(lineage.align_s, 3) if lineage else 0.0,
+              "align_restream_s": round(t4 - t3, 3),
               "tensor_bytes": total_bytes, "stream_gb_per_s": round(total_bytes / max(t2 - t1, 1e-9) / 1e9, 3)}
     return CompareResult(
         candidate=_describe(cpath, cand), reference=_describe(rpath, ref), verdict=verdict,
