@@ -32,7 +32,7 @@ test: setup-dev
 	$(BIN)/python -m pytest -q
 
 bench: setup-dev
-	$(BIN)/python benchmarks/bench_inspect.py
+	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) .cache build *.egg-info

@@ -22,8 +22,8 @@ from provenance.formats import open_checkpoint
 from provenance.watermark.embed import _gguf_kv
 
 LEGACY = {"Q8_0", "Q4_0", "Q5_0", "Q4_1", "Q5_1", "F16", "F32", "BF16"}
-#: llama.cpp file types (``LLAMA_FTYPE_MOSTLY_*``) of the K-quant mixes.
-K_MIXES = {"Q2_K": 10, "Q3_K_M": 12, "Q4_K_M": 15, "Q5_K_M": 17, "Q6_K": 18, "Q4_K_S": 14}
+#: llama.cpp file types (``LLAMA_FTYPE_MOSTLY_*``) of the mixes used here.
+K_MIXES = {"Q8_0": 7, "Q2_K": 10, "Q3_K_M": 12, "Q4_K_M": 15, "Q5_K_M": 17, "Q6_K": 18, "Q4_K_S": 14}
 
 
 def read_tensors(path: str | os.PathLike[str], names: list[str] | None = None) -> dict[str, np.ndarray]:

@@ -108,6 +108,28 @@ def f16_field(blocks: torch.Tensor, start: int, ws: Workspace, name: str) -> tor
     return out
 
 
+def f16_pair(blocks: torch.Tensor, start: int, ws: Workspace, name: str) -> torch.Tensor:
+    """The two little-endian f16 at bytes ``start:start+4`` of each block (``d`` and
+    ``dmin``), as float32 ``(n, 2)``, converted by one op."""
+    out = ws.get(name, (blocks.shape[0], 2), torch.float32)
+    src = wide_view(blocks, start, start + 4)
+    if src.dtype not in (torch.int32, torch.int16):
+        src = field(blocks, start, start + 4, ws, name + ".raw").view(torch.int16)
+    out.copy_(src.view(torch.float16).view(blocks.shape[0], 2))
+    return out
+
+
+def scale_products(factors: torch.Tensor, ints: torch.Tensor, ws: Workspace, name: str) -> torch.Tensor:
+    """``factors * ints`` in float32 (``factors`` ``(n, g, 1)`` float32 super-scales,
+    ``ints`` ``(n, g, k)`` small integers): the integers are converted into a scratch
+    buffer first, so the product is one same-dtype op (a mixed int*float op makes a
+    temporary copy and takes torch's slow type-promotion path). One rounding, same
+    as gguf's ``d * sc`` (float32 multiplication is commutative)."""
+    out = ws.get(name, tuple(ints.shape), torch.float32)
+    out.copy_(ints)
+    return out.mul_(factors)
+
+
 def u16_field(blocks: torch.Tensor, start: int, count: int, ws: Workspace, name: str) -> torch.Tensor:
     """``count`` little-endian uint16 at byte ``start``, as int32 ``(n, count)``."""
     raw = field(blocks, start, start + 2 * count, ws, name + ".raw")
