@@ -8,12 +8,13 @@ perturbation, 1 - cos ~ 5e-5, F16 GGUF) of N Llama-7B-shaped layers (hidden 4096
   tensor bytes read (both files; warm page cache, so this is compute speed);
 * ``naive``: the baseline, whole tensors read and compared in float64 numpy;
 
-and prints the ratio, the 1 - cos relative error of the streamed result against an exact
-float64 computation, the error of the naive float32 formula, and peak RSS at 1 and N
-layers (flat RSS means independent of model size). Whole-model figures are
-extrapolations from these layers (a 7B model has 32 of them), and are labelled so.
+and prints the 1 - cos relative error of the streamed result against an exact float64
+computation, the error of the naive float32 formula, and the streamed peak RSS at each
+depth (flat RSS: memory independent of the number of layers). ``--baseline-src DIR``
+runs the same stream modes from another checkout in the same run (before/after numbers
+on the same machine state); ``--repeat N`` alternates N runs of each.
 
-    python benchmarks/bench_compare.py [--layers 2] [--keep DIR]
+    python benchmarks/bench_compare.py [--layers 1,2,4] [--keep DIR] [--baseline-src DIR] [--repeat 2]
 """
 from __future__ import annotations
 
@@ -85,6 +86,16 @@ def generate(directory: Path, layers: int) -> tuple[Path, Path]:
 
 
 def peak_rss_mb() -> float:
+    """This process's peak RSS: VmHWM (per address space, reset by exec). ru_maxrss is not
+    usable here: Linux carries it across fork/exec, so every child reported the parent's
+    peak (the file generation, 3.6 GB for 4 layers)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -100,7 +111,7 @@ def mode_stream(cand: str, ref: str, threads: int) -> dict:
     return {"mode": f"stream-{threads}t", "wall_s": round(wall, 3), "stream_s": res.timing["stream_s"],
             "bytes": res.timing["tensor_bytes"], "stream_gb_s": res.timing["stream_gb_per_s"],
             "one_minus_cos": {r["name"]: r["one_minus_cos"] for r in res.rows if r["kind"] == "matrix"},
-            "verdict": res.verdict["kind"], "peak_rss_mb": round(peak_rss_mb(), 1)}
+            "verdict": res.verdict["kind"], "peak_rss_mb": round(peak_rss_mb(), 1), "timing": res.timing}
 
 
 def mode_naive(cand: str, ref: str) -> dict:
@@ -127,16 +138,21 @@ def mode_naive(cand: str, ref: str) -> dict:
             "exact": exact, "naive32": naive32, "peak_rss_mb": round(peak_rss_mb(), 1)}
 
 
-def _child(args: list[str]) -> dict:
+def _child(args: list[str], src: Path | None = None) -> dict:
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, env=env, check=True)
+    script = __file__ if src is None else str(src / "benchmarks" / "bench_compare.py")
+    out = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, env=env, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--layers", default="1,2,4", help="depths to run (peak RSS per depth); speed on the deepest")
     parser.add_argument("--keep", type=Path, help="directory for the generated files (kept)")
+    parser.add_argument("--baseline-src", type=Path,
+                        help="another checkout (e.g. the previous commit) to run the same stream modes from, same run")
+    parser.add_argument("--repeat", type=int, default=1, help="alternate runs of each stream mode (machine noise)")
+    parser.add_argument("--no-naive", action="store_true")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -144,33 +160,50 @@ def main() -> int:
         result = mode_naive(cand, ref) if mode == "naive" else mode_stream(cand, ref, int(rest[0]))
         print(json.dumps(result))
         return 0
+    depths = sorted({int(x) for x in args.layers.split(",")})
+    deep = depths[-1]
     tmp = tempfile.TemporaryDirectory() if args.keep is None else None
     directory = args.keep or Path(tmp.name)  # type: ignore[union-attr]
     directory.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    small = generate(directory, 1)
-    big = generate(directory, args.layers)
-    print(f"generated 1- and {args.layers}-layer pairs in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
-    s2 = _child(["--child", "stream", str(big[0]), str(big[1]), "2"])
-    s1 = _child(["--child", "stream", str(big[0]), str(big[1]), "1"])
-    small2 = _child(["--child", "stream", str(small[0]), str(small[1]), "2"])
-    naive = _child(["--child", "naive", str(big[0]), str(big[1])])
-    rel = [abs(s2["one_minus_cos"][k] - v) / v for k, v in naive["exact"].items()]
-    rel32 = [abs(naive["naive32"][k] - v) / v for k, v in naive["exact"].items()]
-    gb = s2["bytes"] / 1e9
-    report = {
-        "layers": args.layers, "input_gb": round(gb, 3),
-        "stream_2_threads_gb_s": s2["stream_gb_s"], "stream_1_thread_gb_s": s1["stream_gb_s"],
-        "stream_2_threads_wall_s": s2["wall_s"], "naive_float64_wall_s": naive["wall_s"],
-        "naive_float64_gb_s": naive["gb_s"], "speedup_vs_naive_wall": round(naive["wall_s"] / s2["wall_s"], 2),
-        "speedup_vs_naive_stream": round(naive["wall_s"] / s2["stream_s"], 2),
-        "one_minus_cos_exact_range": [min(naive["exact"].values()), max(naive["exact"].values())],
-        "one_minus_cos_max_rel_error_stream": max(rel), "one_minus_cos_max_rel_error_naive_f32": max(rel32),
-        "peak_rss_mb": {"stream_1_layer": small2["peak_rss_mb"], f"stream_{args.layers}_layers": s2["peak_rss_mb"],
-                        f"naive_{args.layers}_layers": naive["peak_rss_mb"]},
-        "extrapolated_7b_32_layers_stream_s": round(s2["stream_s"] / args.layers * 32, 1),
-        "verdict": s2["verdict"],
-    }
+    files = {d: generate(directory, d) for d in depths}
+    print(f"generated {depths}-layer pairs in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+    sources: dict[str, Path | None] = {"new": None}
+    if args.baseline_src is not None:
+        sources = {"baseline": args.baseline_src, "new": None}
+    report: dict = {"layers": depths, "input_gb_deepest": None, "sources": {k: str(v or ROOT) for k, v in sources.items()}}
+    for label, src in sources.items():
+        rss, speed = {}, {}
+        for d in depths:
+            r = _child(["--child", "stream", str(files[d][0]), str(files[d][1]), "2"], src)
+            rss[f"{d}_layers"] = r["peak_rss_mb"]
+            if d == deep:
+                speed["2t"] = [r]
+        for _ in range(args.repeat):
+            speed.setdefault("1t", []).append(_child(["--child", "stream", str(files[deep][0]), str(files[deep][1]), "1"], src))
+            if args.repeat > 1 or len(speed["2t"]) == 0:
+                speed["2t"].append(_child(["--child", "stream", str(files[deep][0]), str(files[deep][1]), "2"], src))
+        report[label] = {
+            "peak_rss_mb_stream_2t": rss,
+            "rss_growth_mb_per_layer": round((rss[f"{deep}_layers"] - rss[f"{depths[0]}_layers"]) / max(1, deep - depths[0]), 1),
+            "stream_2_threads_gb_s": [x["stream_gb_s"] for x in speed["2t"]],
+            "stream_1_thread_gb_s": [x["stream_gb_s"] for x in speed["1t"]],
+            "wall_2_threads_s": [x["wall_s"] for x in speed["2t"]],
+            "timing_2_threads": speed["2t"][-1].get("timing"),
+            "one_minus_cos": speed["2t"][-1]["one_minus_cos"], "verdict": speed["2t"][-1]["verdict"],
+        }
+        report["input_gb_deepest"] = round(speed["2t"][-1]["bytes"] / 1e9, 3)
+    if not args.no_naive:
+        naive = _child(["--child", "naive", str(files[deep][0]), str(files[deep][1])])
+        report["naive_float64"] = {"wall_s": naive["wall_s"], "gb_s": naive["gb_s"], "peak_rss_mb": naive["peak_rss_mb"]}
+        for label in sources:
+            got = report[label].pop("one_minus_cos")
+            report[label]["one_minus_cos_max_rel_error"] = max(abs(got[k] - v) / v for k, v in naive["exact"].items())
+        report["one_minus_cos_max_rel_error_naive_f32"] = max(abs(naive["naive32"][k] - v) / v for k, v in naive["exact"].items())
+        report["one_minus_cos_exact_range"] = [min(naive["exact"].values()), max(naive["exact"].values())]
+    else:
+        for label in sources:
+            report[label].pop("one_minus_cos")
     print(json.dumps(report, indent=1))
     if tmp is not None:
         tmp.cleanup()

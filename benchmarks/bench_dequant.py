@@ -1,13 +1,17 @@
 """Dequantization throughput: our torch kernels vs gguf.quants.dequantize (numpy).
 
-One run measures, per ggml type, Melem/s of gguf's numpy kernels and of ours with 1 and
-2 torch threads over the same >= 64 MiB of stored blocks, streamed in row chunks (ours
-into one reused output buffer), and the process's peak RSS after each type, which stays
-flat because nothing grows with the tensor size. Data: llama.cpp-compatible blocks made
-by gguf.quants.quantize from Gaussian floats where it supports the type (a 1 MiB piece,
-tiled), otherwise random bytes with sane f16 scales.
+One run measures, per ggml type, Melem/s of gguf's numpy kernels and of ours with each
+torch thread count of ``--threads`` over the same >= 64 MiB of stored blocks, streamed in
+row chunks (ours into one reused output buffer), and the process's peak RSS after each
+type, which stays flat because nothing grows with the tensor size. Data:
+llama.cpp-compatible blocks made by gguf.quants.quantize from Gaussian floats where it
+supports the type (a 1 MiB piece, tiled), otherwise random bytes with sane f16 scales.
 
-    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_dequant.py [--mib 64] [--types Q4_K,Q6_K]
+Timing is interleaved: each of ``--reps`` rounds runs gguf once and ours once per thread
+count on the same bytes (order rotated per round), and the table shows the median of the
+rounds, so load from other jobs on a shared machine hits all columns alike.
+
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_dequant.py [--mib 64] [--types Q4_K,Q6_K] [--threads 1,2]
 """
 from __future__ import annotations
 
@@ -67,17 +71,12 @@ def chunks(raw: np.ndarray) -> list[np.ndarray]:
     return [raw[i:i + step] for i in range(0, raw.shape[0], step)]
 
 
-def time_ours(raw: np.ndarray, qtype: T, threads: int, reps: int) -> float:
+def time_ours(parts: list[torch.Tensor], out: torch.Tensor, qtype: T, threads: int) -> float:
     torch.set_num_threads(threads)
-    parts = [torch.from_numpy(c) for c in chunks(raw)]
-    out = torch.empty((parts[0].shape[0], ROW), dtype=torch.float32)
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        for part in parts:
-            dequantize_torch(part, qtype, out=out[: part.shape[0]])
-        best = min(best, time.perf_counter() - t0)
-    return best
+    t0 = time.perf_counter()
+    for part in parts:
+        dequantize_torch(part, qtype, out=out[: part.shape[0]])
+    return time.perf_counter() - t0
 
 
 def time_gguf(raw: np.ndarray, qtype: T) -> float:
@@ -111,39 +110,61 @@ def bench_device(types: list[T], mib: int, reps: int, device: torch.device) -> N
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mib", type=int, default=64, help="stored MiB per type (default 64)")
-    ap.add_argument("--types", default=",".join(TYPES))
-    ap.add_argument("--reps", type=int, default=3, help="our runs per thread count (best kept)")
+    ap.add_argument("--types", default=",".join(TYPES), help="comma-separated ggml type names")
+    ap.add_argument("--threads", default="1,2", help="torch thread counts for our kernels (default 1,2)")
+    ap.add_argument("--reps", type=int, default=5, help="interleaved rounds per type (median kept)")
     ap.add_argument("--device", default="cpu", help="cpu (vs gguf, the default) or cuda (ours alone, on the GPU)")
     args = ap.parse_args()
     types = [T[name] for name in args.types.split(",")]
+    threads = [int(t) for t in args.threads.split(",")]
     if args.device != "cpu":
         bench_device(types, args.mib, args.reps, torch.device(args.device))
         return
     print(f"torch {torch.__version__}, gguf {gguf.__version__ if hasattr(gguf, '__version__') else '?'}, "
           f"numpy {np.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
-    results = {}
-    # Phase 1: ours, streaming. Peak RSS is a high-water mark, so it is read before gguf runs.
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, load average {os.getloadavg()[0]:.1f}")
+    results: dict[T, dict] = {}
+    # Phase 1: ours alone, one pass per thread count. Peak RSS is a high-water mark, so it
+    # is read before any gguf call (whose whole-chunk temporaries would set it).
     for qtype in types:
         raw = make_blocks(qtype, args.mib)
-        n_elems = raw.shape[0] * ROW
-        t1 = time_ours(raw, qtype, 1, args.reps)
-        t2 = time_ours(raw, qtype, 2, args.reps)
-        results[qtype] = dict(mib=raw.nbytes / 2**20, n=n_elems, t1=t1, t2=t2, rss=peak_rss_mib())
-        del raw
-    # Phase 2: gguf's numpy on the same bytes, same row chunks.
+        parts = [torch.from_numpy(c) for c in chunks(raw)]
+        out = torch.empty((parts[0].shape[0], ROW), dtype=torch.float32)
+        for th in threads:
+            time_ours(parts, out, qtype, th)
+        results[qtype] = {"mib": raw.nbytes / 2**20, "n": raw.shape[0] * ROW, "rss": peak_rss_mib()}
+        del raw, parts, out
+    # Phase 2: interleaved rounds, gguf and ours on the same bytes, medians.
     for qtype in types:
         raw = make_blocks(qtype, args.mib)
-        results[qtype]["tg"] = time_gguf(raw, qtype)
-        del raw
-    print(f"\n{'type':8} {'MiB':>5} {'gguf':>8} {'ours 1t':>8} {'ours 2t':>8} {'x 1t':>6} {'x 2t':>6} {'peak RSS':>9}")
-    print(f"{'':8} {'':>5} {'Melem/s':>8} {'Melem/s':>8} {'Melem/s':>8} {'':>6} {'':>6} {'MiB':>9}")
-    worst = float("inf")
+        parts = [torch.from_numpy(c) for c in chunks(raw)]
+        out = torch.empty((parts[0].shape[0], ROW), dtype=torch.float32)
+        times: dict[str, list[float]] = {"g": [], **{f"t{th}": [] for th in threads}}
+        for r in range(args.reps):
+            jobs = ["g", *(f"t{th}" for th in threads)]
+            for job in jobs[r % len(jobs):] + jobs[:r % len(jobs)]:
+                if job == "g":
+                    times[job].append(time_gguf(raw, qtype))
+                else:
+                    times[job].append(time_ours(parts, out, qtype, int(job[1:])))
+        results[qtype].update({k: float(np.median(v)) for k, v in times.items()})
+        del raw, parts, out
+    heads = [f"ours {th}t" for th in threads]
+    print(f"\nmedians of {args.reps} interleaved rounds")
+    print(f"{'type':8} {'MiB':>5} {'gguf':>8} " + " ".join(f"{h:>8}" for h in heads)
+          + " " + " ".join(f"{'x ' + str(th) + 't':>6}" for th in threads) + f" {'peak RSS':>9}")
+    print(f"{'':8} {'':>5} {'Melem/s':>8} " + " ".join(f"{'Melem/s':>8}" for _ in heads)
+          + " " + " ".join(f"{'':>6}" for _ in threads) + f" {'MiB':>9}")
+    worst = {th: float("inf") for th in threads}
     for qtype, r in results.items():
-        g, o1, o2 = (r["n"] / r[k] / 1e6 for k in ("tg", "t1", "t2"))
-        worst = min(worst, o2 / g)
-        print(f"{qtype.name:8} {r['mib']:5.0f} {g:8.0f} {o1:8.0f} {o2:8.0f} {o1 / g:6.1f} {o2 / g:6.1f} {r['rss']:9.0f}")
-    print(f"\nworst 2-thread ratio: {worst:.1f}x   peak RSS after gguf phase: {peak_rss_mib():.0f} MiB")
+        g = r["n"] / r["g"] / 1e6
+        ours = [r["n"] / r[f"t{th}"] / 1e6 for th in threads]
+        for th, o in zip(threads, ours):
+            worst[th] = min(worst[th], o / g)
+        print(f"{qtype.name:8} {r['mib']:5.0f} {g:8.0f} " + " ".join(f"{o:8.0f}" for o in ours)
+              + " " + " ".join(f"{o / g:6.1f}" for o in ours) + f" {r['rss']:9.0f}")
+    print("\nworst ratio: " + ", ".join(f"{th}t {w:.1f}x" for th, w in worst.items())
+          + f"   peak RSS after gguf phase: {peak_rss_mib():.0f} MiB   load average {os.getloadavg()[0]:.1f}")
     # For contrast: one whole-tensor call of gguf (what a non-streaming reader does).
     raw = make_blocks(T.Q4_K, args.mib)
     before = peak_rss_mib()

@@ -7,8 +7,10 @@ p-values must be uniform or conservative (KS test) with no false positive at 1e-
 
 Derived: every derivative in the manifest (fine-tunes of three strengths, merged LoRA,
 continued pretraining with a new RoPE base) against its parent, each as shipped and
-permuted+rescaled, each in fp and quantized (Q8_0, Q4_K_M, Q2_K at llama.cpp's types for
-this shape, and an emulated 2-bit level); each must be detected at p < 1e-6.
+permuted+rescaled, each in fp and quantized (Q8_0, Q4_K_M, Q2_K byte-identical to what
+llama-quantize writes from an F32 GGUF of the candidate, fallbacks included, via
+provenance.quant.writer.quantize_model; and an emulated 2-bit level); each must be
+detected at p < 1e-6.
 
 Every case is a pure function of its spec (seeds fixed), so tests rerun a few cases and
 compare with the committed CSVs. Usage::
@@ -56,7 +58,7 @@ def run_case(spec: dict[str, Any], permutations: int = 999) -> dict[str, Any]:
     import torch
 
     from provenance.compare import CompareOptions, compare
-    from provenance.compare.variants import Q, apply_symmetries, load_canonical, quantize_model, write_gguf
+    from provenance.compare.variants import apply_symmetries, load_canonical, write_variant
 
     torch.set_num_threads(1)
     start = time.perf_counter()
@@ -66,10 +68,9 @@ def run_case(spec: dict[str, Any], permutations: int = 999) -> dict[str, Any]:
             tensors, arch, _ = load_canonical(cand)
             if spec.get("permuted"):
                 tensors, _ = apply_symmetries(tensors, arch, seed=int(spec["perm_seed"]))
-            typed = quantize_model(tensors, spec["scheme"], int(arch.n_layer)) if spec.get("scheme") \
-                else {k: (v, Q.F32) for k, v in tensors.items()}
             cand = os.path.join(tmp, "candidate.gguf")
-            write_gguf(cand, typed, arch, spec["candidate"], base_model=spec["reference"] if spec["kind"] == "derived" else None)
+            write_variant(cand, tensors, arch, spec.get("scheme"), spec["candidate"],
+                          base_model=spec["reference"] if spec["kind"] == "derived" else None)
         result = compare(cand, model_path(spec["reference"]),
                          CompareOptions(permutations=permutations, threads=1, seed=0))
     test = result.test or {}

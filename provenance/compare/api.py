@@ -221,6 +221,9 @@ def _run_pairs(cand: Checkpoint, ref: Checkpoint, pairs: list[TensorPair], trans
 
 #: the asymptotic p below which the models count as related enough to align
 ALIGN_P = 1e-3
+#: the running p (layers streamed so far) below which layers are aligned as they stream;
+#: layers before that point are re-streamed only if the final p asks for alignment
+EAGER_ALIGN_P = 1e-3
 
 
 class _Lineage:
@@ -279,7 +282,7 @@ class _Lineage:
             self.test_s += time.perf_counter() - t0
         if layer is None or layer not in sk_r.layers or not self.opts.align:
             return
-        if not self.align_now and self.test is not None and self.test.running_p() < ALIGN_P:
+        if not self.align_now and self.test is not None and self.test.running_p() < EAGER_ALIGN_P:
             self.align_now = True
         if not self.align_now:
             self.deferred.append(layer)

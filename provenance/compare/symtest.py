@@ -182,6 +182,13 @@ class PermutationTest:
         return len(self.labels)
 
     def _arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        # circuits in model order (layers ascending, then the embedding blocks) whatever
+        # order the groups were streamed in: sums are then taken in one fixed order
+        order = sorted(range(len(self.labels)), key=lambda i: (self.labels[i][1] is None, self.labels[i][1] or 0))
+        if order != list(range(len(order))):
+            self.labels = [self.labels[i] for i in order]
+            self.observed = [self.observed[i] for i in order]
+            self.rho_perm = [self.rho_perm[i] for i in order]
         observed = np.asarray(self.observed, dtype=np.float64)
         rho_perm = np.stack(self.rho_perm, axis=1) if self.rho_perm else np.empty((self.permutations, 0))
         t_obs = np.arctanh(np.clip(observed, -ATANH_CLIP, ATANH_CLIP))

@@ -3,14 +3,14 @@
 * :func:`apply_symmetries`: the function-preserving moves an adversary gets for free
   (MLP unit permutation, sign flips and rescaling; KV-group and within-group head
   permutations; v-channel rescaling; residual-channel rescaling at each RMSNorm).
-* :func:`quantize_model`: llama.cpp's tensor-type choice for a file type, including its
-  fallback for rows that are not a multiple of the K-quant block (256): at stories260K's
-  shape (rows of 64 and 172) llama.cpp itself writes Q5_0/Q8_0/IQ4_NL/F16, never
-  K-quants. Q8_0, Q4_0 and Q5_0 are quantized with ``gguf.quants.quantize``, bit-exact
-  with llama.cpp's reference quantizer; IQ4_NL (llama.cpp's fallback for Q2_K/Q3_K) has
-  no bit-exact quantizer here and is replaced by Q4_0 (same block size and bit width).
-  ``2bit-emu`` is an emulated 2-bit stress level (4 levels per 16 weights with f32
-  scale/min, stored dequantized as F32): a noise level like Q2_K's, not a format.
+* :func:`write_variant`: a quantized copy exactly as llama.cpp would write it, via the
+  project's llama.cpp-exact quantizers (:func:`provenance.quant.writer.quantize_model`:
+  ``llama_tensor_get_type`` with its fallbacks for rows that are not a multiple of the
+  K-quant block, byte-identical output, docs/quantization.md section 4). At
+  stories260K's shape (rows of 64 and 172) llama.cpp itself writes Q8_0/Q5_0/IQ4_NL/F16
+  for Q4_K_M and Q2_K, never K-quants. ``2bit-emu`` is an emulated 2-bit stress level
+  (4 levels per 16 weights with f32 scale/min, stored dequantized as F32): a noise level
+  like a real 2-bit format's, which llama.cpp cannot produce at this shape; not a format.
 * :func:`write_gguf`: a llama-architecture GGUF via ``gguf.GGUFWriter``.
 """
 from __future__ import annotations
@@ -27,8 +27,6 @@ from provenance.names.arch import ArchRecord
 
 Q = gguf.GGMLQuantizationType
 SCHEMES = ("Q8_0", "Q4_K_M", "Q2_K", "2bit-emu")
-_FALLBACK = {Q.Q4_K: Q.Q5_0, Q.Q5_K: Q.Q5_1, Q.Q6_K: Q.Q8_0, Q.Q2_K: Q.Q4_0, Q.Q3_K: Q.Q4_0}
-_EXACT = (Q.Q8_0, Q.Q4_0, Q.Q5_0, Q.F16, Q.F32)
 
 
 def load_canonical(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], ArchRecord, dict[str, Any]]:
@@ -84,35 +82,6 @@ def apply_symmetries(tensors: Mapping[str, np.ndarray], arch: ArchRecord, seed: 
     return out, record
 
 
-def _use_more_bits(i: int, n: int) -> bool:
-    return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
-
-
-def llama_cpp_type(name: str, shape: tuple[int, ...], scheme: str, n_layer: int, tied: bool) -> Any:
-    """llama.cpp's ``llama_tensor_get_type`` for the few file types used here (llama arch,
-    no importance matrix), then its fallback when a row is not a whole number of blocks."""
-    if len(shape) < 2:
-        return Q.F32
-    role = name.split(".")[-2] if name.startswith("blk.") else name.split(".")[0]
-    layer = int(name.split(".")[1]) if name.startswith("blk.") else None
-    if scheme == "Q8_0":
-        t = Q.Q8_0
-    elif role == "output" or (role == "token_embd" and tied):
-        t = Q.Q6_K
-    elif scheme == "Q4_K_M":
-        t = Q.Q6_K if role in ("attn_v", "ffn_down") and layer is not None and _use_more_bits(layer, n_layer) else Q.Q4_K
-    elif scheme == "Q2_K":
-        t = Q.Q3_K if role in ("attn_v", "attn_output", "ffn_down") else Q.Q2_K
-    else:
-        raise ValueError(scheme)
-    block = gguf.GGML_QUANT_SIZES[t][0]
-    if shape[-1] % block:
-        t = _FALLBACK.get(t, t)
-        if shape[-1] % gguf.GGML_QUANT_SIZES[t][0]:
-            t = Q.F16
-    return t
-
-
 def emulate_2bit(x: np.ndarray) -> np.ndarray:
     """4 levels per 16 consecutive weights (min + k * (max - min) / 3), rows padded."""
     rows, cols = x.shape
@@ -124,25 +93,95 @@ def emulate_2bit(x: np.ndarray) -> np.ndarray:
     return (lo + q * step).reshape(rows, -1)[:, :cols].astype(np.float32)
 
 
-def quantize_model(tensors: Mapping[str, np.ndarray], scheme: str, n_layer: int) -> dict[str, tuple[np.ndarray, Any]]:
-    """``name -> (array for GGUFWriter, ggml type)`` for one scheme."""
-    tied = "output.weight" not in tensors
-    out: dict[str, tuple[np.ndarray, Any]] = {}
-    for name, x in tensors.items():
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        if scheme == "2bit-emu":
-            out[name] = (emulate_2bit(x) if x.ndim == 2 else x, Q.F32)
-            continue
-        t = llama_cpp_type(name, x.shape, scheme, n_layer, tied)
-        if t not in _EXACT:
-            raise AssertionError(f"{name}: {t.name} has no bit-exact quantizer here")
-        if t == Q.F32:
-            out[name] = (x, Q.F32)
-        elif t == Q.F16:
-            out[name] = (x.astype(np.float16), Q.F16)
-        else:
-            out[name] = (gguf.quants.quantize(x, t), t)
-    return out
+def write_variant(path: str | os.PathLike[str], tensors: Mapping[str, np.ndarray], arch: ArchRecord, scheme: str | None,
+                  name: str, base_model: str | None = None) -> dict[str, str]:
+    """Write ``tensors`` (canonical, float32) as a GGUF at ``path`` under ``scheme``.
+
+    ``None``: F32 as is. A llama.cpp file type (``"Q8_0"``, ``"Q4_K_M"``, ``"Q2_K"``, ...):
+    an F32 GGUF is written next to ``path`` and quantized by :func:`llama_quantize`
+    (the project's llama.cpp-exact quantizers and writer; see there for the one
+    fallback corrected). ``2bit-emu``:
+    the emulated stress level, stored dequantized as F32. Returns name -> stored type.
+    """
+    path = os.fspath(path)
+    if scheme is None or scheme == "2bit-emu":
+        typed = {k: ((emulate_2bit(v) if scheme and v.ndim == 2 else np.asarray(v, dtype=np.float32)), Q.F32)
+                 for k, v in tensors.items()}
+        write_gguf(path, typed, arch, name, base_model)
+        return {k: "F32" for k in tensors}
+    src = path + ".f32.gguf"
+    try:
+        write_gguf(src, {k: (np.asarray(v, dtype=np.float32), Q.F32) for k, v in tensors.items()}, arch, name, base_model)
+        return llama_quantize(src, path, scheme)
+    finally:
+        if os.path.exists(src):
+            os.remove(src)
+
+
+def llama_cpp_types(ckpt: Any, ftype: str) -> dict[str, str]:
+    """Per-tensor types ``llama-quantize`` writes for ``ftype`` (no imatrix), in its order.
+
+    :func:`provenance.quant.quantize_mix.tensor_types`, except one fallback: llama.cpp's
+    ``tensor_type_fallback`` (``src/llama-quant.cpp``, every version since IQ4_NL exists,
+    including the llama-cpp-python 0.3.36 that wrote ``shared/data/llamacpp-quant``) sends
+    Q2_K and Q3_K rows that are not a multiple of 256 to IQ4_NL, where ``quantize_mix``
+    has Q4_0 (no reference file has such rows, so its tests cannot see it). For the
+    K-quant file types a Q4_0 can only come from that fallback, and IQ4_NL has the same
+    32-weight block, so it is swapped here.
+    """
+    from provenance.quant.quantize_mix import parse_ftype, tensor_types
+    from provenance.quant.writer import _specs, mix_model
+
+    ft = parse_ftype(ftype)
+    types = tensor_types(_specs(ckpt), ft, mix_model(ckpt))
+    if ft.name.startswith(("MOSTLY_Q2_K", "MOSTLY_Q3_K")):
+        types = {n: ("IQ4_NL" if t == "Q4_0" else t) for n, t in types.items()}
+    return types
+
+
+def llama_quantize(src_path: str | os.PathLike[str], dst_path: str | os.PathLike[str], ftype: str) -> dict[str, str]:
+    """``llama-quantize src dst ftype`` from an F32/F16 GGUF: types from
+    :func:`llama_cpp_types`, bytes from the project's bit-exact quantizers, file layout
+    (KVs, tensor order, alignment) as :func:`provenance.quant.writer.quantize_model`
+    writes it (that function with the types above; byte-identical to it wherever the
+    types agree). Returns name -> type written."""
+    from gguf import GGML_QUANT_SIZES, GGUFWriter
+
+    from provenance.quant.quantize_mix import parse_ftype
+    from provenance.quant.writer import QUANTIZATION_VERSION, _convert, _copy_gguf_kvs, mix_model
+
+    ft = parse_ftype(ftype)
+    src, dst = os.fspath(src_path), os.fspath(dst_path)
+    plain = {"F32": np.float32, "F16": np.float16}
+    with open_checkpoint(src) as ckpt:
+        if not ckpt.format.startswith("gguf") or any(i.block_size > 1 for i in ckpt.tensors.values()):
+            raise ValueError("llama_quantize needs an unquantized GGUF source")
+        types = llama_cpp_types(ckpt, ftype)
+        writer = GGUFWriter(dst, mix_model(ckpt).arch)
+        try:
+            _copy_gguf_kvs(ckpt.files[0].path, writer)
+            writer.add_quantization_version(QUANTIZATION_VERSION)
+            writer.add_file_type(int(ft))
+            for tname, target in types.items():
+                info = ckpt.info(tname)
+                qtype = Q[target]
+                block, size = GGML_QUANT_SIZES[qtype]
+                row_bytes = info.row_length // block * size
+                if target in plain:
+                    writer.add_tensor_info(tname, info.shape, np.dtype(plain[target]), info.n_rows * row_bytes)
+                else:
+                    writer.add_tensor_info(tname, (info.n_rows, row_bytes), np.dtype(np.uint8), info.n_rows * row_bytes,
+                                           raw_dtype=qtype)
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_ti_data_to_file()
+            for tname, target in types.items():
+                info = ckpt.info(tname)
+                data = ckpt.raw_rows(tname) if info.dtype == target else _convert(ckpt, tname, target)
+                writer.write_tensor_data(np.ascontiguousarray(data).reshape(-1))
+        finally:
+            writer.close()
+    return types
 
 
 def write_gguf(path: str | os.PathLike[str], tensors: Mapping[str, tuple[np.ndarray, Any]], arch: ArchRecord,

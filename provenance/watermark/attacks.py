@@ -93,12 +93,12 @@ def _add_local_llama_cpp() -> None:
 
 
 def quantize_with_llama_cpp(source: str | os.PathLike[str], output: str | os.PathLike[str], mix: str, threads: int = 1) -> None:
-    """llama.cpp's own quantizer (``llama_model_quantize``, no importance matrix).
+    """llama.cpp's own quantizer (``llama_model_quantize``, no importance matrix), from
+    llama-cpp-python built into ``.cache/llamacpp``: a cross-check of :func:`quantize_mix`.
 
-    Its output is grid-consistent with its input by construction (it *is* llama.cpp), but
-    the scale search's float arithmetic depends on the build: a portable build
-    (``GGML_NATIVE=OFF``) differs from the shared reference files in ~1-2% of K-quant
-    bytes (Q3_K_M identical), both being exact quantizations of the same source."""
+    Measured: both write byte-identical files from tiny-llama-f32/f16 and from marked
+    copies; the shared ``tiny-llama-Q*.gguf`` files equal what both write from the *f16*
+    source (from the f32 source ~1-2% of K-quant bytes differ), i.e. they were made from it."""
     _add_local_llama_cpp()
     import llama_cpp
 

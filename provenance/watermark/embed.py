@@ -194,8 +194,8 @@ def _write_gguf(ckpt: Checkpoint, output: Path, targets: set[str], key: KeySourc
     try:
         writer.data_alignment = header.alignment
         for k, value in header.metadata.items():
-            if k == "general.architecture":
-                continue  # the writer adds it first, as llama.cpp's converter does
+            if k == "general.architecture" or k.startswith("split."):
+                continue  # the writer adds the architecture first; a split input is written whole
             _gguf_kv(writer, k, value, header.metadata_types[k])
         infos = list(ckpt.tensors.values())
         for info in infos:

@@ -17,8 +17,10 @@ from provenance.quant.kernels._common import (
     assemble,
     block_words,
     f16_field,
+    f16_pair,
     field,
     plane,
+    scale_products,
 )
 
 _TABLES = DeviceTables(
@@ -26,6 +28,11 @@ _TABLES = DeviceTables(
         "crumb4": torch.tensor([0, 2, 4, 6], dtype=torch.uint8).view(1, 4, 1),
         "pow5": torch.tensor([1, 3, 9, 27, 81], dtype=torch.uint8).view(1, 5, 1),
         "pow4": torch.tensor([1, 3, 9, 27], dtype=torch.uint8).view(1, 4, 1),
+        # Q3_K scales: nibble shifts per (q // 2) and crumb shifts per q, int32 lanes.
+        "q3_lo": torch.tensor([0, 4], dtype=torch.int32).view(1, 2, 1),
+        "q3_hi": torch.tensor([0, 2, 4, 6], dtype=torch.int32).view(1, 4),
+        # Q4_K/Q5_K: the high nibbles of word c for the scales (0) and the mins (4).
+        "k_hi": torch.tensor([0, 4], dtype=torch.int32).view(2, 1),
     }
 )
 
@@ -62,28 +69,37 @@ def _or_shifted(codes: torch.Tensor, high: torch.Tensor, shift: int) -> None:
 
 def q2_k(blocks: torch.Tensor, ws: Workspace) -> Decoded:
     n = blocks.shape[0]
-    sc = blocks[:, 0:16]
-    d = f16_field(blocks, 80, ws, "d")
-    dmin = f16_field(blocks, 82, ws, "dmin")
+    dm = f16_pair(blocks, 80, ws, "dm")  # d, dmin
     codes = _crumb_codes(blocks, 16, ws)
-    scale = torch.mul(d, sc.bitwise_and(0x0F))
-    mins = torch.mul(dmin, sc.bitwise_right_shift(4))
-    return Decoded(codes.view(n, 16, 16), scale.view(n, 16, 1), mins.view(n, 16, 1), subtract_offset=True)
+    # Scale nibbles and min nibbles as two contiguous planes, then one conversion and one
+    # product each with its super-scale: (2, n, 16) = [d * (sc & 15), dmin * (sc >> 4)].
+    # (Each plane contiguous: a strided scale operand makes the final broadcast product
+    # measurably slower than the saved ops.)
+    sc = blocks[:, 0:16]
+    nib = ws.get("q2.nib", (2, n, 16), torch.uint8)
+    torch.bitwise_and(sc, 0x0F, out=nib[0])
+    torch.bitwise_right_shift(sc, 4, out=nib[1])
+    both = scale_products(dm.t().unsqueeze(2), nib, ws, "q2.scales")
+    return Decoded(codes.view(n, 16, 16), both[0].view(n, 16, 1), both[1].view(n, 16, 1), subtract_offset=True)
 
 
 def q3_k_scales(blocks: torch.Tensor, ws: Workspace) -> torch.Tensor:
     """The 16 signed 6-bit sub-block scales of Q3_K, int8 ``(n, 16)``. Bytes 96..107 as
     little-endian words ``a, b, c``: scale ``4q + j`` has low nibble = nibble ``q // 2``
     of byte j of ``(a, b)[q % 2]`` and high bits = crumb ``q`` of byte j of ``c``;
-    computed four lanes at a time on int32 words."""
+    computed four lanes at a time on int32 words, all four ``q`` per op (broadcast
+    shift amounts), so the op count does not grow with ``q``."""
     n = blocks.shape[0]
+    t = _TABLES.on(blocks.device)
     w = field(blocks, 96, 108, ws, "q3scales").view(torch.int32)  # (n, 3)
-    a, b, c = w[:, 0], w[:, 1], w[:, 2]
     out = ws.get("q3scales.out", (n, 4), torch.int32)
-    for q, src in enumerate((a, b, a, b)):
-        low = torch.bitwise_right_shift(src, 4 * (q // 2)).bitwise_and_(0x0F0F0F0F)
-        high = torch.bitwise_right_shift(c, 2 * q).bitwise_and_(0x03030303).bitwise_left_shift_(4)
-        torch.bitwise_or(low, high, out=out[:, q])
+    # q = 2 * (q // 2) + q % 2: (a, b) shifted by 0 then by 4.
+    torch.bitwise_right_shift(w[:, 0:2].unsqueeze(1), t["q3_lo"], out=out.view(n, 2, 2))
+    out.bitwise_and_(0x0F0F0F0F)
+    high = ws.get("q3scales.hi", (n, 4), torch.int32)
+    torch.bitwise_right_shift(w[:, 2:3], t["q3_hi"], out=high)
+    high.bitwise_and_(0x03030303).bitwise_left_shift_(4)
+    out.bitwise_or_(high)
     return out.view(torch.int8).sub_(32)
 
 
@@ -94,27 +110,28 @@ def q3_k(blocks: torch.Tensor, ws: Workspace) -> Decoded:
     # level = low2 - 4 when the hmask bit is clear, low2 when it is set.
     _or_shifted(codes, _bit_codes(blocks, 0, ws), 2)
     levels = codes.view(torch.int8).sub_(4)
-    scale = torch.mul(d, q3_k_scales(blocks, ws))
+    scale = scale_products(d, q3_k_scales(blocks, ws), ws, "q3.scale")
     return Decoded(levels.view(n, 16, 16), scale.view(n, 16, 1))
 
 
-def k_scale_min(blocks: torch.Tensor, ws: Workspace) -> tuple[torch.Tensor, torch.Tensor]:
+def k_scale_min(blocks: torch.Tensor, ws: Workspace) -> torch.Tensor:
     """Q4_K/Q5_K: the 12 packed bytes at 4..15 -> 8 six-bit scales and 8 six-bit mins,
-    uint8 ``(n, 8)`` each. As three little-endian words ``a, b, c``:
-    scales = ``a & 63`` (x4), ``(c & 15) | ((a >> 2) & 48)`` (x4); mins likewise from
-    ``b`` and ``c >> 4``. Done four byte lanes at a time on int32 words."""
+    uint8 ``(2, n, 8)`` (``[0]`` scales, ``[1]`` mins). As three little-endian
+    words ``a, b, c``: scales = ``a & 63`` (x4), ``(c & 15) | ((a >> 2) & 48)`` (x4);
+    mins likewise from ``b`` and ``c >> 4``. Done four byte lanes at a time on int32
+    words, scales and mins in the same ops."""
     n = blocks.shape[0]
+    t = _TABLES.on(blocks.device)
     w = field(blocks, 4, 16, ws, "kscales").view(torch.int32)  # (n, 3)
-    a, b, c = w[:, 0], w[:, 1], w[:, 2]
-    out = ws.get("kscales.out", (2, n, 2), torch.int32)
-    torch.bitwise_and(a, 0x3F3F3F3F, out=out[0, :, 0])
-    torch.bitwise_and(b, 0x3F3F3F3F, out=out[1, :, 0])
-    hi = torch.bitwise_right_shift(a, 2).bitwise_and_(0x30303030)
-    torch.bitwise_and(c, 0x0F0F0F0F, out=out[0, :, 1]).bitwise_or_(hi)
-    hi = torch.bitwise_right_shift(b, 2).bitwise_and_(0x30303030)
-    torch.bitwise_right_shift(c, 4, out=out[1, :, 1]).bitwise_and_(0x0F0F0F0F).bitwise_or_(hi)
-    both = out.view(torch.uint8).view(2, n, 8)
-    return both[0], both[1]
+    ab = w[:, 0:2].t()  # (2, n): a, b
+    out = ws.get("kscales.out", (2, n, 2), torch.int32)  # (scale/min, n, low/high word)
+    torch.bitwise_and(ab, 0x3F3F3F3F, out=out[:, :, 0])
+    hi = ws.get("kscales.hi", (2, n), torch.int32)
+    torch.bitwise_right_shift(ab, 2, out=hi).bitwise_and_(0x30303030)
+    high = out[:, :, 1]
+    torch.bitwise_right_shift(w[:, 2].view(1, n), t["k_hi"], out=high)
+    high.bitwise_and_(0x0F0F0F0F).bitwise_or_(hi)
+    return out.view(torch.uint8).view(2, n, 8)
 
 
 def _nibble_codes_k(blocks: torch.Tensor, start: int, run: int, ws: Workspace) -> torch.Tensor:
@@ -132,11 +149,10 @@ def _nibble_codes_k(blocks: torch.Tensor, start: int, run: int, ws: Workspace) -
 
 def _q45_k(blocks: torch.Tensor, ws: Workspace, qs_start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     n = blocks.shape[0]
-    d = f16_field(blocks, 0, ws, "d")
-    dmin = f16_field(blocks, 2, ws, "dmin")
-    sc, mn = k_scale_min(blocks, ws)
+    dm = f16_pair(blocks, 0, ws, "dm")  # d, dmin
+    both = scale_products(dm.t().unsqueeze(2), k_scale_min(blocks, ws), ws, "k.scales")  # d*sc, dmin*m
     codes = _nibble_codes_k(blocks, qs_start, 32, ws)
-    return codes, torch.mul(d, sc).view(n, 8, 1), torch.mul(dmin, mn).view(n, 8, 1)
+    return codes, both[0].view(n, 8, 1), both[1].view(n, 8, 1)
 
 
 def q4_k(blocks: torch.Tensor, ws: Workspace) -> Decoded:
@@ -160,7 +176,7 @@ def q6_k(blocks: torch.Tensor, ws: Workspace) -> Decoded:
     codes = _nibble_codes_k(blocks, 0, 64, ws)
     _or_shifted(codes, _crumb_codes(blocks, 128, ws, "hbit"), 4)
     levels = codes.view(torch.int8).sub_(32)
-    scale = torch.mul(d, blocks[:, 192:208].view(torch.int8))
+    scale = scale_products(d, blocks[:, 192:208].view(torch.int8), ws, "q6.scale")
     return Decoded(levels.view(n, 16, 16), scale.view(n, 16, 1))
 
 

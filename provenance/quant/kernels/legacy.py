@@ -14,6 +14,7 @@ from provenance.quant.kernels._common import (
     assemble,
     block_words,
     f16_field,
+    f16_pair,
     plane,
     spread_bits,
 )
@@ -30,8 +31,8 @@ def _nibble_codes(blocks: torch.Tensor, start: int, ws: Workspace) -> torch.Tens
 
 def _add_fifth_bit(codes: torch.Tensor, blocks: torch.Tensor, start: int, ws: Workspace) -> None:
     """OR bit ``j`` of the uint32 at ``start`` into code ``j`` as its bit 4."""
-    high = spread_bits(blocks[:, start:start + 4], ws, "qh")  # (n, 4) words of 0/1 bytes
-    codes.view(torch.int64).bitwise_or_(high.bitwise_left_shift_(4))
+    high = spread_bits(blocks, start, start + 4, ws, "qh", shift=4)  # (n, 4) words of 0/16 bytes
+    codes.view(torch.int64).bitwise_or_(high)
 
 
 def q4_0(blocks: torch.Tensor, ws: Workspace) -> Decoded:
@@ -43,8 +44,8 @@ def q4_0(blocks: torch.Tensor, ws: Workspace) -> Decoded:
 
 def q4_1(blocks: torch.Tensor, ws: Workspace) -> Decoded:
     n = blocks.shape[0]
-    d = f16_field(blocks, 0, ws, "d")
-    m = f16_field(blocks, 2, ws, "m")
+    dm = f16_pair(blocks, 0, ws, "dm")
+    d, m = dm[:, 0], dm[:, 1]
     codes = _nibble_codes(blocks, 4, ws)
     return Decoded(codes.view(n, 1, 32), d.view(n, 1, 1), m.view(n, 1, 1))
 
@@ -59,8 +60,8 @@ def q5_0(blocks: torch.Tensor, ws: Workspace) -> Decoded:
 
 def q5_1(blocks: torch.Tensor, ws: Workspace) -> Decoded:
     n = blocks.shape[0]
-    d = f16_field(blocks, 0, ws, "d")
-    m = f16_field(blocks, 2, ws, "m")
+    dm = f16_pair(blocks, 0, ws, "dm")
+    d, m = dm[:, 0], dm[:, 1]
     codes = _nibble_codes(blocks, 8, ws)
     _add_fifth_bit(codes, blocks, 4, ws)
     return Decoded(codes.view(n, 1, 32), d.view(n, 1, 1), m.view(n, 1, 1))
