@@ -58,15 +58,20 @@ def summarize_tokenizer(checkpoint: Checkpoint) -> TokenizerSummary:
     return TokenizerSummary(source="none")
 
 
-def _from_gguf(metadata: dict[str, Any]) -> TokenizerSummary:
-    tokens: GGUFArray = metadata["tokenizer.ggml.tokens"]
-    scores = metadata.get("tokenizer.ggml.scores")
-    merges = metadata.get("tokenizer.ggml.merges")
-    special = {
+def special_token_ids(metadata: dict[str, Any]) -> dict[str, int]:
+    """GGUF ``tokenizer.ggml.<name>_token_id`` keys as ``{name: id}`` (bos, eos, unknown, ...)."""
+    return {
         key.removeprefix("tokenizer.ggml.").removesuffix("_token_id"): value
         for key, value in metadata.items()
         if key.startswith("tokenizer.ggml.") and key.endswith("_token_id") and isinstance(value, int)
     }
+
+
+def _from_gguf(metadata: dict[str, Any]) -> TokenizerSummary:
+    tokens: GGUFArray = metadata["tokenizer.ggml.tokens"]
+    scores = metadata.get("tokenizer.ggml.scores")
+    merges = metadata.get("tokenizer.ggml.merges")
+    special = special_token_ids(metadata)
     return TokenizerSummary(
         source="gguf",
         model=metadata.get("tokenizer.ggml.model") if isinstance(metadata.get("tokenizer.ggml.model"), str) else None,

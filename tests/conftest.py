@@ -7,7 +7,8 @@ import subprocess
 import sys
 import time
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,19 @@ def hf_mistral_spm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = save_tiny_model(tmp_path_factory.mktemp("hf") / "mistral-spm", "mistral", seed=5, vocab_size=32000)
     shutil.copy(LLAMA2_SPM, directory / "tokenizer.model")
     return directory
+
+
+@contextmanager
+def single_torch_thread() -> Iterator[None]:
+    """Spinning OpenMP threads crawl when other jobs hold the 2 cores; one thread is steady."""
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
 
 
 class Bounded:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from conftest import single_torch_thread
 import torch
 from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
@@ -21,11 +23,8 @@ QUANT_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "ll
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_torch_thread():  # type: ignore[no-untyped-def]
-    """Spinning OpenMP threads crawl when other jobs hold the 2 cores; one thread is steady."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+    with single_torch_thread():
+        yield
 
 
 @pytest.mark.parametrize("qtype", [T(t) for t in KERNELS], ids=lambda t: t.name)

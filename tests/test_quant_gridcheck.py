@@ -8,6 +8,8 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
+
+from conftest import single_torch_thread
 import torch
 from click.testing import CliRunner
 from gguf import GGMLQuantizationType as T
@@ -30,11 +32,8 @@ NOISE = 1e-3
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_torch_thread():  # type: ignore[no-untyped-def]
-    """Spinning OpenMP threads crawl when other jobs hold the 2 cores; one thread is steady."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+    with single_torch_thread():
+        yield
 
 
 def _rewrite(path: Path, transform) -> None:  # type: ignore[no-untyped-def]

@@ -8,6 +8,8 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
+
+from conftest import single_torch_thread
 import torch
 from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
@@ -35,11 +37,8 @@ SPECIAL_F16 = [0x0000, 0x8000, 0x7C00, 0xFC00, 0x7E00, 0x7C01, 0xFE00, 0x0001, 0
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_torch_thread():  # type: ignore[no-untyped-def]
-    """Spinning OpenMP threads crawl when other jobs hold the 2 cores; one thread is steady."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+    with single_torch_thread():
+        yield
 
 
 def reference(raw: np.ndarray, qtype: T) -> np.ndarray:

@@ -19,6 +19,7 @@ import numpy as np
 from provenance.formats.base import Checkpoint
 from provenance.formats.gguf_header import GGUFArray
 from provenance.formats.jsonsafe import read_json_file
+from provenance.tokenizer import special_token_ids
 
 MAX_TOKENIZER_JSON_BYTES = 64 * 1024 * 1024
 MAX_NPM_MEMBER_BYTES = 16 * 1024 * 1024
@@ -46,11 +47,7 @@ def vocabulary_from_checkpoint(ckpt: Checkpoint) -> Vocabulary | None:
     if isinstance(tokens, GGUFArray) and tokens.element_type.name == "STRING":
         scores = meta.get("tokenizer.ggml.scores")
         merges = meta.get("tokenizer.ggml.merges")
-        special = {
-            key.removeprefix("tokenizer.ggml.").removesuffix("_token_id"): value
-            for key, value in meta.items()
-            if key.startswith("tokenizer.ggml.") and key.endswith("_token_id") and isinstance(value, int)
-        }
+        special = special_token_ids(meta)
         model = meta.get("tokenizer.ggml.model")
         return Vocabulary(
             tokens=list(tokens.iter_bytes()),
