@@ -6,8 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import provenance.compare.api as api
-from provenance.compare import CompareOptions, compare
+from provenance.compare import CompareOptions, api, compare
 from provenance.compare.invariants import Circuit
 from provenance.compare.symtest import PermutationTest, residual_permutation_test
 from provenance.compare.variants import Q, apply_symmetries, load_canonical, write_gguf

@@ -225,7 +225,7 @@ class PermutationTest:
             obs = float(t_obs[cols].sum())
             perm = t_perm[:, cols].sum(axis=1)
             p_ex = (1 + int((perm >= obs - 1e-12).sum())) / (permutations + 1)
-            lm, lsd, lz, lp = _z_p(obs, perm)
+            _, _, lz, lp = _z_p(obs, perm)
             layers_out.append({"layer": layer, "circuits": [self.labels[i][0] for i in cols],
                                "statistic": obs, "z": lz, "p_exact": p_ex, "p_asymptotic": lp,
                                "mean_spearman": float(np.mean(observed[cols]))})

@@ -48,7 +48,7 @@ def apply_symmetries(tensors: Mapping[str, np.ndarray], arch: ArchRecord, seed: 
     group = nh // nkv
     record: dict[str, Any] = {"seed": seed, "layers": []}
     for layer in range(int(arch.n_layer)):  # type: ignore[arg-type]
-        n = lambda role: f"blk.{layer}.{role}.weight"  # noqa: E731
+        n = lambda role: f"blk.{layer}.{role}.weight"
         # residual rescaling at the norms: gain x a, following columns / a
         a = _log_uniform(rng, out[n("attn_norm")].shape[0])
         out[n("attn_norm")] *= a
@@ -148,7 +148,12 @@ def llama_quantize(src_path: str | os.PathLike[str], dst_path: str | os.PathLike
     from gguf import GGML_QUANT_SIZES, GGUFWriter
 
     from provenance.quant.quantize_mix import parse_ftype
-    from provenance.quant.writer import QUANTIZATION_VERSION, _convert, _copy_gguf_kvs, mix_model
+    from provenance.quant.writer import (
+        QUANTIZATION_VERSION,
+        _convert,
+        _copy_gguf_kvs,
+        mix_model,
+    )
 
     ft = parse_ftype(ftype)
     src, dst = os.fspath(src_path), os.fspath(dst_path)

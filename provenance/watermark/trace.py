@@ -10,7 +10,6 @@ mixed copies): every accused key is reported, with its per-tensor breakdown.
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,8 @@ from provenance.formats import open_checkpoint
 from provenance.watermark.detect import ScoreOptions, ScoreResult, score_checkpoint
 from provenance.watermark.keys import DerivedKey, FileKey, KeySource, read_secret
 from provenance.watermark.stats import DEFAULT_THRESHOLD_Z, family_bound, holm, log10_p, p_value
+from provenance.errors import CheckpointError
+from provenance.formats.jsonsafe import read_json_file
 
 REGISTRY_SCHEMA = "provenance.watermark-registry/1"
 
@@ -56,9 +57,9 @@ def load_registry(path: str | os.PathLike[str], arch: object | None = None) -> l
             keys += [DerivedKey(secret, c) for c in clients if c and not c.startswith("#")]
         keys += [FileKey.load(p, arch, label=p.stem) for p in sorted(path.glob("*.npz"))]
     else:
-        try:
-            doc = json.loads(path.read_text("utf-8"))
-        except (OSError, ValueError) as exc:
+        try:  # strict JSON: a duplicated client or key-file entry is an error, not "last one wins"
+            doc = read_json_file(str(path), "registry", max_bytes=16 * 1024 * 1024)
+        except (OSError, CheckpointError) as exc:
             raise RegistryError(f"{path}: not a readable JSON registry ({exc})") from None
         if not isinstance(doc, dict):
             raise RegistryError(f"{path}: a registry is a JSON object")
