@@ -111,3 +111,44 @@ def test_invalid_policy_is_a_usage_error(tmp_path: Path, text: str) -> None:
 def test_github_actions_example_is_documented() -> None:
     docs = (ROOT / "docs" / "ci.md").read_text()
     assert "provenance check" in docs and "upload-sarif" in docs and "--policy" in docs
+
+
+@pytest.fixture(scope="module")
+def scenario(tmp_path_factory: pytest.TempPathFactory):
+    from provenance.demo import build_scenario
+
+    return build_scenario(tmp_path_factory.mktemp("scenario"))
+
+
+def _with_declared_base(source: Path, target: Path, base: str) -> Path:
+    shutil.copytree(source, target)
+    config = json.loads((target / "config.json").read_text())
+    config["base_model"] = base
+    (target / "config.json").write_text(json.dumps(config))
+    return target
+
+
+def test_declared_base_must_agree_with_the_weights(tmp_path: Path) -> None:
+    from provenance.synth.store import synth_model_path
+
+    honest = _with_declared_base(synth_model_path("synth-s00-ft-light"), tmp_path / "honest", "synth-s00")
+    liar = _with_declared_base(synth_model_path("synth-s07"), tmp_path / "liar", "synth-s00")
+    policy = write_policy(tmp_path / "p.toml", f'version = 1\n[lineage]\nreferences = {{ "synth-s00" = "{synth_model_path("synth-s00")}" }}\n')
+    result = run_check("--policy", str(policy), str(honest), str(liar))
+    assert result.returncode == 1, result.stderr
+    honest_result, liar_result = json.loads(result.stdout)["results"]
+    assert honest_result["status"] == "pass"
+    (finding,) = liar_result["findings"]
+    assert finding["id"] == "lineage.declared_base_mismatch" and finding["evidence"]["verdict"] == "unrelated"
+
+
+def test_required_and_forbidden_watermarks(tmp_path: Path, scenario) -> None:
+    leaked = str(scenario.leaked["Q4_K_M"])
+    common = f'version = 1\n[watermark]\nregistry = "{scenario.registry}"\nreference = "{scenario.internal}"\n'
+    ok = write_policy(tmp_path / "ok.toml", common + 'require = ["acme-corp"]\nforbid = ["globex"]\n')
+    assert run_check("--policy", str(ok), leaked).returncode == 0
+    bad = write_policy(tmp_path / "bad.toml", common + 'require = ["globex"]\nforbid = ["acme-corp"]\n')
+    result = run_check("--policy", str(bad), leaked)
+    assert result.returncode == 1
+    ids = sorted(f["id"] for f in json.loads(result.stdout)["results"][0]["findings"])
+    assert ids == ["watermark.forbidden_present", "watermark.required_missing"]

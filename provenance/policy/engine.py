@@ -93,8 +93,12 @@ def rule_forbidden_copies(checkpoint: Checkpoint, policy: Policy, digests: tuple
 
 
 ExtraRule = Callable[[Checkpoint, Policy], list[Finding]]
-EXTRA_RULES: list[ExtraRule] = []
-"""Rules contributed by other analyses (lineage, watermark) for their policy sections."""
+
+
+def _weight_rules() -> list[ExtraRule]:
+    from provenance.policy.weight_rules import rule_lineage, rule_watermark
+
+    return [rule_lineage, rule_watermark]
 
 
 def evaluate(path: str, policy: Policy) -> CheckResult:
@@ -106,7 +110,7 @@ def evaluate(path: str, policy: Policy) -> CheckResult:
             result.findings += rule_metadata(checkpoint, policy)
             digests = checkpoint_sha256s(checkpoint) if policy.forbid_copies else None
             result.findings += rule_forbidden_copies(checkpoint, policy, digests)
-            for rule in EXTRA_RULES:
+            for rule in _weight_rules():
                 result.findings += rule(checkpoint, policy)
     except PickleCheckpointRefused as exc:
         result.findings.append(_violation("format.pickle", "Pickle checkpoint",

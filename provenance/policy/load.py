@@ -95,7 +95,7 @@ def load_policy(path: str | Path) -> Policy:
             reference = path.parent / reference
         copies.append(ForbiddenCopy(str(reference), float(fraction), str(entry.get("label", entry["reference"]))))
 
-    return Policy(
+    policy = Policy(
         path=str(path),
         allow_formats=frozenset(allow),
         max_file_bytes=max_bytes,
@@ -104,3 +104,7 @@ def load_policy(path: str | Path) -> Policy:
         forbid_copies=tuple(copies),
         extra={k: data[k] for k in ("lineage", "watermark") if k in data},
     )
+    from provenance.policy.weight_rules import validate_sections
+
+    validate_sections(policy)
+    return policy

@@ -1,0 +1,106 @@
+"""Policy rules that need the weights: declared base models must agree with the lineage
+evidence, and watermark keys must (or must not) be present.
+
+Policy sections (validated here, strictly)::
+
+    [lineage]
+    references = { "llama-2-7b" = "refs/llama-2-7b" }   # declared base name -> checkpoint path
+    declared_base_must_match = true                       # a declared base listed here must test as related
+    require_known_base = false                            # the declared base must be one of `references`
+
+    [watermark]
+    registry = "keys/"                                    # a key registry (see docs/watermark.md)
+    reference = "refs/our-model"                          # optional: the owner's unmarked model
+    require = ["acme"]                                    # each listed client's mark must be detected
+    forbid = ["internal-only"]                            # no listed client's mark may be detected
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from provenance.formats import Checkpoint
+from provenance.policy.load import Policy, PolicyError
+from provenance.report.model import Finding, Severity
+
+_LINEAGE_KEYS = {"references", "declared_base_must_match", "require_known_base"}
+_WATERMARK_KEYS = {"registry", "reference", "require", "forbid"}
+
+
+def _resolve(policy: Policy, value: str) -> str:
+    path = Path(value)
+    return str(path if path.is_absolute() else Path(policy.path).parent / path)
+
+
+def validate_sections(policy: Policy) -> None:
+    """Raise :class:`PolicyError` on unknown keys or wrong types in [lineage] / [watermark]."""
+    lineage = policy.extra.get("lineage", {})
+    if lineage:
+        if not isinstance(lineage, dict) or set(lineage) - _LINEAGE_KEYS:
+            raise PolicyError(f"{policy.path}: [lineage] takes {sorted(_LINEAGE_KEYS)}")
+        refs = lineage.get("references", {})
+        if not isinstance(refs, dict) or not all(isinstance(v, str) for v in refs.values()):
+            raise PolicyError(f"{policy.path}: [lineage] references must map names to checkpoint paths")
+    watermark = policy.extra.get("watermark", {})
+    if watermark:
+        if not isinstance(watermark, dict) or set(watermark) - _WATERMARK_KEYS or not isinstance(watermark.get("registry"), str):
+            raise PolicyError(f"{policy.path}: [watermark] needs registry and takes {sorted(_WATERMARK_KEYS)}")
+        for key in ("require", "forbid"):
+            if not isinstance(watermark.get(key, []), list):
+                raise PolicyError(f"{policy.path}: [watermark] {key} must be a list of client ids")
+
+
+def _violation(rule: str, title: str, summary: str, p_value: float | None = None, **evidence: Any) -> Finding:
+    return Finding(id=rule, title=title, verdict="violation", summary=summary, severity=Severity.VIOLATION,
+                   p_value=p_value, evidence=evidence)
+
+
+def rule_lineage(checkpoint: Checkpoint, policy: Policy) -> list[Finding]:
+    section = policy.extra.get("lineage")
+    if not section:
+        return []
+    from provenance.compare import compare
+    from provenance.compare.claims import _matches, claimed_bases
+
+    declared = claimed_bases(checkpoint.metadata_claims)
+    references: dict[str, str] = section.get("references", {})
+    listed = [name for name in references if declared and _matches(declared, [name])]
+    findings = []
+    if declared and not listed and section.get("require_known_base", False):
+        findings.append(_violation("lineage.unknown_base", "Declared base model not allowed",
+                                   f"declared base model {declared} is not among the policy's references", declared=declared))
+    if section.get("declared_base_must_match", True):
+        for name in listed:
+            result = compare(checkpoint.path, _resolve(policy, references[name]))
+            if not result.verdict.get("related"):
+                findings.append(_violation(
+                    "lineage.declared_base_mismatch", "Declared base model contradicted by the weights",
+                    f"declares base model {name}, but the weights test as {result.verdict.get('kind')} to it",
+                    p_value=result.verdict.get("p_asymptotic"), declared=declared, reference=name,
+                    verdict=result.verdict.get("kind")))
+    return findings
+
+
+def rule_watermark(checkpoint: Checkpoint, policy: Policy) -> list[Finding]:
+    section = policy.extra.get("watermark")
+    if not section:
+        return []
+    from provenance.watermark import load_registry, trace
+
+    keys = load_registry(_resolve(policy, section["registry"]), checkpoint.architecture)
+    reference = _resolve(policy, section["reference"]) if section.get("reference") else None
+    result = trace(checkpoint.path, keys, reference=reference)
+    detected = set(result.accused)
+    findings = []
+    for client in section.get("require", []):
+        if client not in detected:
+            findings.append(_violation("watermark.required_missing", "Required watermark missing",
+                                       f"the mark of client {client} is not detected (threshold z >= {result.threshold_z:g})",
+                                       client=client, detected=sorted(detected)))
+    for client in section.get("forbid", []):
+        if client in detected:
+            best = next(k for k in result.score.keys if k.label == client).best()
+            findings.append(_violation("watermark.forbidden_present", "Forbidden watermark present",
+                                       f"the mark of client {client} is present (z = {best[1]:.1f} by the {best[0]} statistic)",
+                                       client=client, z=best[1], statistic=best[0]))
+    return findings
