@@ -152,3 +152,12 @@ def test_required_and_forbidden_watermarks(tmp_path: Path, scenario) -> None:
     assert result.returncode == 1
     ids = sorted(f["id"] for f in json.loads(result.stdout)["results"][0]["findings"])
     assert ids == ["watermark.forbidden_present", "watermark.required_missing"]
+
+
+def test_documented_policy_example_is_valid(tmp_path: Path) -> None:
+    from provenance.policy import load_policy
+
+    docs = (ROOT / "docs" / "ci.md").read_text()
+    example = docs.split("```toml\n", 1)[1].split("```", 1)[0]
+    policy = load_policy(write_policy(tmp_path / "example.toml", example))
+    assert policy.require_base_model and policy.forbid_copies and set(policy.extra) == {"lineage", "watermark"}
