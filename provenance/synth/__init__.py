@@ -10,35 +10,54 @@
 Every model has stories260K's exact shape, so any two can be compared tensor by tensor.
 The shipped pool (``scripts/build_synth_models.py``) holds independently trained models
 for null distributions and derivatives with known parents for positives; see
-``docs/synth.md``. Needs ``transformers`` (a dev extra of the package).
+``docs/synth.md``. Training and loading need ``transformers`` (the ``synth`` extra); locating
+the shipped files does not.
 """
 from __future__ import annotations
 
-from provenance.synth.arch import STORIES260K_SHAPE, synth_config
-from provenance.synth.convert import llama2c_to_hf, load_stories260k_as_hf
-from provenance.synth.corpus import FINETUNE_SPEC, PRETRAIN_SPEC, CorpusSpec, sample_corpus, split_pretrain
-from provenance.synth.llama2c import Llama2cWeights, Llama2cModel, load_llama2c
-from provenance.synth.lora import lora_finetune
-from provenance.synth.store import (
-    SynthModelNotFound,
-    load_manifest,
-    load_synth_model,
-    load_synth_tokens,
-    model_ids,
-    synth_data_dir,
-    synth_model_path,
-)
-from provenance.synth.train import (
-    FINETUNE_STRENGTHS,
-    PRETRAIN_RECIPE,
-    TrainRecipe,
-    continued_pretraining,
-    eval_loss,
-    finetune,
-    init_model,
-    train,
-    train_independent,
-)
+# Lazy: the model-family code needs transformers (the `synth` extra), while finding the
+# shipped files (`synth_model_path`) must work without it.
+_EXPORTS = {
+    "CorpusSpec": "provenance.synth.corpus",
+    "FINETUNE_SPEC": "provenance.synth.corpus",
+    "FINETUNE_STRENGTHS": "provenance.synth.train",
+    "Llama2cModel": "provenance.synth.llama2c",
+    "Llama2cWeights": "provenance.synth.llama2c",
+    "PRETRAIN_RECIPE": "provenance.synth.train",
+    "PRETRAIN_SPEC": "provenance.synth.corpus",
+    "STORIES260K_SHAPE": "provenance.synth.arch",
+    "SynthModelNotFound": "provenance.synth.store",
+    "TrainRecipe": "provenance.synth.train",
+    "continued_pretraining": "provenance.synth.train",
+    "eval_loss": "provenance.synth.train",
+    "finetune": "provenance.synth.train",
+    "init_model": "provenance.synth.train",
+    "llama2c_to_hf": "provenance.synth.convert",
+    "load_llama2c": "provenance.synth.llama2c",
+    "load_manifest": "provenance.synth.store",
+    "load_stories260k_as_hf": "provenance.synth.convert",
+    "load_synth_model": "provenance.synth.store",
+    "load_synth_tokens": "provenance.synth.store",
+    "lora_finetune": "provenance.synth.lora",
+    "model_ids": "provenance.synth.store",
+    "sample_corpus": "provenance.synth.corpus",
+    "split_pretrain": "provenance.synth.corpus",
+    "synth_config": "provenance.synth.arch",
+    "synth_data_dir": "provenance.synth.store",
+    "synth_model_path": "provenance.synth.store",
+    "train": "provenance.synth.train",
+    "train_independent": "provenance.synth.train",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'provenance.synth' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
 
 __all__ = [
     "CorpusSpec", "FINETUNE_SPEC", "FINETUNE_STRENGTHS", "Llama2cWeights", "Llama2cModel",

@@ -17,14 +17,16 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from safetensors import safe_open
-from transformers import LlamaForCausalLM
 
 from provenance.errors import ProvenanceError
+
+if TYPE_CHECKING:  # transformers is only needed to train or load models, not to find them
+    from transformers import LlamaForCausalLM
 
 MANIFEST_NAME = "manifest.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -59,6 +61,8 @@ def synth_model_path(model_id: str, root: Path | None = None) -> Path:
 
 def load_synth_model(model_id: str, root: Path | None = None) -> LlamaForCausalLM:
     """A shipped synth model as a float32 ``LlamaForCausalLM`` in eval mode."""
+    from transformers import LlamaForCausalLM
+
     model = LlamaForCausalLM.from_pretrained(synth_model_path(model_id, root), dtype=torch.float32,
                                              attn_implementation="sdpa")
     return model.eval()
@@ -110,6 +114,8 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
 def save_model(model: LlamaForCausalLM, path: Path, dtype: torch.dtype = torch.float16) -> str:
     """``save_pretrained`` in ``dtype`` (safetensors); returns the weights' tensor hash."""
     path.mkdir(parents=True, exist_ok=True)
+    from transformers import LlamaForCausalLM
+
     out = LlamaForCausalLM._from_config(model.config, attn_implementation="sdpa", dtype=dtype)
     out.load_state_dict(model.state_dict())
     out.tie_weights()
@@ -120,6 +126,8 @@ def save_model(model: LlamaForCausalLM, path: Path, dtype: torch.dtype = torch.f
 def rounded_copy(model: LlamaForCausalLM, dtype: torch.dtype) -> LlamaForCausalLM:
     """``model`` after a round trip through ``dtype`` storage, back in float32 (what a
     derivative trained from the shipped parent starts from)."""
+    from transformers import LlamaForCausalLM
+
     copy = LlamaForCausalLM._from_config(model.config, attn_implementation="sdpa")
     copy.load_state_dict({k: v.to(dtype).float() for k, v in model.state_dict().items()})
     copy.tie_weights()
