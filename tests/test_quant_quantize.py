@@ -19,7 +19,7 @@ from gguf import quants as gguf_quants
 
 from provenance.quant.quantize_k import nearest_int
 from provenance.quant.quantize_ref import quantize_rows, supported_types
-from tests.conftest import QUANT_DIR
+from conftest import QUANT_DIR
 
 torch.set_num_threads(1)
 

@@ -16,7 +16,7 @@ from provenance.quant.quantize_mix import (
     tensor_types,
 )
 from provenance.quant.writer import mix_model
-from tests.conftest import QUANT_DIR
+from conftest import QUANT_DIR
 
 FILES = ["Q8_0", "Q6_K", "Q5_K_M", "Q5_0", "Q4_K_M", "Q4_K_S", "Q4_0", "Q3_K_M", "Q2_K", "IQ4_XS"]
 

@@ -119,24 +119,14 @@ def write_variant(path: str | os.PathLike[str], tensors: Mapping[str, np.ndarray
 
 
 def llama_cpp_types(ckpt: Any, ftype: str) -> dict[str, str]:
-    """Per-tensor types ``llama-quantize`` writes for ``ftype`` (no imatrix), in its order.
-
-    :func:`provenance.quant.quantize_mix.tensor_types`, except one fallback: llama.cpp's
-    ``tensor_type_fallback`` (``src/llama-quant.cpp``, every version since IQ4_NL exists,
-    including the llama-cpp-python 0.3.36 that wrote ``shared/data/llamacpp-quant``) sends
-    Q2_K and Q3_K rows that are not a multiple of 256 to IQ4_NL, where ``quantize_mix``
-    has Q4_0 (no reference file has such rows, so its tests cannot see it). For the
-    K-quant file types a Q4_0 can only come from that fallback, and IQ4_NL has the same
-    32-weight block, so it is swapped here.
-    """
+    """Per-tensor types ``llama-quantize`` writes for ``ftype`` (no imatrix), in its order:
+    :func:`provenance.quant.quantize_mix.tensor_types`, fallbacks included. (Checked against
+    llama-cpp-python 0.3.36's real quantizer on stories260K, whose rows of 64 do not fit 256:
+    its Q2_K/Q3_K fallback is Q4_0, as ``quantize_mix`` has it.)"""
     from provenance.quant.quantize_mix import parse_ftype, tensor_types
     from provenance.quant.writer import _specs, mix_model
 
-    ft = parse_ftype(ftype)
-    types = tensor_types(_specs(ckpt), ft, mix_model(ckpt))
-    if ft.name.startswith(("MOSTLY_Q2_K", "MOSTLY_Q3_K")):
-        types = {n: ("IQ4_NL" if t == "Q4_0" else t) for n, t in types.items()}
-    return types
+    return tensor_types(_specs(ckpt), parse_ftype(ftype), mix_model(ckpt))
 
 
 def llama_quantize(src_path: str | os.PathLike[str], dst_path: str | os.PathLike[str], ftype: str) -> dict[str, str]:
