@@ -172,27 +172,37 @@ def main() -> int:
     if args.baseline_src is not None:
         sources = {"baseline": args.baseline_src, "new": None}
     report: dict = {"layers": depths, "input_gb_deepest": None, "sources": {k: str(v or ROOT) for k, v in sources.items()}}
-    for label, src in sources.items():
-        rss, speed = {}, {}
-        for d in depths:
+    rss: dict[str, dict] = {label: {} for label in sources}
+    speed: dict[str, dict] = {label: {"1t": [], "2t": []} for label in sources}
+    for d in depths:
+        for label, src in sources.items():
             r = _child(["--child", "stream", str(files[d][0]), str(files[d][1]), "2"], src)
-            rss[f"{d}_layers"] = r["peak_rss_mb"]
+            rss[label][f"{d}_layers"] = r["peak_rss_mb"]
             if d == deep:
-                speed["2t"] = [r]
-        for _ in range(args.repeat):
-            speed.setdefault("1t", []).append(_child(["--child", "stream", str(files[deep][0]), str(files[deep][1]), "1"], src))
-            if args.repeat > 1 or len(speed["2t"]) == 0:
-                speed["2t"].append(_child(["--child", "stream", str(files[deep][0]), str(files[deep][1]), "2"], src))
+                speed[label]["2t"].append(r)
+    # sources alternated run by run (old, new, old, new...): same machine state for both
+    for _ in range(args.repeat):
+        for label, src in sources.items():
+            speed[label]["1t"].append(_child(["--child", "stream", str(files[deep][0]), str(files[deep][1]), "1"], src))
+            if args.repeat > 1:
+                speed[label]["2t"].append(_child(["--child", "stream", str(files[deep][0]), str(files[deep][1]), "2"], src))
+    for label in sources:
+        sp, rs = speed[label], rss[label]
+        med = lambda xs: sorted(xs)[len(xs) // 2] if xs else None
         report[label] = {
-            "peak_rss_mb_stream_2t": rss,
-            "rss_growth_mb_per_layer": round((rss[f"{deep}_layers"] - rss[f"{depths[0]}_layers"]) / max(1, deep - depths[0]), 1),
-            "stream_2_threads_gb_s": [x["stream_gb_s"] for x in speed["2t"]],
-            "stream_1_thread_gb_s": [x["stream_gb_s"] for x in speed["1t"]],
-            "wall_2_threads_s": [x["wall_s"] for x in speed["2t"]],
-            "timing_2_threads": speed["2t"][-1].get("timing"),
-            "one_minus_cos": speed["2t"][-1]["one_minus_cos"], "verdict": speed["2t"][-1]["verdict"],
+            "peak_rss_mb_stream_2t": rs,
+            "rss_growth_mb_per_layer": round((rs[f"{deep}_layers"] - rs[f"{depths[0]}_layers"]) / max(1, deep - depths[0]), 1),
+            "stream_2_threads_gb_s": [x["stream_gb_s"] for x in sp["2t"]],
+            "stream_1_thread_gb_s": [x["stream_gb_s"] for x in sp["1t"]],
+            "wall_2_threads_s": [x["wall_s"] for x in sp["2t"]],
+            "median_stream_2t_gb_s": med([x["stream_gb_s"] for x in sp["2t"]]),
+            "median_stream_1t_gb_s": med([x["stream_gb_s"] for x in sp["1t"]]),
+            "median_wall_2t_s": med([x["wall_s"] for x in sp["2t"]]),
+            "timing_2_threads": sp["2t"][-1].get("timing"),
+            "one_minus_cos": sp["2t"][-1]["one_minus_cos"], "verdict": sp["2t"][-1]["verdict"],
         }
-        report["input_gb_deepest"] = round(speed["2t"][-1]["bytes"] / 1e9, 3)
+        speed_deep = sp["2t"]
+    report["input_gb_deepest"] = round(speed_deep[-1]["bytes"] / 1e9, 3)
     if not args.no_naive:
         naive = _child(["--child", "naive", str(files[deep][0]), str(files[deep][1])])
         report["naive_float64"] = {"wall_s": naive["wall_s"], "gb_s": naive["gb_s"], "peak_rss_mb": naive["peak_rss_mb"]}

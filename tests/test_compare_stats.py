@@ -67,3 +67,40 @@ def test_effective_rank_sees_a_merged_lora() -> None:
     noisy = low + 1e-4 * rng.standard_normal(low.shape)
     assert effective_rank(noisy)["rank_energy"] <= 4
     assert effective_rank(rng.standard_normal((172, 64)))["rank_energy"] > 40
+
+
+def test_small_chunks_reduce_in_float64_and_agree_with_the_float32_path() -> None:
+    rng = np.random.default_rng(5)
+    # norm-like vectors: a large mean, so the centred sums cancel (float32 left ~5e-6)
+    g1 = (1 + 0.05 * rng.standard_normal((1, 4096))).astype(np.float32)
+    g2 = (g1 + 0.01 * rng.standard_normal((1, 4096))).astype(np.float32)
+    ref = np.corrcoef(g1.astype(np.float64).ravel(), g2.astype(np.float64).ravel())[0, 1]
+    assert abs(_acc(g1, g2).result().pearson - ref) < 1e-12
+    # the float64 path (16-row chunks: 64K elements) and the float32 one (64-row chunks)
+    a = rng.standard_normal((256, 4096)).astype(np.float32)
+    b = (a + 0.01 * rng.standard_normal(a.shape)).astype(np.float32)
+    exact = _exact_one_minus_cos(a, b)
+    small, big = _acc(a, b, 16).result(), _acc(a, b, 64).result()
+    assert abs(small.one_minus_cos - exact) / exact < 1e-9
+    assert abs(big.one_minus_cos - exact) / exact < 1e-6
+    assert small.max_abs_delta == big.max_abs_delta == float(np.abs(a - b).max())
+
+
+def test_effective_rank_torch_input_and_blocked_gram_match_numpy_svd() -> None:
+    from provenance.compare.stats import _gram
+
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((37, 300))
+    g = _gram(torch.from_numpy(x))
+    np.testing.assert_allclose(g.numpy(), x @ x.T, rtol=1e-12, atol=1e-12)
+    delta = (rng.standard_normal((256, 6)) @ rng.standard_normal((6, 512)) + 1e-3 * rng.standard_normal((256, 512)))
+    delta = delta.astype(np.float32)
+    r_np, r_t = effective_rank(delta), effective_rank(torch.from_numpy(delta))
+    assert r_np == r_t and r_np["rank_energy"] <= 6
+    sv = np.linalg.svd(delta.astype(np.float64), compute_uv=False)
+    assert r_np["stable_rank"] == round(float((sv**2).sum() / sv[0] ** 2), 3)
+    p = sv / sv.sum()
+    assert abs(r_np["entropy_rank"] - float(np.exp(-(p * np.log(p)).sum()))) <= 1.5e-3
+    bad = delta.copy()
+    bad[3, 7] = np.nan
+    assert effective_rank(bad)["rank_energy"] == 0

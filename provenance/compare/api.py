@@ -76,7 +76,9 @@ class CompareOptions:
     """Recover permutations/scales when the models are related."""
     grid_check: bool = True
     """Check a lossy side's quantization grid against the other side (requantization)."""
-    chunk_elems: int = 1 << 17
+    chunk_elems: int = 1 << 19
+    """Elements per streamed chunk: the arithmetic costs the same per element from 64K to 1M,
+    the per-chunk Python overhead does not (512K measured 2.18 -> 2.45 GB/s over 128K)."""
 
 
 @dataclass

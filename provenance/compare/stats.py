@@ -23,6 +23,10 @@ import numpy as np
 import torch
 
 
+#: chunks of at most this many elements are reduced in float64 (see ``PairAccumulator.add``)
+SMALL_CHUNK_ELEMS = 1 << 16
+
+
 @dataclass
 class PairAccumulator:
     """Running sums over element pairs ``(a, b)``: ``a`` the candidate, ``b`` the reference."""
@@ -47,15 +51,27 @@ class PairAccumulator:
         x = work[:rows]
         torch.sub(a, b, out=x[:, 0])
         torch.add(a, b, out=x[:, 1])
-        gram = torch.bmm(x, x.transpose(1, 2)).sum(0, dtype=torch.float64)  # 2x2, rows summed in f64
-        sums = x.sum(dim=2).double().sum(0)  # per-row float32 (pairwise), rows in float64
-        g = gram.tolist()
-        self.sum_dd += g[0][0]
-        self.sum_ds += g[0][1]
-        self.sum_ss += g[1][1]
-        sd, ss = sums.tolist()
-        self.sum_d += sd
-        self.sum_s += ss
+        if rows * cols <= SMALL_CHUNK_ELEMS:
+            # small chunks (norm vectors, tiny tensors, a matrix's short last chunk) in
+            # float64 throughout: cheap here, and the centred sums of vectors with a large
+            # mean (norms ~ 1 +- 0.05) cancel; float32 row sums left 5e-6 in Pearson
+            a64, b64 = a.double(), b.double()
+            d64, s64 = a64 - b64, a64 + b64
+            self.sum_dd += float(torch.dot(d64.view(-1), d64.view(-1)))
+            self.sum_ds += float(torch.dot(d64.view(-1), s64.view(-1)))
+            self.sum_ss += float(torch.dot(s64.view(-1), s64.view(-1)))
+            self.sum_d += float(d64.sum())
+            self.sum_s += float(s64.sum())
+        else:
+            gram = torch.bmm(x, x.transpose(1, 2)).sum(0, dtype=torch.float64)  # 2x2, rows summed in f64
+            sums = x.sum(dim=2).double().sum(0)  # per-row float32 (pairwise), rows in float64
+            g = gram.tolist()
+            self.sum_dd += g[0][0]
+            self.sum_ds += g[0][1]
+            self.sum_ss += g[1][1]
+            sd, ss = sums.tolist()
+            self.sum_d += sd
+            self.sum_s += ss
         self.n += rows * cols
         d = x[:, 0]
         # amax/amin separately: torch.aminmax is ~9x slower on this CPU build (not vectorised)
@@ -125,21 +141,28 @@ class PairStats:
     max_abs_delta: float
 
 
-def effective_rank(delta: np.ndarray, energy: float = 0.9) -> dict[str, float | int]:
+def effective_rank(delta: np.ndarray | torch.Tensor, energy: float = 0.9) -> dict[str, float | int]:
     """Rank summaries of a (sampled) delta matrix.
 
     ``rank_energy``: fewest singular values holding ``energy`` of ``||delta||^2`` (a merged
     LoRA of rank r shows r); ``stable_rank``: ``||delta||_F^2 / sigma_max^2``;
     ``entropy_rank``: exp of the entropy of the normalised spectrum (Roy & Vetterli).
     """
-    if delta.size == 0 or not np.isfinite(delta).all():
+    x = torch.from_numpy(np.asarray(delta)) if not isinstance(delta, torch.Tensor) else delta
+    if x.numel() == 0:
         return {"rank_energy": 0, "stable_rank": 0.0, "entropy_rank": 0.0, "full_rank": 0}
     # singular values from the eigenvalues of the smaller float64 Gram matrix: ~15x faster
     # than an SVD of the (256, n) sample (it was half of the streamed pass), and equal to
-    # it to ~1e-15 of sigma_max, far below the rounding of the reported ranks
-    x = np.asarray(delta, dtype=np.float64)
-    gram = x @ x.T if x.shape[0] <= x.shape[1] else x.T @ x
-    sv = np.sqrt(np.maximum(np.linalg.eigvalsh(gram)[::-1], 0.0))
+    # it to ~1e-15 of sigma_max, far below the rounding of the reported ranks. In torch
+    # (not numpy): it honours torch's thread count, where numpy's OpenBLAS starts a thread
+    # per core on its own (7x slower on 2 busy cores unless OMP_NUM_THREADS=1)
+    x = x.to(torch.float64)
+    gram = _gram(x if x.shape[0] <= x.shape[1] else x.T)
+    # the diagonal holds the rows' float64 sums of squares (no float32 value overflows
+    # them): finite exactly when every entry of the sample is
+    if not bool(torch.isfinite(gram.diagonal()).all()):
+        return {"rank_energy": 0, "stable_rank": 0.0, "entropy_rank": 0.0, "full_rank": 0}
+    sv = np.sqrt(np.maximum(torch.linalg.eigvalsh(gram).numpy()[::-1], 0.0))
     full = int(min(delta.shape))
     power = sv**2
     total = float(power.sum())
@@ -155,3 +178,17 @@ def effective_rank(delta: np.ndarray, energy: float = 0.9) -> dict[str, float | 
         "entropy_rank": round(float(np.exp(-(p * np.log(p)).sum())), 3),
         "full_rank": full,
     }
+
+
+def _gram(x: torch.Tensor, blocks: int = 4) -> torch.Tensor:
+    """``x @ x.T`` computing only the blocks on and above the diagonal (10 of 16 products
+    for 4 blocks: 25-30% less time for the (256, n) rank sample) and mirroring the rest
+    (``eigvalsh`` reads one triangle only)."""
+    n = x.shape[0]
+    h = max(1, -(-n // blocks))
+    gram = torch.empty((n, n), dtype=x.dtype)
+    for i in range(0, n, h):
+        part = x[i:i + h] @ x[i:].T
+        gram[i:i + h, i:] = part
+        gram[i:, i:i + h] = part.T
+    return gram
