@@ -130,53 +130,15 @@ def llama_cpp_types(ckpt: Any, ftype: str) -> dict[str, str]:
 
 
 def llama_quantize(src_path: str | os.PathLike[str], dst_path: str | os.PathLike[str], ftype: str) -> dict[str, str]:
-    """``llama-quantize src dst ftype`` from an F32/F16 GGUF: types from
-    :func:`llama_cpp_types`, bytes from the project's bit-exact quantizers, file layout
-    (KVs, tensor order, alignment) as :func:`provenance.quant.writer.quantize_model`
-    writes it (that function with the types above; byte-identical to it wherever the
-    types agree). Returns name -> type written."""
-    from gguf import GGML_QUANT_SIZES, GGUFWriter
+    """``llama-quantize src dst ftype`` from an unquantized GGUF, by the project's
+    llama.cpp-exact writer (byte-identical to llama.cpp's output, fallbacks included).
+    Returns name -> type written."""
+    from provenance.quant.writer import quantize_model
 
-    from provenance.quant.quantize_mix import parse_ftype
-    from provenance.quant.writer import (
-        QUANTIZATION_VERSION,
-        _convert,
-        _copy_gguf_kvs,
-        mix_model,
-    )
-
-    ft = parse_ftype(ftype)
-    src, dst = os.fspath(src_path), os.fspath(dst_path)
-    plain = {"F32": np.float32, "F16": np.float16}
-    with open_checkpoint(src) as ckpt:
+    with open_checkpoint(src_path) as ckpt:
         if not ckpt.format.startswith("gguf") or any(i.block_size > 1 for i in ckpt.tensors.values()):
             raise ValueError("llama_quantize needs an unquantized GGUF source")
-        types = llama_cpp_types(ckpt, ftype)
-        writer = GGUFWriter(dst, mix_model(ckpt).arch)
-        try:
-            _copy_gguf_kvs(ckpt.files[0].path, writer)
-            writer.add_quantization_version(QUANTIZATION_VERSION)
-            writer.add_file_type(int(ft))
-            for tname, target in types.items():
-                info = ckpt.info(tname)
-                qtype = Q[target]
-                block, size = GGML_QUANT_SIZES[qtype]
-                row_bytes = info.row_length // block * size
-                if target in plain:
-                    writer.add_tensor_info(tname, info.shape, np.dtype(plain[target]), info.n_rows * row_bytes)
-                else:
-                    writer.add_tensor_info(tname, (info.n_rows, row_bytes), np.dtype(np.uint8), info.n_rows * row_bytes,
-                                           raw_dtype=qtype)
-            writer.write_header_to_file()
-            writer.write_kv_data_to_file()
-            writer.write_ti_data_to_file()
-            for tname, target in types.items():
-                info = ckpt.info(tname)
-                data = ckpt.raw_rows(tname) if info.dtype == target else _convert(ckpt, tname, target)
-                writer.write_tensor_data(np.ascontiguousarray(data).reshape(-1))
-        finally:
-            writer.close()
-    return types
+    return dict(quantize_model(src_path, dst_path, ftype).types)
 
 
 def write_gguf(path: str | os.PathLike[str], tensors: Mapping[str, tuple[np.ndarray, Any]], arch: ArchRecord,
