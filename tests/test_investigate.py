@@ -44,3 +44,15 @@ def test_investigate_with_reference_reports_exact_quantization(tmp_path: Path) -
     assert finding.statistic["n_weights_checked"] == 2_228_224
     assert "is an exact quantization of tiny-llama-f32.gguf" in report.executive_summary
     assert any(s.kind == "quantcheck" and s.figures for s in report.sections)
+
+
+def test_investigate_with_an_incomparable_reference() -> None:
+    """Vocabulary-only files: nothing to compare per layer -> inconclusive, no empty figures."""
+    from conftest import VOCAB_DIR
+
+    report = investigate(VOCAB_DIR / "ggml-vocab-phi-3.gguf", [VOCAB_DIR / "ggml-vocab-llama-spm.gguf"])
+    (lineage,) = [f for f in report.findings if f.id == "lineage.verdict"]
+    assert lineage.verdict == "inconclusive" and lineage.p_value is None
+    (section,) = [s for s in report.sections if s.kind == "compare"]
+    assert section.figures == []
+    assert "identified as gguf-vocab-phi-3" in report.executive_summary

@@ -100,6 +100,8 @@ def figures(result: CompareResult) -> dict[str, bytes]:
     layered["layer"] = layered["layer"].astype(int)
     out: dict[str, bytes] = {}
     roles = [r for r in ROLE_ORDER if r in set(layered["role"])]
+    if not roles:  # nothing paired per layer (e.g. vocabulary-only files): no empty plots
+        return out
     fig, ax = plt.subplots(figsize=(7, 4))
     for role in roles:
         sub = layered[layered["role"] == role].sort_values("layer")
