@@ -69,7 +69,21 @@ def test_deferred_alignment_equals_eager_alignment(moved: Path, monkeypatch: pyt
     deferred = compare(moved, STORIES, opts)
     assert eager.verdict["kind"] == deferred.verdict["kind"] == "identical"
     assert eager.alignment == deferred.alignment and not eager.alignment["identity"]
-    assert eager.rows == deferred.rows and eager.test == deferred.test
+    # Equal up to float summation order: torch reductions may split differently when the
+    # re-stream runs with another intra-op thread count (seen once in a full-suite run).
+    assert _close(eager.rows, deferred.rows) and _close(eager.test, deferred.test)
+
+
+def _close(a: object, b: object) -> bool:
+    import math
+
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float):
+        return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+    return a == b
 
 
 def test_sketches_are_dropped_layer_by_layer(moved: Path, monkeypatch: pytest.MonkeyPatch) -> None:
