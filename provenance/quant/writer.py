@@ -28,13 +28,13 @@ import numpy as np
 from gguf import (
     GGML_QUANT_SIZES,
     GGMLQuantizationType,
-    GGUFReader,
     GGUFValueType,
     GGUFWriter,
 )
 
 from provenance.formats import open_checkpoint
 from provenance.formats.base import Checkpoint
+from provenance.formats.gguf_copy import SPLIT_KEYS, copy_gguf_metadata
 from provenance.quant.quantize_mix import (
     MixModel,
     TensorSpec,
@@ -47,8 +47,8 @@ QUANTIZATION_VERSION = 2  # GGML_QNT_VERSION
 CHUNK_WEIGHTS = 1 << 22
 """Source weights converted to float32 at a time."""
 
-_SKIP_KEYS = {"general.architecture", "general.file_type", "general.quantization_version",
-              "split.no", "split.count", "split.tensors.count"}
+_SKIP_KEYS = SPLIT_KEYS | {"general.file_type", "general.quantization_version"}
+"""Keys not carried over: llama.cpp re-adds these two at the end (see quantize_model)."""
 _PLAIN = {"F32": np.float32, "F16": np.float16}
 
 
@@ -81,21 +81,6 @@ def _specs(ckpt: Checkpoint) -> list[TensorSpec]:
     # Non-GGUF sources: what llama.cpp's converter would have stored for tensors the
     # recipe leaves alone is F32 (norms, biases), so that is their "source type".
     return [TensorSpec(name, info.shape, info.dtype if is_gguf else "F32") for name, info in ckpt.tensors.items()]
-
-
-def _copy_gguf_kvs(src: str, writer: GGUFWriter) -> None:
-    reader = GGUFReader(src)
-    for key, fld in reader.fields.items():
-        if key.startswith("GGUF.") or key in _SKIP_KEYS:
-            continue
-        vtype = fld.types[0]
-        sub = fld.types[-1] if vtype == GGUFValueType.ARRAY else None
-        if vtype == GGUFValueType.ARRAY and len(fld.types) > 2:
-            raise NotImplementedError(f"nested array KV {key!r} is not supported")
-        value = fld.contents()
-        if key == "general.alignment":
-            writer.data_alignment = int(value)
-        writer.add_key_value(key, value, vtype, sub)
 
 
 def _add_arch_kvs(ckpt: Checkpoint, writer: GGUFWriter) -> None:
@@ -148,7 +133,7 @@ def quantize_model(src_path: str | os.PathLike[str], dst_path: str | os.PathLike
         writer = GGUFWriter(dst, model.arch)
         try:
             if is_gguf:
-                _copy_gguf_kvs(ckpt.files[0].path, writer)
+                copy_gguf_metadata(ckpt, writer, _SKIP_KEYS)
             else:
                 _add_arch_kvs(ckpt, writer)
             writer.add_quantization_version(QUANTIZATION_VERSION)

@@ -19,7 +19,7 @@ import gguf
 import numpy as np
 
 from provenance.formats import open_checkpoint
-from provenance.watermark.embed import _gguf_kv
+from provenance.formats.gguf_copy import copy_gguf_metadata
 
 LEGACY = {"Q8_0", "Q4_0", "Q5_0", "Q4_1", "Q5_1", "F16", "F32", "BF16"}
 #: llama.cpp file types (``LLAMA_FTYPE_MOSTLY_*``) of the mixes used here.
@@ -43,10 +43,7 @@ def write_gguf_variant(template: str | os.PathLike[str], output: str | os.PathLi
     with open_checkpoint(template) as ckpt:
         header = ckpt.headers[0]  # type: ignore[attr-defined]
         writer = gguf.GGUFWriter(str(output), header.metadata.get("general.architecture", "llama"))
-        writer.data_alignment = header.alignment
-        for key, value in header.metadata.items():
-            if key != "general.architecture":
-                _gguf_kv(writer, key, value, header.metadata_types[key])
+        copy_gguf_metadata(ckpt, writer)
         payloads = []
         for info in ckpt.tensors.values():
             if info.name in replace:

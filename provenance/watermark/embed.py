@@ -32,6 +32,7 @@ import torch
 from provenance.errors import ProvenanceError
 from provenance.formats import open_checkpoint
 from provenance.formats.base import Checkpoint, TensorInfo
+from provenance.formats.gguf_copy import SPLIT_KEYS, copy_gguf_metadata
 from provenance.watermark.keys import KeySource
 from provenance.watermark.select import Selector, default_selector, markable
 
@@ -167,23 +168,6 @@ def embed_checkpoint(
 
 
 # ----- GGUF ------------------------------------------------------------------------------
-def _gguf_kv(writer: Any, key: str, value: Any, vtype: Any) -> None:
-    import gguf
-
-    from provenance.formats.gguf_header import GGUFArray, ValueType
-
-    if isinstance(value, GGUFArray):
-        if value.element_type == ValueType.STRING:
-            items: list[Any] = list(value.iter_bytes())  # raw bytes: invalid UTF-8 survives as is
-        else:
-            items = value.to_numpy().tolist()
-        if not items:
-            return  # the writer cannot store an empty array; nothing is lost but the key
-        writer.add_key_value(key, items, gguf.GGUFValueType.ARRAY, sub_type=gguf.GGUFValueType(int(value.element_type)))
-    else:
-        writer.add_key_value(key, value, gguf.GGUFValueType(int(vtype)))
-
-
 def _write_gguf(ckpt: Checkpoint, output: Path, targets: set[str], key: KeySource, amplitude: float, report: EmbedReport) -> None:
     import gguf
 
@@ -192,11 +176,7 @@ def _write_gguf(ckpt: Checkpoint, output: Path, targets: set[str], key: KeySourc
     tmp = output.with_name(f".{output.name}.tmp")
     writer = gguf.GGUFWriter(str(tmp), arch)
     try:
-        writer.data_alignment = header.alignment
-        for k, value in header.metadata.items():
-            if k == "general.architecture" or k.startswith("split."):
-                continue  # the writer adds the architecture first; a split input is written whole
-            _gguf_kv(writer, k, value, header.metadata_types[k])
+        copy_gguf_metadata(ckpt, writer, SPLIT_KEYS)  # a split input is written whole
         infos = list(ckpt.tensors.values())
         for info in infos:
             qtype = gguf.GGMLQuantizationType(info.ggml_type)
