@@ -7,8 +7,8 @@ import subprocess
 import sys
 import time
 import tracemalloc
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -107,17 +107,11 @@ def hf_mistral_spm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
-@contextmanager
-def single_torch_thread() -> Iterator[None]:
+def single_torch_thread() -> AbstractContextManager[None]:
     """Spinning OpenMP threads crawl when other jobs hold the 2 cores; one thread is steady."""
-    import torch
+    from provenance.threads import torch_threads
 
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(saved)
+    return torch_threads(1)
 
 
 class Bounded:

@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from provenance.compare.align import Alignment, align_layer
 from provenance.compare.claims import compare_claims
@@ -46,6 +45,7 @@ from provenance.formats import open_checkpoint
 from provenance.formats.base import Checkpoint
 from provenance.names.arch import ArchRecord
 from provenance.textsafe import safe_text
+from provenance.threads import torch_threads
 
 SCHEMA = "provenance.compare/1"
 TABLE_COLUMNS = [
@@ -312,13 +312,9 @@ def compare(candidate: str | os.PathLike[str], reference: str | os.PathLike[str]
     """Compare ``candidate`` against ``reference``; see the module docstring."""
     opts = options or CompareOptions()
     t0 = time.perf_counter()
-    prev_threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # parallelism is across tensors; see DESIGN (2 threads can be 16-75x slower)
-    try:
-        with open_checkpoint(candidate) as cand, open_checkpoint(reference) as ref:
-            return _compare_open(os.fspath(candidate), os.fspath(reference), cand, ref, opts, progress, t0)
-    finally:
-        torch.set_num_threads(prev_threads)
+    # Parallelism is across tensors; see DESIGN (2 intra-op threads can be 16-75x slower).
+    with torch_threads(1), open_checkpoint(candidate) as cand, open_checkpoint(reference) as ref:
+        return _compare_open(os.fspath(candidate), os.fspath(reference), cand, ref, opts, progress, t0)
 
 
 def _compare_open(cpath: str, rpath: str, cand: Checkpoint, ref: Checkpoint, opts: CompareOptions,

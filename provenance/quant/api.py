@@ -19,6 +19,7 @@ from provenance.formats.base import Checkpoint, TensorInfo
 from provenance.quant.error import ErrorStats, error_stats
 from provenance.quant.gridcheck import PRECISIONS, CheckCounts, check_block_rows
 from provenance.quant.recipes import TOLERANT_TYPES, supported
+from provenance.threads import torch_threads
 
 CHUNK_ELEMS = 1 << 20
 PRECISION_SAMPLE_ELEMS = 1 << 20
@@ -92,24 +93,6 @@ def _plain_row(cand: Checkpoint, ref: Checkpoint, name: str, info: TensorInfo) -
     same = bool(torch.equal(a, expected) or torch.equal(a, b))
     e = error_stats(a, b)
     return {"status": "identical" if same else "differs", **e.summary()}
-
-
-class torch_threads:
-    """Temporarily set torch's intra-op thread count (None: leave it). On shared 2-core
-    machines two spinning OpenMP threads can be 50x slower than one when another process
-    holds a core, unless OMP_WAIT_POLICY=PASSIVE was set before torch was imported."""
-
-    def __init__(self, n: int | None) -> None:
-        self.n = n
-        self.saved = torch.get_num_threads()
-
-    def __enter__(self) -> None:
-        if self.n:
-            torch.set_num_threads(self.n)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.n:
-            torch.set_num_threads(self.saved)
 
 
 def _pooled_amplitude(checked: pd.DataFrame) -> float:

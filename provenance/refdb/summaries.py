@@ -11,12 +11,12 @@ match is *supporting* evidence and a layout detector, never an identification al
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from provenance.threads import torch_threads
 
 N_QUANTILES = 17
 N_SINGULAR = 4
@@ -49,25 +49,13 @@ def summarize_matrix(matrix: np.ndarray) -> Summary:
     return Summary(np.quantile(rows, _Q), np.quantile(cols, _Q), singular)
 
 
-@contextmanager
-def _one_torch_thread() -> Iterator[None]:
-    # Measured here: this workload takes 11 ms on one torch thread and 440 ms on two while
-    # another process holds a core (spin-waiting threads); numpy/OpenBLAS is no better.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def top_singular_values(m: np.ndarray, k: int = N_SINGULAR, iterations: int = 60) -> np.ndarray:
     """The ``k`` largest singular values by block subspace iteration on the smaller Gram matrix.
 
     Deterministic (fixed start block), float64; Rayleigh-Ritz values converge fast even
     where the singular vectors of a random-like matrix do not.
     """
-    with _one_torch_thread():
+    with torch_threads(1):  # 11 ms on one thread, 440 ms on two under load
         t = torch.from_numpy(np.ascontiguousarray(m, dtype=np.float64))
         gram = t.T @ t if t.shape[1] <= t.shape[0] else t @ t.T
         block = min(2 * k, gram.shape[0])

@@ -22,6 +22,7 @@ from torch.nn import functional as F
 from transformers import LlamaForCausalLM
 
 from provenance.synth.arch import BOS_ID, rope_theta_of, synth_config
+from provenance.threads import torch_threads
 
 
 @dataclass(frozen=True)
@@ -60,16 +61,14 @@ PRETRAIN_RECIPE = TrainRecipe(steps=200, lr=1e-2, batch_size=16, seq_len=128, wa
 @contextmanager
 def deterministic(threads: int = 1) -> Iterator[None]:
     """Pin threads and force deterministic kernels; restore the caller's settings after."""
-    prev_threads = torch.get_num_threads()
     prev_det = torch.are_deterministic_algorithms_enabled()
     prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True)
     try:
-        yield
+        with torch_threads(threads):
+            yield
     finally:
         torch.use_deterministic_algorithms(prev_det, warn_only=prev_warn)
-        torch.set_num_threads(prev_threads)
 
 
 def shipped_tokens(name: str) -> np.ndarray:
