@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from provenance.compare.api import CompareResult
+from provenance.report.render import md_escape
 from provenance.textsafe import safe_text
 
 ROLE_ORDER = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down", "attn_norm", "ffn_norm")
@@ -20,15 +21,21 @@ def _p(p: float | None) -> str:
 
 
 def _md_escape(text: Any) -> str:
-    return safe_text(text, 300).replace("|", "\\|")
+    """File-derived text in Markdown: the project's escaping (no HTML, links or emphasis)."""
+    return md_escape(safe_text(text, 300))
+
+
+def _code(text: Any) -> str:
+    """File-derived text in a code span, where Markdown does not interpret anything but backticks."""
+    return "`" + safe_text(text, 300).replace("`", "'") + "`"
 
 
 def to_markdown(result: CompareResult) -> str:
     v = result.verdict
     lines = [
         "# Lineage comparison", "",
-        f"- candidate: `{_md_escape(result.candidate['path'])}` ({result.candidate['format']})",
-        f"- reference: `{_md_escape(result.reference['path'])}` ({result.reference['format']})", "",
+        f"- candidate: {_code(result.candidate['path'])} ({result.candidate['format']})",
+        f"- reference: {_code(result.reference['path'])} ({result.reference['format']})", "",
         f"**Verdict: {v['kind']}** — {_md_escape(v['summary'])}", "",
         "## Evidence", "",
     ]
@@ -50,9 +57,9 @@ def to_markdown(result: CompareResult) -> str:
     claims = result.claims
     lines += ["", "## Metadata claims (not evidence)", "", f"- {_md_escape(claims['status'])}"]
     for key, value in claims["candidate"].items():
-        lines.append(f"- candidate `{_md_escape(key)}` = {_md_escape(value)}")
+        lines.append(f"- candidate {_code(key)} = {_md_escape(value)}")
     for key, value in claims["reference"].items():
-        lines.append(f"- reference `{_md_escape(key)}` = {_md_escape(value)}")
+        lines.append(f"- reference {_code(key)} = {_md_escape(value)}")
     for flag in claims["disagreements"]:
         lines.append(f"- **disagreement**: {_md_escape(flag)}")
     if result.alignment and not result.alignment["identity"]:
