@@ -22,6 +22,8 @@ from provenance.refdb.positions import PUBLIC_SEED, SPAN_LENGTH, SPANS_PER_TENSO
 from provenance.refdb.summaries import N_QUANTILES, Summary
 from provenance.refdb.tokfp import TokenizerFingerprint
 from provenance.refdb.weightfp import TensorPrint, WeightFingerprint
+from provenance.errors import CheckpointError
+from provenance.formats.jsonsafe import loads_strict
 
 SCHEMA = "provenance.refdb-entry/1"
 ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,79}$")
@@ -145,10 +147,10 @@ def decode_entry(text: str, npz: bytes | None, where: str) -> RefEntry:
     """Parse an entry's JSON (and arrays); every inconsistency raises :class:`RefDBError`."""
     import hashlib
 
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise RefDBError(f"{where}: not JSON ({exc})") from None
+    try:  # strict, as for every file-derived JSON: duplicate keys and NaN are errors
+        doc = loads_strict(text.encode("utf-8"), where, "entry")
+    except CheckpointError as exc:
+        raise RefDBError(f"{where}: not JSON ({exc.message})") from None
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
         raise RefDBError(f"{where}: schema {doc.get('schema') if isinstance(doc, dict) else None!r}, expected {SCHEMA}")
     if not isinstance(doc.get("id"), str) or not ID_PATTERN.match(doc["id"]):
