@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from provenance.inspect import inspect_checkpoint
@@ -25,6 +25,8 @@ class Inputs:
     key_registry: str | None = None
     refdb: str | None = None
     hashes: bool = True
+    digests: tuple[dict[str, str], dict[str, str]] | None = None
+    """``({file path: sha256}, {tensor name: sha256})`` from inspect, reused by identify."""
 
 
 Analysis = Callable[[Inputs, Report], None]
@@ -49,6 +51,9 @@ def investigate(candidate: str | Path, references: tuple[str | Path, ...] | list
     inputs = Inputs(os.fspath(candidate), tuple(os.fspath(r) for r in references),
                     os.fspath(key_registry) if key_registry else None, os.fspath(refdb) if refdb else None)
     inspected = inspect_checkpoint(inputs.candidate, hashes=inputs.hashes)
+    if inputs.hashes:  # hashed once here; identify reuses them instead of reading the file again
+        inputs = replace(inputs, digests=({f["path"]: f["sha256"] for f in inspected["files"]},
+                                          {t["name"]: t["sha256"] for t in inspected["tensors"]}))
     report = Report(subject={"path": inputs.candidate, "format": inspected["format"],
                              "sha256": [f.get("sha256") for f in inspected["files"]]},
                     command="investigate", claims=inspected["claims"])

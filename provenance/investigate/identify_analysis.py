@@ -39,7 +39,7 @@ def identify_analysis(inputs: Any, report: Report) -> None:
     from provenance.refdb import RefDBError, identify
 
     try:
-        result = identify(inputs.candidate, inputs.refdb)
+        result = identify(inputs.candidate, inputs.refdb, digests=inputs.digests)
     except (CheckpointError, RefDBError) as exc:
         report.errors.append({"path": inputs.refdb or "refdb", "message": str(exc)})
         return

@@ -247,11 +247,14 @@ def _should_hash(ckpt: Checkpoint, hashes: str | bool) -> bool:
 
 
 def identify(path: str | Path, refdb: RefDB | str | Path | None = None, *, hashes: str | bool = "auto",
-             summary_budget: int | None = None) -> IdentifyResult:
+             summary_budget: int | None = None,
+             digests: tuple[dict[str, str], dict[str, str]] | None = None) -> IdentifyResult:
     """Rank the entries of ``refdb`` (default: the shipped database) against the model at ``path``.
 
     ``summary_budget`` caps the bytes read whole for layout-invariant summaries (default:
     0.5% of the candidate's tensor bytes, at least 2 MiB); 0 reads sampled blocks only.
+    ``digests``: ``({file path: sha256}, {tensor name: sha256})`` the caller already computed
+    (``checkpoint_sha256s``), so the file is not read a second time to hash it.
     """
     started = time.perf_counter()
     db = refdb if isinstance(refdb, RefDB) else RefDB(refdb)
@@ -259,7 +262,9 @@ def identify(path: str | Path, refdb: RefDB | str | Path | None = None, *, hashe
     with open_checkpoint(path) as ckpt:
         arch = asdict(ckpt.architecture)
         file_hashes = tensor_hashes = None
-        if _should_hash(ckpt, hashes):
+        if digests is not None:
+            file_hashes, tensor_hashes = digests
+        elif _should_hash(ckpt, hashes):
             file_hashes, tensor_hashes = checkpoint_sha256s(ckpt)
         vocab = vocabulary_from_checkpoint(ckpt)
         candidate_vocab = CandidateVocabulary(vocab) if vocab is not None and vocab.tokens else None
