@@ -70,12 +70,4 @@ def checkpoint_sha256s(
 
 def tensor_sha256s(checkpoint: Checkpoint, progress: Progress | None = None) -> dict[str, str]:
     """``{canonical name: sha256 of the raw stored bytes}``, reading only tensor bytes."""
-    out = {}
-    for name in checkpoint.tensors:
-        digest = hashlib.sha256()
-        for chunk in checkpoint.iter_raw(name):
-            digest.update(chunk)
-            if progress:
-                progress(len(chunk))
-        out[name] = digest.hexdigest()
-    return out
+    return {name: checkpoint.tensor_sha256(name, progress) for name in checkpoint.tensors}

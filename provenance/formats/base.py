@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from math import prod
 from pathlib import Path
@@ -217,10 +217,13 @@ class Checkpoint(ABC):
             yield self._pread(info.file, n, info.offset + done)
             done += n
 
-    def tensor_sha256(self, name: str) -> str:
+    def tensor_sha256(self, name: str, progress: Callable[[int], None] | None = None) -> str:
+        """SHA-256 of the tensor's raw stored bytes; ``progress`` gets each chunk's size."""
         digest = hashlib.sha256()
         for chunk in self.iter_raw(name):
             digest.update(chunk)
+            if progress:
+                progress(len(chunk))
         return digest.hexdigest()
 
     # ----- decoded values ----------------------------------------------------------

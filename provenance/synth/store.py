@@ -24,6 +24,7 @@ import torch
 from safetensors import safe_open
 
 from provenance.errors import ProvenanceError
+from provenance.hashing import file_sha256  # noqa: F401  (re-exported for the build script and tests)
 
 if TYPE_CHECKING:  # transformers is only needed to train or load models, not to find them
     from transformers import LlamaForCausalLM
@@ -77,14 +78,6 @@ def load_manifest(root: Path | None = None) -> dict[str, Any]:
 def model_ids(kind: str | None = None, root: Path | None = None) -> list[str]:
     """Ids of shipped models, optionally only one ``kind`` (e.g. ``"independent"``)."""
     return [m["id"] for m in load_manifest(root)["models"] if kind is None or m["kind"] == kind]
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
