@@ -14,6 +14,18 @@ CAPTIONS = {
 }
 
 
+UNRELATED = ("unrelated", "inconclusive")
+
+
+def related_closest_first(report: Report) -> list[Finding]:
+    """Lineage findings of references the candidate derives from, smallest relative change
+    ``||C - R|| / ||R||`` first (the closest is the model it was made from)."""
+    related = [f for f in report.findings if f.id == "lineage.verdict" and f.verdict not in UNRELATED]
+    delta = [f.evidence.get("overall_rel_delta") for f in related]
+    order = sorted(range(len(related)), key=lambda i: delta[i] if isinstance(delta[i], (int, float)) else float("inf"))
+    return [related[i] for i in order]
+
+
 def lineage_analysis(inputs: Any, report: Report) -> None:
     from provenance.compare import compare
     from provenance.compare.report import figures
@@ -42,6 +54,7 @@ def lineage_analysis(inputs: Any, report: Report) -> None:
             statistic={"z": verdict.get("z"), "p_exact": verdict.get("p_exact"), "p_asymptotic": p,
                        "permutations": (result.test or {}).get("permutations")},
             evidence={"reference": reference, "evidence": verdict.get("evidence", []),
+                      "overall_rel_delta": verdict.get("details", {}).get("overall_rel_delta"),
                       "claims_status": claims.get("status"), "claims_disagreements": claims.get("disagreements", []),
                       "alignment": result.alignment}))
         pngs = figures(result)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+from provenance.investigate.lineage_analysis import related_closest_first
 from provenance.report.model import Finding, Report
 from provenance.report.render import format_p
 
@@ -31,22 +32,13 @@ def _p(finding: Finding) -> str:
     return format_p(finding.p_value) if finding.p_value is not None else "no p-value"
 
 
-def _rel_delta(report: Report, finding: Finding) -> float:
-    for section in report.sections:
-        if section.kind == "compare" and section.title.endswith(_ref_name(finding)):
-            delta = section.data.get("verdict", {}).get("details", {}).get("overall_rel_delta")
-            if isinstance(delta, (int, float)):
-                return float(delta)
-    return float("inf")
-
-
 def executive_summary(report: Report) -> str:
     name = os.path.basename(str(report.subject.get("path", "")))
     by_id: dict[str, list[Finding]] = {}
     for finding in report.findings:
         by_id.setdefault(finding.id, []).append(finding)
     lineage = by_id.get("lineage.verdict", [])
-    related = sorted((f for f in lineage if f.verdict not in ("unrelated", "inconclusive")), key=lambda f: _rel_delta(report, f))
+    related = related_closest_first(report)
     unrelated = [f for f in lineage if f.verdict == "unrelated"]
     accusation = (by_id.get("watermark.accusation") or [None])[0]
     sentences: list[str] = []

@@ -6,21 +6,14 @@ import os
 from typing import Any
 
 from provenance.errors import CheckpointError, ProvenanceError
+from provenance.investigate.lineage_analysis import related_closest_first
 from provenance.report.model import Figure, Finding, Report, Section, Severity
 
 
 def closest_reference(report: Report) -> str | None:
-    """The related reference with the smallest relative change, from the lineage sections."""
-    best: tuple[float, str] | None = None
-    for section in report.sections:
-        verdict = section.data.get("verdict", {}) if section.kind == "compare" else {}
-        delta = verdict.get("details", {}).get("overall_rel_delta")
-        if verdict.get("related") and isinstance(delta, (int, float)):
-            path = next((f.evidence["reference"] for f in report.findings
-                         if f.id == "lineage.verdict" and section.title.endswith(os.path.basename(os.path.normpath(f.evidence["reference"])))), None)
-            if path and (best is None or delta < best[0]):
-                best = (float(delta), path)
-    return best[1] if best else None
+    """The related reference with the smallest relative change, from the lineage findings."""
+    related = related_closest_first(report)
+    return str(related[0].evidence["reference"]) if related else None
 
 
 def decoy_figure(trace_dict: dict[str, Any], statistic: str) -> Figure | None:
