@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 
 from provenance.errors import CheckpointError, MalformedCheckpoint
@@ -39,11 +40,5 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
         return SafetensorsCheckpoint(path, config=config if isinstance(config, dict) else None)
     except CheckpointError:
         raise
-    except (OSError, MemoryError, OverflowError, ValueError, struct_error()) as exc:  # last line of defence
+    except (OSError, MemoryError, OverflowError, ValueError, struct.error) as exc:  # last line of defence
         raise MalformedCheckpoint(path, f"{type(exc).__name__}: {exc}") from None
-
-
-def struct_error() -> type[Exception]:
-    import struct
-
-    return struct.error
