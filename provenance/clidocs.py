@@ -25,7 +25,10 @@ def render_cli_reference() -> str:
              "\nExit codes shared by every command: 0 ok, 1 findings (policy violation, flagged result),",
              " 2 error (unreadable or malformed input), 64 usage error.\n"]
     for name, command in commands():
-        with click.Context(command, info_name=name, terminal_width=80, max_content_width=80) as ctx:
+        # The group's context settings (``-h``) apply to every command, as when the CLI runs;
+        # passing them here keeps the text independent of what ran before in the process.
+        with click.Context(command, info_name=name, terminal_width=80, max_content_width=80,
+                           **cli.context_settings) as ctx:
             help_text = command.get_help(ctx)
         parts.append(f"\n## `{name}`\n\n```text\n{help_text}\n```\n")
     return "".join(parts)

@@ -2,17 +2,21 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
 from provenance.commands.common import EXIT_FINDINGS, EXIT_OK, stderr_console, to_json, write_atomic
-from provenance.compare import CompareOptions, CompareResult, compare
 from provenance.textsafe import safe_text
+
+if TYPE_CHECKING:  # the analysis modules import torch/pandas: load them only when a command runs
+    from provenance.compare import CompareOptions, CompareResult
 
 
 def _run(candidate: str, reference: str, options: CompareOptions) -> CompareResult:
+    from provenance.compare import compare
     from provenance.formats import open_checkpoint
 
     with open_checkpoint(reference) as ref:  # tensor count for the bar (header only)
@@ -70,6 +74,8 @@ def command(candidate: str, reference: str, output: str | None, as_json: bool, p
     asymptotic p-values, per-tensor statistics and the metadata claims beside them.
     Exit status: 0 done, 1 metadata claims disagree with the weights, 2 error.
     """
+    from provenance.compare import CompareOptions
+
     options = CompareOptions(permutations=permutations, seed=seed, threads=threads, layout=layout,
                              align=not no_align, grid_check=not no_grid_check, max_residual=max_residual)
     result = _run(candidate, reference, options)

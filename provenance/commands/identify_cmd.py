@@ -1,14 +1,18 @@
 """``provenance identify``: name a checkpoint's family from the reference database."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 from rich.text import Text
 
 from provenance.commands.common import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, stderr_console, stdout_console, to_json, write_atomic
 from provenance.commands.refdb_cmd import refdb_option
 from provenance.errors import CheckpointError
-from provenance.refdb import IdentifyResult, identify
 from provenance.textsafe import safe_text
+
+if TYPE_CHECKING:  # the refdb modules import torch: load them only when the command runs
+    from provenance.refdb import IdentifyResult
 
 
 def render(result: IdentifyResult, top: int) -> None:
@@ -51,6 +55,8 @@ def command(candidate: str, refdb_dir: str | None, as_json: bool, output: str | 
     1 no match (architecture alone does not count), 2 error.
     """
     try:
+        from provenance.refdb import identify
+
         result = identify(candidate, refdb_dir, hashes=hashes)
     except CheckpointError as exc:
         stderr_console.print(Text(f"error: {exc.one_line()}"))

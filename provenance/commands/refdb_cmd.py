@@ -1,16 +1,17 @@
 """``provenance refdb``: build, list and show reference database entries."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.table import Table
 from rich.text import Text
 
 from provenance.commands.common import EXIT_OK, stderr_console, stdout_console, to_json
-from provenance.refdb import RefDB, RefEntry, build_entry
-from provenance.refdb.schema import ID_PATTERN, encode_entry
 from provenance.textsafe import safe_text
+
+if TYPE_CHECKING:  # the refdb modules import torch: load them only when a subcommand runs
+    from provenance.refdb import RefEntry
 
 REFDB_HELP = ("Reference database directory (default: $PROVENANCE_REFDB, else the database shipped with "
               "the package, data/reference_hashes).")
@@ -21,6 +22,8 @@ def refdb_option(func: Any) -> Any:
 
 
 def _entry_id(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from provenance.refdb.schema import ID_PATTERN
+
     if not ID_PATTERN.match(value):
         raise click.BadParameter(f"must match {ID_PATTERN.pattern}")
     return value
@@ -49,6 +52,8 @@ def add(path: str, entry_id: str, family: str | None, source: str, license_note:
     Reads the whole model once (file and tensor SHA-256, tokenizer, architecture, weight
     fingerprint). Exit status: 0 written, 2 error.
     """
+    from provenance.refdb import RefDB, build_entry
+
     db = RefDB(refdb_dir)
     entry = build_entry(path, entry_id, family or entry_id, source=source, license_note=license_note,
                         description=description, weights=not no_weights, derived_from=derived_from)
@@ -62,6 +67,8 @@ def add(path: str, entry_id: str, family: str | None, source: str, license_note:
 @refdb_option
 def list_entries(as_json: bool, refdb_dir: str | None) -> None:
     """List the entries of the reference database with the signals each holds."""
+    from provenance.refdb import RefDB
+
     db = RefDB(refdb_dir)
     entries = db.entries()
     if as_json:
@@ -81,6 +88,9 @@ def list_entries(as_json: bool, refdb_dir: str | None) -> None:
 @refdb_option
 def show(entry_id: str, refdb_dir: str | None) -> None:
     """Print one entry's JSON (its arrays stay in the .npz beside it)."""
+    from provenance.refdb import RefDB
+    from provenance.refdb.schema import encode_entry
+
     db = RefDB(refdb_dir)
     entry = db.get(entry_id)
     text, _ = encode_entry(entry)
