@@ -1,7 +1,8 @@
-"""Dequantization throughput: our torch kernels vs gguf.quants.dequantize (numpy).
+"""Dequantization throughput: our kernels vs gguf.quants.dequantize (numpy).
 
-One run measures, per ggml type, Melem/s of gguf's numpy kernels and of ours with each
-torch thread count of ``--threads`` over the same >= 64 MiB of stored blocks, streamed in
+One run measures, per ggml type, Melem/s of gguf's numpy kernels and of ours (compiled
+CPU kernels where the type has one, else the torch kernels; ``--torch-kernels`` adds a
+column of the torch kernels alone) with each torch thread count of ``--threads`` over the same >= 64 MiB of stored blocks, streamed in
 row chunks (ours into one reused output buffer), and the process's peak RSS after each
 type, which stays flat because nothing grows with the tensor size. Data:
 llama.cpp-compatible blocks made by gguf.quants.quantize from Gaussian floats where it
@@ -71,11 +72,11 @@ def chunks(raw: np.ndarray) -> list[np.ndarray]:
     return [raw[i:i + step] for i in range(0, raw.shape[0], step)]
 
 
-def time_ours(parts: list[torch.Tensor], out: torch.Tensor, qtype: T, threads: int) -> float:
+def time_ours(parts: list[torch.Tensor], out: torch.Tensor, qtype: T, threads: int, native: bool = True) -> float:
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     for part in parts:
-        dequantize_torch(part, qtype, out=out[: part.shape[0]])
+        dequantize_torch(part, qtype, out=out[: part.shape[0]], native=native)
     return time.perf_counter() - t0
 
 
@@ -122,6 +123,8 @@ def main() -> None:
     ap.add_argument("--types", default=",".join(TYPES), help="comma-separated ggml type names")
     ap.add_argument("--threads", default="1,2", help="torch thread counts for our kernels (default 1,2)")
     ap.add_argument("--reps", type=int, default=5, help="interleaved rounds per type (median kept)")
+    ap.add_argument("--torch-kernels", action="store_true",
+                    help="also time the torch kernels on the CPU (the path before the compiled kernels)")
     ap.add_argument("--device", default="cpu", help="cpu (vs gguf, the default) or cuda (ours alone, on the GPU)")
     args = ap.parse_args()
     types = [T[name] for name in args.types.split(",")]
@@ -148,22 +151,25 @@ def main() -> None:
         raw = make_blocks(qtype, args.mib)
         parts = [torch.from_numpy(c) for c in chunks(raw)]
         out = torch.empty((parts[0].shape[0], ROW), dtype=torch.float32)
-        times: dict[str, list[float]] = {"g": [], "w": [], **{f"t{th}": [] for th in threads}}
+        times: dict[str, list[float]] = {"g": [], "w": [], "k": [], **{f"t{th}": [] for th in threads}}
         for r in range(args.reps):
-            jobs = ["g", "w", *(f"t{th}" for th in threads)]
+            jobs = ["g", "w", *(f"t{th}" for th in threads), *(["k"] if args.torch_kernels else [])]
             for job in jobs[r % len(jobs):] + jobs[:r % len(jobs)]:
                 if job == "g":
                     times[job].append(time_gguf(raw, qtype))
                 elif job == "w":
                     times[job].append(time_gguf_whole(raw, qtype))
+                elif job == "k":
+                    times[job].append(time_ours(parts, out, qtype, threads[-1], native=False))
                 else:
                     times[job].append(time_ours(parts, out, qtype, int(job[1:])))
-        results[qtype].update({k: float(np.median(v)) for k, v in times.items()})
+        results[qtype].update({k: float(np.median(v)) for k, v in times.items() if v})
         del raw, parts, out
-    heads = [f"ours {th}t" for th in threads]
+    heads = [f"ours {th}t" for th in threads] + ([f"torch {threads[-1]}t"] if args.torch_kernels else [])
+    ratio_threads = 2 if 2 in threads else threads[-1]
     print(f"\nmedians of {args.reps} interleaved rounds; gguf = gguf.quants.dequantize streamed over the same"
           " 4 MiB chunks (strongest baseline), gguf whole = one call on the whole tensor (how gguf-py's reader"
-          " users call it); x = ours (best thread count) / baseline")
+          f" users call it); x = ours on {ratio_threads} threads / baseline; torch = the torch kernels on the CPU")
     print(f"{'type':8} {'MiB':>5} {'gguf':>8} {'whole':>8} " + " ".join(f"{h:>8}" for h in heads)
           + f" {'x gguf':>7} {'x whole':>8} {'peak RSS':>9}")
     print(f"{'':8} {'':>5} {'Melem/s':>8} {'Melem/s':>8} " + " ".join(f"{'Melem/s':>8}" for _ in heads)
@@ -171,8 +177,8 @@ def main() -> None:
     worst = {"streamed": float("inf"), "whole": float("inf")}
     for qtype, r in results.items():
         g, w = r["n"] / r["g"] / 1e6, r["n"] / r["w"] / 1e6
-        ours = [r["n"] / r[f"t{th}"] / 1e6 for th in threads]
-        best = max(ours)
+        ours = [r["n"] / r[f"t{th}"] / 1e6 for th in threads] + ([r["n"] / r["k"] / 1e6] if "k" in r else [])
+        best = r["n"] / r[f"t{ratio_threads}"] / 1e6
         worst["streamed"] = min(worst["streamed"], best / g)
         worst["whole"] = min(worst["whole"], best / w)
         print(f"{qtype.name:8} {r['mib']:5.0f} {g:8.0f} {w:8.0f} " + " ".join(f"{o:8.0f}" for o in ours)

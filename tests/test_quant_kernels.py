@@ -1,5 +1,6 @@
-"""Torch dequantization kernels: bit-exact with gguf.quants.dequantize on the real
-llama.cpp files and on random / hostile blocks."""
+"""Dequantization kernels, compiled (CPU) and torch (any device, here on the CPU):
+bit-exact with gguf.quants.dequantize on the real llama.cpp files and on random /
+hostile blocks."""
 from __future__ import annotations
 
 import warnings
@@ -20,6 +21,8 @@ from provenance.formats import open_checkpoint
 from provenance.quant import dequantize_rows, dequantize_torch, kernel_coverage
 from provenance.quant.bits import bits_equal, count_bit_mismatches
 from provenance.quant.kernels import KERNELS
+from provenance.quant.native import NATIVE_TYPES
+from provenance.threads import torch_threads
 
 QUANT_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "llamacpp-quant"
 GGUF_FILES = sorted(QUANT_DIR.glob("*.gguf"))
@@ -32,6 +35,8 @@ F16_FIELDS: dict[T, list[int]] = {
     T.TQ1_0: [52], T.TQ2_0: [64], T.IQ4_NL: [0], T.IQ4_XS: [0], T.IQ2_XXS: [0],
     T.IQ2_XS: [0], T.IQ2_S: [0], T.IQ3_XXS: [0], T.IQ3_S: [0], T.IQ1_S: [0],
 }
+#: both CPU paths: the compiled kernels (the default) and the torch kernels (CUDA's code)
+BACKENDS = pytest.mark.parametrize("native", [True, False], ids=["compiled", "torch"])
 SPECIAL_F16 = [0x0000, 0x8000, 0x7C00, 0xFC00, 0x7E00, 0x7C01, 0xFE00, 0x0001, 0x03FF, 0x0400, 0x7BFF, 0xFBFF, 0x3C00]
 
 
@@ -77,61 +82,80 @@ def test_real_llamacpp_files_bit_exact(path: Path) -> None:
     assert checked  # the file had tensors
 
 
+def test_compiled_types_are_a_subset_of_the_torch_kernels() -> None:
+    # CUDA tensors take the torch kernels, so every compiled type needs one there too.
+    assert NATIVE_TYPES <= set(KERNELS)
+    assert {T.Q8_0, T.Q4_K, T.Q6_K, T.IQ4_XS, T.IQ1_M} <= NATIVE_TYPES
+
+
+@BACKENDS
 @pytest.mark.parametrize("qtype", NATIVE, ids=lambda t: t.name)
-def test_random_blocks_bit_exact(qtype: T) -> None:
+def test_random_blocks_bit_exact(qtype: T, native: bool) -> None:
     # Random bytes hit every code, NaN/inf/subnormal scales included.
     raw = random_blocks(qtype, 3000, seed=int(qtype))
-    assert count_bit_mismatches(dequantize_rows(raw, qtype), reference(raw, qtype)) == 0
+    assert count_bit_mismatches(dequantize_rows(raw, qtype, native), reference(raw, qtype)) == 0
 
 
+@pytest.mark.parametrize("qtype", sorted(NATIVE_TYPES), ids=lambda t: T(t).name)
+def test_compiled_kernels_split_between_threads(qtype: int) -> None:
+    # Enough blocks that two threads each take a part; the seam must not show.
+    raw = random_blocks(T(qtype), 9001, seed=3)
+    with torch_threads(2):
+        got = dequantize_rows(raw, qtype)
+    assert count_bit_mismatches(got, reference(raw, T(qtype))) == 0
+
+
+@BACKENDS
 @pytest.mark.parametrize("qtype", sorted(F16_FIELDS, key=int), ids=lambda t: t.name)
-def test_special_f16_scales(qtype: T) -> None:
+def test_special_f16_scales(qtype: T, native: bool) -> None:
     raw = random_blocks(qtype, len(SPECIAL_F16) ** 2, seed=7)
     values = np.array(SPECIAL_F16, dtype=np.uint16)
     for k, offset in enumerate(F16_FIELDS[qtype]):
         # Every pair of special values when a type has two f16 fields.
         pick = np.repeat(values, len(values)) if k == 0 else np.tile(values, len(values))
         raw[:, offset:offset + 2] = pick.view(np.uint8).reshape(-1, 2)
-    got, want = dequantize_rows(raw, qtype), reference(raw, qtype)
+    got, want = dequantize_rows(raw, qtype, native), reference(raw, qtype)
     assert bits_equal(got, want)
     assert np.isnan(got).any() and np.isinf(got).any() and (got == 0).any()
 
 
-def test_special_scales_iq1m_mxfp4_nvfp4() -> None:
+@BACKENDS
+def test_special_scales_iq1m_mxfp4_nvfp4(native: bool) -> None:
     raw = random_blocks(T.MXFP4, 256, seed=1)
     raw[:, 0] = np.arange(256)  # every e8m0 exponent, 0/1 give subnormal halves, 255 = 2^127
-    assert bits_equal(dequantize_rows(raw, T.MXFP4), reference(raw, T.MXFP4))
+    assert bits_equal(dequantize_rows(raw, T.MXFP4, native), reference(raw, T.MXFP4))
     raw = random_blocks(T.NVFP4, 256, seed=2)
     raw[:, 0:4] = np.arange(256)[:, None]  # every E4M3 byte incl. 0x7F/0xFF (treated as zero)
-    assert bits_equal(dequantize_rows(raw, T.NVFP4), reference(raw, T.NVFP4))
+    assert bits_equal(dequantize_rows(raw, T.NVFP4, native), reference(raw, T.NVFP4))
     raw = random_blocks(T.IQ1_M, len(SPECIAL_F16), seed=3)
     words = raw[:, 48:56].copy().view(np.uint16)
     for i, bits in enumerate(SPECIAL_F16):  # the f16 scale is spread over 4 top nibbles
         words[i] = (words[i] & 0x0FFF) | (np.array([bits << 12, bits << 8, bits << 4, bits], dtype=np.uint64) & 0xF000).astype(np.uint16)
     raw[:, 48:56] = words.view(np.uint8)
-    got = dequantize_rows(raw, T.IQ1_M)
+    got = dequantize_rows(raw, T.IQ1_M, native)
     assert bits_equal(got, reference(raw, T.IQ1_M)) and np.isinf(got).any()
 
 
 @settings(max_examples=60, deadline=None)
-@given(qtype=st.sampled_from(NATIVE), data=st.data())
-def test_hypothesis_blocks(qtype: T, data: st.DataObject) -> None:
+@given(qtype=st.sampled_from(NATIVE), native=st.booleans(), data=st.data())
+def test_hypothesis_blocks(qtype: T, native: bool, data: st.DataObject) -> None:
     _, type_size = GGML_QUANT_SIZES[qtype]
     n_blocks = data.draw(st.integers(1, 6))
     raw = np.frombuffer(data.draw(st.binary(min_size=n_blocks * type_size, max_size=n_blocks * type_size)), np.uint8)
     raw = raw.reshape(n_blocks, type_size)
-    assert bits_equal(dequantize_rows(raw, qtype), reference(raw, qtype))
+    assert bits_equal(dequantize_rows(raw, qtype, native), reference(raw, qtype))
 
 
+@BACKENDS
 @pytest.mark.parametrize("qtype", [T.Q4_K, T.Q5_0, T.IQ2_S, T.IQ1_M], ids=lambda t: t.name)
-def test_chunking_and_out_buffer(qtype: T) -> None:
+def test_chunking_and_out_buffer(qtype: T, native: bool) -> None:
     block_size, type_size = GGML_QUANT_SIZES[qtype]
     raw = random_blocks(qtype, 3 * 7, seed=5).reshape(7, 3 * type_size)  # 7 rows of 3 blocks
     want = reference(raw, qtype)
     x = torch.from_numpy(raw)
     for chunk in (1, block_size, 5 * block_size, 1 << 20):  # chunk boundaries inside rows
         out = torch.full((7, 3 * block_size), 123.0)
-        assert dequantize_torch(x, qtype, out=out, chunk_elems=chunk) is out
+        assert dequantize_torch(x, qtype, out=out, chunk_elems=chunk, native=native) is out
         assert bits_equal(out.numpy(), want)
 
 

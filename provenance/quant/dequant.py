@@ -1,8 +1,10 @@
-"""Dequantize rows of stored ggml blocks to float32, with the torch kernels.
+"""Dequantize rows of stored ggml blocks to float32.
 
-The byte ranges passed here have already been validated by the reader (bounds, block
-alignment). Results are bit-identical to ``gguf.quants.dequantize`` (NaN payloads
-aside: any NaN stays a NaN); types without a native kernel are handed to it.
+On the CPU, the types of :data:`provenance.quant.native.NATIVE_TYPES` go through the
+compiled kernels (one fused pass); CUDA tensors and the other types through the torch
+kernels. The byte ranges passed here have already been validated by the reader (bounds,
+block alignment). Results are bit-identical to ``gguf.quants.dequantize`` (NaN payloads
+aside: any NaN stays a NaN); types without any kernel here are handed to it.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from gguf import GGMLQuantizationType
 from gguf import quants as gguf_quants
 
 from provenance.quant.kernels import KERNELS, PLAIN, Decoded, workspace
+from provenance.quant.native import NATIVE_TYPES, dequantize_blocks_native
 from provenance.quant.types import type_info
 
 DEFAULT_CHUNK_ELEMS = 1 << 20
@@ -58,11 +61,14 @@ def dequantize_torch(
     ggml_type: int,
     out: torch.Tensor | None = None,
     chunk_elems: int = DEFAULT_CHUNK_ELEMS,
+    native: bool = True,
 ) -> torch.Tensor:
     """``(rows, row_bytes)`` uint8 on any device -> ``(rows, row_length)`` float32 there.
 
-    Blocks are decoded ``chunk_elems`` weights at a time into reused scratch buffers and
-    written straight into ``out`` (allocated when not given).
+    On the CPU, compiled kernels write ``out`` in one pass on ``torch.get_num_threads()``
+    threads (``native=False`` forces the torch kernels, which the tests also hold to
+    gguf). Otherwise blocks are decoded ``chunk_elems`` weights at a time into reused
+    scratch buffers and written straight into ``out`` (allocated when not given).
     """
     info = type_info(ggml_type)
     if raw.dim() == 1:
@@ -81,6 +87,11 @@ def dequantize_torch(
     if plain is not None:
         _plain(raw, plain, out)
         return out
+    if native and raw.device.type == "cpu" and info.ggml_type in NATIVE_TYPES:
+        blocks_np = raw.contiguous().numpy().reshape(-1, info.type_size)
+        dequantize_blocks_native(blocks_np, info.ggml_type, out.numpy().reshape(-1, info.block_size),
+                                 torch.get_num_threads())
+        return out
     kernel = KERNELS.get(info.ggml_type)
     if kernel is None:
         host = raw.cpu().numpy()
@@ -98,13 +109,14 @@ def dequantize_torch(
     return out
 
 
-def dequantize_rows(raw: np.ndarray, ggml_type: int) -> np.ndarray:
-    """``(rows, row_bytes)`` uint8 stored blocks -> ``(rows, row_length)`` float32."""
+def dequantize_rows(raw: np.ndarray, ggml_type: int, native: bool = True) -> np.ndarray:
+    """``(rows, row_bytes)`` uint8 stored blocks -> ``(rows, row_length)`` float32
+    (``native=False``: the torch kernels even where a compiled one exists)."""
     raw = np.asarray(raw)
     if raw.dtype != np.uint8:
         raw = raw.view(np.uint8)
     shape = raw.shape
     if raw.ndim != 2:
         raw = raw.reshape(-1, shape[-1]) if raw.ndim else raw.reshape(1, 1)
-    result = dequantize_torch(as_torch(raw), ggml_type).numpy()
+    result = dequantize_torch(as_torch(raw), ggml_type, native=native).numpy()
     return result.reshape(*shape[:-1], result.shape[-1]) if len(shape) > 1 else result.reshape(-1)

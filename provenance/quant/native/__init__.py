@@ -1,0 +1,84 @@
+"""Compiled CPU dequantization kernels (numba): one fused pass from stored bytes to float32.
+
+The torch kernels (:mod:`provenance.quant.kernels`) express each type as whole-chunk tensor
+ops plus a ``scale * level + offset`` pass; on a CPU those passes over float32 scratch,
+not the arithmetic, bound their speed (see docs/quantization.md). Here each block is
+decoded and written once, in registers, which is what makes the CPU path several times
+faster than gguf-py's numpy. CUDA tensors and the types listed nowhere here still go
+through the torch kernels; the tests hold both to ``gguf.quants.dequantize`` bit for bit.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cache
+from typing import Any
+
+import numpy as np
+from gguf import GGMLQuantizationType as T
+
+from provenance.quant.native.parallel import run_split
+
+_KERNEL_NAMES: dict[int, tuple[str, str, str | None]] = {
+    T.Q4_0: ("legacy", "q4_0", None),
+    T.Q4_1: ("legacy", "q4_1", None),
+    T.Q5_0: ("legacy", "q5_0", None),
+    T.Q5_1: ("legacy", "q5_1", None),
+    T.Q8_0: ("legacy", "q8_0", None),
+    T.Q2_K: ("kquants", "q2_k", None),
+    T.Q3_K: ("kquants", "q3_k", None),
+    T.Q4_K: ("kquants", "q4_k", None),
+    T.Q5_K: ("kquants", "q5_k", None),
+    T.Q6_K: ("kquants", "q6_k", None),
+    T.IQ4_NL: ("iq", "iq4_nl", "iq4_values"),
+    T.IQ4_XS: ("iq", "iq4_xs", "iq4_values"),
+    T.IQ1_S: ("iq", "iq1_s", "iq1_grid"),
+    T.IQ1_M: ("iq", "iq1_m", "iq1_grid"),
+}
+NATIVE_TYPES: frozenset[int] = frozenset(int(t) for t in _KERNEL_NAMES)
+"""ggml types with a compiled CPU kernel."""
+
+
+@cache
+def _table(name: str) -> np.ndarray:
+    from gguf import quants as gq
+
+    if name == "f16":
+        # every f16 bit pattern as float32: exact, and 256 KiB stays in L2
+        return np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+    if name == "iq4_values":
+        return np.array(gq.IQ4_NL.kvalues, dtype=np.float32)
+    if name == "iq1_grid":
+        gq.IQ1_S.init_grid()
+        return np.ascontiguousarray(np.asarray(gq.IQ1_S.grid, dtype=np.float32).reshape(gq.IQ1_S.grid_shape))
+    raise KeyError(name)
+
+
+@cache
+def _kernel(ggml_type: int) -> tuple[Callable[..., None], tuple[np.ndarray, ...]]:
+    import importlib
+
+    module, name, extra = _KERNEL_NAMES[ggml_type]
+    fn = getattr(importlib.import_module(f"provenance.quant.native.{module}"), name)
+    tables = (_table("f16"),) + ((_table(extra),) if extra else ())
+    return fn, tables
+
+
+def dequantize_blocks_native(blocks: np.ndarray, ggml_type: int, out: np.ndarray, threads: int = 1) -> None:
+    """``(n, type_size)`` uint8 blocks -> ``out`` ``(n, block_size)`` float32, in place.
+
+    Both arrays must be C-contiguous; ``threads`` > 1 splits the blocks between threads.
+    """
+    fn, tables = _kernel(int(ggml_type))
+    run_split(fn, blocks, out, tables, threads)
+
+
+def available() -> bool:
+    """Whether numba imports (the kernels compile on first use of each type)."""
+    try:
+        import numba  # noqa: F401
+    except ImportError:  # pragma: no cover - numba is a declared dependency
+        return False
+    return True
+
+
+__all__: list[Any] = ["NATIVE_TYPES", "available", "dequantize_blocks_native"]

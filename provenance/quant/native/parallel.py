@@ -1,0 +1,39 @@
+"""Split one kernel call's blocks between threads.
+
+The kernels release the GIL, so plain Python threads run them in parallel; this keeps
+thread control in our hands (the count follows ``torch.get_num_threads()`` like the torch
+kernels' intra-op threads) and needs no numba threading layer (the default "workqueue"
+layer aborts when two threads enter a parallel region at once, which the comparison's
+tensor threads would do).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache
+
+import numpy as np
+
+#: below this many blocks per thread, a split costs more than it saves
+MIN_BLOCKS_PER_THREAD = 2048
+
+
+@cache
+def _pool(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="provenance-dequant")
+
+
+def run_split(fn: Callable[..., None], blocks: np.ndarray, out: np.ndarray,
+              tables: tuple[np.ndarray, ...], threads: int) -> None:
+    """``fn(blocks, out, *tables)`` over ``threads`` contiguous parts of the blocks."""
+    n = blocks.shape[0]
+    parts = max(1, min(threads, n // MIN_BLOCKS_PER_THREAD))
+    if parts == 1:
+        fn(blocks, out, *tables)
+        return
+    bounds = [n * k // parts for k in range(parts + 1)]
+    futures = [_pool(parts - 1).submit(fn, blocks[a:b], out[a:b], *tables)
+               for a, b in zip(bounds[1:-1], bounds[2:])]
+    fn(blocks[: bounds[1]], out[: bounds[1]], *tables)
+    for f in futures:
+        f.result()
