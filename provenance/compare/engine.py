@@ -168,7 +168,6 @@ def stream_pair(
     n_rows, row_len = r_info.n_rows, r_info.row_length
     step = rows_per_chunk(row_len, chunk_elems)
     acc = PairAccumulator()
-    work = torch.empty((step, 2, row_len), dtype=torch.float32)
     ref_reader = RowReader(reference, r_info, step)
     full_cand: torch.Tensor | None = None
     cand_reader: RowReader | None = None
@@ -188,7 +187,7 @@ def stream_pair(
     sample = np.unique(np.asarray(sample_rows if sample_rows is not None else [], dtype=np.int64))
     sample = sample[(sample >= 0) & (sample < n_rows)]
     sample_t = torch.from_numpy(sample)
-    # delta rows of the rank sample, copied from the accumulator's d buffer as they pass
+    # delta rows of the rank sample, computed as their chunks pass
     delta_sample = torch.empty((len(sample), row_len), dtype=torch.float32) if len(sample) else None
     try:
         for a in range(0, n_rows, step):
@@ -203,7 +202,7 @@ def stream_pair(
                 assert cand_reader is not None
                 c_rows = cand_reader.rows(a, b)
             c_rows = transform.apply(c_rows, a)
-            acc.add(c_rows, ref_rows, work)
+            acc.add(c_rows, ref_rows)
             if fast_sketch is not None:
                 fast_sketch.add(a, ref_rows, c_rows)
             elif builders is not None:
@@ -211,8 +210,9 @@ def stream_pair(
                 builders[1].add_chunk(pair.role, pair.layer, a, c_rows.numpy())
             if delta_sample is not None:
                 lo, hi = np.searchsorted(sample, [a, b])
-                if hi > lo:  # work[:, 0] holds d = candidate - reference of this chunk
-                    torch.index_select(work[: b - a, 0], 0, sample_t[lo:hi] - a, out=delta_sample[lo:hi])
+                if hi > lo:
+                    rows = sample_t[lo:hi] - a
+                    torch.sub(c_rows.index_select(0, rows), ref_rows.index_select(0, rows), out=delta_sample[lo:hi])
             if grid is not None:
                 if lossy == "candidate":
                     raw = cand_reader.raw_rows(a, b) if c_info.quantized and cand_reader else None

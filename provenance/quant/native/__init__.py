@@ -18,21 +18,25 @@ from gguf import GGMLQuantizationType as T
 
 from provenance.quant.native.parallel import run_split
 
-_KERNEL_NAMES: dict[int, tuple[str, str, str | None]] = {
-    T.Q4_0: ("legacy", "q4_0", None),
-    T.Q4_1: ("legacy", "q4_1", None),
-    T.Q5_0: ("legacy", "q5_0", None),
-    T.Q5_1: ("legacy", "q5_1", None),
-    T.Q8_0: ("legacy", "q8_0", None),
-    T.Q2_K: ("kquants", "q2_k", None),
-    T.Q3_K: ("kquants", "q3_k", None),
-    T.Q4_K: ("kquants", "q4_k", None),
-    T.Q5_K: ("kquants", "q5_k", None),
-    T.Q6_K: ("kquants", "q6_k", None),
-    T.IQ4_NL: ("iq", "iq4_nl", "iq4_values"),
-    T.IQ4_XS: ("iq", "iq4_xs", "iq4_values"),
-    T.IQ1_S: ("iq", "iq1_s", "iq1_grid"),
-    T.IQ1_M: ("iq", "iq1_m", "iq1_grid"),
+_KERNEL_NAMES: dict[int, tuple[str, str, tuple[str, ...]]] = {
+    T.Q4_0: ("legacy", "q4_0", ()),
+    T.Q4_1: ("legacy", "q4_1", ()),
+    T.Q5_0: ("legacy", "q5_0", ()),
+    T.Q5_1: ("legacy", "q5_1", ()),
+    T.Q8_0: ("legacy", "q8_0", ()),
+    T.Q2_K: ("kquants", "q2_k", ()),
+    T.Q3_K: ("kquants", "q3_k", ()),
+    T.Q4_K: ("kquants", "q4_k", ()),
+    T.Q5_K: ("kquants", "q5_k", ()),
+    T.Q6_K: ("kquants", "q6_k", ()),
+    T.IQ4_NL: ("iq", "iq4_nl", ("iq4_values",)),
+    T.IQ4_XS: ("iq", "iq4_xs", ("iq4_values",)),
+    T.IQ1_S: ("iq", "iq1_s", ("iq1_grid",)),
+    T.IQ1_M: ("iq", "iq1_m", ("iq1_grid",)),
+    T.TQ1_0: ("kquants", "tq1_0", ()),
+    T.TQ2_0: ("kquants", "tq2_0", ()),
+    T.MXFP4: ("fp4", "mxfp4", ("fp4_values", "e8m0_half")),
+    T.NVFP4: ("fp4", "nvfp4", ("fp4_values", "ue4m3_half")),
 }
 NATIVE_TYPES: frozenset[int] = frozenset(int(t) for t in _KERNEL_NAMES)
 """ggml types with a compiled CPU kernel."""
@@ -47,6 +51,12 @@ def _table(name: str) -> np.ndarray:
         return np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
     if name == "iq4_values":
         return np.array(gq.IQ4_NL.kvalues, dtype=np.float32)
+    if name == "fp4_values":
+        return np.array(gq.MXFP4.kvalues, dtype=np.float32)
+    if name == "e8m0_half":
+        return np.asarray(gq.MXFP4.e8m0_to_fp32_half(np.arange(256, dtype=np.uint8)), dtype=np.float32)
+    if name == "ue4m3_half":
+        return np.asarray(gq.NVFP4.ue4m3_to_fp32(np.arange(256, dtype=np.uint8)), dtype=np.float32)
     if name == "iq1_grid":
         gq.IQ1_S.init_grid()
         return np.ascontiguousarray(np.asarray(gq.IQ1_S.grid, dtype=np.float32).reshape(gq.IQ1_S.grid_shape))
@@ -59,7 +69,7 @@ def _kernel(ggml_type: int) -> tuple[Callable[..., None], tuple[np.ndarray, ...]
 
     module, name, extra = _KERNEL_NAMES[ggml_type]
     fn = getattr(importlib.import_module(f"provenance.quant.native.{module}"), name)
-    tables = (_table("f16"),) + ((_table(extra),) if extra else ())
+    tables = (_table("f16"),) + tuple(_table(t) for t in extra)
     return fn, tables
 
 

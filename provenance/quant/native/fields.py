@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from provenance.quant.native._jit import inline
+from provenance.jit import inline
 
 
 @inline

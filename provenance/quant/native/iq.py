@@ -3,13 +3,13 @@
 The codebook and grid are format data taken from gguf-py (``tables``); IQ1 levels
 ``grid + delta`` are exact binary fractions (+-1/8 offsets), so one float32 product
 ``dl * (grid + delta)`` reproduces gguf-py bit for bit. Inner loop bounds come from
-``out.shape`` (see :mod:`provenance.quant.native._jit`).
+``out.shape`` (see :mod:`provenance.jit`).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from provenance.quant.native._jit import kernel
+from provenance.jit import kernel
 from provenance.quant.native.fields import f16, u16
 
 IQ1_DELTA = np.float32(0.125)

@@ -1,17 +1,17 @@
-"""Q2_K..Q6_K: 256-weight super-blocks with packed sub-block scales.
+"""Q2_K..Q6_K and the ternary TQ1_0 / TQ2_0: 256-weight super-blocks.
 
 Weight orders follow ggml's ``dequantize_row_q*_K`` (see
 :mod:`provenance.quant.kernels.kquants` for the layouts); arithmetic follows gguf-py:
 the sub-block scale ``d * sc`` (and min ``dmin * m``) is rounded to float32 first, then
 ``scale * q - min`` with one rounding per operation. Each kernel walks sub-blocks and
 runs one vectorisable inner loop per sub-block (bounds from ``out.shape``, see
-:mod:`provenance.quant.native._jit`).
+:mod:`provenance.jit`).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from provenance.quant.native._jit import kernel
+from provenance.jit import kernel
 from provenance.quant.native.fields import f16, k_scale_min
 
 
@@ -107,3 +107,39 @@ def q6_k(blocks, out, f16_table):  # type: ignore[no-untyped-def]
                 lo = (np.int32(b[lo_at + j]) >> lo_shift) & 0xF
                 hi = (np.int32(b[hi_at + j]) >> hi_shift) & 3
                 y[w0 + j] = dl * np.float32((lo | (hi << 4)) - 32)
+
+
+@kernel
+def tq1_0(blocks, out, f16_table):  # type: ignore[no-untyped-def]
+    # Five (or four) ternary digits per byte, most significant first: digit p of byte v is
+    # ((v * 3^p mod 256) * 3) >> 8. Bytes 0..31 give weights p*32 + j (p < 5), bytes
+    # 32..47 weights 160 + p*16 + j, bytes 48..51 weights 240 + p*4 + j (p < 4).
+    wide = out.shape[1] // 8
+    for i in range(blocks.shape[0]):
+        b, y = blocks[i], out[i]
+        d = f16(b, 52, f16_table)
+        pow3 = 1
+        for p in range(5):
+            for j in range(wide):
+                v = (np.int32(b[j]) * pow3) & 0xFF
+                y[p * 32 + j] = d * np.float32(((v * 3) >> 8) - 1)
+            for j in range(wide // 2):
+                v = (np.int32(b[32 + j]) * pow3) & 0xFF
+                y[160 + p * 16 + j] = d * np.float32(((v * 3) >> 8) - 1)
+            if p < 4:
+                for j in range(4):
+                    v = (np.int32(b[48 + j]) * pow3) & 0xFF
+                    y[240 + p * 4 + j] = d * np.float32(((v * 3) >> 8) - 1)
+            pow3 *= 3
+
+
+@kernel
+def tq2_0(blocks, out, f16_table):  # type: ignore[no-untyped-def]
+    sub = out.shape[1] // 8  # weight w = h*128 + s*32 + j: bits 2s of byte h*32 + j
+    for i in range(blocks.shape[0]):
+        b, y = blocks[i], out[i]
+        d = f16(b, 64, f16_table)
+        for h in range(2):
+            for s in range(4):
+                for j in range(sub):
+                    y[h * 128 + s * 32 + j] = d * np.float32(((np.int32(b[h * 32 + j]) >> (2 * s)) & 3) - 1)

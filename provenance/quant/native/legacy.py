@@ -3,13 +3,13 @@
 Nibble byte ``j`` holds weight ``j`` (low) and ``16 + j`` (high); Q5 fifth bits are bit
 ``i`` of the 32-bit ``qh`` for weight ``i``. Arithmetic as gguf-py: ``d * q`` for the
 symmetric types (levels already centred), ``d * q + m`` for the ones with a min.
-Inner loop bounds come from ``out.shape`` (see :mod:`provenance.quant.native._jit`).
+Inner loop bounds come from ``out.shape`` (see :mod:`provenance.jit`).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from provenance.quant.native._jit import kernel
+from provenance.jit import kernel
 from provenance.quant.native.fields import f16, u32
 
 

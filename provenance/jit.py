@@ -1,18 +1,21 @@
-"""The one place that configures numba for the CPU kernels.
+"""The one place that configures numba for the project's compiled CPU loops.
 
-Every kernel is compiled with ``nogil=True`` (threads split a tensor's blocks between
-them, :mod:`provenance.quant.native.parallel`), ``cache=True`` (compiled once per
+Used by the dequantization kernels (:mod:`provenance.quant.native`) and the streamed pair
+statistics (:mod:`provenance.compare.pairsums`). Every kernel is compiled with
+``nogil=True`` (threads run them in parallel, e.g. :mod:`provenance.quant.native.parallel`),
+``cache=True`` (compiled once per
 machine, then loaded from ``__pycache__``) and without fast-math: LLVM then neither
 reassociates nor contracts ``a * b - c`` into a fused multiply-add, so each float32
 operation rounds once, in the order of gguf-py's numpy kernels and ggml's reference C.
 The tests compare every kernel with ``gguf.quants.dequantize`` bit for bit.
 
-Inner loop bounds are derived from ``out.shape[1]`` at run time, never written as
+Dequantization inner loop bounds are derived from ``out.shape[1]`` at run time, never written as
 constants: with a constant bound LLVM unrolls the loop fully and its SLP vectorizer gives
 up, because it cannot prove that the output row does not overlap the input block; with a
 run-time bound the loop vectorizer emits one overlap check and AVX code (2.5-3.5x faster
-measured on Q8_0, Q4_0, Q6_K). Numba's cache does not see edits to the inlined helpers of
-:mod:`.fields`; clear ``__pycache__`` after changing them.
+measured on Q8_0, Q4_0, Q6_K). Numba's cache does not see edits to inlined helpers
+defined in another module (:mod:`provenance.quant.native.fields`); clear
+``__pycache__`` after changing them.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def kernel(fn: F) -> F:
-    """Compile ``fn(blocks, out, *tables)`` as a native, GIL-free loop over blocks."""
+    """Compile ``fn`` as a native, GIL-free function (arrays in, scalars or arrays out)."""
     return numba.njit(nogil=True, cache=True, fastmath=False, error_model="numpy")(fn)  # type: ignore[return-value]
 
 
