@@ -83,14 +83,14 @@ def dequantize_torch(
         raise ValueError(f"out must be contiguous float32 of shape {(rows, row_length)}")
     if rows == 0 or row_length == 0:
         return out
-    plain = PLAIN.get(info.ggml_type)
-    if plain is not None:
-        _plain(raw, plain, out)
-        return out
     if native and raw.device.type == "cpu" and info.ggml_type in NATIVE_TYPES:
         blocks_np = raw.contiguous().numpy().reshape(-1, info.type_size)
         dequantize_blocks_native(blocks_np, info.ggml_type, out.numpy().reshape(-1, info.block_size),
                                  torch.get_num_threads())
+        return out
+    plain = PLAIN.get(info.ggml_type)
+    if plain is not None:
+        _plain(raw, plain, out)
         return out
     kernel = KERNELS.get(info.ggml_type)
     if kernel is None:

@@ -14,8 +14,9 @@ from functools import cache
 
 import numpy as np
 
-#: below this many blocks per thread, a split costs more than it saves
-MIN_BLOCKS_PER_THREAD = 2048
+#: below this many weights per thread (~10 us of work), handing a part to a thread costs
+#: more than it saves
+MIN_WEIGHTS_PER_THREAD = 1 << 16
 
 
 @cache
@@ -27,7 +28,7 @@ def run_split(fn: Callable[..., None], blocks: np.ndarray, out: np.ndarray,
               tables: tuple[np.ndarray, ...], threads: int) -> None:
     """``fn(blocks, out, *tables)`` over ``threads`` contiguous parts of the blocks."""
     n = blocks.shape[0]
-    parts = max(1, min(threads, n // MIN_BLOCKS_PER_THREAD))
+    parts = max(1, min(threads, n, out.size // MIN_WEIGHTS_PER_THREAD))
     if parts == 1:
         fn(blocks, out, *tables)
         return
