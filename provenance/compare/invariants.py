@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from provenance.compare.sketch import Sketch
 
@@ -53,26 +54,39 @@ def _fold(matrix: np.ndarray, gains: np.ndarray | None) -> np.ndarray:
     return matrix if gains is None else matrix * gains[None, :]
 
 
+def _t(x: np.ndarray | None) -> torch.Tensor | None:
+    return None if x is None else torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+
+
+def _fold_t(matrix: torch.Tensor, gains: torch.Tensor | None) -> torch.Tensor:
+    return matrix if gains is None else matrix * gains[None, :]
+
+
 def layer_circuits(parts: dict[str, np.ndarray], heads: HeadLayout | None) -> dict[str, np.ndarray]:
-    """The circuit matrices of one layer (those whose tensors are all present)."""
-    g = parts.get("attn_norm")
-    f = parts.get("ffn_norm")
-    out: dict[str, np.ndarray] = {}
-    f64 = np.float64
-    q, k, v, o = (parts.get(r) for r in ("attn_q", "attn_k", "attn_v", "attn_output"))
+    """The circuit matrices of one layer (those whose tensors are all present), float64.
+
+    The products run in float32 torch matmuls: the sketches are float32 weights, the test
+    only ranks the entries (a float32 product is accurate to ~3e-7 of the largest entry,
+    measured on 7B shapes), and torch honours the comparison's one-thread-per-tensor
+    setting where numpy's BLAS starts a thread per core of its own. 9 ms instead of 26 ms
+    per 7B layer and side on one core.
+    """
+    g, f = _t(parts.get("attn_norm")), _t(parts.get("ffn_norm"))
+    out: dict[str, torch.Tensor] = {}
+    q, k, v, o = (_t(parts.get(r)) for r in ("attn_q", "attn_k", "attn_v", "attn_output"))
     if heads is not None and q is not None and k is not None and q.shape[0] == heads.n_head * heads.head_dim:
-        kv = heads.kv_of_q_rows()
+        kv = torch.from_numpy(heads.kv_of_q_rows())
         if k.shape[0] == heads.n_head_kv * heads.head_dim:
-            out["qk"] = _fold(q.astype(f64), g).T @ _fold(k.astype(f64)[kv], g)
+            out["qk"] = _fold_t(q, g).T @ _fold_t(k[kv], g)
         if v is not None and o is not None and v.shape[0] == k.shape[0] and o.shape[1] == q.shape[0]:
-            out["ov"] = o.astype(f64) @ _fold(v.astype(f64)[kv], g)
-    down, up, gate = parts.get("ffn_down"), parts.get("ffn_up"), parts.get("ffn_gate")
+            out["ov"] = o @ _fold_t(v[kv], g)
+    down, up, gate = (_t(parts.get(r)) for r in ("ffn_down", "ffn_up", "ffn_gate"))
     if down is not None and up is not None and down.shape[1] == up.shape[0]:
-        out["mlp"] = down.astype(f64) @ _fold(up.astype(f64), f)
+        out["mlp"] = down @ _fold_t(up, f)
     if gate is not None:
-        gf = _fold(gate.astype(f64), f)
+        gf = _fold_t(gate, f)
         out["gate"] = gf.T @ gf
-    return out
+    return {label: m.numpy().astype(np.float64) for label, m in out.items()}
 
 
 def circuits(sketch: Sketch, heads: HeadLayout | None) -> list[Circuit]:
