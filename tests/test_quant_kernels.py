@@ -82,6 +82,17 @@ def test_real_llamacpp_files_bit_exact(path: Path) -> None:
     assert checked  # the file had tensors
 
 
+def test_compiled_kernels_refuse_mismatched_shapes() -> None:
+    # the compiled loops do not bounds-check, so their entry point checks the shapes
+    from provenance.quant.native import dequantize_blocks_native
+
+    blocks = random_blocks(T.Q4_K, 4, seed=0)
+    for bad_blocks, bad_out in ((blocks, np.empty((4, 255), np.float32)), (blocks[:, :-1], np.empty((4, 256), np.float32)),
+                                (blocks, np.empty((5, 256), np.float32)), (blocks, np.empty((4, 256), np.float64))):
+        with pytest.raises(ValueError, match="Q4_K"):
+            dequantize_blocks_native(bad_blocks, T.Q4_K, bad_out)
+
+
 def test_compiled_types_are_a_subset_of_the_torch_kernels() -> None:
     # CUDA tensors take the torch kernels, so every compiled type needs one there too.
     assert NATIVE_TYPES <= set(KERNELS)

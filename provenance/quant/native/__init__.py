@@ -77,7 +77,16 @@ def dequantize_blocks_native(blocks: np.ndarray, ggml_type: int, out: np.ndarray
     """``(n, type_size)`` uint8 blocks -> ``out`` ``(n, block_size)`` float32, in place.
 
     Both arrays must be C-contiguous; ``threads`` > 1 splits the blocks between threads.
+    The shapes are checked here because the compiled loops do not check their indices.
     """
+    from gguf import GGML_QUANT_SIZES
+
+    block_size, type_size = GGML_QUANT_SIZES[T(int(ggml_type))]
+    n = blocks.shape[0] if blocks.ndim == 2 else -1
+    if (blocks.dtype != np.uint8 or blocks.shape != (n, type_size) or out.dtype != np.float32
+            or out.shape != (n, block_size) or not (blocks.flags.c_contiguous and out.flags.c_contiguous)):
+        raise ValueError(f"{T(int(ggml_type)).name}: need C-contiguous uint8 (n, {type_size}) blocks and "
+                         f"float32 (n, {block_size}) out, got {blocks.dtype} {blocks.shape} and {out.dtype} {out.shape}")
     fn, tables = _kernel(int(ggml_type))
     run_split(fn, blocks, out, tables, threads)
 
