@@ -27,11 +27,20 @@ import numba
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _njit(fn: F, **options: Any) -> F:
+    try:
+        return numba.njit(cache=True, fastmath=False, **options)(fn)  # type: ignore[no-any-return]
+    except RuntimeError:
+        # numba found nowhere writable to cache (read-only install and no writable user
+        # cache directory): compile in each process instead (~0.2-0.5 s per kernel)
+        return numba.njit(cache=False, fastmath=False, **options)(fn)  # type: ignore[no-any-return]
+
+
 def kernel(fn: F) -> F:
     """Compile ``fn`` as a native, GIL-free function (arrays in, scalars or arrays out)."""
-    return numba.njit(nogil=True, cache=True, fastmath=False, error_model="numpy")(fn)  # type: ignore[return-value]
+    return _njit(fn, nogil=True, error_model="numpy")
 
 
 def inline(fn: F) -> F:
     """A helper the kernels inline (block field readers)."""
-    return numba.njit(inline="always", cache=True, fastmath=False)(fn)  # type: ignore[return-value]
+    return _njit(fn, inline="always")
