@@ -34,7 +34,7 @@ def _add_pair(af, bf, k, lane, lanes, peak):  # type: ignore[no-untyped-def]
     lanes[3, lane] += d * s
     lanes[4, lane] += s * s
     gap = abs(af[k] - bf[k])
-    if gap > peak[lane]:
+    if gap > peak[lane]:  # not max(): a NaN gap must leave peak alone (the sums carry it)
         peak[lane] = gap
 
 

@@ -21,7 +21,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from provenance.compare.pairsums import LANES, SUM_D, SUM_DD, SUM_DS, SUM_S, SUM_SS, pair_sums
+from provenance.compare.pairsums import (
+    LANES,
+    SUM_D,
+    SUM_DD,
+    SUM_DS,
+    SUM_S,
+    SUM_SS,
+    pair_sums,
+)
 
 
 def _float32_array(x: torch.Tensor) -> np.ndarray:
@@ -49,7 +57,7 @@ class PairAccumulator:
         pair_sums(_float32_array(a), _float32_array(b), self.lanes, self.peak)
         self.n += a.numel()
 
-    def merge(self, other: "PairAccumulator") -> None:
+    def merge(self, other: PairAccumulator) -> None:
         self.n += other.n
         self.lanes += other.lanes
         np.maximum(self.peak, other.peak, out=self.peak)
@@ -65,7 +73,7 @@ class PairAccumulator:
         return float(self.peak.max())
 
     # ----- results -----------------------------------------------------------------
-    def result(self, centred_only: bool = False) -> "PairStats":
+    def result(self, centred_only: bool = False) -> PairStats:
         n = max(self.n, 1)
         sum_d, sum_s, sum_dd, sum_ds, sum_ss = (self._sum(row) for row in (SUM_D, SUM_S, SUM_DD, SUM_DS, SUM_SS))
         norm_a2 = max(0.0, (sum_ss + sum_dd + 2 * sum_ds) / 4)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
+from itertools import pairwise
 
 import numpy as np
 
@@ -33,8 +34,7 @@ def run_split(fn: Callable[..., None], blocks: np.ndarray, out: np.ndarray,
         fn(blocks, out, *tables)
         return
     bounds = [n * k // parts for k in range(parts + 1)]
-    futures = [_pool(parts - 1).submit(fn, blocks[a:b], out[a:b], *tables)
-               for a, b in zip(bounds[1:-1], bounds[2:])]
+    futures = [_pool(parts - 1).submit(fn, blocks[a:b], out[a:b], *tables) for a, b in pairwise(bounds[1:])]
     fn(blocks[: bounds[1]], out[: bounds[1]], *tables)
     for f in futures:
         f.result()
