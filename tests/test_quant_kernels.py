@@ -194,3 +194,22 @@ def test_cuda_matches_cpu(qtype: T) -> None:
     raw = random_blocks(qtype, 2000, seed=11)
     got = dequantize_torch(torch.from_numpy(raw).cuda(), qtype).cpu().numpy()
     assert bits_equal(got, reference(raw, qtype))
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_thread_split_works_in_a_forked_child() -> None:
+    # the split's thread pool must not be inherited across fork (its threads are not)
+    import multiprocessing as mp
+
+    raw = random_blocks(T.Q8_0, 1 << 13, seed=4)
+    with torch_threads(2):
+        parent = dequantize_rows(raw, T.Q8_0)  # creates the pool in this process
+    ctx = mp.get_context("fork")
+    with ctx.Pool(1) as pool:
+        child = pool.apply_async(_dequantize_two_threads, (raw,)).get(timeout=60)
+    assert bits_equal(child, parent)
+
+
+def _dequantize_two_threads(raw: np.ndarray) -> np.ndarray:
+    with torch_threads(2):
+        return dequantize_rows(raw, T.Q8_0)

@@ -8,6 +8,7 @@ tensor threads would do).
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
@@ -21,7 +22,9 @@ MIN_WEIGHTS_PER_THREAD = 1 << 16
 
 
 @cache
-def _pool(workers: int) -> ThreadPoolExecutor:
+def _pool(pid: int, workers: int) -> ThreadPoolExecutor:
+    # keyed by process: a forked child inherits the executor but not its threads, and
+    # would wait forever on work queued to them
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="provenance-dequant")
 
 
@@ -34,7 +37,7 @@ def run_split(fn: Callable[..., None], blocks: np.ndarray, out: np.ndarray,
         fn(blocks, out, *tables)
         return
     bounds = [n * k // parts for k in range(parts + 1)]
-    futures = [_pool(parts - 1).submit(fn, blocks[a:b], out[a:b], *tables) for a, b in pairwise(bounds[1:])]
+    futures = [_pool(os.getpid(), parts - 1).submit(fn, blocks[a:b], out[a:b], *tables) for a, b in pairwise(bounds[1:])]
     fn(blocks[: bounds[1]], out[: bounds[1]], *tables)
     for f in futures:
         f.result()
