@@ -23,11 +23,14 @@ def u32(b, at):  # type: ignore[no-untyped-def]
 
 
 @inline
-def k_scale_min(b, at, j):  # type: ignore[no-untyped-def]
-    """Q4_K/Q5_K: the 6-bit scale and min of sub-block ``j`` from the 12 bytes at ``at``
-    (ggml's ``get_scale_min_k4``)."""
+def k_sub_scale(b, j, d, dmin):  # type: ignore[no-untyped-def]
+    """Q4_K/Q5_K: ``(d * scale, dmin * min)`` of sub-block ``j``, each rounded to float32
+    as gguf-py does, from the 6-bit scale and min packed in bytes 4..15 (ggml's
+    ``get_scale_min_k4``)."""
+    at = 4
     if j < 4:
-        return np.int64(b[at + j]) & 63, np.int64(b[at + j + 4]) & 63
-    sc = (np.int64(b[at + j + 4]) & 0xF) | ((np.int64(b[at + j - 4]) >> 6) << 4)
-    mn = (np.int64(b[at + j + 4]) >> 4) | ((np.int64(b[at + j]) >> 6) << 4)
-    return sc, mn
+        sc, mn = np.int64(b[at + j]) & 63, np.int64(b[at + j + 4]) & 63
+    else:
+        sc = (np.int64(b[at + j + 4]) & 0xF) | ((np.int64(b[at + j - 4]) >> 6) << 4)
+        mn = (np.int64(b[at + j + 4]) >> 4) | ((np.int64(b[at + j]) >> 6) << 4)
+    return d * np.float32(sc), dmin * np.float32(mn)

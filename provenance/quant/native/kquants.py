@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from provenance.jit import kernel
-from provenance.quant.native.fields import f16, k_scale_min
+from provenance.quant.native.fields import f16, k_sub_scale
 
 
 @kernel
@@ -58,10 +58,8 @@ def q4_k(blocks, out, f16_table):  # type: ignore[no-untyped-def]
         b, y = blocks[i], out[i]
         d, dmin = f16(b, 0, f16_table), f16(b, 2, f16_table)
         for c in range(4):
-            s1, m1 = k_scale_min(b, 4, 2 * c)
-            s2, m2 = k_scale_min(b, 4, 2 * c + 1)
-            d1, o1 = d * np.float32(s1), dmin * np.float32(m1)
-            d2, o2 = d * np.float32(s2), dmin * np.float32(m2)
+            d1, o1 = k_sub_scale(b, 2 * c, d, dmin)
+            d2, o2 = k_sub_scale(b, 2 * c + 1, d, dmin)
             for j in range(run):
                 q = np.int32(b[16 + c * 32 + j])
                 y[c * 64 + j] = d1 * np.float32(q & 0xF) - o1
@@ -75,10 +73,8 @@ def q5_k(blocks, out, f16_table):  # type: ignore[no-untyped-def]
         b, y = blocks[i], out[i]
         d, dmin = f16(b, 0, f16_table), f16(b, 2, f16_table)
         for c in range(4):
-            s1, m1 = k_scale_min(b, 4, 2 * c)
-            s2, m2 = k_scale_min(b, 4, 2 * c + 1)
-            d1, o1 = d * np.float32(s1), dmin * np.float32(m1)
-            d2, o2 = d * np.float32(s2), dmin * np.float32(m2)
+            d1, o1 = k_sub_scale(b, 2 * c, d, dmin)
+            d2, o2 = k_sub_scale(b, 2 * c + 1, d, dmin)
             for j in range(run):
                 q = np.int32(b[48 + c * 32 + j])
                 hb = np.int32(b[16 + j])
