@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import cache
-from typing import Any
 
 import numpy as np
 from gguf import GGMLQuantizationType as T
 
 from provenance.quant.native.parallel import run_split
+from provenance.quant.types import type_info
 
 _KERNEL_NAMES: dict[int, tuple[str, str, tuple[str, ...]]] = {
     T.Q4_0: ("legacy", "q4_0", ()),
@@ -79,25 +79,14 @@ def dequantize_blocks_native(blocks: np.ndarray, ggml_type: int, out: np.ndarray
     Both arrays must be C-contiguous; ``threads`` > 1 splits the blocks between threads.
     The shapes are checked here because the compiled loops do not check their indices.
     """
-    from gguf import GGML_QUANT_SIZES
-
-    block_size, type_size = GGML_QUANT_SIZES[T(int(ggml_type))]
+    info = type_info(ggml_type)
     n = blocks.shape[0] if blocks.ndim == 2 else -1
-    if (blocks.dtype != np.uint8 or blocks.shape != (n, type_size) or out.dtype != np.float32
-            or out.shape != (n, block_size) or not (blocks.flags.c_contiguous and out.flags.c_contiguous)):
-        raise ValueError(f"{T(int(ggml_type)).name}: need C-contiguous uint8 (n, {type_size}) blocks and "
-                         f"float32 (n, {block_size}) out, got {blocks.dtype} {blocks.shape} and {out.dtype} {out.shape}")
-    fn, tables = _kernel(int(ggml_type))
+    if (blocks.dtype != np.uint8 or blocks.shape != (n, info.type_size) or out.dtype != np.float32
+            or out.shape != (n, info.block_size) or not (blocks.flags.c_contiguous and out.flags.c_contiguous)):
+        raise ValueError(f"{info.name}: need C-contiguous uint8 (n, {info.type_size}) blocks and float32 "
+                         f"(n, {info.block_size}) out, got {blocks.dtype} {blocks.shape} and {out.dtype} {out.shape}")
+    fn, tables = _kernel(info.ggml_type)
     run_split(fn, blocks, out, tables, threads)
 
 
-def available() -> bool:
-    """Whether numba imports (the kernels compile on first use of each type)."""
-    try:
-        import numba  # noqa: F401
-    except ImportError:  # pragma: no cover - numba is a declared dependency
-        return False
-    return True
-
-
-__all__: list[Any] = ["NATIVE_TYPES", "available", "dequantize_blocks_native"]
+__all__ = ["NATIVE_TYPES", "dequantize_blocks_native"]
