@@ -19,6 +19,7 @@ distribution is built from (see :mod:`provenance.compare.symtest`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,16 +51,13 @@ class Circuit:
     """Square circuits are permuted on both axes; embedding blocks on columns only."""
 
 
-def _fold(matrix: np.ndarray, gains: np.ndarray | None) -> np.ndarray:
+def _fold(matrix: Any, gains: Any) -> Any:
+    """A norm's gains folded into the matrix that reads its output (numpy or torch)."""
     return matrix if gains is None else matrix * gains[None, :]
 
 
 def _t(x: np.ndarray | None) -> torch.Tensor | None:
     return None if x is None else torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-
-
-def _fold_t(matrix: torch.Tensor, gains: torch.Tensor | None) -> torch.Tensor:
-    return matrix if gains is None else matrix * gains[None, :]
 
 
 def layer_circuits(parts: dict[str, np.ndarray], heads: HeadLayout | None) -> dict[str, np.ndarray]:
@@ -77,14 +75,14 @@ def layer_circuits(parts: dict[str, np.ndarray], heads: HeadLayout | None) -> di
     if heads is not None and q is not None and k is not None and q.shape[0] == heads.n_head * heads.head_dim:
         kv = torch.from_numpy(heads.kv_of_q_rows())
         if k.shape[0] == heads.n_head_kv * heads.head_dim:
-            out["qk"] = _fold_t(q, g).T @ _fold_t(k[kv], g)
+            out["qk"] = _fold(q, g).T @ _fold(k[kv], g)
         if v is not None and o is not None and v.shape[0] == k.shape[0] and o.shape[1] == q.shape[0]:
-            out["ov"] = o @ _fold_t(v[kv], g)
+            out["ov"] = o @ _fold(v[kv], g)
     down, up, gate = (_t(parts.get(r)) for r in ("ffn_down", "ffn_up", "ffn_gate"))
     if down is not None and up is not None and down.shape[1] == up.shape[0]:
-        out["mlp"] = down @ _fold_t(up, f)
+        out["mlp"] = down @ _fold(up, f)
     if gate is not None:
-        gf = _fold_t(gate, f)
+        gf = _fold(gate, f)
         out["gate"] = gf.T @ gf
     return {label: m.numpy().astype(np.float64) for label, m in out.items()}
 
