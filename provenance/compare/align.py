@@ -300,16 +300,26 @@ def _mlp(ref: dict[str, np.ndarray], cand: dict[str, np.ndarray]) -> tuple[np.nd
     return perm, _mlp_scale(ref, cand, perm, info), info
 
 
+def _sign_and_norm_ratio(ref_rows: np.ndarray, cand_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: the sign of the reference/candidate dot product (0 counts as +1) and the
+    candidate/reference norm ratio, from float64 row reductions."""
+    sign = np.sign(_row_dots(ref_rows, cand_rows))
+    sign[sign == 0] = 1
+    return sign, _row_norms(cand_rows) / np.maximum(_row_norms(ref_rows), 1e-30)
+
+
+def _scale_summary(scale: np.ndarray) -> dict[str, Any]:
+    return {"min_abs": float(np.abs(scale).min()), "max_abs": float(np.abs(scale).max()),
+            "negative": int((scale < 0).sum())}
+
+
 def _mlp_scale(ref: dict[str, np.ndarray], cand: dict[str, np.ndarray], perm: np.ndarray | None,
                info: dict[str, Any]) -> np.ndarray | None:
     # float64 products of the weights, summed in the orders of the float64 copies this used
     # to take (rows: pairwise per row; down's columns: sequential down the reference's
     # C-ordered copy, pairwise within the candidate's gathered F-ordered one), without them
-    up_r = ref["ffn_up"]
     up_c = cand["ffn_up"] if perm is None else cand["ffn_up"][perm]
-    sign = np.sign(_row_dots(up_r, up_c))
-    sign[sign == 0] = 1
-    ratio = _row_norms(up_c) / np.maximum(_row_norms(up_r), 1e-30)
+    sign, ratio = _sign_and_norm_ratio(ref["ffn_up"], up_c)
     if "ffn_down" in ref and "ffn_down" in cand:
         dr = _col_norms(ref["ffn_down"])
         down_c = cand["ffn_down"].T  # rows: the columns of the F-ordered gathered copy
@@ -317,8 +327,7 @@ def _mlp_scale(ref: dict[str, np.ndarray], cand: dict[str, np.ndarray], perm: np
         ratio = np.sqrt(ratio * dr / np.maximum(dc, 1e-30))
     scale = _spread_scale(sign * ratio)
     if scale is not None:
-        info["scales"] = {"min_abs": float(np.abs(scale).min()), "max_abs": float(np.abs(scale).max()),
-                          "negative": int((scale < 0).sum())}
+        info["scales"] = _scale_summary(scale)
     return scale
 
 
@@ -411,16 +420,14 @@ def _attention(ref: dict[str, np.ndarray], cand: dict[str, np.ndarray], heads: H
         q_map[ref_heads] = cand_heads[local]
         moved_q += int((cand_heads[local] != ref_heads).sum())
     q_perm = None if (q_map == np.arange(nh)).all() else q_map
-    kv_rows = (kvp[:, None] * hd + np.arange(hd)[None, :]).reshape(-1)
+    kv_rows = _expand_heads(kvp, hd)
     # as in _mlp_scale: exact float64 products summed in the orders of the float64 copies
     # this used to take (v rows pairwise; o's reference columns sequential, its gathered
     # F-ordered candidate columns pairwise)
     v_r, v_c = ref["attn_v"], cand["attn_v"] if kv_perm is None else cand["attn_v"][kv_rows]
-    sign = np.sign(_row_dots(v_r, v_c))
-    sign[sign == 0] = 1
-    ratio = _row_norms(v_c) / np.maximum(_row_norms(v_r), 1e-30)
+    sign, ratio = _sign_and_norm_ratio(v_r, v_c)
     # o columns meeting v row r: every q head of r's group, channel r % hd
-    q_cols = (q_map[:, None] * hd + np.arange(hd)[None, :]).reshape(-1)
+    q_cols = _expand_heads(q_map, hd)
     oc = _row_norms(o_c.T if q_perm is None else o_c.T[q_cols])
     orr = _col_norms(o_r)
     kv_of_q = heads.kv_of_q_rows()
@@ -430,8 +437,7 @@ def _attention(ref: dict[str, np.ndarray], cand: dict[str, np.ndarray], heads: H
     v_scale = _spread_scale(sign * np.sqrt(ratio * o_ratio))
     info = {"kv_groups": kv_info, "q_heads_moved": moved_q}
     if v_scale is not None:
-        info["v_scales"] = {"min_abs": float(np.abs(v_scale).min()), "max_abs": float(np.abs(v_scale).max()),
-                            "negative": int((v_scale < 0).sum())}
+        info["v_scales"] = _scale_summary(v_scale)
     return kv_perm, q_perm, v_scale, info
 
 
