@@ -32,8 +32,8 @@ import torch
 from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 
-from provenance.quant.dequant import dequantize_torch
-from provenance.quant.kernels import F16_SCALE_OFFSETS
+from provenance.codecs.dequant import dequantize_torch
+from provenance.codecs.kernels import F16_SCALE_OFFSETS
 
 TYPES = (
     "Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K Q4_K Q5_K Q6_K IQ4_NL IQ4_XS IQ2_XXS IQ2_XS IQ2_S "

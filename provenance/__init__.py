@@ -7,8 +7,7 @@ The CLI (``provenance ...``) is a thin shell over this API::
         for start, rows in ckpt.iter_rows("blk.0.attn_q.weight"):
             ...
 """
-__version__ = "0.1.0"
-
+from provenance.version import __version__  # noqa: E402
 from provenance.errors import CheckpointError, ProvenanceError  # noqa: E402
 from provenance.formats import Checkpoint, TensorInfo, open_checkpoint  # noqa: E402
 from provenance.inspect import inspect_checkpoint  # noqa: E402

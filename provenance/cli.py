@@ -14,7 +14,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import click  # noqa: E402
 
-from provenance import __version__  # noqa: E402
+from provenance.version import __version__  # noqa: E402
 from provenance.commands import (  # noqa: E402
     check_cmd,
     compare_cmd,

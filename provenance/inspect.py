@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from provenance import __version__
+from provenance.version import __version__
 from provenance.formats import Checkpoint, open_checkpoint
 from provenance.formats.gguf_header import GGUFArray
 from provenance.hashing import checkpoint_sha256s

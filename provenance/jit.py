@@ -1,8 +1,8 @@
 """The one place that configures numba for the project's compiled CPU loops.
 
-Used by the dequantization kernels (:mod:`provenance.quant.native`) and the streamed pair
+Used by the dequantization kernels (:mod:`provenance.codecs.native`) and the streamed pair
 statistics (:mod:`provenance.compare.pairsums`). Every kernel is compiled with
-``nogil=True`` (threads run them in parallel, e.g. :mod:`provenance.quant.native.parallel`),
+``nogil=True`` (threads run them in parallel, e.g. :mod:`provenance.codecs.native.parallel`),
 ``cache=True`` (compiled once per
 machine, then loaded from ``__pycache__``) and without fast-math: LLVM then neither
 reassociates nor contracts ``a * b - c`` into a fused multiply-add, so each float32
@@ -14,7 +14,7 @@ constants: with a constant bound LLVM unrolls the loop fully and its SLP vectori
 up, because it cannot prove that the output row does not overlap the input block; with a
 run-time bound the loop vectorizer emits one overlap check and AVX code (2.5-3.5x faster
 measured on Q8_0, Q4_0, Q6_K). Numba's cache does not see edits to inlined helpers
-defined in another module (:mod:`provenance.quant.native.fields`); clear
+defined in another module (:mod:`provenance.codecs.native.fields`); clear
 ``__pycache__`` after changing them.
 """
 from __future__ import annotations

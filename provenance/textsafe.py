@@ -7,6 +7,7 @@ through :func:`safe_text`.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 # C0 and C1 controls, DEL, and the Unicode bidi/format controls used in "trojan
 # source" style attacks, plus line/paragraph separators.
@@ -24,3 +25,11 @@ def safe_text(value: object, max_len: int | None = None) -> str:
     if max_len is not None and len(text) > max_len:
         text = text[: max(0, max_len - 1)] + "…"
     return text
+
+
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>|~&])")
+
+
+def md_escape(value: Any) -> str:
+    """Escape a value for Markdown text and table cells (no HTML, no links, no emphasis)."""
+    return _MD_SPECIAL.sub(r"\\\1", safe_text(value))

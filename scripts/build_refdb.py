@@ -25,7 +25,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from provenance import __version__  # noqa: E402
+from provenance.version import __version__  # noqa: E402
 from provenance.formats import open_checkpoint  # noqa: E402
 from provenance.refdb.build import build_entry  # noqa: E402
 from provenance.refdb.schema import ARCH_FIELDS, RefEntry, encode_entry  # noqa: E402

@@ -8,7 +8,7 @@ import pytest
 
 from provenance.compare.variants import llama_cpp_types, llama_quantize, write_variant
 from provenance.formats import open_checkpoint
-from provenance.quant import quantize_rows
+from provenance.codecs import quantize_rows
 from provenance.quant.writer import quantize_model
 
 ROOT = Path(__file__).resolve().parent.parent

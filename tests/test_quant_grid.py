@@ -13,10 +13,10 @@ from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 
 from provenance.formats import open_checkpoint
-from provenance.quant import dequantize_rows
-from provenance.quant.bits import bits_equal
-from provenance.quant.grid import UNIFORM_RANGE, codebook, level_table, quant_grid
-from provenance.quant.kernels import KERNELS
+from provenance.codecs import dequantize_rows
+from provenance.codecs.bits import bits_equal
+from provenance.codecs.grid import UNIFORM_RANGE, codebook, level_table, quant_grid
+from provenance.codecs.kernels import KERNELS
 
 QUANT_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "llamacpp-quant"
 

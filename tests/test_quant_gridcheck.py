@@ -17,7 +17,7 @@ from gguf import GGMLQuantizationType as T
 from provenance.commands.quantcheck_cmd import command
 from provenance.quant import quantcheck
 from provenance.quant.gridcheck import check_block_rows, source_variants
-from provenance.quant.recipes import roundf
+from provenance.codecs.recipes import roundf
 
 QUANT_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "llamacpp-quant"
 SOURCE = QUANT_DIR / "tiny-llama-f32.gguf"

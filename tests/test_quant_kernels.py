@@ -18,10 +18,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from provenance.formats import open_checkpoint
-from provenance.quant import dequantize_rows, dequantize_torch, kernel_coverage
-from provenance.quant.bits import bits_equal, count_bit_mismatches
-from provenance.quant.kernels import KERNELS
-from provenance.quant.native import NATIVE_TYPES
+from provenance.codecs import dequantize_rows, dequantize_torch, kernel_coverage
+from provenance.codecs.bits import bits_equal, count_bit_mismatches
+from provenance.codecs.kernels import KERNELS
+from provenance.codecs.native import NATIVE_TYPES
 from provenance.threads import torch_threads
 
 QUANT_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "llamacpp-quant"
@@ -84,7 +84,7 @@ def test_real_llamacpp_files_bit_exact(path: Path) -> None:
 
 def test_compiled_kernels_refuse_mismatched_shapes() -> None:
     # the compiled loops do not bounds-check, so their entry point checks the shapes
-    from provenance.quant.native import dequantize_blocks_native
+    from provenance.codecs.native import dequantize_blocks_native
 
     blocks = random_blocks(T.Q4_K, 4, seed=0)
     for bad_blocks, bad_out in ((blocks, np.empty((4, 255), np.float32)), (blocks[:, :-1], np.empty((4, 256), np.float32)),

@@ -17,8 +17,8 @@ import torch
 from gguf import GGMLQuantizationType, GGUFReader
 from gguf import quants as gguf_quants
 
-from provenance.quant.quantize_k import nearest_int
-from provenance.quant.quantize_ref import quantize_rows, supported_types
+from provenance.codecs.quantize_k import nearest_int
+from provenance.codecs.quantize_ref import quantize_rows, supported_types
 from conftest import QUANT_DIR
 
 torch.set_num_threads(1)

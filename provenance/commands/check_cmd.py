@@ -4,7 +4,8 @@ from __future__ import annotations
 import click
 from rich.text import Text
 
-from provenance.commands.common import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, stderr_console, to_json, write_atomic
+from provenance.commands.common import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, stderr_console
+from provenance.fileio import to_json, write_atomic
 from provenance.errors import CheckpointError
 from provenance.policy import PolicyError, check_paths, load_policy
 from provenance.policy.engine import _reference_digests

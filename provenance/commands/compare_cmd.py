@@ -8,7 +8,8 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
-from provenance.commands.common import EXIT_FINDINGS, EXIT_OK, stderr_console, to_json, write_atomic
+from provenance.commands.common import EXIT_FINDINGS, EXIT_OK, stderr_console
+from provenance.fileio import to_json, write_atomic
 from provenance.textsafe import safe_text
 
 if TYPE_CHECKING:  # the analysis modules import torch/pandas: load them only when a command runs

@@ -6,7 +6,8 @@ from typing import TYPE_CHECKING
 import click
 from rich.text import Text
 
-from provenance.commands.common import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, stderr_console, stdout_console, to_json, write_atomic
+from provenance.commands.common import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, stderr_console, stdout_console
+from provenance.fileio import to_json, write_atomic
 from provenance.commands.refdb_cmd import refdb_option
 from provenance.errors import CheckpointError
 from provenance.textsafe import safe_text

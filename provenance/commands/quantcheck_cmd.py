@@ -8,7 +8,8 @@ from typing import Any
 import click
 from rich.text import Text
 
-from provenance.commands.common import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, stderr_console, to_json, write_atomic
+from provenance.commands.common import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, stderr_console
+from provenance.fileio import to_json, write_atomic
 from provenance.errors import CheckpointError
 from provenance.textsafe import safe_text
 

@@ -7,7 +7,8 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from provenance.commands.common import EXIT_OK, stderr_console, stdout_console, to_json
+from provenance.commands.common import EXIT_OK, stderr_console, stdout_console
+from provenance.fileio import to_json
 from provenance.textsafe import safe_text
 
 if TYPE_CHECKING:  # the refdb modules import torch: load them only when a subcommand runs

@@ -4,7 +4,8 @@ from __future__ import annotations
 import click
 from rich.text import Text
 
-from provenance.commands.common import EXIT_FINDINGS, EXIT_OK, stderr_console, to_json, write_atomic
+from provenance.commands.common import EXIT_FINDINGS, EXIT_OK, stderr_console
+from provenance.fileio import to_json, write_atomic
 from provenance.textsafe import safe_text
 
 DECOY_HELP = "Innocent decoy keys scored beside the real ones to check the N(0,1) null (0: none)."

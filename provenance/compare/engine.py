@@ -49,7 +49,7 @@ def bits_per_weight(info: TensorInfo) -> float:
 class _GridCheck:
     """Is the higher-precision side inside the cells of the lower-precision side?
 
-    For a quantized side the cells come from its stored grid (``provenance.quant.grid``);
+    For a quantized side the cells come from its stored grid (``provenance.codecs.grid``);
     for an f16/bf16 side against f32, "inside" means "rounds to the stored value". A
     requantized or converted copy of the same weights is inside nearly everywhere; a
     fine-tune moves weights across cell boundaries.
@@ -75,7 +75,7 @@ class _GridCheck:
             self.outside += int((rounded != lossy_values).sum())
             self.total += other.numel()
             return
-        from provenance.quant.grid import quant_grid
+        from provenance.codecs.grid import quant_grid
 
         try:
             grid = quant_grid(lossy_raw, int(info.ggml_type))  # type: ignore[arg-type]

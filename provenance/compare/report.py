@@ -8,8 +8,7 @@ from typing import Any
 import numpy as np
 
 from provenance.compare.api import CompareResult
-from provenance.report.render import md_escape
-from provenance.textsafe import safe_text
+from provenance.textsafe import md_escape, safe_text
 
 ROLE_ORDER = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down", "attn_norm", "ffn_norm")
 

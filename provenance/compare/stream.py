@@ -73,7 +73,7 @@ class RowReader:
             src = torch.frombuffer(raw, dtype=self._plain) if len(raw) else torch.empty(0, dtype=self._plain)
             out.view(-1).copy_(src)
             return out
-        from provenance.quant import dequantize_torch
+        from provenance.codecs import dequantize_torch
 
         raw_t = torch.frombuffer(raw, dtype=torch.uint8).view(stop - start, self.info.row_bytes)
         dequantize_torch(raw_t, int(self._ggml), out=out)  # type: ignore[arg-type]

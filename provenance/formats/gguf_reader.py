@@ -124,7 +124,7 @@ class GGUFCheckpoint(Checkpoint):
         return {k: self.metadata[k] for k in keys if not isinstance(self.metadata[k], GGUFArray)}
 
     def _decode_rows(self, info: TensorInfo, raw: np.ndarray) -> np.ndarray:
-        from provenance.quant import dequantize_rows
+        from provenance.codecs import dequantize_rows
 
         assert info.ggml_type is not None
         return dequantize_rows(raw, info.ggml_type)

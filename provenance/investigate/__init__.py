@@ -15,7 +15,7 @@ from pathlib import Path
 from provenance.inspect import inspect_checkpoint
 from provenance.investigate.inspect_analysis import inspect_section
 from provenance.investigate.summary import executive_summary, finding_rank
-from provenance.report.model import Report
+from provenance.document import Report
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from provenance.report.model import Figure, Finding, Section, Severity
+from provenance.document import Figure, Finding, Section, Severity
 
 
 def quant_type_figure(report: dict[str, Any]) -> Figure:

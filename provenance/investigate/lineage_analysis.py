@@ -5,7 +5,7 @@ import os
 from typing import Any
 
 from provenance.errors import CheckpointError
-from provenance.report.model import Figure, Finding, Report, Section, Severity
+from provenance.document import Figure, Finding, Report, Section, Severity
 
 CAPTIONS = {
     "similarity_by_layer.png": "Per-layer similarity (Pearson, after alignment) by tensor role",

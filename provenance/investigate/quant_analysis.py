@@ -8,7 +8,7 @@ import pandas as pd
 
 from provenance.errors import CheckpointError
 from provenance.formats import open_checkpoint
-from provenance.report.model import Figure, Finding, Report, Section, Severity
+from provenance.document import Figure, Finding, Report, Section, Severity
 
 SUMMARY = {
     "exact": "{cand} is an exact llama.cpp quantization of {ref}: every stored code is the nearest grid point "

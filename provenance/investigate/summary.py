@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 
 from provenance.investigate.lineage_analysis import related_closest_first
-from provenance.report.model import Finding, Report
-from provenance.report.render import format_p
+from provenance.document import Finding, Report
+from provenance.numbers import format_p
 
 # Order of findings in reports: strongest, most specific evidence first.
 PRIORITY = ["watermark.accusation", "lineage.verdict", "quant.verdict", "watermark.none", "identify.match", "format.identity"]

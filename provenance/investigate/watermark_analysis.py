@@ -7,7 +7,7 @@ from typing import Any
 
 from provenance.errors import CheckpointError, ProvenanceError
 from provenance.investigate.lineage_analysis import related_closest_first
-from provenance.report.model import Figure, Finding, Report, Section, Severity
+from provenance.document import Figure, Finding, Report, Section, Severity
 
 
 def closest_reference(report: Report) -> str | None:

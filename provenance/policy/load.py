@@ -104,7 +104,33 @@ def load_policy(path: str | Path) -> Policy:
         forbid_copies=tuple(copies),
         extra={k: data[k] for k in ("lineage", "watermark") if k in data},
     )
-    from provenance.policy.weight_rules import validate_sections
-
     validate_sections(policy)
     return policy
+
+
+_LINEAGE_KEYS = {"references", "declared_base_must_match", "require_known_base"}
+_WATERMARK_KEYS = {"registry", "reference", "require", "forbid"}
+
+
+def resolve_path(policy: Policy, value: str) -> str:
+    """A path from the policy file, relative to the policy file's directory."""
+    path = Path(value)
+    return str(path if path.is_absolute() else Path(policy.path).parent / path)
+
+
+def validate_sections(policy: Policy) -> None:
+    """Raise :class:`PolicyError` on unknown keys or wrong types in [lineage] / [watermark]."""
+    lineage = policy.extra.get("lineage", {})
+    if lineage:
+        if not isinstance(lineage, dict) or set(lineage) - _LINEAGE_KEYS:
+            raise PolicyError(f"{policy.path}: [lineage] takes {sorted(_LINEAGE_KEYS)}")
+        refs = lineage.get("references", {})
+        if not isinstance(refs, dict) or not all(isinstance(v, str) for v in refs.values()):
+            raise PolicyError(f"{policy.path}: [lineage] references must map names to checkpoint paths")
+    watermark = policy.extra.get("watermark", {})
+    if watermark:
+        if not isinstance(watermark, dict) or set(watermark) - _WATERMARK_KEYS or not isinstance(watermark.get("registry"), str):
+            raise PolicyError(f"{policy.path}: [watermark] needs registry and takes {sorted(_WATERMARK_KEYS)}")
+        for key in ("require", "forbid"):
+            if not isinstance(watermark.get(key, []), list):
+                raise PolicyError(f"{policy.path}: [watermark] {key} must be a list of client ids")

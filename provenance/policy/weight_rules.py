@@ -16,39 +16,11 @@ Policy sections (validated here, strictly)::
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from provenance.formats import Checkpoint
-from provenance.policy.load import Policy, PolicyError
-from provenance.report.model import Finding, Severity
-
-_LINEAGE_KEYS = {"references", "declared_base_must_match", "require_known_base"}
-_WATERMARK_KEYS = {"registry", "reference", "require", "forbid"}
-
-
-def _resolve(policy: Policy, value: str) -> str:
-    path = Path(value)
-    return str(path if path.is_absolute() else Path(policy.path).parent / path)
-
-
-def validate_sections(policy: Policy) -> None:
-    """Raise :class:`PolicyError` on unknown keys or wrong types in [lineage] / [watermark]."""
-    lineage = policy.extra.get("lineage", {})
-    if lineage:
-        if not isinstance(lineage, dict) or set(lineage) - _LINEAGE_KEYS:
-            raise PolicyError(f"{policy.path}: [lineage] takes {sorted(_LINEAGE_KEYS)}")
-        refs = lineage.get("references", {})
-        if not isinstance(refs, dict) or not all(isinstance(v, str) for v in refs.values()):
-            raise PolicyError(f"{policy.path}: [lineage] references must map names to checkpoint paths")
-    watermark = policy.extra.get("watermark", {})
-    if watermark:
-        if not isinstance(watermark, dict) or set(watermark) - _WATERMARK_KEYS or not isinstance(watermark.get("registry"), str):
-            raise PolicyError(f"{policy.path}: [watermark] needs registry and takes {sorted(_WATERMARK_KEYS)}")
-        for key in ("require", "forbid"):
-            if not isinstance(watermark.get(key, []), list):
-                raise PolicyError(f"{policy.path}: [watermark] {key} must be a list of client ids")
-
+from provenance.policy.load import Policy, resolve_path
+from provenance.document import Finding, Severity
 
 def _violation(rule: str, title: str, summary: str, p_value: float | None = None, **evidence: Any) -> Finding:
     return Finding(id=rule, title=title, verdict="violation", summary=summary, severity=Severity.VIOLATION,
@@ -71,7 +43,7 @@ def rule_lineage(checkpoint: Checkpoint, policy: Policy) -> list[Finding]:
                                    f"declared base model {declared} is not among the policy's references", declared=declared))
     if section.get("declared_base_must_match", True):
         for name in listed:
-            result = compare(checkpoint.path, _resolve(policy, references[name]))
+            result = compare(checkpoint.path, resolve_path(policy, references[name]))
             if not result.verdict.get("related"):
                 findings.append(_violation(
                     "lineage.declared_base_mismatch", "Declared base model contradicted by the weights",
@@ -87,8 +59,8 @@ def rule_watermark(checkpoint: Checkpoint, policy: Policy) -> list[Finding]:
         return []
     from provenance.watermark import load_registry, trace
 
-    keys = load_registry(_resolve(policy, section["registry"]), checkpoint.architecture)
-    reference = _resolve(policy, section["reference"]) if section.get("reference") else None
+    keys = load_registry(resolve_path(policy, section["registry"]), checkpoint.architecture)
+    reference = resolve_path(policy, section["reference"]) if section.get("reference") else None
     result = trace(checkpoint.path, keys, reference=reference)
     detected = set(result.accused)
     findings = []

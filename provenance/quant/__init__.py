@@ -1,7 +1,6 @@
-"""Quantization forensics: dequantization of every ggml type, and quantization grids."""
+"""Quantization forensics above the readers: grid consistency against a reference
+(``quantcheck``), dequantization error, and llama.cpp's per-tensor type mixes and model
+writer. The per-type block math lives in :mod:`provenance.codecs`."""
 from provenance.quant.api import quantcheck
-from provenance.quant.dequant import dequantize_rows, dequantize_torch
-from provenance.quant.kernels import kernel_coverage
-from provenance.quant.quantize_ref import quantize_rows
 
-__all__ = ["dequantize_rows", "dequantize_torch", "kernel_coverage", "quantcheck", "quantize_rows"]
+__all__ = ["quantcheck"]

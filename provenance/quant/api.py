@@ -18,7 +18,7 @@ from provenance.formats import open_checkpoint
 from provenance.formats.base import Checkpoint, TensorInfo
 from provenance.quant.error import ErrorStats, error_stats
 from provenance.quant.gridcheck import PRECISIONS, CheckCounts, check_block_rows
-from provenance.quant.recipes import TOLERANT_TYPES, supported
+from provenance.codecs.recipes import TOLERANT_TYPES, supported
 from provenance.threads import torch_threads
 
 CHUNK_ELEMS = 1 << 20

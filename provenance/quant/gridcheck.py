@@ -2,7 +2,7 @@
 the reference weights?
 
 For each quantized tensor the reference rows (canonical layout, same shape) are run
-through llama.cpp's own code arithmetic (:mod:`provenance.quant.recipes`) on the
+through llama.cpp's own code arithmetic (:mod:`provenance.codecs.recipes`) on the
 candidate's stored grid. A clean quantization of the reference gives zero unexplained
 mismatches; a source that differed by small noise gives rare flips next to cell
 boundaries (P(flip) ~ E|delta| / step, so the count estimates the noise amplitude); an
@@ -24,10 +24,10 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from provenance.quant.dequant import as_torch
+from provenance.codecs.dequant import as_torch
 from provenance.quant.error import ErrorStats, error_stats
-from provenance.quant.grid import QuantGrid, quant_grid
-from provenance.quant.recipes import Prediction, predict, supported
+from provenance.codecs.grid import QuantGrid, quant_grid
+from provenance.codecs.recipes import Prediction, predict, supported
 
 PRECISIONS = ("f32", "f16", "bf16")
 _NARROW = {"f16": torch.float16, "bf16": torch.bfloat16}

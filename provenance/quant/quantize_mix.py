@@ -6,7 +6,7 @@ attn_v, ffn_down ...), its position among the layers, the model's shape (GQA, ex
 70B) and its row length (a K-quant needs rows of a multiple of 256, else it falls back
 to a 32-block type, else to F16). This module reproduces that choice without an
 importance matrix and without user overrides, for every ``LLAMA_FTYPE_MOSTLY_*``.
-(:mod:`provenance.quant.recipes` is about something else: the *codes* llama.cpp writes
+(:mod:`provenance.codecs.recipes` is about something else: the *codes* llama.cpp writes
 once the type is chosen.)
 
 Tensor order matters: the counters ``i_attention_wv`` / ``i_ffn_down`` advance in the

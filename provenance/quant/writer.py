@@ -3,7 +3,7 @@
 Reads any checkpoint :func:`provenance.formats.open_checkpoint` opens (canonical GGUF
 names and layout; HF q/k rows already permuted to llama.cpp's order), picks each
 tensor's type with llama.cpp's recipe (:mod:`provenance.quant.quantize_mix`) and
-quantizes it with the bit-exact reference quantizers (:mod:`provenance.quant.quantize_ref`),
+quantizes it with the bit-exact reference quantizers (:mod:`provenance.codecs.quantize_ref`),
 one tensor at a time (memory: one tensor's output bytes plus one chunk of float32 rows).
 
 Layout follows llama.cpp so that, from a GGUF source, the *whole file* comes out as
@@ -41,7 +41,7 @@ from provenance.quant.quantize_mix import (
     parse_ftype,
     tensor_types,
 )
-from provenance.quant.quantize_ref import quantize_rows
+from provenance.codecs.quantize_ref import quantize_rows
 
 QUANTIZATION_VERSION = 2  # GGML_QNT_VERSION
 CHUNK_WEIGHTS = 1 << 22

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from provenance import __version__
+from provenance.version import __version__
 from provenance.formats import open_checkpoint
 from provenance.formats.base import Checkpoint
 from provenance.hashing import checkpoint_sha256s

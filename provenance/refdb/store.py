@@ -13,7 +13,7 @@ import os
 from importlib import resources
 from pathlib import Path
 
-from provenance.commands.common import write_atomic
+from provenance.fileio import write_atomic
 from provenance.refdb.schema import ID_PATTERN, RefDBError, RefEntry, decode_entry, encode_entry
 
 ENV_VAR = "PROVENANCE_REFDB"

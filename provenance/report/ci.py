@@ -6,9 +6,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from provenance import __version__
+from provenance.version import __version__
 from provenance.policy.engine import CheckResult
-from provenance.report.model import Severity
+from provenance.document import Severity
 from provenance.textsafe import safe_text
 
 SARIF_SCHEMA = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"

@@ -17,46 +17,16 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
-from provenance.commands.common import to_json
-from provenance.report.model import Finding, Report, Section
-from provenance.textsafe import safe_text
+from provenance.fileio import to_json
+from provenance.document import Finding, Report, Section
+from provenance.numbers import format_p, format_value
+from provenance.textsafe import md_escape, safe_text
 
 MAX_TABLE_ROWS = 500
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>|~&])")
-
-
-def md_escape(value: Any) -> str:
-    """Escape a value for Markdown text and table cells (no HTML, no links, no emphasis)."""
-    return _MD_SPECIAL.sub(r"\\\1", safe_text(value))
 
 
 def h(value: Any) -> str:
     return html.escape(safe_text(value), quote=True)
-
-
-def format_value(value: Any) -> str:
-    if isinstance(value, bool) or value is None:
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if value == 0 or 1e-3 <= abs(value) < 1e5:
-            return f"{value:.4g}"
-        return f"{value:.3e}"
-    if isinstance(value, (list, tuple)):
-        text = ", ".join(format_value(v) for v in list(value)[:8])
-        return f"[{text}{', …' if len(value) > 8 else ''}]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {format_value(v)}" for k, v in list(value.items())[:8]) + "}"
-    return str(value)
-
-
-def format_p(p: float | None) -> str:
-    if p is None:
-        return "n/a"
-    if p <= 0:
-        return "p < 1e-300"
-    return f"p = {p:.2e}" if p < 1e-3 else f"p = {p:.3f}"
 
 
 def render_json(report: Report) -> str:

@@ -220,7 +220,7 @@ def analyze_checkpoint(
             w = ref.read_rows(name)
             align = alignment.get(name)
             if info.quantized:
-                from provenance.quant.recipes import supported
+                from provenance.codecs.recipes import supported
 
                 if info.ggml_type is None or not supported(info.ggml_type):
                     results.append(TensorEvidence(name, "unsupported", {"dtype": info.dtype}))

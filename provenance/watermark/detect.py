@@ -110,7 +110,7 @@ class _Scorer:
         stats = ["blind"]
         if self.ref is not None:
             stats.insert(0, "reference")
-            from provenance.quant.recipes import supported
+            from provenance.codecs.recipes import supported
 
             if info.quantized and info.ggml_type is not None and supported(info.ggml_type):
                 stats.insert(1, "grid")

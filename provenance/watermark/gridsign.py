@@ -15,10 +15,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from provenance.quant.dequant import as_torch
+from provenance.codecs.dequant import as_torch
 from provenance.quant.gridcheck import source_variants
-from provenance.quant.grid import quant_grid
-from provenance.quant.recipes import predict, supported
+from provenance.codecs.grid import quant_grid
+from provenance.codecs.recipes import predict, supported
 
 
 def flip_signs(reference_rows: np.ndarray, raw_rows: np.ndarray, ggml_type: int, precision: str = "f16") -> np.ndarray:

@@ -1,12 +1,12 @@
 """``quantize_rows``: float32 rows -> stored bytes, bit-exact with llama.cpp's reference
 quantizers (what ``llama_model_quantize`` runs without an importance matrix).
 
-* Q2_K..Q6_K: :mod:`provenance.quant.quantize_k` (our float32-exact port of
+* Q2_K..Q6_K: :mod:`provenance.codecs.quantize_k` (our float32-exact port of
   ``quantize_row_q*_K_ref``);
 * Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0 / BF16: ``gguf.quants.quantize``, already bit-exact
   with ``quantize_row_q*_ref`` (its Q8_0 scales with the f32 ``d`` and rounds
   ``x * (1/d)`` half away from zero, as ggml does);
-* IQ4_NL / IQ4_XS: :mod:`provenance.quant.quantize_iq4`;
+* IQ4_NL / IQ4_XS: :mod:`provenance.codecs.quantize_iq4`;
 * F32 / F16: plain conversion (numpy's float16 cast rounds to nearest even, like
   ``ggml_fp32_to_fp16_row``).
 
@@ -19,8 +19,8 @@ import numpy as np
 from gguf import GGMLQuantizationType
 from gguf import quants as gguf_quants
 
-from provenance.quant.quantize_iq4 import quantize_iq4_nl, quantize_iq4_xs
-from provenance.quant.quantize_k import BLOCK_QUANTIZERS, CHUNK_WEIGHTS, quantize_k_rows
+from provenance.codecs.quantize_iq4 import quantize_iq4_nl, quantize_iq4_xs
+from provenance.codecs.quantize_k import BLOCK_QUANTIZERS, CHUNK_WEIGHTS, quantize_k_rows
 
 _GGUF_EXACT = {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "BF16"}
 _IQ4 = {"IQ4_NL": (32, quantize_iq4_nl), "IQ4_XS": (256, quantize_iq4_xs)}

@@ -1,6 +1,6 @@
 """Compiled CPU dequantization kernels (numba): one fused pass from stored bytes to float32.
 
-The torch kernels (:mod:`provenance.quant.kernels`) express each type as whole-chunk tensor
+The torch kernels (:mod:`provenance.codecs.kernels`) express each type as whole-chunk tensor
 ops plus a ``scale * level + offset`` pass; on a CPU those passes over float32 scratch,
 not the arithmetic, bound their speed (see docs/quantization.md). Here each block is
 decoded and written once, in registers, which is what makes the CPU path several times
@@ -15,8 +15,8 @@ from functools import cache
 import numpy as np
 from gguf import GGMLQuantizationType as T
 
-from provenance.quant.native.parallel import run_split
-from provenance.quant.types import type_info
+from provenance.codecs.native.parallel import run_split
+from provenance.codecs.types import type_info
 
 _KERNEL_NAMES: dict[int, tuple[str, str, tuple[str, ...]]] = {
     T.Q4_0: ("legacy", "q4_0", ()),
@@ -68,7 +68,7 @@ def _kernel(ggml_type: int) -> tuple[Callable[..., None], tuple[np.ndarray, ...]
     import importlib
 
     module, name, extra = _KERNEL_NAMES[ggml_type]
-    fn = getattr(importlib.import_module(f"provenance.quant.native.{module}"), name)
+    fn = getattr(importlib.import_module(f"provenance.codecs.native.{module}"), name)
     tables = (_table("f16"),) + tuple(_table(t) for t in extra)
     return fn, tables
 

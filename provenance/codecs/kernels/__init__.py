@@ -1,7 +1,7 @@
 """Torch dequantization kernels for ggml types, and what each type is served by.
 
 ``decode_blocks`` turns stored blocks into :class:`Decoded` levels and scales (also the
-basis of :mod:`provenance.quant.grid`); ``dequantize_torch`` streams a tensor's blocks
+basis of :mod:`provenance.codecs.grid`); ``dequantize_torch`` streams a tensor's blocks
 through it in chunks into one float32 output. Types without a native kernel go through
 ``gguf.quants.dequantize`` and are listed as such by :func:`kernel_coverage`.
 """
@@ -12,8 +12,8 @@ from collections.abc import Callable
 import torch
 from gguf import GGMLQuantizationType as T
 
-from provenance.quant.kernels import iq, kquants, legacy
-from provenance.quant.kernels._common import Decoded, Workspace, workspace
+from provenance.codecs.kernels import iq, kquants, legacy
+from provenance.codecs.kernels._common import Decoded, Workspace, workspace
 
 Kernel = Callable[[torch.Tensor, Workspace], Decoded]
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from gguf import quants as gq
 
-from provenance.quant.kernels._common import (
+from provenance.codecs.kernels._common import (
     Decoded,
     DeviceTables,
     Workspace,

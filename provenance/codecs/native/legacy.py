@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from provenance.jit import kernel
-from provenance.quant.native.fields import f16, u32
+from provenance.codecs.native.fields import f16, u32
 
 
 @kernel

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 from gguf import GGMLQuantizationType as T
 
-from provenance.quant.grid import QuantGrid
+from provenance.codecs.grid import QuantGrid
 
 EXACT_TYPES = {T.Q8_0, T.Q4_0, T.Q5_0, T.Q4_1, T.Q5_1, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K}
 TOLERANT_TYPES = {T.IQ4_NL, T.IQ4_XS}
@@ -146,7 +146,7 @@ def _iq4(x: torch.Tensor, grid: QuantGrid, raw: torch.Tensor | None) -> Predicti
 def _f16_scales(raw: torch.Tensor, grid: QuantGrid) -> torch.Tensor:
     """Per weight, the block's stored f16 super-scale (bytes 0..1 of IQ4 blocks)."""
     rows = grid.codes.shape[0]
-    from provenance.quant.types import type_info
+    from provenance.codecs.types import type_info
 
     info = type_info(grid.qtype)
     blocks = raw.reshape(-1, info.type_size)[:, 0:2].contiguous().view(torch.float16).to(torch.float32)

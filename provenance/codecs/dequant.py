@@ -1,6 +1,6 @@
 """Dequantize rows of stored ggml blocks to float32.
 
-On the CPU, the types of :data:`provenance.quant.native.NATIVE_TYPES` go through the
+On the CPU, the types of :data:`provenance.codecs.native.NATIVE_TYPES` go through the
 compiled kernels (one fused pass); CUDA tensors and the other types through the torch
 kernels. The byte ranges passed here have already been validated by the reader (bounds,
 block alignment). Results are bit-identical to ``gguf.quants.dequantize`` (NaN payloads
@@ -15,9 +15,9 @@ import torch
 from gguf import GGMLQuantizationType
 from gguf import quants as gguf_quants
 
-from provenance.quant.kernels import KERNELS, PLAIN, Decoded, workspace
-from provenance.quant.native import NATIVE_TYPES, dequantize_blocks_native
-from provenance.quant.types import type_info
+from provenance.codecs.kernels import KERNELS, PLAIN, Decoded, workspace
+from provenance.codecs.native import NATIVE_TYPES, dequantize_blocks_native
+from provenance.codecs.types import type_info
 
 DEFAULT_CHUNK_ELEMS = 1 << 20
 """Weights decoded per chunk: big enough that per-op overhead is small, small enough

@@ -6,7 +6,7 @@ weights ``x*x``: per 32-weight sub-block a scale search over 15 trial inverse sc
 ``(itry + values[0]) / max``; IQ4_XS then stores a 6-bit sub-scale ``l`` against the
 super-scale ``d = -max_scale/32`` and re-picks every code with ``1/(d*l)`` computed from
 the *f32* ``d`` (only its stored copy is f16). Float32 order-of-operations rules as in
-:mod:`provenance.quant.quantize_k`.
+:mod:`provenance.codecs.quantize_k`.
 
 ``best_index_int8`` is ggml's current branch-free form: level ``j`` once
 ``x + x >= val[j-1] + val[j]`` (an exact comparison, ties go up). Older ggml compared
@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from gguf import quants as gguf_quants
 
-from provenance.quant.quantize_k import (
+from provenance.codecs.quantize_k import (
     F32,
     GROUP_MAX_EPS,
     _f16_round,

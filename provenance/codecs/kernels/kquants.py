@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from provenance.quant.kernels._common import (
+from provenance.codecs.kernels._common import (
     Decoded,
     DeviceTables,
     Workspace,

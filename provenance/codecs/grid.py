@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from gguf import GGMLQuantizationType as T
 
-from provenance.quant.dequant import as_torch
-from provenance.quant.kernels import KERNELS, workspace
-from provenance.quant.kernels import iq as iq_kernels
-from provenance.quant.types import type_info
+from provenance.codecs.dequant import as_torch
+from provenance.codecs.kernels import KERNELS, workspace
+from provenance.codecs.kernels import iq as iq_kernels
+from provenance.codecs.types import type_info
 
 #: Integer level range of the uniform types (value = scale * code + offset).
 UNIFORM_RANGE: dict[int, tuple[int, int]] = {

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
 
-from provenance import __version__
+from provenance.version import __version__
 
 SCHEMA = "provenance.report/1"
 

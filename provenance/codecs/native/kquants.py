@@ -1,7 +1,7 @@
 """Q2_K..Q6_K and the ternary TQ1_0 / TQ2_0: 256-weight super-blocks.
 
 Weight orders follow ggml's ``dequantize_row_q*_K`` (see
-:mod:`provenance.quant.kernels.kquants` for the layouts); arithmetic follows gguf-py:
+:mod:`provenance.codecs.kernels.kquants` for the layouts); arithmetic follows gguf-py:
 the sub-block scale ``d * sc`` (and min ``dmin * m``) is rounded to float32 first, then
 ``scale * q - min`` with one rounding per operation. Each kernel walks sub-blocks and
 runs one vectorisable inner loop per sub-block (bounds from ``out.shape``, see
@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from provenance.jit import kernel
-from provenance.quant.native.fields import f16, k_sub_scale
+from provenance.codecs.native.fields import f16, k_sub_scale
 
 
 @kernel

@@ -1,0 +1,50 @@
+"""Whole-file output and strict JSON, shared by every layer that writes results.
+
+A report, a model or a database entry is written whole or not at all (temp file in the
+same directory, fsync, rename), so an interrupted run never leaves a partial file."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def write_atomic(path: str | Path, data: str | bytes) -> None:
+    """Write a whole file or nothing: a temp file in the same directory, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data.encode("utf-8") if isinstance(data, str) else data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def json_ready(value: Any) -> Any:
+    """Strict-JSON form: NaN/inf become null (pandas fills gaps with NaN), numpy scalars
+    and arrays become Python numbers and lists, tuples become lists."""
+    if isinstance(value, dict):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):  # numpy scalar or array
+        return json_ready(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def to_json(document: Any) -> str:
+    # ensure_ascii: file-derived strings cannot put raw control or bidi characters on a terminal.
+    return json.dumps(json_ready(document), indent=2, ensure_ascii=True, allow_nan=False, default=str) + "\n"
