@@ -11,7 +11,7 @@ quantizers (what ``llama_model_quantize`` runs without an importance matrix).
   ``ggml_fp32_to_fp16_row``).
 
 Verified against every tensor of every file in ``shared/data/llamacpp-quant``
-(tests/test_quant_quantize.py).
+(tests/codecs/test_quantize_ref.py).
 """
 from __future__ import annotations
 

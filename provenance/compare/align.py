@@ -22,7 +22,7 @@ ahead (then it is the unique optimum); head-block similarities are screened by b
 products and only the entries a result reads are computed exactly; an unpermuted MLP is
 certified by one feature's cosines and bounds on the others; float64 reductions run in
 numpy's own summation orders through small scratch buffers. Each is argued where it is
-made and tested against the full computation (tests/test_align_exact.py).
+made and tested against the full computation (tests/compare/test_align_exact.py).
 """
 from __future__ import annotations
 

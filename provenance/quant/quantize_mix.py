@@ -13,7 +13,7 @@ Tensor order matters: the counters ``i_attention_wv`` / ``i_ffn_down`` advance i
 order llama.cpp visits tensors, which is its ``weight_name_comparer`` order (layer
 number, non-layer tensors first, then name); :func:`llama_weight_order` gives it.
 
-Verified against every file in ``shared/data/llamacpp-quant`` (tests/test_quant_quantize_mix.py).
+Verified against every file in ``shared/data/llamacpp-quant`` (tests/quant/test_quantize_mix.py).
 """
 from __future__ import annotations
 

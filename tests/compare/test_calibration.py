@@ -1,0 +1,79 @@
+"""The committed calibration (scripts/calibrate_lineage.py) and a live rerun of a few cases."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CAL = ROOT / "data" / "calibration"
+needs_synth = pytest.mark.skipif(not (ROOT / "data" / "synth" / "manifest.json").is_file(), reason="synth pool not built")
+
+
+@pytest.fixture(scope="module")
+def summary() -> dict:
+    return json.loads((CAL / "summary.json").read_text())
+
+
+def test_null_pool_is_large_independent_and_calibrated(summary: dict) -> None:
+    null = pd.read_csv(CAL / "null_pairs.csv", keep_default_na=False)
+    plain = null[~null["permuted"]]
+    assert len(plain) >= 200 and summary["null"]["pairs"] == len(null)
+    models = set(plain["candidate"]) | set(plain["reference"])
+    assert 20 <= len(models) <= 30
+    assert not (plain["candidate"] == plain["reference"]).any()
+    for kind in ("p_asymptotic", "p_exact"):
+        stats = summary["null"][kind]
+        # uniform or conservative: no KS evidence of p-values smaller than uniform
+        assert stats["ks_anticonservative_p"] > 0.01, (kind, stats)
+        assert stats["false_positives_at_1e-3"] == 0 == int((null[kind] < 1e-3).sum())
+    assert (null["verdict"] != "identical").all() and not null["verdict"].isin(
+        ["fine-tune", "lora-merge", "continued-pretraining", "requantized"]).any()
+    # the null stays calibrated when the candidate is permuted, rescaled and quantized
+    variants = null[null["permuted"]]
+    assert len(variants) >= 30 and set(variants["scheme"]) >= {"Q8_0", "Q4_K_M", "Q2_K", "2bit-emu"}
+    assert (variants["p_asymptotic"] > 1e-3).all()
+
+
+def test_every_derived_pair_is_detected(summary: dict) -> None:
+    derived = pd.read_csv(CAL / "derived_pairs.csv", keep_default_na=False)
+    assert len(derived) == summary["derived"]["pairs"] >= 100
+    assert (derived["p_asymptotic"] < 1e-6).all() and (derived["p_exact"] <= 0.001 + 1e-12).all()
+    assert set(derived["scheme"]) == {"fp", "Q8_0", "Q4_K_M", "Q2_K", "2bit-emu"}
+    assert set(derived["permuted"]) == {True, False}
+    kinds = derived.groupby("candidate")["verdict"].agg(set)
+    for cand, verdicts in kinds.items():
+        assert "unrelated" not in verdicts and "inconclusive" not in verdicts
+        if cand.endswith("-cpt"):
+            assert verdicts == {"continued-pretraining"}
+    plain_fp = derived[(~derived["permuted"]) & (derived["scheme"] == "fp")].set_index("candidate")["verdict"]
+    assert plain_fp["synth-s00-lora"] == "lora-merge" and plain_fp["stories260k-lora"] == "lora-merge"
+    assert plain_fp["synth-s00-ft-heavy"] == "fine-tune"
+
+
+def test_null_histogram_is_published() -> None:
+    png = CAL / "null_hist.png"
+    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "data/calibration/null_hist.png" in (ROOT / "docs" / "lineage.md").read_text()
+
+
+@needs_synth
+def test_live_rerun_matches_committed_results() -> None:
+    spec = importlib.util.spec_from_file_location("calibrate_lineage", ROOT / "scripts" / "calibrate_lineage.py")
+    module = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(module)
+    manifest = json.loads((ROOT / "data" / "synth" / "manifest.json").read_text())
+    todo = {c["case"]: c for c in module.cases(manifest)}
+    committed = pd.concat([pd.read_csv(CAL / "null_pairs.csv", keep_default_na=False), pd.read_csv(CAL / "derived_pairs.csv", keep_default_na=False)]).set_index("case")
+    picks = [committed[committed["kind"] == "null"].sort_values("p_asymptotic").index[0],  # the most extreme null pair
+             "derived:synth-s00-ft-light:perm:Q2_K", "derived:stories260k-lora:plain:fp"]
+    for case in picks:
+        got = module.run_case(todo[case])
+        want = committed.loc[case]
+        assert got["verdict"] == want["verdict"]
+        assert got["p_exact"] == pytest.approx(want["p_exact"])
+        assert got["z"] == pytest.approx(want["z"], rel=1e-4)

@@ -1,0 +1,58 @@
+"""`provenance investigate`: one report, executive summary first, nothing written on failure."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+
+from tests.conftest import QUANT_DIR, ROOT, SHARED_DATA
+from provenance.investigate import investigate
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "provenance.cli", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_investigate_api_on_a_quantized_file() -> None:
+    report = investigate(QUANT_DIR / "tiny-llama-Q4_K_M.gguf")
+    assert report.sections[-1].kind == "inspect" and report.findings[-1].id == "format.identity"
+    assert report.executive_summary.startswith("tiny-llama-Q4_K_M.gguf is identified as tiny-llama-q4_k_m")
+    assert report.claims["general.name"] == "tiny-llama-test"
+    document = report.to_dict()
+    jsonschema.validate(document, json.loads((ROOT / "docs" / "report-schema.json").read_text()))
+
+
+def test_unreadable_candidate_writes_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    result = run_cli("investigate", str(SHARED_DATA / "corrupted" / "utf8-mangled-ggml-vocab-bert-bge.gguf"), "-o", str(out))
+    assert result.returncode == 2 and "offset" in result.stderr
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_unknown_output_format_is_a_usage_error(tmp_path: Path) -> None:
+    result = run_cli("investigate", str(QUANT_DIR / "tiny-llama-Q8_0.gguf"), "-o", str(tmp_path / "r"), "--format", "pdf")
+    assert result.returncode == 64 and not (tmp_path / "r").exists()
+
+
+def test_investigate_with_reference_reports_exact_quantization(tmp_path: Path) -> None:
+    report = investigate(QUANT_DIR / "tiny-llama-Q4_K_M.gguf", [QUANT_DIR / "tiny-llama-f32.gguf"])
+    (finding,) = [f for f in report.findings if f.id == "quant.verdict"]
+    assert finding.verdict == "exact quantization" and finding.statistic["n_unexplained"] == 0
+    assert finding.statistic["n_weights_checked"] == 2_228_224
+    assert "is an exact quantization of tiny-llama-f32.gguf" in report.executive_summary
+    assert any(s.kind == "quantcheck" and s.figures for s in report.sections)
+
+
+def test_investigate_with_an_incomparable_reference() -> None:
+    """Vocabulary-only files: nothing to compare per layer -> inconclusive, no empty figures."""
+    from tests.conftest import VOCAB_DIR
+
+    report = investigate(VOCAB_DIR / "ggml-vocab-phi-3.gguf", [VOCAB_DIR / "ggml-vocab-llama-spm.gguf"])
+    (lineage,) = [f for f in report.findings if f.id == "lineage.verdict"]
+    assert lineage.verdict == "inconclusive" and lineage.p_value is None
+    (section,) = [s for s in report.sections if s.kind == "compare"]
+    assert section.figures == []
+    assert "identified as gguf-vocab-phi-3" in report.executive_summary

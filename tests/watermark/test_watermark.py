@@ -1,0 +1,296 @@
+"""Watermarks on real files: keys, embed, detection after quantization, tracing, analysis."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from tests.conftest import QUANT_DIR, save_tiny_model
+from provenance.formats import open_checkpoint
+from provenance.watermark import DerivedKey, FileKey, ScoreOptions, embed_checkpoint, gaussian_stream, key_seed, trace
+from provenance.watermark.analyze import analyze_checkpoint
+from provenance.watermark.attacks import (
+    llama_cpp_available, permute_rescale, quantize_mix, quantize_with_llama_cpp, read_tensors, same_bytes, write_gguf_variant,
+)
+from provenance.watermark.keys import WatermarkKeyError, export_key_file, read_secret
+from provenance.watermark.stats import family_bound, holm
+
+SOURCE = QUANT_DIR / "tiny-llama-f16.gguf"  # real llama.cpp-layout GGUF, 1.70M weights in block matrices
+SECRET = b"provenance-test-secret-0001"
+INNOCENT = [DerivedKey(SECRET, f"innocent-{i:02d}") for i in range(12)]
+
+
+def _block_names(tensors: dict[str, np.ndarray]) -> list[str]:
+    return [n for n in tensors if n.startswith("blk.") and "norm" not in n]
+
+
+@pytest.fixture(scope="module")
+def marked(tmp_path_factory: pytest.TempPathFactory) -> dict[float, Path]:
+    out = {}
+    for amplitude in (1e-2, 1e-3):
+        path = tmp_path_factory.mktemp("wm") / f"acme-{amplitude:g}.gguf"
+        embed_checkpoint(SOURCE, path, DerivedKey(SECRET, "acme"), amplitude)
+        out[amplitude] = path
+    return out
+
+
+def _z(result, label: str) -> dict[str, float]:  # noqa: ANN001
+    key = next(k for k in result.score.keys if k.label == label)
+    return {s: acc.z for s, acc in key.totals.items() if acc.q > 0}
+
+
+def _assert_null(result, min_ks_p: float = 1e-3) -> None:  # noqa: ANN001
+    """Decoys and innocent clients look like N(0,1), and nobody innocent is accused."""
+    for stat, summary in result.score.decoy_summary().items():
+        assert summary["n"] >= 1000
+        assert abs(summary["mean"]) < 0.15 and 0.85 < summary["std"] < 1.15, (stat, summary)
+        assert summary["ks_p"] > min_ks_p, (stat, summary)
+        assert summary["max"] < 5.5
+    for key in INNOCENT:
+        assert key.label not in result.accused
+        assert all(abs(z) < 5.5 for z in _z(result, key.label).values())
+
+
+# ----- keys ------------------------------------------------------------------------------
+def test_key_derivation_is_pinned() -> None:
+    # The documented derivation, recomputed here from its specification.
+    def lp(b: bytes) -> bytes:
+        return len(b).to_bytes(8, "little") + b
+
+    expected = hashlib.sha256(b"provenance-wm-v1" + lp(SECRET) + lp(b"client-42") + lp(b"blk.0.attn_q.weight")).digest()
+    seed = key_seed(SECRET, "client-42", "blk.0.attn_q.weight")
+    assert seed == expected
+    # Test vector: must never change across numpy/torch versions (1e-12: libm ulps only).
+    np.testing.assert_allclose(gaussian_stream(seed, 0, 6), [
+        2.0036713213426016, -1.444471636862416, 0.3241141944852762, -0.4037536544758436, 0.5636193301939975, 0.2936803196509787,
+    ], rtol=1e-12)
+    np.testing.assert_allclose(gaussian_stream(seed, 1_000_001, 3), [1.9661446815507364, -0.6439533089981001, -1.0274381890326463], rtol=1e-12)
+
+
+def test_key_stream_random_access_and_gaussianity() -> None:
+    seed = key_seed(SECRET, "x", "t")
+    whole = gaussian_stream(seed, 0, 200_003)
+    for start, count in [(0, 1), (1, 2), (3, 5), (4, 4), (99_999, 7), (200_000, 3)]:
+        assert np.array_equal(gaussian_stream(seed, start, count), whole[start:start + count])
+    assert abs(whole.mean()) < 0.01 and abs(whole.std() - 1) < 0.01
+    assert sps.kstest(whole, "norm").pvalue > 1e-3
+    assert abs(sps.kurtosis(whole)) < 0.05  # Gaussian, not +-1 (excess kurtosis -2)
+    other = gaussian_stream(key_seed(SECRET, "y", "t"), 0, 200_003)
+    assert abs(np.corrcoef(whole, other)[0, 1]) < 0.01
+
+
+def test_secret_too_short_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "s").write_bytes(b"short\n")
+    with pytest.raises(WatermarkKeyError):
+        read_secret(tmp_path / "s")
+
+
+# ----- embed -----------------------------------------------------------------------------
+def test_embed_gguf_keeps_everything_but_the_mark(marked: dict[float, Path]) -> None:
+    with open_checkpoint(SOURCE) as src, open_checkpoint(marked[1e-2]) as out:
+        assert list(src.tensors) == list(out.tensors)
+        assert src.metadata.keys() == out.metadata.keys()
+        assert all(src.metadata[k] == out.metadata[k] for k in src.metadata)
+        for name, info in src.tensors.items():
+            assert out.info(name).dtype == info.dtype and out.info(name).shape == info.shape
+            same = src.tensor_sha256(name) == out.tensor_sha256(name)
+            assert same == (not name.startswith("blk.") or "norm" in name), name
+        w, x = src.read_rows("blk.1.ffn_down.weight").astype(np.float64), out.read_rows("blk.1.ffn_down.weight")
+        delta = (x - w) / w.std(axis=1, keepdims=True)
+        key = DerivedKey(SECRET, "acme").rows("blk.1.ffn_down.weight", w.shape, 0, w.shape[0])
+        assert 0.009 < delta.std() < 0.011  # amplitude 1e-2 of each row's sigma (after f16 rounding)
+        assert np.corrcoef(delta.ravel(), key.ravel())[0, 1] > 0.95
+
+
+def test_embed_f32_gguf_keeps_f32(tmp_path: Path) -> None:
+    out = tmp_path / "f32.gguf"
+    report = embed_checkpoint(QUANT_DIR / "tiny-llama-f32.gguf", out, DerivedKey(SECRET, "acme"), 1e-3)
+    assert 0.00095 < report.summary()["rel_change_rms"] < 0.00105  # no f16 rounding in the way
+    with open_checkpoint(out) as ckpt:
+        assert {i.dtype for i in ckpt.tensors.values()} == {"F32"}
+    result = trace(out, [DerivedKey(SECRET, "acme")], QUANT_DIR / "tiny-llama-f32.gguf", options=ScoreOptions(decoys=0))
+    assert result.accused == ["acme"]
+
+
+def test_embed_hf_directory_roundtrip(tmp_path: Path) -> None:
+    """HF directory in, full HF directory out; q/k marked in canonical layout and written back in HF's."""
+    from transformers import LlamaForCausalLM
+
+    src = save_tiny_model(tmp_path / "hf", seed=5)
+    (src / "tokenizer_config.json").write_text("{}")
+    out = tmp_path / "marked"
+    report = embed_checkpoint(src, out, DerivedKey(SECRET, "acme"), 1e-2)
+    assert (out / "config.json").read_bytes() == (src / "config.json").read_bytes()
+    assert (out / "tokenizer_config.json").is_file()
+    LlamaForCausalLM.from_pretrained(out)  # transformers loads it
+    # 2 layers x (q 64x64, k and v 32x64 (4 kv heads), o 64x64, gate/up/down 64x172)
+    assert report.summary()["n_marked"] == 2 * (2 * 64 * 64 + 2 * 32 * 64 + 3 * 64 * 172)
+    result = trace(out, [DerivedKey(SECRET, "acme"), *INNOCENT], src, options=ScoreOptions(decoys=1000))
+    key = next(k for k in result.score.keys if k.label == "acme")
+    for name in ("blk.0.attn_q.weight", "blk.1.attn_k.weight", "blk.0.ffn_up.weight"):
+        assert key.per_tensor[name]["reference"].z > 30, name  # would be ~0 if q/k rows were scrambled
+    assert result.accused == ["acme"]
+    _assert_null(result)
+
+
+# ----- detect ----------------------------------------------------------------------------
+def test_detect_with_reference_and_blind(marked: dict[float, Path]) -> None:
+    strong = trace(marked[1e-2], [DerivedKey(SECRET, "acme"), *INNOCENT], SOURCE)
+    z = _z(strong, "acme")
+    assert z["reference"] > 100
+    assert 8 < z["blind"] < 18  # a * sqrt(N) = 13.0 at N = 1.70M
+    assert strong.accused == ["acme"]
+    _assert_null(strong)
+    weak = trace(marked[1e-3], [DerivedKey(SECRET, "acme"), *INNOCENT], SOURCE)
+    assert _z(weak, "acme")["reference"] > 100
+    assert abs(_z(weak, "acme")["blind"]) < 5  # a * sqrt(N) = 1.3: too few weights for blind at 1e-3
+    _assert_null(weak)
+
+
+def test_q8_0_grid_statistic(marked: dict[float, Path], tmp_path: Path) -> None:
+    """gguf-py's Q8_0 quantizer (bit-exact with llama.cpp's) on a 1e-3 mark: the grid flips find it."""
+    tensors = read_tensors(marked[1e-3])
+    q8 = tmp_path / "acme-q8.gguf"
+    write_gguf_variant(marked[1e-3], q8, {n: tensors[n] for n in _block_names(tensors)}, qtype="Q8_0")
+    result = trace(q8, [DerivedKey(SECRET, "acme"), *INNOCENT], SOURCE)
+    z = _z(result, "acme")
+    assert z["grid"] > 150 and z["grid"] > z["reference"]
+    assert result.score.n_flips > 10_000
+    _assert_null(result)
+
+
+@pytest.mark.parametrize("mix", ["Q4_K_M", "Q2_K"])
+def test_detect_after_k_quants(marked: dict[float, Path], tmp_path: Path, mix: str) -> None:
+    """The project's llama.cpp-exact Q4_K_M / Q2_K of a 1e-3 mark (blind z would be 1.3):
+    the grid statistic accuses at z >= 7 (measured 84 / 45) and beats the plain residual."""
+    out = tmp_path / f"acme-{mix}.gguf"
+    quantize_mix(marked[1e-3], out, mix)
+    with open_checkpoint(out) as ckpt:
+        assert {"Q4_K": "Q4_K_M", "Q2_K": "Q2_K"}[ckpt.info("blk.0.attn_q.weight").dtype] == mix
+    result = trace(out, [DerivedKey(SECRET, "acme"), *INNOCENT], SOURCE)
+    z = _z(result, "acme")
+    assert z["grid"] > 30 and z["grid"] > 2 * z["reference"]
+    assert result.accused == ["acme"]
+    _assert_null(result)
+
+
+@pytest.mark.skipif(not llama_cpp_available(), reason="llama-cpp-python not built into .cache/llamacpp (see docs/watermark.md)")
+def test_project_quantizer_writes_what_llama_cpp_writes(marked: dict[float, Path], tmp_path: Path) -> None:
+    for mix in ("Q4_K_M", "Q3_K_M"):
+        quantize_mix(marked[1e-3], tmp_path / "ours.gguf", mix)
+        quantize_with_llama_cpp(marked[1e-3], tmp_path / "theirs.gguf", mix)
+        assert same_bytes(tmp_path / "ours.gguf", tmp_path / "theirs.gguf"), mix
+
+
+def test_independent_decoys_agree(marked: dict[float, Path]) -> None:
+    names = ["blk.0.attn_q.weight", "blk.0.attn_v.weight"]
+    from provenance.watermark.select import names_selector
+
+    result = trace(marked[1e-3], [DerivedKey(SECRET, "acme")], SOURCE,
+                   options=ScoreOptions(decoys=1000, independent_decoys=True, selector=names_selector(names)))
+    for summary in result.score.decoy_summary().values():
+        assert summary["n"] == 1000 and summary["ks_p"] > 1e-3 and abs(summary["std"] - 1) < 0.15
+
+
+def test_permutation_and_rescale_need_realignment(marked: dict[float, Path], tmp_path: Path) -> None:
+    tensors = read_tensors(marked[1e-3])
+    moved = permute_rescale(tensors, layers=[0, 1], seed=3)
+    path = tmp_path / "perm.gguf"
+    write_gguf_variant(marked[1e-3], path, {n: moved[n] for n in _block_names(tensors)})
+    keys = [DerivedKey(SECRET, "acme"), *INNOCENT]
+    plain = trace(path, keys, SOURCE, options=ScoreOptions(realign="never"))
+    aligned = trace(path, keys, SOURCE, options=ScoreOptions(realign="auto"))
+    ffn = "blk.1.ffn_down.weight"
+    assert abs(next(k for k in plain.score.keys if k.label == "acme").per_tensor[ffn]["reference"].z) < 5
+    assert next(k for k in aligned.score.keys if k.label == "acme").per_tensor[ffn]["reference"].z > 50
+    assert aligned.accused == ["acme"]
+    _assert_null(aligned)
+
+
+def test_key_file_with_hf_names(marked: dict[float, Path], tmp_path: Path) -> None:
+    """An explicit key given by HF names (q/k in HF row order) detects the GGUF copy."""
+    from provenance.names.qk_permute import gguf_to_hf_rows
+
+    key = DerivedKey(SECRET, "acme")
+    with open_checkpoint(marked[1e-3]) as ckpt:
+        shapes = {n: (i.n_rows, i.row_length) for n, i in ckpt.tensors.items() if n.startswith("blk.") and "norm" not in n}
+    gguf_npz = tmp_path / "k.npz"
+    export_key_file(key, shapes, gguf_npz)
+    hf = {}
+    with np.load(gguf_npz) as npz:
+        for name in npz.files:
+            layer, role = name.split(".")[1], name.split(".")[2]
+            hf_role = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+                       "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}[role]
+            value = npz[name]
+            if role in ("attn_q", "attn_k"):
+                value = gguf_to_hf_rows(value, 4)
+            hf[f"model.layers.{layer}.{hf_role}.weight"] = value
+    hf_npz = tmp_path / "k_hf.npz"
+    np.savez(hf_npz, **hf)
+    with open_checkpoint(marked[1e-3]) as ckpt:
+        arch = ckpt.architecture
+    for path in (gguf_npz, hf_npz):
+        result = trace(marked[1e-3], [FileKey.load(path, arch)], SOURCE, options=ScoreOptions(decoys=0))
+        assert result.score.keys[0].totals["reference"].z > 100, path
+
+
+# ----- trace -----------------------------------------------------------------------------
+def test_trace_midpoint_collusion_accuses_both_colluders(tmp_path: Path) -> None:
+    from provenance.watermark.attacks import midpoint
+
+    copies = []
+    for client in ("acme", "globex"):
+        path = tmp_path / f"{client}.gguf"
+        embed_checkpoint(SOURCE, path, DerivedKey(SECRET, client), 1e-2)
+        copies.append(read_tensors(path))
+    mixed = midpoint([{n: c[n] for n in _block_names(c)} for c in copies])
+    path = tmp_path / "mid.gguf"
+    write_gguf_variant(SOURCE, path, mixed)
+    keys = [DerivedKey(SECRET, "acme"), DerivedKey(SECRET, "globex"), *INNOCENT]
+    result = trace(path, keys, SOURCE)
+    assert sorted(result.accused) == ["acme", "globex"] and result.collusion
+    blind_only = trace(path, keys, None)  # no reference: each mark at a/2, z ~ a*sqrt(N)/2 = 6.5
+    assert all(3.5 < _z(blind_only, c)["blind"] < 10 for c in ("acme", "globex"))
+    assert set(blind_only.accused) <= {"acme", "globex"}
+    _assert_null(result)
+
+
+def test_family_bound_and_holm() -> None:
+    assert family_bound(3 * 10_000, 7.0) < 4e-8
+    assert holm([0.01, 0.04, 0.03, 0.2]) == pytest.approx([0.04, 0.09, 0.09, 0.2])
+
+
+# ----- analyze ---------------------------------------------------------------------------
+def test_analyze_classes(marked: dict[float, Path], tmp_path: Path) -> None:
+    assert analyze_checkpoint(marked[1e-3], SOURCE).verdict == "iid-perturbation"
+    assert analyze_checkpoint(SOURCE, SOURCE).verdict == "identical"
+    # Real llama.cpp output against its real source: nothing but quantization.
+    assert analyze_checkpoint(QUANT_DIR / "tiny-llama-Q8_0.gguf", QUANT_DIR / "tiny-llama-f32.gguf").verdict == "exact-quantization"
+    assert analyze_checkpoint(QUANT_DIR / "tiny-llama-Q4_K_M.gguf", QUANT_DIR / "tiny-llama-f32.gguf").verdict == "exact-quantization"
+    # A low-rank, fine-tune-like update of similar size.
+    tensors = read_tensors(SOURCE)
+    rng = np.random.default_rng(0)
+    tuned = {}
+    for n in _block_names(tensors):
+        w = tensors[n]
+        a, b = rng.normal(size=(w.shape[0], 4)), rng.normal(size=(4, w.shape[1]))
+        tuned[n] = w + 0.05 * w.std() * (a @ b) / 2
+    path = tmp_path / "tuned.gguf"
+    write_gguf_variant(SOURCE, path, tuned)
+    assert analyze_checkpoint(path, SOURCE).verdict == "structured"
+    moved = permute_rescale(tensors, layers=[0, 1], seed=1)
+    path = tmp_path / "moved.gguf"
+    write_gguf_variant(SOURCE, path, {n: moved[n] for n in _block_names(tensors)})
+    result = analyze_checkpoint(path, SOURCE)
+    assert result.verdict == "rescale-permutation"
+    assert result.residual_counts.get("iid-perturbation", 0) == 0  # unmarked: only storage rounding is left
+    marked_tensors = read_tensors(marked[1e-2])
+    moved = permute_rescale(marked_tensors, layers=[0, 1], seed=1)
+    path = tmp_path / "marked-moved.gguf"
+    write_gguf_variant(SOURCE, path, {n: moved[n] for n in _block_names(tensors)})
+    result = analyze_checkpoint(path, SOURCE)
+    assert result.verdict == "rescale-permutation" and result.residual_verdict == "iid-perturbation"
