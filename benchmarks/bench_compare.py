@@ -155,6 +155,10 @@ def _child(args: list[str], src: Path | None = None) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def med(xs: list[float]) -> float | None:
+    return sorted(xs)[len(xs) // 2] if xs else None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", default="1,2,4", help="depths to run (peak RSS per depth); speed on the deepest")
@@ -198,7 +202,6 @@ def main() -> int:
                 speed[label]["2t"].append(_child(["--child", "stream", str(files[deep][0]), str(files[deep][1]), "2"], src))
     for label in sources:
         sp, rs = speed[label], rss[label]
-        med = lambda xs: sorted(xs)[len(xs) // 2] if xs else None
         report[label] = {
             "peak_rss_mb_stream_2t": rs,
             "rss_growth_mb_per_layer": round((rs[f"{deep}_layers"] - rs[f"{depths[0]}_layers"]) / max(1, deep - depths[0]), 1),

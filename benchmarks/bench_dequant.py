@@ -35,10 +35,33 @@ from gguf import GGMLQuantizationType as T
 from provenance.codecs.dequant import dequantize_torch
 from provenance.codecs.kernels import F16_SCALE_OFFSETS
 
-TYPES = (
-    "Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K Q4_K Q5_K Q6_K IQ4_NL IQ4_XS IQ2_XXS IQ2_XS IQ2_S "
-    "IQ3_XXS IQ3_S IQ1_S IQ1_M TQ1_0 TQ2_0 MXFP4 NVFP4 BF16 F16"
-).split()
+TYPES = [
+    "Q4_0",
+    "Q4_1",
+    "Q5_0",
+    "Q5_1",
+    "Q8_0",
+    "Q2_K",
+    "Q3_K",
+    "Q4_K",
+    "Q5_K",
+    "Q6_K",
+    "IQ4_NL",
+    "IQ4_XS",
+    "IQ2_XXS",
+    "IQ2_XS",
+    "IQ2_S",
+    "IQ3_XXS",
+    "IQ3_S",
+    "IQ1_S",
+    "IQ1_M",
+    "TQ1_0",
+    "TQ2_0",
+    "MXFP4",
+    "NVFP4",
+    "BF16",
+    "F16",
+]
 QUANTIZABLE = {T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.TQ1_0, T.TQ2_0, T.MXFP4, T.BF16}
 ROW = 4096  # weights per row: a multiple of every block size
 CHUNK_ROWS_BYTES = 4 << 20  # stored bytes per streamed chunk
@@ -63,13 +86,13 @@ def make_blocks(qtype: T, mib: int) -> np.ndarray:
     blocks = raw.reshape(-1, type_size)
     for offset in F16_SCALE_OFFSETS.get(qtype, ()):
         scales = (np.abs(rng.standard_normal(blocks.shape[0])) * 1e-3 + 1e-4).astype(np.float16)
-        blocks[:, offset:offset + 2] = scales.view(np.uint8).reshape(-1, 2)
+        blocks[:, offset : offset + 2] = scales.view(np.uint8).reshape(-1, 2)
     return raw
 
 
 def chunks(raw: np.ndarray) -> list[np.ndarray]:
     step = max(1, CHUNK_ROWS_BYTES // raw.shape[1])
-    return [raw[i:i + step] for i in range(0, raw.shape[0], step)]
+    return [raw[i : i + step] for i in range(0, raw.shape[0], step)]
 
 
 def time_ours(parts: list[torch.Tensor], out: torch.Tensor, qtype: T, threads: int, native: bool = True) -> float:
@@ -123,8 +146,11 @@ def main() -> None:
     ap.add_argument("--types", default=",".join(TYPES), help="comma-separated ggml type names")
     ap.add_argument("--threads", default="1,2", help="torch thread counts for our kernels (default 1,2)")
     ap.add_argument("--reps", type=int, default=5, help="interleaved rounds per type (median kept)")
-    ap.add_argument("--torch-kernels", action="store_true",
-                    help="also time the torch kernels on the CPU (the path before the compiled kernels)")
+    ap.add_argument(
+        "--torch-kernels",
+        action="store_true",
+        help="also time the torch kernels on the CPU (the path before the compiled kernels)",
+    )
     ap.add_argument("--device", default="cpu", help="cpu (vs gguf, the default) or cuda (ours alone, on the GPU)")
     args = ap.parse_args()
     types = [T[name] for name in args.types.split(",")]
@@ -132,9 +158,11 @@ def main() -> None:
     if args.device != "cpu":
         bench_device(types, args.mib, args.reps, torch.device(args.device))
         return
-    print(f"torch {torch.__version__}, gguf {gguf.__version__ if hasattr(gguf, '__version__') else '?'}, "
-          f"numpy {np.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"torch {torch.__version__}, gguf {gguf.__version__ if hasattr(gguf, '__version__') else '?'}, "
+        f"numpy {np.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, load average {os.getloadavg()[0]:.1f}"
+    )
     results: dict[T, dict] = {}
     # Phase 1: ours alone, one pass per thread count. Peak RSS is a high-water mark, so it
     # is read before any gguf call (whose whole-chunk temporaries would set it).
@@ -154,7 +182,7 @@ def main() -> None:
         times: dict[str, list[float]] = {"g": [], "w": [], "k": [], **{f"t{th}": [] for th in threads}}
         for r in range(args.reps):
             jobs = ["g", "w", *(f"t{th}" for th in threads), *(["k"] if args.torch_kernels else [])]
-            for job in jobs[r % len(jobs):] + jobs[:r % len(jobs)]:
+            for job in jobs[r % len(jobs) :] + jobs[: r % len(jobs)]:
                 if job == "g":
                     times[job].append(time_gguf(raw, qtype))
                 elif job == "w":
@@ -167,13 +195,21 @@ def main() -> None:
         del raw, parts, out
     heads = [f"ours {th}t" for th in threads] + ([f"torch {threads[-1]}t"] if args.torch_kernels else [])
     ratio_threads = 2 if 2 in threads else threads[-1]
-    print(f"\nmedians of {args.reps} interleaved rounds; gguf = gguf.quants.dequantize streamed over the same"
-          " 4 MiB chunks (strongest baseline), gguf whole = one call on the whole tensor (how gguf-py's reader"
-          f" users call it); x = ours on {ratio_threads} threads / baseline; torch = the torch kernels on the CPU")
-    print(f"{'type':8} {'MiB':>5} {'gguf':>8} {'whole':>8} " + " ".join(f"{h:>8}" for h in heads)
-          + f" {'x gguf':>7} {'x whole':>8} {'peak RSS':>9}")
-    print(f"{'':8} {'':>5} {'Melem/s':>8} {'Melem/s':>8} " + " ".join(f"{'Melem/s':>8}" for _ in heads)
-          + f" {'':>7} {'':>8} {'MiB':>9}")
+    print(
+        f"\nmedians of {args.reps} interleaved rounds; gguf = gguf.quants.dequantize streamed over the same"
+        " 4 MiB chunks (strongest baseline), gguf whole = one call on the whole tensor (how gguf-py's reader"
+        f" users call it); x = ours on {ratio_threads} threads / baseline; torch = the torch kernels on the CPU"
+    )
+    print(
+        f"{'type':8} {'MiB':>5} {'gguf':>8} {'whole':>8} "
+        + " ".join(f"{h:>8}" for h in heads)
+        + f" {'x gguf':>7} {'x whole':>8} {'peak RSS':>9}"
+    )
+    print(
+        f"{'':8} {'':>5} {'Melem/s':>8} {'Melem/s':>8} "
+        + " ".join(f"{'Melem/s':>8}" for _ in heads)
+        + f" {'':>7} {'':>8} {'MiB':>9}"
+    )
     worst = {"streamed": float("inf"), "whole": float("inf")}
     for qtype, r in results.items():
         g, w = r["n"] / r["g"] / 1e6, r["n"] / r["w"] / 1e6
@@ -181,15 +217,22 @@ def main() -> None:
         best = r["n"] / r[f"t{ratio_threads}"] / 1e6
         worst["streamed"] = min(worst["streamed"], best / g)
         worst["whole"] = min(worst["whole"], best / w)
-        print(f"{qtype.name:8} {r['mib']:5.0f} {g:8.0f} {w:8.0f} " + " ".join(f"{o:8.0f}" for o in ours)
-              + f" {best / g:7.1f} {best / w:8.1f} {r['rss']:9.0f}")
-    print(f"\nworst ratio: vs streamed gguf {worst['streamed']:.1f}x, vs whole-tensor gguf {worst['whole']:.1f}x"
-          f"   peak RSS after gguf phase: {peak_rss_mib():.0f} MiB   load average {os.getloadavg()[0]:.1f}")
+        print(
+            f"{qtype.name:8} {r['mib']:5.0f} {g:8.0f} {w:8.0f} "
+            + " ".join(f"{o:8.0f}" for o in ours)
+            + f" {best / g:7.1f} {best / w:8.1f} {r['rss']:9.0f}"
+        )
+    print(
+        f"\nworst ratio: vs streamed gguf {worst['streamed']:.1f}x, vs whole-tensor gguf {worst['whole']:.1f}x"
+        f"   peak RSS after gguf phase: {peak_rss_mib():.0f} MiB   load average {os.getloadavg()[0]:.1f}"
+    )
     # For contrast: one whole-tensor call of gguf (what a non-streaming reader does).
     raw = make_blocks(T.Q4_K, args.mib)
     before = peak_rss_mib()
     gguf.quants.dequantize(raw, T.Q4_K)
-    print(f"whole-tensor gguf Q4_K dequantize of {raw.nbytes / 2**20:.0f} MiB: peak RSS {before:.0f} -> {peak_rss_mib():.0f} MiB")
+    print(
+        f"whole-tensor gguf Q4_K dequantize of {raw.nbytes / 2**20:.0f} MiB: peak RSS {before:.0f} -> {peak_rss_mib():.0f} MiB"
+    )
 
 
 if __name__ == "__main__":

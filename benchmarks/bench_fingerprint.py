@@ -52,7 +52,7 @@ def write_candidate(path: Path, total_bytes: int, qtype_name: str) -> None:
     writer.add_head_count(32), writer.add_head_count_kv(8)
     plan = []
     for layer in range(n_layers):
-        for role, (rows, cols) in zip(roles, shapes):
+        for role, (rows, cols) in zip(roles, shapes, strict=True):
             name = f"blk.{layer}.{role}.weight"
             nbytes = rows * cols // block_size * block_bytes
             writer.add_tensor_info(name, (rows, cols // block_size * block_bytes), np.dtype(np.uint8), nbytes, raw_dtype=qtype)
@@ -84,8 +84,8 @@ def main() -> None:
     parser.add_argument("--dir", default=None)
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args()
-    from provenance.refdb import RefDB, RefEntry, identify
     from provenance.formats import open_checkpoint
+    from provenance.refdb import RefDB, RefEntry, identify
     from provenance.refdb.weightfp import build_fingerprint
 
     work = Path(args.dir or tempfile.mkdtemp(prefix="bench-fp-"))

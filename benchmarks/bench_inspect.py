@@ -142,12 +142,22 @@ def main() -> None:
                 ours = measure("inspect", path)
                 hash_base = measure("hashlib", path)
                 hashes = measure("inspect-hashes", path)
-                rows = [(baseline_kind, base, ""), ("inspect", ours, f"{base['seconds'] / ours['seconds']:.1f}x faster than {baseline_kind}"),
-                        ("hashlib sha256", hash_base, ""),
-                        ("inspect --hashes", hashes, f"{hash_base['seconds'] / hashes['seconds']:.2f}x of plain hashlib speed")]
+                rows = [
+                    (baseline_kind, base, ""),
+                    ("inspect", ours, f"{base['seconds'] / ours['seconds']:.1f}x faster than {baseline_kind}"),
+                    ("hashlib sha256", hash_base, ""),
+                    (
+                        "inspect --hashes",
+                        hashes,
+                        f"{hash_base['seconds'] / hashes['seconds']:.2f}x of plain hashlib speed",
+                    ),
+                ]
                 for what, result, ratio in rows:
                     rate = size / result["seconds"] if "hash" in what else float("nan")
-                    print(f"{path.name:<34}{size:>6.2f}  {what:<16}{result['seconds']:>9.3f}{rate:>7.2f}{result['peak_rss_mb']:>13.1f}  {ratio}")
+                    print(
+                        f"{path.name:<34}{size:>6.2f}  {what:<16}{result['seconds']:>9.3f}{rate:>7.2f}"
+                        f"{result['peak_rss_mb']:>13.1f}  {ratio}"
+                    )
                 assert ours["peak_rss_mb"] < 300 and hashes["peak_rss_mb"] < 300, "RSS must stay under 300 MB"
     finally:
         if not args.keep and args.dir is None:

@@ -7,17 +7,17 @@ The CLI (``provenance ...``) is a thin shell over this API::
         for start, rows in ckpt.iter_rows("blk.0.attn_q.weight"):
             ...
 """
-from provenance.version import __version__  # noqa: E402
-from provenance.errors import CheckpointError, ProvenanceError  # noqa: E402
-from provenance.formats import Checkpoint, TensorInfo, open_checkpoint  # noqa: E402
-from provenance.inspect import inspect_checkpoint  # noqa: E402
+from provenance.errors import CheckpointError, ProvenanceError
+from provenance.formats import Checkpoint, TensorInfo, open_checkpoint
+from provenance.inspect import inspect_checkpoint
+from provenance.version import __version__
 
 __all__ = [
-    "__version__",
     "Checkpoint",
     "CheckpointError",
     "ProvenanceError",
     "TensorInfo",
+    "__version__",
     "inspect_checkpoint",
     "open_checkpoint",
 ]

@@ -12,10 +12,9 @@ import sys
 # torch 16-75x slower (DESIGN.md); passive waiting costs nothing when idle.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import click  # noqa: E402
+import click
 
-from provenance.version import __version__  # noqa: E402
-from provenance.commands import (  # noqa: E402
+from provenance.commands import (
     check_cmd,
     compare_cmd,
     demo_cmd,
@@ -26,8 +25,9 @@ from provenance.commands import (  # noqa: E402
     refdb_cmd,
     watermark_cmd,
 )
-from provenance.commands.common import EXIT_ERROR, EXIT_USAGE, stderr_console  # noqa: E402
-from provenance.errors import ProvenanceError  # noqa: E402
+from provenance.commands.common import EXIT_ERROR, EXIT_USAGE, stderr_console
+from provenance.errors import ProvenanceError
+from provenance.version import __version__
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -42,7 +42,7 @@ class Figure:
         return f"{safe}.png"
 
     @classmethod
-    def from_matplotlib(cls, name: str, caption: str, figure: Any, dpi: int = 110) -> "Figure":
+    def from_matplotlib(cls, name: str, caption: str, figure: Any, dpi: int = 110) -> Figure:
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
         import matplotlib.pyplot as plt

@@ -37,7 +37,7 @@ def checkpoint_sha256s(
     for info in checkpoint.tensors.values():
         by_file.setdefault(info.file, []).append((info.offset, info.offset + info.n_bytes, info.name))
     file_digests: dict[str, str] = {}
-    tensor_digests: dict[str, "hashlib._Hash"] = {name: hashlib.sha256() for name in checkpoint.tensors}
+    tensor_digests: dict[str, hashlib._Hash] = {name: hashlib.sha256() for name in checkpoint.tensors}
     buffers = [bytearray(chunk_bytes), bytearray(chunk_bytes)]
     with ThreadPoolExecutor(max_workers=1) as pool:
         for span in checkpoint.files:

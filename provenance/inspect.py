@@ -11,11 +11,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from provenance.version import __version__
 from provenance.formats import Checkpoint, open_checkpoint
 from provenance.formats.gguf_header import GGUFArray
 from provenance.hashing import checkpoint_sha256s
 from provenance.tokenizer import summarize_tokenizer
+from provenance.version import __version__
 
 SCHEMA = "provenance.inspect/1"
 ARRAY_PREVIEW = 5

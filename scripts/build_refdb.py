@@ -25,7 +25,6 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from provenance.version import __version__  # noqa: E402
 from provenance.formats import open_checkpoint  # noqa: E402
 from provenance.refdb.build import build_entry  # noqa: E402
 from provenance.refdb.schema import ARCH_FIELDS, RefEntry, encode_entry  # noqa: E402
@@ -37,6 +36,7 @@ from provenance.refdb.tokens import (  # noqa: E402
     vocabulary_from_sentencepiece,
 )
 from provenance.refdb.tokfp import fingerprint_vocabulary  # noqa: E402
+from provenance.version import __version__  # noqa: E402
 
 SHARED = (ROOT / ".." / "shared" / "data").resolve()
 OUT = ROOT / "data" / "reference_hashes"
@@ -238,7 +238,10 @@ def derived_entry(path: Path, entry_id: str, family: str, parent: RefEntry, how:
 
 
 def build_all(only: set[str] | None = None) -> list[RefEntry]:
-    wanted = (lambda i: only is None or i in only)
+
+    def wanted(entry_id: str) -> bool:
+        return only is None or entry_id in only
+
     entries: list[RefEntry] = []
     if wanted("llama-2-tokenizer"):
         entries.append(llama2_tokenizer())

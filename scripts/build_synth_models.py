@@ -31,9 +31,9 @@ from typing import Any
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import transformers  # noqa: E402
+import numpy as np
+import torch
+import transformers
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 transformers.utils.logging.disable_progress_bar()
 
 from provenance.synth import corpus as corpus_mod  # noqa: E402
+from provenance.synth.arch import rope_theta_of  # noqa: E402
 from provenance.synth.convert import load_stories260k_as_hf  # noqa: E402
 from provenance.synth.llama2c import Llama2cModel, load_llama2c  # noqa: E402
 from provenance.synth.lora import LORA_RECIPE, lora_finetune  # noqa: E402
@@ -51,7 +52,6 @@ from provenance.synth.store import (  # noqa: E402
     read_weights,
     save_model,
 )
-from provenance.synth.arch import rope_theta_of  # noqa: E402
 from provenance.synth.train import (  # noqa: E402
     CPT_RECIPE,
     FINETUNE_STRENGTHS,
@@ -272,7 +272,7 @@ def check(out: Path, model_ids: list[str]) -> int:
     with open(out / MANIFEST_NAME, encoding="utf-8") as fh:
         manifest = json.load(fh)
     status = 0
-    for name, info in manifest["corpora"].items():
+    for info in manifest["corpora"].values():
         if file_sha256(out / info["file"]) != info["sha256"]:
             print(f"FAIL {info['file']}: sha256 differs from the manifest")
             status = 1

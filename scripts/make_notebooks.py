@@ -10,7 +10,9 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 ROOT = Path(__file__).resolve().parent.parent
 
 INVESTIGATE = [
-    ("md", """# 01 · Investigating a leak, step by step
+    (
+        "md",
+        """# 01 · Investigating a leak, step by step
 
 The README's demo (`make demo`) runs one command. This notebook takes the same miqu-style case
 apart through the Python API, so each piece of evidence can be inspected on its own:
@@ -20,8 +22,11 @@ apart through the Python API, so each piece of evidence can be inspected on its 
 3. **Where did it come from?** `provenance.compare.compare` against each reference (calibrated p-values)
 4. **Was it quantized from exactly this reference?** `provenance.quant.quantcheck` (grid consistency)
 5. **Whose copy leaked?** `provenance.watermark.trace` with the vendor's key registry
-6. **The report**: `provenance.investigate.investigate` and `provenance.report.write_report`"""),
-    ("code", """import tempfile
+6. **The report**: `provenance.investigate.investigate` and `provenance.report.write_report`""",
+    ),
+    (
+        "code",
+        """import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -32,49 +37,84 @@ from provenance.demo import build_scenario
 work = Path(tempfile.mkdtemp(prefix="leak-"))
 scenario = build_scenario(work)          # base, vendor's CPT derivative, 5 watermarked client copies, Q4_K_M/Q5_K_M leak
 leaked = scenario.leaked["Q4_K_M"]
-scenario"""),
+scenario""",
+    ),
     ("md", "## 1 · What is this file?\nMetadata are *claims*; the file says nothing about where it came from."),
-    ("code", """from provenance import inspect_checkpoint
+    (
+        "code",
+        """from provenance import inspect_checkpoint
 
 info = inspect_checkpoint(leaked)
 print(info["format"], info["summary"])
 print({k: v for k, v in info["architecture"].items() if v is not None})
 print("claims:", info["claims"])
-pd.DataFrame([{"type": k, **v} for k, v in info["quant_types"].items()])"""),
-    ("md", "## 2 · Which known model is it? (reference database)\nThe shipped database holds fingerprints of real models; the leak is a new model, so nothing should match by weights."),
-    ("code", """from provenance.refdb import identify
+pd.DataFrame([{"type": k, **v} for k, v in info["quant_types"].items()])""",
+    ),
+    (
+        "md",
+        "## 2 · Which known model is it? (reference database)\nThe shipped database holds fingerprints of real models; "
+        "the leak is a new model, so nothing should match by weights.",
+    ),
+    (
+        "code",
+        """from provenance.refdb import identify
 
 identified = identify(leaked)
 print(identified.weights_summary)
-pd.DataFrame([{"entry": c.entry_id, "verdict": c.verdict, "score": c.score} for c in identified.candidates[:5]])"""),
-    ("md", """## 3 · Where did it come from?
+pd.DataFrame([{"entry": c.entry_id, "verdict": c.verdict, "score": c.score} for c in identified.candidates[:5]])""",
+    ),
+    (
+        "md",
+        """## 3 · Where did it come from?
 `compare` runs a residual-permutation test on symmetry-invariant circuits (calibrated on
-independently trained models, see notebook 02), then names the kind of derivation."""),
-    ("code", """from provenance.compare import compare
+independently trained models, see notebook 02), then names the kind of derivation.""",
+    ),
+    (
+        "code",
+        """from provenance.compare import compare
 from provenance.compare.report import figures
 
 results = {ref.name: compare(leaked, ref) for ref in (scenario.base, scenario.internal, scenario.unrelated)}
 pd.DataFrame([{"reference": name, "verdict": r.verdict["kind"], "z": r.verdict.get("z"),
                "p (asymptotic)": r.verdict.get("p_asymptotic"), "p (exact, 999 perms)": r.verdict.get("p_exact")}
-              for name, r in results.items()])"""),
-    ("code", """base_result = results[scenario.base.name]
+              for name, r in results.items()])""",
+    ),
+    (
+        "code",
+        """base_result = results[scenario.base.name]
 for line in base_result.verdict["evidence"]:
     print("-", line)
-base_result.layer_table"""),
-    ("code", """for name, png in figures(base_result).items():
-    display(Image(png))"""),
-    ("md", """## 4 · Was it quantized from exactly the vendor's model?
+base_result.layer_table""",
+    ),
+    (
+        "code",
+        """for name, png in figures(base_result).items():
+    display(Image(png))""",
+    ),
+    (
+        "md",
+        """## 4 · Was it quantized from exactly the vendor's model?
 Given reference weights and the stored grid, every code is predictable. The vendor's
 unmarked model leaves thousands of flips: the leak was quantized from a *slightly different*
-copy, and the flips estimate how different."""),
-    ("code", """from provenance.quant import quantcheck
+copy, and the flips estimate how different.""",
+    ),
+    (
+        "code",
+        """from provenance.quant import quantcheck
 
 summary, table = quantcheck(leaked, scenario.internal, threads=1)
 print(summary["verdict_text"], "| unexplained:", summary["n_unexplained"], "of", summary["n_weights_checked"],
       "| estimated perturbation:", round(summary["amplitude_rel"], 4), "x weight RMS")
-table[["name", "qtype", "status", "n_unexplained", "n_up", "n_down", "amplitude_rel"]].head(8)"""),
-    ("md", "## 5 · Whose copy leaked?\nEvery client key is scored; the accusation threshold is fixed in advance and the innocent keys show the null."),
-    ("code", """from provenance.watermark import load_registry, trace
+table[["name", "qtype", "status", "n_unexplained", "n_up", "n_down", "amplitude_rel"]].head(8)""",
+    ),
+    (
+        "md",
+        "## 5 · Whose copy leaked?\nEvery client key is scored; the accusation threshold is fixed in advance "
+        "and the innocent keys show the null.",
+    ),
+    (
+        "code",
+        """from provenance.watermark import load_registry, trace
 from provenance.watermark.trace import candidate_arch
 
 keys = load_registry(scenario.registry, candidate_arch(leaked))
@@ -82,24 +122,36 @@ traced = trace(leaked, keys, reference=scenario.internal)
 report = traced.to_dict(per_tensor=False)
 print("accused:", report["accused"], "| family-wise false-accusation bound:", report["rule"]["family_wise_false_accusation_bound"])
 pd.DataFrame([{"client": c["key"], "accused": c["accused"], **{f"z_{s}": v["z"] for s, v in c["statistics"].items()}}
-              for c in report["clients"]])"""),
+              for c in report["clients"]])""",
+    ),
     ("code", """pd.DataFrame(report["decoys"]).T  # 1,000 decoy keys per statistic: the null is N(0, 1)"""),
-    ("md", "## 6 · The report\nOne call runs all of the above and writes JSON, Markdown and a self-contained HTML page."),
-    ("code", """from provenance.investigate import investigate
+    (
+        "md",
+        "## 6 · The report\nOne call runs all of the above and writes JSON, Markdown and a self-contained HTML page.",
+    ),
+    (
+        "code",
+        """from provenance.investigate import investigate
 from provenance.report import write_report
 
 full = investigate(leaked, [scenario.base, scenario.internal, scenario.unrelated], key_registry=scenario.registry)
 files = write_report(full, work / "report")
 print(full.executive_summary)
-print(files["html"])"""),
-    ("code", """assert traced.accused == ["acme-corp"]
+print(files["html"])""",
+    ),
+    (
+        "code",
+        """assert traced.accused == ["acme-corp"]
 assert results[scenario.base.name].verdict["kind"] == "continued-pretraining"
 assert results[scenario.unrelated.name].verdict["kind"] == "unrelated"
-assert summary["verdict"] == "perturbed\""""),
+assert summary["verdict"] == "perturbed\"""",
+    ),
 ]
 
 CALIBRATION = [
-    ("md", """# 02 · Calibration: null distributions and power
+    (
+        "md",
+        """# 02 · Calibration: null distributions and power
 
 A p-value is only as good as its null. This notebook shows, from the committed calibration
 runs (`scripts/calibrate_lineage.py`, `scripts/watermark_robustness.py`) and a small live run:
@@ -107,8 +159,11 @@ runs (`scripts/calibrate_lineage.py`, `scripts/watermark_robustness.py`) and a s
 * the lineage test's p-values on **independently trained** model pairs (not random inits):
   uniform or conservative, no false positives at 1e-3;
 * every derived pair detected far beyond 1e-6;
-* the watermark detector's decoy-key null, and its power against amplitude (z ~ a sqrt(N))."""),
-    ("code", """import json
+* the watermark detector's decoy-key null, and its power against amplitude (z ~ a sqrt(N)).""",
+    ),
+    (
+        "code",
+        """import json
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -119,8 +174,11 @@ from scipy import stats
 ROOT = Path.cwd().parent if Path.cwd().name == "notebooks" else Path.cwd()
 null = pd.read_csv(ROOT / "data/calibration/null_pairs.csv")
 derived = pd.read_csv(ROOT / "data/calibration/derived_pairs.csv")
-print(len(null), "null pairs;", len(derived), "derived pairs")"""),
-    ("code", """fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+print(len(null), "null pairs;", len(derived), "derived pairs")""",
+    ),
+    (
+        "code",
+        """fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
 axes[0].hist(null["p_asymptotic"], bins=20, range=(0, 1), color="#2f6fde")
 axes[0].set(title="null p-values (independent pairs)", xlabel="asymptotic p", ylabel="pairs")
 expected = (np.arange(1, len(null) + 1) - 0.5) / len(null)
@@ -129,17 +187,26 @@ axes[1].loglog(expected, np.sort(null["p_exact"]), ".", label="exact (999 perms)
 axes[1].loglog([1e-3, 1], [1e-3, 1], "k--", lw=1)
 axes[1].set(title="QQ against uniform", xlabel="expected", ylabel="observed")
 axes[1].legend()
-plt.tight_layout()"""),
-    ("code", """ks = stats.kstest(null["p_asymptotic"], "uniform", alternative="greater")  # H1: p-values too small
+plt.tight_layout()""",
+    ),
+    (
+        "code",
+        """ks = stats.kstest(null["p_asymptotic"], "uniform", alternative="greater")  # H1: p-values too small
 print(f"KS (anti-conservative side): D = {ks.statistic:.3f}, p = {ks.pvalue:.3f}")
 print("false positives at 1e-3:", int((null["p_asymptotic"] < 1e-3).sum()), "of", len(null))
 print("derived pairs detected at p < 1e-6:", int((derived["p_asymptotic"] < 1e-6).sum()), "of", len(derived))
 assert (null["p_asymptotic"] < 1e-3).sum() == 0 and (derived["p_asymptotic"] < 1e-6).all()
-derived.groupby(["scheme", "verdict"]).size().unstack(fill_value=0)"""),
-    ("md", """## Watermark: decoy null and power (live, on a trained tiny model)
+derived.groupby(["scheme", "verdict"]).size().unstack(fill_value=0)""",
+    ),
+    (
+        "md",
+        """## Watermark: decoy null and power (live, on a trained tiny model)
 Marks of three amplitudes on `synth-s03`; z with the reference and blind, against 1,000
-decoy keys. The detector's null is exactly N(0,1) given the candidate."""),
-    ("code", """import tempfile
+decoy keys. The detector's null is exactly N(0,1) given the candidate.""",
+    ),
+    (
+        "code",
+        """import tempfile
 
 from provenance.synth.store import synth_model_path
 from provenance.watermark import DerivedKey, embed_checkpoint, score_checkpoint
@@ -157,10 +224,16 @@ for amplitude in (1e-2, 3e-3, 1e-3):
         rows.append({"amplitude": amplitude, "key": key.label,
                      **{f"z_{name}": acc.z for name, acc in key.totals.items()}})
 power = pd.DataFrame(rows)
-power"""),
-    ("code", """decoys = score.decoy_summary()
-pd.DataFrame(decoys).T"""),
-    ("code", """true_key = power[power["key"] == "client-a"]
+power""",
+    ),
+    (
+        "code",
+        """decoys = score.decoy_summary()
+pd.DataFrame(decoys).T""",
+    ),
+    (
+        "code",
+        """true_key = power[power["key"] == "client-a"]
 n = score.n_weights
 fig, ax = plt.subplots(figsize=(5, 3.5))
 ax.loglog(true_key["amplitude"], true_key["z_reference"], "o-", label="with reference (measured)")
@@ -170,9 +243,13 @@ if "z_blind" in true_key:
 ax.axhline(7, color="r", lw=1, label="accusation threshold z = 7")
 ax.set(xlabel="amplitude (x row std)", ylabel="z", title=f"N = {n:,} marked weights")
 ax.legend(fontsize=8)
-assert (power[power["key"] == "client-b"].filter(like="z_").abs() < 7).all().all()  # the innocent key is never accused"""),
-    ("md", """At 7B weights the same blind statistic would give z ~ a sqrt(7e9): about 84 at a = 1e-3
-(an extrapolation from z ~ a sqrt(N), not a measurement; see docs/watermark.md)."""),
+assert (power[power["key"] == "client-b"].filter(like="z_").abs() < 7).all().all()  # the innocent key is never accused""",
+    ),
+    (
+        "md",
+        """At 7B weights the same blind statistic would give z ~ a sqrt(7e9): about 84 at a = 1e-3
+(an extrapolation from z ~ a sqrt(N), not a measurement; see docs/watermark.md).""",
+    ),
 ]
 
 

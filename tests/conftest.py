@@ -117,7 +117,7 @@ def single_torch_thread() -> AbstractContextManager[None]:
 class Bounded:
     """Measure wall time and peak traced allocation of a block."""
 
-    def __enter__(self) -> "Bounded":
+    def __enter__(self) -> Bounded:
         tracemalloc.start()
         self.start = time.perf_counter()
         return self

@@ -270,7 +270,9 @@ def _kx_weights(xs: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- types
 
 
-def _q_k_affine(x: np.ndarray, size: int, nmax: int, rmin: float, rdelta: float, nstep: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _q_k_affine(
+    x: np.ndarray, size: int, nmax: int, rmin: float, rdelta: float, nstep: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Shared Q4_K / Q5_K body. Returns d16, dmin16 (nb,), ls, lm (nb, 8), codes (nb, 256)."""
     nb = x.shape[0]
     xs = _subblocks(x, size)
@@ -308,7 +310,9 @@ def quantize_q5_k(x: np.ndarray) -> np.ndarray:
     qh = np.zeros((nb, 32), np.uint8)
     for b in range(8):
         qh |= hi[:, b] << b
-    return np.concatenate([_u16_bytes(d16), _u16_bytes(dmin16), _pack_scales_k4(ls, lm), qh, _pack_nibbles(L & 0xF)], axis=1)
+    return np.concatenate(
+        [_u16_bytes(d16), _u16_bytes(dmin16), _pack_scales_k4(ls, lm), qh, _pack_nibbles(L & 0xF)], axis=1
+    )
 
 
 def quantize_q2_k(x: np.ndarray) -> np.ndarray:
@@ -413,6 +417,6 @@ def quantize_k_rows(values: np.ndarray, type_name: str) -> np.ndarray:
         raise ValueError(f"{type_name} needs rows of a multiple of {QK_K} weights, got {row_length}")
     blocks = values.reshape(-1, QK_K)
     nb_chunk = max(1, CHUNK_WEIGHTS // QK_K)
-    out = [fn(blocks[s:s + nb_chunk]) for s in range(0, blocks.shape[0], nb_chunk)]
+    out = [fn(blocks[s : s + nb_chunk]) for s in range(0, blocks.shape[0], nb_chunk)]
     packed = np.concatenate(out, axis=0) if len(out) > 1 else out[0]
     return packed.reshape(rows, -1)

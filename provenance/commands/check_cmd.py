@@ -5,8 +5,8 @@ import click
 from rich.text import Text
 
 from provenance.commands.common import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, stderr_console
-from provenance.fileio import to_json, write_atomic
 from provenance.errors import CheckpointError
+from provenance.fileio import to_json, write_atomic
 from provenance.policy import PolicyError, check_paths, load_policy
 from provenance.policy.engine import _reference_digests
 from provenance.report.ci import to_junit, to_sarif
@@ -36,10 +36,10 @@ def command(paths: tuple[str, ...], policy_path: str, sarif: str | None, junit: 
             _reference_digests(forbidden.reference)
     except PolicyError as exc:
         stderr_console.print(Text(f"error: {safe_text(exc)}"))
-        raise SystemExit(EXIT_USAGE)
+        raise SystemExit(EXIT_USAGE) from None
     except CheckpointError as exc:
         stderr_console.print(Text(f"error: policy reference unreadable: {exc.one_line()}"))
-        raise SystemExit(EXIT_ERROR)
+        raise SystemExit(EXIT_ERROR) from None
     results = check_paths(paths, policy)
     document = {"schema": SCHEMA, "policy": policy_path, "results": [r.to_dict() for r in results],
                 "summary": {status: sum(r.status == status for r in results) for status in ("pass", "violation", "error")}}

@@ -54,17 +54,67 @@ def write_outputs(result: CompareResult, directory: Path) -> list[Path]:
 @click.command("compare")
 @click.argument("candidate", type=click.Path(exists=True))
 @click.argument("reference", type=click.Path(exists=True))
-@click.option("-o", "--output", "output", type=click.Path(file_okay=False), help="Write report.json, tensors.csv, layers.csv, summary.md and figures/*.png into this directory.")
-@click.option("--json", "as_json", is_flag=True, help="Print the JSON report (schema provenance.compare/1) instead of the Markdown summary.")
-@click.option("--permutations", default=999, show_default=True, type=click.IntRange(19, 1_000_000), help="Residual permutations for the exact p-value (floor 1/(N+1)).")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of permutations and samples (results are reproducible).")
-@click.option("--threads", default=2, show_default=True, type=click.IntRange(1, 64), help="Tensors streamed concurrently.")
-@click.option("--layout", default="auto", show_default=True, type=click.Choice(["auto", "same", "transposed-bytes"]), help="Candidate data layout; auto detects transposed data.")
+@click.option(
+    "-o",
+    "--output",
+    "output",
+    type=click.Path(file_okay=False),
+    help="Write report.json, tensors.csv, layers.csv, summary.md and figures/*.png into this directory.",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the JSON report (schema provenance.compare/1) instead of the Markdown summary.",
+)
+@click.option(
+    "--permutations",
+    default=999,
+    show_default=True,
+    type=click.IntRange(19, 1_000_000),
+    help="Residual permutations for the exact p-value (floor 1/(N+1)).",
+)
+@click.option(
+    "--seed",
+    default=0,
+    show_default=True,
+    type=int,
+    help="Seed of permutations and samples (results are reproducible).",
+)
+@click.option(
+    "--threads", default=2, show_default=True, type=click.IntRange(1, 64), help="Tensors streamed concurrently."
+)
+@click.option(
+    "--layout",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "same", "transposed-bytes"]),
+    help="Candidate data layout; auto detects transposed data.",
+)
 @click.option("--no-align", is_flag=True, help="Do not recover permutations/scales before the per-tensor statistics.")
-@click.option("--no-grid-check", is_flag=True, help="Skip the quantization-grid consistency check (requantization evidence).")
-@click.option("--max-residual", default=128, show_default=True, type=click.IntRange(8, 1 << 16), help="Residual coordinates sampled for the test and alignment.")
-def command(candidate: str, reference: str, output: str | None, as_json: bool, permutations: int, seed: int,
-            threads: int, layout: str, no_align: bool, no_grid_check: bool, max_residual: int) -> None:
+@click.option(
+    "--no-grid-check", is_flag=True, help="Skip the quantization-grid consistency check (requantization evidence)."
+)
+@click.option(
+    "--max-residual",
+    default=128,
+    show_default=True,
+    type=click.IntRange(8, 1 << 16),
+    help="Residual coordinates sampled for the test and alignment.",
+)
+def command(
+    candidate: str,
+    reference: str,
+    output: str | None,
+    as_json: bool,
+    permutations: int,
+    seed: int,
+    threads: int,
+    layout: str,
+    no_align: bool,
+    no_grid_check: bool,
+    max_residual: int,
+) -> None:
     """Is CANDIDATE derived from REFERENCE, and how?
 
     Pairs tensors across formats (GGUF, quantized or not, safetensors, llama2.c),
@@ -77,8 +127,15 @@ def command(candidate: str, reference: str, output: str | None, as_json: bool, p
     """
     from provenance.compare import CompareOptions
 
-    options = CompareOptions(permutations=permutations, seed=seed, threads=threads, layout=layout,
-                             align=not no_align, grid_check=not no_grid_check, max_residual=max_residual)
+    options = CompareOptions(
+        permutations=permutations,
+        seed=seed,
+        threads=threads,
+        layout=layout,
+        align=not no_align,
+        grid_check=not no_grid_check,
+        max_residual=max_residual,
+    )
     result = _run(candidate, reference, options)
     if output:
         write_outputs(result, Path(output))

@@ -21,7 +21,7 @@ def command(out_dir: str) -> None:
     """
     from provenance.demo import run_demo
 
-    scenario, files = run_demo(out_dir)
+    _, files = run_demo(out_dir)
     import json
 
     summary = json.loads(files["json"].read_text())["executive_summary"]

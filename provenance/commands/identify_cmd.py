@@ -7,9 +7,9 @@ import click
 from rich.text import Text
 
 from provenance.commands.common import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, stderr_console, stdout_console
-from provenance.fileio import to_json, write_atomic
 from provenance.commands.refdb_cmd import refdb_option
 from provenance.errors import CheckpointError
+from provenance.fileio import to_json, write_atomic
 from provenance.textsafe import safe_text
 
 if TYPE_CHECKING:  # the refdb modules import torch: load them only when the command runs

@@ -9,8 +9,8 @@ from rich.table import Table
 from rich.text import Text
 
 from provenance.commands.common import EXIT_ERROR, EXIT_OK, stderr_console, stdout_console
-from provenance.fileio import to_json, write_atomic
 from provenance.errors import CheckpointError
+from provenance.fileio import to_json, write_atomic
 from provenance.inspect import inspect_checkpoint
 from provenance.textsafe import safe_text
 

@@ -41,7 +41,7 @@ def command(candidate: str, references: tuple[str, ...], key_registry: str | Non
                              progress=lambda step: stderr_console.print(Text(f"… {step}")) if stderr_console.is_terminal else None)
     except CheckpointError as exc:
         stderr_console.print(Text(f"error: {exc.one_line()}"))
-        raise SystemExit(EXIT_ERROR)
+        raise SystemExit(EXIT_ERROR) from None
     files = write_report(report, out_dir, chosen)
     stderr_console.print(Text(safe_text(report.executive_summary)))
     for error in report.errors:

@@ -9,8 +9,8 @@ import click
 from rich.text import Text
 
 from provenance.commands.common import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, stderr_console
-from provenance.fileio import to_json, write_atomic
 from provenance.errors import CheckpointError
+from provenance.fileio import to_json, write_atomic
 from provenance.textsafe import safe_text
 
 SCHEMA = "provenance.quantcheck/1"
@@ -36,7 +36,11 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         f"reference: {safe_text(summary['reference'])}",
         f"verdict: {summary['verdict_text']} ({summary['n_checked']} of {summary['n_tensors']} tensors grid-checked: {verdicts})",
         f"source precision seen by the quantizer: {summary['source_precision']}"
-        + (f" (unexplained mismatches per hypothesis on a sample: {summary['precision_evidence']})" if summary["precision_evidence"] else ""),
+        + (
+            f" (unexplained mismatches per hypothesis on a sample: {summary['precision_evidence']})"
+            if summary["precision_evidence"]
+            else ""
+        ),
         f"unexplained code mismatches: {summary['n_unexplained']} of {summary['n_weights_checked']} weights",
     ]
     if summary["flagged"] and summary.get("amplitude_rel") is not None and math.isfinite(summary["amplitude_rel"]):
@@ -58,11 +62,30 @@ def markdown(summary: dict[str, Any]) -> str:
 
 @click.command("quantcheck")
 @click.argument("candidate", type=click.Path(dir_okay=True))
-@click.option("--reference", "-r", required=True, type=click.Path(dir_okay=True), help="The reference weights (GGUF, safetensors, HF directory, llama2.c).")
-@click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False), help="Write quantcheck.json, quantcheck.csv and quantcheck.md here.")
-@click.option("--precision", type=click.Choice(["auto", "f32", "f16", "bf16"]), default="auto", show_default=True,
-              help="What the quantizer is assumed to have seen; auto picks the one the grid explains best.")
-@click.option("--threads", type=int, default=1, show_default=True, help="torch threads (1 is robust on shared machines).")
+@click.option(
+    "--reference",
+    "-r",
+    required=True,
+    type=click.Path(dir_okay=True),
+    help="The reference weights (GGUF, safetensors, HF directory, llama2.c).",
+)
+@click.option(
+    "-o",
+    "--output",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    help="Write quantcheck.json, quantcheck.csv and quantcheck.md here.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "f32", "f16", "bf16"]),
+    default="auto",
+    show_default=True,
+    help="What the quantizer is assumed to have seen; auto picks the one the grid explains best.",
+)
+@click.option(
+    "--threads", type=int, default=1, show_default=True, help="torch threads (1 is robust on shared machines)."
+)
 def command(candidate: str, reference: str, out_dir: str | None, precision: str, threads: int) -> None:
     """Grid-consistency check of a quantized CANDIDATE against --reference weights.
 
@@ -87,7 +110,9 @@ def command(candidate: str, reference: str, out_dir: str | None, precision: str,
     if out_dir:
         out = Path(out_dir)
         records = _clean(table.to_dict(orient="records"))
-        write_atomic(out / "quantcheck.json", to_json({"schema": SCHEMA, "summary": _clean(summary), "tensors": records}))
+        write_atomic(
+            out / "quantcheck.json", to_json({"schema": SCHEMA, "summary": _clean(summary), "tensors": records})
+        )
         write_atomic(out / "quantcheck.csv", table.to_csv(index=False))
         write_atomic(out / "quantcheck.md", markdown(summary))
     raise SystemExit(EXIT_FINDINGS if summary["flagged"] else EXIT_OK)

@@ -23,7 +23,7 @@ def _say(line: str) -> None:
     stderr_console.print(Text(safe_text(line)))
 
 
-def _score_options(decoys: int, independent_decoys: bool, realign: str, precision: str, tensors: str | None):  # noqa: ANN202
+def _score_options(decoys: int, independent_decoys: bool, realign: str, precision: str, tensors: str | None):
     from provenance.watermark.detect import ScoreOptions
     from provenance.watermark.select import names_selector
 
@@ -31,19 +31,46 @@ def _score_options(decoys: int, independent_decoys: bool, realign: str, precisio
     return ScoreOptions(decoys=decoys, independent_decoys=independent_decoys, realign=realign, precision=precision, selector=selector)
 
 
-def _common_score_options(func):  # noqa: ANN001, ANN202
+def _common_score_options(func):
     options = [
-        click.option("--reference", type=click.Path(exists=True), help="The unmarked original (enables the reference and grid statistics)."),
+        click.option(
+            "--reference",
+            type=click.Path(exists=True),
+            help="The unmarked original (enables the reference and grid statistics).",
+        ),
         click.option("--decoys", type=click.IntRange(0, 1_000_000), default=1000, show_default=True, help=DECOY_HELP),
-        click.option("--independent-decoys", is_flag=True, help="Draw every decoy key separately (slower) instead of FFT shifts of one stream."),
-        click.option("--realign", type=click.Choice(["auto", "never", "force"]), default="auto", show_default=True,
-                     help="Undo MLP permutations/rescaling against the reference before scoring."),
-        click.option("--precision", type=click.Choice(["auto", "f32", "f16", "bf16"]), default="auto", show_default=True,
-                     help="Precision the quantizer saw, for the grid statistic."),
-        click.option("--tensors", help="Comma-separated canonical tensor names to score (default: every block matrix)."),
-        click.option("--threshold-z", type=float, default=7.0, show_default=True,
-                     help="Accusation threshold, fixed in advance (z >= 7: p = 1.3e-12 per test)."),
-        click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the JSON result here instead of stdout."),
+        click.option(
+            "--independent-decoys",
+            is_flag=True,
+            help="Draw every decoy key separately (slower) instead of FFT shifts of one stream.",
+        ),
+        click.option(
+            "--realign",
+            type=click.Choice(["auto", "never", "force"]),
+            default="auto",
+            show_default=True,
+            help="Undo MLP permutations/rescaling against the reference before scoring.",
+        ),
+        click.option(
+            "--precision",
+            type=click.Choice(["auto", "f32", "f16", "bf16"]),
+            default="auto",
+            show_default=True,
+            help="Precision the quantizer saw, for the grid statistic.",
+        ),
+        click.option(
+            "--tensors", help="Comma-separated canonical tensor names to score (default: every block matrix)."
+        ),
+        click.option(
+            "--threshold-z",
+            type=float,
+            default=7.0,
+            show_default=True,
+            help="Accusation threshold, fixed in advance (z >= 7: p = 1.3e-12 per test).",
+        ),
+        click.option(
+            "-o", "--output", type=click.Path(dir_okay=False), help="Write the JSON result here instead of stdout."
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -58,13 +85,28 @@ def command() -> None:
 
 @command.command("embed")
 @click.argument("model", type=click.Path(exists=True))
-@click.option("--secret-file", required=True, type=click.Path(exists=True, dir_okay=False), help="The owner's secret (>= 16 bytes).")
+@click.option(
+    "--secret-file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="The owner's secret (>= 16 bytes).",
+)
 @click.option("--client", required=True, help="Client id whose key is embedded.")
-@click.option("-o", "--output", required=True, type=click.Path(), help="Marked copy: a GGUF file, a safetensors file, or an HF directory.")
-@click.option("--amplitude", type=float, default=1e-3, show_default=True, help="Mark amplitude relative to each row's std.")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(),
+    help="Marked copy: a GGUF file, a safetensors file, or an HF directory.",
+)
+@click.option(
+    "--amplitude", type=float, default=1e-3, show_default=True, help="Mark amplitude relative to each row's std."
+)
 @click.option("--tensors", help="Comma-separated canonical tensor names to mark (default: every block matrix).")
 @click.option("--report", type=click.Path(dir_okay=False), help="Write the JSON report here instead of stdout.")
-def embed(model: str, secret_file: str, client: str, output: str, amplitude: float, tensors: str | None, report: str | None) -> None:
+def embed(
+    model: str, secret_file: str, client: str, output: str, amplitude: float, tensors: str | None, report: str | None
+) -> None:
     """Write a copy of MODEL (GGUF F16/F32, safetensors file or HF directory) carrying
     CLIENT's mark: each chosen weight moves by amplitude * row std * key. Prints the
     relative change per tensor (JSON on stdout, summary on stderr)."""
@@ -77,8 +119,10 @@ def embed(model: str, secret_file: str, client: str, output: str, amplitude: flo
     _emit(result.to_dict(), report)
     summary = result.summary()
     _say(f"marked {len(result.tensors)} tensors ({summary['n_marked']} weights) for client {client} -> {output}")
-    _say(f"relative change {summary['rel_change_rms']:.3g}; RMS change / Q8_0 rounding noise {summary['q8_ratio_rms']:.3g}; "
-         f"expected blind z ~ {summary['expected_blind_z']:.1f}")
+    _say(
+        f"relative change {summary['rel_change_rms']:.3g}; RMS change / Q8_0 rounding noise {summary['q8_ratio_rms']:.3g}; "
+        f"expected blind z ~ {summary['expected_blind_z']:.1f}"
+    )
     raise SystemExit(EXIT_OK)
 
 
@@ -86,11 +130,26 @@ def embed(model: str, secret_file: str, client: str, output: str, amplitude: flo
 @click.argument("candidate", type=click.Path(exists=True))
 @click.option("--secret-file", type=click.Path(exists=True, dir_okay=False), help="The owner's secret (with --client).")
 @click.option("--client", help="Client id whose derived key is tested.")
-@click.option("--key-file", type=click.Path(exists=True, dir_okay=False), help="Explicit key: .npz of per-tensor arrays (GGUF or HF names).")
+@click.option(
+    "--key-file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Explicit key: .npz of per-tensor arrays (GGUF or HF names).",
+)
 @_common_score_options
-def detect(candidate: str, secret_file: str | None, client: str | None, key_file: str | None, reference: str | None,
-           decoys: int, independent_decoys: bool, realign: str, precision: str, tensors: str | None,
-           threshold_z: float, output: str | None) -> None:
+def detect(
+    candidate: str,
+    secret_file: str | None,
+    client: str | None,
+    key_file: str | None,
+    reference: str | None,
+    decoys: int,
+    independent_decoys: bool,
+    realign: str,
+    precision: str,
+    tensors: str | None,
+    threshold_z: float,
+    output: str | None,
+) -> None:
     """Test whether CANDIDATE carries one key's mark. Reports z and p for each statistic
     (reference, grid, blind) with the decoy keys' distribution beside them. Exit 1 when
     a statistic reaches the threshold."""
@@ -99,8 +158,16 @@ def detect(candidate: str, secret_file: str | None, client: str | None, key_file
 
     if bool(key_file) == bool(secret_file or client) or (not key_file and not (secret_file and client)):
         raise click.UsageError("give either --key-file, or --secret-file with --client")
-    key = FileKey.load(key_file, candidate_arch(candidate)) if key_file else DerivedKey(read_secret(secret_file), client)  # type: ignore[arg-type]
-    result = trace(candidate, [key], reference, threshold_z, _score_options(decoys, independent_decoys, realign, precision, tensors))
+    key = (
+        FileKey.load(key_file, candidate_arch(candidate)) if key_file else DerivedKey(read_secret(secret_file), client)
+    )  # type: ignore[arg-type]
+    result = trace(
+        candidate,
+        [key],
+        reference,
+        threshold_z,
+        _score_options(decoys, independent_decoys, realign, precision, tensors),
+    )
     document = result.to_dict(per_tensor=True)
     document["schema"] = "provenance.watermark-detect/1"
     document["detected"] = bool(result.accused)
@@ -111,35 +178,58 @@ def detect(candidate: str, secret_file: str | None, client: str | None, key_file
 
 @command.command("trace")
 @click.argument("candidate", type=click.Path(exists=True))
-@click.option("--registry", required=True, type=click.Path(exists=True),
-              help="Clients: a JSON registry or a directory (secret + clients.txt, and/or *.npz key files).")
+@click.option(
+    "--registry",
+    required=True,
+    type=click.Path(exists=True),
+    help="Clients: a JSON registry or a directory (secret + clients.txt, and/or *.npz key files).",
+)
 @_common_score_options
-def trace_cmd(candidate: str, registry: str, reference: str | None, decoys: int, independent_decoys: bool, realign: str,
-              precision: str, tensors: str | None, threshold_z: float, output: str | None) -> None:
+def trace_cmd(
+    candidate: str,
+    registry: str,
+    reference: str | None,
+    decoys: int,
+    independent_decoys: bool,
+    realign: str,
+    precision: str,
+    tensors: str | None,
+    threshold_z: float,
+    output: str | None,
+) -> None:
     """Score every client key of a registry on CANDIDATE and accuse only those reaching
     the fixed threshold (family-wise false-accusation bound reported). Several accused
     clients mean collusion. Exit 1 when anyone is accused."""
     from provenance.watermark.trace import candidate_arch, load_registry, trace
 
     keys = load_registry(registry, candidate_arch(candidate))
-    result = trace(candidate, keys, reference, threshold_z, _score_options(decoys, independent_decoys, realign, precision, tensors))
+    result = trace(
+        candidate, keys, reference, threshold_z, _score_options(decoys, independent_decoys, realign, precision, tensors)
+    )
     _emit(result.to_dict(), output)
     _summarise(result)
     raise SystemExit(EXIT_FINDINGS if result.accused else EXIT_OK)
 
 
-def _summarise(result) -> None:  # noqa: ANN001
+def _summarise(result) -> None:
     doc = result.to_dict(per_tensor=False)
-    _say(f"{len(doc['clients'])} key(s), {doc['n_weights']} weights in {doc['n_tensors']} tensors; "
-         f"statistics: {', '.join(result.score.statistics)}")
+    _say(
+        f"{len(doc['clients'])} key(s), {doc['n_weights']} weights in {doc['n_tensors']} tensors; "
+        f"statistics: {', '.join(result.score.statistics)}"
+    )
     for client in doc["clients"][:10]:
         parts = [f"{s} z={v['z']:.2f}" for s, v in client["statistics"].items()]
         _say(f"  {'ACCUSED ' if client['accused'] else '        '}{client['key']}: {'; '.join(parts)}")
     for stat, d in doc["decoys"].items():
         if d.get("n"):
-            _say(f"  decoys[{stat}]: n={d['n']} mean={d['mean']:.3f} std={d['std']:.3f} max={d['max']:.2f} KS p={d['ks_p']:.3g}")
+            _say(
+                f"  decoys[{stat}]: n={d['n']} mean={d['mean']:.3f} std={d['std']:.3f} max={d['max']:.2f} KS p={d['ks_p']:.3g}"
+            )
     rule = doc["rule"]
-    _say(f"rule: z >= {rule['threshold_z']} over {rule['n_tests']} tests; P(any false accusation) <= {rule['family_wise_false_accusation_bound']:.2g}")
+    _say(
+        f"rule: z >= {rule['threshold_z']} over {rule['n_tests']} tests; "
+        f"P(any false accusation) <= {rule['family_wise_false_accusation_bound']:.2g}"
+    )
     if doc["collusion_suspected"]:
         _say(f"collusion suspected: {len(doc['accused'])} clients accused")
 
@@ -147,8 +237,13 @@ def _summarise(result) -> None:  # noqa: ANN001
 @command.command("analyze")
 @click.argument("candidate", type=click.Path(exists=True))
 @click.option("--reference", required=True, type=click.Path(exists=True), help="The original to compare against.")
-@click.option("--precision", type=click.Choice(["auto", "f32", "f16", "bf16"]), default="auto", show_default=True,
-              help="Precision the quantizer saw (quantized candidates).")
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "f32", "f16", "bf16"]),
+    default="auto",
+    show_default=True,
+    help="Precision the quantizer saw (quantized candidates).",
+)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the JSON result here instead of stdout.")
 def analyze(candidate: str, reference: str, precision: str, output: str | None) -> None:
     """Without any key: is CANDIDATE - REFERENCE an i.i.d. small perturbation
@@ -159,6 +254,9 @@ def analyze(candidate: str, reference: str, precision: str, output: str | None) 
 
     result = analyze_checkpoint(candidate, reference, precision=precision)
     _emit(result.to_dict(), output)
-    _say(f"verdict: {result.verdict}; after realignment: {result.residual_verdict}  ({', '.join(f'{k}: {v}' for k, v in sorted(result.counts.items()))})")
+    _say(
+        f"verdict: {result.verdict}; after realignment: {result.residual_verdict}  "
+        f"({', '.join(f'{k}: {v}' for k, v in sorted(result.counts.items()))})"
+    )
     clean = result.verdict in ("identical", "precision", "exact-quantization", "nothing-compared")
     raise SystemExit(EXIT_OK if clean else EXIT_FINDINGS)

@@ -225,7 +225,7 @@ def _identity_certain(ref: dict[str, np.ndarray], cand: dict[str, np.ndarray], r
     float64 from the exact computation's float32 unit vectors. Both bounds carry a slack
     of several times that rounding, so a unit certified here is a hit of the exact
     computation; any doubt (NaN, a close rival unit, extreme norms) answers False."""
-    pairs = [(rr, rc, absolute) for (rr, absolute), (rc, _) in zip(_feature_roles(ref), _feature_roles(cand))]
+    pairs = [(rr, rc, absolute) for (rr, absolute), (rc, _) in zip(_feature_roles(ref), _feature_roles(cand), strict=False)]
     if not len(rows) or any(ref[rr].shape != cand[rc].shape for rr, rc, _ in pairs):
         return False
     k = ref[pairs[0][0]].shape[1]
@@ -251,7 +251,7 @@ def _identity_certain(ref: dict[str, np.ndarray], cand: dict[str, np.ndarray], r
 def _identity_hits_exact(ref: dict[str, np.ndarray], cand: dict[str, np.ndarray], rows: np.ndarray) -> float:
     fr, fc = _mlp_features(ref), _mlp_features(cand)
     sim = np.zeros((len(rows), fr[0][0].shape[0]), dtype=np.float32)
-    for (a, absolute), (b, _) in zip(fr, fc):
+    for (a, absolute), (b, _) in zip(fr, fc, strict=False):
         block = a[rows] @ b.T
         sim += np.abs(block) if absolute else block
     return float((sim.argmax(axis=1) == rows).mean())
@@ -400,7 +400,9 @@ def _block_assign(terms: list[_BlockTerm], ref_idx: np.ndarray, cand_idx: np.nda
     return _assign(sim, perm)
 
 
-def _attention(ref: dict[str, np.ndarray], cand: dict[str, np.ndarray], heads: HeadLayout) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None, dict[str, Any]]:
+def _attention(
+    ref: dict[str, np.ndarray], cand: dict[str, np.ndarray], heads: HeadLayout
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None, dict[str, Any]]:
     hd, nkv, nh = heads.head_dim, heads.n_head_kv, heads.n_head
     group = nh // nkv
     kv_terms = [_BlockTerm.of(ref["attn_k"], cand["attn_k"], hd), _BlockTerm.of(ref["attn_v"], cand["attn_v"], hd)]
@@ -410,8 +412,7 @@ def _attention(ref: dict[str, np.ndarray], cand: dict[str, np.ndarray], heads: H
     moved_q = 0
     o_r, o_c = ref["attn_output"], cand["attn_output"]
     # q heads are matched inside each matched KV group (nothing to match with one per group)
-    q_terms = ([_BlockTerm.of(ref["attn_q"], cand["attn_q"], hd), _BlockTerm.of(o_r.T, o_c.T, hd)]
-               if group > 1 else [])
+    q_terms = [_BlockTerm.of(ref["attn_q"], cand["attn_q"], hd), _BlockTerm.of(o_r.T, o_c.T, hd)] if group > 1 else []
     for g in range(nkv):
         ref_heads = np.arange(g * group, (g + 1) * group)
         cand_heads = np.arange(kvp[g] * group, (kvp[g] + 1) * group)
@@ -448,8 +449,13 @@ def _column_shrink(cols_ref: list[np.ndarray], cols_cand: list[np.ndarray]) -> n
     return np.log(np.maximum(col_r, 1e-30) / np.maximum(col_c, 1e-30))
 
 
-def _gain_scale(g_ref: np.ndarray | None, g_cand: np.ndarray | None, cols_ref: list[np.ndarray],
-                cols_cand: list[np.ndarray], residual: np.ndarray) -> tuple[np.ndarray | None, dict[str, Any]]:
+def _gain_scale(
+    g_ref: np.ndarray | None,
+    g_cand: np.ndarray | None,
+    cols_ref: list[np.ndarray],
+    cols_cand: list[np.ndarray],
+    residual: np.ndarray,
+) -> tuple[np.ndarray | None, dict[str, Any]]:
     """Residual-channel rescaling at a norm: gain x a, following columns / a."""
     if g_ref is None or g_cand is None or not cols_ref:
         return None, {}
@@ -478,9 +484,15 @@ def _c_ordered(parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: np.ascontiguousarray(v) for k, v in parts.items()}  # no copy when already C-ordered
 
 
-def align_layer(layer: int, r: dict[str, np.ndarray], c: dict[str, np.ndarray], heads: HeadLayout | None,
-                res: np.ndarray, norms_ref: dict[str, np.ndarray],
-                norms_cand: dict[str, np.ndarray]) -> tuple[dict[str, Any], dict[str, Transform]]:
+def align_layer(
+    layer: int,
+    r: dict[str, np.ndarray],
+    c: dict[str, np.ndarray],
+    heads: HeadLayout | None,
+    res: np.ndarray,
+    norms_ref: dict[str, np.ndarray],
+    norms_cand: dict[str, np.ndarray],
+) -> tuple[dict[str, Any], dict[str, Transform]]:
     """Recover one layer's permutations and scales from its sketches ``r`` / ``c``
     (residual-indexed slices, :class:`Sketch` ``.layers[layer]``); returns the layer's
     record and its per-tensor transforms. Layers are independent of each other, so the
@@ -491,14 +503,25 @@ def align_layer(layer: int, r: dict[str, np.ndarray], c: dict[str, np.ndarray], 
     r, c = _c_ordered(r), _c_ordered(c)
     record: dict[str, Any] = {"layer": layer}
     t: dict[str, dict[str, Any]] = {}
-    name = lambda role: f"blk.{layer}.{role}.weight"
+
+    def name(role: str) -> str:
+        return f"blk.{layer}.{role}.weight"
+
     # residual gains first: they act on the columns every other feature is read in
-    a, info_a = _gain_scale(norms_ref.get(name("attn_norm")), norms_cand.get(name("attn_norm")),
-                            [r[k] for k in ("attn_q", "attn_k", "attn_v") if k in r and k in c],
-                            [c[k] for k in ("attn_q", "attn_k", "attn_v") if k in r and k in c], res)
-    b, info_b = _gain_scale(norms_ref.get(name("ffn_norm")), norms_cand.get(name("ffn_norm")),
-                            [r[k] for k in ("ffn_gate", "ffn_up") if k in r and k in c],
-                            [c[k] for k in ("ffn_gate", "ffn_up") if k in r and k in c], res)
+    a, info_a = _gain_scale(
+        norms_ref.get(name("attn_norm")),
+        norms_cand.get(name("attn_norm")),
+        [r[k] for k in ("attn_q", "attn_k", "attn_v") if k in r and k in c],
+        [c[k] for k in ("attn_q", "attn_k", "attn_v") if k in r and k in c],
+        res,
+    )
+    b, info_b = _gain_scale(
+        norms_ref.get(name("ffn_norm")),
+        norms_cand.get(name("ffn_norm")),
+        [r[k] for k in ("ffn_gate", "ffn_up") if k in r and k in c],
+        [c[k] for k in ("ffn_gate", "ffn_up") if k in r and k in c],
+        res,
+    )
     record["attn_norm_rescale"], record["ffn_norm_rescale"] = info_a, info_b
     if a is not None:
         t["attn_norm"] = {"col_scale": 1.0 / a}
@@ -509,9 +532,16 @@ def align_layer(layer: int, r: dict[str, np.ndarray], c: dict[str, np.ndarray], 
         for role in ("ffn_gate", "ffn_up"):
             t.setdefault(role, {})["col_scale"] = b
     # features in the reference's residual frame: undo the gain scaling on the sketch
-    cs = {k: (v * a[res][None, :] if a is not None and k in ("attn_q", "attn_k", "attn_v") else
-              v * b[res][None, :] if b is not None and k in ("ffn_gate", "ffn_up") else v)
-          for k, v in c.items()}
+    cs = {
+        k: (
+            v * a[res][None, :]
+            if a is not None and k in ("attn_q", "attn_k", "attn_v")
+            else v * b[res][None, :]
+            if b is not None and k in ("ffn_gate", "ffn_up")
+            else v
+        )
+        for k, v in c.items()
+    }
     if all(k in r and k in cs for k in ("ffn_up",)):
         perm, scale, info = _mlp(r, cs)
         record["mlp"] = info
@@ -538,13 +568,19 @@ def align_layer(layer: int, r: dict[str, np.ndarray], c: dict[str, np.ndarray], 
     return record, {name(role): Transform(**spec) for role, spec in t.items()}
 
 
-def align(ref: Sketch, cand: Sketch, heads: HeadLayout | None, norms_ref: dict[str, np.ndarray],
-          norms_cand: dict[str, np.ndarray]) -> Alignment:
+def align(
+    ref: Sketch,
+    cand: Sketch,
+    heads: HeadLayout | None,
+    norms_ref: dict[str, np.ndarray],
+    norms_cand: dict[str, np.ndarray],
+) -> Alignment:
     """Recover permutations and scales layer by layer; returns per-tensor transforms."""
     result = Alignment()
     for layer in sorted(ref.layers):
-        record, transforms = align_layer(layer, ref.layers[layer], cand.layers.get(layer, {}), heads, ref.residual,
-                                         norms_ref, norms_cand)
+        record, transforms = align_layer(
+            layer, ref.layers[layer], cand.layers.get(layer, {}), heads, ref.residual, norms_ref, norms_cand
+        )
         result.transforms.update(transforms)
         result.layers.append(record)
     return result

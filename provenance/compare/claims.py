@@ -12,9 +12,17 @@ from typing import Any
 
 from provenance.textsafe import safe_text
 
-_BASE_KEYS = re.compile(r"^(general\.base_model\.\d+\.(name|repo_url|organization)|config\.base_model|general\.source\.huggingface\.repository)$")
-_SELF_KEYS = ("general.name", "general.basename", "general.repo_url", "config._name_or_path",
-              "general.source.huggingface.repository", "general.organization")
+_BASE_KEYS = re.compile(
+    r"^(general\.base_model\.\d+\.(name|repo_url|organization)|config\.base_model|general\.source\.huggingface\.repository)$"
+)
+_SELF_KEYS = (
+    "general.name",
+    "general.basename",
+    "general.repo_url",
+    "config._name_or_path",
+    "general.source.huggingface.repository",
+    "general.organization",
+)
 
 
 def _norm(value: Any) -> str:
@@ -66,13 +74,17 @@ def compare_claims(candidate: Mapping[str, Any], reference: Mapping[str, Any], r
     else:
         status = "candidate claims a different base model than the reference"
     if related is True and bases and ref_names and not claim_names_reference:
-        flags.append("weights show the candidate derives from the reference, but its metadata names another base: "
-                     + ", ".join(safe_text(b, 80) for b in bases))
+        flags.append(
+            "weights show the candidate derives from the reference, but its metadata names another base: "
+            + ", ".join(safe_text(b, 80) for b in bases)
+        )
     if related is False and claim_names_reference:
         flags.append("metadata claims the reference as base model, but the weights show no relation")
     notes: list[str] = []
     if related is True and not bases:
-        notes.append("weights show the candidate derives from the reference; its metadata does not declare a base model")
+        notes.append(
+            "weights show the candidate derives from the reference; its metadata does not declare a base model"
+        )
     same_name = bool(self_names(candidate)) and bool(ref_names) and _matches(self_names(candidate), ref_names)
     if related is False and same_name:
         flags.append("both files carry the same name, but the weights show no relation")

@@ -128,13 +128,13 @@ class _FastSketch:
     def add(self, a: int, ref_rows: torch.Tensor, cand_rows: torch.Tensor) -> None:
         b = a + ref_rows.shape[0]
         if self.reads:
-            for buf, rows in zip(self.bufs, (ref_rows, cand_rows)):
+            for buf, rows in zip(self.bufs, (ref_rows, cand_rows), strict=True):
                 torch.index_select(rows, 1, self.res, out=buf[a:b])
             return
         lo, hi = np.searchsorted(self.res_np, [a, b])
         if hi > lo:
             sel = self.res[lo:hi] - a
-            for buf, rows in zip(self.bufs, (ref_rows, cand_rows)):
+            for buf, rows in zip(self.bufs, (ref_rows, cand_rows), strict=True):
                 torch.index_select(rows, 0, sel, out=buf[lo:hi])
 
     def parts(self) -> tuple[list[tuple[int, np.ndarray]], list[tuple[int, np.ndarray]]]:
@@ -150,7 +150,7 @@ def _lossy_side(cand: TensorInfo, ref: TensorInfo) -> str | None:
     return None
 
 
-def stream_pair(
+def stream_pair(  # noqa: C901, PLR0915 - one streamed pass feeds every statistic
     candidate: Checkpoint,
     reference: Checkpoint,
     pair: TensorPair,

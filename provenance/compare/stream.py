@@ -40,7 +40,7 @@ class RowReader:
             os.close(self._fd)
             self._fd = None
 
-    def __enter__(self) -> "RowReader":
+    def __enter__(self) -> RowReader:
         return self
 
     def __exit__(self, *exc: Any) -> None:

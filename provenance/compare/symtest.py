@@ -167,7 +167,7 @@ class PermutationTest:
             ra.append(_standardised_ranks(r.matrix, mask))
             rb.append(_standardised_ranks(c.matrix, mask))
         n_c = len(pairs)
-        observed = [float((a * b).sum()) for a, b in zip(ra, rb)]
+        observed = [float((a * b).sum()) for a, b in zip(ra, rb, strict=True)]
         rho_perm = np.empty((permutations, n_c))
         sq_idx = [i for i in range(n_c) if pairs[i][0].square]
         col_idx = [i for i in range(n_c) if not pairs[i][0].square]

@@ -48,7 +48,10 @@ def apply_symmetries(tensors: Mapping[str, np.ndarray], arch: ArchRecord, seed: 
     group = nh // nkv
     record: dict[str, Any] = {"seed": seed, "layers": []}
     for layer in range(int(arch.n_layer)):  # type: ignore[arg-type]
-        n = lambda role: f"blk.{layer}.{role}.weight"
+
+        def n(role: str, layer: int = layer) -> str:
+            return f"blk.{layer}.{role}.weight"
+
         # residual rescaling at the norms: gain x a, following columns / a
         a = _log_uniform(rng, out[n("attn_norm")].shape[0])
         out[n("attn_norm")] *= a

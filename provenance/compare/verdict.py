@@ -50,7 +50,8 @@ def _strength(rel: float | None) -> str:
     return "light" if rel < 0.01 else "moderate" if rel < 0.1 else "heavy"
 
 
-def decide(test: TestResult | None, rows: list[dict[str, Any]], arch_c: ArchRecord, arch_r: ArchRecord,
+def decide(  # noqa: C901 - the verdict's decision list, in the order docs/lineage.md states it
+    test: TestResult | None, rows: list[dict[str, Any]], arch_c: ArchRecord, arch_r: ArchRecord,
            layout: dict[str, Any], alignment: dict[str, Any] | None, reason: str | None = None) -> dict[str, Any]:
     """The verdict as a JSON-ready dict: kind, related, summary, p-values, evidence."""
     base: dict[str, Any] = {"p_exact": None, "p_asymptotic": None, "z": None, "evidence": [], "details": {}}

@@ -13,7 +13,7 @@ from provenance.formats.jsonsafe import read_json_file
 from provenance.formats.llama2c_reader import Llama2cCheckpoint
 from provenance.formats.safetensors_reader import SafetensorsCheckpoint, open_directory, open_index
 
-__all__ = ["Checkpoint", "TensorInfo", "open_checkpoint", "detect_format", "GGUFCheckpoint", "SafetensorsCheckpoint", "Llama2cCheckpoint"]
+__all__ = ["Checkpoint", "GGUFCheckpoint", "Llama2cCheckpoint", "SafetensorsCheckpoint", "TensorInfo", "detect_format", "open_checkpoint"]
 
 
 def open_checkpoint(path: str | Path) -> Checkpoint:

@@ -126,7 +126,7 @@ class Checkpoint(ABC):
             os.close(fd)
         self._fds.clear()
 
-    def __enter__(self) -> "Checkpoint":
+    def __enter__(self) -> Checkpoint:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -197,7 +197,7 @@ class Checkpoint(ABC):
         sampling a few values of a huge tensor."""
         info = self.info(name)
         blocks_per_row = info.row_length // info.block_size
-        if not (0 <= stored_row < info.n_rows and 0 <= first_block and first_block + n_blocks <= blocks_per_row):
+        if not (0 <= stored_row < info.n_rows and first_block >= 0 and first_block + n_blocks <= blocks_per_row):
             raise IndexError(f"blocks [{first_block}, {first_block + n_blocks}) of row {stored_row} outside {name}")
         offset = info.offset + stored_row * info.row_bytes + first_block * info.block_bytes
         return np.frombuffer(self._pread(info.file, n_blocks * info.block_bytes, offset), dtype=np.uint8)

@@ -16,7 +16,7 @@ _STRUCTS: Final = {fmt: struct.Struct("<" + fmt) for fmt in "bBhHiIqQfd?"}
 class BoundedCursor:
     """Sequential reader over ``buffer[start:end]`` that never reads past ``end``."""
 
-    __slots__ = ("buffer", "path", "pos", "end")
+    __slots__ = ("buffer", "end", "path", "pos")
 
     def __init__(self, buffer: bytes | memoryview, path: str, start: int = 0, end: int | None = None) -> None:
         self.buffer = buffer

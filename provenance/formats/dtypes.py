@@ -46,7 +46,7 @@ def element_bytes(dtype: str) -> Fraction:
 
 def to_float32(raw: np.ndarray, dtype: str, row_length: int) -> np.ndarray:
     """``(rows, row_bytes)`` uint8 -> ``(rows, row_length)`` float32 (complex: real part)."""
-    bits, torch_name = SAFETENSORS_DTYPES[dtype]
+    _, torch_name = SAFETENSORS_DTYPES[dtype]
     rows = raw.shape[0]
     if dtype == "F4":
         low, high = _E2M1[raw & 0x0F], _E2M1[raw >> 4]

@@ -4,8 +4,9 @@ from __future__ import annotations
 import mmap
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 from gguf import GGML_QUANT_SIZES
@@ -70,7 +71,7 @@ class GGUFCheckpoint(Checkpoint):
 
     def _check_splits(self, paths: list[str]) -> None:
         total = None
-        for index, (part, header) in enumerate(zip(paths, self.headers)):
+        for index, (part, header) in enumerate(zip(paths, self.headers, strict=True)):
             split_no, split_count = header.metadata.get(_SPLIT_NO), header.metadata.get(_SPLIT_COUNT)
             if split_no != index or split_count != len(paths):
                 raise MalformedCheckpoint(
@@ -88,7 +89,7 @@ class GGUFCheckpoint(Checkpoint):
     # ----- table -------------------------------------------------------------------
     def _build_table(self) -> None:
         seen_in: dict[str, str] = {}
-        for span, header in zip(self.files, self.headers):
+        for span, header in zip(self.files, self.headers, strict=True):
             for entry in header.tensors:
                 if entry.name in seen_in:
                     raise MalformedCheckpoint(

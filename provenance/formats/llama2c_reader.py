@@ -84,10 +84,24 @@ class Llama2cCheckpoint(Checkpoint):
             raise MalformedCheckpoint(path, f"header {self.header} does not match the file size {size}", field="header", offset=0)
         self.files.append(FileSpan(path, size, HEADER.size, size))
         dim, hidden, n_layers, n_heads, n_kv_heads, vocab, seq_len = self.header
-        self.metadata = dict(zip(("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "seq_len"), self.header))
+        self.metadata = dict(
+            zip(
+                ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "seq_len"),
+                self.header,
+                strict=True,
+            )
+        )
         self._arch = ArchRecord(
-            arch="llama", n_layer=n_layers, n_embd=dim, n_ff=hidden, n_head=n_heads, n_head_kv=n_kv_heads,
-            head_dim=dim // n_heads, vocab_size=abs(vocab), context_length=seq_len, tie_word_embeddings=vocab > 0,
+            arch="llama",
+            n_layer=n_layers,
+            n_embd=dim,
+            n_ff=hidden,
+            n_head=n_heads,
+            n_head_kv=n_kv_heads,
+            head_dim=dim // n_heads,
+            vocab_size=abs(vocab),
+            context_length=seq_len,
+            tie_word_embeddings=vocab > 0,
         )
         offset = HEADER.size
         layout = llama2c_layout(self.header)
@@ -98,8 +112,15 @@ class Llama2cCheckpoint(Checkpoint):
                 name = f"blk.{layer}.{role}.weight" if per_layer else f"{role}.weight"
                 _, parsed_role = layer_and_role(name)
                 self.tensors[name] = TensorInfo(
-                    name=name, stored_name=name, shape=shape, dtype="F32", file=path, offset=offset,
-                    n_bytes=n_bytes, layer=layer if per_layer else None, role=parsed_role,
+                    name=name,
+                    stored_name=name,
+                    shape=shape,
+                    dtype="F32",
+                    file=path,
+                    offset=offset,
+                    n_bytes=n_bytes,
+                    layer=layer if per_layer else None,
+                    role=parsed_role,
                 )
                 offset += n_bytes
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Mapping
 from math import prod
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -45,7 +46,12 @@ def parse_safetensors_header(path: str) -> tuple[dict[str, dict[str, Any]], dict
         if header_len > MAX_HEADER_BYTES:
             raise LimitExceeded(path, f"header length {header_len} exceeds the cap of {MAX_HEADER_BYTES}", field="header length", offset=0)
         if header_len > size - 8:
-            raise MalformedCheckpoint(path, f"header length {header_len} runs past the end of the file ({size} bytes)", field="header length", offset=0)
+            raise MalformedCheckpoint(
+                path,
+                f"header length {header_len} runs past the end of the file ({size} bytes)",
+                field="header length",
+                offset=0,
+            )
         header_bytes = handle.read(header_len)
     if len(header_bytes) != header_len:
         raise MalformedCheckpoint(path, "file shrank while reading the header", field="header", offset=8)
@@ -69,15 +75,30 @@ def parse_safetensors_header(path: str) -> tuple[dict[str, dict[str, Any]], dict
     tensors: dict[str, dict[str, Any]] = {}
     for begin, end, name, spec in entries:
         if begin != expected:
-            problem = "overlaps the previous tensor" if begin < expected else f"leaves a gap of {begin - expected} bytes"
-            raise MalformedCheckpoint(path, f"tensor {name!r} at data offset {begin} {problem}", field=f"{name}.data_offsets", offset=8)
+            problem = (
+                "overlaps the previous tensor" if begin < expected else f"leaves a gap of {begin - expected} bytes"
+            )
+            raise MalformedCheckpoint(
+                path, f"tensor {name!r} at data offset {begin} {problem}", field=f"{name}.data_offsets", offset=8
+            )
         expected = end
-        tensors[name] = {"dtype": spec["dtype"], "shape": tuple(spec["shape"]), "begin": data_start + begin, "end": data_start + end}
+        tensors[name] = {
+            "dtype": spec["dtype"],
+            "shape": tuple(spec["shape"]),
+            "begin": data_start + begin,
+            "end": data_start + end,
+        }
     if expected != data_len:
-        problem = "trailing bytes after the last tensor" if expected < data_len else "tensor data runs past the end of the file"
+        problem = (
+            "trailing bytes after the last tensor"
+            if expected < data_len
+            else "tensor data runs past the end of the file"
+        )
         raise MalformedCheckpoint(
-            path, f"{problem}: tensors cover {expected} bytes, the data section holds {data_len}",
-            field="data_offsets", offset=data_start + min(expected, data_len),
+            path,
+            f"{problem}: tensors cover {expected} bytes, the data section holds {data_len}",
+            field="data_offsets",
+            offset=data_start + min(expected, data_len),
         )
     return tensors, metadata, data_start, size
 
@@ -85,20 +106,30 @@ def parse_safetensors_header(path: str) -> tuple[dict[str, dict[str, Any]], dict
 def _validate_entry(path: str, name: str, spec: Any) -> tuple[int, int]:
     field = f"{name}"
     if not isinstance(spec, dict) or set(spec) != {"dtype", "shape", "data_offsets"}:
-        raise MalformedCheckpoint(path, f"tensor {name!r} needs exactly dtype, shape and data_offsets", field=field, offset=8)
+        raise MalformedCheckpoint(
+            path, f"tensor {name!r} needs exactly dtype, shape and data_offsets", field=field, offset=8
+        )
     dtype, shape, offsets = spec["dtype"], spec["shape"], spec["data_offsets"]
     if dtype not in SAFETENSORS_DTYPES:
-        raise UnsupportedCheckpoint(path, f"tensor {name!r} has unknown dtype {dtype!r}", field=f"{name}.dtype", offset=8)
+        raise UnsupportedCheckpoint(
+            path, f"tensor {name!r} has unknown dtype {dtype!r}", field=f"{name}.dtype", offset=8
+        )
     if not isinstance(shape, list) or len(shape) > 8 or not all(type(d) is int and 0 <= d < 1 << 62 for d in shape):
-        raise MalformedCheckpoint(path, f"tensor {name!r} has an invalid shape {shape!r}", field=f"{name}.shape", offset=8)
+        raise MalformedCheckpoint(
+            path, f"tensor {name!r} has an invalid shape {shape!r}", field=f"{name}.shape", offset=8
+        )
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int and o >= 0 for o in offsets)):
-        raise MalformedCheckpoint(path, f"tensor {name!r} has invalid data_offsets", field=f"{name}.data_offsets", offset=8)
+        raise MalformedCheckpoint(
+            path, f"tensor {name!r} has invalid data_offsets", field=f"{name}.data_offsets", offset=8
+        )
     begin, end = offsets
     n_bytes = prod(shape) * element_bytes(dtype)
     if n_bytes.denominator != 1 or end - begin != n_bytes:
         raise MalformedCheckpoint(
-            path, f"tensor {name!r} spans {end - begin} bytes but {dtype}{shape} needs {float(n_bytes):.0f}",
-            field=f"{name}.data_offsets", offset=8,
+            path,
+            f"tensor {name!r} spans {end - begin} bytes but {dtype}{shape} needs {float(n_bytes):.0f}",
+            field=f"{name}.data_offsets",
+            offset=8,
         )
     return begin, end
 
@@ -108,8 +139,13 @@ class SafetensorsCheckpoint(Checkpoint):
 
     format = "safetensors"
 
-    def __init__(self, path: str | Path, shard_paths: list[str] | None = None,
-                 weight_map: Mapping[str, str] | None = None, config: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        shard_paths: list[str] | None = None,
+        weight_map: Mapping[str, str] | None = None,
+        config: Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__(path)
         self.config: dict[str, Any] = dict(config or {})
         self.file_metadata: dict[str, dict[str, str]] = {}
@@ -124,14 +160,22 @@ class SafetensorsCheckpoint(Checkpoint):
                 if weight_map is not None:
                     listed = weight_map.get(stored_name)
                     if listed is None:
-                        raise MalformedCheckpoint(shard, f"tensor {stored_name!r} is not listed in {INDEX_NAME}", field="weight_map")
+                        raise MalformedCheckpoint(
+                            shard, f"tensor {stored_name!r} is not listed in {INDEX_NAME}", field="weight_map"
+                        )
                     if os.path.basename(shard) != listed:
-                        raise MalformedCheckpoint(shard, f"tensor {stored_name!r} is listed in shard {listed!r}", field="weight_map")
+                        raise MalformedCheckpoint(
+                            shard, f"tensor {stored_name!r} is listed in shard {listed!r}", field="weight_map"
+                        )
                 self._add(shard, stored_name, spec)
         if weight_map is not None:
             missing = [n for n in weight_map if not any(t.stored_name == n for t in self.tensors.values())]
             if missing:
-                raise MalformedCheckpoint(str(path), f"{len(missing)} tensors listed in the index are in no shard, e.g. {missing[0]!r}", field="weight_map")
+                raise MalformedCheckpoint(
+                    str(path),
+                    f"{len(missing)} tensors listed in the index are in no shard, e.g. {missing[0]!r}",
+                    field="weight_map",
+                )
         self.metadata = {"__metadata__": self.file_metadata.get(shard_paths[0], {}), "config": self.config}
 
     def _add(self, shard: str, stored_name: str, spec: Mapping[str, Any]) -> None:
@@ -140,7 +184,8 @@ class SafetensorsCheckpoint(Checkpoint):
         if canonical in self.tensors:
             other = self.tensors[canonical]
             raise MalformedCheckpoint(
-                shard, f"tensor {stored_name!r} duplicates {other.stored_name!r} in {os.path.basename(other.file)}",
+                shard,
+                f"tensor {stored_name!r} duplicates {other.stored_name!r} in {os.path.basename(other.file)}",
                 field=stored_name,
             )
         layer, role = layer_and_role(canonical)
@@ -150,11 +195,15 @@ class SafetensorsCheckpoint(Checkpoint):
         if arch.qk_permuted_in_gguf and len(shape) == 2 and role in ("attn_q", "attn_k"):
             qk_heads = arch.n_head if role == "attn_q" else arch.n_head_kv
             if not qk_heads or shape[0] % (2 * qk_heads):
-                raise MalformedCheckpoint(shard, f"{stored_name!r} rows {shape[0]} do not split into {qk_heads} heads", field=stored_name)
+                raise MalformedCheckpoint(
+                    shard, f"{stored_name!r} rows {shape[0]} do not split into {qk_heads} heads", field=stored_name
+                )
         row_length = shape[-1] if shape else 1
         row_bytes = row_length * element_bytes(dtype)
         if row_bytes.denominator != 1:
-            raise UnsupportedCheckpoint(shard, f"{dtype} rows of {row_length} elements are not whole bytes", field=stored_name)
+            raise UnsupportedCheckpoint(
+                shard, f"{dtype} rows of {row_length} elements are not whole bytes", field=stored_name
+            )
         self.tensors[canonical] = TensorInfo(
             name=canonical,
             stored_name=stored_name,
@@ -197,7 +246,9 @@ def _inside(directory: str, name: Any, index_path: str) -> str:
     base = os.path.realpath(directory)
     full = os.path.realpath(os.path.join(directory, name))
     if os.path.dirname(full) != base:
-        raise MalformedCheckpoint(index_path, f"shard path {name!r} resolves outside the model directory", field="weight_map")
+        raise MalformedCheckpoint(
+            index_path, f"shard path {name!r} resolves outside the model directory", field="weight_map"
+        )
     return full
 
 
@@ -220,7 +271,12 @@ def open_index(index_path: str, config: Mapping[str, Any] | None = None) -> Safe
     if config is None:
         config_path = os.path.join(directory, "config.json")
         config = read_json_file(config_path, "config") if os.path.isfile(config_path) else {}
-    checkpoint = SafetensorsCheckpoint(directory, shard_paths, {k: os.path.basename(_inside(directory, v, index_path)) for k, v in weight_map.items()}, config)
+    checkpoint = SafetensorsCheckpoint(
+        directory,
+        shard_paths,
+        {k: os.path.basename(_inside(directory, v, index_path)) for k, v in weight_map.items()},
+        config,
+    )
     checkpoint.format = "safetensors-sharded"
     return checkpoint
 
@@ -242,9 +298,13 @@ def open_directory(directory: str) -> SafetensorsCheckpoint:
         if len(candidates) == 1:
             checkpoint = SafetensorsCheckpoint(os.path.join(directory, candidates[0]), config=config)
         elif candidates:
-            raise MalformedCheckpoint(directory, f"{len(candidates)} .safetensors files but no {INDEX_NAME}", field="directory")
+            raise MalformedCheckpoint(
+                directory, f"{len(candidates)} .safetensors files but no {INDEX_NAME}", field="directory"
+            )
         else:
-            pickles = [n for n in os.listdir(directory) if n in PICKLE_WEIGHT_NAMES or n.endswith((".bin", ".pt", ".pth"))]
+            pickles = [
+                n for n in os.listdir(directory) if n in PICKLE_WEIGHT_NAMES or n.endswith((".bin", ".pt", ".pth"))
+            ]
             if pickles:
                 raise PickleCheckpointRefused(
                     os.path.join(directory, sorted(pickles)[0]),

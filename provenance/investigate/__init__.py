@@ -12,10 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from provenance.document import Report
 from provenance.inspect import inspect_checkpoint
 from provenance.investigate.inspect_analysis import inspect_section
 from provenance.investigate.summary import executive_summary, finding_rank
-from provenance.document import Report
 
 
 @dataclass(frozen=True)

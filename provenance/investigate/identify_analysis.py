@@ -4,8 +4,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from provenance.errors import CheckpointError
 from provenance.document import Figure, Finding, Report, Section, Severity
+from provenance.errors import CheckpointError
 
 TOP_ENTRIES = 10
 

@@ -6,9 +6,9 @@ from typing import Any
 
 import pandas as pd
 
+from provenance.document import Figure, Finding, Report, Section, Severity
 from provenance.errors import CheckpointError
 from provenance.formats import open_checkpoint
-from provenance.document import Figure, Finding, Report, Section, Severity
 
 SUMMARY = {
     "exact": "{cand} is an exact llama.cpp quantization of {ref}: every stored code is the nearest grid point "

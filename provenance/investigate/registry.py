@@ -11,4 +11,4 @@ from provenance.investigate.watermark_analysis import watermark_analysis
 if TYPE_CHECKING:
     from provenance.investigate import Analysis
 
-ANALYSES: list["Analysis"] = [identify_analysis, lineage_analysis, quant_analysis, watermark_analysis]
+ANALYSES: list[Analysis] = [identify_analysis, lineage_analysis, quant_analysis, watermark_analysis]

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 
-from provenance.investigate.lineage_analysis import related_closest_first
 from provenance.document import Finding, Report
+from provenance.investigate.lineage_analysis import related_closest_first
 from provenance.numbers import format_p
 
 # Order of findings in reports: strongest, most specific evidence first.

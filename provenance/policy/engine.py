@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+from provenance.document import Finding, Severity
 from provenance.errors import CheckpointError, PickleCheckpointRefused
 from provenance.formats import Checkpoint, open_checkpoint
 from provenance.hashing import checkpoint_sha256s
 from provenance.policy.load import Policy
-from provenance.document import Finding, Severity
 
 BASE_MODEL_CLAIMS = ("general.base_model.0.name", "general.base_model.0.repo_url", "general.base_model.0.organization",
                      "config.base_model", "config._name_or_path", "safetensors.base_model")

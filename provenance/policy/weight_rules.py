@@ -18,9 +18,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from provenance.document import Finding, Severity
 from provenance.formats import Checkpoint
 from provenance.policy.load import Policy, resolve_path
-from provenance.document import Finding, Severity
+
 
 def _violation(rule: str, title: str, summary: str, p_value: float | None = None, **evidence: Any) -> Finding:
     return Finding(id=rule, title=title, verdict="violation", summary=summary, severity=Severity.VIOLATION,

@@ -14,11 +14,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from provenance.codecs.recipes import TOLERANT_TYPES, supported
 from provenance.formats import open_checkpoint
 from provenance.formats.base import Checkpoint, TensorInfo
 from provenance.quant.error import ErrorStats, error_stats
 from provenance.quant.gridcheck import PRECISIONS, CheckCounts, check_block_rows
-from provenance.codecs.recipes import TOLERANT_TYPES, supported
 from provenance.threads import torch_threads
 
 CHUNK_ELEMS = 1 << 20
@@ -47,7 +47,9 @@ def _pairs(cand: Checkpoint, ref: Checkpoint) -> Iterable[tuple[str, TensorInfo,
         yield name, info, ref.tensors.get(name)
 
 
-def _check_tensor(cand: Checkpoint, ref: Checkpoint, name: str, precision: str, max_rows: int | None = None) -> tuple[CheckCounts, ErrorStats]:
+def _check_tensor(
+    cand: Checkpoint, ref: Checkpoint, name: str, precision: str, max_rows: int | None = None
+) -> tuple[CheckCounts, ErrorStats]:
     info = cand.info(name)
     counts, errors = CheckCounts(), ErrorStats()
     stop_all = info.n_rows if max_rows is None else min(info.n_rows, max_rows)
@@ -134,8 +136,12 @@ def _quantcheck(
         raise ValueError(f"precision must be 'auto' or one of {PRECISIONS}")
     with open_checkpoint(candidate_path) as cand, open_checkpoint(reference_path) as ref:
         checkable = [
-            name for name, info, rinfo in _pairs(cand, ref)
-            if rinfo is not None and rinfo.shape == info.shape and info.block_size > 1 and info.ggml_type is not None
+            name
+            for name, info, rinfo in _pairs(cand, ref)
+            if rinfo is not None
+            and rinfo.shape == info.shape
+            and info.block_size > 1
+            and info.ggml_type is not None
             and supported(info.ggml_type)
         ]
         if precision == "auto":
@@ -145,7 +151,13 @@ def _quantcheck(
         rows: list[dict[str, Any]] = []
         per_layer: dict[str, ErrorStats] = {}
         for name, info, rinfo in _pairs(cand, ref):
-            row: dict[str, Any] = {"name": name, "layer": info.layer, "role": info.role, "qtype": info.dtype, "shape": "x".join(map(str, info.shape))}
+            row: dict[str, Any] = {
+                "name": name,
+                "layer": info.layer,
+                "role": info.role,
+                "qtype": info.dtype,
+                "shape": "x".join(map(str, info.shape)),
+            }
             if rinfo is None:
                 row["status"] = "missing-in-reference"
             elif rinfo.shape != info.shape:
@@ -184,8 +196,8 @@ def _quantcheck(
         "flagged": overall != "exact",
         "source_precision": precision,
         "precision_evidence": evidence,
-        "n_tensors": int(len(df)),
-        "n_checked": int(len(checked)),
+        "n_tensors": len(df),
+        "n_checked": len(checked),
         "verdicts": {str(k): int(v) for k, v in n_by.items()},
         "n_unexplained": int(checked["n_unexplained"].sum()) if len(checked) else 0,
         "n_weights_checked": int(checked["n_checked"].sum()) if len(checked) else 0,

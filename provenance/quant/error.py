@@ -23,7 +23,7 @@ class ErrorStats:
     """Sum of ``|candidate - reference| / local step``."""
     n_steps: int = 0
 
-    def add(self, other: "ErrorStats") -> None:
+    def add(self, other: ErrorStats) -> None:
         self.n += other.n
         self.sse += other.sse
         self.ref_ss += other.ref_ss

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 
 from provenance.codecs.dequant import as_torch
-from provenance.quant.error import ErrorStats, error_stats
 from provenance.codecs.grid import QuantGrid, quant_grid
 from provenance.codecs.recipes import Prediction, predict, supported
+from provenance.quant.error import ErrorStats, error_stats
 
 PRECISIONS = ("f32", "f16", "bf16")
 _NARROW = {"f16": torch.float16, "bf16": torch.bfloat16}
@@ -71,7 +71,7 @@ class CheckCounts:
 
     MAX_KEPT = 100_000
 
-    def add(self, other: "CheckCounts") -> None:
+    def add(self, other: CheckCounts) -> None:
         for name in ("n_weights", "n_checked", "n_mismatch", "n_explained", "n_unexplained", "n_up", "n_down", "n_blocks_scale_mismatch"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.inv_step_sum += other.inv_step_sum
@@ -142,8 +142,16 @@ def _margins(grid: QuantGrid, pred: Prediction) -> tuple[torch.Tensor, torch.Ten
     up = table[(idx + 1).clamp(max=last)]
     down = table[(idx - 1).clamp(min=0)]
     gap_up, gap_down = up - level, level - down
-    m_up = torch.where(idx < last, ((level + up) / 2 - u) / torch.where(gap_up > 0, gap_up, torch.ones_like(gap_up)), torch.full_like(u, math.inf))
-    m_down = torch.where(idx > 0, (u - (level + down) / 2) / torch.where(gap_down > 0, gap_down, torch.ones_like(gap_down)), torch.full_like(u, math.inf))
+    m_up = torch.where(
+        idx < last,
+        ((level + up) / 2 - u) / torch.where(gap_up > 0, gap_up, torch.ones_like(gap_up)),
+        torch.full_like(u, math.inf),
+    )
+    m_down = torch.where(
+        idx > 0,
+        (u - (level + down) / 2) / torch.where(gap_down > 0, gap_down, torch.ones_like(gap_down)),
+        torch.full_like(u, math.inf),
+    )
     use_up = m_up < m_down
     return torch.where(use_up, m_up, m_down), torch.where(use_up, gap_up, gap_down)
 
@@ -175,11 +183,15 @@ def check_block_rows(
     scale = grid.scale_per_weight()
     step_value = (scale * gap).abs()
     usable = pred.valid & (step_value > 0) & torch.isfinite(step_value)
-    inv = torch.where(usable, 1.0 / torch.where(usable, step_value, torch.ones_like(step_value)), torch.zeros_like(step_value))
+    inv = torch.where(
+        usable, 1.0 / torch.where(usable, step_value, torch.ones_like(step_value)), torch.zeros_like(step_value)
+    )
     margin, side_gap = _margins(grid, pred)
     near = usable & (margin >= 0) & (margin < NEAR)
     near_step = (scale * side_gap).abs()
-    near_inv = torch.where(near, 1.0 / torch.where(near, near_step, torch.ones_like(near_step)), torch.zeros_like(near_step))
+    near_inv = torch.where(
+        near, 1.0 / torch.where(near, near_step, torch.ones_like(near_step)), torch.zeros_like(near_step)
+    )
     direction = (stored - pred.level) * scale
     counts = CheckCounts(
         n_weights=x.numel(),

@@ -244,11 +244,11 @@ def _impl(qs: _State, new: T, spec: TensorSpec, ft: LlamaFileType, cat: str, m: 
             new = T.Q4_K
         elif ft == F.MOSTLY_IQ3_XXS:
             new = T.Q4_K if m.n_gqa >= 4 else T.IQ3_S  # no imatrix
-        elif ft in (F.MOSTLY_IQ3_XS, F.MOSTLY_IQ3_S) and m.n_gqa >= 4 or ft == F.MOSTLY_IQ3_M:
+        elif (ft in (F.MOSTLY_IQ3_XS, F.MOSTLY_IQ3_S) and m.n_gqa >= 4) or ft == F.MOSTLY_IQ3_M:
             new = T.Q4_K
         elif ft == F.MOSTLY_Q3_K_M:
             new = T.Q5_K if i < 2 else T.Q4_K
-        elif ft == F.MOSTLY_Q3_K_L or ft in (F.MOSTLY_IQ4_NL, F.MOSTLY_IQ4_XS) and m.n_gqa >= 4:
+        elif ft == F.MOSTLY_Q3_K_L or (ft in (F.MOSTLY_IQ4_NL, F.MOSTLY_IQ4_XS) and m.n_gqa >= 4):
             new = T.Q5_K
         elif ft in (F.MOSTLY_Q4_K_M, F.MOSTLY_Q5_K_M) and _use_more_bits(i, n):
             new = T.Q6_K

@@ -32,6 +32,7 @@ from gguf import (
     GGUFWriter,
 )
 
+from provenance.codecs.quantize_ref import quantize_rows
 from provenance.formats import open_checkpoint
 from provenance.formats.base import Checkpoint
 from provenance.formats.gguf_copy import SPLIT_KEYS, copy_gguf_metadata
@@ -41,7 +42,6 @@ from provenance.quant.quantize_mix import (
     parse_ftype,
     tensor_types,
 )
-from provenance.codecs.quantize_ref import quantize_rows
 
 QUANTIZATION_VERSION = 2  # GGML_QNT_VERSION
 CHUNK_WEIGHTS = 1 << 22

@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 
-from provenance.version import __version__
 from provenance.formats import open_checkpoint
 from provenance.formats.base import Checkpoint
 from provenance.hashing import checkpoint_sha256s
@@ -21,6 +20,7 @@ from provenance.refdb.schema import ARCH_FIELDS, RefEntry
 from provenance.refdb.tokens import vocabulary_from_checkpoint
 from provenance.refdb.tokfp import fingerprint_vocabulary
 from provenance.refdb.weightfp import build_fingerprint, informative
+from provenance.version import __version__
 
 
 def architecture_dict(ckpt: Checkpoint, source: str) -> dict[str, Any]:

@@ -39,7 +39,7 @@ class Spans:
 
 
 def _rng(name: str, shape: tuple[int, ...]) -> np.random.Generator:
-    key = f"{PUBLIC_SEED}|{name}|{'x'.join(map(str, shape))}".encode("utf-8")
+    key = f"{PUBLIC_SEED}|{name}|{'x'.join(map(str, shape))}".encode()
     return np.random.default_rng(int.from_bytes(hashlib.sha256(key).digest()[:8], "little"))
 
 

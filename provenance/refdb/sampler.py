@@ -67,7 +67,7 @@ def read_blocks(ckpt: Checkpoint, info: TensorInfo, rows: np.ndarray, first_bloc
     stored = _stored_rows(info, rows)
     n_bytes = n_blocks * info.block_bytes
     raw = np.empty((len(rows), n_bytes), np.uint8)
-    for i, (row, block) in enumerate(zip(stored.tolist(), first_block.tolist())):
+    for i, (row, block) in enumerate(zip(stored.tolist(), first_block.tolist(), strict=True)):
         offset = info.offset + row * info.row_bytes + block * info.block_bytes
         raw[i] = ckpt.raw_blocks(info.name, row, block, n_blocks)
         meter.add(info.file, offset, n_bytes)

@@ -17,13 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from provenance.errors import ProvenanceError
+from provenance.errors import CheckpointError, ProvenanceError
+from provenance.formats.jsonsafe import loads_strict
 from provenance.refdb.positions import PUBLIC_SEED, SPAN_LENGTH, SPANS_PER_TENSOR, Spans
 from provenance.refdb.summaries import N_QUANTILES, Summary
 from provenance.refdb.tokfp import TokenizerFingerprint
 from provenance.refdb.weightfp import TensorPrint, WeightFingerprint
-from provenance.errors import CheckpointError
-from provenance.formats.jsonsafe import loads_strict
 
 SCHEMA = "provenance.refdb-entry/1"
 ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,79}$")
@@ -121,9 +120,9 @@ def _encode_weights(fp: WeightFingerprint) -> tuple[dict[str, Any], dict[str, np
     for tp in fp.tensors:
         summary = tp.summary or Summary(np.zeros(0), np.zeros(0), np.zeros(0))
         listing.append({
-            "name": tp.name, "shape": list(tp.shape), "n_spans": int(len(tp.spans.rows)), "span_length": tp.spans.length,
+            "name": tp.name, "shape": list(tp.shape), "n_spans": len(tp.spans.rows), "span_length": tp.spans.length,
             "constant": tp.constant,
-            "summary": {"n_row": int(len(summary.row_norms)), "n_col": int(len(summary.col_norms)), "n_sv": int(len(summary.singular))},
+            "summary": {"n_row": len(summary.row_norms), "n_col": len(summary.col_norms), "n_sv": len(summary.singular)},
         })
         rows.append(tp.spans.rows)
         starts.append(tp.spans.starts)

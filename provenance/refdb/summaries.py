@@ -34,7 +34,7 @@ class Summary:
     def vector(self) -> np.ndarray:
         return np.concatenate([self.row_norms, self.col_norms, self.singular]).astype(np.float64)
 
-    def transposed(self) -> "Summary":
+    def transposed(self) -> Summary:
         return Summary(self.col_norms, self.row_norms, self.singular)
 
 

@@ -68,12 +68,12 @@ class TokenizerFingerprint:
             "merges_sha256": self.merges_sha256,
             "special_tokens": dict(sorted(self.special_tokens.items())),
             "sketch": {"kind": "bottom-k", "k": SKETCH_K, "hash": "sha256(salt + token)[:8] little-endian",
-                       "salt": _SALT.decode("ascii").rstrip("\x00"), "size": int(len(self.sketch_hashes))},
+                       "salt": _SALT.decode("ascii").rstrip("\x00"), "size": len(self.sketch_hashes)},
             "source": self.source,
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], hashes: np.ndarray, ids: np.ndarray) -> "TokenizerFingerprint":
+    def from_json(cls, data: dict[str, Any], hashes: np.ndarray, ids: np.ndarray) -> TokenizerFingerprint:
         return cls(
             vocab_size=int(data["vocab_size"]), tokens_sha256=str(data["tokens_sha256"]),
             distinct_tokens=int(data.get("distinct_tokens", data["vocab_size"])), model=data.get("model"),
@@ -90,7 +90,7 @@ def fingerprint_vocabulary(vocab: Vocabulary) -> TokenizerFingerprint:
     return TokenizerFingerprint(
         vocab_size=len(vocab.tokens),
         tokens_sha256=token_list_sha256(vocab.tokens),
-        distinct_tokens=int(len(np.unique(hashes))),
+        distinct_tokens=len(np.unique(hashes)),
         model=vocab.model,
         # Same bytes as GGUF's FLOAT32 array, so a GGUF's scores hash compares directly.
         scores_sha256=hashlib.sha256(np.asarray(vocab.scores, "<f4").tobytes()).hexdigest() if vocab.scores is not None else None,

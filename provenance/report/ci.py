@@ -6,10 +6,10 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from provenance.version import __version__
-from provenance.policy.engine import CheckResult
 from provenance.document import Severity
+from provenance.policy.engine import CheckResult
 from provenance.textsafe import safe_text
+from provenance.version import __version__
 
 SARIF_SCHEMA = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
 _LEVEL = {Severity.VIOLATION: "error", Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "note"}

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import base64
 import html
-import math
 import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-from provenance.fileio import to_json
 from provenance.document import Finding, Report, Section
+from provenance.fileio import to_json
 from provenance.numbers import format_p, format_value
 from provenance.textsafe import md_escape, safe_text
 

@@ -74,8 +74,8 @@ def deterministic(threads: int = 1) -> Iterator[None]:
 def shipped_tokens(name: str) -> np.ndarray:
     """Training rows of a shipped corpus: ``"corpus"`` (pretraining) or ``"finetune"``
     (the shifted slice); the default data of every training function below."""
-    from provenance.synth.corpus import split_finetune, split_pretrain  # noqa: PLC0415
-    from provenance.synth.store import load_synth_tokens  # noqa: PLC0415
+    from provenance.synth.corpus import split_finetune, split_pretrain
+    from provenance.synth.store import load_synth_tokens
 
     split = split_pretrain if name == "corpus" else split_finetune
     return split(load_synth_tokens(name))[0]

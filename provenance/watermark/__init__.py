@@ -19,8 +19,24 @@ from provenance.watermark.stats import DEFAULT_THRESHOLD_Z, family_bound, holm
 from provenance.watermark.trace import TraceResult, load_registry, trace
 
 __all__ = [
-    "AnalysisResult", "DEFAULT_AMPLITUDE", "DEFAULT_THRESHOLD_Z", "DerivedKey", "EmbedReport", "FileKey",
-    "KeySource", "ScoreOptions", "ScoreResult", "TraceResult", "analyze_checkpoint", "embed_checkpoint",
-    "family_bound", "gaussian_stream", "holm", "key_seed", "load_registry", "read_secret",
-    "score_checkpoint", "trace",
+    "DEFAULT_AMPLITUDE",
+    "DEFAULT_THRESHOLD_Z",
+    "AnalysisResult",
+    "DerivedKey",
+    "EmbedReport",
+    "FileKey",
+    "KeySource",
+    "ScoreOptions",
+    "ScoreResult",
+    "TraceResult",
+    "analyze_checkpoint",
+    "embed_checkpoint",
+    "family_bound",
+    "gaussian_stream",
+    "holm",
+    "key_seed",
+    "load_registry",
+    "read_secret",
+    "score_checkpoint",
+    "trace",
 ]

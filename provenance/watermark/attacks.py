@@ -78,7 +78,7 @@ def llama_cpp_available() -> bool:
     _add_local_llama_cpp()
     try:
         import llama_cpp  # noqa: F401
-    except Exception:  # noqa: BLE001 (missing, or its shared library failed to load)
+    except Exception:
         return False
     return True
 

@@ -25,7 +25,7 @@ import torch
 
 
 def _generator(seed: int, tensor: str, chunk: int) -> torch.Generator:
-    digest = hashlib.sha256(f"{seed}\0{tensor}\0{chunk}".encode("utf-8")).digest()
+    digest = hashlib.sha256(f"{seed}\0{tensor}\0{chunk}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
 
 

@@ -151,9 +151,12 @@ class _Scorer:
                     assert info.ggml_type is not None
                     if alignment is not None:
                         w_c = alignment.unapply(w.astype(np.float64)).astype(np.float32)
-                        signs = alignment.apply_signs(flip_signs(w_c, self.cand.raw_rows(name, start, stop), info.ggml_type, self.precision or "f32"))
+                        stored = self.cand.raw_rows(name, start, stop)
+                        signs = alignment.apply_signs(flip_signs(w_c, stored, info.ggml_type, self.precision or "f32"))
                     else:
-                        signs = flip_signs(w, self.cand.raw_rows(name, start, stop), info.ggml_type, self.precision or "f32")
+                        signs = flip_signs(
+                            w, self.cand.raw_rows(name, start, stop), info.ggml_type, self.precision or "f32"
+                        )
                     ys["grid"] = signs
                     self.n_flips += int(np.count_nonzero(signs))
             flat = {s: y.ravel() for s, y in ys.items()}
@@ -161,7 +164,7 @@ class _Scorer:
             q = {s: float(np.dot(y, y)) for s, y in flat.items()}
             for s, value in q.items():
                 self.q_totals[s] = self.q_totals.get(s, 0.0) + value
-            for key, score in zip(self.keys, self.scores):
+            for key, score in zip(self.keys, self.scores, strict=True):
                 if not key.has(name):
                     continue
                 k = key.rows(name, shape, start, stop).ravel()
@@ -181,7 +184,7 @@ def score_checkpoint(
 ) -> ScoreResult:
     """Score every key on ``candidate`` (optionally against ``reference``); one pass."""
     selector = options.selector or default_selector
-    with open_checkpoint(candidate) as cand, (open_checkpoint(reference) if reference else _Null()) as ref:
+    with open_checkpoint(candidate) as cand, open_checkpoint(reference) if reference else _Null() as ref:
         ref = ref if reference else None
         warnings: list[str] = []
         names = []
@@ -207,7 +210,9 @@ def score_checkpoint(
             else:
                 scorer.precision = options.precision
         statistics = [s for s in STATISTICS if any(s in scorer.statistics_for(cand.info(n)) for n in names)]
-        bank = DecoyBank(options.decoys, tuple(statistics), seed=options.decoy_seed, independent=options.independent_decoys)
+        bank = DecoyBank(
+            options.decoys, tuple(statistics), seed=options.decoy_seed, independent=options.independent_decoys
+        )
         for name in names:
             scorer.score_tensor(name, alignment.get(name), bank)
         n_weights = sum(cand.info(n).n_elements for n in names)

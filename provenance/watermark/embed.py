@@ -126,7 +126,12 @@ def _mark_tensor(ckpt: Checkpoint, info: TensorInfo, key: KeySource, amplitude: 
     norm_w = float(np.linalg.norm(w.astype(np.float64)))
     rms_delta = float(np.sqrt(np.mean(delta**2)))
     q8 = _q8_noise_rms(w)
-    change = TensorChange(info.name, w.size, float(np.linalg.norm(delta)) / norm_w if norm_w else 0.0, rms_delta / q8 if q8 else float("nan"))
+    change = TensorChange(
+        info.name,
+        w.size,
+        float(np.linalg.norm(delta)) / norm_w if norm_w else 0.0,
+        rms_delta / q8 if q8 else float("nan"),
+    )
     return marked, change
 
 
@@ -168,7 +173,9 @@ def embed_checkpoint(
 
 
 # ----- GGUF ------------------------------------------------------------------------------
-def _write_gguf(ckpt: Checkpoint, output: Path, targets: set[str], key: KeySource, amplitude: float, report: EmbedReport) -> None:
+def _write_gguf(
+    ckpt: Checkpoint, output: Path, targets: set[str], key: KeySource, amplitude: float, report: EmbedReport
+) -> None:
     import gguf
 
     header = ckpt.headers[0]  # type: ignore[attr-defined]
@@ -180,7 +187,9 @@ def _write_gguf(ckpt: Checkpoint, output: Path, targets: set[str], key: KeySourc
         infos = list(ckpt.tensors.values())
         for info in infos:
             qtype = gguf.GGMLQuantizationType(info.ggml_type)
-            writer.add_tensor_info(info.name, (*info.shape[:-1], info.row_bytes), np.dtype(np.uint8), info.n_bytes, raw_dtype=qtype)
+            writer.add_tensor_info(
+                info.name, (*info.shape[:-1], info.row_bytes), np.dtype(np.uint8), info.n_bytes, raw_dtype=qtype
+            )
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
@@ -190,7 +199,11 @@ def _write_gguf(ckpt: Checkpoint, output: Path, targets: set[str], key: KeySourc
                 report.tensors.append(change)
                 data = marked.contiguous().view(torch.uint8).numpy()
             else:
-                data = np.concatenate([np.frombuffer(chunk, dtype=np.uint8) for chunk in ckpt.iter_raw(info.name)]) if info.n_bytes else np.zeros(0, np.uint8)
+                data = (
+                    np.concatenate([np.frombuffer(chunk, dtype=np.uint8) for chunk in ckpt.iter_raw(info.name)])
+                    if info.n_bytes
+                    else np.zeros(0, np.uint8)
+                )
             writer.write_tensor_data(data)
         writer.close()
         os.replace(tmp, output)
@@ -201,7 +214,9 @@ def _write_gguf(ckpt: Checkpoint, output: Path, targets: set[str], key: KeySourc
 
 
 # ----- safetensors -----------------------------------------------------------------------
-def _write_safetensors(ckpt: Checkpoint, output: Path, targets: set[str], key: KeySource, amplitude: float, report: EmbedReport) -> None:
+def _write_safetensors(
+    ckpt: Checkpoint, output: Path, targets: set[str], key: KeySource, amplitude: float, report: EmbedReport
+) -> None:
     from safetensors import safe_open
     from safetensors.torch import save_file
 

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from provenance.codecs.dequant import as_torch
-from provenance.quant.gridcheck import source_variants
 from provenance.codecs.grid import quant_grid
 from provenance.codecs.recipes import predict, supported
+from provenance.quant.gridcheck import source_variants
 
 
 def flip_signs(reference_rows: np.ndarray, raw_rows: np.ndarray, ggml_type: int, precision: str = "f16") -> np.ndarray:

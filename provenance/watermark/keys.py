@@ -135,7 +135,7 @@ class FileKey:
     label: str
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], arch: object | None = None, label: str | None = None) -> "FileKey":
+    def load(cls, path: str | os.PathLike[str], arch: object | None = None, label: str | None = None) -> FileKey:
         from provenance.names.canonical import hf_to_canonical, layer_and_role
         from provenance.names.qk_permute import hf_to_gguf_rows
 

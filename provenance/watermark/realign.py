@@ -129,7 +129,11 @@ def realign_ffn(candidate: Checkpoint, reference: Checkpoint, layer: int, force:
     if any(candidate.info(n).shape != reference.info(n).shape for n in names.values()):
         return {}
     ref_gate, cand_gate = reference.read_rows(names["ffn_gate"]), candidate.read_rows(names["ffn_gate"])
-    identity_corr = float(np.median(np.sum(_row_normalise(ref_gate.astype(np.float64)) * _row_normalise(cand_gate.astype(np.float64)), axis=1)))
+    identity_corr = float(
+        np.median(
+            np.sum(_row_normalise(ref_gate.astype(np.float64)) * _row_normalise(cand_gate.astype(np.float64)), axis=1)
+        )
+    )
     perm = None
     if force or identity_corr < IDENTITY_CORR:
         perm, _ = match_units(ref_gate, cand_gate)
@@ -146,7 +150,9 @@ def realign_ffn(candidate: Checkpoint, reference: Checkpoint, layer: int, force:
     # (~ noise / sqrt(row length)); only scales far outside that count as a rescale.
     resid = cand_up - s[:, None] * ref_up
     se = np.sqrt(np.sum(resid * resid, axis=1) / max(1, ref_up.shape[1] - 1) / ref_sq)
-    significant = (np.abs(s - 1.0) > SCALE_SIGMAS * se) & (np.abs(np.log(np.maximum(np.abs(s), 1e-12))) > SCALE_TOLERANCE) | (s < 0)
+    significant = (np.abs(s - 1.0) > SCALE_SIGMAS * se) & (
+        np.abs(np.log(np.maximum(np.abs(s), 1e-12))) > SCALE_TOLERANCE
+    ) | (s < 0)
     rescaled = bool(significant.mean() >= MIN_RESCALED_FRACTION)
     s = np.where(significant & (np.abs(s) > 1e-12), s, 1.0)
     if perm is None and not rescaled:

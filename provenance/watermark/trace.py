@@ -15,13 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from provenance.errors import ProvenanceError
+from provenance.errors import CheckpointError, ProvenanceError
 from provenance.formats import open_checkpoint
+from provenance.formats.jsonsafe import read_json_file
 from provenance.watermark.detect import ScoreOptions, ScoreResult, score_checkpoint
 from provenance.watermark.keys import DerivedKey, FileKey, KeySource, read_secret
 from provenance.watermark.stats import DEFAULT_THRESHOLD_Z, family_bound, holm, log10_p, p_value
-from provenance.errors import CheckpointError
-from provenance.formats.jsonsafe import read_json_file
 
 REGISTRY_SCHEMA = "provenance.watermark-registry/1"
 
@@ -96,7 +95,7 @@ class TraceResult:
     def to_dict(self, per_tensor: bool = True) -> dict[str, Any]:
         tests = [(k.label, s, acc.z) for k in self.score.keys for s, acc in k.totals.items() if acc.q > 0]
         adjusted = holm([p_value(z) for _, _, z in tests]) if tests else []
-        holm_by = {(label, s): p for (label, s, _), p in zip(tests, adjusted)}
+        holm_by = {(label, s): p for (label, s, _), p in zip(tests, adjusted, strict=True)}
         clients = []
         for key in sorted(self.score.keys, key=lambda k: -k.best()[1]):
             entry = key.to_dict(per_tensor=per_tensor and key.label in self.accused)
@@ -128,10 +127,10 @@ def trace(
     keys: list[KeySource],
     reference: str | os.PathLike[str] | None = None,
     threshold_z: float = DEFAULT_THRESHOLD_Z,
-    options: ScoreOptions = ScoreOptions(),
+    options: ScoreOptions | None = None,
 ) -> TraceResult:
     """Score all ``keys`` on ``candidate`` and apply the fixed accusation rule."""
-    score = score_checkpoint(candidate, keys, reference, options)
+    score = score_checkpoint(candidate, keys, reference, options or ScoreOptions())
     accused = [k.label for k in score.keys if k.best()[1] >= threshold_z]
     return TraceResult(score, threshold_z, accused)
 

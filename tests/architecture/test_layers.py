@@ -50,9 +50,8 @@ def _imports(path: Path) -> set[str]:
 def _layer_of(module: str, table: dict[str, int]) -> int | None:
     best = None
     for prefix, level in table.items():
-        if module == prefix or module.startswith(prefix + "."):
-            if best is None or len(prefix) > len(best[0]):
-                best = (prefix, level)
+        if (module == prefix or module.startswith(prefix + ".")) and (best is None or len(prefix) > len(best[0])):
+            best = (prefix, level)
     return best[1] if best else None
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from tests.conftest import QUANT_DIR, ROOT, SHARED_DATA
 from provenance.clidocs import commands, render_cli_reference
+from tests.conftest import QUANT_DIR, ROOT, SHARED_DATA
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -6,17 +6,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from tests.conftest import single_torch_thread
 import torch
 from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 
-from provenance.formats import open_checkpoint
 from provenance.codecs import dequantize_rows
 from provenance.codecs.bits import bits_equal
 from provenance.codecs.grid import UNIFORM_RANGE, codebook, level_table, quant_grid
 from provenance.codecs.kernels import KERNELS
+from provenance.formats import open_checkpoint
+from tests.conftest import single_torch_thread
 
 QUANT_DIR = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "llamacpp-quant"
 

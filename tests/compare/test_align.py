@@ -34,7 +34,10 @@ def _forward(t: dict[str, np.ndarray], tokens: np.ndarray, nh: int, nkv: int, hd
         return out
 
     for L in range(n_layer):
-        w = lambda r: f[f"blk.{L}.{r}.weight"]  # noqa: E731
+
+        def w(role: str, layer: int = L) -> np.ndarray:
+            return f[f"blk.{layer}.{role}.weight"]
+
         h = rms(x, w("attn_norm"))
         q = rope((h @ w("attn_q").T).reshape(T, nh, hd))
         k = rope((h @ w("attn_k").T).reshape(T, nkv, hd))

@@ -68,9 +68,17 @@ def test_live_rerun_matches_committed_results() -> None:
     spec.loader.exec_module(module)
     manifest = json.loads((ROOT / "data" / "synth" / "manifest.json").read_text())
     todo = {c["case"]: c for c in module.cases(manifest)}
-    committed = pd.concat([pd.read_csv(CAL / "null_pairs.csv", keep_default_na=False), pd.read_csv(CAL / "derived_pairs.csv", keep_default_na=False)]).set_index("case")
-    picks = [committed[committed["kind"] == "null"].sort_values("p_asymptotic").index[0],  # the most extreme null pair
-             "derived:synth-s00-ft-light:perm:Q2_K", "derived:stories260k-lora:plain:fp"]
+    committed = pd.concat(
+        [
+            pd.read_csv(CAL / "null_pairs.csv", keep_default_na=False),
+            pd.read_csv(CAL / "derived_pairs.csv", keep_default_na=False),
+        ]
+    ).set_index("case")
+    picks = [
+        committed[committed["kind"] == "null"].sort_values("p_asymptotic").index[0],  # the most extreme null pair
+        "derived:synth-s00-ft-light:perm:Q2_K",
+        "derived:stories260k-lora:plain:fp",
+    ]
     for case in picks:
         got = module.run_case(todo[case])
         want = committed.loc[case]

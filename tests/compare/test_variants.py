@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from provenance.codecs import quantize_rows
 from provenance.compare.variants import llama_cpp_types, llama_quantize, write_variant
 from provenance.formats import open_checkpoint
-from provenance.codecs import quantize_rows
 from provenance.quant.writer import quantize_model
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -5,9 +5,9 @@ import hashlib
 
 import pytest
 
-from tests.conftest import QUANT_DIR
 from provenance.formats import open_checkpoint
 from provenance.hashing import checkpoint_sha256s, file_sha256, tensor_sha256s
+from tests.conftest import QUANT_DIR
 
 
 @pytest.mark.parametrize("chunk_bytes", [1000, 4096, 1 << 20])

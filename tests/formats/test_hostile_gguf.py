@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.gguf_bytes import ARRAY, STRING, UINT32, gstr, kv_str, kv_u32, tensor_info, valid_model
-from tests.conftest import Bounded
 from provenance.errors import CheckpointError, LimitExceeded, MalformedCheckpoint, UnsupportedCheckpoint
 from provenance.formats import open_checkpoint
+from tests.conftest import Bounded
+from tests.support.gguf_bytes import ARRAY, STRING, UINT32, gstr, kv_str, kv_u32, tensor_info, valid_model
 
 HUGE = 2**63
 
@@ -18,11 +18,9 @@ def expect_clean_failure(tmp_path: Path, data: bytes, error: type[CheckpointErro
                          match: str | None = None) -> CheckpointError:
     path = tmp_path / "hostile.gguf"
     path.write_bytes(data)
-    with Bounded() as bound:
-        with pytest.raises(error) as info:
-            with open_checkpoint(path) as checkpoint:
-                for name in checkpoint.keys():
-                    checkpoint.read(name)
+    with Bounded() as bound, pytest.raises(error) as info, open_checkpoint(path) as checkpoint:
+        for name in checkpoint.keys():
+            checkpoint.read(name)
     assert bound.seconds < 1.0, f"took {bound.seconds:.2f} s"
     assert bound.peak_bytes < 8 * 1024 * 1024, f"allocated {bound.peak_bytes} bytes"
     message = str(info.value)

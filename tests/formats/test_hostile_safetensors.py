@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tests.conftest import Bounded
 from provenance.errors import CheckpointError, LimitExceeded, MalformedCheckpoint, UnsupportedCheckpoint
 from provenance.formats import open_checkpoint
+from tests.conftest import Bounded
 
 
 def safetensors_bytes(header: dict | bytes, data: bytes) -> bytes:
@@ -21,11 +21,9 @@ def safetensors_bytes(header: dict | bytes, data: bytes) -> bytes:
 
 
 def expect_failure(path: Path, error: type[CheckpointError] = CheckpointError, match: str | None = None) -> CheckpointError:
-    with Bounded() as bound:
-        with pytest.raises(error) as info:
-            with open_checkpoint(path) as checkpoint:
-                for name in checkpoint.keys():
-                    checkpoint.read(name)
+    with Bounded() as bound, pytest.raises(error) as info, open_checkpoint(path) as checkpoint:
+        for name in checkpoint.keys():
+            checkpoint.read(name)
     assert bound.seconds < 1.0 and bound.peak_bytes < 8 * 1024 * 1024
     assert "\n" not in str(info.value)
     if match:

@@ -2,23 +2,23 @@
 from __future__ import annotations
 
 import hashlib
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import gguf
 import numpy as np
 import pytest
 
-from tests.conftest import QUANT_DIR, SHARED_DATA, VOCAB_DIR
 from provenance.errors import CheckpointError, LimitExceeded
 from provenance.formats import open_checkpoint
 from provenance.tokenizer import summarize_tokenizer
+from tests.conftest import QUANT_DIR, SHARED_DATA, VOCAB_DIR
 
 REAL_GGUFS = sorted(p for p in SHARED_DATA.glob("*/*.gguf") if p.parent.name != "corrupted")
 QUANTIZED = sorted(QUANT_DIR.glob("*.gguf"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def oracle_reader(path: Path) -> gguf.GGUFReader:
     """gguf-py's reader, trusted only because these are known-good files (and slow: cached)."""
     return gguf.GGUFReader(path)

@@ -114,8 +114,8 @@ def test_tokenizer_hash_agrees_across_formats(hf_llama_spm: Path, converter, tmp
     tokenizer give the same token-list hash (and equal the shipped llama-spm vocab GGUF's)."""
     from transformers import LlamaTokenizer
 
-    from tests.conftest import VOCAB_DIR
     from provenance.tokenizer import summarize_tokenizer
+    from tests.conftest import VOCAB_DIR
 
     model_dir = tmp_path / "with-tokenizer"
     shutil.copytree(hf_llama_spm, model_dir)

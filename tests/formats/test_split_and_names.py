@@ -51,7 +51,7 @@ def test_split_parts_renamed_out_of_order(tmp_path: Path) -> None:
     parts[0].rename(swap)
     parts[1].rename(parts[0])
     swap.rename(parts[1])
-    with pytest.raises(MalformedCheckpoint, match="split.no"):
+    with pytest.raises(MalformedCheckpoint, match=r"split.no"):
         open_checkpoint(parts[2])
 
 

@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
-from tests.conftest import QUANT_DIR
 from provenance.errors import CheckpointError
 from provenance.formats import open_checkpoint
+from tests.conftest import QUANT_DIR
 
 
 def small_real_gguf(path: Path) -> Path:

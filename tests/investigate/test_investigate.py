@@ -8,8 +8,8 @@ from pathlib import Path
 
 import jsonschema
 
-from tests.conftest import QUANT_DIR, ROOT, SHARED_DATA
 from provenance.investigate import investigate
+from tests.conftest import QUANT_DIR, ROOT, SHARED_DATA
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:

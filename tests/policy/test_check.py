@@ -100,7 +100,10 @@ def test_missing_metadata_and_format_rules(tmp_path: Path) -> None:
     assert ids == ["format.allowed", "metadata.required", "metadata.base_model"]
 
 
-@pytest.mark.parametrize("text", ["version = 2\n", "version = 1\n[surprise]\nx = 1\n", "not toml [[[", 'version = 1\n[format]\nallow = ["exe"]\n'])
+@pytest.mark.parametrize(
+    "text",
+    ["version = 2\n", "version = 1\n[surprise]\nx = 1\n", "not toml [[[", 'version = 1\n[format]\nallow = ["exe"]\n'],
+)
 def test_invalid_policy_is_a_usage_error(tmp_path: Path, text: str) -> None:
     policy = write_policy(tmp_path / "p.toml", text)
     result = run_check("--policy", str(policy), str(QUANT_DIR / "tiny-llama-Q8_0.gguf"))
@@ -133,7 +136,10 @@ def test_declared_base_must_agree_with_the_weights(tmp_path: Path) -> None:
 
     honest = _with_declared_base(synth_model_path("synth-s00-ft-light"), tmp_path / "honest", "synth-s00")
     liar = _with_declared_base(synth_model_path("synth-s07"), tmp_path / "liar", "synth-s00")
-    policy = write_policy(tmp_path / "p.toml", f'version = 1\n[lineage]\nreferences = {{ "synth-s00" = "{synth_model_path("synth-s00")}" }}\n')
+    policy = write_policy(
+        tmp_path / "p.toml",
+        f'version = 1\n[lineage]\nreferences = {{ "synth-s00" = "{synth_model_path("synth-s00")}" }}\n',
+    )
     result = run_check("--policy", str(policy), str(honest), str(liar))
     assert result.returncode == 1, result.stderr
     honest_result, liar_result = json.loads(result.stdout)["results"]

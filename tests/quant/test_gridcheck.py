@@ -8,16 +8,15 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
-
-from tests.conftest import single_torch_thread
 import torch
 from click.testing import CliRunner
 from gguf import GGMLQuantizationType as T
 
+from provenance.codecs.recipes import roundf
 from provenance.commands.quantcheck_cmd import command
 from provenance.quant import quantcheck
 from provenance.quant.gridcheck import check_block_rows, source_variants
-from provenance.codecs.recipes import roundf
+from tests.conftest import single_torch_thread
 
 QUANT_DIR = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "llamacpp-quant"
 SOURCE = QUANT_DIR / "tiny-llama-f32.gguf"
@@ -175,7 +174,8 @@ def test_cli_exit_codes_and_outputs(tmp_path: Path, noisy_reference: Path) -> No
     assert doc["summary"]["verdict"] == "exact" and len(doc["tensors"]) == 21
     assert (tmp_path / "a" / "quantcheck.csv").read_text().startswith("name,")
     assert "exact quantization" in (tmp_path / "a" / "quantcheck.md").read_text()
-    flagged = runner.invoke(command, [str(QUANT_DIR / "tiny-llama-Q4_K_S.gguf"), "--reference", str(noisy_reference), "-o", str(tmp_path / "b")])
+    args = [str(QUANT_DIR / "tiny-llama-Q4_K_S.gguf"), "--reference", str(noisy_reference), "-o", str(tmp_path / "b")]
+    flagged = runner.invoke(command, args)
     assert flagged.exit_code == 1 and "perturbed" in flagged.output
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(b"GGUF" + b"\x00" * 8)

@@ -17,8 +17,8 @@ from provenance.formats import open_checkpoint
 from provenance.names.qk_permute import gguf_to_hf_rows
 from provenance.quant import quantcheck
 from provenance.quant.writer import quantize_model
-from tests.conftest import QUANT_DIR
 from tests.codecs.test_quantize_ref import TRUE_SOURCE
+from tests.conftest import QUANT_DIR
 
 torch.set_num_threads(1)
 

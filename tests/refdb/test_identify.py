@@ -8,8 +8,8 @@ import gguf
 import numpy as np
 import pytest
 
-from tests.conftest import QUANT_DIR, ROOT, SHARED_DATA, VOCAB_DIR
 from provenance.refdb import IdentifyResult, RefDB, identify
+from tests.conftest import QUANT_DIR, ROOT, SHARED_DATA, VOCAB_DIR
 from tests.refdb.test_refdb import run_main
 
 FAMILIES = {"llama-spm": "llama-2", "phi-3": "phi-3", "gpt-2": "gpt-2", "gpt-neox": "gpt-neox", "mpt": "mpt",

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import LLAMA2_SPM, QUANT_DIR, ROOT, SHARED_DATA, VOCAB_DIR
 from provenance.formats import open_checkpoint
 from provenance.refdb import RefDB, RefDBError, build_entry, default_refdb_path
 from provenance.refdb.positions import sample_spans
@@ -18,6 +17,7 @@ from provenance.refdb.schema import decode_entry, encode_entry
 from provenance.refdb.tokens import vocabulary_from_checkpoint, vocabulary_from_npm_tarball, vocabulary_from_sentencepiece
 from provenance.refdb.tokfp import CandidateVocabulary, compare_vocabulary, fingerprint_vocabulary
 from provenance.tokenizer import token_list_sha256
+from tests.conftest import LLAMA2_SPM, QUANT_DIR, ROOT, SHARED_DATA, VOCAB_DIR
 
 NPM = SHARED_DATA / "tokenizers-npm"
 LLAMA_SPM_GGUF = VOCAB_DIR / "ggml-vocab-llama-spm.gguf"
@@ -121,9 +121,9 @@ def test_spans_are_block_aligned_and_reads_touch_only_their_blocks() -> None:
             # exactly one K-quant super-block per span: never a whole row
             assert meter.reads == 8 and meter.bytes_read == 8 * info.block_bytes
             full = ckpt.read_rows(name)
-            want = np.stack([full[r, s : s + 256] for r, s in zip(spans.rows, spans.starts)])
+            want = np.stack([full[r, s : s + 256] for r, s in zip(spans.rows, spans.starts, strict=True)])
             assert np.array_equal(got, want)
-            exact = np.stack([ref.read_rows(name)[r, s : s + 256] for r, s in zip(spans.rows, spans.starts)])
+            exact = np.stack([ref.read_rows(name)[r, s : s + 256] for r, s in zip(spans.rows, spans.starts, strict=True)])
             assert np.corrcoef(got.ravel(), exact.ravel())[0, 1] > 0.95
 
 

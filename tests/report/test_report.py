@@ -8,13 +8,13 @@ import jsonschema
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pytest  # noqa: E402
+import matplotlib.pyplot as plt
+import pytest
 
-from tests.conftest import ROOT  # noqa: E402
-from provenance.document import Figure, Finding, Report, Section, Severity  # noqa: E402
-from provenance.report import render_html, render_markdown, write_report  # noqa: E402
-from provenance.report import render as render_module  # noqa: E402
+from provenance.document import Figure, Finding, Report, Section, Severity
+from provenance.report import render as render_module
+from provenance.report import render_html, render_markdown, write_report
+from tests.conftest import ROOT
 
 EVIL = "<script>alert(1)</script>{{7*7}} ${7*7} [x](javascript:alert(1)) \x1b[31m\u202e"
 

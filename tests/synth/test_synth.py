@@ -184,7 +184,7 @@ def test_conversion_reproduces_llama2c_logits(stories) -> None:
     # agreement (measured 2.7e-5); a wrong q/k permutation is off by more than 1e-2.
     assert (ref64 - got64).abs().max() < 2e-6 * scale
     # Without undoing the q/k permutation the logits are far off (the test has teeth).
-    from provenance.synth.convert import _qk_to_hf  # noqa: PLC0415
+    from provenance.synth.convert import _qk_to_hf
     broken = llama2c_to_hf(stories).double()
     with torch.no_grad():
         for i, layer in enumerate(broken.model.layers):
@@ -209,7 +209,7 @@ def test_kv_cache_matches_full_forward(stories) -> None:
 @pytest.mark.skipif(not GGUF.is_file(), reason="stories260K GGUF not present")
 def test_loader_agrees_with_llamacpp_conversion(stories) -> None:
     """llama.cpp's own converter sliced the same file into the same tensors."""
-    from gguf import GGUFReader  # noqa: PLC0415
+    from gguf import GGUFReader
 
     gguf = {t.name: np.array(t.data) for t in GGUFReader(GGUF).tensors}
     names = {"attn_q": "wq", "attn_k": "wk", "attn_v": "wv", "attn_output": "wo", "ffn_gate": "w1",

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import QUANT_DIR
 from provenance.cli import main
+from tests.conftest import QUANT_DIR
 
 SOURCE = QUANT_DIR / "tiny-llama-f16.gguf"
 
@@ -21,7 +21,7 @@ class Run:
 
 
 @pytest.fixture
-def run_cli(capsys: pytest.CaptureFixture[str]):  # noqa: ANN201
+def run_cli(capsys: pytest.CaptureFixture[str]):
     """The real entry point in-process (a subprocess per call costs seconds of imports)."""
     def run(*args: str) -> Run:
         capsys.readouterr()
@@ -32,7 +32,7 @@ def run_cli(capsys: pytest.CaptureFixture[str]):  # noqa: ANN201
     return run
 
 
-def test_embed_detect_trace_analyze(tmp_path: Path, run_cli) -> None:  # noqa: ANN001
+def test_embed_detect_trace_analyze(tmp_path: Path, run_cli) -> None:
     secret = tmp_path / "owner.secret"
     secret.write_text("correct horse battery staple 2024\n")
     marked = tmp_path / "acme.gguf"
@@ -63,7 +63,7 @@ def test_embed_detect_trace_analyze(tmp_path: Path, run_cli) -> None:  # noqa: A
     assert analyze.returncode == 1 and json.loads(analyze.stdout)["verdict"] == "iid-perturbation"
 
 
-def test_usage_and_input_errors(tmp_path: Path, run_cli) -> None:  # noqa: ANN001
+def test_usage_and_input_errors(tmp_path: Path, run_cli) -> None:
     secret = tmp_path / "s"
     secret.write_text("short")
     assert run_cli("detect", str(SOURCE)).returncode == 64  # no key given
@@ -74,5 +74,14 @@ def test_usage_and_input_errors(tmp_path: Path, run_cli) -> None:  # noqa: ANN00
     assert escape.returncode == 2 and "outside" in escape.stderr
     good = tmp_path / "good"
     good.write_text("a long enough owner secret")
-    quantized = run_cli("embed", str(QUANT_DIR / "tiny-llama-Q4_K_M.gguf"), "--secret-file", str(good), "--client", "a", "-o", str(tmp_path / "x.gguf"))
+    quantized = run_cli(
+        "embed",
+        str(QUANT_DIR / "tiny-llama-Q4_K_M.gguf"),
+        "--secret-file",
+        str(good),
+        "--client",
+        "a",
+        "-o",
+        str(tmp_path / "x.gguf"),
+    )
     assert quantized.returncode == 2 and "quantized input" in quantized.stderr and not (tmp_path / "x.gguf").exists()

@@ -8,15 +8,21 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from tests.conftest import QUANT_DIR, save_tiny_model
 from provenance.formats import open_checkpoint
 from provenance.watermark import DerivedKey, FileKey, ScoreOptions, embed_checkpoint, gaussian_stream, key_seed, trace
 from provenance.watermark.analyze import analyze_checkpoint
 from provenance.watermark.attacks import (
-    llama_cpp_available, permute_rescale, quantize_mix, quantize_with_llama_cpp, read_tensors, same_bytes, write_gguf_variant,
+    llama_cpp_available,
+    permute_rescale,
+    quantize_mix,
+    quantize_with_llama_cpp,
+    read_tensors,
+    same_bytes,
+    write_gguf_variant,
 )
 from provenance.watermark.keys import WatermarkKeyError, export_key_file, read_secret
 from provenance.watermark.stats import family_bound, holm
+from tests.conftest import QUANT_DIR, save_tiny_model
 
 SOURCE = QUANT_DIR / "tiny-llama-f16.gguf"  # real llama.cpp-layout GGUF, 1.70M weights in block matrices
 SECRET = b"provenance-test-secret-0001"
@@ -37,12 +43,12 @@ def marked(tmp_path_factory: pytest.TempPathFactory) -> dict[float, Path]:
     return out
 
 
-def _z(result, label: str) -> dict[str, float]:  # noqa: ANN001
+def _z(result, label: str) -> dict[str, float]:
     key = next(k for k in result.score.keys if k.label == label)
     return {s: acc.z for s, acc in key.totals.items() if acc.q > 0}
 
 
-def _assert_null(result, min_ks_p: float = 1e-3) -> None:  # noqa: ANN001
+def _assert_null(result, min_ks_p: float = 1e-3) -> None:
     """Decoys and innocent clients look like N(0,1), and nobody innocent is accused."""
     for stat, summary in result.score.decoy_summary().items():
         assert summary["n"] >= 1000
@@ -67,14 +73,16 @@ def test_key_derivation_is_pinned() -> None:
     np.testing.assert_allclose(gaussian_stream(seed, 0, 6), [
         2.0036713213426016, -1.444471636862416, 0.3241141944852762, -0.4037536544758436, 0.5636193301939975, 0.2936803196509787,
     ], rtol=1e-12)
-    np.testing.assert_allclose(gaussian_stream(seed, 1_000_001, 3), [1.9661446815507364, -0.6439533089981001, -1.0274381890326463], rtol=1e-12)
+    np.testing.assert_allclose(
+        gaussian_stream(seed, 1_000_001, 3), [1.9661446815507364, -0.6439533089981001, -1.0274381890326463], rtol=1e-12
+    )
 
 
 def test_key_stream_random_access_and_gaussianity() -> None:
     seed = key_seed(SECRET, "x", "t")
     whole = gaussian_stream(seed, 0, 200_003)
     for start, count in [(0, 1), (1, 2), (3, 5), (4, 4), (99_999, 7), (200_000, 3)]:
-        assert np.array_equal(gaussian_stream(seed, start, count), whole[start:start + count])
+        assert np.array_equal(gaussian_stream(seed, start, count), whole[start : start + count])
     assert abs(whole.mean()) < 0.01 and abs(whole.std() - 1) < 0.01
     assert sps.kstest(whole, "norm").pvalue > 1e-3
     assert abs(sps.kurtosis(whole)) < 0.05  # Gaussian, not +-1 (excess kurtosis -2)
@@ -177,7 +185,9 @@ def test_detect_after_k_quants(marked: dict[float, Path], tmp_path: Path, mix: s
     _assert_null(result)
 
 
-@pytest.mark.skipif(not llama_cpp_available(), reason="llama-cpp-python not built into .cache/llamacpp (see docs/watermark.md)")
+@pytest.mark.skipif(
+    not llama_cpp_available(), reason="llama-cpp-python not built into .cache/llamacpp (see docs/watermark.md)"
+)
 def test_project_quantizer_writes_what_llama_cpp_writes(marked: dict[float, Path], tmp_path: Path) -> None:
     for mix in ("Q4_K_M", "Q3_K_M"):
         quantize_mix(marked[1e-3], tmp_path / "ours.gguf", mix)
@@ -189,8 +199,12 @@ def test_independent_decoys_agree(marked: dict[float, Path]) -> None:
     names = ["blk.0.attn_q.weight", "blk.0.attn_v.weight"]
     from provenance.watermark.select import names_selector
 
-    result = trace(marked[1e-3], [DerivedKey(SECRET, "acme")], SOURCE,
-                   options=ScoreOptions(decoys=1000, independent_decoys=True, selector=names_selector(names)))
+    result = trace(
+        marked[1e-3],
+        [DerivedKey(SECRET, "acme")],
+        SOURCE,
+        options=ScoreOptions(decoys=1000, independent_decoys=True, selector=names_selector(names)),
+    )
     for summary in result.score.decoy_summary().values():
         assert summary["n"] == 1000 and summary["ks_p"] > 1e-3 and abs(summary["std"] - 1) < 0.15
 
@@ -216,15 +230,24 @@ def test_key_file_with_hf_names(marked: dict[float, Path], tmp_path: Path) -> No
 
     key = DerivedKey(SECRET, "acme")
     with open_checkpoint(marked[1e-3]) as ckpt:
-        shapes = {n: (i.n_rows, i.row_length) for n, i in ckpt.tensors.items() if n.startswith("blk.") and "norm" not in n}
+        shapes = {
+            n: (i.n_rows, i.row_length) for n, i in ckpt.tensors.items() if n.startswith("blk.") and "norm" not in n
+        }
     gguf_npz = tmp_path / "k.npz"
     export_key_file(key, shapes, gguf_npz)
     hf = {}
     with np.load(gguf_npz) as npz:
         for name in npz.files:
             layer, role = name.split(".")[1], name.split(".")[2]
-            hf_role = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-                       "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}[role]
+            hf_role = {
+                "attn_q": "self_attn.q_proj",
+                "attn_k": "self_attn.k_proj",
+                "attn_v": "self_attn.v_proj",
+                "attn_output": "self_attn.o_proj",
+                "ffn_gate": "mlp.gate_proj",
+                "ffn_up": "mlp.up_proj",
+                "ffn_down": "mlp.down_proj",
+            }[role]
             value = npz[name]
             if role in ("attn_q", "attn_k"):
                 value = gguf_to_hf_rows(value, 4)
@@ -269,8 +292,14 @@ def test_analyze_classes(marked: dict[float, Path], tmp_path: Path) -> None:
     assert analyze_checkpoint(marked[1e-3], SOURCE).verdict == "iid-perturbation"
     assert analyze_checkpoint(SOURCE, SOURCE).verdict == "identical"
     # Real llama.cpp output against its real source: nothing but quantization.
-    assert analyze_checkpoint(QUANT_DIR / "tiny-llama-Q8_0.gguf", QUANT_DIR / "tiny-llama-f32.gguf").verdict == "exact-quantization"
-    assert analyze_checkpoint(QUANT_DIR / "tiny-llama-Q4_K_M.gguf", QUANT_DIR / "tiny-llama-f32.gguf").verdict == "exact-quantization"
+    assert (
+        analyze_checkpoint(QUANT_DIR / "tiny-llama-Q8_0.gguf", QUANT_DIR / "tiny-llama-f32.gguf").verdict
+        == "exact-quantization"
+    )
+    assert (
+        analyze_checkpoint(QUANT_DIR / "tiny-llama-Q4_K_M.gguf", QUANT_DIR / "tiny-llama-f32.gguf").verdict
+        == "exact-quantization"
+    )
     # A low-rank, fine-tune-like update of similar size.
     tensors = read_tensors(SOURCE)
     rng = np.random.default_rng(0)

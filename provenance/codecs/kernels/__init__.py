@@ -82,7 +82,7 @@ def kernel_coverage() -> dict[str, str]:
     ``unsupported`` (neither can)."""
     from gguf import quants as gq
 
-    fallback = set(gq._type_traits)  # noqa: SLF001 - the registry is the only list there is
+    fallback = set(gq._type_traits)
     out: dict[str, str] = {}
     for qtype in T:
         if int(qtype) in KERNELS or int(qtype) in PLAIN:

@@ -151,7 +151,7 @@ def u32_field(blocks: torch.Tensor, start: int, count: int, ws: Workspace, name:
 class DeviceTables:
     """Small constant tables (level values, codebooks) built once per device."""
 
-    def __init__(self, build: "callable[[], dict[str, torch.Tensor]]") -> None:  # type: ignore[valid-type]
+    def __init__(self, build: callable[[], dict[str, torch.Tensor]]) -> None:  # type: ignore[valid-type]
         self._build = build
         self._cpu: dict[str, torch.Tensor] | None = None
         self._per_device: dict[torch.device, dict[str, torch.Tensor]] = {}

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from provenance.jit import kernel
 from provenance.codecs.native.fields import f16, k_sub_scale
+from provenance.jit import kernel
 
 
 @kernel

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from provenance.jit import kernel
 from provenance.codecs.native.fields import f16, u32
+from provenance.jit import kernel
 
 
 @kernel
