@@ -33,7 +33,7 @@ from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 
 from provenance.codecs.dequant import dequantize_torch
-from provenance.codecs.kernels import F16_SCALE_OFFSETS
+from provenance.codecs.registry import find_quant_type
 
 TYPES = [
     "Q4_0",
@@ -84,7 +84,8 @@ def make_blocks(qtype: T, mib: int) -> np.ndarray:
         return np.ascontiguousarray(np.tile(piece, (-(-rows // piece_rows), 1))[:rows])
     raw = rng.integers(0, 256, (rows, row_bytes), dtype=np.uint8)
     blocks = raw.reshape(-1, type_size)
-    for offset in F16_SCALE_OFFSETS.get(qtype, ()):
+    qt = find_quant_type(qtype)
+    for offset in qt.f16_scales if qt is not None else ():
         scales = (np.abs(rng.standard_normal(blocks.shape[0])) * 1e-3 + 1e-4).astype(np.float16)
         blocks[:, offset : offset + 2] = scales.view(np.uint8).reshape(-1, 2)
     return raw

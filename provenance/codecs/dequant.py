@@ -1,10 +1,11 @@
 """Dequantize rows of stored ggml blocks to float32.
 
-On the CPU, the types of :data:`provenance.codecs.native.NATIVE_TYPES` go through the
-compiled kernels (one fused pass); CUDA tensors and the other types through the torch
-kernels. The byte ranges passed here have already been validated by the reader (bounds,
-block alignment). Results are bit-identical to ``gguf.quants.dequantize`` (NaN payloads
-aside: any NaN stays a NaN); types without any kernel here are handed to it.
+The kernels come from each type's descriptor in :mod:`provenance.codecs.registry`. On the
+CPU, types with a compiled kernel go through it (one fused pass); CUDA tensors and the
+other types through the torch kernels; plain types are a cast. The byte ranges passed
+here have already been validated by the reader (bounds, block alignment). Results are
+bit-identical to ``gguf.quants.dequantize`` (NaN payloads aside: any NaN stays a NaN);
+unregistered types that gguf can dequantize are handed to it.
 """
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ import torch
 from gguf import GGMLQuantizationType
 from gguf import quants as gguf_quants
 
-from provenance.codecs.kernels import KERNELS, PLAIN, Decoded, workspace
-from provenance.codecs.native import NATIVE_TYPES, dequantize_blocks_native
-from provenance.codecs.types import type_info
+from provenance.codecs.kernels import Decoded, workspace
+from provenance.codecs.native import run_compiled
+from provenance.codecs.registry import find_quant_type, quant_type
+from provenance.codecs.types import plain_type, type_info
 
 DEFAULT_CHUNK_ELEMS = 1 << 20
 """Weights decoded per chunk: big enough that per-op overhead is small, small enough
@@ -83,20 +85,19 @@ def dequantize_torch(
         raise ValueError(f"out must be contiguous float32 of shape {(rows, row_length)}")
     if rows == 0 or row_length == 0:
         return out
-    if native and raw.device.type == "cpu" and info.ggml_type in NATIVE_TYPES:
-        blocks_np = raw.contiguous().numpy().reshape(-1, info.type_size)
-        dequantize_blocks_native(blocks_np, info.ggml_type, out.numpy().reshape(-1, info.block_size),
-                                 torch.get_num_threads())
-        return out
-    plain = PLAIN.get(info.ggml_type)
+    plain = plain_type(info.ggml_type)
     if plain is not None:
-        _plain(raw, plain, out)
+        _plain(raw, plain.torch_dtype(), out)
         return out
-    kernel = KERNELS.get(info.ggml_type)
-    if kernel is None:
+    qt = find_quant_type(info.ggml_type)
+    if qt is None:
         host = raw.cpu().numpy()
         ref = gguf_quants.dequantize(host, GGMLQuantizationType(info.ggml_type))
         out.copy_(torch.from_numpy(np.ascontiguousarray(ref, dtype=np.float32)).view(rows, row_length))
+        return out
+    if native and raw.device.type == "cpu" and qt.compiled is not None:
+        blocks_np = raw.contiguous().numpy().reshape(-1, info.type_size)
+        run_compiled(qt.compiled, blocks_np, out.numpy().reshape(-1, info.block_size), torch.get_num_threads())
         return out
     blocks = raw.reshape(-1, info.type_size)
     flat = out.view(-1, info.block_size)
@@ -105,8 +106,26 @@ def dequantize_torch(
     step = max(8, chunk_elems // info.block_size // 8 * 8)
     for start in range(0, blocks.shape[0], step):
         stop = min(start + step, blocks.shape[0])
-        combine(kernel(blocks[start:stop], ws), flat[start:stop])
+        combine(qt.decode(blocks[start:stop], ws), flat[start:stop])
     return out
+
+
+def dequantize_blocks_native(blocks: np.ndarray, ggml_type: int, out: np.ndarray, threads: int = 1) -> None:
+    """``(n, type_size)`` uint8 blocks -> ``out`` ``(n, block_size)`` float32, in place,
+    through the type's compiled kernel.
+
+    Both arrays must be C-contiguous; ``threads`` > 1 splits the blocks between threads.
+    The shapes are checked here because the compiled loops do not check their indices.
+    """
+    qt = quant_type(ggml_type)
+    if qt.compiled is None:
+        raise NotImplementedError(f"{qt.name} has no compiled kernel")
+    n = blocks.shape[0] if blocks.ndim == 2 else -1
+    if (blocks.dtype != np.uint8 or blocks.shape != (n, qt.type_size) or out.dtype != np.float32
+            or out.shape != (n, qt.block_size) or not (blocks.flags.c_contiguous and out.flags.c_contiguous)):
+        raise ValueError(f"{qt.name}: need C-contiguous uint8 (n, {qt.type_size}) blocks and float32 "
+                         f"(n, {qt.block_size}) out, got {blocks.dtype} {blocks.shape} and {out.dtype} {out.shape}")
+    run_compiled(qt.compiled, blocks, out, threads)
 
 
 def dequantize_rows(raw: np.ndarray, ggml_type: int, native: bool = True) -> np.ndarray:

@@ -25,56 +25,27 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from gguf import GGMLQuantizationType as T
 
 from provenance.codecs.dequant import as_torch
-from provenance.codecs.kernels import KERNELS, workspace
-from provenance.codecs.kernels import iq as iq_kernels
+from provenance.codecs.kernels import workspace
+from provenance.codecs.quanttype import LevelGrid, UniformGrid
+from provenance.codecs.registry import find_quant_type, quant_type
 from provenance.codecs.types import type_info
-
-#: Integer level range of the uniform types (value = scale * code + offset).
-UNIFORM_RANGE: dict[int, tuple[int, int]] = {
-    T.Q4_0: (-8, 7), T.Q4_1: (0, 15), T.Q5_0: (-16, 15), T.Q5_1: (0, 31), T.Q8_0: (-128, 127),
-    T.Q2_K: (0, 3), T.Q3_K: (-4, 3), T.Q4_K: (0, 15), T.Q5_K: (0, 31), T.Q6_K: (-32, 31),
-    T.TQ1_0: (-1, 1), T.TQ2_0: (-1, 2),
-}
-
-_VECTOR = {T.IQ2_XXS: "iq2xxs", T.IQ2_XS: "iq2xs", T.IQ2_S: "iq2s", T.IQ3_XXS: "iq3xxs", T.IQ3_S: "iq3s", T.IQ1_S: "iq1s", T.IQ1_M: "iq1s"}
 
 
 def level_table(ggml_type: int) -> torch.Tensor | None:
     """Sorted distinct per-weight levels of a non-uniform type (float32); None if uniform."""
-    qtype = T(ggml_type)
-    if qtype in UNIFORM_RANGE:
-        return None
-    tables = iq_kernels.TABLES.on(torch.device("cpu"))
-    if qtype in (T.IQ4_NL, T.IQ4_XS):
-        values = tables["iq4"].to(torch.float32)
-    elif qtype in (T.MXFP4, T.NVFP4):
-        values = tables["mxfp4"].to(torch.float32)
-    elif qtype in (T.IQ1_S, T.IQ1_M):
-        values = torch.tensor([-1.125, -0.875, -0.125, 0.125, 0.875, 1.125])
-    elif qtype in _VECTOR:
-        mags = tables[_VECTOR[qtype]].to(torch.float32).unique()
-        mags = mags[mags > 0]
-        values = torch.cat([-mags, mags])
-    else:
-        raise NotImplementedError(f"no grid description for {qtype.name}")
-    return values.unique()  # sorted
+    grid = quant_type(ggml_type).grid
+    return grid.levels() if isinstance(grid, LevelGrid) else None
 
 
 def codebook(ggml_type: int) -> torch.Tensor | None:
     """The vector codebook (entries x weights per entry, unsigned magnitudes; IQ1: -1/0/1)
     of an IQ vector type, else None. Signs are separate (7-bit even-parity or 8-bit)."""
-    name = _VECTOR.get(T(ggml_type))
-    if name is None:
+    qt = find_quant_type(ggml_type)
+    if qt is None or not isinstance(qt.grid, LevelGrid) or qt.grid.codebook is None:
         return None
-    table = iq_kernels.TABLES.on(torch.device("cpu"))[name]
-    if name == "iq2xxs":  # stored folded with the 128 sign patterns; unfold
-        return table.view(256, 128, 8)[:, 0].abs().clone()
-    if name == "iq2xs":
-        return table.view(128, 512, 8)[0].abs().clone()
-    return table.clone()
+    return qt.grid.codebook()
 
 
 @dataclass
@@ -158,26 +129,25 @@ class QuantGrid:
 
 def quant_grid(raw: np.ndarray | torch.Tensor, ggml_type: int, chunk_elems: int = 1 << 18) -> QuantGrid:
     """Grid of ``(rows, row_bytes)`` stored blocks of a block-quantized type."""
-    info = type_info(ggml_type)
-    kernel = KERNELS.get(info.ggml_type)
-    if kernel is None or info.block_size == 1:
-        raise NotImplementedError(f"no grid for {info.name}")
+    qt = find_quant_type(ggml_type)
+    if qt is None:
+        raise NotImplementedError(f"no grid for {type_info(ggml_type).name}")
     x = raw if isinstance(raw, torch.Tensor) else as_torch(np.asarray(raw, dtype=np.uint8))
     if x.dim() == 1:
         x = x.view(1, -1)
     rows, row_bytes = x.shape
-    blocks = x.reshape(-1, info.type_size)
+    blocks = x.reshape(-1, qt.type_size)
     n_blocks = blocks.shape[0]
-    row_length = row_bytes // info.type_size * info.block_size
-    table = level_table(info.ggml_type)
+    row_length = row_bytes // qt.type_size * qt.block_size
+    table = qt.grid.levels() if isinstance(qt.grid, LevelGrid) else None
     ws = workspace(x.device)
-    codes = torch.empty((n_blocks, info.block_size), dtype=torch.int16, device=x.device)
+    codes = torch.empty((n_blocks, qt.block_size), dtype=torch.int16, device=x.device)
     scale = offset = None
-    step = max(1, chunk_elems // info.block_size)
+    step = max(1, chunk_elems // qt.block_size)
     for start in range(0, n_blocks, step):
         stop = min(start + step, n_blocks)
-        dec = kernel(blocks[start:stop], ws)
-        levels = dec.levels.reshape(stop - start, info.block_size)
+        dec = qt.decode(blocks[start:stop], ws)
+        levels = dec.levels.reshape(stop - start, qt.block_size)
         if table is None:
             codes[start:stop].copy_(levels)
         else:
@@ -193,13 +163,13 @@ def quant_grid(raw: np.ndarray | torch.Tensor, ggml_type: int, chunk_elems: int 
             offset[start:stop].copy_(-off if dec.subtract_offset else off)
     assert scale is not None
     n_sub = scale.shape[1]
-    qmin, qmax = UNIFORM_RANGE.get(info.ggml_type, (0, 0 if table is None else len(table) - 1))
+    qmin, qmax = (qt.grid.qmin, qt.grid.qmax) if isinstance(qt.grid, UniformGrid) else (0, len(table) - 1)
     return QuantGrid(
-        qtype=info.name,
+        qtype=qt.name,
         codes=codes.view(rows, row_length),
         scale=scale.view(rows, -1),
         offset=None if offset is None else offset.view(rows, -1),
-        sub_size=info.block_size // n_sub,
+        sub_size=qt.block_size // n_sub,
         levels=table,
         qmin=qmin,
         qmax=qmax,

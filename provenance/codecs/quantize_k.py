@@ -17,17 +17,17 @@ float32 operations in the *same* order, so:
 
 The vectorisation is across sub-blocks: arrays are laid out ``(element, sub_block)`` so
 that "element i of every sub-block" is one contiguous row, and the data-dependent
-branches of the C code become masks. Rows are processed in chunks to keep the working set
-in cache (memory stays bounded by one chunk, not by the tensor).
+branches of the C code become masks. :func:`provenance.codecs.quantize_ref.quantize_rows`
+hands blocks over in chunks to keep the working set in cache (memory stays bounded by one
+chunk, not by the tensor).
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 
+from provenance.codecs.types import QK_K
+
 F32 = np.float32
-QK_K = 256
 GROUP_MAX_EPS = F32(1e-15)
 CHUNK_WEIGHTS = 1 << 19
 """Weights per vectorised chunk: ~16k sub-blocks of 32, 64 KiB per row array (L2-sized)."""
@@ -395,28 +395,3 @@ def quantize_q6_k(x: np.ndarray) -> np.ndarray:
     hi = codes >> 4
     qh = (hi[:, :, 0] | (hi[:, :, 1] << 2) | (hi[:, :, 2] << 4) | (hi[:, :, 3] << 6)).reshape(nb, 64)
     return np.concatenate([ql, qh, sc.astype(np.int8).view(np.uint8), _u16_bytes(d16)], axis=1)
-
-
-BLOCK_QUANTIZERS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "Q2_K": quantize_q2_k,
-    "Q3_K": quantize_q3_k,
-    "Q4_K": quantize_q4_k,
-    "Q5_K": quantize_q5_k,
-    "Q6_K": quantize_q6_k,
-}
-
-
-def quantize_k_rows(values: np.ndarray, type_name: str) -> np.ndarray:
-    """Quantize float32 ``(rows, row_length)`` (row_length a multiple of 256) to the
-    K-quant ``type_name``; returns uint8 ``(rows, row_bytes)``. Streams in chunks of
-    :data:`CHUNK_WEIGHTS` weights."""
-    fn = BLOCK_QUANTIZERS[type_name]
-    values = np.ascontiguousarray(values, dtype=F32)
-    rows, row_length = values.shape
-    if row_length % QK_K:
-        raise ValueError(f"{type_name} needs rows of a multiple of {QK_K} weights, got {row_length}")
-    blocks = values.reshape(-1, QK_K)
-    nb_chunk = max(1, CHUNK_WEIGHTS // QK_K)
-    out = [fn(blocks[s : s + nb_chunk]) for s in range(0, blocks.shape[0], nb_chunk)]
-    packed = np.concatenate(out, axis=0) if len(out) > 1 else out[0]
-    return packed.reshape(rows, -1)

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from provenance.codecs.types import plain_type
 from provenance.compare.pairing import TensorPair, apply_layout
 from provenance.compare.sketch import READS_RESIDUAL, WRITES_RESIDUAL, SketchBuilder
 from provenance.compare.stats import PairAccumulator, PairStats, effective_rank
@@ -20,8 +21,6 @@ from provenance.compare.stream import RowReader, rows_per_chunk
 from provenance.compare.transform import Transform
 from provenance.formats.base import Checkpoint, TensorInfo
 
-_FLOAT_BITS = {"F64": 64, "F32": 32, "F16": 16, "BF16": 16}
-_TORCH_FLOAT = {"F16": torch.float16, "BF16": torch.bfloat16}
 #: tolerance of the grid check, in steps (the quantizer's own float arithmetic)
 GRID_TOLERANCE_STEPS = 0.05
 
@@ -41,8 +40,6 @@ class PairOutcome:
 
 
 def bits_per_weight(info: TensorInfo) -> float:
-    if info.block_size == 1:
-        return float(_FLOAT_BITS.get(info.dtype, 8 * info.block_bytes))
     return 8.0 * info.block_bytes / info.block_size
 
 
@@ -67,11 +64,11 @@ class _GridCheck:
             return
         info = self.info
         if info.block_size == 1:
-            dtype = _TORCH_FLOAT.get(info.dtype)
-            if dtype is None:
+            plain = plain_type(info.dtype)
+            if plain is None or not plain.narrow_float:
                 self.error = f"no grid for {info.dtype}"
                 return
-            rounded = other.to(dtype).to(torch.float32)
+            rounded = other.to(plain.torch_dtype()).to(torch.float32)
             self.outside += int((rounded != lossy_values).sum())
             self.total += other.numel()
             return

@@ -19,8 +19,9 @@ from math import prod
 from typing import Any
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+from gguf import GGMLQuantizationType
 
+from provenance.codecs.types import type_info
 from provenance.errors import LimitExceeded, MalformedCheckpoint, UnsupportedCheckpoint
 from provenance.formats.cursor import BoundedCursor
 
@@ -339,7 +340,7 @@ def _read_tensor_entry(cur: BoundedCursor, index: int, seen: set[str]) -> GGUFTe
     code = cur.u32(field + " type")
     try:
         qtype = GGMLQuantizationType(code)
-        block_size, block_bytes = GGML_QUANT_SIZES[qtype]
+        block_size, block_bytes = type_info(qtype).block_size, type_info(qtype).type_size
     except (ValueError, KeyError):
         raise MalformedCheckpoint(path, f"unknown ggml type {code}", field=field + " type", offset=type_at) from None
     offset = cur.u64(field + " offset")

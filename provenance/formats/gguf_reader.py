@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES
 
+from provenance.codecs.types import type_info
 from provenance.errors import MalformedCheckpoint
 from provenance.formats.base import Checkpoint, FileSpan, TensorInfo
 from provenance.formats.gguf_header import GGUFArray, GGUFHeader, parse_header
@@ -97,7 +97,7 @@ class GGUFCheckpoint(Checkpoint):
                         field=f"tensor {entry.name}", offset=entry.entry_offset,
                     )
                 seen_in[entry.name] = span.path
-                block_size, block_bytes = GGML_QUANT_SIZES[entry.ggml_type]
+                geometry = type_info(entry.ggml_type)
                 layer, role = layer_and_role(entry.name)
                 self.tensors[entry.name] = TensorInfo(
                     name=entry.name,
@@ -107,8 +107,8 @@ class GGUFCheckpoint(Checkpoint):
                     file=span.path,
                     offset=header.data_start + entry.relative_offset,
                     n_bytes=entry.n_bytes,
-                    block_size=block_size,
-                    block_bytes=block_bytes,
+                    block_size=geometry.block_size,
+                    block_bytes=geometry.type_size,
                     ggml_type=int(entry.ggml_type),
                     layer=layer,
                     role=role,

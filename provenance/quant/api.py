@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from provenance.codecs.recipes import TOLERANT_TYPES, supported
+from provenance.codecs.recipes import supported, tolerant
+from provenance.codecs.types import plain_type
 from provenance.formats import open_checkpoint
 from provenance.formats.base import Checkpoint, TensorInfo
 from provenance.quant.error import ErrorStats, error_stats
@@ -90,8 +91,8 @@ def _verdict(counts: CheckCounts, errors: ErrorStats) -> str:
 def _plain_row(cand: Checkpoint, ref: Checkpoint, name: str, info: TensorInfo) -> dict[str, Any]:
     a = torch.from_numpy(np.ascontiguousarray(cand.read_rows(name)))
     b = torch.from_numpy(np.ascontiguousarray(ref.read_rows(name)))
-    narrow = {"F16": torch.float16, "BF16": torch.bfloat16}.get(info.dtype)
-    expected = b.to(narrow).to(torch.float32) if narrow is not None else b
+    plain = plain_type(info.dtype)
+    expected = b.to(plain.torch_dtype()).to(torch.float32) if plain is not None and plain.narrow_float else b
     same = bool(torch.equal(a, expected) or torch.equal(a, b))
     e = error_stats(a, b)
     return {"status": "identical" if same else "differs", **e.summary()}
@@ -168,7 +169,7 @@ def _quantcheck(
                 row.update(errors.summary())
                 row["amplitude_rel"] = counts.amplitude / row["ref_rms"] if row["ref_rms"] else float("nan")
                 row["status"] = _verdict(counts, errors)
-                row["tolerance_explained"] = info.ggml_type in TOLERANT_TYPES
+                row["tolerance_explained"] = tolerant(info.ggml_type)
                 per_layer.setdefault(str(info.layer), ErrorStats()).add(errors)
             elif info.block_size > 1:
                 row["status"] = "unchecked-type"

@@ -12,8 +12,9 @@ from gguf import GGMLQuantizationType as T
 
 from provenance.codecs import dequantize_rows
 from provenance.codecs.bits import bits_equal
-from provenance.codecs.grid import UNIFORM_RANGE, codebook, level_table, quant_grid
-from provenance.codecs.kernels import KERNELS
+from provenance.codecs.grid import codebook, level_table, quant_grid
+from provenance.codecs.quanttype import UniformGrid
+from provenance.codecs.registry import QUANT_TYPES, quant_type
 from provenance.formats import open_checkpoint
 from tests.conftest import single_torch_thread
 
@@ -26,7 +27,7 @@ def _one_torch_thread():  # type: ignore[no-untyped-def]
         yield
 
 
-@pytest.mark.parametrize("qtype", [T(t) for t in KERNELS], ids=lambda t: t.name)
+@pytest.mark.parametrize("qtype", [qt.qtype for qt in QUANT_TYPES.values()], ids=lambda t: t.name)
 def test_grid_reproduces_values_and_cells_contain_them(qtype: T) -> None:
     block_size, type_size = GGML_QUANT_SIZES[qtype]
     raw = np.random.default_rng(int(qtype)).integers(0, 256, (16, 4 * type_size), dtype=np.uint8)
@@ -62,7 +63,7 @@ def test_q4_0_negative_scale_cells() -> None:
 
 
 def test_level_tables_and_codebooks() -> None:
-    assert level_table(T.Q4_K) is None and UNIFORM_RANGE[T.Q6_K] == (-32, 31)
+    assert level_table(T.Q4_K) is None and quant_type(T.Q6_K).grid == UniformGrid(-32, 31)
     iq4 = level_table(T.IQ4_XS)
     assert iq4 is not None and iq4.tolist()[:3] == [-127.0, -104.0, -83.0] and len(iq4) == 16
     assert level_table(T.IQ2_XXS).tolist() == [-43.0, -25.0, -8.0, 8.0, 25.0, 43.0]

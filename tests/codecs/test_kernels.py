@@ -3,7 +3,6 @@ bit-exact with gguf.quants.dequantize on the real llama.cpp files and on random 
 hostile blocks."""
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import gguf
@@ -17,22 +16,22 @@ from hypothesis import strategies as st
 
 from provenance.codecs import dequantize_rows, dequantize_torch, kernel_coverage
 from provenance.codecs.bits import bits_equal, count_bit_mismatches
-from provenance.codecs.kernels import KERNELS
-from provenance.codecs.native import NATIVE_TYPES
+from provenance.codecs.registry import QUANT_TYPES
 from provenance.formats import open_checkpoint
 from provenance.threads import torch_threads
 from tests.conftest import single_torch_thread
+from tests.support.ggml_reference import has_reference, reference_dequantize
 
 QUANT_DIR = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "llamacpp-quant"
 GGUF_FILES = sorted(QUANT_DIR.glob("*.gguf"))
-NATIVE = [T(t) for t in KERNELS]
+#: every registered type this machine has a reference dequantizer for (gguf-py, or llama.cpp's C)
+NATIVE = [qt.qtype for qt in QUANT_TYPES.values() if has_reference(qt.ggml_type)]
+#: the types with a compiled CPU kernel
+NATIVE_TYPES = {qt.ggml_type for qt in QUANT_TYPES.values() if qt.compiled is not None and has_reference(qt.ggml_type)}
 
 # Byte offsets of the f16 scales/mins inside one block, to plant special values there.
 F16_FIELDS: dict[T, list[int]] = {
-    T.Q4_0: [0], T.Q4_1: [0, 2], T.Q5_0: [0], T.Q5_1: [0, 2], T.Q8_0: [0],
-    T.Q2_K: [80, 82], T.Q3_K: [108], T.Q4_K: [0, 2], T.Q5_K: [0, 2], T.Q6_K: [208],
-    T.TQ1_0: [52], T.TQ2_0: [64], T.IQ4_NL: [0], T.IQ4_XS: [0], T.IQ2_XXS: [0],
-    T.IQ2_XS: [0], T.IQ2_S: [0], T.IQ3_XXS: [0], T.IQ3_S: [0], T.IQ1_S: [0],
+    qt.qtype: list(qt.f16_scales) for qt in QUANT_TYPES.values() if qt.f16_scales and has_reference(qt.ggml_type)
 }
 #: both CPU paths: the compiled kernels (the default) and the torch kernels (CUDA's code)
 BACKENDS = pytest.mark.parametrize("native", [True, False], ids=["compiled", "torch"])
@@ -46,9 +45,7 @@ def _one_torch_thread():  # type: ignore[no-untyped-def]
 
 
 def reference(raw: np.ndarray, qtype: T) -> np.ndarray:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # inf*0 etc. in gguf's numpy
-        return np.asarray(gguf.quants.dequantize(raw, qtype), dtype=np.float32)
+    return reference_dequantize(raw, qtype)
 
 
 def random_blocks(qtype: T, n_blocks: int, seed: int) -> np.ndarray:
@@ -87,7 +84,7 @@ def test_real_llamacpp_files_bit_exact(path: Path) -> None:
 
 def test_compiled_kernels_refuse_mismatched_shapes() -> None:
     # the compiled loops do not bounds-check, so their entry point checks the shapes
-    from provenance.codecs.native import dequantize_blocks_native
+    from provenance.codecs.dequant import dequantize_blocks_native
 
     blocks = random_blocks(T.Q4_K, 4, seed=0)
     for bad_blocks, bad_out in (
@@ -102,7 +99,7 @@ def test_compiled_kernels_refuse_mismatched_shapes() -> None:
 
 def test_compiled_types_are_a_subset_of_the_torch_kernels() -> None:
     # CUDA tensors take the torch kernels, so every compiled type needs one there too.
-    assert set(KERNELS) >= NATIVE_TYPES
+    assert all(callable(QUANT_TYPES[t].decode) for t in NATIVE_TYPES)
     assert {T.Q8_0, T.Q4_K, T.Q6_K, T.IQ4_XS, T.IQ1_M} <= NATIVE_TYPES
 
 

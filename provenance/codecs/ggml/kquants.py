@@ -3,12 +3,27 @@
 Element orders follow ggml's ``dequantize_row_q*_K``: a 2-bit plane byte ``j`` of half
 ``h`` holds weights ``h*128 + s*32 + j`` in bits ``2s``; a high-bit byte ``j`` holds
 bit ``b`` of weight ``b*32 + j``; Q4_K/Q5_K nibble byte ``c*32 + j`` holds weights
-``c*64 + j`` (low) and ``c*64 + 32 + j`` (high). Because every plane is a run of 32
-consecutive weights, the unpacking is done eight byte lanes at a time on int64 words.
+``c*64 + j`` (low) and ``c*64 + 32 + j`` (high). The torch kernels unpack eight byte
+lanes at a time on int64 words (every plane is a run of 32 consecutive weights); the
+compiled kernels follow gguf-py's arithmetic: the sub-block scale ``d * sc`` (and min
+``dmin * m``) is rounded to float32 first, then ``scale * q - min`` with one rounding per
+operation, one vectorisable inner loop per sub-block (bounds from ``out.shape``, see
+:mod:`provenance.jit`).
+
+Recipe (ggml-quants.c): after the scale search, codes are recomputed from the *stored*
+f16 ``d``, ``dmin`` and 6/4-bit sub-scales: ``q = nearest_int((x + dm)/d)`` (Q2_K, Q4_K,
+Q5_K) or ``nearest_int(x/d)`` (Q3_K, Q6_K), clamped; ``nearest_int`` rounds half to
+even. Sub-blocks with ``d == 0`` keep the search's codes and are not predictable. The
+reference quantizers are :mod:`provenance.codecs.quantize_k`; the ternary types have
+neither recipe nor quantizer here.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+import numpy as np
 import torch
+from gguf import GGMLQuantizationType as T
 
 from provenance.codecs.kernels._common import (
     Decoded,
@@ -22,6 +37,16 @@ from provenance.codecs.kernels._common import (
     plane,
     scale_products,
 )
+from provenance.codecs.native.fields import f16, k_sub_scale
+from provenance.codecs.prediction import Prediction
+from provenance.codecs.quantize_k import quantize_q2_k, quantize_q3_k, quantize_q4_k, quantize_q5_k, quantize_q6_k
+from provenance.codecs.quanttype import CompiledKernel, QuantType, Recipe, UniformGrid
+from provenance.jit import kernel
+
+if TYPE_CHECKING:
+    from provenance.codecs.grid import QuantGrid
+
+# ---- torch kernels ------------------------------------------------------------------
 
 _TABLES = DeviceTables(
     lambda: {
@@ -203,3 +228,162 @@ def tq2_0(blocks: torch.Tensor, ws: Workspace) -> Decoded:
     d = f16_field(blocks, 64, ws, "d")
     levels = _crumb_codes(blocks, 0, ws).view(torch.int8).sub_(1)
     return Decoded(levels.view(n, 1, 256), d.view(n, 1, 1))
+
+
+# ---- compiled CPU kernels -------------------------------------------------------------
+
+
+@kernel
+def q2_k_compiled(blocks, out, f16_table):  # type: ignore[no-untyped-def]
+    sub = out.shape[1] // 16
+    for i in range(blocks.shape[0]):
+        b, y = blocks[i], out[i]
+        d, dmin = f16(b, 80, f16_table), f16(b, 82, f16_table)
+        for k in range(16):
+            sc = np.int32(b[k])
+            dl, ml = d * np.float32(sc & 0xF), dmin * np.float32(sc >> 4)
+            # weight w = h*128 + s*32 + j is bits 2s of byte 16 + h*32 + j
+            w0 = 16 * k
+            at, shift = 16 + (w0 >> 7) * 32 + (w0 & 31), 2 * ((w0 >> 5) & 3)
+            for j in range(sub):
+                y[w0 + j] = dl * np.float32((np.int32(b[at + j]) >> shift) & 3) - ml
+
+
+@kernel
+def q3_k_compiled(blocks, out, f16_table):  # type: ignore[no-untyped-def]
+    sub = out.shape[1] // 16
+    for i in range(blocks.shape[0]):
+        b, y = blocks[i], out[i]
+        d = f16(b, 108, f16_table)
+        for k in range(16):
+            low = (np.int32(b[96 + (k & 7)]) >> (4 * (k >> 3))) & 0xF
+            high = (np.int32(b[104 + (k & 3)]) >> (2 * (k >> 2))) & 3
+            dl = d * np.float32((low | (high << 4)) - 32)
+            # low 2 bits as Q2_K; the high bit of weight w is bit w // 32 of byte w % 32,
+            # and a clear bit means level - 4
+            w0 = 16 * k
+            at, shift, hbit = 32 + (w0 >> 7) * 32 + (w0 & 31), 2 * ((w0 >> 5) & 3), w0 >> 5
+            for j in range(sub):
+                q = (np.int32(b[at + j]) >> shift) & 3
+                h = (np.int32(b[(w0 & 31) + j]) >> hbit) & 1
+                y[w0 + j] = dl * np.float32(q - 4 + 4 * h)
+
+
+@kernel
+def q4_k_compiled(blocks, out, f16_table):  # type: ignore[no-untyped-def]
+    run = out.shape[1] // 8
+    for i in range(blocks.shape[0]):
+        b, y = blocks[i], out[i]
+        d, dmin = f16(b, 0, f16_table), f16(b, 2, f16_table)
+        for c in range(4):
+            d1, o1 = k_sub_scale(b, 2 * c, d, dmin)
+            d2, o2 = k_sub_scale(b, 2 * c + 1, d, dmin)
+            for j in range(run):
+                q = np.int32(b[16 + c * 32 + j])
+                y[c * 64 + j] = d1 * np.float32(q & 0xF) - o1
+                y[c * 64 + 32 + j] = d2 * np.float32(q >> 4) - o2
+
+
+@kernel
+def q5_k_compiled(blocks, out, f16_table):  # type: ignore[no-untyped-def]
+    run = out.shape[1] // 8
+    for i in range(blocks.shape[0]):
+        b, y = blocks[i], out[i]
+        d, dmin = f16(b, 0, f16_table), f16(b, 2, f16_table)
+        for c in range(4):
+            d1, o1 = k_sub_scale(b, 2 * c, d, dmin)
+            d2, o2 = k_sub_scale(b, 2 * c + 1, d, dmin)
+            for j in range(run):
+                q = np.int32(b[48 + c * 32 + j])
+                hb = np.int32(b[16 + j])
+                lo = (q & 0xF) | (((hb >> (2 * c)) & 1) << 4)
+                hi = (q >> 4) | (((hb >> (2 * c + 1)) & 1) << 4)
+                y[c * 64 + j] = d1 * np.float32(lo) - o1
+                y[c * 64 + 32 + j] = d2 * np.float32(hi) - o2
+
+
+@kernel
+def q6_k_compiled(blocks, out, f16_table):  # type: ignore[no-untyped-def]
+    signed = blocks.view(np.int8)
+    sub = out.shape[1] // 16
+    for i in range(blocks.shape[0]):
+        b, y = blocks[i], out[i]
+        d = f16(b, 208, f16_table)
+        for k in range(16):
+            dl = d * np.float32(signed[i, 192 + k])
+            # weight w = h*128 + t*64 + j: low nibble t of ql[h*64 + j], high crumb
+            # 2t + j // 32 of qh[128 + h*32 + j % 32]
+            w0 = 16 * k
+            h, t, j0 = w0 >> 7, (w0 >> 6) & 1, w0 & 63
+            lo_at, lo_shift = h * 64 + j0, 4 * t
+            hi_at, hi_shift = 128 + h * 32 + (j0 & 31), 2 * (2 * t + (j0 >> 5))
+            for j in range(sub):
+                lo = (np.int32(b[lo_at + j]) >> lo_shift) & 0xF
+                hi = (np.int32(b[hi_at + j]) >> hi_shift) & 3
+                y[w0 + j] = dl * np.float32((lo | (hi << 4)) - 32)
+
+
+@kernel
+def tq1_0_compiled(blocks, out, f16_table):  # type: ignore[no-untyped-def]
+    # Five (or four) ternary digits per byte, most significant first: digit p of byte v is
+    # ((v * 3^p mod 256) * 3) >> 8. Bytes 0..31 give weights p*32 + j (p < 5), bytes
+    # 32..47 weights 160 + p*16 + j, bytes 48..51 weights 240 + p*4 + j (p < 4).
+    wide = out.shape[1] // 8
+    for i in range(blocks.shape[0]):
+        b, y = blocks[i], out[i]
+        d = f16(b, 52, f16_table)
+        pow3 = 1
+        for p in range(5):
+            for j in range(wide):
+                v = (np.int32(b[j]) * pow3) & 0xFF
+                y[p * 32 + j] = d * np.float32(((v * 3) >> 8) - 1)
+            for j in range(wide // 2):
+                v = (np.int32(b[32 + j]) * pow3) & 0xFF
+                y[160 + p * 16 + j] = d * np.float32(((v * 3) >> 8) - 1)
+            if p < 4:
+                for j in range(4):
+                    v = (np.int32(b[48 + j]) * pow3) & 0xFF
+                    y[240 + p * 4 + j] = d * np.float32(((v * 3) >> 8) - 1)
+            pow3 *= 3
+
+
+@kernel
+def tq2_0_compiled(blocks, out, f16_table):  # type: ignore[no-untyped-def]
+    sub = out.shape[1] // 8  # weight w = h*128 + s*32 + j: bits 2s of byte h*32 + j
+    for i in range(blocks.shape[0]):
+        b, y = blocks[i], out[i]
+        d = f16(b, 64, f16_table)
+        for h in range(2):
+            for s in range(4):
+                for j in range(sub):
+                    y[h * 128 + s * 32 + j] = d * np.float32(((np.int32(b[h * 32 + j]) >> (2 * s)) & 3) - 1)
+
+
+# ---- recipe ---------------------------------------------------------------------------
+
+
+def predict_k(x: torch.Tensor, grid: QuantGrid, raw: torch.Tensor | None = None) -> Prediction:
+    """``nearest_int((x + dm)/d)`` or ``nearest_int(x/d)`` on the stored sub-block scales."""
+    d = grid.scale_per_weight()
+    if grid.offset is not None:
+        dm = -grid.offset_per_weight()  # llama.cpp's dm = dmin * m (the offset is -dm)
+        v = (x + dm) / torch.where(d != 0, d, torch.ones_like(d))
+    else:
+        v = x / torch.where(d != 0, d, torch.ones_like(d))
+    level = torch.clamp(torch.round(v), grid.qmin, grid.qmax)  # torch.round: half to even
+    return Prediction(level, v, d != 0)
+
+
+K_RECIPE = Recipe(predict_k)
+
+# ---- descriptors ----------------------------------------------------------------------
+
+Q2_K = QuantType(T.Q2_K, q2_k, UniformGrid(0, 3), (80, 82), CompiledKernel(q2_k_compiled), K_RECIPE, quantize_q2_k)
+Q3_K = QuantType(T.Q3_K, q3_k, UniformGrid(-4, 3), (108,), CompiledKernel(q3_k_compiled), K_RECIPE, quantize_q3_k)
+Q4_K = QuantType(T.Q4_K, q4_k, UniformGrid(0, 15), (0, 2), CompiledKernel(q4_k_compiled), K_RECIPE, quantize_q4_k)
+Q5_K = QuantType(T.Q5_K, q5_k, UniformGrid(0, 31), (0, 2), CompiledKernel(q5_k_compiled), K_RECIPE, quantize_q5_k)
+Q6_K = QuantType(T.Q6_K, q6_k, UniformGrid(-32, 31), (208,), CompiledKernel(q6_k_compiled), K_RECIPE, quantize_q6_k)
+TQ1_0 = QuantType(T.TQ1_0, tq1_0, UniformGrid(-1, 1), (52,), CompiledKernel(tq1_0_compiled))
+TQ2_0 = QuantType(T.TQ2_0, tq2_0, UniformGrid(-1, 2), (64,), CompiledKernel(tq2_0_compiled))
+
+TYPES = (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, TQ1_0, TQ2_0)

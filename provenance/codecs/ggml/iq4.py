@@ -1,0 +1,157 @@
+"""IQ4_NL and IQ4_XS: 4-bit codes into the non-linear 16-level table ``kvalues_iq4nl``.
+
+IQ4_NL has 32-weight blocks with one f16 scale; IQ4_XS 256-weight super-blocks with an
+f16 ``d`` and eight signed 6-bit sub-scales. A nibble byte ``j`` of a 32-weight run holds
+weight ``j`` (low) and ``16 + j`` (high). The level table is format data taken from
+gguf-py, not retyped.
+
+Recipe: ``best_index_int8(values, idl*x)`` with ``idl = 1/(d*l)`` where ``d`` is the *f32*
+super-scale before its f16 rounding, which the file does not keep; a code is therefore
+only determined up to the f16 rounding of ``d`` (relative 2^-11), and mismatches within
+that tolerance are *explained* (a tolerant recipe). Reference quantizers:
+:mod:`provenance.codecs.quantize_iq4`.
+"""
+from __future__ import annotations
+
+from functools import cache
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from gguf import GGMLQuantizationType as T
+from gguf import quants as gq
+
+from provenance.codecs.kernels._common import Decoded, DeviceTables, Workspace, f16_field, gather, u16_field
+from provenance.codecs.native.fields import f16, u16
+from provenance.codecs.prediction import F16_REL, Prediction, best_index, safe_inverse
+from provenance.codecs.quantize_iq4 import quantize_iq4_nl, quantize_iq4_xs
+from provenance.codecs.quanttype import CompiledKernel, LevelGrid, QuantType, Recipe
+from provenance.codecs.types import type_info
+from provenance.jit import kernel
+
+if TYPE_CHECKING:
+    from provenance.codecs.grid import QuantGrid
+
+
+def _build() -> dict[str, torch.Tensor]:
+    values = np.array(gq.IQ4_NL.kvalues, dtype=np.int8)
+    lo, hi = np.arange(256) & 15, np.arange(256) >> 4
+    return {
+        # byte -> (level of low nibble, level of high nibble)
+        "iq4.pair": torch.from_numpy(np.ascontiguousarray(np.stack([values[lo], values[hi]], axis=1))),
+        "pair16": torch.tensor([0, 2, 4, 6, 8, 10, 12, 14], dtype=torch.int32),
+    }
+
+
+TABLES = DeviceTables(_build)
+
+# ---- torch kernels ------------------------------------------------------------------
+
+
+def iq4_nl(blocks: torch.Tensor, ws: Workspace) -> Decoded:
+    n = blocks.shape[0]
+    d = f16_field(blocks, 0, ws, "d")
+    pairs = gather(TABLES.on(blocks.device)["iq4.pair"], blocks[:, 2:18], ws, "lv")  # (n, 16, 2)
+    return Decoded(pairs.transpose(1, 2).unsqueeze(1), d.view(n, 1, 1, 1))
+
+
+def iq4_xs_scales(blocks: torch.Tensor, ws: Workspace) -> torch.Tensor:
+    """The 8 signed 6-bit sub-block scales of IQ4_XS, int8 ``(n, 8)``."""
+    n = blocks.shape[0]
+    t = TABLES.on(blocks.device)
+    low = blocks[:, 4:8]
+    lo = torch.stack([low.bitwise_and(0x0F), low.bitwise_right_shift(4)], dim=2).view(n, 8)
+    sh = u16_field(blocks, 2, 1, ws, "sh")
+    hi = sh.bitwise_right_shift(t["pair16"]).bitwise_and_(3).to(torch.uint8)
+    return lo.bitwise_or_(hi.bitwise_left_shift_(4)).view(torch.int8).sub_(32)
+
+
+def iq4_xs(blocks: torch.Tensor, ws: Workspace) -> Decoded:
+    n = blocks.shape[0]
+    d = f16_field(blocks, 0, ws, "d")
+    scale = torch.mul(d, iq4_xs_scales(blocks, ws))
+    pairs = gather(TABLES.on(blocks.device)["iq4.pair"], blocks[:, 8:136].view(n, 8, 16), ws, "lv")
+    return Decoded(pairs.transpose(2, 3), scale.view(n, 8, 1, 1))
+
+
+# ---- compiled CPU kernels (inner loop bounds from out.shape, see provenance.jit) -----
+
+
+@cache
+def iq4_values() -> np.ndarray:
+    return np.array(gq.IQ4_NL.kvalues, dtype=np.float32)
+
+
+@kernel
+def iq4_nl_compiled(blocks, out, f16_table, values):  # type: ignore[no-untyped-def]
+    half = out.shape[1] // 2
+    for i in range(blocks.shape[0]):
+        b, y = blocks[i], out[i]
+        d = f16(b, 0, f16_table)
+        for j in range(half):
+            q = np.int32(b[2 + j])
+            y[j] = d * values[q & 0xF]
+            y[half + j] = d * values[q >> 4]
+
+
+@kernel
+def iq4_xs_compiled(blocks, out, f16_table, values):  # type: ignore[no-untyped-def]
+    half = out.shape[1] // 16
+    for i in range(blocks.shape[0]):
+        b, y = blocks[i], out[i]
+        d = f16(b, 0, f16_table)
+        high_bits = u16(b, 2)
+        for s in range(8):
+            low = (np.int64(b[4 + (s >> 1)]) >> (4 * (s & 1))) & 0xF
+            high = (high_bits >> (2 * s)) & 3
+            dl = d * np.float32((low | (high << 4)) - 32)
+            for j in range(half):
+                q = np.int32(b[8 + 16 * s + j])
+                y[32 * s + j] = dl * values[q & 0xF]
+                y[32 * s + half + j] = dl * values[q >> 4]
+
+
+# ---- recipe ---------------------------------------------------------------------------
+
+
+def predict_iq4(x: torch.Tensor, grid: QuantGrid, raw: torch.Tensor | None = None) -> Prediction:
+    """Nearest level of ``x/dl`` (ties up); ``raw`` (the stored blocks) sharpens the
+    tolerance where the stored f16 super-scale is subnormal."""
+    assert grid.levels is not None
+    dl = grid.scale_per_weight()
+    v = x * safe_inverse(dl)
+    values = grid.levels.to(x.device)
+    level = values[best_index(values, v)]
+    # The codes were chosen with the f32 super-scale d; the file keeps fp16(d), which is
+    # off by at most half an f16 spacing: relative 2^-11 for normal f16, but an absolute
+    # 2^-25 for subnormal ones (common: d = max_scale/32 is often below 6.1e-5).
+    rel = torch.full_like(v, F16_REL)
+    if raw is not None:
+        d16 = _stored_super_scale(raw, grid).abs()
+        rel = torch.maximum(rel, torch.where(d16 > 0, 2.0 ** -25 / d16, torch.zeros_like(d16)))
+    tolerance = v.abs() * (2 * rel) + 1e-4
+    return Prediction(level, v, dl != 0, tolerance=tolerance)
+
+
+def _stored_super_scale(raw: torch.Tensor, grid: QuantGrid) -> torch.Tensor:
+    """Per weight, the block's stored f16 super-scale (bytes 0..1 of IQ4 blocks)."""
+    rows = grid.codes.shape[0]
+    info = type_info(grid.qtype)
+    blocks = raw.reshape(-1, info.type_size)[:, 0:2].contiguous().view(torch.float16).to(torch.float32)
+    return blocks.view(rows, -1).repeat_interleave(info.block_size, dim=1)
+
+
+def iq4_levels() -> torch.Tensor:
+    return torch.from_numpy(iq4_values()).unique()  # sorted
+
+
+IQ4_RECIPE = Recipe(predict_iq4, tolerant=True)
+
+# ---- descriptors ----------------------------------------------------------------------
+
+IQ4_NL = QuantType(T.IQ4_NL, iq4_nl, LevelGrid(iq4_levels), (0,), CompiledKernel(iq4_nl_compiled, (iq4_values,)), IQ4_RECIPE,
+                   quantize_iq4_nl)
+IQ4_XS = QuantType(T.IQ4_XS, iq4_xs, LevelGrid(iq4_levels), (0,), CompiledKernel(iq4_xs_compiled, (iq4_values,)), IQ4_RECIPE,
+                   quantize_iq4_xs)
+
+TYPES = (IQ4_NL, IQ4_XS)

@@ -1,0 +1,85 @@
+"""Q1_0: 1-bit signs with one f16 scale per 128 weights (``block_q1_0``, 18 bytes).
+
+Byte layout: f16 ``d``, then 16 bytes of bits; bit ``j % 8`` of byte ``j // 8`` set means
+weight ``j`` is ``+d``, clear means ``-d`` (ggml's ``dequantize_row_q1_0``). gguf-py 0.19
+knows the type's geometry but cannot dequantize it, so the tests hold these kernels to
+llama.cpp's own ``dequantize_row_q1_0`` and ``quantize_row_q1_0_ref`` (libggml-base).
+
+This module is also the worked example of docs/quantization.md, "Adding a ggml type":
+everything that is Q1_0 block arithmetic is here, and one line of
+:mod:`provenance.codecs.registry` registers it.
+
+Recipe (``quantize_row_q1_0_ref``): ``d = sum_j |x_j| / 128``, summed in float32 in
+index order, stored as f16; the bit is ``x >= 0``. Codes do not depend on ``d``, so the
+prediction is exact; the recomputed ``d`` is compared with the stored one.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from gguf import GGMLQuantizationType as T
+
+from provenance.codecs.kernels._common import Decoded, Workspace, f16_field, spread_bits
+from provenance.codecs.native.fields import f16
+from provenance.codecs.prediction import Prediction, f16_round, safe_inverse
+from provenance.codecs.quantize_k import F32, _f16_round, _seq_sum, _u16_bytes
+from provenance.codecs.quanttype import CompiledKernel, LevelGrid, QuantType, Recipe
+from provenance.jit import kernel
+
+if TYPE_CHECKING:
+    from provenance.codecs.grid import QuantGrid
+
+QK1_0 = 128
+
+
+def q1_0(blocks: torch.Tensor, ws: Workspace) -> Decoded:
+    """Torch kernel: levels -1/+1 from the sign bits (one table lookup per byte), times d."""
+    n = blocks.shape[0]
+    d = f16_field(blocks, 0, ws, "d")
+    bits = spread_bits(blocks, 2, 2 + QK1_0 // 8, ws, "bits")  # byte 8k + b = bit b of byte k
+    levels = bits.view(torch.int8).mul_(2).sub_(1)
+    return Decoded(levels.view(n, 1, QK1_0), d.view(n, 1, 1))
+
+
+@kernel
+def q1_0_compiled(blocks, out, f16_table):  # type: ignore[no-untyped-def]
+    width = out.shape[1]  # loop bound from the shape (see provenance.jit)
+    for i in range(blocks.shape[0]):
+        b, y = blocks[i], out[i]
+        d = f16(b, 0, f16_table)
+        for j in range(width):
+            y[j] = d if (np.int32(b[2 + (j >> 3)]) >> (j & 7)) & 1 else -d
+
+
+def _mean_abs(xb: torch.Tensor) -> torch.Tensor:
+    """``sum_abs / qk`` with C's sequential float32 sum (one column at a time)."""
+    acc = xb[:, 0].abs()
+    for j in range(1, xb.shape[1]):
+        acc += xb[:, j].abs()
+    return (acc / float(QK1_0)).unsqueeze(1)
+
+
+def predict_q1_0(x: torch.Tensor, grid: QuantGrid, raw: torch.Tensor | None = None) -> Prediction:
+    xb = x.reshape(-1, QK1_0)
+    d = _mean_abs(xb)
+    level = torch.where(xb >= 0, 1.0, -1.0)  # NaN -> -1, as C's `x >= 0.0f` is false
+    shape = x.shape
+    scale_ok = f16_round(d).view(-1) == grid.scale.reshape(-1)
+    u = xb * safe_inverse(d)
+    return Prediction(level.view(shape), u.view(shape), torch.ones(shape, dtype=torch.bool), scale_ok=scale_ok)
+
+
+def quantize_q1_0(blocks: np.ndarray) -> np.ndarray:
+    """``quantize_row_q1_0_ref`` on (nb, 128) float32 -> (nb, 18) bytes."""
+    d = _seq_sum(np.ascontiguousarray(np.abs(blocks).T)) / F32(QK1_0)
+    signs = np.packbits(blocks >= 0, axis=1, bitorder="little")
+    return np.concatenate([_u16_bytes(_f16_round(d)), signs], axis=1)
+
+
+def q1_0_levels() -> torch.Tensor:
+    return torch.tensor([-1.0, 1.0])
+
+
+Q1_0 = QuantType(T.Q1_0, q1_0, LevelGrid(q1_0_levels), (0,), CompiledKernel(q1_0_compiled), Recipe(predict_q1_0), quantize_q1_0)
