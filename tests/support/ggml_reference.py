@@ -1,7 +1,7 @@
 """Reference dequantizers and quantizers the codecs are held to, bit for bit.
 
 gguf-py's numpy (``gguf.quants``) where it covers a type; llama.cpp's own C
-(``ggml_get_type_traits(type)->to_float`` / ``->from_float_ref`` of libggml-base, from the
+(``ggml_get_type_traits(type)->to_float`` and ``ggml_quantize_chunk`` of libggml-base, from the
 llama.cpp build in ``.cache/llamacpp``, see docs/watermark.md) for every type, when that
 build is present. gguf-py 0.19 knows Q1_0's geometry but cannot dequantize it, so Q1_0 is
 checked against llama.cpp only.
@@ -17,7 +17,8 @@ import gguf
 import numpy as np
 import pytest
 
-LIBGGML = Path(__file__).resolve().parents[2] / ".cache" / "llamacpp" / "lib" / "libggml-base.so"
+LLAMACPP_DIR = Path(__file__).resolve().parents[2] / ".cache" / "llamacpp"
+LIBGGML = LLAMACPP_DIR / "llama_cpp" / "lib" / "libggml-base.so"
 
 _ROW_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
 
@@ -43,13 +44,16 @@ def _libggml() -> ctypes.CDLL | None:
     lib = ctypes.CDLL(str(LIBGGML))
     lib.ggml_get_type_traits.restype = ctypes.POINTER(_Traits)
     lib.ggml_get_type_traits.argtypes = [ctypes.c_int]
+    lib.ggml_quantize_chunk.restype = ctypes.c_size_t
+    lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+                                        ctypes.c_int64, ctypes.c_void_p]
     return lib
 
 
 def ggml_traits(ggml_type: int) -> _Traits:
     lib = _libggml()
     if lib is None:
-        pytest.skip(f"llama.cpp is not built in {LIBGGML.parent.parent} (optional, see docs/watermark.md)")
+        pytest.skip(f"llama-cpp-python is not built in {LLAMACPP_DIR} (optional, see docs/watermark.md)")
     return lib.ggml_get_type_traits(int(ggml_type)).contents
 
 
@@ -78,13 +82,16 @@ def ggml_dequantize(raw: np.ndarray, ggml_type: int) -> np.ndarray:
 
 
 def ggml_quantize(x: np.ndarray, ggml_type: int) -> np.ndarray:
-    """llama.cpp's ``quantize_row_*_ref`` on float32 ``(rows, row_length)``."""
+    """llama.cpp's ``ggml_quantize_chunk`` (no importance matrix) on float32 ``(rows,
+    row_length)``: what ``llama_model_quantize`` runs. (For IQ4_NL this differs from
+    ``quantize_row_iq4_nl_ref``, which skips the scale search.)"""
     traits = ggml_traits(ggml_type)
-    if not traits.from_float_ref:
-        pytest.skip(f"llama.cpp has no reference quantizer for {traits.type_name.decode()}")
+    lib = _libggml()
+    assert lib is not None
     x = np.ascontiguousarray(x, dtype=np.float32)
     out = np.zeros((x.shape[0], x.shape[1] // traits.blck_size * traits.type_size), np.uint8)
-    _ROW_FN(traits.from_float_ref)(x.ctypes.data, out.ctypes.data, x.size)
+    written = lib.ggml_quantize_chunk(int(ggml_type), x.ctypes.data, out.ctypes.data, 0, x.shape[0], x.shape[1], None)
+    assert written == out.nbytes
     return out
 
 
