@@ -2,8 +2,6 @@
 read, decoded, grid-checked and re-quantized through the registry alone."""
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +16,7 @@ from provenance.formats import open_checkpoint
 from provenance.quant import quantcheck
 from provenance.quant.gridcheck import check_block_rows
 from tests.conftest import QUANT_DIR
-from tests.support.ggml_reference import LLAMACPP_DIR, ggml_dequantize
+from tests.support.ggml_reference import ggml_dequantize, llama_cpp_quantize
 
 SOURCE = QUANT_DIR / "tiny-llama-f32.gguf"
 
@@ -26,15 +24,7 @@ SOURCE = QUANT_DIR / "tiny-llama-f32.gguf"
 @pytest.fixture(scope="module")
 def llama_cpp_q1_0(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """tiny-llama-f32 quantized to Q1_0 by llama.cpp itself (llama_model_quantize)."""
-    if not (LLAMACPP_DIR / "llama_cpp").is_dir():
-        pytest.skip("llama-cpp-python is not built in .cache/llamacpp (optional, see docs/watermark.md)")
-    out = tmp_path_factory.mktemp("q1_0") / "tiny-llama-Q1_0.gguf"
-    script = ("import ctypes, sys, llama_cpp; p = llama_cpp.llama_model_quantize_default_params(); "
-              "p.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q1_0; "
-              "sys.exit(llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), ctypes.byref(p)))")
-    subprocess.run([sys.executable, "-c", script, str(SOURCE), str(out)], check=True, capture_output=True,
-                   env={"PYTHONPATH": str(LLAMACPP_DIR), "PATH": "/usr/bin:/bin"}, timeout=300)
-    return out
+    return llama_cpp_quantize(SOURCE, tmp_path_factory.mktemp("q1_0") / "tiny-llama-Q1_0.gguf", "Q1_0")
 
 
 @pytest.mark.download

@@ -23,12 +23,15 @@ from provenance.codecs import dequantize_rows, quantize_rows
 from provenance.codecs.bits import count_bit_mismatches
 from provenance.codecs.registry import QUANT_TYPES, UNSUPPORTED, find_quant_type, quant_type
 from provenance.codecs.types import PLAIN_TYPES, plain_type, type_info
+from provenance.formats import open_checkpoint
+from tests.conftest import QUANT_DIR
 from tests.support.ggml_reference import (
     ggml_dequantize,
     ggml_quantize,
     ggml_traits,
     gguf_can_dequantize,
     gguf_dequantize,
+    llama_cpp_quantize,
 )
 
 PACKAGE = Path(__file__).resolve().parents[2] / "provenance"
@@ -101,6 +104,20 @@ def test_quantizers_bit_exact_with_llama_cpp(qt) -> None:  # type: ignore[no-unt
     x[1, ::3] = -x[1, ::3] * 50  # spiky blocks
     want = ggml_quantize(x, qt.ggml_type)
     assert np.array_equal(quantize_rows(x, qt.ggml_type), want)
+
+
+@pytest.mark.download
+def test_iq4_nl_file_written_by_llama_cpp_is_reproduced(tmp_path: Path) -> None:
+    # no IQ4_NL file is shared; llama.cpp writes one, and every IQ4_NL tensor must match
+    source = QUANT_DIR / "tiny-llama-f32.gguf"
+    real = llama_cpp_quantize(source, tmp_path / "tiny-llama-IQ4_NL.gguf", "IQ4_NL")
+    checked = 0
+    with open_checkpoint(real) as ck, open_checkpoint(source) as src:
+        for name, info in ck.tensors.items():
+            if info.dtype == "IQ4_NL":
+                assert np.array_equal(quantize_rows(src.read_rows(name), "IQ4_NL"), ck.raw_rows(name)), name
+                checked += 1
+    assert checked >= 10
 
 
 def test_old_parallel_tables_are_gone() -> None:

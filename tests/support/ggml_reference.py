@@ -9,6 +9,8 @@ checked against llama.cpp only.
 from __future__ import annotations
 
 import ctypes
+import subprocess
+import sys
 import warnings
 from functools import cache
 from pathlib import Path
@@ -100,3 +102,16 @@ def reference_dequantize(raw: np.ndarray, ggml_type: int) -> np.ndarray:
     if gguf_can_dequantize(ggml_type):
         return gguf_dequantize(raw, ggml_type)
     return ggml_dequantize(raw.reshape(-1, raw.shape[-1]), ggml_type).reshape(*raw.shape[:-1], -1)
+
+
+def llama_cpp_quantize(source: Path, out: Path, ftype: str) -> Path:
+    """``source`` quantized by llama.cpp itself (``llama_model_quantize``, default parameters,
+    ``LLAMA_FTYPE_MOSTLY_<ftype>``), in a subprocess; skips without the build."""
+    if not (LLAMACPP_DIR / "llama_cpp").is_dir():
+        pytest.skip(f"llama-cpp-python is not built in {LLAMACPP_DIR} (optional, see docs/watermark.md)")
+    script = ("import ctypes, sys, llama_cpp; p = llama_cpp.llama_model_quantize_default_params(); "
+              f"p.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_{ftype}; "
+              "sys.exit(llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), ctypes.byref(p)))")
+    subprocess.run([sys.executable, "-c", script, str(source), str(out)], check=True, capture_output=True,
+                   env={"PYTHONPATH": str(LLAMACPP_DIR), "PATH": "/usr/bin:/bin"}, timeout=300)
+    return out
