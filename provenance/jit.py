@@ -1,6 +1,6 @@
 """The one place that configures numba for the project's compiled CPU loops.
 
-Used by the dequantization kernels (:mod:`provenance.codecs.native`) and the streamed pair
+Used by the compiled dequantization kernels (:mod:`provenance.codecs.ggml`) and the streamed pair
 statistics (:mod:`provenance.compare.pairsums`). Every kernel is compiled with
 ``nogil=True`` (threads run them in parallel, e.g. :mod:`provenance.codecs.native.parallel`),
 ``cache=True`` (compiled once per

@@ -19,6 +19,7 @@ from provenance.quant import quantcheck
 from provenance.quant.writer import quantize_model
 from tests.codecs.test_quantize_ref import TRUE_SOURCE
 from tests.conftest import QUANT_DIR
+from tests.support.ggml_reference import llama_cpp_quantize
 
 torch.set_num_threads(1)
 
@@ -114,28 +115,16 @@ def test_hf_source_gives_llama_cpp_tensors(tmp_path: Path) -> None:
         assert (a.arch, a.n_layer, a.n_embd, a.n_head, a.n_ff) == ("llama", 2, 256, 4, 768)
 
 
-LLAMACPP_DIR = Path(__file__).resolve().parents[2] / ".cache" / "llamacpp"
-
-
 @pytest.mark.download
 @pytest.mark.parametrize("ftype", ["Q2_K", "Q3_K_M", "Q4_K_M", "Q8_0"])
 def test_fallback_types_match_the_real_llama_cpp(ftype: str, tmp_path: Path) -> None:
     """stories260K's rows of 64 do not fit 256-weight K blocks: llama.cpp falls back per tensor.
     The real quantizer (llama-cpp-python 0.3.36, built into .cache/llamacpp as docs/watermark.md
     shows; skipped without it) and ours must write byte-identical files."""
-    import subprocess
-    import sys
-
-    if not (LLAMACPP_DIR / "llama_cpp").is_dir():
-        pytest.skip("llama-cpp-python is not built in .cache/llamacpp (optional, ~11 min build)")
     from provenance.quant.writer import quantize_model
 
     source = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "llamacpp-quant" / "stories260K-f32.gguf"
-    real, ours = tmp_path / "real.gguf", tmp_path / "ours.gguf"
-    script = ("import ctypes, sys, llama_cpp; p = llama_cpp.llama_model_quantize_default_params(); "
-              f"p.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_{ftype}; "
-              "sys.exit(llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), ctypes.byref(p)))")
-    subprocess.run([sys.executable, "-c", script, str(source), str(real)], check=True, capture_output=True,
-                   env={"PYTHONPATH": str(LLAMACPP_DIR), "PATH": "/usr/bin:/bin"}, timeout=300)
+    real = llama_cpp_quantize(source, tmp_path / "real.gguf", ftype)
+    ours = tmp_path / "ours.gguf"
     quantize_model(source, ours, ftype)
     assert ours.read_bytes() == real.read_bytes()
