@@ -21,11 +21,11 @@ from gguf import quants as gguf_quants
 from provenance.codecs.quantize_k import (
     F32,
     GROUP_MAX_EPS,
-    _f16_round,
-    _first_absmax,
-    _seq_sum,
-    _u16_bytes,
+    f16_bits,
+    first_absmax,
     nearest_int,
+    seq_sum,
+    u16_bytes,
 )
 
 VALUES = np.array(gguf_quants.IQ4_NL.kvalues, dtype=np.int8)
@@ -40,7 +40,7 @@ def best_index_int8(x: np.ndarray) -> np.ndarray:
 
 def _search(xs: np.ndarray, ntry: int = 7) -> np.ndarray:
     """Per sub-block scale ``d`` of ``quantize_row_iq4_nl_impl`` (``xs``: (32, n_sub))."""
-    mx = _first_absmax(xs)
+    mx = first_absmax(xs)
     zero = np.abs(mx) < GROUP_MAX_EPS
     w = xs * xs
     v0 = F32(VALUES[0])
@@ -51,7 +51,7 @@ def _search(xs: np.ndarray, ntry: int = 7) -> np.ndarray:
         def sums(id_: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             q = _LEVELS[best_index_int8(id_ * xs)]
             wq = w * q
-            return _seq_sum(wq * xs), _seq_sum(wq * q)  # w*q*x, w*q*q
+            return seq_sum(wq * xs), seq_sum(wq * q)  # w*q*x, w*q*q
 
         sumqx, sumq2 = sums(iscale)
         d = np.where(sumq2 > 0, sumqx / sumq2, F32(0))
@@ -77,7 +77,7 @@ def quantize_iq4_nl(x: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore"):
         inv = np.where(d != 0, F32(1) / d, F32(0))
     L = best_index_int8(inv[:, None] * x)  # all-zero blocks: 0*x -> level index 8, as in C
-    return np.concatenate([_u16_bytes(_f16_round(d)), _pack(L)], axis=1)
+    return np.concatenate([u16_bytes(f16_bits(d)), _pack(L)], axis=1)
 
 
 def quantize_iq4_xs(x: np.ndarray) -> np.ndarray:
@@ -85,7 +85,7 @@ def quantize_iq4_xs(x: np.ndarray) -> np.ndarray:
     nb = x.shape[0]
     xs = np.ascontiguousarray(x.reshape(-1, 32).T)
     scales = _search(xs).reshape(nb, 8)
-    max_scale = _first_absmax(scales.T)
+    max_scale = first_absmax(scales.T)
     d = -max_scale / F32(32)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         inv = np.where(d != 0, F32(1) / d, F32(0))
@@ -98,4 +98,4 @@ def quantize_iq4_xs(x: np.ndarray) -> np.ndarray:
     scales_h = np.zeros(nb, np.uint16)
     for ib in range(8):
         scales_h |= (lu[:, ib] >> 4) << (2 * ib)
-    return np.concatenate([_u16_bytes(_f16_round(d)), _u16_bytes(scales_h), scales_l, _pack(L)], axis=1)
+    return np.concatenate([u16_bytes(f16_bits(d)), u16_bytes(scales_h), scales_l, _pack(L)], axis=1)

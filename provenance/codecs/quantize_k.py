@@ -43,7 +43,7 @@ def nearest_int(v: np.ndarray) -> np.ndarray:
     return (t & 0x007FFFFF) - 0x00400000
 
 
-def _seq_sum(terms: np.ndarray) -> np.ndarray:
+def seq_sum(terms: np.ndarray) -> np.ndarray:
     """``s = 0; for i: s += terms[i]`` in float32, in C's order (see module doc)."""
     acc = terms[0].copy()  # 0 + t is t exactly (up to the sign of a zero, irrelevant here)
     for i in range(1, terms.shape[0]):
@@ -51,13 +51,13 @@ def _seq_sum(terms: np.ndarray) -> np.ndarray:
     return acc
 
 
-def _first_absmax(x: np.ndarray) -> np.ndarray:
+def first_absmax(x: np.ndarray) -> np.ndarray:
     """The signed value of the first largest |x| along axis 0 (C's strict ``>`` scan)."""
     idx = np.argmax(np.abs(x), axis=0)
     return np.take_along_axis(x, idx[None, :], axis=0)[0]
 
 
-def _f16_round(v: np.ndarray) -> np.ndarray:
+def f16_bits(v: np.ndarray) -> np.ndarray:
     """GGML_FP32_TO_FP16 (round to nearest even), kept as its uint16 bits."""
     return v.astype(np.float16).view(np.uint16)
 
@@ -66,7 +66,7 @@ def _f16_value(bits: np.ndarray) -> np.ndarray:
     return bits.view(np.float16).astype(F32)
 
 
-def _u16_bytes(bits: np.ndarray) -> np.ndarray:
+def u16_bytes(bits: np.ndarray) -> np.ndarray:
     """(nb,) uint16 -> (nb, 2) little-endian bytes."""
     return bits.astype("<u2").view(np.uint8).reshape(-1, 2)
 
@@ -103,7 +103,7 @@ def make_qkx2_quants(
         scale = F32(1) / iscale
         L = np.clip(nearest_int(iscale * (x - mn)), 0, nmax)
         diff = scale * L.astype(F32) + mn - x
-        best = _seq_sum(w * (np.abs(diff) if use_mad else diff * diff))
+        best = seq_sum(w * (np.abs(diff) if use_mad else diff * diff))
         for step in range(nstep + 1):
             # (rmin + rdelta*is) + nmax, all float32 (is is converted to float first)
             factor = (F32(rmin) + F32(rdelta) * F32(step)) + fmax
@@ -111,9 +111,9 @@ def make_qkx2_quants(
             laux = np.clip(nearest_int(iscale * (x - mn)), 0, nmax)
             lf = laux.astype(F32)
             wl = w * lf
-            sum_l = _seq_sum(wl)
-            sum_l2 = _seq_sum(wl * lf)
-            sum_xl = _seq_sum(wl * x)
+            sum_l = seq_sum(wl)
+            sum_l2 = seq_sum(wl * lf)
+            sum_xl = seq_sum(wl * x)
             D = sum_w * sum_l2 - sum_l * sum_l
             this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
             this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D
@@ -121,7 +121,7 @@ def make_qkx2_quants(
             this_min = np.where(pos, F32(0), this_min)
             this_scale = np.where(pos, sum_xl / sum_l2, this_scale)
             diff = this_scale * lf + this_min - x
-            cur = _seq_sum(w * (np.abs(diff) if use_mad else diff * diff))
+            cur = seq_sum(w * (np.abs(diff) if use_mad else diff * diff))
             take = (D > 0) & (cur < best)
             if take.any():
                 L = np.where(take, laux, L)
@@ -136,15 +136,15 @@ def make_qkx2_quants(
 def _qx_sums(x: np.ndarray, wx: np.ndarray, w: np.ndarray, iscale: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     l = np.clip(nearest_int(iscale * x), -nmax, nmax - 1)
     lf = l.astype(F32)
-    sumlx = _seq_sum(wx * lf)  # w*x[i]*l  ==  (w*x)*l
-    suml2 = _seq_sum(w * lf * lf)  # w*l*l  ==  (w*l)*l
+    sumlx = seq_sum(wx * lf)  # w*x[i]*l  ==  (w*x)*l
+    suml2 = seq_sum(w * lf * lf)  # w*l*l  ==  (w*l)*l
     return l, sumlx, suml2
 
 
 def make_qx_quants_rmse1(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
     """ggml ``make_qx_quants(n, nmax, x, L, rmse_type=1, qw=NULL)`` (weights ``x*x``) on
     ``x`` of shape ``(n, n_sub)``. Returns ``(scale, L)`` with ``L`` in ``0..2*nmax-1``."""
-    mx = _first_absmax(x)
+    mx = first_absmax(x)
     zero = np.abs(mx) < GROUP_MAX_EPS
     w = x * x
     wx = w * x
@@ -175,7 +175,7 @@ def make_q3_quants_rmse(x: np.ndarray, nmax: int = 4) -> tuple[np.ndarray, np.nd
     sub-blocks, which is exact because a pass that changes nothing is a fixed point).
     Returns ``(scale, L)`` with ``L`` in ``0..2*nmax-1`` (0 for all-zero sub-blocks)."""
     n = x.shape[0]
-    mx = _first_absmax(x)
+    mx = first_absmax(x)
     zero = np.abs(mx) < GROUP_MAX_EPS
     w = x * x
     wx = w * x
@@ -183,8 +183,8 @@ def make_q3_quants_rmse(x: np.ndarray, nmax: int = 4) -> tuple[np.ndarray, np.nd
         iscale = F32(-nmax) / mx
         L = np.clip(nearest_int(iscale * x), -nmax, nmax - 1)
         Lf = L.astype(F32)
-        sumlx = _seq_sum(wx * Lf)
-        suml2 = _seq_sum(w * Lf * Lf)
+        sumlx = seq_sum(wx * Lf)
+        suml2 = seq_sum(w * Lf * Lf)
         for _ in range(5):
             changed = False
             for i in range(n):
@@ -263,7 +263,7 @@ def _pack_scales_k4(ls: np.ndarray, lm: np.ndarray) -> np.ndarray:
 
 def _kx_weights(xs: np.ndarray) -> np.ndarray:
     """Q4_K/Q5_K search weights: ``av_x + |x|`` with ``av_x = sqrtf(sum_x2/32)``."""
-    av_x = np.sqrt(_seq_sum(xs * xs) / F32(32))
+    av_x = np.sqrt(seq_sum(xs * xs) / F32(32))
     return av_x + np.abs(xs)
 
 
@@ -287,8 +287,8 @@ def _q_k_affine(
     # uint8_t ls = nearest_int(...); ls = MIN(63, ls): wraps to a byte first
     ls = np.minimum(nearest_int(inv_scale[:, None] * scales) & 0xFF, 63)
     lm = np.minimum(nearest_int(inv_min[:, None] * mins) & 0xFF, 63)
-    d16 = _f16_round(max_scale / F32(63))
-    dmin16 = _f16_round(max_min / F32(63))
+    d16 = f16_bits(max_scale / F32(63))
+    dmin16 = f16_bits(max_min / F32(63))
     d = _f16_value(d16)[:, None] * ls.astype(F32)
     dm = _f16_value(dmin16)[:, None] * lm.astype(F32)
     codes = _requantize(x.reshape(nb, 8, size), _codes_rows(L, nb).reshape(nb, 8, size), d, dm, 0, nmax, 0)
@@ -298,7 +298,7 @@ def _q_k_affine(
 def quantize_q4_k(x: np.ndarray) -> np.ndarray:
     """``quantize_row_q4_K_ref`` on (nb, 256) float32 -> (nb, 144) bytes."""
     d16, dmin16, ls, lm, L = _q_k_affine(x, 32, 15, -1.0, 0.1, 20)
-    return np.concatenate([_u16_bytes(d16), _u16_bytes(dmin16), _pack_scales_k4(ls, lm), _pack_nibbles(L)], axis=1)
+    return np.concatenate([u16_bytes(d16), u16_bytes(dmin16), _pack_scales_k4(ls, lm), _pack_nibbles(L)], axis=1)
 
 
 def quantize_q5_k(x: np.ndarray) -> np.ndarray:
@@ -311,7 +311,7 @@ def quantize_q5_k(x: np.ndarray) -> np.ndarray:
     for b in range(8):
         qh |= hi[:, b] << b
     return np.concatenate(
-        [_u16_bytes(d16), _u16_bytes(dmin16), _pack_scales_k4(ls, lm), qh, _pack_nibbles(L & 0xF)], axis=1
+        [u16_bytes(d16), u16_bytes(dmin16), _pack_scales_k4(ls, lm), qh, _pack_nibbles(L & 0xF)], axis=1
     )
 
 
@@ -330,12 +330,12 @@ def quantize_q2_k(x: np.ndarray) -> np.ndarray:
         lm = np.where((max_min > 0)[:, None], nearest_int((q4scale / max_min)[:, None] * mins), 0)
     # y.scales[j] = l (uint8 store); y.scales[j] |= l << 4 (uint8 store)
     sc = ((ls & 0xFF) | ((lm << 4) & 0xFF)).astype(np.uint8)
-    d16 = np.where(max_scale > 0, _f16_round(max_scale / q4scale), np.uint16(0)).astype(np.uint16)
-    dmin16 = np.where(max_min > 0, _f16_round(max_min / q4scale), np.uint16(0)).astype(np.uint16)
+    d16 = np.where(max_scale > 0, f16_bits(max_scale / q4scale), np.uint16(0)).astype(np.uint16)
+    dmin16 = np.where(max_min > 0, f16_bits(max_min / q4scale), np.uint16(0)).astype(np.uint16)
     d = _f16_value(d16)[:, None] * (sc & 0xF).astype(F32)
     dm = _f16_value(dmin16)[:, None] * (sc >> 4).astype(F32)
     codes = _requantize(x.reshape(nb, 16, 16), _codes_rows(L, nb).reshape(nb, 16, 16), d, dm, 0, 3, 0)
-    return np.concatenate([sc, _pack_crumbs(codes.reshape(nb, QK_K)), _u16_bytes(d16), _u16_bytes(dmin16)], axis=1)
+    return np.concatenate([sc, _pack_crumbs(codes.reshape(nb, QK_K)), u16_bytes(d16), u16_bytes(dmin16)], axis=1)
 
 
 def quantize_q3_k(x: np.ndarray) -> np.ndarray:
@@ -344,7 +344,7 @@ def quantize_q3_k(x: np.ndarray) -> np.ndarray:
     xs = _subblocks(x, 16)
     scales, L = make_q3_quants_rmse(xs, 4)
     scales = scales.reshape(nb, 16)
-    max_scale = _first_absmax(scales.T)
+    max_scale = first_absmax(scales.T)
     nz = max_scale != 0
     with np.errstate(divide="ignore", invalid="ignore"):
         iscale = np.where(nz, F32(-32) / max_scale, F32(0))
@@ -359,7 +359,7 @@ def quantize_q3_k(x: np.ndarray) -> np.ndarray:
     for j in range(16):
         sc[:, 8 + j % 4] |= hi2[:, j] << (2 * (j // 4))
     with np.errstate(divide="ignore"):
-        d16 = np.where(nz, _f16_round(F32(1) / iscale), np.uint16(0)).astype(np.uint16)
+        d16 = np.where(nz, f16_bits(F32(1) / iscale), np.uint16(0)).astype(np.uint16)
     d = _f16_value(d16)[:, None] * (l - 32).astype(F32)
     codes = _requantize(x.reshape(nb, 16, 16), _codes_rows(L, nb).reshape(nb, 16, 16), d, None, -4, 3, 4)
     codes = codes.reshape(nb, QK_K)
@@ -368,7 +368,7 @@ def quantize_q3_k(x: np.ndarray) -> np.ndarray:
     for b in range(8):
         hmask |= hbit[:, b] << b
     low = np.where(codes > 3, codes - 4, codes)
-    return np.concatenate([hmask, _pack_crumbs(low), sc, _u16_bytes(d16)], axis=1)
+    return np.concatenate([hmask, _pack_crumbs(low), sc, u16_bytes(d16)], axis=1)
 
 
 def quantize_q6_k(x: np.ndarray) -> np.ndarray:
@@ -377,11 +377,11 @@ def quantize_q6_k(x: np.ndarray) -> np.ndarray:
     xs = _subblocks(x, 16)
     scales, L = make_qx_quants_rmse1(xs, 32)
     scales = scales.reshape(nb, 16)
-    max_scale = _first_absmax(scales.T)
+    max_scale = first_absmax(scales.T)
     live = np.abs(max_scale) >= GROUP_MAX_EPS
     with np.errstate(divide="ignore", invalid="ignore"):
         iscale = np.where(live, F32(-128) / max_scale, F32(1))
-        d16 = np.where(live, _f16_round(F32(1) / iscale), np.uint16(0)).astype(np.uint16)
+        d16 = np.where(live, f16_bits(F32(1) / iscale), np.uint16(0)).astype(np.uint16)
         sc = np.minimum(127, nearest_int(iscale[:, None] * scales))
     sc = ((sc + 128) & 0xFF) - 128  # int8_t store
     sc = np.where(live[:, None], sc, 0)
@@ -394,4 +394,4 @@ def quantize_q6_k(x: np.ndarray) -> np.ndarray:
     ql = np.concatenate([lo[:, :, 0] | (lo[:, :, 2] << 4), lo[:, :, 1] | (lo[:, :, 3] << 4)], axis=2).reshape(nb, 128)
     hi = codes >> 4
     qh = (hi[:, :, 0] | (hi[:, :, 1] << 2) | (hi[:, :, 2] << 4) | (hi[:, :, 3] << 6)).reshape(nb, 64)
-    return np.concatenate([ql, qh, sc.astype(np.int8).view(np.uint8), _u16_bytes(d16)], axis=1)
+    return np.concatenate([ql, qh, sc.astype(np.int8).view(np.uint8), u16_bytes(d16)], axis=1)

@@ -24,7 +24,7 @@ from gguf import GGMLQuantizationType as T
 from provenance.codecs.kernels._common import Decoded, Workspace, f16_field, spread_bits
 from provenance.codecs.native.fields import f16
 from provenance.codecs.prediction import Prediction, f16_round, safe_inverse
-from provenance.codecs.quantize_k import F32, _f16_round, _seq_sum, _u16_bytes
+from provenance.codecs.quantize_k import F32, f16_bits, seq_sum, u16_bytes
 from provenance.codecs.quanttype import CompiledKernel, LevelGrid, QuantType, Recipe
 from provenance.jit import kernel
 
@@ -73,9 +73,9 @@ def predict_q1_0(x: torch.Tensor, grid: QuantGrid, raw: torch.Tensor | None = No
 
 def quantize_q1_0(blocks: np.ndarray) -> np.ndarray:
     """``quantize_row_q1_0_ref`` on (nb, 128) float32 -> (nb, 18) bytes."""
-    d = _seq_sum(np.ascontiguousarray(np.abs(blocks).T)) / F32(QK1_0)
+    d = seq_sum(np.ascontiguousarray(np.abs(blocks).T)) / F32(QK1_0)
     signs = np.packbits(blocks >= 0, axis=1, bitorder="little")
-    return np.concatenate([_u16_bytes(_f16_round(d)), signs], axis=1)
+    return np.concatenate([u16_bytes(f16_bits(d)), signs], axis=1)
 
 
 def q1_0_levels() -> torch.Tensor:
