@@ -1,96 +1,31 @@
-"""Pair the tensors of two checkpoints by canonical name and shape, and find the layout.
+"""Compare's pairing: tensors by canonical name and shape, and the layout of the candidate's data.
 
-Readers already map every format to llama.cpp's canonical names and row order, so GGUF
-(quantized or not), safetensors and llama2.c pair by name. What can still differ:
+Pairing by name is shared (:mod:`provenance.formats.pairing`); what lineage adds:
 
-* ``transposed``: the candidate stores a matrix with its shape reversed (e.g. GPT-2 style
-  ``(in, out)`` storage); unambiguous from the shapes alone.
+* ``transposed``: the candidate stores a matrix with its shape reversed (accepted here,
+  read through :func:`apply_layout`);
 * ``transposed-bytes``: the shape is fixed by the format (llama2.c's header) but the data
   is the transpose, read with the untransposed shape. Nothing in the file says so; it is
   detected from the data (:func:`detect_byte_transposition`) and only switched on when
-  the transposed reading matches decisively, a level no independent pair comes near.
+  the transposed reading matches decisively, a level no independent pair comes near;
+* precomputed RoPE tables carry no lineage evidence and are left out.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from provenance.formats.base import Checkpoint, TensorInfo
+from provenance.formats import pairing as by_name
+from provenance.formats.base import Checkpoint
+from provenance.formats.pairing import Pairing, TensorPair
 
-#: Tensors that are not learned (precomputed RoPE tables) carry no lineage evidence.
-NON_LEARNED_ROLES = ("rope_freqs", "rope_freqs_real", "rope_freqs_imag")
 LAYOUTS = ("same", "transposed", "transposed-bytes")
 
 
-@dataclass(frozen=True)
-class TensorPair:
-    name: str
-    role: str
-    layer: int | None
-    shape: tuple[int, ...]
-    """The reference's shape: the frame every statistic is computed in."""
-    candidate_dtype: str
-    reference_dtype: str
-    layout: str = "same"
-
-    @property
-    def is_matrix(self) -> bool:
-        return len(self.shape) == 2 and min(self.shape) > 1
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "role": self.role, "layer": self.layer, "shape": list(self.shape),
-                "candidate_dtype": self.candidate_dtype, "reference_dtype": self.reference_dtype,
-                "layout": self.layout}
-
-
-@dataclass
-class Pairing:
-    pairs: list[TensorPair] = field(default_factory=list)
-    only_candidate: list[str] = field(default_factory=list)
-    only_reference: list[str] = field(default_factory=list)
-    shape_mismatch: list[dict[str, Any]] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"paired": len(self.pairs), "only_candidate": self.only_candidate,
-                "only_reference": self.only_reference, "shape_mismatch": self.shape_mismatch,
-                "skipped_non_learned": self.skipped}
-
-
-def _layout_of(cand: TensorInfo, ref: TensorInfo) -> str | None:
-    if cand.shape == ref.shape:
-        return "same"
-    if len(cand.shape) == 2 and cand.shape == ref.shape[::-1]:
-        return "transposed"
-    if cand.n_elements == ref.n_elements and len(cand.shape) == len(ref.shape) == 2:
-        return None  # same size, other shape: a layout we do not guess at
-    return None
-
-
 def pair_tensors(candidate: Checkpoint, reference: Checkpoint) -> Pairing:
-    """Pair by canonical name; each pair gets a layout or lands in ``shape_mismatch``."""
-    result = Pairing()
-    for name, ref in reference.tensors.items():
-        if ref.role in NON_LEARNED_ROLES:
-            result.skipped.append(name)
-            continue
-        cand = candidate.tensors.get(name)
-        if cand is None:
-            result.only_reference.append(name)
-            continue
-        layout = _layout_of(cand, ref)
-        if layout is None:
-            result.shape_mismatch.append({"name": name, "candidate": list(cand.shape), "reference": list(ref.shape)})
-            continue
-        result.pairs.append(TensorPair(name, ref.role or "", ref.layer, ref.shape, cand.dtype, ref.dtype, layout))
-    for name, cand in candidate.tensors.items():
-        if name not in reference.tensors and cand.role not in NON_LEARNED_ROLES:
-            result.only_candidate.append(name)
-        elif cand.role in NON_LEARNED_ROLES and name not in reference.tensors:
-            result.skipped.append(name)
-    return result
+    """Pair by canonical name; each pair gets a layout, the rest a reason (``Pairing.unpaired``)."""
+    return by_name.pair_tensors(candidate, reference, transposed=True, skip_not_learned=True)
 
 
 def apply_layout(values: np.ndarray, layout: str, shape: tuple[int, ...]) -> np.ndarray:

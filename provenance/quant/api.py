@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -18,6 +17,7 @@ from provenance.codecs.recipes import supported, tolerant
 from provenance.codecs.types import plain_type
 from provenance.formats import open_checkpoint
 from provenance.formats.base import Checkpoint, TensorInfo
+from provenance.formats.pairing import TensorPair, Unpaired, pair_tensors
 from provenance.quant.error import ErrorStats, error_stats
 from provenance.quant.gridcheck import PRECISIONS, CheckCounts, check_block_rows
 from provenance.threads import torch_threads
@@ -41,11 +41,6 @@ VERDICT_TEXT = {
 
 def _rows_per_chunk(info: TensorInfo) -> int:
     return max(1, CHUNK_ELEMS // max(1, info.row_length))
-
-
-def _pairs(cand: Checkpoint, ref: Checkpoint) -> Iterable[tuple[str, TensorInfo, TensorInfo | None]]:
-    for name, info in cand.tensors.items():
-        yield name, info, ref.tensors.get(name)
 
 
 def _check_tensor(
@@ -136,11 +131,12 @@ def _quantcheck(
     if precision != "auto" and precision not in PRECISIONS:
         raise ValueError(f"precision must be 'auto' or one of {PRECISIONS}")
     with open_checkpoint(candidate_path) as cand, open_checkpoint(reference_path) as ref:
+        # every candidate tensor gets a row, in the candidate's order: checked, or why not
+        fate = pair_tensors(cand, ref).by_name()
         checkable = [
             name
-            for name, info, rinfo in _pairs(cand, ref)
-            if rinfo is not None
-            and rinfo.shape == info.shape
+            for name, info in cand.tensors.items()
+            if isinstance(fate[name], TensorPair)
             and info.block_size > 1
             and info.ggml_type is not None
             and supported(info.ggml_type)
@@ -151,7 +147,7 @@ def _quantcheck(
             evidence = {}
         rows: list[dict[str, Any]] = []
         per_layer: dict[str, ErrorStats] = {}
-        for name, info, rinfo in _pairs(cand, ref):
+        for name, info in cand.tensors.items():
             row: dict[str, Any] = {
                 "name": name,
                 "layer": info.layer,
@@ -159,10 +155,8 @@ def _quantcheck(
                 "qtype": info.dtype,
                 "shape": "x".join(map(str, info.shape)),
             }
-            if rinfo is None:
-                row["status"] = "missing-in-reference"
-            elif rinfo.shape != info.shape:
-                row["status"] = "shape-mismatch"
+            if isinstance(unpaired := fate[name], Unpaired):
+                row["status"] = unpaired.reason  # missing-in-reference or shape-mismatch
             elif name in checkable:
                 counts, errors = _check_tensor(cand, ref, name, precision)
                 row.update(counts.summary())

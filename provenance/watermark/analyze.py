@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from provenance.formats import open_checkpoint
+from provenance.formats.pairing import pair_tensors
 from provenance.watermark.gridsign import flip_signs
 from provenance.watermark.realign import realign
 from provenance.watermark.select import Selector, default_selector
@@ -208,7 +209,8 @@ def analyze_checkpoint(
     selector = selector or default_selector
     with open_checkpoint(candidate) as cand, open_checkpoint(reference) as ref:
         alignment = realign(cand, ref)
-        names = [n for n, i in cand.tensors.items() if selector(i) and n in ref.tensors and ref.info(n).shape == i.shape]
+        paired = {p.name for p in pair_tensors(cand, ref).pairs}
+        names = [n for n, i in cand.tensors.items() if selector(i) and n in paired]
         quantized = [n for n in names if cand.info(n).quantized]
         if quantized and precision == "auto":
             from provenance.quant.api import detect_precision

@@ -24,6 +24,7 @@ import numpy as np
 
 from provenance.formats import open_checkpoint
 from provenance.formats.base import Checkpoint, TensorInfo
+from provenance.formats.pairing import Unpaired, pair_tensors
 from provenance.watermark.decoys import DecoyBank
 from provenance.watermark.gridsign import flip_signs
 from provenance.watermark.keys import KeySource
@@ -188,14 +189,13 @@ def score_checkpoint(
         ref = ref if reference else None
         warnings: list[str] = []
         names = []
+        fate = pair_tensors(cand, ref).by_name() if ref is not None else {}
         for name, info in cand.tensors.items():
             if not selector(info) or not any(k.has(name) for k in keys):
                 continue
-            if ref is not None:
-                other = ref.tensors.get(name)
-                if other is None or other.shape != info.shape:
-                    warnings.append(f"{name}: not in the reference with the same shape; skipped")
-                    continue
+            if isinstance(unpaired := fate.get(name), Unpaired):
+                warnings.append(f"{name}: {unpaired.describe()}; skipped")
+                continue
             names.append(name)
         scorer = _Scorer(cand, ref, keys, options)
         alignment = Realignment()
