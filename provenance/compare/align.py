@@ -136,8 +136,10 @@ def _dominant_perm(sim: np.ndarray, margin: float = DOMINANCE_MARGIN) -> np.ndar
     return best if bool(np.all(top - second > margin)) else None
 
 
-def _assign(sim: np.ndarray, perm: np.ndarray | None = None) -> tuple[np.ndarray | None, dict[str, Any]]:
-    """Best assignment of reference rows (i) to candidate rows, or None for the identity.
+def _assign(sim: np.ndarray, perm: np.ndarray | None = None,
+            gain: float = GAIN_OVER_IDENTITY) -> tuple[np.ndarray | None, dict[str, Any]]:
+    """Best assignment of reference rows (i) to candidate rows, or None for the identity
+    (kept unless the assignment scores ``gain`` times as much).
 
     ``perm``: the optimal assignment when the caller has already proved it (see
     :func:`_dominant_perm`); only the diagonal of ``sim`` and its entries at ``perm`` are
@@ -151,7 +153,7 @@ def _assign(sim: np.ndarray, perm: np.ndarray | None = None) -> tuple[np.ndarray
         perm = cols[np.argsort(rows)]
     best = float(sim[np.arange(n), perm].sum())
     moved = int((perm != np.arange(n)).sum())
-    keep = moved > 0 and best > GAIN_OVER_IDENTITY * max(ident, 0.0) + 1e-9
+    keep = moved > 0 and best > gain * max(ident, 0.0) + 1e-9
     info = {"identity_score": round(ident / n, 6), "matched_score": round(best / n, 6),
             "moved": moved if keep else 0, "units": n}
     return (perm if keep else None), info
@@ -283,21 +285,66 @@ def _accumulate(total: np.ndarray | None, term: np.ndarray, absolute: bool, n: i
     return total
 
 
-def _mlp(ref: dict[str, np.ndarray], cand: dict[str, np.ndarray]) -> tuple[np.ndarray | None, np.ndarray | None, dict[str, Any]]:
+@dataclass(frozen=True)
+class UnitMatch:
+    """The MLP hidden units of a candidate matched to a reference's."""
+
+    perm: np.ndarray | None
+    """Candidate unit of each reference unit (rows of gate and up, columns of down); None
+    when the identity stands."""
+    scale: np.ndarray
+    """Per reference unit, candidate / reference (up row x s, down column / s; negative for
+    a sign flip), after ``perm``: an estimate for every unit, whether or not it means a
+    rescale (that judgement is the caller's: lineage and watermarks need different ones)."""
+    info: dict[str, Any]
+
+
+def match_mlp_units(ref: dict[str, np.ndarray], cand: dict[str, np.ndarray], *, force: bool = False) -> UnitMatch:
+    """Recover the permutation and per-unit scales of one layer's MLP hidden units.
+
+    ``ref`` / ``cand``: ``ffn_up`` and ``ffn_down`` (``ffn_gate`` where the model has one)
+    of a layer, residual-indexed as in a :class:`Sketch` (up and gate: every unit's row on
+    the sketch's residual columns; down: the sketch's residual rows). ``force``: run the
+    assignment even when the identity already matches, and keep any better assignment."""
+    ref, cand = _c_ordered(ref), _c_ordered(cand)
     n = ref["ffn_up"].shape[0]
     hits = _identity_hits(ref, cand)
-    if hits >= IDENTITY_HITS and n > IDENTITY_SAMPLE:
-        perm, info = None, {"identity_hits": round(hits, 4), "moved": 0, "units": n, "assignment": "skipped"}
-        return perm, _mlp_scale(ref, cand, None, info), info
+    if not force and hits >= IDENTITY_HITS and n > IDENTITY_SAMPLE:
+        info: dict[str, Any] = {"identity_hits": round(hits, 4), "moved": 0, "units": n, "assignment": "skipped"}
+        return UnitMatch(None, _mlp_unit_scale(ref, cand, None), info)
     sim = None
     if "ffn_gate" in ref and "ffn_gate" in cand:
         sim = _accumulate(sim, _cos(ref["ffn_gate"], cand["ffn_gate"]), False, n)  # gate cannot flip sign (SiLU)
     sim = _accumulate(sim, _cos(ref["ffn_up"], cand["ffn_up"]), True, n)
     if "ffn_down" in ref and "ffn_down" in cand:
         sim = _accumulate(sim, _cos(ref["ffn_down"].T, cand["ffn_down"].T), True, n)
-    perm, info = _assign(sim)
+    perm, info = _assign(sim, gain=1.0 if force else GAIN_OVER_IDENTITY)
     info["identity_hits"] = round(hits, 4)
-    return perm, _mlp_scale(ref, cand, perm, info), info
+    return UnitMatch(perm, _mlp_unit_scale(ref, cand, perm), info)
+
+
+def _mlp(ref: dict[str, np.ndarray], cand: dict[str, np.ndarray]) -> tuple[np.ndarray | None, np.ndarray | None, dict[str, Any]]:
+    """Lineage's MLP map: scales are applied only when they spread or flip signs."""
+    units = match_mlp_units(ref, cand)
+    scale = _spread_scale(units.scale)
+    if scale is not None:
+        units.info["scales"] = _scale_summary(scale)
+    return units.perm, scale, units.info
+
+
+def mlp_unit_specs(perm: np.ndarray | None, scale: np.ndarray | None) -> dict[str, dict[str, np.ndarray]]:
+    """What a unit permutation and unit scales ``s`` do to each MLP tensor, as
+    :class:`Transform` fields: rows of gate and up, columns of down; up rows / s, down
+    columns x s."""
+    specs: dict[str, dict[str, np.ndarray]] = {}
+    if perm is not None:
+        specs["ffn_gate"] = {"row_index": perm}
+        specs["ffn_up"] = {"row_index": perm}
+        specs["ffn_down"] = {"col_index": perm}
+    if scale is not None:
+        specs.setdefault("ffn_up", {})["row_scale"] = 1.0 / scale
+        specs.setdefault("ffn_down", {})["col_scale"] = scale
+    return specs
 
 
 def _sign_and_norm_ratio(ref_rows: np.ndarray, cand_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -313,8 +360,9 @@ def _scale_summary(scale: np.ndarray) -> dict[str, Any]:
             "negative": int((scale < 0).sum())}
 
 
-def _mlp_scale(ref: dict[str, np.ndarray], cand: dict[str, np.ndarray], perm: np.ndarray | None,
-               info: dict[str, Any]) -> np.ndarray | None:
+def _mlp_unit_scale(ref: dict[str, np.ndarray], cand: dict[str, np.ndarray], perm: np.ndarray | None) -> np.ndarray:
+    """Per unit: the sign of the up rows' dot product times the geometric mean of the up
+    norm ratio and the inverse down norm ratio (in which a fine-tune's drift cancels)."""
     # float64 products of the weights, summed in the orders of the float64 copies this used
     # to take (rows: pairwise per row; down's columns: sequential down the reference's
     # C-ordered copy, pairwise within the candidate's gathered F-ordered one), without them
@@ -325,10 +373,7 @@ def _mlp_scale(ref: dict[str, np.ndarray], cand: dict[str, np.ndarray], perm: np
         down_c = cand["ffn_down"].T  # rows: the columns of the F-ordered gathered copy
         dc = _row_norms(down_c if perm is None else down_c[perm])
         ratio = np.sqrt(ratio * dr / np.maximum(dc, 1e-30))
-    scale = _spread_scale(sign * ratio)
-    if scale is not None:
-        info["scales"] = _scale_summary(scale)
-    return scale
+    return sign * ratio
 
 
 def _row_mean_abs_cos(ua: np.ndarray, ub: np.ndarray) -> float:
@@ -422,7 +467,7 @@ def _attention(
         moved_q += int((cand_heads[local] != ref_heads).sum())
     q_perm = None if (q_map == np.arange(nh)).all() else q_map
     kv_rows = _expand_heads(kvp, hd)
-    # as in _mlp_scale: exact float64 products summed in the orders of the float64 copies
+    # as in _mlp_unit_scale: exact float64 products summed in the orders of the float64 copies
     # this used to take (v rows pairwise; o's reference columns sequential, its gathered
     # F-ordered candidate columns pairwise)
     v_r, v_c = ref["attn_v"], cand["attn_v"] if kv_perm is None else cand["attn_v"][kv_rows]
@@ -545,13 +590,8 @@ def align_layer(
     if all(k in r and k in cs for k in ("ffn_up",)):
         perm, scale, info = _mlp(r, cs)
         record["mlp"] = info
-        if perm is not None:
-            t.setdefault("ffn_gate", {})["row_index"] = perm
-            t.setdefault("ffn_up", {})["row_index"] = perm
-            t.setdefault("ffn_down", {})["col_index"] = perm
-        if scale is not None:
-            t.setdefault("ffn_up", {})["row_scale"] = 1.0 / scale
-            t.setdefault("ffn_down", {})["col_scale"] = scale
+        for role, spec in mlp_unit_specs(perm, scale).items():
+            t.setdefault(role, {}).update(spec)
     if heads is not None and all(k in r and k in cs for k in ("attn_q", "attn_k", "attn_v", "attn_output")):
         kv_perm, q_perm, v_scale, info = _attention(r, cs, heads)
         record["attention"] = info

@@ -269,8 +269,8 @@ class _Lineage:
         rb, cb = self.builders.setdefault(p.layer, (SketchBuilder(self.residual, self.tokens),
                                                      SketchBuilder(self.residual, self.tokens)))
         if out.sketch_reference:
-            rb._parts[(p.role, p.layer)] = list(out.sketch_reference)
-            cb._parts[(p.role, p.layer)] = list(out.sketch_candidate)
+            rb.add(p.role, p.layer, out.sketch_reference)
+            cb.add(p.role, p.layer, out.sketch_candidate)
         out.sketch_reference, out.sketch_candidate = [], []
         self.remaining[p.layer] -= 1
         if self.remaining[p.layer] == 0:

@@ -15,7 +15,7 @@ import torch
 
 from provenance.codecs.types import plain_type
 from provenance.compare.pairing import TensorPair, apply_layout
-from provenance.compare.sketch import READS_RESIDUAL, WRITES_RESIDUAL, SketchBuilder
+from provenance.compare.sketch import SketchBuilder, TensorSketch
 from provenance.compare.stats import PairAccumulator, PairStats, effective_rank
 from provenance.compare.stream import RowReader, rows_per_chunk
 from provenance.compare.transform import Transform
@@ -101,43 +101,6 @@ class _GridCheck:
                 "predicted_noise_energy": self.noise_energy or None}
 
 
-class _FastSketch:
-    """Sketch parts of a matrix that reads (columns ``S``) or writes (rows ``S``) the
-    residual stream, gathered per chunk with ``index_select`` into one preallocated
-    float32 buffer per side (the per-chunk numpy fancy indexing and copies of
-    :class:`SketchBuilder` were ~10% of the streamed pass). Same parts, as one piece."""
-
-    @staticmethod
-    def wants(role: str, n_rows: int, row_len: int, residual: np.ndarray) -> bool:
-        if role in ("token_embd", "output"):
-            return False
-        if role in READS_RESIDUAL:
-            return len(residual) == 0 or int(residual[-1]) < row_len
-        return role in WRITES_RESIDUAL and (len(residual) == 0 or int(residual[-1]) < n_rows)
-
-    def __init__(self, role: str, n_rows: int, row_len: int, residual: np.ndarray) -> None:
-        self.reads = role in READS_RESIDUAL
-        self.res = torch.from_numpy(np.ascontiguousarray(residual, dtype=np.int64))
-        self.res_np = np.asarray(residual, dtype=np.int64)
-        shape = (n_rows, len(residual)) if self.reads else (len(residual), row_len)
-        self.bufs = (torch.empty(shape, dtype=torch.float32), torch.empty(shape, dtype=torch.float32))
-
-    def add(self, a: int, ref_rows: torch.Tensor, cand_rows: torch.Tensor) -> None:
-        b = a + ref_rows.shape[0]
-        if self.reads:
-            for buf, rows in zip(self.bufs, (ref_rows, cand_rows), strict=True):
-                torch.index_select(rows, 1, self.res, out=buf[a:b])
-            return
-        lo, hi = np.searchsorted(self.res_np, [a, b])
-        if hi > lo:
-            sel = self.res[lo:hi] - a
-            for buf, rows in zip(self.bufs, (ref_rows, cand_rows), strict=True):
-                torch.index_select(rows, 0, sel, out=buf[lo:hi])
-
-    def parts(self) -> tuple[list[tuple[int, np.ndarray]], list[tuple[int, np.ndarray]]]:
-        return [(0, self.bufs[0].numpy())], [(0, self.bufs[1].numpy())]
-
-
 def _lossy_side(cand: TensorInfo, ref: TensorInfo) -> str | None:
     bc, br = bits_per_weight(cand), bits_per_weight(ref)
     if bc < br:
@@ -147,7 +110,7 @@ def _lossy_side(cand: TensorInfo, ref: TensorInfo) -> str | None:
     return None
 
 
-def stream_pair(  # noqa: C901, PLR0915 - one streamed pass feeds every statistic
+def stream_pair(
     candidate: Checkpoint,
     reference: Checkpoint,
     pair: TensorPair,
@@ -172,13 +135,9 @@ def stream_pair(  # noqa: C901, PLR0915 - one streamed pass feeds every statisti
         full_cand = torch.from_numpy(apply_layout(candidate.read(pair.name), pair.layout, r_info.shape).reshape(n_rows, row_len))
     else:
         cand_reader = RowReader(candidate, c_info, step)
-    builders: tuple[SketchBuilder, SketchBuilder] | None = None
-    fast_sketch: _FastSketch | None = None
+    sketches: tuple[TensorSketch, TensorSketch] | None = None
     if sketch is not None and SketchBuilder.wants(pair.role):
-        if _FastSketch.wants(pair.role, n_rows, row_len, sketch[0]):
-            fast_sketch = _FastSketch(pair.role, n_rows, row_len, sketch[0])
-        else:
-            builders = (SketchBuilder(*sketch), SketchBuilder(*sketch))
+        sketches = (TensorSketch(pair.role, n_rows, row_len, *sketch), TensorSketch(pair.role, n_rows, row_len, *sketch))
     lossy = _lossy_side(c_info, r_info) if grid_check and transform.is_identity and pair.layout == "same" else None
     grid = _GridCheck(lossy, c_info if lossy == "candidate" else r_info) if lossy else None
     sample = np.unique(np.asarray(sample_rows if sample_rows is not None else [], dtype=np.int64))
@@ -200,11 +159,9 @@ def stream_pair(  # noqa: C901, PLR0915 - one streamed pass feeds every statisti
                 c_rows = cand_reader.rows(a, b)
             c_rows = transform.apply(c_rows, a)
             acc.add(c_rows, ref_rows)
-            if fast_sketch is not None:
-                fast_sketch.add(a, ref_rows, c_rows)
-            elif builders is not None:
-                builders[0].add_chunk(pair.role, pair.layer, a, ref_rows.numpy())
-                builders[1].add_chunk(pair.role, pair.layer, a, c_rows.numpy())
+            if sketches is not None:
+                sketches[0].add(a, ref_rows)
+                sketches[1].add(a, c_rows)
             if delta_sample is not None:
                 lo, hi = np.searchsorted(sample, [a, b])
                 if hi > lo:
@@ -230,10 +187,6 @@ def stream_pair(  # noqa: C901, PLR0915 - one streamed pass feeds every statisti
         bytes_read=r_info.n_bytes + c_info.n_bytes,
         seconds=time.perf_counter() - t0,
     )
-    if fast_sketch is not None:
-        out.sketch_reference, out.sketch_candidate = fast_sketch.parts()
-    elif builders is not None:
-        ref_b, cand_b = builders
-        out.sketch_reference = ref_b._parts.get((pair.role, pair.layer), [])
-        out.sketch_candidate = cand_b._parts.get((pair.role, pair.layer), [])
+    if sketches is not None:
+        out.sketch_reference, out.sketch_candidate = sketches[0].parts(), sketches[1].parts()
     return out

@@ -13,6 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
+
+from provenance.formats.base import Checkpoint
 
 #: roles whose columns index the residual stream / whose rows do
 READS_RESIDUAL = ("attn_q", "attn_k", "attn_v", "ffn_gate", "ffn_up", "token_embd", "output")
@@ -50,48 +53,99 @@ class Sketch:
             self.layers.setdefault(layer, {})[role] = value
 
 
+class TensorSketch:
+    """One tensor's slices of a sketch, taken from its row chunks as they stream past (no
+    extra reads).
+
+    Matrices that read the residual stream keep columns ``S`` of every row, those that
+    write it rows ``S``: both gathered with ``index_select`` into one preallocated float32
+    buffer (per-chunk numpy fancy indexing and copies were ~10% of the streamed pass).
+    Embeddings keep rows of the sampled tokens, norms the whole vector (cut to ``S`` in
+    :meth:`SketchBuilder.finish`), chunk by chunk.
+    """
+
+    def __init__(self, role: str, n_rows: int, row_len: int, residual: np.ndarray, tokens: np.ndarray) -> None:
+        if not SketchBuilder.wants(role):
+            raise ValueError(f"{role} has no part in a sketch")
+        self.role, self.residual, self.tokens = role, residual, tokens
+        self._pieces: list[tuple[int, np.ndarray]] = []
+        self._buffer: torch.Tensor | None = None
+        self._index = torch.empty(0, dtype=torch.int64)
+        if role in ("token_embd", "output") or role in NORMS:
+            return
+        if role in READS_RESIDUAL:
+            if len(residual) and int(residual[-1]) >= row_len:
+                raise ValueError(f"{role}: rows of {row_len} values have no residual coordinate {int(residual[-1])}")
+            self._index = torch.from_numpy(np.ascontiguousarray(residual, dtype=np.int64))
+            self._buffer = torch.empty((n_rows, len(residual)), dtype=torch.float32)
+        else:  # writes the residual stream: its rows S (those it has)
+            self._rows = np.asarray(residual, dtype=np.int64)[np.asarray(residual) < n_rows]
+            self._index = torch.from_numpy(self._rows)
+            self._buffer = torch.empty((len(self._rows), row_len), dtype=torch.float32)
+
+    def add(self, start: int, rows: torch.Tensor | np.ndarray) -> None:
+        """``rows``: canonical float32 rows ``[start, start + len)`` (reference frame) of the tensor."""
+        t = rows if isinstance(rows, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
+        stop = start + t.shape[0]
+        if self._buffer is None:
+            self._pieces.append((start, self._piece(start, t.numpy())))
+        elif self.role in READS_RESIDUAL:
+            torch.index_select(t, 1, self._index, out=self._buffer[start:stop])
+        else:
+            lo, hi = np.searchsorted(self._rows, [start, stop])
+            if hi > lo:
+                torch.index_select(t, 0, self._index[lo:hi] - start, out=self._buffer[lo:hi])
+
+    def _piece(self, start: int, rows: np.ndarray) -> np.ndarray:
+        if self.role in NORMS:
+            part = rows.reshape(-1)
+        else:
+            tok = self.tokens
+            part = rows[tok[(tok >= start) & (tok < start + len(rows))] - start][:, self.residual]
+        # float32: the recovered scales come from sketch norms and must undo a rescaling
+        # to ~1e-7 (float16 left 2e-5 and turned "same weights" into "fine-tune")
+        return np.array(part, dtype=np.float32)
+
+    def parts(self) -> list[tuple[int, np.ndarray]]:
+        """The slices as ``(first row, values)`` pieces, for :meth:`SketchBuilder.add`."""
+        if self._buffer is not None:
+            return [(0, self._buffer.numpy())]
+        return list(self._pieces)
+
+
+def sketch_tensor(ckpt: Checkpoint, name: str, residual: np.ndarray, tokens: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """One tensor's sketch slices read on their own, in bounded row chunks (outside a
+    streamed comparison, which takes them from the rows it already reads)."""
+    info = ckpt.info(name)
+    part = TensorSketch(info.role or "", info.n_rows, info.row_length, residual, tokens)
+    for start, rows in ckpt.iter_rows(name):
+        part.add(start, rows)
+    return part.parts()
+
+
 class SketchBuilder:
-    """Collects a sketch from row chunks as they stream past (no extra reads)."""
+    """Collects one model's sketch, tensor by tensor (:class:`TensorSketch` parts)."""
 
     def __init__(self, residual: np.ndarray, tokens: np.ndarray) -> None:
-        self.sketch = Sketch(residual, tokens)
+        self.residual, self.tokens = residual, tokens
         self._parts: dict[tuple[str, int | None], list[tuple[int, np.ndarray]]] = {}
 
     @staticmethod
     def wants(role: str) -> bool:
         return role in READS_RESIDUAL or role in WRITES_RESIDUAL or role in NORMS
 
-    def add_chunk(self, role: str, layer: int | None, start: int, rows: np.ndarray) -> None:
-        """``rows``: canonical rows ``[start, start + len)`` (reference frame) of a tensor."""
-        key = (role, layer)
-        res = self.sketch.residual
-        if role in ("token_embd", "output"):
-            tok = self.sketch.tokens
-            sel = tok[(tok >= start) & (tok < start + len(rows))] - start
-            part = rows[sel][:, res]
-        elif role in READS_RESIDUAL:
-            part = rows[:, res]
-        elif role in WRITES_RESIDUAL:
-            sel = res[(res >= start) & (res < start + len(rows))] - start
-            part = rows[sel]
-        elif role in NORMS:
-            part = rows.reshape(-1)
-        else:
-            return
-        # float32: the recovered scales come from sketch norms and must undo a rescaling
-        # to ~1e-7 (float16 left 2e-5 and turned "same weights" into "fine-tune")
-        self._parts.setdefault(key, []).append((start, np.array(part, dtype=np.float32)))
-
-    def add_vector(self, role: str, layer: int | None, values: np.ndarray) -> None:
-        self._parts[(role, layer)] = [(0, np.asarray(values, dtype=np.float32).reshape(-1))]
+    def add(self, role: str, layer: int | None, parts: list[tuple[int, np.ndarray]]) -> None:
+        """The parts of tensor (``role``, ``layer``), as :meth:`TensorSketch.parts` gives them."""
+        self._parts[(role, layer)] = list(parts)
 
     def finish(self) -> Sketch:
+        sketch = Sketch(self.residual, self.tokens)
         for (role, layer), parts in self._parts.items():
             parts.sort(key=lambda p: p[0])
             if role in NORMS:
-                value = np.concatenate([p[1] for p in parts])[self.sketch.residual]
+                value = np.concatenate([p[1] for p in parts])[self.residual]
             else:
                 value = np.concatenate([p[1] for p in parts], axis=0).astype(np.float32)
-            self.sketch.put(role, layer, value)
+            sketch.put(role, layer, value)
         self._parts.clear()
-        return self.sketch
+        return sketch

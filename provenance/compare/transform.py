@@ -48,15 +48,45 @@ class Transform:
         return out
 
     def apply_numpy(self, full: np.ndarray) -> np.ndarray:
-        """The whole (2-D) candidate tensor mapped into the reference frame."""
+        """The whole (2-D) candidate tensor mapped into the reference frame, in ``full``'s
+        float dtype (float64 where a residual must keep a 1e-3 watermark intact)."""
         out = full if self.row_index is None else full[self.row_index]
         if self.col_index is not None:
             out = out[:, self.col_index]
         if self.row_scale is not None:
-            out = out * self.row_scale[:, None].astype(np.float32)
+            out = out * self.row_scale[:, None].astype(full.dtype)
         if self.col_scale is not None:
-            out = out * self.col_scale[None, :].astype(np.float32)
-        return np.ascontiguousarray(out, dtype=np.float32)
+            out = out * self.col_scale[None, :].astype(full.dtype)
+        return np.ascontiguousarray(out)
+
+    def unapply_numpy(self, aligned: np.ndarray) -> np.ndarray:
+        """The inverse map: a reference-frame matrix expressed in the candidate's frame."""
+        out = aligned
+        if self.col_scale is not None:
+            out = out / self.col_scale[None, :]
+        if self.row_scale is not None:
+            out = out / self.row_scale[:, None]
+        if self.col_index is not None:
+            moved = np.empty_like(out)
+            moved[:, self.col_index] = out
+            out = moved
+        if self.row_index is not None:
+            moved = np.empty_like(out)
+            moved[self.row_index] = out
+            out = moved
+        return out
+
+    def apply_signs(self, signs: np.ndarray) -> np.ndarray:
+        """Per-weight signs (e.g. directions of quantization flips) of the candidate moved
+        into the reference frame: permuted, and reversed where a scale is negative."""
+        out = signs if self.row_index is None else signs[self.row_index]
+        if self.col_index is not None:
+            out = out[:, self.col_index]
+        if self.row_scale is not None:
+            out = out * np.sign(self.row_scale)[:, None]
+        if self.col_scale is not None:
+            out = out * np.sign(self.col_scale)[None, :]
+        return out
 
     def summary(self) -> dict[str, Any]:
         def perm_info(p: np.ndarray | None) -> Any:

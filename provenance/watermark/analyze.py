@@ -227,7 +227,7 @@ def analyze_checkpoint(
                 if info.ggml_type is None or not supported(info.ggml_type):
                     results.append(TensorEvidence(name, "unsupported", {"dtype": info.dtype}))
                     continue
-                w_c = w if align is None else align.unapply(w.astype(np.float64)).astype(np.float32)
+                w_c = w if align is None else align.unapply_numpy(w.astype(np.float64)).astype(np.float32)
                 signs = flip_signs(w_c, cand.raw_rows(name), info.ggml_type, precision if precision != "auto" else "f32")
                 if align is not None:
                     signs = align.apply_signs(signs)
@@ -235,10 +235,10 @@ def analyze_checkpoint(
             else:
                 x = cand.read_rows(name)
                 if align is not None:
-                    x = align.apply(x.astype(np.float64))
+                    x = align.apply_numpy(x.astype(np.float64))
                 verdict, evidence = classify_difference(x, w)
             if align is not None:  # the free symmetry is the finding; the residual's class rides along
-                evidence["realigned"] = align.describe()
+                evidence["realigned"] = align.summary()
                 evidence["residual_verdict"] = verdict
                 verdict = "rescale-permutation"
             results.append(TensorEvidence(name, verdict, evidence))

@@ -22,13 +22,14 @@ from typing import Any
 
 import numpy as np
 
+from provenance.compare.transform import Transform
 from provenance.formats import open_checkpoint
 from provenance.formats.base import Checkpoint, TensorInfo
 from provenance.formats.pairing import Unpaired, pair_tensors
 from provenance.watermark.decoys import DecoyBank
 from provenance.watermark.gridsign import flip_signs
 from provenance.watermark.keys import KeySource
-from provenance.watermark.realign import Realignment, TensorAlignment, realign
+from provenance.watermark.realign import Realignment, realign
 from provenance.watermark.select import Selector, default_selector
 from provenance.watermark.stats import Accumulator, null_summary
 
@@ -117,14 +118,14 @@ class _Scorer:
                 stats.insert(1, "grid")
         return stats
 
-    def score_tensor(self, name: str, alignment: TensorAlignment | None, bank: DecoyBank) -> None:
+    def score_tensor(self, name: str, alignment: Transform | None, bank: DecoyBank) -> None:
         info = self.cand.info(name)
         shape = (info.n_rows, info.row_length)
         stats = self.statistics_for(info)
         cand_full = ref_full = None
         if alignment is not None:  # a permuted tensor needs all its rows at once
             assert self.ref is not None
-            cand_full = alignment.apply(self.cand.read_rows(name).astype(np.float64))
+            cand_full = alignment.apply_numpy(self.cand.read_rows(name).astype(np.float64))
             ref_full = self.ref.read_rows(name)
         rows_per_chunk = shape[0] if alignment is not None else max(1, CHUNK_ELEMS // max(1, shape[1]))
         for chunk, start in enumerate(range(0, shape[0], rows_per_chunk)):
@@ -151,7 +152,7 @@ class _Scorer:
                 if "grid" in stats:
                     assert info.ggml_type is not None
                     if alignment is not None:
-                        w_c = alignment.unapply(w.astype(np.float64)).astype(np.float32)
+                        w_c = alignment.unapply_numpy(w.astype(np.float64)).astype(np.float32)
                         stored = self.cand.raw_rows(name, start, stop)
                         signs = alignment.apply_signs(flip_signs(w_c, stored, info.ggml_type, self.precision or "f32"))
                     else:
