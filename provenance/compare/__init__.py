@@ -1,12 +1,13 @@
 """Lineage: is a candidate checkpoint derived from a reference, and how?
 
-* :mod:`.pairing`     pair tensors by canonical name/shape, detect transposed layouts
+* :mod:`.pairing`     lineage's pairing (:mod:`provenance.formats.pairing`), transposed layouts
 * :mod:`.stream`      canonical rows into reused buffers (fast f16/bf16/quantized paths)
 * :mod:`.stats`       streamed float64 statistics, stable 1 - cos, effective rank
 * :mod:`.sketch`      residual-indexed slices that alignment and the test need
 * :mod:`.invariants`  circuit matrices immune to permutations and rescalings
 * :mod:`.symtest`     the calibrated residual-permutation test (exact + asymptotic p)
-* :mod:`.align`       recovered MLP/head permutations and scales (reported as evidence)
+* :mod:`.align`       recovered MLP/head permutations and scales (reported as evidence;
+                      the MLP unit matching also serves watermark realignment)
 * :mod:`.verdict`     identical / requantized / fine-tune / LoRA / CPT / unrelated / inconclusive
 * :mod:`.claims`      metadata claims beside the weight evidence
 * :mod:`.api`         ``compare(candidate, reference, options) -> CompareResult``

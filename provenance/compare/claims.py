@@ -1,8 +1,11 @@
 """Declared identity (metadata claims) set beside the weight evidence.
 
-Claims are what the files say: GGUF ``general.base_model.*`` / ``general.name``, HF
-config ``_name_or_path`` / ``base_model``. They can be wrong or forged, so they never
-feed the verdict; they are reported next to it and every disagreement is flagged.
+Claims are what the files say (the readers' ``metadata_claims``: GGUF ``general.*`` keys as
+stored, HF ``config.*``, safetensors ``__metadata__`` as ``safetensors.*``). They can be
+wrong or forged, so they never feed the verdict; they are reported next to it and every
+disagreement is flagged. :data:`DERIVATION_CLAIMS` is the one list of keys that declare
+what a checkpoint derives from; lineage's claim check and the CI policy's
+``require_base_model`` both read it.
 """
 from __future__ import annotations
 
@@ -10,10 +13,35 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from gguf import Keys
+
 from provenance.textsafe import safe_text
 
-_BASE_KEYS = re.compile(
-    r"^(general\.base_model\.\d+\.(name|repo_url|organization)|config\.base_model|general\.source\.huggingface\.repository)$"
+_GGUF = Keys.General
+#: Keys that declare what the weights derive from, each with what it means. ``{id}``
+#: numbers a parent (0, 1, ...: a merge lists several). GGUF keys and meanings are
+#: gguf-py's (``gguf.Keys.General``); a parent's author, version and description are
+#: not listed because they do not identify it.
+DERIVATION_CLAIMS: tuple[tuple[str, str], ...] = (
+    (_GGUF.BASE_MODEL_NAME, "GGUF: name of a parent model (the weights were fine-tuned or merged from it)"),
+    (_GGUF.BASE_MODEL_ORGANIZATION, "GGUF: organization of a parent model"),
+    (_GGUF.BASE_MODEL_REPO_URL, "GGUF: repository URL of a parent model"),
+    (_GGUF.BASE_MODEL_URL, "GGUF: website or paper URL of a parent model"),
+    (_GGUF.BASE_MODEL_DOI, "GGUF: DOI of a parent model"),
+    (_GGUF.BASE_MODEL_UUID, "GGUF: UUID of a parent model"),
+    (_GGUF.SOURCE_URL, "GGUF: website or paper URL of the model this file was converted from (same weights)"),
+    (_GGUF.SOURCE_REPO_URL, "GGUF: repository of the model this file was converted from"),
+    (_GGUF.SOURCE_DOI, "GGUF: DOI of the model this file was converted from"),
+    (_GGUF.SOURCE_UUID, "GGUF: UUID of the model this file was converted from"),
+    ("general.source.huggingface.repository", "GGUF, early converters: the Hugging Face repository converted from"),
+    ("config.base_model", "HF config.json: base_model, the Hub's name for the parent model, where a config carries it"),
+    ("safetensors.base_model", "safetensors __metadata__: a base_model entry, as the writer states it"),
+)
+# Not a derivation claim: config ``_name_or_path`` is whatever path ``from_pretrained`` was
+# given when the config was loaded (often a local folder; transformers 5 no longer saves
+# it). It can name the model itself, so it is one of the names a reference goes by.
+_DERIVATION_KEYS = re.compile(
+    "^(" + "|".join(re.escape(key).replace(re.escape("{id}"), r"\d+") for key, _ in DERIVATION_CLAIMS) + ")$"
 )
 _SELF_KEYS = (
     "general.name",
@@ -38,9 +66,10 @@ def _strings(value: Any) -> list[str]:
 
 
 def claimed_bases(claims: Mapping[str, Any]) -> list[str]:
+    """The values of every :data:`DERIVATION_CLAIMS` key present, in the claims' order."""
     out: list[str] = []
     for key, value in claims.items():
-        if _BASE_KEYS.match(key):
+        if _DERIVATION_KEYS.match(key):
             out += _strings(value)
     return out
 
@@ -53,7 +82,9 @@ def self_names(claims: Mapping[str, Any]) -> list[str]:
     return out
 
 
-def _matches(names_a: list[str], names_b: list[str]) -> bool:
+def names_match(names_a: list[str], names_b: list[str]) -> bool:
+    """Whether any name of one list is, once normalised, any name of the other (or contains it,
+    for names of six characters or more)."""
     na = {_norm(n) for n in names_a if _norm(n)}
     nb = {_norm(n) for n in names_b if _norm(n)}
     return any(a == b or (len(a) >= 6 and len(b) >= 6 and (a in b or b in a)) for a in na for b in nb)
@@ -64,7 +95,7 @@ def compare_claims(candidate: Mapping[str, Any], reference: Mapping[str, Any], r
     bases = claimed_bases(candidate)
     ref_names = self_names(reference)
     flags: list[str] = []
-    claim_names_reference = bool(bases) and bool(ref_names) and _matches(bases, ref_names)
+    claim_names_reference = bool(bases) and bool(ref_names) and names_match(bases, ref_names)
     if not bases:
         status = "no base-model claim in the candidate"
     elif not ref_names:
@@ -85,7 +116,7 @@ def compare_claims(candidate: Mapping[str, Any], reference: Mapping[str, Any], r
         notes.append(
             "weights show the candidate derives from the reference; its metadata does not declare a base model"
         )
-    same_name = bool(self_names(candidate)) and bool(ref_names) and _matches(self_names(candidate), ref_names)
+    same_name = bool(self_names(candidate)) and bool(ref_names) and names_match(self_names(candidate), ref_names)
     if related is False and same_name:
         flags.append("both files carry the same name, but the weights show no relation")
     return {

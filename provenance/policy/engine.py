@@ -17,9 +17,6 @@ from provenance.formats import Checkpoint, open_checkpoint
 from provenance.hashing import checkpoint_sha256s
 from provenance.policy.load import Policy
 
-BASE_MODEL_CLAIMS = ("general.base_model.0.name", "general.base_model.0.repo_url", "general.base_model.0.organization",
-                     "config.base_model", "config._name_or_path", "safetensors.base_model")
-
 
 @dataclass
 class CheckResult:
@@ -57,10 +54,18 @@ def rule_metadata(checkpoint: Checkpoint, policy: Policy) -> list[Finding]:
         value = claims.get(key, checkpoint.metadata.get(key))
         if value in (None, "", []):
             findings.append(_violation("metadata.required", "Required metadata missing", f"metadata key {key} is missing", key=key))
-    if policy.require_base_model and not any(claims.get(k) for k in BASE_MODEL_CLAIMS):
+    if policy.require_base_model and not _declares_derivation(claims):
         findings.append(_violation("metadata.base_model", "No declared base model",
-                                   "the checkpoint declares no base model (general.base_model.* or config base_model)"))
+                                   "the checkpoint declares no base model or source (general.base_model.*, "
+                                   "general.source.*, config base_model)"))
     return findings
+
+
+def _declares_derivation(claims: dict[str, Any]) -> bool:
+    # imported here: the compare package loads torch, which a policy without this rule never needs
+    from provenance.compare.claims import claimed_bases
+
+    return bool(claimed_bases(claims))
 
 
 @lru_cache(maxsize=16)

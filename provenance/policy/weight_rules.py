@@ -33,11 +33,11 @@ def rule_lineage(checkpoint: Checkpoint, policy: Policy) -> list[Finding]:
     if not section:
         return []
     from provenance.compare import compare
-    from provenance.compare.claims import _matches, claimed_bases
+    from provenance.compare.claims import claimed_bases, names_match
 
     declared = claimed_bases(checkpoint.metadata_claims)
     references: dict[str, str] = section.get("references", {})
-    listed = [name for name in references if declared and _matches(declared, [name])]
+    listed = [name for name in references if declared and names_match(declared, [name])]
     findings = []
     if declared and not listed and section.get("require_known_base", False):
         findings.append(_violation("lineage.unknown_base", "Declared base model not allowed",

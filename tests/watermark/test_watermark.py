@@ -224,6 +224,23 @@ def test_permutation_and_rescale_need_realignment(marked: dict[float, Path], tmp
     _assert_null(aligned)
 
 
+@pytest.mark.parametrize("log_scale", [0.5, 0.02])
+def test_realignment_undoes_large_and_small_rescales(marked: dict[float, Path], tmp_path: Path, log_scale: float) -> None:
+    """A rescale far below lineage's spread threshold would still drown a 1e-3 mark: the
+    watermark takes every unit scale that stands out of its fit's noise."""
+    from provenance.watermark import score_checkpoint
+
+    tensors = read_tensors(marked[1e-3])
+    path = tmp_path / "moved.gguf"
+    moved = permute_rescale(tensors, layers=[0, 1], seed=5, log_scale=log_scale)
+    write_gguf_variant(marked[1e-3], path, {n: moved[n] for n in _block_names(tensors)})
+    key = [DerivedKey(SECRET, "acme")]
+    copy = score_checkpoint(marked[1e-3], key, SOURCE, ScoreOptions(decoys=0)).keys[0].z("reference")
+    result = score_checkpoint(path, key, SOURCE, ScoreOptions(decoys=0))
+    assert sorted(result.realignment) == ["0", "1"]
+    assert copy is not None and result.keys[0].z("reference") > 0.97 * copy
+
+
 def test_key_file_with_hf_names(marked: dict[float, Path], tmp_path: Path) -> None:
     """An explicit key given by HF names (q/k in HF row order) detects the GGUF copy."""
     from provenance.names.qk_permute import gguf_to_hf_rows
