@@ -47,17 +47,25 @@ class Transform:
             out = out * torch.from_numpy(self.col_scale.astype(np.float32))[None, :]
         return out
 
+    def _gathered(self, x: np.ndarray, row_factor: np.ndarray | None, col_factor: np.ndarray | None) -> np.ndarray:
+        """``x`` (a whole 2-D candidate-frame array) permuted into the reference frame, times
+        per-row and per-column factors."""
+        out = x if self.row_index is None else x[self.row_index]
+        if self.col_index is not None:
+            out = out[:, self.col_index]
+        if row_factor is not None:
+            out = out * row_factor[:, None]
+        if col_factor is not None:
+            out = out * col_factor[None, :]
+        return out
+
     def apply_numpy(self, full: np.ndarray) -> np.ndarray:
         """The whole (2-D) candidate tensor mapped into the reference frame, in ``full``'s
         float dtype (float64 where a residual must keep a 1e-3 watermark intact)."""
-        out = full if self.row_index is None else full[self.row_index]
-        if self.col_index is not None:
-            out = out[:, self.col_index]
-        if self.row_scale is not None:
-            out = out * self.row_scale[:, None].astype(full.dtype)
-        if self.col_scale is not None:
-            out = out * self.col_scale[None, :].astype(full.dtype)
-        return np.ascontiguousarray(out)
+        def cast(scale: np.ndarray | None) -> np.ndarray | None:
+            return None if scale is None else scale.astype(full.dtype)
+
+        return np.ascontiguousarray(self._gathered(full, cast(self.row_scale), cast(self.col_scale)))
 
     def unapply_numpy(self, aligned: np.ndarray) -> np.ndarray:
         """The inverse map: a reference-frame matrix expressed in the candidate's frame."""
@@ -79,14 +87,10 @@ class Transform:
     def apply_signs(self, signs: np.ndarray) -> np.ndarray:
         """Per-weight signs (e.g. directions of quantization flips) of the candidate moved
         into the reference frame: permuted, and reversed where a scale is negative."""
-        out = signs if self.row_index is None else signs[self.row_index]
-        if self.col_index is not None:
-            out = out[:, self.col_index]
-        if self.row_scale is not None:
-            out = out * np.sign(self.row_scale)[:, None]
-        if self.col_scale is not None:
-            out = out * np.sign(self.col_scale)[None, :]
-        return out
+        def sign(scale: np.ndarray | None) -> np.ndarray | None:
+            return None if scale is None else np.sign(scale)
+
+        return self._gathered(signs, sign(self.row_scale), sign(self.col_scale))
 
     def summary(self) -> dict[str, Any]:
         def perm_info(p: np.ndarray | None) -> Any:
