@@ -71,6 +71,7 @@ class TensorSketch:
         self._pieces: list[tuple[int, np.ndarray]] = []
         self._buffer: torch.Tensor | None = None
         self._index = torch.empty(0, dtype=torch.int64)
+        self._rows = np.zeros(0, dtype=np.int64)  # a writer's residual rows, in buffer order
         if role in ("token_embd", "output") or role in NORMS:
             return
         if role in READS_RESIDUAL:
