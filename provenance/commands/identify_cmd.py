@@ -52,8 +52,13 @@ def command(candidate: str, refdb_dir: str | None, as_json: bool, output: str | 
     reported as z and p), tokenizer (identical / extends / prefix / reordered / overlap),
     architecture. The fingerprint reads only the sampled blocks of the candidate.
 
-    Exit status: 0 identified (some entry matched by hash, weights or tokenizer),
-    1 no match (architecture alone does not count), 2 error.
+    CANDIDATE may also be a tokenizer alone: a tokenizer.json, a SentencePiece
+    tokenizer.model, a folder of tokenizer files, or a vocabulary-only GGUF.
+
+    Exit status: 0 identified by evidence that no unrelated pair reaches (a hash, the
+    weight fingerprint, or a calibrated tokenizer rule: identical list, same ids, same
+    token set, identical merges); 1 no match (a large vocabulary holding a smaller one's
+    tokens at other ids, or an architecture match, does not count); 2 error.
     """
     try:
         from provenance.refdb import identify
@@ -69,9 +74,8 @@ def command(candidate: str, refdb_dir: str | None, as_json: bool, output: str | 
         click.echo(to_json(document), nl=False)
     else:
         render(result, top)
-    best = result.best
     share = result.fingerprint_bytes_read / result.bytes_total if result.bytes_total else 0.0
-    summary = (f"identified: {best.entry_id} ({best.family}): {best.verdict}" if best else "no match") + \
+    summary = result.summary + \
         f"; fingerprint read {result.fingerprint_bytes_read:,} bytes ({100 * share:.2f}%) in {result.seconds:.2f}s"
-    stderr_console.print(Text(safe_text(summary)))
+    stderr_console.print(Text(safe_text(summary, 2000)))
     raise SystemExit(EXIT_OK if result.identified else EXIT_FINDINGS)

@@ -12,14 +12,18 @@ from provenance.formats.gguf_reader import GGUFCheckpoint
 from provenance.formats.jsonsafe import read_json_file
 from provenance.formats.llama2c_reader import Llama2cCheckpoint
 from provenance.formats.safetensors_reader import SafetensorsCheckpoint, open_directory, open_index
+from provenance.formats.tokenizer_files import TokenizerCheckpoint, open_tokenizer
 
-__all__ = ["Checkpoint", "GGUFCheckpoint", "Llama2cCheckpoint", "SafetensorsCheckpoint", "TensorInfo", "detect_format", "open_checkpoint"]
+__all__ = ["Checkpoint", "GGUFCheckpoint", "Llama2cCheckpoint", "SafetensorsCheckpoint", "TensorInfo", "TokenizerCheckpoint",
+           "detect_format", "open_checkpoint"]
 
 
 def open_checkpoint(path: str | Path) -> Checkpoint:
     """Open any supported checkpoint: GGUF (single or split), safetensors (single file,
     ``model.safetensors.index.json``, or an HF directory with ``config.json``) or
-    llama2.c. The format is decided by content; pickles are refused.
+    llama2.c; or a tokenizer without weights (``tokenizer.json``, a SentencePiece
+    ``tokenizer.model``, a folder of tokenizer files), opened with no tensors. The format
+    is decided by content; pickles are refused.
 
     Every problem with the file raises a :class:`provenance.errors.CheckpointError`.
     """
@@ -34,6 +38,8 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
             return open_index(path)
         if kind == "llama2c":
             return Llama2cCheckpoint(path)
+        if kind in ("tokenizer-json", "sentencepiece", "tokenizer-directory"):
+            return open_tokenizer(path, kind)
         # A lone safetensors file takes its architecture from a config.json beside it.
         config_path = os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")
         config = read_json_file(config_path, "config") if os.path.isfile(config_path) else None

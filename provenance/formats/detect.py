@@ -6,17 +6,26 @@ import zipfile
 
 from provenance.errors import MalformedCheckpoint, PickleCheckpointRefused, UnsupportedCheckpoint
 from provenance.formats.llama2c_reader import looks_like_llama2c
+from provenance.formats.sentencepiece_model import looks_like_sentencepiece
+from provenance.formats.tokenizer_files import find_tokenizer_files, holds_weights
 
+TOKENIZER_PEEK_BYTES = 4096
+_INDEX_KEYS = (b'"weight_map"', b'"total_size"')
+_TOKENIZER_KEYS = (b'"added_tokens"', b'"pre_tokenizer"', b'"truncation"', b'"normalizer"', b'"model"')
 PICKLE_ADVICE = "pickle checkpoints are never loaded (they can run arbitrary code); convert to safetensors first"
 
 
 def detect_format(path: str) -> str:
-    """One of ``directory``, ``gguf``, ``safetensors``, ``safetensors-index``, ``llama2c``.
+    """One of ``directory``, ``gguf``, ``safetensors``, ``safetensors-index``, ``llama2c``, or a
+    tokenizer-only input: ``tokenizer-json``, ``sentencepiece``, ``tokenizer-directory`` (a
+    folder with tokenizer files and no weights).
 
     Pickles raise :class:`PickleCheckpointRefused`; anything else unrecognised raises
     :class:`UnsupportedCheckpoint`.
     """
     if os.path.isdir(path):
+        if not holds_weights(path) and find_tokenizer_files(path).has_vocabulary:
+            return "tokenizer-directory"
         return "directory"
     if not os.path.isfile(path):
         raise UnsupportedCheckpoint(path, "no such file or not a regular file")
@@ -34,11 +43,13 @@ def detect_format(path: str) -> str:
     if len(prefix) >= 9 and prefix[8:9] == b"{":
         return "safetensors"
     if prefix.lstrip()[:1] == b"{":
-        return "safetensors-index"
+        return _json_kind(path)
     if _is_pickle(path, prefix):
         raise PickleCheckpointRefused(path, PICKLE_ADVICE, field="magic", offset=0)
     if looks_like_llama2c(prefix, size):
         return "llama2c"
+    if looks_like_sentencepiece(prefix):
+        return "sentencepiece"
     raise UnsupportedCheckpoint(path, f"unrecognised format (first bytes {prefix[:8].hex()})", field="magic", offset=0)
 
 
@@ -55,3 +66,16 @@ def _is_pickle(path: str, prefix: bytes) -> bool:
         except (zipfile.BadZipFile, OSError, ValueError):
             return False
     return False
+
+
+def _json_kind(path: str) -> str:
+    """``tokenizer-json`` or ``safetensors-index``, from the keys in the file's first 4 KiB
+    (HF writes a tokenizer.json's ``version``/``truncation``/``added_tokens`` first and an
+    index's ``metadata``/``weight_map``); the chosen reader validates the whole file."""
+    with open(path, "rb") as handle:
+        head = handle.read(TOKENIZER_PEEK_BYTES)
+    if any(key in head for key in _INDEX_KEYS):
+        return "safetensors-index"
+    if any(key in head for key in _TOKENIZER_KEYS):
+        return "tokenizer-json"
+    return "safetensors-index"

@@ -32,6 +32,7 @@ DEFAULT_ALIGNMENT = 32
 # Hard caps, far above anything real, far below anything that could exhaust memory.
 MAX_KEY_BYTES = 64 * 1024
 MAX_STRING_BYTES = 64 * 1024 * 1024
+_U64 = struct.Struct("<Q")
 MAX_KV_COUNT = 1 << 20
 MAX_TENSOR_COUNT = 1 << 20
 MAX_ARRAY_LENGTH = 1 << 28
@@ -111,11 +112,19 @@ class GGUFArray:
         """String arrays: each element's raw bytes, in order."""
         if self.element_type != ValueType.STRING:
             raise TypeError("iter_bytes() is for string arrays")
-        pos, view = self.offset, self.buffer
+        yield from self.bytes_list()
+
+    def bytes_list(self) -> list[bytes]:
+        """String arrays: every element's raw bytes, in order (one tight loop: 780k strings in ~0.2 s)."""
+        if self.element_type != ValueType.STRING:
+            raise TypeError("bytes_list() is for string arrays")
+        out: list[bytes] = []
+        append, unpack, view, pos = out.append, _U64.unpack_from, self.buffer, self.offset
         for _ in range(self.count):
-            (length,) = struct.unpack_from("<Q", view, pos)
-            yield bytes(view[pos + 8 : pos + 8 + length])
+            (length,) = unpack(view, pos)
+            append(bytes(view[pos + 8 : pos + 8 + length]))
             pos += 8 + length
+        return out
 
     def to_numpy(self) -> np.ndarray:
         """Numeric arrays as a read-only numpy array (a copy; bounded by the file)."""
@@ -216,6 +225,28 @@ def _read_value(cur: BoundedCursor, vtype: ValueType, field: str) -> Any:
     return value
 
 
+def _skip_strings(cur: BoundedCursor, field: str, count: int) -> int:
+    """Validate ``count`` length-prefixed strings from ``cur.pos``; return the end position.
+
+    The same checks as ``cur.u64`` + ``cur.skip`` per item, written as one tight loop: a
+    262k-token vocabulary with 515k merges is ~780k strings, and the per-item calls (and
+    their field names, now built only on failure) cost a second.
+    """
+    pos, end, buffer, unpack = cur.pos, cur.end, cur.buffer, _U64.unpack_from
+    for i in range(count):
+        if end - pos < 8:
+            raise MalformedCheckpoint(cur.path, f"truncated: needs 8 bytes, {end - pos} remain",
+                                      field=f"{field}[{i}] length", offset=pos)
+        (length,) = unpack(buffer, pos)
+        if length > MAX_STRING_BYTES:
+            raise LimitExceeded(cur.path, f"string length {length} exceeds the cap", field=f"{field}[{i}]", offset=pos)
+        if length > end - pos - 8:
+            raise MalformedCheckpoint(cur.path, f"truncated: needs {length} bytes, {end - pos - 8} remain",
+                                      field=f"{field}[{i}]", offset=pos + 8)
+        pos += 8 + length
+    return pos
+
+
 def _read_array(cur: BoundedCursor, field: str) -> GGUFArray:
     etype = _value_type(cur, field + " element")
     if etype == ValueType.ARRAY:
@@ -223,12 +254,7 @@ def _read_array(cur: BoundedCursor, field: str) -> GGUFArray:
     if etype == ValueType.STRING:
         count = cur.count(field + " count", min_item_bytes=8, cap=MAX_ARRAY_LENGTH)
         start = cur.pos
-        for i in range(count):
-            item_at = cur.pos
-            length = cur.u64(f"{field}[{i}] length")
-            if length > MAX_STRING_BYTES:
-                raise LimitExceeded(cur.path, f"string length {length} exceeds the cap", field=f"{field}[{i}]", offset=item_at)
-            cur.skip(length, f"{field}[{i}]")
+        cur.pos = _skip_strings(cur, field, count)
         return GGUFArray(cur.buffer, etype, count, start, cur.pos - start)
     size = struct.calcsize("<" + _SCALAR_FORMAT[etype])
     count = cur.count(field + " count", min_item_bytes=size, cap=MAX_ARRAY_LENGTH)

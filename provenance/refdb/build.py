@@ -15,9 +15,9 @@ import numpy as np
 
 from provenance.formats import open_checkpoint
 from provenance.formats.base import Checkpoint
+from provenance.formats.vocabulary import checkpoint_vocabulary
 from provenance.hashing import checkpoint_sha256s
 from provenance.refdb.schema import ARCH_FIELDS, RefEntry
-from provenance.refdb.tokens import vocabulary_from_checkpoint
 from provenance.refdb.tokfp import fingerprint_vocabulary
 from provenance.refdb.weightfp import build_fingerprint, informative
 from provenance.version import __version__
@@ -72,7 +72,7 @@ def build_entry(
                        "constant": name in constants, "informative": informative(info) and name not in constants}
                 for name, info in sorted(ckpt.tensors.items())
             } or None
-        vocab = vocabulary_from_checkpoint(ckpt)
+        vocab = checkpoint_vocabulary(ckpt)
         has_weights = weights and any(informative(info) for info in ckpt.tensors.values())
         return RefEntry(
             id=entry_id,

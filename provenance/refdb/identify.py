@@ -17,10 +17,11 @@ from typing import Any
 
 from provenance.formats import open_checkpoint
 from provenance.formats.base import Checkpoint
+from provenance.formats.vocabulary import checkpoint_vocabulary
 from provenance.hashing import checkpoint_sha256s
+from provenance.refdb.calibration import TokenizerCalibration, load_calibration
 from provenance.refdb.schema import RefEntry
 from provenance.refdb.store import RefDB
-from provenance.refdb.tokens import vocabulary_from_checkpoint
 from provenance.refdb.tokfp import CandidateVocabulary, compare_vocabulary
 from provenance.refdb.weightfp import CandidateReader, WeightMatch, score
 
@@ -66,6 +67,40 @@ class CandidateMatch:
 
 
 @dataclass
+class Decision:
+    """Which evidence named the family, the rule it met, and what that rule is held to."""
+
+    entry_id: str
+    family: str
+    signal: str
+    """``file-hash``, ``tensor-hashes``, ``weight-fingerprint`` or ``tokenizer``."""
+    rule: str
+    unrelated_max: str
+    """What unrelated pairs reach on the same statistic, in words (the rule sits above it)."""
+    rules_out: str
+    other_families_matched: list[str] = field(default_factory=list)
+    """Other families that met a rule too (declared relatives, e.g. a vocabulary it extends)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class NearestFamily:
+    """A family whose tokenizer the candidate overlaps without meeting any lineage rule."""
+
+    family: str
+    entry_id: str
+    shared: float
+    """Share of the family's tokens the candidate holds."""
+    unrelated_max: float | None
+    """The most any unrelated family of the candidate's relative size holds (calibration)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
 class IdentifyResult:
     path: str
     format: str
@@ -81,6 +116,8 @@ class IdentifyResult:
     fingerprint_reads: int
     seconds: float
     weights_summary: str
+    decision: Decision | None = None
+    nearest: list[NearestFamily] = field(default_factory=list)
     schema: str = SCHEMA
 
     @property
@@ -90,6 +127,22 @@ class IdentifyResult:
     @property
     def best(self) -> CandidateMatch | None:
         return next((c for c in self.candidates if c.matched), None)
+
+    @property
+    def summary(self) -> str:
+        """One line: what was identified, by which evidence and rule, and what it rules out;
+        or, with no match, the nearest families beside what unrelated families reach."""
+        d = self.decision
+        if d is not None:
+            return (f"identified: {d.entry_id} ({d.family}) by {d.signal} ({d.rule}; {d.unrelated_max}); "
+                    f"{d.rules_out}")
+        if not self.nearest:
+            return "no match"
+        near = "; ".join(
+            f"{n.family} ({n.entry_id}): shares {100 * n.shared:.1f}% of tokens"
+            + (f" (unrelated families of this size share up to {100 * n.unrelated_max:.1f}%)" if n.unrelated_max is not None
+               else "") for n in self.nearest)
+        return f"no match: no entry meets a rule that unrelated pairs never reach; nearest: {near}"
 
     def weight_matches(self) -> list[CandidateMatch]:
         return [c for c in self.candidates if (e := c.evidence_for("weight-fingerprint")) and e.status == "match"]
@@ -105,6 +158,9 @@ class IdentifyResult:
                                  "reads": self.fingerprint_reads,
                                  "share_of_bytes": round(self.fingerprint_bytes_read / self.bytes_total, 6) if self.bytes_total else None},
             "seconds": round(self.seconds, 3),
+            "decision": self.decision.to_dict() if self.decision else None,
+            "nearest": [n.to_dict() for n in self.nearest],
+            "summary": self.summary,
             "candidates": [c.to_dict() for c in self.candidates],
         }
 
@@ -143,29 +199,33 @@ def _tensor_evidence(entry: RefEntry, tensor_hashes: dict[str, str] | None) -> E
     return Evidence("tensor-hashes", "no-match", f"none of {len(useful)} informative tensors byte-identical", data)
 
 
-def _tokenizer_evidence(entry: RefEntry, candidate: CandidateVocabulary | None) -> tuple[Evidence, float]:
+def _tokenizer_evidence(entry: RefEntry, candidate: CandidateVocabulary | None,
+                        calibration: TokenizerCalibration | None) -> tuple[Evidence, float]:
     if entry.tokenizer is None:
         return Evidence("tokenizer", "unavailable", "the entry records no tokenizer"), 0.0
     if candidate is None:
         return Evidence("tokenizer", "unavailable", "the candidate holds no tokenizer"), 0.0
     rel = compare_vocabulary(candidate, entry.tokenizer)
+    ref_size = entry.tokenizer.vocab_size
+    null = calibration.containment_max(candidate.fingerprint.vocab_size, ref_size) if calibration else None
+    shares = (f"shares {100 * rel.ref_in_candidate:.1f}% of the reference's tokens"
+              + (f" (unrelated families of this size share up to {100 * null:.1f}%)" if null is not None else ""))
     detail = {
         "identical": "identical token list",
-        "extends": f"the reference's {entry.tokenizer.vocab_size} tokens, same ids, plus {rel.extra_tokens} more",
+        "extends": f"the reference's {ref_size} tokens, same ids, plus {rel.extra_tokens} more",
         "prefix-of": f"the reference's first {candidate.fingerprint.vocab_size} tokens, same ids",
-        "near-identical": "same tokens and ids within the sketch's precision, lists differ",
-        "reordered": f"same tokens (~{100 * (rel.jaccard or 0):.1f}% shared) with different ids",
-        "superset": f"holds ~{100 * rel.ref_in_candidate:.1f}% of the reference's tokens and more",
-        "subset": f"~{100 * (rel.candidate_in_ref or 0):.1f}% of its tokens are the reference's",
-        "partial-overlap": f"partial overlap (Jaccard ~{rel.jaccard or 0:.2f})",
-        "unrelated": "unrelated vocabulary",
-    }[rel.relation]
-    extras = [f"scores {'equal' if rel.scores_equal else 'differ'}" for _ in [0] if rel.scores_equal is not None]
-    extras += [f"merges {'equal' if rel.merges_equal else 'differ'}" for _ in [0] if rel.merges_equal is not None]
+        "same-ids": f"~{100 * (rel.aligned_share or 0):.1f}% of the reference's tokens at the same ids "
+                    f"({rel.extra_tokens:+d} tokens)",
+        "reordered": f"the same tokens (Jaccard ~{rel.jaccard or 0:.3f}) at other ids",
+    }.get(rel.relation, shares + (", at other ids" if rel.ref_in_candidate else ""))
+    if rel.rule in ("merges", "scores"):
+        detail += f"; {rel.rule} identical"
+    extras = [f"{name} {'equal' if value else 'differ'}" for name, value in
+              (("scores", rel.scores_equal), ("merges", rel.merges_equal)) if value is not None]
     if extras:
         detail += " (" + ", ".join(extras) + ")"
-    status = {"identical": "match", "unrelated": "no-match"}.get(rel.relation, "partial")
-    return Evidence("tokenizer", status, detail, {"relation": rel.relation, **rel.to_dict()}), rel.strength
+    data = {"relation": rel.relation, "rule": rel.rule, "unrelated_containment_max": null, **rel.to_dict()}
+    return Evidence("tokenizer", "match" if rel.lineage else "no-match", detail, data), rel.strength
 
 
 def _architecture_evidence(entry: RefEntry, arch: dict[str, Any]) -> tuple[Evidence, float]:
@@ -225,12 +285,13 @@ def _verdict(ev: dict[str, Evidence], tok_strength: float, arch_strength: float)
     s += 60 * tok_strength + 30 * arch_strength
     s += sum(2.0 for key in ("scores_equal", "merges_equal", "special_tokens_equal") if tok.data.get(key))
     if verdict == "no match":
-        if tok.status == "match" and ev["architecture"].status == "match":
+        relation = tok.data.get("relation")
+        if relation == "identical" and ev["architecture"].status == "match":
             verdict = "same tokenizer and architecture"
-        elif tok.status == "match":
+        elif relation == "identical":
             verdict = "same tokenizer"
-        elif tok.status == "partial" and tok_strength >= 0.5:
-            verdict = f"related tokenizer ({tok.data['relation']})"
+        elif tok.status == "match":
+            verdict = f"related tokenizer ({tok.data['rule']})"
         elif ev["architecture"].status == "match":
             verdict = "architecture only"
     return verdict, s
@@ -266,12 +327,13 @@ def identify(path: str | Path, refdb: RefDB | str | Path | None = None, *, hashe
             file_hashes, tensor_hashes = digests
         elif _should_hash(ckpt, hashes):
             file_hashes, tensor_hashes = checkpoint_sha256s(ckpt)
-        vocab = vocabulary_from_checkpoint(ckpt)
+        vocab = checkpoint_vocabulary(ckpt)
+        calibration = load_calibration(db.directory)
         candidate_vocab = CandidateVocabulary(vocab) if vocab is not None and vocab.tokens else None
         reader = CandidateReader(ckpt, summary_budget) if ckpt.tensors else None
         matches, weight_results = [], []
         for entry in db.entries():
-            tok_ev, tok_strength = _tokenizer_evidence(entry, candidate_vocab)
+            tok_ev, tok_strength = _tokenizer_evidence(entry, candidate_vocab, calibration)
             arch_ev, arch_strength = _architecture_evidence(entry, arch)
             weight_ev, weight_match = _weight_evidence(entry, reader)
             if weight_match is not None and weight_match.status != "not-comparable":
@@ -290,6 +352,7 @@ def identify(path: str | Path, refdb: RefDB | str | Path | None = None, *, hashe
         claims = {k: v for k, v in ckpt.metadata_claims.items() if isinstance(v, (str, int, float, bool))}
         return IdentifyResult(
             path=path, format=ckpt.format, refdb=str(db.directory), candidates=matches,
+            decision=_decision(matches, calibration), nearest=_nearest(matches),
             architecture={k: v for k, v in arch.items() if v is not None}, tokenizer=tokenizer, claims=claims,
             hashed=file_hashes is not None, bytes_total=sum(span.size for span in ckpt.files),
             fingerprint_bytes_read=reader.meter.bytes_read if reader else 0,
@@ -298,6 +361,55 @@ def identify(path: str | Path, refdb: RefDB | str | Path | None = None, *, hashe
             seconds=time.perf_counter() - started,
             weights_summary=_weights_summary(weight_results, bool(ckpt.tensors)),
         )
+
+
+_TOKEN_RULE_NULL = {"same-ids": "aligned_share", "prefix-of": "aligned_share", "reordered": "jaccard"}
+
+
+def _decision(matches: list[CandidateMatch], calibration: TokenizerCalibration | None) -> Decision | None:
+    best = next((c for c in matches if c.matched), None)
+    if best is None:
+        return None
+    ev = {e.signal: e for e in best.evidence}
+    others = sorted({c.family for c in matches if c.matched and c.family != best.family})
+    n_families = len({c.family for c in matches}) - 1 - len(others)
+    if ev["file-hash"].status == "match":
+        signal, rule, null = "file-hash", "a file is byte-identical", "a SHA-256 collision is not a plausible accident"
+    elif ev["tensor-hashes"].status in ("match", "partial"):
+        signal, rule = "tensor-hashes", ev["tensor-hashes"].detail
+        null = "constant tensors (norms at 1.0) are not counted"
+    elif ev["weight-fingerprint"].status == "match":
+        z = ev["weight-fingerprint"].data.get("calibrated_z") or 0.0
+        other_z = [abs(v) for v in ev["weight-fingerprint"].data.get("other_entries_z", [])]
+        signal, rule = "weight-fingerprint", f"calibrated z {z:.1f} >= 6"
+        null = f"the other fingerprints reach |z| <= {max(other_z):.1f}" if other_z else "null measured on mismatched positions"
+    else:
+        tok = ev["tokenizer"].data
+        signal, rule = "tokenizer", f"{tok['rule']}: {ev['tokenizer'].detail}"
+        statistic = _TOKEN_RULE_NULL.get(str(tok["rule"]))
+        if calibration is not None and statistic is not None:
+            null = f"unrelated pairs reach {statistic} {calibration.unrelated_max(statistic):.3f} at most"
+        else:
+            null = "no unrelated pair of the calibration table has an identical list, exact prefix, merges or scores"
+    rules_out = f"rules out the {n_families} other families of the database (no rule met)"
+    if signal == "tokenizer":
+        rules_out += "; a shared tokenizer does not show that the weights derive from this family"
+    return Decision(best.entry_id, best.family, signal, rule, null, rules_out, others)
+
+
+def _nearest(matches: list[CandidateMatch], n: int = 3) -> list[NearestFamily]:
+    """The families whose tokens the candidate holds most of, one entry each, when none matched."""
+    if any(c.matched for c in matches):
+        return []
+    best: dict[str, NearestFamily] = {}
+    for c in matches:
+        ev = c.evidence_for("tokenizer")
+        if ev is None or ev.status != "no-match":
+            continue
+        near = NearestFamily(c.family, c.entry_id, float(ev.data["ref_in_candidate"]), ev.data.get("unrelated_containment_max"))
+        if c.family not in best or near.shared > best[c.family].shared:
+            best[c.family] = near
+    return sorted(best.values(), key=lambda f: (-f.shared, f.family))[:n]
 
 
 def _add_entry_null(matches: list[CandidateMatch], weight_results: list[tuple[str, WeightMatch]]) -> None:

@@ -54,6 +54,10 @@ class RefEntry:
     weights: WeightFingerprint | None = None
     derived_from: str | None = None
     notes: list[str] = field(default_factory=list)
+    lineage: str | None = None
+    """The tokenizer lineage the entry belongs to as public facts declare it (``openai-cl100k``
+    for Llama 3, whose vocabulary extends cl100k): ground truth for the confusion-matrix tests
+    and the calibration, never used as evidence by ``identify``."""
 
     def signals(self) -> list[str]:
         out = []
@@ -94,6 +98,7 @@ def encode_entry(entry: RefEntry) -> tuple[str, bytes | None]:
     doc: dict[str, Any] = {
         "schema": SCHEMA, "id": entry.id, "family": entry.family, "description": entry.description,
         "license": entry.license, "provenance": entry.provenance, "derived_from": entry.derived_from,
+        "lineage": entry.lineage,
         "notes": entry.notes, "architecture": entry.architecture, "files": entry.files, "tensors": entry.tensors,
         "tokenizer": None, "weight_fingerprint": None, "arrays": None,
     }
@@ -167,6 +172,7 @@ def decode_entry(text: str, npz: bytes | None, where: str) -> RefEntry:
         license=str(doc.get("license", "unknown")), provenance=dict(doc.get("provenance") or {}),
         architecture=doc.get("architecture"), files=list(doc.get("files") or []), tensors=doc.get("tensors"),
         derived_from=doc.get("derived_from"), notes=list(doc.get("notes") or []),
+        lineage=doc.get("lineage") if isinstance(doc.get("lineage"), str) else None,
     )
     tok = doc.get("tokenizer")
     if isinstance(tok, dict) and "same_as" in tok:

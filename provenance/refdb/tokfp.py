@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from provenance.refdb.tokens import Vocabulary
-from provenance.tokenizer import token_list_sha256
+from provenance.formats.vocabulary import Vocabulary, token_list_sha256
+from provenance.tokenizer import scores_sha256
 
 SKETCH_K = 2048
 """Sketch size: containment and id agreement are estimated to about +-1/sqrt(k) ~ 2%."""
@@ -84,18 +84,19 @@ class TokenizerFingerprint:
         )
 
 
-def fingerprint_vocabulary(vocab: Vocabulary) -> TokenizerFingerprint:
-    hashes = token_hashes(vocab.tokens)
+def fingerprint_vocabulary(vocab: Vocabulary, hashes: np.ndarray | None = None) -> TokenizerFingerprint:
+    """``hashes``: :func:`token_hashes` of ``vocab.tokens`` when the caller has them already."""
+    hashes = token_hashes(vocab.tokens) if hashes is None else hashes
     sketch_hashes, sketch_ids = bottom_k(hashes)
     return TokenizerFingerprint(
         vocab_size=len(vocab.tokens),
-        tokens_sha256=token_list_sha256(vocab.tokens),
+        tokens_sha256=vocab.tokens_sha256,
         distinct_tokens=len(np.unique(hashes)),
         model=vocab.model,
         # Same bytes as GGUF's FLOAT32 array, so a GGUF's scores hash compares directly.
-        scores_sha256=hashlib.sha256(np.asarray(vocab.scores, "<f4").tobytes()).hexdigest() if vocab.scores is not None else None,
+        scores_sha256=scores_sha256(vocab.scores),
         merges_count=len(vocab.merges) if vocab.merges is not None else None,
-        merges_sha256=token_list_sha256(vocab.merges) if vocab.merges else None,
+        merges_sha256=vocab.merges_sha256,
         special_tokens=dict(vocab.special_tokens),
         sketch_hashes=sketch_hashes,
         sketch_ids=sketch_ids,
@@ -108,19 +109,23 @@ class CandidateVocabulary:
 
     def __init__(self, vocab: Vocabulary) -> None:
         self.vocab = vocab
-        self.fingerprint = fingerprint_vocabulary(vocab)
         self.hashes = token_hashes(vocab.tokens)
+        self.fingerprint = fingerprint_vocabulary(vocab, self.hashes)
         order = np.argsort(self.hashes, kind="stable")
         self._sorted = self.hashes[order]
+        distinct = np.ones(len(self._sorted), bool)
+        distinct[1:] = self._sorted[1:] != self._sorted[:-1]
+        self.distinct_sorted = self._sorted[distinct]
         self._ids = order.astype(np.int64)  # id of each sorted hash (first occurrence for duplicates)
         self._prefix_cache: dict[int, str] = {}
+        self.scores_informative = vocab.scores is not None and _informative_scores(vocab.scores)
 
     def lookup(self, hashes: np.ndarray) -> np.ndarray:
         """The candidate id of each hash, or -1 where the candidate lacks the token."""
-        pos = np.searchsorted(self._sorted, hashes)
-        pos = np.minimum(pos, len(self._sorted) - 1) if len(self._sorted) else pos
-        found = (self._sorted[pos] == hashes) if len(self._sorted) else np.zeros(len(hashes), bool)
-        return np.where(found, self._ids[pos] if len(self._sorted) else -1, -1)
+        if not len(self._sorted):
+            return np.full(len(hashes), -1, np.int64)
+        pos = np.minimum(np.searchsorted(self._sorted, hashes), len(self._sorted) - 1)
+        return np.where(self._sorted[pos] == hashes, self._ids[pos], -1)
 
     def prefix_sha256(self, n: int) -> str:
         if n not in self._prefix_cache:
@@ -128,92 +133,122 @@ class CandidateVocabulary:
         return self._prefix_cache[n]
 
 
+def _informative_scores(scores: np.ndarray) -> bool:
+    """Scores that say something about training: not constant, not the id or minus the id
+    (converters fill BPE vocabularies so), which unrelated vocabularies of one size share."""
+    ids = np.arange(len(scores), dtype=np.float32)
+    return bool(len(np.unique(scores)) > 1 and not np.array_equal(scores, ids) and not np.array_equal(scores, -ids))
+
+
+# ----- lineage rules -------------------------------------------------------------------
+# Each threshold sits above the largest value any pair of independently developed
+# tokenizers reaches (the calibration table in docs/refdb.md, recomputed by
+# scripts/build_refdb.py into data/reference_hashes/_tokenizer_calibration.json).
+SAME_IDS_MIN = 0.5
+"""Share of the reference's sketched tokens (with ids inside the candidate's range) that the
+candidate holds *at the same id*. Unrelated pairs reach only their shared byte/control prefix."""
+SAME_SET_MIN = 0.9
+"""Jaccard of the two token sets, for a vocabulary re-ordered (same tokens, other ids)."""
+MIN_IN_RANGE = 32
+"""Sketched reference tokens inside the candidate's id range needed before ids are compared."""
+LINEAGE_RELATIONS = ("identical", "extends", "prefix-of", "same-ids", "reordered")
+
+
 @dataclass
 class TokenizerRelation:
     relation: str
-    """``identical``, ``extends`` (reference + appended tokens, same ids), ``prefix-of``
-    (candidate is the reference's first tokens), ``near-identical`` (same set and ids within
-    the sketch's precision, list hashes differ), ``reordered`` (same tokens, other ids),
-    ``superset``, ``subset``, ``partial-overlap`` or ``unrelated``."""
+    """Lineage relations (each a rule no unrelated pair of the calibration table reaches):
+    ``identical`` (list hash equal), ``extends`` (the reference's tokens at the same ids, plus
+    appended ones: exact prefix hash), ``prefix-of`` (the candidate is the reference's first
+    tokens, same ids), ``same-ids`` (most of the reference's tokens at the same ids, some ids
+    differ: added or renamed special tokens), ``reordered`` (the same token set at other ids).
+    Otherwise ``shares-tokens``: how many of the reference's tokens the candidate holds, at
+    other ids, which any large vocabulary does for a smaller one (the size effect)."""
     ref_in_candidate: float
     """Estimated share of the reference's distinct tokens the candidate holds."""
     candidate_in_ref: float | None
     jaccard: float | None
     same_id_share: float | None
     """Among shared sketched tokens, the share with the same id in both."""
+    aligned_share: float | None
+    """Among the reference's sketched tokens with an id inside the candidate's range, the share
+    the candidate holds at that same id (None when fewer than ``MIN_IN_RANGE`` are in range)."""
     shared_sampled: int
     scores_equal: bool | None
     merges_equal: bool | None
     special_tokens_equal: bool | None
     exact_prefix: bool = False
     extra_tokens: int = 0
+    rule: str | None = None
+    """The lineage rule that decided, or None: the tokenizer is no lineage evidence."""
+
+    @property
+    def lineage(self) -> bool:
+        return self.rule is not None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (round(v, 5) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
 
     @property
     def strength(self) -> float:
-        """0..1, how strongly this relation ties the candidate to the reference's family."""
-        base = {"identical": 1.0, "extends": 0.9, "prefix-of": 0.85, "near-identical": 0.8, "reordered": 0.6, "superset": 0.5,
-                "subset": 0.5, "partial-overlap": 0.2, "unrelated": 0.0}[self.relation]
-        return base * (self.jaccard if self.relation == "partial-overlap" and self.jaccard is not None else 1.0)
+        """0..1, how strongly this relation ties the candidate to the reference's family (ranking only)."""
+        base = {"identical": 1.0, "extends": 0.9, "prefix-of": 0.85, "same-ids": 0.8, "reordered": 0.6}
+        return base.get(self.relation, 0.1 * self.ref_in_candidate * (self.candidate_in_ref or 0.0))
 
 
-# Thresholds on sketch estimates (k=2048: one standard error is ~1%).
-_NEAR_ALL = 0.97
-_SAME_ORDER = 0.95
-_SHARED = 0.5
-
-
-def compare_vocabulary(candidate: CandidateVocabulary, ref: TokenizerFingerprint) -> TokenizerRelation:
+def _sketch_shares(candidate: CandidateVocabulary, ref: TokenizerFingerprint) -> dict[str, Any]:
+    """Containment both ways, Jaccard and id agreement, estimated from the reference's sketch."""
     cfp = candidate.fingerprint
     ids = candidate.lookup(ref.sketch_hashes)
     present = ids >= 0
-    n_ref_sketch = len(ref.sketch_hashes)
-    ref_in_cand = float(present.mean()) if n_ref_sketch else 0.0
-    same_id = float((ids[present] == ref.sketch_ids[present].astype(np.int64)).mean()) if present.any() else None
+    ref_ids = ref.sketch_ids.astype(np.int64)
+    ref_in_cand = float(present.mean()) if len(ids) else 0.0
+    same_id = float((ids[present] == ref_ids[present]).mean()) if present.any() else None
+    in_range = ref_ids < cfp.vocab_size
+    aligned = float((ids[in_range] == ref_ids[in_range]).mean()) if in_range.sum() >= MIN_IN_RANGE else None
     # The sketch is complete below tau, so the candidate's tokens below tau estimate the reverse share.
-    tau = ref.sketch_hashes[-1] if n_ref_sketch >= SKETCH_K else np.uint64(np.iinfo(np.uint64).max)
-    below = np.unique(candidate.hashes[candidate.hashes <= tau])
-    cand_in_ref = float(np.isin(below, ref.sketch_hashes).mean()) if len(below) else None
+    tau = ref.sketch_hashes[-1] if len(ref.sketch_hashes) >= SKETCH_K else np.uint64(np.iinfo(np.uint64).max)
+    below = candidate.distinct_sorted[: int(np.searchsorted(candidate.distinct_sorted, tau, side="right"))]
+    if len(below) and len(ref.sketch_hashes):
+        at = np.minimum(np.searchsorted(ref.sketch_hashes, below), len(ref.sketch_hashes) - 1)
+        cand_in_ref: float | None = float((ref.sketch_hashes[at] == below).mean())
+    else:
+        cand_in_ref = None
     jaccard = None
     if cand_in_ref is not None:
         shared = ref_in_cand * ref.distinct_tokens
         union = ref.distinct_tokens + cfp.distinct_tokens - shared
         jaccard = float(shared / union) if union > 0 else None
+    return {"ref_in_candidate": ref_in_cand, "candidate_in_ref": cand_in_ref, "jaccard": jaccard,
+            "same_id_share": same_id, "aligned_share": aligned, "shared_sampled": int(present.sum())}
+
+
+def compare_vocabulary(candidate: CandidateVocabulary, ref: TokenizerFingerprint) -> TokenizerRelation:
+    cfp = candidate.fingerprint
 
     def equal(a: object, b: object) -> bool | None:
         return None if a is None or b is None else a == b
 
     relation = TokenizerRelation(
-        relation="unrelated", ref_in_candidate=ref_in_cand, candidate_in_ref=cand_in_ref, jaccard=jaccard,
-        same_id_share=same_id, shared_sampled=int(present.sum()),
-        scores_equal=equal(cfp.scores_sha256, ref.scores_sha256), merges_equal=equal(cfp.merges_sha256, ref.merges_sha256),
+        relation="shares-tokens", **_sketch_shares(candidate, ref),
+        scores_equal=equal(cfp.scores_sha256, ref.scores_sha256) if candidate.scores_informative else None,
+        merges_equal=equal(cfp.merges_sha256, ref.merges_sha256),
         special_tokens_equal=equal(cfp.special_tokens or None, ref.special_tokens or None),
     )
     if cfp.tokens_sha256 == ref.tokens_sha256:
-        relation.relation = "identical"
-    elif cfp.vocab_size > ref.vocab_size and candidate.prefix_sha256(ref.vocab_size) == ref.tokens_sha256:
-        relation.relation, relation.exact_prefix = "extends", True
+        relation.relation = relation.rule = "identical"
+    elif cfp.vocab_size > ref.vocab_size and (relation.aligned_share is None or relation.aligned_share >= SAME_IDS_MIN) \
+            and candidate.prefix_sha256(ref.vocab_size) == ref.tokens_sha256:  # the exact hash only where ids agree
+        relation.relation = relation.rule = "extends"
+        relation.exact_prefix, relation.extra_tokens = True, cfp.vocab_size - ref.vocab_size
+    elif (relation.aligned_share or 0.0) >= SAME_IDS_MIN:
+        relation.relation = relation.rule = "prefix-of" if cfp.vocab_size < ref.vocab_size and \
+            relation.aligned_share == 1.0 else "same-ids"
         relation.extra_tokens = cfp.vocab_size - ref.vocab_size
-    elif cfp.vocab_size < ref.vocab_size and (cand_in_ref or 0) >= _NEAR_ALL and (same_id or 0) >= _SAME_ORDER:
-        relation.relation = "prefix-of" if _ids_are_prefix(candidate, ref) else "subset"
-    elif ref_in_cand >= _NEAR_ALL and (cand_in_ref or 0) >= _NEAR_ALL:
-        # Same set: either the ids moved, or a few tokens differ (the list hashes differ).
-        relation.relation = "reordered" if (same_id or 0) < _SAME_ORDER else "near-identical"
-    elif ref_in_cand >= _NEAR_ALL:
-        relation.relation = "superset"
-    elif (cand_in_ref or 0) >= _NEAR_ALL:
-        relation.relation = "subset"
-    elif max(ref_in_cand, cand_in_ref or 0) >= _SHARED or (jaccard or 0) >= 0.3:
-        relation.relation = "partial-overlap"
+    elif (relation.jaccard or 0.0) >= SAME_SET_MIN:
+        relation.relation = relation.rule = "reordered"
+    elif relation.merges_equal:
+        relation.rule = "merges"
+    elif relation.scores_equal:
+        relation.rule = "scores"
     return relation
-
-
-def _ids_are_prefix(candidate: CandidateVocabulary, ref: TokenizerFingerprint) -> bool:
-    """Every sketched reference token with an id below the candidate's size is at that id."""
-    inside = ref.sketch_ids < candidate.fingerprint.vocab_size
-    if not inside.any():
-        return False
-    ids = candidate.lookup(ref.sketch_hashes[inside])
-    return bool((ids == ref.sketch_ids[inside].astype(np.int64)).all())

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 from provenance.formats import open_checkpoint
+from provenance.formats.vocabulary import checkpoint_vocabulary, token_list_sha256
 from provenance.refdb import RefDB, RefDBError, build_entry, default_refdb_path
 from provenance.refdb.positions import sample_spans
 from provenance.refdb.sampler import ReadMeter, read_flat, read_spans, transposed_positions
 from provenance.refdb.schema import decode_entry, encode_entry
-from provenance.refdb.tokens import vocabulary_from_checkpoint, vocabulary_from_npm_tarball, vocabulary_from_sentencepiece
+from provenance.refdb.sources import vocabulary_from_belladore_npm
 from provenance.refdb.tokfp import CandidateVocabulary, compare_vocabulary, fingerprint_vocabulary
-from provenance.tokenizer import token_list_sha256
 from tests.conftest import LLAMA2_SPM, QUANT_DIR, ROOT, SHARED_DATA, VOCAB_DIR
 
 NPM = SHARED_DATA / "tokenizers-npm"
@@ -29,12 +29,13 @@ def shipped() -> RefDB:
 
 
 def test_npm_sentencepiece_and_gguf_llama2_vocabularies_agree() -> None:
-    npm = vocabulary_from_npm_tarball(str(NPM / "llama-tokenizer-js-1.2.2.tgz"))
-    spm = vocabulary_from_sentencepiece(str(LLAMA2_SPM))
+    npm = vocabulary_from_belladore_npm(str(NPM / "llama-tokenizer-js-1.2.2.tgz"))
+    with open_checkpoint(LLAMA2_SPM) as spm_ckpt:  # our bounded protobuf reader, no sentencepiece package
+        spm = checkpoint_vocabulary(spm_ckpt)
     with open_checkpoint(LLAMA_SPM_GGUF) as ckpt:
-        gguf = vocabulary_from_checkpoint(ckpt)
+        gguf = checkpoint_vocabulary(ckpt)
         scores_sha = ckpt.metadata["tokenizer.ggml.scores"].sha256()
-    assert gguf is not None and len(npm) == len(spm) == len(gguf) == 32000
+    assert gguf is not None and spm is not None and len(npm) == len(spm) == len(gguf) == 32000
     assert npm.tokens == spm.tokens == gguf.tokens
     assert len(npm.merges or []) == 61249 and npm.merges[0] == "▁ t".encode()
     # the SentencePiece scores hash like the GGUF's stored FLOAT32 array
@@ -42,13 +43,14 @@ def test_npm_sentencepiece_and_gguf_llama2_vocabularies_agree() -> None:
 
 
 def test_mistral_vocabulary_differs_from_llama2() -> None:
-    llama = vocabulary_from_npm_tarball(str(NPM / "llama-tokenizer-js-1.2.2.tgz"))
-    mistral = vocabulary_from_npm_tarball(str(NPM / "mistral-tokenizer-js-1.0.0.tgz"))
+    llama = vocabulary_from_belladore_npm(str(NPM / "llama-tokenizer-js-1.2.2.tgz"))
+    mistral = vocabulary_from_belladore_npm(str(NPM / "mistral-tokenizer-js-1.0.0.tgz"))
     assert len(mistral) == 32000 and len(mistral.merges or []) == 58980
     assert token_list_sha256(mistral.tokens) != token_list_sha256(llama.tokens)
     rel = compare_vocabulary(CandidateVocabulary(mistral), fingerprint_vocabulary(llama))
-    # they share the byte tokens and many pieces, but at other ids: not the same tokenizer
-    assert rel.relation == "partial-overlap" and rel.same_id_share is not None and rel.same_id_share < 0.1
+    # they share the byte tokens and many pieces, but at other ids: not the same tokenizer, no lineage rule
+    assert rel.relation == "shares-tokens" and not rel.lineage
+    assert rel.same_id_share is not None and rel.same_id_share < 0.1 and rel.aligned_share is not None and rel.aligned_share < 0.05
 
 
 def test_shipped_database_located_and_complete(shipped: RefDB) -> None:
@@ -78,7 +80,8 @@ def test_shipped_entries_are_small_and_diffable(shipped: RefDB) -> None:
 
 
 def test_build_script_reproduces_shipped_entries() -> None:
-    only = ["llama-2-tokenizer", "mistral-7b-tokenizer", "llama-2-70b", "miqu-1-70b", "gguf-vocab-phi-3", "stories260k"]
+    # entries built from ../shared/data alone (the others need the fetched cache: scripts/fetch_tokenizers.py)
+    only = ["llama-2-tokenizer", "llama-2-70b", "miqu-1-70b", "gguf-vocab-phi-3", "gguf-vocab-starcoder", "stories260k"]
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "build_refdb.py"), "--check", "--only", *only],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -143,7 +146,7 @@ def test_transposed_reading_recovers_the_original_matrix() -> None:
 def test_tokenizer_relations_on_real_vocabularies() -> None:
     def vocab(name: str):  # type: ignore[no-untyped-def]
         with open_checkpoint(VOCAB_DIR / f"ggml-vocab-{name}.gguf") as ckpt:
-            return vocabulary_from_checkpoint(ckpt)
+            return checkpoint_vocabulary(ckpt)
 
     llama, phi3, starcoder, refact = vocab("llama-spm"), vocab("phi-3"), vocab("starcoder"), vocab("refact")
     rel = compare_vocabulary(CandidateVocabulary(phi3), fingerprint_vocabulary(llama))
@@ -155,7 +158,7 @@ def test_tokenizer_relations_on_real_vocabularies() -> None:
     assert rel.same_id_share is not None and rel.same_id_share < 0.05
     # the tiny-llama test model keeps Llama 2's first 1024 tokens at their ids
     with open_checkpoint(QUANT_DIR / "tiny-llama-f32.gguf") as ckpt:
-        tiny = vocabulary_from_checkpoint(ckpt)
+        tiny = checkpoint_vocabulary(ckpt)
     assert compare_vocabulary(CandidateVocabulary(tiny), fingerprint_vocabulary(llama)).relation == "prefix-of"
 
 

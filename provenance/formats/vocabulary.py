@@ -1,0 +1,132 @@
+"""A tokenizer's vocabulary as one record, whatever file it came from.
+
+Every tokenizer source (GGUF metadata, ``tokenizer.json``, a SentencePiece
+``tokenizer.model``, a folder of tokenizer files) is reduced to one
+:class:`Vocabulary`: tokens in id order as the UTF-8 bytes GGUF stores, optional
+scores (float32, id order), optional merges as ``"left right"`` byte strings (GGUF's
+merge encoding) and special-token ids under GGUF's names (``bos``, ``eos``,
+``unknown``, ``padding``, ...). Summaries and fingerprints are computed from this record
+only, so the same tokenizer hashes the same whatever it came from.
+
+The token-list hash is SHA-256 over each token in id order encoded as a little-endian
+u64 byte length followed by its bytes: exactly GGUF's storage of a string array, so for
+a GGUF it is the hash of the stored bytes.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from provenance.formats.gguf_header import GGUFArray
+
+MAX_VOCABULARY = 4_000_000
+"""More tokens than any released tokenizer (the largest are ~260k) by an order of magnitude."""
+MAX_MERGES = 8_000_000
+_U64 = struct.Struct("<Q")
+
+
+@dataclass
+class Vocabulary:
+    tokens: list[bytes]
+    model: str | None = None
+    """``llama`` (SentencePiece), ``gpt2`` (byte-level BPE), ``bert`` (WordPiece), ...: GGUF's
+    ``tokenizer.ggml.model`` or the tokenizer.json model type in lower case."""
+    scores: np.ndarray | None = None
+    """float32 in id order, when the tokenizer has scores (SentencePiece, GGUF ``llama``)."""
+    merges: list[bytes] | None = None
+    special_tokens: dict[str, int] = field(default_factory=dict)
+    source: str = ""
+    """Where the vocabulary was read from, in words."""
+    origin: str = ""
+    """The kind of source, one word: ``gguf``, ``tokenizer.json``, ``sentencepiece``, or a published format."""
+    known_sha256: dict[str, str] = field(default_factory=dict, repr=False)
+    """``tokens`` / ``merges`` list hashes already known (a GGUF's stored array bytes hash to them)."""
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def tokens_sha256(self) -> str:
+        return self.known_sha256.get("tokens") or token_list_sha256(self.tokens)
+
+    @property
+    def merges_sha256(self) -> str | None:
+        if not self.merges:
+            return None
+        return self.known_sha256.get("merges") or token_list_sha256(self.merges)
+
+
+def token_list_sha256(tokens: Iterable[bytes | str]) -> str:
+    """SHA-256 of GGUF's string-array storage of ``tokens`` (u64 length + bytes, each)."""
+    digest = hashlib.sha256()
+    pack = _U64.pack
+    batch: list[bytes] = []
+    for token in tokens:
+        data = token.encode("utf-8") if isinstance(token, str) else token
+        batch += (pack(len(data)), data)
+        if len(batch) >= 65536:  # hash in batches: one update per 32k tokens, not two per token
+            digest.update(b"".join(batch))
+            batch.clear()
+    digest.update(b"".join(batch))
+    return digest.hexdigest()
+
+
+def special_token_ids(metadata: Mapping[str, Any]) -> dict[str, int]:
+    """GGUF ``tokenizer.ggml.<name>_token_id`` keys as ``{name: id}`` (bos, eos, unknown, ...)."""
+    return {
+        key.removeprefix("tokenizer.ggml.").removesuffix("_token_id"): value
+        for key, value in metadata.items()
+        if key.startswith("tokenizer.ggml.") and key.endswith("_token_id") and isinstance(value, int)
+        and not isinstance(value, bool)
+    }
+
+
+def vocabulary_from_gguf_metadata(metadata: Mapping[str, Any], where: str = "gguf metadata") -> Vocabulary | None:
+    """The vocabulary a GGUF header states, or None when it holds no token list.
+
+    The header parser has already bounded every array; only element types are checked here.
+    """
+    tokens = metadata.get("tokenizer.ggml.tokens")
+    if not isinstance(tokens, GGUFArray) or tokens.element_type.name != "STRING":
+        return None
+    scores = metadata.get("tokenizer.ggml.scores")
+    merges = metadata.get("tokenizer.ggml.merges")
+    model = metadata.get("tokenizer.ggml.model")
+    merges_ok = isinstance(merges, GGUFArray) and merges.element_type.name == "STRING"
+    known = {"tokens": tokens.sha256(), **({"merges": merges.sha256()} if merges_ok and len(merges) else {})}
+    return Vocabulary(
+        tokens=tokens.bytes_list(),
+        model=model if isinstance(model, str) else None,
+        scores=scores.to_numpy().astype("<f4") if isinstance(scores, GGUFArray) and scores.element_type.name == "FLOAT32"
+        and len(scores) == len(tokens) else None,
+        merges=merges.bytes_list() if merges_ok else None,
+        special_tokens=special_token_ids(metadata),
+        source=where,
+        origin="gguf",
+        known_sha256=known,
+    )
+
+
+def checkpoint_vocabulary(checkpoint: Any) -> Vocabulary | None:
+    """A checkpoint's own tokenizer: its GGUF metadata, the vocabulary a tokenizer-only
+    reader parsed, or the tokenizer files beside an HF model (``tokenizer.json``, else
+    ``tokenizer.model``). None when it has none."""
+    from provenance.formats.tokenizer_files import find_tokenizer_files, read_tokenizer_files
+
+    held = getattr(checkpoint, "vocabulary", None)
+    if isinstance(held, Vocabulary):
+        return held
+    vocab = vocabulary_from_gguf_metadata(checkpoint.metadata)
+    if vocab is not None:
+        return vocab
+    if not str(checkpoint.format).startswith(("hf", "safetensors")):
+        return None
+    directory = checkpoint.path if os.path.isdir(checkpoint.path) else os.path.dirname(os.path.abspath(checkpoint.path))
+    files = find_tokenizer_files(directory)
+    return read_tokenizer_files(files) if files.has_vocabulary else None
