@@ -25,8 +25,8 @@ STATISTICS = ("aligned_share", "jaccard", "ref_in_candidate", "same_id_share")
 COLUMNS = ("candidate", "reference", "candidate_lineage", "reference_lineage", "candidate_size", "reference_size",
            "relation", "rule", "special_tokens_equal", *STATISTICS)
 SIZE_WINDOW = 1.0
-"""Unrelated pairs whose log2(candidate size / reference size) lies within this of the
-candidate's are "of this size" (containment grows with the candidate's relative size)."""
+"""Unrelated pairs whose log2(candidate size / reference size) is at most the candidate's plus
+this are "of this size" (containment grows with the candidate's relative size)."""
 
 
 @dataclass
@@ -80,10 +80,12 @@ class TokenizerCalibration:
         return max((p.values.get(statistic) or 0.0 for p in self.unrelated), default=0.0)
 
     def containment_max(self, candidate_size: int, reference_size: int) -> float | None:
-        """The largest share of a reference's tokens that an unrelated candidate of about this
-        relative size holds (None without calibration pairs in the window)."""
+        """The largest share of a reference's tokens that an unrelated candidate of at most about
+        this relative size holds (None without calibration pairs)."""
         ratio = math.log2(max(candidate_size, 1) / max(reference_size, 1))
-        near = [p.values.get("ref_in_candidate") or 0.0 for p in self.unrelated if abs(p.log_ratio - ratio) <= SIZE_WINDOW]
+        # Containment grows with the candidate's relative size, so pairs of a smaller ratio bound it from below
+        # too: their maximum is what "this size or smaller" reaches (also past the table's largest ratio).
+        near = [p.values.get("ref_in_candidate") or 0.0 for p in self.unrelated if p.log_ratio <= ratio + SIZE_WINDOW]
         return max(near) if near else None
 
     def dumps(self) -> str:
