@@ -33,13 +33,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 N_EMBD, N_FF, POOL_ROWS = 4096, 11008, 256
 
 
-def write_candidate(path: Path, total_bytes: int, qtype_name: str) -> None:
+def write_candidate(path: Path, total_bytes: int, qtype_name: str, n_embd: int = N_EMBD, n_ff: int = N_FF) -> None:
+    """Layers of a llama of width ``n_embd`` (ffn ``n_ff``) up to ``total_bytes``, at least one."""
     import gguf
 
     qtype = gguf.GGMLQuantizationType[qtype_name]
     block_size, block_bytes = gguf.GGML_QUANT_SIZES[qtype]
     rng = np.random.default_rng(0)
-    shapes = [(r, N_EMBD) for r in (N_EMBD, N_EMBD // 4, N_EMBD // 4, N_EMBD, N_FF, N_FF)] + [(N_EMBD, N_FF)]
+    shapes = [(r, n_embd) for r in (n_embd, n_embd // 4, n_embd // 4, n_embd, n_ff, n_ff)] + [(n_embd, n_ff)]
     roles = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"]
     layer_bytes = sum(r * c // block_size * block_bytes for r, c in shapes)
     n_layers = max(1, total_bytes // layer_bytes)
@@ -48,7 +49,7 @@ def write_candidate(path: Path, total_bytes: int, qtype_name: str) -> None:
         if cols not in pools:
             pools[cols] = gguf.quants.quantize((rng.standard_normal((POOL_ROWS, cols)) * 0.02).astype(np.float32), qtype)
     writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_block_count(n_layers), writer.add_embedding_length(N_EMBD), writer.add_feed_forward_length(N_FF)
+    writer.add_block_count(n_layers), writer.add_embedding_length(n_embd), writer.add_feed_forward_length(n_ff)
     writer.add_head_count(32), writer.add_head_count_kv(8)
     plan = []
     for layer in range(n_layers):
@@ -57,8 +58,8 @@ def write_candidate(path: Path, total_bytes: int, qtype_name: str) -> None:
             nbytes = rows * cols // block_size * block_bytes
             writer.add_tensor_info(name, (rows, cols // block_size * block_bytes), np.dtype(np.uint8), nbytes, raw_dtype=qtype)
             plan.append((rows, cols))
-        writer.add_tensor_info(f"blk.{layer}.attn_norm.weight", (N_EMBD,), np.dtype(np.float32), 4 * N_EMBD)
-        plan.append((0, N_EMBD))
+        writer.add_tensor_info(f"blk.{layer}.attn_norm.weight", (n_embd,), np.dtype(np.float32), 4 * n_embd)
+        plan.append((0, n_embd))
     writer.write_header_to_file(), writer.write_kv_data_to_file(), writer.write_ti_data_to_file()
     for rows, cols in plan:
         if rows == 0:

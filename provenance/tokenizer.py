@@ -51,8 +51,8 @@ def summarize_vocabulary(vocab: Vocabulary) -> TokenizerSummary:
         vocab_size=len(vocab),
         tokens_sha256=token_list_sha256(vocab.tokens) if vocab.tokens else None,
         scores_sha256=scores_sha256(vocab.scores),
-        merges_count=len(vocab.merges) if vocab.merges is not None else None,
-        merges_sha256=token_list_sha256(vocab.merges) if vocab.merges else None,
+        merges_count=vocab.merges_count,
+        merges_sha256=vocab.merges_sha256,
         special_tokens=dict(vocab.special_tokens),
         first_tokens=[t.decode("utf-8", errors="replace") for t in vocab.tokens[:PREVIEW_TOKENS]],
     )

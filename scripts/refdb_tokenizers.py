@@ -238,11 +238,11 @@ def _same_list(a: str, b: str) -> str:
 
 def _gemma3() -> str:
     gemma3, gemma4 = lenml("gemma3"), read_gguf_vocabulary("gemma-4")
-    check(gemma3.merges == gemma4.merges, "Gemma 3 merges != Gemma 4 GGUF merges")
+    check(gemma3.merges_sha256 == gemma4.merges_sha256, "Gemma 3 merges != Gemma 4 GGUF merges")
     facts = _published(gemma3, "Gemma 3 config.json: boi_token_index 255999, eoi_token_index 256000, image_token_index 262144",
                        262145, {2: "<bos>", 105: "<start_of_turn>", 106: "<end_of_turn>", 255999: "<start_of_image>",
                                 256000: "<end_of_image>", 262144: "<image_soft_token>"})
-    return facts + f"; all {len(gemma3.merges or [])} merges equal, in order, to llama.cpp's gemma-4 GGUF's"
+    return facts + f"; all {gemma3.merges_count} merges equal, in order, to llama.cpp's gemma-4 GGUF's"
 
 
 def mistral_llama2_package() -> str:

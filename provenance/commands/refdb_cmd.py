@@ -50,8 +50,11 @@ def add(path: str, entry_id: str, family: str | None, source: str, license_note:
         derived_from: str | None, no_weights: bool, force: bool, refdb_dir: str | None) -> None:
     """Build an entry from the local model at PATH (any supported format) and write it atomically.
 
-    Reads the whole model once (file and tensor SHA-256, tokenizer, architecture, weight
-    fingerprint). Exit status: 0 written, 2 error.
+    PATH may also be a tokenizer alone (tokenizer.json, tokenizer.model, a folder of
+    tokenizer files): the entry then holds its file hashes and tokenizer fingerprint.
+    Streams the model (file and tensor SHA-256, then one pass per tensor for its
+    constancy and summary, in bounded chunks), so memory does not grow with its size.
+    Exit status: 0 written, 2 error.
     """
     from provenance.refdb import RefDB, build_entry
 

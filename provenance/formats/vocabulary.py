@@ -47,6 +47,9 @@ class Vocabulary:
     """The kind of source, one word: ``gguf``, ``tokenizer.json``, ``sentencepiece``, or a published format."""
     known_sha256: dict[str, str] = field(default_factory=dict, repr=False)
     """``tokens`` / ``merges`` list hashes already known (a GGUF's stored array bytes hash to them)."""
+    known_merges_count: int | None = None
+    """The number of merges when they are known by count and hash only (a GGUF's: the list
+    itself, ~515k strings for a 262k vocabulary, is not materialised for identify)."""
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -57,9 +60,13 @@ class Vocabulary:
 
     @property
     def merges_sha256(self) -> str | None:
-        if not self.merges:
-            return None
-        return self.known_sha256.get("merges") or token_list_sha256(self.merges)
+        if "merges" in self.known_sha256:
+            return self.known_sha256["merges"]
+        return token_list_sha256(self.merges) if self.merges else None
+
+    @property
+    def merges_count(self) -> int | None:
+        return len(self.merges) if self.merges is not None else self.known_merges_count
 
 
 def token_list_sha256(tokens: Iterable[bytes | str]) -> str:
@@ -105,11 +112,12 @@ def vocabulary_from_gguf_metadata(metadata: Mapping[str, Any], where: str = "ggu
         model=model if isinstance(model, str) else None,
         scores=scores.to_numpy().astype("<f4") if isinstance(scores, GGUFArray) and scores.element_type.name == "FLOAT32"
         and len(scores) == len(tokens) else None,
-        merges=merges.bytes_list() if merges_ok else None,
+        merges=None,  # by hash and count only (known_sha256, known_merges_count)
         special_tokens=special_token_ids(metadata),
         source=where,
         origin="gguf",
         known_sha256=known,
+        known_merges_count=len(merges) if merges_ok else None,
     )
 
 

@@ -11,15 +11,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from provenance.formats import open_checkpoint
 from provenance.formats.base import Checkpoint
 from provenance.formats.vocabulary import checkpoint_vocabulary
 from provenance.hashing import checkpoint_sha256s
 from provenance.refdb.schema import ARCH_FIELDS, RefEntry
 from provenance.refdb.tokfp import fingerprint_vocabulary
-from provenance.refdb.weightfp import build_fingerprint, informative
+from provenance.refdb.weightfp import TensorStats, build_fingerprint, informative, tensor_stats
 from provenance.version import __version__
 
 
@@ -28,17 +26,17 @@ def architecture_dict(ckpt: Checkpoint, source: str) -> dict[str, Any]:
     return {**{k: record.get(k) for k in ARCH_FIELDS}, "source": source}
 
 
-def constant_tensors(ckpt: Checkpoint) -> set[str]:
-    """Tensors whose every value is equal (e.g. norms initialised to 1): hashes that prove nothing."""
-    out = set()
+def streamed_stats(ckpt: Checkpoint, weights: bool) -> dict[str, TensorStats]:
+    """One streamed pass per tensor: constancy for every tensor that can be decoded, and the
+    summary for the ones a weight fingerprint covers. Peak memory is one chunk of rows."""
+    out = {}
     for info in ckpt.tensors.values():
-        if info.n_elements > 1 and info.n_elements * 4 <= 64 * 1024 * 1024:
-            try:
-                values = ckpt.read_rows(info.name)
-            except (NotImplementedError, ValueError):
-                continue
-            if np.all(values == values.flat[0]):
-                out.add(info.name)
+        if info.n_elements <= 1:
+            continue
+        try:
+            out[info.name] = tensor_stats(ckpt, info, with_summary=weights and informative(info))
+        except (NotImplementedError, ValueError):
+            continue  # a type the decoders cannot read (its hash still counts)
     return out
 
 
@@ -59,7 +57,9 @@ def build_entry(
     path = os.fspath(path)
     with open_checkpoint(path) as ckpt:
         file_hashes, tensor_hashes = checkpoint_sha256s(ckpt) if hashes else ({}, {})
-        constants = constant_tensors(ckpt) if hashes else set()
+        has_weights = weights and any(informative(info) for info in ckpt.tensors.values())
+        stats = streamed_stats(ckpt, has_weights) if hashes or has_weights else {}
+        constants = {name for name, st in stats.items() if st.constant}
         files = [
             {"name": display_name if display_name and len(ckpt.files) == 1 else os.path.basename(span.path),
              "size": span.size, "sha256": file_hashes[span.path]}
@@ -73,7 +73,6 @@ def build_entry(
                 for name, info in sorted(ckpt.tensors.items())
             } or None
         vocab = checkpoint_vocabulary(ckpt)
-        has_weights = weights and any(informative(info) for info in ckpt.tensors.values())
         return RefEntry(
             id=entry_id,
             family=family,
@@ -91,6 +90,6 @@ def build_entry(
             tokenizer=fingerprint_vocabulary(vocab) if vocab is not None else None,
             files=files,
             tensors=tensors,
-            weights=build_fingerprint(ckpt) if has_weights else None,
+            weights=build_fingerprint(ckpt, stats) if has_weights else None,
             derived_from=derived_from,
         )

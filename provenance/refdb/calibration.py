@@ -12,8 +12,11 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from provenance.errors import CheckpointError
 from provenance.formats.jsonsafe import loads_strict
@@ -66,7 +69,8 @@ class PairStatistics:
 class TokenizerCalibration:
     pairs: list[PairStatistics] = field(default_factory=list)
     sources: list[dict[str, Any]] = field(default_factory=list)
-    """Each tokenizer compared: ``name``, ``lineage``, ``size``, ``source``."""
+    """Each tokenizer compared: ``name``, ``lineage``, ``entry``, ``size``, ``files`` (name, sha256)."""
+    _containment: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     @property
     def unrelated(self) -> list[PairStatistics]:
@@ -82,11 +86,16 @@ class TokenizerCalibration:
     def containment_max(self, candidate_size: int, reference_size: int) -> float | None:
         """The largest share of a reference's tokens that an unrelated candidate of at most about
         this relative size holds (None without calibration pairs)."""
+        if self._containment is None:  # (log2 size ratio, containment) of every unrelated pair, once
+            unrelated = self.unrelated
+            self._containment = (np.array([p.log_ratio for p in unrelated]),
+                                 np.array([p.values.get("ref_in_candidate") or 0.0 for p in unrelated]))
+        ratios, shares = self._containment
         ratio = math.log2(max(candidate_size, 1) / max(reference_size, 1))
         # Containment grows with the candidate's relative size, so pairs of a smaller ratio bound it from below
         # too: their maximum is what "this size or smaller" reaches (also past the table's largest ratio).
-        near = [p.values.get("ref_in_candidate") or 0.0 for p in self.unrelated if p.log_ratio <= ratio + SIZE_WINDOW]
-        return max(near) if near else None
+        near = shares[ratios <= ratio + SIZE_WINDOW]
+        return float(near.max()) if near.size else None
 
     def dumps(self) -> str:
         """The file's text: sorted, one source and one pair per line (small, diffable)."""
@@ -102,9 +111,17 @@ class TokenizerCalibration:
 
 
 def load_calibration(directory: str | Path) -> TokenizerCalibration | None:
+    """The calibration beside a database's entries (parsed once per file version), or None."""
     path = Path(directory) / CALIBRATION_FILE
     if not path.is_file():
         return None
+    stat = path.stat()
+    return _load(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=8)
+def _load(where: str, mtime_ns: int, size: int) -> TokenizerCalibration:
+    path = Path(where)
     if path.stat().st_size > 16 * 1024 * 1024:
         raise RefDBError(f"{path}: larger than 16 MiB")
     try:

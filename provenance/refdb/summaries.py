@@ -38,15 +38,48 @@ class Summary:
         return Summary(self.col_norms, self.row_norms, self.singular)
 
 
+class SummaryAccumulator:
+    """A tensor's summary from its rows streamed in chunks (canonical order), in bounded memory:
+    per-row norms as chunks arrive, column sums of squares accumulated in float64, and the
+    whole matrix kept only when it is small enough for exact singular values (``MAX_SVD_ELEMENTS``).
+    1-D tensors keep their values (quantiles need them all; they are a row of the model's width)."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.matrix = len(shape) >= 2
+        self.n_elements = int(np.prod(shape)) if shape else 1
+        self.row_norms: list[np.ndarray] = []
+        self.col_squares: np.ndarray | None = None
+        self.kept: list[np.ndarray] = []
+
+    def add(self, rows: np.ndarray) -> None:
+        if not self.matrix:
+            self.kept.append(np.asarray(rows, np.float64).reshape(-1))
+            return
+        m = np.asarray(rows, dtype=np.float64)  # one chunk's float64 copy, never the whole tensor's
+        self.row_norms.append(np.sqrt(np.einsum("ij,ij->i", m, m)))
+        squares = np.einsum("ij,ij->j", m, m)
+        self.col_squares = squares if self.col_squares is None else self.col_squares + squares
+        if self.n_elements <= MAX_SVD_ELEMENTS:
+            self.kept.append(m)
+
+    def result(self) -> Summary:
+        if not self.matrix:
+            return Summary(np.quantile(np.concatenate(self.kept), _Q), np.zeros(0), np.zeros(0))
+        assert self.col_squares is not None
+        rows = np.concatenate(self.row_norms)
+        singular = np.zeros(0)
+        if self.kept:
+            whole = np.concatenate(self.kept)
+            if min(whole.shape) > 1:
+                singular = top_singular_values(whole)
+        return Summary(np.quantile(rows, _Q), np.quantile(np.sqrt(self.col_squares), _Q), singular)
+
+
 def summarize_matrix(matrix: np.ndarray) -> Summary:
-    """Summary of a 2-D float matrix (1-D tensors: pass shape ``(1, n)``; see :func:`summarize_vector`)."""
-    m = np.asarray(matrix, dtype=np.float64)
-    rows = np.sqrt(np.einsum("ij,ij->i", m, m))
-    cols = np.sqrt(np.einsum("ij,ij->j", m, m))
-    singular = np.zeros(0)
-    if m.size <= MAX_SVD_ELEMENTS and min(m.shape) > 1:
-        singular = top_singular_values(m)
-    return Summary(np.quantile(rows, _Q), np.quantile(cols, _Q), singular)
+    """Summary of a 2-D float matrix held in memory (1-D tensors: see :func:`summarize_vector`)."""
+    acc = SummaryAccumulator(matrix.shape)
+    acc.add(matrix)
+    return acc.result()
 
 
 def top_singular_values(m: np.ndarray, k: int = N_SINGULAR, iterations: int = 60) -> np.ndarray:
@@ -68,8 +101,9 @@ def top_singular_values(m: np.ndarray, k: int = N_SINGULAR, iterations: int = 60
 
 
 def summarize_vector(values: np.ndarray) -> Summary:
-    flat = np.asarray(values, np.float64).reshape(-1)
-    return Summary(np.quantile(flat, _Q), np.zeros(0), np.zeros(0))
+    acc = SummaryAccumulator((int(np.asarray(values).size),))
+    acc.add(values)
+    return acc.result()
 
 
 def summarize(values: np.ndarray, shape: tuple[int, ...]) -> Summary:

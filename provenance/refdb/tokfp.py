@@ -30,10 +30,10 @@ _SALT = b"provenance.refdb token sketch v1\x00"
 
 def token_hashes(tokens: list[bytes]) -> np.ndarray:
     """A salted 64-bit hash of each token's bytes, in id order (uint64)."""
-    out = np.empty(len(tokens), dtype=np.uint64)
-    for i, token in enumerate(tokens):
-        out[i] = int.from_bytes(hashlib.sha256(_SALT + token).digest()[:8], "little")
-    return out
+    sha256, salt = hashlib.sha256, _SALT
+    # Joined digests then one frombuffer: no per-token int conversion or numpy element store.
+    digests = b"".join(sha256(salt + token).digest()[:8] for token in tokens)
+    return np.frombuffer(digests, dtype="<u8").astype(np.uint64)
 
 
 def bottom_k(hashes: np.ndarray, k: int = SKETCH_K) -> tuple[np.ndarray, np.ndarray]:
@@ -95,7 +95,7 @@ def fingerprint_vocabulary(vocab: Vocabulary, hashes: np.ndarray | None = None) 
         model=vocab.model,
         # Same bytes as GGUF's FLOAT32 array, so a GGUF's scores hash compares directly.
         scores_sha256=scores_sha256(vocab.scores),
-        merges_count=len(vocab.merges) if vocab.merges is not None else None,
+        merges_count=vocab.merges_count,
         merges_sha256=vocab.merges_sha256,
         special_tokens=dict(vocab.special_tokens),
         sketch_hashes=sketch_hashes,

@@ -30,7 +30,7 @@ from scipy.stats import norm
 from provenance.formats.base import Checkpoint, TensorInfo
 from provenance.refdb.positions import Spans, sample_spans
 from provenance.refdb.sampler import ReadMeter, read_flat, read_spans, transposed_positions
-from provenance.refdb.summaries import Summary, distance, summarize
+from provenance.refdb.summaries import Summary, SummaryAccumulator, distance, summarize
 
 NULL_DRAWS = 199
 IDENTIFIED_Z = 6.0
@@ -75,18 +75,45 @@ def _full_values(ckpt: Checkpoint, info: TensorInfo, meter: ReadMeter | None = N
     return ckpt.read_rows(info.name).reshape(-1)
 
 
-def build_fingerprint(ckpt: Checkpoint) -> WeightFingerprint:
-    """The fingerprint of a reference checkpoint (reads every informative tensor once)."""
+@dataclass
+class TensorStats:
+    """What one streamed pass over a reference tensor yields."""
+
+    constant: bool
+    """Every value equal (e.g. norms initialised to 1.0): carries no evidence."""
+    summary: Summary | None
+
+
+def tensor_stats(ckpt: Checkpoint, info: TensorInfo, with_summary: bool = True) -> TensorStats:
+    """Constancy and (optionally) the layout-invariant summary of a tensor, from its rows
+    streamed through the reader's bounded chunks: memory does not grow with the tensor."""
+    acc = SummaryAccumulator(info.shape) if with_summary else None
+    first, constant = None, True
+    for _, rows in ckpt.iter_rows(info.name):
+        flat = rows.reshape(-1)
+        if first is None and flat.size:
+            first = flat[0]
+        constant = constant and bool(np.all(flat == first))
+        if acc is not None:
+            acc.add(rows)
+    return TensorStats(constant and first is not None, acc.result() if acc is not None else None)
+
+
+def build_fingerprint(ckpt: Checkpoint, stats: dict[str, TensorStats] | None = None) -> WeightFingerprint:
+    """The fingerprint of a reference checkpoint: sampled spans plus one streamed pass per
+    informative tensor (``stats`` when the caller already made that pass)."""
     prints = []
     for info in ckpt.tensors.values():
         if not informative(info):
             continue
         spans = sample_spans(info.name, info.shape)
         values = read_spans(ckpt, info, spans, ReadMeter())
-        full = _full_values(ckpt, info)
+        got = (stats or {}).get(info.name)
+        if got is None or got.summary is None:
+            got = tensor_stats(ckpt, info)
         prints.append(TensorPrint(
             name=info.name, shape=info.shape, spans=spans, values=values.astype(np.float16).astype(np.float32),
-            summary=summarize(full, info.shape), constant=bool(full.size and np.all(full == full[0])),
+            summary=got.summary, constant=got.constant,
         ))
     return WeightFingerprint(prints)
 

@@ -142,3 +142,12 @@ def test_a_length_that_lies_names_its_field_and_offset(tmp_path: Path) -> None:
     with pytest.raises(MalformedCheckpoint) as info:
         open_checkpoint(path)
     assert info.value.field == "pieces[1]" and info.value.offset == len(piece) + 3
+
+
+def test_refdb_add_a_tokenizer_alone(hf_tokenizer: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_main(capsys, "refdb", "add", str(hf_tokenizer), "--id", "my-tokenizer", "--family", "mine",
+                            "--refdb", str(tmp_path))
+    assert code == 0 and "tokenizer" in err and "weight-fingerprint" not in err, err
+    code, out, err = run_main(capsys, "identify", "--json", "--refdb", str(tmp_path), str(LLAMA2_SPM))
+    doc = json.loads(out)
+    assert code == 0 and doc["decision"]["entry_id"] == "my-tokenizer" and doc["decision"]["signal"] == "tokenizer"
