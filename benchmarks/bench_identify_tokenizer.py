@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scripts.refdb_tokenizers import SOURCES, candidate_path, write_vocab_gguf  # noqa: E402
+from scripts.refdb_tokenizers import SOURCES, candidate_path, write_vocab_gguf
 
 
 def sha256_tree(path: Path) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.bench_fingerprint import write_candidate  # noqa: E402
+from benchmarks.bench_fingerprint import write_candidate
 
 CHILD_ADD = """
 import resource, sys

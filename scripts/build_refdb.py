@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from provenance.formats import open_checkpoint  # noqa: E402
 from provenance.formats.vocabulary import Vocabulary, checkpoint_vocabulary  # noqa: E402
+from provenance.hashing import file_sha256  # noqa: E402
 from provenance.refdb.build import build_entry  # noqa: E402
 from provenance.refdb.calibration import CALIBRATION_FILE  # noqa: E402
 from provenance.refdb.schema import ARCH_FIELDS, RefEntry, encode_entry  # noqa: E402
@@ -43,7 +44,6 @@ from scripts.refdb_tokenizers import (  # noqa: E402
     mistral_llama2_package,
     npm_path,
     second_source,
-    sha256_file,
 )
 
 SHARED = (ROOT / ".." / "shared" / "data").resolve()
@@ -146,7 +146,7 @@ QUANTS = ["f16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_0", "Q4_K_M", "Q4_K_S", "Q4_0", "
 def source_file(path: Path) -> dict[str, Any]:
     """Name (relative to ../shared/data or to .cache/tokenizers), size and sha256 of an input."""
     base = SHARED if path.is_relative_to(SHARED) else CACHE
-    return {"name": str(path.relative_to(base)), "size": path.stat().st_size, "sha256": sha256_file(path)}
+    return {"name": str(path.relative_to(base)), "size": path.stat().st_size, "sha256": file_sha256(str(path))}
 
 
 # ----- entries -------------------------------------------------------------------------
@@ -241,7 +241,7 @@ def stories260k() -> RefEntry:
     with open_checkpoint(bin_path) as a, open_checkpoint(gguf_path) as b:
         for name in b.tensors:
             check(a.tensor_sha256(name) == b.tensor_sha256(name), f"stories260K {name}: .bin and f32 GGUF differ")
-    entry.files.append({"name": gguf_path.name, "size": gguf_path.stat().st_size, "sha256": sha256_file(gguf_path)})
+    entry.files.append({"name": gguf_path.name, "size": gguf_path.stat().st_size, "sha256": file_sha256(str(gguf_path))})
     entry.provenance["computed_by"] = HOW
     entry.provenance["source_files"] = [source_file(bin_path), source_file(gguf_path)]
     entry.notes = ["stories260K-f32.gguf holds byte-identical tensors (llama.cpp conversion, no other change); "

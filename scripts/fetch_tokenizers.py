@@ -18,7 +18,6 @@ read this cache and skip cleanly without it.
 """
 from __future__ import annotations
 
-import hashlib
 import shutil
 import subprocess
 import sys
@@ -27,6 +26,10 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from provenance.hashing import file_sha256  # noqa: E402
+
 CACHE = ROOT / ".cache" / "tokenizers"
 
 SDIST = ("llama-cpp-python", "0.3.36", "llama_cpp_python-0.3.36.tar.gz",
@@ -55,18 +58,10 @@ def npm_file_name(spec: str) -> str:
     return f"{name.lstrip('@').replace('/', '-')}-{version}.tgz"
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def verified(path: Path, expected: str) -> bool:
     if not path.is_file():
         return False
-    got = sha256(path)
+    got = file_sha256(str(path))
     if got != expected:
         raise SystemExit(f"{path}: sha256 {got}, expected {expected}")
     return True

@@ -10,7 +10,6 @@ one another: the ground truth the calibration and the confusion-matrix tests use
 """
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 from provenance.formats import open_checkpoint
 from provenance.formats.vocabulary import Vocabulary, checkpoint_vocabulary
+from provenance.hashing import file_sha256
 from provenance.refdb.calibration import PairStatistics, TokenizerCalibration
 from provenance.refdb.sources import (
     decoded_test_vectors,
@@ -41,14 +41,6 @@ class CrossCheckFailed(SystemExit):
 def check(condition: bool, message: str) -> None:
     if not condition:
         raise CrossCheckFailed(f"cross-check failed: {message}")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def gguf_path(name: str) -> Path:
@@ -274,7 +266,7 @@ def calibrate(sources: list[Source]) -> TokenizerCalibration:
                 special_tokens_equal=rel.special_tokens_equal))
     described: list[dict[str, Any]] = [
         {"name": s.name, "lineage": s.lineage, "entry": s.entry, "size": len(vocabs[s.name]),
-         "files": [{"name": p.name, "sha256": sha256_file(p)} for p in s.files]} for s in sources]
+         "files": [{"name": p.name, "sha256": file_sha256(str(p))} for p in s.files]} for s in sources]
     return TokenizerCalibration(pairs=pairs, sources=described)
 
 
