@@ -90,7 +90,8 @@ def command(paths: tuple[str, ...], as_json: bool, hashes: bool, output: str | N
     """Describe checkpoints: format, architecture, metadata, tokenizer, tensors and hashes.
 
     PATHS may be GGUF files (split files via any part), safetensors files, sharded
-    index.json files, HF model directories or llama2.c files. Each file is checked
+    index.json files, HF model directories or llama2.c files, or tokenizers alone
+    (tokenizer.json, a SentencePiece tokenizer.model, a folder of tokenizer files). Each file is checked
     without being trusted; a bad one is reported on one line and the others are still
     inspected. Exit status: 0 all read, 2 any file failed.
     """
