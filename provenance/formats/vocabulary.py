@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from provenance.formats.base import Checkpoint
 from provenance.formats.gguf_header import GGUFArray
 
 MAX_VOCABULARY = 4_000_000
@@ -121,7 +122,7 @@ def vocabulary_from_gguf_metadata(metadata: Mapping[str, Any], where: str = "ggu
     )
 
 
-def checkpoint_vocabulary(checkpoint: Any) -> Vocabulary | None:
+def checkpoint_vocabulary(checkpoint: Checkpoint) -> Vocabulary | None:
     """A checkpoint's own tokenizer: its GGUF metadata, the vocabulary a tokenizer-only
     reader parsed, or the tokenizer files beside an HF model (``tokenizer.json``, else
     ``tokenizer.model``). None when it has none."""
