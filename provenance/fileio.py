@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,38 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def write_files_atomic(directory: str | Path, files: Mapping[str, str | bytes]) -> dict[str, Path]:
+    """Write several files into ``directory`` all at once or not at all.
+
+    Everything is already in memory; it goes into a temporary sibling directory first. A new
+    directory is then renamed into place in one step. An existing one is never replaced
+    (it may hold the user's other files): our files are moved in one by one, each rename
+    atomic, only after every one of them was written. Names may hold ``/`` (subfolders) but
+    never leave ``directory``. Returns ``{name: path}``.
+    """
+    directory = Path(directory)
+    for name in files:
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise ValueError(f"output name {name!r} leaves the output directory")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    try:
+        for name, data in files.items():
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
+            (staging / name).write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+        if directory.exists():
+            for name in files:
+                (directory / name).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staging / name, directory / name)
+            shutil.rmtree(staging, ignore_errors=True)
+        else:
+            os.replace(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return {name: directory / name for name in files}
 
 
 def json_ready(value: Any) -> Any:

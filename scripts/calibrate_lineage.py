@@ -73,14 +73,14 @@ def run_case(spec: dict[str, Any], permutations: int = 999) -> dict[str, Any]:
                           base_model=spec["reference"] if spec["kind"] == "derived" else None)
         result = compare(cand, model_path(spec["reference"]),
                          CompareOptions(permutations=permutations, threads=1, seed=0))
-    test = result.test or {}
-    layers = test.get("layers", [])
+    test = result.test
     return {
         "case": spec["case"], "kind": spec["kind"], "candidate": spec["candidate"], "reference": spec["reference"],
         "permuted": bool(spec.get("permuted")), "scheme": spec.get("scheme") or "fp",
-        "verdict": result.verdict["kind"], "p_exact": test.get("p_exact"), "p_asymptotic": test.get("p_asymptotic"),
-        "z": test.get("z"), "statistic": test.get("value"),
-        "mean_spearman": float(np.mean([c["spearman"] for c in test.get("circuits", [])])) if layers else None,
+        "verdict": result.verdict.kind, "p_exact": test.p_exact if test else None,
+        "p_asymptotic": test.p_asymptotic if test else None, "z": test.z if test else None,
+        "statistic": test.statistic if test else None,
+        "mean_spearman": float(np.mean([c.spearman for c in test.circuits])) if test and test.layers else None,
         "seconds": round(time.perf_counter() - start, 2),
     }
 

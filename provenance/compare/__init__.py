@@ -10,9 +10,13 @@
                       the MLP unit matching also serves watermark realignment)
 * :mod:`.verdict`     identical / requantized / fine-tune / LoRA / CPT / unrelated / inconclusive
 * :mod:`.claims`      metadata claims beside the weight evidence
+* :mod:`.options`     ``CompareOptions`` (defaults and help texts, also of the CLI)
+* :mod:`.result`      the typed ``CompareResult`` (verdict, test, claims, per-tensor rows)
 * :mod:`.api`         ``compare(candidate, reference, options) -> CompareResult``
-* :mod:`.report`      Markdown, CSV/JSON and figures
+* :mod:`.figures`     the result's figures (reports render them, :mod:`provenance.report`)
 """
-from provenance.compare.api import CompareOptions, CompareResult, compare
+from provenance.compare.api import compare
+from provenance.compare.options import CompareOptions
+from provenance.compare.result import CompareResult, LineageVerdict, PermutationTestResult, TensorComparison
 
-__all__ = ["CompareOptions", "CompareResult", "compare"]
+__all__ = ["CompareOptions", "CompareResult", "LineageVerdict", "PermutationTestResult", "TensorComparison", "compare"]

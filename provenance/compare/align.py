@@ -174,10 +174,6 @@ class Alignment:
     def is_identity(self) -> bool:
         return all(t.is_identity for t in self.transforms.values())
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"identity": self.is_identity, "layers": self.layers,
-                "transforms": {k: v.summary() for k, v in self.transforms.items() if not v.is_identity}}
-
 
 #: rows sampled to check whether the identity already matches (skips the O(n^3) assignment)
 IDENTITY_SAMPLE = 512

@@ -16,21 +16,34 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from provenance.compare.align import Alignment, align_layer
 from provenance.compare.claims import compare_claims
 from provenance.compare.engine import PairOutcome, stream_pair
 from provenance.compare.invariants import HeadLayout, circuits
+from provenance.compare.options import CompareOptions, LayoutMode
 from provenance.compare.pairing import (
     Pairing,
     TensorPair,
     detect_byte_transposition,
     pair_tensors,
+)
+from provenance.compare.result import (
+    AlignmentSummary,
+    CheckpointSummary,
+    CompareResult,
+    CompareTiming,
+    LayerAlignment,
+    LayoutDecision,
+    LayoutDetection,
+    PairingSummary,
+    PermutationTestResult,
+    ShapeMismatch,
+    TensorComparison,
 )
 from provenance.compare.sketch import (
     NORMS,
@@ -38,7 +51,7 @@ from provenance.compare.sketch import (
     residual_subset,
     token_subset,
 )
-from provenance.compare.symtest import PermutationTest, TestResult
+from provenance.compare.symtest import PermutationTest
 from provenance.compare.transform import Transform
 from provenance.compare.verdict import decide
 from provenance.formats import open_checkpoint
@@ -47,86 +60,9 @@ from provenance.names.arch import ArchRecord
 from provenance.textsafe import safe_text
 from provenance.threads import torch_threads
 
-SCHEMA = "provenance.compare/1"
-TABLE_COLUMNS = [
-    "name", "layer", "role", "kind", "shape", "candidate_dtype", "reference_dtype", "layout", "aligned",
-    "pearson", "one_minus_pearson", "cosine", "one_minus_cos", "rel_delta_norm", "max_abs_delta",
-    "norm_candidate", "norm_reference", "rank_energy", "stable_rank", "entropy_rank", "full_rank",
-    "grid_type", "grid_lossy_side", "grid_outside_fraction",
-]
 
-
-@dataclass(frozen=True)
-class CompareOptions:
-    permutations: int = 999
-    """Residual permutations for the exact p-value (its floor is 1 / (permutations + 1))."""
-    seed: int = 0
-    """Seed of the permutations and of the residual/token/row samples (results are reproducible)."""
-    max_residual: int = 128
-    """Residual coordinates kept in sketches (all of them for narrower models)."""
-    max_tokens: int = 2048
-    """Embedding rows kept in sketches."""
-    sample_rows: int = 128
-    """Rows of each delta kept for its effective rank. The LoRA call needs ranks <= 8 to
-    show (``verdict.LOW_RANK_MAX``, at most a quarter of the sample); 128 rows show any rank
-    up to 128, and the Gram matrix behind the rank costs a quarter of 256 rows' (it was
-    the largest single cost of the streamed pass on 7B layers)."""
-    threads: int = 2
-    """Tensors streamed concurrently (torch runs one thread per tensor)."""
-    layout: str = "auto"
-    """``auto`` (detect transposed data), ``same`` or ``transposed-bytes``."""
-    align: bool = True
-    """Recover permutations/scales when the models are related."""
-    grid_check: bool = True
-    """Check a lossy side's quantization grid against the other side (requantization)."""
-    chunk_elems: int = 1 << 19
-    """Elements per streamed chunk: the arithmetic costs the same per element from 64K to 1M,
-    the per-chunk Python overhead does not (512K measured 2.18 -> 2.45 GB/s over 128K)."""
-
-
-@dataclass
-class CompareResult:
-    candidate: dict[str, Any]
-    reference: dict[str, Any]
-    verdict: dict[str, Any]
-    test: dict[str, Any] | None
-    claims: dict[str, Any]
-    pairing: dict[str, Any]
-    layout: dict[str, Any]
-    alignment: dict[str, Any] | None
-    rows: list[dict[str, Any]]
-    options: dict[str, Any]
-    timing: dict[str, Any]
-    null_sample: list[float] = field(default_factory=list)
-
-    @property
-    def table(self) -> pd.DataFrame:
-        """One row per paired tensor (the per-layer table)."""
-        return pd.DataFrame(self.rows, columns=TABLE_COLUMNS)
-
-    @property
-    def layer_table(self) -> pd.DataFrame:
-        """One row per layer: test statistic and p-values, mean similarities."""
-        layers = (self.test or {}).get("layers", [])
-        df = pd.DataFrame(layers)
-        if df.empty:
-            return df
-        t = self.table
-        mats = t[t["kind"] == "matrix"]
-        agg = mats.groupby("layer").agg(mean_pearson=("pearson", "mean"), mean_rel_delta=("rel_delta_norm", "mean"))
-        return df.merge(agg, how="left", left_on="layer", right_index=True)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "schema": SCHEMA, "candidate": self.candidate, "reference": self.reference, "verdict": self.verdict,
-            "test": self.test, "claims": self.claims, "pairing": self.pairing, "layout": self.layout,
-            "alignment": self.alignment, "tensors": self.rows, "options": self.options, "timing": self.timing,
-        }
-
-
-def _describe(path: str, ckpt: Checkpoint) -> dict[str, Any]:
-    return {"path": safe_text(path), "format": ckpt.format, "architecture": ckpt.architecture.to_dict(),
-            "tensors": len(ckpt.tensors)}
+def _describe(path: str, ckpt: Checkpoint) -> CheckpointSummary:
+    return CheckpointSummary(safe_text(path), ckpt.format, ckpt.architecture, len(ckpt.tensors))
 
 
 def _heads(arch: ArchRecord, other: ArchRecord) -> HeadLayout | None:
@@ -146,29 +82,44 @@ def _n_embd(ckpt: Checkpoint) -> int | None:
     return info.shape[-1] if info is not None else None
 
 
-def _row(out: PairOutcome) -> dict[str, Any]:
+def _row(out: PairOutcome) -> TensorComparison:
     p, s = out.pair, out.stats
-    row: dict[str, Any] = {
-        "name": safe_text(p.name), "layer": p.layer, "role": safe_text(p.role), "kind": "matrix" if p.is_matrix else "vector",
-        "shape": "x".join(map(str, p.shape)), "candidate_dtype": p.candidate_dtype, "reference_dtype": p.reference_dtype,
-        "layout": p.layout, "aligned": out.transform is not None,
-        "pearson": s.pearson, "one_minus_pearson": s.one_minus_pearson, "cosine": s.cosine,
-        "one_minus_cos": s.one_minus_cos, "rel_delta_norm": s.rel_delta_norm, "max_abs_delta": s.max_abs_delta,
-        "norm_candidate": s.norm_candidate, "norm_reference": s.norm_reference,
-        "rank_energy": None, "stable_rank": None, "entropy_rank": None, "full_rank": None,
-        "grid_type": None, "grid_lossy_side": None, "grid_outside_fraction": None,
-    }
-    if out.rank is not None:
-        row.update(out.rank)
-    if out.grid:
-        row["grid_type"] = out.grid.get("type")
-        row["grid_lossy_side"] = out.grid.get("lossy_side")
-        row["grid_outside_fraction"] = out.grid.get("outside_fraction")
-        if out.grid.get("error"):
-            row["grid_error"] = out.grid["error"]
-    if out.transform is not None:
-        row["transform"] = out.transform
-    return row
+    rank = out.rank or {}
+    grid = out.grid or {}
+    return TensorComparison(
+        name=safe_text(p.name), layer=p.layer, role=safe_text(p.role), kind="matrix" if p.is_matrix else "vector",
+        shape="x".join(map(str, p.shape)), candidate_dtype=p.candidate_dtype, reference_dtype=p.reference_dtype,
+        layout=p.layout, aligned=out.transform is not None,
+        pearson=s.pearson, one_minus_pearson=s.one_minus_pearson, cosine=s.cosine, one_minus_cos=s.one_minus_cos,
+        rel_delta_norm=s.rel_delta_norm, max_abs_delta=s.max_abs_delta,
+        norm_candidate=s.norm_candidate, norm_reference=s.norm_reference,
+        rank_energy=rank.get("rank_energy"), stable_rank=rank.get("stable_rank"),
+        entropy_rank=rank.get("entropy_rank"), full_rank=rank.get("full_rank"),
+        grid_type=grid.get("type"), grid_lossy_side=grid.get("lossy_side"),
+        grid_outside_fraction=grid.get("outside_fraction"), grid_error=grid.get("error") or None,
+        transform=out.transform,
+    )
+
+
+def _layout(cand: Checkpoint, ref: Checkpoint, pairs: list[TensorPair], mode: LayoutMode) -> LayoutDecision:
+    if mode == "auto":
+        found = detect_byte_transposition(cand, ref, pairs)
+        detection = LayoutDetection(tuple(found["tensors_checked"]), found["median_abs_pearson_plain"],
+                                    found["median_abs_pearson_transposed"], bool(found["transposed_bytes"]), found["rule"])
+        return LayoutDecision(mode, detection.transposed_bytes, detection=detection)
+    return LayoutDecision(mode, mode == "transposed-bytes")
+
+
+def _pairing(pairing: Pairing) -> PairingSummary:
+    mismatches = tuple(ShapeMismatch(u.name, tuple(u.candidate_shape or ()), tuple(u.reference_shape or ()))
+                       for u in pairing.unpaired if u.reason == "shape-mismatch")
+    return PairingSummary(len(pairing.pairs), tuple(pairing.names("missing-in-reference")),
+                          tuple(pairing.names("missing-in-candidate")), mismatches, tuple(pairing.names("not-learned")))
+
+
+def _alignment(alignment: Alignment) -> AlignmentSummary:
+    return AlignmentSummary(alignment.is_identity, tuple(LayerAlignment.of(record) for record in alignment.layers),
+                            {name: t.summary() for name, t in alignment.transforms.items() if not t.is_identity})
 
 
 def _stream_order(pairs: list[TensorPair]) -> list[TensorPair]:
@@ -324,15 +275,11 @@ def _compare_open(cpath: str, rpath: str, cand: Checkpoint, ref: Checkpoint, opt
                   progress: Callable[[str, int], None] | None, t0: float) -> CompareResult:
     arch_c, arch_r = cand.architecture, ref.architecture
     pairing: Pairing = pair_tensors(cand, ref)
-    layout: dict[str, Any] = {"mode": opts.layout}
     pairs = pairing.pairs
-    if opts.layout == "auto":
-        layout.update(detect_byte_transposition(cand, ref, pairs))
-    elif opts.layout == "transposed-bytes":
-        layout["transposed_bytes"] = True
-    if layout.get("transposed_bytes"):
+    layout = _layout(cand, ref, pairs, opts.layout)
+    if layout.transposed_bytes:
         pairs = [replace(p, layout="transposed-bytes") if p.layout == "same" and p.is_matrix else p for p in pairs]
-    layout["transposed_shape"] = [p.name for p in pairs if p.layout == "transposed"]
+    layout = replace(layout, transposed_shape=tuple(p.name for p in pairs if p.layout == "transposed"))
     d_c, d_r = _n_embd(cand), _n_embd(ref)
     reason = None
     if d_r is None or d_c != d_r:
@@ -349,7 +296,7 @@ def _compare_open(cpath: str, rpath: str, cand: Checkpoint, ref: Checkpoint, opt
     outcomes = _run_pairs(cand, ref, pairs, {}, opts, (residual, tokens) if reason is None else None, progress,
                           consume=lineage.consume if lineage is not None else None)
     t2 = time.perf_counter()
-    test: TestResult | None = None
+    test: PermutationTestResult | None = None
     alignment: Alignment | None = None
     t3 = t2
     if lineage is not None:
@@ -374,20 +321,20 @@ def _compare_open(cpath: str, rpath: str, cand: Checkpoint, ref: Checkpoint, opt
                 outcomes = [redo.get(o.pair.name, o) for o in outcomes]
     t4 = time.perf_counter()
     rows = [_row(o) for o in outcomes]
-    verdict = decide(test, rows, arch_c, arch_r, layout, alignment.to_dict() if alignment else None, reason)
-    claims = compare_claims(dict(cand.metadata_claims), dict(ref.metadata_claims), verdict.get("related"))
-    if claims["disagreements"]:
-        verdict["evidence"] = verdict["evidence"] + ["metadata: " + d for d in claims["disagreements"]]
+    aligned = _alignment(alignment) if alignment else None
+    verdict = decide(test, rows, arch_c, arch_r, layout, aligned, reason)
+    claims = compare_claims(dict(cand.metadata_claims), dict(ref.metadata_claims), verdict.related)
+    if claims.disagreements:
+        verdict = replace(verdict, evidence=verdict.evidence + tuple("metadata: " + d for d in claims.disagreements))
     total_bytes = sum(o.bytes_read for o in outcomes)
-    timing = {"total_s": round(time.perf_counter() - t0, 3), "stream_s": round(t2 - t1, 3),
-              "test_s": round(t3 - t2 + (lineage.test_s if lineage else 0.0), 3),
-              "test_during_stream_s": round(lineage.test_s, 3) if lineage else 0.0,
-              "align_during_stream_s": round(lineage.align_s, 3) if lineage else 0.0,
-              "align_restream_s": round(t4 - t3, 3),
-              "tensor_bytes": total_bytes, "stream_gb_per_s": round(total_bytes / max(t2 - t1, 1e-9) / 1e9, 3)}
+    timing = CompareTiming(
+        total_s=round(time.perf_counter() - t0, 3), stream_s=round(t2 - t1, 3),
+        test_s=round(t3 - t2 + (lineage.test_s if lineage else 0.0), 3),
+        test_during_stream_s=round(lineage.test_s, 3) if lineage else 0.0,
+        align_during_stream_s=round(lineage.align_s, 3) if lineage else 0.0,
+        align_restream_s=round(t4 - t3, 3),
+        tensor_bytes=total_bytes, stream_gb_per_s=round(total_bytes / max(t2 - t1, 1e-9) / 1e9, 3))
     return CompareResult(
-        candidate=_describe(cpath, cand), reference=_describe(rpath, ref), verdict=verdict,
-        test=test.to_dict() if test else None, claims=claims, pairing=pairing.to_dict(), layout=layout,
-        alignment=alignment.to_dict() if alignment else None, rows=rows, options=asdict(opts), timing=timing,
-        null_sample=test.null_sample if test else [],
+        candidate=_describe(cpath, cand), reference=_describe(rpath, ref), verdict=verdict, test=test, claims=claims,
+        pairing=_pairing(pairing), layout=layout, alignment=aligned, tensors=tuple(rows), options=opts, timing=timing,
     )

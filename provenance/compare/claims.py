@@ -15,6 +15,7 @@ from typing import Any
 
 from gguf import Keys
 
+from provenance.compare.result import ClaimsComparison
 from provenance.textsafe import safe_text
 
 _GGUF = Keys.General
@@ -90,7 +91,7 @@ def names_match(names_a: list[str], names_b: list[str]) -> bool:
     return any(a == b or (len(a) >= 6 and len(b) >= 6 and (a in b or b in a)) for a in na for b in nb)
 
 
-def compare_claims(candidate: Mapping[str, Any], reference: Mapping[str, Any], related: bool | None) -> dict[str, Any]:
+def compare_claims(candidate: Mapping[str, Any], reference: Mapping[str, Any], related: bool | None) -> ClaimsComparison:
     """Claims of both sides, and flags where claims disagree with each other or the weights."""
     bases = claimed_bases(candidate)
     ref_names = self_names(reference)
@@ -119,12 +120,12 @@ def compare_claims(candidate: Mapping[str, Any], reference: Mapping[str, Any], r
     same_name = bool(self_names(candidate)) and bool(ref_names) and names_match(self_names(candidate), ref_names)
     if related is False and same_name:
         flags.append("both files carry the same name, but the weights show no relation")
-    return {
-        "candidate": {k: safe_text(v, 200) for k, v in candidate.items()},
-        "reference": {k: safe_text(v, 200) for k, v in reference.items()},
-        "candidate_claimed_bases": [safe_text(b, 200) for b in bases],
-        "reference_names": [safe_text(n, 200) for n in ref_names],
-        "status": status,
-        "disagreements": flags,
-        "notes": notes,
-    }
+    return ClaimsComparison(
+        candidate={k: safe_text(v, 200) for k, v in candidate.items()},
+        reference={k: safe_text(v, 200) for k, v in reference.items()},
+        candidate_claimed_bases=tuple(safe_text(b, 200) for b in bases),
+        reference_names=tuple(safe_text(n, 200) for n in ref_names),
+        status=status,
+        disagreements=tuple(flags),
+        notes=tuple(notes),
+    )

@@ -15,6 +15,7 @@ import torch
 
 from provenance.codecs.types import plain_type
 from provenance.compare.pairing import TensorPair, apply_layout
+from provenance.compare.result import TransformSummary
 from provenance.compare.sketch import SketchBuilder, TensorSketch
 from provenance.compare.stats import PairAccumulator, PairStats, effective_rank
 from provenance.compare.stream import RowReader, rows_per_chunk
@@ -29,7 +30,7 @@ GRID_TOLERANCE_STEPS = 0.05
 class PairOutcome:
     pair: TensorPair
     stats: PairStats
-    transform: dict[str, Any] | None = None
+    transform: TransformSummary | None = None
     rank: dict[str, Any] | None = None
     """Effective rank of the delta on sampled rows (computed here, so no sample is kept)."""
     sketch_reference: list[tuple[int, np.ndarray]] = field(default_factory=list, repr=False)

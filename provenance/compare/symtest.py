@@ -30,14 +30,13 @@ ranks, so each permuted statistic is one gather and one dot product.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 from scipy.special import ndtr
 from scipy.stats import pearson3, rankdata, skew
 
 from provenance.compare.invariants import Circuit
+from provenance.compare.result import CircuitScore, LayerTest, PermutationTestResult
 
 ATANH_CLIP = 1 - 1e-12
 #: permuted circuit entries gathered per batch (float32: 4 MB, cache-friendly)
@@ -76,33 +75,6 @@ def _standardised_ranks(values: np.ndarray, mask: np.ndarray | None) -> np.ndarr
     else:
         out = r.reshape(values.shape)
     return out
-
-
-@dataclass
-class TestResult:
-    statistic: float
-    p_exact: float
-    p_asymptotic: float
-    z: float
-    permutations: int
-    perm_mean: float
-    perm_sd: float
-    circuits: list[dict[str, Any]] = field(default_factory=list)
-    layers: list[dict[str, Any]] = field(default_factory=list)
-    null_sample: list[float] = field(default_factory=list, repr=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "null_hypothesis": "candidate trained independently of the reference",
-            "statistic": "sum over circuits of atanh(Spearman rho) of symmetry-invariant circuit matrices",
-            "value": self.statistic, "z": self.z,
-            "p_exact": self.p_exact, "p_exact_floor": 1.0 / (self.permutations + 1),
-            "p_asymptotic": self.p_asymptotic,
-            "asymptotic_assumption": "permutation distribution of the statistic well described by a Pearson "
-                                     "type III law with its mean, sd and skewness (+1 s.e.) estimated from the permutations",
-            "permutations": self.permutations, "perm_mean": self.perm_mean, "perm_sd": self.perm_sd,
-            "layers": self.layers, "circuits": self.circuits,
-        }
 
 
 def _z_p(value: float, sample: np.ndarray) -> tuple[float, float, float, float]:
@@ -220,7 +192,7 @@ class PermutationTest:
         _, _, t_obs, t_perm = self._arrays()
         return _z_p(float(t_obs.sum()), t_perm.sum(axis=1))[3]
 
-    def result(self) -> TestResult:
+    def result(self) -> PermutationTestResult:
         if not self.labels:
             raise ValueError("no comparable circuits")
         permutations = self.permutations
@@ -229,10 +201,8 @@ class PermutationTest:
         total_perm = t_perm.sum(axis=1)
         p_exact = (1 + int((total_perm >= total_obs - 1e-12).sum())) / (permutations + 1)
         mean, sd, z, p_asym = _z_p(total_obs, total_perm)
-        circuits_out = []
-        for i, (label, layer) in enumerate(self.labels):
-            circuits_out.append({"layer": layer, "circuit": label, "spearman": float(observed[i]),
-                                 "null_sd": float(rho_perm[:, i].std(ddof=1))})
+        circuits_out = [CircuitScore(layer, label, float(observed[i]), float(rho_perm[:, i].std(ddof=1)))
+                        for i, (label, layer) in enumerate(self.labels)]
         layers_out = []
         layer_keys: list[int | None] = []
         for _, layer in self.labels:
@@ -244,19 +214,18 @@ class PermutationTest:
             perm = t_perm[:, cols].sum(axis=1)
             p_ex = (1 + int((perm >= obs - 1e-12).sum())) / (permutations + 1)
             _, _, lz, lp = _z_p(obs, perm)
-            layers_out.append({"layer": layer, "circuits": [self.labels[i][0] for i in cols],
-                               "statistic": obs, "z": lz, "p_exact": p_ex, "p_asymptotic": lp,
-                               "mean_spearman": float(np.mean(observed[cols]))})
-        return TestResult(
+            layers_out.append(LayerTest(layer, tuple(self.labels[i][0] for i in cols), obs, lz, p_ex, lp,
+                                        float(np.mean(observed[cols]))))
+        return PermutationTestResult(
             statistic=total_obs, p_exact=p_exact, p_asymptotic=p_asym, z=z, permutations=permutations,
-            perm_mean=mean, perm_sd=sd, circuits=circuits_out, layers=layers_out,
-            null_sample=[float(x) for x in total_perm[:200]],
+            perm_mean=mean, perm_sd=sd, circuits=tuple(circuits_out), layers=tuple(layers_out),
+            null_sample=tuple(float(x) for x in total_perm[:200]),
         )
 
 
 def residual_permutation_test(
     reference: list[Circuit], candidate: list[Circuit], permutations: int = 999, seed: int = 0,
-) -> TestResult:
+) -> PermutationTestResult:
     """Exact and asymptotic p-values for H0 (independent training) on all circuits at
     once (the streamed pipeline feeds :class:`PermutationTest` group by group instead)."""
     if not reference:

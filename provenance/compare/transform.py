@@ -8,10 +8,11 @@ gate and up and the columns of down alike.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
+
+from provenance.compare.result import IndexMove, ScaleRange, TransformSummary
 
 
 @dataclass(frozen=True)
@@ -92,17 +93,14 @@ class Transform:
 
         return self._gathered(signs, sign(self.row_scale), sign(self.col_scale))
 
-    def summary(self) -> dict[str, Any]:
-        def perm_info(p: np.ndarray | None) -> Any:
-            if p is None:
-                return None
-            return {"moved": int((p != np.arange(len(p))).sum()), "of": len(p)}
+    def summary(self) -> TransformSummary:
+        def moves(p: np.ndarray | None) -> IndexMove | None:
+            return None if p is None else IndexMove(int((p != np.arange(len(p))).sum()), len(p))
 
-        def scale_info(s: np.ndarray | None) -> Any:
+        def spread(s: np.ndarray | None) -> ScaleRange | None:
             if s is None:
                 return None
             a = np.abs(s)
-            return {"min": float(a.min()), "max": float(a.max()), "negative": int((s < 0).sum())}
+            return ScaleRange(float(a.min()), float(a.max()), int((s < 0).sum()))
 
-        return {"rows": perm_info(self.row_index), "row_scale": scale_info(self.row_scale),
-                "cols": perm_info(self.col_index), "col_scale": scale_info(self.col_scale)}
+        return TransformSummary(moves(self.row_index), spread(self.row_scale), moves(self.col_index), spread(self.col_scale))

@@ -7,11 +7,23 @@ from the aligned per-tensor statistics, each kind with the evidence that decided
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import replace
 
 import numpy as np
 
-from provenance.compare.symtest import TestResult
+from provenance.compare.result import (
+    AlignmentSummary,
+    ChangeDetails,
+    LayerChange,
+    LayoutDecision,
+    LineageVerdict,
+    LowRankEvidence,
+    PermutationTestResult,
+    RequantizationDetails,
+    Strength,
+    TensorComparison,
+    VerdictKind,
+)
 from provenance.names.arch import ArchRecord
 
 #: related: the asymptotic p-value below this and the exact one at most ``EXACT_RELATED``
@@ -26,117 +38,134 @@ ROUNDING_REL = 1e-6
 LOW_RANK_MAX = 8
 LOW_RANK_FRACTION = 0.25
 
-KINDS = ("identical", "requantized", "fine-tune", "lora-merge", "continued-pretraining", "unrelated", "inconclusive")
 
 
 def _fmt_p(p: float) -> str:
     return f"{p:.3g}" if p > 0 else "< 1e-300"
 
 
-def _inside_grid(row: dict[str, Any]) -> bool:
-    frac = row.get("grid_outside_fraction")
+def _inside_grid(row: TensorComparison) -> bool:
+    frac = row.grid_outside_fraction
     return frac is not None and frac <= GRID_OUTSIDE_MAX
 
 
-def _overall_rel_delta(rows: list[dict[str, Any]]) -> float | None:
-    num = sum((r["rel_delta_norm"] * r["norm_reference"]) ** 2 for r in rows if r["rel_delta_norm"] is not None)
-    den = sum(r["norm_reference"] ** 2 for r in rows)
+def _overall_rel_delta(rows: list[TensorComparison]) -> float | None:
+    num = sum((r.rel_delta_norm * r.norm_reference) ** 2 for r in rows if r.rel_delta_norm is not None)
+    den = sum(r.norm_reference ** 2 for r in rows)
     return math.sqrt(num / den) if den > 0 else None
 
 
-def _strength(rel: float | None) -> str:
+def _strength(rel: float | None) -> Strength:
     if rel is None:
         return "unknown"
     return "light" if rel < 0.01 else "moderate" if rel < 0.1 else "heavy"
 
 
-def decide(  # noqa: C901 - the verdict's decision list, in the order docs/lineage.md states it
-    test: TestResult | None, rows: list[dict[str, Any]], arch_c: ArchRecord, arch_r: ArchRecord,
-           layout: dict[str, Any], alignment: dict[str, Any] | None, reason: str | None = None) -> dict[str, Any]:
-    """The verdict as a JSON-ready dict: kind, related, summary, p-values, evidence."""
-    base: dict[str, Any] = {"p_exact": None, "p_asymptotic": None, "z": None, "evidence": [], "details": {}}
+def _change_details(rows: list[TensorComparison], mats: list[TensorComparison], rel: float | None,
+                    unchanged: int, changed: int) -> ChangeDetails:
+    per_layer: dict[int, list[float]] = {}
+    by_role: dict[str, list[float]] = {}
+    for r in mats:
+        if r.rel_delta_norm is None:
+            continue
+        if r.layer is not None:
+            per_layer.setdefault(r.layer, []).append(r.rel_delta_norm)
+        by_role.setdefault(r.role, []).append(r.rel_delta_norm)
+    layer_means = sorted(((float(np.mean(v)), k) for k, v in per_layer.items()), reverse=True)
+    return ChangeDetails(
+        overall_rel_delta=rel, strength=_strength(rel),
+        layers_changed_most=tuple(LayerChange(k, round(v, 6)) for v, k in layer_means[:3]),
+        median_rel_delta_by_role={k: round(float(np.median(v)), 6) for k, v in sorted(by_role.items())},
+        unchanged_tensors=unchanged, changed_tensors=changed)
+
+
+def _low_rank(mats: list[TensorComparison]) -> LowRankEvidence | None:
+    """Low-rank deltas in most changed matrices, the others untouched up to storage
+    precision (equal, or inside the lossy side's grid): a merged LoRA."""
+    untouched = [r for r in mats if r.max_abs_delta == 0 or _inside_grid(r)]
+    changed = [r for r in mats if r not in untouched and r.rank_energy is not None and r.full_rank is not None]
+    low = [r for r in changed if r.rank_energy <= LOW_RANK_MAX and r.rank_energy <= LOW_RANK_FRACTION * r.full_rank]
+    if not (changed and len(low) >= 0.6 * len(changed) and untouched):
+        return None
+    return LowRankEvidence(roles=tuple(sorted({r.role for r in low})),
+                           ranks_90pct_energy=tuple(sorted({int(r.rank_energy) for r in low})),
+                           untouched_matrices=len(untouched))
+
+
+_NAMES = {"fine-tune": "fine-tune", "lora-merge": "fine-tune merged from a low-rank adapter (LoRA)",
+          "continued-pretraining": "continued pretraining / context extension"}
+
+
+def decide(
+    test: PermutationTestResult | None, rows: list[TensorComparison], arch_c: ArchRecord, arch_r: ArchRecord,
+    layout: LayoutDecision, alignment: AlignmentSummary | None, reason: str | None = None,
+) -> LineageVerdict:
+    """The verdict: kind, related, its sentence (with and without p-values), evidence, details."""
     if test is None:
-        return {**base, "kind": "inconclusive", "related": None,
-                "summary": f"no calibrated test possible: {reason or 'no comparable circuits'}"}
-    base.update(p_exact=test.p_exact, p_asymptotic=test.p_asymptotic, z=test.z)
-    p_line = (f"residual-permutation test: z = {test.z:.1f}, asymptotic p = {_fmt_p(test.p_asymptotic)}, "
-              f"exact p = {test.p_exact:.3g} ({test.permutations} permutations, floor {1 / (test.permutations + 1):.3g})")
-    evidence = [p_line]
+        text = f"no calibrated test possible: {reason or 'no comparable circuits'}"
+        return LineageVerdict("inconclusive", None, text, text)
+    p = _fmt_p(test.p_asymptotic)
+    stats = {"p_exact": test.p_exact, "p_asymptotic": test.p_asymptotic, "z": test.z}
+    evidence = [f"residual-permutation test: z = {test.z:.1f}, asymptotic p = {p}, exact p = {test.p_exact:.3g} "
+                f"({test.permutations} permutations, floor {test.p_exact_floor:.3g})"]
+
+    def verdict(kind: VerdictKind, related: bool | None, description: str, summary: str | None = None,
+                details: RequantizationDetails | ChangeDetails | None = None) -> LineageVerdict:
+        return LineageVerdict(kind, related, description, summary or f"{description}; p = {p}", evidence=tuple(evidence),
+                              details=details, **stats)
+
     if test.p_asymptotic >= ALPHA_UNRELATED:
-        return {**base, "kind": "unrelated", "related": False, "evidence": evidence,
-                "summary": f"no evidence the candidate derives from the reference (asymptotic p = {_fmt_p(test.p_asymptotic)})"}
-    exact_needed = max(EXACT_RELATED, 1.0 / (test.permutations + 1))  # few permutations: their floor
+        text = "no evidence the candidate derives from the reference"
+        return verdict("unrelated", False, text, f"{text} (asymptotic p = {p})")
+    exact_needed = max(EXACT_RELATED, test.p_exact_floor)  # few permutations: their floor
     if not (test.p_asymptotic < ALPHA_RELATED and test.p_exact <= exact_needed):
-        return {**base, "kind": "inconclusive", "related": None, "evidence": evidence,
-                "summary": f"weak similarity: asymptotic p = {_fmt_p(test.p_asymptotic)}, exact p = {test.p_exact:.3g}; "
-                           "neither independent nor clearly derived"}
+        return verdict("inconclusive", None, "weak similarity: neither independent nor clearly derived",
+                       f"weak similarity: asymptotic p = {p}, exact p = {test.p_exact:.3g}; "
+                       "neither independent nor clearly derived")
     transforms = []
-    if layout.get("transposed_bytes") or any(r["layout"] != "same" for r in rows):
+    if layout.transposed_bytes or any(r.layout != "same" for r in rows):
         transforms.append("transposed layout")
-    if alignment and not alignment.get("identity", True):
+    if alignment and not alignment.identity:
         transforms.append("permuted/rescaled units")
     how = f" ({', '.join(transforms)})" if transforms else ""
     if transforms:
         evidence.append("layout/alignment recovered: " + ", ".join(transforms))
-    mats = [r for r in rows if r["kind"] == "matrix"]
-    exact = [r for r in rows if r["max_abs_delta"] == 0.0]
+    mats = [r for r in rows if r.is_matrix]
+    exact = [r for r in rows if r.max_abs_delta == 0.0]
     if len(exact) == len(rows):
         evidence.append(f"all {len(rows)} paired tensors equal element for element after alignment")
-        return {**base, "kind": "identical", "related": True, "evidence": evidence,
-                "summary": f"same weights{how}; p = {_fmt_p(test.p_asymptotic)}"}
-    if transforms and all((r["rel_delta_norm"] or 0.0) <= ROUNDING_REL for r in rows):
+        return verdict("identical", True, f"same weights{how}")
+    if transforms and all((r.rel_delta_norm or 0.0) <= ROUNDING_REL for r in rows):
         evidence.append(f"all tensors equal up to float rounding (max relative delta "
-                        f"{max(r['rel_delta_norm'] or 0 for r in rows):.2g})")
-        return {**base, "kind": "identical", "related": True, "evidence": evidence,
-                "summary": f"same weights{how}, up to float rounding; p = {_fmt_p(test.p_asymptotic)}"}
-    changed = [r for r in rows if r["max_abs_delta"] > 0]
-    gridded = [r for r in changed if r.get("grid_outside_fraction") is not None]
-    if changed and len(gridded) == len(changed) and all(r["grid_outside_fraction"] <= GRID_OUTSIDE_MAX for r in gridded):
-        types = sorted({r["grid_type"] for r in gridded})
-        worst = max(r["grid_outside_fraction"] for r in gridded)
+                        f"{max(r.rel_delta_norm or 0 for r in rows):.2g})")
+        return verdict("identical", True, f"same weights{how}, up to float rounding")
+    changed = [r for r in rows if r.max_abs_delta > 0]
+    gridded = [r for r in changed if r.grid_outside_fraction is not None]
+    if changed and len(gridded) == len(changed) and all(_inside_grid(r) for r in gridded):
+        types = tuple(sorted({str(r.grid_type) for r in gridded}))
+        worst = max(r.grid_outside_fraction or 0.0 for r in gridded)
         evidence.append(f"every changed tensor ({len(changed)}) is inside the quantization grid of its lower-precision "
                         f"side ({', '.join(types)}); worst fraction outside {worst:.2g}")
-        return {**base, "kind": "requantized", "related": True, "evidence": evidence,
-                "details": {"types": types, "worst_outside_fraction": worst},
-                "summary": f"same weights requantized/converted ({', '.join(types)}){how}; p = {_fmt_p(test.p_asymptotic)}"}
+        return verdict("requantized", True, f"same weights requantized/converted ({', '.join(types)}){how}",
+                       details=RequantizationDetails(types, worst))
     rel = _overall_rel_delta(mats)
-    per_layer: dict[int, list[float]] = {}
-    for r in mats:
-        if r["layer"] is not None and r["rel_delta_norm"] is not None:
-            per_layer.setdefault(r["layer"], []).append(r["rel_delta_norm"])
-    layer_means = sorted(((float(np.mean(v)), k) for k, v in per_layer.items()), reverse=True)
-    top = [{"layer": k, "mean_rel_delta": round(v, 6)} for v, k in layer_means[:3]]
-    by_role: dict[str, list[float]] = {}
-    for r in mats:
-        if r["rel_delta_norm"] is not None:
-            by_role.setdefault(r["role"], []).append(r["rel_delta_norm"])
-    role_median = {k: round(float(np.median(v)), 6) for k, v in sorted(by_role.items())}
-    details: dict[str, Any] = {"overall_rel_delta": rel, "strength": _strength(rel), "layers_changed_most": top,
-                               "median_rel_delta_by_role": role_median,
-                               "unchanged_tensors": len(exact), "changed_tensors": len(changed)}
+    details = _change_details(rows, mats, rel, len(exact), len(changed))
     evidence.append(f"overall relative delta ||C-R||/||R|| over matrices = {rel:.4g} ({_strength(rel)})"
                     if rel is not None else "relative delta unavailable")
-    if top:
-        evidence.append("layers changed most: " + ", ".join(f"{t['layer']} ({t['mean_rel_delta']:.3g})" for t in top))
-    kind = "fine-tune"
+    if details.layers_changed_most:
+        evidence.append("layers changed most: " + ", ".join(f"{t.layer} ({t.mean_rel_delta:.3g})"
+                                                            for t in details.layers_changed_most))
+    kind: VerdictKind = "fine-tune"
     if arch_c.rope_freq_base and arch_r.rope_freq_base and arch_c.rope_freq_base != arch_r.rope_freq_base:
         kind = "continued-pretraining"
         evidence.append(f"RoPE base changed {arch_r.rope_freq_base:g} -> {arch_c.rope_freq_base:g} "
                         f"(context {arch_r.context_length} -> {arch_c.context_length}): context extension")
-    else:
-        # "untouched" up to storage precision: equal, or inside the lossy side's grid
-        untouched = [r for r in mats if r["max_abs_delta"] == 0 or _inside_grid(r)]
-        changed_mats = [r for r in mats if r not in untouched and r.get("rank_energy") is not None]
-        low = [r for r in changed_mats if r["rank_energy"] <= LOW_RANK_MAX and r["rank_energy"] <= LOW_RANK_FRACTION * r["full_rank"]]
-        if changed_mats and len(low) >= 0.6 * len(changed_mats) and untouched:
-            kind = "lora-merge"
-            ranks = sorted({int(r["rank_energy"]) for r in low})
-            roles = sorted({r["role"] for r in low})
-            details["low_rank"] = {"roles": roles, "ranks_90pct_energy": ranks, "untouched_matrices": len(untouched)}
-            evidence.append(f"low-rank deltas (90% energy in rank {ranks}) in {', '.join(roles)}; "
-                            f"{len(untouched)} matrices untouched: a merged LoRA")
-    names = {"fine-tune": "fine-tune", "lora-merge": "fine-tune merged from a low-rank adapter (LoRA)",
-             "continued-pretraining": "continued pretraining / context extension"}
-    summary = (f"{names[kind]} of the reference{how}, {_strength(rel)} (relative delta {rel:.3g}); "
-               f"p = {_fmt_p(test.p_asymptotic)}") if rel is not None else f"{names[kind]}{how}"
-    return {**base, "kind": kind, "related": True, "evidence": evidence, "details": details, "summary": summary}
+    elif (low := _low_rank(mats)) is not None:
+        kind = "lora-merge"
+        details = replace(details, low_rank=low)
+        evidence.append(f"low-rank deltas (90% energy in rank {list(low.ranks_90pct_energy)}) in {', '.join(low.roles)}; "
+                        f"{low.untouched_matrices} matrices untouched: a merged LoRA")
+    if rel is None:
+        return verdict(kind, True, f"{_NAMES[kind]}{how}", f"{_NAMES[kind]}{how}", details)
+    return verdict(kind, True, f"{_NAMES[kind]} of the reference{how}, {_strength(rel)} (relative delta {rel:.3g})",
+                   details=details)

@@ -2,5 +2,6 @@
 (``quantcheck``), dequantization error, and llama.cpp's per-tensor type mixes and model
 writer. The per-type block math lives in :mod:`provenance.codecs`."""
 from provenance.quant.api import quantcheck
+from provenance.quant.result import QuantCheckOptions, QuantCheckResult, TensorCheck
 
-__all__ = ["quantcheck"]
+__all__ = ["QuantCheckOptions", "QuantCheckResult", "TensorCheck", "quantcheck"]

@@ -238,7 +238,7 @@ def analyze_checkpoint(
                     x = align.apply_numpy(x.astype(np.float64))
                 verdict, evidence = classify_difference(x, w)
             if align is not None:  # the free symmetry is the finding; the residual's class rides along
-                evidence["realigned"] = align.summary()
+                evidence["realigned"] = align.summary().to_dict()
                 evidence["residual_verdict"] = verdict
                 verdict = "rescale-permutation"
             results.append(TensorEvidence(name, verdict, evidence))

@@ -104,5 +104,5 @@ def realign(candidate: Checkpoint, reference: Checkpoint, force: bool = False) -
         found = _realign_layer(candidate, reference, layer, paired, force)
         if found:
             result.tensors.update(found)
-            result.layers[layer] = {name: t.summary() for name, t in found.items()}
+            result.layers[layer] = {name: t.summary().to_dict() for name, t in found.items()}
     return result

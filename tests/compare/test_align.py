@@ -88,14 +88,14 @@ def test_alignment_recovers_permutations_and_scales(stories: tuple, tmp_path: Pa
     path = tmp_path / "moved.gguf"
     write_gguf(path, {k: (v, Q.F32) for k, v in moved.items()}, arch, "moved")
     res = compare(path, STORIES, CompareOptions(permutations=199))
-    assert res.verdict["kind"] == "identical", res.verdict
-    assert "permuted/rescaled units" in res.verdict["summary"]
-    assert not res.alignment["identity"]
-    for layer in res.alignment["layers"]:
-        assert layer["mlp"]["moved"] > 150 and layer["attn_norm_rescale"]["applied"]
+    assert res.verdict.kind == "identical", res.verdict
+    assert "permuted/rescaled units" in res.verdict.summary
+    assert not res.alignment.identity
+    for layer in res.alignment.layers:
+        assert layer.mlp.moved > 150 and layer.attn_norm_rescale.applied
     mats = res.table[res.table["kind"] == "matrix"]
     assert (mats["rel_delta_norm"] < 1e-6).all()
     # without alignment the same copy looks unrelated tensor by tensor, yet the test still sees it
     raw = compare(path, STORIES, CompareOptions(permutations=199, align=False))
-    assert raw.verdict["related"] is True
+    assert raw.verdict.related is True
     assert raw.table[raw.table["role"] == "ffn_up"]["pearson"].abs().max() < 0.3

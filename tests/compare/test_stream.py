@@ -67,11 +67,11 @@ def test_deferred_alignment_equals_eager_alignment(moved: Path, monkeypatch: pyt
     eager = compare(moved, STORIES, opts)
     monkeypatch.setattr(api, "EAGER_ALIGN_P", 0.0)  # nothing aligned while streaming: all layers re-streamed
     deferred = compare(moved, STORIES, opts)
-    assert eager.verdict["kind"] == deferred.verdict["kind"] == "identical"
-    assert eager.alignment == deferred.alignment and not eager.alignment["identity"]
+    assert eager.verdict.kind == deferred.verdict.kind == "identical"
+    assert eager.alignment == deferred.alignment and not eager.alignment.identity
     # Equal up to float summation order: torch reductions may split differently when the
     # re-stream runs with another intra-op thread count (seen once in a full-suite run).
-    assert _close(eager.rows, deferred.rows) and _close(eager.test, deferred.test)
+    assert _close(eager.to_dict()["tensors"], deferred.to_dict()["tensors"]) and _close(eager.test.to_dict(), deferred.test.to_dict())
 
 
 def _close(a: object, b: object) -> bool:
@@ -98,5 +98,5 @@ def test_sketches_are_dropped_layer_by_layer(moved: Path, monkeypatch: pytest.Mo
 
     monkeypatch.setattr(api._Lineage, "consume", consume)
     res = compare(moved, STORIES, CompareOptions(permutations=19, threads=2))
-    assert len(res.test["layers"]) == 6  # 5 layers + embedding
+    assert len(res.test.layers) == 6  # 5 layers + embedding
     assert max(alive) <= 2, alive

@@ -14,7 +14,7 @@ from gguf import GGMLQuantizationType as T
 
 from provenance.codecs.recipes import roundf
 from provenance.commands.quantcheck_cmd import command
-from provenance.quant import quantcheck
+from provenance.quant import QuantCheckOptions, quantcheck
 from provenance.quant.gridcheck import check_block_rows, source_variants
 from tests.conftest import single_torch_thread
 
@@ -66,10 +66,11 @@ def unrelated_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize("kind", sorted(PRECISION))
 def test_clean_quantization_is_exact(kind: str) -> None:
-    summary, table = quantcheck(QUANT_DIR / f"tiny-llama-{kind}.gguf", SOURCE, threads=1)
-    assert summary["verdict"] == "exact" and not summary["flagged"]
-    assert summary["n_unexplained"] == 0 and summary["n_weights_checked"] == 2_228_224
-    assert summary["source_precision"] == PRECISION[kind]
+    result = quantcheck(QUANT_DIR / f"tiny-llama-{kind}.gguf", SOURCE)
+    table = result.table
+    assert result.verdict == "exact" and not result.flagged
+    assert result.n_unexplained == 0 and result.n_weights_checked == 2_228_224
+    assert result.source_precision == PRECISION[kind]
     checked = table[table["status"] == "exact"]
     assert len(checked) == 16 and (checked["n_blocks_scale_mismatch"] == 0).all()
     # The stored values are the clean quantization's, so the two errors coincide (IQ4:
@@ -82,9 +83,10 @@ def test_clean_quantization_is_exact(kind: str) -> None:
 
 
 def test_stories260k_q8_0_exact() -> None:
-    summary, table = quantcheck(QUANT_DIR / "stories260K-Q8_0.gguf", QUANT_DIR / "stories260K-f32.gguf", threads=1)
-    assert summary["verdict"] == "exact" and summary["n_unexplained"] == 0 and summary["source_precision"] == "f32"
-    assert summary["verdicts"] == {"exact": 31}
+    result = quantcheck(QUANT_DIR / "stories260K-Q8_0.gguf", QUANT_DIR / "stories260K-f32.gguf")
+    table = result.table
+    assert result.verdict == "exact" and result.n_unexplained == 0 and result.source_precision == "f32"
+    assert result.verdicts == {"exact": 31}
     assert (table.loc[table["qtype"] == "F16", "status"] == "identical").all()  # f16 = rounding of f32
 
 
@@ -92,21 +94,24 @@ def test_the_nine_q8_0_mismatches_are_double_rounding() -> None:
     """Against f16(f32 source) 9 Q8_0 codes disagree: the quantizer was fed
     f16(float64), which differs from f16(f32(float64)) where the f32 value sits exactly
     on an f16 midpoint. Those 9 are explained; against the f16 file nothing is left."""
-    summary, table = quantcheck(QUANT_DIR / "tiny-llama-Q8_0.gguf", SOURCE, precision="f16", threads=1)
+    result = quantcheck(QUANT_DIR / "tiny-llama-Q8_0.gguf", SOURCE, QuantCheckOptions(precision="f16"))
+    table = result.table
     assert int(table["n_mismatch"].sum()) == 9 and int(table["n_explained"].sum()) == 9
-    summary, table = quantcheck(QUANT_DIR / "tiny-llama-Q8_0.gguf", QUANT_DIR / "tiny-llama-f16.gguf", precision="f32", threads=1)
-    assert int(table["n_mismatch"].sum()) == 0 and summary["verdict"] == "exact"
+    result = quantcheck(QUANT_DIR / "tiny-llama-Q8_0.gguf", QUANT_DIR / "tiny-llama-f16.gguf", QuantCheckOptions(precision="f32"))
+    table = result.table
+    assert int(table["n_mismatch"].sum()) == 0 and result.verdict == "exact"
     # And the f32 hypothesis is plainly wrong for this file.
-    summary, _ = quantcheck(QUANT_DIR / "tiny-llama-Q8_0.gguf", SOURCE, precision="f32", threads=1)
-    assert summary["n_unexplained"] > 20_000
+    result = quantcheck(QUANT_DIR / "tiny-llama-Q8_0.gguf", SOURCE, QuantCheckOptions(precision="f32"))
+    assert result.n_unexplained > 20_000
 
 
 @pytest.mark.parametrize("kind", ["Q8_0", "Q4_0", "Q5_0", "Q2_K", "Q3_K_M", "Q4_K_M", "Q6_K", "IQ4_XS"])
 def test_perturbed_reference_is_flagged_with_amplitude(kind: str, noisy_reference: Path) -> None:
-    summary, table = quantcheck(QUANT_DIR / f"tiny-llama-{kind}.gguf", noisy_reference, threads=1)
-    assert summary["verdict"] == "perturbed" and summary["flagged"]
-    assert summary["n_unexplained"] > 2000
-    assert NOISE / 2 < summary["amplitude_rel"] < NOISE * 2
+    result = quantcheck(QUANT_DIR / f"tiny-llama-{kind}.gguf", noisy_reference)
+    table = result.table
+    assert result.verdict == "perturbed" and result.flagged
+    assert result.n_unexplained > 2000
+    assert NOISE / 2 < result.amplitude_rel < NOISE * 2
     flagged = table[table["status"] == "perturbed"]
     # Flips sit next to cell boundaries, both directions equally.
     assert (flagged["dist_median_steps"] < 0.05).all()
@@ -116,8 +121,9 @@ def test_perturbed_reference_is_flagged_with_amplitude(kind: str, noisy_referenc
 
 @pytest.mark.parametrize("kind", ["Q4_0", "Q4_K_M"])
 def test_unrelated_reference(kind: str, unrelated_reference: Path) -> None:
-    summary, table = quantcheck(QUANT_DIR / f"tiny-llama-{kind}.gguf", unrelated_reference, threads=1)
-    assert summary["verdict"] == "unrelated"
+    result = quantcheck(QUANT_DIR / f"tiny-llama-{kind}.gguf", unrelated_reference)
+    table = result.table
+    assert result.verdict == "unrelated"
     assert (table.loc[table["status"] == "unrelated", "frac_unexplained"] > 0.5).all()
 
 

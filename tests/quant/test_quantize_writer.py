@@ -44,8 +44,8 @@ def test_result_passes_quantcheck(quant_file: str, tmp_path: Path) -> None:
     ftype = quant_file.rsplit("-", 1)[1].removesuffix(".gguf")
     out = tmp_path / quant_file
     quantize_model(QUANT_DIR / TRUE_SOURCE[quant_file], out, ftype)
-    summary, _ = quantcheck(out, QUANT_DIR / TRUE_SOURCE[quant_file], threads=1)
-    assert summary["verdict"] == "exact" and summary["n_unexplained"] == 0
+    result = quantcheck(out, QUANT_DIR / TRUE_SOURCE[quant_file])
+    assert result.verdict == "exact" and result.n_unexplained == 0
 
 
 def test_plain_conversions(tmp_path: Path) -> None:
