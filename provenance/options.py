@@ -67,7 +67,8 @@ def threads_option(default: int) -> Any:
 
 
 def seed_option(default: int = 0) -> Any:
-    return option(default, SEED_HELP)
+    """``--seed``, whatever the field is called in the analysis (``seed``, ``decoy_seed``)."""
+    return option(default, SEED_HELP, flag="--seed")
 
 
 def precision_option(default: str = "auto") -> Any:

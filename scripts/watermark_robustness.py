@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from provenance.watermark import (  # noqa: E402
     DerivedKey,
-    ScoreOptions,
+    TraceOptions,
     attacks,
     embed_checkpoint,
     trace,
@@ -65,7 +65,7 @@ class Table:
     def score(self, label: str, amplitude: float, candidate: Path, reference: Path | None, guilty: list[DerivedKey],
               realign: str = "auto", expect_detect: bool = True, model: str = "tiny-llama") -> dict[str, Any]:
         t0 = time.time()
-        result = trace(candidate, [*guilty, *self.innocent], reference, options=ScoreOptions(decoys=1000, realign=realign))
+        result = trace(candidate, [*guilty, *self.innocent], reference, options=TraceOptions(decoys=1000, realign=realign))
         guilty_labels = {k.label for k in guilty}
         zs = {s: [] for s in ("reference", "grid", "blind")}
         innocent_max = -np.inf
@@ -86,8 +86,8 @@ class Table:
             "guilty": len(guilty_labels), "guilty_accused": len(guilty_labels & set(result.accused)),
             "false_accusations": len(set(result.accused) - guilty_labels),
             "innocent_max_z": float(innocent_max), "n_innocent_tests": len(self.innocent) * len(result.score.statistics),
-            "decoy_max": max(d["max"] for d in decoys.values()), "decoy_min_ks_p": min(d["ks_p"] for d in decoys.values()),
-            "decoy_mean": {s: d["mean"] for s, d in decoys.items()}, "decoy_std": {s: d["std"] for s, d in decoys.items()},
+            "decoy_max": max(d.max for d in decoys.values()), "decoy_min_ks_p": min(d.ks_p for d in decoys.values()),
+            "decoy_mean": {s: d.mean for s, d in decoys.items()}, "decoy_std": {s: d.std for s, d in decoys.items()},
             "n_flips": result.score.n_flips, "expect_detect": expect_detect, "seconds": round(time.time() - t0, 1),
         }
         self.rows.append(row)

@@ -13,12 +13,13 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from provenance.formats import open_checkpoint
 from provenance.formats.base import Checkpoint
 from provenance.formats.vocabulary import checkpoint_vocabulary
 from provenance.hashing import checkpoint_sha256s
+from provenance.names.arch import ArchRecord
 from provenance.refdb.calibration import TokenizerCalibration, load_calibration
 from provenance.refdb.schema import RefEntry
 from provenance.refdb.store import RefDB
@@ -33,14 +34,18 @@ SHAPE_FIELDS = ("n_layer", "n_embd", "n_ff", "n_head", "n_head_kv", "vocab_size"
 SOFT_FIELDS = ("arch", "context_length", "rope_freq_base", "n_expert_used")
 
 
+Signal = Literal["file-hash", "tensor-hashes", "weight-fingerprint", "tokenizer", "architecture"]
+EvidenceStatus = Literal["match", "partial", "no-match", "unavailable"]
+
+
 @dataclass
 class Evidence:
-    signal: str
-    """``file-hash``, ``tensor-hashes``, ``weight-fingerprint``, ``tokenizer``, ``architecture``."""
-    status: str
-    """``match``, ``partial``, ``no-match`` or ``unavailable``."""
+    signal: Signal
+    status: EvidenceStatus
     detail: str
+    """One sentence for people; the numbers behind it are in ``data``."""
     data: dict[str, Any] = field(default_factory=dict)
+    """The signal's own record (its JSON form): hits, counts, the fingerprint's z and p..."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -58,12 +63,42 @@ class CandidateMatch:
     def matched(self) -> bool:
         return self.verdict not in ("no match", "architecture only")
 
-    def evidence_for(self, signal: str) -> Evidence | None:
+    def evidence_for(self, signal: Signal) -> Evidence | None:
         return next((e for e in self.evidence if e.signal == signal), None)
+
+    @property
+    def weight_p_value(self) -> float | None:
+        """The weight fingerprint's calibrated p-value when the weights matched."""
+        e = self.evidence_for("weight-fingerprint")
+        p = e.data.get("p_value") if e is not None and e.status == "match" else None
+        return float(p) if isinstance(p, (int, float)) else None
+
+    @property
+    def token_overlap(self) -> tuple[float, float] | None:
+        """(Jaccard share of tokens, share of those with the same ids) against this entry."""
+        e = self.evidence_for("tokenizer")
+        if e is None or "jaccard" not in e.data:
+            return None
+        return float(e.data["jaccard"] or 0.0), float(e.data.get("same_id_share") or 0.0)
 
     def to_dict(self) -> dict[str, Any]:
         return {"entry": self.entry_id, "family": self.family, "verdict": self.verdict, "score": round(self.score, 3),
                 "matched": self.matched, "evidence": [e.to_dict() for e in self.evidence]}
+
+
+@dataclass(frozen=True)
+class TokenizerSummary:
+    """The candidate's tokenizer as identify fingerprinted it."""
+
+    model: str | None
+    vocab_size: int
+    tokens_sha256: str
+    scores_sha256: str | None
+    merges_sha256: str | None
+    source: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass
@@ -106,8 +141,8 @@ class IdentifyResult:
     format: str
     refdb: str
     candidates: list[CandidateMatch]
-    architecture: dict[str, Any]
-    tokenizer: dict[str, Any] | None
+    architecture: ArchRecord
+    tokenizer: TokenizerSummary | None
     claims: dict[str, Any]
     hashed: bool
     bytes_total: int
@@ -152,7 +187,8 @@ class IdentifyResult:
             "schema": self.schema, "path": self.path, "format": self.format, "refdb": self.refdb,
             "identified": self.identified, "best": self.best.entry_id if self.best else None,
             "best_family": self.best.family if self.best else None, "weights_summary": self.weights_summary,
-            "architecture": self.architecture, "tokenizer": self.tokenizer, "claims": self.claims,
+            "architecture": {k: v for k, v in self.architecture.to_dict().items() if v is not None},
+            "tokenizer": self.tokenizer.to_dict() if self.tokenizer else None, "claims": self.claims,
             "hashed": self.hashed, "bytes_total": self.bytes_total,
             "fingerprint_read": {"bytes": self.fingerprint_bytes_read, "page_bytes": self.fingerprint_page_bytes,
                                  "reads": self.fingerprint_reads,
@@ -347,13 +383,13 @@ def identify(path: str | Path, refdb: RefDB | str | Path | None = None, *, hashe
         tokenizer = None
         if candidate_vocab is not None:
             fp = candidate_vocab.fingerprint
-            tokenizer = {"model": fp.model, "vocab_size": fp.vocab_size, "tokens_sha256": fp.tokens_sha256,
-                         "scores_sha256": fp.scores_sha256, "merges_sha256": fp.merges_sha256, "source": vocab.source if vocab else None}
+            tokenizer = TokenizerSummary(fp.model, fp.vocab_size, fp.tokens_sha256, fp.scores_sha256, fp.merges_sha256,
+                                         vocab.source if vocab else None)
         claims = {k: v for k, v in ckpt.metadata_claims.items() if isinstance(v, (str, int, float, bool))}
         return IdentifyResult(
             path=path, format=ckpt.format, refdb=str(db.directory), candidates=matches,
             decision=_decision(matches, calibration), nearest=_nearest(matches),
-            architecture={k: v for k, v in arch.items() if v is not None}, tokenizer=tokenizer, claims=claims,
+            architecture=ckpt.architecture, tokenizer=tokenizer, claims=claims,
             hashed=file_hashes is not None, bytes_total=sum(span.size for span in ckpt.files),
             fingerprint_bytes_read=reader.meter.bytes_read if reader else 0,
             fingerprint_page_bytes=reader.meter.page_bytes if reader else 0,

@@ -10,11 +10,14 @@
 * :mod:`.trace`     registries of clients, fixed-threshold accusation, collusion
 * :mod:`.analyze`   keyless: watermark-like, fine-tune-like, symmetry, or nothing
 * :mod:`.stats`     p-values, Holm, Bonferroni bound, null summaries
+* :mod:`.options`   the analyses' options (defaults and help texts, also of the CLI)
+* :mod:`.result`    typed scores: per client and statistic, the decoy null, the accusation rule
 """
 from provenance.watermark.analyze import AnalysisResult, analyze_checkpoint
-from provenance.watermark.detect import ScoreOptions, ScoreResult, score_checkpoint
+from provenance.watermark.detect import ScoreResult, score_checkpoint
 from provenance.watermark.embed import DEFAULT_AMPLITUDE, EmbedReport, embed_checkpoint
 from provenance.watermark.keys import DerivedKey, FileKey, KeySource, gaussian_stream, key_seed, read_secret
+from provenance.watermark.options import AnalyzeOptions, EmbedOptions, ScoreOptions, TraceOptions
 from provenance.watermark.stats import DEFAULT_THRESHOLD_Z, family_bound, holm
 from provenance.watermark.trace import TraceResult, load_registry, trace
 
@@ -22,12 +25,15 @@ __all__ = [
     "DEFAULT_AMPLITUDE",
     "DEFAULT_THRESHOLD_Z",
     "AnalysisResult",
+    "AnalyzeOptions",
     "DerivedKey",
+    "EmbedOptions",
     "EmbedReport",
     "FileKey",
     "KeySource",
     "ScoreOptions",
     "ScoreResult",
+    "TraceOptions",
     "TraceResult",
     "analyze_checkpoint",
     "embed_checkpoint",

@@ -24,7 +24,7 @@ import math
 import os
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -32,8 +32,9 @@ import torch
 from provenance.formats import open_checkpoint
 from provenance.formats.pairing import pair_tensors
 from provenance.watermark.gridsign import flip_signs
+from provenance.watermark.options import AnalyzeOptions
 from provenance.watermark.realign import realign
-from provenance.watermark.select import Selector, default_selector
+from provenance.watermark.select import default_selector
 
 # Decision thresholds (documented in docs/watermark.md).
 FULL_RANK_RATIO = 0.6
@@ -51,21 +52,33 @@ MIN_FLIPS_PER_ROW = 4.0
 """Below this a sparse flip matrix is too thin for a spectral verdict."""
 
 
-@dataclass
+ChangeClass = Literal["identical", "precision", "exact-quantization", "rescale-permutation", "iid-perturbation",
+                      "structured", "unrelated", "unsupported"]
+UNCHANGED = ("identical", "precision", "exact-quantization")
+"""Classes that are no change at all beyond storage rounding or an exact quantization."""
+
+
+@dataclass(frozen=True)
 class TensorEvidence:
     name: str
-    verdict: str
+    verdict: ChangeClass
     evidence: dict[str, Any] = field(default_factory=dict)
+    """The measurements that decided the class (they differ by class; docs/watermark.md)."""
+    residual_verdict: ChangeClass | None = None
+    """Class of what is left once a recovered permutation/rescaling is undone."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"tensor": self.name, "verdict": self.verdict, **self.evidence}
+        out = {"tensor": self.name, "verdict": self.verdict, **self.evidence}
+        if self.residual_verdict is not None:
+            out["residual_verdict"] = self.residual_verdict
+        return out
 
 
-@dataclass
+@dataclass(frozen=True)
 class AnalysisResult:
     candidate: str
     reference: str
-    tensors: list[TensorEvidence]
+    tensors: tuple[TensorEvidence, ...]
     realignment: dict[str, Any]
 
     @property
@@ -75,7 +88,12 @@ class AnalysisResult:
     @property
     def residual_counts(self) -> dict[str, int]:
         """Classes of what is left after realignment (realigned tensors included)."""
-        return dict(Counter(t.evidence.get("residual_verdict", t.verdict) for t in self.tensors))
+        return dict(Counter(t.residual_verdict or t.verdict for t in self.tensors))
+
+    @property
+    def changed(self) -> bool:
+        """A change beyond rounding or exact quantization was found (the command exits 1)."""
+        return self.verdict not in (*UNCHANGED, "nothing-compared")
 
     @property
     def verdict(self) -> str:
@@ -84,7 +102,7 @@ class AnalysisResult:
             return "nothing-compared"
         if "rescale-permutation" in counts:
             return "rescale-permutation"
-        changed = {k: v for k, v in counts.items() if k not in ("identical", "precision", "exact-quantization")}
+        changed = {k: v for k, v in counts.items() if k not in UNCHANGED}
         if not changed:
             return max(counts, key=counts.__getitem__)
         top = max(changed, key=changed.__getitem__)
@@ -93,7 +111,7 @@ class AnalysisResult:
     @property
     def residual_verdict(self) -> str:
         """The verdict on what remains once symmetries are undone (e.g. a mark under a permutation)."""
-        counts = {k: v for k, v in self.residual_counts.items() if k not in ("identical", "precision", "exact-quantization")}
+        counts = {k: v for k, v in self.residual_counts.items() if k not in UNCHANGED}
         if not counts:
             return "none"
         top = max(counts, key=counts.__getitem__)
@@ -140,7 +158,7 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b) / den if den else 0.0
 
 
-def classify_difference(x: np.ndarray, w: np.ndarray) -> tuple[str, dict[str, Any]]:
+def classify_difference(x: np.ndarray, w: np.ndarray) -> tuple[ChangeClass, dict[str, Any]]:
     """Class and evidence for a plain (unquantized) candidate ``x`` against reference ``w``."""
     x64, w64 = x.astype(np.float64), w.astype(np.float64)
     delta = x64 - w64
@@ -170,7 +188,7 @@ def classify_difference(x: np.ndarray, w: np.ndarray) -> tuple[str, dict[str, An
     return "structured", evidence
 
 
-def classify_flips(signs: np.ndarray, w: np.ndarray) -> tuple[str, dict[str, Any]]:
+def classify_flips(signs: np.ndarray, w: np.ndarray) -> tuple[ChangeClass, dict[str, Any]]:
     """Class and evidence from a quantized candidate's grid-flip matrix."""
     n_flips = int(np.count_nonzero(signs))
     frac = n_flips / signs.size
@@ -202,11 +220,11 @@ def classify_flips(signs: np.ndarray, w: np.ndarray) -> tuple[str, dict[str, Any
 def analyze_checkpoint(
     candidate: str | os.PathLike[str],
     reference: str | os.PathLike[str],
-    selector: Selector | None = None,
-    precision: str = "auto",
+    options: AnalyzeOptions | None = None,
 ) -> AnalysisResult:
     """Per-tensor keyless classification of ``candidate - reference``."""
-    selector = selector or default_selector
+    opts = options or AnalyzeOptions()
+    selector, precision = opts.selector or default_selector, opts.precision
     with open_checkpoint(candidate) as cand, open_checkpoint(reference) as ref:
         alignment = realign(cand, ref)
         paired = {p.name for p in pair_tensors(cand, ref).pairs}
@@ -237,9 +255,10 @@ def analyze_checkpoint(
                 if align is not None:
                     x = align.apply_numpy(x.astype(np.float64))
                 verdict, evidence = classify_difference(x, w)
+            residual = None
             if align is not None:  # the free symmetry is the finding; the residual's class rides along
                 evidence["realigned"] = align.summary().to_dict()
-                evidence["residual_verdict"] = verdict
-                verdict = "rescale-permutation"
-            results.append(TensorEvidence(name, verdict, evidence))
-        return AnalysisResult(str(candidate), str(reference), results, {str(k): v for k, v in alignment.layers.items()})
+                residual, verdict = verdict, "rescale-permutation"
+            results.append(TensorEvidence(name, verdict, evidence, residual))
+        return AnalysisResult(str(candidate), str(reference), tuple(results),
+                              {str(k): v for k, v in alignment.layers.items()})

@@ -29,26 +29,14 @@ from provenance.formats.pairing import Unpaired, pair_tensors
 from provenance.watermark.decoys import DecoyBank
 from provenance.watermark.gridsign import flip_signs
 from provenance.watermark.keys import KeySource
+from provenance.watermark.options import ScoreOptions
 from provenance.watermark.realign import Realignment, realign
-from provenance.watermark.select import Selector, default_selector
-from provenance.watermark.stats import Accumulator, null_summary
+from provenance.watermark.result import DecoyNull, StatisticScore
+from provenance.watermark.select import default_selector
+from provenance.watermark.stats import Accumulator, log10_p, null_summary
 
 STATISTICS = ("reference", "grid", "blind")
 CHUNK_ELEMS = 1 << 20
-
-
-@dataclass(frozen=True)
-class ScoreOptions:
-    decoys: int = 1000
-    decoy_seed: int = 0
-    independent_decoys: bool = False
-    realign: str = "auto"
-    """``auto`` (undo MLP permutations/rescales found), ``never``, or ``force``."""
-    precision: str = "auto"
-    """Source precision the quantizer saw, for the grid statistic (auto/f32/f16/bf16)."""
-    selector: Selector | None = None
-    weighting: str = "inverse-variance"
-    """Reference statistic: ``inverse-variance`` row weights, or ``sigma`` (y = r / sigma_row)."""
 
 
 @dataclass
@@ -65,11 +53,12 @@ class KeyScore:
         found = [(s, acc.z) for s, acc in self.totals.items() if acc.q > 0]
         return max(found, key=lambda item: item[1]) if found else (None, 0.0)
 
-    def to_dict(self, per_tensor: bool = False) -> dict[str, Any]:
-        out: dict[str, Any] = {"key": self.label, "statistics": {s: a.to_dict() for s, a in self.totals.items() if a.q > 0}}
-        if per_tensor:
-            out["per_tensor"] = {t: {s: round(a.z, 4) for s, a in stats.items() if a.q > 0} for t, stats in self.per_tensor.items()}
-        return out
+    def scores(self) -> dict[str, StatisticScore]:
+        """z, weights and log10 p of every statistic that saw any signal."""
+        return {s: StatisticScore(a.z, a.n, log10_p(a.z)) for s, a in self.totals.items() if a.q > 0}
+
+    def per_tensor_z(self) -> dict[str, dict[str, float]]:
+        return {t: {s: round(a.z, 4) for s, a in stats.items() if a.q > 0} for t, stats in self.per_tensor.items()}
 
 
 @dataclass
@@ -87,8 +76,8 @@ class ScoreResult:
     realignment: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
-    def decoy_summary(self) -> dict[str, dict[str, float | int]]:
-        return {s: null_summary(z) for s, z in self.decoy_z.items()}
+    def decoy_summary(self) -> dict[str, DecoyNull]:
+        return {s: DecoyNull.of(null_summary(z)) for s, z in self.decoy_z.items()}
 
 
 def _row_std(x: np.ndarray) -> np.ndarray:
@@ -182,9 +171,10 @@ def score_checkpoint(
     candidate: str | os.PathLike[str],
     keys: list[KeySource],
     reference: str | os.PathLike[str] | None = None,
-    options: ScoreOptions = ScoreOptions(),
+    options: ScoreOptions | None = None,
 ) -> ScoreResult:
     """Score every key on ``candidate`` (optionally against ``reference``); one pass."""
+    options = options or ScoreOptions()
     selector = options.selector or default_selector
     with open_checkpoint(candidate) as cand, open_checkpoint(reference) if reference else _Null() as ref:
         ref = ref if reference else None

@@ -11,16 +11,18 @@ mixed copies): every accused key is reported, with its per-tensor breakdown.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from provenance.errors import CheckpointError, ProvenanceError
 from provenance.formats import open_checkpoint
 from provenance.formats.jsonsafe import read_json_file
-from provenance.watermark.detect import ScoreOptions, ScoreResult, score_checkpoint
+from provenance.watermark.detect import ScoreResult, score_checkpoint
 from provenance.watermark.keys import DerivedKey, FileKey, KeySource, read_secret
-from provenance.watermark.stats import DEFAULT_THRESHOLD_Z, family_bound, holm, log10_p, p_value
+from provenance.watermark.options import TraceOptions
+from provenance.watermark.result import AccusationRule, ClientScore, DecoyNull
+from provenance.watermark.stats import family_bound, holm, log10_p, p_value
 
 REGISTRY_SCHEMA = "provenance.watermark-registry/1"
 
@@ -78,11 +80,11 @@ def load_registry(path: str | os.PathLike[str], arch: object | None = None) -> l
     return keys
 
 
-@dataclass
+@dataclass(frozen=True)
 class TraceResult:
     score: ScoreResult
     threshold_z: float
-    accused: list[str]
+    accused: tuple[str, ...]
 
     @property
     def n_tests(self) -> int:
@@ -92,32 +94,43 @@ class TraceResult:
     def collusion(self) -> bool:
         return len(self.accused) >= 2
 
-    def to_dict(self, per_tensor: bool = True) -> dict[str, Any]:
+    @property
+    def rule(self) -> AccusationRule:
+        return AccusationRule(self.threshold_z, log10_p(self.threshold_z), self.n_tests,
+                              family_bound(self.n_tests, self.threshold_z))
+
+    @property
+    def decoys(self) -> dict[str, DecoyNull]:
+        return self.score.decoy_summary()
+
+    def clients(self, per_tensor: bool = False) -> list[ClientScore]:
+        """Every key, the strongest first, with Holm-adjusted p-values; ``per_tensor`` adds
+        the per-tensor z of accused clients."""
         tests = [(k.label, s, acc.z) for k in self.score.keys for s, acc in k.totals.items() if acc.q > 0]
         adjusted = holm([p_value(z) for _, _, z in tests]) if tests else []
         holm_by = {(label, s): p for (label, s, _), p in zip(tests, adjusted, strict=True)}
-        clients = []
+        out = []
         for key in sorted(self.score.keys, key=lambda k: -k.best()[1]):
-            entry = key.to_dict(per_tensor=per_tensor and key.label in self.accused)
-            for s, stat in entry["statistics"].items():
-                stat["holm_p"] = holm_by.get((key.label, s))
-            entry["accused"] = key.label in self.accused
-            clients.append(entry)
+            accused = key.label in self.accused
+            stats = {s: replace(v, holm_p=holm_by.get((key.label, s))) for s, v in key.scores().items()}
+            out.append(ClientScore(key.label, accused, stats, key.per_tensor_z() if per_tensor and accused else None))
+        return out
+
+    def to_dict(self, per_tensor: bool = True) -> dict[str, Any]:
         return {
             "schema": "provenance.watermark-trace/1",
             "candidate": self.score.candidate,
             "reference": self.score.reference,
-            "rule": {"threshold_z": self.threshold_z, "threshold_log10_p": log10_p(self.threshold_z),
-                     "n_tests": self.n_tests, "family_wise_false_accusation_bound": family_bound(self.n_tests, self.threshold_z)},
-            "accused": self.accused,
+            "rule": self.rule.to_dict(),
+            "accused": list(self.accused),
             "collusion_suspected": self.collusion,
             "n_weights": self.score.n_weights,
             "n_tensors": len(self.score.tensors),
             "n_grid_flips": self.score.n_flips,
             "grid_precision": self.score.precision,
             "realignment": self.score.realignment,
-            "decoys": self.score.decoy_summary(),
-            "clients": clients,
+            "decoys": {s: d.to_dict() for s, d in self.decoys.items()},
+            "clients": [c.to_dict() for c in self.clients(per_tensor)],
             "warnings": self.score.warnings,
         }
 
@@ -126,13 +139,13 @@ def trace(
     candidate: str | os.PathLike[str],
     keys: list[KeySource],
     reference: str | os.PathLike[str] | None = None,
-    threshold_z: float = DEFAULT_THRESHOLD_Z,
-    options: ScoreOptions | None = None,
+    options: TraceOptions | None = None,
 ) -> TraceResult:
     """Score all ``keys`` on ``candidate`` and apply the fixed accusation rule."""
-    score = score_checkpoint(candidate, keys, reference, options or ScoreOptions())
-    accused = [k.label for k in score.keys if k.best()[1] >= threshold_z]
-    return TraceResult(score, threshold_z, accused)
+    opts = options or TraceOptions()
+    score = score_checkpoint(candidate, keys, reference, opts)
+    accused = tuple(k.label for k in score.keys if k.best()[1] >= opts.threshold_z)
+    return TraceResult(score, opts.threshold_z, accused)
 
 
 def candidate_arch(path: str | os.PathLike[str]) -> object:

@@ -9,7 +9,7 @@ import pytest
 from scipy import stats as sps
 
 from provenance.formats import open_checkpoint
-from provenance.watermark import DerivedKey, FileKey, ScoreOptions, embed_checkpoint, gaussian_stream, key_seed, trace
+from provenance.watermark import DerivedKey, FileKey, TraceOptions, embed_checkpoint, gaussian_stream, key_seed, trace
 from provenance.watermark.analyze import analyze_checkpoint
 from provenance.watermark.attacks import (
     llama_cpp_available,
@@ -51,10 +51,10 @@ def _z(result, label: str) -> dict[str, float]:
 def _assert_null(result, min_ks_p: float = 1e-3) -> None:
     """Decoys and innocent clients look like N(0,1), and nobody innocent is accused."""
     for stat, summary in result.score.decoy_summary().items():
-        assert summary["n"] >= 1000
-        assert abs(summary["mean"]) < 0.15 and 0.85 < summary["std"] < 1.15, (stat, summary)
-        assert summary["ks_p"] > min_ks_p, (stat, summary)
-        assert summary["max"] < 5.5
+        assert summary.n >= 1000
+        assert abs(summary.mean) < 0.15 and 0.85 < summary.std < 1.15, (stat, summary)
+        assert summary.ks_p > min_ks_p, (stat, summary)
+        assert summary.max < 5.5
     for key in INNOCENT:
         assert key.label not in result.accused
         assert all(abs(z) < 5.5 for z in _z(result, key.label).values())
@@ -119,8 +119,8 @@ def test_embed_f32_gguf_keeps_f32(tmp_path: Path) -> None:
     assert 0.00095 < report.summary()["rel_change_rms"] < 0.00105  # no f16 rounding in the way
     with open_checkpoint(out) as ckpt:
         assert {i.dtype for i in ckpt.tensors.values()} == {"F32"}
-    result = trace(out, [DerivedKey(SECRET, "acme")], QUANT_DIR / "tiny-llama-f32.gguf", options=ScoreOptions(decoys=0))
-    assert result.accused == ["acme"]
+    result = trace(out, [DerivedKey(SECRET, "acme")], QUANT_DIR / "tiny-llama-f32.gguf", options=TraceOptions(decoys=0))
+    assert result.accused == ("acme",)
 
 
 def test_embed_hf_directory_roundtrip(tmp_path: Path) -> None:
@@ -136,11 +136,11 @@ def test_embed_hf_directory_roundtrip(tmp_path: Path) -> None:
     LlamaForCausalLM.from_pretrained(out)  # transformers loads it
     # 2 layers x (q 64x64, k and v 32x64 (4 kv heads), o 64x64, gate/up/down 64x172)
     assert report.summary()["n_marked"] == 2 * (2 * 64 * 64 + 2 * 32 * 64 + 3 * 64 * 172)
-    result = trace(out, [DerivedKey(SECRET, "acme"), *INNOCENT], src, options=ScoreOptions(decoys=1000))
+    result = trace(out, [DerivedKey(SECRET, "acme"), *INNOCENT], src, options=TraceOptions(decoys=1000))
     key = next(k for k in result.score.keys if k.label == "acme")
     for name in ("blk.0.attn_q.weight", "blk.1.attn_k.weight", "blk.0.ffn_up.weight"):
         assert key.per_tensor[name]["reference"].z > 30, name  # would be ~0 if q/k rows were scrambled
-    assert result.accused == ["acme"]
+    assert result.accused == ("acme",)
     _assert_null(result)
 
 
@@ -150,7 +150,7 @@ def test_detect_with_reference_and_blind(marked: dict[float, Path]) -> None:
     z = _z(strong, "acme")
     assert z["reference"] > 100
     assert 8 < z["blind"] < 18  # a * sqrt(N) = 13.0 at N = 1.70M
-    assert strong.accused == ["acme"]
+    assert strong.accused == ("acme",)
     _assert_null(strong)
     weak = trace(marked[1e-3], [DerivedKey(SECRET, "acme"), *INNOCENT], SOURCE)
     assert _z(weak, "acme")["reference"] > 100
@@ -181,7 +181,7 @@ def test_detect_after_k_quants(marked: dict[float, Path], tmp_path: Path, mix: s
     result = trace(out, [DerivedKey(SECRET, "acme"), *INNOCENT], SOURCE)
     z = _z(result, "acme")
     assert z["grid"] > 30 and z["grid"] > 2 * z["reference"]
-    assert result.accused == ["acme"]
+    assert result.accused == ("acme",)
     _assert_null(result)
 
 
@@ -203,10 +203,10 @@ def test_independent_decoys_agree(marked: dict[float, Path]) -> None:
         marked[1e-3],
         [DerivedKey(SECRET, "acme")],
         SOURCE,
-        options=ScoreOptions(decoys=1000, independent_decoys=True, selector=names_selector(names)),
+        options=TraceOptions(decoys=1000, independent_decoys=True, selector=names_selector(names)),
     )
     for summary in result.score.decoy_summary().values():
-        assert summary["n"] == 1000 and summary["ks_p"] > 1e-3 and abs(summary["std"] - 1) < 0.15
+        assert summary.n == 1000 and summary.ks_p > 1e-3 and abs(summary.std - 1) < 0.15
 
 
 def test_permutation_and_rescale_need_realignment(marked: dict[float, Path], tmp_path: Path) -> None:
@@ -215,12 +215,12 @@ def test_permutation_and_rescale_need_realignment(marked: dict[float, Path], tmp
     path = tmp_path / "perm.gguf"
     write_gguf_variant(marked[1e-3], path, {n: moved[n] for n in _block_names(tensors)})
     keys = [DerivedKey(SECRET, "acme"), *INNOCENT]
-    plain = trace(path, keys, SOURCE, options=ScoreOptions(realign="never"))
-    aligned = trace(path, keys, SOURCE, options=ScoreOptions(realign="auto"))
+    plain = trace(path, keys, SOURCE, options=TraceOptions(realign="never"))
+    aligned = trace(path, keys, SOURCE, options=TraceOptions(realign="auto"))
     ffn = "blk.1.ffn_down.weight"
     assert abs(next(k for k in plain.score.keys if k.label == "acme").per_tensor[ffn]["reference"].z) < 5
     assert next(k for k in aligned.score.keys if k.label == "acme").per_tensor[ffn]["reference"].z > 50
-    assert aligned.accused == ["acme"]
+    assert aligned.accused == ("acme",)
     _assert_null(aligned)
 
 
@@ -274,7 +274,7 @@ def test_key_file_with_hf_names(marked: dict[float, Path], tmp_path: Path) -> No
     with open_checkpoint(marked[1e-3]) as ckpt:
         arch = ckpt.architecture
     for path in (gguf_npz, hf_npz):
-        result = trace(marked[1e-3], [FileKey.load(path, arch)], SOURCE, options=ScoreOptions(decoys=0))
+        result = trace(marked[1e-3], [FileKey.load(path, arch)], SOURCE, options=TraceOptions(decoys=0))
         assert result.score.keys[0].totals["reference"].z > 100, path
 
 
