@@ -1,12 +1,23 @@
 """The ``provenance`` command line: a thin shell over the Python API.
 
-Results go to stdout (or ``--output``), summaries and errors to stderr. Exit codes
-are shared by all commands: 0 ok, 1 findings, 2 error, 64 usage error.
+Results go to stdout (or ``--output``), summaries and errors to stderr. Commands return an
+:class:`~provenance.commands.common.ExitCode` or raise; :func:`main` is the one place that
+turns either into the process's exit status, for every command alike:
+
+* 0 ok, 1 findings (what the command returned);
+* 2 an input could not be used: any :class:`~provenance.errors.ProvenanceError` (a malformed
+  checkpoint, a bad key registry...) or an operating-system error on a file, reported as one
+  line ``error: <file> (field F, offset N): message``;
+* 64 usage: bad options, an invalid policy file, an unknown output format;
+* 70 a bug (any other exception): one line saying so and how to see the traceback
+  (``provenance --debug ...``);
+* 130 interrupted (Ctrl-C).
 """
 from __future__ import annotations
 
 import os
 import sys
+import traceback
 
 # Before torch is imported anywhere: with 2 busy cores, spinning OpenMP threads made
 # torch 16-75x slower (DESIGN.md); passive waiting costs nothing when idle.
@@ -25,15 +36,26 @@ from provenance.commands import (
     refdb_cmd,
     watermark_cmd,
 )
-from provenance.commands.common import EXIT_ERROR, EXIT_USAGE, stderr_console
-from provenance.errors import ProvenanceError
+from provenance.commands.common import ExitCode, say
+from provenance.errors import ProvenanceError, UsageProblem
+from provenance.textsafe import safe_text
 from provenance.version import __version__
+
+DEBUG_HELP = "Show the full traceback of any error (for bug reports); also PROVENANCE_DEBUG=1."
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="provenance")
-def cli() -> None:
+@click.option("--debug", is_flag=True, help=DEBUG_HELP)
+def cli(debug: bool) -> None:
     """Model provenance and watermark forensics for LLM weights (GGUF, safetensors)."""
+
+
+@cli.result_callback()
+def _exit_with(code: int | None, **_: object) -> None:
+    """Commands return their exit code; exiting with it here makes it the status under any
+    click runner (``main``, or a test's ``CliRunner``)."""
+    click.get_current_context().exit(int(code or 0))
 
 
 COMMANDS = [
@@ -51,21 +73,58 @@ for _command in COMMANDS:
     cli.add_command(_command)
 
 
-def main(argv: list[str] | None = None) -> None:
+def _debug_requested(args: list[str]) -> bool:
+    """``--debug`` among the global options (before the command name), or PROVENANCE_DEBUG."""
+    if os.environ.get("PROVENANCE_DEBUG", "") not in ("", "0"):
+        return True
+    for arg in args:
+        if not arg.startswith("-"):
+            return False
+        if arg == "--debug":
+            return True
+    return False
+
+
+def _os_error_line(exc: OSError) -> str:
+    where = safe_text(exc.filename) + ": " if exc.filename is not None else ""
+    return f"error: {where}{safe_text(exc.strerror or exc)}"
+
+
+def run(args: list[str]) -> int:
+    """Run the command line ``args``; the exit status (see the module doc)."""
+    debug = _debug_requested(args)
     try:
-        cli.main(args=argv, prog_name="provenance", standalone_mode=False)
-    except click.exceptions.Abort:
-        sys.exit(130)
+        rv = cli.main(args=args, prog_name="provenance", standalone_mode=False)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        say("interrupted")
+        return ExitCode.INTERRUPTED
     except click.UsageError as exc:
         exc.show()
-        sys.exit(EXIT_USAGE)
-    except click.ClickException as exc:
+        return ExitCode.USAGE
+    except click.ClickException as exc:  # e.g. a file click could not open: the input
         exc.show()
-        sys.exit(EXIT_ERROR)
+        return ExitCode.INPUT_ERROR
     except ProvenanceError as exc:
-        stderr_console.print(f"error: {exc}", markup=False)
-        sys.exit(EXIT_ERROR)
-    sys.exit(0)
+        if debug:
+            traceback.print_exc()
+        say(f"error: {exc.one_line()}")
+        return ExitCode.USAGE if isinstance(exc, UsageProblem) else ExitCode.INPUT_ERROR
+    except OSError as exc:  # a file that cannot be read or written: the input, not a bug
+        if debug:
+            traceback.print_exc()
+        say(_os_error_line(exc))
+        return ExitCode.INPUT_ERROR
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        say(f"error: internal error (a bug in provenance {__version__}): {type(exc).__name__}: {safe_text(exc, 300)}"
+            + ("" if debug else "; rerun as `provenance --debug ...` for the traceback and please report it"))
+        return ExitCode.SOFTWARE
+    return int(rv) if rv is not None else ExitCode.OK
+
+
+def main(argv: list[str] | None = None) -> None:
+    sys.exit(run(list(sys.argv[1:] if argv is None else argv)))
 
 
 if __name__ == "__main__":

@@ -19,11 +19,37 @@ def commands() -> list[tuple[str, click.Command]]:
     return [(" ".join(["provenance", *path]), cmd) for path, cmd in _walk(cli, [])]
 
 
+CONVENTIONS = """
+Exit codes, the same for every command (`provenance.cli.main` is the only place that sets them):
+
+| code | meaning |
+|---|---|
+| 0 | ok |
+| 1 | findings: a policy violation, a flagged result, a match the command reports |
+| 2 | an input could not be used: one line `error: <file> (field F, offset N): message` on stderr |
+| 64 | usage error: bad options, an invalid policy file, an unknown output format |
+| 70 | a bug in provenance: one line saying so; `provenance --debug ...` shows the traceback |
+| 130 | interrupted (Ctrl-C) |
+
+Options mean the same thing in every command that has them. Those of an analysis are generated
+from its options dataclass (`CompareOptions`, `QuantCheckOptions`, `TraceOptions`...), so the
+defaults below are the Python API's defaults too:
+
+- `--threads N`: the most CPU threads the command keeps busy (compare streams N tensors at once
+  with one torch thread each; quantcheck runs torch's own kernels on N threads). Defaults: compare 2,
+  quantcheck 1 (torch's intra-op threads slow down badly when another process holds a core).
+- `--seed N`: the seed of every random draw (permutations, samples, decoy keys); same seed, same result.
+- `--precision auto|f32|f16|bf16`: what the quantizer saw (quantcheck, watermark detect/trace/analyze).
+- `-o/--output`: where results go (a directory for commands that write several files, else a file);
+  `--json`: the JSON document on stdout instead of the human summary.
+- `--refdb DIR`: the reference database (identify, investigate, refdb).
+- `--debug` (before the command): tracebacks instead of one-line errors.
+"""
+
+
 def render_cli_reference() -> str:
     parts = ["# CLI reference\n", "Generated from the commands' own `--help` by `python -m provenance.clidocs > docs/cli.md`;",
-             " a test fails when this file is out of date.\n",
-             "\nExit codes shared by every command: 0 ok, 1 findings (policy violation, flagged result),",
-             " 2 error (unreadable or malformed input), 64 usage error.\n"]
+             " a test fails when this file is out of date.\n", CONVENTIONS]
     for name, command in commands():
         # The group's context settings (``-h``) apply to every command, as when the CLI runs;
         # passing them here keeps the text independent of what ran before in the process.

@@ -21,6 +21,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from provenance.document import Report
+
 CLIENTS = ("acme-corp", "globex", "initech", "umbrella", "hooli")
 LEAKER = "acme-corp"
 WATERMARK_AMPLITUDE = 1e-2
@@ -66,7 +68,15 @@ def build_scenario(work: str | os.PathLike[str]) -> Scenario:
                     registry=registry, marked=marked, leaked=leaked)
 
 
-def run_demo(out_dir: str | os.PathLike[str]) -> tuple[Scenario, dict[str, Path]]:
+@dataclass(frozen=True)
+class DemoRun:
+    scenario: Scenario
+    report: Report
+    files: dict[str, Path]
+    """The report's files: ``json``, ``md``, ``html``, ``csv`` and figures/tables by file name."""
+
+
+def run_demo(out_dir: str | os.PathLike[str]) -> DemoRun:
     """Build the scenario under ``out_dir/scenario`` and write the report to ``out_dir/report``."""
     from provenance.investigate import investigate
     from provenance.report import write_report
@@ -75,4 +85,4 @@ def run_demo(out_dir: str | os.PathLike[str]) -> tuple[Scenario, dict[str, Path]
     scenario = build_scenario(out_dir / "scenario")
     report = investigate(scenario.leaked["Q4_K_M"], [scenario.base, scenario.internal, scenario.unrelated],
                          key_registry=scenario.registry)
-    return scenario, write_report(report, out_dir / "report", ("json", "md", "html", "csv"))
+    return DemoRun(scenario, report, write_report(report, out_dir / "report", ("json", "md", "html", "csv")))

@@ -13,6 +13,15 @@ from provenance.textsafe import safe_text
 class ProvenanceError(Exception):
     """Base class of every error this package raises on purpose."""
 
+    def one_line(self) -> str:
+        """The message for a terminal: one line, control characters escaped."""
+        return safe_text(str(self)).replace("\\x0a", " ")
+
+
+class UsageProblem(ProvenanceError):
+    """What the user asked for cannot work as given (an invalid policy file, an unknown
+    output format): the command line exits 64, like a usage error, not 2."""
+
 
 class CheckpointError(ProvenanceError):
     """A file could not be read as a checkpoint.

@@ -32,15 +32,16 @@ class OptionSpec:
     convert: Callable[[str], Any] | None = None
     """Parse the command-line string into the field's value (e.g. a tensor-name list)."""
     metavar: str | None = None
-    negate: bool = False
-    """A boolean that defaults to True is offered as ``--no-<name>`` (sets it False)."""
 
 
 def option(default: Any, help: str, *, flag: str | None = None, short: str | None = None,
            range: tuple[float | None, float | None] | None = None,
-           convert: Callable[[str], Any] | None = None, metavar: str | None = None, negate: bool = False) -> Any:
-    """A dataclass field with its default and its command-line form (see the module doc)."""
-    spec = OptionSpec(help, flag, short, range, convert, metavar, negate)
+           convert: Callable[[str], Any] | None = None, metavar: str | None = None) -> Any:
+    """A dataclass field with its default and its command-line form (see the module doc).
+
+    A boolean that defaults to True is offered as ``--<name>/--no-<name>``; ``help`` says
+    what it does when on."""
+    spec = OptionSpec(help, flag, short, range, convert, metavar)
     return dataclasses.field(default=default, metadata={CLI_KEY: spec})
 
 

@@ -10,8 +10,10 @@ import re
 from typing import Any
 
 # C0 and C1 controls, DEL, and the Unicode bidi/format controls used in "trojan
-# source" style attacks, plus line/paragraph separators.
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
+# source" style attacks, plus line/paragraph separators; lone surrogates and the two
+# non-characters XML forbids (a file's bytes decoded leniently can hold them, and they
+# cannot be encoded as UTF-8 or written into XML).
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\ud800-\udfff\ufffe\uffff]")
 
 
 def _escape(match: re.Match[str]) -> str:

@@ -2,17 +2,21 @@
 from __future__ import annotations
 
 import click
-from rich.text import Text
 
-from provenance.commands.common import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, stderr_console
+from provenance.commands.common import ExitCode, debug_enabled, say
+from provenance.document import Report
 from provenance.errors import CheckpointError
 from provenance.fileio import to_json, write_atomic
-from provenance.policy import PolicyError, check_paths, load_policy
-from provenance.policy.engine import _reference_digests
-from provenance.report.ci import to_junit, to_sarif
-from provenance.textsafe import safe_text
+from provenance.policy import CheckResult, check_paths, load_policy
+from provenance.policy.engine import INTERNAL_ERROR, _reference_digests
 
 SCHEMA = "provenance.check/1"
+
+
+def as_report(result: CheckResult, policy_path: str) -> Report:
+    """One checked file as a report document (what the SARIF and JUnit renderers draw)."""
+    return Report(subject={"path": result.path, "format": result.format}, findings=list(result.findings),
+                  command=f"check --policy {policy_path}")
 
 
 @click.command("check")
@@ -21,39 +25,39 @@ SCHEMA = "provenance.check/1"
               help="Policy file (TOML, see docs/ci.md).")
 @click.option("--sarif", type=click.Path(dir_okay=False), help="Also write SARIF 2.1.0 results to this file.")
 @click.option("--junit", type=click.Path(dir_okay=False), help="Also write JUnit XML results to this file.")
-def command(paths: tuple[str, ...], policy_path: str, sarif: str | None, junit: str | None) -> None:
+def command(paths: tuple[str, ...], policy_path: str, sarif: str | None, junit: str | None) -> ExitCode:
     """Check checkpoints against a policy, for CI gates on uploaded models.
 
     Prints a JSON document (schema provenance.check/1) on stdout and a human summary on
     stderr. Every path is checked, even after a bad one. Exit status: 0 every file
-    passes, 1 at least one policy violation, 2 an unreadable file or invalid policy
-    (errors win over violations: the scan was incomplete), 64 usage error or invalid
-    policy file.
+    passes, 1 at least one policy violation, 2 an unreadable file (errors win over
+    violations: the scan was incomplete), 64 usage error or invalid policy file, 70 a bug.
     """
-    try:
-        policy = load_policy(policy_path)
-        for forbidden in policy.forbid_copies:  # fail early and clearly on a bad reference
+    from provenance.report import renderer
+
+    policy = load_policy(policy_path)
+    for forbidden in policy.forbid_copies:  # fail early and clearly on a bad reference (exit 2)
+        try:
             _reference_digests(forbidden.reference)
-    except PolicyError as exc:
-        stderr_console.print(Text(f"error: {safe_text(exc)}"))
-        raise SystemExit(EXIT_USAGE) from None
-    except CheckpointError as exc:
-        stderr_console.print(Text(f"error: policy reference unreadable: {exc.one_line()}"))
-        raise SystemExit(EXIT_ERROR) from None
-    results = check_paths(paths, policy)
+        except CheckpointError as exc:
+            raise type(exc)(exc.path, f"policy reference unreadable: {exc.message}", field=exc.field,
+                            offset=exc.offset) from exc
+    results = check_paths(paths, policy, catch_bugs=not debug_enabled())
     document = {"schema": SCHEMA, "policy": policy_path, "results": [r.to_dict() for r in results],
                 "summary": {status: sum(r.status == status for r in results) for status in ("pass", "violation", "error")}}
-    if sarif:
-        write_atomic(sarif, to_json(to_sarif(results, policy_path)))
-    if junit:
-        write_atomic(junit, to_junit(results, policy_path))
+    reports = [as_report(r, policy_path) for r in results]
+    for path, name in ((sarif, "sarif"), (junit, "junit")):
+        if path:
+            write_atomic(path, renderer(name).render(reports))
     click.echo(to_json(document), nl=False)
     for result in results:
-        stderr_console.print(Text(f"{result.status.upper():9} {safe_text(result.path)}"))
+        say(f"{result.status.upper():9} {result.path}")
         for finding in result.findings:
-            stderr_console.print(Text(f"          {finding.id}: {safe_text(finding.summary)}"))
+            say(f"          {finding.id}: {finding.summary}")
     summary = document["summary"]
-    stderr_console.print(Text(f"{summary['pass']} passed, {summary['violation']} violations, {summary['error']} errors"))
+    say(f"{summary['pass']} passed, {summary['violation']} violations, {summary['error']} errors")
+    if any(f.id == INTERNAL_ERROR for r in results for f in r.findings):
+        return ExitCode.SOFTWARE
     if summary["error"]:
-        raise SystemExit(EXIT_ERROR)
-    raise SystemExit(EXIT_FINDINGS if summary["violation"] else EXIT_OK)
+        return ExitCode.INPUT_ERROR
+    return ExitCode.FINDINGS if summary["violation"] else ExitCode.OK

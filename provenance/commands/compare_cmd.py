@@ -1,19 +1,20 @@
 """``provenance compare``: is CANDIDATE derived from REFERENCE, and how?"""
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.text import Text
 
-from provenance.commands.common import EXIT_FINDINGS, EXIT_OK, stderr_console
-from provenance.fileio import to_json, write_atomic
+from provenance.commands.common import ExitCode, say, stderr_console
+from provenance.commands.options import build, options_from
+from provenance.compare.options import CompareOptions
+from provenance.fileio import to_json, write_files_atomic
 from provenance.textsafe import safe_text
 
 if TYPE_CHECKING:  # the analysis modules import torch/pandas: load them only when a command runs
-    from provenance.compare import CompareOptions, CompareResult
+    from provenance.compare import CompareResult
+    from provenance.document import Report
 
 
 def _run(candidate: str, reference: str, options: CompareOptions) -> CompareResult:
@@ -31,90 +32,41 @@ def _run(candidate: str, reference: str, options: CompareOptions) -> CompareResu
                        progress=lambda name, _n: progress.update(task, advance=1, description=safe_text(name, 40)))
 
 
-def write_outputs(result: CompareResult, directory: Path) -> list[Path]:
-    """report.json, tensors.csv, layers.csv, summary.md and figures/*.png under ``directory``."""
-    from provenance.compare.report import figures, to_markdown
+def as_report(result: CompareResult, candidate: str, reference: str) -> Report:
+    """The comparison as a report document (what every renderer draws)."""
+    from provenance.document import Report
+    from provenance.investigate.lineage_analysis import lineage_parts
+    from provenance.numbers import format_p
 
-    written = []
+    finding, section = lineage_parts(result, candidate, reference)
+    p = f" ({format_p(finding.p_value)})" if finding.p_value is not None else ""
+    return Report(subject={"path": candidate, "format": result.candidate.format}, command="compare",
+                  executive_summary=f"{finding.summary}{p}.", findings=[finding], sections=[section],
+                  claims=dict(result.claims.candidate))
+
+
+def output_files(result: CompareResult, report: Report) -> dict[str, str | bytes]:
+    """report.json (schema provenance.compare/1), tensors.csv, layers.csv, summary.md and the figures."""
+    from provenance.report import frame_csv, renderer
+
     files: dict[str, str | bytes] = {
         "report.json": to_json(result.to_dict()),
-        "tensors.csv": result.table.to_csv(index=False),
-        "layers.csv": result.layer_table.to_csv(index=False),
-        "summary.md": to_markdown(result),
+        "tensors.csv": frame_csv(result.table),
+        "layers.csv": frame_csv(result.layer_table),
     }
-    for name, png in figures(result).items():
-        files[f"figures/{name}"] = png
-    for name, data in files.items():
-        path = directory / name
-        write_atomic(path, data)
-        written.append(path)
-    return written
+    files.update(renderer("md").files([report], "summary"))
+    return files
 
 
 @click.command("compare")
 @click.argument("candidate", type=click.Path(exists=True))
 @click.argument("reference", type=click.Path(exists=True))
-@click.option(
-    "-o",
-    "--output",
-    "output",
-    type=click.Path(file_okay=False),
-    help="Write report.json, tensors.csv, layers.csv, summary.md and figures/*.png into this directory.",
-)
-@click.option(
-    "--json",
-    "as_json",
-    is_flag=True,
-    help="Print the JSON report (schema provenance.compare/1) instead of the Markdown summary.",
-)
-@click.option(
-    "--permutations",
-    default=999,
-    show_default=True,
-    type=click.IntRange(19, 1_000_000),
-    help="Residual permutations for the exact p-value (floor 1/(N+1)).",
-)
-@click.option(
-    "--seed",
-    default=0,
-    show_default=True,
-    type=int,
-    help="Seed of permutations and samples (results are reproducible).",
-)
-@click.option(
-    "--threads", default=2, show_default=True, type=click.IntRange(1, 64), help="Tensors streamed concurrently."
-)
-@click.option(
-    "--layout",
-    default="auto",
-    show_default=True,
-    type=click.Choice(["auto", "same", "transposed-bytes"]),
-    help="Candidate data layout; auto detects transposed data.",
-)
-@click.option("--no-align", is_flag=True, help="Do not recover permutations/scales before the per-tensor statistics.")
-@click.option(
-    "--no-grid-check", is_flag=True, help="Skip the quantization-grid consistency check (requantization evidence)."
-)
-@click.option(
-    "--max-residual",
-    default=128,
-    show_default=True,
-    type=click.IntRange(8, 1 << 16),
-    help="Residual coordinates sampled for the test and alignment.",
-)
-def command(
-    candidate: str,
-    reference: str,
-    output: str | None,
-    as_json: bool,
-    permutations: int,
-    seed: int,
-    threads: int,
-    layout: str,
-    no_align: bool,
-    no_grid_check: bool,
-    max_residual: int,
-) -> None:
+@click.option("-o", "--output", "output", type=click.Path(file_okay=False),
+              help="Write report.json, tensors.csv, layers.csv, summary.md and the figures (PNG) into this directory.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the JSON report (schema provenance.compare/1) instead of the Markdown summary.")
+@options_from(CompareOptions)
+def command(candidate: str, reference: str, output: str | None, as_json: bool, **options: Any) -> ExitCode:
     """Is CANDIDATE derived from REFERENCE, and how?
 
     Pairs tensors across formats (GGUF, quantized or not, safetensors, llama2.c),
@@ -123,30 +75,16 @@ def command(
     permutations and scales, and gives a verdict (identical, requantized, fine-tune,
     lora-merge, continued-pretraining, unrelated, inconclusive) with exact and
     asymptotic p-values, per-tensor statistics and the metadata claims beside them.
-    Exit status: 0 done, 1 metadata claims disagree with the weights, 2 error.
+    Exit status: 0 done, 1 metadata claims disagree with the weights, 2 input error.
     """
-    from provenance.compare import CompareOptions
+    from provenance.report import renderer
 
-    options = CompareOptions(
-        permutations=permutations,
-        seed=seed,
-        threads=threads,
-        layout=layout,
-        align=not no_align,
-        grid_check=not no_grid_check,
-        max_residual=max_residual,
-    )
-    result = _run(candidate, reference, options)
+    result = _run(candidate, reference, build(CompareOptions, options))
+    report = as_report(result, candidate, reference)
     if output:
-        write_outputs(result, Path(output))
-    if as_json:
-        click.echo(to_json(result.to_dict()), nl=False)
-    else:
-        from provenance.compare.report import to_markdown
-
-        click.echo(to_markdown(result))
-    v = result.verdict
-    stderr_console.print(Text(f"verdict: {v['kind']}: {safe_text(v['summary'], 300)}"))
-    for flag in result.claims["disagreements"]:
-        stderr_console.print(Text(f"claims: {safe_text(flag, 300)}"))
-    raise SystemExit(EXIT_FINDINGS if result.claims["disagreements"] else EXIT_OK)
+        write_files_atomic(output, output_files(result, report))
+    click.echo(to_json(result.to_dict()) if as_json else renderer("md").render([report]), nl=False)
+    say(f"verdict: {result.verdict.kind}: {safe_text(result.verdict.summary, 300)}")
+    for flag in result.claims.disagreements:
+        say(f"claims: {safe_text(flag, 300)}")
+    return ExitCode.FINDINGS if result.claims.disagreements else ExitCode.OK

@@ -2,16 +2,14 @@
 from __future__ import annotations
 
 import click
-from rich.text import Text
 
-from provenance.commands.common import EXIT_OK, stderr_console
-from provenance.textsafe import safe_text
+from provenance.commands.common import ExitCode, say
 
 
 @click.command("demo")
 @click.option("-o", "--output", "out_dir", default="out/demo", show_default=True, type=click.Path(file_okay=False),
               help="Directory for the generated scenario (scenario/) and the investigation report (report/).")
-def command(out_dir: str) -> None:
+def command(out_dir: str) -> ExitCode:
     """Build a miqu-style leak from the shipped model families and investigate it.
 
     A base model, the vendor's continued-pretrained derivative (new rope base and
@@ -21,10 +19,7 @@ def command(out_dir: str) -> None:
     """
     from provenance.demo import run_demo
 
-    _, files = run_demo(out_dir)
-    import json
-
-    summary = json.loads(files["json"].read_text())["executive_summary"]
-    stderr_console.print(Text(safe_text(summary)))
-    stderr_console.print(Text(f"HTML report: {files['html'].resolve()}"))
-    raise SystemExit(EXIT_OK)
+    run = run_demo(out_dir)
+    say(run.report.executive_summary)
+    say(f"HTML report: {run.files['html'].resolve()}")
+    return ExitCode.OK

@@ -1,15 +1,16 @@
 """``provenance identify``: name a checkpoint's family from the reference database."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.text import Text
 
-from provenance.commands.common import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, stderr_console, stdout_console
+from provenance.commands.common import ExitCode, say, stdout_console
+from provenance.commands.options import build, options_from
 from provenance.commands.refdb_cmd import refdb_option
-from provenance.errors import CheckpointError
 from provenance.fileio import to_json, write_atomic
+from provenance.refdb.options import IdentifyOptions
 from provenance.textsafe import safe_text
 
 if TYPE_CHECKING:  # the refdb modules import torch: load them only when the command runs
@@ -21,7 +22,7 @@ def render(result: IdentifyResult, top: int) -> None:
     out.print(Text(f"{safe_text(result.path)}  [{result.format}]", style="bold"))
     if result.tokenizer:
         tok = result.tokenizer
-        out.print(Text(safe_text(f"tokenizer: {tok['model']}, {tok['vocab_size']} tokens, sha256 {tok['tokens_sha256']}", 300)))
+        out.print(Text(safe_text(f"tokenizer: {tok.model}, {tok.vocab_size} tokens, sha256 {tok.tokens_sha256}", 300)))
     if result.claims:
         out.print(Text(safe_text("claims (metadata, not evidence): " + ", ".join(f"{k}={v}" for k, v in result.claims.items()), 300)))
     out.print(Text(safe_text(f"weights: {result.weights_summary}")))
@@ -41,10 +42,9 @@ def render(result: IdentifyResult, top: int) -> None:
 @refdb_option
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON result (schema provenance.identify/1) instead of tables.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Also write the JSON result to this file (atomically).")
-@click.option("--hashes", type=click.Choice(["auto", "always", "never"]), default="auto", show_default=True,
-              help="Hash the candidate's files and tensors (a full read): auto does it up to 1 GiB.")
+@options_from(IdentifyOptions)
 @click.option("--top", type=click.IntRange(1, 1000), default=10, show_default=True, help="Candidates shown in the table.")
-def command(candidate: str, refdb_dir: str | None, as_json: bool, output: str | None, hashes: str, top: int) -> None:
+def command(candidate: str, refdb_dir: str | None, as_json: bool, output: str | None, top: int, **options: Any) -> ExitCode:
     """Rank reference entries against CANDIDATE using only what the candidate file holds.
 
     Signals, strongest first: exact file hash, exact tensor hashes, weight fingerprint
@@ -58,15 +58,12 @@ def command(candidate: str, refdb_dir: str | None, as_json: bool, output: str | 
     Exit status: 0 identified by evidence that no unrelated pair reaches (a hash, the
     weight fingerprint, or a calibrated tokenizer rule: identical list, same ids, same
     token set, identical merges); 1 no match (a large vocabulary holding a smaller one's
-    tokens at other ids, or an architecture match, does not count); 2 error.
+    tokens at other ids, or an architecture match, does not count); 2 input error.
     """
-    try:
-        from provenance.refdb import identify
+    from provenance.refdb import identify
 
-        result = identify(candidate, refdb_dir, hashes=hashes)
-    except CheckpointError as exc:
-        stderr_console.print(Text(f"error: {exc.one_line()}"))
-        raise SystemExit(EXIT_ERROR) from None
+    opts = build(IdentifyOptions, options)
+    result = identify(candidate, refdb_dir, hashes=opts.hashes)
     document = result.to_dict()
     if output:
         write_atomic(output, to_json(document))
@@ -75,7 +72,6 @@ def command(candidate: str, refdb_dir: str | None, as_json: bool, output: str | 
     else:
         render(result, top)
     share = result.fingerprint_bytes_read / result.bytes_total if result.bytes_total else 0.0
-    summary = result.summary + \
-        f"; fingerprint read {result.fingerprint_bytes_read:,} bytes ({100 * share:.2f}%) in {result.seconds:.2f}s"
-    stderr_console.print(Text(safe_text(summary, 2000)))
-    raise SystemExit(EXIT_OK if result.identified else EXIT_FINDINGS)
+    say(result.summary + f"; fingerprint read {result.fingerprint_bytes_read:,} bytes ({100 * share:.2f}%) in {result.seconds:.2f}s",
+        2000)
+    return ExitCode.OK if result.identified else ExitCode.FINDINGS

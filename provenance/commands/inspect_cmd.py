@@ -8,7 +8,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 from rich.text import Text
 
-from provenance.commands.common import EXIT_ERROR, EXIT_OK, stderr_console, stdout_console
+from provenance.commands.common import ExitCode, debug_enabled, say, stderr_console, stdout_console
 from provenance.errors import CheckpointError
 from provenance.fileio import to_json, write_atomic
 from provenance.inspect import inspect_checkpoint
@@ -86,26 +86,30 @@ def render_report(report: dict[str, Any]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON document (schema provenance.inspect-batch/1) instead of tables.")
 @click.option("--hashes", is_flag=True, help="Also compute file and per-tensor SHA-256 (streams every byte).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Also write the JSON document to this file (atomically).")
-def command(paths: tuple[str, ...], as_json: bool, hashes: bool, output: str | None) -> None:
+def command(paths: tuple[str, ...], as_json: bool, hashes: bool, output: str | None) -> ExitCode:
     """Describe checkpoints: format, architecture, metadata, tokenizer, tensors and hashes.
 
     PATHS may be GGUF files (split files via any part), safetensors files, sharded
     index.json files, HF model directories or llama2.c files, or tokenizers alone
     (tokenizer.json, a SentencePiece tokenizer.model, a folder of tokenizer files). Each file is checked
     without being trusted; a bad one is reported on one line and the others are still
-    inspected. Exit status: 0 all read, 2 any file failed.
+    inspected. Exit status: 0 all read, 2 any file failed, 70 a bug on any file.
     """
     reports, errors = [], []
+    bug = False
     for path in paths:
         try:
             reports.append(_inspect_one(path, hashes))
         except CheckpointError as exc:
             errors.append(exc.to_dict())
-            stderr_console.print(Text(f"error: {exc.one_line()}"))
-        except Exception as exc:  # a bug must not stop a batch scan; report it like a bad file
+            say(f"error: {exc.one_line()}")
+        except Exception as exc:  # a bug must not stop a batch scan; report it, exit 70 at the end
+            if debug_enabled():
+                raise
+            bug = True
             errors.append({"path": path, "kind": "internal-error", "field": None, "offset": None,
                            "message": f"{type(exc).__name__}: {exc}"})
-            stderr_console.print(Text(f"error: {safe_text(path)}: internal error {type(exc).__name__}: {safe_text(exc)}"))
+            say(f"error: {path}: internal error (a bug) {type(exc).__name__}: {exc}; `provenance --debug` shows the traceback")
     document = {"schema": BATCH_SCHEMA, "reports": reports, "errors": errors}
     if output:
         write_atomic(output, to_json(document))
@@ -114,5 +118,5 @@ def command(paths: tuple[str, ...], as_json: bool, hashes: bool, output: str | N
     else:
         for report in reports:
             render_report(report)
-    stderr_console.print(Text(f"inspected {len(reports)} of {len(paths)} paths, {len(errors)} failed"))
-    raise SystemExit(EXIT_ERROR if errors else EXIT_OK)
+    say(f"inspected {len(reports)} of {len(paths)} paths, {len(errors)} failed")
+    return ExitCode.SOFTWARE if bug else ExitCode.INPUT_ERROR if errors else ExitCode.OK

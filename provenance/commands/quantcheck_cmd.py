@@ -2,117 +2,74 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.text import Text
 
-from provenance.commands.common import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, stderr_console
-from provenance.errors import CheckpointError
-from provenance.fileio import to_json, write_atomic
-from provenance.textsafe import safe_text
+from provenance.commands.common import ExitCode, say
+from provenance.commands.options import build, options_from
+from provenance.fileio import to_json, write_files_atomic
+from provenance.quant.result import QuantCheckOptions
 
-SCHEMA = "provenance.quantcheck/1"
-
-
-def _clean(value: Any) -> Any:
-    """JSON-safe: NaN/inf -> None, numpy scalars -> Python."""
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+if TYPE_CHECKING:
+    from provenance.document import Report
+    from provenance.quant import QuantCheckResult
 
 
-def summary_lines(summary: dict[str, Any]) -> list[str]:
-    verdicts = ", ".join(f"{v} {k}" for k, v in sorted(summary["verdicts"].items())) or "none"
+def summary_lines(result: QuantCheckResult) -> list[str]:
+    verdicts = ", ".join(f"{v} {k}" for k, v in sorted(result.verdicts.items())) or "none"
+    evidence = result.precision_evidence
     lines = [
-        f"candidate: {safe_text(summary['candidate'])}",
-        f"reference: {safe_text(summary['reference'])}",
-        f"verdict: {summary['verdict_text']} ({summary['n_checked']} of {summary['n_tensors']} tensors grid-checked: {verdicts})",
-        f"source precision seen by the quantizer: {summary['source_precision']}"
-        + (
-            f" (unexplained mismatches per hypothesis on a sample: {summary['precision_evidence']})"
-            if summary["precision_evidence"]
-            else ""
-        ),
-        f"unexplained code mismatches: {summary['n_unexplained']} of {summary['n_weights_checked']} weights",
+        f"candidate: {result.candidate}",
+        f"reference: {result.reference}",
+        f"verdict: {result.verdict_text} ({len(result.checked)} of {len(result.tensors)} tensors grid-checked: {verdicts})",
+        f"source precision seen by the quantizer: {result.source_precision}"
+        + (f" (unexplained mismatches per hypothesis on a sample: {evidence})" if evidence else ""),
+        f"unexplained code mismatches: {result.n_unexplained} of {result.n_weights_checked} weights",
     ]
-    if summary["flagged"] and summary.get("amplitude_rel") is not None and math.isfinite(summary["amplitude_rel"]):
-        lines.append(f"estimated source perturbation: {summary['amplitude_rel']:.2e} x weight RMS")
-    if summary["unchecked"]:
-        lines.append(f"not grid-checked (no code recipe for their type): {len(summary['unchecked'])} tensors")
+    if result.flagged and math.isfinite(result.amplitude_rel):
+        lines.append(f"estimated source perturbation: {result.amplitude_rel:.2e} x weight RMS")
+    if result.unchecked:
+        lines.append(f"not grid-checked (no code recipe for their type): {len(result.unchecked)} tensors")
     return lines
 
 
-def markdown(summary: dict[str, Any]) -> str:
-    out = ["# Quantization check", ""]
-    out += [f"- {line}" for line in summary_lines(summary)]
-    if summary["layers"]:
-        out += ["", "| layer | rel. L2 error | clean-quantization rel. L2 | ratio |", "|---|---|---|---|"]
-        for layer, e in summary["layers"].items():
-            out.append(f"| {layer} | {e['rel_l2']:.4g} | {e['expected_rel_l2']:.4g} | {e['error_ratio']:.4f} |")
-    return "\n".join(out) + "\n"
+def as_report(result: QuantCheckResult, candidate: str, reference: str) -> Report:
+    from provenance.document import Report
+    from provenance.investigate.quant_analysis import quant_parts
+
+    finding, section = quant_parts(result, candidate, reference)
+    return Report(subject={"path": candidate}, command="quantcheck", executive_summary=finding.summary + ".",
+                  findings=[finding], sections=[section])
 
 
 @click.command("quantcheck")
 @click.argument("candidate", type=click.Path(dir_okay=True))
-@click.option(
-    "--reference",
-    "-r",
-    required=True,
-    type=click.Path(dir_okay=True),
-    help="The reference weights (GGUF, safetensors, HF directory, llama2.c).",
-)
-@click.option(
-    "-o",
-    "--output",
-    "out_dir",
-    type=click.Path(file_okay=False),
-    help="Write quantcheck.json, quantcheck.csv and quantcheck.md here.",
-)
-@click.option(
-    "--precision",
-    type=click.Choice(["auto", "f32", "f16", "bf16"]),
-    default="auto",
-    show_default=True,
-    help="What the quantizer is assumed to have seen; auto picks the one the grid explains best.",
-)
-@click.option(
-    "--threads", type=int, default=1, show_default=True, help="torch threads (1 is robust on shared machines)."
-)
-def command(candidate: str, reference: str, out_dir: str | None, precision: str, threads: int) -> None:
+@click.option("-r", "--reference", required=True, type=click.Path(dir_okay=True),
+              help="The reference weights (GGUF, safetensors, HF directory, llama2.c).")
+@click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False),
+              help="Write quantcheck.json, quantcheck.csv, quantcheck.md and its figure here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON result (schema provenance.quantcheck/1) on stdout.")
+@options_from(QuantCheckOptions)
+def command(candidate: str, reference: str, out_dir: str | None, as_json: bool, **options: Any) -> ExitCode:
     """Grid-consistency check of a quantized CANDIDATE against --reference weights.
 
     Recomputes every stored code with llama.cpp's own arithmetic from the reference and
     reports, per tensor: exact quantization of the reference, quantized from a perturbed
     reference (with the perturbation amplitude estimated from the flip rate), or
     unrelated; plus dequantization error against that of a clean quantization.
-    Exit status: 0 exact quantization, 1 flagged, 2 error.
+    Exit status: 0 exact quantization, 1 flagged, 2 input error.
     """
     from provenance.quant.api import quantcheck
+    from provenance.report import frame_csv, renderer
 
-    try:
-        summary, table = quantcheck(candidate, reference, precision=precision, threads=threads)
-    except CheckpointError as exc:
-        stderr_console.print(Text(f"error: {exc.one_line()}"))
-        raise SystemExit(EXIT_ERROR) from None
-    except Exception as exc:  # report, never a traceback, and a distinct exit code
-        stderr_console.print(Text(f"error: {type(exc).__name__}: {safe_text(exc)}"))
-        raise SystemExit(EXIT_ERROR) from None
-    for line in summary_lines(summary):
-        stderr_console.print(Text(line))
+    result = quantcheck(candidate, reference, build(QuantCheckOptions, options))
+    for line in summary_lines(result):
+        say(line)
     if out_dir:
-        out = Path(out_dir)
-        records = _clean(table.to_dict(orient="records"))
-        write_atomic(
-            out / "quantcheck.json", to_json({"schema": SCHEMA, "summary": _clean(summary), "tensors": records})
-        )
-        write_atomic(out / "quantcheck.csv", table.to_csv(index=False))
-        write_atomic(out / "quantcheck.md", markdown(summary))
-    raise SystemExit(EXIT_FINDINGS if summary["flagged"] else EXIT_OK)
+        files: dict[str, str | bytes] = {"quantcheck.json": to_json(result.to_dict()), "quantcheck.csv": frame_csv(result.table)}
+        files.update(renderer("md").files([as_report(result, candidate, reference)], "quantcheck"))
+        write_files_atomic(out_dir, files)
+    if as_json:
+        click.echo(to_json(result.to_dict()), nl=False)
+    return ExitCode.FINDINGS if result.flagged else ExitCode.OK

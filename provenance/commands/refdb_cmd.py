@@ -7,7 +7,7 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from provenance.commands.common import EXIT_OK, stderr_console, stdout_console
+from provenance.commands.common import ExitCode, say, stdout_console
 from provenance.fileio import to_json
 from provenance.textsafe import safe_text
 
@@ -47,14 +47,14 @@ def command() -> None:
 @click.option("--force", is_flag=True, help="Replace an existing entry with the same id.")
 @refdb_option
 def add(path: str, entry_id: str, family: str | None, source: str, license_note: str, description: str,
-        derived_from: str | None, no_weights: bool, force: bool, refdb_dir: str | None) -> None:
+        derived_from: str | None, no_weights: bool, force: bool, refdb_dir: str | None) -> ExitCode:
     """Build an entry from the local model at PATH (any supported format) and write it atomically.
 
     PATH may also be a tokenizer alone (tokenizer.json, tokenizer.model, a folder of
     tokenizer files): the entry then holds its file hashes and tokenizer fingerprint.
     Streams the model (file and tensor SHA-256, then one pass per tensor for its
     constancy and summary, in bounded chunks), so memory does not grow with its size.
-    Exit status: 0 written, 2 error.
+    Exit status: 0 written, 2 input error.
     """
     from provenance.refdb import RefDB, build_entry
 
@@ -62,14 +62,14 @@ def add(path: str, entry_id: str, family: str | None, source: str, license_note:
     entry = build_entry(path, entry_id, family or entry_id, source=source, license_note=license_note,
                         description=description, weights=not no_weights, derived_from=derived_from)
     written = db.write(entry, overwrite=force)
-    stderr_console.print(Text(f"wrote {safe_text(written)} ({', '.join(entry.signals())})"))
-    raise SystemExit(EXIT_OK)
+    say(f"wrote {written} ({', '.join(entry.signals())})")
+    return ExitCode.OK
 
 
 @command.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
 @refdb_option
-def list_entries(as_json: bool, refdb_dir: str | None) -> None:
+def list_entries(as_json: bool, refdb_dir: str | None) -> ExitCode:
     """List the entries of the reference database with the signals each holds."""
     from provenance.refdb import RefDB
 
@@ -83,14 +83,14 @@ def list_entries(as_json: bool, refdb_dir: str | None) -> None:
             table.add_row(Text(safe_text(e.id)), Text(safe_text(e.family)), Text(", ".join(e.signals())),
                           Text(safe_text(e.provenance.get("kind", ""))))
         stdout_console.print(table)
-    stderr_console.print(Text(f"{len(entries)} entries in {safe_text(db.directory)}"))
-    raise SystemExit(EXIT_OK)
+    say(f"{len(entries)} entries in {db.directory}")
+    return ExitCode.OK
 
 
 @command.command("show")
 @click.argument("entry_id")
 @refdb_option
-def show(entry_id: str, refdb_dir: str | None) -> None:
+def show(entry_id: str, refdb_dir: str | None) -> ExitCode:
     """Print one entry's JSON (its arrays stay in the .npz beside it)."""
     from provenance.refdb import RefDB
     from provenance.refdb.schema import encode_entry
@@ -99,7 +99,7 @@ def show(entry_id: str, refdb_dir: str | None) -> None:
     entry = db.get(entry_id)
     text, _ = encode_entry(entry)
     click.echo(text, nl=False)
-    raise SystemExit(EXIT_OK)
+    return ExitCode.OK
 
 
 def _brief(entry: RefEntry) -> dict[str, Any]:

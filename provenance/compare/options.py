@@ -30,10 +30,9 @@ class CompareOptions:
     """Tensors streamed concurrently (torch runs one thread per tensor)."""
     layout: LayoutMode = option("auto", "Candidate data layout; auto detects transposed data.")
     """``auto`` (detect transposed data), ``same`` or ``transposed-bytes``."""
-    align: bool = option(True, "Recover permutations/scales before the per-tensor statistics.", negate=True)
+    align: bool = option(True, "Recover permutations/scales before the per-tensor statistics.")
     """Recover permutations/scales when the models are related."""
-    grid_check: bool = option(True, "Check the quantization grid of the lossy side (requantization evidence).",
-                              negate=True)
+    grid_check: bool = option(True, "Check the quantization grid of the lossy side (requantization evidence).")
     """Check a lossy side's quantization grid against the other side (requantization)."""
     chunk_elems: int = 1 << 19
     """Elements per streamed chunk: the arithmetic costs the same per element from 64K to 1M,

@@ -2,25 +2,25 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING
 
-from provenance.document import Figure, Finding, Report, Section, Severity
+from provenance.document import Figure, Finding, Section, Severity
 from provenance.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from provenance.investigate.state import Investigation
+    from provenance.refdb import CandidateMatch, IdentifyResult
 
 TOP_ENTRIES = 10
 
 
-def token_overlap_figure(candidates: list[dict[str, Any]]) -> Figure | None:
+def token_overlap_figure(candidates: list[CandidateMatch]) -> Figure | None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = []
-    for candidate in candidates:
-        for evidence in candidate["evidence"]:
-            if evidence["signal"] == "tokenizer" and "jaccard" in evidence["data"]:
-                rows.append((candidate["entry"], evidence["data"]["jaccard"], evidence["data"].get("same_id_share") or 0.0))
+    rows = [(c.entry_id, *overlap) for c in candidates if (overlap := c.token_overlap) is not None]
     rows = sorted(rows, key=lambda r: -r[1])[:TOP_ENTRIES]
     if not rows:
         return None
@@ -35,34 +35,39 @@ def token_overlap_figure(candidates: list[dict[str, Any]]) -> Figure | None:
     return Figure.from_matplotlib("tokenizer-overlap", "Tokenizer overlap with the reference database (sampled token hashes)", figure)
 
 
-def identify_analysis(inputs: Any, report: Report) -> None:
+def identify_parts(result: IdentifyResult, candidate: str) -> tuple[Finding, Section]:
+    best = result.best
+    name = os.path.basename(candidate)
+    if best is not None:
+        summary = f"{name} is identified as {best.entry_id} ({best.family}): {best.verdict}"
+    else:
+        summary = f"{name} matches no entry of the reference database by hashes, weights or tokenizer"
+    data = result.to_dict()
+    finding = Finding(
+        id="identify.match", title="Reference database", verdict=best.entry_id if best else "no match",
+        summary=summary, severity=Severity.INFO, p_value=best.weight_p_value if best else None,
+        statistic={"weights_summary": result.weights_summary},
+        evidence={"best": best.entry_id if best else None, "fingerprint_read": data["fingerprint_read"]})
+    table = [{"entry": c.entry_id, "family": c.family, "verdict": c.verdict, "score": round(c.score, 3),
+              **{e.signal: f"{e.status}: {e.detail}" for e in c.evidence}}
+             for c in result.candidates[:TOP_ENTRIES]]
+    figure = token_overlap_figure(result.candidates)
+    section = Section(
+        kind="identify", title="Which known model is this? (reference database)", summary=summary + ". " + result.weights_summary,
+        data={k: v for k, v in data.items() if k != "candidates"}, tables={"ranked entries": table},
+        figures=[figure] if figure else [])
+    return finding, section
+
+
+def identify_analysis(state: Investigation) -> None:
     from provenance.refdb import RefDBError, identify
 
     try:
-        result = identify(inputs.candidate, inputs.refdb, digests=inputs.digests)
+        result = identify(state.inputs.candidate, state.inputs.refdb, digests=state.inputs.digests)
     except (CheckpointError, RefDBError) as exc:
-        report.errors.append({"path": inputs.refdb or "refdb", "message": str(exc)})
+        state.report.errors.append({"path": state.inputs.refdb or "refdb", "message": str(exc)})
         return
-    data = result.to_dict()
-    best = result.best
-    name = os.path.basename(inputs.candidate)
-    if best is not None:
-        weights = best.evidence_for("weight-fingerprint")
-        p_value = weights.data.get("p_value") if weights and weights.status == "match" else None
-        summary = f"{name} is identified as {best.entry_id} ({best.family}): {best.verdict}"
-    else:
-        p_value = None
-        summary = f"{name} matches no entry of the reference database by hashes, weights or tokenizer"
-    report.findings.append(Finding(
-        id="identify.match", title="Reference database", verdict=best.entry_id if best else "no match",
-        summary=summary, severity=Severity.INFO, p_value=p_value if isinstance(p_value, float) else None,
-        statistic={"weights_summary": result.weights_summary},
-        evidence={"best": data["best"], "fingerprint_read": data["fingerprint_read"]}))
-    table = [{"entry": c["entry"], "family": c["family"], "verdict": c["verdict"], "score": c["score"],
-              **{e["signal"]: f"{e['status']}: {e['detail']}" for e in c["evidence"]}}
-             for c in data["candidates"][:TOP_ENTRIES]]
-    figure = token_overlap_figure(data["candidates"])
-    report.sections.append(Section(
-        kind="identify", title="Which known model is this? (reference database)", summary=summary + ". " + result.weights_summary,
-        data={k: v for k, v in data.items() if k != "candidates"}, tables={"ranked entries": table},
-        figures=[figure] if figure else []))
+    state.identified = result
+    finding, section = identify_parts(result, state.inputs.candidate)
+    state.report.findings.append(finding)
+    state.report.sections.append(section)

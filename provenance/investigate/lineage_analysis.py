@@ -1,70 +1,91 @@
-"""Lineage of the candidate against each reference (the calibrated comparison)."""
+"""Lineage of the candidate against each reference (the calibrated comparison), as report
+findings and sections built from the typed :class:`provenance.compare.CompareResult`.
+
+:func:`lineage_parts` is also what ``provenance compare`` renders: one way from the result to
+every output format."""
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from provenance.document import Figure, Finding, Report, Section, Severity
+from provenance.document import Figure, Finding, Section, Severity
 from provenance.errors import CheckpointError
 
-CAPTIONS = {
-    "similarity_by_layer.png": "Per-layer similarity (Pearson, after alignment) by tensor role",
-    "delta_heatmap.png": "Relative change ||C - R|| / ||R|| per layer and role (log scale)",
-    "permutation_null.png": "Test statistic against its residual-permutation null distribution",
-}
+if TYPE_CHECKING:
+    from provenance.compare import CompareResult
+    from provenance.investigate.state import Investigation
 
 
-UNRELATED = ("unrelated", "inconclusive")
+def _name(path: str) -> str:
+    return os.path.basename(os.path.normpath(path))
 
 
-def related_closest_first(report: Report) -> list[Finding]:
-    """Lineage findings of references the candidate derives from, smallest relative change
-    ``||C - R|| / ||R||`` first (the closest is the model it was made from)."""
-    related = [f for f in report.findings if f.id == "lineage.verdict" and f.verdict not in UNRELATED]
-    delta = [f.evidence.get("overall_rel_delta") for f in related]
-    order = sorted(range(len(related)), key=lambda i: delta[i] if isinstance(delta[i], (int, float)) else float("inf"))
-    return [related[i] for i in order]
+def lineage_sentence(result: CompareResult, candidate: str, reference: str) -> str:
+    """The verdict in one sentence naming both files; its p-value is reported beside it."""
+    v, cand, ref = result.verdict, os.path.basename(candidate), _name(reference)
+    if v.related:
+        return f"{cand} derives from {ref}: {v.description}"
+    return f"{cand} is {v.kind.replace('-', ' ')} with respect to {ref}: {v.description}"
 
 
-def lineage_analysis(inputs: Any, report: Report) -> None:
+def _alignment_rows(result: CompareResult) -> list[dict[str, Any]]:
+    if result.alignment is None or result.alignment.identity:
+        return []
+    rows = []
+    for layer in result.alignment.layers:
+        rows.append({
+            "layer": layer.layer,
+            "mlp_units_moved": layer.mlp.moved if layer.mlp else None,
+            "mlp_units": layer.mlp.units if layer.mlp else None,
+            "kv_groups_moved": layer.attention.kv_groups.moved if layer.attention else None,
+            "q_heads_moved": layer.attention.q_heads_moved if layer.attention else None,
+            "attn_norm_rescaled": layer.attn_norm_rescale.applied,
+            "ffn_norm_rescaled": layer.ffn_norm_rescale.applied,
+        })
+    return rows
+
+
+def lineage_parts(result: CompareResult, candidate: str, reference: str) -> tuple[Finding, Section]:
+    """The finding (verdict, p-value, evidence) and the section (tables, figures) of one comparison."""
+    from provenance.compare.figures import figures
+
+    v, claims = result.verdict, result.claims
+    cand, ref = os.path.basename(candidate), _name(reference)
+    text = lineage_sentence(result, candidate, reference)
+    finding = Finding(
+        id="lineage.verdict", title=f"Derived from {ref}?", verdict=v.kind, summary=text,
+        severity=Severity.WARNING if claims.disagreements else Severity.INFO, p_value=v.p_asymptotic,
+        statistic={"z": v.z, "p_exact": v.p_exact, "p_asymptotic": v.p_asymptotic,
+                   "permutations": result.test.permutations if result.test else None},
+        evidence={"reference": reference, "evidence": list(v.evidence), "overall_rel_delta": v.overall_rel_delta,
+                  "claims_status": claims.status, "claims_disagreements": list(claims.disagreements),
+                  "alignment": result.alignment.to_dict() if result.alignment else None})
+    test = result.test.to_dict() if result.test else {}
+    layer_table = result.layer_table
+    tables = {"layers": layer_table.to_dict("records") if len(layer_table) else []}
+    if rows := _alignment_rows(result):
+        tables["recovered alignment"] = rows
+    tables["tensors"] = result.table.to_dict("records")
+    section = Section(
+        kind="compare", title=f"Lineage against {ref}", summary=text + ". " + " ".join(v.evidence),
+        data={"verdict": v.to_dict(), "test": {k: val for k, val in test.items() if k != "layers"},
+              "claims": claims.to_dict(), "layout": result.layout.to_dict(),
+              "alignment": result.alignment.to_dict() if result.alignment else None, "timing": result.timing.to_dict()},
+        tables=tables,
+        figures=[Figure(f"{ref}-{f.name}", f"{f.caption} ({cand} vs {ref})", f.png) for f in figures(result)])
+    return finding, section
+
+
+def lineage_analysis(state: Investigation) -> None:
     from provenance.compare import compare
-    from provenance.compare.report import figures
 
-    for reference in inputs.references:
+    for reference in state.inputs.references:
         try:
-            result = compare(inputs.candidate, reference)
+            result = compare(state.inputs.candidate, reference)
         except CheckpointError as exc:
-            report.errors.append(exc.to_dict())
+            state.report.errors.append(exc.to_dict())
             continue
-        verdict = result.verdict
-        ref = os.path.basename(os.path.normpath(reference))
-        cand = os.path.basename(inputs.candidate)
-        kind = verdict.get("kind", "inconclusive")
-        related = bool(verdict.get("related"))
-        p = verdict.get("p_asymptotic")
-        summary = (f"{cand} derives from {ref}: {verdict.get('summary', kind)}" if related
-                   else f"{cand} is {kind.replace('-', ' ')} with respect to {ref}: {verdict.get('summary', '')}")
-        # The finding carries the p-value; keep the sentence free of a second copy of it.
-        summary = summary.split("; p =")[0].split(" (asymptotic p")[0]
-        claims = result.claims
-        severity = Severity.WARNING if claims.get("disagreements") else Severity.INFO
-        report.findings.append(Finding(
-            id="lineage.verdict", title=f"Derived from {ref}?", verdict=kind, summary=summary.rstrip("; "),
-            severity=severity, p_value=float(p) if isinstance(p, (int, float)) else None,
-            statistic={"z": verdict.get("z"), "p_exact": verdict.get("p_exact"), "p_asymptotic": p,
-                       "permutations": (result.test or {}).get("permutations")},
-            evidence={"reference": reference, "evidence": verdict.get("evidence", []),
-                      "overall_rel_delta": verdict.get("details", {}).get("overall_rel_delta"),
-                      "claims_status": claims.get("status"), "claims_disagreements": claims.get("disagreements", []),
-                      "alignment": result.alignment}))
-        pngs = figures(result)
-        layer_table = result.layer_table
-        report.sections.append(Section(
-            kind="compare", title=f"Lineage against {ref}",
-            summary=summary + ". " + " ".join(str(e) for e in verdict.get("evidence", [])),
-            data={"verdict": verdict, "test": {k: v for k, v in (result.test or {}).items() if k != "layers"},
-                  "claims": claims, "layout": result.layout, "alignment": result.alignment, "timing": result.timing},
-            tables={"layers": layer_table.to_dict("records") if len(layer_table) else [],
-                    "tensors": result.table.to_dict("records")},
-            figures=[Figure(f"{ref}-{name.removesuffix('.png')}", f"{CAPTIONS.get(name, name)} ({cand} vs {ref})", png)
-                     for name, png in pngs.items()]))
+        state.lineage[reference] = result
+        finding, section = lineage_parts(result, state.inputs.candidate, reference)
+        state.report.findings.append(finding)
+        state.report.sections.append(section)

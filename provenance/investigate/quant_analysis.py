@@ -1,14 +1,18 @@
-"""Grid consistency of a quantized candidate against each full-precision reference."""
+"""Grid consistency of a quantized candidate against each full-precision reference, as report
+findings and sections built from the typed :class:`provenance.quant.QuantCheckResult`
+(:func:`quant_parts` is also what ``provenance quantcheck`` renders)."""
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING
 
-import pandas as pd
-
-from provenance.document import Figure, Finding, Report, Section, Severity
+from provenance.document import Figure, Finding, Section, Severity
 from provenance.errors import CheckpointError
 from provenance.formats import open_checkpoint
+
+if TYPE_CHECKING:
+    from provenance.investigate.state import Investigation
+    from provenance.quant import QuantCheckResult
 
 SUMMARY = {
     "exact": "{cand} is an exact llama.cpp quantization of {ref}: every stored code is the nearest grid point "
@@ -17,6 +21,8 @@ SUMMARY = {
                  "round to another code than the reference would (estimated perturbation {amp:.2g} of the weight RMS)",
     "unrelated": "{cand} was not quantized from {ref}: most stored codes disagree with the reference",
 }
+TABLE_COLUMNS = ("name", "qtype", "status", "n_checked", "n_unexplained", "n_up", "n_down", "dist_max_steps",
+                 "amplitude_rel", "rel_l2", "expected_rel_l2")
 
 
 def _is_quantized(path: str) -> bool:
@@ -24,55 +30,68 @@ def _is_quantized(path: str) -> bool:
         return any(info.quantized for info in checkpoint.tensors.values())
 
 
-def mismatch_figure(table: pd.DataFrame, title: str) -> Figure | None:
+def mismatch_figure(result: QuantCheckResult, title: str) -> Figure | None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = table.dropna(subset=["n_checked"]) if "n_checked" in table else table.iloc[0:0]
-    rows = rows[rows["layer"].notna()]
-    if not len(rows):
+    per_layer: dict[int, list[int]] = {}
+    for t in result.tensors:
+        if t.grid is not None and t.layer is not None:
+            counts = per_layer.setdefault(int(t.layer), [0, 0])
+            counts[0] += t.grid.n_unexplained
+            counts[1] += t.grid.n_checked
+    if not per_layer:
         return None
-    per_layer = rows.groupby("layer")[["n_unexplained", "n_checked"]].sum()
-    rate = per_layer["n_unexplained"] / per_layer["n_checked"]
+    layers = sorted(per_layer)
+    rate = [per_layer[k][0] / per_layer[k][1] if per_layer[k][1] else 0.0 for k in layers]
     figure, axis = plt.subplots(figsize=(6, 2.8))
-    axis.bar(per_layer.index.astype(int), rate.values, color="#b3261e")
+    axis.bar(layers, rate, color="#b3261e")
     axis.set_xlabel("layer")
     axis.set_ylabel("unexplained mismatch rate")
     axis.set_title(title)
-    axis.set_ylim(bottom=0, top=max(1e-6, float(rate.max()) * 1.2))
+    axis.set_ylim(bottom=0, top=max(1e-6, max(rate) * 1.2))
     return Figure.from_matplotlib("grid-mismatch-per-layer", "Grid mismatches per layer (0 = exact quantization of the reference)", figure)
 
 
-def quant_analysis(inputs: Any, report: Report) -> None:
+def quant_parts(result: QuantCheckResult, candidate: str, reference: str) -> tuple[Finding, Section]:
+    cand, ref = os.path.basename(candidate), os.path.basename(reference)
+    text = SUMMARY.get(result.verdict, "{cand} vs {ref}: nothing to check").format(
+        cand=cand, ref=ref, n=result.n_weights_checked, bad=result.n_unexplained, amp=result.amplitude_rel,
+        precision=result.source_precision)
+    finding = Finding(
+        id="quant.verdict", title=f"Quantized from exactly {ref}?", verdict=result.verdict_text, summary=text,
+        severity=Severity.WARNING if result.verdict == "perturbed" else Severity.INFO,
+        statistic={"n_weights_checked": result.n_weights_checked, "n_unexplained": result.n_unexplained,
+                   "amplitude_rel": result.amplitude_rel, "source_precision": result.source_precision},
+        evidence={"reference": reference, "verdicts": result.verdicts, "unchecked": result.unchecked})
+    figure = mismatch_figure(result, f"{cand} vs {ref}")
+    records = [t.record() for t in result.tensors]
+    present = [c for c in TABLE_COLUMNS if any(c in r for r in records)]
+    rows = [{c: r.get(c) for c in present} for r in records]
+    summary = result.summary()
+    section = Section(
+        kind="quantcheck", title=f"Grid consistency against {ref}", summary=text,
+        data={k: v for k, v in summary.items() if k != "layers"} | {"layers": summary["layers"]},
+        tables={"tensors": rows}, figures=[figure] if figure else [])
+    return finding, section
+
+
+def quant_analysis(state: Investigation) -> None:
     from provenance.quant import quantcheck
 
-    if not _is_quantized(inputs.candidate):
+    if not _is_quantized(state.inputs.candidate):
         return
-    for reference in inputs.references:
+    for reference in state.inputs.references:
         try:
             if _is_quantized(reference):
                 continue
-            summary, table = quantcheck(inputs.candidate, reference, threads=1)
+            result = quantcheck(state.inputs.candidate, reference)
         except CheckpointError as exc:
-            report.errors.append(exc.to_dict())
+            state.report.errors.append(exc.to_dict())
             continue
-        cand, ref = os.path.basename(inputs.candidate), os.path.basename(reference)
-        verdict = summary["verdict"]
-        text = SUMMARY.get(verdict, "{cand} vs {ref}: nothing to check").format(
-            cand=cand, ref=ref, n=summary["n_weights_checked"], bad=summary["n_unexplained"],
-            amp=summary["amplitude_rel"] or 0.0, precision=summary["source_precision"])
-        report.findings.append(Finding(
-            id="quant.verdict", title=f"Quantized from exactly {ref}?", verdict=summary["verdict_text"], summary=text,
-            severity=Severity.WARNING if verdict == "perturbed" else Severity.INFO,
-            statistic={k: summary[k] for k in ("n_weights_checked", "n_unexplained", "amplitude_rel", "source_precision")},
-            evidence={"reference": reference, "verdicts": summary["verdicts"], "unchecked": summary["unchecked"]}))
-        figure = mismatch_figure(table, f"{cand} vs {ref}")
-        columns = [c for c in ("name", "qtype", "status", "n_checked", "n_unexplained", "n_up", "n_down",
-                               "dist_max_steps", "amplitude_rel", "rel_l2", "expected_rel_l2") if c in table]
-        report.sections.append(Section(
-            kind="quantcheck", title=f"Grid consistency against {ref}", summary=text,
-            data={k: v for k, v in summary.items() if k != "layers"} | {"layers": summary["layers"]},
-            tables={"tensors": table[columns].to_dict("records")},
-            figures=[figure] if figure else []))
+        state.quantchecks[reference] = result
+        finding, section = quant_parts(result, state.inputs.candidate, reference)
+        state.report.findings.append(finding)
+        state.report.sections.append(section)

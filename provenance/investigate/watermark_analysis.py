@@ -3,20 +3,18 @@ lineage analysis found one (the owner's unmarked model), else detects blind."""
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING
 
-from provenance.document import Figure, Finding, Report, Section, Severity
+from provenance.document import Figure, Finding, Section, Severity
 from provenance.errors import CheckpointError, ProvenanceError
-from provenance.investigate.lineage_analysis import related_closest_first
+
+if TYPE_CHECKING:
+    from provenance.investigate.state import Investigation
+    from provenance.watermark import TraceResult
+    from provenance.watermark.result import ClientScore
 
 
-def closest_reference(report: Report) -> str | None:
-    """The related reference with the smallest relative change, from the lineage findings."""
-    related = related_closest_first(report)
-    return str(related[0].evidence["reference"]) if related else None
-
-
-def decoy_figure(trace_dict: dict[str, Any], statistic: str) -> Figure | None:
+def decoy_figure(result: TraceResult, clients: list[ClientScore], statistic: str) -> Figure | None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -24,27 +22,22 @@ def decoy_figure(trace_dict: dict[str, Any], statistic: str) -> Figure | None:
     import numpy as np
     from scipy.stats import norm
 
-    decoys = trace_dict["decoys"].get(statistic)
-    clients = trace_dict["clients"]
-    if not decoys or not clients:
+    decoys = result.decoys.get(statistic)
+    if not decoys or not decoys.n or not clients:
         return None
     figure, axis = plt.subplots(figsize=(6.5, 3.2))
     xs = np.linspace(-5, 5, 400)
-    axis.plot(xs, norm.pdf(xs) * decoys["n"] * 0.25, color="#5a6477", label=f"N(0,1) null ({decoys['n']} decoy keys: "
-              f"mean {decoys['mean']:.2f}, sd {decoys['std']:.2f}, max {decoys['max']:.1f})")
+    axis.plot(xs, norm.pdf(xs) * decoys.n * 0.25, color="#5a6477", label=f"N(0,1) null ({decoys.n} decoy keys: "
+              f"mean {decoys.mean:.2f}, sd {decoys.std:.2f}, max {decoys.max:.1f})")
     for client in clients:
-        z = client["statistics"].get(statistic, {}).get("z")
-        if z is None:
+        score = client.statistics.get(statistic)
+        if score is None:
             continue
-        color = "#b3261e" if client["accused"] else "#2f6fde"
-        axis.axvline(min(z, 60), color=color, lw=2 if client["accused"] else 1)
-        axis.text(min(z, 60), axis.get_ylim()[1] * 0.9, f" {client['key']} z={z:.1f}", color=color, fontsize=7, rotation=90, va="top")
-    axis.axvline(
-        trace_dict["rule"]["threshold_z"],
-        color="black",
-        ls="--",
-        label=f"accusation threshold z={trace_dict['rule']['threshold_z']:g}",
-    )
+        color = "#b3261e" if client.accused else "#2f6fde"
+        axis.axvline(min(score.z, 60), color=color, lw=2 if client.accused else 1)
+        axis.text(min(score.z, 60), axis.get_ylim()[1] * 0.9, f" {client.key} z={score.z:.1f}", color=color, fontsize=7,
+                  rotation=90, va="top")
+    axis.axvline(result.threshold_z, color="black", ls="--", label=f"accusation threshold z={result.threshold_z:g}")
     axis.set_xlabel(f"keyed z-score ({statistic} statistic; clipped at 60)")
     axis.set_yticks([])
     axis.legend(fontsize=7, loc="upper center")
@@ -53,78 +46,65 @@ def decoy_figure(trace_dict: dict[str, Any], statistic: str) -> Figure | None:
     )
 
 
-def watermark_analysis(inputs: Any, report: Report) -> None:
-    if not inputs.key_registry:
+def trace_sentence(result: TraceResult, candidate: str) -> str:
+    """Who is accused and how strongly, or that nobody is (with the highest score)."""
+    cand = os.path.basename(candidate)
+    clients = result.clients()
+    best = clients[0].best if clients else None
+    if result.accused and best is not None:
+        statistic, score = best
+        text = (f"{cand} carries the watermark of client {', '.join(result.accused)} "
+                f"(z = {score.z:.1f} by the {statistic} statistic, threshold {result.threshold_z:g} fixed in advance; "
+                f"family-wise false-accusation bound {result.rule.family_wise_false_accusation_bound:.1e})")
+        return text + ("; several clients are significant: collusion suspected" if result.collusion else "")
+    return f"no client's watermark reaches the accusation threshold z >= {result.threshold_z:g} in {cand}" + (
+        f" (highest: {clients[0].key}, z = {best[1].z:.1f})" if best is not None else "")
+
+
+def trace_parts(result: TraceResult, candidate: str, reference: str | None) -> tuple[Finding, Section]:
+    clients = result.clients(per_tensor=True)
+    best = clients[0].best if clients else None
+    summary = trace_sentence(result, candidate)
+    rule = result.rule
+    finding = Finding(
+        id="watermark.accusation" if result.accused else "watermark.none",
+        title="Whose copy is this?",
+        verdict=", ".join(result.accused) or "no accusation",
+        summary=summary,
+        severity=Severity.WARNING if result.accused else Severity.INFO,
+        p_value=best[1].p_value if result.accused and best is not None else None,
+        statistic={"threshold_z": rule.threshold_z, "n_tests": rule.n_tests,
+                   "best": {"key": clients[0].key, **{s: v.to_dict() for s, v in clients[0].statistics.items()}}
+                   if clients else None},
+        evidence={"reference": reference, "decoys": {s: d.to_dict() for s, d in result.decoys.items()},
+                  "collusion_suspected": result.collusion},
+    )
+    table = [{"client": c.key, "accused": c.accused, **{f"z_{s}": v.z for s, v in c.statistics.items()},
+              **{f"holm_p_{s}": v.holm_p for s, v in c.statistics.items()}} for c in clients]
+    figures = [f for s in ("reference", "grid", "blind") if (f := decoy_figure(result, clients, s))]
+    data = result.to_dict(per_tensor=True)
+    section = Section(
+        kind="watermark", title="Watermark tracing",
+        summary=summary + (f". Scored against the owner's model {reference}" if reference else ". Blind detection (no reference)") + ".",
+        data={k: v for k, v in data.items() if k != "clients"}, tables={"clients": table}, figures=figures[:2])
+    return finding, section
+
+
+def watermark_analysis(state: Investigation) -> None:
+    if not state.inputs.key_registry:
         return
     from provenance.watermark import load_registry, trace
     from provenance.watermark.trace import candidate_arch
 
-    reference = closest_reference(report)
+    related = state.related_closest_first()
+    reference = related[0][0] if related else None
     try:
-        keys = load_registry(inputs.key_registry, candidate_arch(inputs.candidate))
-        result = trace(inputs.candidate, keys, reference=reference)
+        keys = load_registry(state.inputs.key_registry, candidate_arch(state.inputs.candidate))
+        result = trace(state.inputs.candidate, keys, reference=reference)
     except (CheckpointError, ProvenanceError) as exc:
-        report.errors.append({"path": inputs.key_registry, "message": str(exc)})
+        state.report.errors.append({"path": state.inputs.key_registry, "message": str(exc)})
         return
-    data = result.to_dict(per_tensor=True)
-    cand = os.path.basename(inputs.candidate)
-    best = data["clients"][0] if data["clients"] else None
-    best_stat = max(best["statistics"].items(), key=lambda item: item[1]["z"]) if best else None
-    rule = data["rule"]
-    if data["accused"]:
-        z, log10_p = best_stat[1]["z"], best_stat[1]["log10_p"]
-        summary = (
-            f"{cand} carries the watermark of client {', '.join(data['accused'])} "
-            f"(z = {z:.1f} by the {best_stat[0]} statistic, threshold {rule['threshold_z']:g} fixed in advance; "
-            f"family-wise false-accusation bound {rule['family_wise_false_accusation_bound']:.1e})"
-        )
-        if data["collusion_suspected"]:
-            summary += "; several clients are significant: collusion suspected"
-        p_value = 10**log10_p if log10_p > -300 else 0.0
-    else:
-        summary = f"no client's watermark reaches the accusation threshold z >= {rule['threshold_z']:g} in {cand}" + (
-            f" (highest: {best['key']}, z = {best_stat[1]['z']:.1f})" if best_stat else ""
-        )
-        p_value = None
-    report.findings.append(
-        Finding(
-            id="watermark.accusation" if data["accused"] else "watermark.none",
-            title="Whose copy is this?",
-            verdict=", ".join(data["accused"]) or "no accusation",
-            summary=summary,
-            severity=Severity.WARNING if data["accused"] else Severity.INFO,
-            p_value=p_value,
-            statistic={
-                "threshold_z": rule["threshold_z"],
-                "n_tests": rule["n_tests"],
-                "best": {"key": best["key"], **best["statistics"]} if best else None,
-            },
-            evidence={
-                "reference": reference,
-                "decoys": data["decoys"],
-                "collusion_suspected": data["collusion_suspected"],
-            },
-        )
-    )
-    table = [
-        {
-            "client": c["key"],
-            "accused": c["accused"],
-            **{f"z_{s}": v["z"] for s, v in c["statistics"].items()},
-            **{f"holm_p_{s}": v.get("holm_p") for s, v in c["statistics"].items()},
-        }
-        for c in data["clients"]
-    ]
-    figures = [f for s in ("reference", "grid", "blind") if (f := decoy_figure(data, s))]
-    report.sections.append(
-        Section(
-            kind="watermark",
-            title="Watermark tracing",
-            summary=summary
-            + (f". Scored against the owner's model {reference}" if reference else ". Blind detection (no reference)")
-            + ".",
-            data={k: v for k, v in data.items() if k != "clients"},
-            tables={"clients": table},
-            figures=figures[:2],
-        )
-    )
+    state.traced, state.trace_reference = result, reference
+    finding, section = trace_parts(result, state.inputs.candidate, reference)
+    state.report.findings.append(finding)
+    state.report.sections.append(section)

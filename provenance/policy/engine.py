@@ -9,7 +9,7 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
 from provenance.document import Finding, Severity
 from provenance.errors import CheckpointError, PickleCheckpointRefused
@@ -18,11 +18,13 @@ from provenance.hashing import checkpoint_sha256s
 from provenance.policy.load import Policy
 
 
+CheckStatus = Literal["pass", "violation", "error"]
+
+
 @dataclass
 class CheckResult:
     path: str
-    status: str = "pass"
-    """``pass``, ``violation`` or ``error``."""
+    status: CheckStatus = "pass"
     findings: list[Finding] = field(default_factory=list)
     format: str | None = None
 
@@ -106,7 +108,12 @@ def _weight_rules() -> list[ExtraRule]:
     return [rule_lineage, rule_watermark]
 
 
-def evaluate(path: str, policy: Policy) -> CheckResult:
+INTERNAL_ERROR = "internal.error"
+"""Finding id of a bug met while checking a file (the batch goes on; the command exits 70)."""
+
+
+def evaluate(path: str, policy: Policy, catch_bugs: bool = True) -> CheckResult:
+    """Check one file; ``catch_bugs=False`` lets a bug propagate (``provenance --debug``)."""
     result = CheckResult(path=path)
     try:
         with open_checkpoint(path) as checkpoint:
@@ -125,7 +132,9 @@ def evaluate(path: str, policy: Policy) -> CheckResult:
         result.findings.append(Finding(id="format.malformed", title="Unreadable checkpoint", verdict="error",
                                        summary=exc.one_line(), severity=Severity.ERROR, evidence=exc.to_dict()))
     except Exception as exc:  # keep scanning the batch; report the bug as an error result
-        result.findings.append(Finding(id="internal.error", title="Internal error", verdict="error",
+        if not catch_bugs:
+            raise
+        result.findings.append(Finding(id=INTERNAL_ERROR, title="Internal error", verdict="error",
                                        summary=f"{type(exc).__name__}: {exc}", severity=Severity.ERROR))
     if any(f.severity == Severity.ERROR for f in result.findings):
         result.status = "error"
@@ -134,5 +143,5 @@ def evaluate(path: str, policy: Policy) -> CheckResult:
     return result
 
 
-def check_paths(paths: Iterable[str], policy: Policy) -> list[CheckResult]:
-    return [evaluate(os.fspath(p), policy) for p in paths]
+def check_paths(paths: Iterable[str], policy: Policy, catch_bugs: bool = True) -> list[CheckResult]:
+    return [evaluate(os.fspath(p), policy, catch_bugs) for p in paths]

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from provenance.errors import ProvenanceError
+from provenance.errors import UsageProblem
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -29,7 +29,7 @@ else:  # pragma: no cover
 KNOWN_FORMATS = {"gguf", "gguf-split", "safetensors", "safetensors-sharded", "hf-directory", "llama2c"}
 
 
-class PolicyError(ProvenanceError):
+class PolicyError(UsageProblem):
     """The policy file itself is invalid (a usage problem, not a finding)."""
 
 

@@ -45,12 +45,12 @@ def rule_lineage(checkpoint: Checkpoint, policy: Policy) -> list[Finding]:
     if section.get("declared_base_must_match", True):
         for name in listed:
             result = compare(checkpoint.path, resolve_path(policy, references[name]))
-            if not result.verdict.get("related"):
+            if not result.verdict.related:
                 findings.append(_violation(
                     "lineage.declared_base_mismatch", "Declared base model contradicted by the weights",
-                    f"declares base model {name}, but the weights test as {result.verdict.get('kind')} to it",
-                    p_value=result.verdict.get("p_asymptotic"), declared=declared, reference=name,
-                    verdict=result.verdict.get("kind")))
+                    f"declares base model {name}, but the weights test as {result.verdict.kind} to it",
+                    p_value=result.verdict.p_asymptotic, declared=declared, reference=name,
+                    verdict=result.verdict.kind))
     return findings
 
 
@@ -72,8 +72,9 @@ def rule_watermark(checkpoint: Checkpoint, policy: Policy) -> list[Finding]:
                                        client=client, detected=sorted(detected)))
     for client in section.get("forbid", []):
         if client in detected:
-            best = next(k for k in result.score.keys if k.label == client).best()
+            best = next(c for c in result.clients() if c.key == client).best
+            statistic, z = (best[0], best[1].z) if best else (None, float("nan"))
             findings.append(_violation("watermark.forbidden_present", "Forbidden watermark present",
-                                       f"the mark of client {client} is present (z = {best[1]:.1f} by the {best[0]} statistic)",
-                                       client=client, z=best[1], statistic=best[0]))
+                                       f"the mark of client {client} is present (z = {z:.1f} by the {statistic} statistic)",
+                                       client=client, z=z, statistic=statistic))
     return findings

@@ -11,8 +11,8 @@ from provenance.demo import CLIENTS, LEAKER, run_demo
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict[str, Path]]:
-    _, files = run_demo(tmp_path_factory.mktemp("demo"))
-    return json.loads(files["json"].read_text()), files
+    run = run_demo(tmp_path_factory.mktemp("demo"))
+    return json.loads(run.files["json"].read_text()), run.files
 
 
 def findings(document: dict, finding_id: str) -> list[dict]:

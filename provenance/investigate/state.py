@@ -1,0 +1,50 @@
+"""What an investigation has found so far: the typed results of each analysis, and the
+report they fill in. Analyses read earlier analyses' results from here (e.g. watermark
+tracing uses the closest related reference), never from the report's text."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from provenance.document import Report
+
+if TYPE_CHECKING:  # the analyses import torch: load them only when they run
+    from provenance.compare import CompareResult
+    from provenance.quant import QuantCheckResult
+    from provenance.refdb import IdentifyResult
+    from provenance.watermark import TraceResult
+
+
+@dataclass(frozen=True)
+class Inputs:
+    candidate: str
+    references: tuple[str, ...] = ()
+    key_registry: str | None = None
+    refdb: str | None = None
+    hashes: bool = True
+    digests: tuple[dict[str, str], dict[str, str]] | None = None
+    """``({file path: sha256}, {tensor name: sha256})`` from inspect, reused by identify."""
+
+
+@dataclass
+class Investigation:
+    inputs: Inputs
+    report: Report
+    identified: IdentifyResult | None = None
+    lineage: dict[str, CompareResult] = field(default_factory=dict)
+    """Per reference path, in the order given."""
+    quantchecks: dict[str, QuantCheckResult] = field(default_factory=dict)
+    traced: TraceResult | None = None
+    trace_reference: str | None = None
+    """The owner's model the trace was scored against (None: blind)."""
+
+    def related_closest_first(self) -> list[tuple[str, CompareResult]]:
+        """References the candidate derives from, smallest relative change ``||C - R|| / ||R||``
+        first (the closest is the model it was made from)."""
+        related = [(ref, r) for ref, r in self.lineage.items() if r.verdict.kind not in ("unrelated", "inconclusive")]
+
+        def delta(item: tuple[str, CompareResult]) -> float:
+            value = item[1].verdict.overall_rel_delta
+            return value if value is not None else float("inf")
+
+        return sorted(related, key=delta)
