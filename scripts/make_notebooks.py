@@ -72,24 +72,24 @@ independently trained models, see notebook 02), then names the kind of derivatio
     (
         "code",
         """from provenance.compare import compare
-from provenance.compare.report import figures
+from provenance.compare.figures import figures
 
 results = {ref.name: compare(leaked, ref) for ref in (scenario.base, scenario.internal, scenario.unrelated)}
-pd.DataFrame([{"reference": name, "verdict": r.verdict["kind"], "z": r.verdict.get("z"),
-               "p (asymptotic)": r.verdict.get("p_asymptotic"), "p (exact, 999 perms)": r.verdict.get("p_exact")}
+pd.DataFrame([{"reference": name, "verdict": r.verdict.kind, "z": r.verdict.z,
+               "p (asymptotic)": r.verdict.p_asymptotic, "p (exact, 999 perms)": r.verdict.p_exact}
               for name, r in results.items()])""",
     ),
     (
         "code",
         """base_result = results[scenario.base.name]
-for line in base_result.verdict["evidence"]:
+for line in base_result.verdict.evidence:
     print("-", line)
 base_result.layer_table""",
     ),
     (
         "code",
-        """for name, png in figures(base_result).items():
-    display(Image(png))""",
+        """for figure in figures(base_result):
+    display(Image(figure.png))""",
     ),
     (
         "md",
@@ -102,10 +102,10 @@ copy, and the flips estimate how different.""",
         "code",
         """from provenance.quant import quantcheck
 
-summary, table = quantcheck(leaked, scenario.internal, threads=1)
-print(summary["verdict_text"], "| unexplained:", summary["n_unexplained"], "of", summary["n_weights_checked"],
-      "| estimated perturbation:", round(summary["amplitude_rel"], 4), "x weight RMS")
-table[["name", "qtype", "status", "n_unexplained", "n_up", "n_down", "amplitude_rel"]].head(8)""",
+checked = quantcheck(leaked, scenario.internal)
+print(checked.verdict_text, "| unexplained:", checked.n_unexplained, "of", checked.n_weights_checked,
+      "| estimated perturbation:", round(checked.amplitude_rel, 4), "x weight RMS")
+checked.table[["name", "qtype", "status", "n_unexplained", "n_up", "n_down", "amplitude_rel"]].head(8)""",
     ),
     (
         "md",
@@ -119,12 +119,12 @@ from provenance.watermark.trace import candidate_arch
 
 keys = load_registry(scenario.registry, candidate_arch(leaked))
 traced = trace(leaked, keys, reference=scenario.internal)
-report = traced.to_dict(per_tensor=False)
-print("accused:", report["accused"], "| family-wise false-accusation bound:", report["rule"]["family_wise_false_accusation_bound"])
-pd.DataFrame([{"client": c["key"], "accused": c["accused"], **{f"z_{s}": v["z"] for s, v in c["statistics"].items()}}
-              for c in report["clients"]])""",
+print("accused:", traced.accused, "| family-wise false-accusation bound:", traced.rule.family_wise_false_accusation_bound)
+pd.DataFrame([{"client": c.key, "accused": c.accused, **{f"z_{s}": v.z for s, v in c.statistics.items()}}
+              for c in traced.clients()])""",
     ),
-    ("code", """pd.DataFrame(report["decoys"]).T  # 1,000 decoy keys per statistic: the null is N(0, 1)"""),
+    ("code", """# 1,000 decoy keys per statistic: the null is N(0, 1)
+pd.DataFrame({s: d.to_dict() for s, d in traced.decoys.items()}).T"""),
     (
         "md",
         "## 6 · The report\nOne call runs all of the above and writes JSON, Markdown and a self-contained HTML page.",
@@ -141,10 +141,10 @@ print(files["html"])""",
     ),
     (
         "code",
-        """assert traced.accused == ["acme-corp"]
-assert results[scenario.base.name].verdict["kind"] == "continued-pretraining"
-assert results[scenario.unrelated.name].verdict["kind"] == "unrelated"
-assert summary["verdict"] == "perturbed\"""",
+        """assert traced.accused == ("acme-corp",)
+assert results[scenario.base.name].verdict.kind == "continued-pretraining"
+assert results[scenario.unrelated.name].verdict.kind == "unrelated"
+assert checked.verdict == "perturbed\"""",
     ),
 ]
 
@@ -219,7 +219,6 @@ for amplitude in (1e-2, 3e-3, 1e-3):
     marked = work / f"marked-{amplitude:g}"
     embed_checkpoint(base, marked, DerivedKey(secret, "client-a"), amplitude=amplitude)
     score = score_checkpoint(marked, [DerivedKey(secret, "client-a"), DerivedKey(secret, "client-b")], reference=base)
-    result = score.to_dict() if hasattr(score, "to_dict") else {}
     for key in score.keys:
         rows.append({"amplitude": amplitude, "key": key.label,
                      **{f"z_{name}": acc.z for name, acc in key.totals.items()}})
@@ -228,8 +227,7 @@ power""",
     ),
     (
         "code",
-        """decoys = score.decoy_summary()
-pd.DataFrame(decoys).T""",
+        """pd.DataFrame({s: d.to_dict() for s, d in score.decoy_summary().items()}).T""",
     ),
     (
         "code",

@@ -57,6 +57,8 @@ def command(paths: tuple[str, ...], policy_path: str, sarif: str | None, junit: 
     summary = document["summary"]
     say(f"{summary['pass']} passed, {summary['violation']} violations, {summary['error']} errors")
     if any(f.id == INTERNAL_ERROR for r in results for f in r.findings):
+        say("error: internal error (a bug in provenance) while checking; rerun as `provenance --debug check ...` "
+            "for the traceback and please report it")
         return ExitCode.SOFTWARE
     if summary["error"]:
         return ExitCode.INPUT_ERROR

@@ -38,7 +38,7 @@ def as_report(result: CompareResult, candidate: str, reference: str) -> Report:
     from provenance.investigate.lineage_analysis import lineage_parts
     from provenance.numbers import format_p
 
-    finding, section = lineage_parts(result, candidate, reference)
+    finding, section = lineage_parts(result, candidate, reference, prefix_figures=False)
     p = f" ({format_p(finding.p_value)})" if finding.p_value is not None else ""
     return Report(subject={"path": candidate, "format": result.candidate.format}, command="compare",
                   executive_summary=f"{finding.summary}{p}.", findings=[finding], sections=[section],

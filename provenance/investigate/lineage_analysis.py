@@ -45,8 +45,10 @@ def _alignment_rows(result: CompareResult) -> list[dict[str, Any]]:
     return rows
 
 
-def lineage_parts(result: CompareResult, candidate: str, reference: str) -> tuple[Finding, Section]:
-    """The finding (verdict, p-value, evidence) and the section (tables, figures) of one comparison."""
+def lineage_parts(result: CompareResult, candidate: str, reference: str, *,
+                  prefix_figures: bool = True) -> tuple[Finding, Section]:
+    """The finding (verdict, p-value, evidence) and the section (tables, figures) of one comparison.
+    ``prefix_figures``: name figures after the reference (several references in one report)."""
     from provenance.compare.figures import figures
 
     v, claims = result.verdict, result.claims
@@ -67,12 +69,13 @@ def lineage_parts(result: CompareResult, candidate: str, reference: str) -> tupl
         tables["recovered alignment"] = rows
     tables["tensors"] = result.table.to_dict("records")
     section = Section(
-        kind="compare", title=f"Lineage against {ref}", summary=text + ". " + " ".join(v.evidence),
+        kind="compare", title=f"Lineage against {ref}", summary=". ".join([text, *v.evidence]) + ".",
         data={"verdict": v.to_dict(), "test": {k: val for k, val in test.items() if k != "layers"},
               "claims": claims.to_dict(), "layout": result.layout.to_dict(),
               "alignment": result.alignment.to_dict() if result.alignment else None, "timing": result.timing.to_dict()},
         tables=tables,
-        figures=[Figure(f"{ref}-{f.name}", f"{f.caption} ({cand} vs {ref})", f.png) for f in figures(result)])
+        figures=[Figure(f"{ref}-{f.name}" if prefix_figures else f.name, f"{f.caption} ({cand} vs {ref})", f.png)
+                 for f in figures(result)])
     return finding, section
 
 

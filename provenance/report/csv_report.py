@@ -34,11 +34,14 @@ def csv_cell(value: Any) -> Any:
 
 def frame_csv(frame: pd.DataFrame) -> str:
     """``frame.to_csv`` with every text cell (and column name) neutralised."""
+    from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
     safe = frame.copy()
     safe.columns = [csv_cell(str(c)) for c in safe.columns]
-    for column in safe.columns:
-        if safe[column].dtype == object:
-            safe[column] = safe[column].map(csv_cell)
+    for i in range(safe.shape[1]):
+        column = safe.iloc[:, i]
+        if not (is_numeric_dtype(column) or is_bool_dtype(column)):  # text, or mixed: every cell checked
+            safe.iloc[:, i] = column.astype(object).map(csv_cell)
     return safe.to_csv(index=False)
 
 

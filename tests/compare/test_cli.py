@@ -21,13 +21,13 @@ def test_compare_writes_every_output(tmp_path: Path) -> None:
     res = CliRunner().invoke(cli, ["compare", str(STORIES / "stories260K.transpose.bin"), str(STORIES / "stories260K.bin"),
                                    "-o", str(out), "--permutations", "99"])
     assert res.exit_code == 0, res.output
-    assert "Verdict: identical" in res.output
-    for name in ("report.json", "tensors.csv", "layers.csv", "summary.md", "figures/similarity_by_layer.png",
-                 "figures/delta_heatmap.png"):
+    assert "| **identical** |" in res.output and "stories260K.transpose.bin derives from stories260K.bin" in res.output
+    for name in ("report.json", "tensors.csv", "layers.csv", "summary.md", "similarity_by_layer.png", "delta_heatmap.png"):
         assert (out / name).is_file(), name
     doc = json.loads((out / "report.json").read_text())
     assert doc["verdict"]["kind"] == "identical" and doc["test"]["permutations"] == 99
-    assert (out / "figures" / "delta_heatmap.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "delta_heatmap.png").read_bytes()[:4] == b"\x89PNG"
+    assert "![Relative change" in (out / "summary.md").read_text() and "(delta_heatmap.png)" in (out / "summary.md").read_text()
     assert "blk.4.ffn_down.weight" in (out / "tensors.csv").read_text()
 
 

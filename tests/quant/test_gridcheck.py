@@ -12,8 +12,8 @@ import torch
 from click.testing import CliRunner
 from gguf import GGMLQuantizationType as T
 
+from provenance.cli import cli, run
 from provenance.codecs.recipes import roundf
-from provenance.commands.quantcheck_cmd import command
 from provenance.quant import QuantCheckOptions, quantcheck
 from provenance.quant.gridcheck import check_block_rows, source_variants
 from tests.conftest import single_torch_thread
@@ -172,19 +172,20 @@ def test_roundf_and_source_variants() -> None:
     assert source_variants(torch.tensor([0.3]), "f32")[1] is None
 
 
-def test_cli_exit_codes_and_outputs(tmp_path: Path, noisy_reference: Path) -> None:
+def test_cli_exit_codes_and_outputs(tmp_path: Path, noisy_reference: Path, capsys: pytest.CaptureFixture[str]) -> None:
     runner = CliRunner()
-    clean = runner.invoke(command, [str(QUANT_DIR / "tiny-llama-Q4_K_S.gguf"), "--reference", str(SOURCE), "-o", str(tmp_path / "a")])
+    clean = runner.invoke(cli, ["quantcheck", str(QUANT_DIR / "tiny-llama-Q4_K_S.gguf"), "--reference", str(SOURCE),
+                                "-o", str(tmp_path / "a")])
     assert clean.exit_code == 0, clean.output
     doc = json.loads((tmp_path / "a" / "quantcheck.json").read_text())
     assert doc["summary"]["verdict"] == "exact" and len(doc["tensors"]) == 21
     assert (tmp_path / "a" / "quantcheck.csv").read_text().startswith("name,")
     assert "exact quantization" in (tmp_path / "a" / "quantcheck.md").read_text()
-    args = [str(QUANT_DIR / "tiny-llama-Q4_K_S.gguf"), "--reference", str(noisy_reference), "-o", str(tmp_path / "b")]
-    flagged = runner.invoke(command, args)
+    args = ["quantcheck", str(QUANT_DIR / "tiny-llama-Q4_K_S.gguf"), "--reference", str(noisy_reference), "-o", str(tmp_path / "b")]
+    flagged = runner.invoke(cli, args)
     assert flagged.exit_code == 1 and "perturbed" in flagged.output
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(b"GGUF" + b"\x00" * 8)
-    error = runner.invoke(command, [str(broken), "--reference", str(SOURCE)])
-    assert error.exit_code == 2 and "error" in error.output
-    assert command.name == "quantcheck" and command.help
+    capsys.readouterr()
+    assert run(["quantcheck", str(broken), "--reference", str(SOURCE)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {broken}")
