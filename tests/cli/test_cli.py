@@ -84,3 +84,49 @@ def test_every_command_is_documented() -> None:
         for param in command.params:
             if param.param_type_name == "option":
                 assert getattr(param, "help", None), f"{name} {param.opts} has no help"
+
+
+def test_options_come_from_the_options_dataclasses() -> None:
+    """Each analysis option is declared once (default and help in the dataclass) and means the
+    same thing in every command that has it."""
+    from provenance.commands.options import cli_fields
+    from provenance.compare import CompareOptions
+    from provenance.quant import QuantCheckOptions
+    from provenance.refdb.options import IdentifyOptions
+    from provenance.watermark import AnalyzeOptions, EmbedOptions, TraceOptions
+
+    by_name = dict(commands())
+    expected = {"provenance compare": CompareOptions, "provenance quantcheck": QuantCheckOptions,
+                "provenance identify": IdentifyOptions, "provenance watermark detect": TraceOptions,
+                "provenance watermark trace": TraceOptions, "provenance watermark embed": EmbedOptions,
+                "provenance watermark analyze": AnalyzeOptions}
+    for name, cls in expected.items():
+        params = {p.name: p for p in by_name[name].params}
+        for field, _, spec in cli_fields(cls):
+            assert params[field.name].help == spec.help and params[field.name].default == field.default, (name, field.name)
+    for flag in ("--threads", "--seed", "--precision", "--refdb"):
+        helps = {p.help for _, cmd in commands() for p in cmd.params if flag in getattr(p, "opts", [])}
+        assert len(helps) == 1, (flag, helps)
+    json_flags = [p for _, cmd in commands() for p in cmd.params if "--json" in getattr(p, "opts", [])]
+    assert len(json_flags) >= 5 and all(p.is_flag and p.help.startswith("Print") for p in json_flags)
+
+
+def test_command_line_builds_the_options_dataclass(monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    from provenance.cli import cli
+    from provenance.commands import compare_cmd
+    from provenance.compare import CompareOptions
+
+    seen: list[CompareOptions] = []
+
+    def fake_run(candidate: str, reference: str, options: CompareOptions) -> None:
+        seen.append(options)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(compare_cmd, "_run", fake_run)
+    path = str(QUANT_DIR / "tiny-llama-Q8_0.gguf")
+    CliRunner().invoke(cli, ["compare", path, path, "--no-align", "--threads", "1", "--seed", "3", "--layout", "same"])
+    CliRunner().invoke(cli, ["compare", path, path])
+    assert seen == [CompareOptions(align=False, threads=1, seed=3, layout="same"), CompareOptions()]
+    assert CliRunner().invoke(cli, ["compare", path, path, "--permutations", "5"]).exit_code == 2  # below the declared range

@@ -56,3 +56,23 @@ def test_investigate_with_an_incomparable_reference() -> None:
     (section,) = [s for s in report.sections if s.kind == "compare"]
     assert section.figures == []
     assert "identified as gguf-vocab-phi-3" in report.executive_summary
+
+
+def test_typed_results_cross_a_process_boundary() -> None:
+    """Every analysis' result is plain data: pickled and back it is equal and renders the same
+    JSON (what a Ray worker would ship), and the report was built from those fields."""
+    import pickle  # noqa: TID251 - our own result objects, round-tripped to show they can be shipped
+
+    from provenance.fileio import to_json
+    from provenance.investigate import Inputs, run_investigation
+
+    reference = str(QUANT_DIR / "tiny-llama-f32.gguf")
+    state = run_investigation(Inputs(str(QUANT_DIR / "tiny-llama-Q4_K_M.gguf"), (reference,)))
+    results = [state.identified, state.lineage[reference], state.quantchecks[reference]]
+    assert all(r is not None for r in results)
+    for result in results:
+        again = pickle.loads(pickle.dumps(result))  # noqa: S301
+        assert to_json(again.to_dict()) == to_json(result.to_dict())  # NaN != NaN: compared as JSON
+    lineage = state.lineage[reference]
+    assert lineage.verdict.kind == "requantized" and lineage.verdict.description in state.report.findings[0].summary
+    assert state.quantchecks[reference].verdict == "exact" and not state.quantchecks[reference].flagged

@@ -340,3 +340,17 @@ def test_analyze_classes(marked: dict[float, Path], tmp_path: Path) -> None:
     write_gguf_variant(SOURCE, path, {n: moved[n] for n in _block_names(tensors)})
     result = analyze_checkpoint(path, SOURCE)
     assert result.verdict == "rescale-permutation" and result.residual_verdict == "iid-perturbation"
+
+
+def test_trace_and_analysis_results_are_plain_data(marked: dict[float, Path]) -> None:
+    import pickle  # noqa: TID251 - our own result objects, round-tripped to show they can be shipped
+
+    traced = trace(marked[1e-2], [DerivedKey(SECRET, "acme"), *INNOCENT], SOURCE, options=TraceOptions(decoys=50))
+    again = pickle.loads(pickle.dumps(traced))  # noqa: S301
+    assert again.to_dict() == traced.to_dict() and again.accused == ("acme",)
+    best = traced.clients()[0]
+    assert best.key == "acme" and best.accused and best.best is not None and best.best[1].z > 100
+    assert traced.rule.n_tests == len(traced.clients()) * len(traced.score.statistics)
+    analysis = analyze_checkpoint(marked[1e-2], SOURCE)
+    assert pickle.loads(pickle.dumps(analysis)).to_dict() == analysis.to_dict()  # noqa: S301
+    assert analysis.changed and analysis.verdict == "iid-perturbation"
