@@ -9,7 +9,7 @@ import click
 from provenance.commands.common import ExitCode, say
 from provenance.commands.options import build, options_from
 from provenance.fileio import to_json, write_files_atomic
-from provenance.quant.result import QuantCheckOptions
+from provenance.quant.options import QuantCheckOptions
 
 if TYPE_CHECKING:
     from provenance.document import Report

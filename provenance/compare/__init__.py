@@ -15,8 +15,24 @@
 * :mod:`.api`         ``compare(candidate, reference, options) -> CompareResult``
 * :mod:`.figures`     the result's figures (reports render them, :mod:`provenance.report`)
 """
-from provenance.compare.api import compare
-from provenance.compare.options import CompareOptions
-from provenance.compare.result import CompareResult, LineageVerdict, PermutationTestResult, TensorComparison
+from typing import TYPE_CHECKING
 
-__all__ = ["CompareOptions", "CompareResult", "LineageVerdict", "PermutationTestResult", "TensorComparison", "compare"]
+from provenance.lazy import lazy_package
+
+if TYPE_CHECKING:
+    from provenance.compare.api import compare
+    from provenance.compare.options import CompareOptions
+    from provenance.compare.result import CompareResult, LineageVerdict, PermutationTestResult, TensorComparison
+
+lazy_package(__name__, {
+    "compare": "provenance.compare.api",
+    "CompareOptions": "provenance.compare.options",
+    "CompareResult": "provenance.compare.result",
+    "LineageVerdict": "provenance.compare.result",
+    "PermutationTestResult": "provenance.compare.result",
+    "TensorComparison": "provenance.compare.result",
+})
+__all__ = [
+    "CompareOptions", "CompareResult", "LineageVerdict", "PermutationTestResult", "TensorComparison",
+    "compare",
+]

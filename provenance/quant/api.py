@@ -18,10 +18,10 @@ from provenance.formats.base import Checkpoint, TensorInfo
 from provenance.formats.pairing import TensorPair, Unpaired, pair_tensors
 from provenance.quant.error import ErrorStats, error_stats
 from provenance.quant.gridcheck import PRECISIONS, CheckCounts, check_block_rows
+from provenance.quant.options import QuantCheckOptions
 from provenance.quant.result import (
     ErrorSummary,
     GridCounts,
-    QuantCheckOptions,
     QuantCheckResult,
     QuantVerdict,
     TensorCheck,

@@ -11,7 +11,6 @@ from typing import Any, Literal
 
 import pandas as pd
 
-from provenance.options import Precision, precision_option, threads_option
 from provenance.quant.error import ErrorStats
 from provenance.quant.gridcheck import CheckCounts
 
@@ -26,13 +25,6 @@ VERDICT_TEXT: dict[str, str] = {
     "unrelated": "unrelated",
 }
 """Per grid-checked tensor and overall; ``nothing-checked`` has no text of its own."""
-
-
-@dataclass(frozen=True)
-class QuantCheckOptions:
-    precision: Precision = precision_option()
-    threads: int = threads_option(1)
-    """torch threads: 1 is robust on a shared machine (docs/cli.md)."""
 
 
 @dataclass(frozen=True)

@@ -34,9 +34,8 @@ from provenance.formats import open_checkpoint
 from provenance.formats.base import Checkpoint, TensorInfo
 from provenance.formats.gguf_copy import SPLIT_KEYS, copy_gguf_metadata
 from provenance.watermark.keys import KeySource
+from provenance.watermark.options import DEFAULT_AMPLITUDE
 from provenance.watermark.select import Selector, default_selector, markable
-
-DEFAULT_AMPLITUDE = 1e-3
 
 
 class EmbedError(ProvenanceError):

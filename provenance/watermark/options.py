@@ -1,15 +1,18 @@
 """Options of the watermark analyses, each user-facing field declared once with its default
-and help (:mod:`provenance.options`); ``provenance watermark`` generates its options from them."""
+and help (:mod:`provenance.options`); ``provenance watermark`` generates its options from them.
+Light on purpose (no torch, no scipy): the CLI imports it to build its options."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
 
 from provenance.options import Precision, option, precision_option, seed_option
-from provenance.watermark.embed import DEFAULT_AMPLITUDE
 from provenance.watermark.select import Selector, names_selector
-from provenance.watermark.stats import DEFAULT_THRESHOLD_Z
 
+DEFAULT_AMPLITUDE = 1e-3
+"""Mark amplitude relative to each row's standard deviation (docs/watermark.md: z ~ a sqrt(N))."""
+DEFAULT_THRESHOLD_Z = 7.0
+"""Accusation threshold fixed in advance: one-sided p = 1.28e-12 per test."""
 DECOY_HELP = "Innocent decoy keys scored beside the real ones to check the N(0,1) null (0: none)."
 
 

@@ -16,8 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as sps
 
-DEFAULT_THRESHOLD_Z = 7.0
-"""Accusation threshold fixed in advance: one-sided p = 1.28e-12 per test."""
+from provenance.watermark.options import DEFAULT_THRESHOLD_Z
 
 
 @dataclass

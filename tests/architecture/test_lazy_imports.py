@@ -1,0 +1,41 @@
+"""The command line parses its options without loading torch, and the lazy analysis packages
+export the same names as eager ones (a function named like its submodule stays the function)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def _python(code: str) -> str:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True).stdout
+
+
+def test_cli_and_options_load_without_torch() -> None:
+    heavy = _python(
+        "import sys, provenance.cli\n"
+        "from provenance.commands.options import cli_fields\n"
+        "from provenance.compare import CompareOptions\n"
+        "from provenance.watermark import TraceOptions\n"
+        "from provenance.quant import QuantCheckOptions\n"
+        "from provenance.refdb import IdentifyOptions\n"
+        "print(sorted(m for m in ('torch', 'numba', 'scipy.stats', 'pandas') if m in sys.modules))")
+    assert heavy.strip() == "[]"
+
+
+def test_lazy_exports_match_the_eager_names() -> None:
+    out = _python(
+        "import types\n"
+        "import provenance.watermark.trace, provenance.refdb.identify  # submodules first, as a command does\n"
+        "from provenance.watermark import trace, TraceResult, DEFAULT_THRESHOLD_Z\n"
+        "from provenance.refdb import identify, IdentifyResult\n"
+        "from provenance.compare import compare\n"
+        "import provenance.watermark as wm\n"
+        "print(callable(trace) and not isinstance(trace, types.ModuleType), callable(identify) and not isinstance(identify, types.ModuleType),\n"
+        "      trace.__module__, identify.__module__, compare.__module__, DEFAULT_THRESHOLD_Z, sorted(wm.__all__) == sorted(set(wm.__all__)))\n"
+        "try:\n"
+        "    wm.no_such_name\n"
+        "except AttributeError as exc:\n"
+        "    print('AttributeError', exc)\n")
+    first, second = out.strip().splitlines()
+    assert first == ("True True provenance.watermark.trace provenance.refdb.identify provenance.compare.api 7.0 True")
+    assert second.startswith("AttributeError") and "no_such_name" in second
