@@ -117,11 +117,11 @@ def mode_stream(cand: str, ref: str, threads: int) -> dict:
     t0 = time.perf_counter()
     res = compare(cand, ref, opts)
     wall = time.perf_counter() - t0
-    return {"mode": f"stream-{threads}t", "wall_s": round(wall, 3), "stream_s": res.timing["stream_s"],
-            "cold_wall_s": round(cold_wall, 3), "cold_stream_gb_s": cold.timing["stream_gb_per_s"],
-            "bytes": res.timing["tensor_bytes"], "stream_gb_s": res.timing["stream_gb_per_s"],
-            "one_minus_cos": {r["name"]: r["one_minus_cos"] for r in res.rows if r["kind"] == "matrix"},
-            "verdict": res.verdict["kind"], "peak_rss_mb": round(peak_rss_mb(), 1), "timing": res.timing}
+    return {"mode": f"stream-{threads}t", "wall_s": round(wall, 3), "stream_s": res.timing.stream_s,
+            "cold_wall_s": round(cold_wall, 3), "cold_stream_gb_s": cold.timing.stream_gb_per_s,
+            "bytes": res.timing.tensor_bytes, "stream_gb_s": res.timing.stream_gb_per_s,
+            "one_minus_cos": {r.name: r.one_minus_cos for r in res.tensors if r.is_matrix},
+            "verdict": res.verdict.kind, "peak_rss_mb": round(peak_rss_mb(), 1), "timing": res.timing.to_dict()}
 
 
 def mode_naive(cand: str, ref: str) -> dict:

@@ -16,7 +16,7 @@ import argparse
 import time
 from pathlib import Path
 
-from provenance.quant import quantcheck
+from provenance.quant import QuantCheckOptions, quantcheck
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "llamacpp-quant"
 
@@ -31,10 +31,10 @@ def main() -> None:
             continue
         reference = DATA / ("stories260K-f32.gguf" if path.name.startswith("stories") else "tiny-llama-f32.gguf")
         t0 = time.perf_counter()
-        summary, _ = quantcheck(path, reference, threads=args.threads)
+        result = quantcheck(path, reference, QuantCheckOptions(threads=args.threads))
         dt = time.perf_counter() - t0
-        n = summary["n_weights_checked"]
-        print(f"{path.name:28} {summary['verdict']:10} {summary['source_precision']:9} {n:9d} {dt:6.2f} {n / dt / 1e6:6.1f}")
+        n = result.n_weights_checked
+        print(f"{path.name:28} {result.verdict:10} {result.source_precision:9} {n:9d} {dt:6.2f} {n / dt / 1e6:6.1f}")
 
 
 if __name__ == "__main__":
