@@ -70,10 +70,8 @@ def quant_parts(result: QuantCheckResult, candidate: str, reference: str) -> tup
     records = [t.record() for t in result.tensors]
     present = [c for c in TABLE_COLUMNS if any(c in r for r in records)]
     rows = [{c: r.get(c) for c in present} for r in records]
-    summary = result.summary()
     section = Section(
-        kind="quantcheck", title=f"Grid consistency against {ref}", summary=text,
-        data={k: v for k, v in summary.items() if k != "layers"} | {"layers": summary["layers"]},
+        kind="quantcheck", title=f"Grid consistency against {ref}", summary=text, data=result.summary(),
         tables={"tensors": rows}, figures=[figure] if figure else [])
     return finding, section
 

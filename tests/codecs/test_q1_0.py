@@ -46,10 +46,10 @@ def test_real_q1_0_file_decodes_and_requantizes_exactly(llama_cpp_q1_0: Path) ->
 
 @pytest.mark.download
 def test_quantcheck_finds_the_real_q1_0_file_exact(llama_cpp_q1_0: Path) -> None:
-    summary, table = quantcheck(llama_cpp_q1_0, SOURCE, threads=1)
-    q1 = table[table["qtype"] == "Q1_0"]
-    assert len(q1) >= 10 and set(q1["status"]) == {"exact"}
-    assert summary["verdict"] == "exact" and summary["source_precision"] == "f32"
+    result = quantcheck(llama_cpp_q1_0, SOURCE)
+    q1 = [t for t in result.tensors if t.qtype == "Q1_0"]
+    assert len(q1) >= 10 and {t.status for t in q1} == {"exact"}
+    assert result.verdict == "exact" and result.source_precision == "f32"
 
 
 def test_q1_0_recipe_sees_a_flipped_sign() -> None:
