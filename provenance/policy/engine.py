@@ -17,7 +17,6 @@ from provenance.formats import Checkpoint, open_checkpoint
 from provenance.hashing import checkpoint_sha256s
 from provenance.policy.load import Policy
 
-
 CheckStatus = Literal["pass", "violation", "error"]
 
 

@@ -56,8 +56,7 @@ def test_lineage_and_quantcheck_report_the_same_fates(candidate: Path) -> None:
     assert pairing["only_reference"] == ["blk.0.ffn_norm.weight"]
     assert pairing["only_candidate"] == [] and pairing["skipped_non_learned"] == ["rope_freqs.weight"]
     assert pairing["shape_mismatch"] == [{"name": "blk.2.ffn_down.weight", "candidate": [64, 160], "reference": [64, 172]}]
-    _, table = quantcheck(candidate, REFERENCE)
-    status = dict(zip(table["name"], table["status"], strict=True))
+    status = {t.name: t.status for t in quantcheck(candidate, REFERENCE).tensors}
     assert status["rope_freqs.weight"] == "missing-in-reference"
     assert status["blk.2.ffn_down.weight"] == "shape-mismatch" and status["blk.1.ffn_up.weight"] == "shape-mismatch"
     assert status["blk.1.ffn_gate.weight"] == "identical"

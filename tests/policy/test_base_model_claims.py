@@ -48,7 +48,7 @@ def test_policy_and_lineage_read_the_same_gguf_keys(tmp_path: Path, key: str) ->
     assert claimed_bases(claims) == ([BASE] if declares else [])
     assert _base_model_findings(path, tmp_path) == ([] if declares else ["metadata.base_model"])
     reference = {"general.repo_url": "https://huggingface.co/example-org/example-base-7b"}
-    status = compare_claims(claims, reference, related=True)["status"]
+    status = compare_claims(claims, reference, related=True).status
     assert status == ("candidate claims the reference as its base" if declares else "no base-model claim in the candidate")
 
 

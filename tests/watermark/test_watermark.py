@@ -9,7 +9,7 @@ import pytest
 from scipy import stats as sps
 
 from provenance.formats import open_checkpoint
-from provenance.watermark import DerivedKey, FileKey, TraceOptions, embed_checkpoint, gaussian_stream, key_seed, trace
+from provenance.watermark import DerivedKey, FileKey, ScoreOptions, TraceOptions, embed_checkpoint, gaussian_stream, key_seed, trace
 from provenance.watermark.analyze import analyze_checkpoint
 from provenance.watermark.attacks import (
     llama_cpp_available,
