@@ -18,9 +18,9 @@ from provenance.compare.pairing import TensorPair, apply_layout
 from provenance.compare.result import TransformSummary
 from provenance.compare.sketch import SketchBuilder, TensorSketch
 from provenance.compare.stats import PairAccumulator, PairStats, effective_rank
-from provenance.compare.stream import RowReader, rows_per_chunk
 from provenance.compare.transform import Transform
 from provenance.formats.base import Checkpoint, TensorInfo
+from provenance.formats.rows import RowReader
 
 #: tolerance of the grid check, in steps (the quantizer's own float arithmetic)
 GRID_TOLERANCE_STEPS = 0.05
@@ -42,6 +42,12 @@ class PairOutcome:
 
 def bits_per_weight(info: TensorInfo) -> float:
     return 8.0 * info.block_bytes / info.block_size
+
+
+def rows_per_chunk(row_length: int, target_elems: int = 1 << 17) -> int:
+    """Rows per streamed chunk: ~128K elements keeps the working set (two inputs, the
+    d/s buffer) inside a 2 MiB L2 cache while per-op overhead stays small."""
+    return max(1, target_elems // max(1, row_length))
 
 
 class _GridCheck:
@@ -129,13 +135,13 @@ def stream_pair(
     n_rows, row_len = r_info.n_rows, r_info.row_length
     step = rows_per_chunk(row_len, chunk_elems)
     acc = PairAccumulator()
-    ref_reader = RowReader(reference, r_info, step)
+    ref_reader = reference.row_reader(pair.name, step)
     full_cand: torch.Tensor | None = None
     cand_reader: RowReader | None = None
     if pair.layout != "same":
         full_cand = torch.from_numpy(apply_layout(candidate.read(pair.name), pair.layout, r_info.shape).reshape(n_rows, row_len))
     else:
-        cand_reader = RowReader(candidate, c_info, step)
+        cand_reader = candidate.row_reader(pair.name, step)
     sketches: tuple[TensorSketch, TensorSketch] | None = None
     if sketch is not None and SketchBuilder.wants(pair.role):
         sketches = (TensorSketch(pair.role, n_rows, row_len, *sketch), TensorSketch(pair.role, n_rows, row_len, *sketch))
@@ -149,7 +155,7 @@ def stream_pair(
     try:
         for a in range(0, n_rows, step):
             b = min(n_rows, a + step)
-            ref_rows = ref_reader.rows(a, b)
+            ref_rows = ref_reader.read(a, b)
             if full_cand is not None:
                 c_rows = full_cand[torch.from_numpy(transform.candidate_rows(a, b))] if transform.permutes_rows else full_cand[a:b]
             elif transform.permutes_rows:
@@ -157,7 +163,7 @@ def stream_pair(
                 c_rows = cand_reader.gather(transform.candidate_rows(a, b))
             else:
                 assert cand_reader is not None
-                c_rows = cand_reader.rows(a, b)
+                c_rows = cand_reader.read(a, b)
             c_rows = transform.apply(c_rows, a)
             acc.add(c_rows, ref_rows)
             if sketches is not None:
@@ -170,10 +176,10 @@ def stream_pair(
                     torch.sub(c_rows.index_select(0, rows), ref_rows.index_select(0, rows), out=delta_sample[lo:hi])
             if grid is not None:
                 if lossy == "candidate":
-                    raw = cand_reader.raw_rows(a, b) if c_info.quantized and cand_reader else None
+                    raw = cand_reader.raw(a, b) if c_info.quantized and cand_reader else None
                     grid.add(raw, c_rows, ref_rows)
                 else:
-                    raw = ref_reader.raw_rows(a, b) if r_info.quantized else None
+                    raw = ref_reader.raw(a, b) if r_info.quantized else None
                     grid.add(raw, ref_rows, c_rows)
     finally:
         ref_reader.close()

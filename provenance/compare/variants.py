@@ -11,18 +11,23 @@
   for Q4_K_M and Q2_K, never K-quants. ``2bit-emu`` is an emulated 2-bit stress level
   (4 levels per 16 weights with f32 scale/min, stored dequantized as F32): a noise level
   like a real 2-bit format's, which llama.cpp cannot produce at this shape; not a format.
-* :func:`write_gguf`: a llama-architecture GGUF via ``gguf.GGUFWriter``.
+* :func:`write_gguf`: a llama-architecture GGUF through the package's model writer
+  (:func:`provenance.formats.write.write_gguf`).
 """
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import gguf
 import numpy as np
 
 from provenance.formats import open_checkpoint
+from provenance.formats.gguf_header import GGUFKeyValue, ValueType
+from provenance.formats.write import gguf_arch_key_values
+from provenance.formats.write import write_gguf as write_model_gguf
 from provenance.names.arch import ArchRecord
 
 Q = gguf.GGMLQuantizationType
@@ -146,27 +151,14 @@ def llama_quantize(src_path: str | os.PathLike[str], dst_path: str | os.PathLike
 
 def write_gguf(path: str | os.PathLike[str], tensors: Mapping[str, tuple[np.ndarray, Any]], arch: ArchRecord,
                name: str, base_model: str | None = None) -> None:
-    """A llama GGUF holding ``tensors`` (canonical names and layout)."""
-    writer = gguf.GGUFWriter(os.fspath(path), "llama")
-    writer.add_name(name)
+    """A llama GGUF holding ``tensors`` (canonical names and layout; float values, each
+    stored as the ggml type paired with it)."""
+    claims = [GGUFKeyValue("general.name", name, ValueType.STRING)]
     if base_model:
-        writer.add_base_model_count(1)
-        writer.add_base_model_name(0, base_model)
-    writer.add_block_count(int(arch.n_layer))  # type: ignore[arg-type]
-    writer.add_embedding_length(int(arch.n_embd))  # type: ignore[arg-type]
-    writer.add_feed_forward_length(int(arch.n_ff))  # type: ignore[arg-type]
-    writer.add_head_count(int(arch.n_head))  # type: ignore[arg-type]
-    writer.add_head_count_kv(int(arch.n_head_kv))  # type: ignore[arg-type]
-    writer.add_context_length(int(arch.context_length or 512))
-    writer.add_rope_freq_base(float(arch.rope_freq_base or 10000.0))
-    writer.add_layer_norm_rms_eps(float(arch.norm_eps or 1e-5))
-    writer.add_vocab_size(int(arch.vocab_size))  # type: ignore[arg-type]
-    for tname, (array, qtype) in tensors.items():
-        if qtype in (Q.F32, Q.F16):
-            writer.add_tensor(tname, array)
-        else:
-            writer.add_tensor(tname, array, raw_dtype=qtype)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+        claims += [GGUFKeyValue("general.base_model.count", 1, ValueType.UINT32),
+                   GGUFKeyValue("general.base_model.0.name", base_model, ValueType.STRING)]
+    # llama.cpp's defaults where the source does not say (llama2.c files carry no rope base or eps)
+    hparams = replace(arch, arch="llama", context_length=arch.context_length or 512,
+                      rope_freq_base=arch.rope_freq_base or 10000.0, norm_eps=arch.norm_eps or 1e-5)
+    write_model_gguf(path, "llama", {k: v for k, (v, _) in tensors.items()}, [*claims, *gguf_arch_key_values(hparams)],
+                     types={k: Q(qtype).name for k, (_, qtype) in tensors.items()})

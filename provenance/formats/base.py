@@ -17,19 +17,29 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from math import prod
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import numpy as np
 
 from provenance.errors import MalformedCheckpoint, TensorNotFound
 
+if TYPE_CHECKING:  # torch is imported only by the readers that decode (inspect never does)
+    from provenance.formats.rows import RowBuffer, RowReader
+    from provenance.formats.vocab import StoredVocabulary
+
 #: Default size of one streamed chunk of raw tensor bytes.
 DEFAULT_CHUNK_BYTES = 16 * 1024 * 1024
+
+_Buffer = TypeVar("_Buffer")
+
+ReadObserver = Callable[[str, int, int], None]
+"""Told ``(file, offset, n_bytes)`` of every read a sampling call makes (refdb meters them)."""
 
 
 @dataclass(frozen=True)
@@ -119,12 +129,14 @@ class Checkpoint(ABC):
         self.files: list[FileSpan] = []
         self.warnings: list[str] = []
         self._fds: dict[str, int] = {}
+        self._fd_lock = threading.Lock()  # streams of one checkpoint run in threads
 
     # ----- lifecycle ---------------------------------------------------------------
     def close(self) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
+        with self._fd_lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
 
     def __enter__(self) -> Checkpoint:
         return self
@@ -164,20 +176,36 @@ class Checkpoint(ABC):
         """Declared identity (name, base model, ...) as the file states it: claims, not evidence."""
         return {}
 
+    def vocabulary(self) -> StoredVocabulary | None:
+        """The tokenizer vocabulary the checkpoint carries (GGUF ``tokenizer.ggml.*`` arrays,
+        read lazily; an HF ``tokenizer.json`` beside the weights), or None."""
+        return None
+
     # ----- raw bytes ---------------------------------------------------------------
     def _fd(self, path: str) -> int:
         fd = self._fds.get(path)
         if fd is None:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-            self._fds[path] = fd
+            with self._fd_lock:
+                fd = self._fds.get(path)
+                if fd is None:
+                    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+                    self._fds[path] = fd
         return fd
+
+    def pread_into(self, path: str, buffer: memoryview, offset: int) -> None:
+        """Fill ``buffer`` with the bytes of ``path`` from ``offset`` (validated ranges only:
+        a short read means the file changed after it was validated)."""
+        fd, done, total = self._fd(path), 0, len(buffer)
+        while done < total:  # one preadv moves at most ~2 GiB on Linux
+            got = os.preadv(fd, [buffer[done:]], offset + done)
+            if got <= 0:
+                raise MalformedCheckpoint(path, f"short read: {done} of {total} bytes", offset=offset)
+            done += got
 
     def _pread(self, path: str, n_bytes: int, offset: int) -> bytearray:
         # A bytearray is writable, so numpy and torch can wrap it without a copy.
         data = bytearray(n_bytes)
-        got = os.preadv(self._fd(path), [data], offset) if n_bytes else 0
-        if got != n_bytes:  # the file shrank after it was validated
-            raise MalformedCheckpoint(path, f"short read: {got} of {n_bytes} bytes", offset=offset)
+        self.pread_into(path, memoryview(data), offset)
         return data
 
     def raw_rows(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
@@ -187,26 +215,9 @@ class Checkpoint(ABC):
         quantization grid the quant module inspects.
         """
         info = self.info(name)
-        start, stop = _clip_rows(info, start, stop)
+        start, stop = clip_rows(info, start, stop)
         data = self._pread(info.file, (stop - start) * info.row_bytes, info.offset + start * info.row_bytes)
         return np.frombuffer(data, dtype=np.uint8).reshape(stop - start, info.row_bytes)
-
-    def raw_blocks(self, name: str, stored_row: int, first_block: int, n_blocks: int) -> np.ndarray:
-        """Stored bytes of ``n_blocks`` quantization blocks (elements, for plain types) of one
-        stored row, as uint8 ``(n_blocks * block_bytes,)``: the cheapest read there is, for
-        sampling a few values of a huge tensor."""
-        info = self.info(name)
-        blocks_per_row = info.row_length // info.block_size
-        if not (0 <= stored_row < info.n_rows and first_block >= 0 and first_block + n_blocks <= blocks_per_row):
-            raise IndexError(f"blocks [{first_block}, {first_block + n_blocks}) of row {stored_row} outside {name}")
-        offset = info.offset + stored_row * info.row_bytes + first_block * info.block_bytes
-        return np.frombuffer(self._pread(info.file, n_blocks * info.block_bytes, offset), dtype=np.uint8)
-
-    def decode_blocks(self, name: str, raw: np.ndarray) -> np.ndarray:
-        """Decode ``(n, k * block_bytes)`` stored bytes (whole blocks) to float32 ``(n, k * block_size)``."""
-        info = self.info(name)
-        elements = raw.shape[1] // info.block_bytes * info.block_size
-        return self._decode_rows(replace(info, shape=(elements,)), raw)
 
     def iter_raw(self, name: str, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[bytearray]:
         """The tensor's stored bytes in order, in chunks of at most ``chunk_bytes``."""
@@ -227,24 +238,76 @@ class Checkpoint(ABC):
         return digest.hexdigest()
 
     # ----- decoded values ----------------------------------------------------------
-    @abstractmethod
     def _decode_rows(self, info: TensorInfo, raw: np.ndarray) -> np.ndarray:
-        """Convert ``(rows, row_bytes)`` stored bytes to ``(rows, row_length)`` float32."""
+        """``(rows, k * block_bytes)`` stored bytes -> fresh float32 ``(rows, k * block_size)``."""
+        import torch
 
-    def read_rows(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Rows ``[start, stop)`` of the canonical 2-D view as float32 ``(rows, row_length)``."""
+        from provenance.formats.rows import decode_into
+
+        out = np.empty((raw.shape[0], raw.shape[1] // info.block_bytes * info.block_size), np.float32)
+        decode_into(info, torch.from_numpy(np.ascontiguousarray(raw)), torch.from_numpy(out))
+        return out
+
+    def row_reader(self, name: str, max_rows: int | None = None) -> RowReader:
+        """A :class:`provenance.formats.rows.RowReader` over one tensor: canonical float32 rows
+        decoded into reused buffers (or the caller's), for streamed passes."""
+        from provenance.formats.rows import RowReader
+
+        return RowReader(self, name, max_rows)
+
+    @overload
+    def read_rows(self, name: str, start: int = 0, stop: int | None = None, out: None = None) -> np.ndarray: ...
+
+    @overload
+    def read_rows(self, name: str, start: int, stop: int | None, out: _Buffer) -> _Buffer: ...
+
+    def read_rows(self, name: str, start: int = 0, stop: int | None = None, out: RowBuffer | None = None) -> Any:
+        """Rows ``[start, stop)`` of the canonical 2-D view as float32 ``(rows, row_length)``:
+        a fresh numpy array, or written into ``out`` (numpy or torch, contiguous float32 of
+        that shape), which is returned."""
         info = self.info(name)
-        start, stop = _clip_rows(info, start, stop)
-        if info.qk_heads is None:
-            return self._decode_rows(info, self.raw_rows(name, start, stop))
-        from provenance.names.qk_permute import llama_qk_row_order
+        start, stop = clip_rows(info, start, stop)
+        target = np.empty((stop - start, info.row_length), np.float32) if out is None else out
+        if stop > start:
+            reader = self.row_reader(name, stop - start)
+            reader.read_into(start, stop, target)
+            reader.close()
+        return target
 
-        # Canonical row r comes from stored row order[r]; a contiguous chunk of canonical
-        # rows maps into whole heads, so read that span once and gather.
-        order = llama_qk_row_order(info.n_rows, info.qk_heads)[start:stop]
-        lo, hi = int(order.min()), int(order.max()) + 1
-        block = self._decode_rows(info, self.raw_rows(name, lo, hi))
-        return block[order - lo]
+    def read_blocks(self, name: str, rows: np.ndarray, first_block: np.ndarray, n_blocks: int,
+                    observe: ReadObserver | None = None) -> np.ndarray:
+        """``n_blocks`` quantization blocks (elements, for plain types) from ``first_block[i]``
+        of canonical row ``rows[i]``, decoded: float32 ``(len(rows), n_blocks * block_size)``.
+        One small read per row (the cheapest way to sample a huge tensor); ``observe`` is
+        told each read."""
+        info = self.info(name)
+        rows = np.asarray(rows, dtype=np.int64)
+        first_block = np.asarray(first_block, dtype=np.int64)
+        stored = rows if info.qk_heads is None else _qk_order(info)[rows]
+        n_bytes = n_blocks * info.block_bytes
+        raw = np.empty((len(rows), n_bytes), np.uint8)
+        blocks_per_row = info.row_length // info.block_size
+        for i, (row, block) in enumerate(zip(stored.tolist(), first_block.tolist(), strict=True)):
+            if not (0 <= row < info.n_rows and block >= 0 and block + n_blocks <= blocks_per_row):
+                raise IndexError(f"blocks [{block}, {block + n_blocks}) of row {row} outside {name}")
+            offset = info.offset + row * info.row_bytes + block * info.block_bytes
+            self.pread_into(info.file, memoryview(raw[i]), offset)
+            if observe is not None:
+                observe(info.file, offset, n_bytes)
+        return self._decode_rows(replace(info, shape=(n_blocks * info.block_size,)), raw)
+
+    def read_elements(self, name: str, flat_index: np.ndarray, observe: ReadObserver | None = None) -> np.ndarray:
+        """Values at flat indices of the canonical element order, float32; each distinct
+        block is read once."""
+        info = self.info(name)
+        rows, cols = np.divmod(np.asarray(flat_index, dtype=np.int64), info.row_length)
+        blocks = cols // info.block_size
+        keys = rows * (info.row_length // info.block_size + 1) + blocks
+        unique, inverse = np.unique(keys, return_inverse=True)
+        first_index = np.zeros(len(unique), np.int64)
+        first_index[inverse[::-1]] = np.arange(len(keys))[::-1]
+        values = self.read_blocks(name, rows[first_index], blocks[first_index], 1, observe)
+        return values[inverse, cols % info.block_size]
 
     def read(self, name: str) -> np.ndarray:
         """The whole tensor as float32 in its numpy shape (canonical layout)."""
@@ -262,7 +325,14 @@ class Checkpoint(ABC):
             yield start, self.read_rows(name, start, min(info.n_rows, start + rows_per_chunk))
 
 
-def _clip_rows(info: TensorInfo, start: int, stop: int | None) -> tuple[int, int]:
+def _qk_order(info: TensorInfo) -> np.ndarray:
+    from provenance.names.qk_permute import llama_qk_row_order
+
+    assert info.qk_heads is not None
+    return llama_qk_row_order(info.n_rows, info.qk_heads)
+
+
+def clip_rows(info: TensorInfo, start: int, stop: int | None) -> tuple[int, int]:
     stop = info.n_rows if stop is None else stop
     if not 0 <= start <= stop <= info.n_rows:
         raise IndexError(f"rows [{start}, {stop}) outside 0..{info.n_rows} of {info.name}")

@@ -163,6 +163,16 @@ class GGUFArray:
 
 
 @dataclass(frozen=True)
+class GGUFKeyValue:
+    """One metadata key/value with its stored GGUF value type (arrays: lazily read)."""
+
+    key: str
+    value: Any
+    """``int``, ``float``, ``bool``, ``str``, or a :class:`GGUFArray`."""
+    type: ValueType
+
+
+@dataclass(frozen=True)
 class GGUFTensorEntry:
     name: str
     ne: tuple[int, ...]

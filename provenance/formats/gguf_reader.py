@@ -8,12 +8,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from provenance.codecs.types import type_info
 from provenance.errors import MalformedCheckpoint
 from provenance.formats.base import Checkpoint, FileSpan, TensorInfo
-from provenance.formats.gguf_header import GGUFArray, GGUFHeader, parse_header
+from provenance.formats.gguf_header import GGUFArray, GGUFHeader, GGUFKeyValue, parse_header
+from provenance.formats.vocab import GGUFVocabulary
 from provenance.names.arch import ArchRecord, from_gguf_metadata
 from provenance.names.canonical import layer_and_role
 
@@ -39,19 +38,19 @@ class GGUFCheckpoint(Checkpoint):
     def __init__(self, path: str | Path) -> None:
         super().__init__(path)
         self._maps: list[Any] = []
-        self.headers: list[GGUFHeader] = []
+        self._headers: list[GGUFHeader] = []
         paths = self._split_paths(str(path))
         for part in paths:
             buffer, size = _map_file(part)
             self._maps.append(buffer)
             header = parse_header(buffer, part, size)
-            self.headers.append(header)
+            self._headers.append(header)
             self.files.append(FileSpan(part, size, header.data_start, header.data_end))
         if len(paths) > 1:
             self.format = "gguf-split"
             self._check_splits(paths)
-        self.metadata = dict(self.headers[0].metadata)
-        self.version = self.headers[0].version
+        self.metadata = dict(self._headers[0].metadata)
+        self.version = self._headers[0].version
         self._build_table()
 
     # ----- splits ------------------------------------------------------------------
@@ -71,7 +70,7 @@ class GGUFCheckpoint(Checkpoint):
 
     def _check_splits(self, paths: list[str]) -> None:
         total = None
-        for index, (part, header) in enumerate(zip(paths, self.headers, strict=True)):
+        for index, (part, header) in enumerate(zip(paths, self._headers, strict=True)):
             split_no, split_count = header.metadata.get(_SPLIT_NO), header.metadata.get(_SPLIT_COUNT)
             if split_no != index or split_count != len(paths):
                 raise MalformedCheckpoint(
@@ -80,7 +79,7 @@ class GGUFCheckpoint(Checkpoint):
                 )
             if index == 0:
                 total = header.metadata.get(_SPLIT_TENSORS)
-        found = sum(len(h.tensors) for h in self.headers)
+        found = sum(len(h.tensors) for h in self._headers)
         if total != found:
             raise MalformedCheckpoint(
                 paths[0], f"split.tensors.count is {total!r} but the splits hold {found} tensors", field=_SPLIT_TENSORS
@@ -89,7 +88,7 @@ class GGUFCheckpoint(Checkpoint):
     # ----- table -------------------------------------------------------------------
     def _build_table(self) -> None:
         seen_in: dict[str, str] = {}
-        for span, header in zip(self.files, self.headers, strict=True):
+        for span, header in zip(self.files, self._headers, strict=True):
             for entry in header.tensors:
                 if entry.name in seen_in:
                     raise MalformedCheckpoint(
@@ -114,6 +113,29 @@ class GGUFCheckpoint(Checkpoint):
                     role=role,
                 )
 
+    # ----- header facts --------------------------------------------------------------
+    @property
+    def alignment(self) -> int:
+        """Data alignment of the tensor section (``general.alignment``, default 32)."""
+        return self._headers[0].alignment
+
+    @property
+    def key_values(self) -> list[GGUFKeyValue]:
+        """Every metadata key/value in file order with its stored type (a split model's
+        first file, which holds the model's metadata)."""
+        header = self._headers[0]
+        return [GGUFKeyValue(key, value, header.metadata_types[key]) for key, value in header.metadata.items()]
+
+    @property
+    def architecture_name(self) -> str | None:
+        """``general.architecture`` when it is a string."""
+        name = self.metadata.get("general.architecture")
+        return name if isinstance(name, str) else None
+
+    def vocabulary(self) -> GGUFVocabulary | None:
+        vocab = GGUFVocabulary(self.path, self.metadata)
+        return vocab if vocab.present else None
+
     @property
     def architecture(self) -> ArchRecord:
         tokens = self.metadata.get("tokenizer.ggml.tokens")
@@ -123,12 +145,6 @@ class GGUFCheckpoint(Checkpoint):
     def metadata_claims(self) -> Mapping[str, Any]:
         keys = [k for k in self.metadata if k.startswith("general.") and k != "general.alignment"]
         return {k: self.metadata[k] for k in keys if not isinstance(self.metadata[k], GGUFArray)}
-
-    def _decode_rows(self, info: TensorInfo, raw: np.ndarray) -> np.ndarray:
-        from provenance.codecs import dequantize_rows
-
-        assert info.ggml_type is not None
-        return dequantize_rows(raw, info.ggml_type)
 
     def close(self) -> None:
         super().close()

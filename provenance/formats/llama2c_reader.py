@@ -128,9 +128,6 @@ class Llama2cCheckpoint(Checkpoint):
     def architecture(self) -> ArchRecord:
         return self._arch
 
-    def _decode_rows(self, info: TensorInfo, raw: np.ndarray) -> np.ndarray:
-        return raw.view("<f4").astype(np.float32, copy=False)
-
     @property
     def metadata_claims(self) -> dict[str, Any]:
         return {}

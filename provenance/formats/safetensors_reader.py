@@ -15,12 +15,11 @@ from math import prod
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from provenance.errors import LimitExceeded, MalformedCheckpoint, PickleCheckpointRefused, UnsupportedCheckpoint
 from provenance.formats.base import Checkpoint, FileSpan, TensorInfo
-from provenance.formats.dtypes import SAFETENSORS_DTYPES, element_bytes, to_float32
+from provenance.formats.dtypes import STORAGE_TYPES, element_bytes
 from provenance.formats.jsonsafe import loads_strict, read_json_file
+from provenance.formats.vocab import TokenizerJsonVocabulary, tokenizer_json_beside
 from provenance.names.arch import ArchRecord, from_hf_config
 from provenance.names.canonical import hf_to_canonical, layer_and_role
 
@@ -110,7 +109,7 @@ def _validate_entry(path: str, name: str, spec: Any) -> tuple[int, int]:
             path, f"tensor {name!r} needs exactly dtype, shape and data_offsets", field=field, offset=8
         )
     dtype, shape, offsets = spec["dtype"], spec["shape"], spec["data_offsets"]
-    if dtype not in SAFETENSORS_DTYPES:
+    if dtype not in STORAGE_TYPES:
         raise UnsupportedCheckpoint(
             path, f"tensor {name!r} has unknown dtype {dtype!r}", field=f"{name}.dtype", offset=8
         )
@@ -199,8 +198,8 @@ class SafetensorsCheckpoint(Checkpoint):
                     shard, f"{stored_name!r} rows {shape[0]} do not split into {qk_heads} heads", field=stored_name
                 )
         row_length = shape[-1] if shape else 1
-        row_bytes = row_length * element_bytes(dtype)
-        if row_bytes.denominator != 1:
+        block_size, block_bytes = STORAGE_TYPES[dtype].block
+        if row_length % block_size:
             raise UnsupportedCheckpoint(
                 shard, f"{dtype} rows of {row_length} elements are not whole bytes", field=stored_name
             )
@@ -212,8 +211,8 @@ class SafetensorsCheckpoint(Checkpoint):
             file=shard,
             offset=spec["begin"],
             n_bytes=spec["end"] - spec["begin"],
-            block_size=1 if element_bytes(dtype) >= 1 else int(1 / element_bytes(dtype)),
-            block_bytes=max(1, int(element_bytes(dtype))),
+            block_size=block_size,
+            block_bytes=block_bytes,
             layer=layer,
             role=role,
             qk_heads=qk_heads,
@@ -233,8 +232,8 @@ class SafetensorsCheckpoint(Checkpoint):
             claims[f"safetensors.{key}"] = value
         return claims
 
-    def _decode_rows(self, info: TensorInfo, raw: np.ndarray) -> np.ndarray:
-        return to_float32(raw, info.dtype, info.row_length)
+    def vocabulary(self) -> TokenizerJsonVocabulary | None:
+        return tokenizer_json_beside(self.path, self.config)
 
 
 def _inside(directory: str, name: Any, index_path: str) -> str:

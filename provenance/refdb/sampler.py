@@ -1,6 +1,7 @@
 """Read the fingerprint's sampled values from a checkpoint, touching only the blocks needed.
 
-For each span only the stored blocks under it are read (one ``pread``) and decoded, so a
+For each span only the stored blocks under it are read and decoded by the reader
+(:meth:`provenance.formats.base.Checkpoint.read_blocks`, one ``pread`` each), so a
 Q4_K candidate dequantizes a few 144-byte super-blocks per tensor, not whole rows. Every
 read goes through a :class:`ReadMeter`, which is how ``identify`` reports (and the tests
 bound) the share of the candidate it touched.
@@ -20,7 +21,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from provenance.formats.base import Checkpoint, TensorInfo
-from provenance.names.qk_permute import llama_qk_row_order
 from provenance.refdb.positions import Spans
 
 PAGE = 4096
@@ -49,29 +49,10 @@ class ReadMeter:
         return len(self.pages) * PAGE
 
 
-def _stored_rows(info: TensorInfo, rows: np.ndarray) -> np.ndarray:
-    # HF q/k rows are stored in rotate-half order; canonical row r lives at stored row order[r].
-    if info.qk_heads is None:
-        return rows
-    return llama_qk_row_order(info.n_rows, info.qk_heads)[rows]
-
-
-def _decode(ckpt: Checkpoint, info: TensorInfo, raw: np.ndarray) -> np.ndarray:
-    """``(n, k blocks' bytes)`` -> ``(n, k * block_size)`` float32 with the reader's own decoder."""
-    return ckpt.decode_blocks(info.name, raw)
-
-
 def read_blocks(ckpt: Checkpoint, info: TensorInfo, rows: np.ndarray, first_block: np.ndarray,
                 n_blocks: int, meter: ReadMeter) -> np.ndarray:
     """Decode ``n_blocks`` blocks starting at ``first_block`` of each canonical row: ``(len(rows), n_blocks * block_size)``."""
-    stored = _stored_rows(info, rows)
-    n_bytes = n_blocks * info.block_bytes
-    raw = np.empty((len(rows), n_bytes), np.uint8)
-    for i, (row, block) in enumerate(zip(stored.tolist(), first_block.tolist(), strict=True)):
-        offset = info.offset + row * info.row_bytes + block * info.block_bytes
-        raw[i] = ckpt.raw_blocks(info.name, row, block, n_blocks)
-        meter.add(info.file, offset, n_bytes)
-    return _decode(ckpt, info, raw)
+    return ckpt.read_blocks(info.name, rows, first_block, n_blocks, observe=meter.add)
 
 
 def read_spans(ckpt: Checkpoint, info: TensorInfo, spans: Spans, meter: ReadMeter) -> np.ndarray:
@@ -100,11 +81,4 @@ def transposed_positions(spans: Spans, ref_shape: tuple[int, ...], per_span: int
 
 def read_flat(ckpt: Checkpoint, info: TensorInfo, flat: np.ndarray, meter: ReadMeter) -> np.ndarray:
     """Values at flat canonical element indices, one block read per distinct block."""
-    rows, cols = np.divmod(flat.astype(np.int64), info.row_length)
-    blocks = cols // info.block_size
-    keys = rows * (info.row_length // info.block_size + 1) + blocks
-    unique, inverse = np.unique(keys, return_inverse=True)
-    first_index = np.zeros(len(unique), np.int64)
-    first_index[inverse[::-1]] = np.arange(len(keys))[::-1]
-    values = read_blocks(ckpt, info, rows[first_index], blocks[first_index], 1, meter)
-    return values[inverse, cols % info.block_size]
+    return ckpt.read_elements(info.name, flat, observe=meter.add)

@@ -2,10 +2,11 @@
 
 Each works on canonical float32 tensors and writes a real file through the real writers:
 quantization with the project's llama.cpp-exact quantizer (:func:`quantize_mix`, every
-llama.cpp mix), gguf-py's bit-exact legacy quantizers (:func:`write_gguf_variant`) or
-llama.cpp's own ``llama_model_quantize`` (a cross-check, when llama-cpp-python is
-importable), magnitude pruning, MLP permutation + rescaling, and collusion (averages and
-midpoints of several copies). Fine-tuning and distillation live in the robustness script
+llama.cpp mix), one type for the changed tensors (:func:`write_gguf_variant`, the same
+exact quantizers through the package's model writer) or llama.cpp's own
+``llama_model_quantize`` (a cross-check, when llama-cpp-python is importable),
+magnitude pruning, MLP permutation + rescaling, and collusion (averages and midpoints
+of several copies). Fine-tuning and distillation live in the robustness script
 (they need the synth models and a training loop).
 """
 from __future__ import annotations
@@ -15,13 +16,11 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-import gguf
 import numpy as np
 
 from provenance.formats import open_checkpoint
-from provenance.formats.gguf_copy import copy_gguf_metadata
+from provenance.formats.write import write_checkpoint
 
-LEGACY = {"Q8_0", "Q4_0", "Q5_0", "Q4_1", "Q5_1", "F16", "F32", "BF16"}
 #: llama.cpp file types (``LLAMA_FTYPE_MOSTLY_*``) of the mixes used here.
 K_MIXES = {"Q8_0": 7, "Q2_K": 10, "Q3_K_M": 12, "Q4_K_M": 15, "Q5_K_M": 17, "Q6_K": 18, "Q4_K_S": 14}
 
@@ -38,37 +37,12 @@ def write_gguf_variant(template: str | os.PathLike[str], output: str | os.PathLi
     """Copy GGUF ``template`` to ``output`` with the tensors in ``replace`` swapped in.
 
     Replaced tensors are stored as ``types[name]``, else ``qtype``, else their template
-    type, quantized by gguf-py (legacy types only). Other tensors are copied as stored.
+    type, quantized by the llama.cpp-exact quantizers (:func:`provenance.codecs.quantize_rows`;
+    for the legacy types the same bytes as gguf-py's). Other tensors are copied as stored.
     """
     with open_checkpoint(template) as ckpt:
-        header = ckpt.headers[0]  # type: ignore[attr-defined]
-        writer = gguf.GGUFWriter(str(output), header.metadata.get("general.architecture", "llama"))
-        copy_gguf_metadata(ckpt, writer)
-        payloads = []
-        for info in ckpt.tensors.values():
-            if info.name in replace:
-                name = (types or {}).get(info.name) or qtype or info.dtype
-                if name not in LEGACY:
-                    raise ValueError(f"{name}: gguf-py quantizes legacy types only; use quantize_with_llama_cpp")
-                target = gguf.GGMLQuantizationType[name]
-                values = np.ascontiguousarray(replace[info.name], dtype=np.float32).reshape(info.shape)
-                if target == gguf.GGMLQuantizationType.F32:
-                    data = values.view(np.uint8).reshape(*info.shape[:-1], -1)
-                elif target == gguf.GGMLQuantizationType.F16:
-                    data = values.astype(np.float16).view(np.uint8).reshape(*info.shape[:-1], -1)
-                else:
-                    data = gguf.quants.quantize(values, target)
-            else:
-                target = gguf.GGMLQuantizationType(info.ggml_type)
-                data = ckpt.raw_rows(info.name).reshape(*info.shape[:-1], -1)
-            writer.add_tensor_info(info.name, data.shape, np.dtype(np.uint8), data.nbytes, raw_dtype=target)
-            payloads.append(data)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        for data in payloads:
-            writer.write_tensor_data(np.ascontiguousarray(data))
-        writer.close()
+        retype = {name: (types or {}).get(name) or qtype or ckpt.info(name).dtype for name in replace}
+        write_checkpoint(ckpt, output, replace=replace, retype=retype)
 
 
 _QUIET = None

@@ -1,15 +1,15 @@
 """Write a marked copy of a checkpoint: ``w + a * sigma_row(w) * key`` on the chosen tensors.
 
-Streams tensor by tensor (one tensor, or for safetensors one shard, in memory). Outputs
-keep the input's format, names, layout, storage types and metadata; nothing in the copy
-says it is marked (a metadata flag would tell the leaker what to strip).
+Written by the package's one model writer (:func:`provenance.formats.write.write_checkpoint`:
+atomic, streamed a chunk of rows at a time, memory flat in model size). Outputs keep the
+input's format, names, layout, storage types and metadata; nothing in the copy says it is
+marked (a metadata flag would tell the leaker what to strip).
 
-* GGUF (F32/F16/BF16 tensors marked; every other tensor copied byte for byte) through
-  ``gguf.GGUFWriter``, all metadata key/values copied with their stored types.
+* GGUF (F32/F16/BF16 tensors marked; every other tensor copied byte for byte), all
+  metadata key/values copied with their stored types; a split input is written whole.
 * safetensors: a single file is written as a single file; an HF directory (single or
   sharded) becomes a full directory copy: config, tokenizer and other files copied,
-  shards rewritten under the same names with ``safetensors.torch.save_file``. Canonical
-  q/k rows are mapped back to HF's layout before writing.
+  shards rewritten under the same names. Canonical q/k rows go back to HF's layout.
 
 The amplitude ``a`` is relative to each row's standard deviation. The default 1e-3 sits
 ~5x below Q8_0's rounding noise (step ~ amax/127 ~ 0.017 sigma for Gaussian-like
@@ -20,10 +20,7 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,7 +29,8 @@ import torch
 from provenance.errors import ProvenanceError
 from provenance.formats import open_checkpoint
 from provenance.formats.base import Checkpoint, TensorInfo
-from provenance.formats.gguf_copy import SPLIT_KEYS, copy_gguf_metadata
+from provenance.formats.dtypes import torch_dtype
+from provenance.formats.write import write_checkpoint
 from provenance.watermark.keys import KeySource
 from provenance.watermark.options import DEFAULT_AMPLITUDE
 from provenance.watermark.select import Selector, default_selector, markable
@@ -97,41 +95,48 @@ def mark_rows(w: np.ndarray, key_rows: np.ndarray, amplitude: float) -> np.ndarr
     return w64 + amplitude * sigma * key_rows
 
 
-def _q8_noise_rms(w: np.ndarray) -> float:
-    """RMS rounding error Q8_0 would add: per block of 32, step = amax/127, error ~ U(+-step/2)."""
-    flat = w.reshape(-1)
-    usable = flat.size // 32 * 32
-    if usable == 0:
-        return float("nan")
-    step = np.abs(flat[:usable].reshape(-1, 32)).max(axis=1) / 127.0
-    return float(np.sqrt(np.mean(step.astype(np.float64) ** 2) / 12.0))
-
-
-_TORCH_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
-
-
 def _to_storage(values: np.ndarray, dtype: str) -> torch.Tensor:
     """Round float64 values to the storage type (round to nearest even, as converters do)."""
-    return torch.from_numpy(values).to(torch.float32).to(_TORCH_DTYPES[dtype.upper()])
+    target = torch_dtype(dtype)
+    assert target is not None, dtype  # markable() admits float storage types only
+    return torch.from_numpy(values).to(torch.float32).to(target)
 
 
-def _mark_tensor(ckpt: Checkpoint, info: TensorInfo, key: KeySource, amplitude: float) -> tuple[torch.Tensor, TensorChange]:
-    """The marked tensor in canonical layout and storage dtype, and what changed."""
-    w = ckpt.read_rows(info.name)
-    shape = (info.n_rows, info.row_length)
-    marked = _to_storage(mark_rows(w, key.rows(info.name, shape, 0, shape[0]), amplitude), info.dtype)
-    stored = marked.to(torch.float64).numpy()
-    delta = stored - w
-    norm_w = float(np.linalg.norm(w.astype(np.float64)))
-    rms_delta = float(np.sqrt(np.mean(delta**2)))
-    q8 = _q8_noise_rms(w)
-    change = TensorChange(
-        info.name,
-        w.size,
-        float(np.linalg.norm(delta)) / norm_w if norm_w else 0.0,
-        rms_delta / q8 if q8 else float("nan"),
-    )
-    return marked, change
+class _Marker:
+    """The marked rows of one tensor, chunk by chunk as the writer asks for them, in its
+    storage type; keeps the sums :class:`TensorChange` needs. The writer's chunks hold whole
+    multiples of 256 weights, so Q8_0's blocks of 32 never straddle two chunks."""
+
+    def __init__(self, ckpt: Checkpoint, info: TensorInfo, key: KeySource, amplitude: float) -> None:
+        self.ckpt, self.info, self.key, self.amplitude = ckpt, info, key, amplitude
+        self.sum_w2 = self.sum_d2 = self.sum_step2 = 0.0
+        self.n_blocks = 0
+
+    def __call__(self, start: int, stop: int) -> torch.Tensor:
+        info = self.info
+        w = self.ckpt.read_rows(info.name, start, stop)
+        shape = (info.n_rows, info.row_length)
+        marked = _to_storage(mark_rows(w, self.key.rows(info.name, shape, start, stop), self.amplitude), info.dtype)
+        delta = marked.to(torch.float64).numpy() - w
+        self.sum_w2 += float(np.dot(w.reshape(-1).astype(np.float64), w.reshape(-1)))
+        self.sum_d2 += float(np.dot(delta.reshape(-1), delta.reshape(-1)))
+        # Q8_0's rounding error per block of 32: step = amax/127, error ~ U(+-step/2)
+        flat = w.reshape(-1)
+        usable = flat.size // 32 * 32
+        step = np.abs(flat[:usable].reshape(-1, 32)).max(axis=1) / 127.0
+        self.sum_step2 += float(np.sum(step.astype(np.float64) ** 2))
+        self.n_blocks += step.size
+        return marked
+
+    def change(self) -> TensorChange:
+        n = self.info.n_elements
+        q8 = math.sqrt(self.sum_step2 / self.n_blocks / 12.0) if self.n_blocks else float("nan")
+        norm_w = math.sqrt(self.sum_w2)
+        return TensorChange(
+            self.info.name, n,
+            math.sqrt(self.sum_d2) / norm_w if norm_w else 0.0,
+            math.sqrt(self.sum_d2 / n) / q8 if q8 else float("nan"),
+        )
 
 
 def _targets(ckpt: Checkpoint, selector: Selector, report: EmbedReport) -> set[str]:
@@ -158,106 +163,12 @@ def embed_checkpoint(
     """Write a marked copy of ``source`` to ``output`` and report the relative change."""
     if not (0 < amplitude < 1):
         raise EmbedError(f"amplitude {amplitude} must be in (0, 1) (relative to each row's std)")
-    Path(output).parent.mkdir(parents=True, exist_ok=True)  # temp files go beside the output
     with open_checkpoint(source) as ckpt:
         report = EmbedReport(str(source), str(output), key.label, amplitude, ckpt.format)
         targets = _targets(ckpt, selector or default_selector, report)
-        if ckpt.format == "gguf":
-            _write_gguf(ckpt, Path(output), targets, key, amplitude, report)
-        elif ckpt.format in ("safetensors", "safetensors-sharded", "hf-directory"):
-            _write_safetensors(ckpt, Path(output), targets, key, amplitude, report)
-        else:
+        if not ckpt.format.startswith(("gguf", "safetensors", "hf")):
             raise EmbedError(f"{source}: cannot write {ckpt.format} checkpoints (GGUF and safetensors only)")
+        markers = {name: _Marker(ckpt, ckpt.info(name), key, amplitude) for name in ckpt.tensors if name in targets}
+        write_checkpoint(ckpt, output, replace=markers)
+        report.tensors = [marker.change() for marker in markers.values()]
     return report
-
-
-# ----- GGUF ------------------------------------------------------------------------------
-def _write_gguf(
-    ckpt: Checkpoint, output: Path, targets: set[str], key: KeySource, amplitude: float, report: EmbedReport
-) -> None:
-    import gguf
-
-    header = ckpt.headers[0]  # type: ignore[attr-defined]
-    arch = header.metadata.get("general.architecture", "llama")
-    tmp = output.with_name(f".{output.name}.tmp")
-    writer = gguf.GGUFWriter(str(tmp), arch)
-    try:
-        copy_gguf_metadata(ckpt, writer, SPLIT_KEYS)  # a split input is written whole
-        infos = list(ckpt.tensors.values())
-        for info in infos:
-            qtype = gguf.GGMLQuantizationType(info.ggml_type)
-            writer.add_tensor_info(
-                info.name, (*info.shape[:-1], info.row_bytes), np.dtype(np.uint8), info.n_bytes, raw_dtype=qtype
-            )
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        for info in infos:
-            if info.name in targets:
-                marked, change = _mark_tensor(ckpt, info, key, amplitude)
-                report.tensors.append(change)
-                data = marked.contiguous().view(torch.uint8).numpy()
-            else:
-                data = (
-                    np.concatenate([np.frombuffer(chunk, dtype=np.uint8) for chunk in ckpt.iter_raw(info.name)])
-                    if info.n_bytes
-                    else np.zeros(0, np.uint8)
-                )
-            writer.write_tensor_data(data)
-        writer.close()
-        os.replace(tmp, output)
-    except BaseException:
-        writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-# ----- safetensors -----------------------------------------------------------------------
-def _write_safetensors(
-    ckpt: Checkpoint, output: Path, targets: set[str], key: KeySource, amplitude: float, report: EmbedReport
-) -> None:
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
-    from provenance.names.qk_permute import gguf_to_hf_rows
-
-    by_file: dict[str, list[TensorInfo]] = {}
-    for info in ckpt.tensors.values():
-        by_file.setdefault(info.file, []).append(info)
-    directory_input = ckpt.format != "safetensors" or os.path.isdir(ckpt.path)
-    if directory_input:
-        staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    else:
-        staging = output.parent
-    try:
-        for shard, infos in by_file.items():
-            tensors: dict[str, torch.Tensor] = {}
-            with safe_open(shard, framework="pt") as handle:
-                for info in infos:
-                    if info.name in targets:
-                        marked, change = _mark_tensor(ckpt, info, key, amplitude)
-                        report.tensors.append(change)
-                        if info.qk_heads is not None:  # back to HF's rotate-half row order
-                            marked = gguf_to_hf_rows(marked, info.qk_heads)
-                        tensors[info.stored_name] = marked.reshape(info.shape).contiguous()
-                    else:
-                        tensors[info.stored_name] = handle.get_tensor(info.stored_name)
-                metadata = handle.metadata()
-            target = staging / os.path.basename(shard) if directory_input else staging / f".{output.name}.tmp"
-            save_file(tensors, str(target), metadata=metadata)
-            del tensors
-            if not directory_input:
-                os.replace(target, output)
-        if directory_input:
-            source_dir = Path(ckpt.path if os.path.isdir(ckpt.path) else os.path.dirname(ckpt.path))
-            for entry in sorted(source_dir.iterdir()):
-                if entry.is_symlink() or not entry.is_file() or (staging / entry.name).exists():
-                    continue  # shards already written; links are not followed out of the model
-                shutil.copy2(entry, staging / entry.name)
-            if output.exists():
-                shutil.rmtree(output)
-            os.replace(staging, output)
-    except BaseException:
-        if directory_input:
-            shutil.rmtree(staging, ignore_errors=True)
-        raise

@@ -1,0 +1,184 @@
+"""Stored bytes -> canonical float32 rows, into buffers the caller reuses.
+
+This is the one decoder of the package (every reader's ``read_rows`` ends here):
+
+* block-quantized ggml types: :func:`provenance.codecs.dequantize_torch` (compiled CPU
+  kernels, torch kernels elsewhere), straight into the output buffer;
+* plain types (``F32``, ``F16``, ``BF16``, fp8, integers, ...): one torch cast from the
+  stored bytes (numpy's fp16 conversion is ~8x slower than torch's here);
+* packed fp4 (safetensors ``F4``): a lookup table.
+
+:class:`RowReader` streams one tensor: it reads stored bytes with ``preadv`` into one
+reused byte buffer and decodes them into one reused float32 buffer, because on the
+target machine allocating a fresh output per chunk costs as much as the arithmetic
+(``docs/lineage.md``, Performance). HF q/k rows are permuted on read (the span of
+stored rows a chunk needs is read once, then gathered), so every caller sees the
+canonical layout described in :mod:`provenance.formats.base`.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from provenance.formats.base import Checkpoint, TensorInfo, clip_rows
+from provenance.formats.dtypes import decode_fp4, torch_dtype
+from provenance.names.qk_permute import llama_qk_row_order
+
+RowBuffer = torch.Tensor | np.ndarray
+"""A caller's output buffer: contiguous, writable float32 ``(rows, row_length)``."""
+
+
+def decode_into(info: TensorInfo, raw: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Decode ``(rows, k * block_bytes)`` stored bytes of ``info`` into float32 ``out``
+    ``(rows, k * block_size)`` (whole blocks; complex values: their real part)."""
+    if info.ggml_type is not None and info.block_size > 1:
+        from provenance.codecs import dequantize_torch
+
+        return dequantize_torch(raw, info.ggml_type, out=out)
+    plain = torch_dtype(info.dtype)
+    if plain is not None:
+        if raw.numel():
+            try:
+                values = raw.reshape(-1).view(plain)
+            except RuntimeError:  # bytes not aligned to the element size: copy them first
+                values = raw.reshape(-1).clone().view(plain)
+            out.view(-1).copy_(values.real if values.is_complex() else values)
+        return out
+    if info.dtype == "F4":
+        out.copy_(torch.from_numpy(decode_fp4(raw.numpy(), out.shape[1])))
+        return out
+    raise NotImplementedError(f"float conversion of {info.dtype} is not supported here (raw bytes and hashes are)")
+
+
+def as_row_buffer(out: RowBuffer, rows: int, row_length: int) -> torch.Tensor:
+    """A torch view of a caller's buffer, after checking that rows can be decoded into it."""
+    view = torch.from_numpy(out) if isinstance(out, np.ndarray) else out
+    if isinstance(out, np.ndarray) and not out.flags.writeable:
+        raise ValueError("the output buffer is read-only")
+    if (view.dtype != torch.float32 or tuple(view.shape) != (rows, row_length) or not view.is_contiguous()
+            or view.device.type != "cpu"):
+        raise ValueError(f"the output buffer must be contiguous CPU float32 of shape {(rows, row_length)}, "
+                         f"got {view.dtype} {tuple(view.shape)}")
+    return view
+
+
+class RowReader:
+    """Canonical float32 rows of one tensor, decoded into reused buffers.
+
+    ``read`` returns a view of the reader's own buffer, valid until the next call;
+    ``read_into`` fills the caller's (numpy or torch). Buffers grow to the largest chunk
+    asked for and are then reused. Threads may share the checkpoint, each with its own
+    reader.
+    """
+
+    def __init__(self, ckpt: Checkpoint, name: str, max_rows: int | None = None) -> None:
+        self.ckpt = ckpt
+        self.info = ckpt.info(name)
+        self.max_rows = max(1, min(self.info.n_rows, max_rows if max_rows is not None else self.info.n_rows))
+        self._raw = bytearray()
+        self._raw_t = torch.empty(0, dtype=torch.uint8)
+        self._held: tuple[int, int] | None = None
+        """Stored rows whose bytes the byte buffer holds now."""
+        self._out = torch.empty((0, self.info.row_length), dtype=torch.float32)
+        self._scratch = torch.empty((0, self.info.row_length), dtype=torch.float32)
+        self._order = (llama_qk_row_order(self.info.n_rows, self.info.qk_heads)
+                       if self.info.qk_heads is not None else None)
+
+    def close(self) -> None:
+        """Release the buffers (the file descriptors belong to the checkpoint)."""
+        self._raw, self._held = bytearray(), None
+        self._raw_t = torch.empty(0, dtype=torch.uint8)
+
+    def __enter__(self) -> RowReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----- stored bytes ----------------------------------------------------------------
+    def _stored(self, lo: int, hi: int) -> torch.Tensor:
+        """Stored rows ``[lo, hi)`` as a uint8 ``(rows, row_bytes)`` view of the byte buffer."""
+        info = self.info
+        n = (hi - lo) * info.row_bytes
+        if n == 0:
+            return torch.empty((hi - lo, info.row_bytes), dtype=torch.uint8)
+        if len(self._raw) < n:
+            self._raw = bytearray(max(n, self.max_rows * info.row_bytes))
+            self._raw_t = torch.frombuffer(self._raw, dtype=torch.uint8)
+            self._held = None
+        if self._held != (lo, hi):
+            self._held = None
+            self.ckpt.pread_into(info.file, memoryview(self._raw)[:n], info.offset + lo * info.row_bytes)
+            self._held = (lo, hi)
+        return self._raw_t[:n].view(hi - lo, info.row_bytes)
+
+    def raw(self, start: int, stop: int) -> np.ndarray:
+        """Stored bytes of stored rows ``[start, stop)`` (no q/k permutation: the bytes whose
+        quantization grid the quant module reads), a view valid until the next call. Right
+        after ``read(start, stop)`` of an unpermuted tensor this costs no second read."""
+        start, stop = clip_rows(self.info, start, stop)
+        return self._stored(start, stop).numpy()
+
+    # ----- canonical float32 rows ------------------------------------------------------
+    @staticmethod
+    def _grown(buffer: torch.Tensor, rows: int) -> torch.Tensor:
+        if buffer.shape[0] >= rows:
+            return buffer
+        return torch.empty((rows, buffer.shape[1]), dtype=torch.float32)
+
+    def read(self, start: int, stop: int) -> torch.Tensor:
+        """Canonical rows ``[start, stop)`` as float32 ``(rows, row_length)``: a view of the
+        reader's own buffer, valid until the next call."""
+        start, stop = clip_rows(self.info, start, stop)
+        self._out = self._grown(self._out, max(stop - start, self.max_rows))
+        return self._decode(start, stop, self._out[: stop - start])
+
+    def read_into(self, start: int, stop: int, out: RowBuffer) -> RowBuffer:
+        """Canonical rows ``[start, stop)`` decoded into the caller's buffer (numpy or torch,
+        contiguous float32 ``(rows, row_length)``), which is returned."""
+        start, stop = clip_rows(self.info, start, stop)
+        self._decode(start, stop, as_row_buffer(out, stop - start, self.info.row_length))
+        return out
+
+    def _decode(self, start: int, stop: int, target: torch.Tensor) -> torch.Tensor:
+        info = self.info
+        if stop == start:
+            return target
+        if self._order is None:
+            return decode_into(info, self._stored(start, stop), target)
+        # Canonical row r is stored row order[r]; a chunk of canonical rows lies in whole
+        # heads, so the stored span it needs is read and decoded once, then gathered.
+        order = self._order[start:stop]
+        lo, hi = int(order.min()), int(order.max()) + 1
+        self._scratch = self._grown(self._scratch, hi - lo)
+        span = decode_into(info, self._stored(lo, hi), self._scratch[: hi - lo])
+        return torch.index_select(span, 0, torch.from_numpy(order - lo), out=target)
+
+    def gather(self, index: np.ndarray, out: RowBuffer | None = None) -> RowBuffer:
+        """Arbitrary canonical rows ``index`` (a fresh tensor unless ``out`` is given), read as
+        runs of consecutive rows, at most ``max_rows`` at a time."""
+        index = np.asarray(index, dtype=np.int64)
+        result = (torch.empty((len(index), self.info.row_length), dtype=torch.float32) if out is None
+                  else as_row_buffer(out, len(index), self.info.row_length))
+        if len(index) == 0:
+            return result if out is None else out
+        order = np.argsort(index, kind="stable")
+        sorted_idx = index[order]
+        breaks = np.flatnonzero(np.diff(sorted_idx) != 1) + 1
+        pos = 0
+        for run in np.split(sorted_idx, breaks):
+            lo, hi = int(run[0]), int(run[-1]) + 1
+            for a in range(lo, hi, self.max_rows):
+                b = min(hi, a + self.max_rows)
+                chunk = self.read(a, b)
+                result.index_copy_(0, torch.from_numpy(order[pos: pos + (b - a)]), chunk)
+                pos += b - a
+        return result if out is None else out
+
+    def read_all(self) -> torch.Tensor:
+        """The whole tensor as a fresh ``(n_rows, row_length)`` float32 tensor, in chunks."""
+        info = self.info
+        result = torch.empty((info.n_rows, info.row_length), dtype=torch.float32)
+        for a in range(0, info.n_rows, self.max_rows):
+            self.read_into(a, min(info.n_rows, a + self.max_rows), result[a: a + self.max_rows])
+        return result
