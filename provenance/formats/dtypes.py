@@ -96,6 +96,18 @@ def torch_dtype(name: str) -> torch.dtype | None:
     return getattr(torch, spec.torch, None)
 
 
+def stored_as(values: torch.Tensor, name: str) -> torch.Tensor | None:
+    """float32 ``values`` as the float storage type ``name`` stores them (round to nearest
+    even), read back as float32; None when ``name`` is not a plain float type."""
+    spec = STORAGE_TYPES.get(name)
+    target = torch_dtype(name) if spec is not None and spec.is_float else None
+    if target is None:
+        return None
+    import torch
+
+    return values.to(target).to(torch.float32)
+
+
 def decode_fp4(raw: np.ndarray, row_length: int) -> np.ndarray:
     """``(rows, row_bytes)`` packed E2M1 (two per byte, low nibble first) -> float32 rows."""
     low, high = _E2M1[raw & 0x0F], _E2M1[raw >> 4]

@@ -52,9 +52,9 @@ def decode_into(info: TensorInfo, raw: torch.Tensor, out: torch.Tensor) -> torch
 
 def as_row_buffer(out: RowBuffer, rows: int, row_length: int) -> torch.Tensor:
     """A torch view of a caller's buffer, after checking that rows can be decoded into it."""
-    view = torch.from_numpy(out) if isinstance(out, np.ndarray) else out
     if isinstance(out, np.ndarray) and not out.flags.writeable:
         raise ValueError("the output buffer is read-only")
+    view = torch.from_numpy(out) if isinstance(out, np.ndarray) else out
     if (view.dtype != torch.float32 or tuple(view.shape) != (rows, row_length) or not view.is_contiguous()
             or view.device.type != "cpu"):
         raise ValueError(f"the output buffer must be contiguous CPU float32 of shape {(rows, row_length)}, "

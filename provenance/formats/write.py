@@ -40,7 +40,7 @@ import json
 import os
 import shutil
 import struct
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from math import gcd
 from pathlib import Path
@@ -245,10 +245,14 @@ def _add_key_value(writer: GGUFWriter, kv: GGUFKeyValue) -> None:
     writer.add_key_value(kv.key, kv.value, GGUFValueType(int(kv.type)))
 
 
-def _write_gguf_file(path: Path, arch: str, key_values: Iterable[GGUFKeyValue], alignment: int,
-                     tensors: Sequence[_Output]) -> None:
+def _write_gguf_file(path: Path, arch: str, key_values: Sequence[GGUFKeyValue], tensors: Sequence[_Output]) -> None:
     """Header, key/values and tensor table by ``gguf.GGUFWriter``; tensor data streamed after
-    it with the same alignment padding ``GGUFWriter.write_tensor_data`` writes."""
+    it with the same alignment padding ``GGUFWriter.write_tensor_data`` writes. The alignment
+    is the one the written ``general.alignment`` states (32 without it), so readers agree."""
+    stated = [kv.value for kv in key_values if kv.key == "general.alignment"]
+    alignment = stated[-1] if stated else DEFAULT_ALIGNMENT
+    if not isinstance(alignment, int) or isinstance(alignment, bool) or alignment <= 0 or alignment & (alignment - 1):
+        raise WriteError(f"general.alignment {alignment!r} is not a power of two")
     writer = GGUFWriter(str(path), arch)  # general.architecture first, as llama.cpp writes it
     try:
         writer.data_alignment = alignment
@@ -291,21 +295,20 @@ def gguf_arch_key_values(arch: ArchRecord) -> list[GGUFKeyValue]:
     return [GGUFKeyValue(f"{name}.{key}", value, vtype) for key, value, vtype in items if value is not None]
 
 
-def _gguf_metadata(source: Checkpoint, drop_keys: Collection[str]) -> tuple[str, list[GGUFKeyValue], int]:
-    """``(architecture, key/values, alignment)`` a GGUF copy of ``source`` starts from."""
+def _gguf_metadata(source: Checkpoint, drop_keys: Collection[str]) -> tuple[str, list[GGUFKeyValue]]:
+    """``(architecture, key/values)`` a GGUF copy of ``source`` starts from."""
     if isinstance(source, GGUFCheckpoint):
         kvs = [kv for kv in source.key_values if kv.key not in SPLIT_KEYS and kv.key not in drop_keys]
-        return source.architecture_name or "llama", kvs, source.alignment
+        return source.architecture_name or "llama", kvs
     arch = source.architecture
-    kvs = [kv for kv in gguf_arch_key_values(arch) if kv.key not in drop_keys]
-    return arch.arch or "llama", kvs, DEFAULT_ALIGNMENT
+    return arch.arch or "llama", [kv for kv in gguf_arch_key_values(arch) if kv.key not in drop_keys]
 
 
 def write_gguf(output: str | os.PathLike[str], arch: str, tensors: Mapping[str, np.ndarray | torch.Tensor],
-               key_values: Sequence[GGUFKeyValue] = (), types: Mapping[str, str] | None = None,
-               alignment: int = DEFAULT_ALIGNMENT) -> WriteReport:
+               key_values: Sequence[GGUFKeyValue] = (), types: Mapping[str, str] | None = None) -> WriteReport:
     """A new GGUF at ``output`` holding ``tensors`` (canonical names, numpy shapes, float
-    values), each stored as ``types[name]`` (default ``F32``), after ``key_values``."""
+    values), each stored as ``types[name]`` (default ``F32``), after ``key_values`` (a
+    ``general.alignment`` among them sets the data alignment)."""
     report = WriteReport(os.fspath(output), "gguf")
     outputs = []
     for name, values in tensors.items():
@@ -314,7 +317,7 @@ def write_gguf(output: str | os.PathLike[str], arch: str, tensors: Mapping[str, 
         dtype = (types or {}).get(name, "F32")
         outputs.append(_plan_new(info, values.reshape(shape), dtype, report))
     with atomic_file(output) as tmp:
-        _write_gguf_file(tmp, arch, key_values, alignment, outputs)
+        _write_gguf_file(tmp, arch, key_values, outputs)
     return report
 
 
@@ -422,9 +425,9 @@ def write_checkpoint(
         plan = _plan(source, info, replace.get(name), retype.get(name, info.dtype), gguf, report)
         plans.setdefault("" if gguf else info.file, []).append(plan)
     if gguf:
-        arch, kvs, alignment = _gguf_metadata(source, drop_keys)
+        arch, kvs = _gguf_metadata(source, drop_keys)
         with atomic_file(output) as tmp:
-            _write_gguf_file(tmp, arch, [*kvs, *add_keys], alignment, plans.get("", []))
+            _write_gguf_file(tmp, arch, [*kvs, *add_keys], plans.get("", []))
     else:
         report.format = _write_safetensors(source, Path(output), plans)
     return report

@@ -27,10 +27,10 @@ import torch
 from provenance.codecs.dequant import as_torch
 from provenance.codecs.grid import QuantGrid, quant_grid
 from provenance.codecs.recipes import Prediction, predict, supported
+from provenance.formats.dtypes import torch_dtype
 from provenance.quant.error import ErrorStats, error_stats
 
 PRECISIONS = ("f32", "f16", "bf16")
-_NARROW = {"f16": torch.float16, "bf16": torch.bfloat16}
 
 
 def source_variants(x: torch.Tensor, precision: str) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -39,7 +39,8 @@ def source_variants(x: torch.Tensor, precision: str) -> tuple[torch.Tensor, torc
     (None when no value is ambiguous)."""
     if precision == "f32":
         return x, None
-    dtype = _NARROW[precision]
+    dtype = torch_dtype(precision.upper())
+    assert dtype is not None, precision
     near = x.to(dtype).to(torch.float32)
     other = 2 * x - near  # the neighbour on the other side, when x is a midpoint
     ambiguous = (near != x) & (other - x == x - near) & (other.to(dtype).to(torch.float32) == other)
