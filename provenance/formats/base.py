@@ -192,15 +192,21 @@ class Checkpoint(ABC):
                     self._fds[path] = fd
         return fd
 
-    def pread_into(self, path: str, buffer: memoryview, offset: int) -> None:
-        """Fill ``buffer`` with the bytes of ``path`` from ``offset`` (validated ranges only:
-        a short read means the file changed after it was validated)."""
-        fd, done, total = self._fd(path), 0, len(buffer)
-        while done < total:  # one preadv moves at most ~2 GiB on Linux
-            got = os.preadv(fd, [buffer[done:]], offset + done)
+    def pread_into(self, path: str, buffer: memoryview | list[memoryview], offset: int) -> None:
+        """Fill ``buffer`` (or, scattering, each of a list of at most 1024 buffers in turn)
+        with the bytes of ``path`` from ``offset``. Validated ranges only: a short read means
+        the file changed after it was validated."""
+        fd = self._fds.get(path) or self._fd(path)
+        buffers = buffer if isinstance(buffer, list) else [buffer]
+        total = sum(len(b) for b in buffers)
+        done = os.preadv(fd, buffers, offset)
+        while done < total and len(buffers) == 1:  # one preadv moves at most ~2 GiB on Linux
+            got = os.preadv(fd, [buffers[0][done:]], offset + done)
             if got <= 0:
-                raise MalformedCheckpoint(path, f"short read: {done} of {total} bytes", offset=offset)
+                break
             done += got
+        if done != total:
+            raise MalformedCheckpoint(path, f"short read: {done} of {total} bytes", offset=offset)
 
     def _pread(self, path: str, n_bytes: int, offset: int) -> bytearray:
         # A bytearray is writable, so numpy and torch can wrap it without a copy.

@@ -11,9 +11,9 @@ This is the one decoder of the package (every reader's ``read_rows`` ends here):
 :class:`RowReader` streams one tensor: it reads stored bytes with ``preadv`` into one
 reused byte buffer and decodes them into one reused float32 buffer, because on the
 target machine allocating a fresh output per chunk costs as much as the arithmetic
-(``docs/lineage.md``, Performance). HF q/k rows are permuted on read (the span of
-stored rows a chunk needs is read once, then gathered), so every caller sees the
-canonical layout described in :mod:`provenance.formats.base`.
+(``docs/lineage.md``, Performance). HF q/k rows are permuted as they are read (a
+scattering ``preadv`` puts each stored row at its canonical place), so every caller sees
+the canonical layout described in :mod:`provenance.formats.base`.
 """
 from __future__ import annotations
 
@@ -26,6 +26,9 @@ from provenance.names.qk_permute import llama_qk_row_order
 
 RowBuffer = torch.Tensor | np.ndarray
 """A caller's output buffer: contiguous, writable float32 ``(rows, row_length)``."""
+
+_IOV_MAX = 1024
+"""Buffers one ``preadv`` may scatter into (POSIX ``IOV_MAX`` on Linux)."""
 
 
 def decode_into(info: TensorInfo, raw: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -80,14 +83,25 @@ class RowReader:
         self._held: tuple[int, int] | None = None
         """Stored rows whose bytes the byte buffer holds now."""
         self._out = torch.empty((0, self.info.row_length), dtype=torch.float32)
-        self._scratch = torch.empty((0, self.info.row_length), dtype=torch.float32)
         self._order = (llama_qk_row_order(self.info.n_rows, self.info.qk_heads)
                        if self.info.qk_heads is not None else None)
+        # The two hot paths, resolved once (per-chunk lookups cost ~3% at 1 MB chunks):
+        # plain types are one cast from a typed view of the byte buffer, block-quantized
+        # types one call of the codecs' dequantizer.
+        plain = torch_dtype(self.info.dtype) if self.info.block_size == 1 else None
+        self._plain = plain if plain is not None and not plain.is_complex else None
+        self._raw_plain = torch.empty(0, dtype=self._plain or torch.uint8)
+        self._dequantize = None
+        if self.info.ggml_type is not None and self.info.block_size > 1:
+            from provenance.codecs import dequantize_torch
+
+            self._dequantize = dequantize_torch
 
     def close(self) -> None:
         """Release the buffers (the file descriptors belong to the checkpoint)."""
         self._raw, self._held = bytearray(), None
         self._raw_t = torch.empty(0, dtype=torch.uint8)
+        self._raw_plain = torch.empty(0, dtype=self._plain or torch.uint8)
 
     def __enter__(self) -> RowReader:
         return self
@@ -96,21 +110,56 @@ class RowReader:
         self.close()
 
     # ----- stored bytes ----------------------------------------------------------------
-    def _stored(self, lo: int, hi: int) -> torch.Tensor:
-        """Stored rows ``[lo, hi)`` as a uint8 ``(rows, row_bytes)`` view of the byte buffer."""
+    def _reserve(self, n: int) -> None:
+        if len(self._raw) < n:
+            self._raw = bytearray(max(n, self.max_rows * self.info.row_bytes))
+            self._raw_t = torch.frombuffer(self._raw, dtype=torch.uint8)
+            if self._plain is not None:
+                self._raw_plain = self._raw_t.view(self._plain)
+            self._held = None
+
+    def _fill(self, lo: int, hi: int) -> int:
+        """Make the byte buffer hold stored rows ``[lo, hi)``; returns their byte count."""
         info = self.info
         n = (hi - lo) * info.row_bytes
-        if n == 0:
-            return torch.empty((hi - lo, info.row_bytes), dtype=torch.uint8)
-        if len(self._raw) < n:
-            self._raw = bytearray(max(n, self.max_rows * info.row_bytes))
-            self._raw_t = torch.frombuffer(self._raw, dtype=torch.uint8)
-            self._held = None
-        if self._held != (lo, hi):
+        self._reserve(n)
+        if n and self._held != (lo, hi, False):
             self._held = None
             self.ckpt.pread_into(info.file, memoryview(self._raw)[:n], info.offset + lo * info.row_bytes)
-            self._held = (lo, hi)
-        return self._raw_t[:n].view(hi - lo, info.row_bytes)
+            self._held = (lo, hi, False)
+        return n
+
+    def _fill_canonical(self, start: int, stop: int) -> int:
+        """Make the byte buffer hold the stored bytes of canonical rows ``[start, stop)`` in
+        canonical order: each run of consecutive stored rows is one scattering ``preadv``
+        (a whole-head chunk is one run; a partial head adds two per end), so permuted rows
+        cost no scratch buffer and no second copy."""
+        info, order = self.info, self._order
+        assert order is not None
+        row_bytes = info.row_bytes
+        n = (stop - start) * row_bytes
+        self._reserve(n)
+        if not n or self._held == (start, stop, True):
+            return n
+        self._held = None
+        stored = order[start:stop]
+        by_stored = np.argsort(stored, kind="stable")  # canonical positions, in stored order
+        first = stored[by_stored]
+        view = memoryview(self._raw)
+        breaks = np.flatnonzero(np.diff(first) != 1) + 1
+        for run in np.split(np.arange(len(first)), breaks):
+            for piece in np.array_split(run, -(-len(run) // _IOV_MAX)):
+                targets = [view[p * row_bytes:(p + 1) * row_bytes] for p in by_stored[piece].tolist()]
+                self.ckpt.pread_into(info.file, targets, info.offset + int(first[piece[0]]) * row_bytes)
+        self._held = (start, stop, True)
+        return n
+
+    def _stored(self, lo: int, hi: int) -> torch.Tensor:
+        """Stored rows ``[lo, hi)`` as a uint8 ``(rows, row_bytes)`` view of the byte buffer."""
+        n = self._fill(lo, hi)
+        if n == 0:
+            return torch.empty((hi - lo, self.info.row_bytes), dtype=torch.uint8)
+        return self._raw_t[:n].view(hi - lo, self.info.row_bytes)
 
     def raw(self, start: int, stop: int) -> np.ndarray:
         """Stored bytes of stored rows ``[start, stop)`` (no q/k permutation: the bytes whose
@@ -120,17 +169,12 @@ class RowReader:
         return self._stored(start, stop).numpy()
 
     # ----- canonical float32 rows ------------------------------------------------------
-    @staticmethod
-    def _grown(buffer: torch.Tensor, rows: int) -> torch.Tensor:
-        if buffer.shape[0] >= rows:
-            return buffer
-        return torch.empty((rows, buffer.shape[1]), dtype=torch.float32)
-
     def read(self, start: int, stop: int) -> torch.Tensor:
         """Canonical rows ``[start, stop)`` as float32 ``(rows, row_length)``: a view of the
         reader's own buffer, valid until the next call."""
         start, stop = clip_rows(self.info, start, stop)
-        self._out = self._grown(self._out, max(stop - start, self.max_rows))
+        if self._out.shape[0] < stop - start:
+            self._out = torch.empty((max(stop - start, self.max_rows), self.info.row_length), dtype=torch.float32)
         return self._decode(start, stop, self._out[: stop - start])
 
     def read_into(self, start: int, stop: int, out: RowBuffer) -> RowBuffer:
@@ -141,18 +185,17 @@ class RowReader:
         return out
 
     def _decode(self, start: int, stop: int, target: torch.Tensor) -> torch.Tensor:
-        info = self.info
-        if stop == start:
+        # Canonical row r is stored row order[r] (HF q/k): the bytes are read in canonical order.
+        n = self._fill(start, stop) if self._order is None else self._fill_canonical(start, stop)
+        if n == 0:
             return target
-        if self._order is None:
-            return decode_into(info, self._stored(start, stop), target)
-        # Canonical row r is stored row order[r]; a chunk of canonical rows lies in whole
-        # heads, so the stored span it needs is read and decoded once, then gathered.
-        order = self._order[start:stop]
-        lo, hi = int(order.min()), int(order.max()) + 1
-        self._scratch = self._grown(self._scratch, hi - lo)
-        span = decode_into(info, self._stored(lo, hi), self._scratch[: hi - lo])
-        return torch.index_select(span, 0, torch.from_numpy(order - lo), out=target)
+        if self._plain is not None:
+            target.view(-1).copy_(self._raw_plain[: n // self._raw_plain.element_size()])
+            return target
+        raw = self._raw_t[:n].view(stop - start, self.info.row_bytes)
+        if self._dequantize is not None:
+            return self._dequantize(raw, self.info.ggml_type, out=target)
+        return decode_into(self.info, raw, target)
 
     def gather(self, index: np.ndarray, out: RowBuffer | None = None) -> RowBuffer:
         """Arbitrary canonical rows ``index`` (a fresh tensor unless ``out`` is given), read as

@@ -175,3 +175,22 @@ def test_stored_as_rounds_like_the_storage_type() -> None:
     assert torch.equal(stored_as(x, "F16"), x.half().float())
     assert torch.equal(stored_as(x, "BF16"), x.bfloat16().float())
     assert stored_as(x, "I8") is None and stored_as(x, "Q4_K") is None
+
+
+def test_permuted_reads_longer_than_one_scatter(tmp_path: Path) -> None:
+    """A q_proj of 2304 rows: whole-tensor and odd chunks need several scattering reads each."""
+    import json
+
+    rng = np.random.default_rng(4)
+    stored = rng.standard_normal((2304, 8)).astype(np.float32)
+    save_file({"model.layers.0.self_attn.q_proj.weight": torch.from_numpy(stored).half()}, tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+                                                      "hidden_size": 8, "num_attention_heads": 3, "num_hidden_layers": 1}))
+    canonical = hf_to_gguf_rows(stored.astype(np.float16).astype(np.float32), 3)
+    with open_checkpoint(tmp_path) as ckpt:
+        assert ckpt.info("blk.0.attn_q.weight").qk_heads == 3
+        assert np.array_equal(ckpt.read_rows("blk.0.attn_q.weight"), canonical)
+        reader = ckpt.row_reader("blk.0.attn_q.weight", 1100)
+        for a, b in [(0, 1100), (1100, 2200), (2200, 2304), (5, 6), (767, 1537)]:
+            assert np.array_equal(reader.read(a, b).numpy(), canonical[a:b]), (a, b)
+        assert np.array_equal(reader.raw(0, 3).view(np.float16).astype(np.float32), stored[:3].astype(np.float16).astype(np.float32))
