@@ -416,8 +416,10 @@ def write_checkpoint(
     unknown = [n for n in [*replace, *retype, *names] if n not in source.tensors]
     if unknown:
         raise WriteError(f"{source.path}: no tensor named {unknown[0]!r}")
-    if not gguf:
-        names = list(source.tensors)  # a safetensors copy holds every tensor, shard by shard
+    if len(set(names)) != len(names):
+        raise WriteError(f"{source.path}: a tensor is listed twice in tensors=")
+    if not gguf and (tensors is not None or drop_keys or add_keys):
+        raise WriteError("tensors=, drop_keys= and add_keys= are for GGUF output (a safetensors copy keeps every tensor)")
     report = WriteReport(os.fspath(output), "gguf" if gguf else "safetensors")
     plans: dict[str, list[_Output]] = {}
     for name in names:

@@ -113,6 +113,8 @@ def test_hf_replacement_goes_back_to_hf_row_order(hf_llama: Path, tmp_path: Path
     with open_checkpoint(hf_llama) as ckpt:
         info = ckpt.info("blk.0.attn_q.weight")
         new = rng.standard_normal(info.shape).astype(np.float32)
+        with pytest.raises(WriteError, match="GGUF output"):
+            write_checkpoint(ckpt, tmp_path / "out", tensors=["blk.0.attn_q.weight"])
         write_checkpoint(ckpt, tmp_path / "out", replace={"blk.0.attn_q.weight": new})
     stored = load_file(tmp_path / "out" / "model.safetensors")["model.layers.0.self_attn.q_proj.weight"].numpy()
     assert np.array_equal(stored, gguf_to_hf_rows(new, info.qk_heads))
@@ -186,6 +188,7 @@ def test_bad_requests_write_nothing(tmp_path: Path) -> None:
             {"retype": {"blk.0.attn_q.weight": "Q4_K"}},  # rows of 64 do not hold a 256-weight block
             {"retype": {"blk.0.attn_q.weight": "F8_E4M3"}},  # not a ggml type
             {"to": "safetensors"},
+            {"tensors": ["blk.0.attn_q.weight", "blk.0.attn_q.weight"]},  # twice
             {"replace": {"blk.0.attn_q.weight": lambda a, b: np.zeros((b - a, 3), np.float32)}},
         ]
         for case in cases:
