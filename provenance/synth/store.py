@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
 
 from provenance.errors import ProvenanceError
+from provenance.formats import open_checkpoint
+from provenance.formats.dtypes import torch_dtype
 from provenance.hashing import file_sha256  # noqa: F401  (re-exported for the build script and tests)
 
 if TYPE_CHECKING:  # transformers is only needed to train or load models, not to find them
@@ -100,8 +101,16 @@ def stored_tensors(model: LlamaForCausalLM, dtype: torch.dtype) -> dict[str, tor
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
-    with safe_open(str(path / WEIGHTS_NAME), framework="pt") as fh:
-        return {k: fh.get_tensor(k) for k in fh.keys()}
+    """The stored tensors of a synth model, by stored (HF) name, in their stored dtype and
+    layout (no q/k permutation), read through the package's reader."""
+    weights = {}
+    with open_checkpoint(path / WEIGHTS_NAME) as ckpt:
+        for info in ckpt.tensors.values():
+            dtype = torch_dtype(info.dtype)
+            assert dtype is not None, info.dtype  # save_pretrained writes float tensors
+            raw = torch.from_numpy(ckpt.raw_rows(info.name))  # a fresh, writable buffer
+            weights[info.stored_name] = raw.view(dtype).reshape(info.shape)
+    return weights
 
 
 def save_model(model: LlamaForCausalLM, path: Path, dtype: torch.dtype = torch.float16) -> str:
