@@ -1,9 +1,11 @@
-"""The package's one table of plain storage types: what a stored element is, its numpy and
-torch types, and how many bytes it takes.
+"""The storage element types a checkpoint may hold: bits, numpy and torch dtypes, and
+safetensors' writer order; with :mod:`provenance.codecs.types` the package's one table.
 
-Names are safetensors' dtype names; GGUF's plain ggml types (``F32``, ``F16``, ``BF16``,
-``F64``, ``I8`` ... ``I64``) have the same names, so one table serves both formats. Block
-quantized ggml types are not here: :mod:`provenance.codecs` owns them.
+Names are safetensors' dtype names. GGUF's plain ggml types (``F32``, ``F16``, ``BF16``,
+``F64``, ``I8`` ... ``I64``) have the same names and their facts come from
+:data:`provenance.codecs.types.PLAIN_TYPES`; the rows below add only the types ggml does not
+store (fp8, fp4/fp6, unsigned, bool, complex). Block-quantized ggml types belong to
+:mod:`provenance.codecs`.
 
 Torch types are kept as attribute names, not objects: importing torch costs ~200 MB of
 RSS, so it is imported only when a conversion needs it (inspect and hashing never do).
@@ -16,6 +18,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from provenance.codecs.types import PLAIN_TYPES
+
 if TYPE_CHECKING:
     import torch
 
@@ -27,7 +31,7 @@ class StorageType:
     name: str
     bits: int
     numpy: str | None
-    """numpy dtype (little-endian), None where numpy has none (bf16, fp8, fp4/fp6)."""
+    """numpy dtype, None where numpy has none (bf16, fp8, fp4/fp6)."""
     torch: str | None
     """torch dtype attribute name, None where torch has none (fp4/fp6: table-decoded)."""
     is_float: bool
@@ -42,32 +46,30 @@ class StorageType:
         return (per_byte.numerator, per_byte.denominator) if per_byte > 1 else (1, self.bits // 8)
 
 
-_TABLE = [
-    # name          bits numpy    torch              float  safetensors rank
-    ("BOOL",         8, "|b1",  "bool",            False, 0),
-    ("F4",           4, None,   None,              True,  1),
-    ("F6_E2M3",      6, None,   None,              True,  2),
-    ("F6_E3M2",      6, None,   None,              True,  3),
-    ("U8",           8, "|u1",  "uint8",           False, 4),
-    ("I8",           8, "|i1",  "int8",            False, 5),
-    ("F8_E5M2",      8, None,   "float8_e5m2",     True,  6),
-    ("F8_E4M3",      8, None,   "float8_e4m3fn",   True,  7),
-    ("F8_E8M0",      8, None,   "float8_e8m0fnu",  True,  8),
-    ("F8_E4M3FNUZ",  8, None,   "float8_e4m3fnuz", True,  9),
-    ("F8_E5M2FNUZ",  8, None,   "float8_e5m2fnuz", True,  10),
-    ("I16",         16, "<i2",  "int16",           False, 11),
-    ("U16",         16, "<u2",  "uint16",          False, 12),
-    ("F16",         16, "<f2",  "float16",         True,  13),
-    ("BF16",        16, None,   "bfloat16",        True,  14),
-    ("I32",         32, "<i4",  "int32",           False, 15),
-    ("U32",         32, "<u4",  "uint32",          False, 16),
-    ("F32",         32, "<f4",  "float32",         True,  17),
-    ("C64",         64, "<c8",  "complex64",       True,  18),
-    ("F64",         64, "<f8",  "float64",         True,  19),
-    ("I64",         64, "<i8",  "int64",           False, 20),
-    ("U64",         64, "<u8",  "uint64",          False, 21),
-]
-STORAGE_TYPES: dict[str, StorageType] = {row[0]: StorageType(*row) for row in _TABLE}
+_NOT_GGML = {
+    # name: (bits, numpy, torch, float)
+    "BOOL": (8, "|b1", "bool", False),
+    "F4": (4, None, None, True),
+    "F6_E2M3": (6, None, None, True),
+    "F6_E3M2": (6, None, None, True),
+    "U8": (8, "|u1", "uint8", False),
+    "F8_E5M2": (8, None, "float8_e5m2", True),
+    "F8_E4M3": (8, None, "float8_e4m3fn", True),
+    "F8_E8M0": (8, None, "float8_e8m0fnu", True),
+    "F8_E4M3FNUZ": (8, None, "float8_e4m3fnuz", True),
+    "F8_E5M2FNUZ": (8, None, "float8_e5m2fnuz", True),
+    "U16": (16, "<u2", "uint16", False),
+    "U32": (32, "<u4", "uint32", False),
+    "C64": (64, "<c8", "complex64", True),
+    "U64": (64, "<u8", "uint64", False),
+}
+_GGML = {p.name: (p.bits, p.numpy_name, p.torch_name, p.is_float) for p in PLAIN_TYPES.values()}
+_SAFETENSORS_ORDER = ("BOOL", "F4", "F6_E2M3", "F6_E3M2", "U8", "I8", "F8_E5M2", "F8_E4M3", "F8_E8M0", "F8_E4M3FNUZ",
+                      "F8_E5M2FNUZ", "I16", "U16", "F16", "BF16", "I32", "U32", "F32", "C64", "F64", "I64", "U64")
+STORAGE_TYPES: dict[str, StorageType] = {
+    name: StorageType(name, *(_GGML.get(name) or _NOT_GGML[name]), rank)
+    for rank, name in enumerate(_SAFETENSORS_ORDER)
+}
 
 _E2M1 = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0], np.float32)
 
@@ -94,18 +96,6 @@ def torch_dtype(name: str) -> torch.dtype | None:
     import torch
 
     return getattr(torch, spec.torch, None)
-
-
-def stored_as(values: torch.Tensor, name: str) -> torch.Tensor | None:
-    """float32 ``values`` as the float storage type ``name`` stores them (round to nearest
-    even), read back as float32; None when ``name`` is not a plain float type."""
-    spec = STORAGE_TYPES.get(name)
-    target = torch_dtype(name) if spec is not None and spec.is_float else None
-    if target is None:
-        return None
-    import torch
-
-    return values.to(target).to(torch.float32)
 
 
 def decode_fp4(raw: np.ndarray, row_length: int) -> np.ndarray:

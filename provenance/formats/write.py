@@ -48,8 +48,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, GGUFWriter
+from gguf import GGMLQuantizationType, GGUFValueType, GGUFWriter
 
+from provenance.codecs.types import type_info
 from provenance.errors import ProvenanceError
 from provenance.fileio import atomic_directory, atomic_file
 from provenance.formats.base import DEFAULT_CHUNK_BYTES, Checkpoint, TensorInfo
@@ -104,17 +105,14 @@ class _Output:
     """Produces the stored bytes in order (bytes-like or uint8 arrays)."""
 
 
-def _ggml_type(name: str, tensor: str) -> GGMLQuantizationType:
-    try:
-        return GGMLQuantizationType[name]
-    except KeyError:
-        raise WriteError(f"{tensor}: {name!r} is not a ggml type (GGUF output needs one)") from None
-
-
 def _geometry(dtype: str, gguf: bool, tensor: str) -> tuple[int, int]:
     """``(block_size, block_bytes)`` of a storage type in the output format."""
     if gguf:
-        return GGML_QUANT_SIZES[_ggml_type(dtype, tensor)]
+        try:
+            geometry = type_info(dtype)
+        except (KeyError, ValueError):
+            raise WriteError(f"{tensor}: {dtype!r} is not a ggml type (GGUF output needs one)") from None
+        return geometry.block_size, geometry.type_size
     if dtype not in STORAGE_TYPES or torch_dtype(dtype) is None:
         raise WriteError(f"{tensor}: safetensors output cannot encode {dtype!r}")
     return storage_type(dtype).block
@@ -260,8 +258,8 @@ def _write_gguf_file(path: Path, arch: str, key_values: Sequence[GGUFKeyValue], 
             if kv.key != "general.architecture":
                 _add_key_value(writer, kv)
         for out in tensors:
-            block_size, block_bytes = GGML_QUANT_SIZES[GGMLQuantizationType[out.dtype]]
-            byte_shape = (*out.shape[:-1], out.shape[-1] // block_size * block_bytes)
+            geometry = type_info(out.dtype)
+            byte_shape = (*out.shape[:-1], out.shape[-1] // geometry.block_size * geometry.type_size)
             writer.add_tensor_info(out.name, byte_shape, np.dtype(np.uint8), out.n_bytes,
                                    raw_dtype=GGMLQuantizationType[out.dtype])
         writer.write_header_to_file()

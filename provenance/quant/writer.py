@@ -24,8 +24,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
-
+from provenance.codecs.types import type_info
 from provenance.formats import open_checkpoint
 from provenance.formats.base import Checkpoint
 from provenance.formats.gguf_header import GGUFKeyValue, ValueType
@@ -98,6 +97,6 @@ def quantize_model(src_path: str | os.PathLike[str], dst_path: str | os.PathLike
             add_keys=[GGUFKeyValue("general.quantization_version", QUANTIZATION_VERSION, ValueType.UINT32),
                       GGUFKeyValue("general.file_type", int(ft), ValueType.UINT32)],
         )
-    quantized = [n for n in written.retyped if GGML_QUANT_SIZES[GGMLQuantizationType[types[n]]][0] > 1]
+    quantized = [n for n in written.retyped if type_info(types[n]).block_size > 1]
     return QuantizeReport(path=os.fspath(dst_path), ftype=ft.name, types=types,
                           n_quantized=len(quantized), n_copied=len(written.copied))

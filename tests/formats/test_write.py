@@ -102,7 +102,8 @@ def test_retype_to_every_type_the_codecs_quantize(qtype: str, tmp_path: Path) ->
                     assert written.info(name).dtype == qtype
                     assert np.array_equal(written.raw_rows(name), quantize_rows(source, qtype))
                     back = written.read_rows(name)
-                    assert np.sqrt(np.mean((back - source) ** 2)) < 0.5 * np.sqrt(np.mean(source**2))
+                    # within the coarsest type's error (1-bit Q1_0: ~0.6 of the RMS; an unrelated tensor: ~1.4)
+                    assert np.sqrt(np.mean((back - source) ** 2)) < 0.8 * np.sqrt(np.mean(source**2))
                 else:
                     assert written.tensor_sha256(name) == ckpt.tensor_sha256(name)
     assert report.retyped == names if qtype != "F32" else report.copied == list(ckpt.tensors)
