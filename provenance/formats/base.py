@@ -31,7 +31,6 @@ from provenance.errors import MalformedCheckpoint, TensorNotFound
 
 if TYPE_CHECKING:  # torch is imported only by the readers that decode (inspect never does)
     from provenance.formats.rows import RowBuffer, RowReader
-    from provenance.formats.vocab import StoredVocabulary
 
 #: Default size of one streamed chunk of raw tensor bytes.
 DEFAULT_CHUNK_BYTES = 16 * 1024 * 1024
@@ -175,11 +174,6 @@ class Checkpoint(ABC):
     def metadata_claims(self) -> Mapping[str, Any]:
         """Declared identity (name, base model, ...) as the file states it: claims, not evidence."""
         return {}
-
-    def vocabulary(self) -> StoredVocabulary | None:
-        """The tokenizer vocabulary the checkpoint carries (GGUF ``tokenizer.ggml.*`` arrays,
-        read lazily; an HF ``tokenizer.json`` beside the weights), or None."""
-        return None
 
     # ----- raw bytes ---------------------------------------------------------------
     def _fd(self, path: str) -> int:

@@ -12,7 +12,6 @@ from provenance.codecs.types import type_info
 from provenance.errors import MalformedCheckpoint
 from provenance.formats.base import Checkpoint, FileSpan, TensorInfo
 from provenance.formats.gguf_header import GGUFArray, GGUFHeader, GGUFKeyValue, parse_header
-from provenance.formats.vocab import GGUFVocabulary
 from provenance.names.arch import ArchRecord, from_gguf_metadata
 from provenance.names.canonical import layer_and_role
 
@@ -131,10 +130,6 @@ class GGUFCheckpoint(Checkpoint):
         """``general.architecture`` when it is a string."""
         name = self.metadata.get("general.architecture")
         return name if isinstance(name, str) else None
-
-    def vocabulary(self) -> GGUFVocabulary | None:
-        vocab = GGUFVocabulary(self.path, self.metadata)
-        return vocab if vocab.present else None
 
     @property
     def architecture(self) -> ArchRecord:

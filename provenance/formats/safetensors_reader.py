@@ -19,7 +19,6 @@ from provenance.errors import LimitExceeded, MalformedCheckpoint, PickleCheckpoi
 from provenance.formats.base import Checkpoint, FileSpan, TensorInfo
 from provenance.formats.dtypes import STORAGE_TYPES, element_bytes
 from provenance.formats.jsonsafe import loads_strict, read_json_file
-from provenance.formats.vocab import TokenizerJsonVocabulary, tokenizer_json_beside
 from provenance.names.arch import ArchRecord, from_hf_config
 from provenance.names.canonical import hf_to_canonical, layer_and_role
 
@@ -231,9 +230,6 @@ class SafetensorsCheckpoint(Checkpoint):
         for key, value in self.metadata.get("__metadata__", {}).items():
             claims[f"safetensors.{key}"] = value
         return claims
-
-    def vocabulary(self) -> TokenizerJsonVocabulary | None:
-        return tokenizer_json_beside(self.path, self.config)
 
 
 def _inside(directory: str, name: Any, index_path: str) -> str:
