@@ -24,6 +24,7 @@ import numpy as np
 from provenance.compare.align import Alignment, align_layer
 from provenance.compare.claims import compare_claims
 from provenance.compare.engine import PairOutcome, stream_pair
+from provenance.compare.gridframe import explain_codes
 from provenance.compare.invariants import HeadLayout, circuits
 from provenance.compare.options import CompareOptions, LayoutMode
 from provenance.compare.pairing import (
@@ -55,7 +56,7 @@ from provenance.compare.symtest import PermutationTest
 from provenance.compare.transform import Transform
 from provenance.compare.verdict import decide
 from provenance.formats import open_checkpoint
-from provenance.formats.base import Checkpoint
+from provenance.formats.base import Checkpoint, TensorInfo
 from provenance.names.arch import ArchRecord
 from provenance.textsafe import safe_text
 from provenance.threads import torch_threads
@@ -97,7 +98,9 @@ def _row(out: PairOutcome) -> TensorComparison:
         entropy_rank=rank.get("entropy_rank"), full_rank=rank.get("full_rank"),
         grid_type=grid.get("type"), grid_lossy_side=grid.get("lossy_side"),
         grid_outside_fraction=grid.get("outside_fraction"), grid_error=grid.get("error") or None,
-        transform=out.transform,
+        grid_checked=grid.get("checked"), grid_outside=grid.get("outside"),
+        grid_frame="reference" if grid.get("outside_fraction") is not None else None,
+        transform=out.transform, shape_of_change=out.shape,
     )
 
 
@@ -131,6 +134,12 @@ def _stream_order(pairs: list[TensorPair]) -> list[TensorPair]:
     return sorted(pairs, key=key)
 
 
+def _sample_rows(info: TensorInfo, opts: CompareOptions) -> np.ndarray:
+    """The rows of a matrix whose delta is kept (effective rank, shape of the change)."""
+    rng = np.random.default_rng([opts.seed, info.n_rows, info.row_length])
+    return np.sort(rng.choice(info.n_rows, size=min(opts.sample_rows, info.n_rows), replace=False))
+
+
 def _run_pairs(cand: Checkpoint, ref: Checkpoint, pairs: list[TensorPair], transforms: dict[str, Transform],
                opts: CompareOptions, sketch: tuple[np.ndarray, np.ndarray] | None,
                progress: Callable[[str, int], None] | None,
@@ -139,12 +148,7 @@ def _run_pairs(cand: Checkpoint, ref: Checkpoint, pairs: list[TensorPair], trans
     order as soon as it is done (in the calling thread), with a bounded number in flight.
     ``light``: statistics and sketches only (no rank sample, no grid check)."""
     def one(pair: TensorPair) -> PairOutcome:
-        info = ref.info(pair.name)
-        sample = None
-        if pair.is_matrix and not light:
-            n = min(opts.sample_rows, info.n_rows)
-            rng = np.random.default_rng([opts.seed, info.n_rows, info.row_length])
-            sample = np.sort(rng.choice(info.n_rows, size=n, replace=False))
+        sample = _sample_rows(ref.info(pair.name), opts) if pair.is_matrix and not light else None
         out = stream_pair(cand, ref, pair, transforms.get(pair.name), sample_rows=sample, sketch=sketch,
                           grid_check=opts.grid_check and not light, chunk_elems=opts.chunk_elems)
         if progress is not None:
@@ -321,6 +325,9 @@ def _compare_open(cpath: str, rpath: str, cand: Checkpoint, ref: Checkpoint, opt
                 outcomes = [redo.get(o.pair.name, o) for o in outcomes]
     t4 = time.perf_counter()
     rows = [_row(o) for o in outcomes]
+    if test is not None and test.p_asymptotic < ALIGN_P and opts.grid_check:
+        rows = explain_codes(cand, ref, rows, alignment.transforms if alignment else {},
+                             lambda info: _sample_rows(info, opts))
     aligned = _alignment(alignment) if alignment else None
     verdict = decide(test, rows, arch_c, arch_r, layout, aligned, reason)
     claims = compare_claims(dict(cand.metadata_claims), dict(ref.metadata_claims), verdict.related)

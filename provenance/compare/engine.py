@@ -15,15 +15,13 @@ import torch
 
 from provenance.codecs.types import plain_type
 from provenance.compare.pairing import TensorPair, apply_layout
-from provenance.compare.result import TransformSummary
+from provenance.compare.result import DifferenceShape, TransformSummary
+from provenance.compare.shape import GRID_TOLERANCE_STEPS, cell_residual, dense_shape, grid_shape, rounding_cells
 from provenance.compare.sketch import SketchBuilder, TensorSketch
 from provenance.compare.stats import PairAccumulator, PairStats, effective_rank
 from provenance.compare.transform import Transform
 from provenance.formats.base import Checkpoint, TensorInfo
 from provenance.formats.rows import RowReader
-
-#: tolerance of the grid check, in steps (the quantizer's own float arithmetic)
-GRID_TOLERANCE_STEPS = 0.05
 
 
 @dataclass
@@ -36,6 +34,8 @@ class PairOutcome:
     sketch_reference: list[tuple[int, np.ndarray]] = field(default_factory=list, repr=False)
     sketch_candidate: list[tuple[int, np.ndarray]] = field(default_factory=list, repr=False)
     grid: dict[str, Any] | None = None
+    shape: DifferenceShape | None = None
+    """The shape of the change on the sampled rows (changed matrices only)."""
     bytes_read: int = 0
     seconds: float = 0.0
 
@@ -66,26 +66,33 @@ class _GridCheck:
         self.noise_energy = 0.0
         self.error: str | None = None
 
-    def add(self, lossy_raw: np.ndarray | None, lossy_values: torch.Tensor, other: torch.Tensor) -> None:
+    def add(self, lossy_raw: np.ndarray | None, lossy_values: torch.Tensor, other: torch.Tensor,
+            sample: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """Count ``other``'s weights outside the lossy side's cells; for the local rows
+        ``sample``, return their cell residual, zeroed mask and cell width
+        (:func:`provenance.compare.shape.cell_residual`)."""
         if self.error:
-            return
+            return None
         info = self.info
         if info.block_size == 1:
             plain = plain_type(info.dtype)
             if plain is None or not plain.narrow_float:
                 self.error = f"no grid for {info.dtype}"
-                return
+                return None
             rounded = other.to(plain.torch_dtype()).to(torch.float32)
             self.outside += int((rounded != lossy_values).sum())
             self.total += other.numel()
-            return
+            if sample is None or not len(sample):
+                return None
+            lo, hi = rounding_cells(lossy_values.index_select(0, sample), plain.torch_dtype())
+            return self._sample(other.index_select(0, sample), lo, hi, GRID_TOLERANCE_STEPS * (hi - lo), None)
         from provenance.codecs.grid import quant_grid
 
         try:
             grid = quant_grid(lossy_raw, int(info.ggml_type))  # type: ignore[arg-type]
         except (NotImplementedError, KeyError, ValueError) as exc:
             self.error = f"no grid for {info.dtype}: {exc}"
-            return
+            return None
         lo, hi = grid.cell_bounds(clip=True)
         step = grid.step().abs()
         tol = GRID_TOLERANCE_STEPS * step
@@ -98,6 +105,17 @@ class _GridCheck:
         self.outside += int(out.sum())
         self.total += other.numel()
         self.noise_energy += float((step.double() ** 2).sum() / 12.0)
+        if sample is None or not len(sample):
+            return None
+        pick = lambda t: t.index_select(0, sample)  # noqa: E731
+        return self._sample(pick(other), pick(lo), pick(hi), pick(tol), pick(other16))
+
+    @staticmethod
+    def _sample(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, tol: torch.Tensor | float,
+                alt: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        moved, zeroed = cell_residual(x, lo, hi, tol, alt)
+        width = torch.where(torch.isfinite(hi - lo), hi - lo, torch.zeros_like(x))
+        return moved, zeroed, width
 
     def result(self) -> dict[str, Any]:
         if self.error:
@@ -115,6 +133,55 @@ def _lossy_side(cand: TensorInfo, ref: TensorInfo) -> str | None:
     if br < bc:
         return "reference"
     return None
+
+
+class _RowSample:
+    """The sampled rows of one pair, kept as their chunks pass: the delta (for its effective
+    rank) and, for matrices, the reference rows and, where the candidate is the quantized
+    side, their cell residuals (for the shape of the change, :mod:`.shape`)."""
+
+    def __init__(self, rows: np.ndarray | None, n_rows: int, row_len: int, matrix: bool, residuals: bool) -> None:
+        sample = np.unique(np.asarray(rows if rows is not None else [], dtype=np.int64))
+        self.index = sample[(sample >= 0) & (sample < n_rows)]
+        self.index_t = torch.from_numpy(self.index)
+        n = len(self.index)
+        self.delta = torch.empty((n, row_len), dtype=torch.float32) if n else None
+        self.ref = torch.empty((n, row_len), dtype=torch.float32) if n and matrix else None
+        self.residual = None
+        if self.ref is not None and residuals:
+            self.residual = (torch.zeros_like(self.ref), torch.zeros(self.ref.shape, dtype=torch.bool), torch.zeros_like(self.ref))
+        self.span = (0, 0)
+
+    def add(self, a: int, b: int, c_rows: torch.Tensor, ref_rows: torch.Tensor) -> torch.Tensor | None:
+        """Keep the sampled rows among reference rows ``[a, b)``; returns their local indices."""
+        if self.delta is None:
+            return None
+        lo, hi = (int(v) for v in np.searchsorted(self.index, [a, b]))
+        self.span = (lo, hi)
+        if hi <= lo:
+            return None
+        rows = self.index_t[lo:hi] - a
+        torch.sub(c_rows.index_select(0, rows), ref_rows.index_select(0, rows), out=self.delta[lo:hi])
+        if self.ref is not None:
+            torch.index_select(ref_rows, 0, rows, out=self.ref[lo:hi])
+        return rows if self.residual is not None else None
+
+    def keep_residual(self, parts: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None) -> None:
+        if parts is not None and self.residual is not None:
+            lo, hi = self.span
+            for buffer, part in zip(self.residual, parts, strict=True):
+                buffer[lo:hi] = part
+
+    def shape(self, grid: _GridCheck | None) -> DifferenceShape | None:
+        """The shape of the change: of the grid residual when the candidate is the quantized
+        side (its rounding noise is no change), else of the plain difference (a coarser
+        reference adds its own rounding to that difference)."""
+        if self.ref is None or self.delta is None:
+            return None
+        if grid is not None and grid.error is None and self.residual is not None:
+            moved, zeroed, width = self.residual
+            return grid_shape(moved.numpy(), zeroed.numpy(), self.ref.numpy(), width.numpy())
+        return dense_shape((self.ref + self.delta).numpy(), self.ref.numpy())
 
 
 def stream_pair(
@@ -147,11 +214,7 @@ def stream_pair(
         sketches = (TensorSketch(pair.role, n_rows, row_len, *sketch), TensorSketch(pair.role, n_rows, row_len, *sketch))
     lossy = _lossy_side(c_info, r_info) if grid_check and transform.is_identity and pair.layout == "same" else None
     grid = _GridCheck(lossy, c_info if lossy == "candidate" else r_info) if lossy else None
-    sample = np.unique(np.asarray(sample_rows if sample_rows is not None else [], dtype=np.int64))
-    sample = sample[(sample >= 0) & (sample < n_rows)]
-    sample_t = torch.from_numpy(sample)
-    # delta rows of the rank sample, computed as their chunks pass
-    delta_sample = torch.empty((len(sample), row_len), dtype=torch.float32) if len(sample) else None
+    sample = _RowSample(sample_rows, n_rows, row_len, pair.is_matrix, lossy == "candidate")
     try:
         for a in range(0, n_rows, step):
             b = min(n_rows, a + step)
@@ -169,15 +232,11 @@ def stream_pair(
             if sketches is not None:
                 sketches[0].add(a, ref_rows)
                 sketches[1].add(a, c_rows)
-            if delta_sample is not None:
-                lo, hi = np.searchsorted(sample, [a, b])
-                if hi > lo:
-                    rows = sample_t[lo:hi] - a
-                    torch.sub(c_rows.index_select(0, rows), ref_rows.index_select(0, rows), out=delta_sample[lo:hi])
+            local = sample.add(a, b, c_rows, ref_rows)
             if grid is not None:
                 if lossy == "candidate":
                     raw = cand_reader.raw(a, b) if c_info.quantized and cand_reader else None
-                    grid.add(raw, c_rows, ref_rows)
+                    sample.keep_residual(grid.add(raw, c_rows, ref_rows, local))
                 else:
                     raw = ref_reader.raw(a, b) if r_info.quantized else None
                     grid.add(raw, ref_rows, c_rows)
@@ -186,11 +245,13 @@ def stream_pair(
         if cand_reader is not None:
             cand_reader.close()
     stats = acc.result(centred_only=not pair.is_matrix)
+    changed = stats.max_abs_delta > 0
     out = PairOutcome(
         pair=pair, stats=stats,
         transform=None if transform.is_identity else transform.summary(),
-        rank=effective_rank(delta_sample) if delta_sample is not None and pair.is_matrix and stats.max_abs_delta > 0 else None,
+        rank=effective_rank(sample.delta) if sample.delta is not None and pair.is_matrix and changed else None,
         grid=grid.result() if grid is not None else None,
+        shape=sample.shape(grid) if changed else None,
         bytes_read=r_info.n_bytes + c_info.n_bytes,
         seconds=time.perf_counter() - t0,
     )

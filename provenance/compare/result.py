@@ -19,9 +19,11 @@ from provenance.names.arch import ArchRecord
 
 SCHEMA = "provenance.compare/1"
 
-VerdictKind = Literal["identical", "requantized", "fine-tune", "lora-merge", "continued-pretraining", "unrelated",
-                      "inconclusive"]
+VerdictKind = Literal["identical", "requantized", "pruned-copy", "perturbed-copy", "fine-tune", "lora-merge",
+                      "continued-pretraining", "unrelated", "inconclusive"]
 KINDS: tuple[str, ...] = get_args(VerdictKind)
+COPY_KINDS: tuple[str, ...] = ("identical", "requantized", "pruned-copy", "perturbed-copy")
+"""Kinds that say the candidate is the reference's weights, stored or obfuscated, not retrained."""
 Strength = Literal["light", "moderate", "heavy", "unknown"]
 
 
@@ -124,9 +126,43 @@ class RequantizationDetails:
     types: tuple[str, ...]
     """Quantization types of the lower-precision sides."""
     worst_outside_fraction: float
+    codes_checked: int | None = None
+    """Weights checked against the stored cells, all tensors together."""
+    codes_outside: int | None = None
+    aligned_tensors: int = 0
+    """Tensors checked in the candidate's frame after undoing recovered permutations/scales."""
+    chain: str | None = None
+    """The intermediate type whose rounding of the reference explains the codes (``Q8_0``...), if one was needed."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"types": list(self.types), "worst_outside_fraction": self.worst_outside_fraction}
+        out: dict[str, Any] = {"types": list(self.types), "worst_outside_fraction": self.worst_outside_fraction}
+        out.update(_drop_none({"codes_checked": self.codes_checked, "codes_outside": self.codes_outside,
+                               "chain": self.chain}))
+        if self.aligned_tensors:
+            out["aligned_tensors"] = self.aligned_tensors
+        return out
+
+
+@dataclass(frozen=True)
+class CopyDetails:
+    """Why a related candidate is a copy with i.i.d. noise or zeroed small weights, not a retrained model."""
+
+    quantized_types: tuple[str, ...]
+    """Storage types of a quantized candidate (empty: unquantized)."""
+    changed_matrices: int
+    iid_matrices: int
+    """Changed matrices whose residual the keyless classifier calls i.i.d."""
+    noise_rel: float | None = None
+    """Median over changed matrices of the noise RMS over each row's standard deviation."""
+    zeroed_fraction: float | None = None
+    """Median over matrices of the share of weights zeroed (a lower bound when quantized)."""
+    zeroed_magnitude_ratio: float | None = None
+    vectors_unchanged: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"quantized_types": list(self.quantized_types), "changed_matrices": self.changed_matrices,
+                "iid_matrices": self.iid_matrices, "noise_rel": self.noise_rel, "zeroed_fraction": self.zeroed_fraction,
+                "zeroed_magnitude_ratio": self.zeroed_magnitude_ratio, "vectors_unchanged": self.vectors_unchanged}
 
 
 @dataclass(frozen=True)
@@ -170,7 +206,12 @@ class LineageVerdict:
     z: float | None = None
     evidence: tuple[str, ...] = ()
     """Plain sentences, in the order the decision used them."""
-    details: RequantizationDetails | ChangeDetails | None = None
+    details: RequantizationDetails | ChangeDetails | CopyDetails | None = None
+
+    @property
+    def is_copy(self) -> bool:
+        """The reference's weights, stored or obfuscated, not retrained (:data:`COPY_KINDS`)."""
+        return self.kind in COPY_KINDS
 
     @property
     def overall_rel_delta(self) -> float | None:
@@ -410,6 +451,35 @@ class AlignmentSummary:
                 "transforms": {name: t.to_dict() for name, t in self.transforms.items()}}
 
 
+@dataclass(frozen=True)
+class DifferenceShape:
+    """The shape of one matrix's change on its sampled rows (:mod:`provenance.compare.shape`):
+    i.i.d. noise, zeroed small weights, or a structured change (docs/lineage.md)."""
+
+    source: Literal["delta", "grid-residual"]
+    """``delta``: candidate - reference; ``grid-residual``: what lies outside a quantized
+    candidate's cells (its own rounding noise cancels there)."""
+    change_class: str
+    """A :data:`provenance.compare.shape.ChangeClass` of the residual left once zeroed weights are set aside."""
+    noise_rel: float | None
+    """RMS of that residual over each row's standard deviation (for a grid residual: estimated
+    from the share of weights outside their cells)."""
+    zeroed_fraction: float
+    """Share of sampled weights the candidate holds as 0 where the reference did not."""
+    zeroed_magnitude_ratio: float | None
+    """Mean |w| of the zeroed weights over the mean |w| of all (small: the smallest were zeroed)."""
+    rest_rel: float | None
+    """``||residual|| / ||R||`` outside the zeroed weights (unquantized pairs)."""
+    rest_outside_fraction: float | None
+    """Share of weights outside their cells once zeroed ones are set aside (quantized pairs)."""
+    rank_ratio: float | None = None
+    corr_sigmas: float | None = None
+    row_cv: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
 # ----- per tensor ----------------------------------------------------------------------------
 
 TABLE_COLUMNS = [
@@ -450,7 +520,15 @@ class TensorComparison:
     grid_lossy_side: str | None = None
     grid_outside_fraction: float | None = None
     grid_error: str | None = None
+    grid_checked: int | None = None
+    grid_outside: int | None = None
+    grid_frame: Literal["reference", "candidate"] | None = None
+    """``candidate``: checked in the candidate's frame, the reference permuted/rescaled into it."""
+    grid_chain: str | None = None
+    """The intermediate type the reference was rounded through to explain the codes."""
     transform: TransformSummary | None = None
+    shape_of_change: DifferenceShape | None = None
+    """How the change looks on sampled rows (changed matrices only)."""
 
     @property
     def is_matrix(self) -> bool:
@@ -460,8 +538,13 @@ class TensorComparison:
         out = {column: getattr(self, column) for column in TABLE_COLUMNS}
         if self.grid_error is not None:
             out["grid_error"] = self.grid_error
+        for extra in ("grid_checked", "grid_outside", "grid_frame", "grid_chain"):
+            if getattr(self, extra) is not None:
+                out[extra] = getattr(self, extra)
         if self.transform is not None:
             out["transform"] = self.transform.to_dict()
+        if self.shape_of_change is not None:
+            out["shape_of_change"] = self.shape_of_change.to_dict()
         return out
 
 

@@ -1,8 +1,11 @@
 """Turn the calibrated test and the per-tensor evidence into one verdict.
 
 Relatedness comes only from the calibrated test (:mod:`.symtest`); the kind of
-relation (identical, requantized, fine-tune, LoRA merge, continued pretraining) comes
-from the aligned per-tensor statistics, each kind with the evidence that decided it.
+relation comes from the aligned per-tensor statistics, each kind with the evidence that
+decided it, by a decision list (docs/lineage.md, "What kind of relation"): identical,
+requantized (the stored codes explained by the reference, possibly through an
+intermediate type or after undoing permutations/scales), magnitude-pruned or perturbed
+copy (:mod:`.copies`), continued pretraining, LoRA merge, fine-tune.
 """
 from __future__ import annotations
 
@@ -11,9 +14,18 @@ from dataclasses import replace
 
 import numpy as np
 
+from provenance.compare.copies import (
+    ROUNDING_REL,
+    describe_copy,
+    inside_grid,
+    perturbed_copy,
+    pruned_copy,
+    unchanged,
+)
 from provenance.compare.result import (
     AlignmentSummary,
     ChangeDetails,
+    CopyDetails,
     LayerChange,
     LayoutDecision,
     LineageVerdict,
@@ -31,10 +43,6 @@ ALPHA_RELATED = 1e-6
 EXACT_RELATED = 0.01
 #: unrelated: the asymptotic p-value at least this (the calibrated false-positive level)
 ALPHA_UNRELATED = 1e-3
-#: a tensor is "inside the grid" (requantized) when at most this fraction left its cells
-GRID_OUTSIDE_MAX = 1e-3
-#: relative delta below which a rescaled copy counts as the same weights (float rounding)
-ROUNDING_REL = 1e-6
 LOW_RANK_MAX = 8
 LOW_RANK_FRACTION = 0.25
 
@@ -42,11 +50,6 @@ LOW_RANK_FRACTION = 0.25
 
 def _fmt_p(p: float) -> str:
     return f"{p:.3g}" if p > 0 else "< 1e-300"
-
-
-def _inside_grid(row: TensorComparison) -> bool:
-    frac = row.grid_outside_fraction
-    return frac is not None and frac <= GRID_OUTSIDE_MAX
 
 
 def _overall_rel_delta(rows: list[TensorComparison]) -> float | None:
@@ -82,7 +85,7 @@ def _change_details(rows: list[TensorComparison], mats: list[TensorComparison], 
 def _low_rank(mats: list[TensorComparison]) -> LowRankEvidence | None:
     """Low-rank deltas in most changed matrices, the others untouched up to storage
     precision (equal, or inside the lossy side's grid): a merged LoRA."""
-    untouched = [r for r in mats if r.max_abs_delta == 0 or _inside_grid(r)]
+    untouched = [r for r in mats if r.max_abs_delta == 0 or inside_grid(r)]
     changed = [r for r in mats if r not in untouched and r.rank_energy is not None and r.full_rank is not None]
     low = [r for r in changed if r.rank_energy <= LOW_RANK_MAX and r.rank_energy <= LOW_RANK_FRACTION * r.full_rank]
     if not (changed and len(low) >= 0.6 * len(changed) and untouched):
@@ -90,6 +93,85 @@ def _low_rank(mats: list[TensorComparison]) -> LowRankEvidence | None:
     return LowRankEvidence(roles=tuple(sorted({r.role for r in low})),
                            ranks_90pct_energy=tuple(sorted({int(r.rank_energy) for r in low})),
                            untouched_matrices=len(untouched))
+
+
+def _requantized(changed: list[TensorComparison]) -> RequantizationDetails | None:
+    """Every changed tensor inside the cells of its lower-precision side (in the candidate's
+    frame where alignment moved it; through the chain's intermediate type where one was needed)."""
+    changed = [r for r in changed if not unchanged(r) or r.grid_outside_fraction is not None]
+    gridded = [r for r in changed if r.grid_outside_fraction is not None]
+    if not changed or len(gridded) != len(changed) or not all(inside_grid(r) for r in gridded):
+        return None
+    types = tuple(sorted({str(r.grid_type) for r in gridded}))
+    worst = max(r.grid_outside_fraction or 0.0 for r in gridded)
+    checked = sum(r.grid_checked or 0 for r in gridded)
+    outside = sum(r.grid_outside or 0 for r in gridded)
+    chains = {r.grid_chain for r in gridded if r.grid_chain}
+    return RequantizationDetails(types, worst, codes_checked=checked or None, codes_outside=outside if checked else None,
+                                 aligned_tensors=sum(r.grid_frame == "candidate" for r in gridded),
+                                 chain=", ".join(sorted(chains)) if chains else None)
+
+
+def _obfuscated_copy(rows: list[TensorComparison], evidence: list[str]) -> tuple[VerdictKind, CopyDetails] | None:
+    """A magnitude-pruned or perturbed copy (:mod:`.copies`), with the evidence that decided it."""
+    if (pruned := pruned_copy(rows)) is not None:
+        evidence.append(f"{pruned.changed_matrices} changed matrices: a median {pruned.zeroed_fraction:.1%} of their "
+                        f"weights zeroed, the small ones (mean |w| {pruned.zeroed_magnitude_ratio:.2f} x the mean); "
+                        "nothing else changed beyond storage or i.i.d. noise")
+        return "pruned-copy", pruned
+    if (perturbed := perturbed_copy(rows)) is not None:
+        noise = f", median {perturbed.noise_rel:.2g} of each row's spread" if perturbed.noise_rel is not None else ""
+        evidence.append(f"all {perturbed.changed_matrices} changed matrices differ by i.i.d. noise (keyless classifier: "
+                        f"full rank, proportional to each row's spread, uncorrelated with the weights){noise}; "
+                        "every norm gain unchanged")
+        return "perturbed-copy", perturbed
+    return None
+
+
+def _grid_frame(details: RequantizationDetails) -> str:
+    parts = []
+    if details.aligned_tensors:
+        parts.append(f"{details.aligned_tensors} tensors checked in the candidate's frame after applying the recovered "
+                     "permutations/scales to the reference")
+    if details.chain:
+        parts.append(f"codes explained by the reference rounded through {details.chain} first")
+    return "; " + "; ".join(parts) if parts else ""
+
+
+def _requantized_words(details: RequantizationDetails, how: str, alignment: AlignmentSummary | None) -> str:
+    exact = ""
+    if details.codes_checked:
+        inside = details.codes_checked - (details.codes_outside or 0)
+        exact = f" (exact: {inside:,} of {details.codes_checked:,} codes)" if not details.codes_outside else \
+            f" ({inside:,} of {details.codes_checked:,} codes inside their cells)"
+    types = ", ".join(details.types)
+    if details.chain:
+        return f"quantized copy ({types}) of a {details.chain} of the reference{how}{exact}"
+    if details.aligned_tensors:
+        return f"quantized copy ({types}) of the reference after {', '.join(alignment_words(alignment, verbs=True))}{exact}"
+    return f"same weights requantized/converted ({types}){how}{exact}"
+
+
+#: what each recovered move is called, as a noun phrase and as a verb (``after permuting ...``)
+_MOVES = {"units": ("permuted units", "permuting units"), "heads": ("permuted heads", "permuting heads"),
+          "unit scales": ("rescaled units", "rescaling units"),
+          "norms": ("norm gains folded/rescaled", "folding/rescaling norm gains")}
+
+
+def alignment_words(alignment: AlignmentSummary | None, verbs: bool = False) -> list[str]:
+    """What the recovered alignment applied, in words: only the moves it actually made."""
+    if alignment is None or alignment.identity:
+        return []
+    layers = alignment.layers
+    made = {
+        "units": any(layer.mlp is not None and layer.mlp.moved for layer in layers),
+        "heads": any(layer.attention is not None and (layer.attention.kv_groups.moved or layer.attention.q_heads_moved)
+                     for layer in layers),
+        "unit scales": any((layer.mlp is not None and layer.mlp.scales is not None)
+                           or (layer.attention is not None and layer.attention.v_scales is not None) for layer in layers),
+        "norms": any(layer.attn_norm_rescale.applied or layer.ffn_norm_rescale.applied for layer in layers),
+    }
+    return [_MOVES[move][verbs] for move, on in made.items() if on]
 
 
 _NAMES = {"fine-tune": "fine-tune", "lora-merge": "fine-tune merged from a low-rank adapter (LoRA)",
@@ -110,7 +192,7 @@ def decide(
                 f"({test.permutations} permutations, floor {test.p_exact_floor:.3g})"]
 
     def verdict(kind: VerdictKind, related: bool | None, description: str, summary: str | None = None,
-                details: RequantizationDetails | ChangeDetails | None = None) -> LineageVerdict:
+                details: RequantizationDetails | ChangeDetails | CopyDetails | None = None) -> LineageVerdict:
         return LineageVerdict(kind, related, description, summary or f"{description}; p = {p}", evidence=tuple(evidence),
                               details=details, **stats)
 
@@ -125,8 +207,7 @@ def decide(
     transforms = []
     if layout.transposed_bytes or any(r.layout != "same" for r in rows):
         transforms.append("transposed layout")
-    if alignment and not alignment.identity:
-        transforms.append("permuted/rescaled units")
+    transforms += alignment_words(alignment)
     how = f" ({', '.join(transforms)})" if transforms else ""
     if transforms:
         evidence.append("layout/alignment recovered: " + ", ".join(transforms))
@@ -140,14 +221,14 @@ def decide(
                         f"{max(r.rel_delta_norm or 0 for r in rows):.2g})")
         return verdict("identical", True, f"same weights{how}, up to float rounding")
     changed = [r for r in rows if r.max_abs_delta > 0]
-    gridded = [r for r in changed if r.grid_outside_fraction is not None]
-    if changed and len(gridded) == len(changed) and all(_inside_grid(r) for r in gridded):
-        types = tuple(sorted({str(r.grid_type) for r in gridded}))
-        worst = max(r.grid_outside_fraction or 0.0 for r in gridded)
+    if (requantized := _requantized(changed)) is not None:
         evidence.append(f"every changed tensor ({len(changed)}) is inside the quantization grid of its lower-precision "
-                        f"side ({', '.join(types)}); worst fraction outside {worst:.2g}")
-        return verdict("requantized", True, f"same weights requantized/converted ({', '.join(types)}){how}",
-                       details=RequantizationDetails(types, worst))
+                        f"side ({', '.join(requantized.types)}); worst fraction outside "
+                        f"{requantized.worst_outside_fraction:.2g}" + _grid_frame(requantized))
+        return verdict("requantized", True, _requantized_words(requantized, how, alignment), details=requantized)
+    if (copy := _obfuscated_copy(rows, evidence)) is not None:
+        kind, copy_details = copy
+        return verdict(kind, True, describe_copy(copy_details, pruned=kind == "pruned-copy") + how, details=copy_details)
     rel = _overall_rel_delta(mats)
     details = _change_details(rows, mats, rel, len(exact), len(changed))
     evidence.append(f"overall relative delta ||C-R||/||R|| over matrices = {rel:.4g} ({_strength(rel)})"

@@ -20,42 +20,25 @@ reference itself cancels there, so a sub-step perturbation is still visible.
 """
 from __future__ import annotations
 
-import math
 import os
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-import torch
 
+from provenance.compare.shape import (  # the keyless classifier, shared with compare's verdict
+    UNCHANGED,
+    ChangeClass,
+    classify_difference,
+    classify_flips,
+)
 from provenance.formats import open_checkpoint
 from provenance.formats.pairing import pair_tensors
 from provenance.watermark.gridsign import flip_signs
 from provenance.watermark.options import AnalyzeOptions
 from provenance.watermark.realign import realign
 from provenance.watermark.select import default_selector
-
-# Decision thresholds (documented in docs/watermark.md).
-FULL_RANK_RATIO = 0.6
-"""Stable rank / its i.i.d. expectation above which a residual counts as full-rank."""
-LOW_RANK_RATIO = 0.3
-MAX_ROW_CV = 0.25
-"""Coefficient of variation of (row RMS of delta / row sigma) for 'proportional to sigma'."""
-MAX_WEIGHT_CORR_SIGMAS = 6.0
-"""|corr(delta, w)| allowed, in units of its null standard error 1/sqrt(N)."""
-UNRELATED_REL = 0.5
-MIN_FLIPS = 20
-MIN_FLIP_FRACTION = 1e-4
-"""Fewer grid flips than this (count and fraction) count as a clean quantization."""
-MIN_FLIPS_PER_ROW = 4.0
-"""Below this a sparse flip matrix is too thin for a spectral verdict."""
-
-
-ChangeClass = Literal["identical", "precision", "exact-quantization", "rescale-permutation", "iid-perturbation",
-                      "structured", "unrelated", "unsupported"]
-UNCHANGED = ("identical", "precision", "exact-quantization")
-"""Classes that are no change at all beyond storage rounding or an exact quantization."""
 
 
 @dataclass(frozen=True)
@@ -122,99 +105,6 @@ class AnalysisResult:
                 "verdict": self.verdict, "residual_verdict": self.residual_verdict, "counts": self.counts,
                 "residual_counts": self.residual_counts, "realignment": self.realignment,
                 "tensors": [t.to_dict() for t in self.tensors]}
-
-
-def spectral_norm(x: np.ndarray, iterations: int = 30, seed: int = 0) -> float:
-    """Largest singular value by power iteration (cheap on large matrices, exact enough here)."""
-    a = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))
-    v = torch.randn(a.shape[1], generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    value = 0.0
-    for _ in range(iterations):
-        u = a @ v
-        norm_u = float(torch.linalg.vector_norm(u))
-        if norm_u == 0:
-            return 0.0
-        v = a.T @ (u / norm_u)
-        value = float(torch.linalg.vector_norm(v))
-        v = v / value
-    return value
-
-
-def rank_ratio(r: np.ndarray) -> float:
-    """Stable rank ``||R||_F^2 / ||R||_2^2`` over its expectation ``nm / (sqrt n + sqrt m)^2``
-    for an i.i.d. matrix of the same shape (~1 i.i.d., -> 0 for low rank)."""
-    n, m = r.shape
-    top = spectral_norm(r)
-    if top == 0:
-        return float("nan")
-    stable = float(np.sum(r * r)) / top**2
-    return stable / (n * m / (math.sqrt(n) + math.sqrt(m)) ** 2)
-
-
-def _corr(a: np.ndarray, b: np.ndarray) -> float:
-    a = a.ravel() - a.mean()
-    b = b.ravel() - b.mean()
-    den = float(np.linalg.norm(a) * np.linalg.norm(b))
-    return float(a @ b) / den if den else 0.0
-
-
-def classify_difference(x: np.ndarray, w: np.ndarray) -> tuple[ChangeClass, dict[str, Any]]:
-    """Class and evidence for a plain (unquantized) candidate ``x`` against reference ``w``."""
-    x64, w64 = x.astype(np.float64), w.astype(np.float64)
-    delta = x64 - w64
-    if not delta.any():
-        return "identical", {}
-    for label, dtype in (("f16", torch.float16), ("bf16", torch.bfloat16)):
-        if np.array_equal(x, torch.from_numpy(w.astype(np.float32)).to(dtype).float().numpy()):
-            return "precision", {"rounded_to": label}
-    sigma = w64.std(axis=1, keepdims=True)
-    sigma = np.where(sigma > 0, sigma, 1.0)
-    r = delta / sigma
-    rel = float(np.linalg.norm(delta) / max(np.linalg.norm(w64), 1e-30))
-    row_rms = np.sqrt(np.mean(r * r, axis=1))
-    live = row_rms[row_rms > 0]
-    row_cv = float(live.std() / live.mean()) if live.size > 1 else 0.0
-    z = r / np.where(row_rms > 0, row_rms, 1.0)[:, None]
-    kurt = float(np.mean(z**4) - 3.0)
-    corr = _corr(delta, w64)
-    corr_sigmas = abs(corr) * math.sqrt(delta.size)
-    ratio = rank_ratio(r)
-    evidence = {"rel_change": rel, "row_cv": row_cv, "excess_kurtosis": kurt, "corr_with_weights": corr,
-                "corr_sigmas": corr_sigmas, "rank_ratio": ratio, "gaussian": abs(kurt) < 0.5}
-    if rel >= UNRELATED_REL and abs(_corr(x64, w64)) < 0.5:
-        return "unrelated", evidence
-    if ratio >= FULL_RANK_RATIO and corr_sigmas <= MAX_WEIGHT_CORR_SIGMAS and row_cv <= MAX_ROW_CV:
-        return "iid-perturbation", evidence
-    return "structured", evidence
-
-
-def classify_flips(signs: np.ndarray, w: np.ndarray) -> tuple[ChangeClass, dict[str, Any]]:
-    """Class and evidence from a quantized candidate's grid-flip matrix."""
-    n_flips = int(np.count_nonzero(signs))
-    frac = n_flips / signs.size
-    evidence: dict[str, Any] = {"flip_fraction": frac, "n_flips": n_flips}
-    if n_flips < max(MIN_FLIPS, MIN_FLIP_FRACTION * signs.size):
-        # llama.cpp's float arithmetic leaves a handful of unexplained codes even on a clean
-        # quantization (9 in 2.2M on the shared Q8_0 file); that many flips is not a change.
-        if n_flips:
-            evidence["note"] = "unexplained flips at the arithmetic-noise level"
-        return "exact-quantization", evidence
-    if frac > 0.25:
-        return "unrelated", evidence
-    corr = _corr(signs, np.sign(w))  # weight decay / shrinkage flips toward zero
-    evidence["corr_with_weight_signs"] = corr
-    evidence["corr_sigmas"] = abs(corr) * math.sqrt(signs.size)
-    rows_hit = np.count_nonzero(signs, axis=1)
-    evidence["row_cv"] = float(rows_hit.std() / rows_hit.mean()) if rows_hit.mean() > 0 else 0.0
-    if n_flips / signs.shape[0] < MIN_FLIPS_PER_ROW:
-        evidence["note"] = "too few flips per row for a rank test"
-        return ("structured" if evidence["corr_sigmas"] > MAX_WEIGHT_CORR_SIGMAS else "iid-perturbation"), evidence
-    # Flips are sparse: compare with the spectrum of a Bernoulli(frac) +-1 matrix, not a dense one.
-    ratio = rank_ratio(signs)
-    evidence["rank_ratio"] = ratio
-    if ratio >= FULL_RANK_RATIO and evidence["corr_sigmas"] <= MAX_WEIGHT_CORR_SIGMAS:
-        return "iid-perturbation", evidence
-    return "structured", evidence
 
 
 def analyze_checkpoint(

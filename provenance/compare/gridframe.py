@@ -1,0 +1,220 @@
+"""Grid consistency in the candidate's frame: undo an obfuscation on the reference, not the candidate.
+
+A quantized candidate's stored codes are cells in *its* frame. When alignment recovered
+permutations and scales (:mod:`.align`), the reference is carried into that frame
+(:meth:`Transform.unapply_numpy`) and each candidate weight's cell is asked whether it holds
+the reference weight (docs/lineage.md, "Grid consistency after alignment"). Recovered scales
+are estimates (norm ratios); a quantized copy pins the true ones down far more tightly, so
+where the transform rescales rows or columns, per-row and per-column factors are fitted to
+the cells themselves: alternately, each row (column) takes the factor closest to its current
+one that puts all its weights inside their cells, when one exists. "Exact" then means a
+witness was found: one scaling of the reference under which every stored code is the
+nearest grid point.
+
+Quantization chains: the same check with the reference first rounded through an
+intermediate llama.cpp type (:func:`intermediate`), e.g. a Q8_0 file requantized to
+Q4_K_M, whose codes the reference itself does not explain.
+
+Whole tensors are read here (bounded by the largest tensor, like transposed layouts): only
+the tensors a related candidate's alignment touched, or those a chain is tried on.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from provenance.codecs.types import plain_type
+from provenance.compare.copies import GRID_OUTSIDE_MAX, inside_grid
+from provenance.compare.result import DifferenceShape, TensorComparison
+from provenance.compare.shape import GRID_TOLERANCE_STEPS, cell_residual, grid_shape, rounding_cells
+from provenance.compare.transform import Transform
+from provenance.formats.base import Checkpoint, TensorInfo
+
+#: rounds of alternating row/column refinement of the recovered scales
+REFINE_ROUNDS = 12
+
+SourceMap = Callable[[np.ndarray], np.ndarray]
+"""The reference rows as a quantizer upstream would have left them (chains)."""
+
+
+@dataclass(frozen=True)
+class FrameCheck:
+    """Grid consistency of one tensor in the candidate's frame."""
+
+    qtype: str
+    checked: int
+    outside: int
+    shape: DifferenceShape | None
+    refined: bool
+    """Row/column factors were fitted to the cells."""
+
+    @property
+    def outside_fraction(self) -> float:
+        return self.outside / self.checked if self.checked else 1.0
+
+
+def candidate_is_coarser(cand: TensorInfo, ref: TensorInfo) -> bool:
+    """The candidate stored this tensor in a quantized or narrow float type no wider than the reference's."""
+    bits_c, bits_r = 8.0 * cand.block_bytes / cand.block_size, 8.0 * ref.block_bytes / ref.block_size
+    narrow = cand.block_size > 1 or (plain_type(cand.dtype) is not None and plain_type(cand.dtype).narrow_float)  # type: ignore[union-attr]
+    return narrow and bits_c <= bits_r
+
+
+def _cells(cand: Checkpoint, info: TensorInfo) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lower and upper cell bounds of every stored weight (candidate frame), and the stored values."""
+    if info.block_size > 1:
+        from provenance.codecs.grid import quant_grid
+
+        grid = quant_grid(cand.raw_rows(info.name), int(info.ggml_type))  # type: ignore[arg-type]
+        lo, hi = grid.cell_bounds(clip=True)
+        return lo.double().numpy(), hi.double().numpy(), grid.values().double().numpy()
+    values = torch.from_numpy(np.ascontiguousarray(cand.read_rows(info.name), dtype=np.float32))
+    plain = plain_type(info.dtype)
+    assert plain is not None
+    lo, hi = rounding_cells(values, plain.torch_dtype())
+    return lo.double().numpy(), hi.double().numpy(), values.double().numpy()
+
+
+def _factor_bounds(y: np.ndarray, low: np.ndarray, high: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row (axis 1) or column (axis 0): the positive factors f with f*y inside [low, high] everywhere."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a, b = low / y, high / y
+    lower = np.where(y > 0, a, np.where(y < 0, b, -np.inf))
+    upper = np.where(y > 0, b, np.where(y < 0, a, np.inf))
+    # a zero reference weight stays zero under any factor: it constrains nothing (or is outside anyway)
+    return np.nan_to_num(lower, nan=-np.inf).max(axis=axis), np.nan_to_num(upper, nan=np.inf).min(axis=axis)
+
+
+def _closest(current: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """The factor closest to ``current`` in the middle half of [lower, upper] (an end point would
+    land on a cell boundary and float rounding could put it outside), where that interval is
+    non-empty and positive."""
+    lower = np.maximum(lower, 0.0)
+    ok = (lower <= upper) & (upper > 0)
+    margin = np.where(np.isfinite(upper - lower), 0.25 * (upper - lower), 0.0)
+    with np.errstate(invalid="ignore"):
+        return np.where(ok, np.clip(current, lower + margin, upper - margin), current)
+
+
+def refine_factors(x: np.ndarray, low: np.ndarray, high: np.ndarray, rows: bool, cols: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column factors (1 where not free) putting ``r_i c_j x_ij`` inside ``[low, high]``
+    wherever possible (alternating projections; module docstring)."""
+    r, c = np.ones(x.shape[0]), np.ones(x.shape[1])
+    for _ in range(REFINE_ROUNDS):
+        if rows:
+            r = _closest(r, *_factor_bounds(x * c[None, :], low, high, axis=1))
+        if cols:
+            c = _closest(c, *_factor_bounds(x * r[:, None], low, high, axis=0))
+        v = x * r[:, None] * c[None, :]
+        if bool(((v >= low) & (v <= high)).all()):
+            break
+    return r, c
+
+
+def check_in_candidate_frame(cand: Checkpoint, ref: Checkpoint, name: str, transform: Transform | None,
+                             source: SourceMap | None = None, sample_rows: np.ndarray | None = None) -> FrameCheck:
+    """Grid consistency of tensor ``name``: the reference (through ``source``, then carried into
+    the candidate's frame by ``transform``) against the candidate's stored cells."""
+    c_info = cand.info(name)
+    lo, hi, _ = _cells(cand, c_info)
+    x = ref.read_rows(name).astype(np.float64)
+    if source is not None:
+        x = source(x.astype(np.float32)).astype(np.float64)
+    transform = transform or Transform()
+    if not transform.is_identity:
+        x = transform.unapply_numpy(x)
+    x = x.reshape(lo.shape)
+    width = np.where(np.isfinite(hi - lo), hi - lo, 0.0)
+    tol = GRID_TOLERANCE_STEPS * width
+    low, high = lo - tol, hi + tol
+    free_rows, free_cols = transform.row_scale is not None, transform.col_scale is not None
+    refined = free_rows or free_cols
+    if refined:
+        r, c = refine_factors(x, low, high, free_rows, free_cols)
+        x = x * r[:, None] * c[None, :]
+    x16 = x.astype(np.float16).astype(np.float64)  # llama.cpp quantizes f16-rounded values too
+    inside = ((x >= low) & (x <= high)) | ((x16 >= low) & (x16 <= high))
+    shape = None
+    if sample_rows is not None and len(sample_rows):
+        rows = np.unique(sample_rows[(sample_rows >= 0) & (sample_rows < x.shape[0])])
+        t = lambda a: torch.from_numpy(np.ascontiguousarray(a[rows]))  # noqa: E731
+        moved, zeroed = cell_residual(t(x), t(lo), t(hi), t(tol), t(x16))
+        shape = grid_shape(moved.numpy(), zeroed.numpy(), x[rows].astype(np.float32), width[rows])
+    return FrameCheck(c_info.dtype, int(inside.size), int((~inside).sum()), shape, refined)
+
+
+def intermediate(ref: Checkpoint, ftype: str) -> dict[str, SourceMap]:
+    """Per tensor, the reference rows as a llama.cpp ``ftype`` file stores them, read back
+    (llama.cpp's type choice and fallbacks: :func:`provenance.compare.variants.llama_cpp_types`;
+    the project's exact quantizers)."""
+    from provenance.codecs.dequant import dequantize_rows
+    from provenance.codecs.quantize_ref import quantize_rows
+    from provenance.compare.variants import llama_cpp_types
+
+    def through(qtype: str) -> SourceMap:
+        def apply(rows: np.ndarray) -> np.ndarray:
+            plain = plain_type(qtype)
+            if plain is not None:
+                if not plain.narrow_float:
+                    return rows
+                return torch.from_numpy(np.ascontiguousarray(rows)).to(plain.torch_dtype()).float().numpy()
+            from provenance.codecs.types import type_info
+
+            code = int(type_info(qtype).ggml_type)
+            return dequantize_rows(quantize_rows(rows, qtype), code).reshape(rows.shape)
+        return apply
+
+    return {name: through(qtype) for name, qtype in llama_cpp_types(ref, ftype).items()}
+
+
+#: intermediate llama.cpp file types tried, most common first, when a related quantized
+#: candidate's codes are not explained by the reference itself
+CHAIN_TYPES = ("Q8_0", "BF16", "Q6_K", "Q5_K_M", "Q5_0", "Q4_K_M")
+#: chains are tried only while the worst tensor has at most this share of weights outside
+#: (an intermediate rounding moves weights by a fraction of the final step; a fine-tune moves more)
+CHAIN_MAX_OUTSIDE = 0.2
+
+
+def _with_check(row: TensorComparison, check: FrameCheck, frame: str, chain: str | None = None) -> TensorComparison:
+    return replace(row, grid_type=check.qtype, grid_lossy_side="candidate", grid_outside_fraction=check.outside_fraction,
+                   grid_checked=check.checked, grid_outside=check.outside, grid_frame=frame, grid_chain=chain,
+                   grid_error=None, shape_of_change=check.shape if row.max_abs_delta > 0 else None)
+
+
+def explain_codes(cand: Checkpoint, ref: Checkpoint, rows: list[TensorComparison], transforms: Mapping[str, Transform],
+                  sample: Callable[[TensorInfo], np.ndarray]) -> list[TensorComparison]:
+    """The grid evidence of a related pair, completed: tensors the alignment moved are checked
+    in the candidate's frame; if quantized tensors stay outside their cells, each intermediate
+    type of ``CHAIN_TYPES`` is tried in turn and the first that explains all of them is kept."""
+    out = []
+    for row in rows:
+        transform = transforms.get(row.name)
+        c_info, r_info = cand.info(row.name), ref.info(row.name)
+        if transform is not None and not transform.is_identity and row.layout == "same" \
+                and candidate_is_coarser(c_info, r_info):
+            row = _with_check(row, check_in_candidate_frame(cand, ref, row.name, transform, sample_rows=sample(r_info)),
+                              "candidate")
+        out.append(row)
+    changed = [r for r in out if r.max_abs_delta > 0]
+    outside = [r for r in changed if not inside_grid(r)]
+    if not outside or any(r.grid_lossy_side != "candidate" or r.grid_outside_fraction is None for r in outside):
+        return out
+    if max(r.grid_outside_fraction or 0.0 for r in outside) > CHAIN_MAX_OUTSIDE:
+        return out
+    outside.sort(key=lambda r: -(r.grid_outside_fraction or 0.0))  # the hardest first: a failing chain stops early
+    for ftype in CHAIN_TYPES:
+        maps = intermediate(ref, ftype)
+        checked: dict[str, TensorComparison] = {}
+        for row in outside:
+            transform = transforms.get(row.name) if row.grid_frame == "candidate" else None
+            check = check_in_candidate_frame(cand, ref, row.name, transform, maps.get(row.name),
+                                             sample(ref.info(row.name)))
+            if check.outside_fraction > GRID_OUTSIDE_MAX:
+                break
+            checked[row.name] = _with_check(row, check, row.grid_frame or "reference", ftype)
+        else:
+            return [checked.get(r.name, r) for r in out]
+    return out

@@ -1,0 +1,261 @@
+"""The shape of a difference: i.i.d. noise, zeroed small weights, or a structured change.
+
+Two uses, one classifier:
+
+* keyless analysis (``watermark analyze``, :mod:`provenance.watermark.analyze`): the class
+  of ``candidate - reference`` for a whole tensor (:func:`classify_difference`) or of a
+  quantized candidate's grid-flip matrix (:func:`classify_flips`);
+* ``compare``'s verdict (:mod:`.verdict`, docs/lineage.md "The shape of the difference"):
+  the same classes on each changed matrix's sampled rows (:func:`sample_shape`), plus the
+  zeroed weights a magnitude pruning leaves. For a quantized candidate the residual is
+  what remains outside the stored grid cells (the smallest move of each reference weight
+  into its cell), so the quantizer's own rounding noise, i.i.d. by construction, cancels.
+
+Thresholds are documented in docs/watermark.md (classes) and docs/lineage.md (pruning).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from provenance.compare.result import DifferenceShape
+
+#: tolerance of the grid check, in steps (the quantizer's own float arithmetic)
+GRID_TOLERANCE_STEPS = 0.05
+
+# Decision thresholds (documented in docs/watermark.md).
+FULL_RANK_RATIO = 0.6
+"""Stable rank / its i.i.d. expectation above which a residual counts as full-rank."""
+LOW_RANK_RATIO = 0.3
+MAX_ROW_CV = 0.25
+"""Coefficient of variation of (row RMS of delta / row sigma) for 'proportional to sigma'."""
+MAX_WEIGHT_CORR_SIGMAS = 6.0
+"""|corr(delta, w)| allowed, in units of its null standard error 1/sqrt(N)."""
+UNRELATED_REL = 0.5
+MIN_FLIPS = 20
+MIN_FLIP_FRACTION = 1e-4
+"""Fewer grid flips than this (count and fraction) count as a clean quantization."""
+MIN_FLIPS_PER_ROW = 4.0
+"""Below this a sparse flip matrix is too thin for a spectral verdict."""
+
+
+ChangeClass = Literal["identical", "precision", "exact-quantization", "rescale-permutation", "iid-perturbation",
+                      "structured", "unrelated", "unsupported"]
+UNCHANGED = ("identical", "precision", "exact-quantization")
+"""Classes that are no change at all beyond storage rounding or an exact quantization."""
+
+
+
+def spectral_norm(x: np.ndarray, iterations: int = 30, seed: int = 0) -> float:
+    """Largest singular value by power iteration (cheap on large matrices, exact enough here)."""
+    a = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))
+    v = torch.randn(a.shape[1], generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    value = 0.0
+    for _ in range(iterations):
+        u = a @ v
+        norm_u = float(torch.linalg.vector_norm(u))
+        if norm_u == 0:
+            return 0.0
+        v = a.T @ (u / norm_u)
+        value = float(torch.linalg.vector_norm(v))
+        v = v / value
+    return value
+
+
+def rank_ratio(r: np.ndarray) -> float:
+    """Stable rank ``||R||_F^2 / ||R||_2^2`` over its expectation ``nm / (sqrt n + sqrt m)^2``
+    for an i.i.d. matrix of the same shape (~1 i.i.d., -> 0 for low rank)."""
+    n, m = r.shape
+    top = spectral_norm(r)
+    if top == 0:
+        return float("nan")
+    stable = float(np.sum(r * r)) / top**2
+    return stable / (n * m / (math.sqrt(n) + math.sqrt(m)) ** 2)
+
+
+def _corr(a: np.ndarray, b: np.ndarray) -> float:
+    a = a.ravel() - a.mean()
+    b = b.ravel() - b.mean()
+    den = float(np.linalg.norm(a) * np.linalg.norm(b))
+    return float(a @ b) / den if den else 0.0
+
+
+def classify_difference(x: np.ndarray, w: np.ndarray) -> tuple[ChangeClass, dict[str, Any]]:
+    """Class and evidence for a plain (unquantized) candidate ``x`` against reference ``w``."""
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    delta = x64 - w64
+    if not delta.any():
+        return "identical", {}
+    for label, dtype in (("f16", torch.float16), ("bf16", torch.bfloat16)):
+        if np.array_equal(x, torch.from_numpy(w.astype(np.float32)).to(dtype).float().numpy()):
+            return "precision", {"rounded_to": label}
+    sigma = w64.std(axis=1, keepdims=True)
+    sigma = np.where(sigma > 0, sigma, 1.0)
+    r = delta / sigma
+    rel = float(np.linalg.norm(delta) / max(np.linalg.norm(w64), 1e-30))
+    row_rms = np.sqrt(np.mean(r * r, axis=1))
+    live = row_rms[row_rms > 0]
+    row_cv = float(live.std() / live.mean()) if live.size > 1 else 0.0
+    z = r / np.where(row_rms > 0, row_rms, 1.0)[:, None]
+    kurt = float(np.mean(z**4) - 3.0)
+    corr = _corr(delta, w64)
+    corr_sigmas = abs(corr) * math.sqrt(delta.size)
+    ratio = rank_ratio(r)
+    evidence = {"rel_change": rel, "row_cv": row_cv, "excess_kurtosis": kurt, "corr_with_weights": corr,
+                "corr_sigmas": corr_sigmas, "rank_ratio": ratio, "gaussian": abs(kurt) < 0.5}
+    if rel >= UNRELATED_REL and abs(_corr(x64, w64)) < 0.5:
+        return "unrelated", evidence
+    if ratio >= FULL_RANK_RATIO and corr_sigmas <= MAX_WEIGHT_CORR_SIGMAS and row_cv <= MAX_ROW_CV:
+        return "iid-perturbation", evidence
+    return "structured", evidence
+
+
+def classify_flips(signs: np.ndarray, w: np.ndarray) -> tuple[ChangeClass, dict[str, Any]]:
+    """Class and evidence from a quantized candidate's grid-flip matrix."""
+    n_flips = int(np.count_nonzero(signs))
+    frac = n_flips / signs.size
+    evidence: dict[str, Any] = {"flip_fraction": frac, "n_flips": n_flips}
+    if n_flips < max(MIN_FLIPS, MIN_FLIP_FRACTION * signs.size):
+        # llama.cpp's float arithmetic leaves a handful of unexplained codes even on a clean
+        # quantization (9 in 2.2M on the shared Q8_0 file); that many flips is not a change.
+        if n_flips:
+            evidence["note"] = "unexplained flips at the arithmetic-noise level"
+        return "exact-quantization", evidence
+    if frac > 0.25:
+        return "unrelated", evidence
+    corr = _corr(signs, np.sign(w))  # weight decay / shrinkage flips toward zero
+    evidence["corr_with_weight_signs"] = corr
+    evidence["corr_sigmas"] = abs(corr) * math.sqrt(signs.size)
+    rows_hit = np.count_nonzero(signs, axis=1)
+    evidence["row_cv"] = float(rows_hit.std() / rows_hit.mean()) if rows_hit.mean() > 0 else 0.0
+    if n_flips / signs.shape[0] < MIN_FLIPS_PER_ROW:
+        evidence["note"] = "too few flips per row for a rank test"
+        return ("structured" if evidence["corr_sigmas"] > MAX_WEIGHT_CORR_SIGMAS else "iid-perturbation"), evidence
+    # Flips are sparse: compare with the spectrum of a Bernoulli(frac) +-1 matrix, not a dense one.
+    ratio = rank_ratio(signs)
+    evidence["rank_ratio"] = ratio
+    if ratio >= FULL_RANK_RATIO and evidence["corr_sigmas"] <= MAX_WEIGHT_CORR_SIGMAS:
+        return "iid-perturbation", evidence
+    return "structured", evidence
+
+
+
+#: flips beyond this share of weights make a sign matrix too dense for :func:`classify_flips`
+#: (it would call them unrelated): the residual itself is classified then
+DENSE_FLIPS = 0.25
+
+
+def _zeroed_stats(zeroed: np.ndarray, ref: np.ndarray) -> tuple[float, float | None]:
+    """Fraction of weights zeroed, and the mean |w| of the zeroed ones over the mean |w| of all
+    (small for a magnitude pruning, ~1 for weights zeroed at random)."""
+    frac = float(zeroed.mean()) if zeroed.size else 0.0
+    if not zeroed.any():
+        return frac, None
+    mean_all = float(np.abs(ref).mean())
+    return frac, float(np.abs(ref[zeroed]).mean()) / mean_all if mean_all > 0 else None
+
+
+def dense_shape(cand: np.ndarray, ref: np.ndarray) -> DifferenceShape:
+    """The shape of ``cand - ref`` on sampled rows of an unquantized pair (after alignment)."""
+    c64, r64 = cand.astype(np.float64), ref.astype(np.float64)
+    zeroed = (c64 == 0) & (r64 != 0)
+    frac, ratio = _zeroed_stats(zeroed, r64)
+    rest = np.where(zeroed, r64, c64)  # the difference outside the zeroed weights
+    norm = float(np.linalg.norm(r64))
+    rest_rel = float(np.linalg.norm(rest - r64)) / norm if norm > 0 else 0.0
+    change, evidence = classify_difference(rest.astype(np.float32), ref)
+    sigma = r64.std(axis=1)
+    rms = np.sqrt(np.mean((rest - r64) ** 2, axis=1))
+    live = sigma > 0
+    noise = float(np.sqrt(np.mean((rms[live] / sigma[live]) ** 2))) if live.any() else None
+    return DifferenceShape(source="delta", change_class=change, noise_rel=noise, zeroed_fraction=frac,
+                           zeroed_magnitude_ratio=ratio, rest_rel=rest_rel, rest_outside_fraction=None,
+                           rank_ratio=_finite(evidence.get("rank_ratio")), corr_sigmas=_finite(evidence.get("corr_sigmas")),
+                           row_cv=_finite(evidence.get("row_cv")))
+
+
+def grid_shape(residual: np.ndarray, zeroed: np.ndarray, ref: np.ndarray, step: np.ndarray) -> DifferenceShape:
+    """The shape of a quantized candidate's grid residual on sampled rows: ``residual`` is the
+    smallest move of each reference weight into its stored cell (0 inside; zeroed weights
+    excluded), ``step`` each weight's cell width."""
+    r64 = ref.astype(np.float64)
+    frac, ratio = _zeroed_stats(zeroed, r64)
+    outside = residual != 0
+    rest_outside = float(outside.mean()) if outside.size else 0.0
+    if rest_outside > DENSE_FLIPS:  # the change reaches past whole cells: classify the moves themselves
+        change, evidence = classify_difference((r64 + residual).astype(np.float32), ref)
+    else:
+        change, evidence = classify_flips(np.sign(residual), ref)
+    sigma = r64.std(axis=1, keepdims=True)
+    noise = flip_amplitude(rest_outside, np.divide(step, sigma, out=np.zeros_like(step, dtype=np.float64), where=sigma > 0))
+    return DifferenceShape(source="grid-residual", change_class=change, noise_rel=noise, zeroed_fraction=frac,
+                           zeroed_magnitude_ratio=ratio, rest_rel=None, rest_outside_fraction=rest_outside,
+                           rank_ratio=_finite(evidence.get("rank_ratio")), corr_sigmas=_finite(evidence.get("corr_sigmas")),
+                           row_cv=_finite(evidence.get("row_cv")))
+
+
+def _outside_rate(a: float, width: np.ndarray, tol_steps: float) -> float:
+    """Expected share of weights pushed beyond ``tol_steps`` of their cell by Gaussian noise of
+    standard deviation ``a`` (weights spread uniformly over cells of ``width``, all in units
+    of the row's standard deviation): ``2 a / s * (phi(c) - c Q(c))`` with ``c = tol s / a``."""
+    from scipy.stats import norm
+
+    s = width[width > 0]
+    if not s.size or a <= 0:
+        return 0.0
+    c = tol_steps * s / a
+    return float(np.mean(np.minimum(1.0, 2 * a / s * (norm.pdf(c) - c * norm.sf(c)))))
+
+
+def flip_amplitude(outside: float, width: np.ndarray, tol_steps: float = GRID_TOLERANCE_STEPS) -> float | None:
+    """The noise amplitude (relative to each row's standard deviation) whose expected share of
+    weights outside their cells is ``outside``, by bisection on :func:`_outside_rate`; None
+    when no cell has a width (nothing to invert). An estimate: quantizers that pull weights
+    towards cell centres (K-quant scale searches) bias it low."""
+    s = width[np.isfinite(width) & (width > 0)]
+    if not s.size:
+        return None
+    if outside <= 0:
+        return 0.0
+    sample = s if s.size <= 1 << 16 else np.random.default_rng(0).choice(s, 1 << 16, replace=False)
+    lo, hi = 1e-7, 10.0
+    for _ in range(60):
+        mid = math.sqrt(lo * hi)
+        if _outside_rate(mid, sample, tol_steps) < outside:
+            lo = mid
+        else:
+            hi = mid
+    return math.sqrt(lo * hi)
+
+
+def rounding_cells(values: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cells of values stored in a narrow float ``dtype``: halfway to each neighbour."""
+    narrow = values.to(dtype)
+    up = torch.nextafter(narrow, torch.full_like(narrow, float("inf"))).to(torch.float32)
+    down = torch.nextafter(narrow, torch.full_like(narrow, float("-inf"))).to(torch.float32)
+    return (values + down) / 2, (values + up) / 2
+
+
+def cell_residual(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, tol: torch.Tensor | float,
+                  alt: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per weight of ``x``: the smallest move into ``[lo - tol, hi + tol]`` (0 inside, or
+    when ``alt``, another reading of the source such as its f16 rounding, is inside), and
+    whether it was zeroed instead (outside, and 0 lies in the cell)."""
+    low, high = lo - tol, hi + tol
+    inside = (x >= low) & (x <= high)
+    if alt is not None:
+        inside |= (alt >= low) & (alt <= high)
+    moved = torch.where(inside, torch.zeros_like(x), torch.clamp(x, low, high) - x)
+    zeroed = ~inside & (low <= 0) & (high >= 0) & (x != 0)
+    return torch.where(zeroed, torch.zeros_like(moved), moved), zeroed
+
+
+def _finite(value: Any) -> float | None:
+    return float(value) if value is not None and math.isfinite(float(value)) else None
+
+
+__all__ = ["UNCHANGED", "ChangeClass", "cell_residual", "classify_difference", "classify_flips",
+           "dense_shape", "grid_shape", "rank_ratio", "spectral_norm"]
