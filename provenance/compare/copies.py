@@ -11,8 +11,9 @@ shape of the difference"); each word below is one rule over the typed per-tensor
   ``PRUNED_MAGNITUDE_RATIO`` x the mean), and nothing else changed: the rest equal (within
   ``ROUNDING_REL``), inside the quantized side's cells, or i.i.d. noise as below;
 * **perturbed copy**: every changed matrix's difference (for a quantized candidate, what
-  lies outside its cells) i.i.d. by the keyless classifier, and every 1-D tensor (norm
-  gains) unchanged up to storage.
+  lies outside its cells) i.i.d. by the keyless classifier (or, in a few, too small on the
+  sampled rows to classify: no change seen there), at least one i.i.d., and every 1-D tensor
+  (norm gains) unchanged up to storage.
 
 Why the second clause of "perturbed copy": training moves every parameter it updates, norm
 gains included, and fine-tunes' deltas that look i.i.d. in some matrices (a heavy fine-tune
@@ -117,7 +118,8 @@ def perturbed_copy(rows: Sequence[TensorComparison]) -> CopyDetails | None:
     if not changed or any(r.shape_of_change is None for r in changed):
         return None
     details = _details(rows, changed)
-    if details.iid_matrices == len(changed) and details.vectors_unchanged:
+    quiet = sum(r.shape_of_change.change_class in NO_CHANGE for r in changed if r.shape_of_change is not None)
+    if details.iid_matrices and details.iid_matrices + quiet == len(changed) and details.vectors_unchanged:
         return details
     return None
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from provenance.codecs.types import plain_type
-from provenance.compare.copies import GRID_OUTSIDE_MAX, inside_grid
+from provenance.compare.copies import GRID_OUTSIDE_MAX, unchanged
 from provenance.compare.result import DifferenceShape, TensorComparison
 from provenance.compare.shape import GRID_TOLERANCE_STEPS, cell_residual, grid_shape, rounding_cells
 from provenance.compare.transform import Transform
@@ -146,6 +146,17 @@ def check_in_candidate_frame(cand: Checkpoint, ref: Checkpoint, name: str, trans
     return FrameCheck(c_info.dtype, int(inside.size), int((~inside).sum()), shape, refined)
 
 
+def check_plain(cand: Checkpoint, ref: Checkpoint, name: str, source: SourceMap) -> FrameCheck:
+    """An unquantized candidate tensor against the reference rounded through an intermediate
+    type (``source``), as stored (equal) or rounded once more to f16/bf16: a dequantized
+    requantization, whose values are the intermediate's levels."""
+    c = np.ascontiguousarray(cand.read_rows(name), dtype=np.float32)
+    x = torch.from_numpy(np.ascontiguousarray(source(ref.read_rows(name).astype(np.float32)), dtype=np.float32))
+    c_t = torch.from_numpy(c).reshape(x.shape)
+    same = (x == c_t) | (x.to(torch.float16).float() == c_t) | (x.to(torch.bfloat16).float() == c_t)
+    return FrameCheck(cand.info(name).dtype, int(same.numel()), int((~same).sum()), None, False)
+
+
 def intermediate(ref: Checkpoint, ftype: str) -> dict[str, SourceMap]:
     """Per tensor, the reference rows as a llama.cpp ``ftype`` file stores them, read back
     (llama.cpp's type choice and fallbacks: :func:`provenance.compare.variants.llama_cpp_types`;
@@ -174,8 +185,10 @@ def intermediate(ref: Checkpoint, ftype: str) -> dict[str, SourceMap]:
 #: candidate's codes are not explained by the reference itself
 CHAIN_TYPES = ("Q8_0", "BF16", "Q6_K", "Q5_K_M", "Q5_0", "Q4_K_M")
 #: chains are tried only while the worst tensor has at most this share of weights outside
-#: (an intermediate rounding moves weights by a fraction of the final step; a fine-tune moves more)
+#: (an intermediate rounding moves weights by a fraction of the final step; a fine-tune moves
+#: more), or an unquantized one at most this relative change (a Q8_0 rounding: ~0.005)
 CHAIN_MAX_OUTSIDE = 0.2
+CHAIN_MAX_REL = 0.05
 
 
 def _with_check(row: TensorComparison, check: FrameCheck, frame: str, chain: str | None = None) -> TensorComparison:
@@ -198,23 +211,40 @@ def explain_codes(cand: Checkpoint, ref: Checkpoint, rows: list[TensorComparison
             row = _with_check(row, check_in_candidate_frame(cand, ref, row.name, transform, sample_rows=sample(r_info)),
                               "candidate")
         out.append(row)
-    changed = [r for r in out if r.max_abs_delta > 0]
-    outside = [r for r in changed if not inside_grid(r)]
-    if not outside or any(r.grid_lossy_side != "candidate" or r.grid_outside_fraction is None for r in outside):
-        return out
-    if max(r.grid_outside_fraction or 0.0 for r in outside) > CHAIN_MAX_OUTSIDE:
-        return out
-    outside.sort(key=lambda r: -(r.grid_outside_fraction or 0.0))  # the hardest first: a failing chain stops early
+    outside = [r for r in out if not unchanged(r)]
+    if outside and all(_chain_candidate(r, transforms) for r in outside):
+        return _chain(cand, ref, out, outside, transforms, sample)
+    return out
+
+
+def _chain_candidate(row: TensorComparison, transforms: Mapping[str, Transform]) -> bool:
+    """A tensor a requantization chain could explain: quantized and moderately outside its
+    cells, or unquantized, unmoved and moderately changed."""
+    if row.grid_lossy_side == "candidate" and row.grid_outside_fraction is not None:
+        return row.grid_outside_fraction <= CHAIN_MAX_OUTSIDE
+    moved = row.name in transforms and not transforms[row.name].is_identity
+    return not moved and row.layout == "same" and (row.rel_delta_norm or 0.0) <= CHAIN_MAX_REL
+
+
+def _chain(cand: Checkpoint, ref: Checkpoint, rows: list[TensorComparison], outside: list[TensorComparison],
+           transforms: Mapping[str, Transform], sample: Callable[[TensorInfo], np.ndarray]) -> list[TensorComparison]:
+    """The first intermediate type of ``CHAIN_TYPES`` that explains every tensor of ``outside``."""
+    outside = sorted(outside, key=lambda r: -(r.grid_outside_fraction or 0.0))  # the hardest first: a failing chain stops early
     for ftype in CHAIN_TYPES:
         maps = intermediate(ref, ftype)
         checked: dict[str, TensorComparison] = {}
         for row in outside:
-            transform = transforms.get(row.name) if row.grid_frame == "candidate" else None
-            check = check_in_candidate_frame(cand, ref, row.name, transform, maps.get(row.name),
-                                             sample(ref.info(row.name)))
+            source = maps.get(row.name)
+            if source is None:
+                break
+            if row.grid_lossy_side == "candidate":
+                transform = transforms.get(row.name) if row.grid_frame == "candidate" else None
+                check = check_in_candidate_frame(cand, ref, row.name, transform, source, sample(ref.info(row.name)))
+            else:
+                check = check_plain(cand, ref, row.name, source)
             if check.outside_fraction > GRID_OUTSIDE_MAX:
                 break
             checked[row.name] = _with_check(row, check, row.grid_frame or "reference", ftype)
         else:
-            return [checked.get(r.name, r) for r in out]
-    return out
+            return [checked.get(r.name, r) for r in rows]
+    return rows

@@ -207,6 +207,8 @@ class LineageVerdict:
     evidence: tuple[str, ...] = ()
     """Plain sentences, in the order the decision used them."""
     details: RequantizationDetails | ChangeDetails | CopyDetails | None = None
+    transformations: tuple[str, ...] = ()
+    """What the alignment and layout detection undid (``permuted units``, ``transposed layout``...): only moves made."""
 
     @property
     def is_copy(self) -> bool:
@@ -220,7 +222,8 @@ class LineageVerdict:
     def to_dict(self) -> dict[str, Any]:
         return {"p_exact": self.p_exact, "p_asymptotic": self.p_asymptotic, "z": self.z,
                 "evidence": list(self.evidence), "details": self.details.to_dict() if self.details else {},
-                "kind": self.kind, "related": self.related, "summary": self.summary}
+                "kind": self.kind, "related": self.related, "summary": self.summary,
+                "transformations": list(self.transformations)}
 
 
 # ----- what the files claim ------------------------------------------------------------------

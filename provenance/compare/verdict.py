@@ -14,6 +14,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from provenance.codecs.types import plain_type
 from provenance.compare.copies import (
     ROUNDING_REL,
     describe_copy,
@@ -142,11 +143,13 @@ def _requantized_words(details: RequantizationDetails, how: str, alignment: Alig
     exact = ""
     if details.codes_checked:
         inside = details.codes_checked - (details.codes_outside or 0)
-        exact = f" (exact: {inside:,} of {details.codes_checked:,} codes)" if not details.codes_outside else \
+        unit = "values" if all(plain_type(t) is not None for t in details.types) else "codes"
+        exact = f" (exact: {inside:,} of {details.codes_checked:,} {unit})" if not details.codes_outside else \
             f" ({inside:,} of {details.codes_checked:,} codes inside their cells)"
     types = ", ".join(details.types)
     if details.chain:
-        return f"quantized copy ({types}) of a {details.chain} of the reference{how}{exact}"
+        stored = "dequantized copy" if all(plain_type(t) is not None for t in details.types) else "quantized copy"
+        return f"{stored} ({types}) of a {details.chain} of the reference{how}{exact}"
     if details.aligned_tensors:
         return f"quantized copy ({types}) of the reference after {', '.join(alignment_words(alignment, verbs=True))}{exact}"
     return f"same weights requantized/converted ({types}){how}{exact}"
@@ -188,13 +191,14 @@ def decide(
         return LineageVerdict("inconclusive", None, text, text)
     p = _fmt_p(test.p_asymptotic)
     stats = {"p_exact": test.p_exact, "p_asymptotic": test.p_asymptotic, "z": test.z}
+    transforms: list[str] = []
     evidence = [f"residual-permutation test: z = {test.z:.1f}, asymptotic p = {p}, exact p = {test.p_exact:.3g} "
                 f"({test.permutations} permutations, floor {test.p_exact_floor:.3g})"]
 
     def verdict(kind: VerdictKind, related: bool | None, description: str, summary: str | None = None,
                 details: RequantizationDetails | ChangeDetails | CopyDetails | None = None) -> LineageVerdict:
         return LineageVerdict(kind, related, description, summary or f"{description}; p = {p}", evidence=tuple(evidence),
-                              details=details, **stats)
+                              details=details, transformations=tuple(transforms), **stats)
 
     if test.p_asymptotic >= ALPHA_UNRELATED:
         text = "no evidence the candidate derives from the reference"
@@ -204,7 +208,6 @@ def decide(
         return verdict("inconclusive", None, "weak similarity: neither independent nor clearly derived",
                        f"weak similarity: asymptotic p = {p}, exact p = {test.p_exact:.3g}; "
                        "neither independent nor clearly derived")
-    transforms = []
     if layout.transposed_bytes or any(r.layout != "same" for r in rows):
         transforms.append("transposed layout")
     transforms += alignment_words(alignment)

@@ -39,12 +39,14 @@ class Investigation:
     """The owner's model the trace was scored against (None: blind)."""
 
     def related_closest_first(self) -> list[tuple[str, CompareResult]]:
-        """References the candidate derives from, smallest relative change ``||C - R|| / ||R||``
-        first (the closest is the model it was made from)."""
+        """References the candidate derives from, copies first, then the smallest relative change
+        ``||C - R|| / ||R||`` first (the closest is the model it was made from)."""
         related = [(ref, r) for ref, r in self.lineage.items() if r.verdict.kind not in ("unrelated", "inconclusive")]
 
-        def delta(item: tuple[str, CompareResult]) -> float:
-            value = item[1].verdict.overall_rel_delta
-            return value if value is not None else float("inf")
+        def delta(item: tuple[str, CompareResult]) -> tuple[int, float]:
+            # a copy (identical, requantized, perturbed, pruned) is closer than anything retrained
+            verdict = item[1].verdict
+            value = verdict.overall_rel_delta
+            return (0 if verdict.is_copy else 1, value if value is not None else float("inf"))
 
         return sorted(related, key=delta)

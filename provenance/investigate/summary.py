@@ -1,9 +1,10 @@
 """Compose the executive summary: the verdict in one sentence with its p-value, then the rest.
 
 The sentence is built from the analyses' typed results, strongest evidence first: which
-reference the candidate is closest to (lineage, smallest relative change), whether it is a
-quantization of it (grid consistency), whose watermark it carries, and what else it derives
-from or is unrelated to. Every clause keeps its own p-value.
+reference the candidate is closest to (lineage, smallest relative change), what it is
+relative to it by the stated rules of :func:`what_it_is` (lineage kind x grid check x
+watermark), whose watermark it carries, and what else it derives from or is unrelated to.
+Every clause keeps its own p-value.
 """
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from provenance.numbers import format_p
 
 if TYPE_CHECKING:
     from provenance.compare import CompareResult
+    from provenance.compare.result import ChangeDetails, LineageVerdict
     from provenance.investigate.state import Investigation
+    from provenance.quant.result import QuantVerdict
 
 # Order of findings in reports: strongest, most specific evidence first.
 PRIORITY = ["watermark.accusation", "lineage.verdict", "quant.verdict", "watermark.none", "identify.match", "format.identity"]
@@ -41,23 +44,86 @@ def _lineage_p(result: CompareResult) -> str:
     return _p(result.verdict.p_asymptotic)
 
 
+def _percent(x: float | None) -> str:
+    return "?" if x is None else f"{100 * x:.0f}%"
+
+
+def _change(details: ChangeDetails | None) -> str:
+    """``relative delta d, layers changed most a, b, c`` from a retrained verdict's details."""
+    if details is None or details.overall_rel_delta is None:
+        return ""
+    text = f"relative delta {details.overall_rel_delta:.3g}"
+    if details.layers_changed_most:
+        text += ", layers changed most " + ", ".join(str(c.layer) for c in details.layers_changed_most)
+    return text
+
+
+#: retrained kinds: the noun alone, and as the first half of "... and quantized copy"
+_RETRAINED = {"fine-tune": ("a fine-tune", "a fine-tuned"), "lora-merge": ("a LoRA merge", "a LoRA-merged"),
+              "continued-pretraining": ("a continued pretraining", "a continued-pretrained")}
+
+
+def what_it_is(verdict: LineageVerdict, quant: QuantVerdict | None, quant_amplitude: float | None,
+               watermarked: bool) -> str:
+    """What the candidate is relative to its closest reference, from the typed findings alone:
+    the lineage kind (``compare``), the grid check (``quantcheck``: None when the candidate is
+    not quantized) and whether a client's watermark was found. The rules (docs/reading-reports.md):
+
+    * a copy kind whose grid check is exact: "an exact quantization" (every code explained by the reference);
+    * a retrained kind (fine-tune, LoRA, continued pretraining) that was quantized: "a
+      fine-tuned and quantized copy (relative delta d, layers changed most ...)"; not quantized:
+      "a fine-tune (...)";
+    * a magnitude-pruned copy: "a (quantized) magnitude-pruned copy (s% of weights zeroed)";
+    * a perturbed copy, or a requantized one whose grid check saw a small i.i.d. perturbation:
+      "a quantized copy (perturbed ...)", "a perturbed copy (...)"; when a client's watermark
+      was found, the mark is that perturbation and the sentence names the client instead;
+    * requantized, clean: "a quantized copy"; identical: "an identical copy".
+    """
+    from provenance.compare.result import ChangeDetails, CopyDetails
+
+    kind, details = verdict.kind, verdict.details
+    quantized = quant in ("exact", "perturbed", "unrelated")
+    moved = f" ({', '.join(verdict.transformations)})" if verdict.transformations else ""
+    if quant == "exact" and kind in ("identical", "requantized", "perturbed-copy"):
+        return f"an exact quantization{moved}"
+    if kind in _RETRAINED:
+        change = _change(details if isinstance(details, ChangeDetails) else None)
+        noun, adjective = _RETRAINED[kind]
+        what = f"{adjective} and quantized copy" if quantized else noun
+        inside = ", ".join(p for p in (change, ", ".join(verdict.transformations)) if p)
+        return f"{what} ({inside})" if inside else what
+    copy = details if isinstance(details, CopyDetails) else None
+    if kind == "pruned-copy":
+        zeros = _percent(copy.zeroed_fraction if copy else None)
+        return f"a{' quantized' if quantized else ''} magnitude-pruned copy ({zeros} of weights zeroed){moved}"
+    perturbed = kind == "perturbed-copy" or quant == "perturbed"
+    noise = copy.noise_rel if copy is not None and copy.noise_rel is not None else quant_amplitude
+    how = "quantized copy" if quantized or kind == "requantized" else "copy"
+    if perturbed and not watermarked:
+        size = f": i.i.d. noise ~{noise:.1g} of the weights' spread" if noise is not None and noise == noise else ""
+        return f"a {how} (perturbed{size}){moved}"
+    if kind == "identical":
+        return f"an identical copy{moved}"
+    return f"a {how}{moved}"
+
+
 def _closest_clause(state: Investigation, name: str) -> str:
     reference, closest = state.related_closest_first()[0]
     quant = state.quantchecks.get(reference)
-    if quant is not None and quant.verdict in ("exact", "perturbed"):
-        what = "an exact quantization" if quant.verdict == "exact" else "a quantized copy"
-    else:
-        what = f"a {closest.verdict.kind.replace('-', ' ')}"
-    clause = f"{name} is {what} of {_name(reference)}"
     traced = state.traced
     best = traced.clients()[0].best if traced is not None and traced.accused and traced.clients() else None
+    what = what_it_is(closest.verdict, quant.verdict if quant is not None else None,
+                      quant.amplitude_rel if quant is not None else None, best is not None)
+    clause = f"{name} is {what} of {_name(reference)}"
     if traced is not None and best is not None:
         z, p = best[1].z, best[1].p_value
         clause += f", watermarked for client {', '.join(traced.accused)} (watermark z = {z:.1f}, {_p(p)};"
         clause += f" lineage {_lineage_p(closest)}"
-    else:
-        clause += f" (lineage {_lineage_p(closest)}"
-    return clause + ")."
+        return clause + ")."
+    clause += f" (lineage {_lineage_p(closest)})"
+    if traced is not None:
+        clause += f"; no client's watermark reaches z >= {traced.threshold_z:g}: nobody accused"
+    return clause + "."
 
 
 def executive_summary(state: Investigation) -> str:

@@ -15,6 +15,8 @@ output with its reference and records what ``compare`` says (docs/lineage.md).
 * :func:`permute_rescale`: unit and head permutations, unit/v-channel rescaling and
   residual rescaling at the norms (:func:`provenance.compare.variants.apply_symmetries`),
   the same function;
+* :func:`rotate_residual`: a random rotation of the residual stream, the same function
+  (the calibrated test is blind to it: docs/lineage.md, "Limits");
 * requantization chains: a :class:`Recipe` step ``("quantize", type)`` stores and reads back
   an intermediate GGUF of that type (``F16``/``BF16`` round the values).
 """
@@ -60,7 +62,7 @@ def magnitude_prune(tensors: Mapping[str, np.ndarray], fraction: float) -> Tenso
     for name, w in tensors.items():
         if not _is_matrix(name, w):
             continue
-        k = int(round(fraction * w.size))
+        k = round(fraction * w.size)
         if k <= 0:
             continue
         flat = w.reshape(-1).copy()
@@ -93,6 +95,34 @@ def permute_rescale(tensors: Mapping[str, np.ndarray], arch: ArchRecord, seed: i
     return apply_symmetries(tensors, arch, seed)[0]
 
 
+#: matrices that read the residual stream (columns rotated) and write it (rows rotated)
+READERS = ("attn_q", "attn_k", "attn_v", "ffn_gate", "ffn_up")
+WRITERS = ("attn_output", "ffn_down")
+
+
+def rotate_residual(tensors: Mapping[str, np.ndarray], seed: int = 0) -> Tensors:
+    """A random orthogonal rotation Q of the residual stream, the same function: norm gains
+    folded first (RMSNorm commutes with rotations only with unit gains), the final gain folded
+    into an untied ``output.weight``; embeddings and readers x Q, writers Q^T x."""
+    out = fold_norms(tensors)
+    emb = out["token_embd.weight"]
+    d = emb.shape[1]
+    q, r = np.linalg.qr(np.random.default_rng(seed).standard_normal((d, d)))
+    q = q * np.sign(np.diag(r))[None, :]
+    head = out.get("output.weight", emb)
+    gain = out.get("output_norm.weight", np.ones(d, dtype=np.float32)).reshape(-1)
+    out["output.weight"] = ((head * gain[None, :]) @ q).astype(np.float32)
+    out["output_norm.weight"] = np.ones(d, dtype=np.float32)
+    out["token_embd.weight"] = (emb.astype(np.float64) @ q).astype(np.float32)
+    for name, w in list(out.items()):
+        parts = name.split(".")
+        if len(parts) == 4 and parts[0] == "blk" and parts[2] in READERS:
+            out[name] = (w.astype(np.float64) @ q).astype(np.float32)
+        elif len(parts) == 4 and parts[0] == "blk" and parts[2] in WRITERS:
+            out[name] = (q.T @ w.astype(np.float64)).astype(np.float32)
+    return out
+
+
 def round_to(tensors: Mapping[str, np.ndarray], dtype: str) -> Tensors:
     """Every tensor rounded to ``F16`` or ``BF16`` and back (a storage round trip)."""
     torch_dtype = {"F16": torch.float16, "BF16": torch.bfloat16}[dtype]
@@ -114,7 +144,7 @@ def requantize(tensors: Mapping[str, np.ndarray], arch: ArchRecord, ftype: str) 
 
 Step = tuple[str, float | str | int]
 """``("noise", amplitude)``, ``("prune", fraction)``, ``("fold", 0)``, ``("permute", seed)``,
-``("quantize", intermediate ftype)``: applied in order."""
+``("rotate", seed)``, ``("quantize", intermediate ftype)``: applied in order."""
 
 
 @dataclass(frozen=True)
@@ -139,6 +169,8 @@ class Recipe:
                 out = fold_norms(out)
             elif op == "permute":
                 out = permute_rescale(out, arch, int(arg))
+            elif op == "rotate":
+                out = rotate_residual(out, int(arg))
             elif op == "quantize":
                 out = requantize(out, arch, str(arg))
             else:
