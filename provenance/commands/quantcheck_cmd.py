@@ -50,20 +50,33 @@ def as_report(result: QuantCheckResult, candidate: str, reference: str) -> Repor
 @click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False),
               help="Write quantcheck.json, quantcheck.csv, quantcheck.md and its figure here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON result (schema provenance.quantcheck/1) on stdout.")
+@click.option("--realign", is_flag=True,
+              help="Undo MLP unit permutations/rescaling recovered from the weights before checking (a reshuffled leak).")
 @options_from(QuantCheckOptions)
-def command(candidate: str, reference: str, out_dir: str | None, as_json: bool, **options: Any) -> ExitCode:
+def command(candidate: str, reference: str, out_dir: str | None, as_json: bool, realign: bool,
+            **options: Any) -> ExitCode:
     """Grid-consistency check of a quantized CANDIDATE against --reference weights.
 
     Recomputes every stored code with llama.cpp's own arithmetic from the reference and
     reports, per tensor: exact quantization of the reference, quantized from a perturbed
     reference (with the perturbation amplitude estimated from the flip rate), or
     unrelated; plus dequantization error against that of a clean quantization.
+    With --realign, MLP units permuted or rescaled in the candidate are matched first and the
+    reference is checked in the candidate's frame (docs/quantization.md).
     Exit status: 0 exact quantization, 1 flagged, 2 input error.
     """
     from provenance.quant.api import quantcheck
     from provenance.report import frame_csv, renderer
 
-    result = quantcheck(candidate, reference, build(QuantCheckOptions, options))
+    frames = None
+    if realign:
+        from provenance.formats import open_checkpoint
+        from provenance.watermark.realign import realign as recover
+
+        with open_checkpoint(candidate) as cand, open_checkpoint(reference) as ref:
+            frames = recover(cand, ref).tensors
+        say(f"realigned: {len(frames)} tensors carried into the candidate's frame")
+    result = quantcheck(candidate, reference, build(QuantCheckOptions, options), frames=frames)
     for line in summary_lines(result):
         say(line)
     if out_dir:

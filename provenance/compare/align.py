@@ -40,8 +40,11 @@ from provenance.compare.transform import Transform
 GAIN_OVER_IDENTITY = 1.05
 #: scales are applied only when they spread this much (std of log|scale|) or flip signs
 SCALE_SPREAD = 0.05
-#: residual gain rescaling needs this correlation between gain ratios and column shrinkage
+#: residual gain rescaling needs this correlation between gain ratios and column shrinkage,
 GAIN_COLUMN_CORR = 0.8
+#: and the columns must have shrunk by the gains' own factor: :func:`_column_fit` at most this
+#: (a fold or rescale: ~0-0.05 even after Q4_K_M; real fine-tunes whose gains moved: docs/lineage.md)
+GAIN_COLUMN_FIT = 0.25
 
 
 #: float64 elements per scratch chunk of the row reductions below (256 KB, cache-resident
@@ -490,6 +493,16 @@ def _column_shrink(cols_ref: list[np.ndarray], cols_cand: list[np.ndarray]) -> n
     return np.log(np.maximum(col_r, 1e-30) / np.maximum(col_c, 1e-30))
 
 
+def _column_fit(log_gain: np.ndarray, shrink: np.ndarray) -> float:
+    """RMS of (column shrinkage - log gain ratio), both centred, over the spread of the log gain
+    ratio: ~0 when the columns shrank by exactly the factor the gains grew (a fold or a
+    rescale, the same function; a common factor, e.g. from rescaled MLP units sharing the
+    columns, cancels in the centring), ~1 or more when training moved gains and columns each
+    its own way."""
+    diff = (shrink - shrink.mean()) - (log_gain - log_gain.mean())
+    return float(np.sqrt(np.mean(diff ** 2)) / log_gain.std())
+
+
 def _gain_scale(
     g_ref: np.ndarray | None,
     g_cand: np.ndarray | None,
@@ -507,11 +520,15 @@ def _gain_scale(
     spread = float(np.std(np.log(np.abs(a))))
     la = np.log(np.abs(a[residual]))
     corr = 0.0
+    shrink = np.zeros_like(la)
     if la.std() > 0:  # equal gains (a copy, a quantized copy) need no column norms
         shrink = _column_shrink(cols_ref, cols_cand)
         corr = float(np.corrcoef(la, shrink)[0, 1]) if shrink.std() > 0 else 0.0
+    fit = _column_fit(la, shrink) if la.std() > 0 else None
     info = {"gain_ratio_log_sd": round(spread, 6), "corr_with_column_shrink": round(corr, 4)}
-    if (spread > SCALE_SPREAD and corr > GAIN_COLUMN_CORR) or (a < 0).any():
+    if fit is not None:
+        info["column_fit"] = round(fit, 4)
+    if (spread > SCALE_SPREAD and corr > GAIN_COLUMN_CORR and fit is not None and fit <= GAIN_COLUMN_FIT) or (a < 0).any():
         info["applied"] = True
         return a, info
     return None, info

@@ -6,8 +6,8 @@ permutations and scales (:mod:`.align`), the reference is carried into that fram
 the reference weight (docs/lineage.md, "Grid consistency after alignment"). Recovered scales
 are estimates (norm ratios); a quantized copy pins the true ones down far more tightly, so
 where the transform rescales rows or columns, per-row and per-column factors are fitted to
-the cells themselves: alternately, each row (column) takes the factor closest to its current
-one that puts all its weights inside their cells, when one exists. "Exact" then means a
+the cells themselves: alternately, each row (column) takes the factor closest to its least-
+squares fit to the stored values that puts all its weights inside their cells, when one exists. "Exact" then means a
 witness was found: one scaling of the reference under which every stored code is the
 nearest grid point.
 
@@ -32,9 +32,7 @@ from provenance.compare.result import DifferenceShape, TensorComparison
 from provenance.compare.shape import GRID_TOLERANCE_STEPS, cell_residual, grid_shape, rounding_cells
 from provenance.compare.transform import Transform
 from provenance.formats.base import Checkpoint, TensorInfo
-
-#: rounds of alternating row/column refinement of the recovered scales
-REFINE_ROUNDS = 12
+from provenance.quant.rescale import reference_in_frame
 
 SourceMap = Callable[[np.ndarray], np.ndarray]
 """The reference rows as a quantizer upstream would have left them (chains)."""
@@ -78,63 +76,21 @@ def _cells(cand: Checkpoint, info: TensorInfo) -> tuple[np.ndarray, np.ndarray, 
     return lo.double().numpy(), hi.double().numpy(), values.double().numpy()
 
 
-def _factor_bounds(y: np.ndarray, low: np.ndarray, high: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per row (axis 1) or column (axis 0): the positive factors f with f*y inside [low, high] everywhere."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        a, b = low / y, high / y
-    lower = np.where(y > 0, a, np.where(y < 0, b, -np.inf))
-    upper = np.where(y > 0, b, np.where(y < 0, a, np.inf))
-    # a zero reference weight stays zero under any factor: it constrains nothing (or is outside anyway)
-    return np.nan_to_num(lower, nan=-np.inf).max(axis=axis), np.nan_to_num(upper, nan=np.inf).min(axis=axis)
-
-
-def _closest(current: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
-    """The factor closest to ``current`` in the middle half of [lower, upper] (an end point would
-    land on a cell boundary and float rounding could put it outside), where that interval is
-    non-empty and positive."""
-    lower = np.maximum(lower, 0.0)
-    ok = (lower <= upper) & (upper > 0)
-    margin = np.where(np.isfinite(upper - lower), 0.25 * (upper - lower), 0.0)
-    with np.errstate(invalid="ignore"):
-        return np.where(ok, np.clip(current, lower + margin, upper - margin), current)
-
-
-def refine_factors(x: np.ndarray, low: np.ndarray, high: np.ndarray, rows: bool, cols: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Row and column factors (1 where not free) putting ``r_i c_j x_ij`` inside ``[low, high]``
-    wherever possible (alternating projections; module docstring)."""
-    r, c = np.ones(x.shape[0]), np.ones(x.shape[1])
-    for _ in range(REFINE_ROUNDS):
-        if rows:
-            r = _closest(r, *_factor_bounds(x * c[None, :], low, high, axis=1))
-        if cols:
-            c = _closest(c, *_factor_bounds(x * r[:, None], low, high, axis=0))
-        v = x * r[:, None] * c[None, :]
-        if bool(((v >= low) & (v <= high)).all()):
-            break
-    return r, c
-
-
 def check_in_candidate_frame(cand: Checkpoint, ref: Checkpoint, name: str, transform: Transform | None,
                              source: SourceMap | None = None, sample_rows: np.ndarray | None = None) -> FrameCheck:
     """Grid consistency of tensor ``name``: the reference (through ``source``, then carried into
     the candidate's frame by ``transform``) against the candidate's stored cells."""
     c_info = cand.info(name)
-    lo, hi, _ = _cells(cand, c_info)
+    lo, hi, stored = _cells(cand, c_info)
     x = ref.read_rows(name).astype(np.float64)
     if source is not None:
         x = source(x.astype(np.float32)).astype(np.float64)
     transform = transform or Transform()
-    if not transform.is_identity:
-        x = transform.unapply_numpy(x)
-    x = x.reshape(lo.shape)
+    x = reference_in_frame(x, transform, lo, hi, stored)
+    refined = transform.row_scale is not None or transform.col_scale is not None
     width = np.where(np.isfinite(hi - lo), hi - lo, 0.0)
     tol = GRID_TOLERANCE_STEPS * width
     low, high = lo - tol, hi + tol
-    free_rows, free_cols = transform.row_scale is not None, transform.col_scale is not None
-    refined = free_rows or free_cols
-    if refined:
-        r, c = refine_factors(x, low, high, free_rows, free_cols)
-        x = x * r[:, None] * c[None, :]
     x16 = x.astype(np.float16).astype(np.float64)  # llama.cpp quantizes f16-rounded values too
     inside = ((x >= low) & (x <= high)) | ((x16 >= low) & (x16 <= high))
     shape = None

@@ -376,13 +376,17 @@ class NormRescale:
     gain_ratio_log_sd: float | None = None
     corr_with_column_shrink: float | None = None
     applied: bool = False
+    column_fit: float | None = None
+    """RMS of (column shrinkage - log gain ratio) over the gain ratios' spread (~0 for a real rescale)."""
 
     @classmethod
     def of(cls, record: Mapping[str, Any]) -> NormRescale:
-        return cls(record.get("gain_ratio_log_sd"), record.get("corr_with_column_shrink"), bool(record.get("applied")))
+        return cls(record.get("gain_ratio_log_sd"), record.get("corr_with_column_shrink"), bool(record.get("applied")),
+                   record.get("column_fit"))
 
     def to_dict(self) -> dict[str, Any]:
-        out = _drop_none({"gain_ratio_log_sd": self.gain_ratio_log_sd, "corr_with_column_shrink": self.corr_with_column_shrink})
+        out = _drop_none({"gain_ratio_log_sd": self.gain_ratio_log_sd, "corr_with_column_shrink": self.corr_with_column_shrink,
+                          "column_fit": self.column_fit})
         if self.applied:
             out["applied"] = True
         return out

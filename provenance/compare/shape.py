@@ -22,9 +22,7 @@ import numpy as np
 import torch
 
 from provenance.compare.result import DifferenceShape
-
-#: tolerance of the grid check, in steps (the quantizer's own float arithmetic)
-GRID_TOLERANCE_STEPS = 0.05
+from provenance.quant.rescale import CELL_TOLERANCE_STEPS as GRID_TOLERANCE_STEPS  # one tolerance for every cell check
 
 # Decision thresholds (documented in docs/watermark.md).
 FULL_RANK_RATIO = 0.6

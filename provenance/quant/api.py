@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -19,6 +20,7 @@ from provenance.formats.pairing import TensorPair, Unpaired, pair_tensors
 from provenance.quant.error import ErrorStats, error_stats
 from provenance.quant.gridcheck import PRECISIONS, CheckCounts, check_block_rows
 from provenance.quant.options import QuantCheckOptions
+from provenance.quant.rescale import ReferenceFrame, reference_in_frame
 from provenance.quant.result import (
     ErrorSummary,
     GridCounts,
@@ -43,23 +45,38 @@ def _rows_per_chunk(info: TensorInfo) -> int:
     return max(1, CHUNK_ELEMS // max(1, info.row_length))
 
 
+def _in_frame(cand: Checkpoint, ref: Checkpoint, name: str, frame: ReferenceFrame) -> np.ndarray:
+    """The whole reference tensor in the candidate's frame (scales fitted to its cells)."""
+    from provenance.codecs.grid import quant_grid
+
+    grid = quant_grid(cand.raw_rows(name), int(cand.info(name).ggml_type))  # type: ignore[arg-type]
+    lo, hi = grid.cell_bounds(clip=True)
+    # strict cells: the exact recipe check that follows has no tolerance of its own
+    return reference_in_frame(ref.read_rows(name), frame, lo.double().numpy(), hi.double().numpy(),
+                              grid.values().double().numpy(), tolerance_steps=0.0).astype(np.float32)
+
+
 def _check_tensor(
-    cand: Checkpoint, ref: Checkpoint, name: str, precision: str, max_rows: int | None = None
+    cand: Checkpoint, ref: Checkpoint, name: str, precision: str, max_rows: int | None = None,
+    frame: ReferenceFrame | None = None,
 ) -> tuple[CheckCounts, ErrorStats]:
     info = cand.info(name)
     counts, errors = CheckCounts(), ErrorStats()
     stop_all = info.n_rows if max_rows is None else min(info.n_rows, max_rows)
     step = _rows_per_chunk(info)
+    whole = _in_frame(cand, ref, name, frame) if frame is not None else None
     for start in range(0, stop_all, step):
         stop = min(stop_all, start + step)
-        x = torch.from_numpy(np.ascontiguousarray(ref.read_rows(name, start, stop)))
+        rows = whole[start:stop] if whole is not None else ref.read_rows(name, start, stop)
+        x = torch.from_numpy(np.ascontiguousarray(rows))
         c, e = check_block_rows(x, cand.raw_rows(name, start, stop), info.ggml_type, precision)
         counts.add(c)
         errors.add(e)
     return counts, errors
 
 
-def detect_precision(cand: Checkpoint, ref: Checkpoint, names: list[str]) -> tuple[str, dict[str, int]]:
+def detect_precision(cand: Checkpoint, ref: Checkpoint, names: list[str],
+                     frames: Mapping[str, ReferenceFrame] | None = None) -> tuple[str, dict[str, int]]:
     """The source precision (f32 / f16 / bf16) that leaves the fewest unexplained
     mismatches on a sample of the tensors; ties prefer the wider format."""
     evidence = {p: 0 for p in PRECISIONS}
@@ -67,7 +84,7 @@ def detect_precision(cand: Checkpoint, ref: Checkpoint, names: list[str]) -> tup
         info = cand.info(name)
         rows = max(1, PRECISION_SAMPLE_ELEMS // info.row_length)
         for p in PRECISIONS:
-            counts, _ = _check_tensor(cand, ref, name, p, max_rows=rows)
+            counts, _ = _check_tensor(cand, ref, name, p, max_rows=rows, frame=(frames or {}).get(name))
             evidence[p] += counts.n_unexplained + counts.n_blocks_scale_mismatch
     best = min(PRECISIONS, key=lambda p: (evidence[p], PRECISIONS.index(p)))
     return best, evidence
@@ -105,29 +122,36 @@ def quantcheck(
     candidate_path: str | os.PathLike[str],
     reference_path: str | os.PathLike[str],
     options: QuantCheckOptions | None = None,
+    frames: Mapping[str, ReferenceFrame] | None = None,
 ) -> QuantCheckResult:
     """Check every quantized tensor of ``candidate_path`` against ``reference_path``: per
     tensor, grid-consistency counts, mismatch distances in steps, estimated perturbation
     amplitude, dequantization error vs the error of a clean quantization of the reference;
-    overall, a verdict and the source precision the quantizer saw."""
+    overall, a verdict and the source precision the quantizer saw.
+
+    ``frames``: per tensor, a map of the reference into the candidate's frame (recovered
+    permutations and scales, e.g. :func:`provenance.watermark.realign.realign`'s transforms:
+    ``quantcheck --realign``); rescaled rows/columns are fitted to the stored cells
+    (:mod:`provenance.quant.rescale`) before the exact check."""
     opts = options or QuantCheckOptions()
     with torch_threads(opts.threads):
-        return _quantcheck(candidate_path, reference_path, opts.precision)
+        return _quantcheck(candidate_path, reference_path, opts.precision, frames or {})
 
 
 def _check(cand: Checkpoint, ref: Checkpoint, name: str, info: TensorInfo, fate: TensorPair | Unpaired,
-           checkable: bool, precision: str, per_layer: dict[str, ErrorStats]) -> TensorCheck:
+           checkable: bool, precision: str, per_layer: dict[str, ErrorStats],
+           frame: ReferenceFrame | None = None) -> TensorCheck:
     """One candidate tensor: checked, or why not."""
     base = {"name": name, "layer": info.layer, "role": info.role, "qtype": info.dtype, "shape": "x".join(map(str, info.shape))}
     if isinstance(fate, Unpaired):
         return TensorCheck(**base, status=fate.reason)  # missing-in-reference or shape-mismatch
     if checkable:
-        counts, errors = _check_tensor(cand, ref, name, precision)
+        counts, errors = _check_tensor(cand, ref, name, precision, frame=frame)
         grid, error = GridCounts.of(counts), ErrorSummary.of(errors)
         per_layer.setdefault(str(info.layer), ErrorStats()).add(errors)
         return TensorCheck(**base, status=_verdict(counts, errors), grid=grid, error=error,
                            amplitude_rel=counts.amplitude / error.ref_rms if error.ref_rms else float("nan"),
-                           tolerance_explained=tolerant(info.ggml_type))
+                           tolerance_explained=tolerant(info.ggml_type), realigned=frame is not None)
     if info.block_size > 1:
         return TensorCheck(**base, status="unchecked-type")
     status, error = _plain(cand, ref, name, info)
@@ -135,7 +159,7 @@ def _check(cand: Checkpoint, ref: Checkpoint, name: str, info: TensorInfo, fate:
 
 
 def _quantcheck(candidate_path: str | os.PathLike[str], reference_path: str | os.PathLike[str],
-                precision: str) -> QuantCheckResult:
+                precision: str, frames: Mapping[str, ReferenceFrame]) -> QuantCheckResult:
     if precision != "auto" and precision not in PRECISIONS:
         raise ValueError(f"precision must be 'auto' or one of {PRECISIONS}")
     with open_checkpoint(candidate_path) as cand, open_checkpoint(reference_path) as ref:
@@ -151,11 +175,12 @@ def _quantcheck(candidate_path: str | os.PathLike[str], reference_path: str | os
         }
         if precision == "auto":
             ordered = [name for name in cand.tensors if name in checkable]
-            precision, evidence = detect_precision(cand, ref, ordered) if ordered else ("f32", {})
+            precision, evidence = detect_precision(cand, ref, ordered, frames) if ordered else ("f32", {})
         else:
             evidence = {}
         per_layer: dict[str, ErrorStats] = {}
-        tensors = tuple(_check(cand, ref, name, info, fate[name], name in checkable, precision, per_layer)
+        tensors = tuple(_check(cand, ref, name, info, fate[name], name in checkable, precision, per_layer,
+                               frames.get(name) if name in checkable else None)
                         for name, info in cand.tensors.items())
         metadata = {k: str(v) for k, v in cand.metadata_claims.items()}
     checked = [t for t in tensors if t.checked]

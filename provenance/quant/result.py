@@ -89,6 +89,8 @@ class TensorCheck:
     """Estimated source perturbation relative to the reference's RMS (grid-checked only)."""
     tolerance_explained: bool | None = None
     """The type's recipe accepts a tolerance zone (IQ4): small flips may hide there."""
+    realigned: bool = False
+    """Checked against the reference carried into the candidate's frame (``--realign``)."""
 
     @property
     def checked(self) -> bool:
@@ -105,6 +107,8 @@ class TensorCheck:
             out["amplitude_rel"] = self.amplitude_rel
             out["status"] = self.status
             out["tolerance_explained"] = self.tolerance_explained
+            if self.realigned:
+                out["realigned"] = True
             return out
         out["status"] = self.status
         if self.error is not None:
