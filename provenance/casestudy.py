@@ -156,6 +156,14 @@ def _tokens(root: Path) -> list[int]:
 def finetune(source: Path, out_dir: Path, tokens: list[int], steps: int = FINETUNE_STEPS, lr: float = LEARNING_RATE,
              seed: int = 0) -> Path:
     """A short full fine-tune with transformers (AdamW, float32), saved with ``save_pretrained`` in float16."""
+
+    from provenance.threads import torch_threads
+
+    with torch_threads(1):  # two threads on a shared 2-core machine can be many times slower (docs/cli.md)
+        return _finetune(source, out_dir, tokens, steps, lr, seed)
+
+
+def _finetune(source: Path, out_dir: Path, tokens: list[int], steps: int, lr: float, seed: int) -> Path:
     import torch
     from transformers import LlamaForCausalLM
 

@@ -31,7 +31,7 @@ def test_null_pool_is_large_independent_and_calibrated(summary: dict) -> None:
         assert stats["ks_anticonservative_p"] > 0.01, (kind, stats)
         assert stats["false_positives_at_1e-3"] == 0 == int((null[kind] < 1e-3).sum())
     assert (null["verdict"] != "identical").all() and not null["verdict"].isin(
-        ["fine-tune", "lora-merge", "continued-pretraining", "requantized"]).any()
+        ["fine-tune", "lora-merge", "continued-pretraining", "requantized", "perturbed-copy", "pruned-copy"]).any()
     # the null stays calibrated when the candidate is permuted, rescaled and quantized
     variants = null[null["permuted"]]
     assert len(variants) >= 30 and set(variants["scheme"]) >= {"Q8_0", "Q4_K_M", "Q2_K", "2bit-emu"}

@@ -1,0 +1,54 @@
+"""A leaker who knows the tool (scripts/lineage_robustness.py): the committed table, and a fast
+subset rerun live on the shipped synth models."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from provenance.compare.result import COPY_KINDS
+from scripts.lineage_robustness import FAST_SUBSET, OUT_CSV, recipes, run_case
+from tests.conftest import ROOT
+
+needs_synth = pytest.mark.skipif(not (ROOT / "data" / "synth" / "manifest.json").is_file(), reason="synth pool not built")
+#: the calibrated test is blind to a rotated residual stream (docs/lineage.md, "Limits"): those
+#: rows are published as measured, and are the only ones allowed to miss
+ROTATION = "residual rotation"
+
+
+@pytest.fixture(scope="module")
+def table() -> pd.DataFrame:
+    return pd.read_csv(OUT_CSV, keep_default_na=False)
+
+
+def test_every_obfuscated_copy_is_a_copy_with_its_transformation_named(table: pd.DataFrame) -> None:
+    copies = table[(table["on"] == "copy") & ~table["obfuscation"].str.startswith(ROTATION)]
+    assert len(copies) >= 30
+    assert copies["verdict"].isin(COPY_KINDS).all(), copies[~copies["verdict"].isin(COPY_KINDS)]
+    assert (copies["verdict"] != "fine-tune").all() and copies["named"].astype(str).eq("True").all()
+    # every obfuscation is in the table alone and with Q4_K_M, and every llama.cpp type plain
+    labels = set(table["obfuscation"])
+    assert {r.label for r, _ in recipes()} == labels
+    assert {"Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "Q2_K"} <= labels
+
+
+def test_a_real_fine_tune_stays_a_fine_tune_under_every_obfuscation(table: pd.DataFrame) -> None:
+    tuned = table[(table["on"] == "fine-tune") & ~table["obfuscation"].str.startswith(ROTATION)]
+    assert len(tuned) >= 30 and (tuned["verdict"] == "fine-tune").all(), tuned[tuned["verdict"] != "fine-tune"]
+
+
+def test_the_table_in_the_docs_is_the_committed_one(table: pd.DataFrame) -> None:
+    doc = (ROOT / "docs" / "lineage.md").read_text("utf-8")
+    for row in table.itertuples():
+        assert f"| {row.obfuscation} | {row.on} | {row.verdict} |" in doc
+
+
+@needs_synth
+@pytest.mark.parametrize("label", FAST_SUBSET)
+def test_fast_subset_live(label: str, table: pd.DataFrame) -> None:
+    recipe, words = next((r, w) for r, w in recipes() if r.label == label)
+    for on in ("copy", "fine-tune"):
+        row = run_case(recipe, words, on)
+        committed = table[(table["obfuscation"] == label) & (table["on"] == on)].iloc[0]
+        assert row["as_expected"], row
+        assert row["verdict"] == committed["verdict"] and row["description"] == committed["description"]
+        assert row["z"] == pytest.approx(float(committed["z"]), abs=0.05)
