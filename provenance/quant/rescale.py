@@ -5,7 +5,8 @@ columns of the matrices after them) computes the same function. Scales recovered
 weights are estimates (norm ratios); the stored cells pin the true ones down far more
 tightly. Alternately, each free row (column) takes the factor closest to its least-squares
 fit to the stored values that puts all its weights inside their cells, when such a factor
-exists. When every weight ends up inside, that scaling is a witness: the stored codes are
+exists. Weights stored in the cell of zero constrain nothing: any scale keeps a small weight
+there, and a pruned weight would mislead the fit. When every weight ends up inside, that scaling is a witness: the stored codes are
 what the quantizer makes of the rescaled reference (docs/lineage.md, "Grid consistency after
 alignment"; used by ``compare`` and ``quantcheck --realign``).
 """
@@ -46,12 +47,14 @@ def reference_in_frame(reference: np.ndarray, frame: ReferenceFrame, lo: np.ndar
     return x
 
 
-def _factor_bounds(y: np.ndarray, low: np.ndarray, high: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per row (axis 1) or column (axis 0): the positive factors f with f*y inside [low, high] everywhere."""
+def _factor_bounds(y: np.ndarray, low: np.ndarray, high: np.ndarray, free: np.ndarray,
+                   axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row (axis 1) or column (axis 0): the positive factors f with f*y inside [low, high]
+    at every ``free`` weight (the others constrain nothing)."""
     with np.errstate(divide="ignore", invalid="ignore"):
         a, b = low / y, high / y
-    lower = np.where(y > 0, a, np.where(y < 0, b, -np.inf))
-    upper = np.where(y > 0, b, np.where(y < 0, a, np.inf))
+    lower = np.where(free & (y > 0), a, np.where(free & (y < 0), b, -np.inf))
+    upper = np.where(free & (y > 0), b, np.where(free & (y < 0), a, np.inf))
     # a zero reference weight stays zero under any factor: it constrains nothing (or is outside anyway)
     return np.nan_to_num(lower, nan=-np.inf).max(axis=axis), np.nan_to_num(upper, nan=np.inf).min(axis=axis)
 
@@ -68,9 +71,10 @@ def _settle(fit: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray
         return np.where(ok, np.clip(fit, lower + margin, upper - margin), fit)
 
 
-def _ls_factor(y: np.ndarray, stored: np.ndarray, axis: int) -> np.ndarray:
-    """Per row (axis 1) or column (axis 0): the factor f minimising ||f y - stored||."""
-    num, den = (y * stored).sum(axis=axis), (y * y).sum(axis=axis)
+def _ls_factor(y: np.ndarray, stored: np.ndarray, free: np.ndarray, axis: int) -> np.ndarray:
+    """Per row (axis 1) or column (axis 0): the factor f minimising ||f y - stored|| over ``free`` weights."""
+    yf = np.where(free, y, 0.0)
+    num, den = (yf * stored).sum(axis=axis), (yf * yf).sum(axis=axis)
     return np.where(den > 0, num / np.where(den > 0, den, 1.0), 1.0)
 
 
@@ -80,13 +84,15 @@ def refine_factors(x: np.ndarray, stored: np.ndarray, low: np.ndarray, high: np.
     wherever possible, starting from least squares against the ``stored`` values
     (alternating projections; module docstring)."""
     r, c = np.ones(x.shape[0]), np.ones(x.shape[1])
+    # a weight stored in the cell of 0 says nothing of the scale (and a pruned one would mislead it)
+    free = ~((low <= 0) & (high >= 0))
     for _ in range(REFINE_ROUNDS):
         if rows:
             y = x * c[None, :]
-            r = _settle(_ls_factor(y, stored, 1), *_factor_bounds(y, low, high, axis=1))
+            r = _settle(_ls_factor(y, stored, free, 1), *_factor_bounds(y, low, high, free, axis=1))
         if cols:
             y = x * r[:, None]
-            c = _settle(_ls_factor(y, stored, 0), *_factor_bounds(y, low, high, axis=0))
+            c = _settle(_ls_factor(y, stored, free, 0), *_factor_bounds(y, low, high, free, axis=0))
         v = x * r[:, None] * c[None, :]
         if bool(((v >= low) & (v <= high)).all()):
             break
