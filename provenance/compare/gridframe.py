@@ -61,15 +61,16 @@ def candidate_is_coarser(cand: TensorInfo, ref: TensorInfo) -> bool:
     return narrow and bits_c <= bits_r
 
 
-def _cells(cand: Checkpoint, info: TensorInfo) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Lower and upper cell bounds of every stored weight (candidate frame), and the stored values."""
+def _cells(cand: Checkpoint, info: TensorInfo, stop: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lower and upper cell bounds of every stored weight of rows ``[0, stop)`` (candidate
+    frame), and the stored values."""
     if info.block_size > 1:
         from provenance.codecs.grid import quant_grid
 
-        grid = quant_grid(cand.raw_rows(info.name), int(info.ggml_type))  # type: ignore[arg-type]
+        grid = quant_grid(cand.raw_rows(info.name, 0, stop), int(info.ggml_type))  # type: ignore[arg-type]
         lo, hi = grid.cell_bounds(clip=True)
         return lo.double().numpy(), hi.double().numpy(), grid.values().double().numpy()
-    values = torch.from_numpy(np.ascontiguousarray(cand.read_rows(info.name), dtype=np.float32))
+    values = torch.from_numpy(np.ascontiguousarray(cand.read_rows(info.name, 0, stop), dtype=np.float32))
     plain = plain_type(info.dtype)
     assert plain is not None
     lo, hi = rounding_cells(values, plain.torch_dtype())
@@ -77,12 +78,14 @@ def _cells(cand: Checkpoint, info: TensorInfo) -> tuple[np.ndarray, np.ndarray, 
 
 
 def check_in_candidate_frame(cand: Checkpoint, ref: Checkpoint, name: str, transform: Transform | None,
-                             source: SourceMap | None = None, sample_rows: np.ndarray | None = None) -> FrameCheck:
+                             source: SourceMap | None = None, sample_rows: np.ndarray | None = None,
+                             stop: int | None = None) -> FrameCheck:
     """Grid consistency of tensor ``name``: the reference (through ``source``, then carried into
-    the candidate's frame by ``transform``) against the candidate's stored cells."""
+    the candidate's frame by ``transform``) against the candidate's stored cells; ``stop``:
+    only the first rows (a probe; no row-permuting ``transform`` then)."""
     c_info = cand.info(name)
-    lo, hi, stored = _cells(cand, c_info)
-    x = ref.read_rows(name).astype(np.float64)
+    lo, hi, stored = _cells(cand, c_info, stop)
+    x = ref.read_rows(name, 0, stop).astype(np.float64)
     if source is not None:
         x = source(x.astype(np.float32)).astype(np.float64)
     transform = transform or Transform()
@@ -145,6 +148,9 @@ CHAIN_TYPES = ("Q8_0", "BF16", "Q6_K", "Q5_K_M", "Q5_0", "Q4_K_M")
 #: more), or an unquantized one at most this relative change (a Q8_0 rounding: ~0.005)
 CHAIN_MAX_OUTSIDE = 0.2
 CHAIN_MAX_REL = 0.05
+#: rows of the probe that rejects a chain early, and the share outside that rejects it
+CHAIN_PROBE_ROWS = 64
+CHAIN_PROBE_MAX_OUTSIDE = 0.01
 
 
 def _with_check(row: TensorComparison, check: FrameCheck, frame: str, chain: str | None = None) -> TensorComparison:
@@ -195,6 +201,11 @@ def _chain(cand: Checkpoint, ref: Checkpoint, rows: list[TensorComparison], outs
                 break
             if row.grid_lossy_side == "candidate":
                 transform = transforms.get(row.name) if row.grid_frame == "candidate" else None
+                if transform is None or transform.is_identity:
+                    # a probe on the first rows rejects a chain that explains nothing at the cost of a few rows
+                    probe = check_in_candidate_frame(cand, ref, row.name, None, source, stop=CHAIN_PROBE_ROWS)
+                    if probe.outside_fraction > CHAIN_PROBE_MAX_OUTSIDE:
+                        break
                 check = check_in_candidate_frame(cand, ref, row.name, transform, source, sample(ref.info(row.name)))
             else:
                 check = check_plain(cand, ref, row.name, source)
