@@ -290,7 +290,8 @@ stated rules of docs/reading-reports.md.""",
         "code",
         """states = investigate_case(case)
 for name, state in states.items():
-    print(f"{name:10s}", state.report.executive_summary, "\n")""",
+    print(f"{name:10s}", state.report.executive_summary)
+    print()""",
     ),
     (
         "md",

@@ -45,6 +45,12 @@ GAIN_COLUMN_CORR = 0.8
 #: and the columns must have shrunk by the gains' own factor: :func:`_column_fit` at most this
 #: (a fold or rescale: ~0-0.05 even after Q4_K_M; real fine-tunes whose gains moved: docs/lineage.md)
 GAIN_COLUMN_FIT = 0.25
+#: a gain whose sign changed is a deliberate flip only when it moved this many times further
+#: than the other gains of its vector did (their median move): training carries gains that sit
+#: near zero across it (SmolLM2's 30-step fine-tune: 3 gains of ~1e-4, moved by ~3e-4, while
+#: the median gain moved 1.2e-4 to 2.4e-4; docs/lineage.md), a sign flip of a fold or rescale
+#: moves the gain by twice its size
+GAIN_FLIP_MOVES = 10.0
 
 
 #: float64 elements per scratch chunk of the row reductions below (256 KB, cache-resident
@@ -503,6 +509,16 @@ def _column_fit(log_gain: np.ndarray, shrink: np.ndarray) -> float:
     return float(np.sqrt(np.mean(diff ** 2)) / log_gain.std())
 
 
+def _deliberate_flips(g_ref: np.ndarray, g_cand: np.ndarray, a: np.ndarray) -> int:
+    """How many gains changed sign by far more than training moves the others (GAIN_FLIP_MOVES)."""
+    flips = a < 0
+    if not flips.any():
+        return 0
+    move = np.abs(g_cand.astype(np.float64) - g_ref.astype(np.float64))
+    training = float(np.median(move[~flips])) if (~flips).any() else 0.0
+    return int((move[flips] > GAIN_FLIP_MOVES * training).sum())
+
+
 def _gain_scale(
     g_ref: np.ndarray | None,
     g_cand: np.ndarray | None,
@@ -528,7 +544,8 @@ def _gain_scale(
     info = {"gain_ratio_log_sd": round(spread, 6), "corr_with_column_shrink": round(corr, 4)}
     if fit is not None:
         info["column_fit"] = round(fit, 4)
-    if (spread > SCALE_SPREAD and corr > GAIN_COLUMN_CORR and fit is not None and fit <= GAIN_COLUMN_FIT) or (a < 0).any():
+    flipped = _deliberate_flips(g_ref, g_cand, a)
+    if (spread > SCALE_SPREAD and corr > GAIN_COLUMN_CORR and fit is not None and fit <= GAIN_COLUMN_FIT) or flipped:
         info["applied"] = True
         return a, info
     return None, info

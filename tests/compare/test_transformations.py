@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from provenance.compare import CompareOptions, compare
@@ -76,3 +77,23 @@ def test_quantcheck_realign_on_the_command_line(permuted_q4km: Path, capsys: pyt
     assert run(["quantcheck", str(permuted_q4km), "-r", str(TINY), "--realign"]) == 0
     err = capsys.readouterr().err
     assert "realigned: 6 tensors carried into the candidate's frame" in err and "verdict: exact quantization" in err
+
+
+def test_a_gain_carried_across_zero_by_training_is_not_a_sign_flip() -> None:
+    """SmolLM2's 30-step fine-tune moved three gains of ~1e-4 across zero while the others moved
+    ~1e-4 each (docs/lineage.md): no flip claimed. A fold with a flipped gain, or a flip on an
+    otherwise untouched copy, is."""
+    from provenance.compare.align import _deliberate_flips
+
+    rng = np.random.default_rng(0)
+    g = rng.normal(0.2, 0.05, 576)
+    g[7] = -1e-4
+    trained = g + rng.choice([-1.2e-4, 1.2e-4], g.size)
+    trained[7] = 2.4e-4
+    assert _deliberate_flips(g, trained, trained / g) == 0
+    flipped = trained.copy()
+    flipped[[3, 9]] *= -1
+    assert _deliberate_flips(g, flipped, flipped / g) == 2
+    copy = g.copy()
+    copy[5] *= -1
+    assert _deliberate_flips(g, copy, copy / g) == 1
