@@ -84,6 +84,8 @@ def check_in_candidate_frame(cand: Checkpoint, ref: Checkpoint, name: str, trans
     the candidate's frame by ``transform``) against the candidate's stored cells; ``stop``:
     only the first rows (a probe; no row-permuting ``transform`` then)."""
     c_info = cand.info(name)
+    if stop is not None:
+        stop = min(stop, c_info.n_rows)  # a probe of a tensor shorter than the probe is the whole tensor
     lo, hi, stored = _cells(cand, c_info, stop)
     x = ref.read_rows(name, 0, stop).astype(np.float64)
     if source is not None:
