@@ -37,7 +37,7 @@ def test_quantized_leak_is_a_quantized_copy_with_the_client_named(investigations
 def test_finetuned_leak_is_a_fine_tuned_and_quantized_copy(investigations: dict) -> None:
     state = investigations["finetuned"]
     summary = state.report.executive_summary
-    assert summary.startswith("leak-finetuned-Q4_K_M.gguf is a fine-tuned and quantized copy of vendor (relative delta"), summary
+    assert summary.startswith("leak-finetuned-Q4_K_M.gguf is a fine-tuned and quantized copy (relative delta"), summary
     assert "layers changed most" in summary and "watermarked for client globex" in summary
     verdict = next(iter(state.lineage.values())).verdict
     assert verdict.kind == "fine-tune"
