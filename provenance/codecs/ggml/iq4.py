@@ -24,7 +24,7 @@ from gguf import quants as gq
 from provenance.codecs.kernels._common import Decoded, DeviceTables, Workspace, f16_field, gather, u16_field
 from provenance.codecs.native.fields import f16, u16
 from provenance.codecs.prediction import F16_REL, Prediction, best_index, safe_inverse
-from provenance.codecs.quantize_iq4 import quantize_iq4_nl, quantize_iq4_xs
+from provenance.codecs.quantize_iq4 import quantize_iq4_nl_compiled, quantize_iq4_xs_compiled
 from provenance.codecs.quanttype import CompiledKernel, LevelGrid, QuantType, Recipe
 from provenance.codecs.types import type_info
 from provenance.jit import kernel
@@ -150,8 +150,8 @@ IQ4_RECIPE = Recipe(predict_iq4, tolerant=True)
 # ---- descriptors ----------------------------------------------------------------------
 
 IQ4_NL = QuantType(T.IQ4_NL, iq4_nl, LevelGrid(iq4_levels), (0,), CompiledKernel(iq4_nl_compiled, (iq4_values,)), IQ4_RECIPE,
-                   quantize_iq4_nl)
+                   CompiledKernel(quantize_iq4_nl_compiled, (iq4_values,)))
 IQ4_XS = QuantType(T.IQ4_XS, iq4_xs, LevelGrid(iq4_levels), (0,), CompiledKernel(iq4_xs_compiled, (iq4_values,)), IQ4_RECIPE,
-                   quantize_iq4_xs)
+                   CompiledKernel(quantize_iq4_xs_compiled, (iq4_values,)))
 
 TYPES = (IQ4_NL, IQ4_XS)

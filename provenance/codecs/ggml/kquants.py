@@ -39,7 +39,13 @@ from provenance.codecs.kernels._common import (
 )
 from provenance.codecs.native.fields import f16, k_sub_scale
 from provenance.codecs.prediction import Prediction
-from provenance.codecs.quantize_k import quantize_q2_k, quantize_q3_k, quantize_q4_k, quantize_q5_k, quantize_q6_k
+from provenance.codecs.quantize_k import (
+    quantize_q2_k_compiled,
+    quantize_q3_k_compiled,
+    quantize_q4_k_compiled,
+    quantize_q5_k_compiled,
+    quantize_q6_k_compiled,
+)
 from provenance.codecs.quanttype import CompiledKernel, QuantType, Recipe, UniformGrid
 from provenance.jit import kernel
 
@@ -378,11 +384,16 @@ K_RECIPE = Recipe(predict_k)
 
 # ---- descriptors ----------------------------------------------------------------------
 
-Q2_K = QuantType(T.Q2_K, q2_k, UniformGrid(0, 3), (80, 82), CompiledKernel(q2_k_compiled), K_RECIPE, quantize_q2_k)
-Q3_K = QuantType(T.Q3_K, q3_k, UniformGrid(-4, 3), (108,), CompiledKernel(q3_k_compiled), K_RECIPE, quantize_q3_k)
-Q4_K = QuantType(T.Q4_K, q4_k, UniformGrid(0, 15), (0, 2), CompiledKernel(q4_k_compiled), K_RECIPE, quantize_q4_k)
-Q5_K = QuantType(T.Q5_K, q5_k, UniformGrid(0, 31), (0, 2), CompiledKernel(q5_k_compiled), K_RECIPE, quantize_q5_k)
-Q6_K = QuantType(T.Q6_K, q6_k, UniformGrid(-32, 31), (208,), CompiledKernel(q6_k_compiled), K_RECIPE, quantize_q6_k)
+Q2_K = QuantType(T.Q2_K, q2_k, UniformGrid(0, 3), (80, 82), CompiledKernel(q2_k_compiled), K_RECIPE,
+                 CompiledKernel(quantize_q2_k_compiled))
+Q3_K = QuantType(T.Q3_K, q3_k, UniformGrid(-4, 3), (108,), CompiledKernel(q3_k_compiled), K_RECIPE,
+                 CompiledKernel(quantize_q3_k_compiled))
+Q4_K = QuantType(T.Q4_K, q4_k, UniformGrid(0, 15), (0, 2), CompiledKernel(q4_k_compiled), K_RECIPE,
+                 CompiledKernel(quantize_q4_k_compiled))
+Q5_K = QuantType(T.Q5_K, q5_k, UniformGrid(0, 31), (0, 2), CompiledKernel(q5_k_compiled), K_RECIPE,
+                 CompiledKernel(quantize_q5_k_compiled))
+Q6_K = QuantType(T.Q6_K, q6_k, UniformGrid(-32, 31), (208,), CompiledKernel(q6_k_compiled), K_RECIPE,
+                 CompiledKernel(quantize_q6_k_compiled))
 TQ1_0 = QuantType(T.TQ1_0, tq1_0, UniformGrid(-1, 1), (52,), CompiledKernel(tq1_0_compiled))
 TQ2_0 = QuantType(T.TQ2_0, tq2_0, UniformGrid(-1, 2), (64,), CompiledKernel(tq2_0_compiled))
 
