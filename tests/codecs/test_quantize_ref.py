@@ -18,8 +18,8 @@ from gguf import GGMLQuantizationType, GGUFReader
 from gguf import quants as gguf_quants
 
 from provenance.codecs.native.floats import nearest_int
-from provenance.jit import kernel
 from provenance.codecs.quantize_ref import quantize_rows, supported_types
+from provenance.jit import kernel
 from tests.conftest import QUANT_DIR
 
 torch.set_num_threads(1)
