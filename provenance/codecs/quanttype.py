@@ -100,6 +100,16 @@ class QuantType:
     quantize: CompiledKernel | None = None
     """llama.cpp's reference quantizer (no importance matrix), bit-exact, if we have one:
     ``(n, block_size)`` float32 -> ``(n, type_size)`` uint8."""
+    cells: CompiledKernel | None = None
+    """Compiled cell test of ``compare``'s grid columns: ``fn(blocks, other, counts, sums,
+    tol_steps, f16_table, *tables)`` (the type's grid decoder inlined into
+    :func:`provenance.codecs.native.gridcheck.cells`); tables: for a ``LevelGrid`` the
+    lower and upper cell midpoints per level."""
+    check: CompiledKernel | None = None
+    """Compiled grid-consistency check of ``quantcheck`` (the type's grid decoder and its
+    recipe inlined into :func:`provenance.codecs.native.gridcheck.check`): ``fn(blocks, x,
+    counts, sums, dist, precision, near_margin, f16_table, *tables)``; tables: for a
+    ``LevelGrid`` the sorted levels. Only with a ``recipe``, and equal to it."""
 
     @property
     def name(self) -> str:

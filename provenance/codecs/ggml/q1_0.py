@@ -23,10 +23,12 @@ from gguf import GGMLQuantizationType as T
 
 from provenance.codecs.kernels._common import Decoded, Workspace, f16_field, spread_bits
 from provenance.codecs.native.fields import f16
-from provenance.codecs.native.floats import f16_bits, put_u16
+from provenance.codecs.native.floats import f16_bits, put_u16, round_f16
+from provenance.codecs.native.floats import safe_inverse as inverse32
+from provenance.codecs.native.gridcheck import cell_tables, cells, check, check_tables
 from provenance.codecs.prediction import Prediction, f16_round, safe_inverse
 from provenance.codecs.quanttype import CompiledKernel, LevelGrid, QuantType, Recipe
-from provenance.jit import kernel
+from provenance.jit import inline, kernel
 
 if TYPE_CHECKING:
     from provenance.codecs.grid import QuantGrid
@@ -89,9 +91,45 @@ def quantize_q1_0_compiled(x, out, f16_table):  # type: ignore[no-untyped-def]
             y[2 + k] = np.uint8(bits)
 
 
+@inline
+def _q1_0_grid(b, f16_table, g):  # type: ignore[no-untyped-def]
+    g.scale[0] = f16(b, 0, f16_table)
+    for j in range(g.code.shape[0]):
+        g.code[j] = (np.int64(b[2 + (j >> 3)]) >> (j & 7)) & 1
+
+
+@inline
+def _predict_q1_0_block(x, b, g, f16_table, levels, p):  # type: ignore[no-untyped-def]
+    """:func:`predict_q1_0` on one block (``d`` summed in C's order)."""
+    acc = abs(x[0])
+    for j in range(1, x.shape[0]):
+        acc += abs(x[j])
+    d = acc / np.float32(QK1_0)
+    inv = inverse32(d)
+    for j in range(x.shape[0]):
+        up = x[j] >= np.float32(0.0)
+        p.idx[j] = 1 if up else 0
+        p.level[j] = np.float32(1.0) if up else np.float32(-1.0)
+        p.u[j] = np.float32(x[j] * inv)
+        p.valid[j] = True
+    return round_f16(d) == g.scale[0]
+
+
+@kernel
+def q1_0_check(blocks, x, counts, sums, dist, precision, near_margin, f16_table, levels):  # type: ignore[no-untyped-def]
+    check(blocks, x, counts, sums, dist, precision, near_margin, f16_table, _q1_0_grid, _predict_q1_0_block,
+          1, False, False, False, levels, 0, 1)
+
+
+@kernel
+def q1_0_cells(blocks, other, counts, sums, tol_steps, f16_table, lo_mid, hi_mid):  # type: ignore[no-untyped-def]
+    cells(blocks, other, counts, sums, tol_steps, f16_table, _q1_0_grid, 1, False, False, 0, 1, lo_mid, hi_mid)
+
+
 def q1_0_levels() -> torch.Tensor:
     return torch.tensor([-1.0, 1.0])
 
 
 Q1_0 = QuantType(T.Q1_0, q1_0, LevelGrid(q1_0_levels), (0,), CompiledKernel(q1_0_compiled), Recipe(predict_q1_0),
-            CompiledKernel(quantize_q1_0_compiled))
+                 CompiledKernel(quantize_q1_0_compiled),
+                 cells=CompiledKernel(q1_0_cells, cell_tables(q1_0_levels)), check=CompiledKernel(q1_0_check, check_tables(q1_0_levels)))

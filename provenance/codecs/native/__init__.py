@@ -30,7 +30,8 @@ def f16_table() -> np.ndarray:
 
 
 @cache
-def _bound(compiled: CompiledKernel) -> tuple[Callable[..., None], tuple[np.ndarray, ...]]:
+def bind(compiled: CompiledKernel) -> tuple[Callable[..., None], tuple[np.ndarray, ...]]:
+    """The kernel and the tables it takes last (the f16 table, then its own), built once."""
     return compiled.fn, (f16_table(), *(build() for build in compiled.tables))
 
 
@@ -39,8 +40,8 @@ def run_compiled(compiled: CompiledKernel, blocks: np.ndarray, out: np.ndarray, 
     bytes -> float32 for a dequantizer, float32 -> bytes for a quantizer), split between
     ``threads``. The caller has checked shapes, dtypes and contiguity: the compiled loops
     do not check their indices."""
-    fn, tables = _bound(compiled)
+    fn, tables = bind(compiled)
     run_split(fn, blocks, out, tables, threads)
 
 
-__all__ = ["f16_table", "run_compiled"]
+__all__ = ["bind", "f16_table", "run_compiled"]

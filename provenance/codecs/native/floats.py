@@ -11,6 +11,9 @@ and every result is cast back to float32 where numba's ``np.*`` returns float64 
 from __future__ import annotations
 
 import numpy as np
+from llvmlite import ir
+from numba.core import types
+from numba.extending import intrinsic
 
 from provenance.jit import inline
 
@@ -19,11 +22,36 @@ _TWO24 = np.float32(16777216.0)
 _INV_TWO24 = np.float32(1.0 / 16777216.0)
 
 
+@intrinsic
+def float_bits(typingctx, v):  # type: ignore[no-untyped-def]
+    """The bits of a float32 as uint32 (an LLVM bitcast: numba's scalar ``.view``
+    allocates a temporary array, ~20 ns, where this costs nothing)."""
+    if v != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.uint32(types.float32), codegen
+
+
+@intrinsic
+def bits_float(typingctx, v):  # type: ignore[no-untyped-def]
+    """The float32 whose bits are the uint32 ``v``."""
+    if v != types.uint32:
+        return None
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return types.float32(types.uint32), codegen
+
+
 @inline
 def nearest_int(v):  # type: ignore[no-untyped-def]
     """ggml ``nearest_int``: ``v + 1.5*2^23`` in float32, low 23 bits minus 2^22."""
     t = np.float32(np.float32(v) + _MAGIC)
-    return (np.int64(np.float32(t).view(np.int32)) & 0x007FFFFF) - 0x00400000
+    return (np.int64(float_bits(t)) & 0x007FFFFF) - 0x00400000
 
 
 @inline
@@ -45,7 +73,7 @@ def f16_bits(v):  # type: ignore[no-untyped-def]
     """``GGML_FP32_TO_FP16``: float32 -> the uint16 bits of the nearest f16 (ties to even),
     as ggml's software conversion: any NaN becomes the quiet NaN ``0x7E00`` (with its sign);
     numpy's ``astype`` would keep payload bits instead."""
-    x = np.int64(np.float32(v).view(np.uint32))
+    x = np.int64(float_bits(np.float32(v)))
     sign = (x >> 16) & 0x8000
     ax = x & 0x7FFFFFFF
     if ax >= 0x7F800000:
@@ -64,7 +92,7 @@ def f16_bits(v):  # type: ignore[no-untyped-def]
 @inline
 def round_f16(v):  # type: ignore[no-untyped-def]
     """``v`` rounded to f16 and back (torch's ``x.to(float16).to(float32)``)."""
-    x = np.int64(np.float32(v).view(np.uint32))
+    x = np.int64(float_bits(np.float32(v)))
     ax = x & 0x7FFFFFFF
     if ax > 0x7F800000:
         return np.float32(v)
@@ -73,17 +101,17 @@ def round_f16(v):  # type: ignore[no-untyped-def]
     if ax < 0x38800000:
         return np.float32(np.float32(np.rint(np.float32(np.float32(v) * _TWO24))) * _INV_TWO24)
     m = (ax + 0xFFF + ((ax >> 13) & 1)) & 0x7FFFE000
-    return np.uint32((x & 0x80000000) | m).view(np.float32)
+    return bits_float(np.uint32((x & 0x80000000) | m))
 
 
 @inline
 def round_bf16(v):  # type: ignore[no-untyped-def]
     """``v`` rounded to bfloat16 and back (ties to even; NaN stays NaN)."""
-    x = np.int64(np.float32(v).view(np.uint32))
+    x = np.int64(float_bits(np.float32(v)))
     if (x & 0x7FFFFFFF) > 0x7F800000:
         return np.float32(v)
     r = (x + 0x7FFF + ((x >> 16) & 1)) & 0xFFFF0000
-    return np.uint32(r & 0xFFFFFFFF).view(np.float32)
+    return bits_float(np.uint32(r & 0xFFFFFFFF))
 
 
 @inline
@@ -101,3 +129,19 @@ def c_int(v):  # type: ignore[no-untyped-def]
     if not (abs(v) < np.float32(2147483648.0)):
         return np.int64(-2147483648)
     return np.int64(np.trunc(v))
+
+
+@inline
+def safe_inverse(d):  # type: ignore[no-untyped-def]
+    """C's ``d ? 1.0f/d : 0.0f``."""
+    return np.float32(1.0) / d if d != np.float32(0.0) else np.float32(0.0)
+
+
+@inline
+def clamp(v, lo, hi):  # type: ignore[no-untyped-def]
+    """``torch.clamp`` of a float32 to integer bounds (NaN stays NaN)."""
+    if v < lo:
+        return np.float32(lo)
+    if v > hi:
+        return np.float32(hi)
+    return v

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from itertools import pairwise
+from typing import Any
 
 import numpy as np
 
@@ -41,3 +42,21 @@ def run_split(fn: Callable[..., None], blocks: np.ndarray, out: np.ndarray,
     fn(blocks[: bounds[1]], out[: bounds[1]], *tables)
     for f in futures:
         f.result()
+
+
+def map_split(fn: Callable[..., None], sliced: tuple[np.ndarray, ...], make_outputs: Callable[[], tuple[np.ndarray, ...]],
+              shared: tuple[Any, ...], threads: int, weights: int) -> list[tuple[np.ndarray, ...]]:
+    """``fn(*parts, *outputs, *shared)`` over up to ``threads`` contiguous parts of the
+    first axis of every array in ``sliced`` (``weights`` in all), each part with its own
+    fresh ``make_outputs()`` (accumulators); returns the parts' outputs in order, for the
+    caller to combine in that fixed order."""
+    n = sliced[0].shape[0]
+    parts = max(1, min(threads, n, weights // MIN_WEIGHTS_PER_THREAD))
+    bounds = [n * k // parts for k in range(parts + 1)]
+    outputs = [make_outputs() for _ in range(parts)]
+    futures = [_pool(os.getpid(), parts - 1).submit(fn, *(a[lo:hi] for a in sliced), *outputs[k + 1], *shared)
+               for k, (lo, hi) in enumerate(pairwise(bounds[1:]))] if parts > 1 else []
+    fn(*(a[: bounds[1]] for a in sliced), *outputs[0], *shared)
+    for f in futures:
+        f.result()
+    return outputs
