@@ -13,6 +13,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from provenance.codecs.native import bind
+from provenance.codecs.native.gridcheck import CELL_NOISE, CELL_OUTSIDE, CELL_TOTAL
+from provenance.codecs.quanttype import QuantType
+from provenance.codecs.registry import find_quant_type
 from provenance.codecs.types import plain_type
 from provenance.compare.pairing import TensorPair, apply_layout
 from provenance.compare.result import TransformSummary
@@ -50,7 +54,7 @@ def rows_per_chunk(row_length: int, target_elems: int = 1 << 17) -> int:
     return max(1, target_elems // max(1, row_length))
 
 
-class _GridCheck:
+class GridCheck:
     """Is the higher-precision side inside the cells of the lower-precision side?
 
     For a quantized side the cells come from its stored grid (``provenance.codecs.grid``);
@@ -79,12 +83,20 @@ class _GridCheck:
             self.outside += int((rounded != lossy_values).sum())
             self.total += other.numel()
             return
+        qt = find_quant_type(int(info.ggml_type))  # type: ignore[arg-type]
+        if qt is not None and qt.cells is not None and lossy_raw is not None and other.device.type == "cpu":
+            self.add_compiled(qt, lossy_raw, other)
+        else:
+            self.add_torch(lossy_raw, other)
+
+    def add_torch(self, lossy_raw: np.ndarray | None, other: torch.Tensor) -> None:
+        """The cell test in torch ops on the stored grid (any device, every type with a grid)."""
         from provenance.codecs.grid import quant_grid
 
         try:
-            grid = quant_grid(lossy_raw, int(info.ggml_type))  # type: ignore[arg-type]
+            grid = quant_grid(lossy_raw, int(self.info.ggml_type))  # type: ignore[arg-type]
         except (NotImplementedError, KeyError, ValueError) as exc:
-            self.error = f"no grid for {info.dtype}: {exc}"
+            self.error = f"no grid for {self.info.dtype}: {exc}"
             return
         lo, hi = grid.cell_bounds(clip=True)
         step = grid.step().abs()
@@ -98,6 +110,21 @@ class _GridCheck:
         self.outside += int(out.sum())
         self.total += other.numel()
         self.noise_energy += float((step.double() ** 2).sum() / 12.0)
+
+    def add_compiled(self, qt: QuantType, lossy_raw: np.ndarray, other: torch.Tensor) -> None:
+        """The same test in the type's compiled cells kernel (``QuantType.cells``): one pass
+        over the stored blocks, no per-weight grid tensors (the tests hold it to
+        :meth:`add_torch`: equal counts)."""
+        assert qt.cells is not None
+        fn, tables = bind(qt.cells)
+        blocks = np.ascontiguousarray(lossy_raw).reshape(-1, qt.type_size)
+        values = np.ascontiguousarray(other.numpy(), dtype=np.float32).reshape(-1, qt.block_size)
+        counts = np.zeros(2, dtype=np.int64)
+        sums = np.zeros(1, dtype=np.float64)
+        fn(blocks, values, counts, sums, np.float32(GRID_TOLERANCE_STEPS), *tables)
+        self.outside += int(counts[CELL_OUTSIDE])
+        self.total += int(counts[CELL_TOTAL])
+        self.noise_energy += float(sums[CELL_NOISE]) / 12.0
 
     def result(self) -> dict[str, Any]:
         if self.error:
@@ -146,7 +173,7 @@ def stream_pair(
     if sketch is not None and SketchBuilder.wants(pair.role):
         sketches = (TensorSketch(pair.role, n_rows, row_len, *sketch), TensorSketch(pair.role, n_rows, row_len, *sketch))
     lossy = _lossy_side(c_info, r_info) if grid_check and transform.is_identity and pair.layout == "same" else None
-    grid = _GridCheck(lossy, c_info if lossy == "candidate" else r_info) if lossy else None
+    grid = GridCheck(lossy, c_info if lossy == "candidate" else r_info) if lossy else None
     sample = np.unique(np.asarray(sample_rows if sample_rows is not None else [], dtype=np.int64))
     sample = sample[(sample >= 0) & (sample < n_rows)]
     sample_t = torch.from_numpy(sample)

@@ -43,10 +43,10 @@ from provenance.codecs.kernels._common import (
     spread_bits,
 )
 from provenance.codecs.native.fields import f16, u32
-from provenance.codecs.native.floats import c_int, clamp, f16_bits, put_u16, round_f16
+from provenance.codecs.native.floats import c_int, f16_bits, put_u16, round_f16
+from provenance.codecs.native.floats import roundf as c_roundf
 from provenance.codecs.native.floats import safe_inverse as inverse32
 from provenance.codecs.native.gridcheck import NO_TABLE, cells, check
-from provenance.codecs.native.floats import roundf as c_roundf
 from provenance.codecs.prediction import Prediction, f16_round, roundf, safe_inverse
 from provenance.codecs.quanttype import CompiledKernel, QuantType, Recipe, UniformGrid
 from provenance.jit import inline, kernel

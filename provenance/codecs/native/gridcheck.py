@@ -183,6 +183,28 @@ def _margin(u, pl, pidx, uniform, levels, qmin, qmax):  # type: ignore[no-untype
 
 
 @inline
+def _count_mismatch(j, s, c, sc, u, pl, explained, tol, uniform, levels, counts, dist):  # type: ignore[no-untyped-def]
+    """One mismatch of :func:`check_block`: explained (the other rounding, or within a
+    tolerant recipe's ``tol``; -inf for exact recipes), or unexplained with its direction
+    and distance."""
+    d, gap = _cell_distance(u, s, c, uniform, levels)
+    if not explained and np.float32(d * gap) <= tol:
+        explained = True
+    if explained:
+        counts[N_EXPLAINED] += 1
+        return
+    counts[N_UNEXPLAINED] += 1
+    direction = np.float32(np.float32(s - pl) * sc)
+    if direction > _F0:
+        counts[N_UP] += 1
+    elif direction < _F0:
+        counts[N_DOWN] += 1
+    if counts[N_KEPT] < dist.shape[0]:
+        dist[counts[N_KEPT]] = d
+        counts[N_KEPT] += 1
+
+
+@inline
 def check_block(x, g, p, pa, has_alt, scale_ok, alt_scale_ok, uniform, has_offset, tolerant,  # type: ignore[no-untyped-def]
                 levels, qmin, qmax, near_margin, counts, sums, dist):
     """Grid consistency and dequantization error of one block: reference ``x``, stored
@@ -215,9 +237,9 @@ def check_block(x, g, p, pa, has_alt, scale_ok, alt_scale_ok, uniform, has_offse
             u = p.u[j]
             valid = p.valid[j]
             mismatch = valid & (pl != s)
-            d, gap = _cell_distance(u, s, c, uniform, levels)
+            gap = _ONE if uniform else _cell_distance(u, s, c, uniform, levels)[1]
             step = abs(np.float32(sc * gap))
-            finite_step = (step > _F0) & np.isfinite(step)
+            finite_step = (step > _F0) & (step < _PINF)
             usable = valid & finite_step
             inv_step += np.float64(_ONE / step) if usable else 0.0
             margin, side_gap = _margin(u, pl, p.idx[j], uniform, levels, qmin, qmax)
@@ -226,21 +248,8 @@ def check_block(x, g, p, pa, has_alt, scale_ok, alt_scale_ok, uniform, has_offse
             n_checked += valid
             n_mismatch += mismatch
             if mismatch:
-                explained = has_alt and pa.level[j] == s
-                if tolerant and not explained and np.float32(d * gap) <= p.tol[j]:
-                    explained = True
-                if explained:
-                    counts[N_EXPLAINED] += 1
-                else:
-                    counts[N_UNEXPLAINED] += 1
-                    direction = np.float32(np.float32(s - pl) * sc)
-                    if direction > _F0:
-                        counts[N_UP] += 1
-                    elif direction < _F0:
-                        counts[N_DOWN] += 1
-                    if counts[N_KEPT] < dist.shape[0]:
-                        dist[counts[N_KEPT]] = d
-                        counts[N_KEPT] += 1
+                _count_mismatch(j, s, c, sc, u, pl, has_alt and pa.level[j] == s, p.tol[j] if tolerant else _NINF, uniform, levels,
+                                counts, dist)
             value = np.float32(sc * s)
             clean = np.float32(sc * pl)
             if has_offset:
