@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict
+
 import numpy as np
 import pytest
 import torch
@@ -123,7 +124,7 @@ def test_cells_equal_torch(name: str) -> None:
     for other in (x, finite, finite + (np.random.default_rng(6).standard_normal(x.shape) * 2e-3).astype(np.float32)):
         got, want = _cells(name, raw, other, True), _cells(name, raw, other, False)
         assert got[:2] == want[:2] and _close(got[2], want[2])
-        assert 0 < got[1]
+        assert got[1] > 0
 
 
 @pytest.mark.parametrize("quant_file", sorted(TRUE_SOURCE))

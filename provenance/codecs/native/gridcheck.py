@@ -205,6 +205,18 @@ def _count_mismatch(j, s, c, sc, u, pl, explained, tol, uniform, levels, counts,
 
 
 @inline
+def _values(sc, off, s, pl, valid, has_offset):  # type: ignore[no-untyped-def]
+    """The stored value ``fl(fl(sc*s) + off)`` and a clean quantization's (the predicted
+    level where it is determined), as :meth:`provenance.codecs.grid.QuantGrid.value_of`."""
+    value = np.float32(sc * s)
+    clean = np.float32(sc * pl)
+    if has_offset:
+        value = np.float32(value + off)
+        clean = np.float32(clean + off)
+    return value, clean if valid else value
+
+
+@inline
 def check_block(x, g, p, pa, has_alt, scale_ok, alt_scale_ok, uniform, has_offset, tolerant,  # type: ignore[no-untyped-def]
                 levels, qmin, qmax, near_margin, counts, sums, dist):
     """Grid consistency and dequantization error of one block: reference ``x``, stored
@@ -250,12 +262,7 @@ def check_block(x, g, p, pa, has_alt, scale_ok, alt_scale_ok, uniform, has_offse
             if mismatch:
                 _count_mismatch(j, s, c, sc, u, pl, has_alt and pa.level[j] == s, p.tol[j] if tolerant else _NINF, uniform, levels,
                                 counts, dist)
-            value = np.float32(sc * s)
-            clean = np.float32(sc * pl)
-            if has_offset:
-                value = np.float32(value + off)
-                clean = np.float32(clean + off)
-            clean = clean if valid else value
+            value, clean = _values(sc, off, s, pl, valid, has_offset)
             r = np.float64(x[j])
             diff = np.float64(value) - r
             cd = np.float64(clean) - r
