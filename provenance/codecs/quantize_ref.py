@@ -20,16 +20,27 @@ Verified against every tensor of every file in ``shared/data/llamacpp-quant``
 from __future__ import annotations
 
 import numpy as np
+from gguf import GGMLQuantizationType
 from gguf import quants as gguf_quants
 
 from provenance.codecs.native import run_compiled
-from provenance.codecs.registry import QUANT_TYPES, find_quant_type
+from provenance.codecs.registry import find_quant_type
 from provenance.codecs.types import PLAIN_TYPES, PlainType, plain_type, type_info
 
 
 def supported_types() -> list[str]:
-    """ggml type names :func:`quantize_rows` can produce."""
-    return [p.name for p in PLAIN_TYPES.values() if p.is_float] + [qt.name for qt in QUANT_TYPES.values() if qt.quantize]
+    """ggml type names :func:`quantize_rows` can produce (:func:`can_quantize`)."""
+    return [t.name for t in GGMLQuantizationType if can_quantize(t)]
+
+
+def can_quantize(ggml_type: int | str) -> bool:
+    """Can :func:`quantize_rows` produce ``ggml_type`` (a float type, or a block type with a
+    bit-exact quantizer)?"""
+    plain = plain_type(ggml_type)
+    if plain is not None:
+        return plain.is_float
+    qt = find_quant_type(ggml_type)
+    return qt is not None and qt.quantize is not None
 
 
 def _plain(values: np.ndarray, plain: PlainType) -> np.ndarray:
@@ -39,10 +50,11 @@ def _plain(values: np.ndarray, plain: PlainType) -> np.ndarray:
     return np.ascontiguousarray(values.astype(plain.numpy_name, copy=False)).view(np.uint8).reshape(rows, -1)
 
 
-def quantize_rows(values: np.ndarray, ggml_type: int | str, threads: int = 1) -> np.ndarray:
+def quantize_rows(values: np.ndarray, ggml_type: int | str, threads: int | None = None) -> np.ndarray:
     """Quantize float32 ``(rows, row_length)`` to ``ggml_type`` (number or name);
     returns the stored bytes, uint8 ``(rows, row_bytes)``. ``row_length`` must be a
-    multiple of the type's block size; ``threads`` > 1 splits the blocks between threads."""
+    multiple of the type's block size. The blocks are split between ``threads`` threads
+    (default: ``torch.get_num_threads()``, the CPU budget the dequantizers follow too)."""
     name = type_info(ggml_type).name
     values = np.asarray(values, dtype=np.float32)
     if values.ndim != 2:
@@ -58,5 +70,9 @@ def quantize_rows(values: np.ndarray, ggml_type: int | str, threads: int = 1) ->
         raise ValueError(f"{name} needs rows of a multiple of {qt.block_size} weights, got {row_length}")
     blocks = np.ascontiguousarray(values).reshape(-1, qt.block_size)
     out = np.empty((blocks.shape[0], qt.type_size), dtype=np.uint8)
+    if threads is None:
+        import torch
+
+        threads = torch.get_num_threads()
     run_compiled(qt.quantize, blocks, out, threads)
     return out.reshape(rows, -1)
