@@ -25,7 +25,7 @@ from gguf import quants as gguf_quants
 
 from provenance.codecs.native import run_compiled
 from provenance.codecs.registry import find_quant_type
-from provenance.codecs.types import PLAIN_TYPES, PlainType, plain_type, type_info
+from provenance.codecs.types import PlainType, plain_type, type_info
 
 
 def supported_types() -> list[str]:
