@@ -8,6 +8,7 @@ import click
 
 from provenance.commands.common import ExitCode, say
 from provenance.commands.options import build, options_from
+from provenance.commands.progress import progress_display
 from provenance.fileio import to_json, write_files_atomic
 from provenance.quant.options import QuantCheckOptions
 
@@ -63,7 +64,8 @@ def command(candidate: str, reference: str, out_dir: str | None, as_json: bool, 
     from provenance.quant.api import quantcheck
     from provenance.report import frame_csv, renderer
 
-    result = quantcheck(candidate, reference, build(QuantCheckOptions, options))
+    with progress_display() as progress:
+        result = quantcheck(candidate, reference, build(QuantCheckOptions, options), progress=progress)
     for line in summary_lines(result):
         say(line)
     if out_dir:

@@ -33,7 +33,7 @@ from provenance.codecs.quanttype import QuantType
 from provenance.codecs.recipes import Prediction, predict, supported
 from provenance.codecs.registry import find_quant_type
 from provenance.formats.dtypes import torch_dtype
-from provenance.quant.error import ErrorStats, error_stats
+from provenance.quant.error import ErrorStats, error_stats_torch
 
 PRECISIONS = ("f32", "f16", "bf16")
 
@@ -271,7 +271,7 @@ def check_block_rows_torch(
         counts.distances = dist[unexplained][: CheckCounts.MAX_KEPT].tolist()
     values = grid.value_of(stored)
     clean = grid.value_of(torch.where(pred.valid, pred.level, stored))
-    return counts, error_stats(values, x, clean, step_value)
+    return counts, error_stats_torch(values, x, clean, step_value)
 
 
 __all__ = ["PRECISIONS", "CheckCounts", "check_block_rows", "check_block_rows_torch", "source_variants", "supported"]

@@ -15,6 +15,7 @@ from provenance.codecs.registry import QUANT_TYPES, quant_type
 from provenance.compare.engine import GridCheck
 from provenance.formats import open_checkpoint
 from provenance.formats.base import TensorInfo
+from provenance.quant.error import error_stats, error_stats_torch
 from provenance.quant.gridcheck import PRECISIONS, check_block_rows, check_block_rows_torch
 from tests.codecs.test_quantize_ref import TRUE_SOURCE
 from tests.conftest import QUANT_DIR, single_torch_thread
@@ -139,3 +140,20 @@ def test_cells_equal_torch_on_every_real_tensor(quant_file: str) -> None:
             raw = cand.raw_rows(name)
             got, want = _cells(info.dtype, raw, other, True), _cells(info.dtype, raw, other, False)
             assert got[:2] == want[:2] and _close(got[2], want[2]), name
+
+
+def test_error_stats_compiled_equals_torch() -> None:
+    rng = np.random.default_rng(7)
+    ref = (rng.standard_normal((64, 512)) * 0.02).astype(np.float32)
+    values = ref + (rng.standard_normal(ref.shape) * 1e-3).astype(np.float32)
+    clean = ref + (rng.standard_normal(ref.shape) * 1e-3).astype(np.float32)
+    step = np.abs(rng.standard_normal(ref.shape)).astype(np.float32) * 1e-2
+    step[0, :5] = [0.0, np.inf, np.nan, -1.0, 1e-30]
+    values[1, 3] = np.nan
+    t = [torch.from_numpy(a) for a in (values, ref, clean, step)]
+    for args in (t, t[:2], [t[0], t[1], None, t[3]]):
+        got, want = asdict(error_stats(*args)), asdict(error_stats_torch(*args))
+        assert got.keys() == want.keys() and all(_close(float(got[k]), float(want[k])) for k in got), (got, want)
+    ok = [torch.from_numpy(np.nan_to_num(a)) for a in (values, ref, clean)]
+    got, want = asdict(error_stats(*ok)), asdict(error_stats_torch(*ok))
+    assert all(_close(float(got[k]), float(want[k])) for k in got) and got["max_abs"] > 0
