@@ -407,15 +407,14 @@ def _q8_0_grid(b, f16_table, g):  # type: ignore[no-untyped-def]
 
 @inline
 def _absmax_nan(x):  # type: ignore[no-untyped-def]
-    """``x.abs().amax()``: NaN if any value is NaN (torch's rule)."""
+    """``x.abs().amax()``: NaN if any value is NaN (torch's rule); selects, no branches."""
     m = np.float32(0.0)
+    nan = False
     for j in range(x.shape[0]):
         a = abs(x[j])
-        if a != a:
-            return a
-        if a > m:
-            m = a
-    return m
+        nan |= a != a
+        m = a if a > m else m
+    return np.float32(np.nan) if nan else m
 
 
 @inline

@@ -56,16 +56,17 @@ def nearest_int(v):  # type: ignore[no-untyped-def]
 
 @inline
 def roundf(v):  # type: ignore[no-untyped-def]
-    """C ``roundf`` (half away from zero), as :func:`provenance.codecs.prediction.roundf`:
-    ``trunc(v) + sign(v) * (|v - trunc(v)| >= 0.5)``; NaN stays NaN."""
+    """C ``roundf`` (half away from zero), as :func:`provenance.codecs.prediction.roundf`
+    computes it: ``trunc(v) + sign(v) * (|v - trunc(v)| >= 0.5)``, signed zeros included
+    (``-0.3`` -> ``-0.0``, ``-0.0`` -> ``+0.0``); NaN stays NaN. Written with selects: the
+    half-up test is a coin flip on real data, and a mispredicted branch per weight cost
+    more than the arithmetic."""
     t = np.float32(np.trunc(v))
-    if abs(np.float32(v - t)) >= np.float32(0.5):
-        if v > 0:
-            return np.float32(t + np.float32(1.0))
-        return np.float32(t - np.float32(1.0))
-    if v == 0:
-        return np.float32(0.0)  # torch's formula gives +0.0 for -0.0 (and keeps -0.0 from -0.3)
-    return t
+    half = abs(np.float32(v - t)) >= np.float32(0.5)
+    negative = v < np.float32(0.0)
+    one = np.float32(-1.0) if negative else np.float32(1.0)
+    zero = np.float32(-0.0) if negative else np.float32(0.0)
+    return np.float32(t + (one if half else zero))
 
 
 @inline

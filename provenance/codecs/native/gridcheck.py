@@ -161,10 +161,8 @@ def _margin(u, pl, pidx, uniform, levels, qmin, qmax):  # type: ignore[no-untype
     if uniform:
         r = np.float32(u - pl)
         margin = np.float32(_HALF - abs(r))
-        if pl >= qmax:
-            margin = np.float32(r + _HALF)
-        if pl <= qmin:
-            margin = np.float32(_HALF - r)
+        margin = np.float32(r + _HALF) if pl >= qmax else margin
+        margin = np.float32(_HALF - r) if pl <= qmin else margin
         return margin, _ONE
     last = levels.shape[0] - 1
     up = levels[min(pidx + 1, last)]
@@ -217,31 +215,40 @@ def _values(sc, off, s, pl, valid, has_offset):  # type: ignore[no-untyped-def]
 
 
 @inline
-def check_block(x, g, p, pa, has_alt, scale_ok, alt_scale_ok, uniform, has_offset, tolerant,  # type: ignore[no-untyped-def]
+def _step_terms(sc, gap, valid, near):  # type: ignore[no-untyped-def]
+    """A weight's step (value units), whether it is finite and positive, and its
+    ``1/step`` terms of the boundary densities (0 where they do not count), computed with
+    0/1 factors: LLVM would branch around the divisions on coin-flip conditions."""
+    step = abs(np.float32(sc * gap))
+    finite = (step > _F0) & (step < _PINF)
+    inv = np.float64(_ONE / (step if finite else _ONE))
+    return step, finite, inv * np.float64(valid & finite), inv * np.float64(valid & finite & near)
+
+
+@inline
+def check_block(x, g, p, pa, has_alt, uniform, has_offset, tolerant,  # type: ignore[no-untyped-def]
                 levels, qmin, qmax, near_margin, counts, sums, dist):
     """Grid consistency and dequantization error of one block: reference ``x``, stored
     grid ``g``, the recipe's prediction ``p`` (and ``pa`` for the other rounding when
     ``has_alt``). Adds to ``counts`` / ``sums``; distances of unexplained mismatches go to
-    ``dist`` until it is full. Sub-block by sub-block (no per-weight division); the common
-    case (no mismatch) runs without data-dependent branches (selects), since mispredicted
-    branches, not arithmetic, were what cost most here."""
+    ``dist`` until it is full.
+
+    Sub-block by sub-block. For a uniform grid every weight of a sub-block has the same
+    step ``|scale|`` (and its boundary side the same), so the ``1/step`` sums are counts
+    times one reciprocal and ``sum |diff|/step`` one division per sub-block; a level table
+    (IQ4, Q1_0) divides per weight. The common case (no mismatch) has no data-dependent
+    branch: mispredictions, not arithmetic, were what cost most here."""
     n_sub = g.scale.shape[0]
     sub = x.shape[0] // n_sub
-    if not scale_ok and not alt_scale_ok:
-        counts[N_SCALE_BAD] += 1
-    n_checked = 0
-    n_mismatch = 0
-    n_steps = 0
-    inv_step = 0.0
-    near_inv = 0.0
-    sse = 0.0
-    ref_ss = 0.0
-    clean_sse = 0.0
-    abs_steps = 0.0
+    n_checked = n_mismatch = n_steps = 0
+    inv_step = near_inv = sse = ref_ss = clean_sse = abs_steps = 0.0
     max_abs = sums[MAX_ABS]
     for k in range(n_sub):
         sc = g.scale[k]
         off = g.offset[k] if has_offset else _F0
+        step_k, finite_k, inv_k, _ = _step_terms(sc, _ONE, True, False)
+        n_usable = n_near = 0
+        abs_diff = 0.0
         for j in range(k * sub, (k + 1) * sub):
             c = g.code[j]
             s = np.float32(c) if uniform else levels[c]
@@ -249,19 +256,8 @@ def check_block(x, g, p, pa, has_alt, scale_ok, alt_scale_ok, uniform, has_offse
             u = p.u[j]
             valid = p.valid[j]
             mismatch = valid & (pl != s)
-            gap = _ONE if uniform else _cell_distance(u, s, c, uniform, levels)[1]
-            step = abs(np.float32(sc * gap))
-            finite_step = (step > _F0) & (step < _PINF)
-            usable = valid & finite_step
-            inv_step += np.float64(_ONE / step) if usable else 0.0
             margin, side_gap = _margin(u, pl, p.idx[j], uniform, levels, qmin, qmax)
-            near = usable & (margin >= _F0) & (margin < near_margin)
-            near_inv += np.float64(_ONE / abs(np.float32(sc * side_gap))) if near else 0.0
-            n_checked += valid
-            n_mismatch += mismatch
-            if mismatch:
-                _count_mismatch(j, s, c, sc, u, pl, has_alt and pa.level[j] == s, p.tol[j] if tolerant else _NINF, uniform, levels,
-                                counts, dist)
+            near = (margin >= _F0) & (margin < near_margin)
             value, clean = _values(sc, off, s, pl, valid, has_offset)
             r = np.float64(x[j])
             diff = np.float64(value) - r
@@ -270,8 +266,27 @@ def check_block(x, g, p, pa, has_alt, scale_ok, alt_scale_ok, uniform, has_offse
             ref_ss += r * r
             clean_sse += cd * cd
             max_abs = _nan_max(max_abs, abs(diff))
-            abs_steps += abs(diff) / np.float64(step) if finite_step else 0.0
-            n_steps += finite_step
+            if uniform:
+                n_usable += valid & finite_k
+                n_near += valid & finite_k & near
+                abs_diff += abs(diff)
+            else:
+                step, finite, inv, _ = _step_terms(sc, _cell_distance(u, s, c, uniform, levels)[1], valid, False)
+                _, _, _, near_term = _step_terms(sc, side_gap, valid & finite, near)
+                inv_step += inv
+                near_inv += near_term
+                abs_steps += abs(diff) / np.float64(step if finite else _ONE) * np.float64(finite)
+                n_steps += finite
+            n_checked += valid
+            n_mismatch += mismatch
+            if mismatch:
+                _count_mismatch(j, s, c, sc, u, pl, has_alt and pa.level[j] == s, p.tol[j] if tolerant else _NINF, uniform,
+                                levels, counts, dist)
+        if uniform and finite_k:
+            inv_step += inv_k * n_usable
+            near_inv += inv_k * n_near
+            abs_steps += abs_diff / np.float64(step_k)
+            n_steps += sub
     counts[N_WEIGHTS] += x.shape[0]
     counts[N_CHECKED] += n_checked
     counts[N_MISMATCH] += n_mismatch
@@ -285,22 +300,54 @@ def check_block(x, g, p, pa, has_alt, scale_ok, alt_scale_ok, uniform, has_offse
     sums[ABS_STEPS] += abs_steps
 
 
+GROUP_WEIGHTS = 256
+"""Weights a check kernel works on at once: blocks of 32 (or 128) are grouped so that the
+per-block loops are long enough to vectorize and their set-up is paid per 256 weights."""
+
+
+@inline
+def _block_views(g, p, b, bs, n_sub):  # type: ignore[no-untyped-def]
+    """Block ``b`` of a group's grid and prediction (views, no copy)."""
+    w, s = slice(b * bs, (b + 1) * bs), slice(b * n_sub, (b + 1) * n_sub)
+    return (GridBlock(g.code[w], g.scale[s], g.offset[s]),
+            Predicted(p.level[w], p.idx[w], p.u[w], p.valid[w], p.tol[w]))
+
+
 @inline
 def check(blocks, x, counts, sums, dist, precision, near_margin, f16_table,  # type: ignore[no-untyped-def]
           grid, predict, n_sub, uniform, has_offset, tolerant, levels, qmin, qmax):
-    """The body of every type's check kernel: per block, ``grid`` (the type's block
-    decoder) and ``predict`` (its recipe, ``predict(source, block, grid, f16_table, levels,
-    out) -> scale_ok``) inlined when the kernel compiles (no function value reaches the
-    loop), the source roundings, then :func:`check_block`."""
-    g, p, pa, near, alt = check_workspace(x.shape[1], n_sub)
-    for i in range(blocks.shape[0]):
-        b = blocks[i]
-        grid(b, f16_table, g)
-        two = source_block(x[i], precision, near, alt)
-        ok = predict(near, b, g, f16_table, levels, p)
-        alt_ok = predict(alt, b, g, f16_table, levels, pa) if two else ok
-        check_block(x[i], g, p, pa, two, ok, alt_ok, uniform, has_offset, tolerant, levels, qmin, qmax,
-                    near_margin, counts, sums, dist)
+    """The body of every type's check kernel: per group of blocks, ``grid`` (the type's
+    block decoder) and ``predict`` (its recipe, ``predict(source, block, grid, f16_table,
+    levels, out) -> scale_ok``) on each block, inlined when the kernel compiles (no
+    function value reaches the loop), the source roundings, the scale test, then
+    :func:`check_block` over the group."""
+    bs = x.shape[1]
+    group = max(1, GROUP_WEIGHTS // bs)
+    g, p, pa, near, alt = check_workspace(bs * group, n_sub * group)
+    ok = np.zeros(group, np.bool_)
+    n = blocks.shape[0]
+    for first in range(0, n, group):
+        m = min(group, n - first)
+        w = m * bs
+        xs = x[first:first + m].reshape(w)
+        for b in range(m):
+            gb, _ = _block_views(g, p, b, bs, n_sub)
+            grid(blocks[first + b], f16_table, gb)
+        two = source_block(xs, precision, near[:w], alt[:w])
+        for b in range(m):
+            gb, pb = _block_views(g, p, b, bs, n_sub)
+            ok[b] = predict(near[b * bs:(b + 1) * bs], blocks[first + b], gb, f16_table, levels, pb)
+        for b in range(m):
+            alt_ok = ok[b]
+            if two:
+                gb, pab = _block_views(g, pa, b, bs, n_sub)
+                alt_ok = predict(alt[b * bs:(b + 1) * bs], blocks[first + b], gb, f16_table, levels, pab)
+            if not ok[b] and not alt_ok:
+                counts[N_SCALE_BAD] += 1
+        gw, pw = _block_views(g, p, 0, w, n_sub * m)
+        _, paw = _block_views(g, pa, 0, w, n_sub * m)
+        check_block(xs, gw, pw, paw, two, uniform, has_offset, tolerant, levels, qmin, qmax, near_margin,
+                    counts, sums, dist)
 
 
 @inline
