@@ -56,6 +56,8 @@ class Step:
     walls: list[float] = field(default_factory=list)
     floors: list[float] = field(default_factory=list)
     rss_mb: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+    """user + system seconds of the command (less sensitive to other jobs than wall time)."""
     loads: list[float] = field(default_factory=list)
     verdict: str = ""
 
@@ -103,7 +105,7 @@ def make_reference(path: Path, layers: int) -> None:
     writer.write_ti_data_to_file()
     handle = writer.fout[0]
     rng = np.random.default_rng(0)
-    for name, shape in shapes:
+    for _name, shape in shapes:
         handle.write(b"\0" * (-handle.tell() % writer.data_alignment))
         if len(shape) == 1:
             handle.write(np.ones(shape, np.float32).tobytes())
@@ -161,9 +163,9 @@ def cold_read(path: Path) -> float:
     return time.perf_counter() - t0
 
 
-def run(cmd: list[str], reads: list[Path], env: dict[str, str] | None = None) -> tuple[float, float, str, float]:
-    """Wall seconds, peak RSS (MB), stderr and the 1-minute load average of one command
-    run cold (the caches of ``reads`` dropped)."""
+def run(cmd: list[str], reads: list[Path], env: dict[str, str] | None = None) -> tuple[float, float, float, str, float]:
+    """Wall seconds, CPU seconds, peak RSS (MB), stderr and the 1-minute load average of one
+    command run cold (the caches of ``reads`` dropped)."""
     drop_cache(reads)
     load = os.getloadavg()[0]
     log = CACHE / "last-stderr.txt"
@@ -176,7 +178,7 @@ def run(cmd: list[str], reads: list[Path], env: dict[str, str] | None = None) ->
     code = os.waitstatus_to_exitcode(status)
     if code not in (0, 1):
         raise SystemExit(f"{' '.join(cmd)} failed ({code}):\n{text[-3000:]}")
-    return wall, usage.ru_maxrss / 1024, text, (load + os.getloadavg()[0]) / 2
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, text, (load + os.getloadavg()[0]) / 2
 
 
 def provenance_cmd(*args: str) -> list[str]:
@@ -212,16 +214,56 @@ def measure(step: Step, cmd: list[str], reps: int, env: dict[str, str] | None = 
     stderr = ""
     for _ in range(reps):
         step.floors.append(sum(cold_read(p) for p in step.reads))
-        wall, rss, stderr, load = run(cmd, step.reads, env)
+        wall, cpu, rss, stderr, load = run(cmd, step.reads, env)
         step.walls.append(wall)
+        step.cpu.append(cpu)
         step.rss_mb.append(rss)
         step.loads.append(load)
-        print(f"  {step.name}: {wall:.1f} s (floor {step.floors[-1]:.1f} s), peak RSS {rss:.0f} MB, load {load:.1f}",
-              flush=True)
+        print(f"  {step.name}: {wall:.1f} s (cpu {cpu:.1f} s, floor {step.floors[-1]:.1f} s), peak RSS {rss:.0f} MB, "
+              f"load {load:.1f}", flush=True)
     return stderr
 
 
 # ----- the run -------------------------------------------------------------------------------
+def quantizer_steps(reference: Path, ours: Path, theirs: Path, threads: int, reps: int, env: dict[str, str]) -> list[Step]:
+    step = Step("quantize Q4_K_M (provenance)", [reference])
+    measure(step, provenance_cmd("quantize", str(reference), str(ours), "--type", "Q4_K_M", "--threads", str(threads)),
+            reps, env)
+    steps = [step]
+    if (LLAMACPP / "llama_cpp").is_dir():
+        step = Step("quantize Q4_K_M (llama.cpp)", [reference])
+        measure(step, llamacpp_cmd(reference, theirs, "Q4_K_M", threads), reps, env)
+        step.verdict = "output byte-identical to ours" if same_bytes(ours, theirs) else "OUTPUT DIFFERS FROM OURS"
+        steps.append(step)
+        theirs.unlink()
+    return steps
+
+
+def analysis_step(name: str, args: list[str], reads: list[Path], reps: int, env: dict[str, str]) -> Step:
+    step = Step(name, reads)
+    step.verdict = verdict_line(measure(step, provenance_cmd(*args), reps, env))
+    return step
+
+
+def report(steps: list[Step], layers: int, reference: Path, args: argparse.Namespace) -> None:
+    n_params = sum(int(np.prod(s)) for _, s in tensor_shapes(layers))
+    llama = next((s for s in steps if "llama.cpp" in s.name), None)
+    print(f"\n7B shape, {layers} of {LAYERS} layers, {n_params / 1e9:.2f} G parameters, reference "
+          f"{reference.stat().st_size / 1e9:.1f} GB F16; medians of {args.reps} runs "
+          f"({args.quantize_reps or args.reps} for the quantizers); --threads {args.threads}; shared machine")
+    print(f"{'step':32} {'wall s':>7} {'cpu s':>7} {'floor s':>7} {'x floor':>7} {'x llama':>7} {'RSS MB':>7} "
+          f"{'load':>5}  verdict")
+    table = []
+    for s in steps:
+        wall, floor = statistics.median(s.walls), statistics.median(s.floors)
+        versus = wall / statistics.median(llama.walls) if llama and s.name.startswith("quantize") else float("nan")
+        print(f"{s.name:32} {wall:7.1f} {statistics.median(s.cpu):7.1f} {floor:7.1f} {wall / floor:7.2f} {versus:7.2f} "
+              f"{max(s.rss_mb):7.0f} {statistics.median(s.loads):5.1f}  {s.verdict}")
+        table.append({"step": s.name, "walls": s.walls, "cpu": s.cpu, "floors": s.floors, "rss_mb": s.rss_mb,
+                      "loads": s.loads, "verdict": s.verdict})
+    (CACHE / f"results-{layers}l.json").write_text(json.dumps(table, indent=1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", type=int, default=LAYERS, help="layers of the 7B shape (32: the whole model)")
@@ -232,7 +274,7 @@ def main() -> None:
     args = ap.parse_args()
     CACHE.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PROVENANCE_PROGRESS_SECONDS": "30", "OMP_WAIT_POLICY": "PASSIVE"}
-    tag = f"{args.layers}l"
+    tag, threads = f"{args.layers}l", str(args.threads)
     reference = CACHE / f"ref-{tag}-f16.gguf"
     print(f"disk: {shutil.disk_usage(CACHE).free / 1e9:.0f} GB free; cpus: {os.cpu_count()}; "
           f"load average {os.getloadavg()}", flush=True)
@@ -240,66 +282,30 @@ def main() -> None:
         t0 = time.perf_counter()
         make_reference(reference, args.layers)
         print(f"generated {reference.name} ({reference.stat().st_size / 1e9:.1f} GB) in {time.perf_counter() - t0:.0f} s")
-    n_params = sum(int(np.prod(s)) for _, s in tensor_shapes(args.layers))
     ours, theirs = CACHE / f"ours-{tag}-Q4_K_M.gguf", CACHE / f"llamacpp-{tag}-Q4_K_M.gguf"
     exact, perturbed = CACHE / f"exact-{tag}-Q8_0.gguf", CACHE / f"perturbed-{tag}-Q8_0.gguf"
-    steps: list[Step] = []
-    qreps = args.quantize_reps or args.reps
-    threads = str(args.threads)
-
-    step = Step("quantize Q4_K_M (provenance)", [reference])
-    measure(step, provenance_cmd("quantize", str(reference), str(ours), "--type", "Q4_K_M", "--threads", threads), qreps, env)
-    steps.append(step)
-    if (LLAMACPP / "llama_cpp").is_dir():
-        step = Step("quantize Q4_K_M (llama.cpp)", [reference])
-        measure(step, llamacpp_cmd(reference, theirs, "Q4_K_M", args.threads), qreps, env)
-        step.verdict = "output byte-identical to ours" if same_bytes(ours, theirs) else "OUTPUT DIFFERS FROM OURS"
-        steps.append(step)
-        theirs.unlink()
-    step = Step("compare Q4_K_M vs F16", [ours, reference])
-    step.verdict = verdict_line(measure(step, provenance_cmd("compare", str(ours), str(reference), "--threads", threads),
-                                        args.reps, env))
-    steps.append(step)
+    steps = quantizer_steps(reference, ours, theirs, args.threads, args.quantize_reps or args.reps, env)
+    steps.append(analysis_step("compare Q4_K_M vs F16", ["compare", str(ours), str(reference), "--threads", threads],
+                               [ours, reference], args.reps, env))
     if not args.keep:
         ours.unlink()
-
     if not exact.exists():
         subprocess.run(provenance_cmd("quantize", str(reference), str(exact), "--type", "Q8_0", "--threads", threads),
                        check=True, env=env, stderr=subprocess.DEVNULL)
-    step = Step("compare Q8_0 vs F16", [exact, reference])
-    step.verdict = verdict_line(measure(step, provenance_cmd("compare", str(exact), str(reference), "--threads", threads),
-                                        args.reps, env))
-    steps.append(step)
-    step = Step("quantcheck exact Q8_0", [exact, reference])
-    step.verdict = verdict_line(measure(step, provenance_cmd("quantcheck", str(exact), "-r", str(reference),
-                                                             "--threads", threads), args.reps, env))
-    steps.append(step)
+    steps.append(analysis_step("compare Q8_0 vs F16", ["compare", str(exact), str(reference), "--threads", threads],
+                               [exact, reference], args.reps, env))
+    steps.append(analysis_step("quantcheck exact Q8_0", ["quantcheck", str(exact), "-r", str(reference), "--threads", threads],
+                               [exact, reference], args.reps, env))
     if not args.keep:
         exact.unlink()
-
     if not perturbed.exists():
         make_perturbed_q8_0(reference, perturbed)
-    step = Step("quantcheck perturbed Q8_0", [perturbed, reference])
-    step.verdict = verdict_line(measure(step, provenance_cmd("quantcheck", str(perturbed), "-r", str(reference),
-                                                             "--threads", threads), args.reps, env))
-    steps.append(step)
+    steps.append(analysis_step("quantcheck perturbed Q8_0",
+                               ["quantcheck", str(perturbed), "-r", str(reference), "--threads", threads],
+                               [perturbed, reference], args.reps, env))
     if not args.keep:
         perturbed.unlink()
-
-    llama = next((s for s in steps if "llama.cpp" in s.name), None)
-    print(f"\n7B shape, {args.layers} of {LAYERS} layers, {n_params / 1e9:.2f} G parameters, reference "
-          f"{reference.stat().st_size / 1e9:.1f} GB F16; medians of {args.reps} runs ({qreps} for the quantizers); "
-          f"--threads {args.threads}; shared machine")
-    print(f"{'step':32} {'wall s':>7} {'floor s':>7} {'x floor':>7} {'x llama':>7} {'RSS MB':>7} {'load':>5}  verdict")
-    table = []
-    for s in steps:
-        wall, floor = statistics.median(s.walls), statistics.median(s.floors)
-        versus = wall / statistics.median(llama.walls) if llama and s.name.startswith("quantize") else float("nan")
-        print(f"{s.name:32} {wall:7.1f} {floor:7.1f} {wall / floor:7.2f} {versus:7.2f} {max(s.rss_mb):7.0f} "
-              f"{statistics.median(s.loads):5.1f}  {s.verdict}")
-        table.append({"step": s.name, "walls": s.walls, "floors": s.floors, "rss_mb": s.rss_mb, "loads": s.loads,
-                      "verdict": s.verdict})
-    (CACHE / f"results-{tag}.json").write_text(json.dumps(table, indent=1))
+    report(steps, args.layers, reference, args)
 
 
 if __name__ == "__main__":

@@ -428,13 +428,21 @@ def cell_block(other, g, uniform, has_offset, qmin, qmax, lo_mid, hi_mid, tol_st
 @inline
 def cells(blocks, other, counts, sums, tol_steps, f16_table, grid, n_sub, uniform, has_offset, qmin, qmax, lo_mid, hi_mid):  # type: ignore[no-untyped-def]
     """The body of every type's cells kernel: ``grid`` (the type's inlined block decoder,
-    resolved when the kernel compiles: no function value reaches the loop) then
-    :func:`cell_block`, block after block; ``sum(step^2)`` once at the end."""
-    g = grid_block(other.shape[1], n_sub)
-    steps = np.zeros(other.shape[0] * other.shape[1], np.float32)
-    for i in range(blocks.shape[0]):
-        grid(blocks[i], f16_table, g)
-        at = i * other.shape[1]
-        cell_block(other[i], g, uniform, has_offset, qmin, qmax, lo_mid, hi_mid, tol_steps,
-                   steps[at:at + other.shape[1]], counts)
+    resolved when the kernel compiles: no function value reaches the loop) on each block of
+    a group of ``GROUP_WEIGHTS``, then :func:`cell_block` over the group; ``sum(step^2)``
+    once at the end."""
+    bs = other.shape[1]
+    group = max(1, GROUP_WEIGHTS // bs)
+    g = grid_block(bs * group, n_sub * group)
+    steps = np.zeros(other.shape[0] * bs, np.float32)
+    n = blocks.shape[0]
+    for first in range(0, n, group):
+        m = min(group, n - first)
+        for b in range(m):
+            grid(blocks[first + b], f16_table, GridBlock(g.code[b * bs:(b + 1) * bs], g.scale[b * n_sub:(b + 1) * n_sub],
+                                                         g.offset[b * n_sub:(b + 1) * n_sub]))
+        w = m * bs
+        gw = GridBlock(g.code[:w], g.scale[:n_sub * m], g.offset[:n_sub * m])
+        cell_block(other[first:first + m].reshape(w), gw, uniform, has_offset, qmin, qmax, lo_mid, hi_mid, tol_steps,
+                   steps[first * bs:first * bs + w], counts)
     sums[CELL_NOISE] += _sum_squares(steps, steps.shape[0])
