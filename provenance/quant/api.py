@@ -131,7 +131,7 @@ def quantcheck(
     overall, a verdict and the source precision the quantizer saw. ``progress`` gets the
     bytes of both files read (task ``quantcheck``)."""
     opts = options or QuantCheckOptions()
-    with torch_threads(opts.threads):
+    with torch_threads(1):  # the compiled check takes the threads; torch only converts rows
         return _quantcheck(candidate_path, reference_path, opts.precision, opts.threads, progress)
 
 

@@ -11,8 +11,9 @@ from provenance.options import Precision, option, precision_option, threads_opti
 @dataclass(frozen=True)
 class QuantCheckOptions:
     precision: Precision = precision_option()
-    threads: int = threads_option(1)
-    """torch threads: 1 is robust on a shared machine (docs/cli.md)."""
+    threads: int = threads_option(2)
+    """Threads of the compiled grid check (torch itself stays on one thread: its OpenMP
+    threads slow down badly when another process holds a core, docs/cli.md)."""
 
 
 def _ftype_name(value: str) -> str:
