@@ -4,12 +4,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import click
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from provenance.commands.common import ExitCode, say, stderr_console
+from provenance.commands.common import ExitCode, say
 from provenance.commands.options import build, options_from
+from provenance.commands.progress import progress_display
 from provenance.compare.options import CompareOptions
 from provenance.fileio import to_json, write_files_atomic
+from provenance.progress import Meter
 from provenance.textsafe import safe_text
 
 if TYPE_CHECKING:  # the analysis modules import torch/pandas: load them only when a command runs
@@ -23,13 +24,9 @@ def _run(candidate: str, reference: str, options: CompareOptions) -> CompareResu
 
     with open_checkpoint(reference) as ref:  # tensor count for the bar (header only)
         total = len(ref.tensors)
-    progress = Progress(TextColumn("comparing"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-                        TimeRemainingColumn(), console=stderr_console, transient=True,
-                        disable=not stderr_console.is_terminal)
-    with progress:
-        task = progress.add_task("", total=total)
-        return compare(candidate, reference, options,
-                       progress=lambda name, _n: progress.update(task, advance=1, description=safe_text(name, 40)))
+    with progress_display() as show:
+        meter = Meter(show, "compare", total, unit="tensors")
+        return compare(candidate, reference, options, progress=lambda name, _n: meter.advance(1, name))
 
 
 def as_report(result: CompareResult, candidate: str, reference: str) -> Report:

@@ -4,14 +4,15 @@ from __future__ import annotations
 from typing import Any
 
 import click
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 from rich.text import Text
 
-from provenance.commands.common import ExitCode, debug_enabled, say, stderr_console, stdout_console
+from provenance.commands.common import ExitCode, debug_enabled, say, stdout_console
+from provenance.commands.progress import progress_display
 from provenance.errors import CheckpointError
 from provenance.fileio import to_json, write_atomic
 from provenance.inspect import inspect_checkpoint
+from provenance.progress import Meter
 from provenance.textsafe import safe_text
 
 BATCH_SCHEMA = "provenance.inspect-batch/1"
@@ -21,18 +22,16 @@ PROGRESS_MIN_BYTES = 256 * 1024 * 1024
 def _inspect_one(path: str, hashes: bool) -> dict[str, Any]:
     if not hashes:
         return inspect_checkpoint(path)
-    progress = Progress(
-        TextColumn("hashing {task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-        TimeRemainingColumn(), console=stderr_console, transient=True,
-        disable=not stderr_console.is_terminal,
-    )
-    with progress:
-        task = progress.add_task(safe_text(path, 40), total=None)
-        return inspect_checkpoint(
-            path, hashes=True,
-            progress=lambda n: progress.advance(task, n),
-            on_total=lambda total: progress.update(task, total=total, visible=total >= PROGRESS_MIN_BYTES),
-        )
+    with progress_display() as show:
+        meter = Meter(None, "hash", None)
+
+        def on_total(total: int) -> None:
+            meter.total = total
+            if total >= PROGRESS_MIN_BYTES:  # small files hash in a blink: no bar
+                meter.callback = show
+                meter.start_item(path)
+
+        return inspect_checkpoint(path, hashes=True, progress=meter.advance, on_total=on_total)
 
 
 def _cell(value: Any, max_len: int = 80) -> Text:

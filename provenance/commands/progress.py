@@ -2,7 +2,8 @@
 
 On a terminal: a rich bar per task (percentage, bytes or count, rate, time left, the item
 being worked on). Otherwise (CI logs, ``2> file``, a pipe): one plain line every
-``PROVENANCE_PROGRESS_SECONDS`` seconds (default 10) and one when the task ends::
+``PROVENANCE_PROGRESS_SECONDS`` seconds (default 10) and, for a task that ran long enough
+to print one, a last line when it ends::
 
     provenance: quantize 41% 2.7/6.6 GB 180 MB/s ETA 21s
     provenance: quantize done 6.6 GB in 37s (180 MB/s)
@@ -107,7 +108,7 @@ class PlainLines:
     def close(self) -> None:
         now = time.monotonic()
         for task, update in self.last.items():
-            if update.total is None or update.done >= update.total:
+            if task in self.printed:
                 self._say(done_line(update, now - self.started[task]))
 
 
