@@ -1,9 +1,11 @@
 """The quantization jobs at real size, against the disk floor measured in the same run.
 
-    python benchmarks/bench_quant_e2e.py [--layers 32] [--reps 3] [--threads 2] [--keep]
+    python benchmarks/bench_quant_e2e.py [--shape 7b|70b] [--layers N] [--reps 3] [--threads 2] [--keep]
 
 Generates a Llama-2-7B-shaped F16 GGUF once (6.74 G parameters, 13.5 GB; cached under
-``.cache/bench-quant-e2e``; ``--layers N`` for an N-layer slice of the same shape) and, in
+``.cache/bench-quant-e2e``; ``--layers N`` for an N-layer slice of the same shape,
+``--shape 70b --layers 1`` for one Llama-2-70B layer with its embeddings, whose MLP
+matrices hold 235 M weights: the memory test) and, in
 the same run, times each command as a user runs it (``python -m provenance.cli ...`` in a
 fresh process, progress lines on, caches of every file it reads dropped first with
 ``posix_fadvise(POSIX_FADV_DONTNEED)`` after an fsync):
@@ -44,9 +46,21 @@ CACHE = ROOT / ".cache" / "bench-quant-e2e"
 LLAMACPP = ROOT / ".cache" / "llamacpp"
 READ_CHUNK = 16 << 20
 
-# Llama-2-7B
-VOCAB, EMBD, FF, HEADS, LAYERS = 32000, 4096, 11008, 32, 32
 NOISE = 1e-3
+
+
+@dataclass(frozen=True)
+class Shape:
+    vocab: int
+    embd: int
+    ff: int
+    heads: int
+    kv_heads: int
+    layers: int
+
+
+SHAPES = {"7b": Shape(32000, 4096, 11008, 32, 32, 32), "70b": Shape(32000, 8192, 28672, 64, 8, 80)}
+"""Llama-2-7B and Llama-2-70B (grouped KV heads: attn_k/attn_v are 1024 x 8192)."""
 
 
 @dataclass
@@ -63,40 +77,43 @@ class Step:
 
 
 # ----- files --------------------------------------------------------------------------------
-def tensor_shapes(layers: int) -> list[tuple[str, tuple[int, ...]]]:
-    shapes: list[tuple[str, tuple[int, ...]]] = [("token_embd.weight", (VOCAB, EMBD))]
+def tensor_shapes(m: Shape, layers: int) -> list[tuple[str, tuple[int, ...]]]:
+    kv = m.embd // m.heads * m.kv_heads
+    shapes: list[tuple[str, tuple[int, ...]]] = [("token_embd.weight", (m.vocab, m.embd))]
     for i in range(layers):
         p = f"blk.{i}."
-        shapes.append((p + "attn_norm.weight", (EMBD,)))
-        shapes += [(p + n + ".weight", (EMBD, EMBD)) for n in ("attn_q", "attn_k", "attn_v", "attn_output")]
-        shapes.append((p + "ffn_norm.weight", (EMBD,)))
-        shapes += [(p + "ffn_gate.weight", (FF, EMBD)), (p + "ffn_up.weight", (FF, EMBD)), (p + "ffn_down.weight", (EMBD, FF))]
-    shapes += [("output_norm.weight", (EMBD,)), ("output.weight", (VOCAB, EMBD))]
+        shapes.append((p + "attn_norm.weight", (m.embd,)))
+        shapes += [(p + "attn_q.weight", (m.embd, m.embd)), (p + "attn_k.weight", (kv, m.embd)),
+                   (p + "attn_v.weight", (kv, m.embd)), (p + "attn_output.weight", (m.embd, m.embd))]
+        shapes.append((p + "ffn_norm.weight", (m.embd,)))
+        shapes += [(p + "ffn_gate.weight", (m.ff, m.embd)), (p + "ffn_up.weight", (m.ff, m.embd)),
+                   (p + "ffn_down.weight", (m.embd, m.ff))]
+    shapes += [("output_norm.weight", (m.embd,)), ("output.weight", (m.vocab, m.embd))]
     return shapes
 
 
-def make_reference(path: Path, layers: int) -> None:
-    """A 7B-shaped F16 GGUF (norms F32 at 1), streamed row chunk by row chunk: Gaussian
+def make_reference(path: Path, m: Shape, layers: int) -> None:
+    """An F16 GGUF of the shape (norms F32 at 1), streamed row chunk by row chunk: Gaussian
     weights of std 0.02, seed 0, a llama header llama.cpp's quantizer accepts."""
     import gguf
 
     tmp = path.with_suffix(".tmp")
     writer = gguf.GGUFWriter(str(tmp), "llama")
-    writer.add_name(f"bench-7b-shape-{layers}l")
+    writer.add_name(f"bench-{path.stem}")
     writer.add_context_length(4096)
-    writer.add_embedding_length(EMBD)
+    writer.add_embedding_length(m.embd)
     writer.add_block_count(layers)
-    writer.add_feed_forward_length(FF)
-    writer.add_head_count(HEADS)
-    writer.add_head_count_kv(HEADS)
-    writer.add_rope_dimension_count(EMBD // HEADS)
+    writer.add_feed_forward_length(m.ff)
+    writer.add_head_count(m.heads)
+    writer.add_head_count_kv(m.kv_heads)
+    writer.add_rope_dimension_count(m.embd // m.heads)
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
     writer.add_tokenizer_model("llama")
-    writer.add_token_list([f"<t{i}>" for i in range(VOCAB)])
-    writer.add_token_scores([0.0] * VOCAB)
-    writer.add_token_types([1] * VOCAB)
-    shapes = tensor_shapes(layers)
+    writer.add_token_list([f"<t{i}>" for i in range(m.vocab)])
+    writer.add_token_scores([0.0] * m.vocab)
+    writer.add_token_types([1] * m.vocab)
+    shapes = tensor_shapes(m, layers)
     for name, shape in shapes:
         dtype = np.float16 if len(shape) > 1 else np.float32
         writer.add_tensor_info(name, shape, np.dtype(dtype), int(np.prod(shape)) * np.dtype(dtype).itemsize)
@@ -245,10 +262,11 @@ def analysis_step(name: str, args: list[str], reads: list[Path], reps: int, env:
     return step
 
 
-def report(steps: list[Step], layers: int, reference: Path, args: argparse.Namespace) -> None:
-    n_params = sum(int(np.prod(s)) for _, s in tensor_shapes(layers))
+def report(steps: list[Step], reference: Path, args: argparse.Namespace) -> None:
+    m, layers = SHAPES[args.shape], args.layers or SHAPES[args.shape].layers
+    n_params = sum(int(np.prod(s)) for _, s in tensor_shapes(m, layers))
     llama = next((s for s in steps if "llama.cpp" in s.name), None)
-    print(f"\n7B shape, {layers} of {LAYERS} layers, {n_params / 1e9:.2f} G parameters, reference "
+    print(f"\n{args.shape.upper()} shape, {layers} of {m.layers} layers, {n_params / 1e9:.2f} G parameters, reference "
           f"{reference.stat().st_size / 1e9:.1f} GB F16; medians of {args.reps} runs "
           f"({args.quantize_reps or args.reps} for the quantizers); --threads {args.threads}; shared machine")
     print(f"{'step':32} {'wall s':>7} {'cpu s':>7} {'floor s':>7} {'x floor':>7} {'x llama':>7} {'RSS MB':>7} "
@@ -261,12 +279,13 @@ def report(steps: list[Step], layers: int, reference: Path, args: argparse.Names
               f"{max(s.rss_mb):7.0f} {statistics.median(s.loads):5.1f}  {s.verdict}")
         table.append({"step": s.name, "walls": s.walls, "cpu": s.cpu, "floors": s.floors, "rss_mb": s.rss_mb,
                       "loads": s.loads, "verdict": s.verdict})
-    (CACHE / f"results-{layers}l.json").write_text(json.dumps(table, indent=1))
+    (CACHE / f"results-{args.shape}-{layers}l.json").write_text(json.dumps(table, indent=1))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--layers", type=int, default=LAYERS, help="layers of the 7B shape (32: the whole model)")
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="7b")
+    ap.add_argument("--layers", type=int, default=None, help="an N-layer slice of the shape (default: all its layers)")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--quantize-reps", type=int, default=None, help="repetitions of the two quantizers (default --reps)")
     ap.add_argument("--threads", type=int, default=2)
@@ -274,13 +293,15 @@ def main() -> None:
     args = ap.parse_args()
     CACHE.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PROVENANCE_PROGRESS_SECONDS": "30", "OMP_WAIT_POLICY": "PASSIVE"}
-    tag, threads = f"{args.layers}l", str(args.threads)
+    m = SHAPES[args.shape]
+    layers = args.layers or m.layers
+    tag, threads = f"{args.shape}-{layers}l", str(args.threads)
     reference = CACHE / f"ref-{tag}-f16.gguf"
     print(f"disk: {shutil.disk_usage(CACHE).free / 1e9:.0f} GB free; cpus: {os.cpu_count()}; "
           f"load average {os.getloadavg()}", flush=True)
     if not reference.exists():
         t0 = time.perf_counter()
-        make_reference(reference, args.layers)
+        make_reference(reference, m, layers)
         print(f"generated {reference.name} ({reference.stat().st_size / 1e9:.1f} GB) in {time.perf_counter() - t0:.0f} s")
     ours, theirs = CACHE / f"ours-{tag}-Q4_K_M.gguf", CACHE / f"llamacpp-{tag}-Q4_K_M.gguf"
     exact, perturbed = CACHE / f"exact-{tag}-Q8_0.gguf", CACHE / f"perturbed-{tag}-Q8_0.gguf"
@@ -305,7 +326,7 @@ def main() -> None:
                                [perturbed, reference], args.reps, env))
     if not args.keep:
         perturbed.unlink()
-    report(steps, args.layers, reference, args)
+    report(steps, reference, args)
 
 
 if __name__ == "__main__":
