@@ -224,9 +224,17 @@ def pack_crumbs(L, y, at):  # type: ignore[no-untyped-def]
 
 
 @inline
-def affine_k_block(x, y, L, Laux, weights, scales, mins, f16_table, nmax, rmin, rdelta, nstep):  # type: ignore[no-untyped-def]
+def affine_k_scratch():  # type: ignore[no-untyped-def]
+    """``L``, ``Laux``, ``weights``, ``scales``, ``mins`` of :func:`affine_k_block`."""
+    return (np.zeros(256, np.int64), np.zeros(32, np.int64), np.zeros(32, np.float32), np.zeros(8, np.float32),
+            np.zeros(8, np.float32))
+
+
+@inline
+def affine_k_block(x, y, scratch, f16_table, nmax, rmin, rdelta, nstep):  # type: ignore[no-untyped-def]
     """The shared body of ``quantize_row_q4_K_ref`` / ``_q5_K_ref`` for one block: header
-    (d, dmin, 12 scale bytes) into ``y[0:16]``, final codes into ``L``."""
+    (d, dmin, 12 scale bytes) into ``y[0:16]``, final codes into ``scratch[0]``."""
+    L, Laux, weights, scales, mins = scratch
     max_scale = F0
     max_min = F0
     for j in range(8):
@@ -378,14 +386,11 @@ def quantize_q3_k_compiled(x, out, f16_table):  # type: ignore[no-untyped-def]
 @kernel
 def quantize_q4_k_compiled(x, out, f16_table):  # type: ignore[no-untyped-def]
     """``quantize_row_q4_K_ref``: (n, 256) float32 -> (n, 144) bytes."""
-    L = np.zeros(256, np.int64)
-    Laux = np.zeros(32, np.int64)
-    weights = np.zeros(32, np.float32)
-    scales = np.zeros(8, np.float32)
-    mins = np.zeros(8, np.float32)
+    scratch = affine_k_scratch()
+    L = scratch[0]
     for i in range(x.shape[0]):
         y = out[i]
-        affine_k_block(x[i], y, L, Laux, weights, scales, mins, f16_table, 15, np.float32(-1.0), np.float32(0.1), 20)
+        affine_k_block(x[i], y, scratch, f16_table, 15, np.float32(-1.0), np.float32(0.1), 20)
         for c in range(4):
             for l in range(32):
                 y[16 + 32 * c + l] = np.uint8(L[64 * c + l] | (L[64 * c + 32 + l] << 4))
@@ -394,14 +399,11 @@ def quantize_q4_k_compiled(x, out, f16_table):  # type: ignore[no-untyped-def]
 @kernel
 def quantize_q5_k_compiled(x, out, f16_table):  # type: ignore[no-untyped-def]
     """``quantize_row_q5_K_ref``: (n, 256) float32 -> (n, 176) bytes."""
-    L = np.zeros(256, np.int64)
-    Laux = np.zeros(32, np.int64)
-    weights = np.zeros(32, np.float32)
-    scales = np.zeros(8, np.float32)
-    mins = np.zeros(8, np.float32)
+    scratch = affine_k_scratch()
+    L = scratch[0]
     for i in range(x.shape[0]):
         y = out[i]
-        affine_k_block(x[i], y, L, Laux, weights, scales, mins, f16_table, 31, np.float32(-0.5), np.float32(0.1), 15)
+        affine_k_block(x[i], y, scratch, f16_table, 31, np.float32(-0.5), np.float32(0.1), 15)
         for l in range(32):
             y[16 + l] = 0
         for c in range(4):

@@ -66,14 +66,19 @@ def _awkward(block: int, rows: int = 24, width: int = 1024) -> np.ndarray:
     return x
 
 
+def _awkward_case(name: str, noise: float) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """Stored blocks of the finite awkward data, and three sources: with NaN/inf, finite, noisy."""
+    x = _awkward(quant_type(name).block_size)
+    finite = np.where(np.isfinite(x), x, 0.0).astype(np.float32)
+    noisy = finite + (np.random.default_rng(5).standard_normal(x.shape) * noise).astype(np.float32)
+    return quantize_rows(finite, name), (x, finite, noisy)
+
+
 @pytest.mark.parametrize("name", CHECKED)
 def test_check_equals_torch_on_awkward_data(name: str) -> None:
     qt = quant_type(name)
-    x = _awkward(qt.block_size)
-    finite = np.where(np.isfinite(x), x, 0.0).astype(np.float32)
-    raw = quantize_rows(finite, name)
-    noisy = finite + (np.random.default_rng(5).standard_normal(x.shape) * 2e-4).astype(np.float32)
-    for source in (x, finite, noisy):
+    raw, sources = _awkward_case(name, 2e-4)
+    for source in sources:
         for precision in PRECISIONS:
             xt = torch.from_numpy(source)
             want = check_block_rows_torch(xt, raw, qt.ggml_type, precision)
@@ -118,11 +123,8 @@ def _cells(name: str, raw: np.ndarray, other: np.ndarray, compiled: bool) -> tup
 
 @pytest.mark.parametrize("name", CELLS)
 def test_cells_equal_torch(name: str) -> None:
-    qt = quant_type(name)
-    x = _awkward(qt.block_size)
-    finite = np.where(np.isfinite(x), x, 0.0).astype(np.float32)
-    raw = quantize_rows(finite, name)
-    for other in (x, finite, finite + (np.random.default_rng(6).standard_normal(x.shape) * 2e-3).astype(np.float32)):
+    raw, others = _awkward_case(name, 2e-3)
+    for other in others:
         got, want = _cells(name, raw, other, True), _cells(name, raw, other, False)
         assert got[:2] == want[:2] and _close(got[2], want[2])
         assert got[1] > 0
