@@ -7,6 +7,7 @@ import click
 
 from provenance.commands.common import ExitCode, say
 from provenance.commands.options import build, options_from
+from provenance.commands.paths import EXISTING_MODEL, download_option
 from provenance.commands.progress import progress_display
 from provenance.compare.options import CompareOptions
 from provenance.fileio import to_json, write_files_atomic
@@ -56,8 +57,9 @@ def output_files(result: CompareResult, report: Report) -> dict[str, str | bytes
 
 
 @click.command("compare")
-@click.argument("candidate", type=click.Path(exists=True))
-@click.argument("reference", type=click.Path(exists=True))
+@click.argument("candidate", type=EXISTING_MODEL)
+@click.argument("reference", type=EXISTING_MODEL)
+@download_option
 @click.option("-o", "--output", "output", type=click.Path(file_okay=False),
               help="Write report.json, tensors.csv, layers.csv, summary.md and the figures (PNG) into this directory.")
 @click.option("--json", "as_json", is_flag=True,

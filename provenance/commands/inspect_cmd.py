@@ -8,6 +8,7 @@ from rich.table import Table
 from rich.text import Text
 
 from provenance.commands.common import ExitCode, debug_enabled, say, stdout_console
+from provenance.commands.paths import MODEL, download_option
 from provenance.commands.progress import progress_display
 from provenance.errors import CheckpointError
 from provenance.fileio import to_json, write_atomic
@@ -81,7 +82,8 @@ def render_report(report: dict[str, Any]) -> None:
 
 
 @click.command("inspect")
-@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.argument("paths", nargs=-1, required=True, type=MODEL)
+@download_option
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON document (schema provenance.inspect-batch/1) instead of tables.")
 @click.option("--hashes", is_flag=True, help="Also compute file and per-tensor SHA-256 (streams every byte).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Also write the JSON document to this file (atomically).")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from provenance.commands.common import ExitCode, say, stderr_console
+from provenance.commands.paths import MODEL, download_option
 from provenance.commands.refdb_cmd import refdb_option
 from provenance.report import DEFAULT_FORMATS, renderer_names, renderers, write_report
 
@@ -11,9 +12,10 @@ FORMAT_HELP = "Comma-separated outputs among " + ", ".join(renderer_names()) + "
 
 
 @click.command("investigate")
-@click.argument("candidate", type=click.Path())
-@click.option("--reference", "references", multiple=True, type=click.Path(),
+@click.argument("candidate", type=MODEL)
+@click.option("--reference", "references", multiple=True, type=MODEL,
               help="A reference checkpoint to compare with (repeatable): lineage, and grid consistency for quantized candidates.")
+@download_option
 @click.option("--keys", "key_registry", type=click.Path(), help="A watermark key registry: trace which client's copy this is.")
 @refdb_option
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False),

@@ -30,6 +30,7 @@ import numpy as np
 from provenance.errors import MalformedCheckpoint, TensorNotFound
 
 if TYPE_CHECKING:  # torch is imported only by the readers that decode (inspect never does)
+    from provenance.formats.locators import ModelLocation
     from provenance.formats.rows import RowBuffer, RowReader
 
 #: Default size of one streamed chunk of raw tensor bytes.
@@ -127,6 +128,8 @@ class Checkpoint(ABC):
         self.tensors: dict[str, TensorInfo] = {}
         self.files: list[FileSpan] = []
         self.warnings: list[str] = []
+        self.location: ModelLocation | None = None
+        """Where the input was named from when it was a store name (``hf:``, ``ollama:``), set by ``open_checkpoint``."""
         self._fds: dict[str, int] = {}
         self._fd_lock = threading.Lock()  # streams of one checkpoint run in threads
 

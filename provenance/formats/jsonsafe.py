@@ -4,9 +4,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 from typing import Any
 
-from provenance.errors import LimitExceeded, MalformedCheckpoint
+from provenance.errors import LimitExceeded, MalformedCheckpoint, UnsupportedCheckpoint
 
 
 class _DuplicateKey(ValueError):
@@ -44,13 +45,21 @@ def loads_strict(data: bytes, path: str, field: str, offset: int = 0) -> Any:
         raise MalformedCheckpoint(path, f"invalid JSON: {message}", field=field, offset=where) from None
 
 
-def read_json_file(path: str, field: str, max_bytes: int = 64 * 1024 * 1024) -> Any:
-    with open(path, "rb") as handle:
-        size = os.fstat(handle.fileno()).st_size
-        if size > max_bytes:
+def read_capped(path: str, field: str, max_bytes: int) -> bytes:
+    """A whole small file, refused before reading when it is larger than ``max_bytes`` or not a
+    regular file (a FIFO named like a config would block ``open`` forever; opened non-blocking)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    with os.fdopen(fd, "rb", buffering=0) as handle:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise UnsupportedCheckpoint(path, "not a regular file: refused", field=field, offset=0)
+        if info.st_size > max_bytes:
             raise LimitExceeded(path, f"file is larger than the {max_bytes}-byte cap", field=field, offset=0)
-        data = handle.read(size)
-    return loads_strict(data, path, field)
+        return handle.read(max_bytes)
+
+
+def read_json_file(path: str, field: str, max_bytes: int = 64 * 1024 * 1024) -> Any:
+    return loads_strict(read_capped(path, field, max_bytes), path, field)
 
 
 def finite_number(value: Any) -> bool:
