@@ -13,6 +13,7 @@ size is the one the manifest states.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
@@ -99,22 +100,30 @@ def parse_ollama_name(locator: str, text: str) -> OllamaName:
     return OllamaName(host, namespace, model, tag)
 
 
-def _fail(path: str, where: str, message: str, raw: bytes, key: str | None = None) -> MalformedCheckpoint:
-    """A manifest field error at the offset of its key (the first occurrence: where to look)."""
-    at = raw.find(f'"{key}"'.encode()) if key else -1
-    return MalformedCheckpoint(path, message, field=f"manifest: {where}", offset=max(at, 0))
+def _fail(path: str, where: str, message: str, raw: bytes, key: str | None = None, value: Any = None,
+          start: int = 0) -> MalformedCheckpoint:
+    """A manifest field error at the offset of the bad value's text (or of its key) at or after
+    ``start`` (the offset of the enclosing section): where to look with a hex editor."""
+    at = -1
+    if isinstance(value, (str, int)) and not isinstance(value, bool):
+        at = raw.find(json.dumps(value).encode(), start)
+    if at < 0 and key:
+        at = raw.find(f'"{key}"'.encode(), start)
+    return MalformedCheckpoint(path, message, field=f"manifest: {where}", offset=max(at, start))
 
 
-def _layer(value: Any, path: str, where: str, raw: bytes) -> Layer:
+def _layer(value: Any, path: str, where: str, raw: bytes, start: int) -> Layer:
     if type(value) is not dict:
-        raise _fail(path, where, "a layer must be a JSON object", raw)
+        raise _fail(path, where, "a layer must be a JSON object", raw, start=start)
     media_type, digest, size = value.get("mediaType"), value.get("digest"), value.get("size")
     if type(media_type) is not str or not 0 < len(media_type) <= 256:
-        raise _fail(path, f"{where}.mediaType", f"expected a media type string, found {media_type!r:.60}", raw, "mediaType")
+        raise _fail(path, f"{where}.mediaType", f"expected a media type string, found {media_type!r:.60}", raw,
+                    "mediaType", media_type, start)
     if type(digest) is not str or not (match := _DIGEST.fullmatch(digest)):
-        raise _fail(path, f"{where}.digest", f"expected a sha256:<64 hex> digest, found {digest!r:.80}", raw, "digest")
+        raise _fail(path, f"{where}.digest", f"expected a sha256:<64 hex> digest, found {digest!r:.80}", raw, "digest",
+                    digest, start)
     if type(size) is not int or not 0 <= size < 1 << 50:
-        raise _fail(path, f"{where}.size", f"expected a byte count, found {size!r:.40}", raw, "size")
+        raise _fail(path, f"{where}.size", f"expected a byte count, found {size!r:.40}", raw, "size", size, start)
     return Layer(media_type, "sha256:" + match.group(1).lower(), size)
 
 
@@ -140,8 +149,9 @@ def parse_manifest(raw: bytes, path: str) -> OllamaManifest:
         raise LimitExceeded(path, f"{len(layers)} layers exceed the cap of {MAX_LAYERS}", field="manifest: layers",
                             offset=max(raw.find(b'"layers"'), 0))
     config = document.get("config")
-    return OllamaManifest(version, media_type, _layer(config, path, "config", raw) if config is not None else None,
-                          tuple(_layer(layer, path, f"layers[{i}]", raw) for i, layer in enumerate(layers)))
+    in_config, in_layers = max(raw.find(b'"config"'), 0), max(raw.find(b'"layers"'), 0)
+    return OllamaManifest(version, media_type, _layer(config, path, "config", raw, in_config) if config is not None else None,
+                          tuple(_layer(layer, path, f"layers[{i}]", raw, in_layers) for i, layer in enumerate(layers)))
 
 
 def _inside(path: str, root: str) -> bool:
