@@ -12,11 +12,12 @@ from provenance.formats.gguf_reader import GGUFCheckpoint
 from provenance.formats.jsonsafe import read_json_file
 from provenance.formats.llama2c_reader import Llama2cCheckpoint
 from provenance.formats.locators import ModelLocation, locate
+from provenance.formats.peft_adapter import PeftAdapterCheckpoint
 from provenance.formats.safetensors_reader import SafetensorsCheckpoint, open_directory, open_index
 from provenance.formats.tokenizer_files import TokenizerCheckpoint, open_tokenizer
 
-__all__ = ["Checkpoint", "GGUFCheckpoint", "Llama2cCheckpoint", "ModelLocation", "SafetensorsCheckpoint", "TensorInfo",
-           "TokenizerCheckpoint", "detect_format", "locate", "open_checkpoint"]
+__all__ = ["Checkpoint", "GGUFCheckpoint", "Llama2cCheckpoint", "ModelLocation", "PeftAdapterCheckpoint",
+           "SafetensorsCheckpoint", "TensorInfo", "TokenizerCheckpoint", "detect_format", "locate", "open_checkpoint"]
 
 
 def open_checkpoint(path: str | Path) -> Checkpoint:
@@ -49,6 +50,8 @@ def _open_path(path: str) -> Checkpoint:
     try:
         if kind == "directory":
             return open_directory(path)
+        if kind == "peft-adapter":
+            return PeftAdapterCheckpoint(path)
         if kind == "gguf":
             return GGUFCheckpoint(path)
         if kind == "safetensors-index":

@@ -13,7 +13,6 @@ size is the one the manifest states.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import stat
@@ -21,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from provenance.errors import LimitExceeded, MalformedCheckpoint, UnsupportedCheckpoint
-from provenance.formats.jsonsafe import loads_strict, read_capped
+from provenance.formats.jsonsafe import loads_strict, read_capped, text_offset
 
 MAX_MANIFEST_BYTES = 1 << 20
 """Real manifests are under 2 KiB."""
@@ -102,14 +101,7 @@ def parse_ollama_name(locator: str, text: str) -> OllamaName:
 
 def _fail(path: str, where: str, message: str, raw: bytes, key: str | None = None, value: Any = None,
           start: int = 0) -> MalformedCheckpoint:
-    """A manifest field error at the offset of the bad value's text (or of its key) at or after
-    ``start`` (the offset of the enclosing section): where to look with a hex editor."""
-    at = -1
-    if isinstance(value, (str, int)) and not isinstance(value, bool):
-        at = raw.find(json.dumps(value).encode(), start)
-    if at < 0 and key:
-        at = raw.find(f'"{key}"'.encode(), start)
-    return MalformedCheckpoint(path, message, field=f"manifest: {where}", offset=max(at, start))
+    return MalformedCheckpoint(path, message, field=f"manifest: {where}", offset=text_offset(raw, value, key, start))
 
 
 def _layer(value: Any, path: str, where: str, raw: bytes, start: int) -> Layer:
