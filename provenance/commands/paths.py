@@ -19,6 +19,9 @@ _DOWNLOAD = "provenance.download"
 DOWNLOAD_HELP = ("Fetch models named hf:ORG/NAME[@REVISION] (or ORG/NAME) into the Hugging Face cache first; without "
                  "it, names resolve offline from the cache.")
 
+BASE_HELP = ("The base model a PEFT adapter input applies to (default: the adapter's base_model_name_or_path, "
+             "opened like any model name).")
+
 
 class ModelInput(click.ParamType):
     """A model path or store name; with ``exists``, a plain path must exist (a usage error otherwise)."""
