@@ -8,7 +8,9 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -252,57 +254,64 @@ def _manifest(root: Path, name: str = "tiny") -> Path:
     return root / "manifests" / "registry.ollama.ai" / "library" / name / "latest"
 
 
-@pytest.mark.parametrize("damage", ["digest-traversal", "digest-short", "size-lies", "size-string", "blob-missing",
-                                    "huge", "not-json", "schema", "layers-object", "list", "no-model", "blob-outside",
-                                    "manifest-outside", "duplicate-key"])
+def _move_out(path: Path, elsewhere: Path) -> None:
+    """Replace ``path`` by a symlink to where it now lives, outside the store."""
+    shutil.move(str(path), str(elsewhere))
+    path.symlink_to(elsewhere)
+
+
+ManifestDamage = Callable[[dict[str, Any], Path, Path], "bytes | None"]
+"""Edits the manifest document (or returns raw bytes to write instead) given the store root and
+a scratch folder outside it."""
+
+
+def _layer0(**fields: Any) -> ManifestDamage:
+    def damage(document: dict[str, Any], root: Path, scratch: Path) -> None:
+        document["layers"][0].update(fields)
+    return damage
+
+
+def _blob0(document: dict[str, Any], root: Path) -> Path:
+    return root / "blobs" / document["layers"][0]["digest"].replace(":", "-")
+
+
+MANIFEST_DAMAGE: dict[str, ManifestDamage] = {
+    "digest-traversal": _layer0(digest="sha256:../../../../etc/passwd"),
+    "digest-short": _layer0(digest="sha256:abc"),
+    "size-string": _layer0(size="1750560"),
+    "size-lies": lambda d, root, scratch: d["layers"][0].update(size=d["layers"][0]["size"] + 1),
+    "blob-missing": lambda d, root, scratch: _blob0(d, root).unlink(),
+    "blob-outside": lambda d, root, scratch: _move_out(_blob0(d, root), scratch / "blob"),
+    "huge": lambda d, root, scratch: b" " * (2 << 20) + json.dumps(d).encode(),
+    "not-json": lambda d, root, scratch: b'{"schemaVersion":2,',
+    "duplicate-key": lambda d, root, scratch: b'{"schemaVersion":2,"schemaVersion":2,"layers":[]}',
+    "schema": lambda d, root, scratch: d.update(schemaVersion=1),
+    "layers-object": lambda d, root, scratch: d.update(layers={"0": d["layers"][0]}),
+    "no-model": lambda d, root, scratch: d.update(layers=d["layers"][1:]),
+    "list": lambda d, root, scratch: json.dumps({"schemaVersion": 2, "manifests": [],
+                                                 "mediaType": "application/vnd.ollama.manifest.list.v2+json"}).encode(),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(MANIFEST_DAMAGE) + ["manifest-outside"])
 def test_hostile_manifest_fails_with_one_line(damage: str, ollama_store: Path, tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     root = copy_store(ollama_store, tmp_path / "models")
     monkeypatch.setenv("OLLAMA_MODELS", str(root))
     path = _manifest(root)
-    document = json.loads(path.read_text())
-    model = document["layers"][0]
-    blob = root / "blobs" / model["digest"].replace(":", "-")
-    raw: bytes | None = None
-    if damage == "digest-traversal":
-        model["digest"] = "sha256:../../../../etc/passwd"
-    elif damage == "digest-short":
-        model["digest"] = "sha256:abc"
-    elif damage == "size-lies":
-        model["size"] += 1
-    elif damage == "size-string":
-        model["size"] = str(model["size"])
-    elif damage == "blob-missing":
-        blob.unlink()
-    elif damage == "huge":
-        raw = b" " * (2 << 20) + json.dumps(document).encode()
-    elif damage == "not-json":
-        raw = b'{"schemaVersion":2,'
-    elif damage == "schema":
-        document["schemaVersion"] = 1
-    elif damage == "layers-object":
-        document["layers"] = {"0": model}
-    elif damage == "list":
-        document = {"schemaVersion": 2, "mediaType": "application/vnd.ollama.manifest.list.v2+json", "manifests": []}
-    elif damage == "no-model":
-        document["layers"] = document["layers"][1:]
-    elif damage == "blob-outside":
-        moved = tmp_path / "elsewhere"
-        shutil.move(str(blob), str(moved))
-        blob.symlink_to(moved)
-    elif damage == "manifest-outside":
-        moved = tmp_path / "manifest-elsewhere"
-        shutil.move(str(path), str(moved))
-        path.symlink_to(moved)
-    elif damage == "duplicate-key":
-        raw = b'{"schemaVersion":2,"schemaVersion":2,"layers":[]}'
-    if damage not in ("blob-missing", "blob-outside", "manifest-outside"):
+    if damage == "manifest-outside":
+        _move_out(path, tmp_path / "manifest")
+    else:
+        document = json.loads(path.read_text())
+        raw = MANIFEST_DAMAGE[damage](document, root, tmp_path)
         path.write_bytes(raw if raw is not None else json.dumps(document).encode())
     with pytest.raises(CheckpointError) as caught:
         open_checkpoint("ollama:tiny")
     assert caught.value.field is not None
     if damage in ("digest-traversal", "digest-short", "size-string"):
-        assert caught.value.field.startswith("manifest: layers[0]") and caught.value.offset
+        assert caught.value.field.startswith("manifest: layers[0]")
+        bad = json.dumps(json.loads(path.read_text())["layers"][0][caught.value.field.rsplit(".", 1)[1]]).encode()
+        assert path.read_bytes()[caught.value.offset:].startswith(bad)  # the offset is the bad value's
     capsys.readouterr()
     assert run(["inspect", "ollama:tiny"]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 from urllib.parse import unquote, urlsplit
 
 LFS_MIN_BYTES = 1024
@@ -24,7 +25,7 @@ the Hub does for weights; smaller ones as git blobs (ETag: the git blob id)."""
 
 
 def git_blob_id(data: bytes) -> str:
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()  # noqa: S324 - git's object id, not security
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()  # git's object id, not a security hash
 
 
 @dataclass
@@ -51,7 +52,7 @@ class Repo:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    repos: dict[str, Repo] = {}
+    repos: ClassVar[dict[str, Repo]] = {}
 
     def log_message(self, format: str, *args: object) -> None:  # quiet
         pass
@@ -104,10 +105,10 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200, data, headers, head=head)
         return self._send(404)
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         self._route(head=False)
 
-    def do_HEAD(self) -> None:  # noqa: N802
+    def do_HEAD(self) -> None:
         self._route(head=True)
 
 
