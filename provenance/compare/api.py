@@ -340,7 +340,8 @@ def _compare_open(cpath: str, rpath: str, cand: Checkpoint, ref: Checkpoint, opt
         adapter = adapter_evidence(cand, ref, cpath, rpath, adapter_bases, rows,
                                    alignment.transforms if alignment else {})
         verdict = adapter_verdict(verdict, adapter, rows, cand if isinstance(cand, AdapterOnBase) else ref)
-    claims = compare_claims(dict(cand.metadata_claims), dict(ref.metadata_claims), verdict.related)
+    claims = compare_claims(dict(cand.metadata_claims), dict(ref.metadata_claims), verdict.related, verdict.kind,
+                            candidate_is_adapter=isinstance(cand, AdapterOnBase))
     if claims.disagreements:
         verdict = replace(verdict, evidence=verdict.evidence + tuple("metadata: " + d for d in claims.disagreements))
     total_bytes = sum(o.bytes_read for o in outcomes)

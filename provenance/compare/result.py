@@ -196,12 +196,18 @@ class ClaimsComparison:
     disagreements: tuple[str, ...] = ()
     """Claims contradicted by each other or by the weights (``compare`` exits 1 on any)."""
     notes: tuple[str, ...] = ()
+    declared_relation: str | None = None
+    """The candidate's model card ``base_model_relation`` (adapter, merge, quantized, finetune)."""
+    relation_agrees: bool | None = None
+    """Whether the weights show that relation to the reference (None: not checked, the card
+    declares none or names another base, or the test was inconclusive)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"candidate": dict(self.candidate), "reference": dict(self.reference),
                 "candidate_claimed_bases": list(self.candidate_claimed_bases),
                 "reference_names": list(self.reference_names), "status": self.status,
-                "disagreements": list(self.disagreements), "notes": list(self.notes)}
+                "disagreements": list(self.disagreements), "notes": list(self.notes),
+                "declared_relation": self.declared_relation, "relation_agrees": self.relation_agrees}
 
 
 # ----- a PEFT adapter on either side ----------------------------------------------------------

@@ -12,11 +12,12 @@ from provenance.formats.gguf_reader import GGUFCheckpoint
 from provenance.formats.jsonsafe import read_json_file
 from provenance.formats.llama2c_reader import Llama2cCheckpoint
 from provenance.formats.locators import ModelLocation, locate
+from provenance.formats.model_card import ModelCard, read_model_card
 from provenance.formats.peft_adapter import PeftAdapterCheckpoint
 from provenance.formats.safetensors_reader import SafetensorsCheckpoint, open_directory, open_index
 from provenance.formats.tokenizer_files import TokenizerCheckpoint, open_tokenizer
 
-__all__ = ["Checkpoint", "GGUFCheckpoint", "Llama2cCheckpoint", "ModelLocation", "PeftAdapterCheckpoint",
+__all__ = ["Checkpoint", "GGUFCheckpoint", "Llama2cCheckpoint", "ModelCard", "ModelLocation", "PeftAdapterCheckpoint",
            "SafetensorsCheckpoint", "TensorInfo", "TokenizerCheckpoint", "detect_format", "locate", "open_checkpoint"]
 
 
@@ -42,6 +43,13 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
     if location.source != "path":
         checkpoint.location = location
         checkpoint.warnings.extend(location.notes)
+    card_folder = location.card_directory or (location.path if os.path.isdir(location.path) else None)
+    if card_folder is not None:
+        try:
+            checkpoint.model_card = read_model_card(card_folder)
+        except BaseException:
+            checkpoint.close()
+            raise
     return checkpoint
 
 

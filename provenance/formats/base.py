@@ -31,6 +31,7 @@ from provenance.errors import MalformedCheckpoint, TensorNotFound
 
 if TYPE_CHECKING:  # torch is imported only by the readers that decode (inspect never does)
     from provenance.formats.locators import ModelLocation
+    from provenance.formats.model_card import ModelCard
     from provenance.formats.rows import RowBuffer, RowReader
 
 #: Default size of one streamed chunk of raw tensor bytes.
@@ -130,6 +131,8 @@ class Checkpoint(ABC):
         self.warnings: list[str] = []
         self.location: ModelLocation | None = None
         """Where the input was named from when it was a store name (``hf:``, ``ollama:``), set by ``open_checkpoint``."""
+        self.model_card: ModelCard | None = None
+        """The folder's ``README.md`` front matter (a Hugging Face snapshot's for a file in one), set by ``open_checkpoint``."""
         self._fds: dict[str, int] = {}
         self._fd_lock = threading.Lock()  # streams of one checkpoint run in threads
 
@@ -176,7 +179,12 @@ class Checkpoint(ABC):
     @property
     def metadata_claims(self) -> Mapping[str, Any]:
         """Declared identity (name, base model, ...) as the file states it: claims, not evidence."""
-        return {}
+        return self.card_claims()
+
+    def card_claims(self) -> dict[str, Any]:
+        """The model card's claims (``card.base_model``, ``card.base_model_relation``, ...), if there is a card;
+        every reader's ``metadata_claims`` includes them."""
+        return self.model_card.claims() if self.model_card is not None else {}
 
     # ----- raw bytes ---------------------------------------------------------------
     def _fd(self, path: str) -> int:

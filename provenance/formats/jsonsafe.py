@@ -45,17 +45,29 @@ def loads_strict(data: bytes, path: str, field: str, offset: int = 0) -> Any:
         raise MalformedCheckpoint(path, f"invalid JSON: {message}", field=field, offset=where) from None
 
 
+def _open_regular(path: str, field: str) -> Any:
+    # Non-blocking: a FIFO named like a config would block ``open`` forever; then refused by fstat.
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    handle = os.fdopen(fd, "rb", buffering=0)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        handle.close()
+        raise UnsupportedCheckpoint(path, "not a regular file: refused", field=field, offset=0)
+    return handle
+
+
 def read_capped(path: str, field: str, max_bytes: int) -> bytes:
     """A whole small file, refused before reading when it is larger than ``max_bytes`` or not a
-    regular file (a FIFO named like a config would block ``open`` forever; opened non-blocking)."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-    with os.fdopen(fd, "rb", buffering=0) as handle:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise UnsupportedCheckpoint(path, "not a regular file: refused", field=field, offset=0)
-        if info.st_size > max_bytes:
+    regular file."""
+    with _open_regular(path, field) as handle:
+        if os.fstat(handle.fileno()).st_size > max_bytes:
             raise LimitExceeded(path, f"file is larger than the {max_bytes}-byte cap", field=field, offset=0)
         return handle.read(max_bytes)
+
+
+def read_head(path: str, field: str, n_bytes: int) -> bytes:
+    """At most the first ``n_bytes`` of a regular file (what a bounded header parser needs)."""
+    with _open_regular(path, field) as handle:
+        return handle.read(n_bytes)
 
 
 def read_json_file(path: str, field: str, max_bytes: int = 64 * 1024 * 1024) -> Any:

@@ -61,6 +61,7 @@ def lineage_parts(result: CompareResult, candidate: str, reference: str, *,
                    "permutations": result.test.permutations if result.test else None},
         evidence={"reference": reference, "evidence": list(v.evidence), "overall_rel_delta": v.overall_rel_delta,
                   "claims_status": claims.status, "claims_disagreements": list(claims.disagreements),
+                  "declared_relation": claims.declared_relation, "declared_relation_agrees": claims.relation_agrees,
                   "alignment": result.alignment.to_dict() if result.alignment else None,
                   "adapter": result.adapter.finding if result.adapter else None})
     test = result.test.to_dict() if result.test else {}
