@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 from collections.abc import Callable
@@ -20,7 +21,10 @@ from provenance.formats import open_checkpoint
 from provenance.formats.locators import locate
 from provenance.formats.ollama_store import parse_manifest
 from provenance.hashing import checkpoint_sha256s
+from tests.cli.test_exit_codes import COMMANDS as EXIT_CODE_COMMANDS
+from tests.cli.test_exit_codes import _invocations as exit_code_invocations
 from tests.conftest import QUANT_DIR, ROOT, SHARED_DATA
+from tests.support.gguf_bytes import ARRAY, UINT32, GGUFBytes, gstr
 from tests.support.hub_server import Repo, hub_endpoint
 from tests.support.ollama_store import REGISTRY_MANIFEST, copy_store, write_ollama_model
 
@@ -37,6 +41,7 @@ def hub_repos(hf_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
     gguf = tmp_path_factory.mktemp("repo") / "tiny-gguf"
     gguf.mkdir(exist_ok=True)
     shutil.copy(GGUF, gguf / "tiny-llama-f32.gguf")
+    (gguf / "README.md").write_text("---\nbase_model: example-org/tiny\nbase_model_relation: quantized\n---\n")
     return {"example-org/tiny": Repo.from_folder(folder, COMMIT),
             "example-org/tiny-gguf": Repo.from_folder(gguf, "f" * 40)}
 
@@ -93,6 +98,7 @@ def test_hf_names_open_the_cached_snapshot(name: str, hub_cache: Path, hf_llama:
         assert ckpt.location.source == "hf-cache" and ckpt.location.revision == COMMIT
         assert ckpt.location.name == f"hf:example-org/tiny@{COMMIT}"
         assert Path(ckpt.path).parent.name == "snapshots" or Path(ckpt.path).name == COMMIT
+        assert dict(ckpt.metadata_claims)["card.base_model"] == "example-org/base"  # the snapshot's README.md
     assert _digests(name) == _digests(hf_llama)
 
 
@@ -101,6 +107,8 @@ def test_a_file_inside_a_cached_repo(hub_cache: Path, use_cache) -> None:
     name = "hf:example-org/tiny-gguf/tiny-llama-f32.gguf"
     with open_checkpoint(name) as ckpt:
         assert ckpt.format == "gguf" and ckpt.location is not None and ckpt.location.revision == "f" * 40
+        claims = dict(ckpt.metadata_claims)  # a file in a repo: the repo's card is its card
+        assert claims["card.base_model"] == "example-org/tiny" and claims["card.base_model_relation"] == "quantized"
     assert _digests(name) == _digests(GGUF)
 
 
@@ -337,3 +345,28 @@ def test_every_model_argument_takes_a_store_name(ollama_store: Path, tmp_path: P
     assert report["verdict"]["kind"] == "identical" and report["candidate"]["path"] == "ollama:someone/tiny-llama:f32"
     assert run(["quantcheck", str(QUANT_DIR / "tiny-llama-Q8_0.gguf"), "-r", "ollama:someone/tiny-llama:f32"]) in (0, 1)
     assert run(["identify", "ollama:tiny"]) in (0, 1)
+
+
+@pytest.fixture
+def hostile(tmp_path: Path) -> Path:
+    """A GGUF header claiming a 2^60-element token array (as in tests/cli/test_exit_codes.py)."""
+    path = tmp_path / "evil.gguf"
+    path.write_bytes(GGUFBytes(kvs=[gstr("tokenizer.ggml.tokens") + struct.pack("<IIQ", ARRAY, UINT32, 1 << 60)]).build())
+    return path
+
+
+@pytest.mark.parametrize("name", EXIT_CODE_COMMANDS)
+def test_every_command_reads_store_names_through_the_readers(name: str, hostile: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """The exit-code table of every command with a model argument, the hostile GGUF named by its
+    Ollama name: each command resolves the name and the GGUF reader refuses the blob (exit 2, one line)."""
+    root = tmp_path / "models"
+    write_ollama_model(root, hostile, "evil")
+    monkeypatch.setenv("OLLAMA_MODELS", str(root))
+    args = [("ollama:evil" if arg == str(hostile) else arg) for arg in exit_code_invocations(tmp_path, hostile)[name]]
+    assert "ollama:evil" in args
+    capsys.readouterr()
+    assert run(args) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "sha256-" in lines[0] and "tokenizer.ggml.tokens" in lines[0]
