@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from provenance.errors import LimitExceeded, MalformedCheckpoint, UnsupportedCheckpoint
 from provenance.formats.jsonsafe import read_capped
+from provenance.formats.locators import inside
 
 #: a ref file holds one 40-hex commit hash; anything longer is not a ref
 MAX_REF_BYTES = 256
@@ -83,10 +84,6 @@ def parse_hub_name(locator: str, text: str) -> HubName:
     return HubName(repo_id, revision, "/".join(rest) or None)
 
 
-def _inside(path: str, root: str) -> bool:
-    return os.path.commonpath([path, root]) == root
-
-
 def _read_ref(ref_path: str, revision: str) -> str:
     """The commit hash a branch or tag points to (bounded; must be 40 hex digits)."""
     field = f"refs/{revision}"
@@ -115,7 +112,7 @@ def _check_snapshot(snapshot: str, repo_root: str) -> None:
                 if seen > MAX_SNAPSHOT_ENTRIES:
                     raise LimitExceeded(snapshot, f"snapshot holds over {MAX_SNAPSHOT_ENTRIES} entries", field="snapshot")
                 real = os.path.realpath(entry.path)
-                if not _inside(real, repo_root):
+                if not inside(real, repo_root):
                     raise MalformedCheckpoint(entry.path, f"cache entry points outside the repository's cache folder "
                                                           f"(to {real})", field="snapshot link")
                 if not os.path.exists(real):
@@ -136,7 +133,7 @@ def resolve_hub_name(locator: str, name: HubName, cache_dir: str | None = None) 
         raise UnsupportedCheckpoint(locator, f"{name.repo_id} is not in the Hugging Face cache at {cache} "
                                              "(--download fetches it)", field="repo id")
     repo_root = os.path.realpath(repo_root)
-    if not _inside(repo_root, cache):
+    if not inside(repo_root, cache):
         raise MalformedCheckpoint(repo_root, "the repository's cache folder links outside the cache", field="repo folder")
     revision = name.revision or "main"
     if _COMMIT.fullmatch(revision):
@@ -151,7 +148,7 @@ def resolve_hub_name(locator: str, name: HubName, cache_dir: str | None = None) 
     if not os.path.isdir(snapshot):
         raise MalformedCheckpoint(os.path.join(repo_root, "refs", revision), f"no snapshot folder for commit {commit}",
                                   field=f"refs/{revision}", offset=0)
-    if not _inside(os.path.realpath(snapshot), repo_root):
+    if not inside(os.path.realpath(snapshot), repo_root):
         raise MalformedCheckpoint(snapshot, "the snapshot folder links outside the repository's cache folder",
                                   field="snapshot")
     _check_snapshot(snapshot, repo_root)

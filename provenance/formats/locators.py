@@ -43,6 +43,11 @@ class ModelLocation:
                 "revision": self.revision, "notes": list(self.notes)}
 
 
+def inside(path: str, root: str) -> bool:
+    """Whether the real path ``path`` lies in the real folder ``root`` (stores keep their files there)."""
+    return os.path.commonpath([path, root]) == root
+
+
 def is_locator(text: str) -> bool:
     """Whether ``text`` names a model by store (``hf:``, ``ollama:``) rather than by path."""
     return text.startswith((HF_PREFIX, OLLAMA_PREFIX))

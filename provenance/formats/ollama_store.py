@@ -21,6 +21,7 @@ from typing import Any
 
 from provenance.errors import LimitExceeded, MalformedCheckpoint, UnsupportedCheckpoint
 from provenance.formats.jsonsafe import loads_strict, read_capped, text_offset
+from provenance.formats.locators import inside
 
 MAX_MANIFEST_BYTES = 1 << 20
 """Real manifests are under 2 KiB."""
@@ -146,10 +147,6 @@ def parse_manifest(raw: bytes, path: str) -> OllamaManifest:
                           tuple(_layer(layer, path, f"layers[{i}]", raw, in_layers) for i, layer in enumerate(layers)))
 
 
-def _inside(path: str, root: str) -> bool:
-    return os.path.commonpath([path, root]) == root
-
-
 def model_blob(manifest: OllamaManifest, manifest_path: str, root: str) -> tuple[str, Layer]:
     """The GGUF blob of the manifest's model layer, checked: a regular file inside ``blobs/``
     of the size the manifest states."""
@@ -169,7 +166,7 @@ def model_blob(manifest: OllamaManifest, manifest_path: str, root: str) -> tuple
     if not os.path.lexists(blob):
         raise UnsupportedCheckpoint(manifest_path, f"the model blob {layer.blob_name} is missing from {blobs} "
                                                    "(an incomplete pull?)", field=f"manifest: layers[{index}].digest")
-    if not _inside(os.path.realpath(blob), blobs):
+    if not inside(os.path.realpath(blob), blobs):
         raise MalformedCheckpoint(blob, "the blob links outside Ollama's blob folder", field=f"manifest: layers[{index}]")
     info = os.stat(blob)
     if not stat.S_ISREG(info.st_mode):
@@ -191,7 +188,7 @@ def resolve_ollama_name(locator: str, name: OllamaName, root: str | None = None)
     if not os.path.lexists(path):
         raise UnsupportedCheckpoint(locator, f"no Ollama manifest for {name} in {root} (pull it with `ollama pull`)",
                                     field="name")
-    if not _inside(os.path.realpath(path), os.path.realpath(manifests)):
+    if not inside(os.path.realpath(path), os.path.realpath(manifests)):
         raise MalformedCheckpoint(path, "the manifest links outside Ollama's manifest folder", field="manifest")
     manifest = parse_manifest(read_capped(path, "manifest", MAX_MANIFEST_BYTES), path)
     blob, _ = model_blob(manifest, path, root)
