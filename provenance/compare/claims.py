@@ -64,6 +64,9 @@ _SELF_KEYS = (
     "config._name_or_path",
     "general.source.huggingface.repository",
     "general.organization",
+    # The repo id the Hugging Face cache files a model under (``hf:ORG/NAME``): the name a card's
+    # ``base_model`` uses, also when the weights' own metadata names the model otherwise.
+    "hub.repo_id",
 )
 
 

@@ -179,12 +179,17 @@ class Checkpoint(ABC):
     @property
     def metadata_claims(self) -> Mapping[str, Any]:
         """Declared identity (name, base model, ...) as the file states it: claims, not evidence."""
-        return self.card_claims()
+        return self.beside_claims()
 
-    def card_claims(self) -> dict[str, Any]:
-        """The model card's claims (``card.base_model``, ``card.base_model_relation``, ...), if there is a card;
-        every reader's ``metadata_claims`` includes them."""
-        return self.model_card.claims() if self.model_card is not None else {}
+    def beside_claims(self) -> dict[str, Any]:
+        """Claims from beside the weights, which every reader's ``metadata_claims`` includes: the model
+        card's (``card.base_model``, ``card.base_model_relation``, ...) and, for a model named from the
+        Hugging Face cache, the repo id it is filed under (``hub.repo_id``: a name the model goes by,
+        so a card naming that repo as its base names this model; docs/lineage.md, "Claims")."""
+        claims = self.model_card.claims() if self.model_card is not None else {}
+        if self.location is not None and self.location.repo_id is not None:
+            claims["hub.repo_id"] = self.location.repo_id
+        return claims
 
     # ----- raw bytes ---------------------------------------------------------------
     def _fd(self, path: str) -> int:

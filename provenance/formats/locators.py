@@ -36,6 +36,8 @@ class ModelLocation:
     """The Hugging Face commit, or the SHA-256 of the Ollama manifest's model layer."""
     card_directory: str | None = None
     """The folder whose ``README.md`` is this model's card (a Hugging Face snapshot)."""
+    repo_id: str | None = None
+    """The Hugging Face repo id (``ORG/NAME``) the cache holds the model under: one of its names."""
     notes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
@@ -87,7 +89,7 @@ def _hub(locator: str, text: str) -> ModelLocation:
     path, commit, snapshot = resolve_hub_name(locator, name)
     return ModelLocation(locator, path, "hf-cache", f"hf:{name.repo_id}@{commit}" + (f"/{name.filename}" if name.filename
                                                                                      else ""),
-                         commit, card_directory=snapshot)
+                         commit, card_directory=snapshot, repo_id=name.repo_id)
 
 
 def _ollama(locator: str, text: str) -> ModelLocation:

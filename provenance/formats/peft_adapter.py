@@ -278,4 +278,4 @@ class PeftAdapterCheckpoint(SafetensorsCheckpoint):
         claims: dict[str, Any] = {"peft.peft_type": self.adapter_config.peft_type}
         if self.adapter_config.base_model_name_or_path:
             claims["peft.base_model_name_or_path"] = self.adapter_config.base_model_name_or_path
-        return {**claims, **self.card_claims()}
+        return {**claims, **self.beside_claims()}

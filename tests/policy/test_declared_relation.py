@@ -95,3 +95,35 @@ def test_a_policy_flag_must_be_a_boolean(tmp_path: Path) -> None:
     policy = tmp_path / "policy.toml"
     policy.write_text('version = 1\n[lineage]\ndeclared_relation_must_match = "yes"\n')
     assert run(["check", "--policy", str(policy), str(tmp_path)]) == 64
+
+
+def test_a_reference_from_the_hub_cache_goes_by_its_repo_id(derivatives: dict[str, Path], hf_llama: Path,
+                                                             tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``compare hf:ORG/DERIVED hf:ORG/BASE``: the base's config names it by the local path it was
+    saved from (as transformers 4 wrote ``_name_or_path``), yet the card's ``base_model: ORG/BASE``
+    names it, since the cache files it under that repo id; so the declared relation is checked."""
+    from huggingface_hub import constants, snapshot_download
+
+    from tests.support.hub_server import Repo, hub_endpoint
+
+    base = Path(shutil.copytree(hf_llama, tmp_path / "base"))
+    config = json.loads((base / "config.json").read_text())
+    (base / "config.json").write_text(json.dumps({**config, "_name_or_path": "/home/trainer/runs/run-7"}))
+    repos = {BASE_ID: Repo.from_folder(base, "b" * 40),
+             "example-org/tiny-derived": Repo.from_folder(_with_card(derivatives["merged"], tmp_path, "quantized"),
+                                                          "d" * 40)}
+    cache = tmp_path / "hub"
+    with hub_endpoint(repos) as endpoint:
+        for repo_id in repos:
+            snapshot_download(repo_id, cache_dir=str(cache), endpoint=endpoint)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    result = compare("hf:example-org/tiny-derived", f"hf:{BASE_ID}")
+    claims = result.claims
+    assert result.verdict.related and claims.reference["hub.repo_id"] == BASE_ID
+    assert claims.status == "candidate claims the reference as its base"
+    assert claims.relation_agrees is False  # declared "quantized", the weights show a LoRA merge
+    assert [d for d in claims.disagreements if "base_model_relation" in d]
+    assert not [d for d in claims.disagreements if "names another base" in d]
+    # the same folder named by path: only the config's name is known, which is not the card's base
+    by_path = compare(cache / "models--example-org--tiny-derived" / "snapshots" / ("d" * 40), base)
+    assert by_path.claims.status == "candidate claims a different base model than the reference"
