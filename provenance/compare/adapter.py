@@ -28,6 +28,7 @@ from provenance.compare.transform import Transform
 from provenance.compare.verdict import _inside_grid
 from provenance.errors import CheckpointError, MalformedCheckpoint, UnsupportedCheckpoint
 from provenance.formats.base import Checkpoint, ReadObserver, TensorInfo
+from provenance.formats.dtypes import torch_dtype
 from provenance.formats.peft_adapter import LoraModule, PeftAdapterCheckpoint
 from provenance.formats.rows import RowReader
 from provenance.names.canonical import hf_to_canonical
@@ -39,7 +40,6 @@ COEFFICIENT_TOLERANCE = 0.05
 FLOAT_FLOOR = 1e-3
 #: the residual energy a merge may leave, in units of the candidate's expected rounding energy
 ROUNDING_FACTOR = 4.0
-_MANTISSA_BITS = {"F32": 23, "F16": 10, "BF16": 7}
 
 
 @dataclass(frozen=True)
@@ -179,9 +179,10 @@ class AdapterOnBase(Checkpoint):
 
 def _rounding_energy(values: torch.Tensor, dtype: str) -> float | None:
     """Expected squared rounding error of storing ``values`` as ``dtype`` (uniform within a ulp)."""
-    bits = _MANTISSA_BITS.get(dtype)
-    if bits is None:
+    storage = torch_dtype(dtype)
+    if storage is None or not storage.is_floating_point:
         return None
+    bits = round(-math.log2(torch.finfo(storage).eps))  # explicit mantissa bits: 23 F32, 10 F16, 7 BF16
     _, exponent = torch.frexp(values)
     ulp = torch.ldexp(torch.ones((), dtype=torch.float64), exponent.to(torch.float64) - 1 - bits)
     ulp = torch.where(values == 0, 0.0, ulp)  # a stored zero is exact

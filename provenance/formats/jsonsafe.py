@@ -48,7 +48,7 @@ def loads_strict(data: bytes, path: str, field: str, offset: int = 0) -> Any:
 def _open_regular(path: str, field: str) -> Any:
     # Non-blocking: a FIFO named like a config would block ``open`` forever; then refused by fstat.
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-    handle = os.fdopen(fd, "rb", buffering=0)
+    handle = os.fdopen(fd, "rb")
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         handle.close()
         raise UnsupportedCheckpoint(path, "not a regular file: refused", field=field, offset=0)
@@ -59,9 +59,12 @@ def read_capped(path: str, field: str, max_bytes: int) -> bytes:
     """A whole small file, refused before reading when it is larger than ``max_bytes`` or not a
     regular file."""
     with _open_regular(path, field) as handle:
-        if os.fstat(handle.fileno()).st_size > max_bytes:
+        size = os.fstat(handle.fileno()).st_size
+        if size > max_bytes:
             raise LimitExceeded(path, f"file is larger than the {max_bytes}-byte cap", field=field, offset=0)
-        return handle.read(max_bytes)
+        # read(n) allocates n bytes up front: ask for the file's size, not the cap (a small
+        # config must not cost the 64 MiB an index may take)
+        return handle.read(size)
 
 
 def read_head(path: str, field: str, n_bytes: int) -> bytes:
