@@ -78,6 +78,7 @@ def inspect_checkpoint(
             "schema": SCHEMA,
             "tool": {"name": "provenance", "version": __version__},
             "path": os.fspath(path),
+            "location": checkpoint.location.to_dict() if checkpoint.location else None,
             "format": checkpoint.format,
             "gguf_version": getattr(checkpoint, "version", None),
             "files": files,

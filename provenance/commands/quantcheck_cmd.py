@@ -8,6 +8,8 @@ import click
 
 from provenance.commands.common import ExitCode, say
 from provenance.commands.options import build, options_from
+from provenance.commands.paths import EXISTING_MODEL, download_option
+from provenance.commands.progress import progress_display
 from provenance.fileio import to_json, write_files_atomic
 from provenance.quant.options import QuantCheckOptions
 
@@ -44,9 +46,10 @@ def as_report(result: QuantCheckResult, candidate: str, reference: str) -> Repor
 
 
 @click.command("quantcheck")
-@click.argument("candidate", type=click.Path(dir_okay=True))
-@click.option("-r", "--reference", required=True, type=click.Path(dir_okay=True),
+@click.argument("candidate", type=EXISTING_MODEL)
+@click.option("-r", "--reference", required=True, type=EXISTING_MODEL,
               help="The reference weights (GGUF, safetensors, HF directory, llama2.c).")
+@download_option
 @click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False),
               help="Write quantcheck.json, quantcheck.csv, quantcheck.md and its figure here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON result (schema provenance.quantcheck/1) on stdout.")
@@ -76,7 +79,8 @@ def command(candidate: str, reference: str, out_dir: str | None, as_json: bool, 
         with open_checkpoint(candidate) as cand, open_checkpoint(reference) as ref:
             frames = recover(cand, ref).tensors
         say(f"realigned: {len(frames)} tensors carried into the candidate's frame")
-    result = quantcheck(candidate, reference, build(QuantCheckOptions, options), frames=frames)
+    with progress_display() as progress:
+        result = quantcheck(candidate, reference, build(QuantCheckOptions, options), progress=progress, frames=frames)
     for line in summary_lines(result):
         say(line)
     if out_dir:

@@ -13,6 +13,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from provenance.codecs.native import bind
+from provenance.codecs.native.gridcheck import CELL_NOISE, CELL_OUTSIDE, CELL_TOTAL
+from provenance.codecs.quanttype import QuantType
+from provenance.codecs.registry import find_quant_type
 from provenance.codecs.types import plain_type
 from provenance.compare.pairing import TensorPair, apply_layout
 from provenance.compare.result import DifferenceShape, TransformSummary
@@ -50,7 +54,7 @@ def rows_per_chunk(row_length: int, target_elems: int = 1 << 17) -> int:
     return max(1, target_elems // max(1, row_length))
 
 
-class _GridCheck:
+class GridCheck:
     """Is the higher-precision side inside the cells of the lower-precision side?
 
     For a quantized side the cells come from its stored grid (``provenance.codecs.grid``);
@@ -70,7 +74,9 @@ class _GridCheck:
             sample: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """Count ``other``'s weights outside the lossy side's cells; for the local rows
         ``sample``, return their cell residual, zeroed mask and cell width
-        (:func:`provenance.compare.shape.cell_residual`)."""
+        (:func:`provenance.compare.shape.cell_residual`). The counts run in the type's
+        compiled kernel where it has one; only the sampled rows' residuals are computed in
+        torch (they decide noise vs pruning vs fine-tune, docs/lineage.md)."""
         if self.error:
             return None
         info = self.info
@@ -86,15 +92,39 @@ class _GridCheck:
                 return None
             lo, hi = rounding_cells(lossy_values.index_select(0, sample), plain.torch_dtype())
             return self._sample(other.index_select(0, sample), lo, hi, GRID_TOLERANCE_STEPS * (hi - lo), None)
+        qt = find_quant_type(int(info.ggml_type))  # type: ignore[arg-type]
+        if qt is not None and qt.cells is not None and lossy_raw is not None and other.device.type == "cpu":
+            self.add_compiled(qt, lossy_raw, other)
+        else:
+            self.add_torch(lossy_raw, other)
+        if self.error or sample is None or not len(sample) or lossy_raw is None:
+            return None
+        cells = self._cells(np.asarray(lossy_raw)[sample.numpy()])
+        if cells is None:
+            return None
+        lo, hi, step = cells
+        x = other.index_select(0, sample)
+        return self._sample(x, lo, hi, GRID_TOLERANCE_STEPS * step, x.to(torch.float16).to(torch.float32))
+
+    def _cells(self, lossy_raw: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """Cell bounds and step of the stored rows ``lossy_raw`` (None, with the error
+        recorded, for a type without a grid)."""
         from provenance.codecs.grid import quant_grid
 
         try:
-            grid = quant_grid(lossy_raw, int(info.ggml_type))  # type: ignore[arg-type]
+            grid = quant_grid(lossy_raw, int(self.info.ggml_type))  # type: ignore[arg-type]
         except (NotImplementedError, KeyError, ValueError) as exc:
-            self.error = f"no grid for {info.dtype}: {exc}"
+            self.error = f"no grid for {self.info.dtype}: {exc}"
             return None
         lo, hi = grid.cell_bounds(clip=True)
-        step = grid.step().abs()
+        return lo, hi, grid.step().abs()
+
+    def add_torch(self, lossy_raw: np.ndarray | None, other: torch.Tensor) -> None:
+        """The cell test in torch ops on the stored grid (any device, every type with a grid)."""
+        cells = self._cells(lossy_raw)
+        if cells is None:
+            return
+        lo, hi, step = cells
         tol = GRID_TOLERANCE_STEPS * step
         out = (other < lo - tol) | (other > hi + tol)
         # llama.cpp quantizes f16-rounded values when converting from f16; a weight whose
@@ -105,10 +135,6 @@ class _GridCheck:
         self.outside += int(out.sum())
         self.total += other.numel()
         self.noise_energy += float((step.double() ** 2).sum() / 12.0)
-        if sample is None or not len(sample):
-            return None
-        pick = lambda t: t.index_select(0, sample)  # noqa: E731
-        return self._sample(pick(other), pick(lo), pick(hi), pick(tol), pick(other16))
 
     @staticmethod
     def _sample(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, tol: torch.Tensor | float,
@@ -116,6 +142,21 @@ class _GridCheck:
         moved, zeroed = cell_residual(x, lo, hi, tol, alt)
         width = torch.where(torch.isfinite(hi - lo), hi - lo, torch.zeros_like(x))
         return moved, zeroed, width
+
+    def add_compiled(self, qt: QuantType, lossy_raw: np.ndarray, other: torch.Tensor) -> None:
+        """The same test in the type's compiled cells kernel (``QuantType.cells``): one pass
+        over the stored blocks, no per-weight grid tensors (the tests hold it to
+        :meth:`add_torch`: equal counts)."""
+        assert qt.cells is not None
+        fn, tables = bind(qt.cells)
+        blocks = np.ascontiguousarray(lossy_raw).reshape(-1, qt.type_size)
+        values = np.ascontiguousarray(other.numpy(), dtype=np.float32).reshape(-1, qt.block_size)
+        counts = np.zeros(2, dtype=np.int64)
+        sums = np.zeros(1, dtype=np.float64)
+        fn(blocks, values, counts, sums, np.float32(GRID_TOLERANCE_STEPS), *tables)
+        self.outside += int(counts[CELL_OUTSIDE])
+        self.total += int(counts[CELL_TOTAL])
+        self.noise_energy += float(sums[CELL_NOISE]) / 12.0
 
     def result(self) -> dict[str, Any]:
         if self.error:
@@ -172,7 +213,7 @@ class _RowSample:
             for buffer, part in zip(self.residual, parts, strict=True):
                 buffer[lo:hi] = part
 
-    def shape(self, grid: _GridCheck | None) -> DifferenceShape | None:
+    def shape(self, grid: GridCheck | None) -> DifferenceShape | None:
         """The shape of the change: of the grid residual when the candidate is the quantized
         side (its rounding noise is no change), else of the plain difference (a coarser
         reference adds its own rounding to that difference)."""
@@ -213,7 +254,7 @@ def stream_pair(
     if sketch is not None and SketchBuilder.wants(pair.role):
         sketches = (TensorSketch(pair.role, n_rows, row_len, *sketch), TensorSketch(pair.role, n_rows, row_len, *sketch))
     lossy = _lossy_side(c_info, r_info) if grid_check and transform.is_identity and pair.layout == "same" else None
-    grid = _GridCheck(lossy, c_info if lossy == "candidate" else r_info) if lossy else None
+    grid = GridCheck(lossy, c_info if lossy == "candidate" else r_info) if lossy else None
     sample = _RowSample(sample_rows, n_rows, row_len, pair.is_matrix, lossy == "candidate")
     try:
         for a in range(0, n_rows, step):

@@ -4,9 +4,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 from typing import Any
 
-from provenance.errors import LimitExceeded, MalformedCheckpoint
+from provenance.errors import LimitExceeded, MalformedCheckpoint, UnsupportedCheckpoint
 
 
 class _DuplicateKey(ValueError):
@@ -44,14 +45,48 @@ def loads_strict(data: bytes, path: str, field: str, offset: int = 0) -> Any:
         raise MalformedCheckpoint(path, f"invalid JSON: {message}", field=field, offset=where) from None
 
 
-def read_json_file(path: str, field: str, max_bytes: int = 64 * 1024 * 1024) -> Any:
-    with open(path, "rb") as handle:
+def _open_regular(path: str, field: str) -> Any:
+    # Non-blocking: a FIFO named like a config would block ``open`` forever; then refused by fstat.
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    handle = os.fdopen(fd, "rb")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        handle.close()
+        raise UnsupportedCheckpoint(path, "not a regular file: refused", field=field, offset=0)
+    return handle
+
+
+def read_capped(path: str, field: str, max_bytes: int) -> bytes:
+    """A whole small file, refused before reading when it is larger than ``max_bytes`` or not a
+    regular file."""
+    with _open_regular(path, field) as handle:
         size = os.fstat(handle.fileno()).st_size
         if size > max_bytes:
             raise LimitExceeded(path, f"file is larger than the {max_bytes}-byte cap", field=field, offset=0)
-        data = handle.read(size)
-    return loads_strict(data, path, field)
+        # read(n) allocates n bytes up front: ask for the file's size, not the cap (a small
+        # config must not cost the 64 MiB an index may take)
+        return handle.read(size)
+
+
+def read_head(path: str, field: str, n_bytes: int) -> bytes:
+    """At most the first ``n_bytes`` of a regular file (what a bounded header parser needs)."""
+    with _open_regular(path, field) as handle:
+        return handle.read(n_bytes)
+
+
+def read_json_file(path: str, field: str, max_bytes: int = 64 * 1024 * 1024) -> Any:
+    return loads_strict(read_capped(path, field, max_bytes), path, field)
 
 
 def finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def text_offset(raw: bytes, value: Any, key: str | None = None, start: int = 0) -> int:
+    """Where to look for a bad JSON field in ``raw``: the first occurrence, at or after ``start``
+    (the offset of its enclosing section), of the value's JSON text, else of its key, else ``start``."""
+    at = -1
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        at = raw.find(json.dumps(value).encode(), start)
+    if at < 0 and key is not None:
+        at = raw.find(json.dumps(key).encode(), start)
+    return at if at >= 0 else start

@@ -229,7 +229,7 @@ class SafetensorsCheckpoint(Checkpoint):
                 claims[f"config.{key}"] = self.config[key]
         for key, value in self.metadata.get("__metadata__", {}).items():
             claims[f"safetensors.{key}"] = value
-        return claims
+        return {**claims, **self.beside_claims()}
 
 
 def _inside(directory: str, name: Any, index_path: str) -> str:

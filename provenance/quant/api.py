@@ -17,6 +17,7 @@ from provenance.codecs.types import plain_type
 from provenance.formats import open_checkpoint
 from provenance.formats.base import Checkpoint, TensorInfo
 from provenance.formats.pairing import TensorPair, Unpaired, pair_tensors
+from provenance.progress import Meter, ProgressCallback
 from provenance.quant.error import ErrorStats, error_stats
 from provenance.quant.gridcheck import PRECISIONS, CheckCounts, check_block_rows
 from provenance.quant.options import QuantCheckOptions
@@ -57,25 +58,31 @@ def _in_frame(cand: Checkpoint, ref: Checkpoint, name: str, frame: ReferenceFram
 
 
 def _check_tensor(
-    cand: Checkpoint, ref: Checkpoint, name: str, precision: str, max_rows: int | None = None,
-    frame: ReferenceFrame | None = None,
+    cand: Checkpoint, ref: Checkpoint, name: str, precision: str, threads: int = 1, max_rows: int | None = None,
+    meter: Meter | None = None, frame: ReferenceFrame | None = None,
 ) -> tuple[CheckCounts, ErrorStats]:
+    """One tensor in row chunks: the reference decoded and the candidate's stored blocks read
+    into each reader's reused buffers (memory: one chunk of each, whatever the tensor)."""
     info = cand.info(name)
     counts, errors = CheckCounts(), ErrorStats()
     stop_all = info.n_rows if max_rows is None else min(info.n_rows, max_rows)
     step = _rows_per_chunk(info)
-    whole = _in_frame(cand, ref, name, frame) if frame is not None else None
-    for start in range(0, stop_all, step):
-        stop = min(stop_all, start + step)
-        rows = whole[start:stop] if whole is not None else ref.read_rows(name, start, stop)
-        x = torch.from_numpy(np.ascontiguousarray(rows))
-        c, e = check_block_rows(x, cand.raw_rows(name, start, stop), info.ggml_type, precision)
-        counts.add(c)
-        errors.add(e)
+    ref_bytes = ref.info(name).row_bytes
+    # in the candidate's frame the reference is mapped whole (permutations gather any row)
+    whole = torch.from_numpy(_in_frame(cand, ref, name, frame)) if frame is not None else None
+    with ref.row_reader(name, step) as reference, cand.row_reader(name, step) as stored:
+        for start in range(0, stop_all, step):
+            stop = min(stop_all, start + step)
+            rows = whole[start:stop] if whole is not None else reference.read(start, stop)
+            c, e = check_block_rows(rows, stored.raw(start, stop), info.ggml_type, precision, threads)
+            counts.add(c)
+            errors.add(e)
+            if meter is not None:
+                meter.advance((stop - start) * (info.row_bytes + ref_bytes), name)
     return counts, errors
 
 
-def detect_precision(cand: Checkpoint, ref: Checkpoint, names: list[str],
+def detect_precision(cand: Checkpoint, ref: Checkpoint, names: list[str], threads: int = 1,
                      frames: Mapping[str, ReferenceFrame] | None = None) -> tuple[str, dict[str, int]]:
     """The source precision (f32 / f16 / bf16) that leaves the fewest unexplained
     mismatches on a sample of the tensors; ties prefer the wider format."""
@@ -84,7 +91,7 @@ def detect_precision(cand: Checkpoint, ref: Checkpoint, names: list[str],
         info = cand.info(name)
         rows = max(1, PRECISION_SAMPLE_ELEMS // info.row_length)
         for p in PRECISIONS:
-            counts, _ = _check_tensor(cand, ref, name, p, max_rows=rows, frame=(frames or {}).get(name))
+            counts, _ = _check_tensor(cand, ref, name, p, threads, max_rows=rows, frame=(frames or {}).get(name))
             evidence[p] += counts.n_unexplained + counts.n_blocks_scale_mismatch
     best = min(PRECISIONS, key=lambda p: (evidence[p], PRECISIONS.index(p)))
     return best, evidence
@@ -100,13 +107,24 @@ def _verdict(counts: CheckCounts, errors: ErrorStats) -> TensorStatus:
     return "unrelated"
 
 
-def _plain(cand: Checkpoint, ref: Checkpoint, name: str, info: TensorInfo) -> tuple[TensorStatus, ErrorSummary]:
-    a = torch.from_numpy(np.ascontiguousarray(cand.read_rows(name)))
-    b = torch.from_numpy(np.ascontiguousarray(ref.read_rows(name)))
+def _plain(cand: Checkpoint, ref: Checkpoint, name: str, info: TensorInfo,
+           meter: Meter) -> tuple[TensorStatus, ErrorSummary]:
+    """A plain tensor: identical to the reference (or to its rounding to the candidate's
+    float type), streamed in row chunks with its error."""
     plain = plain_type(info.dtype)
-    expected = b.to(plain.torch_dtype()).to(torch.float32) if plain is not None and plain.narrow_float else b
-    same = bool(torch.equal(a, expected) or torch.equal(a, b))
-    return ("identical" if same else "differs"), ErrorSummary.of(error_stats(a, b))
+    narrow = plain.torch_dtype() if plain is not None and plain.narrow_float else None
+    errors, same_rounded, same_exact = ErrorStats(), True, True
+    step = _rows_per_chunk(info)
+    ref_bytes = ref.info(name).row_bytes
+    with cand.row_reader(name, step) as ours, ref.row_reader(name, step) as theirs:
+        for start in range(0, info.n_rows, step):
+            stop = min(info.n_rows, start + step)
+            a, b = ours.read(start, stop), theirs.read(start, stop)
+            same_exact = same_exact and bool(torch.equal(a, b))
+            same_rounded = same_rounded and bool(torch.equal(a, b.to(narrow).to(torch.float32) if narrow else b))
+            errors.add(error_stats(a, b))
+            meter.advance((stop - start) * (info.row_bytes + ref_bytes), name)
+    return ("identical" if same_rounded or same_exact else "differs"), ErrorSummary.of(errors)
 
 
 def _overall(checked: list[TensorCheck]) -> QuantVerdict:
@@ -122,31 +140,33 @@ def quantcheck(
     candidate_path: str | os.PathLike[str],
     reference_path: str | os.PathLike[str],
     options: QuantCheckOptions | None = None,
+    progress: ProgressCallback | None = None,
     frames: Mapping[str, ReferenceFrame] | None = None,
 ) -> QuantCheckResult:
     """Check every quantized tensor of ``candidate_path`` against ``reference_path``: per
     tensor, grid-consistency counts, mismatch distances in steps, estimated perturbation
     amplitude, dequantization error vs the error of a clean quantization of the reference;
-    overall, a verdict and the source precision the quantizer saw.
+    overall, a verdict and the source precision the quantizer saw. ``progress`` gets the
+    bytes of both files read (task ``quantcheck``).
 
     ``frames``: per tensor, a map of the reference into the candidate's frame (recovered
     permutations and scales, e.g. :func:`provenance.watermark.realign.realign`'s transforms:
     ``quantcheck --realign``); rescaled rows/columns are fitted to the stored cells
     (:mod:`provenance.quant.rescale`) before the exact check."""
     opts = options or QuantCheckOptions()
-    with torch_threads(opts.threads):
-        return _quantcheck(candidate_path, reference_path, opts.precision, frames or {})
+    with torch_threads(1):  # the compiled check takes the threads; torch only converts rows
+        return _quantcheck(candidate_path, reference_path, opts.precision, opts.threads, progress, frames or {})
 
 
 def _check(cand: Checkpoint, ref: Checkpoint, name: str, info: TensorInfo, fate: TensorPair | Unpaired,
-           checkable: bool, precision: str, per_layer: dict[str, ErrorStats],
+           checkable: bool, precision: str, threads: int, per_layer: dict[str, ErrorStats], meter: Meter,
            frame: ReferenceFrame | None = None) -> TensorCheck:
     """One candidate tensor: checked, or why not."""
     base = {"name": name, "layer": info.layer, "role": info.role, "qtype": info.dtype, "shape": "x".join(map(str, info.shape))}
     if isinstance(fate, Unpaired):
         return TensorCheck(**base, status=fate.reason)  # missing-in-reference or shape-mismatch
     if checkable:
-        counts, errors = _check_tensor(cand, ref, name, precision, frame=frame)
+        counts, errors = _check_tensor(cand, ref, name, precision, threads, meter=meter, frame=frame)
         grid, error = GridCounts.of(counts), ErrorSummary.of(errors)
         per_layer.setdefault(str(info.layer), ErrorStats()).add(errors)
         return TensorCheck(**base, status=_verdict(counts, errors), grid=grid, error=error,
@@ -154,12 +174,13 @@ def _check(cand: Checkpoint, ref: Checkpoint, name: str, info: TensorInfo, fate:
                            tolerance_explained=tolerant(info.ggml_type), realigned=frame is not None)
     if info.block_size > 1:
         return TensorCheck(**base, status="unchecked-type")
-    status, error = _plain(cand, ref, name, info)
+    status, error = _plain(cand, ref, name, info, meter)
     return TensorCheck(**base, status=status, error=error)
 
 
 def _quantcheck(candidate_path: str | os.PathLike[str], reference_path: str | os.PathLike[str],
-                precision: str, frames: Mapping[str, ReferenceFrame]) -> QuantCheckResult:
+                precision: str, threads: int, progress: ProgressCallback | None,
+                frames: Mapping[str, ReferenceFrame]) -> QuantCheckResult:
     if precision != "auto" and precision not in PRECISIONS:
         raise ValueError(f"precision must be 'auto' or one of {PRECISIONS}")
     with open_checkpoint(candidate_path) as cand, open_checkpoint(reference_path) as ref:
@@ -175,11 +196,14 @@ def _quantcheck(candidate_path: str | os.PathLike[str], reference_path: str | os
         }
         if precision == "auto":
             ordered = [name for name in cand.tensors if name in checkable]
-            precision, evidence = detect_precision(cand, ref, ordered, frames) if ordered else ("f32", {})
+            precision, evidence = detect_precision(cand, ref, ordered, threads, frames) if ordered else ("f32", {})
         else:
             evidence = {}
         per_layer: dict[str, ErrorStats] = {}
-        tensors = tuple(_check(cand, ref, name, info, fate[name], name in checkable, precision, per_layer,
+        read = [n for n, info in cand.tensors.items() if isinstance(fate[n], TensorPair)
+                and (n in checkable or info.block_size == 1)]
+        meter = Meter(progress, "quantcheck", sum(cand.info(n).n_bytes + ref.info(n).n_bytes for n in read))
+        tensors = tuple(_check(cand, ref, name, info, fate[name], name in checkable, precision, threads, per_layer, meter,
                                frames.get(name) if name in checkable else None)
                         for name, info in cand.tensors.items())
         metadata = {k: str(v) for k, v in cand.metadata_claims.items()}

@@ -5,14 +5,21 @@ thread control in our hands (the count follows ``torch.get_num_threads()`` like 
 kernels' intra-op threads) and needs no numba threading layer (the default "workqueue"
 layer aborts when two threads enter a parallel region at once, which the comparison's
 tensor threads would do).
+
+When a call is split, every part runs on a pool thread and the calling thread only waits:
+a signal handler (Ctrl-C's KeyboardInterrupt) runs only between bytecodes, so a calling
+thread inside a compiled kernel would not notice Ctrl-C until its part ended (~0.2-0.4 s
+for a 4M-weight Q4_K chunk idle, seconds on a loaded machine), while waiting on a future
+is interrupted at once (docs/quantization.md, "provenance quantize").
 """
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import cache
 from itertools import pairwise
+from typing import Any
 
 import numpy as np
 
@@ -37,7 +44,27 @@ def run_split(fn: Callable[..., None], blocks: np.ndarray, out: np.ndarray,
         fn(blocks, out, *tables)
         return
     bounds = [n * k // parts for k in range(parts + 1)]
-    futures = [_pool(os.getpid(), parts - 1).submit(fn, blocks[a:b], out[a:b], *tables) for a, b in pairwise(bounds[1:])]
-    fn(blocks[: bounds[1]], out[: bounds[1]], *tables)
-    for f in futures:
+    _wait(_pool(os.getpid(), parts).submit(fn, blocks[a:b], out[a:b], *tables) for a, b in pairwise(bounds))
+
+
+def _wait(futures: Iterable[Future[None]]) -> None:
+    for f in list(futures):
         f.result()
+
+
+def map_split(fn: Callable[..., None], sliced: tuple[np.ndarray, ...], make_outputs: Callable[[], tuple[np.ndarray, ...]],
+              shared: tuple[Any, ...], threads: int, weights: int) -> list[tuple[np.ndarray, ...]]:
+    """``fn(*parts, *outputs, *shared)`` over up to ``threads`` contiguous parts of the
+    first axis of every array in ``sliced`` (``weights`` in all), each part with its own
+    fresh ``make_outputs()`` (accumulators); returns the parts' outputs in order, for the
+    caller to combine in that fixed order."""
+    n = sliced[0].shape[0]
+    parts = max(1, min(threads, n, weights // MIN_WEIGHTS_PER_THREAD))
+    bounds = [n * k // parts for k in range(parts + 1)]
+    outputs = [make_outputs() for _ in range(parts)]
+    if parts == 1:
+        fn(*sliced, *outputs[0], *shared)
+        return outputs
+    _wait(_pool(os.getpid(), parts).submit(fn, *(a[lo:hi] for a in sliced), *outputs[k], *shared)
+          for k, (lo, hi) in enumerate(pairwise(bounds)))
+    return outputs
