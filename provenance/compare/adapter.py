@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from provenance.compare.copies import inside_grid
 from provenance.compare.result import AdapterEvidence, AdapterModuleFit, LineageVerdict, TensorComparison
 from provenance.compare.transform import Transform
-from provenance.compare.copies import inside_grid
 from provenance.errors import CheckpointError, MalformedCheckpoint, UnsupportedCheckpoint
 from provenance.formats.base import Checkpoint, ReadObserver, TensorInfo
 from provenance.formats.dtypes import torch_dtype

@@ -5,8 +5,9 @@ columns of the matrices after them) computes the same function. Scales recovered
 weights are estimates (norm ratios); the stored cells pin the true ones down far more
 tightly. Alternately, each free row (column) takes the factor closest to its least-squares
 fit to the stored values that puts all its weights inside their cells, when such a factor
-exists. Weights stored in the cell of zero constrain nothing: any scale keeps a small weight
-there, and a pruned weight would mislead the fit. When every weight ends up inside, that scaling is a witness: the stored codes are
+exists. Weights stored in the cell of zero are left out of the least-squares fit (a pruned
+weight would mislead it) and out of the bounds only where no factor keeps every weight
+inside. When every weight ends up inside, that scaling is a witness: the stored codes are
 what the quantizer makes of the rescaled reference (docs/lineage.md, "Grid consistency after
 alignment"; used by ``compare`` and ``quantcheck --realign``).
 """
@@ -59,6 +60,18 @@ def _factor_bounds(y: np.ndarray, low: np.ndarray, high: np.ndarray, free: np.nd
     return np.nan_to_num(lower, nan=-np.inf).max(axis=axis), np.nan_to_num(upper, nan=np.inf).min(axis=axis)
 
 
+def _bounds(y: np.ndarray, low: np.ndarray, high: np.ndarray, free: np.ndarray,
+            axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Factor bounds from every weight where some factor puts all of them inside (a witness
+    must keep the zero cell's weights in it too: a factor read off the other weights alone
+    can push one out); from the ``free`` weights only where none does (a pruned weight,
+    stored as 0 though the reference's was not, would leave no factor at all)."""
+    lower, upper = _factor_bounds(y, low, high, np.ones_like(free), axis)
+    lower_free, upper_free = _factor_bounds(y, low, high, free, axis)
+    feasible = (np.maximum(lower, 0.0) <= upper) & (upper > 0)
+    return np.where(feasible, lower, lower_free), np.where(feasible, upper, upper_free)
+
+
 def _settle(fit: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
     """The factor closest to the least-squares ``fit`` in the middle half of [lower, upper] (an
     end point would land on a cell boundary and float rounding could put it outside), where
@@ -89,10 +102,10 @@ def refine_factors(x: np.ndarray, stored: np.ndarray, low: np.ndarray, high: np.
     for _ in range(REFINE_ROUNDS):
         if rows:
             y = x * c[None, :]
-            r = _settle(_ls_factor(y, stored, free, 1), *_factor_bounds(y, low, high, free, axis=1))
+            r = _settle(_ls_factor(y, stored, free, 1), *_bounds(y, low, high, free, axis=1))
         if cols:
             y = x * r[:, None]
-            c = _settle(_ls_factor(y, stored, free, 0), *_factor_bounds(y, low, high, free, axis=0))
+            c = _settle(_ls_factor(y, stored, free, 0), *_bounds(y, low, high, free, axis=0))
         v = x * r[:, None] * c[None, :]
         if bool(((v >= low) & (v <= high)).all()):
             break
