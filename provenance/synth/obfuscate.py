@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from provenance.codecs.types import plain_type
 from provenance.names.arch import ArchRecord
 
 Tensors = dict[str, np.ndarray]
@@ -124,8 +125,11 @@ def rotate_residual(tensors: Mapping[str, np.ndarray], seed: int = 0) -> Tensors
 
 
 def round_to(tensors: Mapping[str, np.ndarray], dtype: str) -> Tensors:
-    """Every tensor rounded to ``F16`` or ``BF16`` and back (a storage round trip)."""
-    torch_dtype = {"F16": torch.float16, "BF16": torch.bfloat16}[dtype]
+    """Every tensor rounded to a narrow float type (``F16``, ``BF16``) and back (a storage round trip)."""
+    plain = plain_type(dtype)
+    if plain is None or not plain.narrow_float:
+        raise ValueError(f"not a narrow float type: {dtype}")
+    torch_dtype = plain.torch_dtype()
     return {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)).to(torch_dtype).float().numpy()
             for k, v in tensors.items()}
 
