@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,29 @@ def load_registry(path: str | os.PathLike[str], arch: object | None = None) -> l
     if len(set(labels)) != len(labels):
         raise RegistryError(f"{path}: duplicate client ids")
     return keys
+
+
+def _registry_stamp(path: Path) -> tuple[object, ...]:
+    """Size and mtime of the registry and, for a directory, of each file in it (edits are seen)."""
+    entries = sorted(path.iterdir()) if path.is_dir() else [path]
+    return tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in entries if p.is_file())
+
+
+@lru_cache(maxsize=8)
+def _load_registry_once(path: str, stamp: tuple[object, ...], arch: object | None) -> tuple[KeySource, ...]:
+    return tuple(load_registry(path, arch))
+
+
+def cached_registry(path: str | os.PathLike[str], arch: object | None = None) -> list[KeySource]:
+    """:func:`load_registry`, read once per process while the registry's files are unchanged:
+    a scan of many models in one worker (``check``, ``scan``) reads the keys once, not per model.
+    The keys are not modified by scoring, so sharing them is safe."""
+    resolved = Path(path).resolve()
+    try:
+        stamp = _registry_stamp(resolved)
+    except OSError as exc:
+        raise RegistryError(f"{path}: cannot read the registry ({exc.strerror})") from None
+    return list(_load_registry_once(str(resolved), stamp, arch))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,95 @@
+"""A scan's output directory: the journal, one JSON document per model, and the tables.
+
+::
+
+    OUT/journal.jsonl      one line per finished model (row + findings), the source of truth
+    OUT/models/<id>.json   the model's full document (inspect, identify, lineage, watermark)
+    OUT/scan.parquet       the table, latest row per model, rebuilt from the journal
+    OUT/scan.csv           the same table as CSV
+    OUT/summary.json       counts and timings of the last run
+
+A model's document is written atomically before its journal line, so every journaled row
+has its document; a document without a line (the driver died in between) is rewritten
+when the model is scanned again.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+from provenance.fileio import to_json, write_atomic
+from provenance.scan.journal import Journal
+from provenance.scan.row import ModelResult, WireError, finding_from_dict, row_from_dict
+from provenance.scan.table import write_csv, write_parquet
+from provenance.scan.units import ModelUnit
+
+JOURNAL, PARQUET, CSV, SUMMARY = "journal.jsonl", "scan.parquet", "scan.csv", "summary.json"
+RETRIED_ALWAYS = ("worker-lost",)
+"""Error kinds a rerun always retries: a killed node says nothing about the model. Time
+and memory limits are properties of the model under the limits: ``--retry-errors`` retries them."""
+
+
+class ScanStore:
+    def __init__(self, out: str | Path) -> None:
+        self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "models").mkdir(exist_ok=True)
+        self.journal = Journal(self.out / JOURNAL).open()
+        self.latest: dict[str, ModelResult] = {}
+        """Key path -> the model's latest finished result (row and findings; details are in its document)."""
+        try:
+            for record in self.journal.records():
+                self._load(record)
+        except BaseException:
+            self.journal.close()
+            raise
+
+    def _load(self, record: dict[str, Any]) -> None:
+        try:
+            key = record["key"]
+            findings = record["findings"]
+            if not isinstance(key, str) or not isinstance(findings, list):
+                raise WireError("key or findings")
+            result = ModelResult(row_from_dict(record["row"]), [finding_from_dict(f) for f in findings])
+        except (KeyError, WireError, TypeError):
+            self.journal.bad_lines += 1  # a line from another version, or damaged: the model is scanned again
+            return
+        self.latest[key] = result
+
+    def __enter__(self) -> ScanStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.journal.close()
+
+    def previous(self, unit: ModelUnit) -> ModelResult | None:
+        return self.latest.get(unit.key_path)
+
+    def is_done(self, unit: ModelUnit, options_key: str, hashes: bool, retry_errors: bool) -> bool:
+        """A finished row counts when it was made with the same options, from the same files,
+        and did not fail for a reason a rerun should retry. With ``hashes`` the worker decides
+        (it compares the files' digest with the row's)."""
+        previous = self.previous(unit)
+        if previous is None or previous.row.options_key != options_key or hashes:
+            return False
+        if previous.row.status == "error" and (retry_errors or previous.row.error_kind in RETRIED_ALWAYS):
+            return False
+        return previous.row.stat_key == unit.stat_key
+
+    def record(self, unit: ModelUnit, result: ModelResult) -> None:
+        """The document atomically, then the journal line (fsynced): a finished model is never lost or half-written."""
+        write_atomic(self.out / result.row.document, to_json(result.document()))
+        self.journal.append({"key": unit.key_path, "row": asdict(result.row), "findings": [f.to_dict() for f in result.findings]})
+        self.latest[unit.key_path] = replace(result, details={})
+
+    def rows(self) -> list[ModelResult]:
+        return sorted(self.latest.values(), key=lambda r: (r.row.id, r.row.path))
+
+    def write_tables(self) -> None:
+        rows = [r.row for r in self.rows()]
+        write_parquet(rows, self.out / PARQUET)
+        write_csv(rows, self.out / CSV)
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        write_atomic(self.out / SUMMARY, to_json(summary))
