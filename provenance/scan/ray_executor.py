@@ -40,15 +40,11 @@ def require_ray() -> Any:
     return ray
 
 
-def _prepare_worker() -> None:
-    import torch
-
-    torch.set_num_threads(1)  # one task per CPU slot (Ray also sets OMP_NUM_THREADS=1)
-
-
 def ray_task(work: Work, task: ScanTask, memory_bytes: int | None) -> str:
-    """What a Ray worker runs for one model."""
-    _prepare_worker()
+    """What a Ray worker runs for one model (imports first: see ``warm_up``; a no-op once done)."""
+    from provenance.scan.model import warm_up
+
+    warm_up()
     return run_task(work, task, memory_bytes)
 
 
@@ -56,9 +52,9 @@ def warm_task() -> int:
     """Import what every model needs, so the first models' time limits do not pay for it."""
     import os
 
-    import provenance.scan.model  # noqa: F401
+    from provenance.scan.model import warm_up
 
-    _prepare_worker()
+    warm_up()
     return os.getpid()
 
 

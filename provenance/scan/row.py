@@ -18,6 +18,7 @@ from provenance.document import Finding, Severity
 from provenance.fileio import json_ready
 from provenance.policy import CheckResult
 from provenance.scan.units import ModelUnit
+from provenance.textsafe import safe_text
 
 DOCUMENT_SCHEMA = "provenance.scan-model/1"
 STATUSES = ("pass", "violation", "error")
@@ -32,6 +33,7 @@ class ModelRow:
 
     id: str
     path: str
+    """As found (control characters escaped; the document's ``files`` hold the exact names)."""
     status: str
     """``pass``, ``violation`` or ``error`` (as ``provenance check``)."""
     format: str | None
@@ -131,7 +133,7 @@ def failure_result(unit: ModelUnit, options_key: str, kind: str, message: str, s
 
 def empty_row(unit: ModelUnit, options_key: str, worker: str) -> ModelRow:
     return ModelRow(
-        id=unit.id, path=unit.path, status="pass", format=None, files=len(unit.members), bytes=unit.n_bytes,
+        id=safe_text(unit.id), path=safe_text(unit.path), status="pass", format=None, files=len(unit.members), bytes=unit.n_bytes,
         mtime_ns=unit.mtime_ns, sha256=None, architecture=None, parameters=None, tensors=None, quant_types=None,
         tokenizer=None, declared_name=None, declared_base=None, identified_as=None, identify_verdict=None,
         identify_family=None, lineage=None, related_to=None, watermark_accused=None, findings="", error_kind=None,

@@ -22,6 +22,7 @@ from provenance.scan.options import ScanOptions
 from provenance.scan.progress import ScanProgress
 from provenance.scan.row import ModelResult, Unchanged, WireError, decode_outcome, failure_result
 from provenance.scan.store import PARQUET, ScanStore
+from provenance.textsafe import safe_text
 
 SCHEMA = "provenance.scan/1"
 
@@ -83,7 +84,7 @@ def _settle(task: ScanTask, answer: str | TaskFailure, previous: ModelResult | N
     if isinstance(outcome, Unchanged):
         return None if previous is not None else failure_result(
             task.unit, task.options_key, "internal", "a worker reported an unchanged model that has no row", 0.0)
-    if outcome.row.path != task.unit.path:
+    if outcome.row.path != safe_text(task.unit.path):
         return failure_result(task.unit, task.options_key, "internal", "the worker answered for another model", 0.0)
     return outcome
 

@@ -81,10 +81,15 @@ def load_registry(path: str | os.PathLike[str], arch: object | None = None) -> l
     return keys
 
 
-def _registry_stamp(path: Path) -> tuple[object, ...]:
-    """Size and mtime of the registry and, for a directory, of each file in it (edits are seen)."""
+def _registry_stamp(path: Path) -> tuple[tuple[object, ...], bool]:
+    """Size and mtime of the registry and, for a directory, of each file in it (edits are seen),
+    and whether it may hold key files (``.npz``), whose tensor names depend on the candidate's
+    architecture; derived keys do not."""
     entries = sorted(path.iterdir()) if path.is_dir() else [path]
-    return tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in entries if p.is_file())
+    stamp = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in entries if p.is_file())
+    if path.is_dir():
+        return stamp, any(p.suffix == ".npz" for p in entries)
+    return stamp, not path.is_file() or b"key_files" in path.read_bytes()
 
 
 @lru_cache(maxsize=8)
@@ -93,15 +98,16 @@ def _load_registry_once(path: str, stamp: tuple[object, ...], arch: object | Non
 
 
 def cached_registry(path: str | os.PathLike[str], arch: object | None = None) -> list[KeySource]:
-    """:func:`load_registry`, read once per process while the registry's files are unchanged:
-    a scan of many models in one worker (``check``, ``scan``) reads the keys once, not per model.
-    The keys are not modified by scoring, so sharing them is safe."""
+    """:func:`load_registry`, read once per process while the registry's files are unchanged
+    (and once per architecture when it holds key files): a worker scanning many models
+    (``check``, ``scan``) reads the keys once, not per model. Scoring does not modify keys,
+    so sharing them is safe."""
     resolved = Path(path).resolve()
     try:
-        stamp = _registry_stamp(resolved)
+        stamp, per_arch = _registry_stamp(resolved)
     except OSError as exc:
         raise RegistryError(f"{path}: cannot read the registry ({exc.strerror})") from None
-    return list(_load_registry_once(str(resolved), stamp, arch))
+    return list(_load_registry_once(str(resolved), stamp, arch if per_arch else None))
 
 
 @dataclass(frozen=True)
