@@ -57,8 +57,8 @@ def warm_up() -> None:
     import scipy.stats  # noqa: F401
     import torch
 
-    import provenance.compare  # noqa: F401
-    import provenance.refdb  # noqa: F401
+    import provenance.compare
+    import provenance.refdb
     import provenance.watermark  # noqa: F401
 
     torch.set_num_threads(1)

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import pytest
 
 from provenance.scan import Limits, LocalExecutor, ScanOptions, scan
 from provenance.scan.journal import Journal
