@@ -134,7 +134,7 @@ def test_one_writer_per_output_directory(tmp_path: Path) -> None:
 
 def test_ctrl_c_keeps_every_finished_row_and_the_rerun_finishes(baseline: Baseline, tmp_path: Path) -> None:
     corpus = baseline.corpus
-    inputs = [str(corpus.root / "gguf"), str(corpus.root / "loose")]
+    inputs = [str(corpus.root / "gguf")]
     out = tmp_path / "out"
     command = [sys.executable, "-m", "provenance.cli", "scan", *inputs, "-o", str(out), "--jobs", "1",
                "--policy", baseline.options.policy]
@@ -148,16 +148,16 @@ def test_ctrl_c_keeps_every_finished_row_and_the_rerun_finishes(baseline: Baseli
     assert process.returncode == 130
     text = journal.read_bytes()
     done = text.count(b"\n")
-    assert text.endswith(b"\n") and 3 <= done < 13
+    assert text.endswith(b"\n") and 3 <= done < 9
     assert len(pd.read_parquet(out / "scan.parquet")) == done  # tables rebuilt from what finished
     rerun = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 1, rerun.stderr
-    assert f"scanned {13 - done}, reused {done} finished before" in rerun.stderr
+    assert f"scanned {9 - done}, reused {done} finished before" in rerun.stderr
     finished = comparable(out)
     expected = baseline.table()
     expected = expected[expected["path"].isin(finished["path"])].reset_index(drop=True)
     pd.testing.assert_frame_equal(finished, expected)
-    assert len(finished) == 13
+    assert len(finished) == 9
 
 
 def test_a_model_that_hangs_crashes_or_hogs_memory_is_one_error_row(corpus: Corpus, tmp_path: Path) -> None:
@@ -166,11 +166,11 @@ def test_a_model_that_hangs_crashes_or_hogs_memory_is_one_error_row(corpus: Corp
         source = corpus.models["tiny-0.gguf" if "-" in name[:6] else name]
         shutil.copy2(source, tmp_path / name)
     started = time.monotonic()
-    report = scan([str(tmp_path / n) for n in names], tmp_path / "out", executor=LocalExecutor(2, Limits(20.0, 512 << 20)),
+    report = scan([str(tmp_path / n) for n in names], tmp_path / "out", executor=LocalExecutor(2, Limits(8.0, 512 << 20)),
                   work=faulty_scan_task)
     elapsed = time.monotonic() - started
     rows = {os.path.basename(r.row.path): r.row for r in report.results}
-    assert rows["hang-a.gguf"].error_kind == "timeout" and 20 <= rows["hang-a.gguf"].seconds < 30
+    assert rows["hang-a.gguf"].error_kind == "timeout" and 8 <= rows["hang-a.gguf"].seconds < 18
     assert rows["crash-b.gguf"].error_kind == "worker-lost" and "exited with status 70" in rows["crash-b.gguf"].error
     assert rows["hog-c.gguf"].error_kind == "out-of-memory"
     assert rows["tiny-0.gguf"].status == "pass" and rows["tiny-1.gguf"].status == "pass"
