@@ -1,6 +1,7 @@
 """``provenance scan``: gate many models at once, locally or on a Ray cluster (docs/scan.md)."""
 from __future__ import annotations
 
+import os
 import re
 import sys
 from typing import TYPE_CHECKING
@@ -32,7 +33,9 @@ def parse_memory(ctx: click.Context, param: click.Parameter, value: str) -> int 
 
 
 def _validate(options: ScanOptions) -> None:
-    """Fail before scanning on what would fail every model: the policy, references, keys, database."""
+    """Fail before scanning on what would fail every model: the policy, references, keys. The
+    driver stays light (no torch): the reference database is only checked to be a folder here,
+    its entries are read by the workers."""
     from provenance.formats import open_checkpoint
     from provenance.policy import load_policy
     from provenance.policy.engine import _reference_digests
@@ -48,9 +51,8 @@ def _validate(options: ScanOptions) -> None:
         from provenance.watermark import load_registry
 
         load_registry(options.keys)
-    from provenance.refdb import RefDB
-
-    RefDB(options.refdb).entries()
+    if options.refdb and not os.path.isdir(options.refdb):
+        raise click.BadParameter(f"{options.refdb} is not a directory", param_hint="--refdb")
 
 
 def _summary(report: ScanReport) -> None:
