@@ -163,7 +163,8 @@ def measure(name: str, directory: Path, policy: Path, work: Path, args: argparse
     runs.append(("check+inspect+identify, once per file", len(sample), sample_bytes, per_file(equivalent, sample)))
     runs.append((f"scan local --jobs {args.jobs}", len(files), total, timed([*scan, "-o", str(out / "local")])))
     if not args.skip_ray:
-        runs.append((f"scan ray (--ray local, {args.jobs} CPUs)", len(files), total, timed([*scan, "-o", str(out / "ray"), "--ray", "local"])))
+        ray_seconds = timed([*scan, "-o", str(out / "ray"), "--ray", "local"])
+        runs.append((f"scan ray (--ray local, {args.jobs} CPUs)", len(files), total, ray_seconds))
     runs.append(("scan local again (all done)", len(files), total, timed([*scan, "-o", str(out / "local")])))
     runs.append(("scan local --hashes (every byte read)", len(files), total, timed([*scan, "-o", str(out / "hashes"), "--hashes"])))
     if not args.skip_ray:
@@ -175,6 +176,30 @@ def measure(name: str, directory: Path, policy: Path, work: Path, args: argparse
                      "models_per_min": round(60 * models / seconds, 1), "GB_per_s": round(size / 1e9 / seconds, 3),
                      "vs_check": round(models / seconds / base_rate, 2)})
     return rows
+
+
+def driver_cost(work: Path, n: int = 500) -> float:
+    """Seconds the driver spends per finished model (validate the answer, write the document
+    atomically, append and fsync the journal line): the ceiling of one driver, whatever the cluster."""
+    from provenance.scan.discover import file_unit
+    from provenance.scan.model import ScanTask, scan_task
+    from provenance.scan.options import ScanOptions
+    from provenance.scan.row import decode_outcome, row_with
+    from provenance.scan.store import ScanStore
+
+    model = next((work.parent / "small").iterdir())
+    answer = scan_task(ScanTask(file_unit(str(model)), ScanOptions(), "bench"))
+    out = work / "driver"
+    shutil.rmtree(out, ignore_errors=True)
+    with ScanStore(out) as store:
+        started = time.perf_counter()
+        for i in range(n):
+            result = decode_outcome(answer)
+            unit = file_unit(str(model))
+            unit = type(unit)(f"m{i}", f"{unit.path}.{i}", unit.members)
+            result.row = row_with(result.row, path=unit.path, document=f"models/{i}.json")
+            store.record(unit, result)
+        return (time.perf_counter() - started) / n
 
 
 def main() -> None:
@@ -197,7 +222,10 @@ def main() -> None:
     for r in rows:
         print(f"{r['set']:6} {r['run']:42} {r['models']:>6} {r['GB']:>7} {r['seconds']:>7} {r['models_per_min']:>10} "
               f"{r['GB_per_s']:>7} {r['vs_check']:>7}x")
-    print(f"\nload average at the end: {os.getloadavg()} on {os.cpu_count()} CPUs (a shared machine: other jobs ran)")
+    per_model = driver_cost(work)
+    print(f"\ndriver cost per finished model (decode, document, journal fsync): {1000 * per_model:.2f} ms "
+          f"= a ceiling of {60 / per_model:,.0f} models/min for one driver")
+    print(f"load average at the end: {os.getloadavg()} on {os.cpu_count()} CPUs (a shared machine: other jobs ran)")
 
 
 if __name__ == "__main__":

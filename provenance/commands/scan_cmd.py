@@ -63,6 +63,10 @@ def _summary(report: ScanReport) -> None:
         + (f", {report.unchanged} unchanged (same sha256)" if report.unchanged else "")
         + f"; {len(report.skipped_files)} non-model files skipped"))
     summary = report.to_dict()
+    repairs = report.journal_repairs
+    if repairs.get("torn_bytes") or repairs.get("bad_lines"):
+        stderr_console.print(Text(f"journal: cut a torn last line ({repairs['torn_bytes']} bytes) and skipped "
+                                  f"{repairs['bad_lines']} unreadable lines left by an interrupted run; those models were rescanned"))
     if report.scanned:
         stderr_console.print(Text(f"{report.seconds:.1f} s on {report.executor}: {summary['models_per_minute']} models/min, "
                                   f"{summary['gb_per_second']} GB/s"))

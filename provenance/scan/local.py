@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from provenance.scan.executor import Answer, TaskFailure, Work, run_task
 from provenance.scan.options import Limits
+from provenance.scan.row import worker_name
 
 if TYPE_CHECKING:
     from provenance.scan.model import ScanTask
@@ -79,7 +80,7 @@ class _Worker:
 
     @property
     def name(self) -> str:
-        return f"{os.uname().nodename}:{self.process.pid}"
+        return worker_name(self.process.pid)
 
     def give(self, index: int, message: tuple[Work, ScanTask, int | None]) -> None:
         self.index, self.started = index, time.monotonic()

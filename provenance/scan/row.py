@@ -102,8 +102,9 @@ class ModelResult:
         return CheckResult(path=self.row.path, status=self.row.status, findings=list(self.findings), format=self.row.format)
 
 
-def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+def worker_name(pid: int | None = None) -> str:
+    """``host:pid`` of this process, or of process ``pid`` on this host."""
+    return f"{socket.gethostname()}:{pid or os.getpid()}"
 
 
 def now() -> str:

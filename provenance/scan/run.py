@@ -44,6 +44,8 @@ class ScanReport:
     seconds: float = 0.0
     skipped_files: list[str] = field(default_factory=list)
     interrupted: bool = False
+    journal_repairs: dict[str, int] = field(default_factory=dict)
+    """``torn_bytes`` cut from the journal's end, ``bad_lines`` skipped (their models rescanned)."""
 
     @property
     def counts(self) -> dict[str, int]:
@@ -58,7 +60,7 @@ class ScanReport:
             "bytes_scanned": self.bytes_scanned, "seconds": round(self.seconds, 3),
             "models_per_minute": round(self.scanned / minutes, 2) if minutes > 0 else None,
             "gb_per_second": round(self.bytes_scanned / self.seconds / 1e9, 4) if self.seconds > 0 else None,
-            "interrupted": self.interrupted, "table": str(Path(self.out) / PARQUET),
+            "interrupted": self.interrupted, "journal_repairs": self.journal_repairs, "table": str(Path(self.out) / PARQUET),
         }
 
 
@@ -106,7 +108,8 @@ def scan(inputs: Sequence[str], out: str | Path, options: ScanOptions | None = N
     progress = progress or _Silent()
     found = discover(inputs)
     with ScanStore(out) as store:
-        report = ScanReport(str(out), executor.name, [], skipped_files=found.skipped)
+        report = ScanReport(str(out), executor.name, [], skipped_files=found.skipped,
+                            journal_repairs={"torn_bytes": store.journal.dropped_bytes, "bad_lines": store.journal.bad_lines})
         final: dict[str, ModelResult] = {}
         tasks = []
         for unit in found.units:
@@ -115,8 +118,8 @@ def scan(inputs: Sequence[str], out: str | Path, options: ScanOptions | None = N
                 final[unit.key_path] = previous  # type: ignore[assignment]
                 report.reused += 1
                 continue
-            known = previous.row.sha256 if previous is not None and previous.row.options_key == options_key else None
-            tasks.append(ScanTask(unit, options, options_key, known if options.hashes else None))
+            known = store.known_digest(unit, options_key, retry_errors) if options.hashes else None
+            tasks.append(ScanTask(unit, options, options_key, known))
         progress.start(len(tasks), sum(t.unit.n_bytes for t in tasks), executor.name)
         try:
             for index, answer in executor.map(work, tasks):

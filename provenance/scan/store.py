@@ -66,16 +66,25 @@ class ScanStore:
     def previous(self, unit: ModelUnit) -> ModelResult | None:
         return self.latest.get(unit.key_path)
 
-    def is_done(self, unit: ModelUnit, options_key: str, hashes: bool, retry_errors: bool) -> bool:
-        """A finished row counts when it was made with the same options, from the same files,
-        and did not fail for a reason a rerun should retry. With ``hashes`` the worker decides
-        (it compares the files' digest with the row's)."""
+    def _reusable(self, unit: ModelUnit, options_key: str, retry_errors: bool) -> ModelResult | None:
+        """The finished row, if it was made with the same options and did not fail for a reason to retry."""
         previous = self.previous(unit)
-        if previous is None or previous.row.options_key != options_key or hashes:
-            return False
+        if previous is None or previous.row.options_key != options_key:
+            return None
         if previous.row.status == "error" and (retry_errors or previous.row.error_kind in RETRIED_ALWAYS):
-            return False
-        return previous.row.stat_key == unit.stat_key
+            return None
+        return previous
+
+    def is_done(self, unit: ModelUnit, options_key: str, hashes: bool, retry_errors: bool) -> bool:
+        """Done: a reusable row from the same files (names, sizes, mtimes). With ``hashes`` the
+        worker decides, from the files' digest (:meth:`known_digest`)."""
+        previous = self._reusable(unit, options_key, retry_errors)
+        return previous is not None and not hashes and previous.row.stat_key == unit.stat_key
+
+    def known_digest(self, unit: ModelUnit, options_key: str, retry_errors: bool) -> str | None:
+        """With ``--hashes``: the digest a worker compares the files' with before it redoes the model."""
+        previous = self._reusable(unit, options_key, retry_errors)
+        return previous.row.sha256 if previous is not None else None
 
     def record(self, unit: ModelUnit, result: ModelResult) -> None:
         """The document atomically, then the journal line (fsynced): a finished model is never lost or half-written."""

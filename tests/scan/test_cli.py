@@ -93,3 +93,13 @@ def test_csv_cells_cannot_become_formulas(tmp_path: Path, baseline: Baseline) ->
     write_csv([row], tmp_path / "t.csv")
     line = (tmp_path / "t.csv").read_text().splitlines()[1]
     assert line.startswith("\"'=HYPERLINK(") and ",'+1," in line
+
+
+def test_the_readme_command(tmp_path: Path, run_cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """README: `provenance scan ../shared/data -o out/scan` from the project root."""
+    monkeypatch.chdir(ROOT)
+    result = run_cli("../shared/data", "-o", str(tmp_path / "scan"))
+    assert result.returncode == 2 and "28 models: 26 passed, 0 flagged, 2 errors" in result.stderr
+    assert "utf8-mangled-ggml-vocab-llama-spm.gguf (field kv[9].key, offset 399)" in result.stderr
+    readme = (ROOT / "README.md").read_text()
+    assert "provenance scan ../shared/data -o out/scan " in readme and "--ray local" in readme
