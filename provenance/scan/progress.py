@@ -33,13 +33,13 @@ def _size(n: float) -> str:
 
 
 class _Throughput(ProgressColumn):
-    """Bytes done of total, GB/s and models per minute since the start."""
+    """Bytes done of total, bytes per second and models per minute since the start."""
 
     def render(self, task: Task) -> Text:
         elapsed = task.elapsed or 0.0
         done, total = task.fields.get("bytes_done", 0), task.fields.get("bytes_total", 0)
-        rate = f"{done / elapsed / 1e9:.2f} GB/s, {60 * task.completed / elapsed:.0f} models/min" if elapsed > 0 else ""
-        return Text(f"{_size(done)}/{_size(total)}  {rate}")
+        rate = f" {_size(done / elapsed)}/s {60 * task.completed / elapsed:.0f}/min ETA" if elapsed > 0 else " ETA"
+        return Text(f"{_size(done)}/{_size(total)}{rate}")
 
 
 class RichProgress:
@@ -47,8 +47,8 @@ class RichProgress:
 
     def __init__(self, console: Console | None = None) -> None:
         self.console = console or Console(stderr=True, highlight=False, markup=False, emoji=False)
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Throughput(),
-                                 TextColumn("ETA"), TimeRemainingColumn(), console=self.console, transient=False)
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(bar_width=10), MofNCompleteColumn(), _Throughput(),
+                                 TimeRemainingColumn(), console=self.console, transient=False)
         self.counts = {"pass": 0, "violation": 0, "error": 0}
         self.task_id: int | None = None
         self.started = 0.0
@@ -62,7 +62,7 @@ class RichProgress:
         assert self.task_id is not None
         self.counts[row.status] = self.counts.get(row.status, 0) + 1
         task = self.progress.tasks[self.task_id]
-        description = f"scan {self.counts['pass']} ok {self.counts['violation']} flagged {self.counts['error']} errors"
+        description = f"{self.counts['pass']} ok {self.counts['violation']} flagged {self.counts['error']} err"
         self.progress.update(self.task_id, advance=1, bytes_done=task.fields["bytes_done"] + row.bytes, description=description)
 
     def stop(self) -> None:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
 from pathlib import Path
 
 import jsonschema
@@ -13,24 +12,16 @@ from provenance.cli import main
 from provenance.scan.table import write_csv
 from tests.conftest import ROOT
 from tests.scan.conftest import Baseline
+from tests.support.cli import Run, run_in_process
 from tests.support.model_corpus import Corpus
 
 SARIF_SCHEMA = json.loads((ROOT / "tests" / "data" / "sarif-schema-2.1.0.json").read_text())
 
 
-@dataclass
-class Run:
-    returncode: int
-    stderr: str
-
-
 @pytest.fixture
 def run_cli(capsys: pytest.CaptureFixture[str]):
     def run(*args: str) -> Run:
-        capsys.readouterr()
-        with pytest.raises(SystemExit) as exit_info:
-            main(["scan", *args])
-        return Run(int(exit_info.value.code or 0), capsys.readouterr().err)
+        return run_in_process(capsys, "scan", *args)
     return run
 
 

@@ -2,33 +2,20 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from provenance.cli import main
 from tests.conftest import QUANT_DIR
+from tests.support.cli import Run, run_in_process
 
 SOURCE = QUANT_DIR / "tiny-llama-f16.gguf"
 
 
-@dataclass
-class Run:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
 @pytest.fixture
 def run_cli(capsys: pytest.CaptureFixture[str]):
-    """The real entry point in-process (a subprocess per call costs seconds of imports)."""
     def run(*args: str) -> Run:
-        capsys.readouterr()
-        with pytest.raises(SystemExit) as exit_info:
-            main(["watermark", *args])
-        out = capsys.readouterr()
-        return Run(int(exit_info.value.code or 0), out.out, out.err)
+        return run_in_process(capsys, "watermark", *args)
     return run
 
 
