@@ -27,10 +27,10 @@ def run_cli(capsys: pytest.CaptureFixture[str]):
 
 def test_exit_codes_summary_sarif_and_junit(corpus: Corpus, policy_file: Path, tmp_path: Path, run_cli) -> None:
     models = corpus.models
-    clean = run_cli(str(models["tiny-0.gguf"]), str(models["tiny-1.gguf"]), "-o", str(tmp_path / "clean"))
+    clean = run_cli(str(models["tiny-0.gguf"]), str(models["tiny-1.gguf"]), "-o", str(tmp_path / "clean"), "--jobs", "1")
     assert clean.returncode == 0 and "2 models: 2 passed, 0 flagged, 0 errors" in clean.stderr  # no policy: readable passes
     flagged = run_cli(str(models["tiny-0.gguf"]), str(models["tiny-1.gguf"]), "-o", str(tmp_path / "flagged"),
-                      "--policy", str(policy_file))
+                      "--policy", str(policy_file), "--jobs", "1")
     assert flagged.returncode == 1 and "VIOLATION" in flagged.stderr and "metadata.required" in flagged.stderr
     sarif, junit = tmp_path / "out.sarif", tmp_path / "out.xml"
     names = ["tiny-0.gguf", "tiny-1.gguf", "truncated.gguf", "legacy.pt", next(n for n in models if n.startswith("evil"))]
@@ -50,7 +50,7 @@ def test_a_manifest_and_a_rerun(baseline: Baseline, tmp_path: Path, run_cli) -> 
     manifest = tmp_path / "uploads.jsonl"
     models = baseline.corpus.models
     manifest.write_text("".join(json.dumps({"path": str(models[n]), "id": f"hub/{n}"}) + "\n" for n in ("tiny-0.gguf", "hf-llama")))
-    first = run_cli(str(manifest), "-o", str(tmp_path / "out"), "--no-progress")
+    first = run_cli(str(manifest), "-o", str(tmp_path / "out"), "--no-progress", "--jobs", "1")
     assert first.returncode == 0 and "scanned 2, reused 0" in first.stderr
     rows = (tmp_path / "out" / "scan.csv").read_text().splitlines()
     assert rows[1].startswith("hub/hf-llama,") and rows[2].startswith("hub/tiny-0.gguf,")
@@ -70,7 +70,7 @@ def test_usage_errors(corpus: Corpus, tmp_path: Path, run_cli) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["scan", model, "-o", str(tmp_path / "c"), "--memory", "lots"])
     assert exit_info.value.code == 64
-    missing = run_cli(str(tmp_path / "nowhere.gguf"), "-o", str(tmp_path / "d"))
+    missing = run_cli(str(tmp_path / "nowhere.gguf"), "-o", str(tmp_path / "d"), "--jobs", "1")
     assert missing.returncode == 2 and "no such file" in missing.stderr
     unreadable_reference = tmp_path / "ref.gguf"
     unreadable_reference.write_bytes(b"GGUF\x03\x00\x00\x00")
