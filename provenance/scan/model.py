@@ -52,8 +52,8 @@ class ScanTask:
 def warm_up() -> None:
     """In a new worker, before any memory limit applies: import every analysis and the native
     libraries under them (OpenBLAS, through scipy, allocates its buffers at import and hangs
-    rather than fails when a limit refuses them), and use one torch thread (one worker per core;
-    two spinning threads per process were measured 16-75x slower on two busy cores)."""
+    rather than fails when a limit refuses them), and use one torch thread: one worker runs per
+    core (why more threads hurt on busy cores: :mod:`provenance.threads`)."""
     import scipy.stats  # noqa: F401
     import torch
 

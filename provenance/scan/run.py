@@ -75,20 +75,22 @@ class _Silent:
         pass
 
 
-def _settle(task: ScanTask, answer: str | TaskFailure, previous: ModelResult | None) -> ModelResult | None:
-    """The validated result for one answer; None when ``--hashes`` found the files unchanged."""
+def _settle(task: ScanTask, answer: str | TaskFailure, previous: ModelResult | None) -> tuple[ModelResult, bool]:
+    """The validated result for one answer, and whether it is new (False: ``--hashes`` found the
+    files unchanged and the result is the finished row)."""
     if isinstance(answer, TaskFailure):
-        return failure_result(task.unit, task.options_key, answer.kind, answer.message, answer.seconds, answer.worker)
+        return failure_result(task.unit, task.options_key, answer.kind, answer.message, answer.seconds, answer.worker), True
     try:
         outcome = decode_outcome(answer)
     except WireError as exc:
-        return failure_result(task.unit, task.options_key, "internal", f"the worker's answer is invalid: {exc}", 0.0)
+        return failure_result(task.unit, task.options_key, "internal", f"the worker's answer is invalid: {exc}", 0.0), True
     if isinstance(outcome, Unchanged):
-        return None if previous is not None else failure_result(
-            task.unit, task.options_key, "internal", "a worker reported an unchanged model that has no row", 0.0)
+        if previous is not None:
+            return previous, False
+        return failure_result(task.unit, task.options_key, "internal", "a worker reported an unchanged model that has no row", 0.0), True
     if outcome.row.path != safe_text(task.unit.path):
-        return failure_result(task.unit, task.options_key, "internal", "the worker answered for another model", 0.0)
-    return outcome
+        return failure_result(task.unit, task.options_key, "internal", "the worker answered for another model", 0.0), True
+    return outcome, True
 
 
 def scan(inputs: Sequence[str], out: str | Path, options: ScanOptions | None = None, executor: Executor | None = None, *,
@@ -114,8 +116,8 @@ def scan(inputs: Sequence[str], out: str | Path, options: ScanOptions | None = N
         tasks = []
         for unit in found.units:
             previous = store.previous(unit)
-            if store.is_done(unit, options_key, options.hashes, retry_errors):
-                final[unit.key_path] = previous  # type: ignore[assignment]
+            if previous is not None and store.is_done(unit, options_key, options.hashes, retry_errors):
+                final[unit.key_path] = previous
                 report.reused += 1
                 continue
             known = store.known_digest(unit, options_key, retry_errors) if options.hashes else None
@@ -124,17 +126,15 @@ def scan(inputs: Sequence[str], out: str | Path, options: ScanOptions | None = N
         try:
             for index, answer in executor.map(work, tasks):
                 task = tasks[index]
-                previous = store.previous(task.unit)
-                result = _settle(task, answer, previous)
-                if result is None:
-                    final[task.unit.key_path] = previous  # type: ignore[assignment]
-                    report.unchanged += 1
-                else:
+                result, fresh = _settle(task, answer, store.previous(task.unit))
+                if fresh:
                     store.record(task.unit, result)
-                    final[task.unit.key_path] = result
                     report.scanned += 1
+                else:
+                    report.unchanged += 1
+                final[task.unit.key_path] = result
                 report.bytes_scanned += task.unit.n_bytes
-                progress.advance(final[task.unit.key_path].row)
+                progress.advance(result.row)
         except KeyboardInterrupt:
             report.interrupted = True
             raise

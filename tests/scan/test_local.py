@@ -213,3 +213,18 @@ def test_lineage_and_watermark_flag_models_and_reference_data_loads_once_per_wor
         mine = [p for p in probes if p["pid"] == pid]
         assert max(p["refdb_loads"] for p in mine) == 1 and max(p["registry_loads"] for p in mine) == 1
     assert len(probes) == 4 and len({p["pid"] for p in probes}) <= 2
+
+
+def test_a_named_pipe_in_an_upload_never_blocks_the_scan(corpus: Corpus, tmp_path: Path) -> None:
+    """A real hang: an HF folder whose weights file is a FIFO blocks a reader that opens it
+    (nothing ever writes to it). The scan cuts it at the limit (or the reader refuses it)."""
+    folder = tmp_path / "uploads" / "fifo-model"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text('{"model_type": "llama"}')
+    os.mkfifo(folder / "model.safetensors")
+    shutil.copy2(corpus.models["tiny-0.gguf"], tmp_path / "uploads" / "tiny-0.gguf")
+    started = time.monotonic()
+    report = scan([str(tmp_path / "uploads")], tmp_path / "out", executor=LocalExecutor(1, Limits(8.0)))
+    rows = {os.path.basename(r.row.path): r.row for r in report.results}
+    assert rows["fifo-model"].status == "error" and rows["fifo-model"].error_kind in ("timeout", "unsupported", "malformed")
+    assert rows["tiny-0.gguf"].status == "pass" and time.monotonic() - started < 90
