@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -94,3 +95,9 @@ def test_the_readme_command(tmp_path: Path, run_cli, monkeypatch: pytest.MonkeyP
     assert "utf8-mangled-ggml-vocab-llama-spm.gguf (field kv[9].key, offset 399)" in result.stderr
     readme = (ROOT / "README.md").read_text()
     assert "provenance scan ../shared/data -o out/scan " in readme and "--ray local" in readme
+
+
+def test_ray_missing_is_a_clear_usage_error(corpus: Corpus, tmp_path: Path, run_cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if the ray extra were not installed
+    result = run_cli(str(corpus.models["tiny-0.gguf"]), "-o", str(tmp_path / "out"), "--ray", "local")
+    assert result.returncode == 64 and "pip install 'provenance[ray]'" in result.stderr

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import ray  # a dev dependency (make setup-dev): these tests run in CI, never skipped
 
 from provenance.scan import Limits, RayExecutor, scan
 from tests.conftest import ROOT
 from tests.scan.conftest import Baseline, comparable
 from tests.scan.faults import faulty_scan_task
 
-ray = pytest.importorskip("ray", reason="the ray extra is part of the dev install (make setup-dev)")
 LIMITS = Limits(seconds=300.0, memory_bytes=1 << 30)
 
 
