@@ -19,7 +19,6 @@ from provenance.errors import CheckpointError, ProvenanceError
 from provenance.hashing import file_sha256
 from provenance.inspect import inspect_checkpoint
 from provenance.policy import evaluate
-from provenance.policy.engine import BASE_MODEL_CLAIMS
 from provenance.scan import caches
 from provenance.scan.options import ScanOptions
 from provenance.scan.row import (
@@ -155,10 +154,12 @@ def _analyses(path: str, options: ScanOptions, facts: dict[str, Any], findings: 
 
 
 def _inspect_facts(inspected: dict[str, Any]) -> dict[str, Any]:
+    from provenance.compare.claims import claimed_bases, self_names
+
     claims = inspected.get("claims", {})
     tokenizer = inspected.get("tokenizer") or {}
-    base = next((claims[k] for k in BASE_MODEL_CLAIMS if claims.get(k)), None)
-    name = claims.get("general.name") or claims.get("config._name_or_path")
+    base = next(iter(claimed_bases(claims)), None)
+    name = next(iter(self_names(claims)), None)
     return {
         "architecture": inspected["architecture"].get("arch"),
         "parameters": inspected["summary"]["parameters"],

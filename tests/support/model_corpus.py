@@ -134,7 +134,7 @@ def build_corpus(root: Path, shared_quant: Path, n_gguf: int = 8, n_safetensors:
                                                    base_model="tiny-base" if seed % 4 == 0 else None)
     (root / "loose").mkdir()
     (root / "loose" / "README.md").write_text("# uploads\nnot a model\n")
-    (root / "loose" / "tokenizer.json").write_text(json.dumps({"model": {"type": "BPE"}}))
+    (root / "loose" / "LICENSE").write_text("Apache License, Version 2.0\n")
     for seed in range(n_safetensors):
         path = root / "loose" / f"tiny-{seed}.safetensors"
         corpus.models[path.name] = write_tiny_safetensors(path, 100 + seed)
