@@ -2,40 +2,29 @@
 from __future__ import annotations
 
 import os
-import re
 import sys
-from typing import TYPE_CHECKING
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.text import Text
 
-from provenance.commands.common import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, stderr_console
+from provenance.commands.common import ExitCode, say
+from provenance.commands.options import build, options_from
 from provenance.commands.refdb_cmd import refdb_option
-from provenance.errors import CheckpointError, ProvenanceError
-from provenance.fileio import to_json, write_atomic
-from provenance.textsafe import safe_text
+from provenance.errors import CheckpointError
+from provenance.fileio import write_atomic
+from provenance.scan.options import Limits, ScanOptions
 
 if TYPE_CHECKING:
-    from provenance.scan import ScanOptions, ScanReport
+    from provenance.scan import ScanReport
 
 SHOWN_ROWS = 50
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
-
-
-def parse_memory(ctx: click.Context, param: click.Parameter, value: str) -> int | None:
-    """``4GiB``, ``512M``, ``2g`` (binary units) or ``none``."""
-    if value.strip().lower() in ("none", "0"):
-        return None
-    match = _SIZE.match(value)
-    if not match:
-        raise click.BadParameter("a size such as 4GiB, 512M or none")
-    return int(float(match.group(1)) * 1024 ** "bkmgt".index((match.group(2) or "b").lower()))
 
 
 def _validate(options: ScanOptions) -> None:
-    """Fail before scanning on what would fail every model: the policy, references, keys. The
-    driver stays light (no torch): the reference database is only checked to be a folder here,
-    its entries are read by the workers."""
+    """Fail before scanning on what would fail every model: the policy (exit 64), the
+    references and keys (exit 2). The driver stays light (no torch): the reference database
+    is only checked to be a folder here, its entries are read by the workers."""
     from provenance.formats import open_checkpoint
     from provenance.policy import load_policy
     from provenance.policy.engine import _reference_digests
@@ -45,8 +34,11 @@ def _validate(options: ScanOptions) -> None:
         for forbidden in policy.forbid_copies:
             _reference_digests(forbidden.reference)
     for reference in options.references:
-        with open_checkpoint(reference):
-            pass
+        try:
+            with open_checkpoint(reference):
+                pass
+        except CheckpointError as exc:
+            raise type(exc)(exc.path, f"reference unreadable: {exc.message}", field=exc.field, offset=exc.offset) from exc
     if options.keys:
         from provenance.watermark import load_registry
 
@@ -57,26 +49,36 @@ def _validate(options: ScanOptions) -> None:
 
 def _summary(report: ScanReport) -> None:
     counts = report.counts
-    stderr_console.print(Text(
-        f"{len(report.results)} models: {counts['pass']} passed, {counts['violation']} flagged, {counts['error']} errors; "
+    say(f"{len(report.results)} models: {counts['pass']} passed, {counts['violation']} flagged, {counts['error']} errors; "
         f"scanned {report.scanned}, reused {report.reused} finished before"
         + (f", {report.unchanged} unchanged (same sha256)" if report.unchanged else "")
-        + f"; {len(report.skipped_files)} non-model files skipped"))
-    summary = report.to_dict()
+        + f"; {len(report.skipped_files)} non-model files skipped")
     repairs = report.journal_repairs
     if repairs.get("torn_bytes") or repairs.get("bad_lines"):
-        stderr_console.print(Text(f"journal: cut a torn last line ({repairs['torn_bytes']} bytes) and skipped "
-                                  f"{repairs['bad_lines']} unreadable lines left by an interrupted run; those models were rescanned"))
+        say(f"journal: cut a torn last line ({repairs['torn_bytes']} bytes) and skipped {repairs['bad_lines']} unreadable "
+            "lines left by an interrupted run; their models were scanned again")
+    summary = report.to_dict()
     if report.scanned:
-        stderr_console.print(Text(f"{report.seconds:.1f} s on {report.executor}: {summary['models_per_minute']} models/min, "
-                                  f"{summary['gb_per_second']} GB/s"))
+        say(f"{report.seconds:.1f} s on {report.executor}: {summary['models_per_minute']} models/min, {summary['gb_per_second']} GB/s")
     flagged = [r.row for r in report.results if r.row.status != "pass"]
     for row in flagged[:SHOWN_ROWS]:
-        detail = row.error if row.status == "error" else row.findings
-        stderr_console.print(Text(f"{row.status.upper():9} {safe_text(row.id)}: {safe_text(detail, 300)}"))
+        say(f"{row.status.upper():9} {row.id}: {row.error if row.status == 'error' else row.findings}", 400)
     if len(flagged) > SHOWN_ROWS:
-        stderr_console.print(Text(f"... and {len(flagged) - SHOWN_ROWS} more in {safe_text(report.out)}/scan.csv"))
-    stderr_console.print(Text(f"table: {safe_text(report.out)}/scan.parquet and scan.csv; one document per model in models/"))
+        say(f"... and {len(flagged) - SHOWN_ROWS} more in {report.out}/scan.csv")
+    say(f"table: {report.out}/scan.parquet and scan.csv; one document per model in models/")
+
+
+def _write_ci_outputs(report: ScanReport, policy_path: str | None, sarif: str | None, junit: str | None) -> None:
+    """SARIF and JUnit exactly as ``provenance check`` writes them, one report per model."""
+    if not (sarif or junit):
+        return
+    from provenance.commands.check_cmd import as_report
+    from provenance.report import renderer
+
+    reports = [as_report(r.check_result(), policy_path or "(no policy)") for r in report.results]
+    for path, name in ((sarif, "sarif"), (junit, "junit")):
+        if path:
+            write_atomic(path, renderer(name).render(reports))
 
 
 @click.command("scan")
@@ -84,32 +86,28 @@ def _summary(report: ScanReport) -> None:
 @click.option("-o", "--output", "out", required=True, type=click.Path(file_okay=False),
               help="Output directory: journal, scan.parquet, scan.csv, models/*.json. Rerunning with the same "
                    "directory skips the models already done.")
-@click.option("--policy", "policy_path", type=click.Path(dir_okay=False, exists=True),
+@click.option("--policy", "policy", type=click.Path(dir_okay=False, exists=True),
               help="Policy file, as for `provenance check` (docs/ci.md). Without one, only pickles and unreadable files are flagged.")
 @refdb_option
 @click.option("--reference", "references", multiple=True, type=click.Path(exists=True),
               help="Test every model's lineage against this checkpoint (repeatable); a related model is flagged.")
 @click.option("--keys", type=click.Path(exists=True),
               help="Watermark key registry (docs/watermark.md); a model carrying a client's mark is flagged.")
-@click.option("--hashes", is_flag=True, help="Key finished models by the SHA-256 of their files (read in the workers), "
-                                             "not by size and mtime.")
+@options_from(ScanOptions)
 @click.option("-j", "--jobs", type=click.IntRange(1, 4096), default=None,
               help="Worker processes (default: one per core); with --ray local, the CPUs of the private Ray.")
 @click.option("--ray", "ray_address", metavar="local|auto|ADDRESS", default=None,
               help="Run on Ray: `local` starts a private Ray here, `auto` joins this machine's cluster (`ray start`), "
                    "or a cluster address. Needs `pip install 'provenance[ray]'`.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=600.0, show_default=True,
-              help="Wall-time limit per model, in seconds; a model past it becomes an error row.")
-@click.option("--memory", default="4GiB", show_default=True, callback=parse_memory,
-              help="Memory one model may allocate in its worker (or `none`); past it the model becomes an error row.")
+@options_from(Limits)
 @click.option("--retry-errors", is_flag=True, help="Also rescan models that timed out or ran out of memory before "
                                                    "(models whose worker was lost are always rescanned).")
 @click.option("--sarif", type=click.Path(dir_okay=False), help="Also write SARIF 2.1.0 results (as `provenance check`).")
 @click.option("--junit", type=click.Path(dir_okay=False), help="Also write JUnit XML results (as `provenance check`).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: on a terminal).")
-def command(inputs: tuple[str, ...], out: str, policy_path: str | None, refdb_dir: str | None, references: tuple[str, ...],
-            keys: str | None, hashes: bool, jobs: int | None, ray_address: str | None, timeout: float, memory: int | None,
-            retry_errors: bool, sarif: str | None, junit: str | None, progress: bool | None) -> None:
+def command(inputs: tuple[str, ...], out: str, policy: str | None, refdb_dir: str | None, references: tuple[str, ...],
+            keys: str | None, jobs: int | None, ray_address: str | None, retry_errors: bool, sarif: str | None,
+            junit: str | None, progress: bool | None, **options: Any) -> ExitCode:
     """Scan INPUTS (files, directories, JSONL/CSV manifests) in parallel into one table.
 
     Every model gets `check`'s policy rules, inspect and identify, and with --reference /
@@ -118,43 +116,27 @@ def command(inputs: tuple[str, ...], out: str, policy_path: str | None, refdb_di
     scan goes on. Results: OUT/scan.parquet and OUT/scan.csv (one row per model), one JSON
     document per model, a summary on stderr. Interrupt and rerun at will: finished models
     are kept and skipped. Exit status as `provenance check`: 0 every model passes,
-    1 at least one flagged, 2 at least one error (errors win), 64 usage error.
+    1 at least one flagged, 2 at least one error (errors win), 64 usage error, 70 a bug.
     """
-    from provenance.policy import PolicyError
-    from provenance.scan import Limits, LocalExecutor, RayExecutor, ScanOptions, scan
-    from provenance.scan.manifest import ManifestError
+    from provenance.scan import LocalExecutor, RayExecutor, scan
     from provenance.scan.progress import RichProgress
-    from provenance.scan.ray_executor import RayUnavailable, require_ray
+    from provenance.scan.ray_executor import require_ray
 
-    options = ScanOptions(policy_path, refdb_dir, references, keys, hashes)
-    limits = Limits(timeout, memory)
-    try:
-        _validate(options)
-        if ray_address:
-            require_ray()
-        executor = RayExecutor(ray_address, limits, jobs) if ray_address else LocalExecutor(jobs, limits)
-        show = sys.stderr.isatty() if progress is None else progress
-        report = scan(inputs, out, options, executor, retry_errors=retry_errors,
-                      progress=RichProgress(stderr_console) if show else None)
-    except (PolicyError, ManifestError, RayUnavailable) as exc:
-        stderr_console.print(Text(f"error: {safe_text(exc)}"))
-        raise SystemExit(EXIT_USAGE) from None
-    except CheckpointError as exc:
-        stderr_console.print(Text(f"error: reference unreadable: {exc.one_line()}"))
-        raise SystemExit(EXIT_ERROR) from None
-    except ProvenanceError as exc:  # another scan holds OUT, a database or registry that cannot be read
-        stderr_console.print(Text(f"error: {safe_text(exc)}"))
-        raise SystemExit(EXIT_ERROR) from None
-    checks = [r.check_result() for r in report.results]
-    if sarif or junit:
-        from provenance.report.ci import to_junit, to_sarif
-
-        if sarif:
-            write_atomic(sarif, to_json(to_sarif(checks, policy_path or "(no policy)")))
-        if junit:
-            write_atomic(junit, to_junit(checks, policy_path or "(no policy)"))
+    limits = build(Limits, options)
+    scan_options = replace(build(ScanOptions, options), policy=policy, refdb=refdb_dir, references=references, keys=keys)
+    _validate(scan_options)
+    if ray_address:
+        require_ray()
+    executor = RayExecutor(ray_address, limits, jobs) if ray_address else LocalExecutor(jobs, limits)
+    show = sys.stderr.isatty() if progress is None else progress
+    report = scan(inputs, out, scan_options, executor, retry_errors=retry_errors, progress=RichProgress() if show else None)
+    _write_ci_outputs(report, policy, sarif, junit)
     _summary(report)
+    if any(r.row.error_kind == "internal" for r in report.results):
+        say("error: internal error (a bug in provenance) on at least one model (error_kind internal in the table); "
+            "please report it")
+        return ExitCode.SOFTWARE
     counts = report.counts
     if counts["error"]:
-        raise SystemExit(EXIT_ERROR)
-    raise SystemExit(EXIT_FINDINGS if counts["violation"] else EXIT_OK)
+        return ExitCode.INPUT_ERROR
+    return ExitCode.FINDINGS if counts["violation"] else ExitCode.OK

@@ -13,7 +13,7 @@ import io
 import os
 from dataclasses import dataclass
 
-from provenance.errors import CheckpointError, ProvenanceError
+from provenance.errors import CheckpointError, UsageProblem
 from provenance.formats.jsonsafe import loads_strict
 from provenance.textsafe import safe_text
 
@@ -22,8 +22,8 @@ MAX_MANIFEST_BYTES = 1 << 30
 MAX_FIELD_CHARS = 4096
 
 
-class ManifestError(ProvenanceError):
-    """A manifest that cannot be used (a usage problem: nothing was scanned)."""
+class ManifestError(UsageProblem):
+    """A manifest that cannot be used (a usage problem, exit 64: nothing was scanned)."""
 
 
 @dataclass(frozen=True)

@@ -181,20 +181,20 @@ def _lineage(path: str, references: tuple[str, ...], facts: dict[str, Any], find
         result = compare(path, reference)
         verdict = result.verdict
         label = os.path.basename(os.path.normpath(reference))
-        delta = verdict.get("details", {}).get("overall_rel_delta")
-        entries.append({"reference": reference, "label": label, "verdict": verdict, "claims": result.claims,
-                        "test": {k: v for k, v in (result.test or {}).items() if k != "layers"}, "timing": result.timing})
-        if verdict.get("related"):
-            related.append((delta if isinstance(delta, (int, float)) else float("inf"), reference))
-            p_value = verdict.get("p_asymptotic")
+        test = result.test.to_dict() if result.test else {}
+        test.pop("layers", None)
+        entries.append({"reference": reference, "label": label, "verdict": verdict.to_dict(), "claims": result.claims.to_dict(),
+                        "test": test, "timing": result.timing.to_dict()})
+        if verdict.related:
+            delta = verdict.overall_rel_delta
+            related.append((delta if delta is not None else float("inf"), reference))
             findings.append(Finding(
-                id="lineage.related", title=f"Derived from {label}", verdict=str(verdict.get("kind")),
-                summary=f"the weights derive from {label}: {verdict.get('summary', verdict.get('kind'))}",
-                severity=Severity.VIOLATION, p_value=float(p_value) if isinstance(p_value, (int, float)) else None,
-                statistic={"z": verdict.get("z"), "p_exact": verdict.get("p_exact")},
-                evidence={"reference": reference, "kind": verdict.get("kind"), "overall_rel_delta": delta}))
+                id="lineage.related", title=f"Derived from {label}", verdict=verdict.kind,
+                summary=f"the weights derive from {label}: {verdict.summary}", severity=Severity.VIOLATION,
+                p_value=verdict.p_asymptotic, statistic={"z": verdict.z, "p_exact": verdict.p_exact},
+                evidence={"reference": reference, "kind": verdict.kind, "overall_rel_delta": delta}))
     details["lineage"] = entries
-    facts["lineage"] = "; ".join(f"{e['label']}: {e['verdict'].get('kind')}" for e in entries)
+    facts["lineage"] = "; ".join(f"{e['label']}: {e['verdict']['kind']}" for e in entries)
     facts["related_to"] = ";".join(os.path.basename(os.path.normpath(r)) for _, r in sorted(related)) or None
     return [r for _, r in sorted(related)]
 
@@ -208,12 +208,12 @@ def _watermark(path: str, registry: str, reference: str | None, facts: dict[str,
 
     result = trace(path, caches.registry(registry, candidate_arch(path)), reference=reference)
     details["watermark"] = result.to_dict(per_tensor=False)
-    for key in result.score.keys:
-        if key.label in result.accused:
-            statistic, z = key.best()
+    for client in result.clients():
+        if client.accused and client.best is not None:
+            statistic, score = client.best
             findings.append(Finding(
                 id="watermark.detected", title="Client watermark present", verdict="detected",
-                summary=f"the mark of client {key.label} is present (z = {z:.1f} by the {statistic} statistic)",
-                severity=Severity.VIOLATION, statistic={"z": z, "statistic": statistic},
-                evidence={"client": key.label, "reference": reference, "threshold_z": result.threshold_z}))
+                summary=f"the mark of client {client.key} is present (z = {score.z:.1f} by the {statistic} statistic)",
+                severity=Severity.VIOLATION, statistic={"z": score.z, "statistic": statistic},
+                evidence={"client": client.key, "reference": reference, "threshold_z": result.threshold_z}))
     facts["watermark_accused"] = ";".join(result.accused) or None

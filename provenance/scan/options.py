@@ -9,22 +9,39 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, replace
 
+from provenance.options import option
 from provenance.version import __version__
 
 DEFAULT_SECONDS = 600.0
 DEFAULT_MEMORY = 4 << 30
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
+
+
+def parse_size(value: str | int | None) -> int | None:
+    """``4GiB``, ``512M``, ``2g`` (binary units), a byte count, or ``none`` (no limit)."""
+    if value is None or isinstance(value, int):
+        return value or None
+    if value.strip().lower() in ("none", "0"):
+        return None
+    match = _SIZE.match(value)
+    if not match:
+        raise ValueError(f"{value!r} is not a size such as 4GiB, 512M or none")
+    return int(float(match.group(1)) * 1024 ** "bkmgt".index((match.group(2) or "b").lower()))
 
 
 @dataclass(frozen=True)
 class Limits:
     """Per model: wall time from dispatch to result, and memory it may allocate on top of the worker's own."""
 
-    seconds: float = DEFAULT_SECONDS
-    memory_bytes: int | None = DEFAULT_MEMORY
-    """Heap and private mappings (RLIMIT_DATA), not the read-only file mappings of the readers;
-    ``None``: no limit."""
+    seconds: float = option(DEFAULT_SECONDS, "Wall-time limit per model, in seconds; a model past it becomes an error row.",
+                            flag="--timeout", range=(0.001, None))
+    memory_bytes: int | None = option(
+        DEFAULT_MEMORY, "Memory one model may allocate in its worker, in bytes or as 4GiB, 512M (or none); past it the "
+        "model becomes an error row. Heap and private mappings (RLIMIT_DATA), not the readers' file mappings.",
+        flag="--memory", convert=parse_size, metavar="SIZE")
 
 
 @dataclass(frozen=True)
@@ -40,8 +57,8 @@ class ScanOptions:
     """Checkpoints to test each model's lineage against; a related model is flagged."""
     keys: str | None = None
     """A watermark key registry; a model carrying a client's mark is flagged."""
-    hashes: bool = False
-    """Key finished rows by the SHA-256 of their files instead of size and mtime."""
+    hashes: bool = option(False, "Key finished models by the SHA-256 of their files (read by the workers), not by "
+                                 "size and mtime.")
 
     def resolved(self) -> ScanOptions:
         def absolute(path: str | None) -> str | None:

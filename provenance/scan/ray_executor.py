@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from provenance.errors import ProvenanceError
+from provenance.errors import UsageProblem
 from provenance.scan.executor import Answer, TaskFailure, Work, run_task
 from provenance.scan.options import Limits
 
@@ -28,8 +28,8 @@ SLOT_REFRESH_SECONDS = 5.0
 WARM_TIMEOUT = 300.0
 
 
-class RayUnavailable(ProvenanceError):
-    """Ray is not installed, or the cluster cannot be reached or cannot run the tasks."""
+class RayUnavailable(UsageProblem):
+    """Ray is not installed, or the cluster cannot be reached or cannot run the tasks (exit 64)."""
 
 
 def require_ray() -> Any:

@@ -14,10 +14,7 @@ from typing import Any, get_type_hints
 
 from provenance.fileio import write_atomic
 from provenance.scan.row import ModelRow
-
-FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
-"""A cell starting with these runs as a formula in a spreadsheet (CSV injection): such text
-cells get a leading apostrophe. Paths and metadata come from uploaders."""
+from provenance.textsafe import csv_cell
 
 
 def arrow_schema() -> Any:
@@ -43,16 +40,10 @@ def write_parquet(rows: list[ModelRow], path: Path) -> None:
     write_atomic(path, sink.getvalue().to_pybytes())
 
 
-def _cell(value: Any) -> Any:
-    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
-        return "'" + value
-    return value
-
-
 def write_csv(rows: list[ModelRow], path: Path) -> None:
     buffer = io.StringIO(newline="")
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow([f.name for f in fields(ModelRow)])
     for row in rows:
-        writer.writerow([_cell(v) for v in asdict(row).values()])
+        writer.writerow([csv_cell(v) for v in asdict(row).values()])  # no cell becomes a spreadsheet formula
     write_atomic(path, buffer.getvalue())
