@@ -5,7 +5,8 @@ Generates (cached under ``.cache/bench-scan``, never committed):
 * ``small/``: N small models written by the real writers (gguf's GGUFWriter: F32, F16, Q8_0;
   safetensors' save_file), a few hundred KB each (``tests/support/model_corpus.py``);
 * ``large/``: a few multi-GB llama-shaped F16 GGUF (TinyLlama-1.1B shape, 2.5 GB each) with
-  the real Llama 2 vocabulary copied from ``../shared/data/gguf-vocab``, streamed to disk.
+  the real Llama 2 vocabulary copied from ``../shared/data/gguf-vocab``, streamed to disk by
+  the project's writer (``provenance.formats.write``).
 
 Then, for each set, in this one run and on this machine (wall time of the whole command,
 start-up included, fresh output directory each time):
@@ -49,7 +50,6 @@ require = ["general.license"]
 """
 # TinyLlama-1.1B's widths with full multi-head attention: 1.26 B weights, 2.5 GB in F16.
 HIDDEN, FFN, LAYERS, VOCAB = 2048, 5632, 22, 32000
-BLOCK_BYTES = 64 << 20
 
 
 def write_small(directory: Path, count: int) -> None:
@@ -66,13 +66,25 @@ def write_small(directory: Path, count: int) -> None:
             write_tiny_gguf(directory / f"model-{i:04d}.gguf", i, types[i % 3], "apache-2.0" if i % 2 else None)
 
 
-def write_large(path: Path, seed: int) -> None:
-    """A TinyLlama-shaped F16 GGUF with the real Llama 2 tokenizer, tensor data streamed in 64 MiB blocks."""
-    import gguf
+def _weights(shape: tuple[int, ...], seed: int) -> object:
+    """Gaussian-looking F16 weights of ``shape`` without holding them: rows are overlapping,
+    shifted windows of one small random buffer (every row differs), so the writer streams them."""
     import numpy as np
 
+    if len(shape) == 1:
+        return np.ones(shape, np.float32)  # norms
+    rows, cols = shape
+    step = 7
+    base = (np.random.default_rng(seed).standard_normal((rows - 1) * step + cols) * 0.02).astype(np.float16)
+    return np.lib.stride_tricks.as_strided(base, shape=(rows, cols), strides=(step * 2, 2), writeable=False)
+
+
+def write_large(path: Path, seed: int) -> None:
+    """A TinyLlama-shaped F16 GGUF with the real Llama 2 tokenizer, by the project's streaming writer."""
     from provenance.formats import open_checkpoint
-    from provenance.formats.gguf_copy import copy_gguf_metadata
+    from provenance.formats.gguf_header import GGUFKeyValue, ValueType
+    from provenance.formats.write import gguf_arch_key_values, write_gguf
+    from provenance.names.arch import ArchRecord
 
     shapes = {"token_embd.weight": (VOCAB, HIDDEN), "output.weight": (VOCAB, HIDDEN), "output_norm.weight": (HIDDEN,)}
     for i in range(LAYERS):
@@ -80,32 +92,14 @@ def write_large(path: Path, seed: int) -> None:
                        **{f"blk.{i}.{r}.weight": (HIDDEN, HIDDEN) for r in ("attn_q", "attn_k", "attn_v", "attn_output")},
                        f"blk.{i}.ffn_gate.weight": (FFN, HIDDEN), f"blk.{i}.ffn_up.weight": (FFN, HIDDEN),
                        f"blk.{i}.ffn_down.weight": (HIDDEN, FFN)})
-    writer = gguf.GGUFWriter(str(path), "llama")
+    arch = ArchRecord(arch="llama", n_layer=LAYERS, n_embd=HIDDEN, n_ff=FFN, n_head=32, n_head_kv=32, context_length=2048,
+                      vocab_size=VOCAB)
     with open_checkpoint(SHARED / "gguf-vocab" / "ggml-vocab-llama-spm.gguf") as vocab:
-        copy_gguf_metadata(vocab, writer, skip={k for k in vocab.metadata if not k.startswith("tokenizer.")})
-    writer.add_name(f"large-{seed}"), writer.add_license("llama2")
-    writer.add_block_count(LAYERS), writer.add_embedding_length(HIDDEN), writer.add_feed_forward_length(FFN)
-    writer.add_head_count(32), writer.add_head_count_kv(32), writer.add_context_length(2048)
-    sizes = {}
-    for name, shape in shapes.items():
-        dtype = np.float32 if len(shape) == 1 else np.float16
-        sizes[name] = int(np.prod(shape)) * np.dtype(dtype).itemsize
-        writer.add_tensor_info(name, shape, np.dtype(dtype), sizes[name])
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_ti_data_to_file()
-    writer.close()
-    block = (np.random.default_rng(seed).standard_normal(BLOCK_BYTES // 2) * 0.02).astype(np.float16).tobytes()
-    with open(path, "ab") as handle:
-        for name, size in sizes.items():
-            handle.write(b"\0" * (-handle.tell() % 32))
-            if name.endswith("norm.weight"):
-                handle.write(np.ones(size // 4, np.float32).tobytes())
-                continue
-            while size:
-                n = min(size, len(block))
-                handle.write(block[:n])
-                size -= n
+        key_values = [kv for kv in vocab.key_values if kv.key.startswith("tokenizer.")]
+        key_values += [GGUFKeyValue("general.name", f"large-{seed}", ValueType.STRING),
+                       GGUFKeyValue("general.license", "llama2", ValueType.STRING), *gguf_arch_key_values(arch)]
+        tensors = {name: _weights(shape, seed * 1000 + i) for i, (name, shape) in enumerate(shapes.items())}
+        write_gguf(path, "llama", tensors, key_values, types={n: "F16" for n, s in shapes.items() if len(s) == 2})
 
 
 def prepare(cache: Path, small: int, large: int) -> tuple[Path, Path]:
