@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from provenance.commands.check_cmd import as_report, gate_exit, load_gate_policy, write_ci_reports
 from provenance.commands.common import ExitCode, say
 from provenance.commands.options import build, options_from
 from provenance.commands.refdb_cmd import refdb_option
 from provenance.errors import CheckpointError
-from provenance.fileio import write_atomic
 from provenance.scan.options import Limits, ScanOptions
 
 if TYPE_CHECKING:
@@ -26,13 +26,9 @@ def _validate(options: ScanOptions) -> None:
     references and keys (exit 2). The driver stays light (no torch): the reference database
     is only checked to be a folder here, its entries are read by the workers."""
     from provenance.formats import open_checkpoint
-    from provenance.policy import load_policy
-    from provenance.policy.engine import _reference_digests
 
     if options.policy:
-        policy = load_policy(options.policy)
-        for forbidden in policy.forbid_copies:
-            _reference_digests(forbidden.reference)
+        load_gate_policy(options.policy)
     for reference in options.references:
         try:
             with open_checkpoint(reference):
@@ -70,15 +66,8 @@ def _summary(report: ScanReport) -> None:
 
 def _write_ci_outputs(report: ScanReport, policy_path: str | None, sarif: str | None, junit: str | None) -> None:
     """SARIF and JUnit exactly as ``provenance check`` writes them, one report per model."""
-    if not (sarif or junit):
-        return
-    from provenance.commands.check_cmd import as_report
-    from provenance.report import renderer
-
-    reports = [as_report(r.check_result(), policy_path or "(no policy)") for r in report.results]
-    for path, name in ((sarif, "sarif"), (junit, "junit")):
-        if path:
-            write_atomic(path, renderer(name).render(reports))
+    if sarif or junit:
+        write_ci_reports([as_report(r.check_result(), policy_path or "(no policy)") for r in report.results], sarif, junit)
 
 
 @click.command("scan")
@@ -95,7 +84,9 @@ def _write_ci_outputs(report: ScanReport, policy_path: str | None, sarif: str | 
               help="Watermark key registry (docs/watermark.md); a model carrying a client's mark is flagged.")
 @options_from(ScanOptions)
 @click.option("-j", "--jobs", type=click.IntRange(1, 4096), default=None,
-              help="Worker processes (default: one per core); with --ray local, the CPUs of the private Ray.")
+              help="Worker processes, each running one model at a time on one CPU thread, so N is the scan's CPU "
+                   "budget as --threads is for other commands (default: one per core); with --ray local, the CPUs "
+                   "of the private Ray.")
 @click.option("--ray", "ray_address", metavar="local|auto|ADDRESS", default=None,
               help="Run on Ray: `local` starts a private Ray here, `auto` joins this machine's cluster (`ray start`), "
                    "or a cluster address. Needs `pip install 'provenance[ray]'`.")
@@ -132,11 +123,5 @@ def command(inputs: tuple[str, ...], out: str, policy: str | None, refdb_dir: st
     report = scan(inputs, out, scan_options, executor, retry_errors=retry_errors, progress=RichProgress() if show else None)
     _write_ci_outputs(report, policy, sarif, junit)
     _summary(report)
-    if any(r.row.error_kind == "internal" for r in report.results):
-        say("error: internal error (a bug in provenance) on at least one model (error_kind internal in the table); "
-            "please report it")
-        return ExitCode.SOFTWARE
-    counts = report.counts
-    if counts["error"]:
-        return ExitCode.INPUT_ERROR
-    return ExitCode.FINDINGS if counts["violation"] else ExitCode.OK
+    internal = any(r.row.error_kind == "internal" for r in report.results)
+    return gate_exit(report.counts, internal, "those rows have error_kind internal in the table")

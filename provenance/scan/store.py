@@ -36,26 +36,25 @@ class ScanStore:
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "models").mkdir(exist_ok=True)
         self.journal = Journal(self.out / JOURNAL).open()
-        self.latest: dict[str, ModelResult] = {}
-        """Key path -> the model's latest finished result (row and findings; details are in its document)."""
         try:
-            for record in self.journal.records():
-                self._load(record)
+            self.latest: dict[str, ModelResult] = self._read_journal()
+            """Key path -> the model's latest finished result (row and findings; details are in its document)."""
         except BaseException:
             self.journal.close()
             raise
 
-    def _load(self, record: dict[str, Any]) -> None:
-        try:
-            key = record["key"]
-            findings = record["findings"]
-            if not isinstance(key, str) or not isinstance(findings, list):
-                raise WireError("key or findings")
-            result = ModelResult(row_from_dict(record["row"]), [finding_from_dict(f) for f in findings])
-        except (KeyError, WireError, TypeError):
-            self.journal.bad_lines += 1  # a line from another version, or damaged: the model is scanned again
-            return
-        self.latest[key] = result
+    def _read_journal(self) -> dict[str, ModelResult]:
+        latest = {}
+        for record in self.journal.records():
+            try:
+                key = record["key"]
+                findings = record["findings"]
+                if not isinstance(key, str) or not isinstance(findings, list):
+                    raise WireError("key or findings")
+                latest[key] = ModelResult(row_from_dict(record["row"]), [finding_from_dict(f) for f in findings])
+            except (KeyError, WireError, TypeError):
+                self.journal.bad_lines += 1  # a line from another version, or damaged: the model is scanned again
+        return latest
 
     def __enter__(self) -> ScanStore:
         return self
@@ -96,6 +95,11 @@ class ScanStore:
         return sorted(self.latest.values(), key=lambda r: (r.row.id, r.row.path))
 
     def write_tables(self) -> None:
+        """The tables from the journal file, not from memory: a Ctrl-C that lands after a line is
+        written but before :meth:`record` returns leaves that finished row in the tables too."""
+        bad_lines = self.journal.bad_lines
+        self.latest = self._read_journal()
+        self.journal.bad_lines = bad_lines  # counted when the journal was opened
         rows = [r.row for r in self.rows()]
         write_parquet(rows, self.out / PARQUET)
         write_csv(rows, self.out / CSV)

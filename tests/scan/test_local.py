@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from provenance.scan import Limits, LocalExecutor, ScanOptions, scan
 from provenance.scan.journal import Journal
@@ -158,6 +159,25 @@ def test_ctrl_c_keeps_every_finished_row_and_the_rerun_finishes(baseline: Baseli
     expected = expected[expected["path"].isin(finished["path"])].reset_index(drop=True)
     pd.testing.assert_frame_equal(finished, expected)
     assert len(finished) == 9
+
+
+def test_ctrl_c_just_after_a_journal_line_still_puts_its_row_in_the_tables(corpus: Corpus, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    copy_models(corpus, ["tiny-0.gguf", "tiny-1.gguf", "tiny-2.gguf"], tmp_path / "in")
+    out, append = tmp_path / "out", Journal.append
+
+    def append_then_interrupt(journal: Journal, record: dict[str, object]) -> None:
+        append(journal, record)
+        if journal.path.read_bytes().count(b"\n") == 2:
+            raise KeyboardInterrupt  # the line is on disk; the driver had not yet noted the row
+
+    monkeypatch.setattr(Journal, "append", append_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        scan([str(tmp_path / "in")], out, executor=LocalExecutor(1))
+    assert len(pd.read_parquet(out / "scan.parquet")) == 2 == (out / "journal.jsonl").read_bytes().count(b"\n")
+    monkeypatch.setattr(Journal, "append", append)
+    rerun = scan([str(tmp_path / "in")], out, executor=LocalExecutor(1))
+    assert (rerun.scanned, rerun.reused) == (1, 2) and len(pd.read_parquet(out / "scan.parquet")) == 3
 
 
 def test_a_model_that_hangs_crashes_or_hogs_memory_is_one_error_row(corpus: Corpus, tmp_path: Path) -> None:
