@@ -77,6 +77,12 @@ class LimitExceeded(MalformedCheckpoint):
     kind = "limit-exceeded"
 
 
+class UnreadableInput(CheckpointError):
+    """The operating system could not read an input (missing, permission denied, I/O error)."""
+
+    kind = "unreadable"
+
+
 class UnsupportedCheckpoint(CheckpointError):
     """A well-formed file of a format or variant this package does not read."""
 

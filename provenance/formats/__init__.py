@@ -2,16 +2,14 @@
 from __future__ import annotations
 
 import os
-import struct
 from pathlib import Path
 
-from provenance.errors import CheckpointError, MalformedCheckpoint
 from provenance.formats.base import Checkpoint, TensorInfo
 from provenance.formats.detect import detect_format
+from provenance.formats.files import input_error
 from provenance.formats.gguf_reader import GGUFCheckpoint
-from provenance.formats.jsonsafe import read_json_file
 from provenance.formats.llama2c_reader import Llama2cCheckpoint
-from provenance.formats.safetensors_reader import SafetensorsCheckpoint, open_directory, open_index
+from provenance.formats.safetensors_reader import SafetensorsCheckpoint, open_directory, open_index, read_config
 from provenance.formats.tokenizer_files import TokenizerCheckpoint, open_tokenizer
 
 __all__ = ["Checkpoint", "GGUFCheckpoint", "Llama2cCheckpoint", "SafetensorsCheckpoint", "TensorInfo", "TokenizerCheckpoint",
@@ -28,8 +26,8 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
     Every problem with the file raises a :class:`provenance.errors.CheckpointError`.
     """
     path = os.fspath(path)
-    kind = detect_format(path)
     try:
+        kind = detect_format(path)
         if kind == "directory":
             return open_directory(path)
         if kind == "gguf":
@@ -41,10 +39,6 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
         if kind in ("tokenizer-json", "sentencepiece", "tokenizer-directory"):
             return open_tokenizer(path, kind)
         # A lone safetensors file takes its architecture from a config.json beside it.
-        config_path = os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")
-        config = read_json_file(config_path, "config") if os.path.isfile(config_path) else None
-        return SafetensorsCheckpoint(path, config=config if isinstance(config, dict) else None)
-    except CheckpointError:
-        raise
-    except (OSError, MemoryError, OverflowError, ValueError, struct.error) as exc:  # last line of defence
-        raise MalformedCheckpoint(path, f"{type(exc).__name__}: {exc}") from None
+        return SafetensorsCheckpoint(path, config=read_config(os.path.dirname(os.path.abspath(path))))
+    except OSError as exc:  # a file that vanished or cannot be read mid-way: the input, not a bug
+        raise input_error(exc.filename or path, exc) from None

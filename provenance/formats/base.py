@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 import numpy as np
 
 from provenance.errors import MalformedCheckpoint, TensorNotFound
+from provenance.formats.files import open_regular
 
 if TYPE_CHECKING:  # torch is imported only by the readers that decode (inspect never does)
     from provenance.formats.rows import RowBuffer, RowReader
@@ -182,7 +183,7 @@ class Checkpoint(ABC):
             with self._fd_lock:
                 fd = self._fds.get(path)
                 if fd is None:
-                    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+                    fd = open_regular(path, "tensor data")  # the file may have been swapped since it was validated
                     self._fds[path] = fd
         return fd
 
@@ -319,7 +320,7 @@ class Checkpoint(ABC):
         info = self.info(name)
         rows_per_chunk = max(1, chunk_bytes // max(1, info.row_length * 4))
         if info.qk_heads is not None:
-            head_rows = info.n_rows // info.qk_heads
+            head_rows = max(1, info.n_rows // info.qk_heads)
             rows_per_chunk = max(head_rows, rows_per_chunk // head_rows * head_rows)
         for start in range(0, info.n_rows, rows_per_chunk):
             yield start, self.read_rows(name, start, min(info.n_rows, start + rows_per_chunk))

@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from typing import Any
 
-from provenance.errors import LimitExceeded, MalformedCheckpoint
+from provenance.errors import MalformedCheckpoint
 
 
 class _DuplicateKey(ValueError):
@@ -45,12 +44,11 @@ def loads_strict(data: bytes, path: str, field: str, offset: int = 0) -> Any:
 
 
 def read_json_file(path: str, field: str, max_bytes: int = 64 * 1024 * 1024) -> Any:
-    with open(path, "rb") as handle:
-        size = os.fstat(handle.fileno()).st_size
-        if size > max_bytes:
-            raise LimitExceeded(path, f"file is larger than the {max_bytes}-byte cap", field=field, offset=0)
-        data = handle.read(size)
-    return loads_strict(data, path, field)
+    """A JSON file (regular files only, size capped), parsed strictly; validate what is used
+    with :func:`provenance.formats.schema.read_document` where a schema exists."""
+    from provenance.formats.files import read_capped
+
+    return loads_strict(read_capped(path, field, max_bytes), path, field)
 
 
 def finite_number(value: Any) -> bool:
