@@ -23,6 +23,7 @@ from gguf import GGMLQuantizationType
 
 from provenance.codecs.types import type_info
 from provenance.errors import LimitExceeded, MalformedCheckpoint, UnsupportedCheckpoint
+from provenance.formats import gguf_strings
 from provenance.formats.cursor import BoundedCursor
 
 GGUF_MAGIC = b"GGUF"
@@ -242,22 +243,21 @@ def _read_value(cur: BoundedCursor, vtype: ValueType, field: str) -> Any:
 def _skip_strings(cur: BoundedCursor, field: str, count: int) -> int:
     """Validate ``count`` length-prefixed strings from ``cur.pos``; return the end position.
 
-    The same checks as ``cur.u64`` + ``cur.skip`` per item, written as one tight loop: a
-    262k-token vocabulary with 515k merges is ~780k strings, and the per-item calls (and
-    their field names, now built only on failure) cost a second.
+    The same checks as ``cur.u64`` + ``cur.skip`` per item, made by one tight loop
+    (:func:`provenance.formats.gguf_strings.walk`): a 262k-token vocabulary with 515k merges
+    is ~780k strings, and the per-item calls (and their field names, built only on failure)
+    cost a second.
     """
-    pos, end, buffer, unpack = cur.pos, cur.end, cur.buffer, _U64.unpack_from
-    for i in range(count):
-        if end - pos < 8:
-            raise MalformedCheckpoint(cur.path, f"truncated: needs 8 bytes, {end - pos} remain",
-                                      field=f"{field}[{i}] length", offset=pos)
-        (length,) = unpack(buffer, pos)
-        if length > MAX_STRING_BYTES:
-            raise LimitExceeded(cur.path, f"string length {length} exceeds the cap", field=f"{field}[{i}]", offset=pos)
-        if length > end - pos - 8:
-            raise MalformedCheckpoint(cur.path, f"truncated: needs {length} bytes, {end - pos - 8} remain",
-                                      field=f"{field}[{i}]", offset=pos + 8)
-        pos += 8 + length
+    pos, index, problem, length = gguf_strings.walk(cur.buffer, cur.pos, cur.end, count, MAX_STRING_BYTES)
+    remain = cur.end - pos
+    if problem == gguf_strings.TRUNCATED_LENGTH:
+        raise MalformedCheckpoint(cur.path, f"truncated: needs 8 bytes, {remain} remain",
+                                  field=f"{field}[{index}] length", offset=pos)
+    if problem == gguf_strings.OVER_CAP:
+        raise LimitExceeded(cur.path, f"string length {length} exceeds the cap", field=f"{field}[{index}]", offset=pos)
+    if problem == gguf_strings.TRUNCATED_BYTES:
+        raise MalformedCheckpoint(cur.path, f"truncated: needs {length} bytes, {remain - 8} remain",
+                                  field=f"{field}[{index}]", offset=pos + 8)
     return pos
 
 
