@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import io
 import json
-import pickle
+import pickle  # noqa: TID251 (writes pickle seeds for the detector; nothing is ever unpickled)
 import struct
 import tempfile
 from collections import OrderedDict

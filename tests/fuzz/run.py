@@ -43,13 +43,13 @@ def _instrumented_imports() -> None:
     if "provenance" in sys.modules:
         raise RuntimeError("provenance was imported before instrumentation")
     with atheris.instrument_imports(include=["provenance"], exclude=_uninstrumented()):
-        import provenance  # noqa: F401
-        import provenance.codecs.dequant  # noqa: F401 (imported lazily by the readers)
-        import provenance.codecs.registry  # noqa: F401
-        import provenance.formats  # noqa: F401
-        import provenance.formats.rows  # noqa: F401
-        import provenance.formats.verify  # noqa: F401
-        import provenance.inspect  # noqa: F401
+        import provenance
+        import provenance.codecs.dequant
+        import provenance.codecs.registry
+        import provenance.formats
+        import provenance.formats.rows
+        import provenance.formats.verify
+        import provenance.inspect
         import provenance.tokenizer  # noqa: F401
 
 
