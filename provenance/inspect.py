@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from provenance.errors import input_boundary
 from provenance.formats import Checkpoint, open_checkpoint
 from provenance.formats.gguf_header import GGUFArray
 from provenance.hashing import checkpoint_sha256s
@@ -47,6 +48,7 @@ def quant_histogram(checkpoint: Checkpoint) -> dict[str, dict[str, int]]:
     return dict(sorted(histogram.items(), key=lambda item: -item[1]["bytes"]))
 
 
+@input_boundary
 def inspect_checkpoint(
     path: str | Path,
     *,

@@ -17,27 +17,18 @@ Why each rule (docs/security.md, "All formats"):
 """
 from __future__ import annotations
 
-import errno
 import os
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import BinaryIO
 
-from provenance.errors import CheckpointError, LimitExceeded, MalformedCheckpoint, UnreadableInput, UnsupportedCheckpoint
+from provenance.errors import LimitExceeded, MalformedCheckpoint, UnsupportedCheckpoint, from_os_error
 
 _OPEN_FLAGS = (os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
                | getattr(os, "O_BINARY", 0))
 _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
           (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
-
-
-def input_error(path: str, exc: OSError, field: str | None = None) -> CheckpointError:
-    """The one-line error for an operating-system failure on an input file."""
-    if exc.errno == errno.ELOOP:
-        return MalformedCheckpoint(path, "symlink loop (too many levels of symbolic links)", field=field)
-    reason = exc.strerror or type(exc).__name__
-    return UnreadableInput(path, reason[:1].lower() + reason[1:], field=field)
 
 
 def open_regular(path: str, field: str | None = None) -> int:
@@ -46,7 +37,7 @@ def open_regular(path: str, field: str | None = None) -> int:
     try:
         fd = os.open(path, _OPEN_FLAGS)
     except OSError as exc:
-        raise input_error(path, exc, field) from None
+        raise from_os_error(exc, path, field) from None
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
@@ -107,7 +98,7 @@ def present(path: str) -> bool:
     except (FileNotFoundError, NotADirectoryError):
         return False
     except OSError as exc:
-        raise input_error(path, exc) from None
+        raise from_os_error(exc, path) from None
     return True
 
 
@@ -125,7 +116,7 @@ def member(directory: str, name: object, named_by: str, field: str) -> str:
     except FileNotFoundError:
         raise MalformedCheckpoint(named_by, f"{name!r:.80} is missing", field=field) from None
     except OSError as exc:
-        raise input_error(os.path.join(directory, name), exc, field) from None
+        raise from_os_error(exc, os.path.join(directory, name), field) from None
     if os.path.dirname(full) != base:
         raise MalformedCheckpoint(named_by, f"{name!r:.80} resolves outside the model directory", field=field)
     return full

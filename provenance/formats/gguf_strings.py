@@ -5,7 +5,8 @@ header parse in (a 50k-token vocabulary with its merges is 100k strings; 262k to
 Each string is a u64 length and that many bytes. A walk checks, for every item, that the 8
 length bytes remain, that the length is under the cap and that the bytes remain, and stops
 at the first failure. Two engines run the same walk: plain Python for short arrays (no
-numba import for a small file) and a compiled loop for long ones (~50x faster); they return
+numba import for a small file) and a compiled loop for long ones (~50x faster,
+:mod:`provenance.formats.gguf_strings_native`); they return
 the same ``(end, index, problem, length)`` and :mod:`provenance.formats.gguf_header` raises
 the error from it. ``tests/formats/test_gguf_strings.py`` holds the two to the same answer
 on valid, truncated and lying arrays. The compiled loop reads only inside ``[pos, end)``:
@@ -14,7 +15,6 @@ every index is checked against ``end`` before the read.
 from __future__ import annotations
 
 import struct
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -39,38 +39,15 @@ def walk_python(buffer: Any, pos: int, end: int, count: int, cap: int) -> tuple[
     return pos, count, OK, 0
 
 
-@lru_cache(maxsize=1)
-def _compiled() -> Any:
-    from provenance.jit import kernel
-
-    @kernel
-    def walk(data, pos, end, count, cap):  # type: ignore[no-untyped-def]
-        # int64 throughout: the length is compared with the cap as uint64 first, so the cast
-        # below cannot wrap (cap < 2^63), and no signed/unsigned comparison is ever made.
-        for i in range(count):
-            if end - pos < 8:
-                return pos, i, 1, 0
-            length = np.uint64(0)
-            for b in range(8):
-                length |= np.uint64(data[pos + b]) << np.uint64(8 * b)
-            if length > np.uint64(cap):
-                return pos, i, 2, np.int64(-1)
-            n = np.int64(length)
-            if n > end - pos - 8:
-                return pos, i, 3, n
-            pos += 8 + n
-        return pos, count, 0, 0
-
-    return walk
-
-
 def walk(buffer: Any, pos: int, end: int, count: int, cap: int) -> tuple[int, int, int, int]:
     """Walk ``count`` strings from ``pos`` (bytes before ``end`` only): ``(position reached,
     index of the failing item or count, problem code, its length)``."""
     if count < COMPILED_FROM:
         return walk_python(buffer, pos, end, count, cap)
+    from provenance.formats.gguf_strings_native import walk_compiled
+
     data = np.frombuffer(buffer, dtype=np.uint8, count=end)
-    reached, index, problem, length = _compiled()(data, np.int64(pos), np.int64(end), np.int64(count), np.int64(cap))
+    reached, index, problem, length = walk_compiled(data, np.int64(pos), np.int64(end), np.int64(count), np.int64(cap))
     if problem == OVER_CAP:  # the compiled loop does not return a length over 2^63: read it here
         (length,) = _U64.unpack_from(buffer, int(reached))
     return int(reached), int(index), int(problem), int(length)

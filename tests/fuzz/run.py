@@ -27,11 +27,12 @@ ALLOC_HEADROOM_MB = 2048
 
 
 def _uninstrumented() -> list[str]:
-    """Modules left uninstrumented: the codecs, whose kernels numba compiles from bytecode
-    (instrumented bytecode does not compile; they index only byte ranges the readers
-    validated), and the numba set-up."""
+    """Modules left uninstrumented: those with numba-compiled loops (numba compiles from
+    bytecode, and instrumented bytecode does not compile): the codecs (they index only byte
+    ranges the readers validated), the GGUF string walk's compiled engine (its Python twin
+    is fuzzed, and tests/formats/test_gguf_strings.py holds the two equal) and the numba set-up."""
     codecs = Path(__file__).resolve().parents[2] / "provenance" / "codecs"
-    names = ["provenance.jit", "provenance.codecs"]
+    names = ["provenance.jit", "provenance.codecs", "provenance.formats.gguf_strings_native"]
     for path in codecs.rglob("*.py"):
         parts = path.relative_to(codecs.parent.parent).with_suffix("").parts
         names.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
