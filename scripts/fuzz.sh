@@ -35,7 +35,7 @@ if [ ${#TARGETS[@]} -eq 0 ]; then
   mapfile -t TARGETS < <("$PYTHON" -c "from tests.fuzz.targets import TARGETS; print('\n'.join(TARGETS))")
 fi
 export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
-SHARED=../shared/data
+SHARED=${SHARED:-../shared/data}
 
 run_target() {
   local target=$1 work seeds=()

@@ -26,7 +26,7 @@ from provenance.formats import open_checkpoint
 from provenance.names.canonical import hf_to_canonical
 from tests.conftest import Bounded
 from tests.fuzz.targets import TINY_LLAMA, read_everything, tiny_llama_tensors
-from tests.support.gguf_bytes import FLOAT32, GGUFBytes, gstr, kv_str, kv_u32, tensor_info
+from tests.support.gguf_bytes import FLOAT32, GGUFBytes, gstr, kv_str, tensor_info
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -189,7 +189,8 @@ def test_12b_tensor_retyped_to_a_type_no_codec_decodes(tmp_path: Path) -> None:
 # ----- NotImplementedError from to_float32: fp6 and other raw-only dtypes as float32 --------------
 @pytest.mark.parametrize("dtype", ["F6_E2M3", "F6_E3M2"])
 def test_13_raw_only_dtype_requested_as_float32(tmp_path: Path, dtype: str) -> None:
-    header = {"a": {"dtype": dtype, "shape": [2, 8], "data_offsets": [0, 12]}, "b": {"dtype": "F32", "shape": [1], "data_offsets": [12, 16]}}
+    header = {"a": {"dtype": dtype, "shape": [2, 8], "data_offsets": [0, 12]},
+              "b": {"dtype": "F32", "shape": [1], "data_offsets": [12, 16]}}
     path = safetensors_file(tmp_path / "m.safetensors", header, bytes(range(16)))
     with open_checkpoint(path) as checkpoint:
         # 6-bit rows are whole bytes here (8 values in 6 bytes): raw rows never run into the next tensor
