@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import numpy as np
 
-from provenance.errors import MalformedCheckpoint, TensorNotFound
+from provenance.errors import MalformedCheckpoint, TensorNotFound, from_os_error
 from provenance.formats.files import open_regular
 
 if TYPE_CHECKING:  # torch is imported only by the readers that decode (inspect never does)
@@ -194,12 +194,15 @@ class Checkpoint(ABC):
         fd = self._fds.get(path) or self._fd(path)
         buffers = buffer if isinstance(buffer, list) else [buffer]
         total = sum(len(b) for b in buffers)
-        done = os.preadv(fd, buffers, offset)
-        while done < total and len(buffers) == 1:  # one preadv moves at most ~2 GiB on Linux
-            got = os.preadv(fd, [buffers[0][done:]], offset + done)
-            if got <= 0:
-                break
-            done += got
+        try:
+            done = os.preadv(fd, buffers, offset)
+            while done < total and len(buffers) == 1:  # one preadv moves at most ~2 GiB on Linux
+                got = os.preadv(fd, [buffers[0][done:]], offset + done)
+                if got <= 0:
+                    break
+                done += got
+        except OSError as exc:  # the disk or the file failed under us: the input, named, not a bug
+            raise from_os_error(exc, path, "tensor data") from exc
         if done != total:
             raise MalformedCheckpoint(path, f"short read: {done} of {total} bytes", offset=offset)
 
