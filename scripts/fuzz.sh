@@ -54,7 +54,7 @@ run_target() {
   fi
   local start=$SECONDS status=0
   nice -n 10 "$PYTHON" -m tests.fuzz.run "$target" -runs="$RUNS" -seed=1 -timeout=5 -rss_limit_mb=2048 \
-    -malloc_limit_mb=2048 -max_len=2097152 -len_control=100 -print_final_stats=1 -artifact_prefix="$work/" \
+    -malloc_limit_mb=2048 -max_len=65536 -print_final_stats=1 -artifact_prefix="$work/" \
     "$work/corpus" "${seeds[@]}" >"$work/log.txt" 2>&1 || status=$?
   local stats
   stats=$(grep -E "^#[0-9]+[[:space:]]+DONE|stat::(number_of_executed_units|average_exec_per_sec)" "$work/log.txt" | tr -s ' \t\n' ' ')
