@@ -61,8 +61,10 @@ run_target() {
   echo "$target: exit $status, $((SECONDS - start)) s: $stats"
   if [ "$status" != 0 ]; then
     grep -E "Error|Exception|ERROR|crash-|timeout-|oom-" "$work/log.txt" | tail -5
+    echo "$target: log and reproducer in $work"
+  elif [ "$SMOKE" = 1 ]; then
+    rm -rf "$work"
   fi
-  [ "$SMOKE" = 1 ] && rm -rf "$work"
   return "$status"
 }
 
