@@ -114,5 +114,5 @@ def test_index_files_are_valid_and_lying_ones_are_not() -> None:
     parse_document(raw, SAFETENSORS_INDEX, "index.json", "index")
     document = json.loads(raw)
     document["metadata"]["total_size"] = "12"
-    with pytest.raises(MalformedCheckpoint, match="metadata.total_size"):
+    with pytest.raises(MalformedCheckpoint, match=r"metadata\.total_size"):
         parse_document(json.dumps(document).encode(), SAFETENSORS_INDEX, "index.json", "index")
