@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Coverage-guided fuzzing of every reader with atheris (libFuzzer), docs/security.md "Fuzzing".
 #
-#   scripts/fuzz.sh [--smoke] [--runs N] [--jobs J] [TARGET ...]
+#   scripts/fuzz.sh [--smoke] [--runs N] [--time S] [--jobs J] [TARGET ...]
 #
 # Default: the long campaign, 1,000,000 executions per target (all targets when none is
-# named), one or two targets at a time, niced, with libFuzzer's limits: 5 s per input,
-# 2 GiB RSS, 2 GiB per allocation (tests/fuzz/run.py caps the address space, see there).
+# named; with --time, at most S seconds per target), J targets at a time, niced, with
+# libFuzzer's limits: 5 s per input, 2 GiB RSS, 2 GiB per allocation (tests/fuzz/run.py
+# caps the address space, see there).
 # Seeds: tests/fuzz/corpus/<target> and the real files of ../shared/data; new inputs go to
 # .cache/fuzz/<target>/corpus (never into the repository), crashes to
 # .cache/fuzz/<target>/crash-*. Each target's log ends with libFuzzer's final stats
@@ -18,6 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
 RUNS=1000000
+TIME=0
 JOBS=1
 SMOKE=0
 TARGETS=()
@@ -25,8 +27,9 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) SMOKE=1; RUNS=3000 ;;
     --runs) RUNS="$2"; shift ;;
+    --time) TIME="$2"; shift ;;
     --jobs) JOBS="$2"; shift ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) TARGETS+=("$1") ;;
   esac
   shift
@@ -53,7 +56,7 @@ run_target() {
     [ -d "$work/shared-seeds" ] && seeds+=("$work/shared-seeds")
   fi
   local start=$SECONDS status=0
-  nice -n 10 "$PYTHON" -m tests.fuzz.run "$target" -runs="$RUNS" -seed=1 -timeout=5 -rss_limit_mb=2048 \
+  nice -n 10 "$PYTHON" -m tests.fuzz.run "$target" -runs="$RUNS" -max_total_time="$TIME" -seed=1 -timeout=5 -rss_limit_mb=2048 \
     -malloc_limit_mb=2048 -max_len=65536 -print_final_stats=1 -artifact_prefix="$work/" \
     "$work/corpus" "${seeds[@]}" >"$work/log.txt" 2>&1 || status=$?
   local stats
