@@ -92,6 +92,7 @@ def describe_checkpoint(
         "schema": SCHEMA,
         "tool": {"name": "provenance", "version": __version__},
         "path": os.fspath(path),
+        "location": checkpoint.location.to_dict() if checkpoint.location else None,
         "format": checkpoint.format,
         "gguf_version": getattr(checkpoint, "version", None),
         "files": files,

@@ -31,6 +31,8 @@ from provenance.errors import MalformedCheckpoint, TensorNotFound, from_os_error
 from provenance.formats.files import open_regular
 
 if TYPE_CHECKING:  # torch is imported only by the readers that decode (inspect never does)
+    from provenance.formats.locators import ModelLocation
+    from provenance.formats.model_card import ModelCard
     from provenance.formats.rows import RowBuffer, RowReader
 
 #: Default size of one streamed chunk of raw tensor bytes.
@@ -128,6 +130,10 @@ class Checkpoint(ABC):
         self.tensors: dict[str, TensorInfo] = {}
         self.files: list[FileSpan] = []
         self.warnings: list[str] = []
+        self.location: ModelLocation | None = None
+        """Where the input was named from when it was a store name (``hf:``, ``ollama:``), set by ``open_checkpoint``."""
+        self.model_card: ModelCard | None = None
+        """The folder's ``README.md`` front matter (a Hugging Face snapshot's for a file in one), set by ``open_checkpoint``."""
         self._fds: dict[str, int] = {}
         self._fd_lock = threading.Lock()  # streams of one checkpoint run in threads
 
@@ -174,7 +180,17 @@ class Checkpoint(ABC):
     @property
     def metadata_claims(self) -> Mapping[str, Any]:
         """Declared identity (name, base model, ...) as the file states it: claims, not evidence."""
-        return {}
+        return self.beside_claims()
+
+    def beside_claims(self) -> dict[str, Any]:
+        """Claims from beside the weights, which every reader's ``metadata_claims`` includes: the model
+        card's (``card.base_model``, ``card.base_model_relation``, ...) and, for a model named from the
+        Hugging Face cache, the repo id it is filed under (``hub.repo_id``: a name the model goes by,
+        so a card naming that repo as its base names this model; docs/lineage.md, "Claims")."""
+        claims = self.model_card.claims() if self.model_card is not None else {}
+        if self.location is not None and self.location.repo_id is not None:
+            claims["hub.repo_id"] = self.location.repo_id
+        return claims
 
     # ----- raw bytes ---------------------------------------------------------------
     def _fd(self, path: str) -> int:

@@ -6,6 +6,7 @@ import os
 from provenance.errors import MalformedCheckpoint, PickleCheckpointRefused, UnsupportedCheckpoint
 from provenance.formats.files import open_input, read_exactly
 from provenance.formats.llama2c_reader import looks_like_llama2c
+from provenance.formats.peft_adapter import is_adapter_folder
 from provenance.formats.pickle_scan import is_pickle
 from provenance.formats.sentencepiece_model import looks_like_sentencepiece
 from provenance.formats.tokenizer_files import find_tokenizer_files, holds_weights
@@ -17,7 +18,7 @@ PICKLE_ADVICE = "pickle checkpoints are never loaded (they can run arbitrary cod
 
 
 def detect_format(path: str) -> str:
-    """One of ``directory``, ``gguf``, ``safetensors``, ``safetensors-index``, ``llama2c``, or a
+    """One of ``directory``, ``peft-adapter``, ``gguf``, ``safetensors``, ``safetensors-index``, ``llama2c``, or a
     tokenizer-only input: ``tokenizer-json``, ``sentencepiece``, ``tokenizer-directory`` (a
     folder with tokenizer files and no weights).
 
@@ -25,6 +26,8 @@ def detect_format(path: str) -> str:
     :class:`UnsupportedCheckpoint`; a FIFO, socket or device is refused without blocking.
     """
     if os.path.isdir(path):
+        if is_adapter_folder(path):
+            return "peft-adapter"
         if not holds_weights(path) and find_tokenizer_files(path).has_vocabulary:
             return "tokenizer-directory"
         return "directory"

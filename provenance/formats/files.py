@@ -69,6 +69,12 @@ def read_capped(path: str, field: str, cap: int) -> bytes:
     return data
 
 
+def read_head(path: str, field: str, n_bytes: int) -> bytes:
+    """At most the first ``n_bytes`` of a regular input file (what a bounded header parser needs)."""
+    with open_input(path, field) as handle:
+        return read_exactly(handle, n_bytes)
+
+
 def read_exactly(handle: BinaryIO, n_bytes: int) -> bytes:
     """Up to ``n_bytes`` from an unbuffered file (loops over short reads; fewer only at EOF)."""
     chunks, remaining = [], n_bytes

@@ -163,7 +163,7 @@ class GGUFCheckpoint(Checkpoint):
     @property
     def metadata_claims(self) -> Mapping[str, Any]:
         keys = [k for k in self.metadata if k.startswith("general.") and k != "general.alignment"]
-        return {k: self.metadata[k] for k in keys if not isinstance(self.metadata[k], GGUFArray)}
+        return {**{k: self.metadata[k] for k in keys if not isinstance(self.metadata[k], GGUFArray)}, **self.beside_claims()}
 
     def close(self) -> None:
         super().close()

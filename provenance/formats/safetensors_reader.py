@@ -225,7 +225,7 @@ class SafetensorsCheckpoint(Checkpoint):
                 claims[f"config.{key}"] = self.config[key]
         for key, value in self.metadata.get("__metadata__", {}).items():
             claims[f"safetensors.{key}"] = value
-        return claims
+        return {**claims, **self.beside_claims()}
 
 
 def read_config(directory: str) -> dict[str, Any]:
