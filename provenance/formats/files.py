@@ -123,9 +123,22 @@ def member(directory: str, name: object, named_by: str, field: str) -> str:
         raise MalformedCheckpoint(named_by, f"{name!r:.80} is missing", field=field) from None
     except OSError as exc:
         raise from_os_error(exc, os.path.join(directory, name), field) from None
-    if os.path.dirname(full) != base:
+    if os.path.dirname(full) != base and not _hf_cache_blob(base, full):
         raise MalformedCheckpoint(named_by, f"{name!r:.80} resolves outside the model directory", field=field)
     return full
+
+
+def _hf_cache_blob(base: str, full: str) -> bool:
+    """Whether ``full`` is a blob of the Hugging Face cache repo whose snapshot is ``base``.
+
+    The cache keeps a snapshot's files as symlinks into its repo's ``blobs/`` folder
+    (``models--ORG--NAME/snapshots/REV[/SUB]/FILE -> ../../blobs/SHA``): such a link stays inside
+    the repo, whether the snapshot was named ``hf:ORG/NAME`` or by its path (docs/locators.md)."""
+    parts = base.split(os.sep)
+    if "snapshots" not in parts[1:]:
+        return False
+    at = len(parts) - 1 - parts[::-1].index("snapshots")
+    return os.path.dirname(full) == os.path.join(os.sep.join(parts[:at]) or os.sep, "blobs")
 
 
 def member_if_present(directory: str, name: str, field: str) -> str | None:

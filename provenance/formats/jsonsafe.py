@@ -53,3 +53,14 @@ def read_json_file(path: str, field: str, max_bytes: int = 64 * 1024 * 1024) -> 
 
 def finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def text_offset(raw: bytes, value: Any, key: str | None = None, start: int = 0) -> int:
+    """Where to look for a bad JSON field in ``raw``: the first occurrence, at or after ``start``
+    (the offset of its enclosing section), of the value's JSON text, else of its key, else ``start``."""
+    at = -1
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        at = raw.find(json.dumps(value).encode(), start)
+    if at < 0 and key is not None:
+        at = raw.find(json.dumps(key).encode(), start)
+    return at if at >= 0 else start
