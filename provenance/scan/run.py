@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from provenance.errors import input_boundary
 from provenance.scan.discover import discover
 from provenance.scan.executor import Executor, TaskFailure, Work
 from provenance.scan.local import LocalExecutor
@@ -93,6 +94,7 @@ def _settle(task: ScanTask, answer: str | TaskFailure, previous: ModelResult | N
     return outcome, True
 
 
+@input_boundary
 def scan(inputs: Sequence[str], out: str | Path, options: ScanOptions | None = None, executor: Executor | None = None, *,
          retry_errors: bool = False, progress: ScanProgress | None = None, work: Work = scan_task) -> ScanReport:
     """Scan every model the ``inputs`` name into the output directory ``out``.
