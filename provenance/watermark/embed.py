@@ -11,6 +11,11 @@ marked (a metadata flag would tell the leaker what to strip).
   sharded) becomes a full directory copy: config, tokenizer and other files copied,
   shards rewritten under the same names. Canonical q/k rows go back to HF's layout.
 
+The marked rows are computed by one compiled pass per chunk (:func:`mark_rows`): the row's
+standard deviation, the key generated in place (:mod:`.keygen`), ``w + a sigma k`` in
+float32, then one torch cast to the storage type into a reused buffer; no float64 copy of
+anything larger than a row's sums.
+
 The amplitude ``a`` is relative to each row's standard deviation. The default 1e-3 sits
 ~5x below Q8_0's rounding noise (step ~ amax/127 ~ 0.017 sigma for Gaussian-like
 blocks of 32, RMS step/sqrt(12) ~ 0.005 sigma) and at the scale of one f16 ulp, yet
@@ -30,10 +35,19 @@ from provenance.errors import ProvenanceError
 from provenance.formats import open_checkpoint
 from provenance.formats.base import Checkpoint, TensorInfo
 from provenance.formats.dtypes import torch_dtype
+from provenance.formats.rows import RowReader
 from provenance.formats.write import write_checkpoint
+from provenance.jit import kernel
+from provenance.progress import Meter, ProgressCallback
+from provenance.threads import torch_threads
+from provenance.watermark.keygen import fill_gaussian
 from provenance.watermark.keys import KeySource
 from provenance.watermark.options import DEFAULT_AMPLITUDE
 from provenance.watermark.select import Selector, default_selector, markable
+from provenance.watermark.signals import dot64, row_moments
+
+#: Q8_0's block length: the change is reported against its rounding noise
+Q8_BLOCK = 32
 
 
 class EmbedError(ProvenanceError):
@@ -88,54 +102,93 @@ class EmbedReport:
         }
 
 
-def mark_rows(w: np.ndarray, key_rows: np.ndarray, amplitude: float) -> np.ndarray:
-    """``w + amplitude * sigma_row(w) * key`` in float64 (the caller rounds to storage)."""
-    w64 = w.astype(np.float64)
-    sigma = w64.std(axis=1, keepdims=True)
-    return w64 + amplitude * sigma * key_rows
+@kernel
+def mark_rows(w: np.ndarray, words: np.ndarray, first: np.int64, amplitude: float, out: np.ndarray) -> None:
+    """``out = w + float32(amplitude * sigma_row(w)) * key`` (float32; the caller rounds to
+    storage); ``first``: the key element of ``w[0, 0]``, ``words``: the key's generator words."""
+    rows, cols = w.shape
+    ones = np.ones(cols, dtype=np.float32)
+    for r in range(rows):
+        _, sigma = row_moments(w[r], ones, out[r])
+        fill_gaussian(words, first + r * cols, out[r])
+        scale = np.float32(amplitude * sigma)
+        for c in range(cols):
+            out[r, c] = w[r, c] + scale * out[r, c]
 
 
-def _to_storage(values: np.ndarray, dtype: str) -> torch.Tensor:
-    """Round float64 values to the storage type (round to nearest even, as converters do)."""
-    target = torch_dtype(dtype)
-    assert target is not None, dtype  # markable() admits float storage types only
-    return torch.from_numpy(values).to(torch.float32).to(target)
+@kernel
+def change_sums(w: np.ndarray, stored: np.ndarray, scratch: np.ndarray, sums: np.ndarray) -> None:
+    """Adds ``sum(w**2)``, ``sum((stored - w)**2)``, the sum of squared Q8_0 steps
+    (``amax / 127`` per block of 32 along the flattened rows) and the block count to ``sums``."""
+    flat_w, flat_s = w.reshape(-1), stored.reshape(-1)
+    n = flat_w.shape[0]
+    for i in range(n):
+        scratch[i] = flat_s[i] - flat_w[i]
+    sums[0] += dot64(flat_w, flat_w)
+    sums[1] += dot64(scratch[:n], scratch[:n])
+    for b in range(n // Q8_BLOCK):
+        amax = np.float32(0.0)
+        for i in range(b * Q8_BLOCK, (b + 1) * Q8_BLOCK):
+            amax = max(amax, abs(flat_w[i]))
+        step = np.float64(amax) / 127.0
+        sums[2] += step * step
+    sums[3] += n // Q8_BLOCK
 
 
 class _Marker:
     """The marked rows of one tensor, chunk by chunk as the writer asks for them, in its
-    storage type; keeps the sums :class:`TensorChange` needs. The writer's chunks hold whole
-    multiples of 256 weights, so Q8_0's blocks of 32 never straddle two chunks."""
+    storage type, in reused buffers; keeps the sums :class:`TensorChange` needs. The writer's
+    chunks hold whole multiples of 256 weights, so Q8_0's blocks of 32 never straddle two
+    chunks, and it writes each chunk before asking for the next."""
 
     def __init__(self, ckpt: Checkpoint, info: TensorInfo, key: KeySource, amplitude: float) -> None:
         self.ckpt, self.info, self.key, self.amplitude = ckpt, info, key, amplitude
-        self.sum_w2 = self.sum_d2 = self.sum_step2 = 0.0
-        self.n_blocks = 0
+        self.sums = np.zeros(4)
+        self._reader: RowReader | None = None
+        self._marked = self._stored = self._back = self._scratch = None
+
+    def _buffers(self, rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray]:
+        if self._marked is None or self._marked.shape[0] < rows:
+            shape = (rows, self.info.row_length)
+            target = torch_dtype(self.info.dtype)
+            assert target is not None, self.info.dtype  # markable() admits float storage types only
+            self._marked = torch.empty(shape, dtype=torch.float32)
+            self._stored = self._marked if target == torch.float32 else torch.empty(shape, dtype=target)
+            self._back = self._marked if target == torch.float32 else torch.empty(shape, dtype=torch.float32)
+            self._scratch = np.empty(rows * self.info.row_length, dtype=np.float32)
+        return self._marked[:rows], self._stored[:rows], self._back[:rows], self._scratch  # type: ignore[index,return-value]
 
     def __call__(self, start: int, stop: int) -> torch.Tensor:
         info = self.info
-        w = self.ckpt.read_rows(info.name, start, stop)
-        shape = (info.n_rows, info.row_length)
-        marked = _to_storage(mark_rows(w, self.key.rows(info.name, shape, start, stop), self.amplitude), info.dtype)
-        delta = marked.to(torch.float64).numpy() - w
-        self.sum_w2 += float(np.dot(w.reshape(-1).astype(np.float64), w.reshape(-1)))
-        self.sum_d2 += float(np.dot(delta.reshape(-1), delta.reshape(-1)))
-        # Q8_0's rounding error per block of 32: step = amax/127, error ~ U(+-step/2)
-        flat = w.reshape(-1)
-        usable = flat.size // 32 * 32
-        step = np.abs(flat[:usable].reshape(-1, 32)).max(axis=1) / 127.0
-        self.sum_step2 += float(np.sum(step.astype(np.float64) ** 2))
-        self.n_blocks += step.size
-        return marked
+        if self._reader is None:
+            self._reader = self.ckpt.row_reader(info.name, stop - start)
+        w = self._reader.read(start, stop).numpy()
+        marked, stored, back, scratch = self._buffers(stop - start)
+        words = getattr(self.key, "words", None)
+        if words is not None:
+            mark_rows(w, words(info.name), start * info.row_length, self.amplitude, marked.numpy())
+        else:  # a key given as arrays: the same arithmetic with its rows
+            k = torch.from_numpy(np.ascontiguousarray(self.key.rows(info.name, (info.n_rows, info.row_length), start, stop)))
+            sigma = torch.from_numpy(w).double().std(dim=1, unbiased=False, keepdim=True).float()
+            torch.add(torch.from_numpy(w), k * (self.amplitude * sigma), out=marked)
+        if stored is not marked:
+            stored.copy_(marked)  # round to nearest even, as converters do
+            back.copy_(stored)
+        change_sums(w, back.numpy(), scratch, self.sums)
+        if stop == info.n_rows:
+            self._reader.close()
+            self._marked = self._stored = self._back = self._scratch = None
+        return stored
 
     def change(self) -> TensorChange:
         n = self.info.n_elements
-        q8 = math.sqrt(self.sum_step2 / self.n_blocks / 12.0) if self.n_blocks else float("nan")
-        norm_w = math.sqrt(self.sum_w2)
+        sum_w2, sum_d2, sum_step2, n_blocks = self.sums
+        q8 = math.sqrt(sum_step2 / n_blocks / 12.0) if n_blocks else float("nan")
+        norm_w = math.sqrt(sum_w2)
         return TensorChange(
             self.info.name, n,
-            math.sqrt(self.sum_d2) / norm_w if norm_w else 0.0,
-            math.sqrt(self.sum_d2 / n) / q8 if q8 else float("nan"),
+            math.sqrt(sum_d2) / norm_w if norm_w else 0.0,
+            math.sqrt(sum_d2 / n) / q8 if q8 else float("nan"),
         )
 
 
@@ -159,8 +212,10 @@ def embed_checkpoint(
     key: KeySource,
     amplitude: float = DEFAULT_AMPLITUDE,
     selector: Selector | None = None,
+    progress: ProgressCallback | None = None,
 ) -> EmbedReport:
-    """Write a marked copy of ``source`` to ``output`` and report the relative change."""
+    """Write a marked copy of ``source`` to ``output`` and report the relative change;
+    ``progress`` is told the source bytes consumed (task ``watermark embed``)."""
     if not (0 < amplitude < 1):
         raise EmbedError(f"amplitude {amplitude} must be in (0, 1) (relative to each row's std)")
     with open_checkpoint(source) as ckpt:
@@ -168,7 +223,9 @@ def embed_checkpoint(
         targets = _targets(ckpt, selector or default_selector, report)
         if not ckpt.format.startswith(("gguf", "safetensors", "hf")):
             raise EmbedError(f"{source}: cannot write {ckpt.format} checkpoints (GGUF and safetensors only)")
+        meter = Meter(progress, "watermark embed", sum(info.n_bytes for info in ckpt.tensors.values()))
         markers = {name: _Marker(ckpt, ckpt.info(name), key, amplitude) for name in ckpt.tensors if name in targets}
-        write_checkpoint(ckpt, output, replace=markers)
+        with torch_threads(1):  # casts of one chunk: a second spinning thread only slows a shared machine
+            write_checkpoint(ckpt, output, replace=markers, progress=meter.advance)
         report.tensors = [marker.change() for marker in markers.values()]
     return report
