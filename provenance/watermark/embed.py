@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,67 +119,101 @@ def mark_rows(w: np.ndarray, words: np.ndarray, first: np.int64, amplitude: floa
 
 @kernel
 def change_sums(w: np.ndarray, stored: np.ndarray, scratch: np.ndarray, sums: np.ndarray) -> None:
-    """Adds ``sum(w**2)``, ``sum((stored - w)**2)``, the sum of squared Q8_0 steps
-    (``amax / 127`` per block of 32 along the flattened rows) and the block count to ``sums``."""
+    """Adds ``sum(w**2)`` and ``sum((stored - w)**2)`` of float32 rows to ``sums[0:2]``."""
     flat_w, flat_s = w.reshape(-1), stored.reshape(-1)
     n = flat_w.shape[0]
     for i in range(n):
         scratch[i] = flat_s[i] - flat_w[i]
     sums[0] += dot64(flat_w, flat_w)
     sums[1] += dot64(scratch[:n], scratch[:n])
-    for b in range(n // Q8_BLOCK):
-        amax = np.float32(0.0)
-        for i in range(b * Q8_BLOCK, (b + 1) * Q8_BLOCK):
-            amax = max(amax, abs(flat_w[i]))
-        step = np.float64(amax) / 127.0
-        sums[2] += step * step
-    sums[3] += n // Q8_BLOCK
+
+
+class _Slot:
+    """One chunk's buffers: the marked float32 rows, the same in storage type, those read
+    back as float32, and scratch."""
+
+    def __init__(self, rows: int, cols: int, dtype: torch.dtype) -> None:
+        self.rows = rows
+        self.marked = torch.empty((rows, cols), dtype=torch.float32)
+        self.stored = self.marked if dtype == torch.float32 else torch.empty((rows, cols), dtype=dtype)
+        self.back = self.marked if dtype == torch.float32 else torch.empty((rows, cols), dtype=torch.float32)
+        self.scratch = torch.empty(rows * cols, dtype=torch.float32)
 
 
 class _Marker:
     """The marked rows of one tensor, chunk by chunk as the writer asks for them, in its
-    storage type, in reused buffers; keeps the sums :class:`TensorChange` needs. The writer's
-    chunks hold whole multiples of 256 weights, so Q8_0's blocks of 32 never straddle two
-    chunks, and it writes each chunk before asking for the next."""
+    storage type; keeps the sums :class:`TensorChange` needs.
 
-    def __init__(self, ckpt: Checkpoint, info: TensorInfo, key: KeySource, amplitude: float) -> None:
-        self.ckpt, self.info, self.key, self.amplitude = ckpt, info, key, amplitude
+    The writer asks for consecutive chunks of one size and writes each before asking for
+    the next, so while it writes one, the next is already being marked on ``pool`` (two
+    buffer slots, alternating): reading, marking and writing overlap. The chunks hold whole
+    multiples of 256 weights, so Q8_0's blocks of 32 never straddle two of them."""
+
+    def __init__(self, ckpt: Checkpoint, info: TensorInfo, key: KeySource, amplitude: float,
+                 pool: ThreadPoolExecutor) -> None:
+        self.ckpt, self.info, self.key, self.amplitude, self.pool = ckpt, info, key, amplitude, pool
         self.sums = np.zeros(4)
         self._reader: RowReader | None = None
-        self._marked = self._stored = self._back = self._scratch = None
-
-    def _buffers(self, rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray]:
-        if self._marked is None or self._marked.shape[0] < rows:
-            shape = (rows, self.info.row_length)
-            target = torch_dtype(self.info.dtype)
-            assert target is not None, self.info.dtype  # markable() admits float storage types only
-            self._marked = torch.empty(shape, dtype=torch.float32)
-            self._stored = self._marked if target == torch.float32 else torch.empty(shape, dtype=target)
-            self._back = self._marked if target == torch.float32 else torch.empty(shape, dtype=torch.float32)
-            self._scratch = np.empty(rows * self.info.row_length, dtype=np.float32)
-        return self._marked[:rows], self._stored[:rows], self._back[:rows], self._scratch  # type: ignore[index,return-value]
+        self._slots: list[_Slot] = []
+        self._turn = 0
+        self._ahead: tuple[tuple[int, int], Future[torch.Tensor]] | None = None
 
     def __call__(self, start: int, stop: int) -> torch.Tensor:
         info = self.info
+        if self._ahead is not None and self._ahead[0] == (start, stop):
+            result = self._ahead[1].result()
+        else:
+            if self._ahead is not None:  # not the chunk foreseen: let that one finish first
+                self._ahead[1].result()
+            result = self._mark(start, stop, self._turn)
+        self._turn ^= 1
+        self._ahead = None
+        after = (stop, min(info.n_rows, 2 * stop - start))
+        if after[0] < info.n_rows:
+            self._ahead = (after, self.pool.submit(self._mark, *after, self._turn))
+        else:
+            self._release()
+        return result
+
+    def _slot(self, turn: int, rows: int) -> _Slot:
+        while len(self._slots) < 2:
+            self._slots.append(_Slot(0, self.info.row_length, torch.float32))
+        if self._slots[turn].rows < rows:
+            target = torch_dtype(self.info.dtype)
+            assert target is not None, self.info.dtype  # markable() admits float storage types only
+            self._slots[turn] = _Slot(rows, self.info.row_length, target)
+        return self._slots[turn]
+
+    def _mark(self, start: int, stop: int, turn: int) -> torch.Tensor:
+        info = self.info
+        rows = stop - start
         if self._reader is None:
-            self._reader = self.ckpt.row_reader(info.name, stop - start)
-        w = self._reader.read(start, stop).numpy()
-        marked, stored, back, scratch = self._buffers(stop - start)
+            self._reader = self.ckpt.row_reader(info.name, rows)
+        w_t = self._reader.read(start, stop)
+        w = w_t.numpy()
+        slot = self._slot(turn, rows)
+        marked, stored, back = slot.marked[:rows], slot.stored[:rows], slot.back[:rows]
         words = getattr(self.key, "words", None)
         if words is not None:
             mark_rows(w, words(info.name), start * info.row_length, self.amplitude, marked.numpy())
         else:  # a key given as arrays: the same arithmetic with its rows
             k = torch.from_numpy(np.ascontiguousarray(self.key.rows(info.name, (info.n_rows, info.row_length), start, stop)))
-            sigma = torch.from_numpy(w).double().std(dim=1, unbiased=False, keepdim=True).float()
-            torch.add(torch.from_numpy(w), k * (self.amplitude * sigma), out=marked)
+            sigma = w_t.double().std(dim=1, unbiased=False, keepdim=True).float()
+            torch.add(w_t, k * (self.amplitude * sigma), out=marked)
         if stored is not marked:
             stored.copy_(marked)  # round to nearest even, as converters do
             back.copy_(stored)
-        change_sums(w, back.numpy(), scratch, self.sums)
-        if stop == info.n_rows:
-            self._reader.close()
-            self._marked = self._stored = self._back = self._scratch = None
+        change_sums(w, back.numpy(), slot.scratch.numpy(), self.sums)
+        # Q8_0's step per block of 32 (amax / 127), the noise the change is compared with
+        amax = torch.abs(w_t.reshape(-1), out=slot.scratch[:w.size]).view(-1, Q8_BLOCK).amax(dim=1)
+        self.sums[2] += float(amax.double().div_(127.0).square_().sum())
+        self.sums[3] += amax.numel()
         return stored
+
+    def _release(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+        self._reader, self._slots = None, []
 
     def change(self) -> TensorChange:
         n = self.info.n_elements
@@ -224,8 +259,12 @@ def embed_checkpoint(
         if not ckpt.format.startswith(("gguf", "safetensors", "hf")):
             raise EmbedError(f"{source}: cannot write {ckpt.format} checkpoints (GGUF and safetensors only)")
         meter = Meter(progress, "watermark embed", sum(info.n_bytes for info in ckpt.tensors.values()))
-        markers = {name: _Marker(ckpt, ckpt.info(name), key, amplitude) for name in ckpt.tensors if name in targets}
-        with torch_threads(1):  # casts of one chunk: a second spinning thread only slows a shared machine
-            write_checkpoint(ckpt, output, replace=markers, progress=meter.advance)
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="provenance-embed")
+        try:
+            markers = {name: _Marker(ckpt, ckpt.info(name), key, amplitude, pool) for name in ckpt.tensors if name in targets}
+            with torch_threads(1):  # casts of one chunk: a second spinning thread only slows a shared machine
+                write_checkpoint(ckpt, output, replace=markers, progress=meter.advance)
+        finally:  # on Ctrl-C too: the chunk being marked ahead is dropped, not waited for
+            pool.shutdown(wait=False, cancel_futures=True)
         report.tensors = [marker.change() for marker in markers.values()]
     return report

@@ -186,4 +186,4 @@ def gaussian_dots(words: np.ndarray, start: np.int64, ys: np.ndarray, out: np.nd
         key = buf[:b - a]
         _fill(words, start + a, key, scratch)
         for s in range(n_stats):
-            out[s] += np.float64(np.dot(key, ys[s, a:b]))
+            out[s] += np.float64(np.dot(key, ys[s][a:b]))
