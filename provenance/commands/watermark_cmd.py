@@ -60,7 +60,7 @@ def embed(model: str, secret_file: str, client: str, output: str, report: str | 
     opts = build(EmbedOptions, options)
     with progress_display() as progress:
         result = embed_checkpoint(model, output, DerivedKey(read_secret(secret_file), client), opts.amplitude,
-                                  opts.selector, progress=progress)
+                                  opts.selector, progress=progress, threads=opts.threads)
     _emit(result.to_dict(), report)
     summary = result.summary()
     say(f"marked {len(result.tensors)} tensors ({summary['n_marked']} weights) for client {client} -> {output}")

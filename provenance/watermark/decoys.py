@@ -66,7 +66,7 @@ class DecoyBank:
             dots = np.zeros(len(ys))
             for j in range(self.n_decoys):
                 dots[:] = 0.0
-                gaussian_dots(_decoy_words(self.seed, tensor, chunk, j), 0, y, dots)
+                gaussian_dots(_decoy_words(self.seed, tensor, chunk, j), 0, y, 0, n, dots)
                 for column, name in enumerate(ys):
                     self.sums[name][j] += dots[column]
             return

@@ -42,7 +42,7 @@ from provenance.watermark.decoys import DecoyBank
 from provenance.watermark.gridsign import flip_signs
 from provenance.watermark.keys import KeySource
 from provenance.watermark.options import ScoreOptions
-from provenance.watermark.plan import Block, block_order
+from provenance.watermark.plan import Block, block_order, row_ranges
 from provenance.watermark.realign import Realignment, realign
 from provenance.watermark.result import DecoyNull, StatisticScore
 from provenance.watermark.select import default_selector
@@ -228,11 +228,8 @@ class _Scorer:
     def _split_rows(self, fn: Callable[..., float], *arrays: np.ndarray, extra: tuple[Any, ...] = ()) -> float:
         """``fn(*row_slices, *extra, out_slice)`` over row parts on the pool; sums the returns."""
         out = arrays[-1]
-        n = out.shape[0]
-        parts = max(1, min(self.threads, n))
-        bounds = [n * k // parts for k in range(parts + 1)]
         futures = [self.pool.submit(fn, *(x[lo:hi] for x in arrays[:-1]), *extra, out[lo:hi])
-                   for lo, hi in zip(bounds[:-1], bounds[1:], strict=True) if hi > lo]
+                   for lo, hi in row_ranges(out.shape[0], self.threads)]
         return float(sum(f.result() for f in futures))
 
     def signals(self, data: _BlockData, which: int, stats: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -278,19 +275,62 @@ class _Scorer:
         wanted = [i for i in live if self.keys[i].has(name)]
         if not wanted:
             return out
-        parts = max(1, min(rows, self.threads // len(wanted)))
-        bounds = [rows * k // parts for k in range(parts + 1)]
-        partial = np.zeros((len(wanted), parts, ys.shape[0]))
+        ranges = row_ranges(rows, self.threads // len(wanted))
+        partial = np.zeros((len(wanted), len(ranges), ys.shape[0]))
 
         def one(j: int, p: int) -> None:
-            lo, hi = bounds[p], bounds[p + 1]
-            self.keys[wanted[j]].dots(name, shape, start_row + lo, ys[:, lo * cols:hi * cols], partial[j, p])
+            lo, hi = ranges[p]
+            self.keys[wanted[j]].dots(name, shape, start_row * cols, ys, lo * cols, hi * cols, partial[j, p])
 
-        futures = [self.pool.submit(one, j, p) for j in range(len(wanted)) for p in range(parts) if bounds[p + 1] > bounds[p]]
+        futures = [self.pool.submit(one, j, p) for j in range(len(wanted)) for p in range(len(ranges))]
         for f in futures:
             f.result()
         out[wanted] = partial.sum(axis=1)
         return out
+
+    def record(self, block: Block, stats: list[str], dots: np.ndarray, q: np.ndarray, scored: np.ndarray) -> None:
+        """Add a block's sums to every scored key's totals and per-tensor sums."""
+        n = block.n_elements(self.cand.info(block.tensor))
+        for s, value in zip(stats, q, strict=True):
+            self.q_totals[s] = self.q_totals.get(s, 0.0) + float(value)
+        for k in np.nonzero(scored)[0]:
+            score = self.scores[k]
+            per = score.per_tensor.setdefault(block.tensor, {})
+            for j, s in enumerate(stats):
+                score.totals.setdefault(s, Accumulator()).add(float(dots[k, j]), float(q[j]), n)
+                per.setdefault(s, Accumulator()).add(float(dots[k, j]), float(q[j]), n)
+
+
+@dataclass
+class _DecoySample:
+    """The decoy keys, scored on the first :data:`DECOY_WEIGHTS` weights of the pass."""
+
+    bank: DecoyBank
+    q: dict[str, float] = field(default_factory=dict)
+    weights: int = 0
+
+    def feed(self, block: Block, stats: list[str], ys: np.ndarray, q: np.ndarray) -> None:
+        n = ys.shape[1]
+        if not self.bank.n_decoys or self.weights >= DECOY_WEIGHTS:
+            return
+        take = min(n, DECOY_WEIGHTS - self.weights)
+        for j, s in enumerate(stats):
+            self.q[s] = self.q.get(s, 0.0) + (float(q[j]) if take == n else float(np.dot(ys[j, :take], ys[j, :take])))
+        for part, lo in enumerate(range(0, take, DECOY_CHUNK)):
+            hi = min(take, lo + DECOY_CHUNK)
+            self.bank.add(block.tensor, block.part * 4096 + part, {s: ys[j, lo:hi] for j, s in enumerate(stats)})
+        self.weights += take
+
+    def z(self, statistics: list[str]) -> dict[str, np.ndarray]:
+        return {s: self.bank.z(s, self.q.get(s, 0.0)) for s in statistics}
+
+
+def _with_decisions(scores: list[KeyScore], tracker: Tracker) -> list[KeyScore]:
+    for k, score in enumerate(scores):
+        score.decision = str(tracker.state[k])
+        score.decided_after = int(tracker.decided_after[k]) if tracker.decided_after[k] >= 0 else None
+        score.best_log_mixture = {s: float(tracker.best[k, j]) for j, s in enumerate(STATISTICS)}
+    return scores
 
 
 def _unapply_rows(transform: Transform, w: np.ndarray, start: int) -> np.ndarray:
@@ -381,49 +421,29 @@ def score_checkpoint(
             else:
                 scorer.precision = options.precision
         statistics = [s for s in STATISTICS if any(s in scorer.statistics_for(cand.info(n)) for n in names)]
-        bank = DecoyBank(options.decoys, tuple(statistics), seed=options.decoy_seed, independent=options.independent_decoys)
+        decoys = _DecoySample(DecoyBank(options.decoys, tuple(statistics), seed=options.decoy_seed,
+                                        independent=options.independent_decoys))
         order = block_order([cand.info(n) for n in names], options.decoy_seed)
         tracker = Tracker(rule, len(keys), len(STATISTICS))
         meter.total = sum((b.stop - b.start) * (cand.info(b.tensor).row_bytes + (ref.info(b.tensor).row_bytes if ref else 0))
                           for b in order)
         weights_read = blocks_read = 0
-        decoy_q = dict.fromkeys(statistics, 0.0)
-        decoy_weights = 0
         pending: Future[_BlockData] | None = reader.submit(scorer.fetch, order[0], 0) if order else None
         for i, block in enumerate(order):
             assert pending is not None
             data = pending.result()
             pending = reader.submit(scorer.fetch, order[i + 1], (i + 1) % 2) if i + 1 < len(order) else None
-            info = cand.info(block.tensor)
-            stats = scorer.statistics_for(info)
+            stats = scorer.statistics_for(cand.info(block.tensor))
+            columns = [STATISTICS.index(s) for s in stats]
             ys, q = scorer.signals(data, i % 2, stats)
-            n = block.n_elements(info)
             scored = tracker.live() & np.array([k.has(block.tensor) for k in keys])
             dots = scorer.dots(list(np.nonzero(scored)[0]), block.tensor, block.start, ys)
-            columns = [STATISTICS.index(s) for s in stats]
-            full = np.zeros((len(keys), len(STATISTICS)))
-            full[:, columns] = dots
-            q_full = np.zeros(len(STATISTICS))
-            q_full[columns] = q
+            full, q_full = np.zeros((len(keys), len(STATISTICS))), np.zeros(len(STATISTICS))
+            full[:, columns], q_full[columns] = dots, q
             tracker.add(scored, full, q_full)
-            for s, value in zip(stats, q, strict=True):
-                scorer.q_totals[s] = scorer.q_totals.get(s, 0.0) + float(value)
-            for k, score in enumerate(scorer.scores):
-                if not scored[k]:
-                    continue
-                per = score.per_tensor.setdefault(block.tensor, {})
-                for j, s in enumerate(stats):
-                    score.totals.setdefault(s, Accumulator()).add(float(dots[k, j]), float(q[j]), n)
-                    per.setdefault(s, Accumulator()).add(float(dots[k, j]), float(q[j]), n)
-            if bank.n_decoys and decoy_weights < DECOY_WEIGHTS:
-                take = min(n, DECOY_WEIGHTS - decoy_weights)
-                for j, s in enumerate(stats):
-                    decoy_q[s] += float(q[j]) if take == n else float(np.dot(ys[j, :take], ys[j, :take]))
-                for part, lo in enumerate(range(0, take, DECOY_CHUNK)):
-                    hi = min(take, lo + DECOY_CHUNK)
-                    bank.add(block.tensor, block.part * 4096 + part, {s: ys[j, lo:hi] for j, s in enumerate(stats)})
-                decoy_weights += take
-            weights_read += n
+            scorer.record(block, stats, dots, q, scored)
+            decoys.feed(block, stats, ys, q)
+            weights_read += ys.shape[1]
             blocks_read += 1
             stop = tracker.decide(weights_read, complete=blocks_read == len(order))
             meter.advance(data.n_bytes, block.tensor)
@@ -431,16 +451,12 @@ def score_checkpoint(
                 break
         if pending is not None:
             pending.cancel()
-        for k, score in enumerate(scorer.scores):
-            score.decision = str(tracker.state[k])
-            score.decided_after = int(tracker.decided_after[k]) if tracker.decided_after[k] >= 0 else None
-            score.best_log_mixture = {s: float(tracker.best[k, j]) for j, s in enumerate(STATISTICS)}
         return ScoreResult(
             candidate=str(candidate),
             reference=str(reference) if reference else None,
             statistics=statistics,
-            keys=scorer.scores,
-            decoy_z={s: bank.z(s, decoy_q.get(s, 0.0)) for s in statistics},
+            keys=_with_decisions(scorer.scores, tracker),
+            decoy_z=decoys.z(statistics),
             tensors=names,
             n_weights=sum(cand.info(n).n_elements for n in names),
             q_totals=scorer.q_totals,
@@ -451,7 +467,7 @@ def score_checkpoint(
             weights_read=weights_read,
             blocks_read=blocks_read,
             blocks_total=len(order),
-            decoy_weights=decoy_weights,
+            decoy_weights=decoys.weights,
             rule=rule,
         )
 

@@ -44,6 +44,7 @@ from provenance.threads import torch_threads
 from provenance.watermark.keygen import fill_gaussian
 from provenance.watermark.keys import KeySource
 from provenance.watermark.options import DEFAULT_AMPLITUDE
+from provenance.watermark.plan import row_ranges
 from provenance.watermark.select import Selector, default_selector, markable
 from provenance.watermark.signals import dot64, row_moments
 
@@ -109,8 +110,9 @@ def mark_rows(w: np.ndarray, words: np.ndarray, first: np.int64, amplitude: floa
     storage); ``first``: the key element of ``w[0, 0]``, ``words``: the key's generator words."""
     rows, cols = w.shape
     ones = np.ones(cols, dtype=np.float32)
+    zero = np.zeros(cols, dtype=np.float32)
     for r in range(rows):
-        _, sigma = row_moments(w[r], ones, out[r])
+        _, sigma = row_moments(w[r], ones, zero, out[r])
         fill_gaussian(words, first + r * cols, out[r])
         scale = np.float32(amplitude * sigma)
         for c in range(cols):
@@ -146,12 +148,14 @@ class _Marker:
 
     The writer asks for consecutive chunks of one size and writes each before asking for
     the next, so while it writes one, the next is already being marked on ``pool`` (two
-    buffer slots, alternating): reading, marking and writing overlap. The chunks hold whole
-    multiples of 256 weights, so Q8_0's blocks of 32 never straddle two of them."""
+    buffer slots, alternating): reading, marking and writing overlap; each chunk's rows are
+    split between ``threads`` on ``workers``. The chunks hold whole multiples of 256 weights,
+    so Q8_0's blocks of 32 never straddle two of them."""
 
     def __init__(self, ckpt: Checkpoint, info: TensorInfo, key: KeySource, amplitude: float,
-                 pool: ThreadPoolExecutor) -> None:
-        self.ckpt, self.info, self.key, self.amplitude, self.pool = ckpt, info, key, amplitude, pool
+                 pool: ThreadPoolExecutor, workers: ThreadPoolExecutor, threads: int) -> None:
+        self.ckpt, self.info, self.key, self.amplitude = ckpt, info, key, amplitude
+        self.pool, self.workers, self.threads = pool, workers, threads
         self.sums = np.zeros(4)
         self._reader: RowReader | None = None
         self._slots: list[_Slot] = []
@@ -190,25 +194,38 @@ class _Marker:
         if self._reader is None:
             self._reader = self.ckpt.row_reader(info.name, rows)
         w_t = self._reader.read(start, stop)
-        w = w_t.numpy()
         slot = self._slot(turn, rows)
-        marked, stored, back = slot.marked[:rows], slot.stored[:rows], slot.back[:rows]
+        ranges = row_ranges(rows, self.threads)
+        sums = np.zeros((len(ranges), 4))
+        futures = [self.workers.submit(self._mark_part, w_t, slot, start, lo, hi, sums[p]) for p, (lo, hi) in enumerate(ranges)]
+        for f in futures:
+            f.result()
+        self.sums += sums.sum(axis=0)
+        return slot.stored[:rows]
+
+    def _mark_part(self, w_t: torch.Tensor, slot: _Slot, start: int, lo: int, hi: int, sums: np.ndarray) -> None:
+        """Rows ``[lo, hi)`` of the chunk: marked, rounded to storage, and their sums."""
+        info = self.info
+        w_t = w_t[lo:hi]
+        w = w_t.numpy()
+        marked, stored, back = slot.marked[lo:hi], slot.stored[lo:hi], slot.back[lo:hi]
         words = getattr(self.key, "words", None)
         if words is not None:
-            mark_rows(w, words(info.name), start * info.row_length, self.amplitude, marked.numpy())
+            mark_rows(w, words(info.name), (start + lo) * info.row_length, self.amplitude, marked.numpy())
         else:  # a key given as arrays: the same arithmetic with its rows
-            k = torch.from_numpy(np.ascontiguousarray(self.key.rows(info.name, (info.n_rows, info.row_length), start, stop)))
+            shape = (info.n_rows, info.row_length)
+            k = torch.from_numpy(np.ascontiguousarray(self.key.rows(info.name, shape, start + lo, start + hi)))
             sigma = w_t.double().std(dim=1, unbiased=False, keepdim=True).float()
             torch.add(w_t, k * (self.amplitude * sigma), out=marked)
         if stored is not marked:
             stored.copy_(marked)  # round to nearest even, as converters do
             back.copy_(stored)
-        change_sums(w, back.numpy(), slot.scratch.numpy(), self.sums)
+        scratch = slot.scratch[lo * info.row_length:hi * info.row_length]
+        change_sums(w, back.numpy(), scratch.numpy(), sums)
         # Q8_0's step per block of 32 (amax / 127), the noise the change is compared with
-        amax = torch.abs(w_t.reshape(-1), out=slot.scratch[:w.size]).view(-1, Q8_BLOCK).amax(dim=1)
-        self.sums[2] += float(amax.double().div_(127.0).square_().sum())
-        self.sums[3] += amax.numel()
-        return stored
+        amax = torch.abs(w_t.reshape(-1), out=scratch).view(-1, Q8_BLOCK).amax(dim=1)
+        sums[2] += float(amax.double().div_(127.0).square_().sum())
+        sums[3] += amax.numel()
 
     def _release(self) -> None:
         if self._reader is not None:
@@ -248,6 +265,7 @@ def embed_checkpoint(
     amplitude: float = DEFAULT_AMPLITUDE,
     selector: Selector | None = None,
     progress: ProgressCallback | None = None,
+    threads: int = 2,
 ) -> EmbedReport:
     """Write a marked copy of ``source`` to ``output`` and report the relative change;
     ``progress`` is told the source bytes consumed (task ``watermark embed``)."""
@@ -260,11 +278,14 @@ def embed_checkpoint(
             raise EmbedError(f"{source}: cannot write {ckpt.format} checkpoints (GGUF and safetensors only)")
         meter = Meter(progress, "watermark embed", sum(info.n_bytes for info in ckpt.tensors.values()))
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="provenance-embed")
+        workers = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="provenance-embed-rows")
         try:
-            markers = {name: _Marker(ckpt, ckpt.info(name), key, amplitude, pool) for name in ckpt.tensors if name in targets}
-            with torch_threads(1):  # casts of one chunk: a second spinning thread only slows a shared machine
+            markers = {name: _Marker(ckpt, ckpt.info(name), key, amplitude, pool, workers, max(1, threads))
+                       for name in ckpt.tensors if name in targets}
+            with torch_threads(1):  # our threads split the rows; torch's own would only spin on a shared machine
                 write_checkpoint(ckpt, output, replace=markers, progress=meter.advance)
         finally:  # on Ctrl-C too: the chunk being marked ahead is dropped, not waited for
             pool.shutdown(wait=False, cancel_futures=True)
+            workers.shutdown(wait=False, cancel_futures=True)
         report.tensors = [marker.change() for marker in markers.values()]
     return report

@@ -173,17 +173,18 @@ def fill_gaussian(words: np.ndarray, start: np.int64, out: np.ndarray) -> None:
 
 
 @kernel
-def gaussian_dots(words: np.ndarray, start: np.int64, ys: np.ndarray, out: np.ndarray) -> None:
-    """``out[s] += sum_i key[start + i] * ys[s, i]`` for every row ``s`` of float32 ``ys``,
-    without storing the key beyond an L1-sized scratch: float32 products summed by BLAS
-    over :data:`SCRATCH` elements, those partial sums added in float64 (a relative
-    rounding of ~1e-7 of the statistic's null standard deviation)."""
-    n_stats, n = ys.shape
+def gaussian_dots(words: np.ndarray, first: np.int64, ys: np.ndarray, lo: np.int64, hi: np.int64,
+                  out: np.ndarray) -> None:
+    """``out[s] += sum_{lo <= j < hi} key[first + j] * ys[s, j]`` for every row ``s`` of
+    float32 ``ys`` (C-contiguous), without storing the key beyond an L1-sized scratch:
+    float32 products summed by BLAS over :data:`SCRATCH` elements, those partial sums added
+    in float64 (a relative rounding of ~1e-7 of the statistic's null standard deviation)."""
+    n_stats = ys.shape[0]
     buf = np.empty(SCRATCH, dtype=np.float32)
     scratch = np.empty(8, dtype=np.float32)
-    for a in range(0, n, SCRATCH):
-        b = min(n, a + SCRATCH)
+    for a in range(lo, hi, SCRATCH):
+        b = min(hi, a + SCRATCH)
         key = buf[:b - a]
-        _fill(words, start + a, key, scratch)
+        _fill(words, first + a, key, scratch)
         for s in range(n_stats):
             out[s] += np.float64(np.dot(key, ys[s][a:b]))

@@ -75,9 +75,11 @@ class KeySource(Protocol):
         """Key rows ``[start, stop)`` of canonical tensor ``name`` viewed as ``shape`` (float32)."""
         ...
 
-    def dots(self, name: str, shape: tuple[int, int], start: int, ys: np.ndarray, out: np.ndarray) -> None:
-        """``out[s] += sum(key * ys[s])`` over the key's elements from row ``start`` on, for
-        each row of ``ys`` (float32 ``(statistics, rows x row length)``; ``out`` float64)."""
+    def dots(self, name: str, shape: tuple[int, int], first: int, ys: np.ndarray, lo: int, hi: int,
+             out: np.ndarray) -> None:
+        """``out[s] += sum(key[first + j] * ys[s, j] for lo <= j < hi)`` for each row of ``ys``
+        (C-contiguous float32 ``(statistics, n)``; ``first``: the key element of column 0,
+        counted in the tensor's canonical flat order; ``out`` float64)."""
         ...
 
 
@@ -114,9 +116,10 @@ class DerivedKey:
         flat = gaussian_stream(key_seed(self.secret, self.client, name), start * n_cols, (stop - start) * n_cols)
         return flat.reshape(stop - start, n_cols)
 
-    def dots(self, name: str, shape: tuple[int, int], start: int, ys: np.ndarray, out: np.ndarray) -> None:
+    def dots(self, name: str, shape: tuple[int, int], first: int, ys: np.ndarray, lo: int, hi: int,
+             out: np.ndarray) -> None:
         # generated and multiplied in one compiled pass: the key is never stored
-        gaussian_dots(self.words(name), start * shape[1], ys, out)
+        gaussian_dots(self.words(name), first, ys, lo, hi, out)
 
 
 @dataclass
@@ -166,10 +169,13 @@ class FileKey:
             raise WatermarkKeyError(f"{self.label}: key {name!r} has {value.size} elements, the tensor {shape[0] * shape[1]}")
         return value.reshape(shape)[start:stop]
 
-    def dots(self, name: str, shape: tuple[int, int], start: int, ys: np.ndarray, out: np.ndarray) -> None:
-        n = ys.shape[1]
-        key = self.rows(name, shape, start, start + n // shape[1]).reshape(-1).astype(np.float64)
-        out += ys.astype(np.float64) @ key
+    def dots(self, name: str, shape: tuple[int, int], first: int, ys: np.ndarray, lo: int, hi: int,
+             out: np.ndarray) -> None:
+        value = self.arrays[name]
+        if value.size != shape[0] * shape[1]:
+            raise WatermarkKeyError(f"{self.label}: key {name!r} has {value.size} elements, the tensor {shape[0] * shape[1]}")
+        key = value.reshape(-1)[first + lo:first + hi].astype(np.float64)
+        out += ys[:, lo:hi].astype(np.float64) @ key
 
 
 def derived_keys(secret: bytes, clients: Iterable[str]) -> list[DerivedKey]:

@@ -54,6 +54,7 @@ class EmbedOptions:
     amplitude: float = option(DEFAULT_AMPLITUDE, "Mark amplitude relative to each row's std.", range=(0.0, None))
     selector: Selector | None = option(None, "Comma-separated canonical tensor names to mark (default: every block matrix).",
                                        flag="--tensors", convert=tensor_list, metavar="NAMES")
+    threads: int = threads_option(2)
 
 
 @dataclass(frozen=True)

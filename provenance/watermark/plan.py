@@ -9,6 +9,7 @@ public: a leaker who damaged exactly the first blocks would only delay the decis
 """
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -35,6 +36,13 @@ class Block:
 def tensor_blocks(info: TensorInfo, block_elems: int = BLOCK_ELEMS) -> list[Block]:
     rows = max(1, block_elems // max(1, info.row_length))
     return [Block(info.name, a, min(info.n_rows, a + rows), k) for k, a in enumerate(range(0, info.n_rows, rows))]
+
+
+def row_ranges(n: int, parts: int) -> list[tuple[int, int]]:
+    """``[0, n)`` cut into at most ``parts`` nonempty consecutive ranges (work for threads)."""
+    parts = max(1, min(parts, n))
+    bounds = [n * k // parts for k in range(parts + 1)]
+    return [(lo, hi) for lo, hi in itertools.pairwise(bounds) if hi > lo]
 
 
 def block_order(infos: Iterable[TensorInfo], seed: int, block_elems: int = BLOCK_ELEMS) -> list[Block]:

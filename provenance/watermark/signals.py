@@ -42,13 +42,12 @@ def affine(x: np.ndarray, w: np.ndarray, shift: np.float32, factor: np.float32, 
 
 
 @inline
-def row_moments(x: np.ndarray, ones: np.ndarray, scratch: np.ndarray) -> tuple[np.float64, np.float64]:
+def row_moments(x: np.ndarray, ones: np.ndarray, zero: np.ndarray, scratch: np.ndarray) -> tuple[np.float64, np.float64]:
     """Mean and standard deviation (ddof 0) of a float32 row: two passes (``scratch``: the
-    row's deviations from the first-pass mean; ``ones``: at least a row of 1s)."""
+    row's deviations from the first-pass mean; ``ones``, ``zero``: rows of 1s and 0s)."""
     n = x.shape[0]
     mean = dot64(x, ones[:n]) / n
-    zero = ones[:n] * np.float32(0.0)
-    affine(x, zero, np.float32(mean), np.float32(1.0), scratch)
+    affine(x, zero[:n], np.float32(mean), np.float32(1.0), scratch)
     dev = dot64(scratch, ones[:n])
     var = (dot64(scratch, scratch) - dev * dev / n) / n  # the first-pass mean's rounding, corrected
     return mean + dev / n, np.sqrt(max(var, 0.0))
@@ -62,7 +61,7 @@ def blind_signal(x: np.ndarray, out: np.ndarray) -> float:
     zero = np.zeros(cols, dtype=np.float32)
     q = 0.0
     for r in range(x.shape[0]):
-        mean, std = row_moments(x[r], ones, out[r])
+        mean, std = row_moments(x[r], ones, zero, out[r])
         affine(x[r], zero, np.float32(mean), np.float32(1.0 / std if std > 0 else 0.0), out[r])
         q += dot64(out[r], out[r])
     return q
@@ -80,7 +79,7 @@ def reference_signal(x: np.ndarray, w: np.ndarray, weighting: int, out: np.ndarr
     zero = np.zeros(cols, dtype=np.float32)
     q = 0.0
     for r in range(x.shape[0]):
-        _, sigma = row_moments(w[r], ones, out[r])
+        _, sigma = row_moments(w[r], ones, zero, out[r])
         affine(x[r], w[r], np.float32(0.0), np.float32(1.0), out[r])
         if weighting == WEIGHTING_INVERSE_VARIANCE:
             v = dot64(out[r], out[r]) / cols

@@ -102,10 +102,15 @@ def test_philox_known_answers_and_the_numpy_transcription() -> None:
 def test_fused_key_dots_equal_generated_keys() -> None:
     key = DerivedKey(SECRET, "acme")
     ys = np.random.default_rng(0).standard_normal((3, 64 * 5000)).astype(np.float32)
-    out = np.zeros(3)
-    key.dots("blk.0.ffn_up.weight", (10_000, 64), 17, ys, out)
     k = key.rows("blk.0.ffn_up.weight", (10_000, 64), 17, 17 + 5000).reshape(-1).astype(np.float64)
-    np.testing.assert_allclose(out, ys.astype(np.float64) @ k, rtol=1e-5)
+    for lo, hi in [(0, ys.shape[1]), (64 * 7 + 3, 64 * 4000 + 1)]:
+        out = np.zeros(3)
+        key.dots("blk.0.ffn_up.weight", (10_000, 64), 17 * 64, ys, lo, hi, out)
+        np.testing.assert_allclose(out, ys[:, lo:hi].astype(np.float64) @ k[lo:hi], rtol=1e-5)
+        file_key = FileKey({"blk.0.ffn_up.weight": key.rows("blk.0.ffn_up.weight", (10_000, 64), 0, 10_000)}, "file")
+        again = np.zeros(3)
+        file_key.dots("blk.0.ffn_up.weight", (10_000, 64), 17 * 64, ys, lo, hi, again)
+        np.testing.assert_allclose(again, out, rtol=1e-5)
 
 
 def test_key_stream_random_access_and_gaussianity() -> None:
