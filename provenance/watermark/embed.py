@@ -46,7 +46,7 @@ from provenance.watermark.keys import KeySource
 from provenance.watermark.options import DEFAULT_AMPLITUDE
 from provenance.watermark.plan import row_ranges
 from provenance.watermark.select import Selector, default_selector, markable
-from provenance.watermark.signals import dot64, row_moments
+from provenance.watermark.signals import constant_rows, dot64, row_moments
 
 #: Q8_0's block length: the change is reported against its rounding noise
 Q8_BLOCK = 32
@@ -109,8 +109,7 @@ def mark_rows(w: np.ndarray, words: np.ndarray, first: np.int64, amplitude: floa
     """``out = w + float32(amplitude * sigma_row(w)) * key`` (float32; the caller rounds to
     storage); ``first``: the key element of ``w[0, 0]``, ``words``: the key's generator words."""
     rows, cols = w.shape
-    ones = np.ones(cols, dtype=np.float32)
-    zero = np.zeros(cols, dtype=np.float32)
+    ones, zero = constant_rows(cols)
     for r in range(rows):
         _, sigma = row_moments(w[r], ones, zero, out[r])
         fill_gaussian(words, first + r * cols, out[r])

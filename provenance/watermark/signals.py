@@ -42,6 +42,13 @@ def affine(x: np.ndarray, w: np.ndarray, shift: np.float32, factor: np.float32, 
 
 
 @inline
+def constant_rows(cols: int) -> tuple[np.ndarray, np.ndarray]:
+    """A float32 row of ones and one of zeros, the constant operands of :func:`row_moments`
+    and :func:`affine` (allocated once per call, not per row)."""
+    return np.ones(cols, dtype=np.float32), np.zeros(cols, dtype=np.float32)
+
+
+@inline
 def row_moments(x: np.ndarray, ones: np.ndarray, zero: np.ndarray, scratch: np.ndarray) -> tuple[np.float64, np.float64]:
     """Mean and standard deviation (ddof 0) of a float32 row: two passes (``scratch``: the
     row's deviations from the first-pass mean; ``ones``, ``zero``: rows of 1s and 0s)."""
@@ -56,9 +63,7 @@ def row_moments(x: np.ndarray, ones: np.ndarray, zero: np.ndarray, scratch: np.n
 @kernel
 def blind_signal(x: np.ndarray, out: np.ndarray) -> float:
     """``out = (x - mean_row) / std_row`` (0 on constant rows) as float32; returns ``sum(out**2)``."""
-    cols = x.shape[1]
-    ones = np.ones(cols, dtype=np.float32)
-    zero = np.zeros(cols, dtype=np.float32)
+    ones, zero = constant_rows(x.shape[1])
     q = 0.0
     for r in range(x.shape[0]):
         mean, std = row_moments(x[r], ones, zero, out[r])
@@ -75,8 +80,7 @@ def reference_signal(x: np.ndarray, w: np.ndarray, weighting: int, out: np.ndarr
     for a mark ``a sigma k`` in residual noise of variance ``mean(r**2)`` (rows where the
     residual vanishes carry nothing: 0); ``sigma``: ``r / sigma_row(w)``."""
     cols = x.shape[1]
-    ones = np.ones(cols, dtype=np.float32)
-    zero = np.zeros(cols, dtype=np.float32)
+    ones, zero = constant_rows(cols)
     q = 0.0
     for r in range(x.shape[0]):
         _, sigma = row_moments(w[r], ones, zero, out[r])
