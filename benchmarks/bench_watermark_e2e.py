@@ -100,14 +100,11 @@ def generate(path: Path, shape: dict[str, int], layers: int) -> None:
 
 
 def drop_cache(*paths: Path) -> None:
-    for p in paths:
-        if p.exists():
-            fd = os.open(p, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
+    """Drop the page cache of those of ``paths`` that exist (bench_quant_e2e's way: fsync, then
+    ``posix_fadvise(DONTNEED)``)."""
+    from benchmarks.bench_quant_e2e import drop_cache as drop_existing
+
+    drop_existing([p for p in paths if p.exists()])
 
 
 def read_floor(*paths: Path) -> float:
