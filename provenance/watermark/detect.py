@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from provenance.compare.transform import Transform
+from provenance.errors import input_boundary
 from provenance.formats import open_checkpoint
 from provenance.formats.base import Checkpoint, TensorInfo
 from provenance.formats.pairing import Unpaired, pair_tensors
@@ -387,6 +388,7 @@ def _scored_names(cand: Checkpoint, ref: Checkpoint | None, keys: list[KeySource
     return names, warnings
 
 
+@input_boundary
 def score_checkpoint(
     candidate: str | os.PathLike[str],
     keys: list[KeySource],
