@@ -57,6 +57,7 @@ from provenance.compare.sketch import (
 from provenance.compare.symtest import PermutationTest
 from provenance.compare.transform import Transform
 from provenance.compare.verdict import decide
+from provenance.errors import input_boundary
 from provenance.formats import open_checkpoint
 from provenance.formats.base import Checkpoint, TensorInfo
 from provenance.names.arch import ArchRecord
@@ -266,6 +267,7 @@ class _Lineage:
         return result
 
 
+@input_boundary
 def compare(candidate: str | os.PathLike[str], reference: str | os.PathLike[str],
             options: CompareOptions | None = None,
             progress: Callable[[str, int], None] | None = None,

@@ -2,25 +2,24 @@
 from __future__ import annotations
 
 import os
-import struct
 from pathlib import Path
 
-from provenance.errors import CheckpointError, MalformedCheckpoint
+from provenance.errors import MalformedCheckpoint, input_boundary
 from provenance.formats.base import Checkpoint, TensorInfo
 from provenance.formats.detect import detect_format
 from provenance.formats.gguf_reader import GGUFCheckpoint
-from provenance.formats.jsonsafe import read_json_file
 from provenance.formats.llama2c_reader import Llama2cCheckpoint
 from provenance.formats.locators import ModelLocation, locate
 from provenance.formats.model_card import ModelCard, read_model_card
 from provenance.formats.peft_adapter import PeftAdapterCheckpoint
-from provenance.formats.safetensors_reader import SafetensorsCheckpoint, open_directory, open_index
+from provenance.formats.safetensors_reader import SafetensorsCheckpoint, open_directory, open_index, read_config
 from provenance.formats.tokenizer_files import TokenizerCheckpoint, open_tokenizer
 
 __all__ = ["Checkpoint", "GGUFCheckpoint", "Llama2cCheckpoint", "ModelCard", "ModelLocation", "PeftAdapterCheckpoint",
            "SafetensorsCheckpoint", "TensorInfo", "TokenizerCheckpoint", "detect_format", "locate", "open_checkpoint"]
 
 
+@input_boundary
 def open_checkpoint(path: str | Path) -> Checkpoint:
     """Open any supported checkpoint: GGUF (single or split), safetensors (single file,
     ``model.safetensors.index.json``, or an HF directory with ``config.json``) or
@@ -33,7 +32,8 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
     see :func:`provenance.formats.locators.locate`. The checkpoint's ``location`` says where
     such a name led.
 
-    Every problem with the file raises a :class:`provenance.errors.CheckpointError`.
+    Every problem with the file raises a :class:`provenance.errors.CheckpointError` naming
+    the file, the field and the offset (:func:`provenance.errors.input_boundary`).
     """
     try:
         location = locate(path)
@@ -55,24 +55,17 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
 
 def _open_path(path: str) -> Checkpoint:
     kind = detect_format(path)
-    try:
-        if kind == "directory":
-            return open_directory(path)
-        if kind == "peft-adapter":
-            return PeftAdapterCheckpoint(path)
-        if kind == "gguf":
-            return GGUFCheckpoint(path)
-        if kind == "safetensors-index":
-            return open_index(path)
-        if kind == "llama2c":
-            return Llama2cCheckpoint(path)
-        if kind in ("tokenizer-json", "sentencepiece", "tokenizer-directory"):
-            return open_tokenizer(path, kind)
-        # A lone safetensors file takes its architecture from a config.json beside it.
-        config_path = os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")
-        config = read_json_file(config_path, "config") if os.path.isfile(config_path) else None
-        return SafetensorsCheckpoint(path, config=config if isinstance(config, dict) else None)
-    except CheckpointError:
-        raise
-    except (OSError, MemoryError, OverflowError, ValueError, struct.error) as exc:  # last line of defence
-        raise MalformedCheckpoint(path, f"{type(exc).__name__}: {exc}") from None
+    if kind == "directory":
+        return open_directory(path)
+    if kind == "peft-adapter":
+        return PeftAdapterCheckpoint(path)
+    if kind == "gguf":
+        return GGUFCheckpoint(path)
+    if kind == "safetensors-index":
+        return open_index(path)
+    if kind == "llama2c":
+        return Llama2cCheckpoint(path)
+    if kind in ("tokenizer-json", "sentencepiece", "tokenizer-directory"):
+        return open_tokenizer(path, kind)
+    # A lone safetensors file takes its architecture from a config.json beside it.
+    return SafetensorsCheckpoint(path, config=read_config(os.path.dirname(os.path.abspath(path))))

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 
 from provenance.errors import LimitExceeded, MalformedCheckpoint, UnsupportedCheckpoint
-from provenance.formats.jsonsafe import read_capped
+from provenance.formats.files import read_capped
 from provenance.formats.locators import inside
 
 #: a ref file holds one 40-hex commit hash; anything longer is not a ref

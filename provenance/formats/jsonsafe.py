@@ -3,11 +3,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import stat
 from typing import Any
 
-from provenance.errors import LimitExceeded, MalformedCheckpoint, UnsupportedCheckpoint
+from provenance.errors import MalformedCheckpoint
 
 
 class _DuplicateKey(ValueError):
@@ -45,35 +43,11 @@ def loads_strict(data: bytes, path: str, field: str, offset: int = 0) -> Any:
         raise MalformedCheckpoint(path, f"invalid JSON: {message}", field=field, offset=where) from None
 
 
-def _open_regular(path: str, field: str) -> Any:
-    # Non-blocking: a FIFO named like a config would block ``open`` forever; then refused by fstat.
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-    handle = os.fdopen(fd, "rb")
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        handle.close()
-        raise UnsupportedCheckpoint(path, "not a regular file: refused", field=field, offset=0)
-    return handle
-
-
-def read_capped(path: str, field: str, max_bytes: int) -> bytes:
-    """A whole small file, refused before reading when it is larger than ``max_bytes`` or not a
-    regular file."""
-    with _open_regular(path, field) as handle:
-        size = os.fstat(handle.fileno()).st_size
-        if size > max_bytes:
-            raise LimitExceeded(path, f"file is larger than the {max_bytes}-byte cap", field=field, offset=0)
-        # read(n) allocates n bytes up front: ask for the file's size, not the cap (a small
-        # config must not cost the 64 MiB an index may take)
-        return handle.read(size)
-
-
-def read_head(path: str, field: str, n_bytes: int) -> bytes:
-    """At most the first ``n_bytes`` of a regular file (what a bounded header parser needs)."""
-    with _open_regular(path, field) as handle:
-        return handle.read(n_bytes)
-
-
 def read_json_file(path: str, field: str, max_bytes: int = 64 * 1024 * 1024) -> Any:
+    """A JSON file (regular files only, size capped), parsed strictly; validate what is used
+    with :func:`provenance.formats.schema.read_document` where a schema exists."""
+    from provenance.formats.files import read_capped
+
     return loads_strict(read_capped(path, field, max_bytes), path, field)
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from provenance.errors import LimitExceeded, MalformedCheckpoint
-from provenance.formats.jsonsafe import read_head
+from provenance.formats.files import read_head
 
 CARD_NAME = "README.md"
 MAX_FRONT_MATTER_BYTES = 256 * 1024

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from provenance.errors import LimitExceeded, MalformedCheckpoint, UnsupportedCheckpoint
-from provenance.formats.jsonsafe import loads_strict, read_capped, text_offset
+from provenance.formats.files import read_capped
+from provenance.formats.jsonsafe import loads_strict, text_offset
 from provenance.formats.locators import inside
 
 MAX_MANIFEST_BYTES = 1 << 20

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from provenance.errors import MalformedCheckpoint, PickleCheckpointRefused, UnsupportedCheckpoint
-from provenance.formats.jsonsafe import loads_strict, read_capped, text_offset
+from provenance.formats.files import read_capped
+from provenance.formats.jsonsafe import loads_strict, text_offset
 from provenance.formats.safetensors_reader import SafetensorsCheckpoint
 
 CONFIG_NAME, WEIGHTS_NAME, PICKLE_NAME = "adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"

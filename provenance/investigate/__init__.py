@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from provenance.document import Report
+from provenance.errors import input_boundary
 from provenance.inspect import inspect_checkpoint
 from provenance.investigate.inspect_analysis import inspect_section
 from provenance.investigate.state import Inputs, Investigation
@@ -54,6 +55,7 @@ def run_investigation(inputs: Inputs, progress: Callable[[str], None] | None = N
     return state
 
 
+@input_boundary
 def investigate(candidate: str | Path, references: tuple[str | Path, ...] | list[str | Path] = (),
                 key_registry: str | Path | None = None, refdb: str | Path | None = None,
                 progress: Callable[[str], None] | None = None, base: str | Path | None = None) -> Report:

@@ -33,6 +33,7 @@ from provenance.compare.shape import (  # the keyless classifier, shared with co
     classify_difference,
     classify_flips,
 )
+from provenance.errors import input_boundary
 from provenance.formats import open_checkpoint
 from provenance.formats.pairing import pair_tensors
 from provenance.watermark.gridsign import flip_signs
@@ -107,6 +108,7 @@ class AnalysisResult:
                 "tensors": [t.to_dict() for t in self.tensors]}
 
 
+@input_boundary
 def analyze_checkpoint(
     candidate: str | os.PathLike[str],
     reference: str | os.PathLike[str],
