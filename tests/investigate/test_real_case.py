@@ -27,6 +27,11 @@ def investigations(case: RealCase) -> dict:
     return investigate_case(case)
 
 
+# Known defect (open in issue 19): with main's provenance-wm-v2 keys the mark's own
+# perturbation is read as a structured change, so a quantized, only-watermarked copy is
+# worded "fine-tuned and quantized copy". The fix is to judge the shape of the difference
+# after removing the detected client's keyed mark. Strict: this fails loudly once fixed.
+@pytest.mark.xfail(strict=True, reason="v2 watermark perturbation read as a fine-tune (issue 19, open)")
 def test_quantized_leak_is_a_quantized_copy_with_the_client_named(investigations: dict) -> None:
     state = investigations["quantized"]
     summary = state.report.executive_summary
