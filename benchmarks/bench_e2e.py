@@ -43,8 +43,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_quant_e2e as quant_bench  # noqa: E402  (shapes, reference writer, cold reads, timed runs)
-from bench_quant_e2e import SHAPES, Step, cold_read, drop_cache, measure, provenance_cmd, run  # noqa: E402
+import bench_quant_e2e as quant_bench  # shapes, reference writer, cold reads, timed runs
+from bench_quant_e2e import SHAPES, Step, cold_read, drop_cache, measure, provenance_cmd, run
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / ".cache" / "bench-e2e"
@@ -167,25 +167,23 @@ def quantize_steps(reference: Path, args: argparse.Namespace, env: dict[str, str
             path.unlink(missing_ok=True)
 
 
-def q8_steps(reference: Path, args: argparse.Namespace, env: dict[str, str]) -> list[Step]:
+def q8_steps(reference: Path, args: argparse.Namespace, env: dict[str, str], steps: list[Step]) -> None:
     q8, threads = WORK / "candidate-Q8_0.gguf", str(args.threads)
     try:
-        steps = [step("quantize Q8_0 (provenance)", ["quantize", str(reference), str(q8), "--type", "Q8_0",
-                                                     "--threads", threads], [reference], 1, env)]
+        steps.append(step("quantize Q8_0 (provenance)", ["quantize", str(reference), str(q8), "--type", "Q8_0",
+                                                         "--threads", threads], [reference], 1, env))
         if "compare" not in args.skip:
             steps.append(step("compare Q8_0 vs F16 (grid check)", ["compare", str(q8), str(reference), "--threads", threads],
                               [q8, reference], args.reps, env))
         if "quantcheck" not in args.skip:
             steps.append(step("quantcheck Q8_0 -r F16", ["quantcheck", str(q8), "-r", str(reference), "--threads", threads],
                               [q8, reference], args.reps, env))
-        return steps
     finally:
         q8.unlink(missing_ok=True)
 
 
-def watermark_steps(files: dict[str, Path], args: argparse.Namespace, env: dict[str, str]) -> list[Step]:
+def watermark_steps(files: dict[str, Path], args: argparse.Namespace, env: dict[str, str], steps: list[Step]) -> None:
     marked, reference = files["marked"], files["reference"]
-    steps = []
     if "detect" not in args.skip:
         steps.append(step("watermark detect, 1 client", ["watermark", "detect", str(marked), "--secret-file",
                                                         str(files["secret"]), "--client", CLIENT, "--reference",
@@ -197,7 +195,6 @@ def watermark_steps(files: dict[str, Path], args: argparse.Namespace, env: dict[
                                                               str(files[f"registry-{n}"]), "--reference", str(reference),
                                                               "-o", str(WORK / f"trace-{n}.json")],
                               [marked, reference], args.reps, env))
-    return steps
 
 
 def investigate_step(files: dict[str, Path], args: argparse.Namespace, env: dict[str, str]) -> Step:
@@ -253,18 +250,20 @@ def main() -> None:
     env = {**os.environ, "PROVENANCE_PROGRESS_SECONDS": "30", "OMP_WAIT_POLICY": "PASSIVE"}
     cold_note = check_cold([files["reference"]])
     steps: list[Step] = []
-    if "embed" not in args.skip or not files["marked"].exists():
-        embedded = embed_step(files, WORK / f"marked-{CLIENT}.gguf", args, env)
-        steps += [embedded] if embedded else []
-    if "quantize" not in args.skip:
-        steps += quantize_steps(files["reference"], args, env)
-    if not {"compare", "quantcheck"} <= args.skip:
-        steps += q8_steps(files["reference"], args, env)
-    if files["marked"].exists():
-        steps += watermark_steps(files, args, env)
-        if "investigate" not in args.skip:
-            steps.append(investigate_step(files, args, env))
-    report(steps, files, args, layers, cold_note)
+    try:  # Ctrl-C (a step taking too long on a loaded machine) still prints what was measured
+        if "embed" not in args.skip or not files["marked"].exists():
+            embedded = embed_step(files, WORK / f"marked-{CLIENT}.gguf", args, env)
+            steps += [embedded] if embedded else []
+        if "quantize" not in args.skip:
+            steps += quantize_steps(files["reference"], args, env)
+        if not {"compare", "quantcheck"} <= args.skip:
+            q8_steps(files["reference"], args, env, steps)
+        if files["marked"].exists():
+            watermark_steps(files, args, env, steps)
+            if "investigate" not in args.skip:
+                steps.append(investigate_step(files, args, env))
+    finally:
+        report([s for s in steps if s.walls], files, args, layers, cold_note)
 
 
 if __name__ == "__main__":

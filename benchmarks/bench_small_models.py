@@ -25,8 +25,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_quant_e2e as quant_bench  # noqa: E402  (cold reads and timed runs)
-from bench_e2e import step  # noqa: E402
+import bench_quant_e2e as quant_bench  # cold reads and timed runs
+from bench_e2e import step
 
 TARGETS = {"investigate": 10.0, "compare": 3.0}
 
