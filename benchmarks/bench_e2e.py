@@ -190,7 +190,7 @@ def watermark_steps(files: dict[str, Path], args: argparse.Namespace, env: dict[
                                                         str(reference), "-o", str(WORK / "detect.json")],
                           [marked, reference], args.reps, env))
     if "trace" not in args.skip:
-        for n in (10, 100):
+        for n in args.registries:
             steps.append(step(f"watermark trace, {n} clients", ["watermark", "trace", str(marked), "--registry",
                                                               str(files[f"registry-{n}"]), "--reference", str(reference),
                                                               "-o", str(WORK / f"trace-{n}.json")],
@@ -239,6 +239,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--min-free-gb", type=float, default=8.0, help="skip embed rather than leave less disk free")
     ap.add_argument("--skip", type=lambda t: set(t.split(",")), default=set(), help=f"steps to leave out: {','.join(STEPS)}")
+    ap.add_argument("--registries", type=lambda t: [int(n) for n in t.split(",")], default=[10, 100],
+                    help="trace with the registries of these sizes (10 and/or 100 clients)")
     ap.add_argument("--json", help="write the results here too")
     args = ap.parse_args()
     layers = args.layers or SHAPES[args.shape].layers
