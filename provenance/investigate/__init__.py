@@ -56,12 +56,13 @@ def run_investigation(inputs: Inputs, progress: Callable[[str], None] | None = N
 
 def investigate(candidate: str | Path, references: tuple[str | Path, ...] | list[str | Path] = (),
                 key_registry: str | Path | None = None, refdb: str | Path | None = None,
-                progress: Callable[[str], None] | None = None) -> Report:
+                progress: Callable[[str], None] | None = None, base: str | Path | None = None) -> Report:
     """Run every applicable analysis on ``candidate`` and return the report.
 
     A :class:`provenance.errors.CheckpointError` on the candidate propagates (there is
     nothing to report on); a failure on a reference is recorded in ``report.errors``.
     """
     inputs = Inputs(os.fspath(candidate), tuple(os.fspath(r) for r in references),
-                    os.fspath(key_registry) if key_registry else None, os.fspath(refdb) if refdb else None)
+                    os.fspath(key_registry) if key_registry else None, os.fspath(refdb) if refdb else None,
+                    base=os.fspath(base) if base else None)
     return run_investigation(inputs, progress).report

@@ -61,18 +61,26 @@ def lineage_parts(result: CompareResult, candidate: str, reference: str, *,
                    "permutations": result.test.permutations if result.test else None},
         evidence={"reference": reference, "evidence": list(v.evidence), "overall_rel_delta": v.overall_rel_delta,
                   "claims_status": claims.status, "claims_disagreements": list(claims.disagreements),
-                  "alignment": result.alignment.to_dict() if result.alignment else None})
+                  "alignment": result.alignment.to_dict() if result.alignment else None,
+                  "structure_kinds": list(result.structure.kinds) if result.structure else [],
+                  "unpaired": [u.name for u in result.structure.left_out] if result.structure else []})
     test = result.test.to_dict() if result.test else {}
     layer_table = result.layer_table
     tables = {"layers": layer_table.to_dict("records") if len(layer_table) else []}
     if rows := _alignment_rows(result):
         tables["recovered alignment"] = rows
+    if result.structure is not None and result.structure.layer_map is not None and v.related:
+        tables["layer map"] = [m.to_dict() for m in result.structure.layer_map.matches]
+    if result.structure is not None and result.structure.unpaired:
+        tables["unpaired tensors"] = [u.to_dict() for u in result.structure.unpaired]
     tables["tensors"] = result.table.to_dict("records")
     section = Section(
         kind="compare", title=f"Lineage against {ref}", summary=". ".join([text, *v.evidence]) + ".",
         data={"verdict": v.to_dict(), "test": {k: val for k, val in test.items() if k != "layers"},
               "claims": claims.to_dict(), "layout": result.layout.to_dict(),
-              "alignment": result.alignment.to_dict() if result.alignment else None, "timing": result.timing.to_dict()},
+              "alignment": result.alignment.to_dict() if result.alignment else None, "timing": result.timing.to_dict(),
+              "structure": {k: val for k, val in result.structure.to_dict().items() if k != "layer_map"}
+              if result.structure else None},
         tables=tables,
         figures=[Figure(f"{ref}-{f.name}" if prefix_figures else f.name, f"{f.caption} ({cand} vs {ref})", f.png)
                  for f in figures(result)])

@@ -10,6 +10,7 @@ from provenance.document import Report
 
 if TYPE_CHECKING:  # the analyses import torch: load them only when they run
     from provenance.compare import CompareResult
+    from provenance.compare.merge import MergeEstimate
     from provenance.quant import QuantCheckResult
     from provenance.refdb import IdentifyResult
     from provenance.watermark import TraceResult
@@ -22,6 +23,8 @@ class Inputs:
     key_registry: str | None = None
     refdb: str | None = None
     hashes: bool = True
+    base: str | None = None
+    """The common base of merged references (task arithmetic, TIES, DARE), for the merge estimate."""
     digests: tuple[dict[str, str], dict[str, str]] | None = None
     """``({file path: sha256}, {tensor name: sha256})`` from inspect, reused by identify."""
 
@@ -33,6 +36,8 @@ class Investigation:
     identified: IdentifyResult | None = None
     lineage: dict[str, CompareResult] = field(default_factory=dict)
     """Per reference path, in the order given."""
+    merge: MergeEstimate | None = None
+    """Mixing weights on all references at once (two or more references)."""
     quantchecks: dict[str, QuantCheckResult] = field(default_factory=dict)
     traced: TraceResult | None = None
     trace_reference: str | None = None
