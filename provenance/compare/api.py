@@ -465,6 +465,34 @@ def _map_by_signatures(cand: Checkpoint, ref: Checkpoint, opts: CompareOptions) 
     return describe(matches, len(sig_r), table)
 
 
+def map_layers_onto(candidate: str | os.PathLike[str], references: list[str | os.PathLike[str]],
+                    options: CompareOptions | None = None) -> LayerMap | None:
+    """The candidate's layers mapped onto the layers of several references at once (each
+    match names its source reference): a frankenmerge of slices shows as such. Each
+    checkpoint's signatures are read on their own (:func:`read_signatures`); None when the
+    widths differ or a side has no layers."""
+    opts = options or CompareOptions()
+    with torch_threads(1), open_checkpoint(candidate) as cand:
+        sigs_r: list[LayerSignature] = []
+        sources: list[str] = []
+        sig_c: list[LayerSignature] | None = None
+        for reference in references:
+            with open_checkpoint(reference) as ref:
+                if _n_embd(cand) != _n_embd(ref) or not _layers(ref) or not _layers(cand):
+                    return None
+                spec = replace(_sketch_spec(ref, opts), probe_tokens=None)
+                if sig_c is None:
+                    sig_c = read_signatures(cand, spec, _own_heads(cand.architecture))
+                got = read_signatures(ref, spec, _own_heads(ref.architecture))
+            sigs_r += got
+            sources += [os.path.basename(os.path.normpath(os.fspath(reference)))] * len(got)
+    if not sig_c:
+        return None
+    table = distance_table(sig_c, sigs_r)
+    matches = match_layers(table, [s.layer for s in sig_c], [s.layer for s in sigs_r], sources)
+    return describe(matches, max((s.layer for s in sigs_r), default=-1) + 1, table)
+
+
 def _vocabulary(cand: Checkpoint, ref: Checkpoint) -> VocabularyChange | None:
     rc, rr = _token_rows(cand), _token_rows(ref)
     ec, er = cand.tensors.get("token_embd.weight"), ref.tensors.get("token_embd.weight")

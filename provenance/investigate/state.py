@@ -10,6 +10,7 @@ from provenance.document import Report
 
 if TYPE_CHECKING:  # the analyses import torch: load them only when they run
     from provenance.compare import CompareResult
+    from provenance.compare.layermap import LayerMap
     from provenance.compare.merge import MergeEstimate
     from provenance.quant import QuantCheckResult
     from provenance.refdb import IdentifyResult
@@ -38,6 +39,8 @@ class Investigation:
     """Per reference path, in the order given."""
     merge: MergeEstimate | None = None
     """Mixing weights on all references at once (two or more references)."""
+    layer_slices: LayerMap | None = None
+    """The candidate's layers mapped onto all references at once (two or more references)."""
     quantchecks: dict[str, QuantCheckResult] = field(default_factory=dict)
     traced: TraceResult | None = None
     trace_reference: str | None = None

@@ -19,8 +19,8 @@ if TYPE_CHECKING:
     from provenance.investigate.state import Investigation
 
 # Order of findings in reports: strongest, most specific evidence first.
-PRIORITY = ["watermark.accusation", "lineage.merge", "lineage.verdict", "quant.verdict", "watermark.none", "identify.match",
-            "format.identity"]
+PRIORITY = ["watermark.accusation", "lineage.layers", "lineage.merge", "lineage.verdict", "quant.verdict",
+            "watermark.none", "identify.match", "format.identity"]
 
 
 def finding_rank(finding: Finding) -> int:
@@ -99,7 +99,14 @@ def executive_summary(state: Investigation) -> str:
     unrelated = [(ref, r) for ref, r in state.lineage.items() if r.verdict.kind == "unrelated"]
     traced = state.traced
     sentences: list[str] = []
-    if (merged := _merge_sentence(state, name)) is not None:
+    slices = state.layer_slices
+    if slices is not None and "frankenmerge" in slices.structure:
+        # the layer map's own description (from its typed segments), each source's lineage p
+        ps = ", ".join(f"{_name(ref)} {_lineage_p(r)}" for ref, r in state.lineage.items()
+                       if _name(ref) in {m.source for m in slices.matches})
+        sentences.append(f"{name} is a {slices.description} (lineage {ps}).")
+        related = []
+    elif (merged := _merge_sentence(state, name)) is not None:
         sentences.append(merged)
         related = []  # the merge sentence names every parent with its p-value
     if related:

@@ -199,3 +199,15 @@ def test_investigate_says_merge_in_the_executive_summary(tmp_path: Path) -> None
                      [_model("stories260k")])
     assert up.executive_summary.startswith("up is a restructured copy (depth-upscaled) of stories260k")
     assert any(f.name.endswith("layer_map") for s in up.sections for f in s.figures)
+
+
+def test_investigate_names_a_frankenmerge_of_two_parents(tmp_path: Path) -> None:
+    from provenance.investigate import investigate
+
+    a, b = _model("synth-s00"), _model("synth-s01")
+    franken = st.passthrough([(a, 0, 3), (b, 3, 5)], tmp_path / "franken")
+    report = investigate(franken, [a, b])
+    assert report.executive_summary.startswith(
+        "franken is a frankenmerge of layer slices: synth-s00 0-2, then synth-s01 3-4 (lineage synth-s00 p")
+    finding = next(f for f in report.findings if f.id == "lineage.layers")
+    assert [m["source"] for m in finding.evidence["matches"]] == ["synth-s00"] * 3 + ["synth-s01"] * 2
