@@ -123,21 +123,36 @@ class RotationEstimate:
 
 def estimate_rotation(reference_rows: np.ndarray, candidate_rows: np.ndarray) -> RotationEstimate | None:
     """Orthogonal Procrustes (``Q = U V^T`` from the SVD of ``E_r^T E_c``) on the probe rows
-    of both embeddings (same token ids), float64 (``d x d``: small)."""
+    of both embeddings (same token ids), float64, in torch (one thread inside ``compare``;
+    numpy's BLAS would start its own per core).
+
+    With fewer probe rows ``n`` than the width ``d`` (7B: 1,024 rows of 4,096) ``Q`` is
+    determined on the rows' span only, and a ``d x d`` SVD would cost tens of seconds: the
+    fit then goes through thin QR factors (``E^T = Q_E R_E``), so everything is ``n x n``
+    except the ``|S| x d`` slice of ``Q`` its permutation-likeness is read from."""
     if reference_rows.shape != candidate_rows.shape or reference_rows.ndim != 2 or len(reference_rows) < 2:
         return None
-    er = reference_rows.astype(np.float64)
-    ec = candidate_rows.astype(np.float64)
-    # torch: one thread inside compare (numpy's BLAS would start its own per core)
-    u, _, vt = torch.linalg.svd(torch.from_numpy(er).T @ torch.from_numpy(ec))
-    q = (u @ vt).numpy()
-    norm = float(np.linalg.norm(ec))
+    er = torch.from_numpy(reference_rows.astype(np.float64))
+    ec = torch.from_numpy(candidate_rows.astype(np.float64))
+    norm = float(torch.linalg.norm(ec))
     if norm == 0:
         return None
-    fit = float(np.linalg.norm(ec - er @ q)) / norm
-    ident = float(np.linalg.norm(ec - er)) / norm
-    like = float(np.abs(q).max(axis=1).mean())
-    return RotationEstimate(len(er), fit, ident, like, fit <= ROTATION_FIT_MAX and fit <= 0.5 * ident)
+    n, d = er.shape
+    if n >= d:
+        u, _, vt = torch.linalg.svd(er.T @ ec)
+        q = u @ vt
+        fit = float(torch.linalg.norm(ec - er @ q)) / norm
+        like_rows = q
+    else:
+        q_r, r_r = torch.linalg.qr(er.T)  # d x n, n x n
+        q_c, r_c = torch.linalg.qr(ec.T)
+        u, _, vt = torch.linalg.svd(r_r @ r_c.T)
+        fit = float(torch.linalg.norm(r_c.T - r_r.T @ u @ vt)) / norm
+        rows = torch.from_numpy(np.linspace(0, d - 1, min(d, 128)).astype(np.int64))
+        like_rows = q_r[rows] @ u @ vt @ q_c.T
+    ident = float(torch.linalg.norm(ec - er)) / norm
+    like = float(like_rows.abs().amax(dim=1).mean())
+    return RotationEstimate(n, fit, ident, like, fit <= ROTATION_FIT_MAX and fit <= 0.5 * ident)
 
 
 @dataclass(frozen=True)

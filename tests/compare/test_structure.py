@@ -211,3 +211,17 @@ def test_investigate_names_a_frankenmerge_of_two_parents(tmp_path: Path) -> None
         "franken is a frankenmerge of layer slices: synth-s00 0-2, then synth-s01 3-4 (lineage synth-s00 p")
     finding = next(f for f in report.findings if f.id == "lineage.layers")
     assert [m["source"] for m in finding.evidence["matches"]] == ["synth-s00"] * 3 + ["synth-s01"] * 2
+
+
+@pytest.mark.parametrize("rows", [128, 40])  # more probe rows than the width, and fewer (the thin-QR path)
+def test_rotation_estimate_on_probe_rows(rows: int) -> None:
+    from provenance.compare.structure import estimate_rotation
+
+    rng = np.random.default_rng(1)
+    d = 64
+    q, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    er = rng.normal(size=(rows, d))
+    found = estimate_rotation(er, er @ q + 1e-3 * rng.normal(size=(rows, d)))
+    assert found is not None and found.recovered and found.fit_residual < 2e-3 and found.identity_residual > 1
+    unrelated = estimate_rotation(er, rng.normal(size=(rows, d)))
+    assert unrelated is not None and not unrelated.recovered
