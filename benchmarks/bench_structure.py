@@ -44,12 +44,13 @@ def compare_overhead(cand: str, ref: str, repeat: int) -> dict:
             t0 = time.perf_counter()
             res = compare(cand, ref, opts)
             walls[key].append(time.perf_counter() - t0)
-            test_s[key].append(res.timing["test_during_stream_s"])
+            test_s[key].append(res.timing.test_during_stream_s)
     med = {k: sorted(v)[len(v) // 2] for k, v in walls.items()}
     return {"wall_off_s": walls["off"], "wall_on_s": walls["on"], "median_off_s": round(med["off"], 3),
             "median_on_s": round(med["on"], 3), "ratio_on_over_off": round(med["on"] / med["off"], 3),
             "test_during_stream_on_s": test_s["on"], "test_during_stream_off_s": test_s["off"],
-            "verdict": res.verdict["kind"], "unit_test_p": (res.structure or {}).get("unit_test", {}).get("p_asymptotic")}
+            "verdict": res.verdict.kind,
+            "unit_test_p": res.structure.unit_test.p_asymptotic if res.structure and res.structure.unit_test else None}
 
 
 def layer_map_80(layers: int = 80, m: int = 128) -> dict:
