@@ -48,7 +48,12 @@ def frame_csv(frame: pd.DataFrame) -> str:
 def rows_csv(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
     import pandas as pd
 
-    return frame_csv(pd.DataFrame(rows, columns=columns))
+    # Text stays Python objects: with pyarrow installed (mergekit brings it) pandas 3 would
+    # store it as Arrow strings, which cannot hold the lone surrogates a hostile file's names
+    # (cells and column names) may carry; the cells are neutralised in frame_csv, after the
+    # frame exists
+    with pd.option_context("future.infer_string", False):
+        return frame_csv(pd.DataFrame(rows, columns=columns))
 
 
 def _table_name(report_index: int | None, kind: str, name: str) -> str:
