@@ -69,9 +69,12 @@ def command(candidate: str, reference: str, output: str | None, as_json: bool, *
     Pairs tensors across formats (GGUF, quantized or not, safetensors, llama2.c),
     undoes transposed layouts, tests lineage with a calibrated residual-permutation
     test on circuits that permutations and rescalings cannot change, recovers MLP/head
-    permutations and scales, and gives a verdict (identical, requantized, fine-tune,
-    lora-merge, continued-pretraining, unrelated, inconclusive) with exact and
-    asymptotic p-values, per-tensor statistics and the metadata claims beside them.
+    permutations and scales, maps layers by evidence (depth upscaling, removed or
+    reordered layers), pairs shared vocabulary rows and partial widths, sees through
+    residual rotations, and gives a verdict (identical, requantized, restructured,
+    rotated, fine-tune, lora-merge, continued-pretraining, unrelated, inconclusive) with
+    exact and asymptotic p-values, every unpaired tensor and why, per-tensor statistics
+    and the metadata claims beside them.
     Exit status: 0 done, 1 metadata claims disagree with the weights, 2 input error.
     """
     from provenance.report import renderer

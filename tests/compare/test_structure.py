@@ -139,6 +139,17 @@ def test_rotated_unrelated_model_stays_unrelated(built: dict[str, Path]) -> None
     assert res.structure.unit_test.p_asymptotic > 1e-3
 
 
+def test_restructured_unrelated_model_stays_unrelated(tmp_path: Path) -> None:
+    """Layer spectra of independently trained synth models are close enough that some layers
+    pass the match rule by chance (docs/lineage.md): an upscaled or pruned unrelated model
+    is still tested through that map, and must come out unrelated with no structure claimed."""
+    other = _model("synth-s03")
+    for name, slices in (("up", [(other, 0, 4), (other, 1, 5)]), ("drop", [(other, 0, 2), (other, 3, 5)])):
+        res = compare(st.passthrough(slices, tmp_path / name), _model("synth-s00"), OPTS)
+        assert res.verdict.kind == "unrelated" and res.verdict.related is False, res.verdict.summary
+        assert "structure" not in res.verdict.summary and not any(e.startswith("structure:") for e in res.verdict.evidence)
+
+
 def test_unit_circuits_are_blind_to_rotation_and_unit_rescaling() -> None:
     rng = np.random.default_rng(0)
     d, n = 16, 12
