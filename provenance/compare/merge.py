@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from provenance.errors import input_boundary
 from provenance.formats import open_checkpoint
 from provenance.formats.base import Checkpoint
 from provenance.textsafe import safe_text
@@ -126,6 +127,7 @@ def _tensor_gram(ckpts: Sequence[Checkpoint], name: str, base: Checkpoint | None
     return gram
 
 
+@input_boundary
 def estimate_merge(candidate: str | os.PathLike[str], references: Sequence[str | os.PathLike[str]],
                    base: str | os.PathLike[str] | None = None) -> MergeEstimate:
     """Mixing weights of ``candidate`` on ``references`` (deltas from ``base`` when given),

@@ -40,6 +40,8 @@ class CheckpointView(Checkpoint):
         self.metadata = base.metadata
         self.files = base.files
         self.warnings = base.warnings
+        self.location = base.location
+        self.model_card = base.model_card
         self._source: dict[str, str] = {}
         self._n_layer = n_layer
         for view_name, base_name in names.items():

@@ -61,7 +61,9 @@ def lineage_parts(result: CompareResult, candidate: str, reference: str, *,
                    "permutations": result.test.permutations if result.test else None},
         evidence={"reference": reference, "evidence": list(v.evidence), "overall_rel_delta": v.overall_rel_delta,
                   "claims_status": claims.status, "claims_disagreements": list(claims.disagreements),
+                  "declared_relation": claims.declared_relation, "declared_relation_agrees": claims.relation_agrees,
                   "alignment": result.alignment.to_dict() if result.alignment else None,
+                  "adapter": result.adapter.finding if result.adapter else None,
                   "structure_kinds": list(result.structure.kinds) if result.structure else [],
                   "unpaired": [u.name for u in result.structure.left_out] if result.structure else []})
     test = result.test.to_dict() if result.test else {}
@@ -73,12 +75,15 @@ def lineage_parts(result: CompareResult, candidate: str, reference: str, *,
         tables["layer map"] = [m.to_dict() for m in result.structure.layer_map.matches]
     if result.structure is not None and result.structure.unpaired:
         tables["unpaired tensors"] = [u.to_dict() for u in result.structure.unpaired]
+    if result.adapter is not None:
+        tables["adapter modules"] = [m.to_dict() for m in result.adapter.modules]
     tables["tensors"] = result.table.to_dict("records")
     section = Section(
         kind="compare", title=f"Lineage against {ref}", summary=". ".join([text, *v.evidence]) + ".",
         data={"verdict": v.to_dict(), "test": {k: val for k, val in test.items() if k != "layers"},
               "claims": claims.to_dict(), "layout": result.layout.to_dict(),
               "alignment": result.alignment.to_dict() if result.alignment else None, "timing": result.timing.to_dict(),
+              "adapter": result.adapter.to_dict() if result.adapter else None,
               "structure": {k: val for k, val in result.structure.to_dict().items() if k != "layer_map"}
               if result.structure else None},
         tables=tables,
@@ -92,7 +97,7 @@ def lineage_analysis(state: Investigation) -> None:
 
     for reference in state.inputs.references:
         try:
-            result = compare(state.inputs.candidate, reference)
+            result = compare(state.inputs.candidate, reference, base=state.inputs.base)
         except CheckpointError as exc:
             state.report.errors.append(exc.to_dict())
             continue

@@ -1,5 +1,5 @@
 """Is the candidate a merge of the references, or a stack of their layers? (two or more
-``--reference``; ``--base``)."""
+``--reference``; ``--merge-base``)."""
 from __future__ import annotations
 
 import os
@@ -21,7 +21,7 @@ def merge_analysis(state: Investigation) -> None:
     from provenance.compare.merge import estimate_merge
 
     try:
-        estimate = estimate_merge(inputs.candidate, inputs.references, inputs.base)
+        estimate = estimate_merge(inputs.candidate, inputs.references, inputs.merge_base)
     except CheckpointError as exc:
         state.report.errors.append(exc.to_dict())
         return

@@ -24,10 +24,12 @@ class Inputs:
     key_registry: str | None = None
     refdb: str | None = None
     hashes: bool = True
-    base: str | None = None
+    merge_base: str | None = None
     """The common base of merged references (task arithmetic, TIES, DARE), for the merge estimate."""
     digests: tuple[dict[str, str], dict[str, str]] | None = None
     """``({file path: sha256}, {tensor name: sha256})`` from inspect, reused by identify."""
+    base: str | None = None
+    """The base model a PEFT adapter candidate or reference applies to."""
 
 
 @dataclass

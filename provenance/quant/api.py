@@ -12,6 +12,7 @@ import torch
 
 from provenance.codecs.recipes import supported, tolerant
 from provenance.codecs.types import plain_type
+from provenance.errors import input_boundary
 from provenance.formats import open_checkpoint
 from provenance.formats.base import Checkpoint, TensorInfo
 from provenance.formats.pairing import TensorPair, Unpaired, pair_tensors
@@ -119,6 +120,7 @@ def _overall(checked: list[TensorCheck]) -> QuantVerdict:
     return "exact" if all(t.status == "exact" for t in checked) else "perturbed"
 
 
+@input_boundary
 def quantcheck(
     candidate_path: str | os.PathLike[str],
     reference_path: str | os.PathLike[str],

@@ -212,6 +212,29 @@ def test_investigate_says_merge_in_the_executive_summary(tmp_path: Path) -> None
     assert any(f.name.endswith("layer_map") for s in up.sections for f in s.figures)
 
 
+def test_investigate_merge_base_is_not_the_adapter_base(tmp_path: Path) -> None:
+    """``--merge-base`` (the merged references' common base) and ``--base`` (the base a PEFT
+    adapter input applies to) are different options; only the first feeds the merge weights."""
+    import json
+
+    from provenance.cli import run
+
+    base, a, b = _model("synth-s00"), _model("synth-s00-ft-heavy"), _model("synth-s00-lora")
+    ties = st.merge("ties", [(a, {"weight": 0.5, "density": 0.5}), (b, {"weight": 0.5, "density": 0.5})],
+                    tmp_path / "ties", base=base, parameters={"normalize": True})
+
+    def merge_evidence(*extra: str) -> dict:
+        out = tmp_path / f"out{len(extra)}"
+        assert run(["investigate", str(ties), "--reference", str(a), "--reference", str(b), *extra,
+                    "-o", str(out), "--format", "json"]) == 0
+        findings = json.loads((out / "report.json").read_text())["findings"]
+        return next(f for f in findings if f["id"] == "lineage.merge")["evidence"]
+
+    on_base = merge_evidence("--merge-base", str(base))
+    assert on_base["is_merge"] and on_base["base"] is not None and on_base["base"].endswith("synth-s00")
+    adapter_base_only = merge_evidence("--base", str(base))  # no adapter here: --base changes nothing
+    assert adapter_base_only["base"] is None
+
 def test_investigate_names_a_frankenmerge_of_two_parents(tmp_path: Path) -> None:
     from provenance.investigate import investigate
 
