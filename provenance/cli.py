@@ -35,6 +35,7 @@ from provenance.commands import (
     quantcheck_cmd,
     quantize_cmd,
     refdb_cmd,
+    scan_cmd,
     watermark_cmd,
 )
 from provenance.commands.common import ExitCode, say
@@ -62,6 +63,7 @@ def _exit_with(code: int | None, **_: object) -> None:
 COMMANDS = [
     inspect_cmd.command,
     check_cmd.command,
+    scan_cmd.command,
     investigate_cmd.command,
     watermark_cmd.command,
     identify_cmd.command,

@@ -3,7 +3,7 @@
 Spreadsheets evaluate a cell that starts with ``=``, ``+``, ``-`` or ``@`` (and some with a
 tab or carriage return) as a formula: ``=cmd|' /C calc'!A0`` in a tensor name would run a
 program on the reader's machine. Every text cell is therefore written through
-:func:`csv_cell` (control characters escaped, a leading ``'`` before any such character, the
+:func:`provenance.textsafe.csv_cell` (control characters escaped, a leading ``'`` before any such character, the
 OWASP rule); numbers stay numbers."""
 from __future__ import annotations
 
@@ -13,23 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 from provenance.document import Report
 from provenance.report.base import BaseRenderer, subject_path
-from provenance.textsafe import safe_text
+from provenance.textsafe import csv_cell
 
 if TYPE_CHECKING:
     import pandas as pd
 
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 FINDING_COLUMNS = ["subject", "id", "title", "verdict", "severity", "p_value", "summary"]
-
-
-def csv_cell(value: Any) -> Any:
-    """A cell a spreadsheet shows as text: strings made safe, numbers, booleans and None as they are."""
-    if value is None or isinstance(value, (bool, int, float)):
-        return value
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):  # numpy scalar
-        return value
-    text = safe_text(value)
-    return "'" + text if text.startswith(FORMULA_START) else text
 
 
 def frame_csv(frame: pd.DataFrame) -> str:
@@ -48,12 +37,10 @@ def frame_csv(frame: pd.DataFrame) -> str:
 def rows_csv(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
     import pandas as pd
 
-    # Text stays Python objects: with pyarrow installed (mergekit brings it) pandas 3 would
-    # store it as Arrow strings, which cannot hold the lone surrogates a hostile file's names
-    # (cells and column names) may carry; the cells are neutralised in frame_csv, after the
-    # frame exists
-    with pd.option_context("future.infer_string", False):
-        return frame_csv(pd.DataFrame(rows, columns=columns))
+    # Names made safe and object columns before pandas sees them: with pyarrow installed, pandas
+    # stores text as Arrow strings, which cannot hold a lone surrogate (it raises).
+    safe_rows = [{csv_cell(str(k)): v for k, v in row.items()} for row in rows]
+    return frame_csv(pd.DataFrame(safe_rows, columns=[csv_cell(c) for c in columns] if columns else None, dtype=object))
 
 
 def _table_name(report_index: int | None, kind: str, name: str) -> str:
