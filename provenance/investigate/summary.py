@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from provenance.quant.result import QuantVerdict
 
 # Order of findings in reports: strongest, most specific evidence first.
-PRIORITY = ["watermark.accusation", "lineage.verdict", "quant.verdict", "watermark.none", "identify.match", "format.identity"]
+PRIORITY = ["watermark.accusation", "lineage.layers", "lineage.merge", "lineage.verdict", "quant.verdict",
+            "watermark.none", "identify.match", "format.identity"]
 
 
 def finding_rank(finding: Finding) -> int:
@@ -42,6 +43,36 @@ def _p(p: float | None) -> str:
 
 def _lineage_p(result: CompareResult) -> str:
     return _p(result.verdict.p_asymptotic)
+
+
+#: how a verdict kind reads after "a" (kinds not listed read as themselves, dashes as spaces)
+KIND_WORDS = {"restructured": "restructured copy"}
+
+
+def _structural_what(v: LineageVerdict) -> str:
+    """``a restructured copy (depth-upscaled)``, ``a residual-rotated copy``: from the verdict's
+    typed fields."""
+    words = KIND_WORDS.get(v.kind, v.kind.replace("-", " "))
+    if v.kind == "rotated":
+        copy = getattr(v.details, "copy", False)
+        words = "residual-rotated " + ("copy" if copy else "derivative")
+    kinds = [k for k in (v.structure.kinds if v.structure else ()) if k not in words]
+    return f"a {words}" + (f" ({', '.join(kinds)})" if kinds else "")
+
+
+def _merge_sentence(state: Investigation, name: str) -> str | None:
+    """``X is a merge of A (0.50; lineage p ...) and B (0.50; ...)``, from the merge estimate's
+    weights and each parent's lineage verdict."""
+    merge = state.merge
+    if merge is None or not merge.is_merge:
+        return None
+    parts = []
+    for reference, weight in zip(merge.references, merge.weights, strict=True):
+        result = state.lineage.get(reference)
+        parts.append(f"{_name(reference)} ({weight:.2f}; lineage {_lineage_p(result) if result else 'not compared'})")
+    joined = ", ".join(parts[:-1]) + f" and {parts[-1]}"
+    base = f" on base {_name(merge.base)}" if merge.base else ""
+    return f"{name} is a merge of {joined}{base}."
 
 
 def _percent(x: float | None) -> str:
@@ -82,15 +113,19 @@ def what_it_is(verdict: LineageVerdict, quant: QuantVerdict | None, quant_amplit
     from provenance.compare.result import ChangeDetails, CopyDetails
 
     kind, details = verdict.kind, verdict.details
+    if kind in ("restructured", "rotated"):
+        return _structural_what(verdict)
     quantized = quant in ("exact", "perturbed", "unrelated")
-    moved = f" ({', '.join(verdict.transformations)})" if verdict.transformations else ""
+    # what was undone (only moves made) and what the structure evidence names (layer map, shapes)
+    words = list(verdict.transformations) + [k for k in (verdict.structure.kinds if verdict.structure else ())]
+    moved = f" ({', '.join(words)})" if words else ""
     if quant == "exact" and kind in ("identical", "requantized", "perturbed-copy"):
         return f"an exact quantization{moved}"
     if kind in _RETRAINED:
         change = _change(details if isinstance(details, ChangeDetails) else None)
         noun, adjective = _RETRAINED[kind]
         what = f"{adjective} and quantized copy" if quantized else noun
-        inside = ", ".join(p for p in (change, ", ".join(verdict.transformations)) if p)
+        inside = ", ".join(p for p in (change, ", ".join(words)) if p)
         return f"{what} ({inside})" if inside else what
     copy = details if isinstance(details, CopyDetails) else None
     if kind == "pruned-copy":
@@ -133,11 +168,22 @@ def executive_summary(state: Investigation) -> str:
     unrelated = [(ref, r) for ref, r in state.lineage.items() if r.verdict.kind == "unrelated"]
     traced = state.traced
     sentences: list[str] = []
+    slices = state.layer_slices
+    if slices is not None and "frankenmerge" in slices.structure:
+        # the layer map's own description (from its typed segments), each source's lineage p
+        ps = ", ".join(f"{_name(ref)} {_lineage_p(r)}" for ref, r in state.lineage.items()
+                       if _name(ref) in {m.source for m in slices.matches})
+        sentences.append(f"{name} is a {slices.description} (lineage {ps}).")
+        related = []
+    elif (merged := _merge_sentence(state, name)) is not None:
+        sentences.append(merged)
+        related = []  # the merge sentence names every parent with its p-value
     if related:
         sentences.append(_closest_clause(state, name))
         for reference, other in related[1:]:
-            sentences.append(f"It also derives from {_name(reference)} ({other.verdict.kind.replace('-', ' ')}, "
-                             f"{_lineage_p(other)}).")
+            q = state.quantchecks.get(reference)
+            what = what_it_is(other.verdict, q.verdict if q is not None else None, q.amplitude_rel if q is not None else None, False)
+            sentences.append(f"It also derives from {_name(reference)} ({what.split(' ', 1)[1]}, {_lineage_p(other)}).")
     elif traced is not None and traced.accused:
         clients = traced.clients()
         best = clients[0].best if clients else None
