@@ -614,7 +614,7 @@ def _compare_open(cpath: str, rpath: str, cand: Checkpoint, ref: Checkpoint, opt
     t1, t2, t3, t4 = run.times
     rows = [_row(o) for o in outcomes]
     if test is not None and test.p_asymptotic < ALIGN_P and opts.grid_check:
-        rows = explain_codes(cand, ref, rows, alignment.transforms if alignment else {},
+        rows = explain_codes(cand_v, ref_v, rows, alignment.transforms if alignment else {},
                              lambda info: _sample_rows(info, opts))
     aligned = _alignment(alignment) if alignment else None
     verdict = decide(test, rows, arch_c, arch_r, layout, aligned, reason, structure)
