@@ -170,6 +170,11 @@ class Checkpoint(ABC):
     def architecture(self) -> Any:
         """The :class:`provenance.names.arch.ArchRecord` of this checkpoint."""
 
+    def packed_tensor(self, name: str) -> Any:
+        """The :class:`provenance.formats.packed.PackedTensor` behind a quantized weight made
+        of several stored tensors (GPTQ, AWQ, compressed-tensors, bitsandbytes, MLX), else None."""
+        return None
+
     @property
     def metadata_claims(self) -> Mapping[str, Any]:
         """Declared identity (name, base model, ...) as the file states it: claims, not evidence."""
