@@ -97,8 +97,17 @@ def _row(out: PairOutcome) -> TensorComparison:
         entropy_rank=rank.get("entropy_rank"), full_rank=rank.get("full_rank"),
         grid_type=grid.get("type"), grid_lossy_side=grid.get("lossy_side"),
         grid_outside_fraction=grid.get("outside_fraction"), grid_error=grid.get("error") or None,
-        transform=out.transform,
+        transform=out.transform, grid_noise_ratio=_noise_ratio(out), grid_rounds_to_nearest=grid.get("rounds_to_nearest"),
     )
+
+
+def _noise_ratio(out: PairOutcome) -> float | None:
+    """Dequantization error over the grid's own rounding noise (step^2/12 per weight)."""
+    noise = (out.grid or {}).get("predicted_noise_energy")
+    s = out.stats
+    if not noise or s.rel_delta_norm is None:
+        return None
+    return float((s.rel_delta_norm * s.norm_reference) ** 2 / noise)
 
 
 def _layout(cand: Checkpoint, ref: Checkpoint, pairs: list[TensorPair], mode: LayoutMode) -> LayoutDecision:

@@ -59,17 +59,24 @@ class _GridCheck:
     fine-tune moves weights across cell boundaries.
     """
 
-    def __init__(self, lossy: str, info: TensorInfo) -> None:
+    def __init__(self, lossy: str, info: TensorInfo, packed: Checkpoint | None = None) -> None:
         self.lossy, self.info = lossy, info
+        self.packed = packed
+        """the lossy side's checkpoint when its weight is a packed layout (GPTQ, NF4, MLX ...)"""
         self.outside = 0
         self.total = 0
         self.noise_energy = 0.0
         self.error: str | None = None
 
-    def add(self, lossy_raw: np.ndarray | None, lossy_values: torch.Tensor, other: torch.Tensor) -> None:
+    def add(self, lossy_raw: np.ndarray | None, lossy_values: torch.Tensor, other: torch.Tensor,
+            rows: tuple[int, int] = (0, 0)) -> None:
         if self.error:
             return
         info = self.info
+        if self.packed is not None:
+            lo, hi, step = self.packed.packed_cells(info.name, *rows)
+            self._count(other, lo, hi, step)
+            return
         if info.block_size == 1:
             plain = plain_type(info.dtype)
             if plain is None or not plain.narrow_float:
@@ -87,8 +94,10 @@ class _GridCheck:
             self.error = f"no grid for {info.dtype}: {exc}"
             return
         lo, hi = grid.cell_bounds(clip=True)
-        step = grid.step().abs()
-        tol = GRID_TOLERANCE_STEPS * step
+        self._count(other, lo, hi, grid.step().abs())
+
+    def _count(self, other: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, step: torch.Tensor) -> None:
+        tol = GRID_TOLERANCE_STEPS * torch.nan_to_num(step, posinf=0.0)
         out = (other < lo - tol) | (other > hi + tol)
         # llama.cpp quantizes f16-rounded values when converting from f16; a weight whose
         # f16 rounding lands in the cell is inside too (shared/data/README: this explains
@@ -97,15 +106,19 @@ class _GridCheck:
         out &= (other16 < lo - tol) | (other16 > hi + tol)
         self.outside += int(out.sum())
         self.total += other.numel()
-        self.noise_energy += float((step.double() ** 2).sum() / 12.0)
+        finite = torch.isfinite(step)
+        self.noise_energy += float((step.double()[finite] ** 2).sum() / 12.0)
 
     def result(self) -> dict[str, Any]:
         if self.error:
             return {"lossy_side": self.lossy, "type": self.info.dtype, "error": self.error}
         frac = self.outside / self.total if self.total else None
-        return {"lossy_side": self.lossy, "type": self.info.dtype, "outside": self.outside,
-                "checked": self.total, "outside_fraction": frac,
-                "predicted_noise_energy": self.noise_energy or None}
+        out = {"lossy_side": self.lossy, "type": self.info.dtype, "outside": self.outside,
+               "checked": self.total, "outside_fraction": frac,
+               "predicted_noise_energy": self.noise_energy or None}
+        if self.packed is not None:
+            out["rounds_to_nearest"] = self.packed.packed_tensor(self.info.name).rounds_to_nearest
+        return out
 
 
 def _lossy_side(cand: TensorInfo, ref: TensorInfo) -> str | None:
@@ -115,6 +128,18 @@ def _lossy_side(cand: TensorInfo, ref: TensorInfo) -> str | None:
     if br < bc:
         return "reference"
     return None
+
+
+def _grid_check(candidate: Checkpoint, reference: Checkpoint, pair: TensorPair) -> _GridCheck | None:
+    """The grid check of the lossy side: a packed layout (GPTQ, NF4, MLX ...) against a
+    plain one, else the side with fewer bits per weight; None when neither is lossier."""
+    c_info, r_info = candidate.info(pair.name), reference.info(pair.name)
+    packed = {side: ckpt for side, ckpt in (("candidate", candidate), ("reference", reference))
+              if ckpt.packed_tensor(pair.name) is not None}
+    lossy = next(iter(packed)) if len(packed) == 1 else _lossy_side(c_info, r_info) if not packed else None
+    if lossy is None:
+        return None
+    return _GridCheck(lossy, c_info if lossy == "candidate" else r_info, packed.get(lossy))
 
 
 def stream_pair(
@@ -145,8 +170,8 @@ def stream_pair(
     sketches: tuple[TensorSketch, TensorSketch] | None = None
     if sketch is not None and SketchBuilder.wants(pair.role):
         sketches = (TensorSketch(pair.role, n_rows, row_len, *sketch), TensorSketch(pair.role, n_rows, row_len, *sketch))
-    lossy = _lossy_side(c_info, r_info) if grid_check and transform.is_identity and pair.layout == "same" else None
-    grid = _GridCheck(lossy, c_info if lossy == "candidate" else r_info) if lossy else None
+    grid = _grid_check(candidate, reference, pair) if grid_check and transform.is_identity and pair.layout == "same" else None
+    lossy = grid.lossy if grid is not None else None
     sample = np.unique(np.asarray(sample_rows if sample_rows is not None else [], dtype=np.int64))
     sample = sample[(sample >= 0) & (sample < n_rows)]
     sample_t = torch.from_numpy(sample)
@@ -177,10 +202,10 @@ def stream_pair(
             if grid is not None:
                 if lossy == "candidate":
                     raw = cand_reader.raw(a, b) if c_info.quantized and cand_reader else None
-                    grid.add(raw, c_rows, ref_rows)
+                    grid.add(raw, c_rows, ref_rows, (a, b))
                 else:
                     raw = ref_reader.raw(a, b) if r_info.quantized else None
-                    grid.add(raw, ref_rows, c_rows)
+                    grid.add(raw, ref_rows, c_rows, (a, b))
     finally:
         ref_reader.close()
         if cand_reader is not None:

@@ -35,6 +35,11 @@ ALPHA_UNRELATED = 1e-3
 GRID_OUTSIDE_MAX = 1e-3
 #: relative delta below which a rescaled copy counts as the same weights (float rounding)
 ROUNDING_REL = 1e-6
+#: a packed layout whose writer does not round to nearest (GPTQ, AWQ) counts as a quantized
+#: copy when its dequantization error is at most this many times the grid's rounding noise
+#: (measured ~1.0 on auto-round RTN exports; GPTQ's error feedback raises weight error
+#: modestly; a fine-tuned source adds its whole delta on top)
+QUANT_NOISE_MAX = 3.0
 LOW_RANK_MAX = 8
 LOW_RANK_FRACTION = 0.25
 
@@ -45,8 +50,14 @@ def _fmt_p(p: float) -> str:
 
 
 def _inside_grid(row: TensorComparison) -> bool:
+    """Inside the lossy side's grid: at most ``GRID_OUTSIDE_MAX`` outside their cells, or, for
+    a packed layout whose writer does not round to nearest (GPTQ, AWQ), a dequantization
+    error within ``QUANT_NOISE_MAX`` times the grid's rounding noise."""
     frac = row.grid_outside_fraction
-    return frac is not None and frac <= GRID_OUTSIDE_MAX
+    if frac is not None and frac <= GRID_OUTSIDE_MAX:
+        return True
+    ratio = row.grid_noise_ratio
+    return row.grid_rounds_to_nearest is False and ratio is not None and ratio <= QUANT_NOISE_MAX
 
 
 def _overall_rel_delta(rows: list[TensorComparison]) -> float | None:
@@ -146,8 +157,15 @@ def decide(
         worst = max(r.grid_outside_fraction or 0.0 for r in gridded)
         evidence.append(f"every changed tensor ({len(changed)}) is inside the quantization grid of its lower-precision "
                         f"side ({', '.join(types)}); worst fraction outside {worst:.2g}")
-        return verdict("requantized", True, f"same weights requantized/converted ({', '.join(types)}){how}",
-                       details=RequantizationDetails(types, worst))
+        ratios = [r.grid_noise_ratio for r in gridded if r.grid_noise_ratio is not None]
+        rel_changed = _overall_rel_delta(changed) if ratios else None
+        if ratios:
+            evidence.append(f"dequantization error {rel_changed:.3g} (relative), at most {max(ratios):.2g}x the grid's "
+                            "rounding noise")
+        packed = any(r.grid_rounds_to_nearest is not None for r in gridded)
+        what = "quantized copy" if packed else "same weights requantized/converted"
+        return verdict("requantized", True, f"{what} ({', '.join(types)}){how}",
+                       details=RequantizationDetails(types, worst, rel_changed, max(ratios) if ratios else None))
     rel = _overall_rel_delta(mats)
     details = _change_details(rows, mats, rel, len(exact), len(changed))
     evidence.append(f"overall relative delta ||C-R||/||R|| over matrices = {rel:.4g} ({_strength(rel)})"

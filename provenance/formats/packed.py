@@ -16,10 +16,15 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from provenance.errors import MalformedCheckpoint, UnsupportedCheckpoint
 from provenance.formats.jsonsafe import finite_number, loads_strict
+
+if TYPE_CHECKING:
+    from provenance.formats.base import Checkpoint
 
 FLOAT_DTYPES = ("F16", "BF16", "F32")
 MAX_QUANT_STATE_BYTES = 4096
@@ -444,3 +449,58 @@ def parts_of(kind: str, module: str) -> tuple[str, ...]:
     if kind == "bnb-int8":
         return (f"{module}.weight", f"{module}.SCB", f"{module}.weight_format")
     return (f"{module}.weight",) + tuple(f"{module}.{p}" for p in MLX_PARTS)
+
+
+def find_packed(ckpt: Checkpoint, specs: dict[str, tuple[str, dict]], config: dict, config_path: str,
+                file_metadata: dict[str, str]) -> dict[str, PackedTensor]:
+    """Every quantized weight of a safetensors checkpoint, by module path, its parts
+    validated; ``specs`` maps each stored name to ``(shard, header entry)``. The few
+    values a layout keeps in tensors (bnb quant state, compressed-tensors weight_shape)
+    are read here, bounded."""
+    layout = quantization_layout(config, config_path, file_metadata)
+    modules = modules_of(layout, list(specs))
+    found: dict[str, PackedTensor] = {}
+    for module, kind in modules.items():
+        if kind == "bnb-4bit":
+            state_part = next(stored_part(specs, f"{module}.{s}") for s in BNB4_STATES if f"{module}.{s}" in specs)
+            assert state_part is not None
+            if state_part.dtype != "U8" or state_part.n_bytes > MAX_QUANT_STATE_BYTES:
+                raise MalformedCheckpoint(state_part.file, f"quant state must be U8 of at most {MAX_QUANT_STATE_BYTES} "
+                                          "bytes", field=state_part.name, offset=state_part.offset)
+            state = bnb_state(bytes(ckpt._pread(state_part.file, state_part.n_bytes, state_part.offset)), state_part)
+            if not state_part.name.endswith(state["quant_type"]):
+                raise MalformedCheckpoint(state_part.file, f"quant state says {state['quant_type']}", field=state_part.name)
+            found[module] = bnb4_tensor(module, specs, state, state_part)
+            continue
+        if kind == "bnb-int8":
+            found[module] = bnb8_tensor(module, specs)
+            continue
+        if layout is None:
+            raise MalformedCheckpoint(config_path, f"{module} is stored quantized ({kind}) but config.json declares no "
+                                      "quantization_config", field="quantization_config")
+        found[module] = _layout_tensor(ckpt, layout, kind, module, specs)
+    return found
+
+
+def _layout_tensor(ckpt: Checkpoint, layout: Layout, kind: str, module: str, specs: dict[str, tuple[str, dict]]) -> PackedTensor:
+    method = layout.method
+    expected = {"gptq-or-awq": ("gptq", "awq"), "ct": ("compressed-tensors",), "mlx": ("mlx",)}[kind]
+    if method not in expected:
+        raise MalformedCheckpoint(layout.source, f"{module} is stored as {kind} but quant_method is {method!r}",
+                                  field="quantization_config.quant_method")
+    if method == "gptq":
+        return gptq_tensor(layout, module, specs)
+    if method == "awq":
+        return awq_tensor(layout, module, specs)
+    if method == "mlx":
+        return mlx_tensor(layout, module, specs)
+    tensor = ct_tensor(layout, module, specs)
+    if tensor.layout != "ct-pack":
+        return tensor
+    part = tensor.parts["weight_shape"]
+    raw = ckpt._pread(part.file, part.n_bytes, part.offset)
+    shape = np.frombuffer(raw, dtype="<i4" if part.dtype == "I32" else "<i8").tolist()
+    if not all(isinstance(d, int) and 0 < d < 1 << 31 for d in shape):
+        raise MalformedCheckpoint(part.file, f"weight_shape {shape} is not two positive sizes", field=part.name,
+                                  offset=part.offset)
+    return ct_pack_finish(tensor, (shape[0], shape[1]))

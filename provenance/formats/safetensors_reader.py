@@ -21,8 +21,7 @@ from provenance.errors import LimitExceeded, MalformedCheckpoint, PickleCheckpoi
 from provenance.formats.base import DEFAULT_CHUNK_BYTES, Checkpoint, FileSpan, TensorInfo, _qk_order, clip_rows
 from provenance.formats.dtypes import STORAGE_TYPES
 from provenance.formats.jsonsafe import loads_strict, read_json_file
-from provenance.formats.packed import PackedTensor
-from provenance.formats.packed_read import decode_rows, find_packed
+from provenance.formats.packed import PackedTensor, find_packed
 from provenance.names.arch import ArchRecord, from_hf_config
 from provenance.names.canonical import hf_to_canonical, layer_and_role
 
@@ -264,6 +263,8 @@ class SafetensorsCheckpoint(Checkpoint):
         packed = self.packed.get(name)
         if packed is None:
             return super().read_rows(name, start, stop)
+        from provenance.formats.packed_read import decode_rows
+
         info = self.info(name)
         start, stop = clip_rows(info, start, stop)
         if info.qk_heads is None:
@@ -271,6 +272,24 @@ class SafetensorsCheckpoint(Checkpoint):
         order = _qk_order(info)[start:stop]
         lo, hi = int(order.min()), int(order.max()) + 1
         return decode_rows(self, packed, lo, hi)[order - lo]
+
+    def packed_cells(self, name: str, start: int, stop: int) -> tuple[Any, Any, Any]:
+        """``(lo, hi, step)`` float32 torch tensors of canonical rows ``[start, stop)`` of a
+        packed weight: the source values that round to each stored code
+        (:meth:`provenance.codecs.packed.grid.PackedRows.cells`)."""
+        import torch
+
+        from provenance.formats.packed_read import packed_rows
+
+        packed, info = self.packed[name], self.info(name)
+        start, stop = clip_rows(info, start, stop)
+        if info.qk_heads is None:
+            return packed_rows(self, packed, start, stop).cells()
+        order = _qk_order(info)[start:stop]
+        lo = int(order.min())
+        cells = packed_rows(self, packed, lo, int(order.max()) + 1).cells()
+        index = torch.from_numpy(order - lo)
+        return cells[0][index], cells[1][index], cells[2][index]
 
     def raw_rows(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         if name in self.packed:

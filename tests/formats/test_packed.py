@@ -2,7 +2,6 @@
 bit for bit like each ecosystem's own dequantizer."""
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -13,43 +12,9 @@ from safetensors import safe_open
 from provenance.formats import open_checkpoint
 from provenance.formats.packed_read import decode_rows
 from tests.support import packed_writers as pw
+from tests.support.packed_writers import LABELS, WRITERS, packed_source, written
 
-WRITERS: dict[str, Callable[[Path, Path], Path]] = {
-    "gptq": lambda s, o: pw.write_auto_round(s, o, "auto_gptq"),
-    "gptq-sym-8bit": lambda s, o: pw.write_auto_round(s, o, "auto_gptq", bits=8, group_size=64, sym=True),
-    "awq": lambda s, o: pw.write_auto_round(s, o, "auto_awq"),
-    "ct-pack": lambda s, o: pw.write_auto_round(s, o, "llm_compressor", sym=True),
-    "ct-int": lambda s, o: pw.write_compressed(s, o, "int"),
-    "ct-fp8": lambda s, o: pw.write_compressed(s, o, "float"),
-    "bnb-nf4": lambda s, o: pw.write_bnb(s, o, "nf4"),
-    "bnb-fp4": lambda s, o: pw.write_bnb(s, o, "fp4"),
-    "bnb-int8": lambda s, o: pw.write_bnb(s, o, "int8"),
-    "mlx": lambda s, o: pw.write_mlx(s, o),
-    "mlx-f16": lambda s, o: pw.write_mlx(s, o, bits=8, group_size=64, dtype="float16"),
-}
-LABELS = {"gptq": "GPTQ-4b-g32", "gptq-sym-8bit": "GPTQ-8b-g64", "awq": "AWQ-4b-g32", "ct-pack": "CT-int-4b-g32",
-          "ct-int": "CT-int-8b", "ct-fp8": "CT-fp8", "bnb-nf4": "BNB-nf4", "bnb-fp4": "BNB-fp4", "bnb-int8": "BNB-int8",
-          "mlx": "MLX-4b-g32", "mlx-f16": "MLX-8b-g64"}
-
-
-@pytest.fixture(scope="session")
-def packed_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return pw.tiny_source(tmp_path_factory.mktemp("packed") / "src", seed=11)
-
-
-@pytest.fixture(scope="session")
-def packed_unrelated(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return pw.tiny_source(tmp_path_factory.mktemp("packed") / "other", seed=12)
-
-
-_written: dict[str, Path] = {}
-
-
-def written(kind: str, src: Path, tmp: pytest.TempPathFactory) -> Path:
-    if kind not in _written:
-        _written[kind] = WRITERS[kind](src, tmp.mktemp("packed") / kind)
-    return _written[kind]
-
+__all__ = ["packed_source"]  # a fixture
 
 def _stored(directory: Path) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}

@@ -1,0 +1,34 @@
+"""Lineage of quantized safetensors candidates (written by their real writers) against
+their fp source and an unrelated model: "quantized copy" with the dequantization error of
+the grid, and "unrelated"."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from provenance.compare.api import CompareOptions, compare
+from tests.support.packed_writers import packed_source, packed_unrelated, written
+
+__all__ = ["packed_source", "packed_unrelated"]  # fixtures
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["gptq", "awq", "ct-pack", "ct-fp8", "bnb-nf4", "bnb-int8", "mlx"])
+def test_quantized_copy_and_unrelated(kind: str, packed_source: Path, packed_unrelated: Path,
+                                      tmp_path_factory: pytest.TempPathFactory) -> None:
+    candidate = written(kind, packed_source, tmp_path_factory)
+    result = compare(candidate, packed_source, CompareOptions(permutations=99))
+    assert result.verdict["kind"] == "requantized", result.verdict["summary"]
+    assert result.verdict["summary"].startswith("quantized copy")
+    error = result.verdict["details"]["dequantization_error"]
+    # the error is the grid's own rounding noise (step^2/12 per weight), not a changed source
+    assert 0.5 < error["noise_ratio_max"] < 2.0, error
+    assert error["rel_delta"] < (0.05 if kind in ("ct-fp8", "bnb-int8") else 0.15)
+    matrices = [r for r in result.rows if r.get("grid_rounds_to_nearest") is not None]
+    assert len(matrices) >= 14
+    # RTN writers: every weight of the source lies in the cell of its stored code
+    assert all(r["grid_outside_fraction"] <= 1e-3 for r in matrices)
+    other = compare(candidate, packed_unrelated, CompareOptions(permutations=99))
+    assert other.verdict["kind"] == "unrelated", other.verdict["summary"]
+    assert all(r["grid_outside_fraction"] > 0.5 for r in other.rows if r.get("grid_rounds_to_nearest") is not None)
