@@ -103,6 +103,22 @@ def _low_rank(mats: list[TensorComparison]) -> LowRankEvidence | None:
                            untouched_matrices=len(untouched))
 
 
+def _requantized(changed: list[TensorComparison], evidence: list[str]) -> tuple[str, RequantizationDetails]:
+    """How a candidate inside the lossy side's grid is named ("quantized copy" for a packed
+    layout), with its dequantization error against the grid's rounding noise."""
+    types = tuple(sorted({str(r.grid_type) for r in changed}))
+    worst = max(r.grid_outside_fraction or 0.0 for r in changed)
+    evidence.append(f"every changed tensor ({len(changed)}) is inside the quantization grid of its lower-precision "
+                    f"side ({', '.join(types)}); worst fraction outside {worst:.2g}")
+    ratios = [r.grid_noise_ratio for r in changed if r.grid_noise_ratio is not None]
+    rel = _overall_rel_delta(changed) if ratios else None
+    if ratios:
+        evidence.append(f"dequantization error {rel:.3g} (relative), at most {max(ratios):.2g}x the grid's rounding noise")
+    packed = any(r.grid_rounds_to_nearest is not None for r in changed)
+    what = "quantized copy" if packed else "same weights requantized/converted"
+    return what, RequantizationDetails(types, worst, rel, max(ratios) if ratios else None)
+
+
 _NAMES = {"fine-tune": "fine-tune", "lora-merge": "fine-tune merged from a low-rank adapter (LoRA)",
           "continued-pretraining": "continued pretraining / context extension"}
 
@@ -153,19 +169,8 @@ def decide(
     changed = [r for r in rows if r.max_abs_delta > 0]
     gridded = [r for r in changed if r.grid_outside_fraction is not None]
     if changed and len(gridded) == len(changed) and all(_inside_grid(r) for r in gridded):
-        types = tuple(sorted({str(r.grid_type) for r in gridded}))
-        worst = max(r.grid_outside_fraction or 0.0 for r in gridded)
-        evidence.append(f"every changed tensor ({len(changed)}) is inside the quantization grid of its lower-precision "
-                        f"side ({', '.join(types)}); worst fraction outside {worst:.2g}")
-        ratios = [r.grid_noise_ratio for r in gridded if r.grid_noise_ratio is not None]
-        rel_changed = _overall_rel_delta(changed) if ratios else None
-        if ratios:
-            evidence.append(f"dequantization error {rel_changed:.3g} (relative), at most {max(ratios):.2g}x the grid's "
-                            "rounding noise")
-        packed = any(r.grid_rounds_to_nearest is not None for r in gridded)
-        what = "quantized copy" if packed else "same weights requantized/converted"
-        return verdict("requantized", True, f"{what} ({', '.join(types)}){how}",
-                       details=RequantizationDetails(types, worst, rel_changed, max(ratios) if ratios else None))
+        what, requantized = _requantized(changed, evidence)
+        return verdict("requantized", True, f"{what} ({', '.join(requantized.types)}){how}", details=requantized)
     rel = _overall_rel_delta(mats)
     details = _change_details(rows, mats, rel, len(exact), len(changed))
     evidence.append(f"overall relative delta ||C-R||/||R|| over matrices = {rel:.4g} ({_strength(rel)})"

@@ -19,16 +19,17 @@ def test_quantized_copy_and_unrelated(kind: str, packed_source: Path, packed_unr
                                       tmp_path_factory: pytest.TempPathFactory) -> None:
     candidate = written(kind, packed_source, tmp_path_factory)
     result = compare(candidate, packed_source, CompareOptions(permutations=99))
-    assert result.verdict["kind"] == "requantized", result.verdict["summary"]
-    assert result.verdict["summary"].startswith("quantized copy")
-    error = result.verdict["details"]["dequantization_error"]
+    verdict = result.verdict
+    assert verdict.kind == "requantized", verdict.summary
+    assert verdict.summary.startswith("quantized copy")
+    error = verdict.details
     # the error is the grid's own rounding noise (step^2/12 per weight), not a changed source
-    assert 0.5 < error["noise_ratio_max"] < 2.0, error
-    assert error["rel_delta"] < (0.05 if kind in ("ct-fp8", "bnb-int8") else 0.15)
-    matrices = [r for r in result.rows if r.get("grid_rounds_to_nearest") is not None]
+    assert 0.5 < error.noise_ratio_max < 2.0, error
+    assert error.dequantization_rel_delta < (0.05 if kind in ("ct-fp8", "bnb-int8") else 0.15)
+    matrices = [r for r in result.tensors if r.grid_rounds_to_nearest is not None]
     assert len(matrices) >= 14
     # RTN writers: every weight of the source lies in the cell of its stored code
-    assert all(r["grid_outside_fraction"] <= 1e-3 for r in matrices)
+    assert all(r.grid_outside_fraction <= 1e-3 for r in matrices)
     other = compare(candidate, packed_unrelated, CompareOptions(permutations=99))
-    assert other.verdict["kind"] == "unrelated", other.verdict["summary"]
-    assert all(r["grid_outside_fraction"] > 0.5 for r in other.rows if r.get("grid_rounds_to_nearest") is not None)
+    assert other.verdict.kind == "unrelated", other.verdict.summary
+    assert all(r.grid_outside_fraction > 0.5 for r in other.tensors if r.grid_rounds_to_nearest is not None)
