@@ -18,23 +18,32 @@ import torch
 from provenance.codecs.packed import awq, bnb, compressed, gptq, mlx
 from provenance.codecs.packed.grid import PackedRows
 from provenance.errors import MalformedCheckpoint
+from provenance.formats.dtypes import SAFETENSORS_DTYPES
 from provenance.formats.packed import PackedTensor, Part
 
 if TYPE_CHECKING:
     from provenance.formats.base import Checkpoint
 
-_TORCH = {"I32": torch.int32, "I64": torch.int64, "U32": torch.uint32, "U8": torch.uint8, "I8": torch.int8,
-          "F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F8_E4M3": torch.uint8}
-_SIZE = {"I32": 4, "I64": 8, "U32": 4, "U8": 1, "I8": 1, "F16": 2, "BF16": 2, "F32": 4, "F8_E4M3": 1}
+
+
+def _dtype(dtype: str) -> torch.dtype:
+    """The torch dtype a part is read as (fp8 weights as their uint8 codes)."""
+    if dtype.startswith("F8"):
+        return torch.uint8
+    return getattr(torch, SAFETENSORS_DTYPES[dtype][1])
+
+
+def _size(dtype: str) -> int:
+    return SAFETENSORS_DTYPES[dtype][0] // 8
 
 
 def read_part(ckpt: Checkpoint, part: Part, rows: tuple[int, int] | None = None,
               cols: tuple[int, int] | None = None) -> torch.Tensor:
     """Rows ``[r0, r1)`` and columns ``[c0, c1)`` of a stored part (all of a 0-D/1-D part)."""
-    size = _SIZE[part.dtype]
+    size = _size(part.dtype)
     if len(part.shape) < 2:
         data = ckpt._pread(part.file, part.n_bytes, part.offset)
-        return torch.frombuffer(data, dtype=_TORCH[part.dtype]) if part.n_bytes else torch.empty(0, dtype=_TORCH[part.dtype])
+        return torch.frombuffer(data, dtype=_dtype(part.dtype)) if part.n_bytes else torch.empty(0, dtype=_dtype(part.dtype))
     n_rows, n_cols = part.shape[0], math.prod(part.shape[1:])
     r0, r1 = rows if rows is not None else (0, n_rows)
     c0, c1 = cols if cols is not None else (0, n_cols)
@@ -50,8 +59,8 @@ def read_part(ckpt: Checkpoint, part: Part, rows: tuple[int, int] | None = None,
         for i, r in enumerate(range(r0, r1)):
             view[i * width:(i + 1) * width] = ckpt._pread(part.file, width, part.offset + r * row_bytes + c0 * size)
     if not data:
-        return torch.empty((r1 - r0, c1 - c0), dtype=_TORCH[part.dtype])
-    return torch.frombuffer(data, dtype=_TORCH[part.dtype]).view(r1 - r0, c1 - c0)
+        return torch.empty((r1 - r0, c1 - c0), dtype=_dtype(part.dtype))
+    return torch.frombuffer(data, dtype=_dtype(part.dtype)).view(r1 - r0, c1 - c0)
 
 
 def _group_map(ckpt: Checkpoint, part: Part | None, n_in: int, group: int, n_groups: int) -> torch.Tensor:
@@ -137,9 +146,9 @@ def _bnb4_rows(ckpt: Checkpoint, t: PackedTensor, start: int, stop: int) -> Pack
     packed = torch.frombuffer(ckpt._pread(weight.file, (e1 - e0) // 2, weight.offset + e0 // 2), dtype=torch.uint8) \
         if e1 > e0 else torch.empty(0, dtype=torch.uint8)
     absmax_part = p["absmax"]
-    raw_absmax = torch.frombuffer(ckpt._pread(absmax_part.file, (b1 - b0) * _SIZE[absmax_part.dtype],
-                                              absmax_part.offset + b0 * _SIZE[absmax_part.dtype]),
-                                  dtype=_TORCH[absmax_part.dtype]) if b1 > b0 else torch.empty(0)
+    raw_absmax = torch.frombuffer(ckpt._pread(absmax_part.file, (b1 - b0) * _size(absmax_part.dtype),
+                                              absmax_part.offset + b0 * _size(absmax_part.dtype)),
+                                  dtype=_dtype(absmax_part.dtype)) if b1 > b0 else torch.empty(0)
     if "nested_blocksize" in prm:
         absmax = bnb.nested_absmax(raw_absmax, read_part(ckpt, p["nested_quant_map"]), read_part(ckpt, p["nested_absmax"]),
                                    prm["nested_blocksize"], prm["nested_offset"], b0)

@@ -30,7 +30,7 @@ HIDDEN, FFN = 128, 256
 
 
 def require(module: str) -> Any:
-    return pytest.importorskip(module, reason=f"{module} (a real writer/dequantizer, extra [formats]) is not installed")
+    return pytest.importorskip(module, reason=f"{module} (a real writer; extras [formats] and [formats-gptq]) is not installed")
 
 
 def tiny_source(directory: Path, seed: int) -> Path:
