@@ -20,6 +20,7 @@ from provenance.compare.sketch import SketchBuilder, TensorSketch
 from provenance.compare.stats import PairAccumulator, PairStats, effective_rank
 from provenance.compare.transform import Transform
 from provenance.formats.base import Checkpoint, TensorInfo
+from provenance.formats.packed_read import PackedRowReader
 from provenance.formats.rows import RowReader
 
 #: tolerance of the grid check, in steps (the quantizer's own float arithmetic)
@@ -59,23 +60,20 @@ class _GridCheck:
     fine-tune moves weights across cell boundaries.
     """
 
-    def __init__(self, lossy: str, info: TensorInfo, packed: Checkpoint | None = None) -> None:
+    def __init__(self, lossy: str, info: TensorInfo) -> None:
         self.lossy, self.info = lossy, info
-        self.packed = packed
-        """the lossy side's checkpoint when its weight is a packed layout (GPTQ, NF4, MLX ...)"""
         self.outside = 0
         self.total = 0
         self.noise_energy = 0.0
         self.error: str | None = None
 
-    def add(self, lossy_raw: np.ndarray | None, lossy_values: torch.Tensor, other: torch.Tensor,
-            rows: tuple[int, int] = (0, 0)) -> None:
+    def add(self, lossy_reader: RowReader, a: int, b: int, lossy_values: torch.Tensor, other: torch.Tensor) -> None:
+        """Rows ``[a, b)``: the lossy side's values (just read by ``lossy_reader``) and the other's."""
         if self.error:
             return
         info = self.info
-        if self.packed is not None:
-            lo, hi, step = self.packed.packed_cells(info.name, *rows)
-            self._count(other, lo, hi, step)
+        if isinstance(lossy_reader, PackedRowReader):  # GPTQ, AWQ, NF4, MLX ...: the layout's own grid
+            self._count(other, *lossy_reader.cells(a, b))
             return
         if info.block_size == 1:
             plain = plain_type(info.dtype)
@@ -89,7 +87,7 @@ class _GridCheck:
         from provenance.codecs.grid import quant_grid
 
         try:
-            grid = quant_grid(lossy_raw, int(info.ggml_type))  # type: ignore[arg-type]
+            grid = quant_grid(lossy_reader.raw(a, b), int(info.ggml_type))  # type: ignore[arg-type]
         except (NotImplementedError, KeyError, ValueError) as exc:
             self.error = f"no grid for {info.dtype}: {exc}"
             return
@@ -116,8 +114,8 @@ class _GridCheck:
         out = {"lossy_side": self.lossy, "type": self.info.dtype, "outside": self.outside,
                "checked": self.total, "outside_fraction": frac,
                "predicted_noise_energy": self.noise_energy or None}
-        if self.packed is not None:
-            out["rounds_to_nearest"] = self.packed.packed_tensor(self.info.name).rounds_to_nearest
+        if self.info.packing is not None:
+            out["rounds_to_nearest"] = self.info.packing.rounds_to_nearest
         return out
 
 
@@ -130,16 +128,14 @@ def _lossy_side(cand: TensorInfo, ref: TensorInfo) -> str | None:
     return None
 
 
-def _grid_check(candidate: Checkpoint, reference: Checkpoint, pair: TensorPair) -> _GridCheck | None:
+def _grid_check(c_info: TensorInfo, r_info: TensorInfo) -> _GridCheck | None:
     """The grid check of the lossy side: a packed layout (GPTQ, NF4, MLX ...) against a
     plain one, else the side with fewer bits per weight; None when neither is lossier."""
-    c_info, r_info = candidate.info(pair.name), reference.info(pair.name)
-    packed = {side: ckpt for side, ckpt in (("candidate", candidate), ("reference", reference))
-              if ckpt.packed_tensor(pair.name) is not None}
-    lossy = next(iter(packed)) if len(packed) == 1 else _lossy_side(c_info, r_info) if not packed else None
+    packed = [side for side, info in (("candidate", c_info), ("reference", r_info)) if info.packed]
+    lossy = packed[0] if len(packed) == 1 else _lossy_side(c_info, r_info) if not packed else None
     if lossy is None:
         return None
-    return _GridCheck(lossy, c_info if lossy == "candidate" else r_info, packed.get(lossy))
+    return _GridCheck(lossy, c_info if lossy == "candidate" else r_info)
 
 
 def stream_pair(
@@ -170,7 +166,7 @@ def stream_pair(
     sketches: tuple[TensorSketch, TensorSketch] | None = None
     if sketch is not None and SketchBuilder.wants(pair.role):
         sketches = (TensorSketch(pair.role, n_rows, row_len, *sketch), TensorSketch(pair.role, n_rows, row_len, *sketch))
-    grid = _grid_check(candidate, reference, pair) if grid_check and transform.is_identity and pair.layout == "same" else None
+    grid = _grid_check(c_info, r_info) if grid_check and transform.is_identity and pair.layout == "same" else None
     lossy = grid.lossy if grid is not None else None
     sample = np.unique(np.asarray(sample_rows if sample_rows is not None else [], dtype=np.int64))
     sample = sample[(sample >= 0) & (sample < n_rows)]
@@ -201,11 +197,10 @@ def stream_pair(
                     torch.sub(c_rows.index_select(0, rows), ref_rows.index_select(0, rows), out=delta_sample[lo:hi])
             if grid is not None:
                 if lossy == "candidate":
-                    raw = cand_reader.raw(a, b) if c_info.quantized and cand_reader else None
-                    grid.add(raw, c_rows, ref_rows, (a, b))
+                    assert cand_reader is not None  # the grid is checked on same-layout pairs only
+                    grid.add(cand_reader, a, b, c_rows, ref_rows)
                 else:
-                    raw = ref_reader.raw(a, b) if r_info.quantized else None
-                    grid.add(raw, ref_rows, c_rows, (a, b))
+                    grid.add(ref_reader, a, b, ref_rows, c_rows)
     finally:
         ref_reader.close()
         if cand_reader is not None:

@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from math import prod
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from provenance.errors import LimitExceeded, MalformedCheckpoint, PickleCheckpointRefused, UnsupportedCheckpoint
-from provenance.formats.base import DEFAULT_CHUNK_BYTES, Checkpoint, FileSpan, TensorInfo, _qk_order, clip_rows
-from provenance.formats.dtypes import STORAGE_TYPES
+from provenance.formats.base import Checkpoint, FileSpan, TensorInfo
+from provenance.formats.dtypes import STORAGE_TYPES, element_bytes
 from provenance.formats.jsonsafe import loads_strict, read_json_file
 from provenance.formats.packed import PackedTensor, find_packed
 from provenance.names.arch import ArchRecord, from_hf_config
@@ -153,8 +151,6 @@ class SafetensorsCheckpoint(Checkpoint):
         arch = from_hf_config(self.config) if self.config else ArchRecord()
         self._arch = arch
         shard_paths = shard_paths or [str(path)]
-        self.packed: dict[str, PackedTensor] = {}
-        """Quantized weights made of several stored tensors (GPTQ, AWQ, ...), by canonical name."""
         entries: dict[str, tuple[str, dict[str, Any]]] = {}
         for shard in shard_paths:
             tensors, metadata, data_start, size = parse_safetensors_header(shard)
@@ -193,13 +189,12 @@ class SafetensorsCheckpoint(Checkpoint):
             if stored_name not in consumed:
                 self._add(shard, stored_name, spec)
         for module, tensor in packed.items():
-            main = next(iter(tensor.parts.values()))
-            spec = {"dtype": tensor.dtype_label, "shape": list(tensor.shape), "begin": main.offset,
-                    "end": main.offset + tensor.n_bytes}
-            name = self._add(main.file, f"{module}.weight", spec, packed=True)
-            self.packed[name] = tensor
+            first = next(iter(tensor.parts.values()))
+            spec = {"dtype": tensor.dtype_label, "shape": list(tensor.shape), "begin": first.offset,
+                    "end": first.offset + tensor.n_bytes}
+            self._add(first.file, f"{module}.weight", spec, packing=tensor)
 
-    def _add(self, shard: str, stored_name: str, spec: Mapping[str, Any], packed: bool = False) -> str:
+    def _add(self, shard: str, stored_name: str, spec: Mapping[str, Any], packing: PackedTensor | None = None) -> None:
         arch = self._arch
         canonical = hf_to_canonical(stored_name, arch.arch, arch.n_layer) or stored_name
         if canonical in self.tensors:
@@ -220,7 +215,8 @@ class SafetensorsCheckpoint(Checkpoint):
                     shard, f"{stored_name!r} rows {shape[0]} do not split into {qk_heads} heads", field=stored_name
                 )
         row_length = shape[-1] if shape else 1
-        block_size, block_bytes = (1, 4) if packed else STORAGE_TYPES[dtype].block
+        # a packed weight has no byte rows: it is read through its parts (TensorInfo.packing)
+        block_size, block_bytes = (1, 4) if packing is not None else STORAGE_TYPES[dtype].block
         if row_length % block_size:
             raise UnsupportedCheckpoint(
                 shard, f"{dtype} rows of {row_length} elements are not whole bytes", field=stored_name
@@ -238,8 +234,8 @@ class SafetensorsCheckpoint(Checkpoint):
             layer=layer,
             role=role,
             qk_heads=qk_heads,
+            packing=packing,
         )
-        return canonical
 
     @property
     def architecture(self) -> ArchRecord:
@@ -254,58 +250,6 @@ class SafetensorsCheckpoint(Checkpoint):
         for key, value in self.metadata.get("__metadata__", {}).items():
             claims[f"safetensors.{key}"] = value
         return claims
-
-    # ----- quantized weights made of parts (GPTQ, AWQ, compressed-tensors, bnb, MLX) -------
-    def packed_tensor(self, name: str) -> PackedTensor | None:
-        return self.packed.get(name)
-
-    def read_rows(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
-        packed = self.packed.get(name)
-        if packed is None:
-            return super().read_rows(name, start, stop)
-        from provenance.formats.packed_read import decode_rows
-
-        info = self.info(name)
-        start, stop = clip_rows(info, start, stop)
-        if info.qk_heads is None:
-            return decode_rows(self, packed, start, stop)
-        order = _qk_order(info)[start:stop]
-        lo, hi = int(order.min()), int(order.max()) + 1
-        return decode_rows(self, packed, lo, hi)[order - lo]
-
-    def packed_cells(self, name: str, start: int, stop: int) -> tuple[Any, Any, Any]:
-        """``(lo, hi, step)`` float32 torch tensors of canonical rows ``[start, stop)`` of a
-        packed weight: the source values that round to each stored code
-        (:meth:`provenance.codecs.packed.grid.PackedRows.cells`)."""
-        import torch
-
-        from provenance.formats.packed_read import packed_rows
-
-        packed, info = self.packed[name], self.info(name)
-        start, stop = clip_rows(info, start, stop)
-        if info.qk_heads is None:
-            return packed_rows(self, packed, start, stop).cells()
-        order = _qk_order(info)[start:stop]
-        lo = int(order.min())
-        cells = packed_rows(self, packed, lo, int(order.max()) + 1).cells()
-        index = torch.from_numpy(order - lo)
-        return cells[0][index], cells[1][index], cells[2][index]
-
-    def raw_rows(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
-        if name in self.packed:
-            raise UnsupportedCheckpoint(self.path, f"{name} is a {self.packed[name].dtype_label} weight made of several "
-                                        "stored tensors: it has no ggml rows (read_rows decodes it)", field=name)
-        return super().raw_rows(name, start, stop)
-
-    def iter_raw(self, name: str, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[bytearray]:
-        """A packed weight's stored bytes are those of its parts, in the layout's order."""
-        packed = self.packed.get(name)
-        if packed is None:
-            yield from super().iter_raw(name, chunk_bytes)
-            return
-        for part in packed.parts.values():
-            for done in range(0, part.n_bytes, chunk_bytes):
-                yield self._pread(part.file, min(chunk_bytes, part.n_bytes - done), part.offset + done)
 
 
 def _inside(directory: str, name: Any, index_path: str) -> str:

@@ -10,7 +10,7 @@ import torch
 from safetensors import safe_open
 
 from provenance.formats import open_checkpoint
-from provenance.formats.packed_read import decode_rows
+from provenance.names.qk_permute import llama_qk_row_order
 from tests.support import packed_writers as pw
 from tests.support.packed_writers import LABELS, WRITERS, packed_source, written
 
@@ -79,14 +79,16 @@ def test_real_writer_read_back_bit_exact(kind: str, packed_source: Path, tmp_pat
     stored = _stored(directory)
     with open_checkpoint(directory) as ckpt, open_checkpoint(packed_source) as ref:
         # every linear but lm_head; mlx_lm also quantizes lm_head and the embedding
-        assert len(ckpt.packed) == (16 if kind.startswith("mlx") else 14), sorted(ckpt.packed)
-        for name, packed in ckpt.packed.items():
-            info = ckpt.info(name)
-            assert info.dtype == LABELS[kind]
+        packed = {name: info for name, info in ckpt.tensors.items() if info.packing is not None}
+        assert len(packed) == (16 if kind.startswith("mlx") else 14), sorted(packed)
+        for name, info in packed.items():
+            assert info.packing is not None and info.dtype == LABELS[kind]
             if name in ref.tensors:
                 assert info.shape == ref.info(name).shape
-            ours = torch.from_numpy(decode_rows(ckpt, packed, 0, packed.shape[0]))
-            theirs = _ecosystem(kind, directory, packed.module, stored)
+            ours = torch.from_numpy(ckpt.read_rows(name))  # canonical rows: HF q/k rows in llama.cpp's order
+            theirs = _ecosystem(kind, directory, info.packing.module, stored)
+            if info.qk_heads is not None:
+                theirs = theirs[torch.from_numpy(llama_qk_row_order(info.n_rows, info.qk_heads))]
             assert ours.shape == theirs.shape
             assert torch.equal(ours, theirs), f"{name}: {int((ours != theirs).sum())} values differ"
         # canonical rows (q/k permuted like llama.cpp) stay close to the fp source

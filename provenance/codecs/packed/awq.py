@@ -14,13 +14,18 @@ Per linear layer ``out x in`` (4-bit codes, 8 per int32 word):
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from provenance.codecs.packed.bits import unpack_words
 from provenance.codecs.packed.grid import PackedRows
+from provenance.codecs.packed.native import arithmetic_code, as_f32, compiled_ok, round_to, run_kernel
+from provenance.jit import kernel
 
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
 AWQ_BITS = 4
+#: bit shift of output ``8 * word + j`` within its word (the nibble ``k`` with ``AWQ_ORDER[k] == j``)
+AWQ_SHIFTS = np.array([4 * AWQ_ORDER.index(j) for j in range(8)], dtype=np.int64)
 
 
 def _deinterleave(codes: torch.Tensor) -> torch.Tensor:
@@ -30,14 +35,50 @@ def _deinterleave(codes: torch.Tensor) -> torch.Tensor:
     return codes.view(r, c // 8, 8)[:, :, inverse].reshape(r, c)
 
 
-def awq_rows(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, group_size: int) -> PackedRows:
-    """Canonical rows (outputs) of whole words ``[8a, 8b)`` of an AWQ GEMM layer:
-    ``qweight`` ``(in, b - a)``, ``qzeros`` ``(n_groups, b - a)``, ``scales``
-    ``(n_groups, 8 (b - a))``."""
-    codes = _deinterleave(unpack_words(qweight, AWQ_BITS, dim=1)).t()  # (n, in)
+def awq_rows(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, group_size: int,
+             first: int = 0, n: int | None = None) -> PackedRows:
+    """Canonical rows (outputs) ``[8a + first, 8a + first + n)`` of an AWQ GEMM layer, from
+    the stored words ``[a, b)``: ``qweight`` ``(in, b - a)``, ``qzeros`` ``(n_groups, b - a)``,
+    ``scales`` ``(n_groups, 8 (b - a))``; ``n`` defaults to all ``8 (b - a) - first``."""
+    codes = _deinterleave(unpack_words(qweight, AWQ_BITS, dim=1)).t()  # (8 (b - a), in)
     zeros = _deinterleave(unpack_words(qzeros, AWQ_BITS, dim=1)).to(torch.float32)
     n_in = qweight.shape[0]
     g = torch.arange(n_in, device=qweight.device) // group_size
     scale = scales.to(torch.float32).t()[:, g]
     zero = zeros.t()[:, g]
-    return PackedRows(codes, scale, 1 << AWQ_BITS, arithmetic=scales.dtype, zero=zero)
+    stop = codes.shape[0] if n is None else first + n
+    return PackedRows(codes[first:stop], scale[first:stop], 1 << AWQ_BITS, arithmetic=scales.dtype,
+                      zero=zero[first:stop])
+
+
+@kernel
+def _awq_compiled(qweight, qzeros, scales, group_size, first, shifts, arith, out, r0, r1):  # type: ignore[no-untyped-def]
+    zeros = np.empty((scales.shape[0], r1 - r0), np.float32)  # each (group, output) zero, unpacked once
+    for g in range(scales.shape[0]):
+        for r in range(r0, r1):
+            c = first + r
+            zeros[g, r - r0] = np.float32((np.int64(qzeros[g, c >> 3]) >> shifts[c & 7]) & 15)
+    for i in range(out.shape[1]):
+        g = i // group_size
+        words = qweight[i]
+        for r in range(r0, r1):
+            c = first + r
+            q = np.float32((np.int64(words[c >> 3]) >> shifts[c & 7]) & 15)
+            out[r, i] = round_to((q - zeros[g, r - r0]) * scales[g, c], arith)
+
+
+def awq_into(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, group_size: int, first: int,
+             out: torch.Tensor) -> torch.Tensor:
+    """The values of :func:`awq_rows` (``out.shape[0]`` rows from ``first``) written into
+    ``out`` ``(n, in)`` float32: one compiled pass on the CPU, the torch kernels elsewhere."""
+    n_in, n_words = qweight.shape
+    n = out.shape[0]
+    if (out.shape[1] != n_in or qzeros.shape[1] != n_words or scales.shape != (qzeros.shape[0], 8 * n_words)
+            or first < 0 or first + n > 8 * n_words or group_size <= 0 or qzeros.shape[0] * group_size < n_in):
+        raise ValueError(f"AWQ parts disagree: qweight {tuple(qweight.shape)}, qzeros {tuple(qzeros.shape)}, "
+                         f"scales {tuple(scales.shape)}, rows {first}+{n}, group {group_size}")
+    if not compiled_ok(out, qweight, qzeros, scales):
+        return awq_rows(qweight, qzeros, scales, group_size, first, n).values(out)
+    args = (qweight.numpy(), qzeros.numpy(), as_f32(scales), group_size, first, AWQ_SHIFTS,
+            arithmetic_code(scales.dtype))
+    return run_kernel(_awq_compiled, args, out)

@@ -16,10 +16,13 @@ LLM.int8: ``weight`` int8 ``(out, in)`` and ``SCB`` float32 ``(out,)`` (each row
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from provenance.codecs.packed.bits import unpack_nibbles_high_first
 from provenance.codecs.packed.grid import PackedRows
+from provenance.codecs.packed.native import arithmetic_code, as_f32, compiled_ok, round_to, run_kernel
+from provenance.jit import kernel
 
 #: float32 of bitsandbytes' ``1/127`` constant in ``int8_vectorwise_dequant``
 INV_127 = 7.874015718698502e-3
@@ -52,3 +55,48 @@ def int8_rows(codes: torch.Tensor, scb: torch.Tensor) -> PackedRows:
     """LLM.int8 rows ``(n, in)`` with their ``SCB`` ``(n,)``; codes shifted to ``[0, 255]``."""
     scale = scb.to(torch.float32).view(-1, 1).expand(codes.shape)
     return PackedRows(codes.to(torch.int32) + 128, scale, 256, zero=torch.full((), 128.0), post_scale=INV_127)
+
+
+@kernel
+def _nf4_compiled(packed, absmax, levels, blocksize, skip, arith, out, r0, r1):  # type: ignore[no-untyped-def]
+    flat = out.reshape(out.size)
+    e0, e1 = r0 * out.shape[1], r1 * out.shape[1]
+    for b in range((e0 + skip) // blocksize, (e1 - 1 + skip) // blocksize + 1):
+        scale = absmax[b]
+        lo, hi = max(e0, b * blocksize - skip), min(e1, (b + 1) * blocksize - skip)
+        for e in range(lo, hi):
+            byte = np.int64(packed[e >> 1])
+            code = (byte >> 4) if (e & 1) == 0 else (byte & 15)
+            flat[e] = round_to(levels[code] * scale, arith)
+
+
+def nf4_into(packed: torch.Tensor, absmax: torch.Tensor, quant_map: torch.Tensor, blocksize: int, skip: int,
+             dtype: torch.dtype, out: torch.Tensor) -> torch.Tensor:
+    """The values of :func:`nf4_rows` written into ``out`` ``(rows, row_length)`` float32:
+    one compiled pass on the CPU, the torch kernels elsewhere."""
+    n = out.numel()
+    if (packed.numel() * 2 != n or quant_map.numel() != 16 or blocksize <= 0 or skip < 0
+            or (n and (n - 1 + skip) // blocksize >= absmax.numel())):
+        raise ValueError(f"4-bit parts disagree: {packed.numel()} bytes, {absmax.numel()} absmax of blocks of "
+                         f"{blocksize} from {skip}, {quant_map.numel()} levels, out {tuple(out.shape)}")
+    if not compiled_ok(out, packed, absmax, quant_map):
+        return nf4_rows(packed, absmax, quant_map, blocksize, skip, out.shape[1], dtype).values(out)
+    args = (packed.reshape(-1).numpy(), as_f32(absmax), as_f32(quant_map), blocksize, skip, arithmetic_code(dtype))
+    return run_kernel(_nf4_compiled, args, out)
+
+
+@kernel
+def _int8_compiled(codes, scb, inv, out, r0, r1):  # type: ignore[no-untyped-def]
+    for r in range(r0, r1):
+        s = scb[r]
+        for i in range(out.shape[1]):
+            out[r, i] = (np.float32(codes[r, i]) * s) * inv
+
+
+def int8_into(codes: torch.Tensor, scb: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """The values of :func:`int8_rows` written into ``out`` ``(n, in)`` float32."""
+    if codes.shape != out.shape or scb.numel() != out.shape[0]:
+        raise ValueError(f"LLM.int8 parts disagree: weight {tuple(codes.shape)}, SCB {scb.numel()}, out {tuple(out.shape)}")
+    if not compiled_ok(out, codes, scb):
+        return int8_rows(codes, scb).values(out)
+    return run_kernel(_int8_compiled, (codes.numpy(), as_f32(scb), np.float32(INV_127)), out)

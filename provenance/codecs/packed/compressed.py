@@ -16,10 +16,13 @@ group. Dequantization (``compressed_tensors...forward.dequantize``) computes
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from provenance.codecs.packed.bits import unpack_stream
 from provenance.codecs.packed.grid import PackedRows
+from provenance.codecs.packed.native import arithmetic_code, as_f32, compiled_ok, round_to, run_kernel
+from provenance.jit import kernel
 
 
 def group_index(n_in: int, group_size: int, g_idx: torch.Tensor | None, device: torch.device) -> torch.Tensor:
@@ -73,3 +76,94 @@ def fp8_rows(codes: torch.Tensor, scale: torch.Tensor, groups: torch.Tensor) -> 
     rows = codes.shape[0]
     return PackedRows(codes.to(torch.int32), _expand(scale, rows, groups), 256, arithmetic=scale.dtype,
                       levels=fp8_levels(codes.device))
+
+
+# ----- compiled kernels: scales and offset zeros are (n or 1, n_groups) float32, ``groups`` each
+# input column's group (checked against them by the caller) -------------------------------------
+@kernel
+def _int_compiled(codes, offset, scales, zeros, groups, arith, out, r0, r1):  # type: ignore[no-untyped-def]
+    per_row = scales.shape[0] > 1
+    for r in range(r0, r1):
+        p = r if per_row else 0
+        for i in range(out.shape[1]):
+            g = groups[i]
+            q = np.float32(np.int64(codes[r, i]) + offset)
+            out[r, i] = round_to((q - zeros[p, g]) * scales[p, g], arith)
+
+
+@kernel
+def _packed_int_compiled(words, bits, scales, zeros, groups, arith, out, r0, r1):  # type: ignore[no-untyped-def]
+    mask = (1 << bits) - 1
+    per_row = scales.shape[0] > 1
+    for r in range(r0, r1):
+        p = r if per_row else 0
+        for i in range(out.shape[1]):
+            at = i * bits
+            w, shift = at >> 5, at & 31
+            code = (np.int64(words[r, w]) & 0xFFFFFFFF) >> shift
+            if shift + bits > 32:  # the code straddles two words
+                code |= (np.int64(words[r, w + 1]) & 0xFFFFFFFF) << (32 - shift)
+            g = groups[i]
+            out[r, i] = round_to((np.float32(code & mask) - zeros[p, g]) * scales[p, g], arith)
+
+
+@kernel
+def _codebook_compiled(codes, levels, scales, groups, arith, out, r0, r1):  # type: ignore[no-untyped-def]
+    per_row = scales.shape[0] > 1
+    for r in range(r0, r1):
+        p = r if per_row else 0
+        for i in range(out.shape[1]):
+            out[r, i] = round_to(levels[codes[r, i]] * scales[p, groups[i]], arith)
+
+
+def _grid_args(scale: torch.Tensor, zero: torch.Tensor | None, offset: int, rows: int,
+               groups: torch.Tensor, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Scales, zeros plus the code offset (as :func:`int_rows` adds them, in float32) and the
+    group map, checked against each other: the compiled loops do not check their indices."""
+    s = scale.reshape(1, 1) if scale.numel() == 1 else scale
+    z = (zero.to(torch.float32).reshape(s.shape) if zero is not None else torch.zeros(s.shape)) + offset
+    if (s.dim() != 2 or s.shape[0] not in (1, rows) or groups.shape != (n_in,)
+            or (n_in and not 0 <= int(groups.min()) <= int(groups.max()) < s.shape[1])):
+        raise ValueError(f"compressed-tensors parts disagree: scale {tuple(scale.shape)}, {rows} rows, "
+                         f"group map {tuple(groups.shape)} for {n_in} inputs")
+    return as_f32(s), as_f32(z), groups.to(torch.int64).numpy()
+
+
+def int_into(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, groups: torch.Tensor, bits: int,
+             out: torch.Tensor) -> torch.Tensor:
+    """The values of :func:`int_rows` written into ``out`` ``(n, in)`` float32."""
+    if codes.shape != out.shape:
+        raise ValueError(f"codes {tuple(codes.shape)} for out {tuple(out.shape)}")
+    if not compiled_ok(out, codes, scale, groups):
+        return int_rows(codes, scale, zero, groups, bits).values(out)
+    offset = 1 << (bits - 1)
+    s, z, g = _grid_args(scale, zero, offset, out.shape[0], groups, out.shape[1])
+    return run_kernel(_int_compiled, (codes.numpy(), offset, s, z, g, arithmetic_code(scale.dtype)), out)
+
+
+def packed_int_into(words: torch.Tensor, n_in: int, bits: int, scale: torch.Tensor, zero_words: torch.Tensor | None,
+                    zero_row: int, groups: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """The values of :func:`packed_int_rows` written into ``out`` ``(n, in)`` float32."""
+    n = words.shape[0]
+    if tuple(out.shape) != (n, n_in) or not 1 <= bits <= 8 or words.shape[1] * 32 < n_in * bits:
+        raise ValueError(f"{bits}-bit words {tuple(words.shape)} for out {tuple(out.shape)}")
+    if not compiled_ok(out, words, scale, groups):
+        return packed_int_rows(words, n_in, bits, scale, zero_words, zero_row, groups).values(out)
+    offset = 1 << (bits - 1)
+    zero = None
+    if zero_words is not None:  # few: unpacked by the torch helper, then offset like the codes
+        z = unpack_stream(zero_words.t().contiguous(), bits, zero_row + n).t()
+        zero = (z[zero_row: zero_row + n] - offset).to(torch.float32)
+    s, z_off, g = _grid_args(scale, zero, offset, n, groups, n_in)
+    return run_kernel(_packed_int_compiled, (words.numpy(), bits, s, z_off, g, arithmetic_code(scale.dtype)), out)
+
+
+def fp8_into(codes: torch.Tensor, scale: torch.Tensor, groups: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """The values of :func:`fp8_rows` written into ``out`` ``(n, in)`` float32."""
+    if codes.shape != out.shape:
+        raise ValueError(f"codes {tuple(codes.shape)} for out {tuple(out.shape)}")
+    if not compiled_ok(out, codes, scale, groups):
+        return fp8_rows(codes, scale, groups).values(out)
+    s, _, g = _grid_args(scale, None, 0, out.shape[0], groups, out.shape[1])
+    args = (codes.view(torch.uint8).numpy(), fp8_levels().numpy(), s, g, arithmetic_code(scale.dtype))
+    return run_kernel(_codebook_compiled, args, out)

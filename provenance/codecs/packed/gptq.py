@@ -18,10 +18,13 @@ gives the same bits.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from provenance.codecs.packed.bits import per_word, unpack_words
 from provenance.codecs.packed.grid import PackedRows
+from provenance.codecs.packed.native import arithmetic_code, as_f32, compiled_ok, round_to, run_kernel
+from provenance.jit import kernel
 
 
 def gptq_rows(qweight: torch.Tensor, qzeros: torch.Tensor, zero_col: int, scales: torch.Tensor,
@@ -42,6 +45,39 @@ def gptq_rows(qweight: torch.Tensor, qzeros: torch.Tensor, zero_col: int, scales
     return PackedRows(codes, scale, 1 << bits, arithmetic=scales.dtype, zero=zero)
 
 
-def gptq_words_per_column(bits: int) -> int:
-    """Codes per stored word (the packing factor ``pf``)."""
-    return per_word(bits)
+@kernel
+def _gptq_compiled(qweight, qzeros, zero_col, scales, g_idx, bits, zero_offset, arith, out, r0, r1):  # type: ignore[no-untyped-def]
+    pf = 32 // bits
+    mask = (1 << bits) - 1
+    zeros = np.empty((scales.shape[0], r1 - r0), np.float32)  # each (group, output) zero, unpacked once
+    for g in range(scales.shape[0]):
+        for r in range(r0, r1):
+            c = zero_col + r
+            zeros[g, r - r0] = np.float32(((np.int64(qzeros[g, c // pf]) >> ((c % pf) * bits)) & mask) + zero_offset)
+    for w in range(qweight.shape[0]):
+        for r in range(r0, r1):
+            word = np.int64(qweight[w, r])
+            for k in range(pf):
+                i = w * pf + k
+                g = g_idx[i]
+                q = np.float32((word >> (k * bits)) & mask)
+                out[r, i] = round_to((q - zeros[g, r - r0]) * scales[g, r], arith)
+
+
+def gptq_into(qweight: torch.Tensor, qzeros: torch.Tensor, zero_col: int, scales: torch.Tensor,
+              g_idx: torch.Tensor, bits: int, zero_offset: int, out: torch.Tensor) -> torch.Tensor:
+    """The values of :func:`gptq_rows` written into ``out`` ``(n, in)`` float32: one compiled
+    pass on the CPU, the torch kernels elsewhere. ``g_idx`` must hold groups of ``scales``
+    (the reader has checked it): the compiled loop does not check its indices."""
+    pf = per_word(bits)
+    n_words, n = qweight.shape
+    if (tuple(out.shape) != (n, n_words * pf) or scales.shape[1] != n or g_idx.shape != (n_words * pf,)
+            or qzeros.shape[0] != scales.shape[0] or (zero_col + n + pf - 1) // pf > qzeros.shape[1]):
+        raise ValueError(f"GPTQ parts disagree: qweight {tuple(qweight.shape)}, qzeros {tuple(qzeros.shape)} "
+                         f"from output {zero_col}, scales {tuple(scales.shape)}, g_idx {tuple(g_idx.shape)}, "
+                         f"out {tuple(out.shape)}")
+    if not compiled_ok(out, qweight, qzeros, scales, g_idx):
+        return gptq_rows(qweight, qzeros, zero_col, scales, g_idx, bits, zero_offset).values(out)
+    args = (qweight.numpy(), qzeros.numpy(), zero_col, as_f32(scales), g_idx.to(torch.int64).numpy(), bits,
+            zero_offset, arithmetic_code(scales.dtype))
+    return run_kernel(_gptq_compiled, args, out)

@@ -45,6 +45,13 @@ class PackedRows:
     """a constant the scaled code is multiplied by afterwards, rounding again (LLM.int8's
     ``q * SCB * (1/127)``)"""
 
+    def select_rows(self, index: torch.Tensor) -> PackedRows:
+        """These rows in the order of ``index`` (per-element tensors gathered, shared ones kept)."""
+        def pick(x: torch.Tensor | None) -> torch.Tensor | None:
+            return x if x is None or x.dim() < 2 else x.index_select(0, index)
+        return PackedRows(self.codes.index_select(0, index), self.scale.index_select(0, index), self.n_levels,
+                          self.arithmetic, pick(self.zero), pick(self.bias), self.levels, self.post_scale)
+
     def exact(self) -> torch.Tensor:
         """The grid value of each code in float32 before the ecosystem's final rounding."""
         if self.levels is not None:
