@@ -41,8 +41,8 @@ def _ecosystem(kind: str, directory: Path, module: str, t: dict[str, torch.Tenso
         assert torch.equal(t[f"{module}.g_idx"].long(), torch.arange(n_in) // cfg["group_size"])
         delattr(layer, "g_idx")
         return layer(torch.eye(n_in, dtype=torch.float16)).t().float()
-    if kind == "awq":
-        from auto_round.export.export_to_awq.utils import dequantize_gemm
+    if kind.startswith("awq"):
+        from awq.utils.packing_utils import dequantize_gemm  # AutoAWQ's own
 
         return dequantize_gemm(t[f"{module}.qweight"], t[f"{module}.qzeros"], t[f"{module}.scales"], 4,
                                cfg["group_size"]).t().float()

@@ -5,7 +5,9 @@ Writers (all CPU):
 * GPTQ, AWQ (GEMM) and compressed-tensors ``pack-quantized``: Intel's auto-round
   (``AutoRound(iters=0)``: round-to-nearest, exported with its ``auto_gptq``, ``auto_awq``
   and ``llm_compressor`` packers). GPTQModel needs torch >= 2.14.1 (this project pins 2.13.0
-  CPU) and is not installed; AutoAWQ's packer is the same GEMM layout.
+  CPU) and is not installed.
+* AWQ (GEMM) by AutoAWQ itself (``AutoAWQForCausalLM.quantize``: the activation-aware scale
+  search on calibration tokens, then its own packer).
 * compressed-tensors int8/fp8: ``compressed_tensors``' own compressors over RTN scales.
 * bitsandbytes NF4/FP4/LLM.int8: transformers ``BitsAndBytesConfig`` + ``save_pretrained``.
 * MLX: ``mlx_lm.convert`` (mlx's Linux CPU build).
@@ -30,7 +32,7 @@ HIDDEN, FFN = 128, 256
 
 
 def require(module: str) -> Any:
-    return pytest.importorskip(module, reason=f"{module} (a real writer; extras [formats] and [formats-gptq]) is not installed")
+    return pytest.importorskip(module, reason=f"{module} (a real writer; `make setup-dev` installs it) is not installed")
 
 
 def tiny_source(directory: Path, seed: int) -> Path:
@@ -55,6 +57,24 @@ def write_auto_round(src: Path, out: Path, fmt: str, bits: int = 4, group_size: 
     rounder.quantize_and_save(str(out), format=fmt)
     written = [p.parent for p in out.rglob("config.json")]
     return written[0]
+
+
+def write_autoawq(src: Path, out: Path) -> Path:
+    """AWQ GEMM 4-bit, group 32, by AutoAWQ on random calibration tokens (the tiny model's
+    vocabulary is smaller than its tokenizer's; without clipping search to keep it quick)."""
+    require("awq")
+    import random
+
+    from awq import AutoAWQForCausalLM
+    from transformers import AutoTokenizer
+
+    model = AutoAWQForCausalLM.from_pretrained(str(src), device_map="cpu", torch_dtype=torch.float32)
+    draw = random.Random(0)
+    calibration = [[draw.randrange(model.model.config.vocab_size) for _ in range(32)] for _ in range(8)]
+    model.quantize(AutoTokenizer.from_pretrained(str(src)), quant_config={"zero_point": True, "q_group_size": 32,
+                   "w_bit": 4, "version": "GEMM"}, calib_data=calibration, max_calib_seq_len=64, apply_clip=False)
+    model.save_quantized(str(out))
+    return out
 
 
 def write_bnb(src: Path, out: Path, kind: str) -> Path:
@@ -125,6 +145,7 @@ WRITERS: dict[str, Callable[[Path, Path], Path]] = {
     "gptq": lambda s, o: write_auto_round(s, o, "auto_gptq"),
     "gptq-sym-8bit": lambda s, o: write_auto_round(s, o, "auto_gptq", bits=8, group_size=64, sym=True),
     "awq": lambda s, o: write_auto_round(s, o, "auto_awq"),
+    "awq-autoawq": write_autoawq,
     "ct-pack": lambda s, o: write_auto_round(s, o, "llm_compressor", sym=True),
     "ct-int": lambda s, o: write_compressed(s, o, "int"),
     "ct-fp8": lambda s, o: write_compressed(s, o, "float"),
@@ -134,7 +155,7 @@ WRITERS: dict[str, Callable[[Path, Path], Path]] = {
     "mlx": lambda s, o: write_mlx(s, o),
     "mlx-f16": lambda s, o: write_mlx(s, o, bits=8, group_size=64, dtype="float16"),
 }
-LABELS = {"gptq": "GPTQ-4b-g32", "gptq-sym-8bit": "GPTQ-8b-g64", "awq": "AWQ-4b-g32", "ct-pack": "CT-int-4b-g32",
+LABELS = {"gptq": "GPTQ-4b-g32", "gptq-sym-8bit": "GPTQ-8b-g64", "awq": "AWQ-4b-g32", "awq-autoawq": "AWQ-4b-g32", "ct-pack": "CT-int-4b-g32",
           "ct-int": "CT-int-8b", "ct-fp8": "CT-fp8", "bnb-nf4": "BNB-nf4", "bnb-fp4": "BNB-fp4", "bnb-int8": "BNB-int8",
           "mlx": "MLX-4b-g32", "mlx-f16": "MLX-8b-g64"}
 

@@ -19,7 +19,7 @@ import torch
 
 from provenance.codecs.packed.bits import unpack_words
 from provenance.codecs.packed.grid import PackedRows
-from provenance.codecs.packed.native import arithmetic_code, as_f32, compiled_ok, round_to, run_kernel
+from provenance.codecs.packed.native import affine_levels, arithmetic_code, as_f32, compiled_ok, run_kernel
 from provenance.jit import kernel
 
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
@@ -53,18 +53,22 @@ def awq_rows(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, 
 
 @kernel
 def _awq_compiled(qweight, qzeros, scales, group_size, first, shifts, arith, out, r0, r1):  # type: ignore[no-untyped-def]
-    zeros = np.empty((scales.shape[0], r1 - r0), np.float32)  # each (group, output) zero, unpacked once
-    for g in range(scales.shape[0]):
-        for r in range(r0, r1):
-            c = first + r
-            zeros[g, r - r0] = np.float32((np.int64(qzeros[g, c >> 3]) >> shifts[c & 7]) & 15)
-    for i in range(out.shape[1]):
-        g = i // group_size
-        words = qweight[i]
-        for r in range(r0, r1):
-            c = first + r
-            q = np.float32((np.int64(words[c >> 3]) >> shifts[c & 7]) & 15)
-            out[r, i] = round_to((q - zeros[g, r - r0]) * scales[g, c], arith)
+    n_groups = scales.shape[0]
+    table = np.empty((r1 - r0, n_groups, 16), np.float32)  # the value of every code of each (output, group)
+    for r in range(r0, r1):
+        c = first + r
+        for g in range(n_groups):
+            zero = np.float32((np.int64(qzeros[g, c >> 3]) >> shifts[c & 7]) & 15)
+            affine_levels(table[r - r0, g], zero, scales[g, c], arith)
+    # one stored word column (eight outputs) at a time: each word is read once and its
+    # eight outputs' rows are written in step
+    for w in range((first + r0) >> 3, ((first + r1 - 1) >> 3) + 1):
+        lo, hi = max(r0, 8 * w - first), min(r1, 8 * w + 8 - first)
+        for i in range(out.shape[1]):
+            g = i // group_size
+            word = np.int64(qweight[i, w])
+            for r in range(lo, hi):
+                out[r, i] = table[r - r0, g, (word >> shifts[(first + r) & 7]) & 15]
 
 
 def awq_into(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, group_size: int, first: int,

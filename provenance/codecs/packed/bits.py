@@ -37,18 +37,18 @@ def unpack_nibbles_high_first(data: torch.Tensor) -> torch.Tensor:
 
 def unpack_stream(words: torch.Tensor, bits: int, n: int) -> torch.Tensor:
     """The first ``n`` codes of each row of ``words`` (int32, ``(rows, w)``) packed densely
-    as compressed-tensors does for any width of 1..8 bits: element ``e`` of a group of 32
-    occupies bits ``[e*bits, (e+1)*bits)`` of the group's ``bits`` little-endian words, so a
-    code may straddle two words. For 2/4/8 bits this is the per-word layout. int32 result."""
+    as compressed-tensors does for any width of 1..8 bits: code ``e`` occupies bits
+    ``[e*bits, (e+1)*bits)`` of the row's little-endian word stream, so a code may straddle
+    two words, and a row of ``n`` codes takes ``ceil(n * bits / 32)`` words. For 2/4/8 bits
+    this is the per-word layout. int32 result."""
     if not 1 <= bits <= 8:
         raise ValueError(f"{bits}-bit codes are not packed by compressed-tensors")
     rows, n_words = words.shape
-    groups = -(-n // 32)
-    if groups * bits > n_words:
+    if n * bits > n_words * 32:
         raise ValueError(f"{n_words} words hold fewer than {n} {bits}-bit codes")
-    w = words[:, : groups * bits].to(torch.int64) & 0xFFFFFFFF
+    w = words.to(torch.int64) & 0xFFFFFFFF
     w = torch.cat((w, torch.zeros((rows, 1), dtype=torch.int64, device=w.device)), dim=1)  # straddle guard
-    start = torch.arange(groups * 32, device=w.device) * bits
+    start = torch.arange(n, device=w.device) * bits
     index, shift = start // 32, start % 32
     pair = w[:, index] | (w[:, index + 1] << 32)
-    return ((pair >> shift) & ((1 << bits) - 1))[:, :n].to(torch.int32)
+    return ((pair >> shift) & ((1 << bits) - 1)).to(torch.int32)

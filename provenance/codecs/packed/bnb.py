@@ -59,15 +59,20 @@ def int8_rows(codes: torch.Tensor, scb: torch.Tensor) -> PackedRows:
 
 @kernel
 def _nf4_compiled(packed, absmax, levels, blocksize, skip, arith, out, r0, r1):  # type: ignore[no-untyped-def]
+    # Elements e0..e1 (two per byte, the first in the high nibble); blocks start at even
+    # elements (even row lengths and block sizes), so a block is whole bytes.
     flat = out.reshape(out.size)
     e0, e1 = r0 * out.shape[1], r1 * out.shape[1]
+    table = np.empty(16, np.float32)  # the value of each code in this block
     for b in range((e0 + skip) // blocksize, (e1 - 1 + skip) // blocksize + 1):
         scale = absmax[b]
+        for c in range(16):
+            table[c] = round_to(levels[c] * scale, arith)
         lo, hi = max(e0, b * blocksize - skip), min(e1, (b + 1) * blocksize - skip)
-        for e in range(lo, hi):
-            byte = np.int64(packed[e >> 1])
-            code = (byte >> 4) if (e & 1) == 0 else (byte & 15)
-            flat[e] = round_to(levels[code] * scale, arith)
+        for p in range(lo >> 1, hi >> 1):
+            byte = np.int64(packed[p])
+            flat[2 * p] = table[byte >> 4]
+            flat[2 * p + 1] = table[byte & 15]
 
 
 def nf4_into(packed: torch.Tensor, absmax: torch.Tensor, quant_map: torch.Tensor, blocksize: int, skip: int,
@@ -75,7 +80,8 @@ def nf4_into(packed: torch.Tensor, absmax: torch.Tensor, quant_map: torch.Tensor
     """The values of :func:`nf4_rows` written into ``out`` ``(rows, row_length)`` float32:
     one compiled pass on the CPU, the torch kernels elsewhere."""
     n = out.numel()
-    if (packed.numel() * 2 != n or quant_map.numel() != 16 or blocksize <= 0 or skip < 0
+    if (packed.numel() * 2 != n or quant_map.numel() != 16 or blocksize <= 0 or blocksize % 2 or skip < 0 or skip % 2
+            or out.shape[1] % 2
             or (n and (n - 1 + skip) // blocksize >= absmax.numel())):
         raise ValueError(f"4-bit parts disagree: {packed.numel()} bytes, {absmax.numel()} absmax of blocks of "
                          f"{blocksize} from {skip}, {quant_map.numel()} levels, out {tuple(out.shape)}")

@@ -21,7 +21,7 @@ import torch
 
 from provenance.codecs.packed.bits import unpack_stream
 from provenance.codecs.packed.grid import PackedRows
-from provenance.codecs.packed.native import arithmetic_code, as_f32, compiled_ok, round_to, run_kernel
+from provenance.codecs.packed.native import affine_levels, arithmetic_code, as_f32, compiled_ok, round_to, run_kernel
 from provenance.jit import kernel
 
 
@@ -82,38 +82,69 @@ def fp8_rows(codes: torch.Tensor, scale: torch.Tensor, groups: torch.Tensor) -> 
 # input column's group (checked against them by the caller) -------------------------------------
 @kernel
 def _int_compiled(codes, offset, scales, zeros, groups, arith, out, r0, r1):  # type: ignore[no-untyped-def]
+    n_groups = scales.shape[1]
     per_row = scales.shape[0] > 1
+    # the value of every code of each group of a row: a lookup per weight, unless the
+    # groups hold fewer weights than codes, where computing is cheaper
+    tabled = n_groups * 2 * offset <= out.shape[1]
+    table = np.empty((n_groups if tabled else 0, 2 * offset), np.float32)
     for r in range(r0, r1):
         p = r if per_row else 0
+        if tabled and (per_row or r == r0):
+            for g in range(n_groups):
+                affine_levels(table[g], zeros[p, g], scales[p, g], arith)
         for i in range(out.shape[1]):
             g = groups[i]
-            q = np.float32(np.int64(codes[r, i]) + offset)
-            out[r, i] = round_to((q - zeros[p, g]) * scales[p, g], arith)
+            q = np.int64(codes[r, i]) + offset
+            if tabled:
+                out[r, i] = table[g, q]
+            else:
+                out[r, i] = round_to((np.float32(q) - zeros[p, g]) * scales[p, g], arith)
 
 
 @kernel
 def _packed_int_compiled(words, bits, scales, zeros, groups, arith, out, r0, r1):  # type: ignore[no-untyped-def]
     mask = (1 << bits) - 1
+    n_groups = scales.shape[1]
     per_row = scales.shape[0] > 1
+    tabled = n_groups * (mask + 1) <= out.shape[1]
+    table = np.empty((n_groups if tabled else 0, mask + 1), np.float32)
     for r in range(r0, r1):
         p = r if per_row else 0
+        if tabled and (per_row or r == r0):
+            for g in range(n_groups):
+                affine_levels(table[g], zeros[p, g], scales[p, g], arith)
         for i in range(out.shape[1]):
             at = i * bits
             w, shift = at >> 5, at & 31
             code = (np.int64(words[r, w]) & 0xFFFFFFFF) >> shift
             if shift + bits > 32:  # the code straddles two words
                 code |= (np.int64(words[r, w + 1]) & 0xFFFFFFFF) << (32 - shift)
+            code &= mask
             g = groups[i]
-            out[r, i] = round_to((np.float32(code & mask) - zeros[p, g]) * scales[p, g], arith)
+            if tabled:
+                out[r, i] = table[g, code]
+            else:
+                out[r, i] = round_to((np.float32(code) - zeros[p, g]) * scales[p, g], arith)
 
 
 @kernel
 def _codebook_compiled(codes, levels, scales, groups, arith, out, r0, r1):  # type: ignore[no-untyped-def]
+    n_groups = scales.shape[1]
     per_row = scales.shape[0] > 1
+    tabled = n_groups * levels.shape[0] <= out.shape[1]
+    table = np.empty((n_groups if tabled else 0, levels.shape[0]), np.float32)
     for r in range(r0, r1):
         p = r if per_row else 0
+        if tabled and (per_row or r == r0):
+            for g in range(n_groups):
+                for c in range(levels.shape[0]):
+                    table[g, c] = round_to(levels[c] * scales[p, g], arith)
         for i in range(out.shape[1]):
-            out[r, i] = round_to(levels[codes[r, i]] * scales[p, groups[i]], arith)
+            if tabled:
+                out[r, i] = table[groups[i], codes[r, i]]
+            else:
+                out[r, i] = round_to(levels[codes[r, i]] * scales[p, groups[i]], arith)
 
 
 def _grid_args(scale: torch.Tensor, zero: torch.Tensor | None, offset: int, rows: int,

@@ -23,8 +23,11 @@ import torch
 
 from provenance.codecs.packed.bits import per_word, unpack_words
 from provenance.codecs.packed.grid import PackedRows
-from provenance.codecs.packed.native import arithmetic_code, as_f32, compiled_ok, round_to, run_kernel
+from provenance.codecs.packed.native import affine_levels, arithmetic_code, as_f32, compiled_ok, round_to, run_kernel
 from provenance.jit import kernel
+
+#: outputs decoded together: their output rows' cache lines stay in L1 while the input runs
+ROW_TILE = 32
 
 
 def gptq_rows(qweight: torch.Tensor, qzeros: torch.Tensor, zero_col: int, scales: torch.Tensor,
@@ -49,19 +52,31 @@ def gptq_rows(qweight: torch.Tensor, qzeros: torch.Tensor, zero_col: int, scales
 def _gptq_compiled(qweight, qzeros, zero_col, scales, g_idx, bits, zero_offset, arith, out, r0, r1):  # type: ignore[no-untyped-def]
     pf = 32 // bits
     mask = (1 << bits) - 1
-    zeros = np.empty((scales.shape[0], r1 - r0), np.float32)  # each (group, output) zero, unpacked once
-    for g in range(scales.shape[0]):
-        for r in range(r0, r1):
-            c = zero_col + r
+    n_groups = scales.shape[0]
+    # the value of every code of each (output, group): a table lookup per weight, unless the
+    # groups hold fewer weights than codes (8-bit, small groups), where computing is cheaper
+    tabled = n_groups * (mask + 1) <= out.shape[1]
+    table = np.empty((r1 - r0 if tabled else 0, n_groups, mask + 1), np.float32)
+    zeros = np.empty((n_groups, r1 - r0), np.float32)
+    for r in range(r0, r1):
+        c = zero_col + r
+        for g in range(n_groups):
             zeros[g, r - r0] = np.float32(((np.int64(qzeros[g, c // pf]) >> ((c % pf) * bits)) & mask) + zero_offset)
-    for w in range(qweight.shape[0]):
-        for r in range(r0, r1):
-            word = np.int64(qweight[w, r])
-            for k in range(pf):
-                i = w * pf + k
-                g = g_idx[i]
-                q = np.float32((word >> (k * bits)) & mask)
-                out[r, i] = round_to((q - zeros[g, r - r0]) * scales[g, r], arith)
+            if tabled:
+                affine_levels(table[r - r0, g], zeros[g, r - r0], scales[g, r], arith)
+    for t0 in range(r0, r1, ROW_TILE):  # a tile of outputs at a time keeps their rows in L1
+        t1 = min(r1, t0 + ROW_TILE)
+        for w in range(qweight.shape[0]):
+            for r in range(t0, t1):
+                word = np.int64(qweight[w, r])
+                for k in range(pf):
+                    i = w * pf + k
+                    g = g_idx[i]
+                    q = (word >> (k * bits)) & mask
+                    if tabled:
+                        out[r, i] = table[r - r0, g, q]
+                    else:
+                        out[r, i] = round_to((np.float32(q) - zeros[g, r - r0]) * scales[g, r], arith)
 
 
 def gptq_into(qweight: torch.Tensor, qzeros: torch.Tensor, zero_col: int, scales: torch.Tensor,

@@ -29,14 +29,23 @@ def mlx_rows(words: torch.Tensor, scales: torch.Tensor, biases: torch.Tensor, bi
 def _mlx_compiled(words, scales, biases, bits, group_size, arith, out, r0, r1):  # type: ignore[no-untyped-def]
     per = 32 // bits
     mask = (1 << bits) - 1
+    # a group's codes looked up in its table of values, unless the group is smaller than that
+    tabled = mask + 1 <= group_size
+    table = np.empty(mask + 1 if tabled else 0, np.float32)
     for r in range(r0, r1):
         for w in range(words.shape[1]):
             word = np.int64(words[r, w])
             for k in range(per):
                 i = w * per + k
                 g = i // group_size
-                scaled = round_to(np.float32((word >> (k * bits)) & mask) * scales[r, g], arith)
-                out[r, i] = round_to(scaled + biases[r, g], arith)
+                q = (word >> (k * bits)) & mask
+                if tabled:
+                    if i % group_size == 0:
+                        for c in range(mask + 1):
+                            table[c] = round_to(round_to(np.float32(c) * scales[r, g], arith) + biases[r, g], arith)
+                    out[r, i] = table[q]
+                else:
+                    out[r, i] = round_to(round_to(np.float32(q) * scales[r, g], arith) + biases[r, g], arith)
 
 
 def mlx_into(words: torch.Tensor, scales: torch.Tensor, biases: torch.Tensor, bits: int, group_size: int,

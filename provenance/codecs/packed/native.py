@@ -67,6 +67,15 @@ def round_to(v, arith):  # type: ignore[no-untyped-def]
     return v
 
 
+@inline
+def affine_levels(table, zero, scale, arith):  # type: ignore[no-untyped-def]
+    """``table[q] = (q - zero) * scale`` rounded to ``arith``, for every code ``q``: the values a
+    group's codes decode to. The kernels look codes up in such tables wherever a group has
+    more weights than codes, so each distinct value is computed (and rounded) once."""
+    for q in range(table.shape[0]):
+        table[q] = round_to((np.float32(q) - zero) * scale, arith)
+
+
 def as_f32(t: torch.Tensor) -> np.ndarray:
     """A small per-group/per-row float tensor (scales, biases, zeros) as contiguous float32 numpy."""
     return np.ascontiguousarray(t.to(torch.float32).numpy())
