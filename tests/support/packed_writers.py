@@ -155,9 +155,9 @@ WRITERS: dict[str, Callable[[Path, Path], Path]] = {
     "mlx": lambda s, o: write_mlx(s, o),
     "mlx-f16": lambda s, o: write_mlx(s, o, bits=8, group_size=64, dtype="float16"),
 }
-LABELS = {"gptq": "GPTQ-4b-g32", "gptq-sym-8bit": "GPTQ-8b-g64", "awq": "AWQ-4b-g32", "awq-autoawq": "AWQ-4b-g32", "ct-pack": "CT-int-4b-g32",
-          "ct-int": "CT-int-8b", "ct-fp8": "CT-fp8", "bnb-nf4": "BNB-nf4", "bnb-fp4": "BNB-fp4", "bnb-int8": "BNB-int8",
-          "mlx": "MLX-4b-g32", "mlx-f16": "MLX-8b-g64"}
+LABELS = {"gptq": "GPTQ-4b-g32", "gptq-sym-8bit": "GPTQ-8b-g64", "awq": "AWQ-4b-g32", "awq-autoawq": "AWQ-4b-g32",
+          "ct-pack": "CT-int-4b-g32", "ct-int": "CT-int-8b", "ct-fp8": "CT-fp8", "bnb-nf4": "BNB-nf4", "bnb-fp4": "BNB-fp4",
+          "bnb-int8": "BNB-int8", "mlx": "MLX-4b-g32", "mlx-f16": "MLX-8b-g64"}
 
 
 @pytest.fixture(scope="session")
