@@ -15,10 +15,12 @@ from provenance.codecs.recipes import supported, tolerant
 from provenance.codecs.types import plain_type
 from provenance.formats import open_checkpoint
 from provenance.formats.base import Checkpoint, TensorInfo
+from provenance.formats.packed_read import PackedRowReader
 from provenance.formats.pairing import TensorPair, Unpaired, pair_tensors
 from provenance.quant.error import ErrorStats, error_stats
 from provenance.quant.gridcheck import PRECISIONS, CheckCounts, check_block_rows
 from provenance.quant.options import QuantCheckOptions
+from provenance.quant.packedcheck import check_packed_rows, rows_per_check, writer_recipe
 from provenance.quant.result import (
     ErrorSummary,
     GridCounts,
@@ -49,14 +51,36 @@ def _check_tensor(
     info = cand.info(name)
     counts, errors = CheckCounts(), ErrorStats()
     stop_all = info.n_rows if max_rows is None else min(info.n_rows, max_rows)
-    step = _rows_per_chunk(info)
-    for start in range(0, stop_all, step):
-        stop = min(stop_all, start + step)
-        x = torch.from_numpy(np.ascontiguousarray(ref.read_rows(name, start, stop)))
-        c, e = check_block_rows(x, cand.raw_rows(name, start, stop), info.ggml_type, precision)
-        counts.add(c)
-        errors.add(e)
+    step = _rows_per_chunk(info) if info.packing is None else rows_per_check(info.packing, _rows_per_chunk(info))
+    recipe = writer_recipe(info.packing) if info.packing is not None else None
+    ref_rows = ref.row_reader(name, step)
+    # a packed layout's codes and grid come through its row reader, a ggml type's from its blocks
+    packed = cand.row_reader(name, step) if info.packing is not None else None
+    try:
+        for start in range(0, stop_all, step):
+            stop = min(stop_all, start + step)
+            x = ref_rows.read(start, stop)
+            if isinstance(packed, PackedRowReader):
+                c, e = check_packed_rows(x, packed.grid(start, stop), precision, recipe)
+            else:
+                c, e = check_block_rows(x, cand.raw_rows(name, start, stop), info.ggml_type, precision)
+            counts.add(c)
+            errors.add(e)
+    finally:
+        ref_rows.close()
+        if packed is not None:
+            packed.close()
     return counts, errors
+
+
+def grid_checkable(info: TensorInfo) -> bool:
+    """Whether the stored codes of ``info`` are predictable from an exact reference: a ggml
+    type with llama.cpp's rounding recipe, or a packed layout whose writer rounds to nearest
+    (bitsandbytes, MLX, compressed-tensors int8/fp8; not GPTQ/AWQ, see
+    :mod:`provenance.quant.packedcheck`)."""
+    if info.packing is not None:
+        return info.packing.rounds_to_nearest
+    return info.block_size > 1 and info.ggml_type is not None and supported(info.ggml_type)
 
 
 def detect_precision(cand: Checkpoint, ref: Checkpoint, names: list[str]) -> tuple[str, dict[str, int]]:
@@ -127,9 +151,13 @@ def _check(cand: Checkpoint, ref: Checkpoint, name: str, info: TensorInfo, fate:
         per_layer.setdefault(str(info.layer), ErrorStats()).add(errors)
         return TensorCheck(**base, status=_verdict(counts, errors), grid=grid, error=error,
                            amplitude_rel=counts.amplitude / error.ref_rms if error.ref_rms else float("nan"),
-                           tolerance_explained=tolerant(info.ggml_type))
+                           tolerance_explained=tolerant(info.ggml_type) if info.ggml_type is not None else False)
     if info.block_size > 1:
         return TensorCheck(**base, status="unchecked-type")
+    if info.packing is not None:  # GPTQ/AWQ: no predictable codes, but their dequantization error
+        a, b = cand.read_rows(name), ref.read_rows(name)
+        return TensorCheck(**base, status="unchecked-type", error=ErrorSummary.of(error_stats(torch.from_numpy(a),
+                                                                                            torch.from_numpy(b))))
     status, error = _plain(cand, ref, name, info)
     return TensorCheck(**base, status=status, error=error)
 
@@ -141,14 +169,7 @@ def _quantcheck(candidate_path: str | os.PathLike[str], reference_path: str | os
     with open_checkpoint(candidate_path) as cand, open_checkpoint(reference_path) as ref:
         # every candidate tensor gets a row, in the candidate's order: checked, or why not
         fate = pair_tensors(cand, ref).by_name()
-        checkable = {
-            name
-            for name, info in cand.tensors.items()
-            if isinstance(fate[name], TensorPair)
-            and info.block_size > 1
-            and info.ggml_type is not None
-            and supported(info.ggml_type)
-        }
+        checkable = {name for name, info in cand.tensors.items() if isinstance(fate[name], TensorPair) and grid_checkable(info)}
         if precision == "auto":
             ordered = [name for name in cand.tensors if name in checkable]
             precision, evidence = detect_precision(cand, ref, ordered) if ordered else ("f32", {})

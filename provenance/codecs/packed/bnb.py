@@ -11,6 +11,11 @@ blockwise 8-bit quantization (``.nested_quant_map`` (256,), ``.nested_absmax`` p
 ``dequantize_4bit``: ``quant_map[code] * absmax[block]`` in float32, then cast to the
 state's ``dtype``.
 
+The writer (``quantize_4bit``) takes each block's ``absmax = max |w|`` in float32 and the
+code of the bucket of ``w * (1 / absmax)`` among the codebook's midpoints; with double
+quantization it then stores ``absmax`` itself quantized, so the codes were chosen with a
+wider absmax than the stored one: :func:`bnb4_writer_grid` recomputes it from the reference.
+
 LLM.int8: ``weight`` int8 ``(out, in)`` and ``SCB`` float32 ``(out,)`` (each row's absmax);
 ``int8_vectorwise_dequant``: ``q * SCB * (1/127)`` in float32, left to right.
 """
@@ -55,6 +60,22 @@ def int8_rows(codes: torch.Tensor, scb: torch.Tensor) -> PackedRows:
     """LLM.int8 rows ``(n, in)`` with their ``SCB`` ``(n,)``; codes shifted to ``[0, 255]``."""
     scale = scb.to(torch.float32).view(-1, 1).expand(codes.shape)
     return PackedRows(codes.to(torch.int32) + 128, scale, 256, zero=torch.full((), 128.0), post_scale=INV_127)
+
+
+def bnb4_writer_grid(x: torch.Tensor, stored: PackedRows, blocksize: int,
+                     nested: bool) -> tuple[PackedRows, torch.Tensor | None]:
+    """The grid ``quantize_4bit`` rounded the reference elements ``x`` on (each block's float32
+    absmax, from ``x`` itself; the stored codes), for rows holding whole blocks (the last
+    one may be short, like the tensor's); and per block whether the stored absmax is that
+    value (None with double quantization, which stores it quantized)."""
+    flat = x.to(torch.float32).reshape(-1)
+    n = flat.numel()
+    block = torch.arange(n, device=flat.device) // blocksize
+    absmax = torch.zeros(-(-n // blocksize), dtype=torch.float32, device=flat.device)
+    absmax.scatter_reduce_(0, block, flat.abs(), reduce="amax", include_self=False)
+    per_element = absmax[block].view(stored.codes.shape)
+    scale_ok = None if nested else stored.scale.reshape(-1)[::blocksize] == absmax
+    return PackedRows(stored.codes, per_element, stored.n_levels, levels=stored.levels), scale_ok
 
 
 @kernel

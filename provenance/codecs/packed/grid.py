@@ -52,6 +52,27 @@ class PackedRows:
         return PackedRows(self.codes.index_select(0, index), self.scale.index_select(0, index), self.n_levels,
                           self.arithmetic, pick(self.zero), pick(self.bias), self.levels, self.post_scale)
 
+    def nearest(self, x: torch.Tensor) -> PackedRows:
+        """The same grid with each code replaced by the level nearest to ``x`` (same shape): what
+        a round-to-nearest writer would have stored for ``x`` on these scales (codes stay
+        where ``x`` or the grid is not finite)."""
+        if self.levels is not None:
+            lv = self.levels.to(torch.float32)
+            order = torch.argsort(torch.where(torch.isfinite(lv), lv, torch.inf))
+            finite = int(torch.isfinite(lv).sum())
+            ranked = lv[order[:finite]]
+            u = x / self.scale
+            codes = order[torch.searchsorted((ranked[1:] + ranked[:-1]) / 2, u.contiguous())] if finite else self.codes
+        else:
+            base = x if self.bias is None else x - self.bias
+            step = self.scale if self.post_scale is None else self.scale * self.post_scale
+            u = base / step + (self.zero if self.zero is not None else 0.0)
+            codes = torch.round(u).clamp(0, self.n_levels - 1)
+        ok = torch.isfinite(u)
+        codes = torch.where(ok, codes.to(self.codes.dtype), self.codes)
+        return PackedRows(codes, self.scale, self.n_levels, self.arithmetic, self.zero, self.bias, self.levels,
+                          self.post_scale)
+
     def exact(self) -> torch.Tensor:
         """The grid value of each code in float32 before the ecosystem's final rounding."""
         if self.levels is not None:

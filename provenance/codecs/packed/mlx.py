@@ -4,6 +4,15 @@
 significant first; ``scales`` and ``biases`` ``(out, in / group_size)`` in the model's
 dtype; config ``quantization: {group_size, bits}`` (bits 2, 4 or 8 here; 3, 5 and 6 pack
 across words and are refused). ``w = scale * q + bias``.
+
+The writer (``mx.quantize``, affine mode, CPU) works per group in float32: ``w_min``,
+``w_max``; ``scale = max((w_max - w_min) / (2**bits - 1), 1e-7)``, negated unless
+``|w_min| > |w_max|``; the edge (``w_min`` or ``w_max``, the one of larger magnitude) made
+a level: ``q0 = rint(edge / scale)``, and if ``q0 != 0`` then ``scale = edge / q0``,
+``bias = edge`` (else ``bias = 0``); codes ``clip(rint((w - bias) / scale), 0, 2**bits - 1)``;
+scale and bias are then stored in the weights' dtype. So the codes of an f16/bf16 model were
+chosen with float32 scales wider than the stored ones: :func:`mlx_writer_grid` recomputes
+them from the reference (it reproduces mlx_lm's files byte for byte, tests/quant).
 """
 from __future__ import annotations
 
@@ -61,3 +70,25 @@ def mlx_into(words: torch.Tensor, scales: torch.Tensor, biases: torch.Tensor, bi
         return mlx_rows(words, scales, biases, bits, group_size).values(out)
     args = (words.numpy(), as_f32(scales), as_f32(biases), bits, group_size, arithmetic_code(scales.dtype))
     return run_kernel(_mlx_compiled, args, out)
+
+
+def mlx_writer_grid(x: torch.Tensor, stored: PackedRows, bits: int, group_size: int) -> tuple[PackedRows, torch.Tensor]:
+    """The grid ``mx.quantize`` rounded the reference rows ``x`` ``(n, in)`` on (float32 scale
+    and bias of each group, from ``x`` itself; the stored codes), and per group whether the
+    stored scale and bias are those values in the stored dtype."""
+    n, n_in = x.shape
+    w = x.to(torch.float32).view(n, n_in // group_size, group_size)
+    w_max, w_min = w.amax(-1), w.amin(-1)
+    larger_min = w_min.abs() > w_max.abs()
+    scale = torch.clamp((w_max - w_min) / float((1 << bits) - 1), min=1e-7)
+    scale = torch.where(larger_min, scale, -scale)
+    edge = torch.where(larger_min, w_min, w_max)
+    q0 = torch.round(edge / scale)
+    on_grid = q0 != 0
+    scale = torch.where(on_grid, edge / q0, scale)
+    bias = torch.where(on_grid, edge, torch.zeros_like(edge))
+    dtype = stored.arithmetic
+    stored_scale, stored_bias = stored.scale[:, ::group_size], stored.bias[:, ::group_size]  # type: ignore[index]
+    scale_ok = (scale.to(dtype).to(torch.float32) == stored_scale) & (bias.to(dtype).to(torch.float32) == stored_bias)
+    return (PackedRows(stored.codes, scale.repeat_interleave(group_size, 1), stored.n_levels,
+                       bias=bias.repeat_interleave(group_size, 1)), scale_ok)
