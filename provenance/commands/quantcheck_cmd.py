@@ -30,7 +30,11 @@ def summary_lines(result: QuantCheckResult) -> list[str]:
     if result.flagged and math.isfinite(result.amplitude_rel):
         lines.append(f"estimated source perturbation: {result.amplitude_rel:.2e} x weight RMS")
     if result.unchecked:
-        lines.append(f"not grid-checked (no code recipe for their type): {len(result.unchecked)} tensors")
+        # GPTQ/AWQ writers move codes on purpose (error feedback, scale search), some ggml types lack
+        # a recipe: either way the codes are not predictable from the reference (docs/formats.md)
+        types = ", ".join(sorted({t.qtype for t in result.tensors if t.status == "unchecked-type"}))
+        lines.append(f"not grid-checked (codes not predictable from the reference for {types}): "
+                     f"{len(result.unchecked)} tensors")
     return lines
 
 

@@ -73,6 +73,21 @@ def _check_tensor(
     return counts, errors
 
 
+def _streamed_error(cand: Checkpoint, ref: Checkpoint, name: str, info: TensorInfo) -> ErrorStats:
+    """Dequantization error of a whole tensor, summed over bounded row chunks."""
+    step = _rows_per_chunk(info)
+    errors = ErrorStats()
+    cand_rows, ref_rows = cand.row_reader(name, step), ref.row_reader(name, step)
+    try:
+        for start in range(0, info.n_rows, step):
+            stop = min(info.n_rows, start + step)
+            errors.add(error_stats(cand_rows.read(start, stop), ref_rows.read(start, stop)))
+    finally:
+        cand_rows.close()
+        ref_rows.close()
+    return errors
+
+
 def grid_checkable(info: TensorInfo) -> bool:
     """Whether the stored codes of ``info`` are predictable from an exact reference: a ggml
     type with llama.cpp's rounding recipe, or a packed layout whose writer rounds to nearest
@@ -155,9 +170,7 @@ def _check(cand: Checkpoint, ref: Checkpoint, name: str, info: TensorInfo, fate:
     if info.block_size > 1:
         return TensorCheck(**base, status="unchecked-type")
     if info.packing is not None:  # GPTQ/AWQ: no predictable codes, but their dequantization error
-        a, b = cand.read_rows(name), ref.read_rows(name)
-        return TensorCheck(**base, status="unchecked-type", error=ErrorSummary.of(error_stats(torch.from_numpy(a),
-                                                                                            torch.from_numpy(b))))
+        return TensorCheck(**base, status="unchecked-type", error=ErrorSummary.of(_streamed_error(cand, ref, name, info)))
     status, error = _plain(cand, ref, name, info)
     return TensorCheck(**base, status=status, error=error)
 

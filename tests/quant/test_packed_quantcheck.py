@@ -74,6 +74,9 @@ def test_gptq_is_reported_with_its_error_not_grid_checked(packed_source: Path,
     gptq = [t for t in result.tensors if t.qtype.startswith("GPTQ")]
     assert len(gptq) == 14 and result.verdict == "nothing-checked"
     assert all(t.status == "unchecked-type" and t.error is not None and 0 < t.error.rel_l2 < 0.15 for t in gptq)
+    from provenance.commands.quantcheck_cmd import summary_lines
+
+    assert summary_lines(result)[-1].startswith("not grid-checked (codes not predictable from the reference for GPTQ-4b-g32)")
 
 
 @pytest.mark.slow
