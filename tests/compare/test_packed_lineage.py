@@ -33,3 +33,17 @@ def test_quantized_copy_and_unrelated(kind: str, packed_source: Path, packed_unr
     other = compare(candidate, packed_unrelated, CompareOptions(permutations=99))
     assert other.verdict.kind == "unrelated", other.verdict.summary
     assert all(r.grid_outside_fraction > 0.5 for r in other.tensors if r.grid_rounds_to_nearest is not None)
+
+
+@pytest.mark.slow
+def test_autoawq_scaled_copy_is_derived_not_called_a_plain_quantized_copy(
+        packed_source: Path, packed_unrelated: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """AutoAWQ's activation-aware search multiplies input channels by a scale and divides the
+    norm before them by it: the stored weights are not a rounding of the source's, so the
+    verdict is a rescaled derivative (docs/formats.md, limits), still far from unrelated."""
+    candidate = written("awq-autoawq", packed_source, tmp_path_factory)
+    result = compare(candidate, packed_source, CompareOptions(permutations=99))
+    assert result.verdict.related and result.verdict.kind not in ("requantized", "identical"), result.verdict.summary
+    assert result.verdict.p_asymptotic is not None and result.verdict.p_asymptotic < 1e-10
+    other = compare(candidate, packed_unrelated, CompareOptions(permutations=99))
+    assert other.verdict.kind == "unrelated", other.verdict.summary
