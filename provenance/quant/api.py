@@ -51,7 +51,11 @@ def _check_tensor(
     info = cand.info(name)
     counts, errors = CheckCounts(), ErrorStats()
     stop_all = info.n_rows if max_rows is None else min(info.n_rows, max_rows)
-    step = _rows_per_chunk(info) if info.packing is None else rows_per_check(info.packing, _rows_per_chunk(info))
+    step = _rows_per_chunk(info)
+    if info.packing is not None:  # chunks and a sample end on whole writer blocks
+        step = rows_per_check(info.packing, step)
+        if stop_all < info.n_rows:
+            stop_all = min(info.n_rows, rows_per_check(info.packing, stop_all))
     recipe = writer_recipe(info.packing) if info.packing is not None else None
     ref_rows = ref.row_reader(name, step)
     # a packed layout's codes and grid come through its row reader, a ggml type's from its blocks

@@ -90,3 +90,30 @@ def test_investigate_runs_the_grid_check_on_a_packed_candidate(packed_source: Pa
     assert finding.statistic["n_weights_checked"] > 0
     (section,) = [s for s in report.sections if s.kind == "quantcheck"]
     assert {row["qtype"] for row in section.tables["tensors"] if row["status"] == "exact"} == {"MLX-4b-g32"}
+
+
+def test_bnb_blocks_across_rows_are_checked_on_whole_blocks() -> None:
+    """A weight whose rows are not whole bitsandbytes blocks (96 columns, blocks of 64): the
+    check runs on chunks of whole blocks (2 rows here), where every code is explained; a
+    chunk that cuts a block gets the wrong absmax, which the scale check reports."""
+    functional = pytest.importorskip("bitsandbytes.functional", reason="bitsandbytes (a real writer) is not installed")
+    from provenance.codecs.packed.bnb import nf4_rows
+    from provenance.formats.packed import PackedTensor
+    from provenance.quant.packedcheck import check_packed_rows, rows_per_check, writer_recipe
+
+    x = torch.randn((6, 96), generator=torch.Generator().manual_seed(3))
+    packed, state = functional.quantize_4bit(x, blocksize=64, quant_type="nf4")
+    packing = PackedTensor("bnb-4bit", "m", (6, 96), 4, 64, {}, {"quant_type": "nf4", "blocksize": 64})
+    recipe = writer_recipe(packing)
+    assert rows_per_check(packing, 3) == 2 and rows_per_check(packing, 1) == 2
+
+    def grid(r0: int, r1: int):  # type: ignore[no-untyped-def]
+        flat = packed.reshape(-1)
+        return nf4_rows(flat[r0 * 48: r1 * 48], state.absmax[r0 * 96 // 64:], state.code, 64, r0 * 96 % 64, 96,
+                        torch.float32)
+
+    for r0 in range(0, 6, 2):
+        counts, _ = check_packed_rows(x[r0:r0 + 2], grid(r0, r0 + 2), "f32", recipe)
+        assert counts.n_unexplained == 0 and counts.n_blocks_scale_mismatch == 0 and counts.n_checked == 192
+    cut, _ = check_packed_rows(x[1:2], grid(1, 2), "f32", recipe)  # starts mid-block
+    assert cut.n_blocks_scale_mismatch > 0
