@@ -58,8 +58,9 @@ def as_report(result: QuantCheckResult, candidate: str, reference: str) -> Repor
 def command(candidate: str, reference: str, out_dir: str | None, as_json: bool, **options: Any) -> ExitCode:
     """Grid-consistency check of a quantized CANDIDATE against --reference weights.
 
-    Recomputes every stored code with llama.cpp's own arithmetic from the reference and
-    reports, per tensor: exact quantization of the reference, quantized from a perturbed
+    Recomputes every stored code from the reference with llama.cpp's own arithmetic (GGUF)
+    or the writer's round-to-nearest (bitsandbytes, MLX and compressed-tensors int8/fp8
+    safetensors; GPTQ/AWQ get their dequantization error only) and reports, per tensor: exact quantization of the reference, quantized from a perturbed
     reference (with the perturbation amplitude estimated from the flip rate), or
     unrelated; plus dequantization error against that of a clean quantization.
     Exit status: 0 exact quantization, 1 flagged, 2 input error.

@@ -91,11 +91,14 @@ def test_real_writer_read_back_bit_exact(kind: str, packed_source: Path, tmp_pat
                 theirs = theirs[torch.from_numpy(llama_qk_row_order(info.n_rows, info.qk_heads))]
             assert ours.shape == theirs.shape
             assert torch.equal(ours, theirs), f"{name}: {int((ours != theirs).sum())} values differ"
-        # canonical rows (q/k permuted like llama.cpp) stay close to the fp source
+        # canonical rows (q/k permuted like llama.cpp) stay close to the fp source; AutoAWQ's
+        # scale search also rescales input channels (folded into the layer before), so its
+        # weights are further from the source's than its rounding alone (docs/formats.md)
+        bound = {"ct-fp8": 0.05, "awq-autoawq": 0.3}.get(kind, 0.02 if "8b" in LABELS[kind] or kind == "bnb-int8" else 0.15)
         for name in ("blk.0.attn_q.weight", "blk.1.ffn_down.weight"):
             a, b = ckpt.read(name), ref.read(name)
             rel = float(np.linalg.norm(a - b) / np.linalg.norm(b))
-            assert rel < {"ct-fp8": 0.05}.get(kind, 0.02 if "8b" in LABELS[kind] or kind == "bnb-int8" else 0.15), (name, rel)
+            assert rel < bound, (name, rel)
 
 
 @pytest.mark.slow
