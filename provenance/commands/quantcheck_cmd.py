@@ -60,9 +60,10 @@ def command(candidate: str, reference: str, out_dir: str | None, as_json: bool, 
 
     Recomputes every stored code from the reference with llama.cpp's own arithmetic (GGUF)
     or the writer's round-to-nearest (bitsandbytes, MLX and compressed-tensors int8/fp8
-    safetensors; GPTQ/AWQ get their dequantization error only) and reports, per tensor: exact quantization of the reference, quantized from a perturbed
-    reference (with the perturbation amplitude estimated from the flip rate), or
-    unrelated; plus dequantization error against that of a clean quantization.
+    safetensors; GPTQ/AWQ get their dequantization error only) and reports, per tensor:
+    exact quantization of the reference, quantized from a perturbed reference (with the
+    perturbation amplitude estimated from the flip rate), or unrelated; plus dequantization
+    error against that of a clean quantization.
     Exit status: 0 exact quantization, 1 flagged, 2 input error.
     """
     from provenance.quant.api import quantcheck
