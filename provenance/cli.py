@@ -33,6 +33,7 @@ from provenance.commands import (
     inspect_cmd,
     investigate_cmd,
     quantcheck_cmd,
+    quantize_cmd,
     refdb_cmd,
     watermark_cmd,
 )
@@ -67,6 +68,7 @@ COMMANDS = [
     refdb_cmd.command,
     compare_cmd.command,
     quantcheck_cmd.command,
+    quantize_cmd.command,
     demo_cmd.command,
 ]
 for _command in COMMANDS:
@@ -124,7 +126,16 @@ def run(args: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    sys.exit(run(list(sys.argv[1:] if argv is None else argv)))
+    code = run(list(sys.argv[1:] if argv is None else argv))
+    if code == ExitCode.INTERRUPTED:
+        # Everything the command was writing is already cleaned up (atomic outputs remove
+        # their temp files on the way out); what is left is interpreter teardown, which with
+        # torch and numba loaded took 2-3 s on the shared machine: skip it, so Ctrl-C stops
+        # within a second.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -36,13 +36,21 @@ from its options dataclass (`CompareOptions`, `QuantCheckOptions`, `TraceOptions
 defaults below are the Python API's defaults too:
 
 - `--threads N`: the most CPU threads the command keeps busy (compare streams N tensors at once
-  with one torch thread each; quantcheck runs torch's own kernels on N threads). Defaults: compare 2,
-  quantcheck 1 (torch's intra-op threads slow down badly when another process holds a core).
+  with one torch thread each; quantcheck and quantize split their compiled kernels' blocks between
+  N threads, torch itself on one). Defaults 2 (torch's own intra-op threads slow down badly when
+  another process holds a core, so no command hands them more than one).
 - `--seed N`: the seed of every random draw (permutations, samples, decoy keys); same seed, same result.
 - `--precision auto|f32|f16|bf16`: what the quantizer saw (quantcheck, watermark detect/trace/analyze).
+- Long commands (quantize, quantcheck, compare, inspect --hashes) show progress on stderr: a bar on a
+  terminal, else a plain line every `PROVENANCE_PROGRESS_SECONDS` seconds (default 10). Ctrl-C stops
+  them and removes any partial output.
 - `-o/--output`: where results go (a directory for commands that write several files, else a file);
   `--json`: the JSON document on stdout instead of the human summary.
 - `--refdb DIR`: the reference database (identify, investigate, refdb).
+- Model arguments (MODEL) are paths or model names: `hf:ORG/NAME[@REVISION][/FILE]`, a bare `ORG/NAME`
+  (the local Hugging Face cache), `ollama:NAME[:TAG]` (Ollama's store), resolved offline
+  (docs/locators.md); `--download` fetches `hf:` names into the cache first.
+- `--base MODEL` (compare, investigate): the base model a PEFT adapter argument applies to.
 - `--debug` (before the command): tracebacks instead of one-line errors.
 """
 

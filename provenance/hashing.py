@@ -12,6 +12,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from provenance.formats.base import DEFAULT_CHUNK_BYTES, Checkpoint
+from provenance.formats.files import open_input
 
 Progress = Callable[[int], None]
 """Called with the number of bytes just hashed."""
@@ -21,7 +22,7 @@ def file_sha256(path: str, progress: Progress | None = None, chunk_bytes: int = 
     digest = hashlib.sha256()
     buffer = bytearray(chunk_bytes)
     view = memoryview(buffer)
-    with open(path, "rb", buffering=0) as handle:
+    with open_input(path) as handle:
         while n := handle.readinto(buffer):
             digest.update(view[:n])
             if progress:
@@ -44,7 +45,7 @@ def checkpoint_sha256s(
             ranges = sorted(by_file.get(span.path, []))
             file_digest = hashlib.sha256()
             position, index, pending = 0, 0, None
-            with open(span.path, "rb", buffering=0) as handle:
+            with open_input(span.path) as handle:
                 while True:
                     buffer = buffers[index % 2]  # double buffer: the pool may still hash the other
                     n = handle.readinto(buffer)

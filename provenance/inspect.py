@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from provenance.errors import input_boundary
 from provenance.formats import Checkpoint, open_checkpoint
 from provenance.formats.gguf_header import GGUFArray
 from provenance.hashing import checkpoint_sha256s
@@ -47,6 +48,7 @@ def quant_histogram(checkpoint: Checkpoint) -> dict[str, dict[str, int]]:
     return dict(sorted(histogram.items(), key=lambda item: -item[1]["bytes"]))
 
 
+@input_boundary
 def inspect_checkpoint(
     path: str | Path,
     *,
@@ -61,40 +63,52 @@ def inspect_checkpoint(
     total first).
     """
     with open_checkpoint(path) as checkpoint:
-        files = [{"path": span.path, "size": span.size} for span in checkpoint.files]
-        tensors = [info.to_dict() for info in checkpoint.tensors.values()]
-        n_params = sum(info.n_elements for info in checkpoint.tensors.values())
-        n_bytes = sum(info.n_bytes for info in checkpoint.tensors.values())
-        if hashes:
-            if on_total:
-                on_total(sum(span.size for span in checkpoint.files))
-            file_digests, digests = checkpoint_sha256s(checkpoint, progress)
-            for entry in files:
-                entry["sha256"] = file_digests[entry["path"]]
-            for entry in tensors:
-                entry["sha256"] = digests[entry["name"]]
-        metadata = {key: metadata_value(value) for key, value in checkpoint.metadata.items()}
-        report = {
-            "schema": SCHEMA,
-            "tool": {"name": "provenance", "version": __version__},
-            "path": os.fspath(path),
-            "format": checkpoint.format,
-            "gguf_version": getattr(checkpoint, "version", None),
-            "files": files,
-            "architecture": checkpoint.architecture.to_dict(),
-            "claims": {k: metadata_value(v) for k, v in checkpoint.metadata_claims.items()},
-            "metadata": metadata,
-            "tokenizer": summarize_tokenizer(checkpoint).to_dict(),
-            "summary": {
-                "tensors": len(tensors),
-                "parameters": n_params,
-                "tensor_bytes": n_bytes,
-                "bits_per_weight": round(8 * n_bytes / n_params, 4) if n_params else None,
-                "layers": len({t["layer"] for t in tensors if t["layer"] is not None}),
-                "roles": dict(Counter(t["role"] for t in tensors if t["role"])),
-            },
-            "quant_types": quant_histogram(checkpoint),
-            "tensors": tensors,
-            "warnings": list(checkpoint.warnings),
-        }
-    return report
+        return describe_checkpoint(checkpoint, path, hashes=hashes, progress=progress, on_total=on_total)
+
+
+def describe_checkpoint(
+    checkpoint: Checkpoint,
+    path: str | Path,
+    *,
+    hashes: bool = False,
+    progress: Callable[[int], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """:func:`inspect_checkpoint` of a checkpoint already open (``path`` as the user named it)."""
+    files = [{"path": span.path, "size": span.size} for span in checkpoint.files]
+    tensors = [info.to_dict() for info in checkpoint.tensors.values()]
+    n_params = sum(info.n_elements for info in checkpoint.tensors.values())
+    n_bytes = sum(info.n_bytes for info in checkpoint.tensors.values())
+    if hashes:
+        if on_total:
+            on_total(sum(span.size for span in checkpoint.files))
+        file_digests, digests = checkpoint_sha256s(checkpoint, progress)
+        for entry in files:
+            entry["sha256"] = file_digests[entry["path"]]
+        for entry in tensors:
+            entry["sha256"] = digests[entry["name"]]
+    metadata = {key: metadata_value(value) for key, value in checkpoint.metadata.items()}
+    return {
+        "schema": SCHEMA,
+        "tool": {"name": "provenance", "version": __version__},
+        "path": os.fspath(path),
+        "location": checkpoint.location.to_dict() if checkpoint.location else None,
+        "format": checkpoint.format,
+        "gguf_version": getattr(checkpoint, "version", None),
+        "files": files,
+        "architecture": checkpoint.architecture.to_dict(),
+        "claims": {k: metadata_value(v) for k, v in checkpoint.metadata_claims.items()},
+        "metadata": metadata,
+        "tokenizer": summarize_tokenizer(checkpoint).to_dict(),
+        "summary": {
+            "tensors": len(tensors),
+            "parameters": n_params,
+            "tensor_bytes": n_bytes,
+            "bits_per_weight": round(8 * n_bytes / n_params, 4) if n_params else None,
+            "layers": len({t["layer"] for t in tensors if t["layer"] is not None}),
+            "roles": dict(Counter(t["role"] for t in tensors if t["role"])),
+        },
+        "quant_types": quant_histogram(checkpoint),
+        "tensors": tensors,
+        "warnings": list(checkpoint.warnings),
+    }

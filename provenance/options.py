@@ -53,7 +53,7 @@ def spec_of(field: dataclasses.Field[Any]) -> OptionSpec | None:
 # ----- options shared by several analyses: one meaning, one help text ---------------------------
 
 THREADS_HELP = ("CPU threads the command may keep busy (compare: tensors streamed at once, one torch thread "
-                "each; quantcheck: torch threads).")
+                "each; quantcheck and quantize: the compiled kernels' share of the blocks).")
 SEED_HELP = "Seed of every random draw (permutations, samples, decoy keys): results are reproducible."
 PRECISION_HELP = ("Precision the quantizer saw (f32, f16, bf16); auto picks the one the stored grid explains "
                   "best.")

@@ -2,13 +2,12 @@
 quantizers (what ``llama_model_quantize`` runs without an importance matrix).
 
 Each block-quantized type's quantizer is its descriptor's ``quantize``
-(:mod:`provenance.codecs.registry`):
+(:mod:`provenance.codecs.registry`), a compiled kernel (numba, no fast-math) split between
+threads by weights:
 
-* Q2_K..Q6_K: :mod:`provenance.codecs.quantize_k` (our float32-exact port of
+* Q2_K..Q6_K: :mod:`provenance.codecs.quantize_k` (float32-exact ports of
   ``quantize_row_q*_K_ref``);
-* Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0: ``gguf.quants.quantize``, already bit-exact with
-  ``quantize_row_q*_ref`` (its Q8_0 scales with the f32 ``d`` and rounds ``x * (1/d)``
-  half away from zero, as ggml does);
+* Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0: :mod:`provenance.codecs.ggml.legacy` (``quantize_row_q*_ref``);
 * IQ4_NL / IQ4_XS: :mod:`provenance.codecs.quantize_iq4`; Q1_0: :mod:`provenance.codecs.ggml.q1_0`.
 
 Plain float types are a conversion: numpy's float16 cast rounds to nearest even, like
@@ -21,16 +20,27 @@ Verified against every tensor of every file in ``shared/data/llamacpp-quant``
 from __future__ import annotations
 
 import numpy as np
+from gguf import GGMLQuantizationType
 from gguf import quants as gguf_quants
 
-from provenance.codecs.quantize_k import CHUNK_WEIGHTS
-from provenance.codecs.registry import QUANT_TYPES, find_quant_type
-from provenance.codecs.types import PLAIN_TYPES, PlainType, plain_type, type_info
+from provenance.codecs.native import run_compiled
+from provenance.codecs.registry import find_quant_type
+from provenance.codecs.types import PlainType, plain_type, type_info
 
 
 def supported_types() -> list[str]:
-    """ggml type names :func:`quantize_rows` can produce."""
-    return [p.name for p in PLAIN_TYPES.values() if p.is_float] + [qt.name for qt in QUANT_TYPES.values() if qt.quantize]
+    """ggml type names :func:`quantize_rows` can produce (:func:`can_quantize`)."""
+    return [t.name for t in GGMLQuantizationType if can_quantize(t)]
+
+
+def can_quantize(ggml_type: int | str) -> bool:
+    """Can :func:`quantize_rows` produce ``ggml_type`` (a float type, or a block type with a
+    bit-exact quantizer)?"""
+    plain = plain_type(ggml_type)
+    if plain is not None:
+        return plain.is_float
+    qt = find_quant_type(ggml_type)
+    return qt is not None and qt.quantize is not None
 
 
 def _plain(values: np.ndarray, plain: PlainType) -> np.ndarray:
@@ -40,10 +50,11 @@ def _plain(values: np.ndarray, plain: PlainType) -> np.ndarray:
     return np.ascontiguousarray(values.astype(plain.numpy_name, copy=False)).view(np.uint8).reshape(rows, -1)
 
 
-def quantize_rows(values: np.ndarray, ggml_type: int | str) -> np.ndarray:
+def quantize_rows(values: np.ndarray, ggml_type: int | str, threads: int | None = None) -> np.ndarray:
     """Quantize float32 ``(rows, row_length)`` to ``ggml_type`` (number or name);
     returns the stored bytes, uint8 ``(rows, row_bytes)``. ``row_length`` must be a
-    multiple of the type's block size."""
+    multiple of the type's block size. The blocks are split between ``threads`` threads
+    (default: ``torch.get_num_threads()``, the CPU budget the dequantizers follow too)."""
     name = type_info(ggml_type).name
     values = np.asarray(values, dtype=np.float32)
     if values.ndim != 2:
@@ -58,7 +69,10 @@ def quantize_rows(values: np.ndarray, ggml_type: int | str) -> np.ndarray:
     if row_length % qt.block_size:
         raise ValueError(f"{name} needs rows of a multiple of {qt.block_size} weights, got {row_length}")
     blocks = np.ascontiguousarray(values).reshape(-1, qt.block_size)
-    # chunks keep the quantizers' float32 temporaries cache-sized and memory bounded
-    step = max(1, CHUNK_WEIGHTS // qt.block_size)
-    parts = [qt.quantize(blocks[s:s + step]) for s in range(0, blocks.shape[0], step)]
-    return (np.concatenate(parts) if len(parts) > 1 else parts[0]).reshape(rows, -1)
+    out = np.empty((blocks.shape[0], qt.type_size), dtype=np.uint8)
+    if threads is None:
+        import torch
+
+        threads = torch.get_num_threads()
+    run_compiled(qt.quantize, blocks, out, threads)
+    return out.reshape(rows, -1)

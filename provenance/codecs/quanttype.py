@@ -36,18 +36,17 @@ TorchKernel = Callable[["torch.Tensor", "Workspace"], "Decoded"]
 """``(n_blocks, type_size)`` uint8 blocks on any device -> levels, scales and offsets."""
 TableBuilder = Callable[[], np.ndarray]
 """Builds one lookup table of a compiled kernel (called once; cache it)."""
-BlockQuantizer = Callable[[np.ndarray], np.ndarray]
-"""``(n_blocks, block_size)`` float32 -> ``(n_blocks, type_size)`` uint8, llama.cpp-exact."""
 Predictor = Callable[["torch.Tensor", "QuantGrid", "torch.Tensor | None"], "Prediction"]
 """``(source x, stored grid, stored blocks or None)`` -> the codes llama.cpp would store."""
 
 
 @dataclass(frozen=True)
 class CompiledKernel:
-    """A numba kernel ``fn(blocks, out, f16_table, *tables)`` writing ``(n, block_size)``
-    float32 from ``(n, type_size)`` uint8 blocks, and the builders of the tables it takes
-    after the shared f16 table. Loop bounds inside come from array shapes (see
-    :mod:`provenance.jit`)."""
+    """A numba kernel over a batch of blocks, ``fn(inp, out, f16_table, *tables)``, and the
+    builders of the tables it takes after the shared f16 table: a dequantizer writes
+    ``(n, block_size)`` float32 from ``(n, type_size)`` uint8 blocks, a quantizer the
+    reverse. Loop bounds inside come from array shapes (see :mod:`provenance.jit`); the
+    batch is split between threads by :func:`provenance.codecs.native.run_compiled`."""
 
     fn: Callable[..., None]
     tables: tuple[TableBuilder, ...] = ()
@@ -98,8 +97,19 @@ class QuantType:
     scale, nor MXFP4/NVFP4's 8-bit ones)."""
     compiled: CompiledKernel | None = None
     recipe: Recipe | None = None
-    quantize: BlockQuantizer | None = None
-    """llama.cpp's reference quantizer (no importance matrix), bit-exact, if we have one."""
+    quantize: CompiledKernel | None = None
+    """llama.cpp's reference quantizer (no importance matrix), bit-exact, if we have one:
+    ``(n, block_size)`` float32 -> ``(n, type_size)`` uint8."""
+    cells: CompiledKernel | None = None
+    """Compiled cell test of ``compare``'s grid columns: ``fn(blocks, other, counts, sums,
+    tol_steps, f16_table, *tables)`` (the type's grid decoder inlined into
+    :func:`provenance.codecs.native.gridcheck.cells`); tables: for a ``LevelGrid`` the
+    lower and upper cell midpoints per level."""
+    check: CompiledKernel | None = None
+    """Compiled grid-consistency check of ``quantcheck`` (the type's grid decoder and its
+    recipe inlined into :func:`provenance.codecs.native.gridcheck.check`): ``fn(blocks, x,
+    counts, sums, dist, precision, near_margin, f16_table, *tables)``; tables: for a
+    ``LevelGrid`` the sorted levels. Only with a ``recipe``, and equal to it."""
 
     @property
     def name(self) -> str:

@@ -65,19 +65,20 @@ def quant_type(ggml_type: int | str) -> QuantType:
     return qt
 
 
-def kernel_coverage() -> dict[str, str]:
-    """Every ggml type the installed gguf package knows -> how we dequantize it:
-    ``native`` (our kernels; plain types by a cast), ``fallback`` (gguf's numpy, run on
-    CPU) or ``unsupported`` (neither can)."""
+def coverage(ggml_type: int) -> str:
+    """How we dequantize one ggml type: ``native`` (our kernels; plain types by a cast),
+    ``fallback`` (gguf's numpy, run on CPU) or ``unsupported`` (neither can: a reader
+    refuses to decode it, though its bytes can still be hashed)."""
     from gguf import quants as gq
 
-    fallback = set(gq._type_traits)
-    out: dict[str, str] = {}
-    for qtype in T:
-        if int(qtype) in QUANT_TYPES or int(qtype) in PLAIN_TYPES:
-            out[qtype.name] = "native"
-        elif qtype in fallback:
-            out[qtype.name] = "fallback"
-        else:
-            out[qtype.name] = "unsupported"
-    return out
+    if int(ggml_type) in QUANT_TYPES or int(ggml_type) in PLAIN_TYPES:
+        return "native"
+    try:
+        return "fallback" if T(int(ggml_type)) in gq._type_traits else "unsupported"
+    except ValueError:
+        return "unsupported"
+
+
+def kernel_coverage() -> dict[str, str]:
+    """Every ggml type the installed gguf package knows -> :func:`coverage`."""
+    return {qtype.name: coverage(qtype) for qtype in T}

@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from provenance.commands.common import ExitCode, debug_enabled, say
+from provenance.commands.paths import MODEL, download_option
 from provenance.document import Report
 from provenance.errors import CheckpointError
 from provenance.fileio import to_json, write_atomic
@@ -20,7 +21,8 @@ def as_report(result: CheckResult, policy_path: str) -> Report:
 
 
 @click.command("check")
-@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.argument("paths", nargs=-1, required=True, type=MODEL)
+@download_option
 @click.option("--policy", "policy_path", required=True, type=click.Path(dir_okay=False),
               help="Policy file (TOML, see docs/ci.md).")
 @click.option("--sarif", type=click.Path(dir_okay=False), help="Also write SARIF 2.1.0 results to this file.")

@@ -4,12 +4,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import click
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from provenance.commands.common import ExitCode, say, stderr_console
+from provenance.commands.common import ExitCode, say
 from provenance.commands.options import build, options_from
+from provenance.commands.paths import BASE_HELP, EXISTING_MODEL, MODEL, download_option
+from provenance.commands.progress import progress_display
 from provenance.compare.options import CompareOptions
 from provenance.fileio import to_json, write_files_atomic
+from provenance.progress import Meter
 from provenance.textsafe import safe_text
 
 if TYPE_CHECKING:  # the analysis modules import torch/pandas: load them only when a command runs
@@ -17,19 +19,15 @@ if TYPE_CHECKING:  # the analysis modules import torch/pandas: load them only wh
     from provenance.document import Report
 
 
-def _run(candidate: str, reference: str, options: CompareOptions) -> CompareResult:
+def _run(candidate: str, reference: str, options: CompareOptions, base: str | None) -> CompareResult:
     from provenance.compare import compare
-    from provenance.formats import open_checkpoint
+    from provenance.formats import PeftAdapterCheckpoint, open_checkpoint
 
-    with open_checkpoint(reference) as ref:  # tensor count for the bar (header only)
-        total = len(ref.tensors)
-    progress = Progress(TextColumn("comparing"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-                        TimeRemainingColumn(), console=stderr_console, transient=True,
-                        disable=not stderr_console.is_terminal)
-    with progress:
-        task = progress.add_task("", total=total)
-        return compare(candidate, reference, options,
-                       progress=lambda name, _n: progress.update(task, advance=1, description=safe_text(name, 40)))
+    with open_checkpoint(reference) as ref:  # tensor count for the bar (header only; an adapter's: unknown)
+        total = None if isinstance(ref, PeftAdapterCheckpoint) else len(ref.tensors)
+    with progress_display() as show:
+        meter = Meter(show, "compare", total, unit="tensors")
+        return compare(candidate, reference, options, base=base, progress=lambda name, _n: meter.advance(1, name))
 
 
 def as_report(result: CompareResult, candidate: str, reference: str) -> Report:
@@ -59,14 +57,16 @@ def output_files(result: CompareResult, report: Report) -> dict[str, str | bytes
 
 
 @click.command("compare")
-@click.argument("candidate", type=click.Path(exists=True))
-@click.argument("reference", type=click.Path(exists=True))
+@click.argument("candidate", type=EXISTING_MODEL)
+@click.argument("reference", type=EXISTING_MODEL)
+@click.option("--base", type=MODEL, default=None, help=BASE_HELP)
+@download_option
 @click.option("-o", "--output", "output", type=click.Path(file_okay=False),
               help="Write report.json, tensors.csv, layers.csv, summary.md and the figures (PNG) into this directory.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the JSON report (schema provenance.compare/1) instead of the Markdown summary.")
 @options_from(CompareOptions)
-def command(candidate: str, reference: str, output: str | None, as_json: bool, **options: Any) -> ExitCode:
+def command(candidate: str, reference: str, base: str | None, output: str | None, as_json: bool, **options: Any) -> ExitCode:
     """Is CANDIDATE derived from REFERENCE, and how?
 
     Pairs tensors across formats (GGUF, quantized or not, safetensors, llama2.c),
@@ -75,16 +75,22 @@ def command(candidate: str, reference: str, output: str | None, as_json: bool, *
     permutations and scales, and gives a verdict (identical, requantized, fine-tune,
     lora-merge, continued-pretraining, unrelated, inconclusive) with exact and
     asymptotic p-values, per-tensor statistics and the metadata claims beside them.
+
+    CANDIDATE or REFERENCE may be a PEFT adapter folder, applied to --base: a candidate
+    adapter is compared as base + adapter; an adapter reference also tests whether the
+    candidate is that adapter merged into the base.
     Exit status: 0 done, 1 metadata claims disagree with the weights, 2 input error.
     """
     from provenance.report import renderer
 
-    result = _run(candidate, reference, build(CompareOptions, options))
+    result = _run(candidate, reference, build(CompareOptions, options), base)
     report = as_report(result, candidate, reference)
     if output:
         write_files_atomic(output, output_files(result, report))
     click.echo(to_json(result.to_dict()) if as_json else renderer("md").render([report]), nl=False)
     say(f"verdict: {result.verdict.kind}: {safe_text(result.verdict.summary, 300)}")
+    if result.adapter is not None:
+        say(f"adapter: {safe_text(result.adapter.finding, 400)}")
     for flag in result.claims.disagreements:
         say(f"claims: {safe_text(flag, 300)}")
     return ExitCode.FINDINGS if result.claims.disagreements else ExitCode.OK

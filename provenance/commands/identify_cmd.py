@@ -8,6 +8,7 @@ from rich.text import Text
 
 from provenance.commands.common import ExitCode, say, stdout_console
 from provenance.commands.options import build, options_from
+from provenance.commands.paths import EXISTING_MODEL, download_option
 from provenance.commands.refdb_cmd import refdb_option
 from provenance.fileio import to_json, write_atomic
 from provenance.refdb.options import IdentifyOptions
@@ -38,7 +39,8 @@ def render(result: IdentifyResult, top: int) -> None:
 
 
 @click.command("identify")
-@click.argument("candidate", type=click.Path(exists=True))
+@click.argument("candidate", type=EXISTING_MODEL)
+@download_option
 @refdb_option
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON result (schema provenance.identify/1) instead of tables.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Also write the JSON result to this file (atomically).")

@@ -4,14 +4,16 @@ from __future__ import annotations
 from typing import Any
 
 import click
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 from rich.text import Text
 
-from provenance.commands.common import ExitCode, debug_enabled, say, stderr_console, stdout_console
+from provenance.commands.common import ExitCode, debug_enabled, say, stdout_console
+from provenance.commands.paths import MODEL, download_option
+from provenance.commands.progress import progress_display
 from provenance.errors import CheckpointError
 from provenance.fileio import to_json, write_atomic
 from provenance.inspect import inspect_checkpoint
+from provenance.progress import Meter
 from provenance.textsafe import safe_text
 
 BATCH_SCHEMA = "provenance.inspect-batch/1"
@@ -21,18 +23,16 @@ PROGRESS_MIN_BYTES = 256 * 1024 * 1024
 def _inspect_one(path: str, hashes: bool) -> dict[str, Any]:
     if not hashes:
         return inspect_checkpoint(path)
-    progress = Progress(
-        TextColumn("hashing {task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-        TimeRemainingColumn(), console=stderr_console, transient=True,
-        disable=not stderr_console.is_terminal,
-    )
-    with progress:
-        task = progress.add_task(safe_text(path, 40), total=None)
-        return inspect_checkpoint(
-            path, hashes=True,
-            progress=lambda n: progress.advance(task, n),
-            on_total=lambda total: progress.update(task, total=total, visible=total >= PROGRESS_MIN_BYTES),
-        )
+    with progress_display() as show:
+        meter = Meter(None, "hash", None)
+
+        def on_total(total: int) -> None:
+            meter.total = total
+            if total >= PROGRESS_MIN_BYTES:  # small files hash in a blink: no bar
+                meter.callback = show
+                meter.start_item(path)
+
+        return inspect_checkpoint(path, hashes=True, progress=meter.advance, on_total=on_total)
 
 
 def _cell(value: Any, max_len: int = 80) -> Text:
@@ -43,6 +43,9 @@ def _cell(value: Any, max_len: int = 80) -> Text:
 def render_report(report: dict[str, Any]) -> None:
     out = stdout_console
     out.print(Text(f"{safe_text(report['path'])}  [{report['format']}]", style="bold"))
+    if report.get("location"):
+        where = report["location"]
+        out.print(_cell(f"  {where['source']}: {where['name']} -> {where['path']}", 300))
     for entry in report["files"]:
         digest = f"  sha256 {entry['sha256']}" if "sha256" in entry else ""
         out.print(_cell(f"  file {entry['path']}  {entry['size']:,} bytes{digest}", 200))
@@ -82,7 +85,8 @@ def render_report(report: dict[str, Any]) -> None:
 
 
 @click.command("inspect")
-@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.argument("paths", nargs=-1, required=True, type=MODEL)
+@download_option
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON document (schema provenance.inspect-batch/1) instead of tables.")
 @click.option("--hashes", is_flag=True, help="Also compute file and per-tensor SHA-256 (streams every byte).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Also write the JSON document to this file (atomically).")
@@ -90,7 +94,8 @@ def command(paths: tuple[str, ...], as_json: bool, hashes: bool, output: str | N
     """Describe checkpoints: format, architecture, metadata, tokenizer, tensors and hashes.
 
     PATHS may be GGUF files (split files via any part), safetensors files, sharded
-    index.json files, HF model directories or llama2.c files, or tokenizers alone
+    index.json files, HF model directories, PEFT adapter folders or llama2.c files,
+    model names (hf:ORG/NAME[@REVISION][/FILE], ORG/NAME, ollama:NAME[:TAG]), or tokenizers alone
     (tokenizer.json, a SentencePiece tokenizer.model, a folder of tokenizer files). Each file is checked
     without being trusted; a bad one is reported on one line and the others are still
     inspected. Exit status: 0 all read, 2 any file failed, 70 a bug on any file.

@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from provenance.commands.common import ExitCode, say, stderr_console
+from provenance.commands.paths import BASE_HELP, MODEL, download_option
 from provenance.commands.refdb_cmd import refdb_option
 from provenance.report import DEFAULT_FORMATS, renderer_names, renderers, write_report
 
@@ -11,15 +12,17 @@ FORMAT_HELP = "Comma-separated outputs among " + ", ".join(renderer_names()) + "
 
 
 @click.command("investigate")
-@click.argument("candidate", type=click.Path())
-@click.option("--reference", "references", multiple=True, type=click.Path(),
+@click.argument("candidate", type=MODEL)
+@click.option("--reference", "references", multiple=True, type=MODEL,
               help="A reference checkpoint to compare with (repeatable): lineage, and grid consistency for quantized candidates.")
+@click.option("--base", type=MODEL, default=None, help=BASE_HELP)
+@download_option
 @click.option("--keys", "key_registry", type=click.Path(), help="A watermark key registry: trace which client's copy this is.")
 @refdb_option
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Directory for the report files (report.json, report.md, report.html, figures, tables), written atomically.")
 @click.option("--format", "formats", default=",".join((*DEFAULT_FORMATS, "csv")), show_default=True, help=FORMAT_HELP)
-def command(candidate: str, references: tuple[str, ...], key_registry: str | None, refdb_dir: str | None,
+def command(candidate: str, references: tuple[str, ...], base: str | None, key_registry: str | None, refdb_dir: str | None,
             out_dir: str, formats: str) -> ExitCode:
     """Investigate one checkpoint and write the full report, executive summary first.
 
@@ -31,7 +34,7 @@ def command(candidate: str, references: tuple[str, ...], key_registry: str | Non
 
     chosen = [r.name for r in renderers(f.strip() for f in formats.split(",") if f.strip())]  # usage error first
     report = investigate(candidate, references, key_registry, refdb_dir,
-                         progress=(lambda step: say(f"… {step}")) if stderr_console.is_terminal else None)
+                         progress=(lambda step: say(f"… {step}")) if stderr_console.is_terminal else None, base=base)
     files = write_report(report, out_dir, chosen)
     say(report.executive_summary)
     for error in report.errors:

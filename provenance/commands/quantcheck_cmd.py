@@ -8,6 +8,8 @@ import click
 
 from provenance.commands.common import ExitCode, say
 from provenance.commands.options import build, options_from
+from provenance.commands.paths import EXISTING_MODEL, download_option
+from provenance.commands.progress import progress_display
 from provenance.fileio import to_json, write_files_atomic
 from provenance.quant.options import QuantCheckOptions
 
@@ -48,9 +50,10 @@ def as_report(result: QuantCheckResult, candidate: str, reference: str) -> Repor
 
 
 @click.command("quantcheck")
-@click.argument("candidate", type=click.Path(dir_okay=True))
-@click.option("-r", "--reference", required=True, type=click.Path(dir_okay=True),
+@click.argument("candidate", type=EXISTING_MODEL)
+@click.option("-r", "--reference", required=True, type=EXISTING_MODEL,
               help="The reference weights (GGUF, safetensors, HF directory, llama2.c).")
+@download_option
 @click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False),
               help="Write quantcheck.json, quantcheck.csv, quantcheck.md and its figure here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON result (schema provenance.quantcheck/1) on stdout.")
@@ -69,7 +72,8 @@ def command(candidate: str, reference: str, out_dir: str | None, as_json: bool, 
     from provenance.quant.api import quantcheck
     from provenance.report import frame_csv, renderer
 
-    result = quantcheck(candidate, reference, build(QuantCheckOptions, options))
+    with progress_display() as progress:
+        result = quantcheck(candidate, reference, build(QuantCheckOptions, options), progress=progress)
     for line in summary_lines(result):
         say(line)
     if out_dir:

@@ -8,6 +8,7 @@ from rich.table import Table
 from rich.text import Text
 
 from provenance.commands.common import ExitCode, say, stdout_console
+from provenance.commands.paths import EXISTING_MODEL, download_option
 from provenance.fileio import to_json
 from provenance.textsafe import safe_text
 
@@ -36,7 +37,8 @@ def command() -> None:
 
 
 @command.command("add")
-@click.argument("path", type=click.Path(exists=True))
+@click.argument("path", type=EXISTING_MODEL)
+@download_option
 @click.option("--id", "entry_id", required=True, callback=_entry_id, help="Entry id (lower case letters, digits, . _ -).")
 @click.option("--family", default=None, help="Model family the entry belongs to (default: the id).")
 @click.option("--source", default="", help="Where the model came from (URL, repository, how it was obtained).")

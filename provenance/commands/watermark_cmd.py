@@ -7,6 +7,7 @@ import click
 
 from provenance.commands.common import ExitCode, say
 from provenance.commands.options import build, options_from
+from provenance.commands.paths import EXISTING_MODEL, download_option
 from provenance.fileio import to_json, write_atomic
 from provenance.watermark.options import AnalyzeOptions, EmbedOptions, TraceOptions
 
@@ -29,7 +30,7 @@ def _scoring_options(func: Any) -> Any:
     """The options detect and trace share: the reference, the scoring options, the output."""
     func = click.option("-o", "--output", type=click.Path(dir_okay=False), help=OUTPUT_HELP)(func)
     func = options_from(TraceOptions)(func)
-    return click.option("--reference", type=click.Path(exists=True), help=REFERENCE_HELP)(func)
+    return download_option(click.option("--reference", type=EXISTING_MODEL, help=REFERENCE_HELP)(func))
 
 
 @click.group("watermark")
@@ -39,7 +40,8 @@ def command() -> None:
 
 
 @command.command("embed")
-@click.argument("model", type=click.Path(exists=True))
+@click.argument("model", type=EXISTING_MODEL)
+@download_option
 @click.option("--secret-file", required=True, type=click.Path(exists=True, dir_okay=False),
               help="The owner's secret (>= 16 bytes).")
 @click.option("--client", required=True, help="Client id whose key is embedded.")
@@ -65,7 +67,7 @@ def embed(model: str, secret_file: str, client: str, output: str, report: str | 
 
 
 @command.command("detect")
-@click.argument("candidate", type=click.Path(exists=True))
+@click.argument("candidate", type=EXISTING_MODEL)
 @click.option("--secret-file", type=click.Path(exists=True, dir_okay=False), help="The owner's secret (with --client).")
 @click.option("--client", help="Client id whose derived key is tested.")
 @click.option("--key-file", type=click.Path(exists=True, dir_okay=False),
@@ -92,7 +94,7 @@ def detect(candidate: str, secret_file: str | None, client: str | None, key_file
 
 
 @command.command("trace")
-@click.argument("candidate", type=click.Path(exists=True))
+@click.argument("candidate", type=EXISTING_MODEL)
 @click.option("--registry", required=True, type=click.Path(exists=True),
               help="Clients: a JSON registry or a directory (secret + clients.txt, and/or *.npz key files).")
 @_scoring_options
@@ -127,8 +129,9 @@ def _summarise(result: TraceResult) -> None:
 
 
 @command.command("analyze")
-@click.argument("candidate", type=click.Path(exists=True))
-@click.option("--reference", required=True, type=click.Path(exists=True), help="The original to compare against.")
+@click.argument("candidate", type=EXISTING_MODEL)
+@click.option("--reference", required=True, type=EXISTING_MODEL, help="The original to compare against.")
+@download_option
 @options_from(AnalyzeOptions)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help=OUTPUT_HELP)
 def analyze(candidate: str, reference: str, output: str | None, **options: Any) -> ExitCode:

@@ -16,11 +16,13 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
+from provenance.compare.adapter import AdapterOnBase, adapter_evidence, adapter_verdict, with_base
 from provenance.compare.align import Alignment, align_layer
 from provenance.compare.claims import compare_claims
 from provenance.compare.engine import PairOutcome, stream_pair
@@ -54,6 +56,7 @@ from provenance.compare.sketch import (
 from provenance.compare.symtest import PermutationTest
 from provenance.compare.transform import Transform
 from provenance.compare.verdict import decide
+from provenance.errors import input_boundary
 from provenance.formats import open_checkpoint
 from provenance.formats.base import Checkpoint
 from provenance.names.arch import ArchRecord
@@ -269,19 +272,30 @@ class _Lineage:
         return result
 
 
+@input_boundary
 def compare(candidate: str | os.PathLike[str], reference: str | os.PathLike[str],
             options: CompareOptions | None = None,
-            progress: Callable[[str, int], None] | None = None) -> CompareResult:
-    """Compare ``candidate`` against ``reference``; see the module docstring."""
+            progress: Callable[[str, int], None] | None = None,
+            base: str | os.PathLike[str] | None = None) -> CompareResult:
+    """Compare ``candidate`` against ``reference``; see the module docstring.
+
+    Either side may be a PEFT adapter folder: it is applied to ``base`` (default: the adapter's
+    ``base_model_name_or_path``, opened like any model name) and compared as base + adapter; an
+    adapter reference also asks whether the candidate is that merge (``CompareResult.adapter``)."""
     opts = options or CompareOptions()
     t0 = time.perf_counter()
     # Parallelism is across tensors; see DESIGN (2 intra-op threads can be 16-75x slower).
-    with torch_threads(1), open_checkpoint(candidate) as cand, open_checkpoint(reference) as ref:
-        return _compare_open(os.fspath(candidate), os.fspath(reference), cand, ref, opts, progress, t0)
+    with torch_threads(1), ExitStack() as stack:
+        cand = stack.enter_context(open_checkpoint(candidate))
+        ref = stack.enter_context(open_checkpoint(reference))
+        sides = [with_base(ckpt, os.fspath(base) if base is not None else None, stack) for ckpt in (cand, ref)]
+        return _compare_open(os.fspath(candidate), os.fspath(reference), sides[0][0], sides[1][0], opts, progress, t0,
+                             adapter_bases=(sides[0][1], sides[1][1]))
 
 
 def _compare_open(cpath: str, rpath: str, cand: Checkpoint, ref: Checkpoint, opts: CompareOptions,
-                  progress: Callable[[str, int], None] | None, t0: float) -> CompareResult:
+                  progress: Callable[[str, int], None] | None, t0: float,
+                  adapter_bases: tuple[str | None, str | None] = (None, None)) -> CompareResult:
     arch_c, arch_r = cand.architecture, ref.architecture
     pairing: Pairing = pair_tensors(cand, ref)
     pairs = pairing.pairs
@@ -332,7 +346,13 @@ def _compare_open(cpath: str, rpath: str, cand: Checkpoint, ref: Checkpoint, opt
     rows = [_row(o) for o in outcomes]
     aligned = _alignment(alignment) if alignment else None
     verdict = decide(test, rows, arch_c, arch_r, layout, aligned, reason)
-    claims = compare_claims(dict(cand.metadata_claims), dict(ref.metadata_claims), verdict.related)
+    adapter = None
+    if isinstance(cand, AdapterOnBase) or isinstance(ref, AdapterOnBase):
+        adapter = adapter_evidence(cand, ref, cpath, rpath, adapter_bases, rows,
+                                   alignment.transforms if alignment else {})
+        verdict = adapter_verdict(verdict, adapter, rows, cand if isinstance(cand, AdapterOnBase) else ref)
+    claims = compare_claims(dict(cand.metadata_claims), dict(ref.metadata_claims), verdict.related, verdict.kind,
+                            candidate_is_adapter=isinstance(cand, AdapterOnBase))
     if claims.disagreements:
         verdict = replace(verdict, evidence=verdict.evidence + tuple("metadata: " + d for d in claims.disagreements))
     total_bytes = sum(o.bytes_read for o in outcomes)
@@ -346,4 +366,5 @@ def _compare_open(cpath: str, rpath: str, cand: Checkpoint, ref: Checkpoint, opt
     return CompareResult(
         candidate=_describe(cpath, cand), reference=_describe(rpath, ref), verdict=verdict, test=test, claims=claims,
         pairing=_pairing(pairing), layout=layout, alignment=aligned, tensors=tuple(rows), options=opts, timing=timing,
+        adapter=adapter,
     )

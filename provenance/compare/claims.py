@@ -37,7 +37,20 @@ DERIVATION_CLAIMS: tuple[tuple[str, str], ...] = (
     ("general.source.huggingface.repository", "GGUF, early converters: the Hugging Face repository converted from"),
     ("config.base_model", "HF config.json: base_model, the Hub's name for the parent model, where a config carries it"),
     ("safetensors.base_model", "safetensors __metadata__: a base_model entry, as the writer states it"),
+    ("card.base_model", "model card (README.md front matter): base_model, the Hub's model-tree parent(s)"),
+    ("peft.base_model_name_or_path", "PEFT adapter_config.json: the model the adapter was trained on"),
 )
+RELATION_KEY = "card.base_model_relation"
+"""The model card's declared relation to its ``base_model`` (adapter, merge, quantized, finetune)."""
+#: The Hub's relations (huggingface.co/docs/hub/model-cards, "Specifying a base model") a measured
+#: verdict is consistent with. Absent kinds: unchanged weights ("identical") fit no declared
+#: relation, no relation is measured for an unrelated or undecided pair, and any other related
+#: kind is a change of the weights (fine-tune or merge).
+_RELATIONS_OF_KIND: dict[str, frozenset[str]] = {
+    "requantized": frozenset({"quantized"}),
+    "identical": frozenset(),
+}
+_CHANGED = frozenset({"finetune", "merge"})
 # Not a derivation claim: config ``_name_or_path`` is whatever path ``from_pretrained`` was
 # given when the config was loaded (often a local folder; transformers 5 no longer saves
 # it). It can name the model itself, so it is one of the names a reference goes by.
@@ -51,6 +64,9 @@ _SELF_KEYS = (
     "config._name_or_path",
     "general.source.huggingface.repository",
     "general.organization",
+    # The repo id the Hugging Face cache files a model under (``hf:ORG/NAME``): the name a card's
+    # ``base_model`` uses, also when the weights' own metadata names the model otherwise.
+    "hub.repo_id",
 )
 
 
@@ -91,8 +107,21 @@ def names_match(names_a: list[str], names_b: list[str]) -> bool:
     return any(a == b or (len(a) >= 6 and len(b) >= 6 and (a in b or b in a)) for a in na for b in nb)
 
 
-def compare_claims(candidate: Mapping[str, Any], reference: Mapping[str, Any], related: bool | None) -> ClaimsComparison:
-    """Claims of both sides, and flags where claims disagree with each other or the weights."""
+def relation_agrees(declared: str, kind: str, related: bool | None, candidate_is_adapter: bool) -> bool | None:
+    """Whether a declared Hub relation fits the measured verdict (None: nothing measured)."""
+    if related is None:
+        return None
+    if not related:
+        return False
+    if candidate_is_adapter:
+        return declared == "adapter"
+    return declared in _RELATIONS_OF_KIND.get(kind, _CHANGED)
+
+
+def compare_claims(candidate: Mapping[str, Any], reference: Mapping[str, Any], related: bool | None,
+                   kind: str | None = None, candidate_is_adapter: bool = False) -> ClaimsComparison:
+    """Claims of both sides, and flags where claims disagree with each other or the weights
+    (``kind``: the verdict's, to check a declared ``base_model_relation``)."""
     bases = claimed_bases(candidate)
     ref_names = self_names(reference)
     flags: list[str] = []
@@ -120,6 +149,19 @@ def compare_claims(candidate: Mapping[str, Any], reference: Mapping[str, Any], r
     same_name = bool(self_names(candidate)) and bool(ref_names) and names_match(self_names(candidate), ref_names)
     if related is False and same_name:
         flags.append("both files carry the same name, but the weights show no relation")
+    declared = candidate.get(RELATION_KEY)
+    agrees = None
+    # The relation is to the card's base_model: checked when a declared base is the reference, or when
+    # the reference names itself nothing, the card declares one base and the candidate derives from
+    # the reference.
+    one_base = len(_strings(candidate.get("card.base_model"))) == 1
+    if isinstance(declared, str) and kind is not None and (claim_names_reference
+                                                           or (not ref_names and one_base and related)):
+        agrees = relation_agrees(declared, kind, related, candidate_is_adapter)
+        if agrees is False and related:  # unrelated: flagged above, the claim naming the reference
+            measured = "an adapter on it" if candidate_is_adapter else f"a {kind.replace('-', ' ')} of it"
+            flags.append(f"model card declares base_model_relation {safe_text(declared, 20)!r} to the reference, but "
+                         f"the weights show {measured}")
     return ClaimsComparison(
         candidate={k: safe_text(v, 200) for k, v in candidate.items()},
         reference={k: safe_text(v, 200) for k, v in reference.items()},
@@ -128,4 +170,6 @@ def compare_claims(candidate: Mapping[str, Any], reference: Mapping[str, Any], r
         status=status,
         disagreements=tuple(flags),
         notes=tuple(notes),
+        declared_relation=safe_text(declared, 40) if isinstance(declared, str) else None,
+        relation_agrees=agrees,
     )

@@ -13,6 +13,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from provenance.codecs.native import bind
+from provenance.codecs.native.gridcheck import CELL_NOISE, CELL_OUTSIDE, CELL_TOTAL
+from provenance.codecs.quanttype import QuantType
+from provenance.codecs.registry import find_quant_type
 from provenance.codecs.types import plain_type
 from provenance.compare.pairing import TensorPair, apply_layout
 from provenance.compare.result import TransformSummary
@@ -51,7 +55,7 @@ def rows_per_chunk(row_length: int, target_elems: int = 1 << 17) -> int:
     return max(1, target_elems // max(1, row_length))
 
 
-class _GridCheck:
+class GridCheck:
     """Is the higher-precision side inside the cells of the lower-precision side?
 
     For a quantized side the cells come from its stored grid (``provenance.codecs.grid``);
@@ -67,14 +71,10 @@ class _GridCheck:
         self.noise_energy = 0.0
         self.error: str | None = None
 
-    def add(self, lossy_reader: RowReader, a: int, b: int, lossy_values: torch.Tensor, other: torch.Tensor) -> None:
-        """Rows ``[a, b)``: the lossy side's values (just read by ``lossy_reader``) and the other's."""
+    def add(self, lossy_raw: np.ndarray | None, lossy_values: torch.Tensor, other: torch.Tensor) -> None:
         if self.error:
             return
         info = self.info
-        if isinstance(lossy_reader, PackedRowReader):  # GPTQ, AWQ, NF4, MLX ...: the layout's own grid
-            self._count(other, *lossy_reader.cells(a, b))
-            return
         if info.block_size == 1:
             plain = plain_type(info.dtype)
             if plain is None or not plain.narrow_float:
@@ -84,17 +84,31 @@ class _GridCheck:
             self.outside += int((rounded != lossy_values).sum())
             self.total += other.numel()
             return
+        qt = find_quant_type(int(info.ggml_type))  # type: ignore[arg-type]
+        if qt is not None and qt.cells is not None and lossy_raw is not None and other.device.type == "cpu":
+            self.add_compiled(qt, lossy_raw, other)
+        else:
+            self.add_torch(lossy_raw, other)
+
+    def add_torch(self, lossy_raw: np.ndarray | None, other: torch.Tensor) -> None:
+        """The cell test in torch ops on the stored grid (any device, every type with a grid)."""
         from provenance.codecs.grid import quant_grid
 
         try:
-            grid = quant_grid(lossy_reader.raw(a, b), int(info.ggml_type))  # type: ignore[arg-type]
+            grid = quant_grid(lossy_raw, int(self.info.ggml_type))  # type: ignore[arg-type]
         except (NotImplementedError, KeyError, ValueError) as exc:
-            self.error = f"no grid for {info.dtype}: {exc}"
+            self.error = f"no grid for {self.info.dtype}: {exc}"
             return
         lo, hi = grid.cell_bounds(clip=True)
-        self._count(other, lo, hi, grid.step().abs())
+        self.add_cells(other, lo, hi, grid.step().abs())
 
-    def _count(self, other: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, step: torch.Tensor) -> None:
+    def add_cells(self, other: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, step: torch.Tensor) -> None:
+        """The cell test on explicit per-weight cells ``[lo, hi]`` and steps: a stored grid's
+        (:meth:`add_torch`) or a packed layout's (GPTQ, AWQ, NF4, MLX ...:
+        :meth:`provenance.formats.packed_read.PackedRowReader.cells`), whose end cells are
+        open (an infinite step: no tolerance, no rounding noise)."""
+        if self.error:
+            return
         tol = GRID_TOLERANCE_STEPS * torch.nan_to_num(step, posinf=0.0)
         out = (other < lo - tol) | (other > hi + tol)
         # llama.cpp quantizes f16-rounded values when converting from f16; a weight whose
@@ -106,6 +120,21 @@ class _GridCheck:
         self.total += other.numel()
         finite = torch.isfinite(step)
         self.noise_energy += float((step.double()[finite] ** 2).sum() / 12.0)
+
+    def add_compiled(self, qt: QuantType, lossy_raw: np.ndarray, other: torch.Tensor) -> None:
+        """The same test in the type's compiled cells kernel (``QuantType.cells``): one pass
+        over the stored blocks, no per-weight grid tensors (the tests hold it to
+        :meth:`add_torch`: equal counts)."""
+        assert qt.cells is not None
+        fn, tables = bind(qt.cells)
+        blocks = np.ascontiguousarray(lossy_raw).reshape(-1, qt.type_size)
+        values = np.ascontiguousarray(other.numpy(), dtype=np.float32).reshape(-1, qt.block_size)
+        counts = np.zeros(2, dtype=np.int64)
+        sums = np.zeros(1, dtype=np.float64)
+        fn(blocks, values, counts, sums, np.float32(GRID_TOLERANCE_STEPS), *tables)
+        self.outside += int(counts[CELL_OUTSIDE])
+        self.total += int(counts[CELL_TOTAL])
+        self.noise_energy += float(sums[CELL_NOISE]) / 12.0
 
     def result(self) -> dict[str, Any]:
         if self.error:
@@ -128,14 +157,24 @@ def _lossy_side(cand: TensorInfo, ref: TensorInfo) -> str | None:
     return None
 
 
-def _grid_check(c_info: TensorInfo, r_info: TensorInfo) -> _GridCheck | None:
+def _grid_check(c_info: TensorInfo, r_info: TensorInfo) -> GridCheck | None:
     """The grid check of the lossy side: a packed layout (GPTQ, NF4, MLX ...) against a
     plain one, else the side with fewer bits per weight; None when neither is lossier."""
     packed = [side for side, info in (("candidate", c_info), ("reference", r_info)) if info.packed]
     lossy = packed[0] if len(packed) == 1 else _lossy_side(c_info, r_info) if not packed else None
     if lossy is None:
         return None
-    return _GridCheck(lossy, c_info if lossy == "candidate" else r_info)
+    return GridCheck(lossy, c_info if lossy == "candidate" else r_info)
+
+
+def _add_grid_rows(grid: GridCheck, lossy_reader: RowReader, a: int, b: int, lossy_rows: torch.Tensor,
+                   other_rows: torch.Tensor) -> None:
+    """Rows ``[a, b)`` of the lossy side (just read by ``lossy_reader``) into the grid check:
+    a packed layout's cells come from its reader, a ggml type's from its stored blocks."""
+    if isinstance(lossy_reader, PackedRowReader):
+        grid.add_cells(other_rows, *lossy_reader.cells(a, b))
+    else:
+        grid.add(lossy_reader.raw(a, b) if grid.info.quantized else None, lossy_rows, other_rows)
 
 
 def stream_pair(
@@ -167,7 +206,6 @@ def stream_pair(
     if sketch is not None and SketchBuilder.wants(pair.role):
         sketches = (TensorSketch(pair.role, n_rows, row_len, *sketch), TensorSketch(pair.role, n_rows, row_len, *sketch))
     grid = _grid_check(c_info, r_info) if grid_check and transform.is_identity and pair.layout == "same" else None
-    lossy = grid.lossy if grid is not None else None
     sample = np.unique(np.asarray(sample_rows if sample_rows is not None else [], dtype=np.int64))
     sample = sample[(sample >= 0) & (sample < n_rows)]
     sample_t = torch.from_numpy(sample)
@@ -196,11 +234,11 @@ def stream_pair(
                     rows = sample_t[lo:hi] - a
                     torch.sub(c_rows.index_select(0, rows), ref_rows.index_select(0, rows), out=delta_sample[lo:hi])
             if grid is not None:
-                if lossy == "candidate":
+                if grid.lossy == "candidate":
                     assert cand_reader is not None  # the grid is checked on same-layout pairs only
-                    grid.add(cand_reader, a, b, c_rows, ref_rows)
+                    _add_grid_rows(grid, cand_reader, a, b, c_rows, ref_rows)
                 else:
-                    grid.add(ref_reader, a, b, ref_rows, c_rows)
+                    _add_grid_rows(grid, ref_reader, a, b, ref_rows, c_rows)
     finally:
         ref_reader.close()
         if cand_reader is not None:

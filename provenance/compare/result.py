@@ -203,12 +203,66 @@ class ClaimsComparison:
     disagreements: tuple[str, ...] = ()
     """Claims contradicted by each other or by the weights (``compare`` exits 1 on any)."""
     notes: tuple[str, ...] = ()
+    declared_relation: str | None = None
+    """The candidate's model card ``base_model_relation`` (adapter, merge, quantized, finetune)."""
+    relation_agrees: bool | None = None
+    """Whether the weights show that relation to the reference (None: not checked, the card
+    declares none or names another base, or the test was inconclusive)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"candidate": dict(self.candidate), "reference": dict(self.reference),
                 "candidate_claimed_bases": list(self.candidate_claimed_bases),
                 "reference_names": list(self.reference_names), "status": self.status,
-                "disagreements": list(self.disagreements), "notes": list(self.notes)}
+                "disagreements": list(self.disagreements), "notes": list(self.notes),
+                "declared_relation": self.declared_relation, "relation_agrees": self.relation_agrees}
+
+
+# ----- a PEFT adapter on either side ----------------------------------------------------------
+
+@dataclass(frozen=True)
+class AdapterModuleFit:
+    """One weight a LoRA adapter updates (:mod:`.adapter`): the update's size and, when the
+    reference is the adapter, how the candidate's change from the base relates to it."""
+
+    name: str
+    module: str
+    rank: int
+    scale: float
+    delta_norm: float
+    """``||D||``, the update ``D = scale * B @ A`` (Frobenius)."""
+    coefficient: float | None = None
+    """``<M - W, D> / ||D||^2``: 1 when the candidate holds the update, 0 when it does not."""
+    residual: float | None = None
+    """``||M - W - D|| / ||D||``."""
+    rounding: float | None = None
+    """The residual the candidate's storage rounding explains, same units (None: not a float type)."""
+    change_norm: float | None = None
+    """``||M - W||``."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "module": self.module, "rank": self.rank, "scale": self.scale,
+                "delta_norm": self.delta_norm, "coefficient": self.coefficient, "residual": self.residual,
+                "rounding": self.rounding, "change_norm": self.change_norm}
+
+
+@dataclass(frozen=True)
+class AdapterEvidence:
+    """A PEFT adapter given as the candidate (lineage of base + adapter) or as the reference
+    (is the candidate this adapter merged into its base?)."""
+
+    side: Literal["candidate", "reference"]
+    adapter: str
+    base: str
+    config: dict[str, Any]
+    """The validated ``adapter_config.json`` fields (:class:`provenance.formats.peft_adapter.AdapterConfig`)."""
+    modules: tuple[AdapterModuleFit, ...]
+    merged: bool | None
+    """Reference side: whether the candidate is this adapter merged into the base (None on the candidate side)."""
+    finding: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"side": self.side, "adapter": self.adapter, "base": self.base, "config": dict(self.config),
+                "modules": [m.to_dict() for m in self.modules], "merged": self.merged, "finding": self.finding}
 
 
 # ----- pairing and layout --------------------------------------------------------------------
@@ -520,6 +574,8 @@ class CompareResult:
     tensors: tuple[TensorComparison, ...]
     options: CompareOptions
     timing: CompareTiming
+    adapter: AdapterEvidence | None = None
+    """Set when either side is a PEFT adapter (applied to its base)."""
 
     @property
     def null_sample(self) -> tuple[float, ...]:
@@ -548,5 +604,5 @@ class CompareResult:
             "claims": self.claims.to_dict(), "pairing": self.pairing.to_dict(), "layout": self.layout.to_dict(),
             "alignment": self.alignment.to_dict() if self.alignment else None,
             "tensors": [t.to_dict() for t in self.tensors], "options": self.options.to_dict(),
-            "timing": self.timing.to_dict(),
+            "timing": self.timing.to_dict(), "adapter": self.adapter.to_dict() if self.adapter else None,
         }

@@ -27,9 +27,12 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import numpy as np
 
-from provenance.errors import MalformedCheckpoint, TensorNotFound, UnsupportedCheckpoint
+from provenance.errors import MalformedCheckpoint, TensorNotFound, UnsupportedCheckpoint, from_os_error
+from provenance.formats.files import open_regular
 
 if TYPE_CHECKING:  # torch is imported only by the readers that decode (inspect never does)
+    from provenance.formats.locators import ModelLocation
+    from provenance.formats.model_card import ModelCard
     from provenance.formats.packed import PackedTensor
     from provenance.formats.rows import RowBuffer, RowReader
 
@@ -148,6 +151,10 @@ class Checkpoint(ABC):
         self.tensors: dict[str, TensorInfo] = {}
         self.files: list[FileSpan] = []
         self.warnings: list[str] = []
+        self.location: ModelLocation | None = None
+        """Where the input was named from when it was a store name (``hf:``, ``ollama:``), set by ``open_checkpoint``."""
+        self.model_card: ModelCard | None = None
+        """The folder's ``README.md`` front matter (a Hugging Face snapshot's for a file in one), set by ``open_checkpoint``."""
         self._fds: dict[str, int] = {}
         self._fd_lock = threading.Lock()  # streams of one checkpoint run in threads
 
@@ -194,7 +201,17 @@ class Checkpoint(ABC):
     @property
     def metadata_claims(self) -> Mapping[str, Any]:
         """Declared identity (name, base model, ...) as the file states it: claims, not evidence."""
-        return {}
+        return self.beside_claims()
+
+    def beside_claims(self) -> dict[str, Any]:
+        """Claims from beside the weights, which every reader's ``metadata_claims`` includes: the model
+        card's (``card.base_model``, ``card.base_model_relation``, ...) and, for a model named from the
+        Hugging Face cache, the repo id it is filed under (``hub.repo_id``: a name the model goes by,
+        so a card naming that repo as its base names this model; docs/lineage.md, "Claims")."""
+        claims = self.model_card.claims() if self.model_card is not None else {}
+        if self.location is not None and self.location.repo_id is not None:
+            claims["hub.repo_id"] = self.location.repo_id
+        return claims
 
     # ----- raw bytes ---------------------------------------------------------------
     def _fd(self, path: str) -> int:
@@ -203,7 +220,7 @@ class Checkpoint(ABC):
             with self._fd_lock:
                 fd = self._fds.get(path)
                 if fd is None:
-                    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+                    fd = open_regular(path, "tensor data")  # the file may have been swapped since it was validated
                     self._fds[path] = fd
         return fd
 
@@ -214,12 +231,15 @@ class Checkpoint(ABC):
         fd = self._fds.get(path) or self._fd(path)
         buffers = buffer if isinstance(buffer, list) else [buffer]
         total = sum(len(b) for b in buffers)
-        done = os.preadv(fd, buffers, offset)
-        while done < total and len(buffers) == 1:  # one preadv moves at most ~2 GiB on Linux
-            got = os.preadv(fd, [buffers[0][done:]], offset + done)
-            if got <= 0:
-                break
-            done += got
+        try:
+            done = os.preadv(fd, buffers, offset)
+            while done < total and len(buffers) == 1:  # one preadv moves at most ~2 GiB on Linux
+                got = os.preadv(fd, [buffers[0][done:]], offset + done)
+                if got <= 0:
+                    break
+                done += got
+        except OSError as exc:  # the disk or the file failed under us: the input, named, not a bug
+            raise from_os_error(exc, path, "tensor data") from exc
         if done != total:
             raise MalformedCheckpoint(path, f"short read: {done} of {total} bytes", offset=offset)
 
@@ -370,7 +390,7 @@ class Checkpoint(ABC):
         info = self.info(name)
         rows_per_chunk = max(1, chunk_bytes // max(1, info.row_length * 4))
         if info.qk_heads is not None:
-            head_rows = info.n_rows // info.qk_heads
+            head_rows = max(1, info.n_rows // info.qk_heads)
             rows_per_chunk = max(head_rows, rows_per_chunk // head_rows * head_rows)
         for start in range(0, info.n_rows, rows_per_chunk):
             yield start, self.read_rows(name, start, min(info.n_rows, start + rows_per_chunk))

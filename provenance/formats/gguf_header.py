@@ -23,6 +23,7 @@ from gguf import GGMLQuantizationType
 
 from provenance.codecs.types import type_info
 from provenance.errors import LimitExceeded, MalformedCheckpoint, UnsupportedCheckpoint
+from provenance.formats import gguf_strings
 from provenance.formats.cursor import BoundedCursor
 
 GGUF_MAGIC = b"GGUF"
@@ -142,13 +143,15 @@ class GGUFArray:
     def head(self, n: int = 5) -> list[Any]:
         """The first ``n`` items (cheap preview for reports)."""
         if self.element_type == ValueType.STRING:
-            out = []
-            for i, b in enumerate(self.iter_bytes()):
-                if i >= n:
-                    break
-                out.append(b.decode("utf-8", errors="replace"))
+            out, pos = [], self.offset
+            for _ in range(min(n, self.count)):  # only the first n: a vocabulary has 262k
+                (length,) = _U64.unpack_from(self.buffer, pos)
+                out.append(bytes(self.buffer[pos + 8 : pos + 8 + length]).decode("utf-8", errors="replace"))
+                pos += 8 + length
             return out
-        return self.to_numpy()[:n].tolist()
+        dtype = np.dtype(_SCALAR_NUMPY[self.element_type])
+        items = np.frombuffer(self.buffer, dtype=dtype, count=min(n, self.count), offset=self.offset).tolist()
+        return [bool(v) for v in items] if self.element_type == ValueType.BOOL else items
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, GGUFArray):
@@ -193,6 +196,8 @@ class GGUFHeader:
     alignment: int
     data_start: int
     data_end: int
+    key_offsets: dict[str, int]
+    """Where each metadata key/value record starts in the file (for error messages)."""
 
 
 def _read_string(cur: BoundedCursor, field: str, cap: int) -> bytes:
@@ -238,22 +243,21 @@ def _read_value(cur: BoundedCursor, vtype: ValueType, field: str) -> Any:
 def _skip_strings(cur: BoundedCursor, field: str, count: int) -> int:
     """Validate ``count`` length-prefixed strings from ``cur.pos``; return the end position.
 
-    The same checks as ``cur.u64`` + ``cur.skip`` per item, written as one tight loop: a
-    262k-token vocabulary with 515k merges is ~780k strings, and the per-item calls (and
-    their field names, now built only on failure) cost a second.
+    The same checks as ``cur.u64`` + ``cur.skip`` per item, made by one tight loop
+    (:func:`provenance.formats.gguf_strings.walk`): a 262k-token vocabulary with 515k merges
+    is ~780k strings, and the per-item calls (and their field names, built only on failure)
+    cost a second.
     """
-    pos, end, buffer, unpack = cur.pos, cur.end, cur.buffer, _U64.unpack_from
-    for i in range(count):
-        if end - pos < 8:
-            raise MalformedCheckpoint(cur.path, f"truncated: needs 8 bytes, {end - pos} remain",
-                                      field=f"{field}[{i}] length", offset=pos)
-        (length,) = unpack(buffer, pos)
-        if length > MAX_STRING_BYTES:
-            raise LimitExceeded(cur.path, f"string length {length} exceeds the cap", field=f"{field}[{i}]", offset=pos)
-        if length > end - pos - 8:
-            raise MalformedCheckpoint(cur.path, f"truncated: needs {length} bytes, {end - pos - 8} remain",
-                                      field=f"{field}[{i}]", offset=pos + 8)
-        pos += 8 + length
+    pos, index, problem, length = gguf_strings.walk(cur.buffer, cur.pos, cur.end, count, MAX_STRING_BYTES)
+    remain = cur.end - pos
+    if problem == gguf_strings.TRUNCATED_LENGTH:
+        raise MalformedCheckpoint(cur.path, f"truncated: needs 8 bytes, {remain} remain",
+                                  field=f"{field}[{index}] length", offset=pos)
+    if problem == gguf_strings.OVER_CAP:
+        raise LimitExceeded(cur.path, f"string length {length} exceeds the cap", field=f"{field}[{index}]", offset=pos)
+    if problem == gguf_strings.TRUNCATED_BYTES:
+        raise MalformedCheckpoint(cur.path, f"truncated: needs {length} bytes, {remain - 8} remain",
+                                  field=f"{field}[{index}]", offset=pos + 8)
     return pos
 
 
@@ -306,6 +310,7 @@ def parse_header(buffer: bytes | memoryview, path: str, file_size: int) -> GGUFH
 
     metadata: dict[str, Any] = {}
     types: dict[str, ValueType] = {}
+    key_offsets: dict[str, int] = {}
     for i in range(n_kv):
         key_at = cur.pos
         key = _decode(_read_string(cur, f"kv[{i}].key", MAX_KEY_BYTES), cur, f"kv[{i}].key", key_at)
@@ -314,6 +319,7 @@ def parse_header(buffer: bytes | memoryview, path: str, file_size: int) -> GGUFH
         vtype = _value_type(cur, key)
         metadata[key] = _read_value(cur, vtype, key)
         types[key] = vtype
+        key_offsets[key] = key_at
 
     alignment = DEFAULT_ALIGNMENT
     if "general.alignment" in metadata:
@@ -323,7 +329,7 @@ def parse_header(buffer: bytes | memoryview, path: str, file_size: int) -> GGUFH
         ):
             raise MalformedCheckpoint(
                 path, f"alignment {alignment!r} is not a power of two up to {MAX_ALIGNMENT}",
-                field="general.alignment", offset=None,
+                field="general.alignment", offset=key_offsets["general.alignment"],
             )
 
     entries: list[GGUFTensorEntry] = []
@@ -350,7 +356,7 @@ def parse_header(buffer: bytes | memoryview, path: str, file_size: int) -> GGUFH
             path, f"tensor data ends at byte {data_end}, past the end of the file ({file_size} bytes)",
             field="tensor data", offset=data_start,
         )
-    return GGUFHeader(version, metadata, types, entries, alignment, data_start, data_end)
+    return GGUFHeader(version, metadata, types, entries, alignment, data_start, data_end, key_offsets)
 
 
 def _read_tensor_entry(cur: BoundedCursor, index: int, seen: set[str]) -> GGUFTensorEntry:

@@ -11,7 +11,10 @@ from typing import Any
 from provenance.codecs.types import type_info
 from provenance.errors import MalformedCheckpoint
 from provenance.formats.base import Checkpoint, FileSpan, TensorInfo
-from provenance.formats.gguf_header import GGUFArray, GGUFHeader, GGUFKeyValue, parse_header
+from provenance.formats.documents import GGUF_ARCHITECTURE
+from provenance.formats.files import member, open_input, present
+from provenance.formats.gguf_header import GGUFArray, GGUFHeader, GGUFKeyValue, ValueType, parse_header
+from provenance.formats.schema import validate
 from provenance.names.arch import ArchRecord, from_gguf_metadata
 from provenance.names.canonical import layer_and_role
 
@@ -21,12 +24,30 @@ MAX_SPLITS = 1024
 
 
 def _map_file(path: str) -> tuple[mmap.mmap | bytes, int]:
-    """Map a file read-only (empty files cannot be mapped: return empty bytes)."""
-    with open(path, "rb") as handle:
+    """Map a regular file read-only (empty files cannot be mapped: return empty bytes)."""
+    with open_input(path, "file") as handle:
         size = os.fstat(handle.fileno()).st_size
         if size == 0:
             return b"", 0
         return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ), size
+
+
+def validated_architecture(header: GGUFHeader, path: str) -> ArchRecord:
+    """The architecture record of a GGUF header, its ``{arch}.*`` keys checked first against
+    :data:`provenance.formats.documents.GGUF_ARCHITECTURE` (a NaN layer count or a string
+    head count is an error naming the key, not a crash in an analysis)."""
+    metadata = header.metadata
+    arch = metadata.get("general.architecture")
+    if isinstance(arch, str):
+        for key, spec in GGUF_ARCHITECTURE.fields.items():
+            full = f"{arch}.{key}"
+            value = metadata.get(full)
+            if isinstance(value, GGUFArray) and value.element_type != ValueType.STRING:
+                value = value.head(1)[0] if len(value) else None  # per-layer values: the record keeps the first
+            if value is not None:
+                validate(value, spec, path, full, base_offset=header.key_offsets[full])
+    tokens = metadata.get("tokenizer.ggml.tokens")
+    return from_gguf_metadata(metadata, len(tokens) if isinstance(tokens, GGUFArray) else None)
 
 
 class GGUFCheckpoint(Checkpoint):
@@ -50,6 +71,7 @@ class GGUFCheckpoint(Checkpoint):
             self._check_splits(paths)
         self.metadata = dict(self._headers[0].metadata)
         self.version = self._headers[0].version
+        self._arch = validated_architecture(self._headers[0], paths[0])
         self._build_table()
 
     # ----- splits ------------------------------------------------------------------
@@ -60,11 +82,14 @@ class GGUFCheckpoint(Checkpoint):
         count = int(match.group("count"))
         if not 1 <= count <= MAX_SPLITS:
             raise MalformedCheckpoint(path, f"split count {count} in the file name is out of range", field="file name")
-        directory, stem = os.path.dirname(path), match.group("stem")
-        paths = [os.path.join(directory, f"{stem}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
-        for part in paths:
-            if not os.path.isfile(part):
-                raise MalformedCheckpoint(path, f"split file {os.path.basename(part)} is missing", field="split.count")
+        directory, stem = os.path.dirname(os.path.abspath(path)), match.group("stem")
+        paths = []
+        for i in range(1, count + 1):
+            name = f"{stem}-{i:05d}-of-{count:05d}.gguf"
+            if not present(os.path.join(directory, name)):
+                raise MalformedCheckpoint(path, f"split file {name} is missing", field="split.count")
+            # Every part, the one named included, must resolve inside the set's directory.
+            paths.append(member(directory, name, path, "split"))
         return paths
 
     def _check_splits(self, paths: list[str]) -> None:
@@ -133,13 +158,12 @@ class GGUFCheckpoint(Checkpoint):
 
     @property
     def architecture(self) -> ArchRecord:
-        tokens = self.metadata.get("tokenizer.ggml.tokens")
-        return from_gguf_metadata(self.metadata, len(tokens) if isinstance(tokens, GGUFArray) else None)
+        return self._arch
 
     @property
     def metadata_claims(self) -> Mapping[str, Any]:
         keys = [k for k in self.metadata if k.startswith("general.") and k != "general.alignment"]
-        return {k: self.metadata[k] for k in keys if not isinstance(self.metadata[k], GGUFArray)}
+        return {**{k: self.metadata[k] for k in keys if not isinstance(self.metadata[k], GGUFArray)}, **self.beside_claims()}
 
     def close(self) -> None:
         super().close()

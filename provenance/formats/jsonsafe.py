@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from typing import Any
 
-from provenance.errors import LimitExceeded, MalformedCheckpoint
+from provenance.errors import MalformedCheckpoint
 
 
 class _DuplicateKey(ValueError):
@@ -45,13 +44,23 @@ def loads_strict(data: bytes, path: str, field: str, offset: int = 0) -> Any:
 
 
 def read_json_file(path: str, field: str, max_bytes: int = 64 * 1024 * 1024) -> Any:
-    with open(path, "rb") as handle:
-        size = os.fstat(handle.fileno()).st_size
-        if size > max_bytes:
-            raise LimitExceeded(path, f"file is larger than the {max_bytes}-byte cap", field=field, offset=0)
-        data = handle.read(size)
-    return loads_strict(data, path, field)
+    """A JSON file (regular files only, size capped), parsed strictly; validate what is used
+    with :func:`provenance.formats.schema.read_document` where a schema exists."""
+    from provenance.formats.files import read_capped
+
+    return loads_strict(read_capped(path, field, max_bytes), path, field)
 
 
 def finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def text_offset(raw: bytes, value: Any, key: str | None = None, start: int = 0) -> int:
+    """Where to look for a bad JSON field in ``raw``: the first occurrence, at or after ``start``
+    (the offset of its enclosing section), of the value's JSON text, else of its key, else ``start``."""
+    at = -1
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        at = raw.find(json.dumps(value).encode(), start)
+    if at < 0 and key is not None:
+        at = raw.find(json.dumps(key).encode(), start)
+    return at if at >= 0 else start

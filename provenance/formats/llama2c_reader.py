@@ -17,6 +17,7 @@ import numpy as np
 
 from provenance.errors import MalformedCheckpoint
 from provenance.formats.base import Checkpoint, FileSpan, TensorInfo
+from provenance.formats.files import open_input, read_exactly
 from provenance.names.arch import ArchRecord
 from provenance.names.canonical import layer_and_role
 
@@ -74,9 +75,9 @@ class Llama2cCheckpoint(Checkpoint):
     def __init__(self, path: str | Path) -> None:
         super().__init__(path)
         path = str(path)
-        size = os.path.getsize(path)
-        with open(path, "rb") as handle:
-            prefix = handle.read(HEADER.size)
+        with open_input(path, "header") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            prefix = read_exactly(handle, HEADER.size)
         if len(prefix) < HEADER.size:
             raise MalformedCheckpoint(path, "truncated llama2.c header", field="header", offset=0)
         self.header = HEADER.unpack(prefix)

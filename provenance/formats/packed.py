@@ -9,6 +9,10 @@ groups the parts of each module into one :class:`PackedTensor` with the weight's
 ``out x in`` shape, and validates every part's dtype and shape against the others and
 against the declared bits and group size *before* anything is read. The packing math is
 in :mod:`provenance.codecs.packed`; reading rows is :mod:`provenance.formats.packed_read`.
+The JSON it reads is validated before it gets here: ``config.json`` by the schema layer
+(:data:`provenance.formats.documents.QUANTIZATION_CONFIG`: types and ranges), a
+bitsandbytes quant state by :data:`provenance.formats.documents.BNB_QUANT_STATE`; this
+module checks what a schema cannot (supported values, agreement between the parts).
 Formats and their byte layouts: ``docs/formats.md``.
 """
 from __future__ import annotations
@@ -21,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from provenance.errors import MalformedCheckpoint, UnsupportedCheckpoint
-from provenance.formats.jsonsafe import finite_number, loads_strict
+from provenance.formats.documents import BNB_QUANT_STATE
+from provenance.formats.schema import parse_document
 
 if TYPE_CHECKING:
     from provenance.formats.base import Checkpoint
@@ -105,26 +110,26 @@ def _bad(source: str, message: str, fld: str) -> MalformedCheckpoint:
     return MalformedCheckpoint(source, message, field=fld)
 
 
-def _int_in(value: Any, lo: int, hi: int, source: str, fld: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+def _int_in(value: int | None, lo: int, hi: int, source: str, fld: str) -> int:
+    """A validated (integer or null) config value within what this reader supports."""
+    if value is None or not lo <= value <= hi:
         raise _bad(source, f"{value!r} is not an integer in [{lo}, {hi}]", fld)
     return value
 
 
 def quantization_layout(config: Mapping[str, Any], config_path: str, file_metadata: Mapping[str, str]) -> Layout | None:
-    """The quantization method a checkpoint declares, or None for a plain one."""
+    """The quantization method a checkpoint declares, or None for a plain one (``config`` is
+    validated: both objects are objects or absent)."""
     qc = config.get("quantization_config")
     mlx = config.get("quantization")
-    if qc is not None and not (isinstance(qc, dict) and "quant_method" not in qc and mlx is not None):
+    if qc is not None and not ("quant_method" not in qc and mlx is not None):
         # (mlx_lm copies its ``quantization`` object to ``quantization_config``, no quant_method)
-        if not isinstance(qc, dict):
-            raise _bad(config_path, "quantization_config is not an object", "quantization_config")
         method = qc.get("quant_method")
-        if not isinstance(method, str):
+        if method is None:
             raise _bad(config_path, "quantization_config has no quant_method string", "quantization_config.quant_method")
         return Layout(method.lower(), qc, config_path)
     if mlx is not None or file_metadata.get("format") == "mlx":
-        if not isinstance(mlx, dict):
+        if mlx is None:
             raise _bad(config_path, "an MLX checkpoint needs a quantization object in config.json", "quantization")
         return Layout("mlx", mlx, config_path)
     return None
@@ -164,7 +169,7 @@ def _groups(n_in: int, group_size: int) -> int:
 def _gptq_bits_group(layout: Layout, allowed_bits: tuple[int, ...]) -> tuple[int, int]:
     qc, src = layout.config, layout.source
     bits = qc.get("bits", qc.get("w_bit"))
-    if bits not in allowed_bits or isinstance(bits, bool):
+    if bits not in allowed_bits:
         raise UnsupportedCheckpoint(src, f"{layout.method} with bits={bits!r} (supported: {allowed_bits})",
                                     field="quantization_config.bits")
     group = qc.get("group_size", qc.get("q_group_size", -1))
@@ -229,12 +234,12 @@ def awq_tensor(layout: Layout, module: str, specs: Mapping[str, tuple[str, Mappi
 # ----- compressed-tensors ---------------------------------------------------------------------
 def _ct_declared(layout: Layout) -> list[Mapping[str, Any]]:
     groups = layout.config.get("config_groups")
-    if not isinstance(groups, dict) or not groups:
+    if not groups:
         raise _bad(layout.source, "compressed-tensors config has no config_groups", "quantization_config.config_groups")
     out = []
     for key, group in groups.items():
-        weights = group.get("weights") if isinstance(group, dict) else None
-        if not isinstance(weights, dict):
+        weights = group.get("weights") if group is not None else None
+        if weights is None:
             raise _bad(layout.source, f"config group {key!r} has no weights object", f"config_groups.{key}.weights")
         out.append(weights)
     return out
@@ -331,35 +336,20 @@ def ct_pack_finish(tensor: PackedTensor, shape: tuple[int, int]) -> PackedTensor
 
 # ----- bitsandbytes ------------------------------------------------------------------------------
 def bnb_state(raw: bytes, part: Part) -> dict[str, Any]:
-    """The JSON quant state of a 4-bit weight, validated."""
-    state = loads_strict(raw, part.file, part.name, offset=part.offset)
-    if not isinstance(state, dict):
-        raise MalformedCheckpoint(part.file, "quant state is not a JSON object", field=part.name, offset=part.offset)
-    where = part.name
-    quant_type = state.get("quant_type")
-    if quant_type not in ("nf4", "fp4"):
-        raise MalformedCheckpoint(part.file, f"quant_type {quant_type!r} is not nf4/fp4", field=where, offset=part.offset)
-    blocksize = state.get("blocksize")
-    if blocksize not in BNB_BLOCKSIZES or isinstance(blocksize, bool):
-        raise MalformedCheckpoint(part.file, f"blocksize {blocksize!r} not one of {BNB_BLOCKSIZES}", field=where,
-                                  offset=part.offset)
-    shape = state.get("shape")
-    if (not isinstance(shape, list) or len(shape) != 2
-            or not all(isinstance(d, int) and not isinstance(d, bool) and 0 < d < 1 << 31 for d in shape)):
-        raise MalformedCheckpoint(part.file, f"shape {shape!r} is not two positive integers", field=where, offset=part.offset)
-    dtype = state.get("dtype")
-    if dtype not in ("float32", "float16", "bfloat16"):
-        raise MalformedCheckpoint(part.file, f"dtype {dtype!r} is not a float type", field=where, offset=part.offset)
-    out = {"quant_type": quant_type, "blocksize": blocksize, "shape": (shape[0], shape[1]), "dtype": dtype}
-    if "nested_blocksize" in state:
-        nested = state.get("nested_blocksize")
-        if nested not in BNB_BLOCKSIZES or isinstance(nested, bool):
-            raise MalformedCheckpoint(part.file, f"nested_blocksize {nested!r}", field=where, offset=part.offset)
-        offset = state.get("nested_offset")
-        if not finite_number(offset):
-            raise MalformedCheckpoint(part.file, f"nested_offset {offset!r} is not a finite number", field=where,
+    """The JSON quant state of a 4-bit weight, validated (:data:`BNB_QUANT_STATE`), with the
+    block sizes bitsandbytes writes."""
+    state = parse_document(raw, BNB_QUANT_STATE, part.file, part.name, base_offset=part.offset)
+    for key in ("blocksize", "nested_blocksize"):
+        if key in state and state[key] not in BNB_BLOCKSIZES:
+            raise MalformedCheckpoint(part.file, f"{key} {state[key]!r} not one of {BNB_BLOCKSIZES}", field=part.name,
                                       offset=part.offset)
-        out.update(nested_blocksize=nested, nested_offset=float(offset))
+    out = {key: state[key] for key in ("quant_type", "blocksize", "dtype")}
+    out["shape"] = (state["shape"][0], state["shape"][1])
+    if "nested_blocksize" in state:
+        if "nested_offset" not in state:
+            raise MalformedCheckpoint(part.file, "a nested quant state needs nested_offset", field=part.name,
+                                      offset=part.offset)
+        out.update(nested_blocksize=state["nested_blocksize"], nested_offset=float(state["nested_offset"]))
     return out
 
 
@@ -402,11 +392,11 @@ def bnb8_tensor(module: str, specs: Mapping[str, tuple[str, Mapping[str, Any]]])
 # ----- MLX ----------------------------------------------------------------------------------------
 def mlx_tensor(layout: Layout, module: str, specs: Mapping[str, tuple[str, Mapping[str, Any]]]) -> PackedTensor:
     qc, src = layout.config, layout.source
-    mode = qc.get("mode", "affine")
+    mode = qc.get("mode") or "affine"
     if mode != "affine":
         raise UnsupportedCheckpoint(src, f"MLX quantization mode {mode!r} (supported: affine)", field="quantization.mode")
     bits = qc.get("bits")
-    if bits not in (2, 4, 8) or isinstance(bits, bool):
+    if bits not in (2, 4, 8):
         raise UnsupportedCheckpoint(src, f"MLX bits={bits!r} (supported: 2, 4, 8)", field="quantization.bits")
     group = _int_in(qc.get("group_size"), 1, MAX_GROUP_SIZE, src, "quantization.group_size")
     weight = _expect(stored_part(specs, f"{module}.weight"), ("U32",), None, f"{module}.weight")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from provenance.errors import UnsupportedCheckpoint
 from provenance.formats.base import Checkpoint, TensorInfo, clip_rows
 from provenance.formats.dtypes import decode_fp4, torch_dtype
 from provenance.names.qk_permute import llama_qk_row_order
@@ -31,9 +32,28 @@ _IOV_MAX = 1024
 """Buffers one ``preadv`` may scatter into (POSIX ``IOV_MAX`` on Linux)."""
 
 
+def check_decodable(info: TensorInfo) -> None:
+    """Refuse, as an input problem naming the tensor, a storage type whose values no codec
+    here decodes (fp6, a ggml intermediate type such as Q8_K): its bytes can still be read
+    raw and hashed, but asking for float rows is :class:`UnsupportedCheckpoint`, not a crash.
+    A packed weight (GPTQ, NF4, MLX ...) was validated when opened; its layout's codec decodes it."""
+    if info.packing is not None:
+        return
+    if info.ggml_type is not None and info.block_size > 1:
+        from provenance.codecs.registry import coverage
+
+        decodable = coverage(info.ggml_type) != "unsupported"
+    else:
+        decodable = torch_dtype(info.dtype) is not None or info.dtype == "F4"
+    if not decodable:
+        raise UnsupportedCheckpoint(info.file, f"{info.dtype} values cannot be decoded to float here "
+                                    "(their stored bytes can be read and hashed)", field=info.stored_name, offset=info.offset)
+
+
 def decode_into(info: TensorInfo, raw: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """Decode ``(rows, k * block_bytes)`` stored bytes of ``info`` into float32 ``out``
     ``(rows, k * block_size)`` (whole blocks; complex values: their real part)."""
+    check_decodable(info)
     if info.ggml_type is not None and info.block_size > 1:
         from provenance.codecs import dequantize_torch
 
@@ -47,10 +67,8 @@ def decode_into(info: TensorInfo, raw: torch.Tensor, out: torch.Tensor) -> torch
                 values = raw.reshape(-1).clone().view(plain)
             out.view(-1).copy_(values.real if values.is_complex() else values)
         return out
-    if info.dtype == "F4":
-        out.copy_(torch.from_numpy(decode_fp4(raw.numpy(), out.shape[1])))
-        return out
-    raise NotImplementedError(f"float conversion of {info.dtype} is not supported here (raw bytes and hashes are)")
+    out.copy_(torch.from_numpy(decode_fp4(raw.numpy(), out.shape[1])))  # F4, the one table-decoded type
+    return out
 
 
 def as_row_buffer(out: RowBuffer, rows: int, row_length: int) -> torch.Tensor:
@@ -77,6 +95,7 @@ class RowReader:
     def __init__(self, ckpt: Checkpoint, name: str, max_rows: int | None = None) -> None:
         self.ckpt = ckpt
         self.info = ckpt.info(name)
+        check_decodable(self.info)
         self.max_rows = max(1, min(self.info.n_rows, max_rows if max_rows is not None else self.info.n_rows))
         self._raw = bytearray()
         self._raw_t = torch.empty(0, dtype=torch.uint8)

@@ -17,15 +17,20 @@ from typing import Any
 
 from provenance.errors import LimitExceeded, MalformedCheckpoint, PickleCheckpointRefused, UnsupportedCheckpoint
 from provenance.formats.base import Checkpoint, FileSpan, TensorInfo
+from provenance.formats.documents import ADAPTER_CONFIG, HF_CONFIG, SAFETENSORS_HEADER, SAFETENSORS_INDEX
 from provenance.formats.dtypes import STORAGE_TYPES, element_bytes
-from provenance.formats.jsonsafe import loads_strict, read_json_file
+from provenance.formats.files import member, member_if_present, open_input, read_exactly
 from provenance.formats.packed import PackedTensor, find_packed
+from provenance.formats.schema import parse_document, read_document
 from provenance.names.arch import ArchRecord, from_hf_config
 from provenance.names.canonical import hf_to_canonical, layer_and_role
+from provenance.names.qk_permute import splits_into_heads
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors library's own cap
 MAX_SHARDS = 4096
 INDEX_NAME = "model.safetensors.index.json"
+CONFIG_NAME, ADAPTER_CONFIG_NAME = "config.json", "adapter_config.json"
+MAX_CONFIG_BYTES = 64 * 1024 * 1024
 PICKLE_WEIGHT_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth")
 
 
@@ -36,9 +41,9 @@ def parse_safetensors_header(path: str) -> tuple[dict[str, dict[str, Any]], dict
     stored name to ``{"dtype", "shape", "begin", "end"}`` with absolute offsets, in
     file order.
     """
-    size = os.path.getsize(path)
-    with open(path, "rb") as handle:
-        prefix = handle.read(8)
+    with open_input(path, "header") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        prefix = read_exactly(handle, 8)
         if len(prefix) < 8:
             raise MalformedCheckpoint(path, f"truncated: {len(prefix)} bytes, the header length needs 8", field="header length", offset=0)
         (header_len,) = struct.unpack("<Q", prefix)
@@ -51,18 +56,11 @@ def parse_safetensors_header(path: str) -> tuple[dict[str, dict[str, Any]], dict
                 field="header length",
                 offset=0,
             )
-        header_bytes = handle.read(header_len)
+        header_bytes = read_exactly(handle, header_len)
     if len(header_bytes) != header_len:
         raise MalformedCheckpoint(path, "file shrank while reading the header", field="header", offset=8)
-    header = loads_strict(header_bytes, path, "header", offset=8)
-    if not isinstance(header, dict):
-        raise MalformedCheckpoint(path, "header is not a JSON object", field="header", offset=8)
-
-    metadata = header.pop("__metadata__", {})
-    if metadata is None:
-        metadata = {}
-    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-        raise MalformedCheckpoint(path, "__metadata__ must map strings to strings", field="__metadata__", offset=8)
+    header = parse_document(header_bytes, SAFETENSORS_HEADER, path, "header", base_offset=8)
+    metadata = header.pop("__metadata__", None) or {}
 
     data_start = 8 + header_len
     data_len = size - data_start
@@ -102,26 +100,14 @@ def parse_safetensors_header(path: str) -> tuple[dict[str, dict[str, Any]], dict
     return tensors, metadata, data_start, size
 
 
-def _validate_entry(path: str, name: str, spec: Any) -> tuple[int, int]:
-    field = f"{name}"
-    if not isinstance(spec, dict) or set(spec) != {"dtype", "shape", "data_offsets"}:
-        raise MalformedCheckpoint(
-            path, f"tensor {name!r} needs exactly dtype, shape and data_offsets", field=field, offset=8
-        )
-    dtype, shape, offsets = spec["dtype"], spec["shape"], spec["data_offsets"]
+def _validate_entry(path: str, name: str, spec: dict[str, Any]) -> tuple[int, int]:
+    """What the schema cannot say about one entry (its types are already checked): a known
+    dtype, and a byte span that is the shape's size."""
+    dtype, shape, (begin, end) = spec["dtype"], spec["shape"], spec["data_offsets"]
     if dtype not in STORAGE_TYPES:
         raise UnsupportedCheckpoint(
             path, f"tensor {name!r} has unknown dtype {dtype!r}", field=f"{name}.dtype", offset=8
         )
-    if not isinstance(shape, list) or len(shape) > 8 or not all(type(d) is int and 0 <= d < 1 << 62 for d in shape):
-        raise MalformedCheckpoint(
-            path, f"tensor {name!r} has an invalid shape {shape!r}", field=f"{name}.shape", offset=8
-        )
-    if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int and o >= 0 for o in offsets)):
-        raise MalformedCheckpoint(
-            path, f"tensor {name!r} has invalid data_offsets", field=f"{name}.data_offsets", offset=8
-        )
-    begin, end = offsets
     n_bytes = prod(shape) * element_bytes(dtype)
     if n_bytes.denominator != 1 or end - begin != n_bytes:
         raise MalformedCheckpoint(
@@ -151,11 +137,18 @@ class SafetensorsCheckpoint(Checkpoint):
         arch = from_hf_config(self.config) if self.config else ArchRecord()
         self._arch = arch
         shard_paths = shard_paths or [str(path)]
-        entries: dict[str, tuple[str, dict[str, Any]]] = {}
+        headers = []
         for shard in shard_paths:
             tensors, metadata, data_start, size = parse_safetensors_header(shard)
             self.file_metadata[shard] = metadata
             self.files.append(FileSpan(shard, size, data_start, size))
+            headers.append((shard, tensors))
+        n_tensors = sum(len(tensors) for _, tensors in headers)
+        if arch.n_layer is not None and arch.n_layer > n_tensors:
+            raise MalformedCheckpoint(self.path, f"config.json claims {arch.n_layer} layers but the weights hold "
+                                      f"{n_tensors} tensors", field="config.json: num_hidden_layers")
+        entries: dict[str, tuple[str, dict[str, Any]]] = {}
+        for shard, tensors in headers:
             for stored_name, spec in tensors.items():
                 if weight_map is not None:
                     listed = weight_map.get(stored_name)
@@ -208,9 +201,10 @@ class SafetensorsCheckpoint(Checkpoint):
         shape = spec["shape"]
         dtype = spec["dtype"]
         qk_heads = None
-        if arch.qk_permuted_in_gguf and len(shape) == 2 and role in ("attn_q", "attn_k"):
+        # An empty tensor has no rows to reorder (and zero rows would make zero-row heads).
+        if arch.qk_permuted_in_gguf and len(shape) == 2 and role in ("attn_q", "attn_k") and prod(shape):
             qk_heads = arch.n_head if role == "attn_q" else arch.n_head_kv
-            if not qk_heads or shape[0] % (2 * qk_heads):
+            if not splits_into_heads(shape[0], qk_heads):
                 raise MalformedCheckpoint(
                     shard, f"{stored_name!r} rows {shape[0]} do not split into {qk_heads} heads", field=stored_name
                 )
@@ -249,83 +243,66 @@ class SafetensorsCheckpoint(Checkpoint):
                 claims[f"config.{key}"] = self.config[key]
         for key, value in self.metadata.get("__metadata__", {}).items():
             claims[f"safetensors.{key}"] = value
-        return claims
+        return {**claims, **self.beside_claims()}
 
 
-def _inside(directory: str, name: Any, index_path: str) -> str:
-    """Resolve an index.json shard name, refusing anything that escapes ``directory``."""
-    if not isinstance(name, str) or not name or "\x00" in name:
-        raise MalformedCheckpoint(index_path, f"shard name {name!r} is not a file name", field="weight_map")
-    if os.path.isabs(name) or os.path.normpath(name).startswith("..") or "/" in name.replace("\\", "/"):
-        raise MalformedCheckpoint(index_path, f"shard path {name!r} escapes the model directory", field="weight_map")
-    base = os.path.realpath(directory)
-    full = os.path.realpath(os.path.join(directory, name))
-    if os.path.dirname(full) != base:
-        raise MalformedCheckpoint(
-            index_path, f"shard path {name!r} resolves outside the model directory", field="weight_map"
-        )
-    return full
+def read_config(directory: str) -> dict[str, Any]:
+    """The validated ``config.json`` of a model folder, ``{}`` when it has none."""
+    path = member_if_present(directory, CONFIG_NAME, CONFIG_NAME)
+    return read_document(path, HF_CONFIG, CONFIG_NAME, MAX_CONFIG_BYTES) if path else {}
 
 
 def open_index(index_path: str, config: Mapping[str, Any] | None = None) -> SafetensorsCheckpoint:
     """A sharded checkpoint through its ``model.safetensors.index.json``."""
-    index = read_json_file(index_path, "index")
-    weight_map = index.get("weight_map") if isinstance(index, dict) else None
-    if not isinstance(weight_map, dict) or not weight_map:
-        raise MalformedCheckpoint(index_path, "index has no weight_map object", field="weight_map")
+    index = read_document(index_path, SAFETENSORS_INDEX, "index", MAX_CONFIG_BYTES)
+    weight_map: dict[str, str] = index["weight_map"]
+    if not weight_map:
+        raise MalformedCheckpoint(index_path, "the index's weight_map is empty", field="weight_map")
     directory = os.path.dirname(os.path.abspath(index_path))
-    shard_names = sorted(set(weight_map.values()), key=str)
+    shard_names = sorted(set(weight_map.values()))
     if len(shard_names) > MAX_SHARDS:
         raise LimitExceeded(index_path, f"{len(shard_names)} shards exceed the cap of {MAX_SHARDS}", field="weight_map")
-    shard_paths = []
-    for name in shard_names:
-        full = _inside(directory, name, index_path)
-        if not os.path.isfile(full):
-            raise MalformedCheckpoint(index_path, f"shard {name!r} is missing", field="weight_map")
-        shard_paths.append(full)
-    if config is None:
-        config_path = os.path.join(directory, "config.json")
-        config = read_json_file(config_path, "config") if os.path.isfile(config_path) else {}
+    shard_paths = [member(directory, name, index_path, "weight_map") for name in shard_names]
+    by_name = dict(zip(shard_names, shard_paths, strict=True))
     checkpoint = SafetensorsCheckpoint(
         directory,
         shard_paths,
-        {k: os.path.basename(_inside(directory, v, index_path)) for k, v in weight_map.items()},
-        config,
+        {tensor: os.path.basename(by_name[shard]) for tensor, shard in weight_map.items()},
+        read_config(directory) if config is None else config,
     )
     checkpoint.format = "safetensors-sharded"
     return checkpoint
 
 
 def open_directory(directory: str) -> SafetensorsCheckpoint:
-    """An HF model directory: config.json plus model.safetensors or a sharded index."""
-    config_path = os.path.join(directory, "config.json")
-    config: dict[str, Any] = {}
-    if os.path.isfile(config_path):
-        loaded = read_json_file(config_path, "config")
-        if not isinstance(loaded, dict):
-            raise MalformedCheckpoint(config_path, "config.json is not a JSON object", field="config", offset=0)
-        config = loaded
-    index_path = os.path.join(directory, INDEX_NAME)
-    if os.path.isfile(index_path):
+    """An HF model directory: config.json plus model.safetensors or a sharded index (an
+    adapter folder: ``adapter_config.json`` and ``adapter_model.safetensors``)."""
+    config = read_config(directory)
+    adapter_path = member_if_present(directory, ADAPTER_CONFIG_NAME, ADAPTER_CONFIG_NAME)
+    adapter = read_document(adapter_path, ADAPTER_CONFIG, ADAPTER_CONFIG_NAME, MAX_CONFIG_BYTES) if adapter_path else None
+    index_path = member_if_present(directory, INDEX_NAME, INDEX_NAME)
+    if index_path is not None:
         checkpoint = open_index(index_path, config)
     else:
-        candidates = sorted(n for n in os.listdir(directory) if n.endswith(".safetensors"))
+        names = os.listdir(directory)
+        candidates = sorted(n for n in names if n.endswith(".safetensors"))
         if len(candidates) == 1:
-            checkpoint = SafetensorsCheckpoint(os.path.join(directory, candidates[0]), config=config)
+            weights = member(directory, candidates[0], directory, "directory")
+            checkpoint = SafetensorsCheckpoint(weights, config=config)
         elif candidates:
             raise MalformedCheckpoint(
                 directory, f"{len(candidates)} .safetensors files but no {INDEX_NAME}", field="directory"
             )
         else:
-            pickles = [
-                n for n in os.listdir(directory) if n in PICKLE_WEIGHT_NAMES or n.endswith((".bin", ".pt", ".pth"))
-            ]
+            pickles = [n for n in names if n in PICKLE_WEIGHT_NAMES or n.endswith((".bin", ".pt", ".pth"))]
             if pickles:
                 raise PickleCheckpointRefused(
                     os.path.join(directory, sorted(pickles)[0]),
                     "pickle checkpoints are never loaded (they can run code); convert to safetensors first",
                 )
             raise UnsupportedCheckpoint(directory, "no safetensors weights in this directory", field="directory")
+    if adapter is not None:
+        checkpoint.metadata["adapter_config"] = adapter
     checkpoint.path = directory
     checkpoint.format = "hf-directory"
     return checkpoint

@@ -18,6 +18,7 @@ import struct
 import numpy as np
 
 from provenance.errors import LimitExceeded, MalformedCheckpoint
+from provenance.formats.files import read_capped
 from provenance.formats.vocabulary import MAX_VOCABULARY, Vocabulary
 
 MAX_MODEL_BYTES = 256 * 1024 * 1024
@@ -130,11 +131,7 @@ def _trainer_spec(reader: _Reader, end: int) -> tuple[dict[str, int], str | None
 
 def read_sentencepiece_model(path: str) -> Vocabulary:
     """Pieces (as GGUF stores them: the piece's UTF-8 bytes), scores and special ids."""
-    with open(path, "rb") as handle:
-        size = os.fstat(handle.fileno()).st_size
-        if size > MAX_MODEL_BYTES:
-            raise LimitExceeded(path, f"file is larger than the {MAX_MODEL_BYTES}-byte cap", field="ModelProto", offset=0)
-        data = handle.read(size)
+    data = read_capped(path, "ModelProto", MAX_MODEL_BYTES)
     reader = _Reader(data, path)
     pieces: list[bytes] = []
     scores: list[float] = []

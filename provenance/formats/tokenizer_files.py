@@ -16,6 +16,7 @@ import numpy as np
 
 from provenance.errors import UnsupportedCheckpoint
 from provenance.formats.base import Checkpoint, FileSpan, TensorInfo
+from provenance.formats.files import file_size, member_if_present
 from provenance.formats.sentencepiece_model import read_sentencepiece_model
 from provenance.formats.tokenizer_json import read_tokenizer_json, special_tokens_from_config
 from provenance.formats.vocabulary import Vocabulary
@@ -44,8 +45,7 @@ class TokenizerFiles:
 
 def find_tokenizer_files(directory: str) -> TokenizerFiles:
     def present(name: str) -> str | None:
-        path = os.path.join(directory, name)
-        return path if os.path.isfile(path) else None
+        return member_if_present(directory, name, name)
 
     return TokenizerFiles(present(TOKENIZER_JSON), present(SENTENCEPIECE),
                           tuple(p for p in (present(n) for n in CONFIG_NAMES) if p))
@@ -77,7 +77,7 @@ class TokenizerCheckpoint(Checkpoint):
         super().__init__(path)
         self.format = kind
         self.vocabulary: Vocabulary = read_tokenizer_files(files)
-        self.files = [FileSpan(p, os.path.getsize(p), 0, 0) for p in files.paths]
+        self.files = [FileSpan(p, file_size(p), 0, 0) for p in files.paths]
 
     @property
     def architecture(self) -> Any:

@@ -103,6 +103,8 @@ class _Output:
     n_bytes: int
     chunks: Callable[[], Iterator[Any]]
     """Produces the stored bytes in order (bytes-like or uint8 arrays)."""
+    source_bytes: int = 0
+    """Stored bytes of the source tensor this output consumes (0: new values), for progress."""
 
 
 def _geometry(dtype: str, gguf: bool, tensor: str) -> tuple[int, int]:
@@ -217,15 +219,24 @@ def _plan(source: Checkpoint, info: TensorInfo, new: Values | None, dtype: str, 
         report.retyped.append(info.name)
         chunks = _encoded_chunks(info, _source_rows(source, info), dtype, gguf, hf_layout)
     report.types[info.name] = dtype
-    return _Output(name, tuple(shape), dtype, n_bytes, chunks)
+    return _Output(name, tuple(shape), dtype, n_bytes, chunks, info.n_bytes)
 
 
-def _write_chunks(handle: Any, out: _Output) -> None:
-    written = 0
+Progress = Callable[[int], None]
+"""Told how many more bytes of the source were consumed (output bytes for new values)."""
+
+
+def _write_chunks(handle: Any, out: _Output, progress: Progress | None = None) -> None:
+    written = reported = 0
+    scale = out.source_bytes or out.n_bytes
     for chunk in out.chunks():
         data = memoryview(np.ascontiguousarray(chunk) if isinstance(chunk, np.ndarray) else chunk).cast("B")
         handle.write(data)
         written += len(data)
+        if progress is not None and out.n_bytes:
+            done = written * scale // out.n_bytes
+            progress(done - reported)
+            reported = done
     if written != out.n_bytes:
         raise WriteError(f"{out.name}: wrote {written} bytes, expected {out.n_bytes}")
 
@@ -243,7 +254,8 @@ def _add_key_value(writer: GGUFWriter, kv: GGUFKeyValue) -> None:
     writer.add_key_value(kv.key, kv.value, GGUFValueType(int(kv.type)))
 
 
-def _write_gguf_file(path: Path, arch: str, key_values: Sequence[GGUFKeyValue], tensors: Sequence[_Output]) -> None:
+def _write_gguf_file(path: Path, arch: str, key_values: Sequence[GGUFKeyValue], tensors: Sequence[_Output],
+                     progress: Progress | None = None) -> None:
     """Header, key/values and tensor table by ``gguf.GGUFWriter``; tensor data streamed after
     it with the same alignment padding ``GGUFWriter.write_tensor_data`` writes. The alignment
     is the one the written ``general.alignment`` states (32 without it), so readers agree."""
@@ -272,7 +284,7 @@ def _write_gguf_file(path: Path, arch: str, key_values: Sequence[GGUFKeyValue], 
     with open(path, "ab") as handle:
         handle.write(b"\0" * (-handle.tell() % alignment))
         for out in tensors:
-            _write_chunks(handle, out)
+            _write_chunks(handle, out, progress)
             handle.write(b"\0" * (-out.n_bytes % alignment))
 
 
@@ -343,26 +355,28 @@ def _safetensors_header(tensors: Sequence[_Output], metadata: Mapping[str, str])
     return struct.pack("<Q", len(text)) + text, ordered
 
 
-def _write_safetensors_file(path: Path, tensors: Sequence[_Output], metadata: Mapping[str, str]) -> None:
+def _write_safetensors_file(path: Path, tensors: Sequence[_Output], metadata: Mapping[str, str],
+                            progress: Progress | None = None) -> None:
     header, ordered = _safetensors_header(tensors, metadata)
     with open(path, "wb") as handle:
         handle.write(header)
         for out in ordered:
-            _write_chunks(handle, out)
+            _write_chunks(handle, out, progress)
 
 
-def _write_safetensors(source: Checkpoint, output: Path, plans: dict[str, list[_Output]]) -> str:
+def _write_safetensors(source: Checkpoint, output: Path, plans: dict[str, list[_Output]],
+                       progress: Progress | None = None) -> str:
     file_metadata: Mapping[str, Mapping[str, str]] = getattr(source, "file_metadata", {})
     if source.format == "safetensors" and not os.path.isdir(source.path):
         shard = source.files[0].path
         with atomic_file(output) as tmp:
-            _write_safetensors_file(tmp, plans.get(shard, []), file_metadata.get(shard, {}))
+            _write_safetensors_file(tmp, plans.get(shard, []), file_metadata.get(shard, {}), progress)
         return "safetensors"
     source_dir = Path(source.path if os.path.isdir(source.path) else os.path.dirname(source.path))
     with atomic_directory(output) as staging:
         sizes = 0
         for shard, outputs in plans.items():
-            _write_safetensors_file(staging / os.path.basename(shard), outputs, file_metadata.get(shard, {}))
+            _write_safetensors_file(staging / os.path.basename(shard), outputs, file_metadata.get(shard, {}), progress)
             sizes += sum(o.n_bytes for o in outputs)
         for entry in sorted(source_dir.iterdir()):
             if entry.is_symlink() or not entry.is_file() or (staging / entry.name).exists():
@@ -394,6 +408,7 @@ def write_checkpoint(
     tensors: Sequence[str] | None = None,
     drop_keys: Collection[str] = (),
     add_keys: Sequence[GGUFKeyValue] = (),
+    progress: Progress | None = None,
 ) -> WriteReport:
     """Write a copy of ``source`` to ``output`` with the tensors in ``replace`` (canonical
     name -> new values) swapped in and those in ``retype`` (name -> storage type: a ggml
@@ -404,7 +419,8 @@ def write_checkpoint(
     format. GGUF output only: ``tensors`` chooses which tensors are written and in what
     order (default: all, in the source's order); the source's key/values (minus
     ``drop_keys`` and split bookkeeping; for a non-GGUF source, its hyperparameters) are
-    followed by ``add_keys``.
+    followed by ``add_keys``. ``progress`` is told each chunk's share of the source's
+    stored bytes as it is written (their sum is the written tensors' ``n_bytes``).
     """
     replace, retype = dict(replace or {}), dict(retype or {})
     gguf = to == "gguf" or (to is None and source.format.startswith("gguf"))
@@ -427,8 +443,8 @@ def write_checkpoint(
     if gguf:
         arch, kvs = _gguf_metadata(source, drop_keys)
         with atomic_file(output) as tmp:
-            _write_gguf_file(tmp, arch, [*kvs, *add_keys], plans.get("", []))
+            _write_gguf_file(tmp, arch, [*kvs, *add_keys], plans.get("", []), progress)
     else:
-        report.format = _write_safetensors(source, Path(output), plans)
+        report.format = _write_safetensors(source, Path(output), plans, progress)
     return report
 

@@ -61,18 +61,23 @@ def lineage_parts(result: CompareResult, candidate: str, reference: str, *,
                    "permutations": result.test.permutations if result.test else None},
         evidence={"reference": reference, "evidence": list(v.evidence), "overall_rel_delta": v.overall_rel_delta,
                   "claims_status": claims.status, "claims_disagreements": list(claims.disagreements),
-                  "alignment": result.alignment.to_dict() if result.alignment else None})
+                  "declared_relation": claims.declared_relation, "declared_relation_agrees": claims.relation_agrees,
+                  "alignment": result.alignment.to_dict() if result.alignment else None,
+                  "adapter": result.adapter.finding if result.adapter else None})
     test = result.test.to_dict() if result.test else {}
     layer_table = result.layer_table
     tables = {"layers": layer_table.to_dict("records") if len(layer_table) else []}
     if rows := _alignment_rows(result):
         tables["recovered alignment"] = rows
+    if result.adapter is not None:
+        tables["adapter modules"] = [m.to_dict() for m in result.adapter.modules]
     tables["tensors"] = result.table.to_dict("records")
     section = Section(
         kind="compare", title=f"Lineage against {ref}", summary=". ".join([text, *v.evidence]) + ".",
         data={"verdict": v.to_dict(), "test": {k: val for k, val in test.items() if k != "layers"},
               "claims": claims.to_dict(), "layout": result.layout.to_dict(),
-              "alignment": result.alignment.to_dict() if result.alignment else None, "timing": result.timing.to_dict()},
+              "alignment": result.alignment.to_dict() if result.alignment else None, "timing": result.timing.to_dict(),
+              "adapter": result.adapter.to_dict() if result.adapter else None},
         tables=tables,
         figures=[Figure(f"{ref}-{f.name}" if prefix_figures else f.name, f"{f.caption} ({cand} vs {ref})", f.png)
                  for f in figures(result)])
@@ -84,7 +89,7 @@ def lineage_analysis(state: Investigation) -> None:
 
     for reference in state.inputs.references:
         try:
-            result = compare(state.inputs.candidate, reference)
+            result = compare(state.inputs.candidate, reference, base=state.inputs.base)
         except CheckpointError as exc:
             state.report.errors.append(exc.to_dict())
             continue

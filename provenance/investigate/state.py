@@ -24,6 +24,8 @@ class Inputs:
     hashes: bool = True
     digests: tuple[dict[str, str], dict[str, str]] | None = None
     """``({file path: sha256}, {tensor name: sha256})`` from inspect, reused by identify."""
+    base: str | None = None
+    """The base model a PEFT adapter candidate or reference applies to."""
 
 
 @dataclass

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -47,11 +48,17 @@ def architecture_table() -> dict[str, Any]:
 
 
 def _int(value: Any) -> int | None:
-    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    """A count, or None for anything else. The readers validate these keys first
+    (:mod:`provenance.formats.documents`); this stays total for any mapping: a NaN, an
+    infinity, a fraction or a negative number is no count."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def _float(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    """A finite number, or None (NaN and infinity are no setting)."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else None
 
 
 def from_gguf_metadata(metadata: Mapping[str, Any], vocab_size: int | None = None) -> ArchRecord:

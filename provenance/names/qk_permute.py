@@ -16,9 +16,15 @@ from functools import lru_cache
 import numpy as np
 
 
+def splits_into_heads(n_rows: int, n_heads: object) -> bool:
+    """Whether ``n_rows`` rows are ``n_heads`` whole heads of rotary pairs (what the readers
+    check before they set a tensor's ``qk_heads``)."""
+    return isinstance(n_heads, int) and not isinstance(n_heads, bool) and n_heads > 0 and n_rows % (2 * n_heads) == 0
+
+
 @lru_cache(maxsize=64)
 def _order(n_rows: int, n_heads: int) -> np.ndarray:
-    if n_heads <= 0 or n_rows % (2 * n_heads):
+    if not splits_into_heads(n_rows, n_heads):
         raise ValueError(f"{n_rows} rows cannot be split into {n_heads} heads of rotary pairs")
     half = n_rows // n_heads // 2
     # GGUF row (h, j, i) comes from HF row (h, i, j): build the HF index in GGUF order.

@@ -12,8 +12,9 @@ from functools import lru_cache
 from typing import Any, Literal
 
 from provenance.document import Finding, Severity
-from provenance.errors import CheckpointError, PickleCheckpointRefused
+from provenance.errors import CheckpointError, PickleCheckpointRefused, input_boundary
 from provenance.formats import Checkpoint, open_checkpoint
+from provenance.formats.verify import verify_readable
 from provenance.hashing import checkpoint_sha256s
 from provenance.policy.load import Policy
 
@@ -111,18 +112,26 @@ INTERNAL_ERROR = "internal.error"
 """Finding id of a bug met while checking a file (the batch goes on; the command exits 70)."""
 
 
+@input_boundary
+def _evaluate(path: str, policy: Policy, result: CheckResult) -> None:
+    with open_checkpoint(path) as checkpoint:
+        result.format = checkpoint.format
+        # Read what the other commands read (architecture, tokenizer, every tensor's decoding
+        # path): a file that opens but whose rows cannot be read is an error, never a pass.
+        verify_readable(checkpoint)
+        result.findings += rule_format(checkpoint, policy)
+        result.findings += rule_metadata(checkpoint, policy)
+        digests = checkpoint_sha256s(checkpoint) if policy.forbid_copies else None
+        result.findings += rule_forbidden_copies(checkpoint, policy, digests)
+        for rule in _weight_rules():
+            result.findings += rule(checkpoint, policy)
+
+
 def evaluate(path: str, policy: Policy, catch_bugs: bool = True) -> CheckResult:
     """Check one file; ``catch_bugs=False`` lets a bug propagate (``provenance --debug``)."""
     result = CheckResult(path=path)
     try:
-        with open_checkpoint(path) as checkpoint:
-            result.format = checkpoint.format
-            result.findings += rule_format(checkpoint, policy)
-            result.findings += rule_metadata(checkpoint, policy)
-            digests = checkpoint_sha256s(checkpoint) if policy.forbid_copies else None
-            result.findings += rule_forbidden_copies(checkpoint, policy, digests)
-            for rule in _weight_rules():
-                result.findings += rule(checkpoint, policy)
+        _evaluate(path, policy, result)
     except PickleCheckpointRefused as exc:
         result.findings.append(_violation("format.pickle", "Pickle checkpoint",
                                           "pickle checkpoints can execute code when loaded; publish safetensors or GGUF",

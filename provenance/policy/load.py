@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from provenance.errors import UsageProblem
+from provenance.formats.locators import is_locator
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-KNOWN_FORMATS = {"gguf", "gguf-split", "safetensors", "safetensors-sharded", "hf-directory", "llama2c"}
+KNOWN_FORMATS = {"gguf", "gguf-split", "safetensors", "safetensors-sharded", "hf-directory", "peft-adapter", "llama2c"}
 
 
 class PolicyError(UsageProblem):
@@ -90,10 +91,10 @@ def load_policy(path: str | Path) -> Policy:
                 path, f"[[forbid_copy]] #{i} takes reference, min_identical_fraction, label")
         fraction = entry.get("min_identical_fraction", 0.5)
         _expect(isinstance(fraction, (int, float)) and 0 < fraction <= 1, path, "min_identical_fraction must be in (0, 1]")
-        reference = Path(entry["reference"])
-        if not reference.is_absolute():
-            reference = path.parent / reference
-        copies.append(ForbiddenCopy(str(reference), float(fraction), str(entry.get("label", entry["reference"]))))
+        reference = str(entry["reference"])
+        if not is_locator(reference) and not Path(reference).is_absolute():
+            reference = str(path.parent / reference)
+        copies.append(ForbiddenCopy(reference, float(fraction), str(entry.get("label", entry["reference"]))))
 
     policy = Policy(
         path=str(path),
@@ -108,12 +109,15 @@ def load_policy(path: str | Path) -> Policy:
     return policy
 
 
-_LINEAGE_KEYS = {"references", "declared_base_must_match", "require_known_base"}
+_LINEAGE_KEYS = {"references", "declared_base_must_match", "declared_relation_must_match", "require_known_base"}
 _WATERMARK_KEYS = {"registry", "reference", "require", "forbid"}
 
 
 def resolve_path(policy: Policy, value: str) -> str:
-    """A path from the policy file, relative to the policy file's directory."""
+    """A path from the policy file, relative to the policy file's directory; a model store name
+    (``hf:``, ``ollama:``) as it is."""
+    if is_locator(value):
+        return value
     path = Path(value)
     return str(path if path.is_absolute() else Path(policy.path).parent / path)
 
@@ -127,6 +131,9 @@ def validate_sections(policy: Policy) -> None:
         refs = lineage.get("references", {})
         if not isinstance(refs, dict) or not all(isinstance(v, str) for v in refs.values()):
             raise PolicyError(f"{policy.path}: [lineage] references must map names to checkpoint paths")
+        flags = ("declared_base_must_match", "declared_relation_must_match", "require_known_base")
+        if not all(isinstance(lineage.get(key, False), bool) for key in flags):
+            raise PolicyError(f"{policy.path}: [lineage] {', '.join(flags)} are true or false")
     watermark = policy.extra.get("watermark", {})
     if watermark:
         if not isinstance(watermark, dict) or set(watermark) - _WATERMARK_KEYS or not isinstance(watermark.get("registry"), str):

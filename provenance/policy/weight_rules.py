@@ -4,8 +4,9 @@ evidence, and watermark keys must (or must not) be present.
 Policy sections (validated here, strictly)::
 
     [lineage]
-    references = { "llama-2-7b" = "refs/llama-2-7b" }   # declared base name -> checkpoint path
+    references = { "llama-2-7b" = "refs/llama-2-7b" }   # declared base name -> checkpoint path (or hf:/ollama: name)
     declared_base_must_match = true                       # a declared base listed here must test as related
+    declared_relation_must_match = true                   # the model card's base_model_relation must fit the weights
     require_known_base = false                            # the declared base must be one of `references`
 
     [watermark]
@@ -33,24 +34,38 @@ def rule_lineage(checkpoint: Checkpoint, policy: Policy) -> list[Finding]:
     if not section:
         return []
     from provenance.compare import compare
-    from provenance.compare.claims import claimed_bases, names_match
+    from provenance.compare.claims import RELATION_KEY, claimed_bases, names_match, relation_agrees
 
-    declared = claimed_bases(checkpoint.metadata_claims)
+    claims = checkpoint.metadata_claims
+    declared = claimed_bases(claims)
+    relation = claims.get(RELATION_KEY)
     references: dict[str, str] = section.get("references", {})
     listed = [name for name in references if declared and names_match(declared, [name])]
     findings = []
     if declared and not listed and section.get("require_known_base", False):
         findings.append(_violation("lineage.unknown_base", "Declared base model not allowed",
                                    f"declared base model {declared} is not among the policy's references", declared=declared))
-    if section.get("declared_base_must_match", True):
-        for name in listed:
-            result = compare(checkpoint.path, resolve_path(policy, references[name]))
-            if not result.verdict.related:
-                findings.append(_violation(
-                    "lineage.declared_base_mismatch", "Declared base model contradicted by the weights",
-                    f"declares base model {name}, but the weights test as {result.verdict.kind} to it",
-                    p_value=result.verdict.p_asymptotic, declared=declared, reference=name,
-                    verdict=result.verdict.kind))
+    check_base = section.get("declared_base_must_match", True)
+    check_relation = section.get("declared_relation_must_match", True) and isinstance(relation, str)
+    if not (check_base or check_relation):
+        return findings
+    name_as_given = checkpoint.location.locator if checkpoint.location else checkpoint.path
+    for name in listed:
+        result = compare(name_as_given, resolve_path(policy, references[name]))
+        if check_base and not result.verdict.related:
+            findings.append(_violation(
+                "lineage.declared_base_mismatch", "Declared base model contradicted by the weights",
+                f"declares base model {name}, but the weights test as {result.verdict.kind} to it",
+                p_value=result.verdict.p_asymptotic, declared=declared, reference=name,
+                verdict=result.verdict.kind))
+        adapter = result.adapter is not None and result.adapter.side == "candidate"
+        if check_relation and relation_agrees(relation, result.verdict.kind, result.verdict.related, adapter) is False:
+            findings.append(_violation(
+                "lineage.declared_relation_mismatch", "Declared relation contradicted by the weights",
+                f"the model card declares base_model_relation {relation!r} to {name}, but the weights test as "
+                f"{'an adapter on' if adapter else result.verdict.kind + ' of'} it",
+                p_value=result.verdict.p_asymptotic, declared_relation=relation, reference=name,
+                verdict=result.verdict.kind))
     return findings
 
 

@@ -8,15 +8,16 @@ from __future__ import annotations
 import math
 import os
 
-import numpy as np
 import torch
 
 from provenance.codecs.recipes import supported, tolerant
 from provenance.codecs.types import plain_type
+from provenance.errors import input_boundary
 from provenance.formats import open_checkpoint
 from provenance.formats.base import Checkpoint, TensorInfo
 from provenance.formats.packed_read import PackedRowReader
 from provenance.formats.pairing import TensorPair, Unpaired, pair_tensors
+from provenance.progress import Meter, ProgressCallback
 from provenance.quant.error import ErrorStats, error_stats
 from provenance.quant.gridcheck import PRECISIONS, CheckCounts, check_block_rows
 from provenance.quant.options import QuantCheckOptions
@@ -46,8 +47,11 @@ def _rows_per_chunk(info: TensorInfo) -> int:
 
 
 def _check_tensor(
-    cand: Checkpoint, ref: Checkpoint, name: str, precision: str, max_rows: int | None = None
+    cand: Checkpoint, ref: Checkpoint, name: str, precision: str, threads: int = 1, max_rows: int | None = None,
+    meter: Meter | None = None,
 ) -> tuple[CheckCounts, ErrorStats]:
+    """One tensor in row chunks: the reference decoded and the candidate's stored blocks read
+    into each reader's reused buffers (memory: one chunk of each, whatever the tensor)."""
     info = cand.info(name)
     counts, errors = CheckCounts(), ErrorStats()
     stop_all = info.n_rows if max_rows is None else min(info.n_rows, max_rows)
@@ -57,39 +61,27 @@ def _check_tensor(
         if stop_all < info.n_rows:
             stop_all = min(info.n_rows, rows_per_check(info.packing, stop_all))
     recipe = writer_recipe(info.packing) if info.packing is not None else None
-    ref_rows = ref.row_reader(name, step)
-    # a packed layout's codes and grid come through its row reader, a ggml type's from its blocks
-    packed = cand.row_reader(name, step) if info.packing is not None else None
-    try:
+    ref_info = ref.info(name)
+    with ref.row_reader(name, step) as reference, cand.row_reader(name, step) as stored:
         for start in range(0, stop_all, step):
             stop = min(stop_all, start + step)
-            x = ref_rows.read(start, stop)
-            if isinstance(packed, PackedRowReader):
-                c, e = check_packed_rows(x, packed.grid(start, stop), precision, recipe)
+            x = reference.read(start, stop)
+            # a packed layout's codes and grid come through its row reader, a ggml type's from its blocks
+            if isinstance(stored, PackedRowReader):
+                c, e = check_packed_rows(x, stored.grid(start, stop), precision, recipe)
             else:
-                c, e = check_block_rows(x, cand.raw_rows(name, start, stop), info.ggml_type, precision)
+                c, e = check_block_rows(x, stored.raw(start, stop), info.ggml_type, precision, threads)
             counts.add(c)
             errors.add(e)
-    finally:
-        ref_rows.close()
-        if packed is not None:
-            packed.close()
+            if meter is not None:
+                meter.advance(_stored_bytes(info, start, stop) + _stored_bytes(ref_info, start, stop), name)
     return counts, errors
 
 
-def _streamed_error(cand: Checkpoint, ref: Checkpoint, name: str, info: TensorInfo) -> ErrorStats:
-    """Dequantization error of a whole tensor, summed over bounded row chunks."""
-    step = _rows_per_chunk(info)
-    errors = ErrorStats()
-    cand_rows, ref_rows = cand.row_reader(name, step), ref.row_reader(name, step)
-    try:
-        for start in range(0, info.n_rows, step):
-            stop = min(info.n_rows, start + step)
-            errors.add(error_stats(cand_rows.read(start, stop), ref_rows.read(start, stop)))
-    finally:
-        cand_rows.close()
-        ref_rows.close()
-    return errors
+def _stored_bytes(info: TensorInfo, start: int, stop: int) -> int:
+    """Stored bytes of rows ``[start, stop)``, for progress (a packed weight's parts are not
+    laid out in rows: its bytes are shared out evenly, summing to ``n_bytes``)."""
+    return info.n_bytes * stop // info.n_rows - info.n_bytes * start // info.n_rows
 
 
 def grid_checkable(info: TensorInfo) -> bool:
@@ -102,7 +94,7 @@ def grid_checkable(info: TensorInfo) -> bool:
     return info.block_size > 1 and info.ggml_type is not None and supported(info.ggml_type)
 
 
-def detect_precision(cand: Checkpoint, ref: Checkpoint, names: list[str]) -> tuple[str, dict[str, int]]:
+def detect_precision(cand: Checkpoint, ref: Checkpoint, names: list[str], threads: int = 1) -> tuple[str, dict[str, int]]:
     """The source precision (f32 / f16 / bf16) that leaves the fewest unexplained
     mismatches on a sample of the tensors; ties prefer the wider format."""
     evidence = {p: 0 for p in PRECISIONS}
@@ -110,7 +102,7 @@ def detect_precision(cand: Checkpoint, ref: Checkpoint, names: list[str]) -> tup
         info = cand.info(name)
         rows = max(1, PRECISION_SAMPLE_ELEMS // info.row_length)
         for p in PRECISIONS:
-            counts, _ = _check_tensor(cand, ref, name, p, max_rows=rows)
+            counts, _ = _check_tensor(cand, ref, name, p, threads, max_rows=rows)
             evidence[p] += counts.n_unexplained + counts.n_blocks_scale_mismatch
     best = min(PRECISIONS, key=lambda p: (evidence[p], PRECISIONS.index(p)))
     return best, evidence
@@ -126,13 +118,25 @@ def _verdict(counts: CheckCounts, errors: ErrorStats) -> TensorStatus:
     return "unrelated"
 
 
-def _plain(cand: Checkpoint, ref: Checkpoint, name: str, info: TensorInfo) -> tuple[TensorStatus, ErrorSummary]:
-    a = torch.from_numpy(np.ascontiguousarray(cand.read_rows(name)))
-    b = torch.from_numpy(np.ascontiguousarray(ref.read_rows(name)))
+def _plain(cand: Checkpoint, ref: Checkpoint, name: str, info: TensorInfo,
+           meter: Meter) -> tuple[TensorStatus, ErrorSummary]:
+    """A plain tensor: identical to the reference (or to its rounding to the candidate's
+    float type), streamed in row chunks with its error (also the error of a packed weight
+    whose codes cannot be predicted: GPTQ, AWQ)."""
     plain = plain_type(info.dtype)
-    expected = b.to(plain.torch_dtype()).to(torch.float32) if plain is not None and plain.narrow_float else b
-    same = bool(torch.equal(a, expected) or torch.equal(a, b))
-    return ("identical" if same else "differs"), ErrorSummary.of(error_stats(a, b))
+    narrow = plain.torch_dtype() if plain is not None and plain.narrow_float else None
+    errors, same_rounded, same_exact = ErrorStats(), True, True
+    step = _rows_per_chunk(info)
+    ref_info = ref.info(name)
+    with cand.row_reader(name, step) as ours, ref.row_reader(name, step) as theirs:
+        for start in range(0, info.n_rows, step):
+            stop = min(info.n_rows, start + step)
+            a, b = ours.read(start, stop), theirs.read(start, stop)
+            same_exact = same_exact and bool(torch.equal(a, b))
+            same_rounded = same_rounded and bool(torch.equal(a, b.to(narrow).to(torch.float32) if narrow else b))
+            errors.add(error_stats(a, b))
+            meter.advance(_stored_bytes(info, start, stop) + _stored_bytes(ref_info, start, stop), name)
+    return ("identical" if same_rounded or same_exact else "differs"), ErrorSummary.of(errors)
 
 
 def _overall(checked: list[TensorCheck]) -> QuantVerdict:
@@ -144,28 +148,31 @@ def _overall(checked: list[TensorCheck]) -> QuantVerdict:
     return "exact" if all(t.status == "exact" for t in checked) else "perturbed"
 
 
+@input_boundary
 def quantcheck(
     candidate_path: str | os.PathLike[str],
     reference_path: str | os.PathLike[str],
     options: QuantCheckOptions | None = None,
+    progress: ProgressCallback | None = None,
 ) -> QuantCheckResult:
     """Check every quantized tensor of ``candidate_path`` against ``reference_path``: per
     tensor, grid-consistency counts, mismatch distances in steps, estimated perturbation
     amplitude, dequantization error vs the error of a clean quantization of the reference;
-    overall, a verdict and the source precision the quantizer saw."""
+    overall, a verdict and the source precision the quantizer saw. ``progress`` gets the
+    bytes of both files read (task ``quantcheck``)."""
     opts = options or QuantCheckOptions()
-    with torch_threads(opts.threads):
-        return _quantcheck(candidate_path, reference_path, opts.precision)
+    with torch_threads(1):  # the compiled check takes the threads; torch only converts rows
+        return _quantcheck(candidate_path, reference_path, opts.precision, opts.threads, progress)
 
 
 def _check(cand: Checkpoint, ref: Checkpoint, name: str, info: TensorInfo, fate: TensorPair | Unpaired,
-           checkable: bool, precision: str, per_layer: dict[str, ErrorStats]) -> TensorCheck:
+           checkable: bool, precision: str, threads: int, per_layer: dict[str, ErrorStats], meter: Meter) -> TensorCheck:
     """One candidate tensor: checked, or why not."""
     base = {"name": name, "layer": info.layer, "role": info.role, "qtype": info.dtype, "shape": "x".join(map(str, info.shape))}
     if isinstance(fate, Unpaired):
         return TensorCheck(**base, status=fate.reason)  # missing-in-reference or shape-mismatch
     if checkable:
-        counts, errors = _check_tensor(cand, ref, name, precision)
+        counts, errors = _check_tensor(cand, ref, name, precision, threads, meter=meter)
         grid, error = GridCounts.of(counts), ErrorSummary.of(errors)
         per_layer.setdefault(str(info.layer), ErrorStats()).add(errors)
         return TensorCheck(**base, status=_verdict(counts, errors), grid=grid, error=error,
@@ -173,14 +180,14 @@ def _check(cand: Checkpoint, ref: Checkpoint, name: str, info: TensorInfo, fate:
                            tolerance_explained=tolerant(info.ggml_type) if info.ggml_type is not None else False)
     if info.block_size > 1:
         return TensorCheck(**base, status="unchecked-type")
+    status, error = _plain(cand, ref, name, info, meter)
     if info.packing is not None:  # GPTQ/AWQ: no predictable codes, but their dequantization error
-        return TensorCheck(**base, status="unchecked-type", error=ErrorSummary.of(_streamed_error(cand, ref, name, info)))
-    status, error = _plain(cand, ref, name, info)
+        return TensorCheck(**base, status="unchecked-type", error=error)
     return TensorCheck(**base, status=status, error=error)
 
 
 def _quantcheck(candidate_path: str | os.PathLike[str], reference_path: str | os.PathLike[str],
-                precision: str) -> QuantCheckResult:
+                precision: str, threads: int, progress: ProgressCallback | None) -> QuantCheckResult:
     if precision != "auto" and precision not in PRECISIONS:
         raise ValueError(f"precision must be 'auto' or one of {PRECISIONS}")
     with open_checkpoint(candidate_path) as cand, open_checkpoint(reference_path) as ref:
@@ -189,11 +196,14 @@ def _quantcheck(candidate_path: str | os.PathLike[str], reference_path: str | os
         checkable = {name for name, info in cand.tensors.items() if isinstance(fate[name], TensorPair) and grid_checkable(info)}
         if precision == "auto":
             ordered = [name for name in cand.tensors if name in checkable]
-            precision, evidence = detect_precision(cand, ref, ordered) if ordered else ("f32", {})
+            precision, evidence = detect_precision(cand, ref, ordered, threads) if ordered else ("f32", {})
         else:
             evidence = {}
         per_layer: dict[str, ErrorStats] = {}
-        tensors = tuple(_check(cand, ref, name, info, fate[name], name in checkable, precision, per_layer)
+        read = [n for n, info in cand.tensors.items() if isinstance(fate[n], TensorPair)
+                and (n in checkable or info.block_size == 1)]
+        meter = Meter(progress, "quantcheck", sum(cand.info(n).n_bytes + ref.info(n).n_bytes for n in read))
+        tensors = tuple(_check(cand, ref, name, info, fate[name], name in checkable, precision, threads, per_layer, meter)
                         for name, info in cand.tensors.items())
         metadata = {k: str(v) for k, v in cand.metadata_claims.items()}
     checked = [t for t in tensors if t.checked]

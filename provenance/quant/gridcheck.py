@@ -26,9 +26,14 @@ import torch
 
 from provenance.codecs.dequant import as_torch
 from provenance.codecs.grid import QuantGrid, quant_grid
+from provenance.codecs.native import bind
+from provenance.codecs.native import gridcheck as native
+from provenance.codecs.native.parallel import map_split
+from provenance.codecs.quanttype import QuantType
 from provenance.codecs.recipes import Prediction, predict, supported
+from provenance.codecs.registry import find_quant_type
 from provenance.formats.dtypes import torch_dtype
-from provenance.quant.error import ErrorStats, error_stats
+from provenance.quant.error import ErrorStats, error_stats_torch
 
 PRECISIONS = ("f32", "f16", "bf16")
 
@@ -158,11 +163,67 @@ def _margins(grid: QuantGrid, pred: Prediction) -> tuple[torch.Tensor, torch.Ten
 
 
 def check_block_rows(
-    x: torch.Tensor, raw: np.ndarray | torch.Tensor, ggml_type: int, precision: str
+    x: torch.Tensor, raw: np.ndarray | torch.Tensor, ggml_type: int, precision: str, threads: int = 1
 ) -> tuple[CheckCounts, ErrorStats]:
     """Grid consistency of stored rows ``raw`` against reference rows ``x`` (same shape),
     and the dequantization error of the stored values (with the error a clean
-    quantization of the reference on the same grid would have)."""
+    quantization of the reference on the same grid would have).
+
+    On the CPU this is the type's compiled check (``QuantType.check``: one pass over the
+    blocks, split between ``threads``); elsewhere, and for a type without one, the torch
+    implementation below, which the tests hold it to: every count equal, float64 sums
+    equal up to summation order."""
+    qt = find_quant_type(ggml_type)
+    on_cpu = x.device.type == "cpu" and (not isinstance(raw, torch.Tensor) or raw.device.type == "cpu")
+    if qt is not None and qt.check is not None and on_cpu:
+        return _check_compiled(qt, x, raw, precision, threads)
+    return check_block_rows_torch(x, raw, ggml_type, precision)
+
+
+def _check_compiled(qt: QuantType, x: torch.Tensor, raw: np.ndarray | torch.Tensor, precision: str,
+                    threads: int) -> tuple[CheckCounts, ErrorStats]:
+    if precision not in native.PRECISION_CODES:
+        raise ValueError(f"precision must be one of {PRECISIONS}")
+    assert qt.check is not None
+    raw_np = raw.numpy() if isinstance(raw, torch.Tensor) else np.asarray(raw, dtype=np.uint8)
+    blocks = np.ascontiguousarray(raw_np).reshape(-1, qt.type_size)
+    xb = np.ascontiguousarray(x.to(torch.float32).numpy()).reshape(-1, qt.block_size)
+    if xb.shape[0] != blocks.shape[0]:
+        raise ValueError(f"{qt.name}: {xb.shape[0]} reference blocks for {blocks.shape[0]} stored ones")
+    fn, tables = bind(qt.check)
+
+    def accumulators() -> tuple[np.ndarray, ...]:
+        return (np.zeros(native.N_COUNTS, np.int64), np.zeros(native.N_SUMS, np.float64),
+                np.empty(CheckCounts.MAX_KEPT, np.float32))
+
+    shared = (native.PRECISION_CODES[precision], np.float32(NEAR), *tables)
+    parts = map_split(fn, (blocks, xb), accumulators, shared, threads, xb.size)
+    n = np.sum([p[0] for p in parts], axis=0)
+    totals = np.zeros(native.N_SUMS, np.float64)
+    for _, sums, _ in parts:  # a fixed order: the parts' order
+        totals += sums
+    max_abs = [float(p[1][native.MAX_ABS]) for p in parts]
+    kept = np.concatenate([dist[:c[native.N_KEPT]] for c, _, dist in parts])[: CheckCounts.MAX_KEPT]
+    counts = CheckCounts(
+        n_weights=int(n[native.N_WEIGHTS]), n_checked=int(n[native.N_CHECKED]), n_mismatch=int(n[native.N_MISMATCH]),
+        n_explained=int(n[native.N_EXPLAINED]), n_unexplained=int(n[native.N_UNEXPLAINED]), n_up=int(n[native.N_UP]),
+        n_down=int(n[native.N_DOWN]), n_blocks_scale_mismatch=int(n[native.N_SCALE_BAD]),
+        inv_step_sum=float(totals[native.INV_STEP]), near_sum=float(totals[native.NEAR_INV]) / (2 * NEAR),
+        distances=kept.tolist(),
+    )
+    errors = ErrorStats(
+        n=counts.n_weights, sse=float(totals[native.SSE]), ref_ss=float(totals[native.REF_SS]),
+        clean_sse=float(totals[native.CLEAN_SSE]), abs_steps=float(totals[native.ABS_STEPS]),
+        n_steps=int(n[native.N_STEPS]),
+        max_abs=math.nan if any(math.isnan(m) for m in max_abs) else max(max_abs, default=0.0),
+    )
+    return counts, errors
+
+
+def check_block_rows_torch(
+    x: torch.Tensor, raw: np.ndarray | torch.Tensor, ggml_type: int, precision: str
+) -> tuple[CheckCounts, ErrorStats]:
+    """:func:`check_block_rows` in torch ops, on any device."""
     raw_t = raw if isinstance(raw, torch.Tensor) else as_torch(np.asarray(raw, dtype=np.uint8))
     grid = quant_grid(raw_t, ggml_type)
     x = x.to(torch.float32).reshape(grid.codes.shape)
@@ -210,7 +271,7 @@ def check_block_rows(
         counts.distances = dist[unexplained][: CheckCounts.MAX_KEPT].tolist()
     values = grid.value_of(stored)
     clean = grid.value_of(torch.where(pred.valid, pred.level, stored))
-    return counts, error_stats(values, x, clean, step_value)
+    return counts, error_stats_torch(values, x, clean, step_value)
 
 
-__all__ = ["PRECISIONS", "CheckCounts", "check_block_rows", "source_variants", "supported"]
+__all__ = ["PRECISIONS", "CheckCounts", "check_block_rows", "check_block_rows_torch", "source_variants", "supported"]

@@ -24,17 +24,21 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from provenance.codecs.quantize_ref import can_quantize
 from provenance.codecs.types import type_info
+from provenance.errors import UsageProblem
 from provenance.formats import open_checkpoint
 from provenance.formats.base import Checkpoint
 from provenance.formats.gguf_header import GGUFKeyValue, ValueType
 from provenance.formats.write import write_checkpoint
+from provenance.progress import Meter, ProgressCallback
 from provenance.quant.quantize_mix import (
     MixModel,
     TensorSpec,
     parse_ftype,
     tensor_types,
 )
+from provenance.threads import torch_threads
 
 QUANTIZATION_VERSION = 2  # GGML_QNT_VERSION
 
@@ -74,7 +78,8 @@ def _specs(ckpt: Checkpoint) -> list[TensorSpec]:
 
 
 def quantize_model(src_path: str | os.PathLike[str], dst_path: str | os.PathLike[str], ftype: str,
-                   allow_requantize: bool = False) -> QuantizeReport:
+                   allow_requantize: bool = False, *, threads: int | None = None,
+                   progress: ProgressCallback | None = None) -> QuantizeReport:
     """Write ``dst_path``: ``src_path`` quantized to llama.cpp file type ``ftype``
     (``"Q4_K_M"``, ``"Q8_0"``, ``"Q6_K"`` ..., or ``"f16"`` / ``"f32"`` for plain
     conversions), per llama.cpp's type recipe, bit-exact with ``llama_model_quantize``
@@ -82,7 +87,10 @@ def quantize_model(src_path: str | os.PathLike[str], dst_path: str | os.PathLike
 
     A tensor whose chosen type equals its stored type is copied byte for byte; an
     already-quantized source tensor is re-quantized only with ``allow_requantize``
-    (llama.cpp refuses by default as well).
+    (llama.cpp refuses by default as well). Everything is checked before the first byte is
+    written, and the output appears whole or not at all (Ctrl-C included). The quantizers
+    run on ``threads`` threads (default: ``torch.get_num_threads()``); ``progress`` gets
+    the source bytes consumed (task ``quantize``).
     """
     ft = parse_ftype(ftype)
     with open_checkpoint(src_path) as ckpt:
@@ -91,12 +99,36 @@ def quantize_model(src_path: str | os.PathLike[str], dst_path: str | os.PathLike
         for name, target in types.items():
             info = ckpt.info(name)
             if is_gguf and info.quantized and info.dtype != target and not allow_requantize:
-                raise ValueError(f"{name}: requantizing from {info.dtype} to {target} is disabled (allow_requantize=False)")
-        written = write_checkpoint(
-            ckpt, dst_path, retype=types, to="gguf", tensors=list(types), drop_keys=_RE_ADDED_KEYS,
-            add_keys=[GGUFKeyValue("general.quantization_version", QUANTIZATION_VERSION, ValueType.UINT32),
-                      GGUFKeyValue("general.file_type", int(ft), ValueType.UINT32)],
-        )
+                raise UsageProblem(f"{name}: requantizing from {info.dtype} to {target} is disabled (allow_requantize=False)")
+            if info.dtype != target and not can_quantize(target):
+                raise UsageProblem(f"{ft.name.removeprefix('MOSTLY_')} needs {target} for {name}, which provenance cannot "
+                                   f"write bit-exactly (supported: {', '.join(supported_ftypes())})")
+        meter = Meter(progress, "quantize", sum(ckpt.info(n).n_bytes for n in types))
+        with torch_threads(threads):
+            written = write_checkpoint(
+                ckpt, dst_path, retype=types, to="gguf", tensors=list(types), drop_keys=_RE_ADDED_KEYS,
+                add_keys=[GGUFKeyValue("general.quantization_version", QUANTIZATION_VERSION, ValueType.UINT32),
+                          GGUFKeyValue("general.file_type", int(ft), ValueType.UINT32)],
+                progress=meter.advance if progress is not None else None,
+            )
     quantized = [n for n in written.retyped if type_info(types[n]).block_size > 1]
     return QuantizeReport(path=os.fspath(dst_path), ftype=ft.name, types=types,
                           n_quantized=len(quantized), n_copied=len(written.copied))
+
+
+def supported_ftypes() -> list[str]:
+    """llama.cpp file types whose base type provenance writes bit-exactly (a model's mix
+    may still need another type for some tensor: :func:`quantize_model` checks first)."""
+    from gguf import LlamaFileType
+
+    from provenance.quant.quantize_mix import default_type
+
+    out = []
+    for ft in LlamaFileType:
+        try:
+            base = default_type(ft)
+        except KeyError:
+            continue
+        if can_quantize(base):
+            out.append(ft.name.removeprefix("MOSTLY_"))
+    return out

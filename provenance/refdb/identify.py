@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from provenance.errors import input_boundary
 from provenance.formats import open_checkpoint
 from provenance.formats.base import Checkpoint
 from provenance.formats.vocabulary import checkpoint_vocabulary
@@ -343,6 +344,7 @@ def _should_hash(ckpt: Checkpoint, hashes: str | bool) -> bool:
     return sum(span.size for span in ckpt.files) <= HASH_AUTO_LIMIT
 
 
+@input_boundary
 def identify(path: str | Path, refdb: RefDB | str | Path | None = None, *, hashes: str | bool = "auto",
              summary_budget: int | None = None,
              digests: tuple[dict[str, str], dict[str, str]] | None = None) -> IdentifyResult:

@@ -91,6 +91,10 @@ def top_singular_values(m: np.ndarray, k: int = N_SINGULAR, iterations: int = 60
     with torch_threads(1):  # 11 ms on one thread, 440 ms on two under load
         t = torch.from_numpy(np.ascontiguousarray(m, dtype=np.float64))
         gram = t.T @ t if t.shape[1] <= t.shape[0] else t @ t.T
+        if not bool(torch.isfinite(gram).all()):
+            # NaN or infinite weights (a file may hold any bits) have no spectrum: the summary
+            # says so with NaN, which compares equal to nothing, instead of failing the solver.
+            return np.full(min(k, gram.shape[0]), np.nan)
         block = min(2 * k, gram.shape[0])
         generator = torch.Generator().manual_seed(0)
         basis = torch.randn(gram.shape[0], block, dtype=torch.float64, generator=generator)

@@ -29,6 +29,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from provenance.errors import input_boundary
 from provenance.formats import open_checkpoint
 from provenance.formats.pairing import pair_tensors
 from provenance.watermark.gridsign import flip_signs
@@ -217,6 +218,7 @@ def classify_flips(signs: np.ndarray, w: np.ndarray) -> tuple[ChangeClass, dict[
     return "structured", evidence
 
 
+@input_boundary
 def analyze_checkpoint(
     candidate: str | os.PathLike[str],
     reference: str | os.PathLike[str],

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from provenance.compare.transform import Transform
+from provenance.errors import input_boundary
 from provenance.formats import open_checkpoint
 from provenance.formats.base import Checkpoint, TensorInfo
 from provenance.formats.pairing import Unpaired, pair_tensors
@@ -167,6 +168,7 @@ class _Scorer:
             bank.add(name, chunk, flat)
 
 
+@input_boundary
 def score_checkpoint(
     candidate: str | os.PathLike[str],
     keys: list[KeySource],

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from provenance.errors import ProvenanceError
+from provenance.errors import ProvenanceError, input_boundary
 from provenance.formats import open_checkpoint
 from provenance.formats.base import Checkpoint, TensorInfo
 from provenance.formats.dtypes import torch_dtype
@@ -153,6 +153,7 @@ def _targets(ckpt: Checkpoint, selector: Selector, report: EmbedReport) -> set[s
     return chosen
 
 
+@input_boundary
 def embed_checkpoint(
     source: str | os.PathLike[str],
     output: str | os.PathLike[str],

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from provenance.errors import CheckpointError, ProvenanceError
+from provenance.errors import CheckpointError, ProvenanceError, input_boundary
 from provenance.formats import open_checkpoint
 from provenance.formats.jsonsafe import read_json_file
 from provenance.watermark.detect import ScoreResult, score_checkpoint
@@ -135,6 +135,7 @@ class TraceResult:
         }
 
 
+@input_boundary
 def trace(
     candidate: str | os.PathLike[str],
     keys: list[KeySource],

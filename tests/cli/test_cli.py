@@ -120,7 +120,8 @@ def test_command_line_builds_the_options_dataclass(monkeypatch) -> None:
 
     seen: list[CompareOptions] = []
 
-    def fake_run(candidate: str, reference: str, options: CompareOptions) -> None:
+    def fake_run(candidate: str, reference: str, options: CompareOptions, base: str | None) -> None:
+        assert base is None  # --base (PEFT adapters) only when given
         seen.append(options)
         raise SystemExit(0)
 

@@ -17,8 +17,9 @@ import torch
 from gguf import GGMLQuantizationType, GGUFReader
 from gguf import quants as gguf_quants
 
-from provenance.codecs.quantize_k import nearest_int
+from provenance.codecs.native.floats import nearest_int
 from provenance.codecs.quantize_ref import quantize_rows, supported_types
+from provenance.jit import kernel
 from tests.conftest import QUANT_DIR
 
 torch.set_num_threads(1)
@@ -82,12 +83,20 @@ def test_wrong_source_mismatches(quant_file: str, wrong_source: str) -> None:
     assert (quantize_rows(src[name], qtype) != stored).any(axis=1).sum() > 10
 
 
+@kernel
+def _nearest_ints(v, out):  # type: ignore[no-untyped-def]
+    for i in range(v.shape[0]):
+        out[i] = nearest_int(v[i])
+
+
 def test_nearest_int_is_the_c_bit_trick() -> None:
     rng = np.random.default_rng(1)
-    v = np.concatenate([rng.uniform(-100, 100, 10000), np.arange(-20, 20) + 0.5]).astype(np.float32)
-    assert np.array_equal(nearest_int(v), np.rint(v).astype(np.int32))  # half to even
+    v = np.concatenate([rng.uniform(-100, 100, 10000), np.arange(-20, 20) + 0.5, [np.inf]]).astype(np.float32)
+    out = np.empty(v.size, np.int64)
+    _nearest_ints(v, out)
+    assert np.array_equal(out[:-1], np.rint(v[:-1]).astype(np.int64))  # half to even
     # outside the valid range the C code reads the mantissa bits; so do we
-    assert nearest_int(np.array([np.inf], np.float32))[0] == -(1 << 22)
+    assert out[-1] == -(1 << 22)
 
 
 @pytest.mark.parametrize("qtype", ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS", "IQ4_NL"])
@@ -106,10 +115,16 @@ def test_degenerate_blocks_and_round_trip(qtype: str) -> None:
     assert err < {"Q2_K": 0.4, "Q3_K": 0.25}.get(qtype, 0.12)
 
 
-def test_legacy_types_delegate_to_gguf() -> None:
-    x = np.random.default_rng(3).normal(0, 0.02, (4, 256)).astype(np.float32)
+def test_legacy_types_equal_gguf() -> None:
+    """gguf-py's numpy quantizers are exact ports of the same C: ours agree with them too
+    (zero blocks and exact .5 ties included), on one thread and split between two."""
+    x = np.random.default_rng(3).normal(0, 0.02, (64, 256)).astype(np.float32)
+    x[0, :32] = 0.0
+    x[1] = np.round(x[1] * 1e3) / 1e3
     for qtype in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"):
-        assert np.array_equal(quantize_rows(x, qtype), gguf_quants.quantize(x, GGMLQuantizationType[qtype]))
+        want = gguf_quants.quantize(x, GGMLQuantizationType[qtype])
+        assert np.array_equal(quantize_rows(x, qtype), want)
+        assert np.array_equal(quantize_rows(np.tile(x, (16, 1)), qtype, threads=2), np.tile(want, (16, 1)))
     assert np.array_equal(quantize_rows(x, "F16").view(np.float16), x.astype(np.float16))
     assert "Q4_K" in supported_types()
     with pytest.raises(NotImplementedError):

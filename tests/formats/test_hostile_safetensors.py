@@ -96,7 +96,7 @@ def test_unknown_dtype(tmp_path: Path) -> None:
 
 def test_negative_or_bogus_shape(tmp_path: Path) -> None:
     header = {"a": {"dtype": "F32", "shape": [-1, 4], "data_offsets": [0, 16]}}
-    expect_failure(write(tmp_path, safetensors_bytes(header, bytes(16))), MalformedCheckpoint, "invalid shape")
+    expect_failure(write(tmp_path, safetensors_bytes(header, bytes(16))), MalformedCheckpoint, "expected an integer in [0, ")
 
 
 def test_huge_shape_product(tmp_path: Path) -> None:
@@ -108,7 +108,7 @@ def test_not_json_object(tmp_path: Path) -> None:
     from provenance.formats.safetensors_reader import parse_safetensors_header
 
     path = write(tmp_path, safetensors_bytes(b"[1, 2]", b""))
-    with pytest.raises(MalformedCheckpoint, match="not a JSON object"):
+    with pytest.raises(MalformedCheckpoint, match="expected an object, found list"):
         parse_safetensors_header(str(path))
     expect_failure(path, UnsupportedCheckpoint, "unrecognised format")
 

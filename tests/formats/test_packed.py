@@ -112,3 +112,18 @@ def test_chunks_agree_with_whole_reads(packed_source: Path, tmp_path_factory: py
                                         for a in range(0, whole.shape[0], 13)])
                 assert np.array_equal(whole, parts), (kind, name)
                 assert sum(len(c) for c in ckpt.iter_raw(name)) == ckpt.info(name).n_bytes
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["gptq", "awq", "ct-pack", "ct-fp8", "bnb-nf4", "bnb-int8", "mlx"])
+def test_the_check_gate_reads_packed_weights(kind: str, packed_source: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """``check`` reads what the commands read: a packed weight's rows and its codes and grid
+    (it has no stored rows), so a layout that opens also passes the gate."""
+    from provenance.formats.verify import verify_readable
+
+    with open_checkpoint(written(kind, packed_source, tmp_path_factory)) as ckpt:
+        n_packed = sum(info.packing is not None for info in ckpt.tensors.values())
+        assert n_packed >= 14
+        done = verify_readable(ckpt)
+        assert done.tensors == len(ckpt.tensors)
+        assert done.rows >= 2 * n_packed

@@ -75,15 +75,17 @@ def test_a_folder_with_neither_weights_nor_tokenizer_is_a_clean_error(tmp_path: 
 HOSTILE_JSON = {
     "not-json": (b"{\"model\": ", "tokenizer.json"),
     "model-missing": (b'{"added_tokens": [], "version": "1.0"}', "model"),
-    "vocab-wrong-type": (b'{"model": {"type": "BPE", "vocab": [1, 2], "merges": []}}', "model.vocab"),
-    "negative-id": (b'{"model": {"type": "BPE", "vocab": {"a": -1}, "merges": []}}', "model.vocab"),
-    "id-far-beyond": (b'{"model": {"type": "BPE", "vocab": {"a": 0, "b": 99999999999}, "merges": []}}', "model.vocab"),
+    "vocab-wrong-type": (b'{"model": {"type": "BPE", "vocab": [1, 2], "merges": []}}', "model.vocab[0]"),
+    "vocab-list-for-bpe": (b'{"model": {"type": "BPE", "vocab": [["a", 0.5]], "merges": []}}', "model.vocab"),
+    "negative-id": (b'{"model": {"type": "BPE", "vocab": {"a": -1}, "merges": []}}', "model.vocab.a"),
+    "id-beyond-the-cap": (b'{"model": {"type": "BPE", "vocab": {"a": 0, "b": 99999999999}, "merges": []}}', "model.vocab.b"),
+    "id-far-beyond": (b'{"model": {"type": "BPE", "vocab": {"a": 0, "b": 999999}, "merges": []}}', "model.vocab"),
     "two-tokens-one-id": (b'{"model": {"type": "BPE", "vocab": {"a": 0, "b": 0}, "merges": []}}', "model.vocab"),
     "duplicate-key": (b'{"model": {"type": "BPE", "vocab": {"a": 0, "a": 1}, "merges": []}}', "tokenizer.json"),
     "bad-merge": (b'{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": [3]}}', "model.merges[0]"),
     "added-overrides": (b'{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []},'
                         b' "added_tokens": [{"id": 0, "content": "<s>"}]}', "added_tokens[0]"),
-    "unigram-bad-entry": (b'{"model": {"type": "Unigram", "vocab": [["a", "x"]]}}', "model.vocab[0]"),
+    "unigram-bad-entry": (b'{"model": {"type": "Unigram", "vocab": [["a", "x"]]}}', "model.vocab[0][1]"),
     "unknown-model": (b'{"model": {"type": "Magic", "vocab": {}}}', "model.type"),
 }
 

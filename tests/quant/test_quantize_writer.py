@@ -13,6 +13,7 @@ import pytest
 import torch
 from gguf import GGUFReader
 
+from provenance.errors import UsageProblem
 from provenance.formats import open_checkpoint
 from provenance.names.qk_permute import gguf_to_hf_rows
 from provenance.quant import quantcheck
@@ -65,7 +66,7 @@ def test_plain_conversions(tmp_path: Path) -> None:
 
 
 def test_requantize_refused(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="requantiz"):
+    with pytest.raises(UsageProblem, match="requantiz"):
         quantize_model(QUANT_DIR / "tiny-llama-Q8_0.gguf", tmp_path / "x.gguf", "Q4_K_M")
 
 

@@ -23,11 +23,13 @@ from gguf import quants as gq
 
 from provenance.codecs.kernels._common import Decoded, DeviceTables, Workspace, f16_field, gather, u16_field
 from provenance.codecs.native.fields import f16, u16
+from provenance.codecs.native.floats import safe_inverse as inverse32
+from provenance.codecs.native.gridcheck import cell_tables, cells, check, check_tables
 from provenance.codecs.prediction import F16_REL, Prediction, best_index, safe_inverse
-from provenance.codecs.quantize_iq4 import quantize_iq4_nl, quantize_iq4_xs
+from provenance.codecs.quantize_iq4 import quantize_iq4_nl_compiled, quantize_iq4_xs_compiled
 from provenance.codecs.quanttype import CompiledKernel, LevelGrid, QuantType, Recipe
 from provenance.codecs.types import type_info
-from provenance.jit import kernel
+from provenance.jit import inline, kernel
 
 if TYPE_CHECKING:
     from provenance.codecs.grid import QuantGrid
@@ -147,11 +149,103 @@ def iq4_levels() -> torch.Tensor:
 
 IQ4_RECIPE = Recipe(predict_iq4, tolerant=True)
 
+# ---- compiled grids, recipe and grid checks (codecs/native/gridcheck.py) -------------
+# IQ4's level table is sorted, so a nibble is its level's index in ``levels`` too.
+
+
+@inline
+def _iq4_nl_grid(b, f16_table, g):  # type: ignore[no-untyped-def]
+    g.scale[0] = f16(b, 0, f16_table)
+    for j in range(16):
+        q = np.int64(b[2 + j])
+        g.code[j] = q & 0xF
+        g.code[16 + j] = q >> 4
+
+
+@inline
+def _iq4_xs_grid(b, f16_table, g):  # type: ignore[no-untyped-def]
+    d = f16(b, 0, f16_table)
+    high_bits = u16(b, 2)
+    for s in range(8):
+        low = (np.int64(b[4 + (s >> 1)]) >> (4 * (s & 1))) & 0xF
+        high = (high_bits >> (2 * s)) & 3
+        g.scale[s] = d * np.float32((low | (high << 4)) - 32)
+        for j in range(16):
+            q = np.int64(b[8 + 16 * s + j])
+            g.code[32 * s + j] = q & 0xF
+            g.code[32 * s + 16 + j] = q >> 4
+
+
+@inline
+def _best_index(values, v):  # type: ignore[no-untyped-def]
+    """:func:`provenance.codecs.prediction.best_index` (torch's searchsorted form; NaN -> last)."""
+    n = values.shape[0]
+    hi = 0
+    for t in range(n):
+        hi += values[t] <= v
+    if v != v:
+        hi = n
+    hi = min(max(hi, 1), n - 1)
+    pick = hi - 1 if np.float32(v - values[hi - 1]) < np.float32(values[hi] - v) else hi
+    if v <= values[0]:
+        pick = 0
+    if v >= values[n - 1]:
+        pick = n - 1
+    return pick
+
+
+@inline
+def _predict_iq4_block(x, b, g, f16_table, levels, p):  # type: ignore[no-untyped-def]
+    """:func:`predict_iq4` on one block, with the stored super-scale (bytes 0..1) sharpening
+    the tolerance where it is subnormal."""
+    d16 = abs(f16(b, 0, f16_table))
+    rel = np.float32(F16_REL)
+    if d16 > np.float32(0.0):
+        rel = max(rel, np.float32(np.float32(2.0 ** -25) / d16))
+    sub = x.shape[0] // g.scale.shape[0]
+    for k in range(g.scale.shape[0]):
+        dl = g.scale[k]
+        inv = inverse32(dl)
+        for j in range(k * sub, (k + 1) * sub):
+            v = np.float32(x[j] * inv)
+            i = _best_index(levels, v)
+            p.u[j] = v
+            p.idx[j] = i
+            p.level[j] = levels[i]
+            p.valid[j] = dl != np.float32(0.0)
+            p.tol[j] = np.float32(np.float32(abs(v) * np.float32(rel + rel)) + np.float32(1e-4))
+    return True
+
+
+@kernel
+def iq4_nl_check(blocks, x, counts, sums, dist, precision, near_margin, f16_table, levels):  # type: ignore[no-untyped-def]
+    check(blocks, x, counts, sums, dist, precision, near_margin, f16_table, _iq4_nl_grid, _predict_iq4_block,
+          1, False, False, True, levels, 0, 15)
+
+
+@kernel
+def iq4_xs_check(blocks, x, counts, sums, dist, precision, near_margin, f16_table, levels):  # type: ignore[no-untyped-def]
+    check(blocks, x, counts, sums, dist, precision, near_margin, f16_table, _iq4_xs_grid, _predict_iq4_block,
+          8, False, False, True, levels, 0, 15)
+
+
+@kernel
+def iq4_nl_cells(blocks, other, counts, sums, tol_steps, f16_table, lo_mid, hi_mid):  # type: ignore[no-untyped-def]
+    cells(blocks, other, counts, sums, tol_steps, f16_table, _iq4_nl_grid, 1, False, False, 0, 15, lo_mid, hi_mid)
+
+
+@kernel
+def iq4_xs_cells(blocks, other, counts, sums, tol_steps, f16_table, lo_mid, hi_mid):  # type: ignore[no-untyped-def]
+    cells(blocks, other, counts, sums, tol_steps, f16_table, _iq4_xs_grid, 8, False, False, 0, 15, lo_mid, hi_mid)
+
+
 # ---- descriptors ----------------------------------------------------------------------
 
 IQ4_NL = QuantType(T.IQ4_NL, iq4_nl, LevelGrid(iq4_levels), (0,), CompiledKernel(iq4_nl_compiled, (iq4_values,)), IQ4_RECIPE,
-                   quantize_iq4_nl)
+                   CompiledKernel(quantize_iq4_nl_compiled, (iq4_values,)), cells=CompiledKernel(iq4_nl_cells, cell_tables(iq4_levels)),
+                   check=CompiledKernel(iq4_nl_check, check_tables(iq4_levels)))
 IQ4_XS = QuantType(T.IQ4_XS, iq4_xs, LevelGrid(iq4_levels), (0,), CompiledKernel(iq4_xs_compiled, (iq4_values,)), IQ4_RECIPE,
-                   quantize_iq4_xs)
+                   CompiledKernel(quantize_iq4_xs_compiled, (iq4_values,)), cells=CompiledKernel(iq4_xs_cells, cell_tables(iq4_levels)),
+                   check=CompiledKernel(iq4_xs_check, check_tables(iq4_levels)))
 
 TYPES = (IQ4_NL, IQ4_XS)

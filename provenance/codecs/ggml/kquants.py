@@ -38,10 +38,18 @@ from provenance.codecs.kernels._common import (
     scale_products,
 )
 from provenance.codecs.native.fields import f16, k_sub_scale
+from provenance.codecs.native.floats import clamp
+from provenance.codecs.native.gridcheck import NO_TABLE, cells, check
 from provenance.codecs.prediction import Prediction
-from provenance.codecs.quantize_k import quantize_q2_k, quantize_q3_k, quantize_q4_k, quantize_q5_k, quantize_q6_k
+from provenance.codecs.quantize_k import (
+    quantize_q2_k_compiled,
+    quantize_q3_k_compiled,
+    quantize_q4_k_compiled,
+    quantize_q5_k_compiled,
+    quantize_q6_k_compiled,
+)
 from provenance.codecs.quanttype import CompiledKernel, QuantType, Recipe, UniformGrid
-from provenance.jit import kernel
+from provenance.jit import inline, kernel
 
 if TYPE_CHECKING:
     from provenance.codecs.grid import QuantGrid
@@ -376,13 +384,186 @@ def predict_k(x: torch.Tensor, grid: QuantGrid, raw: torch.Tensor | None = None)
 
 K_RECIPE = Recipe(predict_k)
 
+# ---- compiled grids, recipe and grid checks (codecs/native/gridcheck.py) -------------
+
+
+@inline
+def _crumb(b, start, w):  # type: ignore[no-untyped-def]
+    """2-bit code of weight ``w`` (``h*128 + s*32 + j``: bits ``2s`` of byte ``start + h*32 + j``)."""
+    return (np.int64(b[start + (w >> 7) * 32 + (w & 31)]) >> (2 * ((w >> 5) & 3))) & 3
+
+
+@inline
+def _q2_k_grid(b, f16_table, g):  # type: ignore[no-untyped-def]
+    d, dmin = f16(b, 80, f16_table), f16(b, 82, f16_table)
+    for k in range(16):
+        sc = np.int64(b[k])
+        g.scale[k] = d * np.float32(sc & 0xF)
+        g.offset[k] = -(dmin * np.float32(sc >> 4))
+    for w in range(g.code.shape[0]):
+        g.code[w] = _crumb(b, 16, w)
+
+
+@inline
+def _q3_k_grid(b, f16_table, g):  # type: ignore[no-untyped-def]
+    d = f16(b, 108, f16_table)
+    for k in range(16):
+        low = (np.int64(b[96 + (k & 7)]) >> (4 * (k >> 3))) & 0xF
+        high = (np.int64(b[104 + (k & 3)]) >> (2 * (k >> 2))) & 3
+        g.scale[k] = d * np.float32((low | (high << 4)) - 32)
+    for w in range(g.code.shape[0]):
+        h = (np.int64(b[w & 31]) >> (w >> 5)) & 1
+        g.code[w] = _crumb(b, 32, w) - 4 + 4 * h
+
+
+@inline
+def _q45_k_scales(b, f16_table, g):  # type: ignore[no-untyped-def]
+    d, dmin = f16(b, 0, f16_table), f16(b, 2, f16_table)
+    for k in range(8):
+        dl, ml = k_sub_scale(b, k, d, dmin)
+        g.scale[k] = dl
+        g.offset[k] = -ml
+
+
+@inline
+def _q4_k_grid(b, f16_table, g):  # type: ignore[no-untyped-def]
+    _q45_k_scales(b, f16_table, g)
+    for w in range(g.code.shape[0]):
+        q = np.int64(b[16 + (w >> 6) * 32 + (w & 31)])
+        g.code[w] = (q >> 4) if (w >> 5) & 1 else q & 0xF
+
+
+@inline
+def _q5_k_grid(b, f16_table, g):  # type: ignore[no-untyped-def]
+    _q45_k_scales(b, f16_table, g)
+    for w in range(g.code.shape[0]):
+        q = np.int64(b[48 + (w >> 6) * 32 + (w & 31)])
+        low = (q >> 4) if (w >> 5) & 1 else q & 0xF
+        g.code[w] = low | (((np.int64(b[16 + (w & 31)]) >> (w >> 5)) & 1) << 4)
+
+
+@inline
+def _q6_k_grid(b, f16_table, g):  # type: ignore[no-untyped-def]
+    d = f16(b, 208, f16_table)
+    for k in range(16):
+        sc = np.int64(b[192 + k])
+        g.scale[k] = d * np.float32(sc - 256 if sc > 127 else sc)
+    for w in range(g.code.shape[0]):
+        h, t, j = w >> 7, (w >> 6) & 1, w & 63
+        lo = (np.int64(b[h * 64 + j]) >> (4 * t)) & 0xF
+        hi = (np.int64(b[128 + h * 32 + (j & 31)]) >> (2 * (2 * t + (j >> 5)))) & 3
+        g.code[w] = (lo | (hi << 4)) - 32
+
+
+@inline
+def _predict_k_block(x, b, g, f16_table, levels, p, has_offset, qmin, qmax):  # type: ignore[no-untyped-def]
+    """:func:`predict_k` on one block: ``nearest_int((x + dm)/d)`` (half to even) on the
+    stored sub-block scales, clamped; sub-blocks with ``d == 0`` are not predictable."""
+    sub = x.shape[0] // g.scale.shape[0]
+    for k in range(g.scale.shape[0]):
+        d = g.scale[k]
+        den = d if d != np.float32(0.0) else np.float32(1.0)
+        dm = -g.offset[k]
+        for j in range(k * sub, (k + 1) * sub):
+            v = np.float32(np.float32(x[j] + dm) / den) if has_offset else np.float32(x[j] / den)
+            p.u[j] = v
+            p.level[j] = clamp(np.float32(np.rint(v)), qmin, qmax)
+            p.valid[j] = d != np.float32(0.0)
+    return True
+
+
+@inline
+def _predict_q2_k_block(x, b, g, f16_table, levels, p):  # type: ignore[no-untyped-def]
+    return _predict_k_block(x, b, g, f16_table, levels, p, True, 0, 3)
+
+
+@inline
+def _predict_q3_k_block(x, b, g, f16_table, levels, p):  # type: ignore[no-untyped-def]
+    return _predict_k_block(x, b, g, f16_table, levels, p, False, -4, 3)
+
+
+@inline
+def _predict_q4_k_block(x, b, g, f16_table, levels, p):  # type: ignore[no-untyped-def]
+    return _predict_k_block(x, b, g, f16_table, levels, p, True, 0, 15)
+
+
+@inline
+def _predict_q5_k_block(x, b, g, f16_table, levels, p):  # type: ignore[no-untyped-def]
+    return _predict_k_block(x, b, g, f16_table, levels, p, True, 0, 31)
+
+
+@inline
+def _predict_q6_k_block(x, b, g, f16_table, levels, p):  # type: ignore[no-untyped-def]
+    return _predict_k_block(x, b, g, f16_table, levels, p, False, -32, 31)
+
+
+@kernel
+def q2_k_check(blocks, x, counts, sums, dist, precision, near_margin, f16_table):  # type: ignore[no-untyped-def]
+    check(blocks, x, counts, sums, dist, precision, near_margin, f16_table, _q2_k_grid, _predict_q2_k_block,
+          16, True, True, False, NO_TABLE, 0, 3)
+
+
+@kernel
+def q3_k_check(blocks, x, counts, sums, dist, precision, near_margin, f16_table):  # type: ignore[no-untyped-def]
+    check(blocks, x, counts, sums, dist, precision, near_margin, f16_table, _q3_k_grid, _predict_q3_k_block,
+          16, True, False, False, NO_TABLE, -4, 3)
+
+
+@kernel
+def q4_k_check(blocks, x, counts, sums, dist, precision, near_margin, f16_table):  # type: ignore[no-untyped-def]
+    check(blocks, x, counts, sums, dist, precision, near_margin, f16_table, _q4_k_grid, _predict_q4_k_block,
+          8, True, True, False, NO_TABLE, 0, 15)
+
+
+@kernel
+def q5_k_check(blocks, x, counts, sums, dist, precision, near_margin, f16_table):  # type: ignore[no-untyped-def]
+    check(blocks, x, counts, sums, dist, precision, near_margin, f16_table, _q5_k_grid, _predict_q5_k_block,
+          8, True, True, False, NO_TABLE, 0, 31)
+
+
+@kernel
+def q6_k_check(blocks, x, counts, sums, dist, precision, near_margin, f16_table):  # type: ignore[no-untyped-def]
+    check(blocks, x, counts, sums, dist, precision, near_margin, f16_table, _q6_k_grid, _predict_q6_k_block,
+          16, True, False, False, NO_TABLE, -32, 31)
+
+
+@kernel
+def q2_k_cells(blocks, other, counts, sums, tol_steps, f16_table):  # type: ignore[no-untyped-def]
+    cells(blocks, other, counts, sums, tol_steps, f16_table, _q2_k_grid, 16, True, True, 0, 3, NO_TABLE, NO_TABLE)
+
+
+@kernel
+def q3_k_cells(blocks, other, counts, sums, tol_steps, f16_table):  # type: ignore[no-untyped-def]
+    cells(blocks, other, counts, sums, tol_steps, f16_table, _q3_k_grid, 16, True, False, -4, 3, NO_TABLE, NO_TABLE)
+
+
+@kernel
+def q4_k_cells(blocks, other, counts, sums, tol_steps, f16_table):  # type: ignore[no-untyped-def]
+    cells(blocks, other, counts, sums, tol_steps, f16_table, _q4_k_grid, 8, True, True, 0, 15, NO_TABLE, NO_TABLE)
+
+
+@kernel
+def q5_k_cells(blocks, other, counts, sums, tol_steps, f16_table):  # type: ignore[no-untyped-def]
+    cells(blocks, other, counts, sums, tol_steps, f16_table, _q5_k_grid, 8, True, True, 0, 31, NO_TABLE, NO_TABLE)
+
+
+@kernel
+def q6_k_cells(blocks, other, counts, sums, tol_steps, f16_table):  # type: ignore[no-untyped-def]
+    cells(blocks, other, counts, sums, tol_steps, f16_table, _q6_k_grid, 16, True, False, -32, 31, NO_TABLE, NO_TABLE)
+
+
 # ---- descriptors ----------------------------------------------------------------------
 
-Q2_K = QuantType(T.Q2_K, q2_k, UniformGrid(0, 3), (80, 82), CompiledKernel(q2_k_compiled), K_RECIPE, quantize_q2_k)
-Q3_K = QuantType(T.Q3_K, q3_k, UniformGrid(-4, 3), (108,), CompiledKernel(q3_k_compiled), K_RECIPE, quantize_q3_k)
-Q4_K = QuantType(T.Q4_K, q4_k, UniformGrid(0, 15), (0, 2), CompiledKernel(q4_k_compiled), K_RECIPE, quantize_q4_k)
-Q5_K = QuantType(T.Q5_K, q5_k, UniformGrid(0, 31), (0, 2), CompiledKernel(q5_k_compiled), K_RECIPE, quantize_q5_k)
-Q6_K = QuantType(T.Q6_K, q6_k, UniformGrid(-32, 31), (208,), CompiledKernel(q6_k_compiled), K_RECIPE, quantize_q6_k)
+Q2_K = QuantType(T.Q2_K, q2_k, UniformGrid(0, 3), (80, 82), CompiledKernel(q2_k_compiled), K_RECIPE,
+                 CompiledKernel(quantize_q2_k_compiled), cells=CompiledKernel(q2_k_cells), check=CompiledKernel(q2_k_check))
+Q3_K = QuantType(T.Q3_K, q3_k, UniformGrid(-4, 3), (108,), CompiledKernel(q3_k_compiled), K_RECIPE,
+                 CompiledKernel(quantize_q3_k_compiled), cells=CompiledKernel(q3_k_cells), check=CompiledKernel(q3_k_check))
+Q4_K = QuantType(T.Q4_K, q4_k, UniformGrid(0, 15), (0, 2), CompiledKernel(q4_k_compiled), K_RECIPE,
+                 CompiledKernel(quantize_q4_k_compiled), cells=CompiledKernel(q4_k_cells), check=CompiledKernel(q4_k_check))
+Q5_K = QuantType(T.Q5_K, q5_k, UniformGrid(0, 31), (0, 2), CompiledKernel(q5_k_compiled), K_RECIPE,
+                 CompiledKernel(quantize_q5_k_compiled), cells=CompiledKernel(q5_k_cells), check=CompiledKernel(q5_k_check))
+Q6_K = QuantType(T.Q6_K, q6_k, UniformGrid(-32, 31), (208,), CompiledKernel(q6_k_compiled), K_RECIPE,
+                 CompiledKernel(quantize_q6_k_compiled), cells=CompiledKernel(q6_k_cells), check=CompiledKernel(q6_k_check))
 TQ1_0 = QuantType(T.TQ1_0, tq1_0, UniformGrid(-1, 1), (52,), CompiledKernel(tq1_0_compiled))
 TQ2_0 = QuantType(T.TQ2_0, tq2_0, UniformGrid(-1, 2), (64,), CompiledKernel(tq2_0_compiled))
 

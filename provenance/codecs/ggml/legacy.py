@@ -20,9 +20,9 @@ Recipes (``quantize_row_q*_ref`` of ggml-quants.c, no importance matrix):
 * Q4_1 / Q5_1: ``d = (max-min)/15`` (``/31``), ``q = min(15, (int8)((x-min)*id + 0.5f))``.
 
 The scales are recomputed from the source and compared with the stored ones
-(``Prediction.scale_ok``). Reference quantizers: ``gguf.quants.quantize``, already
-bit-exact with ``quantize_row_q*_ref`` (its Q8_0 scales with the f32 ``d`` and rounds
-``x * (1/d)`` half away from zero, as ggml does).
+(``Prediction.scale_ok``). Reference quantizers: ``quantize_q*_compiled``, numba ports of
+``quantize_row_q*_ref`` (C's float -> int8 casts as x86 performs them), held to llama.cpp's
+``ggml_quantize_chunk`` and to ``gguf.quants.quantize``.
 """
 from __future__ import annotations
 
@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from gguf import GGMLQuantizationType as T
-from gguf import quants as gguf_quants
 
 from provenance.codecs.kernels._common import (
     Decoded,
@@ -44,9 +43,13 @@ from provenance.codecs.kernels._common import (
     spread_bits,
 )
 from provenance.codecs.native.fields import f16, u32
+from provenance.codecs.native.floats import c_int, f16_bits, put_u16, round_f16
+from provenance.codecs.native.floats import roundf as c_roundf
+from provenance.codecs.native.floats import safe_inverse as inverse32
+from provenance.codecs.native.gridcheck import NO_TABLE, cells, check
 from provenance.codecs.prediction import Prediction, f16_round, roundf, safe_inverse
 from provenance.codecs.quanttype import CompiledKernel, QuantType, Recipe, UniformGrid
-from provenance.jit import kernel
+from provenance.jit import inline, kernel
 
 if TYPE_CHECKING:
     from provenance.codecs.grid import QuantGrid
@@ -230,35 +233,340 @@ def predict_q5_1(x: torch.Tensor, grid: QuantGrid, raw: torch.Tensor | None = No
     return _affine(x, grid, 31)
 
 
-# ---- reference quantizers -------------------------------------------------------------
+# ---- reference quantizers (quantize_row_q*_ref, compiled: fn(x (n, 32), out, f16_table)) --
 
 
-def quantize_q4_0(blocks: np.ndarray) -> np.ndarray:
-    return gguf_quants.quantize(blocks, T.Q4_0)
+@inline
+def _signed_max(x):  # type: ignore[no-untyped-def]
+    """``if (amax < fabsf(v)) { amax = fabsf(v); max = v; }``: the first largest |x|, signed."""
+    amax = np.float32(0.0)
+    mx = np.float32(0.0)
+    for j in range(x.shape[0]):
+        if amax < abs(x[j]):
+            amax = abs(x[j])
+            mx = x[j]
+    return mx
 
 
-def quantize_q4_1(blocks: np.ndarray) -> np.ndarray:
-    return gguf_quants.quantize(blocks, T.Q4_1)
+@inline
+def _min_max(x):  # type: ignore[no-untyped-def]
+    lo = np.float32(3.4028234663852886e38)
+    hi = np.float32(-3.4028234663852886e38)
+    for j in range(x.shape[0]):
+        if x[j] < lo:
+            lo = x[j]
+        if x[j] > hi:
+            hi = x[j]
+    return lo, hi
 
 
-def quantize_q5_0(blocks: np.ndarray) -> np.ndarray:
-    return gguf_quants.quantize(blocks, T.Q5_0)
+@inline
+def _int8_code(v, top):  # type: ignore[no-untyped-def]
+    """``MIN(top, (int8_t)v)`` stored as ``uint8_t``."""
+    q = ((c_int(v) + 128) & 0xFF) - 128
+    return min(top, q) & 0xFF
 
 
-def quantize_q5_1(blocks: np.ndarray) -> np.ndarray:
-    return gguf_quants.quantize(blocks, T.Q5_1)
+@kernel
+def quantize_q4_0_compiled(x, out, f16_table):  # type: ignore[no-untyped-def]
+    half = x.shape[1] // 2
+    for i in range(x.shape[0]):
+        xb, y = x[i], out[i]
+        d = _signed_max(xb) / np.float32(-8.0)
+        idn = inverse32(d)
+        put_u16(y, 0, f16_bits(d))
+        for j in range(half):
+            lo = _int8_code(np.float32(xb[j] * idn) + np.float32(8.5), 15)
+            hi = _int8_code(np.float32(xb[half + j] * idn) + np.float32(8.5), 15)
+            y[2 + j] = np.uint8((lo | (hi << 4)) & 0xFF)
 
 
-def quantize_q8_0(blocks: np.ndarray) -> np.ndarray:
-    return gguf_quants.quantize(blocks, T.Q8_0)
+@kernel
+def quantize_q4_1_compiled(x, out, f16_table):  # type: ignore[no-untyped-def]
+    half = x.shape[1] // 2
+    for i in range(x.shape[0]):
+        xb, y = x[i], out[i]
+        lo_v, hi_v = _min_max(xb)
+        d = np.float32(hi_v - lo_v) / np.float32(15.0)
+        idn = inverse32(d)
+        put_u16(y, 0, f16_bits(d))
+        put_u16(y, 2, f16_bits(lo_v))
+        for j in range(half):
+            lo = _int8_code(np.float32(np.float32(xb[j] - lo_v) * idn) + np.float32(0.5), 15)
+            hi = _int8_code(np.float32(np.float32(xb[half + j] - lo_v) * idn) + np.float32(0.5), 15)
+            y[4 + j] = np.uint8((lo | (hi << 4)) & 0xFF)
+
+
+@kernel
+def quantize_q5_0_compiled(x, out, f16_table):  # type: ignore[no-untyped-def]
+    half = x.shape[1] // 2
+    for i in range(x.shape[0]):
+        xb, y = x[i], out[i]
+        d = _signed_max(xb) / np.float32(-16.0)
+        idn = inverse32(d)
+        put_u16(y, 0, f16_bits(d))
+        qh = 0
+        for j in range(half):
+            lo = _int8_code(np.float32(xb[j] * idn) + np.float32(16.5), 31)
+            hi = _int8_code(np.float32(xb[half + j] * idn) + np.float32(16.5), 31)
+            y[6 + j] = np.uint8((lo & 0xF) | ((hi & 0xF) << 4))
+            qh |= ((lo & 0x10) >> 4) << j
+            qh |= ((hi & 0x10) >> 4) << (j + half)
+        put_u16(y, 2, qh & 0xFFFF)
+        put_u16(y, 4, (qh >> 16) & 0xFFFF)
+
+
+@kernel
+def quantize_q5_1_compiled(x, out, f16_table):  # type: ignore[no-untyped-def]
+    half = x.shape[1] // 2
+    for i in range(x.shape[0]):
+        xb, y = x[i], out[i]
+        lo_v, hi_v = _min_max(xb)
+        d = np.float32(hi_v - lo_v) / np.float32(31.0)
+        idn = inverse32(d)
+        put_u16(y, 0, f16_bits(d))
+        put_u16(y, 2, f16_bits(lo_v))
+        qh = 0
+        for j in range(half):
+            lo = c_int(np.float32(np.float32(xb[j] - lo_v) * idn) + np.float32(0.5)) & 0xFF  # (uint8_t)
+            hi = c_int(np.float32(np.float32(xb[half + j] - lo_v) * idn) + np.float32(0.5)) & 0xFF
+            y[8 + j] = np.uint8((lo & 0xF) | ((hi & 0xF) << 4))
+            qh |= ((lo & 0x10) >> 4) << j
+            qh |= ((hi & 0x10) >> 4) << (j + half)
+        put_u16(y, 4, qh & 0xFFFF)
+        put_u16(y, 6, (qh >> 16) & 0xFFFF)
+
+
+@kernel
+def quantize_q8_0_compiled(x, out, f16_table):  # type: ignore[no-untyped-def]
+    width = x.shape[1]
+    for i in range(x.shape[0]):
+        xb, y = x[i], out[i]
+        amax = np.float32(0.0)
+        for j in range(width):
+            a = abs(xb[j])
+            amax = amax if amax > a else a  # MAX(amax, fabsf(v))
+        d = amax / np.float32(127.0)
+        idn = inverse32(d)
+        put_u16(y, 0, f16_bits(d))
+        for j in range(width):
+            y[2 + j] = np.uint8(c_int(c_roundf(np.float32(xb[j] * idn))) & 0xFF)
+
+
+# ---- compiled grids, recipes and grid checks (codecs/native/gridcheck.py) ------------
+
+
+@inline
+def _nibble(b, start, j, half):  # type: ignore[no-untyped-def]
+    q = np.int64(b[start + (j if j < half else j - half)])
+    return q & 0xF if j < half else q >> 4
+
+
+@inline
+def _fifth_bit(b, at, j):  # type: ignore[no-untyped-def]
+    return ((u32(b, at) >> j) & 1) << 4
+
+
+@inline
+def _q4_0_grid(b, f16_table, g):  # type: ignore[no-untyped-def]
+    g.scale[0] = f16(b, 0, f16_table)
+    for j in range(g.code.shape[0]):
+        g.code[j] = _nibble(b, 2, j, 16) - 8
+
+
+@inline
+def _q4_1_grid(b, f16_table, g):  # type: ignore[no-untyped-def]
+    g.scale[0] = f16(b, 0, f16_table)
+    g.offset[0] = f16(b, 2, f16_table)
+    for j in range(g.code.shape[0]):
+        g.code[j] = _nibble(b, 4, j, 16)
+
+
+@inline
+def _q5_0_grid(b, f16_table, g):  # type: ignore[no-untyped-def]
+    g.scale[0] = f16(b, 0, f16_table)
+    for j in range(g.code.shape[0]):
+        g.code[j] = (_nibble(b, 6, j, 16) | _fifth_bit(b, 2, j)) - 16
+
+
+@inline
+def _q5_1_grid(b, f16_table, g):  # type: ignore[no-untyped-def]
+    g.scale[0] = f16(b, 0, f16_table)
+    g.offset[0] = f16(b, 2, f16_table)
+    for j in range(g.code.shape[0]):
+        g.code[j] = _nibble(b, 8, j, 16) | _fifth_bit(b, 4, j)
+
+
+@inline
+def _q8_0_grid(b, f16_table, g):  # type: ignore[no-untyped-def]
+    g.scale[0] = f16(b, 0, f16_table)
+    for j in range(g.code.shape[0]):
+        q = np.int64(b[2 + j])
+        g.code[j] = q - 256 if q > 127 else q
+
+
+@inline
+def _absmax_nan(x):  # type: ignore[no-untyped-def]
+    """``x.abs().amax()``: NaN if any value is NaN (torch's rule); selects, no branches."""
+    m = np.float32(0.0)
+    nan = False
+    for j in range(x.shape[0]):
+        a = abs(x[j])
+        nan |= a != a
+        m = a if a > m else m
+    return np.float32(np.nan) if nan else m
+
+
+@inline
+def _predict_q8_0_block(x, b, g, f16_table, levels, p):  # type: ignore[no-untyped-def]
+    d = _absmax_nan(x) / np.float32(127.0)
+    idn = inverse32(d)
+    for j in range(x.shape[0]):
+        v = np.float32(x[j] * idn)
+        p.u[j] = v
+        p.level[j] = c_roundf(v)
+        p.valid[j] = True
+    return round_f16(d) == g.scale[0]
+
+
+@inline
+def _predict_symmetric_block(x, g, p, divisor, bias, top):  # type: ignore[no-untyped-def]
+    """Q4_0 / Q5_0 (:func:`_symmetric`): the first largest |x| (the first NaN, as torch's argmax)."""
+    at = 0
+    m = np.float32(-1.0)
+    for j in range(x.shape[0]):
+        a = abs(x[j])
+        if a != a:
+            at = j
+            break
+        if a > m:
+            m = a
+            at = j
+    d = x[at] / divisor
+    idn = inverse32(d)
+    for j in range(x.shape[0]):
+        v = np.float32(x[j] * idn)
+        p.u[j] = v
+        t = np.float32(np.trunc(np.float32(v + bias)))
+        p.level[j] = np.float32((np.float32(top) if t > top else t) - np.float32(bias - np.float32(0.5)))
+        p.valid[j] = True
+    return round_f16(d) == g.scale[0]
+
+
+@inline
+def _predict_affine_block(x, g, p, levels):  # type: ignore[no-untyped-def]
+    """Q4_1 / Q5_1 (:func:`_affine`): min and max as torch's amin / amax (NaN wins)."""
+    lo = x[0]
+    hi = x[0]
+    for j in range(x.shape[0]):
+        v = x[j]
+        if v != v or lo != lo:
+            lo = hi = np.float32(np.nan)
+        else:
+            lo = v if v < lo else lo
+            hi = v if v > hi else hi
+    d = np.float32(hi - lo) / np.float32(levels)
+    idn = inverse32(d)
+    for j in range(x.shape[0]):
+        v = np.float32(np.float32(x[j] - lo) * idn)
+        p.u[j] = v
+        t = np.float32(np.trunc(np.float32(v + np.float32(0.5))))
+        p.level[j] = np.float32(levels) if t > levels else t
+        p.valid[j] = True
+    return round_f16(d) == g.scale[0] and round_f16(lo) == g.offset[0]
+
+
+@inline
+def _predict_q4_0_block(x, b, g, f16_table, levels, p):  # type: ignore[no-untyped-def]
+    return _predict_symmetric_block(x, g, p, np.float32(-8.0), np.float32(8.5), 15)
+
+
+@inline
+def _predict_q5_0_block(x, b, g, f16_table, levels, p):  # type: ignore[no-untyped-def]
+    return _predict_symmetric_block(x, g, p, np.float32(-16.0), np.float32(16.5), 31)
+
+
+@inline
+def _predict_q4_1_block(x, b, g, f16_table, levels, p):  # type: ignore[no-untyped-def]
+    return _predict_affine_block(x, g, p, 15)
+
+
+@inline
+def _predict_q5_1_block(x, b, g, f16_table, levels, p):  # type: ignore[no-untyped-def]
+    return _predict_affine_block(x, g, p, 31)
+
+
+@kernel
+def q4_0_check(blocks, x, counts, sums, dist, precision, near_margin, f16_table):  # type: ignore[no-untyped-def]
+    check(blocks, x, counts, sums, dist, precision, near_margin, f16_table, _q4_0_grid, _predict_q4_0_block,
+          1, True, False, False, NO_TABLE, -8, 7)
+
+
+@kernel
+def q4_1_check(blocks, x, counts, sums, dist, precision, near_margin, f16_table):  # type: ignore[no-untyped-def]
+    check(blocks, x, counts, sums, dist, precision, near_margin, f16_table, _q4_1_grid, _predict_q4_1_block,
+          1, True, True, False, NO_TABLE, 0, 15)
+
+
+@kernel
+def q5_0_check(blocks, x, counts, sums, dist, precision, near_margin, f16_table):  # type: ignore[no-untyped-def]
+    check(blocks, x, counts, sums, dist, precision, near_margin, f16_table, _q5_0_grid, _predict_q5_0_block,
+          1, True, False, False, NO_TABLE, -16, 15)
+
+
+@kernel
+def q5_1_check(blocks, x, counts, sums, dist, precision, near_margin, f16_table):  # type: ignore[no-untyped-def]
+    check(blocks, x, counts, sums, dist, precision, near_margin, f16_table, _q5_1_grid, _predict_q5_1_block,
+          1, True, True, False, NO_TABLE, 0, 31)
+
+
+@kernel
+def q8_0_check(blocks, x, counts, sums, dist, precision, near_margin, f16_table):  # type: ignore[no-untyped-def]
+    check(blocks, x, counts, sums, dist, precision, near_margin, f16_table, _q8_0_grid, _predict_q8_0_block,
+          1, True, False, False, NO_TABLE, -128, 127)
+
+
+@kernel
+def q4_0_cells(blocks, other, counts, sums, tol_steps, f16_table):  # type: ignore[no-untyped-def]
+    cells(blocks, other, counts, sums, tol_steps, f16_table, _q4_0_grid, 1, True, False, -8, 7, NO_TABLE, NO_TABLE)
+
+
+@kernel
+def q4_1_cells(blocks, other, counts, sums, tol_steps, f16_table):  # type: ignore[no-untyped-def]
+    cells(blocks, other, counts, sums, tol_steps, f16_table, _q4_1_grid, 1, True, True, 0, 15, NO_TABLE, NO_TABLE)
+
+
+@kernel
+def q5_0_cells(blocks, other, counts, sums, tol_steps, f16_table):  # type: ignore[no-untyped-def]
+    cells(blocks, other, counts, sums, tol_steps, f16_table, _q5_0_grid, 1, True, False, -16, 15, NO_TABLE, NO_TABLE)
+
+
+@kernel
+def q5_1_cells(blocks, other, counts, sums, tol_steps, f16_table):  # type: ignore[no-untyped-def]
+    cells(blocks, other, counts, sums, tol_steps, f16_table, _q5_1_grid, 1, True, True, 0, 31, NO_TABLE, NO_TABLE)
+
+
+@kernel
+def q8_0_cells(blocks, other, counts, sums, tol_steps, f16_table):  # type: ignore[no-untyped-def]
+    cells(blocks, other, counts, sums, tol_steps, f16_table, _q8_0_grid, 1, True, False, -128, 127, NO_TABLE, NO_TABLE)
 
 
 # ---- descriptors ----------------------------------------------------------------------
 
-Q4_0 = QuantType(T.Q4_0, q4_0, UniformGrid(-8, 7), (0,), CompiledKernel(q4_0_compiled), Recipe(predict_q4_0), quantize_q4_0)
-Q4_1 = QuantType(T.Q4_1, q4_1, UniformGrid(0, 15), (0, 2), CompiledKernel(q4_1_compiled), Recipe(predict_q4_1), quantize_q4_1)
-Q5_0 = QuantType(T.Q5_0, q5_0, UniformGrid(-16, 15), (0,), CompiledKernel(q5_0_compiled), Recipe(predict_q5_0), quantize_q5_0)
-Q5_1 = QuantType(T.Q5_1, q5_1, UniformGrid(0, 31), (0, 2), CompiledKernel(q5_1_compiled), Recipe(predict_q5_1), quantize_q5_1)
-Q8_0 = QuantType(T.Q8_0, q8_0, UniformGrid(-128, 127), (0,), CompiledKernel(q8_0_compiled), Recipe(predict_q8_0), quantize_q8_0)
+Q4_0 = QuantType(T.Q4_0, q4_0, UniformGrid(-8, 7), (0,), CompiledKernel(q4_0_compiled), Recipe(predict_q4_0),
+       CompiledKernel(quantize_q4_0_compiled),
+       cells=CompiledKernel(q4_0_cells), check=CompiledKernel(q4_0_check))
+Q4_1 = QuantType(T.Q4_1, q4_1, UniformGrid(0, 15), (0, 2), CompiledKernel(q4_1_compiled), Recipe(predict_q4_1),
+       CompiledKernel(quantize_q4_1_compiled),
+       cells=CompiledKernel(q4_1_cells), check=CompiledKernel(q4_1_check))
+Q5_0 = QuantType(T.Q5_0, q5_0, UniformGrid(-16, 15), (0,), CompiledKernel(q5_0_compiled), Recipe(predict_q5_0),
+       CompiledKernel(quantize_q5_0_compiled),
+       cells=CompiledKernel(q5_0_cells), check=CompiledKernel(q5_0_check))
+Q5_1 = QuantType(T.Q5_1, q5_1, UniformGrid(0, 31), (0, 2), CompiledKernel(q5_1_compiled), Recipe(predict_q5_1),
+       CompiledKernel(quantize_q5_1_compiled),
+       cells=CompiledKernel(q5_1_cells), check=CompiledKernel(q5_1_check))
+Q8_0 = QuantType(T.Q8_0, q8_0, UniformGrid(-128, 127), (0,), CompiledKernel(q8_0_compiled), Recipe(predict_q8_0),
+       CompiledKernel(quantize_q8_0_compiled),
+       cells=CompiledKernel(q8_0_cells), check=CompiledKernel(q8_0_check))
 
 TYPES = (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0)

@@ -23,10 +23,12 @@ from gguf import GGMLQuantizationType as T
 
 from provenance.codecs.kernels._common import Decoded, Workspace, f16_field, spread_bits
 from provenance.codecs.native.fields import f16
+from provenance.codecs.native.floats import f16_bits, put_u16, round_f16
+from provenance.codecs.native.floats import safe_inverse as inverse32
+from provenance.codecs.native.gridcheck import cell_tables, cells, check, check_tables
 from provenance.codecs.prediction import Prediction, f16_round, safe_inverse
-from provenance.codecs.quantize_k import F32, f16_bits, seq_sum, u16_bytes
 from provenance.codecs.quanttype import CompiledKernel, LevelGrid, QuantType, Recipe
-from provenance.jit import kernel
+from provenance.jit import inline, kernel
 
 if TYPE_CHECKING:
     from provenance.codecs.grid import QuantGrid
@@ -71,15 +73,63 @@ def predict_q1_0(x: torch.Tensor, grid: QuantGrid, raw: torch.Tensor | None = No
     return Prediction(level.view(shape), u.view(shape), torch.ones(shape, dtype=torch.bool), scale_ok=scale_ok)
 
 
-def quantize_q1_0(blocks: np.ndarray) -> np.ndarray:
-    """``quantize_row_q1_0_ref`` on (nb, 128) float32 -> (nb, 18) bytes."""
-    d = seq_sum(np.ascontiguousarray(np.abs(blocks).T)) / F32(QK1_0)
-    signs = np.packbits(blocks >= 0, axis=1, bitorder="little")
-    return np.concatenate([u16_bytes(f16_bits(d)), signs], axis=1)
+@kernel
+def quantize_q1_0_compiled(x, out, f16_table):  # type: ignore[no-untyped-def]
+    """``quantize_row_q1_0_ref`` on (n, 128) float32 -> (n, 18) bytes."""
+    width = x.shape[1]
+    for i in range(x.shape[0]):
+        xb, y = x[i], out[i]
+        sum_abs = np.float32(0.0)
+        for j in range(width):
+            sum_abs += abs(xb[j])
+        put_u16(y, 0, f16_bits(sum_abs / np.float32(QK1_0)))
+        for k in range(width // 8):
+            bits = 0
+            for b in range(8):
+                if xb[8 * k + b] >= np.float32(0.0):
+                    bits |= 1 << b
+            y[2 + k] = np.uint8(bits)
+
+
+@inline
+def _q1_0_grid(b, f16_table, g):  # type: ignore[no-untyped-def]
+    g.scale[0] = f16(b, 0, f16_table)
+    for j in range(g.code.shape[0]):
+        g.code[j] = (np.int64(b[2 + (j >> 3)]) >> (j & 7)) & 1
+
+
+@inline
+def _predict_q1_0_block(x, b, g, f16_table, levels, p):  # type: ignore[no-untyped-def]
+    """:func:`predict_q1_0` on one block (``d`` summed in C's order)."""
+    acc = abs(x[0])
+    for j in range(1, x.shape[0]):
+        acc += abs(x[j])
+    d = acc / np.float32(QK1_0)
+    inv = inverse32(d)
+    for j in range(x.shape[0]):
+        up = x[j] >= np.float32(0.0)
+        p.idx[j] = 1 if up else 0
+        p.level[j] = np.float32(1.0) if up else np.float32(-1.0)
+        p.u[j] = np.float32(x[j] * inv)
+        p.valid[j] = True
+    return round_f16(d) == g.scale[0]
+
+
+@kernel
+def q1_0_check(blocks, x, counts, sums, dist, precision, near_margin, f16_table, levels):  # type: ignore[no-untyped-def]
+    check(blocks, x, counts, sums, dist, precision, near_margin, f16_table, _q1_0_grid, _predict_q1_0_block,
+          1, False, False, False, levels, 0, 1)
+
+
+@kernel
+def q1_0_cells(blocks, other, counts, sums, tol_steps, f16_table, lo_mid, hi_mid):  # type: ignore[no-untyped-def]
+    cells(blocks, other, counts, sums, tol_steps, f16_table, _q1_0_grid, 1, False, False, 0, 1, lo_mid, hi_mid)
 
 
 def q1_0_levels() -> torch.Tensor:
     return torch.tensor([-1.0, 1.0])
 
 
-Q1_0 = QuantType(T.Q1_0, q1_0, LevelGrid(q1_0_levels), (0,), CompiledKernel(q1_0_compiled), Recipe(predict_q1_0), quantize_q1_0)
+Q1_0 = QuantType(T.Q1_0, q1_0, LevelGrid(q1_0_levels), (0,), CompiledKernel(q1_0_compiled), Recipe(predict_q1_0),
+                 CompiledKernel(quantize_q1_0_compiled),
+                 cells=CompiledKernel(q1_0_cells, cell_tables(q1_0_levels)), check=CompiledKernel(q1_0_check, check_tables(q1_0_levels)))

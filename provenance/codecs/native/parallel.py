@@ -5,14 +5,21 @@ thread control in our hands (the count follows ``torch.get_num_threads()`` like 
 kernels' intra-op threads) and needs no numba threading layer (the default "workqueue"
 layer aborts when two threads enter a parallel region at once, which the comparison's
 tensor threads would do).
+
+When a call is split, every part runs on a pool thread and the calling thread only waits:
+a signal handler (Ctrl-C's KeyboardInterrupt) runs only between bytecodes, so a calling
+thread inside a compiled kernel would not notice Ctrl-C until its part ended (~0.2-0.4 s
+for a 4M-weight Q4_K chunk idle, seconds on a loaded machine), while waiting on a future
+is interrupted at once (docs/quantization.md, "provenance quantize").
 """
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import cache, partial
 from itertools import pairwise
+from typing import Any
 
 import numpy as np
 
@@ -36,11 +43,12 @@ def _bounds(n: int, weights: int, threads: int) -> list[int]:
 
 
 def _run(calls: list[Callable[[], None]]) -> None:
-    """Run ``calls``: the first on this thread, the others on the pool at the same time."""
-    futures = [_pool(os.getpid(), len(calls) - 1).submit(call) for call in calls[1:]] if len(calls) > 1 else []
-    calls[0]()
-    for f in futures:
-        f.result()
+    """Run ``calls``: one alone on this thread; several all on the pool at once, this
+    thread only waiting (so Ctrl-C is seen at once, see above)."""
+    if len(calls) == 1:
+        calls[0]()
+        return
+    _wait(_pool(os.getpid(), len(calls)).submit(call) for call in calls)
 
 
 def run_split(fn: Callable[..., None], blocks: np.ndarray, out: np.ndarray,
@@ -56,3 +64,24 @@ def run_rows(fn: Callable[..., None], args: tuple[object, ...], out: np.ndarray,
     input dimension, AWQ along the output)."""
     bounds = _bounds(out.shape[0], out.size, threads)
     _run([partial(fn, *args, out, a, b) for a, b in pairwise(bounds)])
+
+
+def _wait(futures: Iterable[Future[None]]) -> None:
+    for f in list(futures):
+        f.result()
+
+
+def map_split(fn: Callable[..., None], sliced: tuple[np.ndarray, ...], make_outputs: Callable[[], tuple[np.ndarray, ...]],
+              shared: tuple[Any, ...], threads: int, weights: int) -> list[tuple[np.ndarray, ...]]:
+    """``fn(*parts, *outputs, *shared)`` over up to ``threads`` contiguous parts of the
+    first axis of every array in ``sliced`` (``weights`` in all), each part with its own
+    fresh ``make_outputs()`` (accumulators); returns the parts' outputs in order, for the
+    caller to combine in that fixed order."""
+    bounds = _bounds(sliced[0].shape[0], weights, threads)
+    outputs = [make_outputs() for _ in range(len(bounds) - 1)]
+    if len(outputs) == 1:
+        fn(*sliced, *outputs[0], *shared)
+        return outputs
+    _wait(_pool(os.getpid(), len(outputs)).submit(fn, *(a[lo:hi] for a in sliced), *outputs[k], *shared)
+          for k, (lo, hi) in enumerate(pairwise(bounds)))
+    return outputs

@@ -1,0 +1,448 @@
+"""The compiled per-block passes of grid consistency, inlined into every type's kernels.
+
+Each block-quantized type with a compiled grid (``QuantType.cells`` / ``QuantType.check``,
+in :mod:`provenance.codecs.ggml`) has two small kernels that decode one block's stored grid
+(integer code per weight, scale and offset per sub-block) with the type's own field
+readers and then run the shared pass below on it, block after block, so a tensor is read
+once and no per-weight array larger than one block is written:
+
+* :func:`cell_block` (``compare``'s grid columns): is each weight of the other side inside
+  the cell of its stored code, or its f16 rounding inside (tolerance in steps);
+* :func:`check_block` (``quantcheck``): the type's recipe predicts the codes from the
+  reference (:class:`Predicted`, for the source as the quantizer saw it and, at f16/bf16
+  midpoints, for the other rounding), and the pass counts mismatches, explains them,
+  measures distances and boundary densities, and sums the dequantization error.
+
+Both reproduce the torch implementations (:meth:`provenance.codecs.grid.QuantGrid.cell_bounds`,
+:func:`provenance.quant.gridcheck.check_block_rows`, :func:`provenance.quant.error.error_stats`)
+operation for operation in float32, so every count is identical; sums are accumulated
+per element in float64 in index order (torch sums pairwise: the float64 sums agree to the
+last few bits, the integer counts exactly). Results go to an ``int64`` counts array and a
+``float64`` sums array (indices below); the caller (quant / compare) turns them into its
+typed results.
+"""
+from __future__ import annotations
+
+from collections import namedtuple
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from provenance.codecs.native.floats import round_bf16, round_f16
+from provenance.jit import inline
+
+GridBlock = namedtuple("GridBlock", ["code", "scale", "offset"])
+"""One decoded block: ``code`` int64 per weight (the signed level of a uniform type, the
+index into the sorted level table otherwise), ``scale`` / ``offset`` float32 per sub-block."""
+
+Predicted = namedtuple("Predicted", ["level", "idx", "u", "valid", "tol"])
+"""A recipe's prediction for one block, per weight: level ``L(code)`` (float32), its index
+in the level table (non-uniform types), the source position in level units, whether the
+code is determined, and the tolerance in level units (tolerant recipes)."""
+
+# counts of check_block
+N_WEIGHTS, N_CHECKED, N_MISMATCH, N_EXPLAINED, N_UNEXPLAINED, N_UP, N_DOWN, N_SCALE_BAD, N_STEPS, N_KEPT = range(10)
+N_COUNTS = 10
+# sums of check_block
+INV_STEP, NEAR_INV, SSE, REF_SS, CLEAN_SSE, MAX_ABS, ABS_STEPS = range(7)
+N_SUMS = 7
+# cell_block
+CELL_OUTSIDE, CELL_TOTAL = range(2)
+CELL_NOISE = 0
+
+NO_TABLE = np.zeros(1, np.float32)
+"""The level / midpoint table argument of uniform types (unused by their code paths)."""
+
+PRECISION_CODES = {"f32": 0, "f16": 1, "bf16": 2}
+"""The source precision hypotheses as the kernels take them."""
+
+_F0 = np.float32(0.0)
+_HALF = np.float32(0.5)
+_ONE = np.float32(1.0)
+_TWO = np.float32(2.0)
+_PINF = np.float32(np.inf)
+_NINF = np.float32(-np.inf)
+
+
+def check_tables(levels: Callable[[], torch.Tensor]) -> tuple[Callable[[], np.ndarray]]:
+    """The table a ``LevelGrid`` type's check kernel takes: its sorted levels, float32."""
+    return (lambda: levels().numpy().astype(np.float32),)
+
+
+def cell_tables(levels: Callable[[], torch.Tensor]) -> tuple[Callable[[], np.ndarray], Callable[[], np.ndarray]]:
+    """The tables a ``LevelGrid`` type's cells kernel takes: the lower and upper cell
+    boundary (in level units) of each level, the outermost mirrored, by exactly
+    :meth:`provenance.codecs.grid.QuantGrid.cell_bounds`' float32 arithmetic."""
+
+    def bounds() -> tuple[np.ndarray, np.ndarray]:
+        table = levels()
+        mids = (table[1:] + table[:-1]) / 2
+        lo_mid = torch.cat([2 * table[:1] - mids[:1], mids])
+        hi_mid = torch.cat([mids, 2 * table[-1:] - mids[-1:]])
+        return lo_mid.numpy().astype(np.float32), hi_mid.numpy().astype(np.float32)
+
+    return (lambda: bounds()[0], lambda: bounds()[1])
+
+
+@inline
+def grid_block(block_size, n_sub):  # type: ignore[no-untyped-def]
+    return GridBlock(np.zeros(block_size, np.int64), np.zeros(n_sub, np.float32), np.zeros(n_sub, np.float32))
+
+
+@inline
+def predicted(block_size):  # type: ignore[no-untyped-def]
+    return Predicted(np.zeros(block_size, np.float32), np.zeros(block_size, np.int64), np.zeros(block_size, np.float32),
+                     np.zeros(block_size, np.bool_), np.zeros(block_size, np.float32))
+
+
+@inline
+def check_workspace(block_size, n_sub):  # type: ignore[no-untyped-def]
+    """Scratch of a check kernel: the grid, two predictions, the two source roundings."""
+    return (grid_block(block_size, n_sub), predicted(block_size), predicted(block_size),
+            np.zeros(block_size, np.float32), np.zeros(block_size, np.float32))
+
+
+@inline
+def _narrow(v, precision):  # type: ignore[no-untyped-def]
+    return round_f16(v) if precision == 1 else round_bf16(v)
+
+
+@inline
+def source_block(x, precision, near, alt):  # type: ignore[no-untyped-def]
+    """The block as the quantizer saw it under ``precision`` (0 f32, 1 f16, 2 bf16) into
+    ``near``, and the other rounding where ``x`` sits on a midpoint of the narrow format
+    into ``alt`` (:func:`provenance.quant.gridcheck.source_variants`); True when any does."""
+    if precision == 0:
+        for j in range(x.shape[0]):
+            near[j] = x[j]
+        return False
+    any_alt = False
+    for j in range(x.shape[0]):
+        v = x[j]
+        r = _narrow(v, precision)
+        near[j] = r
+        other = np.float32(_TWO * v) - r
+        ambiguous = r != v and np.float32(other - v) == np.float32(v - r) and _narrow(other, precision) == other
+        alt[j] = other if ambiguous else r
+        any_alt = any_alt or ambiguous
+    return any_alt
+
+
+@inline
+def _nan_max(m, a):  # type: ignore[no-untyped-def]
+    """``torch.max``'s rule: a NaN anywhere makes the maximum NaN."""
+    if m != m:
+        return m
+    if a != a or a > m:
+        return a
+    return m
+
+
+@inline
+def _cell_distance(u, s, c, uniform, levels):  # type: ignore[no-untyped-def]
+    """How far ``u`` lies outside the cell of stored level ``s`` (code ``c``), in local
+    steps, and the local step in level units (``gridcheck._distance_steps``)."""
+    if uniform:
+        return np.float32(abs(np.float32(u - s)) - _HALF), _ONE
+    last = levels.shape[0] - 1
+    up = levels[min(c + 1, last)]
+    down = levels[max(c - 1, 0)]
+    gap_up = np.float32(up - s) if up > s else np.float32(s - down)
+    gap_down = np.float32(s - down) if down < s else np.float32(up - s)
+    gap = gap_up if u > s else gap_down
+    return np.float32(np.float32(abs(np.float32(u - s)) - np.float32(gap * _HALF)) / gap), gap
+
+
+@inline
+def _margin(u, pl, pidx, uniform, levels, qmin, qmax):  # type: ignore[no-untyped-def]
+    """Distance from ``u`` to the nearest existing boundary of its predicted cell, in
+    steps, and the gap on that side (``gridcheck._margins``)."""
+    if uniform:
+        r = np.float32(u - pl)
+        margin = np.float32(_HALF - abs(r))
+        margin = np.float32(r + _HALF) if pl >= qmax else margin
+        margin = np.float32(_HALF - r) if pl <= qmin else margin
+        return margin, _ONE
+    last = levels.shape[0] - 1
+    up = levels[min(pidx + 1, last)]
+    down = levels[max(pidx - 1, 0)]
+    gap_up = np.float32(up - pl)
+    gap_down = np.float32(pl - down)
+    m_up = np.float32(np.inf)
+    if pidx < last:
+        m_up = np.float32(np.float32(np.float32(pl + up) * _HALF) - u) / (gap_up if gap_up > _F0 else _ONE)
+    m_down = np.float32(np.inf)
+    if pidx > 0:
+        m_down = np.float32(u - np.float32(np.float32(pl + down) * _HALF)) / (gap_down if gap_down > _F0 else _ONE)
+    if m_up < m_down:
+        return m_up, gap_up
+    return m_down, gap_down
+
+
+@inline
+def _count_mismatch(j, s, c, sc, u, pl, explained, tol, uniform, levels, counts, dist):  # type: ignore[no-untyped-def]
+    """One mismatch of :func:`check_block`: explained (the other rounding, or within a
+    tolerant recipe's ``tol``; -inf for exact recipes), or unexplained with its direction
+    and distance."""
+    d, gap = _cell_distance(u, s, c, uniform, levels)
+    if not explained and np.float32(d * gap) <= tol:
+        explained = True
+    if explained:
+        counts[N_EXPLAINED] += 1
+        return
+    counts[N_UNEXPLAINED] += 1
+    direction = np.float32(np.float32(s - pl) * sc)
+    if direction > _F0:
+        counts[N_UP] += 1
+    elif direction < _F0:
+        counts[N_DOWN] += 1
+    if counts[N_KEPT] < dist.shape[0]:
+        dist[counts[N_KEPT]] = d
+        counts[N_KEPT] += 1
+
+
+@inline
+def _values(sc, off, s, pl, valid, has_offset):  # type: ignore[no-untyped-def]
+    """The stored value ``fl(fl(sc*s) + off)`` and a clean quantization's (the predicted
+    level where it is determined), as :meth:`provenance.codecs.grid.QuantGrid.value_of`."""
+    value = np.float32(sc * s)
+    clean = np.float32(sc * pl)
+    if has_offset:
+        value = np.float32(value + off)
+        clean = np.float32(clean + off)
+    return value, clean if valid else value
+
+
+@inline
+def _step_terms(sc, gap, valid, near):  # type: ignore[no-untyped-def]
+    """A weight's step (value units), whether it is finite and positive, and its
+    ``1/step`` terms of the boundary densities (0 where they do not count), computed with
+    0/1 factors: LLVM would branch around the divisions on coin-flip conditions."""
+    step = abs(np.float32(sc * gap))
+    finite = (step > _F0) & (step < _PINF)
+    inv = np.float64(_ONE / (step if finite else _ONE))
+    return step, finite, inv * np.float64(valid & finite), inv * np.float64(valid & finite & near)
+
+
+@inline
+def check_block(x, g, p, pa, has_alt, uniform, has_offset, tolerant,  # type: ignore[no-untyped-def]
+                levels, qmin, qmax, near_margin, counts, sums, dist):
+    """Grid consistency and dequantization error of one block: reference ``x``, stored
+    grid ``g``, the recipe's prediction ``p`` (and ``pa`` for the other rounding when
+    ``has_alt``). Adds to ``counts`` / ``sums``; distances of unexplained mismatches go to
+    ``dist`` until it is full.
+
+    Sub-block by sub-block. For a uniform grid every weight of a sub-block has the same
+    step ``|scale|`` (and its boundary side the same), so the ``1/step`` sums are counts
+    times one reciprocal and ``sum |diff|/step`` one division per sub-block; a level table
+    (IQ4, Q1_0) divides per weight. The common case (no mismatch) has no data-dependent
+    branch: mispredictions, not arithmetic, were what cost most here."""
+    n_sub = g.scale.shape[0]
+    sub = x.shape[0] // n_sub
+    n_checked = n_mismatch = n_steps = 0
+    inv_step = near_inv = sse = ref_ss = clean_sse = abs_steps = 0.0
+    max_abs = sums[MAX_ABS]
+    for k in range(n_sub):
+        sc = g.scale[k]
+        off = g.offset[k] if has_offset else _F0
+        step_k, finite_k, inv_k, _ = _step_terms(sc, _ONE, True, False)
+        n_usable = n_near = 0
+        abs_diff = 0.0
+        for j in range(k * sub, (k + 1) * sub):
+            c = g.code[j]
+            s = np.float32(c) if uniform else levels[c]
+            pl = p.level[j]
+            u = p.u[j]
+            valid = p.valid[j]
+            mismatch = valid & (pl != s)
+            margin, side_gap = _margin(u, pl, p.idx[j], uniform, levels, qmin, qmax)
+            near = (margin >= _F0) & (margin < near_margin)
+            value, clean = _values(sc, off, s, pl, valid, has_offset)
+            r = np.float64(x[j])
+            diff = np.float64(value) - r
+            cd = np.float64(clean) - r
+            sse += diff * diff
+            ref_ss += r * r
+            clean_sse += cd * cd
+            max_abs = _nan_max(max_abs, abs(diff))
+            if uniform:
+                n_usable += valid & finite_k
+                n_near += valid & finite_k & near
+                abs_diff += abs(diff)
+            else:
+                step, finite, inv, _ = _step_terms(sc, _cell_distance(u, s, c, uniform, levels)[1], valid, False)
+                _, _, _, near_term = _step_terms(sc, side_gap, valid & finite, near)
+                inv_step += inv
+                near_inv += near_term
+                abs_steps += abs(diff) / np.float64(step if finite else _ONE) * np.float64(finite)
+                n_steps += finite
+            n_checked += valid
+            n_mismatch += mismatch
+            if mismatch:
+                _count_mismatch(j, s, c, sc, u, pl, has_alt and pa.level[j] == s, p.tol[j] if tolerant else _NINF, uniform,
+                                levels, counts, dist)
+        if uniform and finite_k:
+            inv_step += inv_k * n_usable
+            near_inv += inv_k * n_near
+            abs_steps += abs_diff / np.float64(step_k)
+            n_steps += sub
+    counts[N_WEIGHTS] += x.shape[0]
+    counts[N_CHECKED] += n_checked
+    counts[N_MISMATCH] += n_mismatch
+    counts[N_STEPS] += n_steps
+    sums[INV_STEP] += inv_step
+    sums[NEAR_INV] += near_inv
+    sums[SSE] += sse
+    sums[REF_SS] += ref_ss
+    sums[CLEAN_SSE] += clean_sse
+    sums[MAX_ABS] = max_abs
+    sums[ABS_STEPS] += abs_steps
+
+
+GROUP_WEIGHTS = 256
+"""Weights a check kernel works on at once: blocks of 32 (or 128) are grouped so that the
+per-block loops are long enough to vectorize and their set-up is paid per 256 weights."""
+
+
+@inline
+def _block_views(g, p, b, bs, n_sub):  # type: ignore[no-untyped-def]
+    """Block ``b`` of a group's grid and prediction (views, no copy)."""
+    w, s = slice(b * bs, (b + 1) * bs), slice(b * n_sub, (b + 1) * n_sub)
+    return (GridBlock(g.code[w], g.scale[s], g.offset[s]),
+            Predicted(p.level[w], p.idx[w], p.u[w], p.valid[w], p.tol[w]))
+
+
+@inline
+def check(blocks, x, counts, sums, dist, precision, near_margin, f16_table,  # type: ignore[no-untyped-def]
+          grid, predict, n_sub, uniform, has_offset, tolerant, levels, qmin, qmax):
+    """The body of every type's check kernel: per group of blocks, ``grid`` (the type's
+    block decoder) and ``predict`` (its recipe, ``predict(source, block, grid, f16_table,
+    levels, out) -> scale_ok``) on each block, inlined when the kernel compiles (no
+    function value reaches the loop), the source roundings, the scale test, then
+    :func:`check_block` over the group."""
+    bs = x.shape[1]
+    group = max(1, GROUP_WEIGHTS // bs)
+    g, p, pa, near, alt = check_workspace(bs * group, n_sub * group)
+    ok = np.zeros(group, np.bool_)
+    n = blocks.shape[0]
+    for first in range(0, n, group):
+        m = min(group, n - first)
+        w = m * bs
+        xs = x[first:first + m].reshape(w)
+        for b in range(m):
+            gb, _ = _block_views(g, p, b, bs, n_sub)
+            grid(blocks[first + b], f16_table, gb)
+        two = source_block(xs, precision, near[:w], alt[:w])
+        for b in range(m):
+            gb, pb = _block_views(g, p, b, bs, n_sub)
+            ok[b] = predict(near[b * bs:(b + 1) * bs], blocks[first + b], gb, f16_table, levels, pb)
+        for b in range(m):
+            alt_ok = ok[b]
+            if two:
+                gb, pab = _block_views(g, pa, b, bs, n_sub)
+                alt_ok = predict(alt[b * bs:(b + 1) * bs], blocks[first + b], gb, f16_table, levels, pab)
+            if not ok[b] and not alt_ok:
+                counts[N_SCALE_BAD] += 1
+        gw, pw = _block_views(g, p, 0, w, n_sub * m)
+        _, paw = _block_views(g, pa, 0, w, n_sub * m)
+        check_block(xs, gw, pw, paw, two, uniform, has_offset, tolerant, levels, qmin, qmax, near_margin,
+                    counts, sums, dist)
+
+
+@inline
+def _sum_squares(v, n):  # type: ignore[no-untyped-def]
+    """``sum(float64(v[i])**2)`` over ``v[:n]`` in four interleaved partial sums (a fixed
+    order; independent chains instead of one 4-cycle add latency per element)."""
+    a0 = 0.0
+    a1 = 0.0
+    a2 = 0.0
+    a3 = 0.0
+    m = n - n % 4
+    for i in range(0, m, 4):
+        s0 = np.float64(v[i])
+        s1 = np.float64(v[i + 1])
+        s2 = np.float64(v[i + 2])
+        s3 = np.float64(v[i + 3])
+        a0 += s0 * s0
+        a1 += s1 * s1
+        a2 += s2 * s2
+        a3 += s3 * s3
+    for i in range(m, n):
+        s0 = np.float64(v[i])
+        a0 += s0 * s0
+    return (a0 + a1) + (a2 + a3)
+
+
+@inline
+def cell_block(other, g, uniform, has_offset, qmin, qmax, lo_mid, hi_mid, tol_steps, steps, counts):  # type: ignore[no-untyped-def]
+    """Is each weight of ``other`` (or its f16 rounding) inside the stored cell of its code,
+    within ``tol_steps`` steps (:class:`provenance.compare.engine` grid columns, from
+    :meth:`provenance.codecs.grid.QuantGrid.cell_bounds`)? Adds the outside count and the
+    total, and writes each weight's step into ``steps`` (summed as ``sum(step^2)`` by
+    :func:`cells`). The per-weight loop is branch-free (selects, an integer count) so LLVM
+    vectorizes it; a float64 sum inside it would not (no reassociation without fast-math)."""
+    n_sub = g.scale.shape[0]
+    sub = other.shape[0] // n_sub
+    top = lo_mid.shape[0] - 1
+    outside = 0
+    for k in range(n_sub):
+        sc = g.scale[k]
+        off = g.offset[k] if has_offset else _F0
+        positive = sc >= _F0
+        for j in range(k * sub, (k + 1) * sub):
+            c = g.code[j]
+            if uniform:
+                level = np.float32(c)
+                below = np.float32(level - _HALF)
+                above = np.float32(level + _HALF)
+                first = c == qmin
+                last = c == qmax
+            else:
+                below = lo_mid[c]
+                above = hi_mid[c]
+                first = c == 0
+                last = c == top
+            a = np.float32(sc * below)
+            b = np.float32(sc * above)
+            if has_offset:
+                a = np.float32(a + off)
+                b = np.float32(b + off)
+            nan = (a != a) | (b != b)
+            lo = np.float32(np.nan) if nan else (a if a < b else b)
+            hi = np.float32(np.nan) if nan else (b if a < b else a)
+            step = abs(np.float32(hi - lo))
+            steps[j] = step
+            lo = _NINF if (first & positive) | (last & ~positive) else lo
+            hi = _PINF if (last & positive) | (first & ~positive) else hi
+            tol = np.float32(tol_steps * step)
+            low = np.float32(lo - tol)
+            high = np.float32(hi + tol)
+            o = other[j]
+            o16 = round_f16(o)
+            outside += ((o < low) | (o > high)) & ((o16 < low) | (o16 > high))
+    counts[CELL_OUTSIDE] += outside
+    counts[CELL_TOTAL] += other.shape[0]
+
+
+@inline
+def cells(blocks, other, counts, sums, tol_steps, f16_table, grid, n_sub, uniform, has_offset, qmin, qmax, lo_mid, hi_mid):  # type: ignore[no-untyped-def]
+    """The body of every type's cells kernel: ``grid`` (the type's inlined block decoder,
+    resolved when the kernel compiles: no function value reaches the loop) on each block of
+    a group of ``GROUP_WEIGHTS``, then :func:`cell_block` over the group; ``sum(step^2)``
+    once at the end."""
+    bs = other.shape[1]
+    group = max(1, GROUP_WEIGHTS // bs)
+    g = grid_block(bs * group, n_sub * group)
+    steps = np.zeros(other.shape[0] * bs, np.float32)
+    n = blocks.shape[0]
+    for first in range(0, n, group):
+        m = min(group, n - first)
+        for b in range(m):
+            grid(blocks[first + b], f16_table, GridBlock(g.code[b * bs:(b + 1) * bs], g.scale[b * n_sub:(b + 1) * n_sub],
+                                                         g.offset[b * n_sub:(b + 1) * n_sub]))
+        w = m * bs
+        gw = GridBlock(g.code[:w], g.scale[:n_sub * m], g.offset[:n_sub * m])
+        cell_block(other[first:first + m].reshape(w), gw, uniform, has_offset, qmin, qmax, lo_mid, hi_mid, tol_steps,
+                   steps[first * bs:first * bs + w], counts)
+    sums[CELL_NOISE] += _sum_squares(steps, steps.shape[0])
