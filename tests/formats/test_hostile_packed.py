@@ -59,6 +59,13 @@ def _state(text: bytes) -> Edit:
     return edit
 
 
+def _each_ct_group(key: str, value: object) -> Edit:
+    def edit(_: dict[str, torch.Tensor], c: dict) -> None:
+        for group in c["quantization_config"]["config_groups"].values():
+            group["weights"][key] = value
+    return edit
+
+
 CASES: list[tuple[str, str, Edit, type, str]] = [
     ("gptq", "scales-groups", _set(f"{Q}.scales", lambda x: x[:-1]), MalformedCheckpoint, "groups"),
     ("gptq", "g_idx-range", _set(f"{Q}.g_idx", lambda x: x + 1000), MalformedCheckpoint, "outside the 4 stored groups"),
@@ -73,6 +80,7 @@ CASES: list[tuple[str, str, Edit, type, str]] = [
     ("ct-pack", "weight-shape-lies", _set(f"{Q}.weight_shape", lambda x: x * 1000), MalformedCheckpoint, "weight_shape"),
     ("ct-pack", "scale-shape", _set(f"{Q}.weight_scale", lambda x: x[:, :-1]), MalformedCheckpoint, "matches no config group"),
     ("ct-pack", "no-group", _config(["quantization_config", "config_groups"], {}), MalformedCheckpoint, "config_groups"),
+    ("ct-pack", "group-bits-string", _each_ct_group("num_bits", "4"), MalformedCheckpoint, "weights.num_bits"),
     ("ct-fp8", "scale-rows", _set(f"{Q}.weight_scale", lambda x: x[:-1]), MalformedCheckpoint, "weight_scale"),
     ("bnb-nf4", "absmax-count", _set(f"{Q}.weight.absmax", lambda x: x[:-1]), MalformedCheckpoint, "absmax"),
     ("bnb-nf4", "state-json", _state(b"{not json"), MalformedCheckpoint, "invalid JSON"),
@@ -80,6 +88,8 @@ CASES: list[tuple[str, str, Edit, type, str]] = [
                                                   "shape": [1 << 30, 1 << 30]}).encode()), MalformedCheckpoint, "shape"),
     ("bnb-nf4", "state-blocksize", _state(json.dumps({"quant_type": "nf4", "blocksize": 7, "dtype": "float32",
                                                       "shape": [64, 128]}).encode()), MalformedCheckpoint, "blocksize"),
+    ("bnb-nf4", "state-dtype", _state(json.dumps({"quant_type": "nf4", "blocksize": 64, "dtype": "int8",
+                                                  "shape": [64, 128]}).encode()), MalformedCheckpoint, "dtype"),
     ("bnb-nf4", "state-huge", _state(b" " * 10_000), MalformedCheckpoint, "at most 4096"),
     ("bnb-int8", "scb-length", _set(f"{Q}.SCB", lambda x: x[:-1]), MalformedCheckpoint, "SCB"),
     ("mlx", "scales-shape", _set(f"{Q}.scales", lambda x: x[:, :-1]), MalformedCheckpoint, "scales"),
