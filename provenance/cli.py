@@ -24,6 +24,7 @@ import traceback
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import click
+from threadpoolctl import threadpool_limits
 
 from provenance.commands import (
     check_cmd,
@@ -35,6 +36,7 @@ from provenance.commands import (
     quantcheck_cmd,
     quantize_cmd,
     refdb_cmd,
+    scan_cmd,
     watermark_cmd,
 )
 from provenance.commands.common import ExitCode, say
@@ -62,6 +64,7 @@ def _exit_with(code: int | None, **_: object) -> None:
 COMMANDS = [
     inspect_cmd.command,
     check_cmd.command,
+    scan_cmd.command,
     investigate_cmd.command,
     watermark_cmd.command,
     identify_cmd.command,
@@ -96,7 +99,12 @@ def run(args: list[str]) -> int:
     """Run the command line ``args``; the exit status (see the module doc)."""
     debug = _debug_requested(args)
     try:
-        rv = cli.main(args=args, prog_name="provenance", standalone_mode=False)
+        # numpy's OpenBLAS threads spin between calls (OMP_WAIT_POLICY does not reach them)
+        # and the analyses parallelise by themselves (--threads): BLAS threads on top only
+        # fought over the cores. One investigate of a 135M model took 77 s of CPU with them,
+        # 27 s without, on the shared 2-core machine (docs/benchmarks.md).
+        with threadpool_limits(1, user_api="blas"):
+            rv = cli.main(args=args, prog_name="provenance", standalone_mode=False)
     except (click.exceptions.Abort, KeyboardInterrupt):
         say("interrupted")
         return ExitCode.INTERRUPTED

@@ -39,6 +39,8 @@ defaults below are the Python API's defaults too:
   with one torch thread each; quantcheck and quantize split their compiled kernels' blocks between
   N threads, torch itself on one). Defaults 2 (torch's own intra-op threads slow down badly when
   another process holds a core, so no command hands them more than one).
+- `--jobs N` (scan): N worker processes, one model and one CPU thread each, so the same CPU
+  budget as `--threads`; scan has no `--threads` (more torch threads per model only slow a busy machine).
 - `--seed N`: the seed of every random draw (permutations, samples, decoy keys); same seed, same result.
 - `--precision auto|f32|f16|bf16`: what the quantizer saw (quantcheck, watermark detect/trace/analyze).
 - Long commands (quantize, quantcheck, compare, inspect --hashes) show progress on stderr: a bar on a

@@ -35,3 +35,18 @@ _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>|~&])")
 def md_escape(value: Any) -> str:
     """Escape a value for Markdown text and table cells (no HTML, no links, no emphasis)."""
     return _MD_SPECIAL.sub(r"\\\1", safe_text(value))
+
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+"""Spreadsheets evaluate a cell that starts with one of these as a formula (CSV injection)."""
+
+
+def csv_cell(value: Any) -> Any:
+    """A CSV cell a spreadsheet shows as text: strings made safe, with a leading ``'`` before a
+    formula start (the OWASP rule); numbers, booleans and None as they are."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):  # numpy scalar
+        return value
+    text = safe_text(value)
+    return "'" + text if text.startswith(FORMULA_START) else text

@@ -11,7 +11,10 @@ Models (all measured here, nothing extrapolated):
   fine-tuning rows and the distillation negative control.
 
 Every candidate is scored with the guilty key(s), ``--innocent`` innocent clients' keys
-and 1000 decoy keys; an accusation needs z >= 7 (fixed in advance). Quantization uses the
+and 1000 decoy keys; an accusation needs z >= 7 (fixed in advance). Each candidate is traced
+twice: with every block read (the fixed-sample test, whose z the table shows) and with the
+sequential rule (docs/watermark.md, "Tracing"), whose decisions must be the same; the table
+gives the share of the model the sequential pass read. Quantization uses the
 project's llama.cpp-exact quantizer (provenance.quant.writer.quantize_model, llama.cpp's
 type mixes); when llama-cpp-python is importable (built into .cache/llamacpp), every
 quantized file is also written by llama.cpp itself and compared byte for byte.
@@ -65,7 +68,9 @@ class Table:
     def score(self, label: str, amplitude: float, candidate: Path, reference: Path | None, guilty: list[DerivedKey],
               realign: str = "auto", expect_detect: bool = True, model: str = "tiny-llama") -> dict[str, Any]:
         t0 = time.time()
-        result = trace(candidate, [*guilty, *self.innocent], reference, options=TraceOptions(decoys=1000, realign=realign))
+        keys = [*guilty, *self.innocent]
+        result = trace(candidate, keys, reference, options=TraceOptions(decoys=1000, realign=realign, sequential=False))
+        seq = trace(candidate, keys, reference, options=TraceOptions(decoys=0, realign=realign))
         guilty_labels = {k.label for k in guilty}
         zs = {s: [] for s in ("reference", "grid", "blind")}
         innocent_max = -np.inf
@@ -89,11 +94,15 @@ class Table:
             "decoy_max": max(d.max for d in decoys.values()), "decoy_min_ks_p": min(d.ks_p for d in decoys.values()),
             "decoy_mean": {s: d.mean for s, d in decoys.items()}, "decoy_std": {s: d.std for s, d in decoys.items()},
             "n_flips": result.score.n_flips, "expect_detect": expect_detect, "seconds": round(time.time() - t0, 1),
+            "seq_accused": sorted(seq.accused), "seq_same_decisions": sorted(seq.accused) == sorted(result.accused),
+            "seq_false_accusations": len(set(seq.accused) - guilty_labels),
+            "seq_read_fraction": seq.score.weights_read / max(1, seq.score.n_weights),
         }
         self.rows.append(row)
         print(f"{label:34s} a={amplitude:<6g} ref={_f(row['z_reference'])} grid={_f(row['z_grid'])} blind={_f(row['z_blind'])} "
               f"accused {row['guilty_accused']}/{row['guilty']} false={row['false_accusations']} innocent_max={innocent_max:.2f} "
-              f"decoy_max={row['decoy_max']:.2f} ks_p={row['decoy_min_ks_p']:.2g} ({row['seconds']}s)", flush=True)
+              f"decoy_max={row['decoy_max']:.2f} ks_p={row['decoy_min_ks_p']:.2g} seq same={row['seq_same_decisions']} "
+              f"read={row['seq_read_fraction']:.1%} ({row['seconds']}s)", flush=True)
         return row
 
     def pending(self, label: str, amplitude: float, why: str) -> None:
@@ -197,12 +206,13 @@ def distill(teacher: Any, tokens: np.ndarray, steps: int, seed: int = 4242) -> A
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| model (N) | attack | a | z ref | z grid | z blind | guilty accused | false acc. | max innocent z | decoys mean/std, max, KS p |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model (N) | attack | a | z ref | z grid | z blind | guilty accused | false acc. | max innocent z | decoys mean/std, max, KS p "
+        "| sequential: same decisions, read |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "pending" in r:
-            lines.append(f"| tiny-llama | {r['attack']} | {r['amplitude']:g} | pending: {r['pending']} | | | | | | |")
+            lines.append(f"| tiny-llama | {r['attack']} | {r['amplitude']:g} | pending: {r['pending']} | | | | | | | |")
             continue
         stat = "grid" if r["z_grid"] is not None else "reference"
         dm, ds = r["decoy_mean"].get(stat, 0.0), r["decoy_std"].get(stat, 0.0)
@@ -213,7 +223,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['model']} ({r['n']:,}) | {r['attack']} | {r['amplitude']:g} | {z(r['z_reference'])} | {z(r['z_grid'])} | "
             f"{z(r['z_blind'])} | {r['guilty_accused']}/{r['guilty']} | {r['false_accusations']} | {r['innocent_max_z']:.2f} | "
-            f"{dm:+.2f}/{ds:.2f}, {r['decoy_max']:.2f}, {r['decoy_min_ks_p']:.2g} |"
+            f"{dm:+.2f}/{ds:.2f}, {r['decoy_max']:.2f}, {r['decoy_min_ks_p']:.2g} | "
+            f"{'yes' if r['seq_same_decisions'] else 'NO'}, {r['seq_read_fraction']:.0%} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -257,7 +268,9 @@ def update_docs(path: Path, summary: dict[str, Any], rows: list[dict[str, Any]])
         f"numpy {summary['numpy']}; llama.cpp cross-check: {cross}).\n\n"
         f"**Totals: {summary['innocent_tests_total']:,} innocent-key tests, {summary['false_accusations_total']} false accusations; "
         f"largest innocent z {summary['innocent_max_z']:.2f}; largest decoy z {summary['decoy_max']:.2f} "
-        f"(of {sum(1000 * len(r['decoy_mean']) for r in measured):,} decoy scores over {len(measured)} candidates).**\n\n"
+        f"(of {sum(1000 * len(r['decoy_mean']) for r in measured):,} decoy scores over {len(measured)} candidates). "
+        f"Sequential rule: the same decisions on {summary['seq_same_decisions']} of {len(measured)} candidates, "
+        f"{summary['seq_false_accusations_total']} false accusations.**\n\n"
         + markdown(rows)
         + f"\nExtrapolation (stated, not measured): marked block weights N = {N_7B:,} for Llama-2-7B, {N_70B:,} for Llama-2-70B.\n\n"
         + extrapolation(rows)
@@ -294,6 +307,8 @@ def main() -> None:
         "innocent_tests_total": sum(r["n_innocent_tests"] for r in measured),
         "innocent_max_z": max(r["innocent_max_z"] for r in measured),
         "decoy_max": max(r["decoy_max"] for r in measured),
+        "seq_same_decisions": sum(r["seq_same_decisions"] for r in measured),
+        "seq_false_accusations_total": sum(r["seq_false_accusations"] for r in measured),
         "seconds": round(time.time() - started),
         "llama_cpp_cross_check": attacks.llama_cpp_available(),
         "identical_to_llama_cpp": sorted(

@@ -8,7 +8,7 @@ from provenance.commands.paths import MODEL, download_option
 from provenance.document import Report
 from provenance.errors import CheckpointError
 from provenance.fileio import to_json, write_atomic
-from provenance.policy import CheckResult, check_paths, load_policy
+from provenance.policy import CheckResult, Policy, check_paths, load_policy
 from provenance.policy.engine import INTERNAL_ERROR, _reference_digests
 
 SCHEMA = "provenance.check/1"
@@ -18,6 +18,39 @@ def as_report(result: CheckResult, policy_path: str) -> Report:
     """One checked file as a report document (what the SARIF and JUnit renderers draw)."""
     return Report(subject={"path": result.path, "format": result.format}, findings=list(result.findings),
                   command=f"check --policy {policy_path}")
+
+
+def load_gate_policy(policy_path: str) -> Policy:
+    """The policy file, with every ``forbid_copies`` reference read now: a bad reference fails
+    the gate at once and clearly (exit 2), not once per checked file."""
+    policy = load_policy(policy_path)
+    for forbidden in policy.forbid_copies:
+        try:
+            _reference_digests(forbidden.reference)
+        except CheckpointError as exc:
+            raise type(exc)(exc.path, f"policy reference unreadable: {exc.message}", field=exc.field,
+                            offset=exc.offset) from exc
+    return policy
+
+
+def write_ci_reports(reports: list[Report], sarif: str | None, junit: str | None) -> None:
+    """``--sarif`` and ``--junit``: one report per checked model, by the report renderers."""
+    from provenance.report import renderer
+
+    for path, name in ((sarif, "sarif"), (junit, "junit")):
+        if path:
+            write_atomic(path, renderer(name).render(reports))
+
+
+def gate_exit(counts: dict[str, int], internal_error: bool, debug_hint: str) -> ExitCode:
+    """The gate's exit status (check and scan alike): a bug 70, else an unreadable model 2
+    (errors win: the gate was incomplete), else a violation 1, else 0."""
+    if internal_error:
+        say(f"error: internal error (a bug in provenance) on at least one model; {debug_hint} and please report it")
+        return ExitCode.SOFTWARE
+    if counts["error"]:
+        return ExitCode.INPUT_ERROR
+    return ExitCode.FINDINGS if counts["violation"] else ExitCode.OK
 
 
 @click.command("check")
@@ -35,22 +68,11 @@ def command(paths: tuple[str, ...], policy_path: str, sarif: str | None, junit: 
     passes, 1 at least one policy violation, 2 an unreadable file (errors win over
     violations: the scan was incomplete), 64 usage error or invalid policy file, 70 a bug.
     """
-    from provenance.report import renderer
-
-    policy = load_policy(policy_path)
-    for forbidden in policy.forbid_copies:  # fail early and clearly on a bad reference (exit 2)
-        try:
-            _reference_digests(forbidden.reference)
-        except CheckpointError as exc:
-            raise type(exc)(exc.path, f"policy reference unreadable: {exc.message}", field=exc.field,
-                            offset=exc.offset) from exc
+    policy = load_gate_policy(policy_path)
     results = check_paths(paths, policy, catch_bugs=not debug_enabled())
     document = {"schema": SCHEMA, "policy": policy_path, "results": [r.to_dict() for r in results],
                 "summary": {status: sum(r.status == status for r in results) for status in ("pass", "violation", "error")}}
-    reports = [as_report(r, policy_path) for r in results]
-    for path, name in ((sarif, "sarif"), (junit, "junit")):
-        if path:
-            write_atomic(path, renderer(name).render(reports))
+    write_ci_reports([as_report(r, policy_path) for r in results], sarif, junit)
     click.echo(to_json(document), nl=False)
     for result in results:
         say(f"{result.status.upper():9} {result.path}")
@@ -58,10 +80,5 @@ def command(paths: tuple[str, ...], policy_path: str, sarif: str | None, junit: 
             say(f"          {finding.id}: {finding.summary}")
     summary = document["summary"]
     say(f"{summary['pass']} passed, {summary['violation']} violations, {summary['error']} errors")
-    if any(f.id == INTERNAL_ERROR for r in results for f in r.findings):
-        say("error: internal error (a bug in provenance) while checking; rerun as `provenance --debug check ...` "
-            "for the traceback and please report it")
-        return ExitCode.SOFTWARE
-    if summary["error"]:
-        return ExitCode.INPUT_ERROR
-    return ExitCode.FINDINGS if summary["violation"] else ExitCode.OK
+    internal = any(f.id == INTERNAL_ERROR for r in results for f in r.findings)
+    return gate_exit(summary, internal, "rerun as `provenance --debug check ...` for the traceback")

@@ -30,13 +30,14 @@ def _run(candidate: str, reference: str, options: CompareOptions, base: str | No
         return compare(candidate, reference, options, base=base, progress=lambda name, _n: meter.advance(1, name))
 
 
-def as_report(result: CompareResult, candidate: str, reference: str) -> Report:
-    """The comparison as a report document (what every renderer draws)."""
+def as_report(result: CompareResult, candidate: str, reference: str, with_figures: bool = True) -> Report:
+    """The comparison as a report document (what every renderer draws); ``with_figures=False``
+    leaves out the PNG figures (the Markdown on stdout alone has nowhere to put them)."""
     from provenance.document import Report
     from provenance.investigate.lineage_analysis import lineage_parts
     from provenance.numbers import format_p
 
-    finding, section = lineage_parts(result, candidate, reference, prefix_figures=False)
+    finding, section = lineage_parts(result, candidate, reference, prefix_figures=False, with_figures=with_figures)
     p = f" ({format_p(finding.p_value)})" if finding.p_value is not None else ""
     return Report(subject={"path": candidate, "format": result.candidate.format}, command="compare",
                   executive_summary=f"{finding.summary}{p}.", findings=[finding], sections=[section],
@@ -84,7 +85,7 @@ def command(candidate: str, reference: str, base: str | None, output: str | None
     from provenance.report import renderer
 
     result = _run(candidate, reference, build(CompareOptions, options), base)
-    report = as_report(result, candidate, reference)
+    report = as_report(result, candidate, reference, with_figures=bool(output))
     if output:
         write_files_atomic(output, output_files(result, report))
     click.echo(to_json(result.to_dict()) if as_json else renderer("md").render([report]), nl=False)

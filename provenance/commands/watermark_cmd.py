@@ -8,6 +8,7 @@ import click
 from provenance.commands.common import ExitCode, say
 from provenance.commands.options import build, options_from
 from provenance.commands.paths import EXISTING_MODEL, download_option
+from provenance.commands.progress import progress_display
 from provenance.fileio import to_json, write_atomic
 from provenance.watermark.options import AnalyzeOptions, EmbedOptions, TraceOptions
 
@@ -57,7 +58,9 @@ def embed(model: str, secret_file: str, client: str, output: str, report: str | 
     from provenance.watermark.keys import DerivedKey, read_secret
 
     opts = build(EmbedOptions, options)
-    result = embed_checkpoint(model, output, DerivedKey(read_secret(secret_file), client), opts.amplitude, opts.selector)
+    with progress_display() as progress:
+        result = embed_checkpoint(model, output, DerivedKey(read_secret(secret_file), client), opts.amplitude,
+                                  opts.selector, progress=progress, threads=opts.threads)
     _emit(result.to_dict(), report)
     summary = result.summary()
     say(f"marked {len(result.tensors)} tensors ({summary['n_marked']} weights) for client {client} -> {output}")
@@ -84,7 +87,8 @@ def detect(candidate: str, secret_file: str | None, client: str | None, key_file
     if bool(key_file) == bool(secret_file or client) or (not key_file and not (secret_file and client)):
         raise click.UsageError("give either --key-file, or --secret-file with --client")
     key = FileKey.load(key_file, candidate_arch(candidate)) if key_file else DerivedKey(read_secret(secret_file), client)  # type: ignore[arg-type]
-    result = trace(candidate, [key], reference, build(TraceOptions, options))
+    with progress_display() as progress:
+        result = trace(candidate, [key], reference, build(TraceOptions, options), progress=progress)
     document = result.to_dict(per_tensor=True)
     document["schema"] = "provenance.watermark-detect/1"
     document["detected"] = bool(result.accused)
@@ -105,7 +109,8 @@ def trace_cmd(candidate: str, registry: str, reference: str | None, output: str 
     from provenance.watermark.trace import candidate_arch, load_registry, trace
 
     keys = load_registry(registry, candidate_arch(candidate))
-    result = trace(candidate, keys, reference, build(TraceOptions, options))
+    with progress_display() as progress:
+        result = trace(candidate, keys, reference, build(TraceOptions, options), progress=progress)
     _emit(result.to_dict(), output)
     _summarise(result)
     return ExitCode.FINDINGS if result.accused else ExitCode.OK
@@ -115,14 +120,20 @@ def _summarise(result: TraceResult) -> None:
     score = result.score
     say(f"{len(score.keys)} key(s), {score.n_weights} weights in {len(score.tensors)} tensors; "
         f"statistics: {', '.join(score.statistics)}")
+    if not score.complete:
+        say(f"every client decided after {score.weights_read} weights ({score.weights_read / max(1, score.n_weights):.2%} "
+            f"of the model, {score.blocks_read} of {score.blocks_total} blocks in a seeded random order)")
     for client in result.clients()[:10]:
         parts = [f"{s} z={v.z:.2f}" for s, v in client.statistics.items()]
-        say(f"  {'ACCUSED ' if client.accused else '        '}{client.key}: {'; '.join(parts)}")
+        mark = "ACCUSED " if client.accused else ("cleared " if client.decision == "cleared" else "        ")
+        say(f"  {mark}{client.key}: {'; '.join(parts)}")
     for stat, d in result.decoys.items():
         if d.n:
             say(f"  decoys[{stat}]: n={d.n} mean={d.mean:.3f} std={d.std:.3f} max={d.max:.2f} KS p={d.ks_p:.3g}")
     rule = result.rule
-    say(f"rule: z >= {rule.threshold_z} over {rule.n_tests} tests; "
+    how = (f"sequential (always-valid boundary, or z >= {rule.full_pass_threshold_z:.3f} after a full pass)"
+           if rule.sequential else f"z >= {rule.threshold_z}")
+    say(f"rule: {how} over {rule.n_tests} tests; "
         f"P(any false accusation) <= {rule.family_wise_false_accusation_bound:.2g}")
     if result.collusion:
         say(f"collusion suspected: {len(result.accused)} clients accused")

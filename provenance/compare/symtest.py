@@ -150,15 +150,18 @@ class PermutationTest:
             a32 = [ra[i].ravel().astype(np.float32) for i in sq_idx]
             b32 = [rb[i].ravel().astype(np.float32) for i in sq_idx]
             # a fixed batch per circuit (not per group), so a circuit's permuted rhos do not
-            # depend on which circuits it is scored with (float32 gemv rounding depends on
-            # the batch shape): streamed and whole-model runs agree bit for bit
+            # depend on which circuits it is scored with: streamed and whole-model runs agree
+            # bit for bit. The dot products go through einsum's own loop, not BLAS: numpy's
+            # threaded OpenBLAS gemv on these (61, 16384) batches spun its threads for ~30 ms
+            # a call on the shared 2-core machine (0.54 s vs 0.001 s per circuit for 999
+            # permutations, docs/lineage.md), most of the test's cost per layer
             batch = max(1, int(_GATHER_BUDGET // (m * m)))
             for start in range(0, permutations, batch):
                 perms = self.perms[start:start + batch]
                 k = len(perms)
                 flat = (perms[:, :, None] * m + perms[:, None, :]).reshape(k, m * m)
                 for j, i in enumerate(sq_idx):
-                    rho_perm[start:start + k, i] = np.take(b32[j], flat) @ a32[j]
+                    rho_perm[start:start + k, i] = np.einsum("kn,n->k", np.take(b32[j], flat), a32[j])
         cols = np.arange(m)
         for i in col_idx:
             rho_perm[:, i] = (ra[i].T @ rb[i])[cols[None, :], self.perms].sum(axis=1)

@@ -46,9 +46,11 @@ def _alignment_rows(result: CompareResult) -> list[dict[str, Any]]:
 
 
 def lineage_parts(result: CompareResult, candidate: str, reference: str, *,
-                  prefix_figures: bool = True) -> tuple[Finding, Section]:
+                  prefix_figures: bool = True, with_figures: bool = True) -> tuple[Finding, Section]:
     """The finding (verdict, p-value, evidence) and the section (tables, figures) of one comparison.
-    ``prefix_figures``: name figures after the reference (several references in one report)."""
+    ``prefix_figures``: name figures after the reference (several references in one report);
+    ``with_figures=False``: no figures (rendering them with matplotlib costs seconds, wasted
+    when no file will hold them)."""
     from provenance.compare.figures import figures
 
     v, claims = result.verdict, result.claims
@@ -80,7 +82,7 @@ def lineage_parts(result: CompareResult, candidate: str, reference: str, *,
               "adapter": result.adapter.to_dict() if result.adapter else None},
         tables=tables,
         figures=[Figure(f"{ref}-{f.name}" if prefix_figures else f.name, f"{f.caption} ({cand} vs {ref})", f.png)
-                 for f in figures(result)])
+                 for f in (figures(result) if with_figures else [])])
     return finding, section
 
 

@@ -46,6 +46,16 @@ def decoy_figure(result: TraceResult, clients: list[ClientScore], statistic: str
     )
 
 
+def _read_share(result: TraceResult) -> str:
+    """Where the sequential rule stopped early, how much of the model its z's are over (a z
+    over part of the model is smaller than the full pass's: docs/watermark.md, "Tracing")."""
+    score = result.score
+    if score.complete:
+        return ""
+    return (f"; decided after {score.weights_read / max(1, score.n_weights):.0%} of the weights, "
+            f"{score.blocks_read} of {score.blocks_total} blocks in a seeded random order")
+
+
 def trace_sentence(result: TraceResult, candidate: str) -> str:
     """Who is accused and how strongly, or that nobody is (with the highest score)."""
     cand = os.path.basename(candidate)
@@ -55,7 +65,8 @@ def trace_sentence(result: TraceResult, candidate: str) -> str:
         statistic, score = best
         text = (f"{cand} carries the watermark of client {', '.join(result.accused)} "
                 f"(z = {score.z:.1f} by the {statistic} statistic, threshold {result.threshold_z:g} fixed in advance; "
-                f"family-wise false-accusation bound {result.rule.family_wise_false_accusation_bound:.1e})")
+                f"family-wise false-accusation bound {result.rule.family_wise_false_accusation_bound:.1e}"
+                f"{_read_share(result)})")
         return text + ("; several clients are significant: collusion suspected" if result.collusion else "")
     return f"no client's watermark reaches the accusation threshold z >= {result.threshold_z:g} in {cand}" + (
         f" (highest: {clients[0].key}, z = {best[1].z:.1f})" if best is not None else "")

@@ -73,9 +73,10 @@ def rule_watermark(checkpoint: Checkpoint, policy: Policy) -> list[Finding]:
     section = policy.extra.get("watermark")
     if not section:
         return []
-    from provenance.watermark import load_registry, trace
+    from provenance.watermark import trace
+    from provenance.watermark.trace import cached_registry
 
-    keys = load_registry(resolve_path(policy, section["registry"]), checkpoint.architecture)
+    keys = cached_registry(resolve_path(policy, section["registry"]), checkpoint.architecture)
     reference = resolve_path(policy, section["reference"]) if section.get("reference") else None
     result = trace(checkpoint.path, keys, reference=reference)
     detected = set(result.accused)

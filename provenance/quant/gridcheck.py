@@ -19,7 +19,7 @@ midpoint of the narrow format; both neighbours are then accepted (double roundin
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
@@ -102,7 +102,9 @@ class CheckCounts:
 
     def summary(self) -> dict[str, float | int]:
         d = np.asarray(self.distances, dtype=np.float64)
-        out = {k: v for k, v in asdict(self).items() if k != "distances"}
+        # the counters only: asdict would deep-copy the kept distances element by element
+        # (up to MAX_KEPT floats per tensor: 7.7 of the 12.5 s profiled in a 135M model's quantcheck)
+        out: dict[str, float | int] = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "distances"}
         out["frac_unexplained"] = self.n_unexplained / self.n_checked if self.n_checked else float("nan")
         out["dist_median_steps"] = float(np.median(d)) if d.size else float("nan")
         out["dist_max_steps"] = float(d.max()) if d.size else float("nan")

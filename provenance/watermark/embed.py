@@ -11,6 +11,11 @@ marked (a metadata flag would tell the leaker what to strip).
   sharded) becomes a full directory copy: config, tokenizer and other files copied,
   shards rewritten under the same names. Canonical q/k rows go back to HF's layout.
 
+The marked rows are computed by one compiled pass per chunk (:func:`mark_rows`): the row's
+standard deviation, the key generated in place (:mod:`.keygen`), ``w + a sigma k`` in
+float32, then one torch cast to the storage type into a reused buffer; no float64 copy of
+anything larger than a row's sums.
+
 The amplitude ``a`` is relative to each row's standard deviation. The default 1e-3 sits
 ~5x below Q8_0's rounding noise (step ~ amax/127 ~ 0.017 sigma for Gaussian-like
 blocks of 32, RMS step/sqrt(12) ~ 0.005 sigma) and at the scale of one f16 ulp, yet
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import math
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,10 +36,20 @@ from provenance.errors import ProvenanceError, input_boundary
 from provenance.formats import open_checkpoint
 from provenance.formats.base import Checkpoint, TensorInfo
 from provenance.formats.dtypes import torch_dtype
+from provenance.formats.rows import RowReader
 from provenance.formats.write import write_checkpoint
+from provenance.jit import kernel
+from provenance.progress import Meter, ProgressCallback
+from provenance.threads import torch_threads
+from provenance.watermark.keygen import fill_gaussian
 from provenance.watermark.keys import KeySource
 from provenance.watermark.options import DEFAULT_AMPLITUDE
+from provenance.watermark.plan import row_ranges
 from provenance.watermark.select import Selector, default_selector, markable
+from provenance.watermark.signals import constant_rows, dot64, row_moments
+
+#: Q8_0's block length: the change is reported against its rounding noise
+Q8_BLOCK = 32
 
 
 class EmbedError(ProvenanceError):
@@ -88,54 +104,142 @@ class EmbedReport:
         }
 
 
-def mark_rows(w: np.ndarray, key_rows: np.ndarray, amplitude: float) -> np.ndarray:
-    """``w + amplitude * sigma_row(w) * key`` in float64 (the caller rounds to storage)."""
-    w64 = w.astype(np.float64)
-    sigma = w64.std(axis=1, keepdims=True)
-    return w64 + amplitude * sigma * key_rows
+@kernel
+def mark_rows(w: np.ndarray, words: np.ndarray, first: np.int64, amplitude: float, out: np.ndarray) -> None:
+    """``out = w + float32(amplitude * sigma_row(w)) * key`` (float32; the caller rounds to
+    storage); ``first``: the key element of ``w[0, 0]``, ``words``: the key's generator words."""
+    rows, cols = w.shape
+    ones, zero = constant_rows(cols)
+    for r in range(rows):
+        _, sigma = row_moments(w[r], ones, zero, out[r])
+        fill_gaussian(words, first + r * cols, out[r])
+        scale = np.float32(amplitude * sigma)
+        for c in range(cols):
+            out[r, c] = w[r, c] + scale * out[r, c]
 
 
-def _to_storage(values: np.ndarray, dtype: str) -> torch.Tensor:
-    """Round float64 values to the storage type (round to nearest even, as converters do)."""
-    target = torch_dtype(dtype)
-    assert target is not None, dtype  # markable() admits float storage types only
-    return torch.from_numpy(values).to(torch.float32).to(target)
+@kernel
+def change_sums(w: np.ndarray, stored: np.ndarray, scratch: np.ndarray, sums: np.ndarray) -> None:
+    """Adds ``sum(w**2)`` and ``sum((stored - w)**2)`` of float32 rows to ``sums[0:2]``."""
+    flat_w, flat_s = w.reshape(-1), stored.reshape(-1)
+    n = flat_w.shape[0]
+    for i in range(n):
+        scratch[i] = flat_s[i] - flat_w[i]
+    sums[0] += dot64(flat_w, flat_w)
+    sums[1] += dot64(scratch[:n], scratch[:n])
+
+
+class _Slot:
+    """One chunk's buffers: the marked float32 rows, the same in storage type, those read
+    back as float32, and scratch."""
+
+    def __init__(self, rows: int, cols: int, dtype: torch.dtype) -> None:
+        self.rows = rows
+        self.marked = torch.empty((rows, cols), dtype=torch.float32)
+        self.stored = self.marked if dtype == torch.float32 else torch.empty((rows, cols), dtype=dtype)
+        self.back = self.marked if dtype == torch.float32 else torch.empty((rows, cols), dtype=torch.float32)
+        self.scratch = torch.empty(rows * cols, dtype=torch.float32)
 
 
 class _Marker:
     """The marked rows of one tensor, chunk by chunk as the writer asks for them, in its
-    storage type; keeps the sums :class:`TensorChange` needs. The writer's chunks hold whole
-    multiples of 256 weights, so Q8_0's blocks of 32 never straddle two chunks."""
+    storage type; keeps the sums :class:`TensorChange` needs.
 
-    def __init__(self, ckpt: Checkpoint, info: TensorInfo, key: KeySource, amplitude: float) -> None:
+    The writer asks for consecutive chunks of one size and writes each before asking for
+    the next, so while it writes one, the next is already being marked on ``pool`` (two
+    buffer slots, alternating): reading, marking and writing overlap; each chunk's rows are
+    split between ``threads`` on ``workers``. The chunks hold whole multiples of 256 weights,
+    so Q8_0's blocks of 32 never straddle two of them."""
+
+    def __init__(self, ckpt: Checkpoint, info: TensorInfo, key: KeySource, amplitude: float,
+                 pool: ThreadPoolExecutor, workers: ThreadPoolExecutor, threads: int) -> None:
         self.ckpt, self.info, self.key, self.amplitude = ckpt, info, key, amplitude
-        self.sum_w2 = self.sum_d2 = self.sum_step2 = 0.0
-        self.n_blocks = 0
+        self.pool, self.workers, self.threads = pool, workers, threads
+        self.sums = np.zeros(4)
+        self._reader: RowReader | None = None
+        self._slots: list[_Slot] = []
+        self._turn = 0
+        self._ahead: tuple[tuple[int, int], Future[torch.Tensor]] | None = None
 
     def __call__(self, start: int, stop: int) -> torch.Tensor:
         info = self.info
-        w = self.ckpt.read_rows(info.name, start, stop)
-        shape = (info.n_rows, info.row_length)
-        marked = _to_storage(mark_rows(w, self.key.rows(info.name, shape, start, stop), self.amplitude), info.dtype)
-        delta = marked.to(torch.float64).numpy() - w
-        self.sum_w2 += float(np.dot(w.reshape(-1).astype(np.float64), w.reshape(-1)))
-        self.sum_d2 += float(np.dot(delta.reshape(-1), delta.reshape(-1)))
-        # Q8_0's rounding error per block of 32: step = amax/127, error ~ U(+-step/2)
-        flat = w.reshape(-1)
-        usable = flat.size // 32 * 32
-        step = np.abs(flat[:usable].reshape(-1, 32)).max(axis=1) / 127.0
-        self.sum_step2 += float(np.sum(step.astype(np.float64) ** 2))
-        self.n_blocks += step.size
-        return marked
+        if self._ahead is not None and self._ahead[0] == (start, stop):
+            result = self._ahead[1].result()
+        else:
+            if self._ahead is not None:  # not the chunk foreseen: let that one finish first
+                self._ahead[1].result()
+            result = self._mark(start, stop, self._turn)
+        self._turn ^= 1
+        self._ahead = None
+        after = (stop, min(info.n_rows, 2 * stop - start))
+        if after[0] < info.n_rows:
+            self._ahead = (after, self.pool.submit(self._mark, *after, self._turn))
+        else:
+            self._release()
+        return result
+
+    def _slot(self, turn: int, rows: int) -> _Slot:
+        while len(self._slots) < 2:
+            self._slots.append(_Slot(0, self.info.row_length, torch.float32))
+        if self._slots[turn].rows < rows:
+            target = torch_dtype(self.info.dtype)
+            assert target is not None, self.info.dtype  # markable() admits float storage types only
+            self._slots[turn] = _Slot(rows, self.info.row_length, target)
+        return self._slots[turn]
+
+    def _mark(self, start: int, stop: int, turn: int) -> torch.Tensor:
+        info = self.info
+        rows = stop - start
+        if self._reader is None:
+            self._reader = self.ckpt.row_reader(info.name, rows)
+        w_t = self._reader.read(start, stop)
+        slot = self._slot(turn, rows)
+        ranges = row_ranges(rows, self.threads)
+        sums = np.zeros((len(ranges), 4))
+        futures = [self.workers.submit(self._mark_part, w_t, slot, start, lo, hi, sums[p]) for p, (lo, hi) in enumerate(ranges)]
+        for f in futures:
+            f.result()
+        self.sums += sums.sum(axis=0)
+        return slot.stored[:rows]
+
+    def _mark_part(self, w_t: torch.Tensor, slot: _Slot, start: int, lo: int, hi: int, sums: np.ndarray) -> None:
+        """Rows ``[lo, hi)`` of the chunk: marked, rounded to storage, and their sums."""
+        info = self.info
+        w_t = w_t[lo:hi]
+        w = w_t.numpy()
+        marked, stored, back = slot.marked[lo:hi], slot.stored[lo:hi], slot.back[lo:hi]
+        words = getattr(self.key, "words", None)
+        if words is not None:
+            mark_rows(w, words(info.name), (start + lo) * info.row_length, self.amplitude, marked.numpy())
+        else:  # a key given as arrays: the same arithmetic with its rows
+            shape = (info.n_rows, info.row_length)
+            k = torch.from_numpy(np.ascontiguousarray(self.key.rows(info.name, shape, start + lo, start + hi)))
+            sigma = w_t.double().std(dim=1, unbiased=False, keepdim=True).float()
+            torch.add(w_t, k * (self.amplitude * sigma), out=marked)
+        if stored is not marked:
+            stored.copy_(marked)  # round to nearest even, as converters do
+            back.copy_(stored)
+        scratch = slot.scratch[lo * info.row_length:hi * info.row_length]
+        change_sums(w, back.numpy(), scratch.numpy(), sums)
+        # Q8_0's step per block of 32 (amax / 127), the noise the change is compared with
+        amax = torch.abs(w_t.reshape(-1), out=scratch).view(-1, Q8_BLOCK).amax(dim=1)
+        sums[2] += float(amax.double().div_(127.0).square_().sum())
+        sums[3] += amax.numel()
+
+    def _release(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+        self._reader, self._slots = None, []
 
     def change(self) -> TensorChange:
         n = self.info.n_elements
-        q8 = math.sqrt(self.sum_step2 / self.n_blocks / 12.0) if self.n_blocks else float("nan")
-        norm_w = math.sqrt(self.sum_w2)
+        sum_w2, sum_d2, sum_step2, n_blocks = self.sums
+        q8 = math.sqrt(sum_step2 / n_blocks / 12.0) if n_blocks else float("nan")
+        norm_w = math.sqrt(sum_w2)
         return TensorChange(
             self.info.name, n,
-            math.sqrt(self.sum_d2) / norm_w if norm_w else 0.0,
-            math.sqrt(self.sum_d2 / n) / q8 if q8 else float("nan"),
+            math.sqrt(sum_d2) / norm_w if norm_w else 0.0,
+            math.sqrt(sum_d2 / n) / q8 if q8 else float("nan"),
         )
 
 
@@ -160,8 +264,11 @@ def embed_checkpoint(
     key: KeySource,
     amplitude: float = DEFAULT_AMPLITUDE,
     selector: Selector | None = None,
+    progress: ProgressCallback | None = None,
+    threads: int = 2,
 ) -> EmbedReport:
-    """Write a marked copy of ``source`` to ``output`` and report the relative change."""
+    """Write a marked copy of ``source`` to ``output`` and report the relative change;
+    ``progress`` is told the source bytes consumed (task ``watermark embed``)."""
     if not (0 < amplitude < 1):
         raise EmbedError(f"amplitude {amplitude} must be in (0, 1) (relative to each row's std)")
     with open_checkpoint(source) as ckpt:
@@ -169,7 +276,16 @@ def embed_checkpoint(
         targets = _targets(ckpt, selector or default_selector, report)
         if not ckpt.format.startswith(("gguf", "safetensors", "hf")):
             raise EmbedError(f"{source}: cannot write {ckpt.format} checkpoints (GGUF and safetensors only)")
-        markers = {name: _Marker(ckpt, ckpt.info(name), key, amplitude) for name in ckpt.tensors if name in targets}
-        write_checkpoint(ckpt, output, replace=markers)
+        meter = Meter(progress, "watermark embed", sum(info.n_bytes for info in ckpt.tensors.values()))
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="provenance-embed")
+        workers = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="provenance-embed-rows")
+        try:
+            markers = {name: _Marker(ckpt, ckpt.info(name), key, amplitude, pool, workers, max(1, threads))
+                       for name in ckpt.tensors if name in targets}
+            with torch_threads(1):  # our threads split the rows; torch's own would only spin on a shared machine
+                write_checkpoint(ckpt, output, replace=markers, progress=meter.advance)
+        finally:  # on Ctrl-C too: the chunk being marked ahead is dropped, not waited for
+            pool.shutdown(wait=False, cancel_futures=True)
+            workers.shutdown(wait=False, cancel_futures=True)
         report.tensors = [marker.change() for marker in markers.values()]
     return report

@@ -1,22 +1,20 @@
 """Watermark keys: per-(secret, client, tensor) Gaussian streams, or keys read from a file.
 
-Derivation (format ``provenance-wm-v1``), fixed so a key is the same on every machine
-and every numpy/torch version:
+Derivation (format ``provenance-wm-v2``; docs/watermark.md, "Keys"), fixed so a key is the
+same bits on every machine:
 
-* ``seed = SHA-256(b"provenance-wm-v1" || lp(secret) || lp(client) || lp(tensor))`` where
+* ``seed = SHA-256(b"provenance-wm-v2" || lp(secret) || lp(client) || lp(tensor))`` where
   ``lp(x)`` is ``len(x)`` as 8-byte little-endian followed by ``x`` (length prefixes make
   the concatenation unambiguous), client and tensor name in UTF-8, the tensor name the
   *canonical* (GGUF) one, so an HF copy and its GGUF conversion carry the same key.
-* The first 16 bytes of ``seed`` are the 128-bit key of numpy's ``Philox4x64`` counter
-  generator. Its raw 64-bit outputs are stable by numpy's documented policy (NEP 19) and
-  random access is O(1): output ``j`` belongs to counter ``j // 4``.
-* Element ``i`` of the tensor (canonical layout, row-major) comes from the Box-Muller pair
-  ``(u_{2m}, u_{2m+1})`` with ``m = i // 2``: ``u = ((raw >> 11) + 0.5) * 2**-53`` lies
-  strictly inside (0, 1), ``r = sqrt(-2 ln u_{2m})``, ``t = 2 pi u_{2m+1}``, element ``2m`` is
-  ``r cos t`` and ``2m + 1`` is ``r sin t``. numpy's own ``standard_normal`` (ziggurat) is
-  *not* promised stable across versions, which is why the transform is done here. The
-  float64 transcendental functions may differ by an ulp between libm builds: that moves a
-  z-score by ~1e-16, and the test vector is pinned at that tolerance.
+* The first 16 bytes of ``seed``, read as four little-endian 32-bit words, are the Philox
+  key (words 0, 1) and the high counter words (2, 3) of :mod:`.keygen`'s generator; element
+  ``i`` of the tensor (canonical layout, row-major) is a float32 N(0, 1) value computed from
+  counter ``i // 4`` alone, so any row range is generated without the rows before it.
+
+``v1`` keys (numpy's Philox4x64 and a float64 Box-Muller through libm) were replaced by this
+generator because generating them cost more than reading the model; the two formats give
+unrelated keys, so a copy marked with a ``v1`` key is not found with a ``v2`` one.
 
 Gaussian, not +-1, keys: the null of the correlation statistic is then exactly N(0, 1)
 given the candidate, and averaging or taking midpoints of several copies cannot cancel a
@@ -32,11 +30,11 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-import torch
 
 from provenance.errors import ProvenanceError
+from provenance.watermark.keygen import fill_gaussian, gaussian_dots
 
-KEY_FORMAT = "provenance-wm-v1"
+KEY_FORMAT = "provenance-wm-v2"
 MIN_SECRET_BYTES = 16
 
 
@@ -53,32 +51,17 @@ def key_seed(secret: bytes, client: str, tensor: str) -> bytes:
     return hashlib.sha256(KEY_FORMAT.encode() + _lp(secret) + _lp(client.encode("utf-8")) + _lp(tensor.encode("utf-8"))).digest()
 
 
-def _uniforms(seed: bytes, first_raw: int, n_raw: int) -> torch.Tensor:
-    """Raw Philox outputs ``[first_raw, first_raw + n_raw)`` mapped to float64 in (0, 1)."""
-    key = np.frombuffer(seed[:16], dtype="<u8").astype(np.uint64)
-    counter = np.zeros(4, dtype=np.uint64)
-    counter[0] = first_raw // 4  # < 2**62 for any real tensor; higher words stay zero
-    gen = np.random.Philox(key=key, counter=counter)
-    skip = first_raw % 4
-    raw = gen.random_raw(n_raw + skip)[skip:]
-    raw >>= np.uint64(11)  # 53 significant bits: exact in float64, and now < 2**63
-    u = torch.from_numpy(raw.view(np.int64)).to(torch.float64)
-    return u.add_(0.5).mul_(2.0**-53)
+def key_words(seed: bytes) -> np.ndarray:
+    """The generator's four 32-bit words (Philox key, counter high words) of a seed."""
+    return np.frombuffer(seed[:16], dtype="<u4").astype(np.uint32)
 
 
 def gaussian_stream(seed: bytes, start: int, count: int) -> np.ndarray:
-    """Elements ``[start, start + count)`` of the Gaussian stream of ``seed`` (float64)."""
-    if count <= 0:
-        return np.zeros(0, dtype=np.float64)
-    first_pair, last_pair = start // 2, (start + count + 1) // 2
-    u = _uniforms(seed, 2 * first_pair, 2 * (last_pair - first_pair)).view(-1, 2)
-    radius = torch.log(u[:, 0]).mul_(-2.0).sqrt_()
-    theta = u[:, 1].mul(2.0 * np.pi)
-    out = torch.empty((last_pair - first_pair, 2), dtype=torch.float64)
-    torch.mul(radius, torch.cos(theta), out=out[:, 0])
-    torch.mul(radius, torch.sin(theta), out=out[:, 1])
-    offset = start - 2 * first_pair
-    return out.view(-1)[offset : offset + count].numpy()
+    """Elements ``[start, start + count)`` of the Gaussian stream of ``seed`` (float32)."""
+    out = np.empty(max(0, count), dtype=np.float32)
+    if count > 0:
+        fill_gaussian(key_words(seed), start, out)
+    return out
 
 
 class KeySource(Protocol):
@@ -89,7 +72,14 @@ class KeySource(Protocol):
     def has(self, name: str) -> bool: ...
 
     def rows(self, name: str, shape: tuple[int, int], start: int, stop: int) -> np.ndarray:
-        """Key rows ``[start, stop)`` of canonical tensor ``name`` viewed as ``shape``."""
+        """Key rows ``[start, stop)`` of canonical tensor ``name`` viewed as ``shape`` (float32)."""
+        ...
+
+    def dots(self, name: str, shape: tuple[int, int], first: int, ys: np.ndarray, lo: int, hi: int,
+             out: np.ndarray) -> None:
+        """``out[s] += sum(key[first + j] * ys[s, j] for lo <= j < hi)`` for each row of ``ys``
+        (C-contiguous float32 ``(statistics, n)``; ``first``: the key element of column 0,
+        counted in the tensor's canonical flat order; ``out`` float64)."""
         ...
 
 
@@ -117,10 +107,19 @@ class DerivedKey:
     def has(self, name: str) -> bool:
         return True
 
+    def words(self, name: str) -> np.ndarray:
+        """The generator words of tensor ``name``'s key."""
+        return key_words(key_seed(self.secret, self.client, name))
+
     def rows(self, name: str, shape: tuple[int, int], start: int, stop: int) -> np.ndarray:
         n_cols = shape[1]
         flat = gaussian_stream(key_seed(self.secret, self.client, name), start * n_cols, (stop - start) * n_cols)
         return flat.reshape(stop - start, n_cols)
+
+    def dots(self, name: str, shape: tuple[int, int], first: int, ys: np.ndarray, lo: int, hi: int,
+             out: np.ndarray) -> None:
+        # generated and multiplied in one compiled pass: the key is never stored
+        gaussian_dots(self.words(name), first, ys, lo, hi, out)
 
 
 @dataclass
@@ -156,7 +155,7 @@ class FileKey:
                             value = hf_to_gguf_rows(value, heads)
                     if name in arrays:
                         raise WatermarkKeyError(f"{path}: two keys map to tensor {name!r}")
-                    arrays[name] = value.astype(np.float64, copy=False)
+                    arrays[name] = value.astype(np.float32, copy=False)
         except (OSError, ValueError) as exc:
             raise WatermarkKeyError(f"{path}: not a readable .npz key file ({exc})") from None
         return cls(arrays, label or os.path.basename(os.fspath(path)))
@@ -169,6 +168,14 @@ class FileKey:
         if value.size != shape[0] * shape[1]:
             raise WatermarkKeyError(f"{self.label}: key {name!r} has {value.size} elements, the tensor {shape[0] * shape[1]}")
         return value.reshape(shape)[start:stop]
+
+    def dots(self, name: str, shape: tuple[int, int], first: int, ys: np.ndarray, lo: int, hi: int,
+             out: np.ndarray) -> None:
+        value = self.arrays[name]
+        if value.size != shape[0] * shape[1]:
+            raise WatermarkKeyError(f"{self.label}: key {name!r} has {value.size} elements, the tensor {shape[0] * shape[1]}")
+        key = value.reshape(-1)[first + lo:first + hi].astype(np.float64)
+        out += ys[:, lo:hi].astype(np.float64) @ key
 
 
 def derived_keys(secret: bytes, clients: Iterable[str]) -> list[DerivedKey]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from provenance.options import Precision, option, precision_option, seed_option
+from provenance.options import Precision, option, precision_option, seed_option, threads_option
 from provenance.watermark.select import Selector, names_selector
 
 DEFAULT_AMPLITUDE = 1e-3
@@ -33,6 +33,7 @@ class ScoreOptions:
     """Source precision the quantizer saw, for the grid statistic (auto/f32/f16/bf16)."""
     selector: Selector | None = option(None, "Comma-separated canonical tensor names to score (default: every block matrix).",
                                        flag="--tensors", convert=tensor_list, metavar="NAMES")
+    threads: int = threads_option(2)
     weighting: str = "inverse-variance"
     """Reference statistic: ``inverse-variance`` row weights, or ``sigma`` (y = r / sigma_row)."""
 
@@ -41,6 +42,11 @@ class ScoreOptions:
 class TraceOptions(ScoreOptions):
     threshold_z: float = option(DEFAULT_THRESHOLD_Z,
                                 "Accusation threshold, fixed in advance (z >= 7: p = 1.3e-12 per test).")
+    sequential: bool = option(True, "Stop reading once every client is decided (an always-valid test over a seeded "
+                              "random order of blocks, same false-accusation bound); --no-sequential reads everything.")
+    colluder_fraction: float = option(1 / 16, "Sequential: a client is cleared once its mark is shown weaker than this "
+                                      "fraction of an accused client's (colluders of up to 1/this copies stay in).",
+                                      range=(0.0, 1.0))
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,7 @@ class EmbedOptions:
     amplitude: float = option(DEFAULT_AMPLITUDE, "Mark amplitude relative to each row's std.", range=(0.0, None))
     selector: Selector | None = option(None, "Comma-separated canonical tensor names to mark (default: every block matrix).",
                                        flag="--tensors", convert=tensor_list, metavar="NAMES")
+    threads: int = threads_option(2)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,16 @@ quantization noise or the mark itself is not mistaken for a rescale.
 The result is, per tensor, a :class:`~provenance.compare.transform.Transform` that maps
 the candidate into the reference's basis elementwise, so residuals, quantization cells and
 keys line up again.
+
+Only the layers whose MLP tensors are scored are looked at (``--tensors`` is honoured), and
+a layer is first *screened* on :data:`SCREEN_RUNS` runs of :data:`SCREEN_RUN_ROWS` up-rows
+read whole (about 1% of the layer): when at least :data:`IDENTITY_HITS` of those units keep
+their own row (``|cos| >=`` :data:`SCREEN_COS` with the reference's row at the same index,
+far above any chance cosine of two rows of that length) and too few carry a significant
+scale, lineage's matching would keep the identity too (its sample of units finds each one's
+best match at its own index), so the layer needs nothing and its sketches are never built.
+Anything else, and layers of at most :data:`~provenance.compare.align.IDENTITY_SAMPLE` units
+(where lineage always runs the assignment), take the full path above.
 """
 from __future__ import annotations
 
@@ -24,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from provenance.compare.align import match_mlp_units, mlp_unit_specs
+from provenance.compare.align import IDENTITY_HITS, IDENTITY_SAMPLE, match_mlp_units, mlp_unit_specs
 from provenance.compare.sketch import SketchBuilder, residual_subset, sketch_tensor
 from provenance.compare.transform import Transform
 from provenance.formats.base import Checkpoint
@@ -39,6 +49,11 @@ SCALE_TOLERANCE = 1e-3
 SCALE_SIGMAS = 8.0
 MIN_RESCALED_FRACTION = 0.05
 """A layer counts as rescaled when this share of its units has a significant scale."""
+SCREEN_RUNS = 8
+SCREEN_RUN_ROWS = 64
+SCREEN_COS = 0.5
+"""A unit keeps its row when its up rows' |cosine| reaches this (two unrelated rows of n
+values: ~N(0, 1/n), below 0.1 for the widths screened here)."""
 
 
 @dataclass
@@ -94,13 +109,43 @@ def _realign_layer(candidate: Checkpoint, reference: Checkpoint, layer: int, pai
     return {names[role]: Transform(**spec) for role, spec in specs.items() if role in names}
 
 
-def realign(candidate: Checkpoint, reference: Checkpoint, force: bool = False) -> Realignment:
-    """Transforms for every layer whose MLP was permuted or rescaled. ``force``: match units
-    even where the identity already matches, and keep any better match."""
+def _screen_rows(n_units: int) -> np.ndarray:
+    """The screened units: :data:`SCREEN_RUNS` runs at fixed, evenly spread positions."""
+    starts = np.linspace(0, n_units - SCREEN_RUN_ROWS, SCREEN_RUNS).astype(np.int64)
+    return np.unique(np.concatenate([np.arange(a, a + SCREEN_RUN_ROWS) for a in starts]))
+
+
+def identity_screen(candidate: Checkpoint, reference: Checkpoint, name: str) -> bool:
+    """Whether the screen shows layer ``name``'s (its ``ffn_up``) units unmoved and unscaled."""
+    info = reference.info(name)
+    if info.n_rows <= max(IDENTITY_SAMPLE, SCREEN_RUNS * SCREEN_RUN_ROWS) or candidate.info(name).shape != info.shape:
+        return False
+    rows = _screen_rows(info.n_rows)
+    with reference.row_reader(name, SCREEN_RUN_ROWS) as rr, candidate.row_reader(name, SCREEN_RUN_ROWS) as cr:
+        ref_up = rr.gather(rows).numpy().astype(np.float64)
+        cand_up = cr.gather(rows).numpy().astype(np.float64)
+    dots = np.einsum("ij,ij->i", ref_up, cand_up)
+    norms = np.linalg.norm(ref_up, axis=1) * np.linalg.norm(cand_up, axis=1)
+    cos = np.abs(dots) / np.where(norms > 0, norms, 1.0)
+    if float(np.mean(cos >= SCREEN_COS)) < IDENTITY_HITS:
+        return False
+    scale = np.sign(dots) * np.linalg.norm(cand_up, axis=1) / np.maximum(np.linalg.norm(ref_up, axis=1), 1e-30)
+    return significant_scale(ref_up, cand_up, np.where(dots == 0, 1.0, scale)) is None
+
+
+def realign(candidate: Checkpoint, reference: Checkpoint, force: bool = False,
+            names: set[str] | None = None) -> Realignment:
+    """Transforms for every layer whose MLP was permuted or rescaled, among the layers with
+    a tensor in ``names`` (all when None). ``force``: match units even where the identity
+    already matches, and keep any better match (no screen)."""
     result = Realignment()
     paired = {p.name for p in pair_tensors(candidate, reference).pairs}
-    layers = sorted({info.layer for info in candidate.tensors.values() if info.layer is not None})
+    layers = sorted({info.layer for info in candidate.tensors.values() if info.layer is not None
+                     and info.role in MLP_ROLES and (names is None or info.name in names)})
     for layer in layers:
+        up = f"blk.{layer}.ffn_up.weight"
+        if not force and up in paired and identity_screen(candidate, reference, up):
+            continue
         found = _realign_layer(candidate, reference, layer, paired, force)
         if found:
             result.tensors.update(found)

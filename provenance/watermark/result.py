@@ -34,7 +34,12 @@ class ClientScore:
     accused: bool
     statistics: dict[str, StatisticScore]
     per_tensor: dict[str, dict[str, float]] | None = None
-    """z per tensor and statistic (accused clients, on request)."""
+    """z per tensor and statistic (accused clients, on request; over the blocks read)."""
+    decision: str = "open"
+    """``accused``, ``cleared`` (sequential: shown weaker than an accused client's mark) or
+    ``open`` (not accused)."""
+    decided_after: int | None = None
+    """Weights read when the client was decided (sequential tracing)."""
 
     @property
     def best(self) -> tuple[str, StatisticScore] | None:
@@ -46,6 +51,8 @@ class ClientScore:
         if self.per_tensor is not None:
             out["per_tensor"] = self.per_tensor
         out["accused"] = self.accused
+        out["decision"] = self.decision
+        out["decided_after_weights"] = self.decided_after
         return out
 
 
@@ -76,14 +83,23 @@ class DecoyNull:
 
 @dataclass(frozen=True)
 class AccusationRule:
-    """Fixed before looking at the data: accuse a client when any statistic reaches the threshold."""
+    """Fixed before looking at the data: accuse a client when any statistic reaches the
+    threshold; sequentially, when its always-valid test crosses its boundary at any block
+    or, after a full pass, its z reaches ``full_pass_threshold_z`` (same per-test level)."""
 
     threshold_z: float
     threshold_log10_p: float
     n_tests: int
     family_wise_false_accusation_bound: float
-    """Bonferroni bound on P(any innocent client accused)."""
+    """Bonferroni bound on P(any innocent client accused): ``n_tests * P(N(0,1) >= threshold_z)``."""
+    sequential: bool = False
+    sequential_share: float = 0.0
+    """Share of each test's level spent on the running boundary (docs/watermark.md, "Tracing")."""
+    full_pass_threshold_z: float | None = None
+    colluder_fraction: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"threshold_z": self.threshold_z, "threshold_log10_p": self.threshold_log10_p, "n_tests": self.n_tests,
-                "family_wise_false_accusation_bound": self.family_wise_false_accusation_bound}
+                "family_wise_false_accusation_bound": self.family_wise_false_accusation_bound,
+                "sequential": self.sequential, "sequential_share": self.sequential_share,
+                "full_pass_threshold_z": self.full_pass_threshold_z, "colluder_fraction": self.colluder_fraction}

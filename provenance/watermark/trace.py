@@ -7,22 +7,30 @@ innocent client is accused is at most ``m * P(N(0,1) >= 7) = m * 1.28e-12`` (Bon
 e.g. < 1.3e-8 for 10,000 clients and the three statistics). Holm-adjusted p-values are
 reported beside the fixed rule. Several accused clients point to collusion (averaged or
 mixed copies): every accused key is reported, with its per-tensor breakdown.
+
+Sequential tracing (the default, :mod:`.sequential`) spends the same per-test level on an
+always-valid test over a seeded random order of blocks and stops reading once every client
+is accused or cleared: the bound above holds unchanged, a strong mark is named after a small
+fraction of the model, and only a weak or absent one costs a full pass.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from provenance.errors import CheckpointError, ProvenanceError, input_boundary
 from provenance.formats import open_checkpoint
 from provenance.formats.jsonsafe import read_json_file
+from provenance.progress import ProgressCallback
 from provenance.watermark.detect import ScoreResult, score_checkpoint
 from provenance.watermark.keys import DerivedKey, FileKey, KeySource, read_secret
 from provenance.watermark.options import TraceOptions
 from provenance.watermark.result import AccusationRule, ClientScore, DecoyNull
-from provenance.watermark.stats import family_bound, holm, log10_p, p_value
+from provenance.watermark.sequential import ACCUSED, SequentialRule
+from provenance.watermark.stats import family_bound, holm, log10_p
 
 REGISTRY_SCHEMA = "provenance.watermark-registry/1"
 
@@ -80,11 +88,41 @@ def load_registry(path: str | os.PathLike[str], arch: object | None = None) -> l
     return keys
 
 
+def _registry_stamp(path: Path) -> tuple[tuple[object, ...], bool]:
+    """Size and mtime of the registry and, for a directory, of each file in it (edits are seen),
+    and whether it may hold key files (``.npz``), whose tensor names depend on the candidate's
+    architecture; derived keys do not."""
+    entries = sorted(path.iterdir()) if path.is_dir() else [path]
+    stamp = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in entries if p.is_file())
+    if path.is_dir():
+        return stamp, any(p.suffix == ".npz" for p in entries)
+    return stamp, not path.is_file() or b"key_files" in path.read_bytes()
+
+
+@lru_cache(maxsize=8)
+def _load_registry_once(path: str, stamp: tuple[object, ...], arch: object | None) -> tuple[KeySource, ...]:
+    return tuple(load_registry(path, arch))
+
+
+def cached_registry(path: str | os.PathLike[str], arch: object | None = None) -> list[KeySource]:
+    """:func:`load_registry`, read once per process while the registry's files are unchanged
+    (and once per architecture when it holds key files): a worker scanning many models
+    (``check``, ``scan``) reads the keys once, not per model. Scoring does not modify keys,
+    so sharing them is safe."""
+    resolved = Path(path).resolve()
+    try:
+        stamp, per_arch = _registry_stamp(resolved)
+    except OSError as exc:
+        raise RegistryError(f"{path}: cannot read the registry ({exc.strerror})") from None
+    return list(_load_registry_once(str(resolved), stamp, arch if per_arch else None))
+
+
 @dataclass(frozen=True)
 class TraceResult:
     score: ScoreResult
     threshold_z: float
     accused: tuple[str, ...]
+    rule_levels: SequentialRule | None = None
 
     @property
     def n_tests(self) -> int:
@@ -96,8 +134,13 @@ class TraceResult:
 
     @property
     def rule(self) -> AccusationRule:
+        levels = self.rule_levels
         return AccusationRule(self.threshold_z, log10_p(self.threshold_z), self.n_tests,
-                              family_bound(self.n_tests, self.threshold_z))
+                              family_bound(self.n_tests, self.threshold_z),
+                              sequential=bool(levels and levels.sequential),
+                              sequential_share=levels.share if levels else 0.0,
+                              full_pass_threshold_z=levels.full_pass_z if levels else self.threshold_z,
+                              colluder_fraction=levels.colluder_fraction if levels and levels.sequential else None)
 
     @property
     def decoys(self) -> dict[str, DecoyNull]:
@@ -106,14 +149,16 @@ class TraceResult:
     def clients(self, per_tensor: bool = False) -> list[ClientScore]:
         """Every key, the strongest first, with Holm-adjusted p-values; ``per_tensor`` adds
         the per-tensor z of accused clients."""
-        tests = [(k.label, s, acc.z) for k in self.score.keys for s, acc in k.totals.items() if acc.q > 0]
-        adjusted = holm([p_value(z) for _, _, z in tests]) if tests else []
+        scores = {k.label: k.scores(self.rule_levels, self.score.complete) for k in self.score.keys}
+        tests = [(label, s, v.p_value) for label, stats in scores.items() for s, v in stats.items()]
+        adjusted = holm([p for _, _, p in tests]) if tests else []
         holm_by = {(label, s): p for (label, s, _), p in zip(tests, adjusted, strict=True)}
         out = []
         for key in sorted(self.score.keys, key=lambda k: -k.best()[1]):
             accused = key.label in self.accused
-            stats = {s: replace(v, holm_p=holm_by.get((key.label, s))) for s, v in key.scores().items()}
-            out.append(ClientScore(key.label, accused, stats, key.per_tensor_z() if per_tensor and accused else None))
+            stats = {s: replace(v, holm_p=holm_by.get((key.label, s))) for s, v in scores[key.label].items()}
+            out.append(ClientScore(key.label, accused, stats, key.per_tensor_z() if per_tensor and accused else None,
+                                   key.decision, key.decided_after))
         return out
 
     def to_dict(self, per_tensor: bool = True) -> dict[str, Any]:
@@ -125,6 +170,10 @@ class TraceResult:
             "accused": list(self.accused),
             "collusion_suspected": self.collusion,
             "n_weights": self.score.n_weights,
+            "weights_read": self.score.weights_read,
+            "blocks_read": self.score.blocks_read,
+            "blocks_total": self.score.blocks_total,
+            "decoy_weights": self.score.decoy_weights,
             "n_tensors": len(self.score.tensors),
             "n_grid_flips": self.score.n_flips,
             "grid_precision": self.score.precision,
@@ -141,12 +190,16 @@ def trace(
     keys: list[KeySource],
     reference: str | os.PathLike[str] | None = None,
     options: TraceOptions | None = None,
+    progress: ProgressCallback | None = None,
 ) -> TraceResult:
-    """Score all ``keys`` on ``candidate`` and apply the fixed accusation rule."""
+    """Score all ``keys`` on ``candidate`` and apply the accusation rule fixed in advance
+    (sequential unless ``options.sequential`` is off); ``progress`` is told the bytes read."""
     opts = options or TraceOptions()
-    score = score_checkpoint(candidate, keys, reference, opts)
-    accused = tuple(k.label for k in score.keys if k.best()[1] >= opts.threshold_z)
-    return TraceResult(score, opts.threshold_z, accused)
+    levels = SequentialRule.for_threshold(opts.threshold_z, opts.sequential, opts.colluder_fraction)
+    task = "watermark detect" if len(keys) == 1 else "watermark trace"
+    score = score_checkpoint(candidate, keys, reference, opts, rule=levels, progress=progress, task=task)
+    accused = tuple(k.label for k in score.keys if k.decision == ACCUSED)
+    return TraceResult(score, opts.threshold_z, accused, levels)
 
 
 def candidate_arch(path: str | os.PathLike[str]) -> object:

@@ -31,6 +31,20 @@ def test_compare_writes_every_output(tmp_path: Path) -> None:
     assert "blk.4.ffn_down.weight" in (out / "tensors.csv").read_text()
 
 
+def test_markdown_on_stdout_renders_no_figures(monkeypatch) -> None:
+    """Without -o nothing would hold the PNGs: matplotlib is not run (seconds per compare)."""
+    import provenance.compare.figures
+
+    def no_figures(*_args: object) -> None:
+        raise AssertionError("figures rendered for stdout")
+
+    monkeypatch.setattr(provenance.compare.figures, "figures", no_figures)
+    res = CliRunner().invoke(cli, ["compare", str(STORIES / "stories260K.transpose.bin"), str(STORIES / "stories260K.bin"),
+                                   "--permutations", "99"])
+    assert res.exit_code == 0, res.output
+    assert "| **identical** |" in res.output and ".png)" not in res.output
+
+
 def test_json_on_stdout_and_summary_on_stderr() -> None:
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
     proc = subprocess.run([sys.executable, "-m", "provenance.cli", "compare", "--json", "--permutations", "49",
