@@ -53,6 +53,8 @@ defaults below are the Python API's defaults too:
   (the local Hugging Face cache), `ollama:NAME[:TAG]` (Ollama's store), resolved offline
   (docs/locators.md); `--download` fetches `hf:` names into the cache first.
 - `--base MODEL` (compare, investigate): the base model a PEFT adapter argument applies to.
+- `--merge-base MODEL` (investigate): the common base of merged references (task arithmetic, TIES,
+  DARE), for the merge weights; not the same as `--base`.
 - `--debug` (before the command): tracebacks instead of one-line errors.
 """
 

@@ -73,9 +73,12 @@ def command(candidate: str, reference: str, base: str | None, output: str | None
     Pairs tensors across formats (GGUF, quantized or not, safetensors, llama2.c),
     undoes transposed layouts, tests lineage with a calibrated residual-permutation
     test on circuits that permutations and rescalings cannot change, recovers MLP/head
-    permutations and scales, and gives a verdict (identical, requantized, fine-tune,
-    lora-merge, continued-pretraining, unrelated, inconclusive) with exact and
-    asymptotic p-values, per-tensor statistics and the metadata claims beside them.
+    permutations and scales, maps layers by evidence (depth upscaling, removed or
+    reordered layers), pairs shared vocabulary rows and partial widths, sees through
+    residual rotations, and gives a verdict (identical, requantized, restructured,
+    rotated, fine-tune, lora-merge, continued-pretraining, unrelated, inconclusive) with
+    exact and asymptotic p-values, every unpaired tensor and why, per-tensor statistics
+    and the metadata claims beside them.
 
     CANDIDATE or REFERENCE may be a PEFT adapter folder, applied to --base: a candidate
     adapter is compared as base + adapter; an adapter reference also tests whether the

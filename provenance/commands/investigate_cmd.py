@@ -16,25 +16,30 @@ FORMAT_HELP = "Comma-separated outputs among " + ", ".join(renderer_names()) + "
 @click.option("--reference", "references", multiple=True, type=MODEL,
               help="A reference checkpoint to compare with (repeatable): lineage, and grid consistency for quantized candidates.")
 @click.option("--base", type=MODEL, default=None, help=BASE_HELP)
+@click.option("--merge-base", type=MODEL, default=None,
+              help="The common base of merged references (task arithmetic, TIES, DARE): "
+              "merge weights are fitted on deltas from it.")
 @download_option
 @click.option("--keys", "key_registry", type=click.Path(), help="A watermark key registry: trace which client's copy this is.")
 @refdb_option
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Directory for the report files (report.json, report.md, report.html, figures, tables), written atomically.")
 @click.option("--format", "formats", default=",".join((*DEFAULT_FORMATS, "csv")), show_default=True, help=FORMAT_HELP)
-def command(candidate: str, references: tuple[str, ...], base: str | None, key_registry: str | None, refdb_dir: str | None,
-            out_dir: str, formats: str) -> ExitCode:
+def command(candidate: str, references: tuple[str, ...], base: str | None, merge_base: str | None,
+            key_registry: str | None, refdb_dir: str | None, out_dir: str, formats: str) -> ExitCode:
     """Investigate one checkpoint and write the full report, executive summary first.
 
-    Runs inspect, identify, compare and quantcheck against each --reference, and
-    watermark tracing with --keys, as applicable. Exit status: 0 report written, 2 the
+    Runs inspect, identify, compare and quantcheck against each --reference, the
+    merge weights with two or more references (on --merge-base when given), and watermark
+    tracing with --keys, as applicable. Exit status: 0 report written, 2 the
     candidate could not be read (nothing is written), 64 usage error.
     """
     from provenance.investigate import investigate
 
     chosen = [r.name for r in renderers(f.strip() for f in formats.split(",") if f.strip())]  # usage error first
     report = investigate(candidate, references, key_registry, refdb_dir,
-                         progress=(lambda step: say(f"… {step}")) if stderr_console.is_terminal else None, base=base)
+                         progress=(lambda step: say(f"… {step}")) if stderr_console.is_terminal else None,
+                         base=base, merge_base=merge_base)
     files = write_report(report, out_dir, chosen)
     say(report.executive_summary)
     for error in report.errors:

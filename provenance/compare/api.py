@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -27,6 +27,15 @@ from provenance.compare.align import Alignment, align_layer
 from provenance.compare.claims import compare_claims
 from provenance.compare.engine import PairOutcome, stream_pair
 from provenance.compare.invariants import HeadLayout, circuits
+from provenance.compare.layermap import (
+    LayerMap,
+    LayerSignature,
+    describe,
+    distance_table,
+    kept_identity,
+    match_layers,
+    read_signatures,
+)
 from provenance.compare.options import CompareOptions, LayoutMode
 from provenance.compare.pairing import (
     Pairing,
@@ -50,12 +59,25 @@ from provenance.compare.result import (
 from provenance.compare.sketch import (
     NORMS,
     SketchBuilder,
+    SketchSpec,
+    read_sketch,
     residual_subset,
     token_subset,
+    unit_subset,
+)
+from provenance.compare.structure import (
+    RotationEstimate,
+    StructureEvidence,
+    UnpairedTensor,
+    VocabularyChange,
+    WidthChange,
+    estimate_rotation,
 )
 from provenance.compare.symtest import PermutationTest
 from provenance.compare.transform import Transform
+from provenance.compare.unitspace import relative_difference, unit_circuits
 from provenance.compare.verdict import decide
+from provenance.compare.views import layer_view, vocabulary_view
 from provenance.errors import input_boundary
 from provenance.formats import open_checkpoint
 from provenance.formats.base import Checkpoint
@@ -69,9 +91,16 @@ def _describe(path: str, ckpt: Checkpoint) -> CheckpointSummary:
 
 
 def _heads(arch: ArchRecord, other: ArchRecord) -> HeadLayout | None:
-    if not (arch.n_head and arch.n_head_kv and arch.head_dim):
-        return None
+    """The head layout both sides share (None when they differ: alignment needs one)."""
     if (arch.n_head, arch.n_head_kv, arch.head_dim) != (other.n_head, other.n_head_kv, other.head_dim):
+        return None
+    return _own_heads(arch)
+
+
+def _own_heads(arch: ArchRecord) -> HeadLayout | None:
+    """One side's head layout: its circuits sum over its own heads, so a candidate with
+    fewer KV heads (GQA conversion) still has comparable qk/ov circuits."""
+    if not (arch.n_head and arch.n_head_kv and arch.head_dim):
         return None
     if arch.n_head % arch.n_head_kv:
         return None
@@ -206,11 +235,18 @@ class _Lineage:
     independent in both the test's per-circuit scores and the alignment).
     """
 
-    def __init__(self, cand: Checkpoint, ref: Checkpoint, pairs: list[TensorPair], residual: np.ndarray,
-                 tokens: np.ndarray, heads: HeadLayout | None, opts: CompareOptions,
-                 test: PermutationTest | None) -> None:
-        self.cand, self.ref, self.residual, self.tokens, self.heads, self.opts = cand, ref, residual, tokens, heads, opts
+    def __init__(self, cand: Checkpoint, ref: Checkpoint, pairs: list[TensorPair], spec: SketchSpec,
+                 heads: HeadLayout | None, opts: CompareOptions, test: PermutationTest | None,
+                 side_heads: tuple[HeadLayout | None, HeadLayout | None] | None = None,
+                 sketch_only: list[str] | None = None) -> None:
+        self.cand, self.ref, self.spec, self.heads, self.opts = cand, ref, spec, heads, opts
+        self.residual, self.tokens = spec.residual, spec.tokens
+        self.side_heads = side_heads or (heads, heads)
         self.test = test
+        self.unit_test: PermutationTest | None = None
+        if test is not None and spec.units is not None and len(spec.units):
+            # its own draws (a separate seed): the two tests' nulls are independent
+            self.unit_test = PermutationTest(len(spec.units), opts.permutations, opts.seed + 7)
         self.align_now = test is None  # alignment-only pass: align every layer
         self.remaining: dict[int | None, int] = {}
         self.group_pairs: dict[int | None, list[TensorPair]] = {}
@@ -218,23 +254,47 @@ class _Lineage:
             if SketchBuilder.wants(p.role):
                 self.remaining[p.layer] = self.remaining.get(p.layer, 0) + 1
                 self.group_pairs.setdefault(p.layer, []).append(p)
+        # tensors whose shapes differ (fewer MLP units, KV heads): each side's sketch read
+        # on its own when its layer starts, so the layer's circuits still exist
+        self.sketch_only: dict[int | None, list[str]] = {}
+        for name in sketch_only or []:
+            info = ref.info(name)
+            if SketchBuilder.wants(info.role or "") and info.layer in self.remaining:
+                self.sketch_only.setdefault(info.layer, []).append(name)
         self.builders: dict[int | None, tuple[SketchBuilder, SketchBuilder]] = {}
         self.any_circuits = False
         self.aligned: dict[int, tuple[dict[str, Any], dict[str, Transform]]] = {}
         self.deferred: list[int] = []
+        self.signatures: dict[int, tuple[LayerSignature, LayerSignature]] = {}
+        self.unit_delta: dict[int, float] = {}
+        self.probe_rows: tuple[np.ndarray, np.ndarray] | None = None
         self.test_s = 0.0
         self.align_s = 0.0
+
+    def _builders(self, layer: int | None) -> tuple[SketchBuilder, SketchBuilder]:
+        pair = self.builders.get(layer)
+        if pair is None:
+            pair = (SketchBuilder(self.residual, self.tokens), SketchBuilder(self.residual, self.tokens))
+            self.builders[layer] = pair
+            for name in self.sketch_only.pop(layer, []):
+                for builder, ckpt in zip(pair, (self.ref, self.cand), strict=True):
+                    part = read_sketch(ckpt, name, self.spec)
+                    builder.add(ckpt.info(name).role or "", layer, part.parts())
+                    builder.add_units(ckpt.info(name).role or "", layer, part.unit_part())
+        return pair
 
     def consume(self, out: PairOutcome) -> None:
         p = out.pair
         if p.layer not in self.remaining or not SketchBuilder.wants(p.role):
             return
-        rb, cb = self.builders.setdefault(p.layer, (SketchBuilder(self.residual, self.tokens),
-                                                     SketchBuilder(self.residual, self.tokens)))
+        rb, cb = self._builders(p.layer)
         if out.sketch_reference:
             rb.add(p.role, p.layer, out.sketch_reference)
             cb.add(p.role, p.layer, out.sketch_candidate)
+        rb.add_units(p.role, p.layer, out.units_reference)
+        cb.add_units(p.role, p.layer, out.units_candidate)
         out.sketch_reference, out.sketch_candidate = [], []
+        out.units_reference, out.units_candidate = None, None
         self.remaining[p.layer] -= 1
         if self.remaining[p.layer] == 0:
             self._finish_group(p.layer)
@@ -244,9 +304,10 @@ class _Lineage:
         sk_r, sk_c = rb.finish(), cb.finish()
         if self.test is not None:
             t0 = time.perf_counter()
-            circ_r, circ_c = circuits(sk_r, self.heads), circuits(sk_c, self.heads)
+            circ_r, circ_c = circuits(sk_r, self.side_heads[0]), circuits(sk_c, self.side_heads[1])
             self.any_circuits |= bool(circ_r)
             self.test.add(circ_r, circ_c)
+            self._structure_evidence(layer, sk_r, sk_c, circ_r, circ_c)
             self.test_s += time.perf_counter() - t0
         if layer is None or layer not in sk_r.layers or not self.opts.align:
             return
@@ -259,9 +320,36 @@ class _Lineage:
         names = [p for p in self.group_pairs[layer] if p.role in NORMS]
         norms_r = {p.name: self.ref.read(p.name).reshape(-1) for p in names}
         norms_c = {p.name: self.cand.read(p.name).reshape(-1) for p in names if p.layout == "same"}
-        self.aligned[layer] = align_layer(layer, sk_r.layers[layer], sk_c.layers.get(layer, {}), self.heads,
+        # alignment reads only the tensors paired element for element (equal shapes)
+        part_r, part_c = sk_r.layers[layer], sk_c.layers.get(layer, {})
+        same = {k for k in part_r if k in part_c and part_r[k].shape == part_c[k].shape}
+        self.aligned[layer] = align_layer(layer, {k: v for k, v in part_r.items() if k in same},
+                                          {k: v for k, v in part_c.items() if k in same}, self.heads,
                                           self.residual, norms_r, norms_c)
         self.align_s += time.perf_counter() - t0
+
+    def _structure_evidence(self, layer: int | None, sk_r: Any, sk_c: Any, circ_r: list[Any], circ_c: list[Any]) -> None:
+        """The unit-space test, layer signatures (for the layer map) and the probe rows of
+        the embedding (for a rotation): from the sketches the test already holds."""
+        if layer is None:
+            probe_r, probe_c = sk_r.units.get(None, {}).get("token_embd"), sk_c.units.get(None, {}).get("token_embd")
+            if probe_r is not None and probe_c is not None:
+                self.probe_rows = (probe_r, probe_c)
+            return
+        unit_r, unit_c = unit_circuits(sk_r.units), unit_circuits(sk_c.units)
+        if self.unit_test is not None and unit_r:
+            self.unit_test.add(unit_r, unit_c)
+            self.unit_delta.update(relative_difference(unit_r, unit_c))
+        if self.opts.layer_map:
+            self.signatures[layer] = (LayerSignature.of(layer, circ_r + unit_r), LayerSignature.of(layer, circ_c + unit_c))
+
+    def layer_map(self, reference_layers: int) -> LayerMap | None:
+        """The map read from this pass's signatures (a same-depth candidate)."""
+        if not self.signatures:
+            return None
+        layers = sorted(self.signatures)
+        table = distance_table([self.signatures[k][1] for k in layers], [self.signatures[k][0] for k in layers])
+        return describe(match_layers(table, layers, layers), reference_layers, table)
 
     def alignment(self) -> Alignment:
         result = Alignment()
@@ -293,9 +381,45 @@ def compare(candidate: str | os.PathLike[str], reference: str | os.PathLike[str]
                              adapter_bases=(sides[0][1], sides[1][1]))
 
 
-def _compare_open(cpath: str, rpath: str, cand: Checkpoint, ref: Checkpoint, opts: CompareOptions,
-                  progress: Callable[[str, int], None] | None, t0: float,
-                  adapter_bases: tuple[str | None, str | None] = (None, None)) -> CompareResult:
+@dataclass
+class _Pass:
+    """One streamed comparison of (possibly viewed) checkpoints and what it found."""
+
+    pairing: Pairing
+    layout: LayoutDecision
+    outcomes: list[PairOutcome]
+    test: PermutationTestResult | None
+    alignment: Alignment | None
+    lineage: _Lineage | None
+    reason: str | None
+    times: tuple[float, float, float, float]
+
+
+def _token_rows(ckpt: Checkpoint) -> int | None:
+    info = ckpt.tensors.get("token_embd.weight")
+    return info.shape[0] if info is not None and len(info.shape) == 2 else None
+
+
+def _n_ff(ckpt: Checkpoint) -> int | None:
+    for info in ckpt.tensors.values():
+        if info.role == "ffn_gate" and len(info.shape) == 2:
+            return info.shape[0]
+    return ckpt.architecture.n_ff
+
+
+def _sketch_spec(ref: Checkpoint, opts: CompareOptions) -> SketchSpec:
+    d = _n_embd(ref) or 0
+    vocab = _token_rows(ref) or 0
+    n_ff = _n_ff(ref) or 0
+    units = unit_subset(n_ff, opts.max_units, opts.seed + 2) if opts.max_units > 0 and n_ff else None
+    probe = (token_subset(vocab, min(opts.max_probe_tokens, 2 * d), opts.seed + 3)
+             if opts.max_probe_tokens > 0 and vocab and d else None)
+    return SketchSpec(residual_subset(d, opts.max_residual, opts.seed),
+                      token_subset(vocab, opts.max_tokens, opts.seed + 1), units, probe)
+
+
+def _one_pass(cand: Checkpoint, ref: Checkpoint, opts: CompareOptions,
+              progress: Callable[[str, int], None] | None) -> _Pass:
     arch_c, arch_r = cand.architecture, ref.architecture
     pairing: Pairing = pair_tensors(cand, ref)
     pairs = pairing.pairs
@@ -307,16 +431,16 @@ def _compare_open(cpath: str, rpath: str, cand: Checkpoint, ref: Checkpoint, opt
     reason = None
     if d_r is None or d_c != d_r:
         reason = f"residual widths differ or are unknown (candidate {d_c}, reference {d_r})"
-    residual = residual_subset(d_r or 0, opts.max_residual, opts.seed)
-    emb = ref.tensors.get("token_embd.weight")
-    tokens = token_subset(emb.shape[0] if emb is not None else 0, opts.max_tokens, opts.seed + 1)
+    spec = _sketch_spec(ref, opts)
+    residual, tokens = spec.residual, spec.tokens
     heads = _heads(arch_r, arch_c)
     t1 = time.perf_counter()
     lineage: _Lineage | None = None
     if reason is None:
-        lineage = _Lineage(cand, ref, pairs, residual, tokens, heads, opts,
-                           PermutationTest(len(residual), opts.permutations, opts.seed))
-    outcomes = _run_pairs(cand, ref, pairs, {}, opts, (residual, tokens) if reason is None else None, progress,
+        mismatched = [u.name for u in pairing.unpaired if u.reason == "shape-mismatch"]
+        lineage = _Lineage(cand, ref, pairs, spec, heads, opts, PermutationTest(len(residual), opts.permutations, opts.seed),
+                           side_heads=(_own_heads(arch_r), _own_heads(arch_c)), sketch_only=mismatched)
+    outcomes = _run_pairs(cand, ref, pairs, {}, opts, spec if reason is None else None, progress,
                           consume=lineage.consume if lineage is not None else None)
     t2 = time.perf_counter()
     test: PermutationTestResult | None = None
@@ -333,7 +457,7 @@ def _compare_open(cpath: str, rpath: str, cand: Checkpoint, ref: Checkpoint, opt
             if lineage.deferred:
                 # layers scored before the relation showed: their sketches again (alignment only)
                 redo_pairs = [p for p in pairs if p.layer in set(lineage.deferred) and SketchBuilder.wants(p.role)]
-                again = _Lineage(cand, ref, redo_pairs, residual, tokens, heads, opts, None)
+                again = _Lineage(cand, ref, redo_pairs, SketchSpec(residual, tokens), heads, opts, None)
                 _run_pairs(cand, ref, redo_pairs, {}, opts, (residual, tokens), None, consume=again.consume, light=True)
                 lineage.aligned.update(again.aligned)
                 lineage.align_s += again.align_s
@@ -343,9 +467,159 @@ def _compare_open(cpath: str, rpath: str, cand: Checkpoint, ref: Checkpoint, opt
                 redo = {o.pair.name: o for o in _run_pairs(cand, ref, touched, alignment.transforms, opts, None, None)}
                 outcomes = [redo.get(o.pair.name, o) for o in outcomes]
     t4 = time.perf_counter()
+    return _Pass(pairing, layout, outcomes, test, alignment, lineage, reason, (t1, t2, t3, t4))
+
+
+def _layers(ckpt: Checkpoint) -> list[int]:
+    return sorted({int(i.layer) for i in ckpt.tensors.values() if i.layer is not None})
+
+
+def _map_by_signatures(cand: Checkpoint, ref: Checkpoint, opts: CompareOptions) -> LayerMap | None:
+    """The layer map of a candidate whose layers differ from the reference's, from each
+    side's signatures read on its own (:func:`provenance.compare.layermap.read_signatures`)."""
+    if _n_embd(cand) != _n_embd(ref) or not _layers(cand) or not _layers(ref):
+        return None
+    spec = replace(_sketch_spec(ref, opts), probe_tokens=None)
+    sig_c = read_signatures(cand, spec, _own_heads(cand.architecture))
+    sig_r = read_signatures(ref, spec, _own_heads(ref.architecture))
+    table = distance_table(sig_c, sig_r)
+    matches = match_layers(table, [s.layer for s in sig_c], [s.layer for s in sig_r])
+    return describe(matches, len(sig_r), table)
+
+
+@input_boundary
+def map_layers_onto(candidate: str | os.PathLike[str], references: list[str | os.PathLike[str]],
+                    options: CompareOptions | None = None) -> LayerMap | None:
+    """The candidate's layers mapped onto the layers of several references at once (each
+    match names its source reference): a frankenmerge of slices shows as such. Each
+    checkpoint's signatures are read on their own (:func:`read_signatures`); None when the
+    widths differ or a side has no layers."""
+    opts = options or CompareOptions()
+    with torch_threads(1), open_checkpoint(candidate) as cand:
+        sigs_r: list[LayerSignature] = []
+        sources: list[str] = []
+        sig_c: list[LayerSignature] | None = None
+        for reference in references:
+            with open_checkpoint(reference) as ref:
+                if _n_embd(cand) != _n_embd(ref) or not _layers(ref) or not _layers(cand):
+                    return None
+                spec = replace(_sketch_spec(ref, opts), probe_tokens=None)
+                if sig_c is None:
+                    sig_c = read_signatures(cand, spec, _own_heads(cand.architecture))
+                got = read_signatures(ref, spec, _own_heads(ref.architecture))
+            sigs_r += got
+            sources += [os.path.basename(os.path.normpath(os.fspath(reference)))] * len(got)
+    if not sig_c:
+        return None
+    table = distance_table(sig_c, sigs_r)
+    matches = match_layers(table, [s.layer for s in sig_c], [s.layer for s in sigs_r], sources)
+    return describe(matches, max((s.layer for s in sigs_r), default=-1) + 1, table)
+
+
+def _vocabulary(cand: Checkpoint, ref: Checkpoint) -> VocabularyChange | None:
+    rc, rr = _token_rows(cand), _token_rows(ref)
+    ec, er = cand.tensors.get("token_embd.weight"), ref.tensors.get("token_embd.weight")
+    if rc is None or rr is None or rc == rr or ec is None or er is None or ec.shape[1] != er.shape[1]:
+        return None
+    return VocabularyChange(rc, rr, min(rc, rr))
+
+
+def _widths(arch_c: ArchRecord, arch_r: ArchRecord, cand: Checkpoint, ref: Checkpoint) -> tuple[WidthChange, ...]:
+    out = []
+    for what, c, r in (("MLP units", _n_ff(cand), _n_ff(ref)), ("KV heads", arch_c.n_head_kv, arch_r.n_head_kv),
+                       ("attention heads", arch_c.n_head, arch_r.n_head)):
+        if c and r and c != r:
+            out.append(WidthChange(what, int(c), int(r)))
+    return tuple(out)
+
+
+def _views(cand: Checkpoint, ref: Checkpoint, layer_map: LayerMap | None,
+           vocab: VocabularyChange | None) -> tuple[Checkpoint, Checkpoint]:
+    rows = vocab.shared_rows if vocab else None
+    cand_v: Checkpoint = vocabulary_view(cand, rows) if rows is not None and vocab and vocab.candidate_rows > rows else cand
+    if layer_map is not None and not layer_map.is_identity:
+        return cand_v, layer_view(ref, layer_map.mapping(), rows, n_layer=len(layer_map.matches))
+    ref_v: Checkpoint = vocabulary_view(ref, rows) if rows is not None and vocab and vocab.reference_rows > rows else ref
+    return cand_v, ref_v
+
+
+def _unpaired(cand: Checkpoint, ref: Checkpoint, run: _Pass, layer_map: LayerMap | None,
+              vocab: VocabularyChange | None, widths: tuple[WidthChange, ...]) -> list[UnpairedTensor]:
+    """Every tensor of either side left out of the per-tensor comparison, with the reason."""
+    out: list[UnpairedTensor] = []
+    width_text = ", ".join(w.describe() for w in widths)
+    unmatched = {m.candidate_layer for m in layer_map.matches if m.reference_layer is None} if layer_map else set()
+    for u in run.pairing.unpaired:
+        info = (cand.tensors.get(u.name) if u.reason == "missing-in-reference" else None)
+        if u.reason == "shape-mismatch" and widths:
+            out.append(UnpairedTensor.of(u, f"{u.describe()} ({width_text}): compared through its layer's circuits, "
+                                            "not element by element", "width-changed"))
+        elif u.reason == "missing-in-reference" and u.name == "output.weight" and ref.architecture.tie_word_embeddings:
+            out.append(UnpairedTensor.of(u, "output head only in the candidate: the reference ties it to the "
+                                            "token embedding (untied, e.g. to fold the final norm into it)", "untied-output"))
+        elif info is not None and info.layer in unmatched:
+            out.append(UnpairedTensor.of(u, f"candidate layer {info.layer} matches no reference layer", "layer-unmatched"))
+        else:
+            out.append(UnpairedTensor.of(u))
+    if layer_map is not None:
+        for layer in layer_map.missing:
+            for name, info in ref.tensors.items():
+                if info.layer == layer:
+                    out.append(UnpairedTensor(name, "layer-removed", f"reference layer {layer} has no counterpart in the "
+                                                                     "candidate (removed)", None, info.shape))
+    if vocab is not None:
+        for name in ("token_embd.weight", "output.weight"):
+            c, r = cand.tensors.get(name), ref.tensors.get(name)
+            if c is None or r is None or c.shape == r.shape:
+                continue
+            side = "candidate" if c.shape[0] > r.shape[0] else "reference"
+            extra = abs(c.shape[0] - r.shape[0])
+            out.append(UnpairedTensor(name, "vocabulary-rows",
+                                      f"{extra} rows only in the {side} (token ids {vocab.shared_rows}-"
+                                      f"{vocab.shared_rows + extra - 1}); the {vocab.shared_rows} shared rows are compared",
+                                      c.shape, r.shape))
+    return out
+
+
+def _structure(cand: Checkpoint, ref: Checkpoint, run: _Pass, layer_map: LayerMap | None,
+               vocab: VocabularyChange | None, widths: tuple[WidthChange, ...]) -> StructureEvidence:
+    lineage = run.lineage
+    unit = lineage.unit_test.result() if lineage is not None and lineage.unit_test is not None and len(lineage.unit_test) else None
+    rotation: RotationEstimate | None = None
+    # Procrustes only when the evidence says the residual basis changed (the residual test
+    # sees nothing, the unit-space test a relation): a d x d SVD is not free at 7B widths
+    if (lineage is not None and lineage.probe_rows is not None and unit is not None and unit.p_asymptotic < ALIGN_P
+            and (run.test is None or run.test.p_asymptotic >= ALIGN_P)):
+        rotation = estimate_rotation(*lineage.probe_rows)
+    return StructureEvidence(layer_map=layer_map, vocabulary=vocab, widths=widths, rotation=rotation,
+                             unit_test=unit,
+                             unit_rel_delta=dict(lineage.unit_delta) if lineage else {},
+                             unpaired=tuple(_unpaired(cand, ref, run, layer_map, vocab, widths)))
+
+
+def _compare_open(cpath: str, rpath: str, cand: Checkpoint, ref: Checkpoint, opts: CompareOptions,
+                  progress: Callable[[str, int], None] | None, t0: float,
+                  adapter_bases: tuple[str | None, str | None] = (None, None)) -> CompareResult:
+    arch_c, arch_r = cand.architecture, ref.architecture
+    vocab = _vocabulary(cand, ref)
+    layer_map = _map_by_signatures(cand, ref, opts) if opts.layer_map and _layers(cand) != _layers(ref) else None
+    cand_v, ref_v = _views(cand, ref, layer_map, vocab)
+    run = _one_pass(cand_v, ref_v, opts, progress)
+    if layer_map is None and run.lineage is not None:
+        layer_map = run.lineage.layer_map(len(_layers(ref)))
+        if layer_map is not None and not layer_map.is_identity and len(layer_map.mapping()) == len(layer_map.matches):
+            # a same-depth candidate whose layers moved (every layer matched elsewhere): compare the right layers
+            cand_v, ref_v = _views(cand, ref, layer_map, vocab)
+            run = _one_pass(cand_v, ref_v, opts, progress)
+        elif layer_map is not None:
+            layer_map = kept_identity(layer_map)
+    structure = _structure(cand, ref, run, layer_map, vocab, _widths(arch_c, arch_r, cand, ref))
+    pairing, layout, outcomes, test, alignment, lineage, reason = (
+        run.pairing, run.layout, run.outcomes, run.test, run.alignment, run.lineage, run.reason)
+    t1, t2, t3, t4 = run.times
     rows = [_row(o) for o in outcomes]
     aligned = _alignment(alignment) if alignment else None
-    verdict = decide(test, rows, arch_c, arch_r, layout, aligned, reason)
+    verdict = decide(test, rows, arch_c, arch_r, layout, aligned, reason, structure)
     adapter = None
     if isinstance(cand, AdapterOnBase) or isinstance(ref, AdapterOnBase):
         adapter = adapter_evidence(cand, ref, cpath, rpath, adapter_bases, rows,
@@ -366,5 +640,5 @@ def _compare_open(cpath: str, rpath: str, cand: Checkpoint, ref: Checkpoint, opt
     return CompareResult(
         candidate=_describe(cpath, cand), reference=_describe(rpath, ref), verdict=verdict, test=test, claims=claims,
         pairing=_pairing(pairing), layout=layout, alignment=aligned, tensors=tuple(rows), options=opts, timing=timing,
-        adapter=adapter,
+        structure=structure, adapter=adapter,
     )

@@ -20,7 +20,7 @@ from provenance.codecs.registry import find_quant_type
 from provenance.codecs.types import plain_type
 from provenance.compare.pairing import TensorPair, apply_layout
 from provenance.compare.result import TransformSummary
-from provenance.compare.sketch import SketchBuilder, TensorSketch
+from provenance.compare.sketch import SketchBuilder, SketchSpec, TensorSketch
 from provenance.compare.stats import PairAccumulator, PairStats, effective_rank
 from provenance.compare.transform import Transform
 from provenance.formats.base import Checkpoint, TensorInfo
@@ -40,6 +40,9 @@ class PairOutcome:
     """Effective rank of the delta on sampled rows (computed here, so no sample is kept)."""
     sketch_reference: list[tuple[int, np.ndarray]] = field(default_factory=list, repr=False)
     sketch_candidate: list[tuple[int, np.ndarray]] = field(default_factory=list, repr=False)
+    units_reference: np.ndarray | None = field(default=None, repr=False)
+    """Unit-space slices (:class:`provenance.compare.sketch.SketchSpec`), when asked for."""
+    units_candidate: np.ndarray | None = field(default=None, repr=False)
     grid: dict[str, Any] | None = None
     bytes_read: int = 0
     seconds: float = 0.0
@@ -177,6 +180,15 @@ def _add_grid_rows(grid: GridCheck, lossy_reader: RowReader, a: int, b: int, los
         grid.add(lossy_reader.raw(a, b) if grid.info.quantized else None, lossy_rows, other_rows)
 
 
+def _pair_sketches(pair: TensorPair, sketch: SketchSpec | tuple[np.ndarray, np.ndarray] | None, n_rows: int,
+                   row_len: int) -> tuple[TensorSketch, TensorSketch] | None:
+    """The reference's and the candidate's sketch of one tensor (None: not asked for / no part)."""
+    if sketch is None or not SketchBuilder.wants(pair.role):
+        return None
+    spec = sketch if isinstance(sketch, SketchSpec) else SketchSpec(*sketch)
+    return spec.tensor(pair.role, n_rows, row_len), spec.tensor(pair.role, n_rows, row_len)
+
+
 def stream_pair(
     candidate: Checkpoint,
     reference: Checkpoint,
@@ -184,7 +196,7 @@ def stream_pair(
     transform: Transform | None = None,
     *,
     sample_rows: np.ndarray | None = None,
-    sketch: tuple[np.ndarray, np.ndarray] | None = None,
+    sketch: SketchSpec | tuple[np.ndarray, np.ndarray] | None = None,
     grid_check: bool = True,
     chunk_elems: int = 1 << 17,
 ) -> PairOutcome:
@@ -202,9 +214,7 @@ def stream_pair(
         full_cand = torch.from_numpy(apply_layout(candidate.read(pair.name), pair.layout, r_info.shape).reshape(n_rows, row_len))
     else:
         cand_reader = candidate.row_reader(pair.name, step)
-    sketches: tuple[TensorSketch, TensorSketch] | None = None
-    if sketch is not None and SketchBuilder.wants(pair.role):
-        sketches = (TensorSketch(pair.role, n_rows, row_len, *sketch), TensorSketch(pair.role, n_rows, row_len, *sketch))
+    sketches = _pair_sketches(pair, sketch, n_rows, row_len)
     grid = _grid_check(c_info, r_info) if grid_check and transform.is_identity and pair.layout == "same" else None
     sample = np.unique(np.asarray(sample_rows if sample_rows is not None else [], dtype=np.int64))
     sample = sample[(sample >= 0) & (sample < n_rows)]
@@ -254,4 +264,5 @@ def stream_pair(
     )
     if sketches is not None:
         out.sketch_reference, out.sketch_candidate = sketches[0].parts(), sketches[1].parts()
+        out.units_reference, out.units_candidate = sketches[0].unit_part(), sketches[1].unit_part()
     return out

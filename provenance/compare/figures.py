@@ -14,6 +14,7 @@ CAPTIONS = {
     "similarity_by_layer": "Per-layer similarity (Pearson, after alignment) by tensor role",
     "delta_heatmap": "Relative change ||C - R|| / ||R|| per layer and role (log scale)",
     "permutation_null": "Test statistic against its residual-permutation null distribution",
+    "layer_map": "Layer map: spectral distance of each candidate layer to each reference layer (+ = matched)",
 }
 
 
@@ -60,7 +61,23 @@ def figures(result: CompareResult) -> list[Figure]:
         ax.set(xlabel="statistic", ylabel="count", title="test statistic vs its permutation null")
         ax.legend(fontsize=8)
         out.append(_figure("permutation_null", fig))
+    lmap = result.structure.layer_map if result.structure is not None else None
+    if lmap is not None and lmap.distances and result.verdict.related:  # an unrelated candidate's map says nothing
+        out.append(_layer_map_figure(lmap, plt))
     return out
+
+
+def _layer_map_figure(lmap: Any, plt: Any) -> Figure:
+    """The distance table (log scale) with each candidate layer's match marked."""
+    d = np.array(lmap.distances, dtype=float)
+    fig, ax = plt.subplots(figsize=(0.35 * d.shape[1] + 2.5, 0.3 * d.shape[0] + 1.8))
+    img = ax.imshow(np.log10(np.maximum(np.where(np.isfinite(d), d, np.nan), 1e-6)), aspect="auto", cmap="viridis_r")
+    for row, m in enumerate(lmap.matches):
+        if m.reference_layer is not None:
+            ax.plot(m.reference_layer, row, "r+", ms=8)
+    ax.set(xlabel="reference layer", ylabel="candidate layer", title="layer map: log10 spectral distance (+ = match)")
+    fig.colorbar(img, ax=ax)
+    return _figure("layer_map", fig)
 
 
 def _figure(name: str, fig: Any) -> Figure:

@@ -37,6 +37,14 @@ class CompareOptions:
     chunk_elems: int = 1 << 19
     """Elements per streamed chunk: the arithmetic costs the same per element from 64K to 1M,
     the per-chunk Python overhead does not (512K measured 2.18 -> 2.45 GB/s over 128K)."""
+    max_units: int = option(128, "MLP units sampled for the rotation-blind unit-space test (0: no such test).",
+                            range=(0, 1 << 16))
+    """MLP units kept whole for the rotation-blind unit-space test (:mod:`.unitspace`); 0: no such test."""
+    max_probe_tokens: int = 1024
+    """Embedding rows kept whole (at most twice the width) to recover a residual rotation."""
+    layer_map: bool = option(True, "Map candidate layers onto reference layers by evidence (upscaled, pruned, "
+                                   "reordered models).")
+    """Map candidate layers onto reference layers by evidence (:mod:`.layermap`)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -10,17 +10,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, get_args
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
 
 import pandas as pd
 
 from provenance.compare.options import CompareOptions, LayoutMode
 from provenance.names.arch import ArchRecord
 
+if TYPE_CHECKING:  # structure.py reads PermutationTestResult from here
+    from provenance.compare.structure import RotatedDetails, StructureEvidence
+
 SCHEMA = "provenance.compare/1"
 
-VerdictKind = Literal["identical", "requantized", "fine-tune", "lora-merge", "continued-pretraining", "unrelated",
-                      "inconclusive"]
+VerdictKind = Literal["identical", "requantized", "restructured", "rotated", "fine-tune", "lora-merge",
+                      "continued-pretraining", "unrelated", "inconclusive"]
 KINDS: tuple[str, ...] = get_args(VerdictKind)
 Strength = Literal["light", "moderate", "heavy", "unknown"]
 
@@ -177,16 +180,26 @@ class LineageVerdict:
     z: float | None = None
     evidence: tuple[str, ...] = ()
     """Plain sentences, in the order the decision used them."""
-    details: RequantizationDetails | ChangeDetails | None = None
+    details: RequantizationDetails | ChangeDetails | RotatedDetails | None = None
+    structure: StructureEvidence | None = None
+    """What was done besides changing weights: layer map, vocabulary, widths, rotation, the
+    unit-space test, every unpaired tensor and why (:mod:`provenance.compare.structure`)."""
 
     @property
     def overall_rel_delta(self) -> float | None:
         return self.details.overall_rel_delta if isinstance(self.details, ChangeDetails) else None
 
+    @property
+    def unpaired(self) -> tuple[Any, ...]:
+        """Every tensor left out of the element-by-element comparison, with its reason."""
+        return self.structure.unpaired if self.structure is not None else ()
+
     def to_dict(self) -> dict[str, Any]:
         return {"p_exact": self.p_exact, "p_asymptotic": self.p_asymptotic, "z": self.z,
                 "evidence": list(self.evidence), "details": self.details.to_dict() if self.details else {},
-                "kind": self.kind, "related": self.related, "summary": self.summary}
+                "kind": self.kind, "related": self.related, "summary": self.summary,
+                "structure_kinds": list(self.structure.kinds) if self.structure else [],
+                "unpaired": [u.to_dict() for u in self.unpaired]}
 
 
 # ----- what the files claim ------------------------------------------------------------------
@@ -574,6 +587,8 @@ class CompareResult:
     tensors: tuple[TensorComparison, ...]
     options: CompareOptions
     timing: CompareTiming
+    structure: StructureEvidence | None = None
+    """Layer map, shape changes, rotation, the unit-space test, unpaired tensors (also on the verdict)."""
     adapter: AdapterEvidence | None = None
     """Set when either side is a PEFT adapter (applied to its base)."""
 
@@ -604,5 +619,7 @@ class CompareResult:
             "claims": self.claims.to_dict(), "pairing": self.pairing.to_dict(), "layout": self.layout.to_dict(),
             "alignment": self.alignment.to_dict() if self.alignment else None,
             "tensors": [t.to_dict() for t in self.tensors], "options": self.options.to_dict(),
-            "timing": self.timing.to_dict(), "adapter": self.adapter.to_dict() if self.adapter else None,
+            "timing": self.timing.to_dict(),
+            "structure": self.structure.to_dict() if self.structure else None,
+            "adapter": self.adapter.to_dict() if self.adapter else None,
         }

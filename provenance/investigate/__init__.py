@@ -58,14 +58,18 @@ def run_investigation(inputs: Inputs, progress: Callable[[str], None] | None = N
 @input_boundary
 def investigate(candidate: str | Path, references: tuple[str | Path, ...] | list[str | Path] = (),
                 key_registry: str | Path | None = None, refdb: str | Path | None = None,
-                progress: Callable[[str], None] | None = None, base: str | Path | None = None) -> Report:
+                progress: Callable[[str], None] | None = None, base: str | Path | None = None,
+                merge_base: str | Path | None = None) -> Report:
     """Run every applicable analysis on ``candidate`` and return the report.
 
     ``base``: the base model a PEFT adapter candidate (or reference) applies to.
+    ``merge_base``: the common base of merged references (task arithmetic, TIES, DARE),
+    for the merge estimate with two or more references.
     A :class:`provenance.errors.CheckpointError` on the candidate propagates (there is
     nothing to report on); a failure on a reference is recorded in ``report.errors``.
     """
     inputs = Inputs(os.fspath(candidate), tuple(os.fspath(r) for r in references),
                     os.fspath(key_registry) if key_registry else None, os.fspath(refdb) if refdb else None,
-                    base=os.fspath(base) if base is not None else None)
+                    base=os.fspath(base) if base is not None else None,
+                    merge_base=os.fspath(merge_base) if merge_base is not None else None)
     return run_investigation(inputs, progress).report

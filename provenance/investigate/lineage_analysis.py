@@ -65,12 +65,18 @@ def lineage_parts(result: CompareResult, candidate: str, reference: str, *,
                   "claims_status": claims.status, "claims_disagreements": list(claims.disagreements),
                   "declared_relation": claims.declared_relation, "declared_relation_agrees": claims.relation_agrees,
                   "alignment": result.alignment.to_dict() if result.alignment else None,
-                  "adapter": result.adapter.finding if result.adapter else None})
+                  "adapter": result.adapter.finding if result.adapter else None,
+                  "structure_kinds": list(result.structure.kinds) if result.structure else [],
+                  "unpaired": [u.name for u in result.structure.left_out] if result.structure else []})
     test = result.test.to_dict() if result.test else {}
     layer_table = result.layer_table
     tables = {"layers": layer_table.to_dict("records") if len(layer_table) else []}
     if rows := _alignment_rows(result):
         tables["recovered alignment"] = rows
+    if result.structure is not None and result.structure.layer_map is not None and v.related:
+        tables["layer map"] = [m.to_dict() for m in result.structure.layer_map.matches]
+    if result.structure is not None and result.structure.unpaired:
+        tables["unpaired tensors"] = [u.to_dict() for u in result.structure.unpaired]
     if result.adapter is not None:
         tables["adapter modules"] = [m.to_dict() for m in result.adapter.modules]
     tables["tensors"] = result.table.to_dict("records")
@@ -79,7 +85,9 @@ def lineage_parts(result: CompareResult, candidate: str, reference: str, *,
         data={"verdict": v.to_dict(), "test": {k: val for k, val in test.items() if k != "layers"},
               "claims": claims.to_dict(), "layout": result.layout.to_dict(),
               "alignment": result.alignment.to_dict() if result.alignment else None, "timing": result.timing.to_dict(),
-              "adapter": result.adapter.to_dict() if result.adapter else None},
+              "adapter": result.adapter.to_dict() if result.adapter else None,
+              "structure": {k: val for k, val in result.structure.to_dict().items() if k != "layer_map"}
+              if result.structure else None},
         tables=tables,
         figures=[Figure(f"{ref}-{f.name}" if prefix_figures else f.name, f"{f.caption} ({cand} vs {ref})", f.png)
                  for f in (figures(result) if with_figures else [])])

@@ -5,10 +5,11 @@ from typing import TYPE_CHECKING
 
 from provenance.investigate.identify_analysis import identify_analysis
 from provenance.investigate.lineage_analysis import lineage_analysis
+from provenance.investigate.merge_analysis import merge_analysis
 from provenance.investigate.quant_analysis import quant_analysis
 from provenance.investigate.watermark_analysis import watermark_analysis
 
 if TYPE_CHECKING:
     from provenance.investigate import Analysis
 
-ANALYSES: list[Analysis] = [identify_analysis, lineage_analysis, quant_analysis, watermark_analysis]
+ANALYSES: list[Analysis] = [identify_analysis, lineage_analysis, merge_analysis, quant_analysis, watermark_analysis]

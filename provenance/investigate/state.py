@@ -10,6 +10,8 @@ from provenance.document import Report
 
 if TYPE_CHECKING:  # the analyses import torch: load them only when they run
     from provenance.compare import CompareResult
+    from provenance.compare.layermap import LayerMap
+    from provenance.compare.merge import MergeEstimate
     from provenance.quant import QuantCheckResult
     from provenance.refdb import IdentifyResult
     from provenance.watermark import TraceResult
@@ -22,6 +24,8 @@ class Inputs:
     key_registry: str | None = None
     refdb: str | None = None
     hashes: bool = True
+    merge_base: str | None = None
+    """The common base of merged references (task arithmetic, TIES, DARE), for the merge estimate."""
     digests: tuple[dict[str, str], dict[str, str]] | None = None
     """``({file path: sha256}, {tensor name: sha256})`` from inspect, reused by identify."""
     base: str | None = None
@@ -35,6 +39,10 @@ class Investigation:
     identified: IdentifyResult | None = None
     lineage: dict[str, CompareResult] = field(default_factory=dict)
     """Per reference path, in the order given."""
+    merge: MergeEstimate | None = None
+    """Mixing weights on all references at once (two or more references)."""
+    layer_slices: LayerMap | None = None
+    """The candidate's layers mapped onto all references at once (two or more references)."""
     quantchecks: dict[str, QuantCheckResult] = field(default_factory=dict)
     traced: TraceResult | None = None
     trace_reference: str | None = None

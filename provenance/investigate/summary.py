@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     from provenance.investigate.state import Investigation
 
 # Order of findings in reports: strongest, most specific evidence first.
-PRIORITY = ["watermark.accusation", "lineage.verdict", "quant.verdict", "watermark.none", "identify.match", "format.identity"]
+PRIORITY = ["watermark.accusation", "lineage.layers", "lineage.merge", "lineage.verdict", "quant.verdict",
+            "watermark.none", "identify.match", "format.identity"]
 
 
 def finding_rank(finding: Finding) -> int:
@@ -41,13 +42,44 @@ def _lineage_p(result: CompareResult) -> str:
     return _p(result.verdict.p_asymptotic)
 
 
+#: how a verdict kind reads after "a" (kinds not listed read as themselves, dashes as spaces)
+KIND_WORDS = {"restructured": "restructured copy"}
+
+
+def _what(result: CompareResult) -> str:
+    """``a fine tune``, ``a restructured copy (depth-upscaled)``, ``a residual-rotated copy``:
+    from the verdict's typed fields."""
+    v = result.verdict
+    words = KIND_WORDS.get(v.kind, v.kind.replace("-", " "))
+    if v.kind == "rotated":
+        copy = getattr(v.details, "copy", False)
+        words = "residual-rotated " + ("copy" if copy else "derivative")
+    kinds = [k for k in (v.structure.kinds if v.structure else ()) if k not in words]
+    return f"a {words}" + (f" ({', '.join(kinds)})" if kinds else "")
+
+
+def _merge_sentence(state: Investigation, name: str) -> str | None:
+    """``X is a merge of A (0.50; lineage p ...) and B (0.50; ...)``, from the merge estimate's
+    weights and each parent's lineage verdict."""
+    merge = state.merge
+    if merge is None or not merge.is_merge:
+        return None
+    parts = []
+    for reference, weight in zip(merge.references, merge.weights, strict=True):
+        result = state.lineage.get(reference)
+        parts.append(f"{_name(reference)} ({weight:.2f}; lineage {_lineage_p(result) if result else 'not compared'})")
+    joined = ", ".join(parts[:-1]) + f" and {parts[-1]}"
+    base = f" on base {_name(merge.base)}" if merge.base else ""
+    return f"{name} is a merge of {joined}{base}."
+
+
 def _closest_clause(state: Investigation, name: str) -> str:
     reference, closest = state.related_closest_first()[0]
     quant = state.quantchecks.get(reference)
     if quant is not None and quant.verdict in ("exact", "perturbed"):
         what = "an exact quantization" if quant.verdict == "exact" else "a quantized copy"
     else:
-        what = f"a {closest.verdict.kind.replace('-', ' ')}"
+        what = _what(closest)
     clause = f"{name} is {what} of {_name(reference)}"
     traced = state.traced
     best = traced.clients()[0].best if traced is not None and traced.accused and traced.clients() else None
@@ -67,11 +99,20 @@ def executive_summary(state: Investigation) -> str:
     unrelated = [(ref, r) for ref, r in state.lineage.items() if r.verdict.kind == "unrelated"]
     traced = state.traced
     sentences: list[str] = []
+    slices = state.layer_slices
+    if slices is not None and "frankenmerge" in slices.structure:
+        # the layer map's own description (from its typed segments), each source's lineage p
+        ps = ", ".join(f"{_name(ref)} {_lineage_p(r)}" for ref, r in state.lineage.items()
+                       if _name(ref) in {m.source for m in slices.matches})
+        sentences.append(f"{name} is a {slices.description} (lineage {ps}).")
+        related = []
+    elif (merged := _merge_sentence(state, name)) is not None:
+        sentences.append(merged)
+        related = []  # the merge sentence names every parent with its p-value
     if related:
         sentences.append(_closest_clause(state, name))
         for reference, other in related[1:]:
-            sentences.append(f"It also derives from {_name(reference)} ({other.verdict.kind.replace('-', ' ')}, "
-                             f"{_lineage_p(other)}).")
+            sentences.append(f"It also derives from {_name(reference)} ({_what(other)[2:]}, {_lineage_p(other)}).")
     elif traced is not None and traced.accused:
         clients = traced.clients()
         best = clients[0].best if clients else None

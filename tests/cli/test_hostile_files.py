@@ -189,6 +189,8 @@ def test_check_fails_a_file_that_inspect_accepts_but_whose_rows_fail(tmp_path: P
 def _entry_points(tmp_path: Path) -> dict[str, Callable[[], Any]]:
     from provenance import inspect_checkpoint
     from provenance.compare import compare
+    from provenance.compare.api import map_layers_onto
+    from provenance.compare.merge import estimate_merge
     from provenance.investigate import investigate
     from provenance.quant import quantcheck
     from provenance.refdb import identify
@@ -203,6 +205,8 @@ def _entry_points(tmp_path: Path) -> dict[str, Callable[[], Any]]:
         "quantcheck": lambda: quantcheck(candidate, REFERENCE),
         "identify": lambda: identify(candidate, hashes=False),
         "investigate": lambda: investigate(candidate, [REFERENCE]),
+        "estimate_merge": lambda: estimate_merge(candidate, [REFERENCE, QUANT_DIR / "tiny-llama-Q4_K_M.gguf"]),
+        "map_layers_onto": lambda: map_layers_onto(candidate, [REFERENCE, QUANT_DIR / "tiny-llama-Q4_K_M.gguf"]),
         "watermark trace": lambda: trace(REFERENCE, [key]),
         "watermark detect": lambda: score_checkpoint(REFERENCE, [key]),
         "watermark embed": lambda: embed_checkpoint(REFERENCE, tmp_path / "marked.gguf", key),
@@ -220,6 +224,7 @@ def _fail_reads(monkeypatch: pytest.MonkeyPatch, error: BaseException) -> None:
 
 
 ENTRY_POINTS = ["open_checkpoint", "inspect_checkpoint", "compare", "quantcheck", "identify", "investigate",
+                "estimate_merge", "map_layers_onto",
                 "watermark trace", "watermark detect", "watermark embed", "watermark analyze"]
 
 

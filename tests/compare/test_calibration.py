@@ -19,7 +19,10 @@ def summary() -> dict:
 
 
 def test_null_pool_is_large_independent_and_calibrated(summary: dict) -> None:
-    null = pd.read_csv(CAL / "null_pairs.csv", keep_default_na=False)
+    everything = pd.read_csv(CAL / "null_pairs.csv", keep_default_na=False)
+    # the residual test's pool (the rotated candidates are the unit-space test's: test_structure_calibration)
+    assert (everything[everything["rotated"]]["p_asymptotic"].astype(float) > 1e-3).all()
+    null = everything[~everything["rotated"]]
     plain = null[~null["permuted"]]
     assert len(plain) >= 200 and summary["null"]["pairs"] == len(null)
     models = set(plain["candidate"]) | set(plain["reference"])
@@ -85,3 +88,24 @@ def test_live_rerun_matches_committed_results() -> None:
         assert got["verdict"] == want["verdict"]
         assert got["p_exact"] == pytest.approx(want["p_exact"])
         assert got["z"] == pytest.approx(want["z"], rel=1e-4)
+
+
+def test_structure_calibration(summary: dict) -> None:
+    """The rotation-blind unit test's null (rotated candidates included) and every kind of
+    structural derivative, fp and Q4_K_M: related at p < 1e-6 and described correctly."""
+    null = pd.read_csv(CAL / "null_pairs.csv", keep_default_na=False)
+    rotated = null[null["rotated"]]
+    assert len(rotated) >= 30 and (rotated["verdict"] == "unrelated").all()
+    unit = summary["structure"]["unit_test_null"]
+    assert unit["pairs"] >= 300 and unit["rotated_pairs"] == len(rotated)
+    assert unit["ks_anticonservative_p"] > 0.01 and unit["exact_ks_anticonservative_p"] > 0.01
+    assert unit["false_positives_at_1e-3"] == 0 == int((null["unit_p_asymptotic"].astype(float) < 1e-3).sum())
+    rows = pd.read_csv(CAL / "structure_pairs.csv", keep_default_na=False)
+    expected = {"depth-upscaled", "layers-removed", "reordered", "vocabulary-extended", "vocabulary-truncated",
+                "width-pruned", "gqa-converted", "rotated", "merge"}
+    assert set(rows["expect"]) == expected and set(rows["scheme"]) == {"fp", "Q4_K_M"}
+    assert (rows["verdict_p_asymptotic"].astype(float) < 1e-6).all()
+    assert rows["described"].all(), rows[~rows["described"]][["case", "summary"]]
+    assert not rows["verdict"].isin(["identical", "unrelated", "inconclusive"]).any()
+    per_kind = summary["structure"]["per_kind"]
+    assert all(v["pairs"] == v["related_below_1e-6"] == v["described"] for v in per_kind.values())
