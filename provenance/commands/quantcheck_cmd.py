@@ -32,7 +32,11 @@ def summary_lines(result: QuantCheckResult) -> list[str]:
     if result.flagged and math.isfinite(result.amplitude_rel):
         lines.append(f"estimated source perturbation: {result.amplitude_rel:.2e} x weight RMS")
     if result.unchecked:
-        lines.append(f"not grid-checked (no code recipe for their type): {len(result.unchecked)} tensors")
+        # GPTQ/AWQ writers move codes on purpose (error feedback, scale search), some ggml types lack
+        # a recipe: either way the codes are not predictable from the reference (docs/formats.md)
+        types = ", ".join(sorted({t.qtype for t in result.tensors if t.status == "unchecked-type"}))
+        lines.append(f"not grid-checked (codes not predictable from the reference for {types}): "
+                     f"{len(result.unchecked)} tensors")
     return lines
 
 
@@ -60,10 +64,12 @@ def command(candidate: str, reference: str, out_dir: str | None, as_json: bool, 
             **options: Any) -> ExitCode:
     """Grid-consistency check of a quantized CANDIDATE against --reference weights.
 
-    Recomputes every stored code with llama.cpp's own arithmetic from the reference and
-    reports, per tensor: exact quantization of the reference, quantized from a perturbed
-    reference (with the perturbation amplitude estimated from the flip rate), or
-    unrelated; plus dequantization error against that of a clean quantization.
+    Recomputes every stored code from the reference with llama.cpp's own arithmetic (GGUF)
+    or the writer's round-to-nearest (bitsandbytes, MLX and compressed-tensors int8/fp8
+    safetensors; GPTQ/AWQ get their dequantization error only) and reports, per tensor:
+    exact quantization of the reference, quantized from a perturbed reference (with the
+    perturbation amplitude estimated from the flip rate), or unrelated; plus dequantization
+    error against that of a clean quantization.
     With --realign, MLP units permuted or rescaled in the candidate are matched first and the
     reference is checked in the candidate's frame (docs/quantization.md).
     Exit status: 0 exact quantization, 1 flagged, 2 input error.

@@ -109,8 +109,9 @@ class AdapterOnBase(Checkpoint):
             self.targets[name] = _Target(old.module if old else None, stored, old.qk_heads if old else None)
         for name in self.targets:
             info = self.tensors[name]
+            # a packed base weight (a QLoRA base in NF4, GPTQ ...) is decoded by the base's reader
             self.tensors[name] = replace(info, dtype="F32", block_size=1, block_bytes=4, ggml_type=None, qk_heads=None,
-                                         n_bytes=info.n_elements * 4)
+                                         packing=None, n_bytes=info.n_elements * 4)
 
     def _base_weight(self, hf_name: str, stored: str) -> tuple[str, TensorInfo]:
         arch = self.base.architecture

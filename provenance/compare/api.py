@@ -133,7 +133,17 @@ def _row(out: PairOutcome) -> TensorComparison:
         grid_checked=grid.get("checked"), grid_outside=grid.get("outside"),
         grid_frame="reference" if grid.get("outside_fraction") is not None else None,
         transform=out.transform, shape_of_change=out.shape,
+        grid_noise_ratio=_noise_ratio(out), grid_rounds_to_nearest=grid.get("rounds_to_nearest"),
     )
+
+
+def _noise_ratio(out: PairOutcome) -> float | None:
+    """Dequantization error over the grid's own rounding noise (step^2/12 per weight)."""
+    noise = (out.grid or {}).get("predicted_noise_energy")
+    s = out.stats
+    if not noise or s.rel_delta_norm is None:
+        return None
+    return float((s.rel_delta_norm * s.norm_reference) ** 2 / noise)
 
 
 def _layout(cand: Checkpoint, ref: Checkpoint, pairs: list[TensorPair], mode: LayoutMode) -> LayoutDecision:

@@ -25,6 +25,7 @@ from provenance.compare.sketch import SketchBuilder, SketchSpec, TensorSketch
 from provenance.compare.stats import PairAccumulator, PairStats, effective_rank
 from provenance.compare.transform import Transform
 from provenance.formats.base import Checkpoint, TensorInfo
+from provenance.formats.packed_read import PackedRowReader
 from provenance.formats.rows import RowReader
 
 
@@ -125,10 +126,17 @@ class GridCheck:
     def add_torch(self, lossy_raw: np.ndarray | None, other: torch.Tensor) -> None:
         """The cell test in torch ops on the stored grid (any device, every type with a grid)."""
         cells = self._cells(lossy_raw)
-        if cells is None:
+        if cells is not None:
+            self.add_cells(other, *cells)
+
+    def add_cells(self, other: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, step: torch.Tensor) -> None:
+        """The cell test on explicit per-weight cells ``[lo, hi]`` and steps: a stored grid's
+        (:meth:`add_torch`) or a packed layout's (GPTQ, AWQ, NF4, MLX ...:
+        :meth:`provenance.formats.packed_read.PackedRowReader.cells`), whose end cells are
+        open (an infinite step: no tolerance, no rounding noise)."""
+        if self.error:
             return
-        lo, hi, step = cells
-        tol = GRID_TOLERANCE_STEPS * step
+        tol = GRID_TOLERANCE_STEPS * torch.nan_to_num(step, posinf=0.0)
         out = (other < lo - tol) | (other > hi + tol)
         # llama.cpp quantizes f16-rounded values when converting from f16; a weight whose
         # f16 rounding lands in the cell is inside too (shared/data/README: this explains
@@ -137,7 +145,8 @@ class GridCheck:
         out &= (other16 < lo - tol) | (other16 > hi + tol)
         self.outside += int(out.sum())
         self.total += other.numel()
-        self.noise_energy += float((step.double() ** 2).sum() / 12.0)
+        finite = torch.isfinite(step)
+        self.noise_energy += float((step.double()[finite] ** 2).sum() / 12.0)
 
     @staticmethod
     def _sample(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, tol: torch.Tensor | float,
@@ -165,9 +174,12 @@ class GridCheck:
         if self.error:
             return {"lossy_side": self.lossy, "type": self.info.dtype, "error": self.error}
         frac = self.outside / self.total if self.total else None
-        return {"lossy_side": self.lossy, "type": self.info.dtype, "outside": self.outside,
-                "checked": self.total, "outside_fraction": frac,
-                "predicted_noise_energy": self.noise_energy or None}
+        out = {"lossy_side": self.lossy, "type": self.info.dtype, "outside": self.outside,
+               "checked": self.total, "outside_fraction": frac,
+               "predicted_noise_energy": self.noise_energy or None}
+        if self.info.packing is not None:
+            out["rounds_to_nearest"] = self.info.packing.rounds_to_nearest
+        return out
 
 
 def _lossy_side(cand: TensorInfo, ref: TensorInfo) -> str | None:
@@ -228,6 +240,26 @@ class _RowSample:
         return dense_shape((self.ref + self.delta).numpy(), self.ref.numpy())
 
 
+def _grid_check(c_info: TensorInfo, r_info: TensorInfo) -> GridCheck | None:
+    """The grid check of the lossy side: a packed layout (GPTQ, NF4, MLX ...) against a
+    plain one, else the side with fewer bits per weight; None when neither is lossier."""
+    packed = [side for side, info in (("candidate", c_info), ("reference", r_info)) if info.packed]
+    lossy = packed[0] if len(packed) == 1 else _lossy_side(c_info, r_info) if not packed else None
+    if lossy is None:
+        return None
+    return GridCheck(lossy, c_info if lossy == "candidate" else r_info)
+
+
+def _add_grid_rows(grid: GridCheck, lossy_reader: RowReader, a: int, b: int, lossy_rows: torch.Tensor,
+                   other_rows: torch.Tensor) -> None:
+    """Rows ``[a, b)`` of the lossy side (just read by ``lossy_reader``) into the grid check:
+    a packed layout's cells come from its reader, a ggml type's from its stored blocks."""
+    if isinstance(lossy_reader, PackedRowReader):
+        grid.add_cells(other_rows, *lossy_reader.cells(a, b))
+    else:
+        grid.add(lossy_reader.raw(a, b) if grid.info.quantized else None, lossy_rows, other_rows)
+
+
 def _pair_sketches(pair: TensorPair, sketch: SketchSpec | tuple[np.ndarray, np.ndarray] | None, n_rows: int,
                    row_len: int) -> tuple[TensorSketch, TensorSketch] | None:
     """The reference's and the candidate's sketch of one tensor (None: not asked for / no part)."""
@@ -263,9 +295,11 @@ def stream_pair(
     else:
         cand_reader = candidate.row_reader(pair.name, step)
     sketches = _pair_sketches(pair, sketch, n_rows, row_len)
-    lossy = _lossy_side(c_info, r_info) if grid_check and transform.is_identity and pair.layout == "same" else None
-    grid = GridCheck(lossy, c_info if lossy == "candidate" else r_info) if lossy else None
-    sample = _RowSample(sample_rows, n_rows, row_len, pair.is_matrix, lossy == "candidate")
+    grid = _grid_check(c_info, r_info) if grid_check and transform.is_identity and pair.layout == "same" else None
+    lossy = grid.lossy if grid is not None else None
+    # cell residuals of the sampled rows where the candidate is a ggml-quantized side (a packed
+    # layout's cells come from its reader, checked whole: its change is judged on the plain delta)
+    sample = _RowSample(sample_rows, n_rows, row_len, pair.is_matrix, lossy == "candidate" and not c_info.packed)
     try:
         for a in range(0, n_rows, step):
             b = min(n_rows, a + step)
@@ -286,11 +320,14 @@ def stream_pair(
             local = sample.add(a, b, c_rows, ref_rows)
             if grid is not None:
                 if lossy == "candidate":
-                    raw = cand_reader.raw(a, b) if c_info.quantized and cand_reader else None
-                    sample.keep_residual(grid.add(raw, c_rows, ref_rows, local))
+                    assert cand_reader is not None  # the grid is checked on same-layout pairs only
+                    if isinstance(cand_reader, PackedRowReader):
+                        _add_grid_rows(grid, cand_reader, a, b, c_rows, ref_rows)
+                    else:
+                        raw = cand_reader.raw(a, b) if c_info.quantized else None
+                        sample.keep_residual(grid.add(raw, c_rows, ref_rows, local))
                 else:
-                    raw = ref_reader.raw(a, b) if r_info.quantized else None
-                    grid.add(raw, ref_rows, c_rows)
+                    _add_grid_rows(grid, ref_reader, a, b, ref_rows, c_rows)
     finally:
         ref_reader.close()
         if cand_reader is not None:

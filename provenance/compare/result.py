@@ -136,6 +136,12 @@ class RequantizationDetails:
     """Tensors checked in the candidate's frame after undoing recovered permutations/scales."""
     chain: str | None = None
     """The intermediate type whose rounding of the reference explains the codes (``Q8_0``...), if one was needed."""
+    dequantization_rel_delta: float | None = None
+    """||C - R|| / ||R|| over the changed tensors (the dequantization error)."""
+    noise_ratio_max: float | None = None
+    """The largest per-tensor ratio of that error to the grid's rounding noise."""
+    packed: bool = False
+    """A quantized safetensors layout (GPTQ, AWQ, NF4, MLX ...): named "quantized copy"."""
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"types": list(self.types), "worst_outside_fraction": self.worst_outside_fraction}
@@ -143,6 +149,8 @@ class RequantizationDetails:
                                "chain": self.chain}))
         if self.aligned_tensors:
             out["aligned_tensors"] = self.aligned_tensors
+        if self.noise_ratio_max is not None:
+            out["dequantization_error"] = {"rel_delta": self.dequantization_rel_delta, "noise_ratio_max": self.noise_ratio_max}
         return out
 
 
@@ -560,7 +568,7 @@ TABLE_COLUMNS = [
     "name", "layer", "role", "kind", "shape", "candidate_dtype", "reference_dtype", "layout", "aligned",
     "pearson", "one_minus_pearson", "cosine", "one_minus_cos", "rel_delta_norm", "max_abs_delta",
     "norm_candidate", "norm_reference", "rank_energy", "stable_rank", "entropy_rank", "full_rank",
-    "grid_type", "grid_lossy_side", "grid_outside_fraction",
+    "grid_type", "grid_lossy_side", "grid_outside_fraction", "grid_noise_ratio", "grid_rounds_to_nearest",
 ]
 
 
@@ -603,6 +611,12 @@ class TensorComparison:
     transform: TransformSummary | None = None
     shape_of_change: DifferenceShape | None = None
     """How the change looks on sampled rows (changed matrices only)."""
+    grid_noise_ratio: float | None = None
+    """The delta's energy over the grid's own rounding noise (step^2/12 per weight): ~1 for a
+    quantized copy of the other side, far above for a changed source."""
+    grid_rounds_to_nearest: bool | None = None
+    """For a packed layout (GPTQ, AWQ, NF4, MLX ...): does its writer round to nearest?
+    (GPTQ/AWQ move codes on purpose, so their grid check is reported, not decisive.)"""
 
     @property
     def is_matrix(self) -> bool:

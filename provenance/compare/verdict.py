@@ -117,9 +117,15 @@ def _requantized(changed: list[TensorComparison]) -> RequantizationDetails | Non
     checked = sum(r.grid_checked or 0 for r in gridded)
     outside = sum(r.grid_outside or 0 for r in gridded)
     chains = {r.grid_chain for r in gridded if r.grid_chain}
+    # the dequantization error against the grid's own rounding noise (what decides GPTQ/AWQ,
+    # whose writers move codes on purpose)
+    ratios = [r.grid_noise_ratio for r in gridded if r.grid_noise_ratio is not None]
     return RequantizationDetails(types, worst, codes_checked=checked or None, codes_outside=outside if checked else None,
                                  aligned_tensors=sum(r.grid_frame == "candidate" for r in gridded),
-                                 chain=", ".join(sorted(chains)) if chains else None)
+                                 chain=", ".join(sorted(chains)) if chains else None,
+                                 dequantization_rel_delta=_overall_rel_delta(gridded) if ratios else None,
+                                 noise_ratio_max=max(ratios) if ratios else None,
+                                 packed=any(r.grid_rounds_to_nearest is not None for r in gridded))
 
 
 def _obfuscated_copy(rows: list[TensorComparison], evidence: list[str]) -> tuple[VerdictKind, CopyDetails] | None:
@@ -161,7 +167,8 @@ def _requantized_words(details: RequantizationDetails, how: str, alignment: Alig
         return f"{stored} ({types}) of a {details.chain} of the reference{how}{exact}"
     if details.aligned_tensors:
         return f"quantized copy ({types}) of the reference after {', '.join(alignment_words(alignment, verbs=True))}{exact}"
-    return f"same weights requantized/converted ({types}){how}{exact}"
+    what = "quantized copy" if details.packed else "same weights requantized/converted"
+    return f"{what} ({types}){how}{exact}"
 
 
 #: what each recovered move is called, as a noun phrase and as a verb (``after permuting ...``)
@@ -264,7 +271,7 @@ def _rotated(test: PermutationTestResult, structure: StructureEvidence, evidence
                           details=RotatedDetails(delta, _strength(delta), copy, rot))
 
 
-def _decide(
+def _decide(  # noqa: C901 (one decision list, each step a rule of docs/lineage.md)
     test: PermutationTestResult | None, rows: list[TensorComparison], arch_c: ArchRecord, arch_r: ArchRecord,
     layout: LayoutDecision, alignment: AlignmentSummary | None, reason: str | None, structure: StructureEvidence,
 ) -> LineageVerdict:
@@ -315,6 +322,9 @@ def _decide(
         evidence.append(f"every changed tensor ({len(changed)}) is inside the quantization grid of its lower-precision "
                         f"side ({', '.join(requantized.types)}); worst fraction outside "
                         f"{requantized.worst_outside_fraction:.2g}" + _grid_frame(requantized))
+        if requantized.noise_ratio_max is not None:
+            evidence.append(f"dequantization error {requantized.dequantization_rel_delta:.3g} (relative), at most "
+                            f"{requantized.noise_ratio_max:.2g}x the grid's rounding noise")
         return verdict("requantized", True, _requantized_words(requantized, how, alignment), details=requantized)
     if (copy := _obfuscated_copy(rows, evidence)) is not None:
         kind, copy_details = copy

@@ -27,12 +27,13 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import numpy as np
 
-from provenance.errors import MalformedCheckpoint, TensorNotFound, from_os_error
+from provenance.errors import MalformedCheckpoint, TensorNotFound, UnsupportedCheckpoint, from_os_error
 from provenance.formats.files import open_regular
 
 if TYPE_CHECKING:  # torch is imported only by the readers that decode (inspect never does)
     from provenance.formats.locators import ModelLocation
     from provenance.formats.model_card import ModelCard
+    from provenance.formats.packed import PackedTensor
     from provenance.formats.rows import RowBuffer, RowReader
 
 #: Default size of one streamed chunk of raw tensor bytes.
@@ -73,6 +74,11 @@ class TensorInfo:
     qk_heads: int | None = None
     """When set, rows are stored in HF rotate-half order and are permuted on read with
     this many heads so the result matches llama.cpp's layout."""
+    packing: PackedTensor | None = None
+    """For a quantized weight stored as several tensors (GPTQ, AWQ, compressed-tensors,
+    bitsandbytes, MLX): its layout and validated parts. ``dtype`` is then the layout's label
+    (``GPTQ-4b-g128``), ``file``/``offset`` those of its first part, ``n_bytes`` the parts'
+    total; its rows are decoded by :class:`provenance.formats.packed_read.PackedRowReader`."""
 
     @property
     def n_elements(self) -> int:
@@ -92,7 +98,21 @@ class TensorInfo:
 
     @property
     def quantized(self) -> bool:
+        """Stored in ggml-style blocks, ``block_bytes`` per ``block_size`` weights (a packed
+        layout is not: see :attr:`packed`)."""
         return self.block_size > 1
+
+    @property
+    def packed(self) -> bool:
+        """A quantized weight made of several stored tensors (see :attr:`packing`)."""
+        return self.packing is not None
+
+    @property
+    def spans(self) -> tuple[tuple[str, int, int], ...]:
+        """``(file, offset, n_bytes)`` of every stored byte range of the tensor, in order."""
+        if self.packing is None:
+            return ((self.file, self.offset, self.n_bytes),)
+        return tuple((p.file, p.offset, p.n_bytes) for p in self.packing.parts.values())
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -106,6 +126,7 @@ class TensorInfo:
             "layer": self.layer,
             "role": self.role,
             "qk_permuted_on_read": self.qk_heads is not None,
+            **({"parts": [p.name for p in self.packing.parts.values()]} if self.packing is not None else {}),
         }
 
 
@@ -234,19 +255,26 @@ class Checkpoint(ABC):
         Rows are in *storage* order (no Q/K permutation): these are the bytes whose
         quantization grid the quant module inspects.
         """
-        info = self.info(name)
+        info = self._byte_rows(name)
         start, stop = clip_rows(info, start, stop)
         data = self._pread(info.file, (stop - start) * info.row_bytes, info.offset + start * info.row_bytes)
         return np.frombuffer(data, dtype=np.uint8).reshape(stop - start, info.row_bytes)
 
-    def iter_raw(self, name: str, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[bytearray]:
-        """The tensor's stored bytes in order, in chunks of at most ``chunk_bytes``."""
+    def _byte_rows(self, name: str) -> TensorInfo:
+        """``info(name)`` of a tensor whose rows are byte ranges of one stored array."""
         info = self.info(name)
-        done = 0
-        while done < info.n_bytes:
-            n = min(chunk_bytes, info.n_bytes - done)
-            yield self._pread(info.file, n, info.offset + done)
-            done += n
+        if info.packing is not None:
+            raise UnsupportedCheckpoint(info.file, f"{name} is a {info.dtype} weight made of {len(info.packing.parts)} "
+                                        "stored tensors: it has no stored rows (its decoded rows and parts' bytes can be "
+                                        "read)", field=info.stored_name)
+        return info
+
+    def iter_raw(self, name: str, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[bytearray]:
+        """The tensor's stored bytes in order (each part of a packed weight in turn), in
+        chunks of at most ``chunk_bytes``."""
+        for file, offset, n_bytes in self.info(name).spans:
+            for done in range(0, n_bytes, chunk_bytes):
+                yield self._pread(file, min(chunk_bytes, n_bytes - done), offset + done)
 
     def tensor_sha256(self, name: str, progress: Callable[[int], None] | None = None) -> str:
         """SHA-256 of the tensor's raw stored bytes; ``progress`` gets each chunk's size."""
@@ -270,7 +298,13 @@ class Checkpoint(ABC):
 
     def row_reader(self, name: str, max_rows: int | None = None) -> RowReader:
         """A :class:`provenance.formats.rows.RowReader` over one tensor: canonical float32 rows
-        decoded into reused buffers (or the caller's), for streamed passes."""
+        decoded into reused buffers (or the caller's), for streamed passes. A packed weight
+        gets a :class:`provenance.formats.packed_read.PackedRowReader` (the same interface,
+        plus its grid cells)."""
+        if self.info(name).packing is not None:
+            from provenance.formats.packed_read import PackedRowReader
+
+            return PackedRowReader(self, name, max_rows)
         from provenance.formats.rows import RowReader
 
         return RowReader(self, name, max_rows)
@@ -299,10 +333,12 @@ class Checkpoint(ABC):
         """``n_blocks`` quantization blocks (elements, for plain types) from ``first_block[i]``
         of canonical row ``rows[i]``, decoded: float32 ``(len(rows), n_blocks * block_size)``.
         One small read per row (the cheapest way to sample a huge tensor); ``observe`` is
-        told each read."""
+        told each read (a packed weight's rows are decoded whole, and their parts' reads told)."""
         info = self.info(name)
         rows = np.asarray(rows, dtype=np.int64)
         first_block = np.asarray(first_block, dtype=np.int64)
+        if info.packing is not None:
+            return self._packed_blocks(info, rows, first_block, n_blocks, observe)
         stored = rows if info.qk_heads is None else _qk_order(info)[rows]
         n_bytes = n_blocks * info.block_bytes
         raw = np.empty((len(rows), n_bytes), np.uint8)
@@ -315,6 +351,21 @@ class Checkpoint(ABC):
             if observe is not None:
                 observe(info.file, offset, n_bytes)
         return self._decode_rows(replace(info, shape=(n_blocks * info.block_size,)), raw)
+
+    def _packed_blocks(self, info: TensorInfo, rows: np.ndarray, first_block: np.ndarray, n_blocks: int,
+                       observe: ReadObserver | None) -> np.ndarray:
+        # A packed weight has no per-element byte address (GPTQ packs along the input, its
+        # zeros along the output): the rows asked for are decoded whole, in row order.
+        from provenance.formats.packed_read import PackedRowReader
+
+        if ((first_block < 0) | (first_block + n_blocks > info.row_length)).any():
+            raise IndexError(f"elements beyond the rows of {info.name}")
+        out = np.empty((len(rows), n_blocks), np.float32)
+        with PackedRowReader(self, info.name, 1, observe=observe) as reader:
+            for i in np.argsort(rows, kind="stable").tolist():
+                row, first = int(rows[i]), int(first_block[i])
+                out[i] = reader.read(row, row + 1)[0, first:first + n_blocks].numpy()
+        return out
 
     def read_elements(self, name: str, flat_index: np.ndarray, observe: ReadObserver | None = None) -> np.ndarray:
         """Values at flat indices of the canonical element order, float32; each distinct

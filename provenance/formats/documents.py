@@ -35,12 +35,27 @@ _NAMES = OneOf((_NAME, ListOf(_NAME, 256)))
 _EPS = Num(0.0, 1.0)
 _THETA = Num(0.0, 1e30)
 
+_GROUP_SIZE = Int(-1, MAX_WIDTH)
+
+CT_WEIGHTS = Obj({
+    # compressed-tensors' ``config_groups.<name>.weights``: the scheme a group of modules was quantized with
+    "type": optional(_SHORT),
+    "num_bits": optional(Int(1, 64)),
+    "group_size": optional(_GROUP_SIZE),
+    "strategy": optional(_SHORT),
+})
+
 QUANTIZATION_CONFIG = Obj({
     # HF ``quantization_config`` (GPTQ, AWQ, compressed-tensors, bitsandbytes) and MLX ``quantization``:
-    # the fields that size or select a codec; layout-specific nests are checked by their reader.
+    # the fields that size or select a codec (provenance.formats.packed); the shapes of the
+    # tensors they describe are checked by that reader.
     "quant_method": optional(_SHORT),
     "bits": optional(Int(1, 64)),
-    "group_size": optional(Int(-1, MAX_WIDTH)),
+    "group_size": optional(_GROUP_SIZE),
+    "w_bit": optional(Int(1, 64)),  # AutoAWQ's own names for bits and group_size
+    "q_group_size": optional(_GROUP_SIZE),
+    "mode": optional(_SHORT),  # MLX: affine, mxfp4 ...
+    "config_groups": optional(MapOf(optional(Obj({"weights": optional(CT_WEIGHTS)})), 4096, key=_SHORT)),
     "desc_act": optional(BOOL),
     "sym": optional(BOOL),
     "zero_point": optional(BOOL),
@@ -97,6 +112,20 @@ ADAPTER_CONFIG = Obj({
     "bias": optional(_SHORT),
 })
 """PEFT's ``adapter_config.json`` (an adapter folder: ``adapter_model.safetensors`` beside it)."""
+
+BNB_BLOCK = Int(1, 4096)
+_BNB_ROWS = Int(1, (1 << 31) - 1)
+
+BNB_QUANT_STATE = Obj({
+    "quant_type": Str(16, frozenset({"nf4", "fp4"})),
+    "blocksize": BNB_BLOCK,
+    "shape": Pair(_BNB_ROWS, _BNB_ROWS),
+    "dtype": Str(16, frozenset({"float32", "float16", "bfloat16"})),
+    "nested_blocksize": BNB_BLOCK,
+    "nested_offset": Num(),
+}, required=frozenset({"quant_type", "blocksize", "shape", "dtype"}))
+"""A bitsandbytes 4-bit weight's ``quant_state`` (JSON stored in a U8 tensor beside the weight:
+its shape, block size and type; the nested fields when its absmax is double-quantized)."""
 
 SAFETENSORS_ENTRY = Obj({
     "dtype": Str(64),

@@ -35,7 +35,10 @@ _IOV_MAX = 1024
 def check_decodable(info: TensorInfo) -> None:
     """Refuse, as an input problem naming the tensor, a storage type whose values no codec
     here decodes (fp6, a ggml intermediate type such as Q8_K): its bytes can still be read
-    raw and hashed, but asking for float rows is :class:`UnsupportedCheckpoint`, not a crash."""
+    raw and hashed, but asking for float rows is :class:`UnsupportedCheckpoint`, not a crash.
+    A packed weight (GPTQ, NF4, MLX ...) was validated when opened; its layout's codec decodes it."""
+    if info.packing is not None:
+        return
     if info.ggml_type is not None and info.block_size > 1:
         from provenance.codecs.registry import coverage
 

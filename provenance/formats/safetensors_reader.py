@@ -20,6 +20,7 @@ from provenance.formats.base import Checkpoint, FileSpan, TensorInfo
 from provenance.formats.documents import ADAPTER_CONFIG, HF_CONFIG, SAFETENSORS_HEADER, SAFETENSORS_INDEX
 from provenance.formats.dtypes import STORAGE_TYPES, element_bytes
 from provenance.formats.files import member, member_if_present, open_input, read_exactly
+from provenance.formats.packed import PackedTensor, find_packed
 from provenance.formats.schema import parse_document, read_document
 from provenance.names.arch import ArchRecord, from_hf_config
 from provenance.names.canonical import hf_to_canonical, layer_and_role
@@ -146,7 +147,7 @@ class SafetensorsCheckpoint(Checkpoint):
         if arch.n_layer is not None and arch.n_layer > n_tensors:
             raise MalformedCheckpoint(self.path, f"config.json claims {arch.n_layer} layers but the weights hold "
                                       f"{n_tensors} tensors", field="config.json: num_hidden_layers")
-        stored: set[str] = set()
+        entries: dict[str, tuple[str, dict[str, Any]]] = {}
         for shard, tensors in headers:
             for stored_name, spec in tensors.items():
                 if weight_map is not None:
@@ -159,10 +160,10 @@ class SafetensorsCheckpoint(Checkpoint):
                         raise MalformedCheckpoint(
                             shard, f"tensor {stored_name!r} is listed in shard {listed!r}", field="weight_map"
                         )
-                self._add(shard, stored_name, spec)
-                stored.add(stored_name)
+                entries[stored_name] = (shard, spec)
+        self._add_all(entries, shard_paths[0])
         if weight_map is not None:
-            missing = [n for n in weight_map if n not in stored]
+            missing = [n for n in weight_map if n not in entries]
             if missing:
                 raise MalformedCheckpoint(
                     str(path),
@@ -171,7 +172,22 @@ class SafetensorsCheckpoint(Checkpoint):
                 )
         self.metadata = {"__metadata__": self.file_metadata.get(shard_paths[0], {}), "config": self.config}
 
-    def _add(self, shard: str, stored_name: str, spec: Mapping[str, Any]) -> None:
+    def _add_all(self, entries: dict[str, tuple[str, dict[str, Any]]], first_shard: str) -> None:
+        """Add every stored tensor; the parts of each quantized weight become one logical
+        tensor with its true shape (:mod:`provenance.formats.packed`)."""
+        config_path = os.path.join(os.path.dirname(os.path.abspath(first_shard)), "config.json")
+        packed = find_packed(self, entries, self.config, config_path, self.file_metadata.get(first_shard, {}))
+        consumed = {part.name for t in packed.values() for part in t.parts.values()}
+        for stored_name, (shard, spec) in entries.items():
+            if stored_name not in consumed:
+                self._add(shard, stored_name, spec)
+        for module, tensor in packed.items():
+            first = next(iter(tensor.parts.values()))
+            spec = {"dtype": tensor.dtype_label, "shape": list(tensor.shape), "begin": first.offset,
+                    "end": first.offset + tensor.n_bytes}
+            self._add(first.file, f"{module}.weight", spec, packing=tensor)
+
+    def _add(self, shard: str, stored_name: str, spec: Mapping[str, Any], packing: PackedTensor | None = None) -> None:
         arch = self._arch
         canonical = hf_to_canonical(stored_name, arch.arch, arch.n_layer) or stored_name
         if canonical in self.tensors:
@@ -193,7 +209,8 @@ class SafetensorsCheckpoint(Checkpoint):
                     shard, f"{stored_name!r} rows {shape[0]} do not split into {qk_heads} heads", field=stored_name
                 )
         row_length = shape[-1] if shape else 1
-        block_size, block_bytes = STORAGE_TYPES[dtype].block
+        # a packed weight has no byte rows: it is read through its parts (TensorInfo.packing)
+        block_size, block_bytes = (1, 4) if packing is not None else STORAGE_TYPES[dtype].block
         if row_length % block_size:
             raise UnsupportedCheckpoint(
                 shard, f"{dtype} rows of {row_length} elements are not whole bytes", field=stored_name
@@ -211,6 +228,7 @@ class SafetensorsCheckpoint(Checkpoint):
             layer=layer,
             role=role,
             qk_heads=qk_heads,
+            packing=packing,
         )
 
     @property

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from provenance.quant import QuantCheckResult
 
 SUMMARY = {
-    "exact": "{cand} is an exact llama.cpp quantization of {ref}: every stored code is the nearest grid point "
+    "exact": "{cand} is an exact quantization of {ref}: every stored code is the nearest grid point "
              "of the reference weights ({n:,} weights, 0 unexplained mismatches; the quantizer saw {precision} values)",
     "perturbed": "{cand} was quantized from a slightly different version of {ref}: {bad:,} of {n:,} weights "
                  "round to another code than the reference would (estimated perturbation {amp:.2g} of the weight RMS)",
@@ -27,7 +27,7 @@ TABLE_COLUMNS = ("name", "qtype", "status", "n_checked", "n_unexplained", "n_up"
 
 def _is_quantized(path: str) -> bool:
     with open_checkpoint(path) as checkpoint:
-        return any(info.quantized for info in checkpoint.tensors.values())
+        return any(info.quantized or info.packed for info in checkpoint.tensors.values())
 
 
 def mismatch_figure(result: QuantCheckResult, title: str) -> Figure | None:

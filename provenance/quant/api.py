@@ -17,11 +17,13 @@ from provenance.codecs.types import plain_type
 from provenance.errors import input_boundary
 from provenance.formats import open_checkpoint
 from provenance.formats.base import Checkpoint, TensorInfo
+from provenance.formats.packed_read import PackedRowReader
 from provenance.formats.pairing import TensorPair, Unpaired, pair_tensors
 from provenance.progress import Meter, ProgressCallback
 from provenance.quant.error import ErrorStats, error_stats
 from provenance.quant.gridcheck import PRECISIONS, CheckCounts, check_block_rows
 from provenance.quant.options import QuantCheckOptions
+from provenance.quant.packedcheck import check_packed_rows, rows_per_check, writer_recipe
 from provenance.quant.rescale import ReferenceFrame, reference_in_frame
 from provenance.quant.result import (
     ErrorSummary,
@@ -68,19 +70,44 @@ def _check_tensor(
     counts, errors = CheckCounts(), ErrorStats()
     stop_all = info.n_rows if max_rows is None else min(info.n_rows, max_rows)
     step = _rows_per_chunk(info)
-    ref_bytes = ref.info(name).row_bytes
+    if info.packing is not None:  # chunks and a sample end on whole writer blocks
+        step = rows_per_check(info.packing, step)
+        if stop_all < info.n_rows:
+            stop_all = min(info.n_rows, rows_per_check(info.packing, stop_all))
+    recipe = writer_recipe(info.packing) if info.packing is not None else None
+    ref_info = ref.info(name)
     # in the candidate's frame the reference is mapped whole (permutations gather any row)
     whole = torch.from_numpy(_in_frame(cand, ref, name, frame)) if frame is not None else None
     with ref.row_reader(name, step) as reference, cand.row_reader(name, step) as stored:
         for start in range(0, stop_all, step):
             stop = min(stop_all, start + step)
-            rows = whole[start:stop] if whole is not None else reference.read(start, stop)
-            c, e = check_block_rows(rows, stored.raw(start, stop), info.ggml_type, precision, threads)
+            x = whole[start:stop] if whole is not None else reference.read(start, stop)
+            # a packed layout's codes and grid come through its row reader, a ggml type's from its blocks
+            if isinstance(stored, PackedRowReader):
+                c, e = check_packed_rows(x, stored.grid(start, stop), precision, recipe)
+            else:
+                c, e = check_block_rows(x, stored.raw(start, stop), info.ggml_type, precision, threads)
             counts.add(c)
             errors.add(e)
             if meter is not None:
-                meter.advance((stop - start) * (info.row_bytes + ref_bytes), name)
+                meter.advance(_stored_bytes(info, start, stop) + _stored_bytes(ref_info, start, stop), name)
     return counts, errors
+
+
+def _stored_bytes(info: TensorInfo, start: int, stop: int) -> int:
+    """Stored bytes of rows ``[start, stop)``, for progress (a packed weight's parts are not
+    laid out in rows: its bytes are shared out evenly, summing to ``n_bytes``)."""
+    return info.n_bytes * stop // info.n_rows - info.n_bytes * start // info.n_rows
+
+
+def grid_checkable(info: TensorInfo) -> bool:
+    """Whether the stored codes of ``info`` are predictable from an exact reference: a ggml
+    type with llama.cpp's rounding recipe, or a packed layout whose writer rounds to nearest
+    (bitsandbytes, MLX, compressed-tensors int8/fp8; not GPTQ/AWQ, see
+    :mod:`provenance.quant.packedcheck`)."""
+    if info.packing is not None:
+        return info.packing.rounds_to_nearest
+    return info.block_size > 1 and info.ggml_type is not None and supported(info.ggml_type)
 
 
 def detect_precision(cand: Checkpoint, ref: Checkpoint, names: list[str], threads: int = 1,
@@ -111,12 +138,13 @@ def _verdict(counts: CheckCounts, errors: ErrorStats) -> TensorStatus:
 def _plain(cand: Checkpoint, ref: Checkpoint, name: str, info: TensorInfo,
            meter: Meter) -> tuple[TensorStatus, ErrorSummary]:
     """A plain tensor: identical to the reference (or to its rounding to the candidate's
-    float type), streamed in row chunks with its error."""
+    float type), streamed in row chunks with its error (also the error of a packed weight
+    whose codes cannot be predicted: GPTQ, AWQ)."""
     plain = plain_type(info.dtype)
     narrow = plain.torch_dtype() if plain is not None and plain.narrow_float else None
     errors, same_rounded, same_exact = ErrorStats(), True, True
     step = _rows_per_chunk(info)
-    ref_bytes = ref.info(name).row_bytes
+    ref_info = ref.info(name)
     with cand.row_reader(name, step) as ours, ref.row_reader(name, step) as theirs:
         for start in range(0, info.n_rows, step):
             stop = min(info.n_rows, start + step)
@@ -124,7 +152,7 @@ def _plain(cand: Checkpoint, ref: Checkpoint, name: str, info: TensorInfo,
             same_exact = same_exact and bool(torch.equal(a, b))
             same_rounded = same_rounded and bool(torch.equal(a, b.to(narrow).to(torch.float32) if narrow else b))
             errors.add(error_stats(a, b))
-            meter.advance((stop - start) * (info.row_bytes + ref_bytes), name)
+            meter.advance(_stored_bytes(info, start, stop) + _stored_bytes(ref_info, start, stop), name)
     return ("identical" if same_rounded or same_exact else "differs"), ErrorSummary.of(errors)
 
 
@@ -173,10 +201,13 @@ def _check(cand: Checkpoint, ref: Checkpoint, name: str, info: TensorInfo, fate:
         per_layer.setdefault(str(info.layer), ErrorStats()).add(errors)
         return TensorCheck(**base, status=_verdict(counts, errors), grid=grid, error=error,
                            amplitude_rel=counts.amplitude / error.ref_rms if error.ref_rms else float("nan"),
-                           tolerance_explained=tolerant(info.ggml_type), realigned=frame is not None)
+                           tolerance_explained=tolerant(info.ggml_type) if info.ggml_type is not None else False,
+                           realigned=frame is not None)
     if info.block_size > 1:
         return TensorCheck(**base, status="unchecked-type")
     status, error = _plain(cand, ref, name, info, meter)
+    if info.packing is not None:  # GPTQ/AWQ: no predictable codes, but their dequantization error
+        return TensorCheck(**base, status="unchecked-type", error=error)
     return TensorCheck(**base, status=status, error=error)
 
 
@@ -188,14 +219,7 @@ def _quantcheck(candidate_path: str | os.PathLike[str], reference_path: str | os
     with open_checkpoint(candidate_path) as cand, open_checkpoint(reference_path) as ref:
         # every candidate tensor gets a row, in the candidate's order: checked, or why not
         fate = pair_tensors(cand, ref).by_name()
-        checkable = {
-            name
-            for name, info in cand.tensors.items()
-            if isinstance(fate[name], TensorPair)
-            and info.block_size > 1
-            and info.ggml_type is not None
-            and supported(info.ggml_type)
-        }
+        checkable = {name for name, info in cand.tensors.items() if isinstance(fate[name], TensorPair) and grid_checkable(info)}
         if precision == "auto":
             ordered = [name for name in cand.tensors if name in checkable]
             precision, evidence = detect_precision(cand, ref, ordered, threads, frames) if ordered else ("f32", {})

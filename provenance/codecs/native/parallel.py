@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from functools import cache
+from functools import cache, partial
 from itertools import pairwise
 from typing import Any
 
@@ -35,16 +35,35 @@ def _pool(pid: int, workers: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="provenance-dequant")
 
 
+def _bounds(n: int, weights: int, threads: int) -> list[int]:
+    """Split points of ``n`` equal items holding ``weights`` weights in all into at most
+    ``threads`` contiguous parts, none under ``MIN_WEIGHTS_PER_THREAD`` weights."""
+    parts = max(1, min(threads, n, weights // MIN_WEIGHTS_PER_THREAD))
+    return [n * k // parts for k in range(parts + 1)]
+
+
+def _run(calls: list[Callable[[], None]]) -> None:
+    """Run ``calls``: one alone on this thread; several all on the pool at once, this
+    thread only waiting (so Ctrl-C is seen at once, see above)."""
+    if len(calls) == 1:
+        calls[0]()
+        return
+    _wait(_pool(os.getpid(), len(calls)).submit(call) for call in calls)
+
+
 def run_split(fn: Callable[..., None], blocks: np.ndarray, out: np.ndarray,
               tables: tuple[np.ndarray, ...], threads: int) -> None:
     """``fn(blocks, out, *tables)`` over ``threads`` contiguous parts of the blocks."""
-    n = blocks.shape[0]
-    parts = max(1, min(threads, n, out.size // MIN_WEIGHTS_PER_THREAD))
-    if parts == 1:
-        fn(blocks, out, *tables)
-        return
-    bounds = [n * k // parts for k in range(parts + 1)]
-    _wait(_pool(os.getpid(), parts).submit(fn, blocks[a:b], out[a:b], *tables) for a, b in pairwise(bounds))
+    bounds = _bounds(blocks.shape[0], out.size, threads)
+    _run([partial(fn, blocks[a:b], out[a:b], *tables) for a, b in pairwise(bounds)])
+
+
+def run_rows(fn: Callable[..., None], args: tuple[object, ...], out: np.ndarray, threads: int) -> None:
+    """``fn(*args, out, r0, r1)`` over ``threads`` contiguous row ranges of ``out``: for the
+    kernels whose inputs are not split row by row like their output (GPTQ packs along the
+    input dimension, AWQ along the output)."""
+    bounds = _bounds(out.shape[0], out.size, threads)
+    _run([partial(fn, *args, out, a, b) for a, b in pairwise(bounds)])
 
 
 def _wait(futures: Iterable[Future[None]]) -> None:
@@ -58,13 +77,11 @@ def map_split(fn: Callable[..., None], sliced: tuple[np.ndarray, ...], make_outp
     first axis of every array in ``sliced`` (``weights`` in all), each part with its own
     fresh ``make_outputs()`` (accumulators); returns the parts' outputs in order, for the
     caller to combine in that fixed order."""
-    n = sliced[0].shape[0]
-    parts = max(1, min(threads, n, weights // MIN_WEIGHTS_PER_THREAD))
-    bounds = [n * k // parts for k in range(parts + 1)]
-    outputs = [make_outputs() for _ in range(parts)]
-    if parts == 1:
+    bounds = _bounds(sliced[0].shape[0], weights, threads)
+    outputs = [make_outputs() for _ in range(len(bounds) - 1)]
+    if len(outputs) == 1:
         fn(*sliced, *outputs[0], *shared)
         return outputs
-    _wait(_pool(os.getpid(), parts).submit(fn, *(a[lo:hi] for a in sliced), *outputs[k], *shared)
+    _wait(_pool(os.getpid(), len(outputs)).submit(fn, *(a[lo:hi] for a in sliced), *outputs[k], *shared)
           for k, (lo, hi) in enumerate(pairwise(bounds)))
     return outputs
