@@ -57,6 +57,8 @@ def warm_up() -> None:
     import torch
 
     import provenance.compare
+    import provenance.formats.hf_cache  # the locators import it on first use
+    import provenance.formats.packed_read  # torch and the packed codecs, on first packed tensor
     import provenance.refdb
     import provenance.watermark  # noqa: F401
 
