@@ -34,6 +34,9 @@ from provenance.scan.units import ModelUnit
 from provenance.textsafe import safe_text
 
 TOP_CANDIDATES = 5
+OUT_OF_MEMORY_SIGNS = ("MemoryError", "can't allocate memory", "failed to map segment from shared object")
+"""How a refused allocation reads: numpy raises MemoryError, torch's allocator a RuntimeError
+saying so, the dynamic loader an ImportError (a module :func:`warm_up` did not load)."""
 TEXT_CAP = 300
 
 
@@ -48,20 +51,36 @@ class ScanTask:
     """With ``--hashes``: the digest of the finished row for this path, if any."""
 
 
+WARM_UP_SKIPS = ("provenance.cli", "provenance.clidocs", "provenance.commands", "provenance.fuzz", "provenance.synth",
+                 "provenance.demo", "provenance.casestudy", "provenance.scan.ray_executor", "provenance.__main__")
+"""Modules a worker never runs: the CLI shell, authoring of demo and test models (they import
+transformers), fuzz harnesses and the Ray driver side."""
+
+
 def warm_up() -> None:
-    """In a new worker, before any memory limit applies: import every analysis and the native
-    libraries under them (OpenBLAS, through scipy, allocates its buffers at import and hangs
-    rather than fails when a limit refuses them), and use one torch thread: one worker runs per
+    """In a new worker, before any memory limit applies: import every module an analysis can
+    reach and the native libraries under them. Under the limit, a first import can fail as a
+    bare ``ImportError`` (the loader cannot map a shared object) or hang (OpenBLAS, through
+    scipy, allocates its buffers at import and waits rather than fails when refused), so
+    nothing may be imported for the first time while a model is scanned. The provenance
+    packages load their members lazily, so they are walked rather than listed: a list went
+    stale each time an analysis gained an import. Use one torch thread: one worker runs per
     core (why more threads hurt on busy cores: :mod:`provenance.threads`)."""
+    import importlib
+    import pkgutil
+
+    import gguf.quants  # noqa: F401  (the reference kernels some codecs hand over to)
+    import huggingface_hub.file_download  # what the hf: locators resolve with
+    import huggingface_hub.utils  # noqa: F401
     import scipy.stats  # noqa: F401
     import torch
 
-    import provenance.compare
-    import provenance.formats.hf_cache  # the locators import it on first use
-    import provenance.formats.packed_read  # torch and the packed codecs, on first packed tensor
-    import provenance.refdb
-    import provenance.watermark  # noqa: F401
+    import provenance
+    import provenance.data  # a folder of data files, which the walk does not list
 
+    for module in pkgutil.walk_packages(provenance.__path__, "provenance."):
+        if not module.name.startswith(WARM_UP_SKIPS):
+            importlib.import_module(module.name)
     torch.set_num_threads(1)
 
 
@@ -126,8 +145,8 @@ def _outcome(findings: list[Finding]) -> dict[str, Any]:
     kind = None
     if error is not None:
         kind = str(error.evidence.get("kind", "internal"))
-        if error.id == "internal.error" and ("MemoryError" in error.summary or "can't allocate memory" in error.summary):
-            kind = "out-of-memory"  # numpy raises MemoryError, torch's allocator a RuntimeError saying so
+        if error.id == "internal.error" and any(sign in error.summary for sign in OUT_OF_MEMORY_SIGNS):
+            kind = "out-of-memory"
     return {"status": status, "findings": ";".join(f.id for f in findings), "error_kind": kind,
             "error": error.summary if error is not None else None}
 
