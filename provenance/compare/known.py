@@ -18,8 +18,8 @@ grid evidence and the shape of what still differs replacing the first ones, and 
 decision list runs again on the same calibrated test, alignment and structure. A candidate
 that is the marked copy, stored or quantized, is then a copy with every code explained; a
 fine-tune stays a fine-tune (its change is dense and structured with the mark removed, and
-its norm gains moved). Tensors the alignment moved, a restructured candidate and PEFT
-adapters are left as judged (a stated limit).
+its norm gains moved). Tensors the alignment moved or stored in a packed layout (GPTQ, AWQ
+...), a restructured candidate and PEFT adapters are left as judged (a stated limit).
 """
 from __future__ import annotations
 
@@ -109,7 +109,7 @@ def judge_with_known_change(cand: Checkpoint, ref: Checkpoint, result: CompareRe
         source = change.sources.get(row.name)
         # changed, or inside the grid but for a few codes (which the change may explain too)
         if source is not None and row.is_matrix and not row.aligned and row.layout == "same" \
-                and (not unchanged(row) or (row.grid_outside or 0) > 0):
+                and not cand.info(row.name).packed and (not unchanged(row) or (row.grid_outside or 0) > 0):
             row = _row_with_change(cand, ref, row, source, result)
             rechecked += 1
         rows.append(row)
