@@ -34,6 +34,7 @@ from provenance.compare.claims import compare_claims
 from provenance.compare.copies import unchanged
 from provenance.compare.engine import GridCheck
 from provenance.compare.gridframe import FrameCheck, SourceMap, candidate_is_coarser, check_in_candidate_frame
+from provenance.compare.gridframe import _with_check as with_check
 from provenance.compare.result import CompareResult, TensorComparison
 from provenance.compare.shape import dense_shape, grid_shape
 from provenance.compare.verdict import decide
@@ -91,10 +92,7 @@ def _row_with_change(cand: Checkpoint, ref: Checkpoint, row: TensorComparison, s
         check = _quantized_check(cand, row.name, changed_ref, sample) if c_info.block_size > 1 else None
         if check is None:
             check = check_in_candidate_frame(cand, ref, row.name, None, source, sample_rows=sample)
-        return replace(row, grid_type=check.qtype, grid_lossy_side="candidate",
-                       grid_outside_fraction=check.outside_fraction, grid_checked=check.checked,
-                       grid_outside=check.outside, grid_frame="reference", grid_error=None,
-                       shape_of_change=check.shape if was_changed else row.shape_of_change)
+        return with_check(row, check if was_changed else replace(check, shape=row.shape_of_change), "reference")
     return replace(row, shape_of_change=dense_shape(cand.read_rows(row.name)[sample].astype(np.float32),
                                                     changed_ref[sample]))
 
@@ -109,7 +107,8 @@ def judge_with_known_change(cand: Checkpoint, ref: Checkpoint, result: CompareRe
         source = change.sources.get(row.name)
         # changed, or inside the grid but for a few codes (which the change may explain too)
         if source is not None and row.is_matrix and not row.aligned and row.layout == "same" \
-                and not cand.info(row.name).packed and (not unchanged(row) or (row.grid_outside or 0) > 0):
+                and not cand.info(row.name).packed \
+                and (not unchanged(row) or (row.grid_lossy_side == "candidate" and (row.grid_outside or 0) > 0)):
             row = _row_with_change(cand, ref, row, source, result)
             rechecked += 1
         rows.append(row)
