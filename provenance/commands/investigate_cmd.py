@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import click
 
-from provenance.commands.common import ExitCode, say, stderr_console
+from provenance.commands.common import ExitCode, say
 from provenance.commands.paths import BASE_HELP, MODEL, download_option
+from provenance.commands.progress import progress_display
 from provenance.commands.refdb_cmd import refdb_option
 from provenance.report import DEFAULT_FORMATS, renderer_names, renderers, write_report
 
@@ -37,9 +38,9 @@ def command(candidate: str, references: tuple[str, ...], base: str | None, merge
     from provenance.investigate import investigate
 
     chosen = [r.name for r in renderers(f.strip() for f in formats.split(",") if f.strip())]  # usage error first
-    report = investigate(candidate, references, key_registry, refdb_dir,
-                         progress=(lambda step: say(f"… {step}")) if stderr_console.is_terminal else None,
-                         base=base, merge_base=merge_base)
+    with progress_display() as progress:
+        report = investigate(candidate, references, key_registry, refdb_dir, progress=progress, base=base,
+                             merge_base=merge_base)
     files = write_report(report, out_dir, chosen)
     say(report.executive_summary)
     for error in report.errors:

@@ -112,6 +112,8 @@ def check_plain(cand: Checkpoint, ref: Checkpoint, name: str, source: SourceMap,
     type (``source``), as stored (equal) or rounded once more to f16/bf16: a dequantized
     requantization, whose values are the intermediate's levels; ``stop``: only the first rows
     (a probe)."""
+    if stop is not None:
+        stop = min(stop, cand.info(name).n_rows)  # a tensor shorter than the probe is the whole tensor
     c = np.ascontiguousarray(cand.read_rows(name, 0, stop), dtype=np.float32)
     x = torch.from_numpy(np.ascontiguousarray(source(ref.read_rows(name, 0, stop).astype(np.float32)), dtype=np.float32))
     c_t = torch.from_numpy(c).reshape(x.shape)

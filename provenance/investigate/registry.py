@@ -13,3 +13,6 @@ if TYPE_CHECKING:
     from provenance.investigate import Analysis
 
 ANALYSES: list[Analysis] = [identify_analysis, lineage_analysis, merge_analysis, quant_analysis, watermark_analysis]
+"""In the report's order."""
+STREAMED_FIRST = lineage_analysis.__name__
+"""Runs before the others: its pass over the candidate also hashes it (identify needs the hashes)."""
