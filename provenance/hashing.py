@@ -58,8 +58,9 @@ def checkpoint_sha256s(
 #: bytes a stream may read ahead of the digests' position that are kept (copied) until the
 #: position gets there; a stream further ahead waits (the one at the position keeps going)
 PENDING_BYTES = 64 << 20
-#: how long a read ahead waits for room before it is dropped (read again here later)
-WAIT_S = 0.5
+#: how long a read ahead waits while the position does not move before the bytes at the
+#: position are read here instead (a stream out of file order must not stall the pass)
+WAIT_S = 2.0
 
 
 class _FileState:
@@ -97,8 +98,8 @@ class StreamedDigests:
 
     Digests are taken in file order. A read at the current position is hashed at once,
     followed by whatever was kept for what comes next; a read ahead of it is copied and kept
-    (up to :data:`PENDING_BYTES`; beyond that the stream waits, up to :data:`WAIT_S`, for the
-    position to come closer, else the bytes are dropped and read again here); a read behind
+    (up to :data:`PENDING_BYTES`; beyond that the stream waits for the position to come closer,
+    and if it stops moving for :data:`WAIT_S` the bytes at the position are read here); a read behind
     it (a second look at bytes already hashed) is ignored. Bytes no stream will deliver --
     outside the ``expected`` tensors: headers, padding, tensors the pass skips -- are read
     here when the position reaches them, and :meth:`finish` reads whatever is left. A pass
@@ -144,8 +145,10 @@ class StreamedDigests:
         with self._changed:
             if self._closed:
                 return
-            deadline = time.monotonic() + WAIT_S
+            deadline, seen = time.monotonic() + WAIT_S, state.position
             while offset > state.position and self._pending_bytes + len(view) > PENDING_BYTES:
+                if state.position != seen:  # the stream at the position is moving: keep waiting
+                    deadline, seen = time.monotonic() + WAIT_S, state.position
                 left = deadline - time.monotonic()
                 if left <= 0:
                     # nothing delivers the bytes at the position (a stream out of file order):
