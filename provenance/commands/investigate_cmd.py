@@ -32,8 +32,11 @@ def command(candidate: str, references: tuple[str, ...], base: str | None, merge
 
     Runs inspect, identify, compare and quantcheck against each --reference, the
     merge weights with two or more references (on --merge-base when given), and watermark
-    tracing with --keys, as applicable. Exit status: 0 report written, 2 the
-    candidate could not be read (nothing is written), 64 usage error.
+    tracing with --keys, as applicable. The candidate is read once: the comparison with
+    the first reference hashes it as it streams it. Progress shows as a bar on a terminal,
+    as plain periodic lines otherwise; Ctrl-C stops within about a second and writes
+    nothing. Exit status: 0 report written, 2 the candidate could not be read (nothing is
+    written), 64 usage error, 130 interrupted.
     """
     from provenance.investigate import investigate
 
