@@ -6,8 +6,8 @@
 Runs :func:`provenance.investigate.run_investigation` in this process with every byte read
 counted where it is read: ``Checkpoint.pread_into`` (every tensor read of every reader) and
 the streamed whole-file reads of ``provenance.formats.files.open_input`` (hashes). Prints,
-for each step (inspect, then each analysis in order), its wall time and the bytes it read of
-each file, as a multiple of that file's size (1.00 = the file read once). Header parses
+for each step (inspect, then each analysis in the order they run), its wall and CPU time and
+the bytes it read of each file, as a multiple of that file's size (1.00 = the file read once). Header parses
 (mmap of the header, a few MB) are not counted. Warm or cold cache does not change the
 counts, only the times.
 """
@@ -85,12 +85,12 @@ def _snapshot() -> dict[str, int]:
 
 def _timed(name: str, steps: list[dict[str, Any]], fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapped(*args: Any, **kwargs: Any) -> Any:
-        before, t0 = _snapshot(), time.perf_counter()
+        before, t0, c0 = _snapshot(), time.perf_counter(), time.process_time()
         try:
             return fn(*args, **kwargs)
         finally:
             after = _snapshot()
-            steps.append({"step": name, "seconds": time.perf_counter() - t0,
+            steps.append({"step": name, "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0,
                           "bytes": {p: after[p] - before.get(p, 0) for p in after if after[p] != before.get(p, 0)}})
     wrapped.__name__ = getattr(fn, "__name__", name)
     return wrapped
@@ -110,21 +110,22 @@ def main() -> None:
     steps: list[dict[str, Any]] = []
     investigate.inspect_checkpoint = _timed("inspect", steps, investigate.inspect_checkpoint)  # type: ignore[attr-defined]
     registry.ANALYSES[:] = [_timed(a.__name__.removesuffix("_analysis"), steps, a) for a in registry.ANALYSES]
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     state = investigate.run_investigation(Inputs(args.candidate, tuple(args.reference), args.keys))
     total = time.perf_counter() - t0
     files = {os.path.realpath(p): p for p in (args.candidate, *args.reference)}
     sizes = {real: os.path.getsize(real) for real in files}
     print(f"load {os.getloadavg()[0]:.1f}; total {total:.1f} s")
-    print("| step | seconds | " + " | ".join(f"x {Path(p).name}" for p in files.values()) + " |")
-    print("|---|---|" + "---|" * len(files))
+    print("| step | seconds | cpu s | " + " | ".join(f"x {Path(p).name}" for p in files.values()) + " |")
+    print("|---|---|---|" + "---|" * len(files))
     totals: dict[str, int] = defaultdict(int)
     for s in steps:
         for path, n in s["bytes"].items():
             totals[path] += n
         cells = [f"{s['bytes'].get(real, 0) / sizes[real]:.2f}" for real in files]
-        print(f"| {s['step']} | {s['seconds']:.1f} | " + " | ".join(cells) + " |")
-    print(f"| all | {total:.1f} | " + " | ".join(f"{totals.get(real, 0) / sizes[real]:.2f}" for real in files) + " |")
+        print(f"| {s['step']} | {s['seconds']:.1f} | {s['cpu_seconds']:.1f} | " + " | ".join(cells) + " |")
+    cells = [f"{totals.get(real, 0) / sizes[real]:.2f}" for real in files]
+    print(f"| all | {total:.1f} | {time.process_time() - c0:.1f} | " + " | ".join(cells) + " |")
     print("summary:", state.report.executive_summary[:300])
     if args.json:
         Path(args.json).write_text(json.dumps({"total_s": total, "steps": steps, "sizes": sizes,
