@@ -83,7 +83,7 @@ from provenance.compare.views import layer_view, vocabulary_view
 from provenance.errors import input_boundary
 from provenance.formats import open_checkpoint
 from provenance.formats.base import Checkpoint, TensorInfo
-from provenance.hashing import CheckpointHashes, StreamedDigests, checkpoint_sha256s
+from provenance.hashing import CheckpointHashes, StreamedDigests
 from provenance.names.arch import ArchRecord
 from provenance.textsafe import safe_text
 from provenance.threads import torch_threads
@@ -388,7 +388,9 @@ def compare(candidate: str | os.PathLike[str], reference: str | os.PathLike[str]
     """Compare ``candidate`` against ``reference``; see the module docstring.
 
     ``hashes``: also the candidate's file and tensor SHA-256s (``CompareResult.candidate_hashes``),
-    taken from the bytes the streamed pass reads rather than in a pass of their own.
+    taken from the bytes the streamed pass reads rather than in a pass of their own; None where
+    the pass does not read the stored candidate as it is (a view of part of it, an adapter
+    applied to its base: hash it on its own then).
 
     Either side may be a PEFT adapter folder: it is applied to ``base`` (default: the adapter's
     ``base_model_name_or_path``, opened like any model name) and compared as base + adapter; an
@@ -649,13 +651,11 @@ def _compare_open(cpath: str, rpath: str, cand: Checkpoint, ref: Checkpoint, opt
     vocab = _vocabulary(cand, ref)
     layer_map = _map_by_signatures(cand, ref, opts) if opts.layer_map and _layers(cand) != _layers(ref) else None
     cand_v, ref_v = _views(cand, ref, layer_map, vocab)
-    # the pass hashes the candidate as it reads it where it reads the file itself (not a view
-    # of part of it, not an adapter applied to its base); otherwise the hashes are a pass of their own
+    # the pass hashes the candidate as it reads it where it reads the stored file itself (not a
+    # view of part of it, not an adapter applied to its base)
     streamed_hashes = hashes and cand_v is cand and not isinstance(cand, AdapterOnBase)
     run = _one_pass(cand_v, ref_v, opts, progress, hashes=streamed_hashes)
-    candidate_hashes = None
-    if hashes:
-        candidate_hashes = CheckpointHashes(*(run.digests.finish() if run.digests is not None else checkpoint_sha256s(cand)))
+    candidate_hashes = CheckpointHashes(*run.digests.finish()) if run.digests is not None else None
     if layer_map is None and run.lineage is not None:
         layer_map = run.lineage.layer_map(len(_layers(ref)))
         if layer_map is not None and not layer_map.is_identity and len(layer_map.mapping()) == len(layer_map.matches):

@@ -684,7 +684,8 @@ class CompareResult:
     adapter: AdapterEvidence | None = None
     """Set when either side is a PEFT adapter (applied to its base)."""
     candidate_hashes: CheckpointHashes | None = None
-    """The candidate's file and tensor SHA-256s, from the bytes the comparison read (``compare(hashes=True)``)."""
+    """The candidate's file and tensor SHA-256s, from the bytes the comparison read (``compare(hashes=True)``;
+    None where it did not read the stored candidate itself)."""
 
     @property
     def null_sample(self) -> tuple[float, ...]:
