@@ -1,21 +1,38 @@
 """Streamed SHA-256 of whole files and of each tensor's stored bytes, in one pass.
 
-Each file is read once, sequentially, into one reused buffer; every chunk feeds the
-file's digest and the digests of the tensors it overlaps. The two digests run on two
-threads (hashlib releases the GIL on large updates), so on two cores the pass costs
-about one hash of the file.
+Each file is read once, sequentially; every chunk feeds the file's digest and the digests
+of the tensors it overlaps. The two digests run on two threads (hashlib releases the GIL on
+large updates), so on two cores the pass costs about one hash of the file. The same digests
+can be fed by another streamed pass instead (:class:`StreamedDigests`): ``investigate``
+hashes the candidate from the bytes its lineage pass reads, not in a pass of its own.
 """
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import BinaryIO
 
-from provenance.formats.base import DEFAULT_CHUNK_BYTES, Checkpoint
+from provenance.errors import MalformedCheckpoint
+from provenance.formats.base import DEFAULT_CHUNK_BYTES, Checkpoint, FileSpan
 from provenance.formats.files import open_input
 
 Progress = Callable[[int], None]
 """Called with the number of bytes just hashed."""
+
+
+@dataclass(frozen=True)
+class CheckpointHashes:
+    """Every file's SHA-256 and every tensor's SHA-256 of its raw stored bytes."""
+
+    files: dict[str, str]
+    """File path -> hex digest."""
+    tensors: dict[str, str]
+    """Canonical tensor name -> hex digest."""
 
 
 def file_sha256(path: str, progress: Progress | None = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> str:
@@ -34,39 +51,193 @@ def checkpoint_sha256s(
     checkpoint: Checkpoint, progress: Progress | None = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES
 ) -> tuple[dict[str, str], dict[str, str]]:
     """``({file path: sha256}, {canonical tensor name: sha256 of its raw stored bytes})``."""
-    by_file: dict[str, list[tuple[int, int, str]]] = {}
-    for info in checkpoint.tensors.values():
-        by_file.setdefault(info.file, []).append((info.offset, info.offset + info.n_bytes, info.name))
-    file_digests: dict[str, str] = {}
-    tensor_digests: dict[str, hashlib._Hash] = {name: hashlib.sha256() for name in checkpoint.tensors}
-    buffers = [bytearray(chunk_bytes), bytearray(chunk_bytes)]
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        for span in checkpoint.files:
-            ranges = sorted(by_file.get(span.path, []))
-            file_digest = hashlib.sha256()
-            position, index, pending = 0, 0, None
-            with open_input(span.path) as handle:
-                while True:
-                    buffer = buffers[index % 2]  # double buffer: the pool may still hash the other
-                    n = handle.readinto(buffer)
-                    if pending is not None:
-                        pending.result()
-                    if not n:
-                        break
-                    view = memoryview(buffer)[:n]
-                    pending = pool.submit(file_digest.update, view)
-                    chunk_end = position + n
-                    for begin, end, name in ranges:
-                        if end > position and begin < chunk_end:
-                            tensor_digests[name].update(view[max(begin, position) - position : min(end, chunk_end) - position])
-                    while ranges and ranges[0][1] <= chunk_end:
-                        ranges.pop(0)
-                    position = chunk_end
-                    index += 1
-                    if progress:
-                        progress(n)
-            file_digests[span.path] = file_digest.hexdigest()
-    return file_digests, {name: digest.hexdigest() for name, digest in tensor_digests.items()}
+    digests = StreamedDigests(checkpoint, chunk_bytes=chunk_bytes, progress=progress)
+    return digests.finish()
+
+
+#: bytes a stream may read ahead of the digests' position that are kept (copied) until the
+#: position gets there; a stream further ahead waits (the one at the position keeps going)
+PENDING_BYTES = 64 << 20
+#: how long a read ahead waits while the position does not move before the bytes at the
+#: position are read here instead (a stream out of file order must not stall the pass)
+WAIT_S = 2.0
+
+
+class _FileState:
+    """One file's digests and how far they have got."""
+
+    def __init__(self, span: FileSpan, tensors: list[tuple[int, int, str]], expected: list[tuple[int, int]]) -> None:
+        self.path, self.size = span.path, span.size
+        self.position = 0
+        self.digest = hashlib.sha256()
+        self.tensors = sorted(tensors)
+        self.expected = sorted(expected)
+        self.pending: dict[int, bytes] = {}
+
+    def give_up_position(self) -> None:
+        """The expected range at the position will be read here, not delivered."""
+        upcoming = self.next_expected()
+        if upcoming is not None and upcoming[0] <= self.position:
+            self.expected[0] = (upcoming[0], self.position)
+
+    def next_pending(self) -> int | None:
+        """Where the first kept bytes after the position start."""
+        return min((o for o in self.pending if o > self.position), default=None)
+
+    def next_expected(self) -> tuple[int, int] | None:
+        """The first range a stream will deliver that ends after the position."""
+        while self.expected and self.expected[0][1] <= self.position:
+            self.expected.pop(0)
+        return self.expected[0] if self.expected else None
+
+
+class StreamedDigests:
+    """SHA-256 of every file of a checkpoint and of every tensor's stored bytes, computed from
+    the bytes a streamed pass reads (install it with ``checkpoint.observing(digests)``), so the
+    pass and the hashes read each byte once.
+
+    Digests are taken in file order. A read at the current position is hashed at once,
+    followed by whatever was kept for what comes next; a read ahead of it is copied and kept
+    (up to :data:`PENDING_BYTES`; beyond that the stream waits for the position to come closer,
+    and if it stops moving for :data:`WAIT_S` the bytes at the position are read here); a read behind
+    it (a second look at bytes already hashed) is ignored. Bytes no stream will deliver --
+    outside the ``expected`` tensors: headers, padding, tensors the pass skips -- are read
+    here when the position reaches them, and :meth:`finish` reads whatever is left. A pass
+    over the expected tensors in file order (the thread holding the earliest tensor always
+    reads at the position) therefore reads every byte once. Without ``expected``,
+    :meth:`finish` is one sequential pass, the file digest on a second thread (hashlib
+    releases the GIL on large updates).
+    """
+
+    def __init__(self, checkpoint: Checkpoint, expected: Iterable[str] = (), chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                 progress: Progress | None = None) -> None:
+        self.chunk_bytes, self.progress = chunk_bytes, progress
+        by_file: dict[str, list[tuple[int, int, str]]] = {}
+        for info in checkpoint.tensors.values():
+            by_file.setdefault(info.file, []).append((info.offset, info.offset + info.n_bytes, info.name))
+        wanted: dict[str, list[tuple[int, int]]] = {}
+        for name in expected:
+            info = checkpoint.info(name)
+            wanted.setdefault(info.file, []).append((info.offset, info.offset + info.n_bytes))
+        self.files = {span.path: _FileState(span, by_file.get(span.path, []), wanted.get(span.path, []))
+                      for span in checkpoint.files}
+        self.tensor_digests = {name: hashlib.sha256() for name in checkpoint.tensors}
+        self.bytes_read_here = 0
+        """Bytes these digests read themselves (not delivered by a stream)."""
+        self._changed = threading.Condition()
+        self._pending_bytes = 0
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="provenance-sha256")
+        self._stack = ExitStack()
+        self._handles: dict[str, BinaryIO] = {}
+        self._closed = False
+
+    # ----- the stream's side -------------------------------------------------------------
+    def __call__(self, path: str, offset: int, buffers: list[memoryview]) -> None:
+        state = self.files.get(path)
+        if state is None:
+            return
+        for buffer in buffers:
+            self._observe(state, offset, buffer)
+            offset += len(buffer)
+
+    def _observe(self, state: _FileState, offset: int, view: memoryview) -> None:
+        end = offset + len(view)
+        with self._changed:
+            if self._closed:
+                return
+            deadline, seen = time.monotonic() + WAIT_S, state.position
+            while offset > state.position and self._pending_bytes + len(view) > PENDING_BYTES:
+                if state.position != seen:  # the stream at the position is moving: keep waiting
+                    deadline, seen = time.monotonic() + WAIT_S, state.position
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    # nothing delivers the bytes at the position (a stream out of file order):
+                    # read them here rather than wait, so every stream keeps going
+                    state.give_up_position()
+                    self._advance(state)
+                    self._changed.notify_all()
+                    deadline = time.monotonic() + WAIT_S
+                    continue
+                self._changed.wait(left)
+                if self._closed:
+                    return
+            if end <= state.position:
+                return
+            if offset > state.position:
+                state.pending[offset] = bytes(view)
+                self._pending_bytes += len(view)
+                return
+            self._hash(state, view[state.position - offset:])
+            self._advance(state)
+            self._changed.notify_all()
+
+    # ----- in file order ----------------------------------------------------------------
+    def _hash(self, state: _FileState, view: memoryview) -> None:
+        """Bytes at ``state.position``, into the file's and the overlapped tensors' digests."""
+        start, stop = state.position, state.position + len(view)
+        update = self._pool.submit(state.digest.update, view)
+        for begin, end, name in state.tensors:
+            if begin >= stop:
+                break
+            if end > start:
+                self.tensor_digests[name].update(view[max(begin, start) - start:min(end, stop) - start])
+        while state.tensors and state.tensors[0][1] <= stop:
+            state.tensors.pop(0)
+        update.result()
+        state.position = stop
+        if self.progress:
+            self.progress(len(view))
+
+    def _advance(self, state: _FileState, to_end: bool = False) -> None:
+        """Hash what was kept for the position, and read what no stream will deliver."""
+        while state.position < state.size and not self._closed:
+            kept = next((o for o in state.pending if o <= state.position < o + len(state.pending[o])), None)
+            if kept is not None:
+                data = state.pending.pop(kept)
+                self._pending_bytes -= len(data)
+                self._hash(state, memoryview(data)[state.position - kept:])
+                continue
+            upcoming = state.next_expected()
+            if upcoming is not None and upcoming[0] <= state.position and not to_end:
+                break  # a stream delivers this
+            # up to the next range a stream delivers (at the end: everything), or kept bytes
+            stop = state.size if upcoming is None or to_end else upcoming[0]
+            kept_next = state.next_pending()
+            self._read_here(state, min(stop, state.position + self.chunk_bytes, kept_next or state.size))
+        for o in [o for o in state.pending if o + len(state.pending[o]) <= state.position]:
+            self._pending_bytes -= len(state.pending.pop(o))
+
+    def _read_here(self, state: _FileState, stop: int) -> None:
+        handle = self._handles.get(state.path)
+        if handle is None:
+            handle = self._handles[state.path] = self._stack.enter_context(open_input(state.path))
+        handle.seek(state.position)
+        data = bytearray(stop - state.position)
+        n = handle.readinto(data)
+        if not n:
+            raise MalformedCheckpoint(state.path, "file shorter than its header says", offset=state.position)
+        self.bytes_read_here += n
+        self._hash(state, memoryview(data)[:n])
+
+    def finish(self) -> tuple[dict[str, str], dict[str, str]]:
+        """``({file path: sha256}, {tensor name: sha256})``, reading whatever no stream delivered."""
+        try:
+            with self._changed:
+                for state in self.files.values():
+                    self._advance(state, to_end=True)
+                self._changed.notify_all()
+        finally:
+            self.close()
+        return ({path: state.digest.hexdigest() for path, state in self.files.items()},
+                {name: digest.hexdigest() for name, digest in self.tensor_digests.items()})
+
+    def close(self) -> None:
+        """Stop (a stream still running returns at once) and let go of files and the hashing thread."""
+        self._closed = True  # seen by a stream inside _advance without the lock
+        with self._changed:
+            self._changed.notify_all()
+            self._stack.close()
+        self._pool.shutdown(wait=True)
 
 
 def tensor_sha256s(checkpoint: Checkpoint, progress: Progress | None = None) -> dict[str, str]:

@@ -14,7 +14,7 @@ from typing import Any
 from provenance.errors import input_boundary
 from provenance.formats import Checkpoint, open_checkpoint
 from provenance.formats.gguf_header import GGUFArray
-from provenance.hashing import checkpoint_sha256s
+from provenance.hashing import CheckpointHashes, checkpoint_sha256s
 from provenance.tokenizer import summarize_tokenizer
 from provenance.version import __version__
 
@@ -66,6 +66,15 @@ def inspect_checkpoint(
         return describe_checkpoint(checkpoint, path, hashes=hashes, progress=progress, on_total=on_total)
 
 
+def add_hashes(files: list[dict[str, Any]], tensors: list[dict[str, Any]], hashes: CheckpointHashes) -> None:
+    """Each file's and each tensor's ``sha256`` into :func:`inspect_checkpoint`'s ``files`` and
+    ``tensors`` entries (hashes taken elsewhere: ``investigate`` takes them in its lineage pass)."""
+    for entry in files:
+        entry["sha256"] = hashes.files[entry["path"]]
+    for entry in tensors:
+        entry["sha256"] = hashes.tensors[entry["name"]]
+
+
 def describe_checkpoint(
     checkpoint: Checkpoint,
     path: str | Path,
@@ -82,11 +91,7 @@ def describe_checkpoint(
     if hashes:
         if on_total:
             on_total(sum(span.size for span in checkpoint.files))
-        file_digests, digests = checkpoint_sha256s(checkpoint, progress)
-        for entry in files:
-            entry["sha256"] = file_digests[entry["path"]]
-        for entry in tensors:
-            entry["sha256"] = digests[entry["name"]]
+        add_hashes(files, tensors, CheckpointHashes(*checkpoint_sha256s(checkpoint, progress)))
     metadata = {key: metadata_value(value) for key, value in checkpoint.metadata.items()}
     return {
         "schema": SCHEMA,

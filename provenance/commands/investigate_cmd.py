@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import click
 
-from provenance.commands.common import ExitCode, say, stderr_console
+from provenance.commands.common import ExitCode, say
 from provenance.commands.paths import BASE_HELP, MODEL, download_option
+from provenance.commands.progress import progress_display
 from provenance.commands.refdb_cmd import refdb_option
 from provenance.report import DEFAULT_FORMATS, renderer_names, renderers, write_report
 
@@ -31,15 +32,18 @@ def command(candidate: str, references: tuple[str, ...], base: str | None, merge
 
     Runs inspect, identify, compare and quantcheck against each --reference, the
     merge weights with two or more references (on --merge-base when given), and watermark
-    tracing with --keys, as applicable. Exit status: 0 report written, 2 the
-    candidate could not be read (nothing is written), 64 usage error.
+    tracing with --keys, as applicable. The candidate is read once: the comparison with
+    the first reference hashes it as it streams it. Progress shows as a bar on a terminal,
+    as plain periodic lines otherwise; Ctrl-C stops within about a second and writes
+    nothing. Exit status: 0 report written, 2 the candidate could not be read (nothing is
+    written), 64 usage error, 130 interrupted.
     """
     from provenance.investigate import investigate
 
     chosen = [r.name for r in renderers(f.strip() for f in formats.split(",") if f.strip())]  # usage error first
-    report = investigate(candidate, references, key_registry, refdb_dir,
-                         progress=(lambda step: say(f"… {step}")) if stderr_console.is_terminal else None,
-                         base=base, merge_base=merge_base)
+    with progress_display() as progress:
+        report = investigate(candidate, references, key_registry, refdb_dir, progress=progress, base=base,
+                             merge_base=merge_base)
     files = write_report(report, out_dir, chosen)
     say(report.executive_summary)
     for error in report.errors:

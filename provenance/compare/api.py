@@ -12,11 +12,12 @@ restored.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -82,6 +83,7 @@ from provenance.compare.views import layer_view, vocabulary_view
 from provenance.errors import input_boundary
 from provenance.formats import open_checkpoint
 from provenance.formats.base import Checkpoint, TensorInfo
+from provenance.hashing import CheckpointHashes, StreamedDigests
 from provenance.names.arch import ArchRecord
 from provenance.textsafe import safe_text
 from provenance.threads import torch_threads
@@ -185,14 +187,19 @@ def _sample_rows(info: TensorInfo, opts: CompareOptions) -> np.ndarray:
 def _run_pairs(cand: Checkpoint, ref: Checkpoint, pairs: list[TensorPair], transforms: dict[str, Transform],
                opts: CompareOptions, sketch: tuple[np.ndarray, np.ndarray] | None,
                progress: Callable[[str, int], None] | None,
-               consume: Callable[[PairOutcome], None] | None = None, light: bool = False) -> list[PairOutcome]:
+               consume: Callable[[PairOutcome], None] | None = None, light: bool = False,
+               file_order: bool = False) -> list[PairOutcome]:
     """Stream ``pairs`` on ``opts.threads`` threads; ``consume`` sees each outcome in stream
     order as soon as it is done (in the calling thread), with a bounded number in flight.
-    ``light``: statistics and sketches only (no rank sample, no grid check)."""
+    ``light``: statistics and sketches only (no rank sample, no grid check). ``file_order``:
+    in the candidate's storage order (what :class:`provenance.hashing.StreamedDigests` needs
+    to hash the bytes as they pass), not layer by layer."""
+    stop = threading.Event()
+
     def one(pair: TensorPair) -> PairOutcome:
         sample = _sample_rows(ref.info(pair.name), opts) if pair.is_matrix and not light else None
         out = stream_pair(cand, ref, pair, transforms.get(pair.name), sample_rows=sample, sketch=sketch,
-                          grid_check=opts.grid_check and not light, chunk_elems=opts.chunk_elems)
+                          grid_check=opts.grid_check and not light, chunk_elems=opts.chunk_elems, stop=stop.is_set)
         if progress is not None:
             progress(pair.name, out.bytes_read)
         return out
@@ -204,13 +211,15 @@ def _run_pairs(cand: Checkpoint, ref: Checkpoint, pairs: list[TensorPair], trans
             consume(out)
         results[out.pair.name] = out
 
-    order = _stream_order(pairs)
+    order = sorted(pairs, key=lambda p: (cand.info(p.name).file, cand.info(p.name).offset)) if file_order \
+        else _stream_order(pairs)
     if opts.threads <= 1:
         for p in order:
             done(one(p))
     else:
         window = 2 * opts.threads
-        with ThreadPoolExecutor(max_workers=opts.threads) as pool:
+        pool = ThreadPoolExecutor(max_workers=opts.threads)
+        try:
             pending: deque[Future[PairOutcome]] = deque()
             for p in order:
                 pending.append(pool.submit(one, p))
@@ -218,6 +227,12 @@ def _run_pairs(cand: Checkpoint, ref: Checkpoint, pairs: list[TensorPair], trans
                     done(pending.popleft().result())
             while pending:
                 done(pending.popleft().result())
+        except BaseException:
+            # Ctrl-C or a failure: the running streams stop at their next chunk, queued ones never start
+            stop.set()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
     return [results[p.name] for p in pairs]
 
 
@@ -369,8 +384,13 @@ class _Lineage:
 def compare(candidate: str | os.PathLike[str], reference: str | os.PathLike[str],
             options: CompareOptions | None = None,
             progress: Callable[[str, int], None] | None = None,
-            base: str | os.PathLike[str] | None = None) -> CompareResult:
+            base: str | os.PathLike[str] | None = None, hashes: bool = False) -> CompareResult:
     """Compare ``candidate`` against ``reference``; see the module docstring.
+
+    ``hashes``: also the candidate's file and tensor SHA-256s (``CompareResult.candidate_hashes``),
+    taken from the bytes the streamed pass reads rather than in a pass of their own; None where
+    the pass does not read the stored candidate as it is (a view of part of it, an adapter
+    applied to its base: hash it on its own then).
 
     Either side may be a PEFT adapter folder: it is applied to ``base`` (default: the adapter's
     ``base_model_name_or_path``, opened like any model name) and compared as base + adapter; an
@@ -383,7 +403,7 @@ def compare(candidate: str | os.PathLike[str], reference: str | os.PathLike[str]
         ref = stack.enter_context(open_checkpoint(reference))
         sides = [with_base(ckpt, os.fspath(base) if base is not None else None, stack) for ckpt in (cand, ref)]
         return _compare_open(os.fspath(candidate), os.fspath(reference), sides[0][0], sides[1][0], opts, progress, t0,
-                             adapter_bases=(sides[0][1], sides[1][1]))
+                             adapter_bases=(sides[0][1], sides[1][1]), hashes=hashes)
 
 
 @dataclass
@@ -398,6 +418,8 @@ class _Pass:
     lineage: _Lineage | None
     reason: str | None
     times: tuple[float, float, float, float]
+    digests: StreamedDigests | None = None
+    """The candidate's hashes, fed by the streamed pass (finished by the caller)."""
 
 
 def _token_rows(ckpt: Checkpoint) -> int | None:
@@ -423,8 +445,21 @@ def _sketch_spec(ref: Checkpoint, opts: CompareOptions) -> SketchSpec:
                       token_subset(vocab, opts.max_tokens, opts.seed + 1), units, probe)
 
 
+def _streamed_in_order(cand: Checkpoint, pairs: list[TensorPair]) -> list[str]:
+    """The candidate tensors the streamed pass reads whole, row after row in storage order
+    (plain layout, no q/k reordering, one stored array): what it can hash as it goes."""
+    out = []
+    for p in pairs:
+        info = cand.info(p.name)
+        if p.layout == "same" and info.qk_heads is None and info.packing is None:
+            out.append(p.name)
+    return out
+
+
 def _one_pass(cand: Checkpoint, ref: Checkpoint, opts: CompareOptions,
-              progress: Callable[[str, int], None] | None) -> _Pass:
+              progress: Callable[[str, int], None] | None, hashes: bool = False) -> _Pass:
+    """``hashes``: the candidate's file and tensor SHA-256s are taken from the bytes the
+    pass reads (tensors streamed in storage order); see :class:`StreamedDigests`."""
     arch_c, arch_r = cand.architecture, ref.architecture
     pairing: Pairing = pair_tensors(cand, ref)
     pairs = pairing.pairs
@@ -445,8 +480,15 @@ def _one_pass(cand: Checkpoint, ref: Checkpoint, opts: CompareOptions,
         mismatched = [u.name for u in pairing.unpaired if u.reason == "shape-mismatch"]
         lineage = _Lineage(cand, ref, pairs, spec, heads, opts, PermutationTest(len(residual), opts.permutations, opts.seed),
                            side_heads=(_own_heads(arch_r), _own_heads(arch_c)), sketch_only=mismatched)
-    outcomes = _run_pairs(cand, ref, pairs, {}, opts, spec if reason is None else None, progress,
-                          consume=lineage.consume if lineage is not None else None)
+    digests = StreamedDigests(cand, _streamed_in_order(cand, pairs)) if hashes else None
+    try:
+        with cand.observing(digests) if digests is not None else nullcontext():
+            outcomes = _run_pairs(cand, ref, pairs, {}, opts, spec if reason is None else None, progress,
+                                  consume=lineage.consume if lineage is not None else None, file_order=hashes)
+    except BaseException:
+        if digests is not None:
+            digests.close()
+        raise
     t2 = time.perf_counter()
     test: PermutationTestResult | None = None
     alignment: Alignment | None = None
@@ -472,7 +514,7 @@ def _one_pass(cand: Checkpoint, ref: Checkpoint, opts: CompareOptions,
                 redo = {o.pair.name: o for o in _run_pairs(cand, ref, touched, alignment.transforms, opts, None, None)}
                 outcomes = [redo.get(o.pair.name, o) for o in outcomes]
     t4 = time.perf_counter()
-    return _Pass(pairing, layout, outcomes, test, alignment, lineage, reason, (t1, t2, t3, t4))
+    return _Pass(pairing, layout, outcomes, test, alignment, lineage, reason, (t1, t2, t3, t4), digests)
 
 
 def _layers(ckpt: Checkpoint) -> list[int]:
@@ -604,12 +646,16 @@ def _structure(cand: Checkpoint, ref: Checkpoint, run: _Pass, layer_map: LayerMa
 
 def _compare_open(cpath: str, rpath: str, cand: Checkpoint, ref: Checkpoint, opts: CompareOptions,
                   progress: Callable[[str, int], None] | None, t0: float,
-                  adapter_bases: tuple[str | None, str | None] = (None, None)) -> CompareResult:
+                  adapter_bases: tuple[str | None, str | None] = (None, None), hashes: bool = False) -> CompareResult:
     arch_c, arch_r = cand.architecture, ref.architecture
     vocab = _vocabulary(cand, ref)
     layer_map = _map_by_signatures(cand, ref, opts) if opts.layer_map and _layers(cand) != _layers(ref) else None
     cand_v, ref_v = _views(cand, ref, layer_map, vocab)
-    run = _one_pass(cand_v, ref_v, opts, progress)
+    # the pass hashes the candidate as it reads it where it reads the stored file itself (not a
+    # view of part of it, not an adapter applied to its base)
+    streamed_hashes = hashes and cand_v is cand and not isinstance(cand, AdapterOnBase)
+    run = _one_pass(cand_v, ref_v, opts, progress, hashes=streamed_hashes)
+    candidate_hashes = CheckpointHashes(*run.digests.finish()) if run.digests is not None else None
     if layer_map is None and run.lineage is not None:
         layer_map = run.lineage.layer_map(len(_layers(ref)))
         if layer_map is not None and not layer_map.is_identity and len(layer_map.mapping()) == len(layer_map.matches):
@@ -648,5 +694,5 @@ def _compare_open(cpath: str, rpath: str, cand: Checkpoint, ref: Checkpoint, opt
     return CompareResult(
         candidate=_describe(cpath, cand), reference=_describe(rpath, ref), verdict=verdict, test=test, claims=claims,
         pairing=_pairing(pairing), layout=layout, alignment=aligned, tensors=tuple(rows), options=opts, timing=timing,
-        structure=structure, adapter=adapter,
+        structure=structure, adapter=adapter, candidate_hashes=candidate_hashes,
     )

@@ -7,6 +7,7 @@ threads (torch releases the GIL in its kernels) or could be shipped to workers.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,10 @@ from provenance.compare.transform import Transform
 from provenance.formats.base import Checkpoint, TensorInfo
 from provenance.formats.packed_read import PackedRowReader
 from provenance.formats.rows import RowReader
+
+
+class StreamStopped(Exception):
+    """A streamed pair abandoned because the pass was stopped (its result is never read)."""
 
 
 @dataclass
@@ -279,8 +284,10 @@ def stream_pair(
     sketch: SketchSpec | tuple[np.ndarray, np.ndarray] | None = None,
     grid_check: bool = True,
     chunk_elems: int = 1 << 17,
+    stop: Callable[[], bool] | None = None,
 ) -> PairOutcome:
-    """Stream one pair in reference row chunks, candidate mapped through ``transform``."""
+    """Stream one pair in reference row chunks, candidate mapped through ``transform``;
+    ``stop``: asked before each chunk, :class:`StreamStopped` when it says so (Ctrl-C)."""
     t0 = time.perf_counter()
     transform = transform or Transform()
     r_info, c_info = reference.info(pair.name), candidate.info(pair.name)
@@ -302,6 +309,8 @@ def stream_pair(
     sample = _RowSample(sample_rows, n_rows, row_len, pair.is_matrix, lossy == "candidate" and not c_info.packed)
     try:
         for a in range(0, n_rows, step):
+            if stop is not None and stop():
+                raise StreamStopped(pair.name)
             b = min(n_rows, a + step)
             ref_rows = ref_reader.read(a, b)
             if full_cand is not None:

@@ -107,12 +107,15 @@ def check_in_candidate_frame(cand: Checkpoint, ref: Checkpoint, name: str, trans
     return FrameCheck(c_info.dtype, int(inside.size), int((~inside).sum()), shape, refined)
 
 
-def check_plain(cand: Checkpoint, ref: Checkpoint, name: str, source: SourceMap) -> FrameCheck:
+def check_plain(cand: Checkpoint, ref: Checkpoint, name: str, source: SourceMap, stop: int | None = None) -> FrameCheck:
     """An unquantized candidate tensor against the reference rounded through an intermediate
     type (``source``), as stored (equal) or rounded once more to f16/bf16: a dequantized
-    requantization, whose values are the intermediate's levels."""
-    c = np.ascontiguousarray(cand.read_rows(name), dtype=np.float32)
-    x = torch.from_numpy(np.ascontiguousarray(source(ref.read_rows(name).astype(np.float32)), dtype=np.float32))
+    requantization, whose values are the intermediate's levels; ``stop``: only the first rows
+    (a probe)."""
+    if stop is not None:
+        stop = min(stop, cand.info(name).n_rows)  # a tensor shorter than the probe is the whole tensor
+    c = np.ascontiguousarray(cand.read_rows(name, 0, stop), dtype=np.float32)
+    x = torch.from_numpy(np.ascontiguousarray(source(ref.read_rows(name, 0, stop).astype(np.float32)), dtype=np.float32))
     c_t = torch.from_numpy(c).reshape(x.shape)
     same = (x == c_t) | (x.to(torch.float16).float() == c_t) | (x.to(torch.bfloat16).float() == c_t)
     return FrameCheck(cand.info(name).dtype, int(same.numel()), int((~same).sum()), None, False)
@@ -210,6 +213,11 @@ def _chain(cand: Checkpoint, ref: Checkpoint, rows: list[TensorComparison], outs
                         break
                 check = check_in_candidate_frame(cand, ref, row.name, transform, source, sample(ref.info(row.name)))
             else:
+                # the probe's mismatches alone exceeding what the whole tensor may hold decide it
+                # exactly as the full check would, without reading and requantizing the tensor
+                probe = check_plain(cand, ref, row.name, source, stop=CHAIN_PROBE_ROWS)
+                if probe.outside > GRID_OUTSIDE_MAX * cand.info(row.name).n_elements:
+                    break
                 check = check_plain(cand, ref, row.name, source)
             if check.outside_fraction > GRID_OUTSIDE_MAX:
                 break

@@ -19,6 +19,7 @@ from provenance.names.arch import ArchRecord
 
 if TYPE_CHECKING:  # structure.py reads PermutationTestResult from here
     from provenance.compare.structure import RotatedDetails, StructureEvidence
+    from provenance.hashing import CheckpointHashes
 
 SCHEMA = "provenance.compare/1"
 
@@ -685,6 +686,9 @@ class CompareResult:
     """Layer map, shape changes, rotation, the unit-space test, unpaired tensors (also on the verdict)."""
     adapter: AdapterEvidence | None = None
     """Set when either side is a PEFT adapter (applied to its base)."""
+    candidate_hashes: CheckpointHashes | None = None
+    """The candidate's file and tensor SHA-256s, from the bytes the comparison read (``compare(hashes=True)``;
+    None where it did not read the stored candidate itself)."""
 
     @property
     def null_sample(self) -> tuple[float, ...]:

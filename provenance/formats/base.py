@@ -20,6 +20,7 @@ import os
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from math import prod
 from pathlib import Path
@@ -43,6 +44,11 @@ _Buffer = TypeVar("_Buffer")
 
 ReadObserver = Callable[[str, int, int], None]
 """Told ``(file, offset, n_bytes)`` of every read a sampling call makes (refdb meters them)."""
+
+BytesObserver = Callable[[str, int, list[memoryview]], None]
+"""Told every tensor read's bytes as they arrive: ``(file, offset, buffers)`` (filled in turn
+from ``offset``; valid only during the call). What lets one streamed pass also feed a
+consumer of the stored bytes themselves (``provenance.hashing.StreamedDigests``)."""
 
 
 @dataclass(frozen=True)
@@ -157,6 +163,7 @@ class Checkpoint(ABC):
         """The folder's ``README.md`` front matter (a Hugging Face snapshot's for a file in one), set by ``open_checkpoint``."""
         self._fds: dict[str, int] = {}
         self._fd_lock = threading.Lock()  # streams of one checkpoint run in threads
+        self._bytes_observer: BytesObserver | None = None
 
     # ----- lifecycle ---------------------------------------------------------------
     def close(self) -> None:
@@ -224,6 +231,15 @@ class Checkpoint(ABC):
                     self._fds[path] = fd
         return fd
 
+    @contextmanager
+    def observing(self, observer: BytesObserver) -> Iterator[None]:
+        """Within the ``with``, ``observer`` is told the bytes of every read (:data:`BytesObserver`)."""
+        previous, self._bytes_observer = self._bytes_observer, observer
+        try:
+            yield
+        finally:
+            self._bytes_observer = previous
+
     def pread_into(self, path: str, buffer: memoryview | list[memoryview], offset: int) -> None:
         """Fill ``buffer`` (or, scattering, each of a list of at most 1024 buffers in turn)
         with the bytes of ``path`` from ``offset``. Validated ranges only: a short read means
@@ -242,6 +258,8 @@ class Checkpoint(ABC):
             raise from_os_error(exc, path, "tensor data") from exc
         if done != total:
             raise MalformedCheckpoint(path, f"short read: {done} of {total} bytes", offset=offset)
+        if self._bytes_observer is not None:
+            self._bytes_observer(path, offset, buffers)
 
     def _pread(self, path: str, n_bytes: int, offset: int) -> bytearray:
         # A bytearray is writable, so numpy and torch can wrap it without a copy.

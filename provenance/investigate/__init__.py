@@ -15,10 +15,13 @@ from pathlib import Path
 
 from provenance.document import Report
 from provenance.errors import input_boundary
-from provenance.inspect import inspect_checkpoint
+from provenance.formats import open_checkpoint
+from provenance.hashing import CheckpointHashes, checkpoint_sha256s
+from provenance.inspect import add_hashes, inspect_checkpoint
 from provenance.investigate.inspect_analysis import inspect_section
 from provenance.investigate.state import Inputs, Investigation
 from provenance.investigate.summary import executive_summary, finding_rank
+from provenance.progress import Meter, ProgressCallback
 
 Analysis = Callable[[Investigation], None]
 """Adds its typed result, findings and sections; raises only on bugs (file errors become report errors)."""
@@ -26,28 +29,53 @@ Analysis = Callable[[Investigation], None]
 __all__ = ["Analysis", "Inputs", "Investigation", "investigate", "run_investigation"]
 
 
-def _analyses() -> list[Analysis]:
+def _analyses() -> tuple[list[Analysis], str]:
+    """The analyses in the report's order, and the name of the one that runs first."""
     # Imported here so each analysis module stays independent of the others.
     from provenance.investigate import registry
 
-    return registry.ANALYSES
+    return registry.ANALYSES, registry.STREAMED_FIRST
 
 
-def run_investigation(inputs: Inputs, progress: Callable[[str], None] | None = None) -> Investigation:
-    """Every applicable analysis on ``inputs.candidate``: the typed results and the report."""
-    inspected = inspect_checkpoint(inputs.candidate, hashes=inputs.hashes)
-    if inputs.hashes:  # hashed once here; identify reuses them instead of reading the file again
-        inputs = replace(inputs, digests=({f["path"]: f["sha256"] for f in inspected["files"]},
-                                          {t["name"]: t["sha256"] for t in inspected["tensors"]}))
+def run_investigation(inputs: Inputs, progress: ProgressCallback | None = None) -> Investigation:
+    """Every applicable analysis on ``inputs.candidate``: the typed results and the report.
+
+    The candidate is read once: the lineage pass against the first reference streams it
+    tensor by tensor and hashes it as it goes (identify and the report's hashes use those
+    digests); only without a reference do the hashes take a pass of their own. ``progress``
+    is told the bytes each pass reads (:mod:`provenance.progress`)."""
+    inspected = inspect_checkpoint(inputs.candidate)
     report = Report(subject={"path": inputs.candidate, "format": inspected["format"],
                              "sha256": [f.get("sha256") for f in inspected["files"]]},
                     command="investigate", claims=inspected["claims"])
-    state = Investigation(inputs, report)
+    state = Investigation(inputs, report, progress=progress)
+    analyses, streamed_first = _analyses()
+    spans: dict[int, range] = {}
+    """Where each analysis's sections sit in ``report.sections`` (in run order). A later analysis
+    may replace a section in place (the known-mark re-judgement does), never add or remove one
+    of another's, so the spans hold until the sections are put in the registry's order."""
+
+    def run(index: int) -> None:
+        before = len(report.sections)
+        analyses[index](state)
+        spans[index] = range(before, len(report.sections))
+
+    # The streamed pass first (it hashes the candidate), the others after, in the registry's order
+    first = [i for i, analysis in enumerate(analyses) if analysis.__name__ == streamed_first]
+    for index in first:
+        run(index)
+    if inputs.hashes:
+        if state.candidate_hashes is None:
+            state.candidate_hashes = _hash_pass(inputs.candidate, progress)
+        add_hashes(inspected["files"], inspected["tensors"], state.candidate_hashes)
+        report.subject["sha256"] = [f.get("sha256") for f in inspected["files"]]
+        # identify reuses them instead of reading the file again
+        state.inputs = replace(inputs, digests=(state.candidate_hashes.files, state.candidate_hashes.tensors))
+    for index in range(len(analyses)):
+        if index not in spans:
+            run(index)
+    report.sections = [report.sections[at] for index in range(len(analyses)) for at in spans[index]]
     section, findings = inspect_section(inspected)
-    for analysis in _analyses():
-        if progress:
-            progress(analysis.__name__)
-        analysis(state)
     # Evidence first; the description of the file (long tensor tables) closes the report.
     report.sections.append(section)
     report.findings = sorted(report.findings + findings, key=finding_rank)
@@ -55,10 +83,17 @@ def run_investigation(inputs: Inputs, progress: Callable[[str], None] | None = N
     return state
 
 
+def _hash_pass(candidate: str, progress: ProgressCallback | None) -> CheckpointHashes:
+    """The candidate's hashes in a pass of their own (no lineage pass read it)."""
+    with open_checkpoint(candidate) as checkpoint:
+        meter = Meter(progress, "hashes", sum(span.size for span in checkpoint.files))
+        return CheckpointHashes(*checkpoint_sha256s(checkpoint, meter.advance))
+
+
 @input_boundary
 def investigate(candidate: str | Path, references: tuple[str | Path, ...] | list[str | Path] = (),
                 key_registry: str | Path | None = None, refdb: str | Path | None = None,
-                progress: Callable[[str], None] | None = None, base: str | Path | None = None,
+                progress: ProgressCallback | None = None, base: str | Path | None = None,
                 merge_base: str | Path | None = None) -> Report:
     """Run every applicable analysis on ``candidate`` and return the report.
 

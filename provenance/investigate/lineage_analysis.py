@@ -20,6 +20,21 @@ def _name(path: str) -> str:
     return os.path.basename(os.path.normpath(path))
 
 
+def _tensor_bytes(*paths: str) -> int | None:
+    """The tensor bytes of the checkpoints (what a comparison streams, at most); None when one
+    cannot be opened (the comparison reports why)."""
+    from provenance.formats import open_checkpoint
+
+    total = 0
+    for path in paths:
+        try:
+            with open_checkpoint(path) as ckpt:
+                total += sum(info.n_bytes for info in ckpt.tensors.values())
+        except CheckpointError:
+            return None
+    return total
+
+
 def lineage_sentence(result: CompareResult, candidate: str, reference: str) -> str:
     """The verdict in one sentence naming both files; its p-value is reported beside it."""
     v, cand, ref = result.verdict, os.path.basename(candidate), _name(reference)
@@ -95,15 +110,23 @@ def lineage_parts(result: CompareResult, candidate: str, reference: str, *,
 
 
 def lineage_analysis(state: Investigation) -> None:
+    """Each reference's comparison; the first that reads the candidate also hashes it as it
+    goes (``state.candidate_hashes``), so the candidate is read once for both."""
     from provenance.compare import compare
+    from provenance.progress import Meter
 
     for reference in state.inputs.references:
+        hashes = state.inputs.hashes and state.candidate_hashes is None
+        meter = Meter(state.progress, f"lineage vs {_name(reference)}", _tensor_bytes(state.inputs.candidate, reference))
         try:
-            result = compare(state.inputs.candidate, reference, base=state.inputs.base)
+            result = compare(state.inputs.candidate, reference, base=state.inputs.base, hashes=hashes,
+                             progress=lambda name, n, meter=meter: meter.advance(n, name))  # type: ignore[misc]
         except CheckpointError as exc:
             state.report.errors.append(exc.to_dict())
             continue
         state.lineage[reference] = result
+        if result.candidate_hashes is not None:
+            state.candidate_hashes = result.candidate_hashes
         finding, section = lineage_parts(result, state.inputs.candidate, reference)
         state.report.findings.append(finding)
         state.report.sections.append(section)

@@ -15,3 +15,6 @@ if TYPE_CHECKING:
 
 ANALYSES: list[Analysis] = [identify_analysis, lineage_analysis, merge_analysis, quant_analysis, watermark_analysis,
                              known_mark_analysis]
+"""In the report's order."""
+STREAMED_FIRST = lineage_analysis.__name__
+"""Runs before the others: its pass over the candidate also hashes it (identify needs the hashes)."""

@@ -12,6 +12,8 @@ if TYPE_CHECKING:  # the analyses import torch: load them only when they run
     from provenance.compare import CompareResult
     from provenance.compare.layermap import LayerMap
     from provenance.compare.merge import MergeEstimate
+    from provenance.hashing import CheckpointHashes
+    from provenance.progress import ProgressCallback
     from provenance.quant import QuantCheckResult
     from provenance.refdb import IdentifyResult
     from provenance.watermark import TraceResult
@@ -36,6 +38,11 @@ class Inputs:
 class Investigation:
     inputs: Inputs
     report: Report
+    progress: ProgressCallback | None = None
+    """Told the bytes each streamed pass reads (tasks named after the pass)."""
+    candidate_hashes: CheckpointHashes | None = None
+    """The candidate's file and tensor SHA-256s, taken by the first lineage pass as it reads
+    the candidate (``inputs.hashes``), else by a pass of their own."""
     identified: IdentifyResult | None = None
     lineage: dict[str, CompareResult] = field(default_factory=dict)
     """Per reference path, in the order given."""

@@ -111,7 +111,7 @@ def watermark_analysis(state: Investigation) -> None:
     reference = related[0][0] if related else None
     try:
         keys = load_registry(state.inputs.key_registry, candidate_arch(state.inputs.candidate))
-        result = trace(state.inputs.candidate, keys, reference=reference)
+        result = trace(state.inputs.candidate, keys, reference=reference, progress=state.progress)
     except (CheckpointError, ProvenanceError) as exc:
         state.report.errors.append({"path": state.inputs.key_registry, "message": str(exc)})
         return

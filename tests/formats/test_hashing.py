@@ -24,3 +24,57 @@ def test_one_pass_hashes_match_separate_hashes(chunk_bytes: int, hf_llama_sharde
             with open(info.file, "rb") as handle:
                 handle.seek(info.offset)
                 assert tensors[name] == hashlib.sha256(handle.read(info.n_bytes)).hexdigest()
+
+
+def _stream(checkpoint, names: list[str], rows_per_read: int, threads: int) -> None:  # type: ignore[no-untyped-def]
+    """What a streamed pass does: each tensor read in row chunks, tensors spread over threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(name: str) -> None:
+        info = checkpoint.info(name)
+        for start in range(0, info.n_rows, rows_per_read):
+            checkpoint.read_rows(name, start, min(info.n_rows, start + rows_per_read))
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(one, names))
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_digests_fed_by_a_pass_in_file_order_read_only_what_it_skips(threads: int, hf_llama_sharded) -> None:  # type: ignore[no-untyped-def]
+    """A pass over the tensors in storage order feeds the digests; they read only the bytes
+    no tensor holds (headers, padding, the tensors left out) and agree with the plain pass."""
+    from provenance.hashing import StreamedDigests
+
+    for path in (QUANT_DIR / "tiny-llama-Q3_K_M.gguf", hf_llama_sharded):
+        with open_checkpoint(path) as checkpoint:
+            expected = checkpoint_sha256s(checkpoint)
+            in_order = sorted(checkpoint.tensors, key=lambda n: (checkpoint.info(n).file, checkpoint.info(n).offset))
+            streamed = [n for n in in_order if checkpoint.info(n).qk_heads is None][1:]  # one left to the digests
+            digests = StreamedDigests(checkpoint, streamed)
+            with checkpoint.observing(digests):
+                _stream(checkpoint, streamed, rows_per_read=3, threads=threads)
+            assert digests.finish() == expected
+            skipped = sum(span.size for span in checkpoint.files) - sum(checkpoint.info(n).n_bytes for n in streamed)
+            assert digests.bytes_read_here == skipped
+
+
+def test_digests_stay_right_when_a_pass_runs_out_of_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reads far ahead of the digests' position (a pass in reverse) are kept up to a bound,
+    then read again here: the digests are the same and the pass never waits for long."""
+    import time
+
+    import provenance.hashing as hashing
+    from provenance.hashing import StreamedDigests
+
+    monkeypatch.setattr(hashing, "PENDING_BYTES", 50_000)
+    monkeypatch.setattr(hashing, "WAIT_S", 0.05)
+    with open_checkpoint(QUANT_DIR / "tiny-llama-Q3_K_M.gguf") as checkpoint:
+        expected = checkpoint_sha256s(checkpoint)
+        names = sorted(checkpoint.tensors, key=lambda n: -checkpoint.info(n).offset)
+        digests = StreamedDigests(checkpoint, names)
+        t0 = time.monotonic()
+        with checkpoint.observing(digests):
+            _stream(checkpoint, names, rows_per_read=8, threads=1)
+        assert time.monotonic() - t0 < 5.0
+        assert digests.finish() == expected
+        assert digests.bytes_read_here > 0
