@@ -26,6 +26,7 @@ from provenance.compare.copies import (
     pruned_copy,
     unchanged,
 )
+from provenance.compare.layermap import layer_ranges
 from provenance.compare.result import (
     AlignmentSummary,
     ChangeDetails,
@@ -34,6 +35,7 @@ from provenance.compare.result import (
     LayoutDecision,
     LineageVerdict,
     LowRankEvidence,
+    PartialCopyDetails,
     PermutationTestResult,
     RequantizationDetails,
     Strength,
@@ -203,6 +205,71 @@ def _unit_related(unit: PermutationTestResult | None) -> bool:
     return unit.p_asymptotic < ALPHA_RELATED and unit.p_exact <= max(EXACT_RELATED, unit.p_exact_floor)
 
 
+def _test_related(p_asymptotic: float, p_exact: float, floor: float) -> bool:
+    return p_asymptotic < ALPHA_RELATED and p_exact <= max(EXACT_RELATED, floor)
+
+
+def layer_relations(test: PermutationTestResult | None, unit: PermutationTestResult | None) -> dict[int, str]:
+    """Per candidate layer, what its own tests say: ``related`` (either test: asymptotic p <
+    1e-6 and exact p <= 0.01 on that layer's circuits alone), ``unrelated`` (every test it has:
+    asymptotic p >= 1e-3) or ``undecided``. The per-layer statistics are the calibrated test
+    restricted to one layer (one global permutation per draw), so each is exact on its own."""
+    tests: dict[int, list[tuple[float, float, float]]] = {}
+    for result in (test, unit):
+        if result is None:
+            continue
+        for layer in result.layers:
+            if layer.layer is not None:
+                tests.setdefault(layer.layer, []).append((layer.p_asymptotic, layer.p_exact, result.p_exact_floor))
+    out: dict[int, str] = {}
+    for layer, ps in sorted(tests.items()):
+        if any(_test_related(*p) for p in ps):
+            out[layer] = "related"
+        elif all(p[0] >= ALPHA_UNRELATED for p in ps):
+            out[layer] = "unrelated"
+        else:
+            out[layer] = "undecided"
+    return out
+
+
+def _partial_copy(test: PermutationTestResult, structure: StructureEvidence,
+                  rows: list[TensorComparison]) -> PartialCopyDetails | None:
+    """Some layers related to the reference by their own test, others unrelated by theirs: a
+    slice merge (layers 0..k from this reference, the rest from another model) seen from one
+    parent. A fine-tune moves every layer but leaves each one related (per-layer z >= 30 on
+    the synth heavy fine-tunes), so it is never one."""
+    relations = layer_relations(test, structure.unit_test)
+    related = tuple(k for k, v in relations.items() if v == "related")
+    unrelated = tuple(k for k, v in relations.items() if v == "unrelated")
+    if not related or not unrelated:
+        return None
+    mats = [r for r in rows if r.is_matrix and r.layer in related]
+    if mats and all(r.max_abs_delta == 0.0 for r in mats):
+        copied = "identical"
+    elif mats and all(unchanged(r) or inside_grid(r) for r in mats):
+        copied = "quantized"
+    else:
+        copied = "changed"
+    p_min = min(layer.p_asymptotic for result in (test, structure.unit_test) if result is not None
+                for layer in result.layers if layer.layer in unrelated)
+    return PartialCopyDetails(related, unrelated, tuple(k for k, v in relations.items() if v == "undecided"),
+                              copied, _overall_rel_delta(mats), p_min)
+
+
+def describe_partial(details: PartialCopyDetails) -> str:
+    """``partial copy: layers 0-2 identical to the reference's, layers 3-4 unrelated to it (...)``."""
+    def layers(ks: tuple[int, ...]) -> str:
+        return f"layer{'s' if len(ks) > 1 else ''} {layer_ranges(ks)}"
+
+    how = {"identical": "identical to the reference's", "quantized": "the reference's, quantized",
+           "changed": f"near the reference's (relative delta {details.related_rel_delta or 0:.3g})"}[details.copied]
+    text = (f"partial copy: {layers(details.related_layers)} {how}, {layers(details.unrelated_layers)} unrelated to it "
+            f"(per-layer p >= {details.unrelated_p_min:.2g})")
+    if details.undecided_layers:
+        text += f", {layers(details.undecided_layers)} undecided"
+    return text
+
+
 def _structure_lines(structure: StructureEvidence) -> list[str]:
     lines = [f"structure: {p}" for p in structure.phrases()]
     lines += [f"unpaired: {u.name}: {u.detail}" for u in structure.left_out]
@@ -304,7 +371,15 @@ def _decide(  # noqa: C901 (one decision list, each step a rule of docs/lineage.
         return verdict("inconclusive", None, "weak similarity: neither independent nor clearly derived",
                        f"weak similarity: asymptotic p = {p}, exact p = {test.p_exact:.3g}; "
                        "neither independent nor clearly derived")
+    partial = _partial_copy(test, structure, rows)
+    if partial is not None and alignment is not None:
+        # moves recovered on the unrelated layers are an assignment of unrelated units, not evidence
+        alignment = replace(alignment, layers=tuple(x for x in alignment.layers if x.layer in partial.related_layers))
     how = _how(rows, layout, alignment, structure, evidence, transforms)
+    if partial is not None:
+        evidence.append(f"per-layer tests: layers {layer_ranges(partial.related_layers)} related, "
+                        f"{layer_ranges(partial.unrelated_layers)} unrelated (smallest p {partial.unrelated_p_min:.3g})")
+        return verdict("partial-copy", True, describe_partial(partial) + how, details=partial)
     transformed = bool(transforms)
     mats = [r for r in rows if r.is_matrix]
     exact = [r for r in rows if r.max_abs_delta == 0.0]
