@@ -615,9 +615,11 @@ def _structure(cand: Checkpoint, ref: Checkpoint, run: _Pass, layer_map: LayerMa
     lineage = run.lineage
     unit = lineage.unit_test.result() if lineage is not None and lineage.unit_test is not None and len(lineage.unit_test) else None
     rotation: RotationEstimate | None = None
-    # Procrustes only when the evidence says the residual basis changed (the residual test
-    # sees nothing, the unit-space test a relation): a d x d SVD is not free at 7B widths
-    if (lineage is not None and lineage.probe_rows is not None and unit is not None and unit.p_asymptotic < ALIGN_P
+    # Procrustes only when the residual test sees nothing: either the unit-space test shows a
+    # relation (the residual basis changed), or neither test does, where a rotation the
+    # embedding rows still show is the one trace of a rotation combined with permuted MLP
+    # units (docs/lineage.md); related pairs skip it (a d x d SVD is not free at 7B widths)
+    if (lineage is not None and lineage.probe_rows is not None and unit is not None
             and (run.test is None or run.test.p_asymptotic >= ALIGN_P)):
         rotation = estimate_rotation(*lineage.probe_rows)
     return StructureEvidence(layer_map=layer_map, vocabulary=vocab, widths=widths, rotation=rotation,

@@ -180,6 +180,12 @@ class RotationEstimate:
     permutation_likeness: float
     """Mean over rows of ``max_j |Q_ij|``: 1 for a signed permutation, ~sqrt(2 log d / d) for a generic rotation."""
     recovered: bool
+    width: int = 0
+    """The residual width: with ``rows >= width`` the map is determined on the whole space."""
+
+    @property
+    def full_rank(self) -> bool:
+        return self.rows >= self.width > 0
 
     def describe(self) -> str:
         if not self.recovered:
@@ -190,7 +196,7 @@ class RotationEstimate:
                 f"{self.fit_residual:.2g}, {self.identity_residual:.2g} without it)")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rows": self.rows, "fit_residual": self.fit_residual, "identity_residual": self.identity_residual,
+        return {"rows": self.rows, "width": self.width, "fit_residual": self.fit_residual, "identity_residual": self.identity_residual,
                 "permutation_likeness": self.permutation_likeness, "recovered": self.recovered,
                 "description": self.describe()}
 
@@ -226,7 +232,7 @@ def estimate_rotation(reference_rows: np.ndarray, candidate_rows: np.ndarray) ->
         like_rows = q_r[rows] @ u @ vt @ q_c.T
     ident = float(torch.linalg.norm(ec - er)) / norm
     like = float(like_rows.abs().amax(dim=1).mean())
-    return RotationEstimate(n, fit, ident, like, fit <= ROTATION_FIT_MAX and fit <= 0.5 * ident)
+    return RotationEstimate(n, fit, ident, like, fit <= ROTATION_FIT_MAX and fit <= 0.5 * ident, d)
 
 
 @dataclass(frozen=True)

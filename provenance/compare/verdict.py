@@ -13,6 +13,7 @@ fine-tune. Each step is a function of typed fields, so further rules can be adde
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -42,7 +43,7 @@ from provenance.compare.result import (
     TensorComparison,
     VerdictKind,
 )
-from provenance.compare.structure import RotatedDetails, StructureEvidence
+from provenance.compare.structure import RotatedDetails, RotationEstimate, StructureEvidence
 from provenance.names.arch import ArchRecord
 
 #: related: the asymptotic p-value below this and the exact one at most ``EXACT_RELATED``
@@ -338,6 +339,22 @@ def _rotated(test: PermutationTestResult, structure: StructureEvidence, evidence
                           details=RotatedDetails(delta, _strength(delta), copy, rot))
 
 
+def _hidden_rotation(verdict: Callable[..., LineageVerdict], rotation: RotationEstimate,
+                     evidence: list[str]) -> LineageVerdict:
+    """Neither calibrated test sees a relation, yet the embedding rows are an orthogonal map of
+    the reference's: a residual rotation (or permutation) combined with permuted MLP units, which
+    no symmetry test can see through (docs/lineage.md). Not called related: the Procrustes fit
+    has no exact null (on the 300 independent synth pairs, from the 128 probe rows compare
+    uses, it was >= 0.53, against <= 0.08 for rotated derivatives and the 0.25 it must reach).
+    Only with at least as many probe rows as the width: with fewer (7B), any two row sets with
+    similar Gram matrices fit, so unrelated models could."""
+    evidence.append(f"the embedding rows are an orthogonal map of the reference's: {rotation.describe()}; "
+                    "uncalibrated: no exact test sees through a residual rotation combined with permuted MLP units")
+    text = (f"inconclusive: the calibrated tests see no relation, but the {rotation.describe()} "
+            "(a rotation combined with permuted MLP units hides lineage from both tests)")
+    return verdict("inconclusive", None, text, f"{text}; no calibrated p-value")
+
+
 def _decide(  # noqa: C901 (one decision list, each step a rule of docs/lineage.md)
     test: PermutationTestResult | None, rows: list[TensorComparison], arch_c: ArchRecord, arch_r: ArchRecord,
     layout: LayoutDecision, alignment: AlignmentSummary | None, reason: str | None, structure: StructureEvidence,
@@ -365,6 +382,8 @@ def _decide(  # noqa: C901 (one decision list, each step a rule of docs/lineage.
     if not residual_related and _unit_related(unit):
         return _rotated(test, structure, evidence)
     if test.p_asymptotic >= ALPHA_UNRELATED and (unit is None or unit.p_asymptotic >= ALPHA_UNRELATED):
+        if (rot := structure.rotation) is not None and rot.recovered and rot.full_rank:
+            return _hidden_rotation(verdict, rot, evidence)
         text = "no evidence the candidate derives from the reference"
         return verdict("unrelated", False, text, f"{text} (asymptotic p = {p})")
     if not residual_related:

@@ -148,14 +148,17 @@ def random_orthogonal(n: int, seed: int) -> torch.Tensor:
 
 @torch.no_grad()
 def rotate_residual(parent: str | os.PathLike[str], out: str | os.PathLike[str], seed: int = 0,
-                    dtype: torch.dtype = torch.float16) -> tuple[Path, torch.Tensor]:
+                    dtype: torch.dtype = torch.float16, permute_units: bool = False) -> tuple[Path, torch.Tensor]:
     """Fold every RMSNorm gain into the matrices that read its output (gains become 1),
     untie the output head, then rotate the residual stream by a random orthogonal ``Q``:
     matrices that read it (embedding rows, q/k/v, gate/up, output head) get ``W Q``,
     those that write it (attention output, down) ``Q^T W``. RMSNorm with unit gains
-    commutes with an orthogonal map, so logits are unchanged. Returns the path and ``Q``."""
+    commutes with an orthogonal map, so logits are unchanged. ``permute_units``: each layer's
+    MLP units are also permuted (gate/up rows and down columns together; same function).
+    Returns the path and ``Q``."""
     model = _load(parent)
     q = random_orthogonal(model.config.hidden_size, seed)
+    unit_rng = torch.Generator().manual_seed(seed + 1)
 
     def read(linear: torch.nn.Linear, gains: torch.Tensor | None = None) -> None:
         w = linear.weight.double()
@@ -175,6 +178,11 @@ def rotate_residual(parent: str | os.PathLike[str], out: str | os.PathLike[str],
             read(proj, f)
         write(attn.o_proj)
         write(mlp.down_proj)
+        if permute_units:
+            perm = torch.randperm(mlp.gate_proj.weight.shape[0], generator=unit_rng)
+            mlp.gate_proj.weight = torch.nn.Parameter(mlp.gate_proj.weight[perm].clone())
+            mlp.up_proj.weight = torch.nn.Parameter(mlp.up_proj.weight[perm].clone())
+            mlp.down_proj.weight = torch.nn.Parameter(mlp.down_proj.weight[:, perm].clone())
         layer.input_layernorm.weight.fill_(1.0)
         layer.post_attention_layernorm.weight.fill_(1.0)
     final = model.model.norm.weight.detach().clone()
