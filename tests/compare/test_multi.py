@@ -14,25 +14,13 @@ pytest.importorskip("mergekit")
 from provenance.compare import CompareOptions, compare
 from provenance.compare.multi import compare_references
 from provenance.compare.result import PartialCopyDetails
-from provenance.compare.variants import load_canonical, write_variant
 from provenance.synth import structure as st
-from provenance.synth.store import synth_model_path
+from tests.support.synth_models import q4_k_m as _q4
+from tests.support.synth_models import synth_model as _model
 
 OPTS = CompareOptions(permutations=199)
 
 
-def _model(name: str) -> Path:
-    try:
-        return synth_model_path(name)
-    except Exception:  # pragma: no cover - the synth pool ships with the repository
-        pytest.skip("synth pool not built")
-
-
-def _q4(path: Path, tmp: Path) -> Path:
-    tensors, arch, _ = load_canonical(path)
-    dst = tmp / f"{path.name}-Q4_K_M.gguf"
-    write_variant(dst, tensors, arch, "Q4_K_M", path.name)
-    return dst
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from provenance.compare.structure import pair_vocabularies
 from provenance.formats import open_checkpoint
 from provenance.formats.vocabulary import checkpoint_vocabulary
 from provenance.synth import structure as st
-from provenance.synth.store import synth_model_path
+from tests.support.synth_models import synth_model
 
 LLAMA_VOCAB = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "gguf-vocab" / "ggml-vocab-llama-spm.gguf"
 OPTS = CompareOptions(permutations=199)
@@ -35,10 +35,7 @@ def tokens() -> list[bytes]:
 
 @pytest.fixture(scope="module")
 def parent() -> Path:
-    try:
-        return synth_model_path("stories260k")
-    except Exception:  # pragma: no cover - the synth pool ships with the repository
-        pytest.skip("synth pool not built")
+    return synth_model("stories260k")
 
 
 @pytest.mark.parametrize("scheme", [None, "Q4_K_M"])
