@@ -618,9 +618,11 @@ def _structure(cand: Checkpoint, ref: Checkpoint, run: _Pass, layer_map: LayerMa
     # Procrustes only when the residual test sees nothing: either the unit-space test shows a
     # relation (the residual basis changed), or neither test does, where a rotation the
     # embedding rows still show is the one trace of a rotation combined with permuted MLP
-    # units (docs/lineage.md); related pairs skip it (a d x d SVD is not free at 7B widths)
+    # units (docs/lineage.md), read only with at least as many probe rows as the width;
+    # related pairs skip it (a d x d SVD is not free at 7B widths)
     if (lineage is not None and lineage.probe_rows is not None and unit is not None
-            and (run.test is None or run.test.p_asymptotic >= ALIGN_P)):
+            and (run.test is None or run.test.p_asymptotic >= ALIGN_P)
+            and (unit.p_asymptotic < ALIGN_P or lineage.probe_rows[0].shape[0] >= lineage.probe_rows[0].shape[1])):
         rotation = estimate_rotation(*lineage.probe_rows)
     return StructureEvidence(layer_map=layer_map, vocabulary=vocab, widths=widths, rotation=rotation,
                              unit_test=unit,
