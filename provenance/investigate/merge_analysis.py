@@ -13,7 +13,7 @@ from provenance.errors import CheckpointError
 if TYPE_CHECKING:
     from provenance.compare.layermap import LayerMap
     from provenance.compare.merge import MergeEstimate
-    from provenance.compare.multi import ParentsEvidence
+    from provenance.compare.multi import ParentsEvidence, ParentsVerdict
     from provenance.investigate.state import Investigation
 
 
@@ -39,12 +39,17 @@ def merge_analysis(state: Investigation) -> None:
         state.report.sections.append(section)
 
 
-def merge_parts(estimate: MergeEstimate, verdict: str | None = None) -> tuple[Finding, Section]:
-    """The merge estimate as a finding (merge or not) and a section (per-layer weights)."""
+def merge_parts(estimate: MergeEstimate, verdict: ParentsVerdict) -> tuple[Finding, Section]:
+    """The merge estimate as a finding (merge or not, as the references read together say) and
+    a section (per-layer weights)."""
     names = estimate.names()
-    summary = verdict or estimate.describe()
+    merged = verdict.kind == "merge"
+    summary = verdict.description if merged else estimate.describe()
+    if not merged and estimate.is_merge:  # the weights alone look like a merge; the tests say what it is
+        weights = ", ".join(f"{n} ({w:.2f})" for n, w in zip(names, estimate.weights, strict=True))
+        summary = f"not a merge ({verdict.description}); least-squares weights {weights}"
     finding = Finding(
-        id="lineage.merge", title="A merge of the references?", verdict="merge" if verdict else "not a merge",
+        id="lineage.merge", title="A merge of the references?", verdict="merge" if merged else "not a merge",
         summary=summary, severity=Severity.INFO,
         statistic={"weights": dict(zip(names, estimate.weights, strict=True)), "residual": estimate.residual},
         evidence=estimate.to_dict())
@@ -73,5 +78,5 @@ def parents_parts(evidence: ParentsEvidence) -> list[tuple[Finding, Section]]:
     if evidence.verdict.kind == "frankenmerge" and evidence.layer_slices is not None:
         out.append(slices_parts(evidence.layer_slices, evidence.slices_from))
     if evidence.merge is not None:
-        out.append(merge_parts(evidence.merge, evidence.verdict.description if evidence.verdict.kind == "merge" else None))
+        out.append(merge_parts(evidence.merge, evidence.verdict))
     return out
