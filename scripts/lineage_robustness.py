@@ -79,6 +79,17 @@ FAST_SUBSET = ("none", "unit+head permutations, rescaling + Q4_K_M", "noise 0.00
 COPY_KINDS = ("identical", "requantized", "pruned-copy", "perturbed-copy")
 
 
+def expected_kind(kind: str, rotated_copy: bool, on: str) -> bool:
+    """A copy must be a copy kind, a fine-tune a fine-tune. A residual rotation hides the grid
+    check and the per-tensor deltas (docs/lineage.md, "Structure"): the unit-space test still
+    relates it, and the verdict is "rotated copy" when the unit circuits did not move, else
+    "rotated derivative" (fine-tuning or quantization, which it cannot tell apart). So on a copy
+    only "rotated copy" is as expected, on a fine-tune only "rotated derivative"."""
+    if kind == "rotated":
+        return rotated_copy if on == "copy" else not rotated_copy
+    return kind in COPY_KINDS if on == "copy" else kind == "fine-tune"
+
+
 def run_case(recipe: Recipe, words: tuple[str, ...], on: str) -> dict[str, Any]:
     """One row: obfuscate LEAKED, compare with itself (copy) or with PARENT (fine-tune)."""
     from provenance.compare import CompareOptions, compare
@@ -92,7 +103,7 @@ def run_case(recipe: Recipe, words: tuple[str, ...], on: str) -> dict[str, Any]:
     v = result.verdict
     text = v.description.lower()
     named = all(re.search(w.lower(), text) for w in words) if words else True
-    expected = v.kind in COPY_KINDS if on == "copy" else v.kind == "fine-tune"
+    expected = expected_kind(v.kind, getattr(v.details, "copy", False), on)
     return {"obfuscation": recipe.label, "on": on, "verdict": v.kind, "z": round(v.z or 0.0, 1),
             "p_asymptotic": v.p_asymptotic, "p_exact": v.p_exact, "named": named, "as_expected": expected,
             "description": v.description}

@@ -10,6 +10,8 @@
                       the MLP unit matching also serves watermark realignment)
 * :mod:`.verdict`     identical / requantized / fine-tune / LoRA / CPT / unrelated / inconclusive
 * :mod:`.claims`      metadata claims beside the weight evidence
+* :mod:`.known`       the verdict judged again once a known change (a traced client's
+                      watermark) is added to the reference
 * :mod:`.options`     ``CompareOptions`` (defaults and help texts, also of the CLI)
 * :mod:`.result`      the typed ``CompareResult`` (verdict, test, claims, per-tensor rows)
 * :mod:`.api`         ``compare(candidate, reference, options) -> CompareResult``

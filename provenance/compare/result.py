@@ -247,6 +247,9 @@ class LineageVerdict:
     structure: StructureEvidence | None = None
     """What was done besides changing weights: layer map, vocabulary, widths, rotation, the
     unit-space test, every unpaired tensor and why (:mod:`provenance.compare.structure`)."""
+    known_change: str | None = None
+    """A change known from other evidence (the traced client's watermark) that was added to the
+    reference before the kind was decided (:mod:`provenance.compare.known`); None: not judged so."""
 
     @property
     def is_copy(self) -> bool:
@@ -268,7 +271,7 @@ class LineageVerdict:
                 "kind": self.kind, "related": self.related, "summary": self.summary,
                 "transformations": list(self.transformations),
                 "structure_kinds": list(self.structure.kinds) if self.structure else [],
-                "unpaired": [u.to_dict() for u in self.unpaired]}
+                "unpaired": [u.to_dict() for u in self.unpaired], "known_change": self.known_change}
 
 
 # ----- what the files claim ------------------------------------------------------------------

@@ -102,6 +102,18 @@ _RETRAINED = {"fine-tune": ("a fine-tune", "a fine-tuned"), "lora-merge": ("a Lo
               "continued-pretraining": ("a continued pretraining", "a continued-pretrained")}
 
 
+def _stored_quantized(verdict: LineageVerdict) -> bool:
+    """A requantized verdict whose stored types include a quantized one; only F16/BF16/F32
+    (a copy converted, or the same floats as a marked copy) is no quantization."""
+    from provenance.codecs.types import plain_type
+    from provenance.compare.result import RequantizationDetails
+
+    if verdict.kind != "requantized":
+        return False
+    types = verdict.details.types if isinstance(verdict.details, RequantizationDetails) else ()
+    return not types or any(plain_type(t) is None for t in types)
+
+
 def what_it_is(verdict: LineageVerdict, quant: QuantVerdict | None, quant_amplitude: float | None,
                watermarked: bool) -> str:
     """What the candidate is relative to its closest reference, from the typed findings alone:
@@ -116,7 +128,8 @@ def what_it_is(verdict: LineageVerdict, quant: QuantVerdict | None, quant_amplit
     * a perturbed copy, or a requantized one whose grid check saw a small i.i.d. perturbation:
       "a quantized copy (perturbed ...)", "a perturbed copy (...)"; when a client's watermark
       was found, the mark is that perturbation and the sentence names the client instead;
-    * requantized, clean: "a quantized copy"; identical: "an identical copy".
+    * requantized, clean: "a quantized copy" ("a copy" when every stored type is a plain
+      float: F16, BF16, F32); identical: "an identical copy".
     """
     from provenance.compare.result import ChangeDetails, CopyDetails, PartialCopyDetails
 
@@ -143,7 +156,7 @@ def what_it_is(verdict: LineageVerdict, quant: QuantVerdict | None, quant_amplit
         return f"a{' quantized' if quantized else ''} magnitude-pruned copy ({zeros} of weights zeroed){moved}"
     perturbed = kind == "perturbed-copy" or quant == "perturbed"
     noise = copy.noise_rel if copy is not None and copy.noise_rel is not None else quant_amplitude
-    how = "quantized copy" if quantized or kind == "requantized" else "copy"
+    how = "quantized copy" if quantized or _stored_quantized(verdict) else "copy"
     if perturbed and not watermarked:
         size = f": i.i.d. noise ~{noise:.1g} of the weights' spread" if noise is not None and noise == noise else ""
         return f"a {how} (perturbed{size}){moved}"

@@ -118,6 +118,21 @@ def mark_rows(w: np.ndarray, words: np.ndarray, first: np.int64, amplitude: floa
             out[r, c] = w[r, c] + scale * out[r, c]
 
 
+def mark_into(w_t: torch.Tensor, name: str, shape: tuple[int, int], first_row: int, key: KeySource, amplitude: float,
+              out: torch.Tensor) -> None:
+    """``out = w + a * sigma_row(w) * key`` (float32, before storage rounding) for rows
+    ``[first_row, first_row + len(w_t))`` of tensor ``name`` viewed as ``shape``: the mark as
+    :func:`embed_checkpoint` writes it, also what lineage adds to the owner's model to judge a
+    traced copy (:mod:`.known_mark`)."""
+    words = getattr(key, "words", None)
+    if words is not None:
+        mark_rows(w_t.numpy(), words(name), first_row * shape[1], amplitude, out.numpy())
+    else:  # a key given as arrays: the same arithmetic with its rows
+        k = torch.from_numpy(np.ascontiguousarray(key.rows(name, shape, first_row, first_row + w_t.shape[0])))
+        sigma = w_t.double().std(dim=1, unbiased=False, keepdim=True).float()
+        torch.add(w_t, k * (amplitude * sigma), out=out)
+
+
 @kernel
 def change_sums(w: np.ndarray, stored: np.ndarray, scratch: np.ndarray, sums: np.ndarray) -> None:
     """Adds ``sum(w**2)`` and ``sum((stored - w)**2)`` of float32 rows to ``sums[0:2]``."""
@@ -208,14 +223,7 @@ class _Marker:
         w_t = w_t[lo:hi]
         w = w_t.numpy()
         marked, stored, back = slot.marked[lo:hi], slot.stored[lo:hi], slot.back[lo:hi]
-        words = getattr(self.key, "words", None)
-        if words is not None:
-            mark_rows(w, words(info.name), (start + lo) * info.row_length, self.amplitude, marked.numpy())
-        else:  # a key given as arrays: the same arithmetic with its rows
-            shape = (info.n_rows, info.row_length)
-            k = torch.from_numpy(np.ascontiguousarray(self.key.rows(info.name, shape, start + lo, start + hi)))
-            sigma = w_t.double().std(dim=1, unbiased=False, keepdim=True).float()
-            torch.add(w_t, k * (self.amplitude * sigma), out=marked)
+        mark_into(w_t, info.name, (info.n_rows, info.row_length), start + lo, self.key, self.amplitude, marked)
         if stored is not marked:
             stored.copy_(marked)  # round to nearest even, as converters do
             back.copy_(stored)

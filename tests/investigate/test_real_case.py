@@ -27,16 +27,17 @@ def investigations(case: RealCase) -> dict:
     return investigate_case(case)
 
 
-# Known defect (open in issue 19): with main's provenance-wm-v2 keys the mark's own
-# perturbation is read as a structured change, so a quantized, only-watermarked copy is
-# worded "fine-tuned and quantized copy". The fix is to judge the shape of the difference
-# after removing the detected client's keyed mark. Strict: this fails loudly once fixed.
-@pytest.mark.xfail(strict=True, reason="v2 watermark perturbation read as a fine-tune (issue 19, open)")
 def test_quantized_leak_is_a_quantized_copy_with_the_client_named(investigations: dict) -> None:
+    """The mark's own grid flips once read as a structured change (one of 14 flip matrices at
+    rank ratio 0.599 < 0.6): lineage now judges the copy with the traced client's mark added
+    to the vendor's model, which explains its codes (docs/lineage.md, "A known change")."""
     state = investigations["quantized"]
     summary = state.report.executive_summary
     assert summary.startswith("leak-Q4_K_M.gguf is a quantized copy of vendor, watermarked for client globex"), summary
     assert state.traced is not None and state.traced.accused == ("globex",)
+    verdict = next(iter(state.lineage.values())).verdict
+    assert verdict.kind == "requantized" and verdict.known_change is not None
+    assert verdict.known_change.startswith("client globex's watermark (amplitude 0.001)"), verdict.known_change
 
 
 def test_finetuned_leak_is_a_fine_tuned_and_quantized_copy(investigations: dict) -> None:
@@ -45,7 +46,7 @@ def test_finetuned_leak_is_a_fine_tuned_and_quantized_copy(investigations: dict)
     assert summary.startswith("leak-finetuned-Q4_K_M.gguf is a fine-tuned and quantized copy (relative delta"), summary
     assert "layers changed most" in summary and "watermarked for client globex" in summary
     verdict = next(iter(state.lineage.values())).verdict
-    assert verdict.kind == "fine-tune"
+    assert verdict.kind == "fine-tune" and verdict.known_change is not None  # the mark removed, still retrained
 
 
 def test_clean_copy_is_an_exact_quantization_and_nobody_is_accused(investigations: dict) -> None:
@@ -53,6 +54,7 @@ def test_clean_copy_is_an_exact_quantization_and_nobody_is_accused(investigation
     summary = state.report.executive_summary
     assert summary.startswith("vendor-Q4_K_M.gguf is an exact quantization of vendor"), summary
     assert "nobody accused" in summary and state.traced is not None and not state.traced.accused
+    assert next(iter(state.lineage.values())).verdict.known_change is None
 
 
 def test_no_transformation_is_claimed_that_was_not_applied(investigations: dict) -> None:

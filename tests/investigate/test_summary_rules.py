@@ -73,3 +73,12 @@ def test_transformations_are_named_only_when_the_verdict_carries_them() -> None:
                            transformations=("permuted units", "rescaled units"))
     assert what_it_is(plain, "exact", None, False) == "an exact quantization"
     assert what_it_is(moved, "exact", None, False) == "an exact quantization (permuted units, rescaled units)"
+
+
+def test_a_requantized_copy_stored_in_plain_floats_is_a_copy() -> None:
+    """Every changed tensor inside F16/BF16 cells only (a converted copy, or a client's marked
+    copy once lineage adds the mark to the reference): "a copy", not a quantization."""
+    plain = LineageVerdict("requantized", True, "d", "s", details=RequantizationDetails(("BF16", "F16"), 0.0))
+    mixed = LineageVerdict("requantized", True, "d", "s", details=RequantizationDetails(("F16", "Q8_0"), 0.0))
+    assert what_it_is(plain, None, None, True) == what_it_is(plain, None, None, False) == "a copy"
+    assert what_it_is(mixed, None, None, True) == "a quantized copy"

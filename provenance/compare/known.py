@@ -1,0 +1,131 @@
+"""Judge a related pair again once a change known from other evidence is added to the reference.
+
+The kind of relation is read from what differs (:mod:`.verdict`). When other evidence names
+one change the candidate went through, and what that change does to every weight, that
+change is part of the reference the candidate was made from, not of what the candidate's
+maker did. The case that needs it: tracing names the client whose keyed watermark the
+candidate carries (:mod:`provenance.watermark.known_mark`); the client's copy *is* the
+owner's model plus that mark, so the mark must not be read as the leaker's own change. A
+keyed mark is i.i.d. noise, and its grid flips on a quantized copy are sparse: on the real
+SmolLM2-135M case one of 14 changed matrices' flip matrix fell just under the i.i.d. rank
+threshold (0.599 < 0.6), which made the copy "fine-tuned" (docs/lineage.md, "A known
+change: the traced client's watermark").
+
+The rule: every changed matrix the change touches is checked again against the reference
+*with the change applied* (:func:`provenance.compare.gridframe.check_in_candidate_frame`
+with the change as the source map, as a quantization chain's intermediate type is), its
+grid evidence and the shape of what still differs replacing the first ones, and the
+decision list runs again on the same calibrated test, alignment and structure. A candidate
+that is the marked copy, stored or quantized, is then a copy with every code explained; a
+fine-tune stays a fine-tune (its change is dense and structured with the mark removed, and
+its norm gains moved). Tensors the alignment moved or stored in a packed layout (GPTQ, AWQ
+...), a restructured candidate and PEFT adapters are left as judged (a stated limit).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from provenance.compare.api import _sample_rows as sample_rows
+from provenance.compare.claims import compare_claims
+from provenance.compare.copies import unchanged
+from provenance.compare.engine import GridCheck
+from provenance.compare.gridframe import FrameCheck, SourceMap, candidate_is_coarser, check_in_candidate_frame
+from provenance.compare.gridframe import _with_check as with_check
+from provenance.compare.result import CompareResult, TensorComparison
+from provenance.compare.shape import dense_shape, grid_shape
+from provenance.compare.verdict import decide
+from provenance.formats.base import Checkpoint
+
+#: kinds judged again: what a known change could have made look retrained or obfuscated
+REJUDGED = ("fine-tune", "lora-merge", "continued-pretraining", "pruned-copy", "perturbed-copy")
+
+
+@dataclass(frozen=True)
+class KnownChange:
+    """A change the reference went through before the candidate was made from it."""
+
+    label: str
+    """In words, for the verdict: ``client globex's watermark (amplitude 0.001)``."""
+    sources: Mapping[str, SourceMap]
+    """Per tensor it touches: the reference's rows from row 0 as the change left them."""
+
+
+def rejudgeable(result: CompareResult) -> bool:
+    """A related verdict a known change could explain, on a pair compared without views."""
+    structure = result.structure
+    return (result.verdict.kind in REJUDGED and result.adapter is None
+            and not (structure is not None and structure.changed))
+
+
+def _quantized_check(cand: Checkpoint, name: str, changed_ref: np.ndarray, sample: np.ndarray) -> FrameCheck | None:
+    """The changed reference against a quantized candidate's stored cells: counted by the type's
+    compiled cells kernel (as the streamed comparison does), the residual's shape from the
+    sampled rows' cells; None when the type has no grid (the caller falls back)."""
+    info = cand.info(name)
+    grid = GridCheck("candidate", info)
+    x = torch.from_numpy(np.ascontiguousarray(changed_ref, dtype=np.float32))
+    parts = grid.add(cand.raw_rows(name), x, x, torch.from_numpy(sample))
+    result = grid.result()
+    if grid.error or (parts is None and len(sample)):
+        return None
+    shape = None
+    if parts is not None:
+        moved, zeroed, width = parts
+        shape = grid_shape(moved.numpy(), zeroed.numpy(), changed_ref[sample].astype(np.float32), width.numpy())
+    return FrameCheck(info.dtype, int(result["checked"]), int(result["outside"]), shape, False)
+
+
+def _row_with_change(cand: Checkpoint, ref: Checkpoint, row: TensorComparison, source: SourceMap,
+                     result: CompareResult) -> TensorComparison:
+    """``row`` judged against the changed reference: the cells of a quantized (or narrow float)
+    candidate, else the plain difference on the sampled rows."""
+    c_info, r_info = cand.info(row.name), ref.info(row.name)
+    was_changed = not unchanged(row)
+    # a tensor inside its grid but for a few codes is only counted again (no shape to judge)
+    sample = sample_rows(r_info, result.options) if was_changed else np.zeros(0, dtype=np.int64)
+    changed_ref = source(ref.read_rows(row.name).astype(np.float32))
+    if candidate_is_coarser(c_info, r_info):
+        check = _quantized_check(cand, row.name, changed_ref, sample) if c_info.block_size > 1 else None
+        if check is None:
+            check = check_in_candidate_frame(cand, ref, row.name, None, source, sample_rows=sample)
+        return with_check(row, check if was_changed else replace(check, shape=row.shape_of_change), "reference")
+    return replace(row, shape_of_change=dense_shape(cand.read_rows(row.name)[sample].astype(np.float32),
+                                                    changed_ref[sample]))
+
+
+def judge_with_known_change(cand: Checkpoint, ref: Checkpoint, result: CompareResult, change: KnownChange) -> CompareResult:
+    """``result`` with its verdict decided again after adding ``change`` to the reference (module
+    docstring); ``result`` itself when nothing it judged could be explained by a change."""
+    if not rejudgeable(result):
+        return result
+    rows, rechecked = [], 0
+    for row in result.tensors:
+        source = change.sources.get(row.name)
+        # changed, or inside the grid but for a few codes (which the change may explain too)
+        if source is not None and row.is_matrix and not row.aligned and row.layout == "same" \
+                and not cand.info(row.name).packed \
+                and (not unchanged(row) or (row.grid_lossy_side == "candidate" and (row.grid_outside or 0) > 0)):
+            row = _row_with_change(cand, ref, row, source, result)
+            rechecked += 1
+        rows.append(row)
+    if not rechecked:
+        return result
+    verdict = decide(result.test, rows, cand.architecture, ref.architecture, result.layout, result.alignment,
+                     None, result.structure)
+    still = sum(not unchanged(r) for r in rows if r.name in change.sources and r.is_matrix)
+    description = f"{verdict.description}, once {change.label} is added to the reference"
+    verdict = replace(verdict, known_change=change.label, description=description,
+                      summary=verdict.summary.replace(verdict.description, description, 1),
+                      evidence=(f"judged with {change.label} added to the reference: {rechecked} matrices "
+                                f"checked again, {still} still differ beyond storage",) + verdict.evidence)
+    claims = compare_claims(dict(cand.metadata_claims), dict(ref.metadata_claims), verdict.related, verdict.kind)
+    if claims.disagreements:
+        verdict = replace(verdict, evidence=verdict.evidence + tuple("metadata: " + d for d in claims.disagreements))
+    return replace(result, verdict=verdict, tensors=tuple(rows), claims=claims)
+
+
+__all__ = ["REJUDGED", "KnownChange", "judge_with_known_change", "rejudgeable"]

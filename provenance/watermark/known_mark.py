@@ -1,0 +1,116 @@
+"""The traced client's watermark as a known change to the owner's model.
+
+A client's copy is the owner's model plus that client's keyed mark, ``w + a * sigma_row(w) *
+k`` on the tensors ``embed`` marks (:mod:`.embed`). Once tracing names the client, lineage
+judges what else differs with the mark added to the reference
+(:mod:`provenance.compare.known`; docs/lineage.md, "A known change: the traced client's
+watermark"): the mark is then never read as the leaker's own change.
+
+The amplitude is estimated, not assumed: the least-squares fit of ``candidate - reference``
+on ``sigma_row(w) * k`` over the first :data:`PROBE_ROWS` rows of every marked tensor that
+lineage paired without moving it. Quantization and storage rounding are independent of the
+key, so the fit is unbiased; its error (a quantized 135M copy: ~2% of the amplitude) moves a
+weight by far less than the grid check's 0.05-step tolerance. The mark itself is generated
+by the embed arithmetic (:func:`.embed.mark_into`), so at the fitted amplitude a marked and
+then quantized copy is explained code for code.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+
+from provenance.codecs.types import plain_type
+from provenance.compare.copies import unchanged
+from provenance.compare.gridframe import SourceMap
+from provenance.compare.known import KnownChange
+from provenance.compare.result import CompareResult
+from provenance.compare.shape import GRID_TOLERANCE_STEPS, rounding_cells
+from provenance.formats.base import Checkpoint
+from provenance.watermark.embed import mark_into
+from provenance.watermark.keys import KeySource
+from provenance.watermark.select import Selector, default_selector, markable
+
+#: rows per marked tensor the amplitude is fitted on
+PROBE_ROWS = 32
+
+
+def marked_names(ref: Checkpoint, key: KeySource, selector: Selector | None = None) -> list[str]:
+    """The reference tensors ``embed`` marks with ``key`` (the default selection)."""
+    chosen = selector or default_selector
+    return [name for name, info in ref.tensors.items() if chosen(info) and markable(info) and key.has(name)]
+
+
+def _marked(ref: Checkpoint, name: str, key: KeySource, amplitude: float, rows: np.ndarray) -> np.ndarray:
+    """``rows`` (the reference tensor's rows from row 0) with the mark of ``amplitude`` added."""
+    info = ref.info(name)
+    w = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
+    out = torch.empty_like(w)
+    mark_into(w, name, (info.n_rows, info.row_length), 0, key, amplitude, out)
+    return out.numpy()
+
+
+def _cell_interval(cand: Checkpoint, name: str, w: np.ndarray, unit: np.ndarray) -> tuple[float, float] | None:
+    """For a tensor the candidate stores as F16/BF16: the amplitudes whose mark puts every probe
+    weight inside its stored value's rounding cell (widened by the grid check's tolerance),
+    ``(lowest, highest)``; None for other storage types."""
+    plain = plain_type(cand.info(name).dtype)
+    if plain is None or not plain.narrow_float:
+        return None
+    stored = torch.from_numpy(np.ascontiguousarray(cand.read_rows(name, 0, w.shape[0]), dtype=np.float32))
+    lo, hi = (t.double().numpy() for t in rounding_cells(stored, plain.torch_dtype()))
+    tol = GRID_TOLERANCE_STEPS * (hi - lo)
+    live = unit != 0
+    ends = np.stack([(lo - tol - w)[live] / unit[live], (hi + tol - w)[live] / unit[live]])
+    return float(ends.min(axis=0).max()), float(ends.max(axis=0).min())
+
+
+def mark_amplitude(cand: Checkpoint, ref: Checkpoint, key: KeySource, names: Iterable[str],
+                   rows: int = PROBE_ROWS) -> float | None:
+    """The amplitude of ``key``'s mark in ``candidate - reference``: the least-squares fit
+    (module docstring), moved into the amplitudes that explain every probe weight of the
+    tensors the candidate stores as F16/BF16 when some do (their cells are a thousand times
+    finer than a quantized grid's: only a witness amplitude explains them all); None when
+    nothing was fitted or the fit is not positive."""
+    num = den = 0.0
+    low, high = -np.inf, np.inf
+    for name in names:
+        info = ref.info(name)
+        if name not in cand.tensors or cand.info(name).shape != info.shape:
+            continue
+        n = min(rows, info.n_rows)
+        w = ref.read_rows(name, 0, n).astype(np.float64)
+        unit = _marked(ref, name, key, 1.0, w).astype(np.float64) - w  # sigma_row(w) * k
+        delta = cand.read_rows(name, 0, n).astype(np.float64) - w
+        num += float(np.sum(delta * unit))
+        den += float(np.sum(unit * unit))
+        if (interval := _cell_interval(cand, name, w, unit)) is not None:
+            low, high = max(low, interval[0]), min(high, interval[1])
+    if den <= 0 or num <= 0:
+        return None
+    fitted = num / den
+    # an empty intersection: something besides the mark moved the narrow tensors; keep the fit
+    return float(min(max(fitted, low), high)) if low <= high else fitted
+
+
+def known_mark(cand: Checkpoint, ref: Checkpoint, key: KeySource, result: CompareResult) -> KnownChange | None:
+    """Client ``key``'s mark, at the amplitude fitted on the tensors ``result`` paired without
+    moving them, as a :class:`KnownChange` to the reference; None when none could be fitted."""
+    paired = {r.name for r in result.tensors if not r.aligned and r.layout == "same"}
+    names = [n for n in marked_names(ref, key) if n in paired]
+    # fitted where the mark moved weights out of their cells: inside a coarse grid the quantizer's
+    # pull towards cell centres (K-quant scale searches) biases the fit low (0.81e-3 for 1e-3 on
+    # the SmolLM2 case fitted on every marked tensor)
+    changed = {r.name for r in result.tensors if not unchanged(r)}
+    amplitude = mark_amplitude(cand, ref, key, [n for n in names if n in changed])
+    if amplitude is None:
+        return None
+
+    def source(name: str) -> SourceMap:
+        return lambda rows: _marked(ref, name, key, amplitude, rows)
+
+    return KnownChange(f"client {key.label}'s watermark (amplitude {amplitude:.2g})", {n: source(n) for n in names})
+
+
+__all__ = ["PROBE_ROWS", "known_mark", "mark_amplitude", "marked_names"]

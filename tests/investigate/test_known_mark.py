@@ -1,0 +1,112 @@
+"""The traced client's watermark is judged as part of the copy the leaker received, not as the
+leaker's change (provenance.compare.known, provenance.watermark.known_mark; docs/lineage.md,
+"A known change: the traced client's watermark").
+
+Every combination on a shipped synth model (the vendor's ``synth-s00``) with the real writers:
+the mark embedded by ``embed_checkpoint``, quantized by the project's llama.cpp-exact
+quantizer, the fine-tune a real trained derivative (``synth-s00-ft-medium``), each file
+investigated with the vendor's key registry."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from provenance.compare import CompareResult, compare
+from provenance.compare.known import judge_with_known_change
+from provenance.formats import open_checkpoint
+from provenance.investigate import Inputs, Investigation, run_investigation
+from provenance.quant.writer import quantize_model
+from provenance.synth.store import synth_model_path
+from provenance.watermark import DerivedKey, embed_checkpoint
+from provenance.watermark.known_mark import known_mark, mark_amplitude, marked_names
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.skipif(not (ROOT / "data" / "synth" / "manifest.json").is_file(), reason="synth pool not built")
+
+SECRET = hashlib.sha256(b"known-mark test vendor secret").digest()
+CLIENTS = ("acme-corp", "globex", "initech")
+LEAKER = "globex"
+AMPLITUDE = 1e-2
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    work = tmp_path_factory.mktemp("known-mark")
+    registry = work / "vendor-keys"
+    registry.mkdir()
+    (registry / "secret").write_bytes(SECRET)
+    (registry / "clients.txt").write_text("\n".join(CLIENTS) + "\n", "utf-8")
+    key = DerivedKey(SECRET, LEAKER)
+    marked = work / "vendor-for-globex"
+    embed_checkpoint(synth_model_path("synth-s00"), marked, key, amplitude=AMPLITUDE)
+    tuned = work / "vendor-for-globex-finetuned"
+    embed_checkpoint(synth_model_path("synth-s00-ft-medium"), tuned, key, amplitude=AMPLITUDE)
+    out = {"registry": registry, "mark only": marked}
+    for label, source in (("mark + quantized", marked), ("mark + fine-tune + quantized", tuned),
+                          ("no mark", synth_model_path("synth-s00"))):
+        out[label] = work / f"{label.replace(' ', '')}-Q4_K_M.gguf"
+        quantize_model(source, out[label], "Q4_K_M")
+    return out
+
+
+def _investigate(files: dict[str, Path], label: str) -> Investigation:
+    return run_investigation(Inputs(str(files[label]), (str(synth_model_path("synth-s00")),), str(files["registry"])))
+
+
+def _lineage(state: Investigation) -> CompareResult:
+    return next(iter(state.lineage.values()))
+
+
+def test_mark_only_is_a_copy_with_the_client_named(files: dict[str, Path]) -> None:
+    state = _investigate(files, "mark only")
+    summary = state.report.executive_summary
+    assert summary.startswith("vendor-for-globex is a copy of synth-s00, watermarked for client globex"), summary
+    verdict = _lineage(state).verdict
+    assert verdict.is_copy and verdict.known_change is not None and "client globex's watermark" in verdict.known_change
+
+
+def test_marked_and_quantized_is_a_quantized_copy_with_the_client_named(files: dict[str, Path]) -> None:
+    state = _investigate(files, "mark + quantized")
+    summary = state.report.executive_summary
+    assert " is a quantized copy of synth-s00, watermarked for client globex" in summary, summary
+    verdict = _lineage(state).verdict
+    assert verdict.kind == "requantized" and verdict.known_change is not None, verdict.description
+    assert state.traced is not None and state.traced.accused == (LEAKER,)
+
+
+def test_marked_fine_tuned_and_quantized_stays_a_fine_tune(files: dict[str, Path]) -> None:
+    state = _investigate(files, "mark + fine-tune + quantized")
+    summary = state.report.executive_summary
+    assert " is a fine-tuned and quantized copy (relative delta" in summary and "watermarked for client globex" in summary
+    verdict = _lineage(state).verdict
+    # judged with the mark added to the reference, and still retrained
+    assert verdict.kind == "fine-tune" and verdict.known_change is not None, verdict.description
+
+
+def test_unmarked_quantization_is_exact_and_nobody_is_judged_with_a_mark(files: dict[str, Path]) -> None:
+    state = _investigate(files, "no mark")
+    summary = state.report.executive_summary
+    assert " is an exact quantization of synth-s00" in summary and "nobody accused" in summary, summary
+    assert _lineage(state).verdict.known_change is None
+
+
+def test_the_fitted_amplitude_is_the_embedded_one(files: dict[str, Path]) -> None:
+    key = DerivedKey(SECRET, LEAKER)
+    with open_checkpoint(files["mark only"]) as cand, open_checkpoint(synth_model_path("synth-s00")) as ref:
+        fitted = mark_amplitude(cand, ref, key, marked_names(ref, key))
+    assert fitted == pytest.approx(AMPLITUDE, rel=0.01)
+
+
+def test_an_innocent_clients_mark_explains_nothing(files: dict[str, Path]) -> None:
+    """A sceptic's control: the same rule with a client whose key is not in the copy."""
+    vendor = synth_model_path("synth-s00")
+    result = compare(files["mark + fine-tune + quantized"], vendor)
+    with open_checkpoint(files["mark + fine-tune + quantized"]) as cand, open_checkpoint(vendor) as ref:
+        innocent = DerivedKey(SECRET, "initech")
+        fitted = mark_amplitude(cand, ref, innocent, marked_names(ref, innocent))
+        assert fitted is None or fitted < AMPLITUDE / 20
+        change = known_mark(cand, ref, innocent, result)
+        judged = result if change is None else judge_with_known_change(cand, ref, result, change)
+    assert judged.verdict.kind == result.verdict.kind == "fine-tune"
