@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from provenance.commands.common import ExitCode, say
-from provenance.commands.paths import BASE_HELP, MODEL, download_option
+from provenance.commands.paths import BASE_HELP, MERGE_BASE_HELP, MODEL, download_option
 from provenance.commands.progress import progress_display
 from provenance.commands.refdb_cmd import refdb_option
 from provenance.report import DEFAULT_FORMATS, renderer_names, renderers, write_report
@@ -17,9 +17,7 @@ FORMAT_HELP = "Comma-separated outputs among " + ", ".join(renderer_names()) + "
 @click.option("--reference", "references", multiple=True, type=MODEL,
               help="A reference checkpoint to compare with (repeatable): lineage, and grid consistency for quantized candidates.")
 @click.option("--base", type=MODEL, default=None, help=BASE_HELP)
-@click.option("--merge-base", type=MODEL, default=None,
-              help="The common base of merged references (task arithmetic, TIES, DARE): "
-              "merge weights are fitted on deltas from it.")
+@click.option("--merge-base", type=MODEL, default=None, help=MERGE_BASE_HELP)
 @download_option
 @click.option("--keys", "key_registry", type=click.Path(), help="A watermark key registry: trace which client's copy this is.")
 @refdb_option

@@ -21,6 +21,8 @@ DOWNLOAD_HELP = ("Fetch models named hf:ORG/NAME[@REVISION] (or ORG/NAME) into t
 
 BASE_HELP = ("The base model a PEFT adapter input applies to (default: the adapter's base_model_name_or_path, "
              "opened like any model name).")
+MERGE_BASE_HELP = ("The common base of merged references (task arithmetic, TIES, DARE): merge weights are fitted "
+                   "on deltas from it.")
 
 
 class ModelInput(click.ParamType):

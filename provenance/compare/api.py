@@ -74,6 +74,7 @@ from provenance.compare.structure import (
     VocabularyChange,
     WidthChange,
     estimate_rotation,
+    pair_vocabularies,
 )
 from provenance.compare.symtest import PermutationTest
 from provenance.compare.transform import Transform
@@ -83,6 +84,7 @@ from provenance.compare.views import layer_view, vocabulary_view
 from provenance.errors import input_boundary
 from provenance.formats import open_checkpoint
 from provenance.formats.base import Checkpoint, TensorInfo
+from provenance.formats.vocabulary import checkpoint_vocabulary
 from provenance.hashing import CheckpointHashes, StreamedDigests
 from provenance.names.arch import ArchRecord
 from provenance.textsafe import safe_text
@@ -564,11 +566,20 @@ def map_layers_onto(candidate: str | os.PathLike[str], references: list[str | os
 
 
 def _vocabulary(cand: Checkpoint, ref: Checkpoint) -> VocabularyChange | None:
+    """How token rows pair: by token string when both tokenizers are known and their lists
+    differ (a reordered or changed vocabulary), else by id when the row counts differ."""
     rc, rr = _token_rows(cand), _token_rows(ref)
     ec, er = cand.tensors.get("token_embd.weight"), ref.tensors.get("token_embd.weight")
-    if rc is None or rr is None or rc == rr or ec is None or er is None or ec.shape[1] != er.shape[1]:
+    if rc is None or rr is None or ec is None or er is None or ec.shape[1] != er.shape[1]:
         return None
-    return VocabularyChange(rc, rr, min(rc, rr))
+    vc, vr = checkpoint_vocabulary(cand), checkpoint_vocabulary(ref)
+    if vc is not None and vr is not None:
+        by_string = pair_vocabularies(vc.tokens, vr.tokens, rc, rr)
+        # only when rows moved: otherwise pairing by id is the same pairing (and a conversion
+        # that spells a few tokens differently, e.g. padding rows, is not called a new vocabulary)
+        if by_string is not None and by_string.moved > 0:
+            return by_string
+    return VocabularyChange(rc, rr, min(rc, rr)) if rc != rr else None
 
 
 def _widths(arch_c: ArchRecord, arch_r: ArchRecord, cand: Checkpoint, ref: Checkpoint) -> tuple[WidthChange, ...]:
@@ -583,10 +594,14 @@ def _widths(arch_c: ArchRecord, arch_r: ArchRecord, cand: Checkpoint, ref: Check
 def _views(cand: Checkpoint, ref: Checkpoint, layer_map: LayerMap | None,
            vocab: VocabularyChange | None) -> tuple[Checkpoint, Checkpoint]:
     rows = vocab.shared_rows if vocab else None
-    cand_v: Checkpoint = vocabulary_view(cand, rows) if rows is not None and vocab and vocab.candidate_rows > rows else cand
+    index_c = vocab.candidate_ids if vocab else None
+    index_r = vocab.reference_ids if vocab else None
+    cand_v: Checkpoint = (vocabulary_view(cand, rows, index_c) if rows is not None and vocab
+                          and (vocab.candidate_rows > rows or index_c is not None) else cand)
     if layer_map is not None and not layer_map.is_identity:
-        return cand_v, layer_view(ref, layer_map.mapping(), rows, n_layer=len(layer_map.matches))
-    ref_v: Checkpoint = vocabulary_view(ref, rows) if rows is not None and vocab and vocab.reference_rows > rows else ref
+        return cand_v, layer_view(ref, layer_map.mapping(), rows, n_layer=len(layer_map.matches), token_index=index_r)
+    ref_v: Checkpoint = (vocabulary_view(ref, rows, index_r) if rows is not None and vocab
+                         and (vocab.reference_rows > rows or index_r is not None) else ref)
     return cand_v, ref_v
 
 
@@ -614,7 +629,16 @@ def _unpaired(cand: Checkpoint, ref: Checkpoint, run: _Pass, layer_map: LayerMap
                 if info.layer == layer:
                     out.append(UnpairedTensor(name, "layer-removed", f"reference layer {layer} has no counterpart in the "
                                                                      "candidate (removed)", None, info.shape))
-    if vocab is not None:
+    if vocab is not None and vocab.paired_by == "token string":
+        for name in ("token_embd.weight", "output.weight"):
+            c, r = cand.tensors.get(name), ref.tensors.get(name)
+            if c is None or r is None or not (vocab.only_candidate_count or vocab.only_reference_count):
+                continue
+            out.append(UnpairedTensor(name, "vocabulary-rows",
+                                      f"{vocab.shared_rows} rows paired by token string ({vocab.moved} at other ids); "
+                                      f"{vocab.only_candidate_count} rows only in the candidate, "
+                                      f"{vocab.only_reference_count} only in the reference", c.shape, r.shape))
+    elif vocab is not None:
         for name in ("token_embd.weight", "output.weight"):
             c, r = cand.tensors.get(name), ref.tensors.get(name)
             if c is None or r is None or c.shape == r.shape:
@@ -633,10 +657,14 @@ def _structure(cand: Checkpoint, ref: Checkpoint, run: _Pass, layer_map: LayerMa
     lineage = run.lineage
     unit = lineage.unit_test.result() if lineage is not None and lineage.unit_test is not None and len(lineage.unit_test) else None
     rotation: RotationEstimate | None = None
-    # Procrustes only when the evidence says the residual basis changed (the residual test
-    # sees nothing, the unit-space test a relation): a d x d SVD is not free at 7B widths
-    if (lineage is not None and lineage.probe_rows is not None and unit is not None and unit.p_asymptotic < ALIGN_P
-            and (run.test is None or run.test.p_asymptotic >= ALIGN_P)):
+    # Procrustes only when the residual test sees nothing: either the unit-space test shows a
+    # relation (the residual basis changed), or neither test does, where a rotation the
+    # embedding rows still show is the one trace of a rotation combined with permuted MLP
+    # units (docs/lineage.md), read only with at least as many probe rows as the width;
+    # related pairs skip it (a d x d SVD is not free at 7B widths)
+    if (lineage is not None and lineage.probe_rows is not None and unit is not None
+            and (run.test is None or run.test.p_asymptotic >= ALIGN_P)
+            and (unit.p_asymptotic < ALIGN_P or lineage.probe_rows[0].shape[0] >= lineage.probe_rows[0].shape[1])):
         rotation = estimate_rotation(*lineage.probe_rows)
     return StructureEvidence(layer_map=layer_map, vocabulary=vocab, widths=widths, rotation=rotation,
                              unit_test=unit,

@@ -221,7 +221,8 @@ def _segments(matches: Sequence[LayerMatch]) -> list[tuple[str, int, int]]:
     return runs
 
 
-def _ranges(layers: Sequence[int]) -> str:
+def layer_ranges(layers: Sequence[int]) -> str:
+    """``[0, 1, 2, 4]`` -> ``0-2, 4``."""
     parts, start = [], None
     items = sorted(layers)
     for k, x in enumerate(items):
@@ -260,17 +261,17 @@ def describe(matches: Sequence[LayerMatch], reference_layers: int, distances: np
     else:
         if duplicated:
             structure.append("depth-upscaled")
-            words.append(f"depth-upscaled: reference layers {seg_text} (layers {_ranges(duplicated)} repeated)")
+            words.append(f"depth-upscaled: reference layers {seg_text} (layers {layer_ranges(duplicated)} repeated)")
         monotone = all(b > a for a, b in itertools.pairwise(mapped))
         if not duplicated and not monotone:
             structure.append("reordered")
             words.append(f"layers reordered: reference layers {', '.join(map(str, mapped))} in candidate order")
         if missing:
             structure.append("layers-removed")
-            words.append(f"reference layer{'s' if len(missing) > 1 else ''} {_ranges(missing)} removed")
+            words.append(f"reference layer{'s' if len(missing) > 1 else ''} {layer_ranges(missing)} removed")
     if new:
         structure.append("new-layers")
-        words.append(f"candidate layer{'s' if len(new) > 1 else ''} {_ranges(new)} match no reference layer")
+        words.append(f"candidate layer{'s' if len(new) > 1 else ''} {layer_ranges(new)} match no reference layer")
     table = tuple(tuple(float(x) for x in row) for row in distances) if distances is not None else ()
     return LayerMap(tuple(matches), reference_layers, tuple(structure), "; ".join(words), missing, duplicated,
                     tuple(segments), table)

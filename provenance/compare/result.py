@@ -23,7 +23,8 @@ if TYPE_CHECKING:  # structure.py reads PermutationTestResult from here
 
 SCHEMA = "provenance.compare/1"
 
-VerdictKind = Literal["identical", "requantized", "pruned-copy", "perturbed-copy", "restructured", "rotated", "fine-tune", "lora-merge",
+VerdictKind = Literal["identical", "requantized", "pruned-copy", "perturbed-copy", "restructured", "rotated", "partial-copy",
+                      "fine-tune", "lora-merge",
                       "continued-pretraining", "unrelated", "inconclusive"]
 KINDS: tuple[str, ...] = get_args(VerdictKind)
 COPY_KINDS: tuple[str, ...] = ("identical", "requantized", "pruned-copy", "perturbed-copy")
@@ -178,6 +179,29 @@ class CopyDetails:
 
 
 @dataclass(frozen=True)
+class PartialCopyDetails:
+    """Some layers are the reference's, the others unrelated to it (a slice merge seen from one
+    parent), read from the per-layer tests (docs/lineage.md, "What kind of relation")."""
+
+    related_layers: tuple[int, ...]
+    """Candidate layers the per-layer test relates to the reference (asymptotic p < 1e-6)."""
+    unrelated_layers: tuple[int, ...]
+    """Candidate layers neither per-layer test relates (both asymptotic p >= 1e-3)."""
+    undecided_layers: tuple[int, ...]
+    copied: Literal["identical", "quantized", "changed"]
+    """The related layers' tensors: equal, inside the lossy side's grid, or changed."""
+    related_rel_delta: float | None
+    """``||C - R|| / ||R||`` over the related layers' matrices."""
+    unrelated_p_min: float
+    """The smallest per-layer p-value (either test) among the unrelated layers."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"related_layers": list(self.related_layers), "unrelated_layers": list(self.unrelated_layers),
+                "undecided_layers": list(self.undecided_layers), "copied": self.copied,
+                "related_rel_delta": self.related_rel_delta, "unrelated_p_min": self.unrelated_p_min}
+
+
+@dataclass(frozen=True)
 class ChangeDetails:
     """How much a related candidate changed, and where (fine-tune, LoRA, continued pretraining)."""
 
@@ -218,7 +242,7 @@ class LineageVerdict:
     z: float | None = None
     evidence: tuple[str, ...] = ()
     """Plain sentences, in the order the decision used them."""
-    details: RequantizationDetails | ChangeDetails | CopyDetails | RotatedDetails | None = None
+    details: RequantizationDetails | ChangeDetails | CopyDetails | PartialCopyDetails | RotatedDetails | None = None
     transformations: tuple[str, ...] = ()
     """What the alignment and layout detection undid (``permuted units``, ``transposed layout``...): only moves made."""
     structure: StructureEvidence | None = None

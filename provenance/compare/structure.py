@@ -1,7 +1,8 @@
 """What was done to the reference besides changing its weights: typed evidence for the verdict.
 
 * the layer map (:mod:`.layermap`): depth upscaling, removed or reordered layers;
-* shape changes: a longer or shorter vocabulary (shared token rows paired by id), fewer
+* shape changes: a longer, shorter, reordered or changed vocabulary (shared token rows paired
+  by id, or by token string when both tokenizers are known), fewer
   MLP units or KV heads (tensors compared through their circuits only);
 * a rotation of the residual stream, seen by the unit-space test (:mod:`.unitspace`) and
   recovered from the shared embedding rows (orthogonal Procrustes);
@@ -12,6 +13,7 @@ parses a sentence back.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +23,7 @@ import torch
 from provenance.compare.layermap import LayerMap
 from provenance.compare.result import PermutationTestResult
 from provenance.formats.pairing import Unpaired
+from provenance.textsafe import safe_text
 
 #: the Procrustes fit must explain the candidate's probe embedding rows this well (relative
 #: residual; a fine-tune's own change of the embedding stays below it: 0.06-0.07 measured on the
@@ -53,23 +56,94 @@ class UnpairedTensor:
 
 @dataclass(frozen=True)
 class VocabularyChange:
+    """Token-indexed rows (embedding, output head) of two vocabularies, and how they were paired:
+    by token id (a longer or shorter vocabulary with the same tokens first), or by token string
+    when both tokenizers are known and their lists differ (a reordered or changed vocabulary)."""
+
     candidate_rows: int
     reference_rows: int
     shared_rows: int
     paired_by: str = "token id"
+    """``token id`` or ``token string``."""
+    moved: int = 0
+    """Rows paired by string whose token id differs between the two."""
+    only_candidate: tuple[str, ...] = ()
+    """Tokens (or ``row N`` past the tokenizer) of the candidate with no counterpart, first 8."""
+    only_candidate_count: int = 0
+    only_reference: tuple[str, ...] = ()
+    only_reference_count: int = 0
+    candidate_ids: np.ndarray | None = field(default=None, repr=False, compare=False)
+    """Paired rows, in the reference's order (string pairing only)."""
+    reference_ids: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def kind(self) -> str:
-        return "vocabulary-extended" if self.candidate_rows > self.reference_rows else "vocabulary-truncated"
+        if self.candidate_rows > self.reference_rows:
+            return "vocabulary-extended"
+        if self.candidate_rows < self.reference_rows:
+            return "vocabulary-truncated"
+        return "vocabulary-changed" if self.only_candidate_count or self.only_reference_count else "vocabulary-reordered"
 
     def describe(self) -> str:
-        verb = "extended" if self.candidate_rows > self.reference_rows else "truncated"
-        return (f"vocabulary {verb} {self.reference_rows} -> {self.candidate_rows} tokens "
-                f"({self.shared_rows} shared rows paired by {self.paired_by})")
+        if self.paired_by == "token id":
+            verb = "extended" if self.candidate_rows > self.reference_rows else "truncated"
+            return (f"vocabulary {verb} {self.reference_rows} -> {self.candidate_rows} tokens "
+                    f"({self.shared_rows} shared rows paired by {self.paired_by})")
+        verb = {"vocabulary-extended": "extended", "vocabulary-truncated": "truncated",
+                "vocabulary-changed": "changed", "vocabulary-reordered": "reordered"}[self.kind]
+        text = (f"vocabulary {verb} {self.reference_rows} -> {self.candidate_rows} tokens ({self.shared_rows} rows "
+                f"paired by token string, {self.moved} of them at other ids")
+        for count, sample, side in ((self.only_candidate_count, self.only_candidate, "candidate"),
+                                    (self.only_reference_count, self.only_reference, "reference")):
+            if count:
+                text += f"; {count} only in the {side}: {', '.join(sample)}{', ...' if count > len(sample) else ''}"
+        return text + ")"
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "candidate_rows": self.candidate_rows, "reference_rows": self.reference_rows,
-                "shared_rows": self.shared_rows, "paired_by": self.paired_by, "description": self.describe()}
+                "shared_rows": self.shared_rows, "paired_by": self.paired_by, "moved": self.moved,
+                "only_candidate": list(self.only_candidate), "only_candidate_count": self.only_candidate_count,
+                "only_reference": list(self.only_reference), "only_reference_count": self.only_reference_count,
+                "description": self.describe()}
+
+
+#: unpaired tokens named in a description (the counts are complete)
+_SAMPLE = 8
+
+
+def _token_label(token: bytes) -> str:
+    return safe_text(repr(token.decode("utf-8", errors="replace")), 40)
+
+
+def pair_vocabularies(candidate_tokens: Sequence[bytes], reference_tokens: Sequence[bytes], candidate_rows: int,
+                      reference_rows: int) -> VocabularyChange | None:
+    """Pair token rows by token string (each string's first id on each side; rows past a
+    tokenizer's list, e.g. padding, pair with nothing). None when the lists agree on every
+    shared id (pairing by id is the same pairing)."""
+    cand = list(candidate_tokens[:candidate_rows])
+    ref = list(reference_tokens[:reference_rows])
+    n = min(len(cand), len(ref))
+    if cand[:n] == ref[:n] and len(cand) == candidate_rows and len(ref) == reference_rows:
+        return None
+    first: dict[bytes, int] = {}
+    for i, token in enumerate(cand):
+        first.setdefault(token, i)
+    used: set[int] = set()
+    pairs: list[tuple[int, int]] = []
+    for j, token in enumerate(ref):
+        i = first.get(token)
+        if i is not None and i not in used:
+            used.add(i)
+            pairs.append((i, j))
+    paired_ref = {j for _, j in pairs}
+    only_c = [_token_label(t) for i, t in enumerate(cand) if i not in used]
+    only_c += [f"row {i}" for i in range(len(cand), candidate_rows)]
+    only_r = [_token_label(t) for j, t in enumerate(ref) if j not in paired_ref]
+    only_r += [f"row {j}" for j in range(len(ref), reference_rows)]
+    ci = np.array([i for i, _ in pairs], dtype=np.int64)
+    ri = np.array([j for _, j in pairs], dtype=np.int64)
+    return VocabularyChange(candidate_rows, reference_rows, len(pairs), "token string", int((ci != ri).sum()),
+                            tuple(only_c[:_SAMPLE]), len(only_c), tuple(only_r[:_SAMPLE]), len(only_r), ci, ri)
 
 
 @dataclass(frozen=True)
@@ -106,6 +180,12 @@ class RotationEstimate:
     permutation_likeness: float
     """Mean over rows of ``max_j |Q_ij|``: 1 for a signed permutation, ~sqrt(2 log d / d) for a generic rotation."""
     recovered: bool
+    width: int = 0
+    """The residual width: with ``rows >= width`` the map is determined on the whole space."""
+
+    @property
+    def full_rank(self) -> bool:
+        return self.rows >= self.width > 0
 
     def describe(self) -> str:
         if not self.recovered:
@@ -116,7 +196,7 @@ class RotationEstimate:
                 f"{self.fit_residual:.2g}, {self.identity_residual:.2g} without it)")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rows": self.rows, "fit_residual": self.fit_residual, "identity_residual": self.identity_residual,
+        return {"rows": self.rows, "width": self.width, "fit_residual": self.fit_residual, "identity_residual": self.identity_residual,
                 "permutation_likeness": self.permutation_likeness, "recovered": self.recovered,
                 "description": self.describe()}
 
@@ -152,7 +232,7 @@ def estimate_rotation(reference_rows: np.ndarray, candidate_rows: np.ndarray) ->
         like_rows = q_r[rows] @ u @ vt @ q_c.T
     ident = float(torch.linalg.norm(ec - er)) / norm
     like = float(like_rows.abs().amax(dim=1).mean())
-    return RotationEstimate(n, fit, ident, like, fit <= ROTATION_FIT_MAX and fit <= 0.5 * ident)
+    return RotationEstimate(n, fit, ident, like, fit <= ROTATION_FIT_MAX and fit <= 0.5 * ident, d)
 
 
 @dataclass(frozen=True)

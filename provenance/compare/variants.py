@@ -17,7 +17,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -102,7 +102,7 @@ def emulate_2bit(x: np.ndarray) -> np.ndarray:
 
 
 def write_variant(path: str | os.PathLike[str], tensors: Mapping[str, np.ndarray], arch: ArchRecord, scheme: str | None,
-                  name: str, base_model: str | None = None) -> dict[str, str]:
+                  name: str, base_model: str | None = None, tokens: Sequence[bytes] | None = None) -> dict[str, str]:
     """Write ``tensors`` (canonical, float32) as a GGUF at ``path`` under ``scheme``.
 
     ``None``: F32 as is. A llama.cpp file type (``"Q8_0"``, ``"Q4_K_M"``, ``"Q2_K"``, ...):
@@ -115,11 +115,12 @@ def write_variant(path: str | os.PathLike[str], tensors: Mapping[str, np.ndarray
     if scheme is None or scheme == "2bit-emu":
         typed = {k: ((emulate_2bit(v) if scheme and v.ndim == 2 else np.asarray(v, dtype=np.float32)), Q.F32)
                  for k, v in tensors.items()}
-        write_gguf(path, typed, arch, name, base_model)
+        write_gguf(path, typed, arch, name, base_model, tokens)
         return {k: "F32" for k in tensors}
     src = path + ".f32.gguf"
     try:
-        write_gguf(src, {k: (np.asarray(v, dtype=np.float32), Q.F32) for k, v in tensors.items()}, arch, name, base_model)
+        write_gguf(src, {k: (np.asarray(v, dtype=np.float32), Q.F32) for k, v in tensors.items()}, arch, name, base_model,
+                   tokens)
         return llama_quantize(src, path, scheme)
     finally:
         if os.path.exists(src):
@@ -150,10 +151,13 @@ def llama_quantize(src_path: str | os.PathLike[str], dst_path: str | os.PathLike
 
 
 def write_gguf(path: str | os.PathLike[str], tensors: Mapping[str, tuple[np.ndarray, Any]], arch: ArchRecord,
-               name: str, base_model: str | None = None) -> None:
+               name: str, base_model: str | None = None, tokens: Sequence[bytes] | None = None) -> None:
     """A llama GGUF holding ``tensors`` (canonical names and layout; float values, each
-    stored as the ggml type paired with it)."""
+    stored as the ggml type paired with it), with ``tokens`` as its tokenizer when given."""
     claims = [GGUFKeyValue("general.name", name, ValueType.STRING)]
+    if tokens:
+        claims += [GGUFKeyValue("tokenizer.ggml.model", "llama", ValueType.STRING),
+                   GGUFKeyValue("tokenizer.ggml.tokens", list(tokens), ValueType.ARRAY)]
     if base_model:
         claims += [GGUFKeyValue("general.base_model.count", 1, ValueType.UINT32),
                    GGUFKeyValue("general.base_model.0.name", base_model, ValueType.STRING)]

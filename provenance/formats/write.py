@@ -249,8 +249,13 @@ def _add_key_value(writer: GGUFWriter, kv: GGUFKeyValue) -> None:
         if items:  # gguf-py's writer cannot store an empty array
             writer.add_key_value(kv.key, items, GGUFValueType.ARRAY, sub_type=GGUFValueType(int(array.element_type)))
         return
+    if kv.type == ValueType.ARRAY and isinstance(kv.value, list | tuple) and kv.value \
+            and all(isinstance(x, bytes | str) for x in kv.value):
+        # a new list of strings (a token list): gguf-py's writer encodes each as UTF-8 bytes
+        writer.add_key_value(kv.key, list(kv.value), GGUFValueType.ARRAY, sub_type=GGUFValueType.STRING)
+        return
     if kv.type == ValueType.ARRAY:
-        raise WriteError(f"metadata {kv.key!r}: new arrays are not supported, only copied ones")
+        raise WriteError(f"metadata {kv.key!r}: new arrays are supported as non-empty lists of strings only")
     writer.add_key_value(kv.key, kv.value, GGUFValueType(int(kv.type)))
 
 

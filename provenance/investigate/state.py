@@ -12,6 +12,7 @@ if TYPE_CHECKING:  # the analyses import torch: load them only when they run
     from provenance.compare import CompareResult
     from provenance.compare.layermap import LayerMap
     from provenance.compare.merge import MergeEstimate
+    from provenance.compare.multi import ParentsEvidence
     from provenance.hashing import CheckpointHashes
     from provenance.progress import ProgressCallback
     from provenance.quant import QuantCheckResult
@@ -50,6 +51,8 @@ class Investigation:
     """Mixing weights on all references at once (two or more references)."""
     layer_slices: LayerMap | None = None
     """The candidate's layers mapped onto all references at once (two or more references)."""
+    parents: ParentsEvidence | None = None
+    """All references read together (two or more): slices, merge weights, the verdict."""
     quantchecks: dict[str, QuantCheckResult] = field(default_factory=dict)
     traced: TraceResult | None = None
     trace_reference: str | None = None
@@ -58,12 +61,6 @@ class Investigation:
     def related_closest_first(self) -> list[tuple[str, CompareResult]]:
         """References the candidate derives from, copies first, then the smallest relative change
         ``||C - R|| / ||R||`` first (the closest is the model it was made from)."""
-        related = [(ref, r) for ref, r in self.lineage.items() if r.verdict.kind not in ("unrelated", "inconclusive")]
+        from provenance.compare.multi import closest_first
 
-        def delta(item: tuple[str, CompareResult]) -> tuple[int, float]:
-            # a copy (identical, requantized, perturbed, pruned) is closer than anything retrained
-            verdict = item[1].verdict
-            value = verdict.overall_rel_delta
-            return (0 if verdict.is_copy else 1, value if value is not None else float("inf"))
-
-        return sorted(related, key=delta)
+        return closest_first(self.lineage)

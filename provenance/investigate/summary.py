@@ -17,7 +17,7 @@ from provenance.numbers import format_p
 
 if TYPE_CHECKING:
     from provenance.compare import CompareResult
-    from provenance.compare.result import ChangeDetails, LineageVerdict
+    from provenance.compare.result import ChangeDetails, LineageVerdict, PartialCopyDetails
     from provenance.investigate.state import Investigation
     from provenance.quant.result import QuantVerdict
 
@@ -64,7 +64,7 @@ def _merge_sentence(state: Investigation, name: str) -> str | None:
     """``X is a merge of A (0.50; lineage p ...) and B (0.50; ...)``, from the merge estimate's
     weights and each parent's lineage verdict."""
     merge = state.merge
-    if merge is None or not merge.is_merge:
+    if merge is None or state.parents is None or state.parents.verdict.kind != "merge":
         return None
     parts = []
     for reference, weight in zip(merge.references, merge.weights, strict=True):
@@ -73,6 +73,14 @@ def _merge_sentence(state: Investigation, name: str) -> str | None:
     joined = ", ".join(parts[:-1]) + f" and {parts[-1]}"
     base = f" on base {_name(merge.base)}" if merge.base else ""
     return f"{name} is a merge of {joined}{base}."
+
+
+def _partial_what(details: PartialCopyDetails) -> str:
+    """``a partial copy (layers 0-2 identical, layers 3-4 unrelated)``, from the typed details."""
+    from provenance.compare.layermap import layer_ranges
+
+    return (f"a partial copy (layers {layer_ranges(details.related_layers)} {details.copied}, "
+            f"layers {layer_ranges(details.unrelated_layers)} unrelated)")
 
 
 def _percent(x: float | None) -> str:
@@ -123,11 +131,13 @@ def what_it_is(verdict: LineageVerdict, quant: QuantVerdict | None, quant_amplit
     * requantized, clean: "a quantized copy" ("a copy" when every stored type is a plain
       float: F16, BF16, F32); identical: "an identical copy".
     """
-    from provenance.compare.result import ChangeDetails, CopyDetails
+    from provenance.compare.result import ChangeDetails, CopyDetails, PartialCopyDetails
 
     kind, details = verdict.kind, verdict.details
     if kind in ("restructured", "rotated"):
         return _structural_what(verdict)
+    if isinstance(details, PartialCopyDetails):
+        return _partial_what(details)
     quantized = quant in ("exact", "perturbed", "unrelated")
     # what was undone (only moves made) and what the structure evidence names (layer map, shapes)
     words = list(verdict.transformations) + [k for k in (verdict.structure.kinds if verdict.structure else ())]
@@ -182,7 +192,7 @@ def executive_summary(state: Investigation) -> str:
     traced = state.traced
     sentences: list[str] = []
     slices = state.layer_slices
-    if slices is not None and "frankenmerge" in slices.structure:
+    if slices is not None and state.parents is not None and state.parents.verdict.kind == "frankenmerge":
         # the layer map's own description (from its typed segments), each source's lineage p
         ps = ", ".join(f"{_name(ref)} {_lineage_p(r)}" for ref, r in state.lineage.items()
                        if _name(ref) in {m.source for m in slices.matches})

@@ -15,7 +15,11 @@ has a known lineage (docs/synth.md, "Structural derivatives"):
   conversion of a multi-head checkpoint);
 * :func:`rotate_residual`: RMSNorm gains folded into the matrices that read them, then
   the residual stream rotated by a random orthogonal matrix (the transform SliceGPT and
-  QuaRot apply); the network computes the same function (tests check the logits).
+  QuaRot apply); the network computes the same function (tests check the logits);
+  ``permute_units=True`` also permutes each layer's MLP units;
+* :func:`with_vocabulary` and :func:`reorder_vocabulary`: a GGUF of the parent carrying a
+  token list, and one whose token ids were shuffled (embedding rows and token list moved
+  together, so every token keeps its row) with some tokens replaced by new ones.
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from provenance.synth.store import WEIGHTS_NAME
@@ -143,14 +148,17 @@ def random_orthogonal(n: int, seed: int) -> torch.Tensor:
 
 @torch.no_grad()
 def rotate_residual(parent: str | os.PathLike[str], out: str | os.PathLike[str], seed: int = 0,
-                    dtype: torch.dtype = torch.float16) -> tuple[Path, torch.Tensor]:
+                    dtype: torch.dtype = torch.float16, permute_units: bool = False) -> tuple[Path, torch.Tensor]:
     """Fold every RMSNorm gain into the matrices that read its output (gains become 1),
     untie the output head, then rotate the residual stream by a random orthogonal ``Q``:
     matrices that read it (embedding rows, q/k/v, gate/up, output head) get ``W Q``,
     those that write it (attention output, down) ``Q^T W``. RMSNorm with unit gains
-    commutes with an orthogonal map, so logits are unchanged. Returns the path and ``Q``."""
+    commutes with an orthogonal map, so logits are unchanged. ``permute_units``: each layer's
+    MLP units are also permuted (gate/up rows and down columns together; same function).
+    Returns the path and ``Q``."""
     model = _load(parent)
     q = random_orthogonal(model.config.hidden_size, seed)
+    unit_rng = torch.Generator().manual_seed(seed + 1)
 
     def read(linear: torch.nn.Linear, gains: torch.Tensor | None = None) -> None:
         w = linear.weight.double()
@@ -170,6 +178,11 @@ def rotate_residual(parent: str | os.PathLike[str], out: str | os.PathLike[str],
             read(proj, f)
         write(attn.o_proj)
         write(mlp.down_proj)
+        if permute_units:
+            perm = torch.randperm(mlp.gate_proj.weight.shape[0], generator=unit_rng)
+            mlp.gate_proj.weight = torch.nn.Parameter(mlp.gate_proj.weight[perm].clone())
+            mlp.up_proj.weight = torch.nn.Parameter(mlp.up_proj.weight[perm].clone())
+            mlp.down_proj.weight = torch.nn.Parameter(mlp.down_proj.weight[:, perm].clone())
         layer.input_layernorm.weight.fill_(1.0)
         layer.post_attention_layernorm.weight.fill_(1.0)
     final = model.model.norm.weight.detach().clone()
@@ -180,3 +193,47 @@ def rotate_residual(parent: str | os.PathLike[str], out: str | os.PathLike[str],
     model.model.embed_tokens.weight = torch.nn.Parameter((embed @ q).float())
     model.model.norm.weight.fill_(1.0)
     return _save(model, out, dtype), q
+
+
+def with_vocabulary(parent: str | os.PathLike[str], out: str | os.PathLike[str], tokens: Sequence[bytes],
+                    scheme: str | None = None) -> Path:
+    """The parent as a GGUF (``scheme``: a llama.cpp file type, or None for F32) whose
+    tokenizer is ``tokens`` (one per embedding row)."""
+    from provenance.compare.variants import load_canonical, write_variant
+
+    tensors, arch, _ = load_canonical(parent)
+    if len(tokens) != tensors["token_embd.weight"].shape[0]:
+        raise ValueError(f"{len(tokens)} tokens for {tensors['token_embd.weight'].shape[0]} embedding rows")
+    write_variant(out, tensors, arch, scheme, Path(out).stem, tokens=list(tokens))
+    return Path(out)
+
+
+def reorder_vocabulary(parent: str | os.PathLike[str], out: str | os.PathLike[str], tokens: Sequence[bytes],
+                       seed: int = 0, replaced: int = 0, scheme: str | None = None) -> tuple[Path, np.ndarray]:
+    """The parent with its token ids shuffled: row ``i`` of the embedding (and of an untied
+    output head) and token ``i`` both move to id ``perm[i]``, so each token keeps its vector;
+    then ``replaced`` ids get new tokens (``<new-k>``) whose rows are the mean row (as
+    ``resize_token_embeddings`` initialises new tokens). Returns the path and ``perm``."""
+    from provenance.compare.variants import load_canonical, write_variant
+
+    tensors, arch, _ = load_canonical(parent)
+    n = tensors["token_embd.weight"].shape[0]
+    if len(tokens) != n:
+        raise ValueError(f"{len(tokens)} tokens for {n} embedding rows")
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(n)
+    new_tokens: list[bytes] = [b""] * n
+    for i, j in enumerate(perm):
+        new_tokens[j] = tokens[i]
+    for name in ("token_embd.weight", "output.weight"):
+        if name in tensors:
+            moved = np.empty_like(tensors[name])
+            moved[perm] = tensors[name]
+            tensors[name] = moved
+    for k, j in enumerate(rng.choice(n, size=replaced, replace=False)):
+        new_tokens[j] = f"<new-{k}>".encode()
+        for name in ("token_embd.weight", "output.weight"):
+            if name in tensors:
+                tensors[name][j] = tensors[name].mean(axis=0)
+    write_variant(out, tensors, arch, scheme, Path(out).stem, tokens=new_tokens)
+    return Path(out), perm
