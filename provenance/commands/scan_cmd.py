@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-import sys
+from contextlib import nullcontext
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -11,6 +11,7 @@ import click
 from provenance.commands.check_cmd import as_report, gate_exit, load_gate_policy, write_ci_reports
 from provenance.commands.common import ExitCode, say
 from provenance.commands.options import build, options_from
+from provenance.commands.progress import progress_display
 from provenance.commands.refdb_cmd import refdb_option
 from provenance.errors import CheckpointError
 from provenance.scan.options import Limits, ScanOptions
@@ -95,10 +96,11 @@ def _write_ci_outputs(report: ScanReport, policy_path: str | None, sarif: str | 
                                                    "(models whose worker was lost are always rescanned).")
 @click.option("--sarif", type=click.Path(dir_okay=False), help="Also write SARIF 2.1.0 results (as `provenance check`).")
 @click.option("--junit", type=click.Path(dir_okay=False), help="Also write JUnit XML results (as `provenance check`).")
-@click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: on a terminal).")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Progress on stderr: a bar on a terminal, a plain line every 10 s otherwise.")
 def command(inputs: tuple[str, ...], out: str, policy: str | None, refdb_dir: str | None, references: tuple[str, ...],
             keys: str | None, jobs: int | None, ray_address: str | None, retry_errors: bool, sarif: str | None,
-            junit: str | None, progress: bool | None, **options: Any) -> ExitCode:
+            junit: str | None, progress: bool, **options: Any) -> ExitCode:
     """Scan INPUTS (files, directories, JSONL/CSV manifests) in parallel into one table.
 
     Every model gets `check`'s policy rules, inspect and identify, and with --reference /
@@ -110,7 +112,6 @@ def command(inputs: tuple[str, ...], out: str, policy: str | None, refdb_dir: st
     1 at least one flagged, 2 at least one error (errors win), 64 usage error, 70 a bug.
     """
     from provenance.scan import LocalExecutor, RayExecutor, scan
-    from provenance.scan.progress import RichProgress
     from provenance.scan.ray_executor import require_ray
 
     limits = build(Limits, options)
@@ -119,8 +120,8 @@ def command(inputs: tuple[str, ...], out: str, policy: str | None, refdb_dir: st
     if ray_address:
         require_ray()
     executor = RayExecutor(ray_address, limits, jobs) if ray_address else LocalExecutor(jobs, limits)
-    show = sys.stderr.isatty() if progress is None else progress
-    report = scan(inputs, out, scan_options, executor, retry_errors=retry_errors, progress=RichProgress() if show else None)
+    with progress_display() if progress else nullcontext() as show:
+        report = scan(inputs, out, scan_options, executor, retry_errors=retry_errors, progress=show)
     _write_ci_outputs(report, policy, sarif, junit)
     _summary(report)
     internal = any(r.row.error_kind == "internal" for r in report.results)

@@ -19,6 +19,7 @@ import os
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -51,13 +52,37 @@ class Vocabulary:
     known_merges_count: int | None = None
     """The number of merges when they are known by count and hash only (a GGUF's: the list
     itself, ~515k strings for a 262k vocabulary, is not materialised for identify)."""
+    stored_tokens: GGUFArray | None = field(default=None, repr=False, compare=False)
+    """A GGUF's token array as stored: its bytes are the token-list encoding, so a prefix's
+    hash is one SHA-256 over a slice instead of re-encoding the tokens."""
 
     def __len__(self) -> int:
         return len(self.tokens)
 
+    _encoded: bytes | None = field(default=None, init=False, repr=False, compare=False)
+
     @property
     def tokens_sha256(self) -> str:
-        return self.known_sha256.get("tokens") or token_list_sha256(self.tokens)
+        if "tokens" not in self.known_sha256:  # computed once: identify asks for it per entry
+            self.known_sha256["tokens"] = hashlib.sha256(self._token_list_bytes()).hexdigest()
+        return self.known_sha256["tokens"]
+
+    def prefix_sha256(self, n: int) -> str:
+        """The token-list hash of the first ``n`` tokens (an exact "extends" test): one SHA-256
+        over a prefix of the encoded list, the stored bytes when they are a GGUF's."""
+        if n >= len(self.tokens):
+            return self.tokens_sha256
+        length = 8 * n + sum(map(len, self.tokens[:n]))  # u64 length + bytes per token
+        stored = self.stored_tokens
+        if stored is not None and not getattr(stored.buffer, "closed", False):  # not a map closed with its checkpoint
+            return hashlib.sha256(stored.buffer[stored.offset : stored.offset + length]).hexdigest()
+        return hashlib.sha256(memoryview(self._token_list_bytes())[:length]).hexdigest()
+
+    def _token_list_bytes(self) -> bytes:
+        """The tokens in GGUF's string-array encoding, built once (~4 MB for 262k tokens)."""
+        if self._encoded is None:
+            self._encoded = token_list_bytes(self.tokens)
+        return self._encoded
 
     @property
     def merges_sha256(self) -> str | None:
@@ -68,6 +93,11 @@ class Vocabulary:
     @property
     def merges_count(self) -> int | None:
         return len(self.merges) if self.merges is not None else self.known_merges_count
+
+
+def token_list_bytes(tokens: list[bytes]) -> bytes:
+    """GGUF's string-array storage of ``tokens`` (u64 length + bytes, each), built by C loops."""
+    return b"".join(chain.from_iterable(zip(map(_U64.pack, map(len, tokens)), tokens, strict=True)))
 
 
 def token_list_sha256(tokens: Iterable[bytes | str]) -> str:
@@ -119,6 +149,7 @@ def vocabulary_from_gguf_metadata(metadata: Mapping[str, Any], where: str = "ggu
         origin="gguf",
         known_sha256=known,
         known_merges_count=len(merges) if merges_ok else None,
+        stored_tokens=tokens,
     )
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from provenance.threads import torch_threads
 
@@ -88,6 +87,8 @@ def top_singular_values(m: np.ndarray, k: int = N_SINGULAR, iterations: int = 60
     Deterministic (fixed start block), float64; Rayleigh-Ritz values converge fast even
     where the singular vectors of a random-like matrix do not.
     """
+    import torch  # here, not at module level: identify on a tokenizer alone never loads torch (~1 s)
+
     with torch_threads(1):  # 11 ms on one thread, 440 ms on two under load
         t = torch.from_numpy(np.ascontiguousarray(m, dtype=np.float64))
         gram = t.T @ t if t.shape[1] <= t.shape[0] else t @ t.T

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from provenance.formats.vocabulary import Vocabulary, token_list_sha256
+from provenance.formats.vocabulary import Vocabulary
 from provenance.tokenizer import scores_sha256
 
 SKETCH_K = 2048
@@ -36,10 +36,30 @@ def token_hashes(tokens: list[bytes]) -> np.ndarray:
     return np.frombuffer(digests, dtype="<u8").astype(np.uint64)
 
 
-def bottom_k(hashes: np.ndarray, k: int = SKETCH_K) -> tuple[np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class SortedHashes:
+    """A token list's hashes sorted once: what the sketch, the distinct count and lookups all need."""
+
+    sorted: np.ndarray
+    """Every hash, ascending (uint64)."""
+    ids: np.ndarray
+    """The token id of each sorted hash (int64; equal hashes in id order: a stable sort)."""
+    distinct: np.ndarray
+    """True at the first of each run of equal hashes (its id is the lowest)."""
+
+    @classmethod
+    def of(cls, hashes: np.ndarray) -> SortedHashes:
+        order = np.argsort(hashes, kind="stable")
+        ordered = hashes[order]
+        distinct = np.ones(len(ordered), bool)
+        distinct[1:] = ordered[1:] != ordered[:-1]
+        return cls(ordered, order.astype(np.int64), distinct)
+
+
+def bottom_k(hashes: np.ndarray | SortedHashes, k: int = SKETCH_K) -> tuple[np.ndarray, np.ndarray]:
     """``(sorted unique hashes, ids)``: the ``k`` smallest distinct hashes and each one's first id."""
-    unique, first = np.unique(hashes, return_index=True)  # sorted; first occurrence = lowest id
-    return unique[:k].astype(np.uint64), first[:k].astype(np.uint32)
+    at = hashes if isinstance(hashes, SortedHashes) else SortedHashes.of(hashes)
+    return at.sorted[at.distinct][:k].astype(np.uint64), at.ids[at.distinct][:k].astype(np.uint32)
 
 
 @dataclass
@@ -84,14 +104,14 @@ class TokenizerFingerprint:
         )
 
 
-def fingerprint_vocabulary(vocab: Vocabulary, hashes: np.ndarray | None = None) -> TokenizerFingerprint:
-    """``hashes``: :func:`token_hashes` of ``vocab.tokens`` when the caller has them already."""
-    hashes = token_hashes(vocab.tokens) if hashes is None else hashes
+def fingerprint_vocabulary(vocab: Vocabulary, hashes: SortedHashes | None = None) -> TokenizerFingerprint:
+    """``hashes``: the sorted :func:`token_hashes` of ``vocab.tokens`` when the caller has them already."""
+    hashes = SortedHashes.of(token_hashes(vocab.tokens)) if hashes is None else hashes
     sketch_hashes, sketch_ids = bottom_k(hashes)
     return TokenizerFingerprint(
         vocab_size=len(vocab.tokens),
         tokens_sha256=vocab.tokens_sha256,
-        distinct_tokens=len(np.unique(hashes)),
+        distinct_tokens=int(hashes.distinct.sum()),
         model=vocab.model,
         # Same bytes as GGUF's FLOAT32 array, so a GGUF's scores hash compares directly.
         scores_sha256=scores_sha256(vocab.scores),
@@ -110,13 +130,11 @@ class CandidateVocabulary:
     def __init__(self, vocab: Vocabulary) -> None:
         self.vocab = vocab
         self.hashes = token_hashes(vocab.tokens)
-        self.fingerprint = fingerprint_vocabulary(vocab, self.hashes)
-        order = np.argsort(self.hashes, kind="stable")
-        self._sorted = self.hashes[order]
-        distinct = np.ones(len(self._sorted), bool)
-        distinct[1:] = self._sorted[1:] != self._sorted[:-1]
-        self.distinct_sorted = self._sorted[distinct]
-        self._ids = order.astype(np.int64)  # id of each sorted hash (first occurrence for duplicates)
+        at = SortedHashes.of(self.hashes)  # one sort serves the sketch, the distinct count and lookups
+        self.fingerprint = fingerprint_vocabulary(vocab, at)
+        self._sorted = at.sorted
+        self.distinct_sorted = at.sorted[at.distinct]
+        self._ids = at.ids  # id of each sorted hash (first occurrence for duplicates)
         self._prefix_cache: dict[int, str] = {}
         self.scores_informative = vocab.scores is not None and _informative_scores(vocab.scores)
 
@@ -128,8 +146,9 @@ class CandidateVocabulary:
         return np.where(self._sorted[pos] == hashes, self._ids[pos], -1)
 
     def prefix_sha256(self, n: int) -> str:
+        """The token-list hash of the first ``n`` tokens (from the stored bytes when they are a GGUF's)."""
         if n not in self._prefix_cache:
-            self._prefix_cache[n] = token_list_sha256(self.vocab.tokens[:n])
+            self._prefix_cache[n] = self.vocab.prefix_sha256(n)
         return self._prefix_cache[n]
 
 

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy.stats import norm
 
 from provenance.formats.base import Checkpoint, TensorInfo
 from provenance.refdb.positions import Spans, sample_spans
@@ -286,7 +285,9 @@ def score(fp: WeightFingerprint, reader: CandidateReader) -> WeightMatch:
     result.stouffer_z = observed
     result.null_mean, result.null_sd = mean, sd
     result.calibrated_z = (observed - mean) / sd if sd > 0 else 0.0
-    result.p_value = float(norm.sf(result.calibrated_z))
+    # The normal upper tail, erfc(z / sqrt 2) / 2: what scipy.stats.norm.sf computes, without
+    # importing scipy.stats (~0.4 s) on identify's path.
+    result.p_value = 0.5 * math.erfc(result.calibrated_z / math.sqrt(2.0))
     result.empirical_p = float((1 + np.sum(null >= observed)) / (len(null) + 1))
     result.median_r = float(np.median([s.r for s in scores]))
     result.tensors_compared = len(scores)

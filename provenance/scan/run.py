@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from provenance.errors import input_boundary
+from provenance.progress import Meter, ProgressCallback
 from provenance.scan.discover import discover
 from provenance.scan.executor import Executor, TaskFailure, Work
 from provenance.scan.local import LocalExecutor
 from provenance.scan.model import ScanTask, scan_task
 from provenance.scan.options import ScanOptions
-from provenance.scan.progress import ScanProgress
 from provenance.scan.row import ModelResult, Unchanged, WireError, decode_outcome, failure_result
 from provenance.scan.store import PARQUET, ScanStore
 from provenance.textsafe import safe_text
@@ -65,15 +65,25 @@ class ScanReport:
         }
 
 
-class _Silent:
-    def start(self, models: int, total_bytes: int, executor: str) -> None:
-        pass
+class _ScanMeter:
+    """A scan's progress through the shared facility (:mod:`provenance.progress`): bytes of the
+    models done of the total, and as the item, models done of all with the outcome counts. The
+    driver updates it as answers arrive, so a local pool and a Ray cluster report alike."""
 
-    def advance(self, row: Any) -> None:
-        pass
+    def __init__(self, callback: ProgressCallback | None, models: int, total_bytes: int, executor: str) -> None:
+        self.meter = Meter(callback, f"scan ({executor})", total_bytes)
+        self.models, self.done = models, 0
+        self.counts = {"pass": 0, "violation": 0, "error": 0}
+        self.meter.start_item(self._item())
 
-    def stop(self) -> None:
-        pass
+    def _item(self) -> str:
+        c = self.counts
+        return f"{self.done}/{self.models} models: {c['pass']} ok {c['violation']} flagged {c['error']} err"
+
+    def advance(self, status: str, n_bytes: int) -> None:
+        self.done += 1
+        self.counts[status] = self.counts.get(status, 0) + 1
+        self.meter.advance(n_bytes, self._item())
 
 
 def _settle(task: ScanTask, answer: str | TaskFailure, previous: ModelResult | None) -> tuple[ModelResult, bool]:
@@ -96,12 +106,15 @@ def _settle(task: ScanTask, answer: str | TaskFailure, previous: ModelResult | N
 
 @input_boundary
 def scan(inputs: Sequence[str], out: str | Path, options: ScanOptions | None = None, executor: Executor | None = None, *,
-         retry_errors: bool = False, progress: ScanProgress | None = None, work: Work = scan_task) -> ScanReport:
+         retry_errors: bool = False, progress: ProgressCallback | None = None, work: Work = scan_task) -> ScanReport:
     """Scan every model the ``inputs`` name into the output directory ``out``.
 
     ``executor``: :class:`~provenance.scan.local.LocalExecutor` (default, one worker per core)
     or :class:`~provenance.scan.ray_executor.RayExecutor`. ``work`` is the per-model function
-    (tests wrap it to inject hangs and crashes). Raises :class:`provenance.scan.manifest.ManifestError`
+    (tests wrap it to inject hangs and crashes). ``progress`` receives
+    :class:`~provenance.progress.ProgressUpdate` s (bytes of the models done; the item says models
+    done and the outcome counts); the CLI renders them with ``provenance.commands.progress``.
+    Raises :class:`provenance.scan.manifest.ManifestError`
     on a bad manifest and :class:`provenance.scan.journal.ScanLocked` when another scan writes ``out``;
     a ``KeyboardInterrupt`` propagates after the tables are rebuilt from what finished.
     """
@@ -109,7 +122,6 @@ def scan(inputs: Sequence[str], out: str | Path, options: ScanOptions | None = N
     options = (options or ScanOptions()).resolved()
     options_key = options.fingerprint()
     executor = executor or LocalExecutor()
-    progress = progress or _Silent()
     found = discover(inputs)
     with ScanStore(out) as store:
         report = ScanReport(str(out), executor.name, [], skipped_files=found.skipped,
@@ -124,7 +136,7 @@ def scan(inputs: Sequence[str], out: str | Path, options: ScanOptions | None = N
                 continue
             known = store.known_digest(unit, options_key, retry_errors) if options.hashes else None
             tasks.append(ScanTask(unit, options, options_key, known))
-        progress.start(len(tasks), sum(t.unit.n_bytes for t in tasks), executor.name)
+        meter = _ScanMeter(progress, len(tasks), sum(t.unit.n_bytes for t in tasks), executor.name)
         try:
             for index, answer in executor.map(work, tasks):
                 task = tasks[index]
@@ -136,12 +148,11 @@ def scan(inputs: Sequence[str], out: str | Path, options: ScanOptions | None = N
                     report.unchanged += 1
                 final[task.unit.key_path] = result
                 report.bytes_scanned += task.unit.n_bytes
-                progress.advance(result.row)
+                meter.advance(result.row.status, task.unit.n_bytes)
         except KeyboardInterrupt:
             report.interrupted = True
             raise
         finally:
-            progress.stop()
             store.write_tables()  # from the journal: every finished row, none partial
             report.results = [final[u.key_path] for u in found.units if u.key_path in final]
             report.seconds = time.monotonic() - started

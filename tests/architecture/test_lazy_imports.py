@@ -40,3 +40,20 @@ def test_lazy_exports_match_the_eager_names() -> None:
     first, second = out.strip().splitlines()
     assert first == ("True provenance.watermark.trace provenance.refdb.identify provenance.compare.api 7.0 True")
     assert second.startswith("AttributeError") and "no_such_name" in second
+
+
+def test_identify_on_a_tokenizer_loads_no_analysis_library() -> None:
+    """``provenance identify`` on a vocabulary needs neither torch (weight summaries), scipy
+    (the normal tail is erfc) nor numba (a fresh process walks GGUF strings in Python, faster
+    than loading the compiled loop): ~1.5 s of imports its < 1 s budget cannot carry."""
+    from tests.conftest import VOCAB_DIR
+
+    out = _python(
+        "import sys\n"
+        "from provenance.cli import main\n"
+        "try:\n"
+        f"    main(['identify', '--hashes', 'never', {str(VOCAB_DIR / 'ggml-vocab-phi-3.gguf')!r}])\n"
+        "except SystemExit as exc:\n"
+        "    print('exit', exc.code)\n"
+        "print(sorted(m for m in ('torch', 'numba', 'scipy.stats', 'pandas') if m in sys.modules))")
+    assert out.strip().splitlines()[-2:] == ["exit 0", "[]"]

@@ -50,3 +50,18 @@ def test_walk_picks_an_engine_by_length_and_gives_the_same_answer(count: int) ->
     assert gguf_strings.walk(buffer, 0, len(buffer), count + 1, CAP) == (11 * count, count, gguf_strings.TRUNCATED_LENGTH, 0)
     over = buffer[:-1] + struct.pack("<Q", 2**63)
     assert gguf_strings.walk(over, 0, len(over), count + 1, CAP) == (11 * count, count, gguf_strings.OVER_CAP, 2**63)
+
+
+def test_a_fresh_process_walks_a_large_vocabulary_without_loading_numba() -> None:
+    """Loading numba costs more than Python's walk of a 262k-token vocabulary: a process that
+    has not loaded it walks in Python (same answer), one that has uses the compiled loop."""
+    import subprocess
+    import sys
+
+    code = ("import sys, struct\n"
+            "from provenance.formats import gguf_strings\n"
+            "count = 300_000\n"
+            "buffer = b''.join(struct.pack('<Q', 2) + b'ab' for _ in range(count))\n"
+            "print(gguf_strings.walk(buffer, 0, len(buffer), count, 1 << 20), 'numba' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300).stdout
+    assert out.strip() == "(3000000, 300000, 0, 0) False"

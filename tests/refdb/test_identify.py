@@ -193,8 +193,28 @@ def test_identify_cli_json_and_output_file(tmp_path: Path, capsys: pytest.Captur
     assert doc["schema"] == "provenance.identify/1" and doc["best"] == "tiny-llama-q4_0" and doc["identified"]
     assert doc["candidates"][0]["verdict"] == "same file"
     assert "identified: tiny-llama-q4_0" in err
+    # the summary names the evidence that decided, the rule, and what it rules out
+    assert doc["decision"]["signal"] == "file-hash" and "by file-hash (a file is byte-identical" in err
+    assert doc["summary"] in err and "rules out the" in doc["summary"]
     code, out, _ = run_main(capsys, "identify", str(VOCAB_DIR / "ggml-vocab-phi-3.gguf"))
     assert code == 0 and "plus 64 more" in out
     bad = SHARED_DATA / "corrupted" / "utf8-mangled-ggml-vocab-llama-spm.gguf"
     code, _, err = run_main(capsys, "identify", str(bad))
     assert code == 2 and "utf8-mangled-ggml-vocab-llama-spm.gguf" in err and "offset" in err
+    code, _, err = run_main(capsys, "identify", "--hashes", "sometimes", str(VOCAB_DIR / "ggml-vocab-phi-3.gguf"))
+    assert code == 64 and "--hashes" in err
+    assert run_main(capsys, "identify")[0] == 64  # no model named
+
+
+def test_summary_names_the_weights_when_they_decided(db: RefDB) -> None:
+    """No hashes: the weight fingerprint decides, and the summary says so with its z and the
+    null beside it (no other shipped fingerprint has these shapes: the null measured on
+    mismatched positions), the tokenizer's relatives listed apart."""
+    result = identify(QUANT_DIR / "tiny-llama-Q4_0.gguf", db, hashes="never", summary_budget=0)
+    decision = result.decision
+    assert decision is not None and decision.signal == "weight-fingerprint" and decision.entry_id == "tiny-llama-f32"
+    assert decision.rule.startswith("calibrated z ") and decision.rule.endswith(">= 6")
+    assert decision.unrelated_max == "null measured on mismatched positions"
+    assert {"llama-2", "phi-3"} <= set(decision.other_families_matched)  # the Llama 2 vocabulary it carries
+    assert result.summary.startswith("identified: tiny-llama-f32 (") and "by weight-fingerprint (calibrated z" in result.summary
+    assert "rules out the" in result.summary and "weights derive" not in result.summary

@@ -101,3 +101,25 @@ def test_ray_missing_is_a_clear_usage_error(corpus: Corpus, tmp_path: Path, run_
     monkeypatch.setitem(sys.modules, "ray", None)  # as if the ray extra were not installed
     result = run_cli(str(corpus.models["tiny-0.gguf"]), "-o", str(tmp_path / "out"), "--ray", "local")
     assert result.returncode == 64 and "pip install 'provenance[ray]'" in result.stderr
+
+
+def test_progress_goes_through_the_shared_facility(corpus: Corpus, tmp_path: Path, run_cli,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The library reports bytes and model counts to a callback; the CLI renders them as every
+    command does (plain lines here, stderr not being a terminal), or not at all with --no-progress."""
+    from provenance.progress import ProgressUpdate
+    from provenance.scan import LocalExecutor, scan
+
+    models = [corpus.models["tiny-0.gguf"], corpus.models["tiny-1.gguf"]]
+    updates: list[ProgressUpdate] = []
+    scan([str(m) for m in models], tmp_path / "lib", executor=LocalExecutor(1), progress=updates.append)
+    total = sum(m.stat().st_size for m in models)
+    assert [u.task for u in updates] == ["scan (local)"] * 3 and updates[0].done == 0
+    assert (updates[-1].done, updates[-1].total, updates[-1].unit) == (total, total, "B")
+    assert updates[-1].item == "2/2 models: 2 ok 0 flagged 0 err" and updates[0].item == "0/2 models: 0 ok 0 flagged 0 err"
+    monkeypatch.setenv("PROVENANCE_PROGRESS_SECONDS", "0")
+    shown = run_cli(*(str(m) for m in models), "-o", str(tmp_path / "shown"), "--jobs", "1")
+    assert shown.returncode == 0 and "provenance: scan (local) 100%" in shown.stderr
+    assert "provenance: scan (local) done" in shown.stderr
+    quiet = run_cli(*(str(m) for m in models), "-o", str(tmp_path / "quiet"), "--jobs", "1", "--no-progress")
+    assert quiet.returncode == 0 and "provenance: scan" not in quiet.stderr
