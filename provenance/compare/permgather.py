@@ -18,6 +18,10 @@ def gather_permuted(b, perms, out):  # type: ignore[no-untyped-def]
     """Fill ``out`` (float32 ``(k, m * m)``) with the C-contiguous float32 ``(m, m)`` matrix
     ``b`` with rows and columns permuted by each row of ``perms`` (int64 ``(k, m)``)."""
     k_n, m = perms.shape
+    # the loop reads unchecked (numba does not bounds-check): shapes are checked here, and
+    # every index is a permutation of range(m) (the test draws them by argsort)
+    if b.shape[0] != m or b.shape[1] != m or out.shape[0] != k_n or out.shape[1] != m * m:
+        raise ValueError("gather_permuted: b must be (m, m) and out (k, m * m) for perms (k, m)")
     for k in range(k_n):
         for i in range(m):
             src = perms[k, i]

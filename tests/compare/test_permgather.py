@@ -34,3 +34,11 @@ def test_permuted_statistics_are_bit_for_bit_the_take_ones() -> None:
     gather_permuted(b, perms, out)
     got, want = np.einsum("kn,n->k", out, a), np.einsum("kn,n->k", _take(b, perms), a)
     assert got.tobytes() == want.tobytes()
+
+
+def test_mismatched_shapes_are_refused() -> None:
+    perms = np.argsort(np.random.default_rng(0).random((3, 8)), axis=1)
+    with pytest.raises(ValueError, match="gather_permuted"):
+        gather_permuted(np.zeros((8, 7), dtype=np.float32), perms, np.empty((3, 64), dtype=np.float32))
+    with pytest.raises(ValueError, match="gather_permuted"):
+        gather_permuted(np.zeros((8, 8), dtype=np.float32), perms, np.empty((2, 64), dtype=np.float32))
