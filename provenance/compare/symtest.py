@@ -36,6 +36,7 @@ from scipy.special import ndtr
 from scipy.stats import pearson3, rankdata, skew
 
 from provenance.compare.invariants import Circuit
+from provenance.compare.permgather import gather_permuted
 from provenance.compare.result import CircuitScore, LayerTest, PermutationTestResult
 
 ATANH_CLIP = 1 - 1e-12
@@ -148,20 +149,22 @@ class PermutationTest:
         # rho(P) = sum_j M_j,P(j) with M = A^T B, so O(m) per permutation.
         if sq_idx and permutations:
             a32 = [ra[i].ravel().astype(np.float32) for i in sq_idx]
-            b32 = [rb[i].ravel().astype(np.float32) for i in sq_idx]
+            b32 = [np.ascontiguousarray(rb[i], dtype=np.float32) for i in sq_idx]
             # a fixed batch per circuit (not per group), so a circuit's permuted rhos do not
             # depend on which circuits it is scored with: streamed and whole-model runs agree
-            # bit for bit. The dot products go through einsum's own loop, not BLAS: numpy's
-            # threaded OpenBLAS gemv on these (61, 16384) batches spun its threads for ~30 ms
-            # a call on the shared 2-core machine (0.54 s vs 0.001 s per circuit for 999
-            # permutations, docs/lineage.md), most of the test's cost per layer
+            # bit for bit. The gather is compiled (:mod:`.permgather`: no index array); the dot
+            # products go through einsum's own loop, not BLAS: numpy's threaded OpenBLAS gemv
+            # on these (61, 16384) batches spun its threads for ~30 ms a call on the shared
+            # 2-core machine (0.54 s vs 0.001 s per circuit for 999 permutations,
+            # docs/lineage.md), most of the test's cost per layer
             batch = max(1, int(_GATHER_BUDGET // (m * m)))
+            permuted = np.empty((min(batch, permutations), m * m), dtype=np.float32)
             for start in range(0, permutations, batch):
                 perms = self.perms[start:start + batch]
                 k = len(perms)
-                flat = (perms[:, :, None] * m + perms[:, None, :]).reshape(k, m * m)
                 for j, i in enumerate(sq_idx):
-                    rho_perm[start:start + k, i] = np.einsum("kn,n->k", np.take(b32[j], flat), a32[j])
+                    gather_permuted(b32[j], perms, permuted[:k])
+                    rho_perm[start:start + k, i] = np.einsum("kn,n->k", permuted[:k], a32[j])
         cols = np.arange(m)
         for i in col_idx:
             rho_perm[:, i] = (ra[i].T @ rb[i])[cols[None, :], self.perms].sum(axis=1)

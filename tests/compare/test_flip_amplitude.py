@@ -1,0 +1,65 @@
+"""The grid residual's noise amplitude: the fast bisection (distinct widths, scipy's normal
+formulas called directly) gives scipy.stats' answer bit for bit, and recovers the noise."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy.stats import norm
+
+from provenance.compare.shape import GRID_TOLERANCE_STEPS, flip_amplitude
+
+
+def _scipy_rate(a: float, s: np.ndarray) -> float:
+    """The expected outside share through the scipy.stats distribution object (the formula
+    of ``_outside_rate``, written the slow way it was first written)."""
+    c = GRID_TOLERANCE_STEPS * s / a
+    return float(np.mean(np.minimum(1.0, 2 * a / s * (norm.pdf(c) - c * norm.sf(c)))))
+
+
+def _scipy_amplitude(outside: float, width: np.ndarray) -> float:
+    s = width[np.isfinite(width) & (width > 0)]
+    sample = s if s.size <= 1 << 16 else np.random.default_rng(0).choice(s, 1 << 16, replace=False)
+    lo, hi = 1e-7, 10.0
+    for _ in range(60):
+        mid = math.sqrt(lo * hi)
+        lo, hi = (mid, hi) if _scipy_rate(mid, sample) < outside else (lo, mid)
+    return math.sqrt(lo * hi)
+
+
+def _widths(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
+    if kind == "k-quant":  # one width per sub-block of 32, as a K-quant row stores them
+        w = np.repeat(rng.lognormal(-2, 0.5, n // 32 + 1), 32)[:n]
+    else:  # every width distinct
+        w = rng.lognormal(-2, 0.5, n)
+    w[rng.random(n) < 0.01] = 0  # widths of 0 (rows of zeros) and non-finite ones are skipped
+    w[:3] = (np.nan, np.inf, -1.0)
+    return w
+
+
+@pytest.mark.parametrize(("kind", "n", "outside"), [
+    ("k-quant", 40, 0.4), ("k-quant", 5000, 1e-4), ("distinct", 5000, 0.02), ("distinct", 300, 1e-3),
+    ("k-quant", 70_000, 0.02),  # over 2^16 widths: the sampled branch
+])
+def test_amplitude_is_the_scipy_stats_bisection_bit_for_bit(kind: str, n: int, outside: float) -> None:
+    width = _widths(kind, n, np.random.default_rng(n))
+    assert flip_amplitude(outside, width) == _scipy_amplitude(outside, width)
+
+
+def test_amplitude_recovers_gaussian_noise_over_uniform_cells() -> None:
+    """Noise of amplitude a added to weights spread uniformly over cells: the share pushed
+    beyond the tolerance, inverted, gives a back (docs/lineage.md: 0.98e-2 for 1e-2)."""
+    rng = np.random.default_rng(0)
+    n, a = 400_000, 1e-2
+    step = np.repeat(rng.uniform(0.02, 0.06, n // 32), 32)
+    pos = rng.uniform(0, step)  # each weight's place in its cell
+    moved = pos + a * rng.standard_normal(n)
+    tol = GRID_TOLERANCE_STEPS * step
+    outside = float(np.mean((moved < -tol) | (moved > step + tol)))
+    assert flip_amplitude(outside, step) == pytest.approx(a, rel=0.05)
+
+
+def test_edge_cases() -> None:
+    assert flip_amplitude(0.1, np.array([0.0, np.nan])) is None
+    assert flip_amplitude(0.0, np.array([0.1, 0.2])) == 0.0
