@@ -103,11 +103,17 @@ class GridCheck:
             self.add_torch(lossy_raw, other)
         if self.error or sample is None or not len(sample) or lossy_raw is None:
             return None
-        cells = self._cells(np.asarray(lossy_raw)[sample.numpy()])
+        return self.residual(np.asarray(lossy_raw)[sample.numpy()], other.index_select(0, sample))
+
+    def residual(self, lossy_raw: np.ndarray, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """Cell residual, zeroed mask and cell width of rows ``x`` in the cells of the stored
+        rows ``lossy_raw`` (the same rows; None for a type without a grid)."""
+        if self.error:
+            return None
+        cells = self._cells(lossy_raw)
         if cells is None:
             return None
         lo, hi, step = cells
-        x = other.index_select(0, sample)
         return self._sample(x, lo, hi, GRID_TOLERANCE_STEPS * step, x.to(torch.float16).to(torch.float32))
 
     def _cells(self, lossy_raw: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
@@ -204,8 +210,12 @@ class _RowSample:
         self.delta = torch.empty((n, row_len), dtype=torch.float32) if n else None
         self.ref = torch.empty((n, row_len), dtype=torch.float32) if n and matrix else None
         self.residual = None
-        if self.ref is not None and residuals:
+        self.wants_residual = self.ref is not None and residuals
+        if self.wants_residual:
             self.residual = (torch.zeros_like(self.ref), torch.zeros(self.ref.shape, dtype=torch.bool), torch.zeros_like(self.ref))
+        self.raw: np.ndarray | None = None
+        """The stored bytes of the sampled rows of a quantized candidate, kept as they pass, for
+        :meth:`stored_residual` (one grid decode for the whole sample, not one per chunk)."""
         self.span = (0, 0)
 
     def add(self, a: int, b: int, c_rows: torch.Tensor, ref_rows: torch.Tensor) -> torch.Tensor | None:
@@ -220,7 +230,25 @@ class _RowSample:
         torch.sub(c_rows.index_select(0, rows), ref_rows.index_select(0, rows), out=self.delta[lo:hi])
         if self.ref is not None:
             torch.index_select(ref_rows, 0, rows, out=self.ref[lo:hi])
-        return rows if self.residual is not None else None
+        return rows if self.wants_residual else None
+
+    def keep_raw(self, raw: np.ndarray, local: torch.Tensor | None) -> None:
+        """Keep the stored bytes of the sampled rows ``local`` of a chunk's stored rows ``raw``."""
+        if local is None or not len(local):
+            return
+        if self.raw is None:
+            self.raw = np.zeros((len(self.index), raw.shape[1]), dtype=np.uint8)
+        lo, hi = self.span
+        self.raw[lo:hi] = raw[local.numpy()]
+
+    def stored_residual(self, grid: GridCheck) -> None:
+        """The sampled rows' cell residuals in the kept stored rows' cells, all at once."""
+        if self.raw is not None and self.ref is not None:
+            self.keep_residual_all(grid.residual(self.raw, self.ref))
+
+    def keep_residual_all(self, parts: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None) -> None:
+        self.span = (0, len(self.index))
+        self.keep_residual(parts)
 
     def keep_residual(self, parts: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None) -> None:
         if parts is not None and self.residual is not None:
@@ -323,15 +351,20 @@ def stream_pair(
                     assert cand_reader is not None  # the grid is checked on same-layout pairs only
                     if isinstance(cand_reader, PackedRowReader):
                         _add_grid_rows(grid, cand_reader, a, b, c_rows, ref_rows)
+                    elif c_info.quantized:  # counts now, the sampled rows' residuals once at the end
+                        raw = cand_reader.raw(a, b)
+                        grid.add(raw, c_rows, ref_rows)
+                        sample.keep_raw(raw, local)
                     else:
-                        raw = cand_reader.raw(a, b) if c_info.quantized else None
-                        sample.keep_residual(grid.add(raw, c_rows, ref_rows, local))
+                        sample.keep_residual(grid.add(None, c_rows, ref_rows, local))
                 else:
                     _add_grid_rows(grid, ref_reader, a, b, ref_rows, c_rows)
     finally:
         ref_reader.close()
         if cand_reader is not None:
             cand_reader.close()
+    if grid is not None and lossy == "candidate":
+        sample.stored_residual(grid)
     stats = acc.result(centred_only=not pair.is_matrix)
     changed = stats.max_abs_delta > 0
     out = PairOutcome(
