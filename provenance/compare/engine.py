@@ -288,6 +288,21 @@ def _add_grid_rows(grid: GridCheck, lossy_reader: RowReader, a: int, b: int, los
         grid.add(lossy_reader.raw(a, b) if grid.info.quantized else None, lossy_rows, other_rows)
 
 
+def _add_candidate_grid_rows(grid: GridCheck, cand_reader: RowReader, sample: _RowSample, local: torch.Tensor | None,
+                             a: int, b: int, c_rows: torch.Tensor, ref_rows: torch.Tensor) -> None:
+    """Rows ``[a, b)`` into the grid check of a lossy candidate: a packed layout's cells from its
+    reader; a ggml type's counts now and its sampled rows' stored bytes kept, their residuals
+    computed once at the end (:meth:`_RowSample.stored_residual`); a narrow float's residuals here."""
+    if isinstance(cand_reader, PackedRowReader):
+        _add_grid_rows(grid, cand_reader, a, b, c_rows, ref_rows)
+    elif grid.info.quantized:
+        raw = cand_reader.raw(a, b)
+        grid.add(raw, c_rows, ref_rows)
+        sample.keep_raw(raw, local)
+    else:
+        sample.keep_residual(grid.add(None, c_rows, ref_rows, local))
+
+
 def _pair_sketches(pair: TensorPair, sketch: SketchSpec | tuple[np.ndarray, np.ndarray] | None, n_rows: int,
                    row_len: int) -> tuple[TensorSketch, TensorSketch] | None:
     """The reference's and the candidate's sketch of one tensor (None: not asked for / no part)."""
@@ -346,19 +361,11 @@ def stream_pair(
                 sketches[0].add(a, ref_rows)
                 sketches[1].add(a, c_rows)
             local = sample.add(a, b, c_rows, ref_rows)
-            if grid is not None:
-                if lossy == "candidate":
-                    assert cand_reader is not None  # the grid is checked on same-layout pairs only
-                    if isinstance(cand_reader, PackedRowReader):
-                        _add_grid_rows(grid, cand_reader, a, b, c_rows, ref_rows)
-                    elif c_info.quantized:  # counts now, the sampled rows' residuals once at the end
-                        raw = cand_reader.raw(a, b)
-                        grid.add(raw, c_rows, ref_rows)
-                        sample.keep_raw(raw, local)
-                    else:
-                        sample.keep_residual(grid.add(None, c_rows, ref_rows, local))
-                else:
-                    _add_grid_rows(grid, ref_reader, a, b, ref_rows, c_rows)
+            if grid is not None and lossy == "candidate":
+                assert cand_reader is not None  # the grid is checked on same-layout pairs only
+                _add_candidate_grid_rows(grid, cand_reader, sample, local, a, b, c_rows, ref_rows)
+            elif grid is not None:
+                _add_grid_rows(grid, ref_reader, a, b, ref_rows, c_rows)
     finally:
         ref_reader.close()
         if cand_reader is not None:
