@@ -109,6 +109,8 @@ class RowReader:
         """Stored rows whose bytes the byte buffer holds now."""
         self._ahead = 0
         """Tensor-relative byte offset up to which the kernel was asked to read ahead."""
+        self._last_end = -1
+        """Tensor-relative byte offset where the last read ended."""
         self._out = torch.empty((0, self.info.row_length), dtype=torch.float32)
         self._order = (llama_qk_row_order(self.info.n_rows, self.info.qk_heads)
                        if self.info.qk_heads is not None else None)
@@ -154,13 +156,16 @@ class RowReader:
             self._held = None
             self.ckpt.pread_into(info.file, memoryview(self._raw)[:n], info.offset + lo * info.row_bytes)
             self._held = (lo, hi, False)
-            self._read_ahead(hi * info.row_bytes)
+            self._read_ahead(lo * info.row_bytes, hi * info.row_bytes)
         return n
 
-    def _read_ahead(self, end: int) -> None:
-        """Keep ``READAHEAD_BYTES`` past tensor byte ``end`` queued, asking again only once
-        half of the window has been consumed (one ``fadvise`` per ~16 MB read)."""
-        if self._ahead - end > READAHEAD_BYTES // 2:
+    def _read_ahead(self, start: int, end: int) -> None:
+        """Keep ``READAHEAD_BYTES`` past tensor byte ``end`` queued while the tensor is read in
+        order (this read began where the last one ended; a sample of a few rows, or a gather,
+        asks for nothing more than it reads), asking again only once half of the window has
+        been consumed (one ``fadvise`` per ~16 MB read)."""
+        sequential, self._last_end = start == self._last_end and start > 0, end
+        if not sequential or self._ahead - end > READAHEAD_BYTES // 2:
             return
         stop = min(self.info.n_bytes, end + READAHEAD_BYTES)
         start = max(end, self._ahead)
