@@ -108,11 +108,17 @@ class GridCheck:
             self.add_torch(lossy_raw, other)
         if self.error or sample is None or not len(sample) or lossy_raw is None:
             return None
-        cells = self._cells(np.asarray(lossy_raw)[sample.numpy()])
+        return self.residual(np.asarray(lossy_raw)[sample.numpy()], other.index_select(0, sample))
+
+    def residual(self, lossy_raw: np.ndarray, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """Cell residual, zeroed mask and cell width of rows ``x`` in the cells of the stored
+        rows ``lossy_raw`` (the same rows; None for a type without a grid)."""
+        if self.error:
+            return None
+        cells = self._cells(lossy_raw)
         if cells is None:
             return None
         lo, hi, step = cells
-        x = other.index_select(0, sample)
         return self._sample(x, lo, hi, GRID_TOLERANCE_STEPS * step, x.to(torch.float16).to(torch.float32))
 
     def _cells(self, lossy_raw: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
@@ -209,8 +215,12 @@ class _RowSample:
         self.delta = torch.empty((n, row_len), dtype=torch.float32) if n else None
         self.ref = torch.empty((n, row_len), dtype=torch.float32) if n and matrix else None
         self.residual = None
-        if self.ref is not None and residuals:
+        self.wants_residual = self.ref is not None and residuals
+        if self.wants_residual:
             self.residual = (torch.zeros_like(self.ref), torch.zeros(self.ref.shape, dtype=torch.bool), torch.zeros_like(self.ref))
+        self.raw: np.ndarray | None = None
+        """The stored bytes of the sampled rows of a quantized candidate, kept as they pass, for
+        :meth:`stored_residual` (one grid decode for the whole sample, not one per chunk)."""
         self.span = (0, 0)
 
     def add(self, a: int, b: int, c_rows: torch.Tensor, ref_rows: torch.Tensor) -> torch.Tensor | None:
@@ -225,7 +235,25 @@ class _RowSample:
         torch.sub(c_rows.index_select(0, rows), ref_rows.index_select(0, rows), out=self.delta[lo:hi])
         if self.ref is not None:
             torch.index_select(ref_rows, 0, rows, out=self.ref[lo:hi])
-        return rows if self.residual is not None else None
+        return rows if self.wants_residual else None
+
+    def keep_raw(self, raw: np.ndarray, local: torch.Tensor | None) -> None:
+        """Keep the stored bytes of the sampled rows ``local`` of a chunk's stored rows ``raw``."""
+        if local is None or not len(local):
+            return
+        if self.raw is None:
+            self.raw = np.zeros((len(self.index), raw.shape[1]), dtype=np.uint8)
+        lo, hi = self.span
+        self.raw[lo:hi] = raw[local.numpy()]
+
+    def stored_residual(self, grid: GridCheck) -> None:
+        """The sampled rows' cell residuals in the kept stored rows' cells, all at once."""
+        if self.raw is not None and self.ref is not None:
+            self.keep_residual_all(grid.residual(self.raw, self.ref))
+
+    def keep_residual_all(self, parts: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None) -> None:
+        self.span = (0, len(self.index))
+        self.keep_residual(parts)
 
     def keep_residual(self, parts: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None) -> None:
         if parts is not None and self.residual is not None:
@@ -263,6 +291,21 @@ def _add_grid_rows(grid: GridCheck, lossy_reader: RowReader, a: int, b: int, los
         grid.add_cells(other_rows, *lossy_reader.cells(a, b))
     else:
         grid.add(lossy_reader.raw(a, b) if grid.info.quantized else None, lossy_rows, other_rows)
+
+
+def _add_candidate_grid_rows(grid: GridCheck, cand_reader: RowReader, sample: _RowSample, local: torch.Tensor | None,
+                             a: int, b: int, c_rows: torch.Tensor, ref_rows: torch.Tensor) -> None:
+    """Rows ``[a, b)`` into the grid check of a lossy candidate: a packed layout's cells from its
+    reader; a ggml type's counts now and its sampled rows' stored bytes kept, their residuals
+    computed once at the end (:meth:`_RowSample.stored_residual`); a narrow float's residuals here."""
+    if isinstance(cand_reader, PackedRowReader):
+        _add_grid_rows(grid, cand_reader, a, b, c_rows, ref_rows)
+    elif grid.info.quantized:
+        raw = cand_reader.raw(a, b)
+        grid.add(raw, c_rows, ref_rows)
+        sample.keep_raw(raw, local)
+    else:
+        sample.keep_residual(grid.add(None, c_rows, ref_rows, local))
 
 
 def _pair_sketches(pair: TensorPair, sketch: SketchSpec | tuple[np.ndarray, np.ndarray] | None, n_rows: int,
@@ -327,20 +370,17 @@ def stream_pair(
                 sketches[0].add(a, ref_rows)
                 sketches[1].add(a, c_rows)
             local = sample.add(a, b, c_rows, ref_rows)
-            if grid is not None:
-                if lossy == "candidate":
-                    assert cand_reader is not None  # the grid is checked on same-layout pairs only
-                    if isinstance(cand_reader, PackedRowReader):
-                        _add_grid_rows(grid, cand_reader, a, b, c_rows, ref_rows)
-                    else:
-                        raw = cand_reader.raw(a, b) if c_info.quantized else None
-                        sample.keep_residual(grid.add(raw, c_rows, ref_rows, local))
-                else:
-                    _add_grid_rows(grid, ref_reader, a, b, ref_rows, c_rows)
+            if grid is not None and lossy == "candidate":
+                assert cand_reader is not None  # the grid is checked on same-layout pairs only
+                _add_candidate_grid_rows(grid, cand_reader, sample, local, a, b, c_rows, ref_rows)
+            elif grid is not None:
+                _add_grid_rows(grid, ref_reader, a, b, ref_rows, c_rows)
     finally:
         ref_reader.close()
         if cand_reader is not None:
             cand_reader.close()
+    if grid is not None and lossy == "candidate":
+        sample.stored_residual(grid)
     stats = acc.result(centred_only=not pair.is_matrix)
     changed = stats.max_abs_delta > 0
     out = PairOutcome(

@@ -70,18 +70,25 @@ class Transform:
 
     def unapply_numpy(self, aligned: np.ndarray) -> np.ndarray:
         """The inverse map: a reference-frame matrix expressed in the candidate's frame."""
-        out = aligned
-        if self.col_scale is not None:
-            out = out / self.col_scale[None, :]
-        if self.row_scale is not None:
-            out = out / self.row_scale[:, None]
-        if self.col_index is not None:
-            moved = np.empty_like(out)
-            moved[:, self.col_index] = out
-            out = moved
+        out = self.unapply_rows(aligned, np.arange(aligned.shape[0]))
         if self.row_index is not None:
             moved = np.empty_like(out)
             moved[self.row_index] = out
+            out = moved
+        return out
+
+    def unapply_rows(self, rows: np.ndarray, reference_index: np.ndarray) -> np.ndarray:
+        """Reference rows ``reference_index`` (``rows``, one per index) in the candidate's frame,
+        scales undone and columns moved back; the candidate rows they become are those whose
+        ``row_index`` entry they are (a streamed :meth:`unapply_numpy`)."""
+        out = rows
+        if self.col_scale is not None:
+            out = out / self.col_scale[None, :]
+        if self.row_scale is not None:
+            out = out / self.row_scale[reference_index][:, None]
+        if self.col_index is not None:
+            moved = np.empty_like(out)
+            moved[:, self.col_index] = out
             out = moved
         return out
 

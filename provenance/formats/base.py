@@ -261,6 +261,18 @@ class Checkpoint(ABC):
         if self._bytes_observer is not None:
             self._bytes_observer(path, offset, buffers)
 
+    def prefetch(self, path: str, offset: int, n_bytes: int) -> None:
+        """Ask the kernel to start reading ``n_bytes`` of ``path`` from ``offset`` into the page
+        cache (``posix_fadvise(WILLNEED)``: queued, not waited for), so a streamed pass's next
+        chunk arrives from the disk while this one is decoded (docs/lineage.md, Performance).
+        A hint only: where the platform has no ``posix_fadvise`` or refuses, nothing happens."""
+        if n_bytes <= 0 or not hasattr(os, "posix_fadvise"):
+            return
+        try:
+            os.posix_fadvise(self._fds.get(path) or self._fd(path), offset, n_bytes, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass  # a hint refused costs nothing but the overlap
+
     def _pread(self, path: str, n_bytes: int, offset: int) -> bytearray:
         # A bytearray is writable, so numpy and torch can wrap it without a copy.
         data = bytearray(n_bytes)

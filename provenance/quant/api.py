@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import torch
@@ -24,7 +24,14 @@ from provenance.quant.error import ErrorStats, error_stats
 from provenance.quant.gridcheck import PRECISIONS, CheckCounts, check_block_rows
 from provenance.quant.options import QuantCheckOptions
 from provenance.quant.packedcheck import check_packed_rows, rows_per_check, writer_recipe
-from provenance.quant.rescale import ReferenceFrame, reference_in_frame
+from provenance.quant.rescale import (
+    CellChunk,
+    ReferenceFrame,
+    reference_rows,
+    refine_factors_streamed,
+    row_inverse,
+    widened_cells,
+)
 from provenance.quant.result import (
     ErrorSummary,
     GridCounts,
@@ -49,20 +56,58 @@ def _rows_per_chunk(info: TensorInfo) -> int:
     return max(1, CHUNK_ELEMS // max(1, info.row_length))
 
 
-def _in_frame(cand: Checkpoint, ref: Checkpoint, name: str, frame: ReferenceFrame) -> np.ndarray:
-    """The whole reference tensor in the candidate's frame (scales fitted to its cells)."""
-    from provenance.codecs.grid import quant_grid
+class _FrameRows:
+    """The reference carried into the candidate's frame (``quantcheck --realign``), streamed:
+    its free row/column scales are fitted to the candidate's strict cells (the exact recipe
+    check that follows has no tolerance of its own) in passes over chunks of rows, then
+    :meth:`rows` maps any chunk with them. Memory: one chunk of each side and per-row and
+    per-column vectors, never a whole float64 tensor (a 70B MLP matrix holds 235 M weights)."""
 
-    grid = quant_grid(cand.raw_rows(name), int(cand.info(name).ggml_type))  # type: ignore[arg-type]
-    lo, hi = grid.cell_bounds(clip=True)
-    # strict cells: the exact recipe check that follows has no tolerance of its own
-    return reference_in_frame(ref.read_rows(name), frame, lo.double().numpy(), hi.double().numpy(),
-                              grid.values().double().numpy(), tolerance_steps=0.0).astype(np.float32)
+    def __init__(self, cand: Checkpoint, ref: Checkpoint, name: str, frame: ReferenceFrame, step: int,
+                 fitted: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+        """``fitted``: the factors fitted so far, by tensor (the precision probe and the check
+        of a tensor share one fit)."""
+        self.cand, self.name, self.frame, self.step = cand, name, frame, step
+        self.info = cand.info(name)
+        self.inverse = row_inverse(frame)
+        self.reader = ref.row_reader(name, step)
+        self.factors = fitted.get(name)
+        if self.factors is None and (frame.row_scale is not None or frame.col_scale is not None):
+            self.factors = fitted[name] = refine_factors_streamed(
+                self._chunks, self.info.n_rows, self.info.row_length, frame.row_scale is not None,
+                frame.col_scale is not None)
+
+    def _unscaled(self, start: int, stop: int) -> np.ndarray:
+        index = reference_rows(self.frame, start, stop, self.inverse)
+        rows = self.reader.gather(index).numpy().astype(np.float64)
+        return self.frame.unapply_rows(rows, index)
+
+    def _chunks(self) -> Iterator[CellChunk]:
+        from provenance.codecs.grid import quant_grid
+
+        for start in range(0, self.info.n_rows, self.step):
+            stop = min(self.info.n_rows, start + self.step)
+            grid = quant_grid(self.cand.raw_rows(self.name, start, stop), int(self.info.ggml_type))  # type: ignore[arg-type]
+            lo, hi = grid.cell_bounds(clip=True)
+            low, high = widened_cells(lo.double().numpy(), hi.double().numpy(), 0.0)
+            yield self._unscaled(start, stop), grid.values().double().numpy(), low, high
+
+    def rows(self, start: int, stop: int) -> torch.Tensor:
+        """Candidate-frame rows ``[start, stop)`` of the reference, float32."""
+        x = self._unscaled(start, stop)
+        if self.factors is not None:
+            r, c = self.factors
+            x = x * r[start:stop, None] * c[None, :]
+        return torch.from_numpy(x.astype(np.float32))
+
+    def close(self) -> None:
+        self.reader.close()
 
 
 def _check_tensor(
     cand: Checkpoint, ref: Checkpoint, name: str, precision: str, threads: int = 1, max_rows: int | None = None,
     meter: Meter | None = None, frame: ReferenceFrame | None = None,
+    fitted: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> tuple[CheckCounts, ErrorStats]:
     """One tensor in row chunks: the reference decoded and the candidate's stored blocks read
     into each reader's reused buffers (memory: one chunk of each, whatever the tensor)."""
@@ -76,12 +121,12 @@ def _check_tensor(
             stop_all = min(info.n_rows, rows_per_check(info.packing, stop_all))
     recipe = writer_recipe(info.packing) if info.packing is not None else None
     ref_info = ref.info(name)
-    # in the candidate's frame the reference is mapped whole (permutations gather any row)
-    whole = torch.from_numpy(_in_frame(cand, ref, name, frame)) if frame is not None else None
+    # in the candidate's frame the reference's rows are gathered through the permutation
+    in_frame = _FrameRows(cand, ref, name, frame, step, {} if fitted is None else fitted) if frame is not None else None
     with ref.row_reader(name, step) as reference, cand.row_reader(name, step) as stored:
         for start in range(0, stop_all, step):
             stop = min(stop_all, start + step)
-            x = whole[start:stop] if whole is not None else reference.read(start, stop)
+            x = in_frame.rows(start, stop) if in_frame is not None else reference.read(start, stop)
             # a packed layout's codes and grid come through its row reader, a ggml type's from its blocks
             if isinstance(stored, PackedRowReader):
                 c, e = check_packed_rows(x, stored.grid(start, stop), precision, recipe)
@@ -91,6 +136,8 @@ def _check_tensor(
             errors.add(e)
             if meter is not None:
                 meter.advance(_stored_bytes(info, start, stop) + _stored_bytes(ref_info, start, stop), name)
+    if in_frame is not None:
+        in_frame.close()
     return counts, errors
 
 
@@ -111,7 +158,8 @@ def grid_checkable(info: TensorInfo) -> bool:
 
 
 def detect_precision(cand: Checkpoint, ref: Checkpoint, names: list[str], threads: int = 1,
-                     frames: Mapping[str, ReferenceFrame] | None = None) -> tuple[str, dict[str, int]]:
+                     frames: Mapping[str, ReferenceFrame] | None = None,
+                     fitted: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> tuple[str, dict[str, int]]:
     """The source precision (f32 / f16 / bf16) that leaves the fewest unexplained
     mismatches on a sample of the tensors; ties prefer the wider format."""
     evidence = {p: 0 for p in PRECISIONS}
@@ -119,7 +167,8 @@ def detect_precision(cand: Checkpoint, ref: Checkpoint, names: list[str], thread
         info = cand.info(name)
         rows = max(1, PRECISION_SAMPLE_ELEMS // info.row_length)
         for p in PRECISIONS:
-            counts, _ = _check_tensor(cand, ref, name, p, threads, max_rows=rows, frame=(frames or {}).get(name))
+            counts, _ = _check_tensor(cand, ref, name, p, threads, max_rows=rows, frame=(frames or {}).get(name),
+                                      fitted=fitted)
             evidence[p] += counts.n_unexplained + counts.n_blocks_scale_mismatch
     best = min(PRECISIONS, key=lambda p: (evidence[p], PRECISIONS.index(p)))
     return best, evidence
@@ -190,13 +239,13 @@ def quantcheck(
 
 def _check(cand: Checkpoint, ref: Checkpoint, name: str, info: TensorInfo, fate: TensorPair | Unpaired,
            checkable: bool, precision: str, threads: int, per_layer: dict[str, ErrorStats], meter: Meter,
-           frame: ReferenceFrame | None = None) -> TensorCheck:
+           frame: ReferenceFrame | None = None, fitted: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> TensorCheck:
     """One candidate tensor: checked, or why not."""
     base = {"name": name, "layer": info.layer, "role": info.role, "qtype": info.dtype, "shape": "x".join(map(str, info.shape))}
     if isinstance(fate, Unpaired):
         return TensorCheck(**base, status=fate.reason)  # missing-in-reference or shape-mismatch
     if checkable:
-        counts, errors = _check_tensor(cand, ref, name, precision, threads, meter=meter, frame=frame)
+        counts, errors = _check_tensor(cand, ref, name, precision, threads, meter=meter, frame=frame, fitted=fitted)
         grid, error = GridCounts.of(counts), ErrorSummary.of(errors)
         per_layer.setdefault(str(info.layer), ErrorStats()).add(errors)
         return TensorCheck(**base, status=_verdict(counts, errors), grid=grid, error=error,
@@ -220,9 +269,10 @@ def _quantcheck(candidate_path: str | os.PathLike[str], reference_path: str | os
         # every candidate tensor gets a row, in the candidate's order: checked, or why not
         fate = pair_tensors(cand, ref).by_name()
         checkable = {name for name, info in cand.tensors.items() if isinstance(fate[name], TensorPair) and grid_checkable(info)}
+        fitted: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # realigned tensors' scale factors, fitted once
         if precision == "auto":
             ordered = [name for name in cand.tensors if name in checkable]
-            precision, evidence = detect_precision(cand, ref, ordered, threads, frames) if ordered else ("f32", {})
+            precision, evidence = detect_precision(cand, ref, ordered, threads, frames, fitted) if ordered else ("f32", {})
         else:
             evidence = {}
         per_layer: dict[str, ErrorStats] = {}
@@ -230,7 +280,7 @@ def _quantcheck(candidate_path: str | os.PathLike[str], reference_path: str | os
                 and (n in checkable or info.block_size == 1)]
         meter = Meter(progress, "quantcheck", sum(cand.info(n).n_bytes + ref.info(n).n_bytes for n in read))
         tensors = tuple(_check(cand, ref, name, info, fate[name], name in checkable, precision, threads, per_layer, meter,
-                               frames.get(name) if name in checkable else None)
+                               frames.get(name) if name in checkable else None, fitted)
                         for name, info in cand.tensors.items())
         metadata = {k: str(v) for k, v in cand.metadata_claims.items()}
     checked = [t for t in tensors if t.checked]
