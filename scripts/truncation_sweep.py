@@ -24,7 +24,7 @@ shared 2-core machine), per kind of file:
   ``trainer_spec`` and ``normalizer_spec``), each piece record of one shape whatever its
   index: every length through the first 8 KiB (the control, unknown and 256 byte-fallback
   pieces and the first normal ones), every length from the last piece's start to the end (the
-  last piece and both specs), each 16th piece record's start +-1 and a 509-byte stride;
+  last piece and both specs), each 64th piece record's start +-1 and a 509-byte stride;
 * anything else (text, archives): every length through the first 64 KiB (all of the
   files here) and a 509-byte stride through the rest.
 
@@ -58,7 +58,7 @@ STRIDE = 509
 
 
 SENTENCEPIECE_HEAD = 8 * 1024
-PIECE_SAMPLE = 16
+PIECE_SAMPLE = 64
 
 
 def _sentencepiece_records(path: Path) -> list[tuple[int, int]]:
