@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fuzz.targets import CORPUS, TARGETS, Runner
+from tests.fuzz.targets import CORPUS, TARGETS, Runner, Target
 
 SEEDS = sorted((target, path) for target in TARGETS for path in (CORPUS / target).glob("*"))
 CRASHES = Path(__file__).resolve().parent / "crashes"
@@ -37,3 +37,27 @@ def test_seed_reads_cleanly(target: str, path: Path, runners: dict[str, Runner])
 @pytest.mark.parametrize(("target", "path"), REPRODUCERS, ids=[f"{t}/{p.name}" for t, p in REPRODUCERS])
 def test_crash_reproducer_is_now_clean(target: str, path: Path, runners: dict[str, Runner]) -> None:
     assert runners[target].run(path.read_bytes()) in ("ok", "refused")
+
+
+def test_each_run_sees_only_its_input_and_the_companions(tmp_path: Path) -> None:
+    """The harness rewrites an input's files in place (no unlink and create per execution) yet
+    leaves nothing of the previous input: a split GGUF's second part shrinks to what the next
+    input holds, and a file the next input does not name is removed."""
+    split = Runner(TARGETS["gguf-split"], root=str(tmp_path))
+    seed = next((CORPUS / "gguf-split").glob("*")).read_bytes()
+    assert split.run(seed) == "ok"
+    assert split.run(b"\x00\x00\x00\x00GGUF") == "refused"
+    first, second = (split.directory / name for name in ("model-00001-of-00002.gguf", "model-00002-of-00002.gguf"))
+    assert (first.read_bytes(), second.read_bytes()) == (b"", b"GGUF")
+    split.close()
+
+    named = Target("named", lambda data: {data.decode(): b"{}"}, None, TARGETS["config"].companions)
+    runner = Runner(named, root=str(tmp_path))
+    companions = {p.name: p.read_bytes() for p in runner.directory.iterdir()}
+    runner.run(b"a.json")
+    runner.run(b"b.json")
+    assert {p.name for p in runner.directory.iterdir()} == set(companions) | {"b.json"}
+    assert all((runner.directory / name).read_bytes() == data for name, data in companions.items())
+    with pytest.raises(ValueError, match="companion"):
+        runner.run(b"model.safetensors")
+    runner.close()
