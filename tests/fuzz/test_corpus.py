@@ -3,6 +3,7 @@ full read path: only ``ok`` or a clean refusal, never another exception (the reg
 every input the fuzzer ever flagged, and a check that the seeds still reach deep)."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -61,3 +62,28 @@ def test_each_run_sees_only_its_input_and_the_companions(tmp_path: Path) -> None
     with pytest.raises(ValueError, match="companion"):
         runner.run(b"model.safetensors")
     runner.close()
+
+
+def test_the_tokenizer_model_timeout_of_the_long_campaign_is_cheap(runners: dict[str, Runner]) -> None:
+    """The 2026-12-05 campaign stopped on this 64 KiB input: libFuzzer's wall-clock timeout (then
+    5 s) at ``nice 19`` on a loaded 2-core machine. It is no hang: refused (``pieces[4573]``'s length
+    runs past the end) after one walk of the pieces, in milliseconds of CPU (0.06 s instrumented)."""
+    data = (CRASHES / "tokenizer-model" / "timeout-32974f7fc4b4549a25013c29c8d54926b054734b").read_bytes()
+    start = time.process_time()
+    assert runners["tokenizer-model"].run(data) == "refused"
+    assert time.process_time() - start < 1.0
+
+
+def test_an_input_over_the_cpu_limit_is_a_crash() -> None:
+    """The campaign's hang detector counts CPU, not wall time (``tests/fuzz/run.py``)."""
+    from tests.fuzz.run import SlowInput, cpu_bounded
+
+    def burn(data: bytes) -> str:
+        start = time.process_time()
+        while time.process_time() - start < 0.05:
+            pass
+        return "ok"
+
+    assert cpu_bounded(burn, 1.0)(b"") == "ok"
+    with pytest.raises(SlowInput, match="of CPU on one input"):
+        cpu_bounded(burn, 0.01)(b"")
