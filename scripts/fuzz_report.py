@@ -69,7 +69,10 @@ def replay(target: str, root: Path) -> None:
     cov.start()
     from tests.fuzz.targets import CORPUS, TARGETS, Runner
 
-    inputs = sorted(p for d in (root / target / "corpus", CORPUS / target) if d.is_dir() for p in d.iterdir() if p.is_file())
+    # libFuzzer writes new inputs to the first corpus folder only: the seeds (ours and the real
+    # files scripts/fuzz.sh copies to shared-seeds) are replayed from where they are.
+    folders = (root / target / "corpus", root / target / "shared-seeds", CORPUS / target)
+    inputs = sorted(p for d in folders if d.is_dir() for p in d.iterdir() if p.is_file())
     runner = Runner(TARGETS[target])
     try:
         for path in inputs:

@@ -10,13 +10,25 @@ must give either the full read (the uncut file) or a clean
 length and makes the exit status 1. The longest single read is reported (a hang would show).
 
 Lengths: with ``--all``, every length from 0 to the file's size. By default (what fits a
-shared 2-core machine): every length through the file's structure, where the reader
-parses (a GGUF's header up to its data section, a safetensors header, a llama2.c header;
-the first 64 KiB of a file without tensors: vocabularies, tokenizers, text), every boundary
-the reader knows (each metadata record, tensor record and tensor extent, +-1), and a stride
-of 509 bytes through the rest: tensor data, where the reader reads no byte at open and only
-the file's size decides, and the rest of a long vocabulary or tokenizer. ``docs/security.md``
-records the counts of the last run.
+shared 2-core machine), per kind of file:
+
+* a checkpoint with tensors (GGUF, llama2.c, safetensors): every length through its headers
+  (to the data section), every boundary the reader knows (each metadata record, tensor
+  record and tensor extent, +-1), and a stride of 509 bytes through the tensor data, where the
+  reader reads no byte at open and only the file's size decides;
+* a GGUF without tensors (a vocabulary): its header is the whole file (1.7 MB of token
+  strings, one array record): every length through the first 64 KiB (every record before
+  the vocabulary and its first few thousand strings), each metadata record's start +-1 and a
+  509-byte stride through the rest of the array;
+* a SentencePiece ``tokenizer.model``: a stream of top-level records (32,000 ``pieces``, then
+  ``trainer_spec`` and ``normalizer_spec``), each piece record of one shape whatever its
+  index: every length through the first 8 KiB (the control, unknown and 256 byte-fallback
+  pieces and the first normal ones), every length from the last piece's start to the end (the
+  last piece and both specs), each 64th piece record's start +-1 and a 509-byte stride;
+* anything else (text, archives): every length through the first 64 KiB (all of the
+  files here) and a 509-byte stride through the rest.
+
+Every uncut file is read whole too. ``docs/security.md`` records the counts of the last run.
 """
 from __future__ import annotations
 
@@ -36,6 +48,8 @@ sys.path.insert(0, str(ROOT))
 from provenance.errors import ProvenanceError  # noqa: E402
 from provenance.formats import open_checkpoint  # noqa: E402
 from provenance.formats.gguf_reader import GGUFCheckpoint  # noqa: E402
+from provenance.formats.sentencepiece_model import _Reader as _ProtoReader  # noqa: E402
+from provenance.formats.sentencepiece_model import looks_like_sentencepiece  # noqa: E402
 from tests.fuzz.targets import read_everything  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
@@ -43,35 +57,60 @@ HEAD_BYTES = 64 * 1024
 STRIDE = 509
 
 
-def structure(path: Path) -> tuple[int, set[int]]:
-    """``(end of the part the reader parses, boundaries it knows)`` of an intact file: a
-    checkpoint's headers (to its data section), or the first 64 KiB of anything else."""
-    size = path.stat().st_size
-    try:
-        checkpoint = open_checkpoint(path)
-    except ProvenanceError:
-        return min(size, HEAD_BYTES), set()
-    with checkpoint:
-        if not checkpoint.tensors:  # tokenizer-only inputs and vocabulary GGUFs: all structure
-            return min(size, HEAD_BYTES), set()
-        marks: set[int] = set()
-        if isinstance(checkpoint, GGUFCheckpoint):
-            header = checkpoint._headers[0]
-            marks |= set(header.key_offsets.values()) | {entry.entry_offset for entry in header.tensors}
-        end = max(min(span.data_start, size) for span in checkpoint.files)
-        for info in checkpoint.tensors.values():
-            marks |= {info.offset, info.offset + info.n_bytes}
-        return end, {m + d for m in marks for d in (-1, 0, 1) if 0 <= m + d <= size}
+SENTENCEPIECE_HEAD = 8 * 1024
+PIECE_SAMPLE = 64
+
+
+def _sentencepiece_records(path: Path) -> list[tuple[int, int]]:
+    """``(field number, start)`` of each top-level record of a SentencePiece model (the
+    reader's own protobuf cursor; the uncut file is valid)."""
+    data = path.read_bytes()
+    cursor = _ProtoReader(data, str(path))
+    records = []
+    while cursor.pos < cursor.end:
+        start = cursor.pos
+        number, wire = cursor.key("ModelProto")
+        cursor.skip(wire, "ModelProto")
+        records.append((number, start))
+    return records
 
 
 def lengths(path: Path, every: bool) -> list[int]:
+    """The cut lengths of one file (longest first), by the rules of this script's docstring."""
     size = path.stat().st_size
     if every:
-        chosen = set(range(size + 1))
+        return list(range(size, -1, -1))
+    chosen = {size}
+    with open(path, "rb") as handle:
+        sentencepiece = looks_like_sentencepiece(handle.read(16))
+    if sentencepiece:
+        records = _sentencepiece_records(path)
+        pieces = [start for number, start in records if number == 1]
+        marks = {start + d for start in pieces[::PIECE_SAMPLE] for d in (-1, 0, 1)}
+        chosen |= set(range(min(size, SENTENCEPIECE_HEAD) + 1)) | set(range(pieces[-1], size + 1)) | marks
+        chosen |= set(range(0, size + 1, STRIDE))
+        return sorted((n for n in chosen if 0 <= n <= size), reverse=True)
+    try:
+        checkpoint = open_checkpoint(path)
+    except ProvenanceError:
+        checkpoint = None
+    if checkpoint is None:
+        end, marks = min(size, HEAD_BYTES), set()
     else:
-        end, marks = structure(path)
-        chosen = set(range(end + 1)) | marks | set(range(end, size + 1, STRIDE)) | {size}
-    return sorted(chosen, reverse=True)
+        with checkpoint:
+            marks = set()
+            if isinstance(checkpoint, GGUFCheckpoint):
+                header = checkpoint._headers[0]
+                marks |= set(header.key_offsets.values()) | {entry.entry_offset for entry in header.tensors}
+            if checkpoint.tensors:
+                end = max(min(span.data_start, size) for span in checkpoint.files)
+                for info in checkpoint.tensors.values():
+                    marks |= {info.offset, info.offset + info.n_bytes}
+            else:  # tokenizer-only inputs and vocabulary GGUFs: all structure
+                end = min(size, HEAD_BYTES)
+    marks = {m + d for m in marks for d in (-1, 0, 1)}
+    chosen |= set(range(end + 1)) | marks | set(range(end, size + 1, STRIDE))
+    return sorted((n for n in chosen if 0 <= n <= size), reverse=True)
 
 
 def sweep(path: Path, every: bool, scratch: Path) -> dict[str, object]:
@@ -85,7 +124,7 @@ def sweep(path: Path, every: bool, scratch: Path) -> dict[str, object]:
     outcomes: Counter[str] = Counter()
     crashes: list[str] = []
     slowest = 0.0
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     with open(copy, "r+b") as handle:
         for length in cuts:
             handle.truncate(length)
@@ -102,7 +141,8 @@ def sweep(path: Path, every: bool, scratch: Path) -> dict[str, object]:
     copy.unlink()
     size = path.stat().st_size
     return {"file": str(path.relative_to(SHARED) if path.is_relative_to(SHARED) else path), "size": size,
-            "lengths": len(cuts), "all_lengths": len(cuts) == size + 1, "outcomes": dict(outcomes),
+            "lengths": len(cuts), "all_lengths": len(cuts) == size + 1,
+            "cpu_s": round(time.process_time() - cpu, 1), "outcomes": dict(outcomes),
             "crashes": crashes, "slowest_s": round(slowest, 4), "seconds": round(time.perf_counter() - started, 1)}
 
 

@@ -100,18 +100,41 @@ HF_CONFIG = Obj({
 """``config.json`` of an HF model folder: every field :func:`provenance.names.arch.from_hf_config`
 and the claims read."""
 
-ADAPTER_CONFIG = Obj({
+MAX_ADAPTER_RANK = 1 << 16
+MAX_ADAPTER_PATTERNS = 4096
+_ADAPTER_MODULES = ListOf(_NAME, MAX_ADAPTER_PATTERNS)
+_RANK = Int(1, MAX_ADAPTER_RANK)
+_ALPHA = Num(-1e6, 1e6)
+
+_ADAPTER_FIELDS = {
     "peft_type": optional(_SHORT),
     "task_type": optional(_SHORT),
-    "r": optional(Int(1, MAX_WIDTH)),
-    "lora_alpha": optional(Num(0.0, 1e12)),
+    "peft_version": optional(_SHORT),
+    "r": optional(_RANK),
+    "lora_alpha": optional(_ALPHA),
     "lora_dropout": optional(Num(0.0, 1.0)),
-    "target_modules": optional(_NAMES),
+    # module names, or one regular expression (kept as text, never evaluated)
+    "target_modules": optional(OneOf((_NAME, _ADAPTER_MODULES))),
+    "modules_to_save": optional(_ADAPTER_MODULES),
+    "rank_pattern": optional(MapOf(_RANK, MAX_ADAPTER_PATTERNS, key=_NAME)),
+    "alpha_pattern": optional(MapOf(_ALPHA, MAX_ADAPTER_PATTERNS, key=_NAME)),
     "base_model_name_or_path": optional(_NAME),
+    "use_rslora": optional(BOOL),
     "fan_in_fan_out": optional(BOOL),
+    "use_dora": optional(BOOL),
+    "lora_bias": optional(BOOL),
     "bias": optional(_SHORT),
-})
-"""PEFT's ``adapter_config.json`` (an adapter folder: ``adapter_model.safetensors`` beside it)."""
+}
+
+ADAPTER_CONFIG = Obj(_ADAPTER_FIELDS)
+"""PEFT's ``adapter_config.json`` of any PEFT method, as an HF model folder may keep it beside
+full weights (shown as metadata)."""
+
+LORA_ADAPTER_CONFIG = Obj({**_ADAPTER_FIELDS, "peft_type": _SHORT, "r": _RANK},
+                          required=frozenset({"peft_type", "r"}))
+"""The same fields, of a LoRA adapter folder (``adapter_model.safetensors`` beside it): a type
+and a rank required. :func:`provenance.formats.peft_adapter.parse_adapter_config` builds its
+typed config from the validated document."""
 
 BNB_BLOCK = Int(1, 4096)
 _BNB_ROWS = Int(1, (1 << 31) - 1)

@@ -21,15 +21,14 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from provenance.errors import MalformedCheckpoint, PickleCheckpointRefused, UnsupportedCheckpoint
-from provenance.formats.files import read_capped
-from provenance.formats.jsonsafe import loads_strict, text_offset
+from provenance.formats.documents import LORA_ADAPTER_CONFIG
+from provenance.formats.files import member_if_present, read_capped
+from provenance.formats.jsonsafe import text_offset
 from provenance.formats.safetensors_reader import SafetensorsCheckpoint
+from provenance.formats.schema import parse_document
 
 CONFIG_NAME, WEIGHTS_NAME, PICKLE_NAME = "adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"
 MAX_CONFIG_BYTES = 4 << 20
-MAX_RANK = 1 << 16
-MAX_PATTERNS = 4096
-MAX_NAME = 4096
 _PREFIX = "base_model.model."
 _LORA = re.compile(r"^base_model\.model\.(?P<module>.+)\.(?:(?P<linear>lora_[AB])\.weight|(?P<embedding>lora_embedding_[AB]))$",
                    re.DOTALL)
@@ -100,89 +99,47 @@ def is_adapter_folder(directory: str) -> bool:
 
 # ----- adapter_config.json ----------------------------------------------------------------------
 
-class _Config:
-    """Typed access to one parsed JSON object, each error naming the field and its offset."""
+def _unsupported(path: str, raw: bytes, key: str, message: str, value: Any = None) -> UnsupportedCheckpoint:
+    return UnsupportedCheckpoint(path, message, field=key, offset=text_offset(raw, value, key))
 
-    def __init__(self, document: Any, raw: bytes, path: str) -> None:
-        if type(document) is not dict:
-            raise MalformedCheckpoint(path, "adapter_config.json is not a JSON object", field="adapter_config", offset=0)
-        self.document, self.raw, self.path = document, raw, path
 
-    def fail(self, key: str, message: str, value: Any = None) -> MalformedCheckpoint:
-        return MalformedCheckpoint(self.path, message, field=f"adapter_config: {key}",
-                                   offset=text_offset(self.raw, value, key))
-
-    def get(self, key: str, kinds: tuple[type, ...], default: Any = None, *, required: bool = False) -> Any:
-        value = self.document.get(key)
-        if value is None:
-            if required:
-                raise self.fail(key, f"{key} is required")
-            return default
-        if type(value) not in kinds:
-            names = " or ".join("number" if k is float else k.__name__ for k in kinds)
-            raise self.fail(key, f"expected {names}, found {type(value).__name__} {str(value)[:40]!r}", value)
-        return value
-
-    def number(self, key: str, value: Any, lo: float, hi: float) -> float:
-        if type(value) not in (int, float) or not (math.isfinite(value) and lo <= value <= hi):
-            raise self.fail(key, f"expected a finite number in [{lo:g}, {hi:g}], found {str(value)[:40]!r}", value)
-        return float(value)
-
-    def rank(self, key: str, value: Any) -> int:
-        if type(value) is not int or not 1 <= value <= MAX_RANK:
-            raise self.fail(key, f"expected a rank in [1, {MAX_RANK}], found {str(value)[:40]!r}", value)
-        return value
-
-    def names(self, key: str, value: Any) -> tuple[str, ...]:
-        items = [value] if type(value) is str else value
-        if type(items) is not list or len(items) > MAX_PATTERNS or not all(type(v) is str and len(v) <= MAX_NAME for v in items):
-            raise self.fail(key, f"expected module names (at most {MAX_PATTERNS})")
-        return tuple(items)
-
-    def pattern(self, key: str, check: Any) -> dict[str, Any]:
-        value = self.get(key, (dict,), {})
-        if len(value) > MAX_PATTERNS:
-            raise self.fail(key, f"{len(value)} entries exceed the cap of {MAX_PATTERNS}")
-        for name in value:
-            if not name or len(name) > MAX_NAME:
-                raise self.fail(key, "a pattern key must be a module name")
-            if _REGEX_META.search(name):  # PEFT matches these as regular expressions; never run one from a file
-                raise UnsupportedCheckpoint(self.path, f"{key} key {name[:60]!r} is a regular expression; only module "
-                                                       "names are supported", field=f"adapter_config: {key}",
-                                            offset=text_offset(self.raw, name))
-        return {name: check(f"{key}.{name}", v) for name, v in value.items()}
+def _module_names(path: str, raw: bytes, key: str, patterns: dict[str, Any]) -> None:
+    """PEFT matches ``rank_pattern``/``alpha_pattern`` keys as regular expressions: never run one
+    from a file, so only plain module names are accepted."""
+    for name in patterns:
+        if not name or _REGEX_META.search(name):
+            raise _unsupported(path, raw, key, f"{key} key {name[:60]!r} is not a module name (PEFT would match it as "
+                                               "a regular expression); only module names are supported", name)
 
 
 def parse_adapter_config(raw: bytes, path: str) -> AdapterConfig:
-    """``adapter_config.json`` -> :class:`AdapterConfig`; LoRA only (DoRA, biases and other PEFT
-    methods are refused as unsupported, naming the field)."""
-    c = _Config(loads_strict(raw, path, "adapter_config"), raw, path)
-    peft_type = c.get("peft_type", (str,), required=True)
-    if peft_type != "LORA":
-        raise UnsupportedCheckpoint(path, f"PEFT type {peft_type[:40]!r} is not supported (LoRA adapters are)",
-                                    field="adapter_config: peft_type", offset=text_offset(raw, peft_type))
+    """``adapter_config.json`` -> :class:`AdapterConfig`: the document validated by its schema
+    (:data:`provenance.formats.documents.LORA_ADAPTER_CONFIG`: every field typed and bounded), then
+    LoRA only (DoRA, biases and other PEFT methods are refused as unsupported, naming the field)."""
+    c = parse_document(raw, LORA_ADAPTER_CONFIG, path, "adapter_config")
+    if c["peft_type"] != "LORA":
+        raise _unsupported(path, raw, "peft_type", f"PEFT type {c['peft_type'][:40]!r} is not supported "
+                                                   "(LoRA adapters are)", c["peft_type"])
     for key, what in (("use_dora", "DoRA (weight-decomposed) adapters"), ("lora_bias", "adapters with LoRA biases")):
-        if c.get(key, (bool,), False):
-            raise UnsupportedCheckpoint(path, f"{what} are not supported", field=f"adapter_config: {key}",
-                                        offset=text_offset(raw, None, key))
-    bias = c.get("bias", (str,), "none")
+        if c.get(key):
+            raise _unsupported(path, raw, key, f"{what} are not supported")
+    bias = c.get("bias") or "none"
     if bias != "none":
-        raise UnsupportedCheckpoint(path, f"bias {bias[:20]!r}: adapters that train biases are not supported",
-                                    field="adapter_config: bias", offset=text_offset(raw, bias))
-    r = c.rank("r", c.get("r", (int,), required=True))
-    alpha = c.number("lora_alpha", c.get("lora_alpha", (int, float), float(r)), -1e6, 1e6)
-    base = c.get("base_model_name_or_path", (str,))
-    if base is not None and len(base) > MAX_NAME:
-        raise c.fail("base_model_name_or_path", f"longer than {MAX_NAME} characters")
+        raise _unsupported(path, raw, "bias", f"bias {bias[:20]!r}: adapters that train biases are not supported", bias)
+    rank_pattern, alpha_pattern = c.get("rank_pattern") or {}, c.get("alpha_pattern") or {}
+    _module_names(path, raw, "rank_pattern", rank_pattern)
+    _module_names(path, raw, "alpha_pattern", alpha_pattern)
+    targets = c.get("target_modules") or []
+    r = c["r"]
+    alpha = c.get("lora_alpha")
     return AdapterConfig(
-        peft_type=peft_type, r=r, lora_alpha=alpha,
-        target_modules=c.names("target_modules", c.get("target_modules", (list, str), [])),
-        rank_pattern=c.pattern("rank_pattern", c.rank),
-        alpha_pattern=c.pattern("alpha_pattern", lambda key, v: c.number(key, v, -1e6, 1e6)),
-        use_rslora=c.get("use_rslora", (bool,), False), fan_in_fan_out=c.get("fan_in_fan_out", (bool,), False),
-        modules_to_save=c.names("modules_to_save", c.get("modules_to_save", (list,), [])),
-        base_model_name_or_path=base, task_type=c.get("task_type", (str,)),
-        peft_version=c.get("peft_version", (str,)))
+        peft_type=c["peft_type"], r=r, lora_alpha=float(r if alpha is None else alpha),
+        target_modules=(targets,) if isinstance(targets, str) else tuple(targets),
+        rank_pattern=dict(rank_pattern), alpha_pattern={k: float(v) for k, v in alpha_pattern.items()},
+        use_rslora=bool(c.get("use_rslora")), fan_in_fan_out=bool(c.get("fan_in_fan_out")),
+        modules_to_save=tuple(c.get("modules_to_save") or ()),
+        base_model_name_or_path=c.get("base_model_name_or_path"), task_type=c.get("task_type"),
+        peft_version=c.get("peft_version"))
 
 
 def _pattern_value(patterns: dict[str, Any], module: str, default: Any) -> Any:
@@ -202,13 +159,17 @@ class PeftAdapterCheckpoint(SafetensorsCheckpoint):
     format = "peft-adapter"
 
     def __init__(self, directory: str) -> None:
-        config_path = os.path.join(directory, CONFIG_NAME)
-        weights = os.path.join(directory, WEIGHTS_NAME)
-        if not os.path.isfile(weights):
-            if os.path.exists(os.path.join(directory, PICKLE_NAME)):
-                raise PickleCheckpointRefused(os.path.join(directory, PICKLE_NAME), "pickle adapters are never loaded "
+        # Every file by its fixed name, resolved inside the folder (symlinks out are refused).
+        weights = member_if_present(directory, WEIGHTS_NAME, WEIGHTS_NAME)
+        if weights is None:
+            pickled = member_if_present(directory, PICKLE_NAME, PICKLE_NAME)
+            if pickled is not None:
+                raise PickleCheckpointRefused(pickled, "pickle adapters are never loaded "
                                               "(they can run code); save the adapter with safe_serialization")
             raise UnsupportedCheckpoint(directory, f"no {WEIGHTS_NAME} in this adapter folder", field="directory")
+        config_path = member_if_present(directory, CONFIG_NAME, CONFIG_NAME)
+        if config_path is None:
+            raise UnsupportedCheckpoint(directory, f"no {CONFIG_NAME} in this adapter folder", field="directory")
         self.adapter_config = parse_adapter_config(read_capped(config_path, "adapter_config", MAX_CONFIG_BYTES),
                                                    config_path)
         super().__init__(weights)

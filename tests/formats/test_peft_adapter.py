@@ -72,21 +72,21 @@ def _raw(text: bytes) -> Callable[[Path], None]:
 
 
 HOSTILE: dict[str, tuple[Callable[[Path], None], type[CheckpointError], str]] = {
-    "r-string": (_config(lambda d: d.update(r="4")), MalformedCheckpoint, "adapter_config: r"),
-    "r-zero": (_config(lambda d: d.update(r=0)), MalformedCheckpoint, "adapter_config: r"),
-    "r-huge": (_config(lambda d: d.update(r=1 << 40)), MalformedCheckpoint, "adapter_config: r"),
+    "r-string": (_config(lambda d: d.update(r="4")), MalformedCheckpoint, "r"),
+    "r-zero": (_config(lambda d: d.update(r=0)), MalformedCheckpoint, "r"),
+    "r-huge": (_config(lambda d: d.update(r=1 << 40)), MalformedCheckpoint, "r"),
     "r-wrong": (_config(lambda d: d.update(r=8)), MalformedCheckpoint, f"{K0}.lora_A.weight"),  # the first module
     "rank-pattern-wrong": (_config(lambda d: d.update(rank_pattern={"down_proj": 4})), MalformedCheckpoint,
                            "base_model.model.model.layers.0.mlp.down_proj.lora_A.weight"),
     "rank-pattern-type": (_config(lambda d: d.update(rank_pattern={"down_proj": "2"})), MalformedCheckpoint,
-                          "adapter_config: rank_pattern.down_proj"),
+                          "rank_pattern.down_proj"),
     "rank-pattern-regex": (_config(lambda d: d.update(rank_pattern={"(a+)+$": 2})), UnsupportedCheckpoint,
-                           "adapter_config: rank_pattern"),
-    "alpha-string": (_config(lambda d: d.update(lora_alpha="16")), MalformedCheckpoint, "adapter_config: lora_alpha"),
-    "targets-number": (_config(lambda d: d.update(target_modules=5)), MalformedCheckpoint, "adapter_config: target_modules"),
-    "not-lora": (_config(lambda d: d.update(peft_type="IA3")), UnsupportedCheckpoint, "adapter_config: peft_type"),
-    "dora": (_config(lambda d: d.update(use_dora=True)), UnsupportedCheckpoint, "adapter_config: use_dora"),
-    "bias": (_config(lambda d: d.update(bias="all")), UnsupportedCheckpoint, "adapter_config: bias"),
+                           "rank_pattern"),
+    "alpha-string": (_config(lambda d: d.update(lora_alpha="16")), MalformedCheckpoint, "lora_alpha"),
+    "targets-number": (_config(lambda d: d.update(target_modules=5)), MalformedCheckpoint, "target_modules"),
+    "not-lora": (_config(lambda d: d.update(peft_type="IA3")), UnsupportedCheckpoint, "peft_type"),
+    "dora": (_config(lambda d: d.update(use_dora=True)), UnsupportedCheckpoint, "use_dora"),
+    "bias": (_config(lambda d: d.update(bias="all")), UnsupportedCheckpoint, "bias"),
     "not-object": (_raw(b"[1, 2]"), MalformedCheckpoint, "adapter_config"),
     "nan": (_raw(b'{"peft_type": "LORA", "r": 4, "lora_alpha": NaN}'), MalformedCheckpoint, "adapter_config"),
     "duplicate-key": (_raw(b'{"peft_type": "LORA", "r": 4, "r": 8}'), MalformedCheckpoint, "adapter_config"),
@@ -123,7 +123,7 @@ def test_a_wrong_type_names_its_offset(adapter: Path, tmp_path: Path) -> None:
     raw = (folder / "adapter_config.json").read_bytes()
     with pytest.raises(MalformedCheckpoint) as caught:
         open_checkpoint(folder)
-    assert raw[caught.value.offset:].startswith(b'"sixteen"')
+    assert raw[caught.value.offset:].startswith(b'"lora_alpha"')  # the schema names the key
 
 
 def test_a_pickled_adapter_is_refused(adapter: Path, tmp_path: Path) -> None:
@@ -157,3 +157,45 @@ def test_an_adapter_without_a_base_asks_for_one(adapter: Path, tmp_path: Path, h
     with pytest.raises(UnsupportedCheckpoint, match="give --base") as caught:
         compare(folder, hf_llama)
     assert caught.value.field == "adapter_config: base_model_name_or_path"
+
+
+@pytest.mark.parametrize("name", ["adapter_model.safetensors", "adapter_config.json"])
+@pytest.mark.parametrize("link", ["relative-dotdot", "absolute"])
+def test_adapter_files_that_escape_the_folder_are_refused(name: str, link: str, adapter: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """A file of the adapter that is a symlink out of its folder (``../outside/...`` or an
+    absolute path) is refused, never read: the same containment as every other model folder."""
+    folder = _copy(adapter, tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (folder / name).rename(outside / name)  # the real file, now outside the folder
+    (folder / name).symlink_to(f"../outside/{name}" if link == "relative-dotdot" else outside / name)
+    with pytest.raises(MalformedCheckpoint, match="resolves outside the model directory") as caught:
+        open_checkpoint(folder)
+    assert caught.value.field == name
+    capsys.readouterr()
+    assert run(["inspect", str(folder)]) == 2
+
+
+def test_an_adapter_file_in_a_symlink_loop_is_an_error(adapter: Path, tmp_path: Path) -> None:
+    folder = _copy(adapter, tmp_path)
+    (folder / "adapter_config.json").unlink()
+    (folder / "adapter_config.json").symlink_to("adapter_config.json")
+    with pytest.raises(CheckpointError) as caught:
+        open_checkpoint(folder)
+    assert caught.value.path.endswith("adapter_config.json")
+
+
+def test_an_hf_folder_keeps_an_adapter_config_validated_by_the_same_schema(hf_llama: Path, tmp_path: Path,
+                                                                           adapter: Path) -> None:
+    """A full model folder with an ``adapter_config.json`` beside its weights: the same fields and
+    bounds as an adapter folder's (one schema), so a rank out of range is refused there too."""
+    folder = Path(shutil.copytree(hf_llama, tmp_path / "merged"))
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    with open_checkpoint(folder) as ckpt:
+        assert ckpt.format == "hf-directory" and ckpt.metadata["adapter_config"]["r"] == 4
+    (folder / "adapter_config.json").write_text(json.dumps({**config, "r": 1 << 40}))
+    with pytest.raises(MalformedCheckpoint) as caught:
+        open_checkpoint(folder)
+    assert caught.value.field == "r" and caught.value.path.endswith("adapter_config.json")
