@@ -55,8 +55,10 @@ fuzz-smoke: setup-dev
 
 # The optional references (see above and scripts/fetch_tokenizers.py); CI builds both.
 llamacpp: setup-dev
-	PYTHONPATH=$(LLAMACPP_DIR) $(BIN)/python -c "import llama_cpp" 2>/dev/null || \
-	  CMAKE_ARGS="$(LLAMACPP_CMAKE)" $(BIN)/pip install -q --no-deps --target $(LLAMACPP_DIR) $(LLAMACPP_SPEC) diskcache
+	PYTHONPATH=$(LLAMACPP_DIR) $(BIN)/python -c "import llama_cpp" 2>/dev/null || { \
+	  rm -rf $(LLAMACPP_DIR).part && \
+	  CMAKE_ARGS="$(LLAMACPP_CMAKE)" $(BIN)/pip install -q --no-deps --target $(LLAMACPP_DIR).part $(LLAMACPP_SPEC) diskcache && \
+	  rm -rf $(LLAMACPP_DIR) && mv $(LLAMACPP_DIR).part $(LLAMACPP_DIR); }
 
 tokenizers: setup-dev
 	$(BIN)/python scripts/fetch_tokenizers.py
