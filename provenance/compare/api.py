@@ -67,7 +67,10 @@ from provenance.compare.sketch import (
     token_subset,
     unit_subset,
 )
+from provenance.compare.rotgrid import check_rotated_grid
+from provenance.compare.rotview import RotatedView
 from provenance.compare.structure import (
+    DerotatedTest,
     RotationEstimate,
     StructureEvidence,
     UnpairedTensor,
@@ -79,7 +82,7 @@ from provenance.compare.structure import (
 from provenance.compare.symtest import PermutationTest
 from provenance.compare.transform import Transform
 from provenance.compare.unitspace import relative_difference, unit_circuits
-from provenance.compare.verdict import decide
+from provenance.compare.verdict import alignment_words, decide, hidden_rotation, overall_rel_delta, rotated_relation
 from provenance.compare.views import layer_view, vocabulary_view
 from provenance.errors import input_boundary
 from provenance.formats import open_checkpoint
@@ -672,6 +675,41 @@ def _structure(cand: Checkpoint, ref: Checkpoint, run: _Pass, layer_map: LayerMa
                              unpaired=tuple(_unpaired(cand, ref, run, layer_map, vocab, widths)))
 
 
+def _plain_structure(structure: StructureEvidence) -> bool:
+    """Layers, vocabulary and widths as the reference's: each candidate tensor's rotated
+    counterpart is the reference tensor of the same name."""
+    return ((structure.layer_map is None or structure.layer_map.is_identity) and structure.vocabulary is None
+            and not structure.widths)
+
+
+def _rotation_evidence(cand: Checkpoint, ref: Checkpoint, test: PermutationTestResult | None,
+                       structure: StructureEvidence, opts: CompareOptions) -> StructureEvidence:
+    """What a rotation still lets the tools see: a rotated lossy candidate's cells against the
+    reference rotated into its basis (:mod:`.rotgrid`), or, when neither test sees a relation but
+    the embedding rows give a rotation, the residual test on the candidate carried back by it
+    (:mod:`.rotview`)."""
+    if test is None or not _plain_structure(structure):
+        return structure
+    if opts.grid_check and rotated_relation(test, structure.unit_test):
+        names = [n for n in cand.tensors if n in ref.tensors or n == "output.weight"]
+        return replace(structure, rotated_grid=check_rotated_grid(cand, ref, names))
+    rotation = structure.rotation
+    if hidden_rotation(test, structure) and rotation is not None and rotation.matrix is not None:
+        return replace(structure, derotated=derotated_test(cand, ref, rotation.matrix, opts))
+    return structure
+
+
+def derotated_test(cand: Checkpoint, ref: Checkpoint, rotation: np.ndarray, opts: CompareOptions) -> DerotatedTest | None:
+    """The residual-permutation test (and alignment) on ``cand`` carried back by ``rotation``
+    (``E_cand ~ E_ref rotation``, read from the embedding rows alone); None without circuits."""
+    run = _one_pass(RotatedView(cand, rotation), ref, replace(opts, grid_check=False), None)
+    if run.test is None:
+        return None
+    mats = [r for r in (_row(o) for o in run.outcomes) if r.is_matrix]
+    moves = tuple(alignment_words(_alignment(run.alignment))) if run.alignment is not None else ()
+    return DerotatedTest(run.test, overall_rel_delta(mats), moves)
+
+
 def _compare_open(cpath: str, rpath: str, cand: Checkpoint, ref: Checkpoint, opts: CompareOptions,
                   progress: Callable[[str, int], None] | None, t0: float,
                   adapter_bases: tuple[str | None, str | None] = (None, None), hashes: bool = False) -> CompareResult:
@@ -693,6 +731,7 @@ def _compare_open(cpath: str, rpath: str, cand: Checkpoint, ref: Checkpoint, opt
         elif layer_map is not None:
             layer_map = kept_identity(layer_map)
     structure = _structure(cand, ref, run, layer_map, vocab, _widths(arch_c, arch_r, cand, ref))
+    structure = _rotation_evidence(cand_v, ref_v, run.test, structure, opts)
     pairing, layout, outcomes, test, alignment, lineage, reason = (
         run.pairing, run.layout, run.outcomes, run.test, run.alignment, run.lineage, run.reason)
     t1, t2, t3, t4 = run.times

@@ -61,7 +61,7 @@ def candidate_is_coarser(cand: TensorInfo, ref: TensorInfo) -> bool:
     return narrow and bits_c <= bits_r
 
 
-def _cells(cand: Checkpoint, info: TensorInfo, stop: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def stored_cells(cand: Checkpoint, info: TensorInfo, stop: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Lower and upper cell bounds of every stored weight of rows ``[0, stop)`` (candidate
     frame), and the stored values."""
     if info.block_size > 1:
@@ -86,7 +86,7 @@ def check_in_candidate_frame(cand: Checkpoint, ref: Checkpoint, name: str, trans
     c_info = cand.info(name)
     if stop is not None:
         stop = min(stop, c_info.n_rows)  # a probe of a tensor shorter than the probe is the whole tensor
-    lo, hi, stored = _cells(cand, c_info, stop)
+    lo, hi, stored = stored_cells(cand, c_info, stop)
     x = ref.read_rows(name, 0, stop).astype(np.float64)
     if source is not None:
         x = source(x.astype(np.float32)).astype(np.float64)

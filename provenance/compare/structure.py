@@ -22,6 +22,7 @@ import torch
 
 from provenance.compare.layermap import LayerMap
 from provenance.compare.result import PermutationTestResult
+from provenance.compare.rotgrid import RotatedGridCheck
 from provenance.formats.pairing import Unpaired
 from provenance.textsafe import safe_text
 
@@ -182,6 +183,8 @@ class RotationEstimate:
     recovered: bool
     width: int = 0
     """The residual width: with ``rows >= width`` the map is determined on the whole space."""
+    matrix: np.ndarray | None = field(default=None, repr=False, compare=False)
+    """``Q`` itself (``d x d``, float64), when determined on the whole space."""
 
     @property
     def full_rank(self) -> bool:
@@ -232,7 +235,24 @@ def estimate_rotation(reference_rows: np.ndarray, candidate_rows: np.ndarray) ->
         like_rows = q_r[rows] @ u @ vt @ q_c.T
     ident = float(torch.linalg.norm(ec - er)) / norm
     like = float(like_rows.abs().amax(dim=1).mean())
-    return RotationEstimate(n, fit, ident, like, fit <= ROTATION_FIT_MAX and fit <= 0.5 * ident, d)
+    return RotationEstimate(n, fit, ident, like, fit <= ROTATION_FIT_MAX and fit <= 0.5 * ident, d,
+                            q.numpy() if n >= d else None)
+
+
+@dataclass(frozen=True)
+class DerotatedTest:
+    """The residual-permutation test on the candidate with the embedding's rotation undone
+    (:class:`provenance.compare.rotview.RotatedView`): what sees through a rotation combined
+    with permuted MLP units."""
+
+    test: PermutationTestResult
+    rel_delta: float | None
+    """Overall ``||C - R|| / ||R||`` over matrices after undoing the rotation and aligning."""
+    moves: tuple[str, ...] = ()
+    """What the alignment undid besides the rotation (``permuted units``, ...)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"test": self.test.to_dict(), "rel_delta": self.rel_delta, "moves": list(self.moves)}
 
 
 @dataclass(frozen=True)
@@ -242,12 +262,19 @@ class RotatedDetails:
     unit_rel_delta: float | None
     strength: str
     copy: bool
-    """The unit circuits moved no more than float storage does (a rotated copy)."""
+    """The unit circuits moved no more than float storage does, the stored codes are the
+    reference's rotated (:attr:`grid`), or the de-rotated weights equal the reference's: a rotated copy."""
     rotation: RotationEstimate | None
+    grid: RotatedGridCheck | None = None
+    """The candidate's cells against the reference rotated into its basis (a lossy candidate)."""
+    derotated: DerotatedTest | None = None
+    """Set when the relation came from the de-rotated test (rotation and permuted MLP units)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"unit_rel_delta": self.unit_rel_delta, "strength": self.strength, "copy": self.copy,
-                "rotation": self.rotation.to_dict() if self.rotation else None}
+                "rotation": self.rotation.to_dict() if self.rotation else None,
+                "grid": self.grid.to_dict() if self.grid else None,
+                "derotated": self.derotated.to_dict() if self.derotated else None}
 
 
 @dataclass(frozen=True)
@@ -263,6 +290,10 @@ class StructureEvidence:
     unit_rel_delta: dict[int, float] = field(default_factory=dict)
     """Per candidate layer: relative change of its unit circuits (rotation-blind)."""
     unpaired: tuple[UnpairedTensor, ...] = ()
+    rotated_grid: RotatedGridCheck | None = None
+    """A rotated lossy candidate's cells against the reference rotated into its basis (:mod:`.rotgrid`)."""
+    derotated: DerotatedTest | None = None
+    """The residual test on the candidate with the embedding's rotation undone (neither test related)."""
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -309,4 +340,6 @@ class StructureEvidence:
                 "rotation": self.rotation.to_dict() if self.rotation else None,
                 "unit_test": self.unit_test.to_dict() if self.unit_test else None,
                 "unit_rel_delta": {str(k): v for k, v in self.unit_rel_delta.items()},
-                "unpaired": [u.to_dict() for u in self.unpaired]}
+                "unpaired": [u.to_dict() for u in self.unpaired],
+                "rotated_grid": self.rotated_grid.to_dict() if self.rotated_grid else None,
+                "derotated": self.derotated.to_dict() if self.derotated else None}

@@ -20,6 +20,7 @@ import numpy as np
 
 from provenance.codecs.types import plain_type
 from provenance.compare.copies import (
+    GRID_OUTSIDE_MAX,
     ROUNDING_REL,
     describe_copy,
     inside_grid,
@@ -43,7 +44,8 @@ from provenance.compare.result import (
     TensorComparison,
     VerdictKind,
 )
-from provenance.compare.structure import RotatedDetails, RotationEstimate, StructureEvidence
+from provenance.compare.rotgrid import FLOAT_NOISE_MAX, RotatedGridCheck
+from provenance.compare.structure import RotatedDetails, StructureEvidence
 from provenance.names.arch import ArchRecord
 
 #: related: the asymptotic p-value below this and the exact one at most ``EXACT_RELATED``
@@ -55,8 +57,10 @@ LOW_RANK_MAX = 8
 LOW_RANK_FRACTION = 0.25
 #: a rotated candidate whose unit circuits moved less than this is the reference's weights
 #: rotated and stored in f16 (measured 2e-4 on stories260k/synth-s00). Quantization noise
-#: after a rotation (Q4_K_M: 0.044) is as large as a medium fine-tune's change (0.032), and
-#: the rotation hides the grid check, so above it the candidate is a "rotated derivative"
+#: after a rotation (Q4_K_M: 0.044) is as large as a medium fine-tune's change (0.032), so a
+#: lossy candidate is judged by its cells in its own basis instead (:mod:`.rotgrid`); above
+#: it, and not explained by the cells, the candidate is a "rotated derivative". The same bound
+#: on the de-rotated weights' relative change calls a rotated, unit-permuted copy
 ROTATED_COPY_DELTA = 0.005
 
 
@@ -65,7 +69,7 @@ def _fmt_p(p: float) -> str:
     return f"{p:.3g}" if p > 0 else "< 1e-300"
 
 
-def _overall_rel_delta(rows: list[TensorComparison]) -> float | None:
+def overall_rel_delta(rows: list[TensorComparison]) -> float | None:
     num = sum((r.rel_delta_norm * r.norm_reference) ** 2 for r in rows if r.rel_delta_norm is not None)
     den = sum(r.norm_reference ** 2 for r in rows)
     return math.sqrt(num / den) if den > 0 else None
@@ -126,7 +130,7 @@ def _requantized(changed: list[TensorComparison]) -> RequantizationDetails | Non
     return RequantizationDetails(types, worst, codes_checked=checked or None, codes_outside=outside if checked else None,
                                  aligned_tensors=sum(r.grid_frame == "candidate" for r in gridded),
                                  chain=", ".join(sorted(chains)) if chains else None,
-                                 dequantization_rel_delta=_overall_rel_delta(gridded) if ratios else None,
+                                 dequantization_rel_delta=overall_rel_delta(gridded) if ratios else None,
                                  noise_ratio_max=max(ratios) if ratios else None,
                                  packed=any(r.grid_rounds_to_nearest is not None for r in gridded))
 
@@ -254,7 +258,7 @@ def _partial_copy(test: PermutationTestResult, structure: StructureEvidence,
     p_min = min(layer.p_asymptotic for result in (test, structure.unit_test) if result is not None
                 for layer in result.layers if layer.layer in unrelated)
     return PartialCopyDetails(related, unrelated, tuple(k for k, v in relations.items() if v == "undecided"),
-                              copied, _overall_rel_delta(mats), p_min)
+                              copied, overall_rel_delta(mats), p_min)
 
 
 def describe_partial(details: PartialCopyDetails) -> str:
@@ -311,17 +315,47 @@ def decide(
     return replace(_decide(test, rows, arch_c, arch_r, layout, alignment, reason, structure), structure=structure)
 
 
+def rotated_relation(test: PermutationTestResult, unit: PermutationTestResult | None) -> bool:
+    """The residual test sees no relation while the rotation-blind unit-space test does: the
+    residual basis was changed (kind ``rotated``)."""
+    return not _test_related(test.p_asymptotic, test.p_exact, test.p_exact_floor) and _unit_related(unit)
+
+
+def hidden_rotation(test: PermutationTestResult, structure: StructureEvidence) -> bool:
+    """Neither calibrated test sees anything (every asymptotic p >= 1e-3), yet the embedding rows
+    are an orthogonal map of the reference's, determined on the whole residual space: the one
+    trace of a rotation combined with permuted MLP units, which the de-rotated test reads."""
+    unit = structure.unit_test
+    rot = structure.rotation
+    return (test.p_asymptotic >= ALPHA_UNRELATED and (unit is None or unit.p_asymptotic >= ALPHA_UNRELATED)
+            and rot is not None and rot.recovered and rot.full_rank)
+
+
+def _rotated_grid_words(grid: RotatedGridCheck) -> str:
+    """``quantized copy (F16, Q5_0, Q8_0) of the reference after a residual rotation``."""
+    types = ", ".join(grid.types)
+    stored = "quantized copy" if grid.quantized else "copy stored as"
+    return f"{stored} ({types}) of the reference after a residual rotation ({grid.describe()})"
+
+
 def _rotated(test: PermutationTestResult, structure: StructureEvidence, evidence: list[str]) -> LineageVerdict:
-    """Related through the unit-space test alone: the residual basis was changed."""
+    """Related through the unit-space test alone: the residual basis was changed. A lossy
+    candidate whose cells hold the reference rotated into its basis (:mod:`.rotgrid`) is a
+    quantized copy; otherwise the unit circuits' change says copy or derivative."""
     unit = structure.unit_test
     assert unit is not None
     delta = structure.unit_delta()
+    grid = structure.rotated_grid
     copy = delta is not None and delta <= ROTATED_COPY_DELTA
-    if copy:
+    if grid is not None and grid.consistent:
+        copy = True
+        what = _rotated_grid_words(grid)
+    elif copy:
         what = "rotated copy of the reference"
     elif delta is not None:
-        what = (f"rotated derivative of the reference (unit circuits moved {delta:.2g}: fine-tuning or quantization, "
-                "which a rotation does not let the grid check tell apart)")
+        cause = ("fine-tuning or quantization, which a rotation does not let the grid check tell apart" if grid is None
+                 else "changed beyond its storage: the stored codes do not hold the reference rotated into its basis")
+        what = f"rotated derivative of the reference (unit circuits moved {delta:.2g}: {cause})"
     else:
         what = "rotated derivative of the reference"
     rot = structure.rotation
@@ -330,29 +364,65 @@ def _rotated(test: PermutationTestResult, structure: StructureEvidence, evidence
                  f"rotation-blind unit test does: the residual stream was rotated or re-based ({how})",
                  f"unit circuits changed by {delta:.3g} (median relative change over layers)" if delta is not None
                  else "unit circuit change unavailable"]
+    if grid is not None:
+        evidence.append(f"grid after a residual rotation (the rotation refitted on every matrix it moves, fit residual "
+                        f"{grid.fit_residual:.2g}): {grid.describe()}; worst block-quantized tensor "
+                        f"{grid.worst_outside_fraction:.2g} outside; "
+                        + ("consistent: the stored codes are the reference's, rotated" if grid.consistent
+                           else f"not consistent (a copy needs <= {GRID_OUTSIDE_MAX:.1%} outside per quantized tensor "
+                                f"and <= {FLOAT_NOISE_MAX:g}x the rounding noise per F16/BF16 tensor)"))
     evidence += _structure_lines(structure)
     others = [p for p in structure.phrases() if rot is None or p != rot.describe()]
     description = f"{what} ({how}{'; ' + '; '.join(others) if others else ''})"
     p = _fmt_p(unit.p_asymptotic)
     return LineageVerdict("rotated", True, description, f"{description}; unit-test p = {p}",
                           p_exact=unit.p_exact, p_asymptotic=unit.p_asymptotic, z=unit.z, evidence=tuple(evidence),
-                          details=RotatedDetails(delta, _strength(delta), copy, rot))
+                          details=RotatedDetails(delta, _strength(delta), copy, rot, grid))
 
 
-def _hidden_rotation(verdict: Callable[..., LineageVerdict], rotation: RotationEstimate,
-                     evidence: list[str]) -> LineageVerdict:
-    """Neither calibrated test sees a relation, yet the embedding rows are an orthogonal map of
-    the reference's: a residual rotation (or permutation) combined with permuted MLP units, which
-    no symmetry test can see through (docs/lineage.md). Not called related: the Procrustes fit
-    has no exact null (on the 300 independent synth pairs, from the 128 probe rows compare
-    uses, it was >= 0.53, against <= 0.08 for rotated derivatives and the 0.25 it must reach).
-    Only with at least as many probe rows as the width: with fewer (7B), any two row sets with
-    similar Gram matrices fit, so unrelated models could."""
-    evidence.append(f"the embedding rows are an orthogonal map of the reference's: {rotation.describe()}; "
-                    "uncalibrated: no exact test sees through a residual rotation combined with permuted MLP units")
-    text = (f"inconclusive: the calibrated tests see no relation, but the {rotation.describe()} "
-            "(a rotation combined with permuted MLP units hides lineage from both tests)")
-    return verdict("inconclusive", None, text, f"{text}; no calibrated p-value")
+def _derotated(verdict: Callable[..., LineageVerdict], structure: StructureEvidence,
+               evidence: list[str]) -> LineageVerdict:
+    """Neither calibrated test sees a relation, but the embedding rows give a rotation on the
+    whole residual space: the candidate is carried back by it (:mod:`.rotview`) and the
+    residual-permutation test runs again (its circuits ignore MLP-unit permutations). Its null
+    holds because ``Q`` is read from the embedding rows alone; measured on the pool: no
+    independent pair passes the rotation gate, and the de-rotated test's own p-values are
+    reported in docs/lineage.md. Related: ``rotated`` with the de-rotated test's p."""
+    rotation = structure.rotation
+    assert rotation is not None
+    evidence.append(f"the embedding rows are an orthogonal map of the reference's: {rotation.describe()}")
+    derotated = structure.derotated
+    if derotated is None:
+        text = (f"inconclusive: the calibrated tests see no relation, but the {rotation.describe()}; the candidate "
+                "could not be carried back by it (no circuits on both sides)")
+        return verdict("inconclusive", None, text, f"{text}; no calibrated p-value")
+    t = derotated.test
+    evidence.append(f"de-rotated residual-permutation test (the candidate carried back by that rotation): z = {t.z:.1f}, "
+                    f"asymptotic p = {_fmt_p(t.p_asymptotic)}, exact p = {t.p_exact:.3g}")
+    if not _test_related(t.p_asymptotic, t.p_exact, t.p_exact_floor):
+        text = (f"inconclusive: the {rotation.describe()}, but the layers carried back by it show no relation "
+                f"(de-rotated test p = {_fmt_p(t.p_asymptotic)}): the embedding may be the reference's, the rest is not")
+        return verdict("inconclusive", None, text, text)
+    rel = derotated.rel_delta
+    copy = rel is not None and rel <= ROTATED_COPY_DELTA
+    units = ", units permuted" if "permuted units" in derotated.moves else ""
+    others = [m for m in derotated.moves if m != "permuted units"]
+    if copy:
+        what = f"rotated copy of the reference{units}"
+    else:
+        change = f" (relative delta {rel:.2g} after undoing the rotation and alignment)" if rel is not None else ""
+        what = f"rotated derivative of the reference{units}{change}"
+    if others:
+        what += f" ({', '.join(others)})"
+    if rel is not None:
+        evidence.append(f"after undoing the rotation and the recovered moves, matrices differ by {rel:.3g} (relative)")
+    evidence += _structure_lines(structure)
+    description = f"{what} ({rotation.describe()})"
+    p = _fmt_p(t.p_asymptotic)
+    return LineageVerdict("rotated", True, description, f"{description}; de-rotated test p = {p}",
+                          p_exact=t.p_exact, p_asymptotic=t.p_asymptotic, z=t.z, evidence=tuple(evidence),
+                          details=RotatedDetails(structure.unit_delta(), _strength(rel), copy, rotation,
+                                                 derotated=derotated))
 
 
 def _decide(  # noqa: C901 (one decision list, each step a rule of docs/lineage.md)
@@ -379,11 +449,11 @@ def _decide(  # noqa: C901 (one decision list, each step a rule of docs/lineage.
                         f"{_fmt_p(unit.p_asymptotic)}, exact p = {unit.p_exact:.3g}")
     exact_needed = max(EXACT_RELATED, test.p_exact_floor)  # few permutations: their floor
     residual_related = test.p_asymptotic < ALPHA_RELATED and test.p_exact <= exact_needed
-    if not residual_related and _unit_related(unit):
+    if rotated_relation(test, unit):
         return _rotated(test, structure, evidence)
+    if hidden_rotation(test, structure):
+        return _derotated(verdict, structure, evidence)
     if test.p_asymptotic >= ALPHA_UNRELATED and (unit is None or unit.p_asymptotic >= ALPHA_UNRELATED):
-        if (rot := structure.rotation) is not None and rot.recovered and rot.full_rank:
-            return _hidden_rotation(verdict, rot, evidence)
         text = "no evidence the candidate derives from the reference"
         return verdict("unrelated", False, text, f"{text} (asymptotic p = {p})")
     if not residual_related:
@@ -423,7 +493,7 @@ def _decide(  # noqa: C901 (one decision list, each step a rule of docs/lineage.
     if (copy := _obfuscated_copy(rows, evidence)) is not None:
         kind, copy_details = copy
         return verdict(kind, True, describe_copy(copy_details, pruned=kind == "pruned-copy") + how, details=copy_details)
-    rel = _overall_rel_delta(mats)
+    rel = overall_rel_delta(mats)
     details = _change_details(rows, mats, rel, len(exact), len(changed))
     evidence.append(f"overall relative delta ||C-R||/||R|| over matrices = {rel:.4g} ({_strength(rel)})"
                     if rel is not None else "relative delta unavailable")
