@@ -58,6 +58,8 @@ from provenance.compare.result import (
     ShapeMismatch,
     TensorComparison,
 )
+from provenance.compare.rotgrid import check_rotated_grid
+from provenance.compare.rotview import RotatedView
 from provenance.compare.sketch import (
     NORMS,
     SketchBuilder,
@@ -67,8 +69,6 @@ from provenance.compare.sketch import (
     token_subset,
     unit_subset,
 )
-from provenance.compare.rotgrid import check_rotated_grid
-from provenance.compare.rotview import RotatedView
 from provenance.compare.structure import (
     DerotatedTest,
     RotationEstimate,

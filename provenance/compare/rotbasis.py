@@ -57,7 +57,6 @@ def folded_reference(ref: Checkpoint, name: str, role: str, layer: int | None) -
 def unit_gains(ckpt: Checkpoint) -> bool:
     """Every RMSNorm gain of ``ckpt`` is 1: the gains were folded, as a rotation needs."""
     for name, info in ckpt.tensors.items():
-        if (info.role or "").endswith("_norm") and len(info.shape) == 1:
-            if not np.all(ckpt.read(name) == 1.0):
-                return False
+        if (info.role or "").endswith("_norm") and len(info.shape) == 1 and not np.all(ckpt.read(name) == 1.0):
+            return False
     return True

@@ -44,7 +44,7 @@ from provenance.compare.result import (
     TensorComparison,
     VerdictKind,
 )
-from provenance.compare.rotgrid import FLOAT_NOISE_MAX, RotatedGridCheck
+from provenance.compare.rotgrid import FLOAT_NOISE_MAX, TENSOR_OUTSIDE_MAX, RotatedGridCheck
 from provenance.compare.structure import RotatedDetails, StructureEvidence
 from provenance.names.arch import ArchRecord
 
@@ -369,8 +369,9 @@ def _rotated(test: PermutationTestResult, structure: StructureEvidence, evidence
                         f"{grid.fit_residual:.2g}): {grid.describe()}; worst block-quantized tensor "
                         f"{grid.worst_outside_fraction:.2g} outside; "
                         + ("consistent: the stored codes are the reference's, rotated" if grid.consistent
-                           else f"not consistent (a copy needs <= {GRID_OUTSIDE_MAX:.1%} outside per quantized tensor "
-                                f"and <= {FLOAT_NOISE_MAX:g}x the rounding noise per F16/BF16 tensor)"))
+                           else f"not consistent (a copy needs <= {GRID_OUTSIDE_MAX:.1%} of quantized weights outside, "
+                                f"<= {TENSOR_OUTSIDE_MAX:.0%} of any tensor's, and <= {FLOAT_NOISE_MAX:g}x the rounding "
+                                "noise per F16/BF16 tensor)"))
     evidence += _structure_lines(structure)
     others = [p for p in structure.phrases() if rot is None or p != rot.describe()]
     description = f"{what} ({how}{'; ' + '; '.join(others) if others else ''})"
