@@ -74,17 +74,17 @@ def recipes() -> list[tuple[Recipe, tuple[str, ...]]]:
 
 
 FAST_SUBSET = ("none", "unit+head permutations, rescaling + Q4_K_M", "noise 0.001", "noise 0.001 + Q4_K_M",
-               "magnitude pruning 30%", "chain Q8_0 > F16 + Q4_K_M")
+               "magnitude pruning 30%", "chain Q8_0 > F16 + Q4_K_M", "residual rotation + Q4_K_M")
 
 COPY_KINDS = ("identical", "requantized", "pruned-copy", "perturbed-copy")
 
 
 def expected_kind(kind: str, rotated_copy: bool, on: str) -> bool:
-    """A copy must be a copy kind, a fine-tune a fine-tune. A residual rotation hides the grid
-    check and the per-tensor deltas (docs/lineage.md, "Structure"): the unit-space test still
-    relates it, and the verdict is "rotated copy" when the unit circuits did not move, else
-    "rotated derivative" (fine-tuning or quantization, which it cannot tell apart). So on a copy
-    only "rotated copy" is as expected, on a fine-tune only "rotated derivative"."""
+    """A copy must be a copy kind, a fine-tune a fine-tune. A residual rotation hides the
+    per-tensor deltas (docs/lineage.md, "Structure"): the unit-space test still relates it, and
+    the verdict is a rotated copy ("rotated copy", or "quantized copy ... after a residual
+    rotation" when the candidate's cells hold the reference rotated into its basis) or a "rotated
+    derivative". So on a copy only a rotated copy is as expected, on a fine-tune only a derivative."""
     if kind == "rotated":
         return rotated_copy if on == "copy" else not rotated_copy
     return kind in COPY_KINDS if on == "copy" else kind == "fine-tune"

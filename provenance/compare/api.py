@@ -665,12 +665,16 @@ def _structure(cand: Checkpoint, ref: Checkpoint, run: _Pass, layer_map: LayerMa
     # embedding rows still show is the one trace of a rotation combined with permuted MLP
     # units (docs/lineage.md), read only with at least as many probe rows as the width;
     # related pairs skip it (a d x d SVD is not free at 7B widths)
+    undetermined: tuple[int, int] | None = None
     if (lineage is not None and lineage.probe_rows is not None and unit is not None
-            and (run.test is None or run.test.p_asymptotic >= ALIGN_P)
-            and (unit.p_asymptotic < ALIGN_P or lineage.probe_rows[0].shape[0] >= lineage.probe_rows[0].shape[1])):
-        rotation = estimate_rotation(*lineage.probe_rows)
+            and (run.test is None or run.test.p_asymptotic >= ALIGN_P)):
+        n, d = lineage.probe_rows[0].shape
+        if unit.p_asymptotic < ALIGN_P or n >= d:
+            rotation = estimate_rotation(*lineage.probe_rows)
+        else:
+            undetermined = (n, d)
     return StructureEvidence(layer_map=layer_map, vocabulary=vocab, widths=widths, rotation=rotation,
-                             unit_test=unit,
+                             undetermined_rotation=undetermined, unit_test=unit,
                              unit_rel_delta=dict(lineage.unit_delta) if lineage else {},
                              unpaired=tuple(_unpaired(cand, ref, run, layer_map, vocab, widths)))
 
@@ -702,7 +706,8 @@ def _rotation_evidence(cand: Checkpoint, ref: Checkpoint, test: PermutationTestR
 def derotated_test(cand: Checkpoint, ref: Checkpoint, rotation: np.ndarray, opts: CompareOptions) -> DerotatedTest | None:
     """The residual-permutation test (and alignment) on ``cand`` carried back by ``rotation``
     (``E_cand ~ E_ref rotation``, read from the embedding rows alone); None without circuits."""
-    run = _one_pass(RotatedView(cand, rotation), ref, replace(opts, grid_check=False), None)
+    # layers only: the rotation was fitted on the embedding rows, whose circuit would match by construction
+    run = _one_pass(RotatedView(cand, rotation, layers_only=True), ref, replace(opts, grid_check=False), None)
     if run.test is None:
         return None
     mats = [r for r in (_row(o) for o in run.outcomes) if r.is_matrix]

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from provenance.compare.rotbasis import WRITERS, moved_by_rotation
-from provenance.compare.views import CheckpointView
+from provenance.compare.views import TOKEN_ROWS, CheckpointView
 from provenance.formats.base import Checkpoint, ReadObserver, TensorInfo
 from provenance.formats.rows import RowReader
 
@@ -62,14 +62,17 @@ class _RotatedRows(RowReader):
 
 class RotatedView(CheckpointView):
     """``base`` with the residual rotation ``rotation`` (``E_base ~ E_ref rotation``) undone on
-    every matrix it moves; other tensors (norm gains, ...) pass through."""
+    every matrix it moves; other tensors (norm gains, ...) pass through. ``layers_only``: the
+    token-indexed tensors (embedding, output head) left out, as the de-rotated test needs: the
+    rotation was fitted on the embedding rows, so they match by construction."""
 
-    def __init__(self, base: Checkpoint, rotation: np.ndarray) -> None:
-        super().__init__(base, {name: name for name in base.tensors})
+    def __init__(self, base: Checkpoint, rotation: np.ndarray, layers_only: bool = False) -> None:
+        super().__init__(base, {name: name for name, info in base.tensors.items()
+                                if not (layers_only and info.role in TOKEN_ROWS)})
         d = rotation.shape[0]
         self.rotation = torch.from_numpy(np.ascontiguousarray(rotation, dtype=np.float32))
         self._writers: dict[str, bool] = {}
-        for name, info in base.tensors.items():
+        for name, info in self.tensors.items():
             if not moved_by_rotation(info.role) or len(info.shape) != 2:
                 continue
             writer = info.role in WRITERS

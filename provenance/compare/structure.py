@@ -274,7 +274,8 @@ class RotatedDetails:
         return {"unit_rel_delta": self.unit_rel_delta, "strength": self.strength, "copy": self.copy,
                 "rotation": self.rotation.to_dict() if self.rotation else None,
                 "grid": self.grid.to_dict() if self.grid else None,
-                "derotated": self.derotated.to_dict() if self.derotated else None}
+                "derotated": self.derotated.to_dict() if self.derotated else None,
+                "undetermined_rotation": list(self.undetermined_rotation) if self.undetermined_rotation else None}
 
 
 @dataclass(frozen=True)
@@ -294,6 +295,10 @@ class StructureEvidence:
     """A rotated lossy candidate's cells against the reference rotated into its basis (:mod:`.rotgrid`)."""
     derotated: DerotatedTest | None = None
     """The residual test on the candidate with the embedding's rotation undone (neither test related)."""
+    undetermined_rotation: tuple[int, int] | None = None
+    """``(probe rows, width)`` when neither test related and the shared embedding rows kept are
+    fewer than the width: no rotation is determined on the whole residual space, so a rotation
+    combined with permuted MLP units could not be looked for."""
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -342,4 +347,5 @@ class StructureEvidence:
                 "unit_rel_delta": {str(k): v for k, v in self.unit_rel_delta.items()},
                 "unpaired": [u.to_dict() for u in self.unpaired],
                 "rotated_grid": self.rotated_grid.to_dict() if self.rotated_grid else None,
-                "derotated": self.derotated.to_dict() if self.derotated else None}
+                "derotated": self.derotated.to_dict() if self.derotated else None,
+                "undetermined_rotation": list(self.undetermined_rotation) if self.undetermined_rotation else None}

@@ -455,6 +455,10 @@ def _decide(  # noqa: C901 (one decision list, each step a rule of docs/lineage.
     if hidden_rotation(test, structure):
         return _derotated(verdict, structure, evidence)
     if test.p_asymptotic >= ALPHA_UNRELATED and (unit is None or unit.p_asymptotic >= ALPHA_UNRELATED):
+        if (few := structure.undetermined_rotation) is not None:
+            evidence.append(f"not looked for: a residual rotation combined with permuted MLP units (the {few[0]} shared "
+                            f"embedding rows kept are fewer than the width {few[1]}, so no rotation is determined on the "
+                            "whole residual space to undo)")
         text = "no evidence the candidate derives from the reference"
         return verdict("unrelated", False, text, f"{text} (asymptotic p = {p})")
     if not residual_related:
