@@ -10,7 +10,8 @@ probe rows as the width): the gate. This script measures, on the calibration poo
 `scripts/calibrate_lineage.py` (its 300 independent pairs of the 24 synth seeds and
 stories260k, plus its 40 rotated null pairs, half of them Q4_K_M):
 
-* the verdict `compare` gives (the gate and the de-rotated test as shipped): must never be related;
+* the gate on every pair, and the verdict `compare` gives where it passes (elsewhere the verdict
+  is the committed calibration's: the new path starts past the gate): must never be related;
 * the de-rotated test run on every pair *without* the gate (the rotation fitted whatever its
   residual): its p-values, their false-positive rate at 1e-3 and 1e-6 and a KS check, i.e.
   whether the test is calibrated on its own, not only protected by the gate.
@@ -48,7 +49,7 @@ def run_pair(spec: dict[str, Any]) -> dict[str, Any]:
     from calibrate_lineage import model_path
 
     from provenance.compare import CompareOptions, compare
-    from provenance.compare.api import derotated_test
+    from provenance.compare.api import _sketch_spec, derotated_test
     from provenance.compare.structure import estimate_rotation
     from provenance.compare.variants import load_canonical, write_variant
     from provenance.formats import open_checkpoint
@@ -67,23 +68,21 @@ def run_pair(spec: dict[str, Any]) -> dict[str, Any]:
             cand = os.path.join(tmp, "candidate.gguf")
             write_variant(cand, tensors, arch, spec["scheme"], spec["candidate"])
         ref = model_path(spec["reference"])
-        result = compare(cand, ref, opts)
-        rotation = result.structure.rotation if result.structure else None
         with torch.no_grad(), open_checkpoint(cand) as c, open_checkpoint(ref) as r:
-            if rotation is None or rotation.matrix is None:
-                # the shipped path fits only where no test relates; fit here on the same probe rows
-                from provenance.compare.api import _sketch_spec
-
-                probe = _sketch_spec(r, opts).probe
-                assert probe is not None
-                rotation = estimate_rotation(r.read("token_embd.weight")[probe], c.read("token_embd.weight")[probe])
+            # the rotation `compare` fits where neither test relates: on the same probe rows
+            probe = _sketch_spec(r, opts).probe_tokens
+            assert probe is not None
+            rotation = estimate_rotation(r.read("token_embd.weight")[probe], c.read("token_embd.weight")[probe])
             assert rotation is not None and rotation.matrix is not None
             ungated = derotated_test(c, r, rotation.matrix, opts)
+        gate = bool(rotation.recovered and rotation.full_rank)
+        # the shipped verdict differs from the committed calibration's only past the gate
+        verdict = compare(cand, ref, opts).verdict.kind if gate else "unrelated (gate not passed)"
     t = ungated.test if ungated else None
     return {"case": spec["case"], "candidate": spec["candidate"], "reference": spec["reference"],
-            "rotated": bool(spec.get("rotated")), "scheme": spec.get("scheme") or "fp", "verdict": result.verdict.kind,
+            "rotated": bool(spec.get("rotated")), "scheme": spec.get("scheme") or "fp", "verdict": verdict,
             "fit_residual": rotation.fit_residual, "identity_residual": rotation.identity_residual,
-            "gate": bool(rotation.recovered and rotation.full_rank),
+            "gate": gate,
             "derotated_p_asymptotic": t.p_asymptotic if t else None, "derotated_p_exact": t.p_exact if t else None,
             "derotated_z": t.z if t else None, "seconds": round(time.perf_counter() - start, 2)}
 

@@ -334,7 +334,7 @@ def hidden_rotation(test: PermutationTestResult, structure: StructureEvidence) -
 def _rotated_grid_words(grid: RotatedGridCheck) -> str:
     """``quantized copy (F16, Q5_0, Q8_0) of the reference after a residual rotation``."""
     types = ", ".join(grid.types)
-    stored = "quantized copy" if grid.quantized else "copy stored as"
+    stored = "quantized copy" if grid.quantized else "copy"
     return f"{stored} ({types}) of the reference after a residual rotation ({grid.describe()})"
 
 
@@ -366,8 +366,8 @@ def _rotated(test: PermutationTestResult, structure: StructureEvidence, evidence
                  else "unit circuit change unavailable"]
     if grid is not None:
         evidence.append(f"grid after a residual rotation (the rotation refitted on every matrix it moves, fit residual "
-                        f"{grid.fit_residual:.2g}): {grid.describe()}; worst block-quantized tensor "
-                        f"{grid.worst_outside_fraction:.2g} outside; "
+                        f"{grid.fit_residual:.2g}): {grid.describe()}; "
+                        + (f"worst quantized tensor {grid.worst_outside_fraction:.2g} outside; " if grid.quantized else "")
                         + ("consistent: the stored codes are the reference's, rotated" if grid.consistent
                            else f"not consistent (a copy needs <= {GRID_OUTSIDE_MAX:.1%} of quantized weights outside, "
                                 f"<= {TENSOR_OUTSIDE_MAX:.0%} of any tensor's, and <= {FLOAT_NOISE_MAX:g}x the rounding "
