@@ -384,11 +384,12 @@ def _rotated(test: PermutationTestResult, structure: StructureEvidence, evidence
 def _derotated(verdict: Callable[..., LineageVerdict], structure: StructureEvidence,
                evidence: list[str]) -> LineageVerdict:
     """Neither calibrated test sees a relation, but the embedding rows give a rotation on the
-    whole residual space: the candidate is carried back by it (:mod:`.rotview`) and the
-    residual-permutation test runs again (its circuits ignore MLP-unit permutations). Its null
-    holds because ``Q`` is read from the embedding rows alone; measured on the pool: no
-    independent pair passes the rotation gate, and the de-rotated test's own p-values are
-    reported in docs/lineage.md. Related: ``rotated`` with the de-rotated test's p."""
+    whole residual space: the candidate's layers are carried back by it (:mod:`.rotview`) and
+    the residual-permutation test runs again (its circuits ignore MLP-unit permutations).
+    Its p-value is not exact (matched bases correlate independent models a little: measured on
+    the calibration pool, scripts/derotated_null.py); what keeps unrelated models out is the
+    gate (:func:`hidden_rotation`), which no independent pair of the pool passes. Related:
+    ``rotated`` with the de-rotated test's p and z."""
     rotation = structure.rotation
     assert rotation is not None
     evidence.append(f"the embedding rows are an orthogonal map of the reference's: {rotation.describe()}")
@@ -398,8 +399,11 @@ def _derotated(verdict: Callable[..., LineageVerdict], structure: StructureEvide
                 "could not be carried back by it (no circuits on both sides)")
         return verdict("inconclusive", None, text, f"{text}; no calibrated p-value")
     t = derotated.test
-    evidence.append(f"de-rotated residual-permutation test (the candidate carried back by that rotation): z = {t.z:.1f}, "
-                    f"asymptotic p = {_fmt_p(t.p_asymptotic)}, exact p = {t.p_exact:.3g}")
+    evidence.append(f"de-rotated residual-permutation test (the candidate's layers carried back by that rotation): "
+                    f"z = {t.z:.1f}, asymptotic p = {_fmt_p(t.p_asymptotic)}, exact p = {t.p_exact:.3g}; not an exact "
+                    "p-value (matching the bases on the embedding rows correlates independent models' layers a little: "
+                    "its null on the calibration pool is in docs/lineage.md), and only past the gate, which no "
+                    "independent pair passes")
     if not _test_related(t.p_asymptotic, t.p_exact, t.p_exact_floor):
         text = (f"inconclusive: the {rotation.describe()}, but the layers carried back by it show no relation "
                 f"(de-rotated test p = {_fmt_p(t.p_asymptotic)}): the embedding may be the reference's, the rest is not")
@@ -420,7 +424,8 @@ def _derotated(verdict: Callable[..., LineageVerdict], structure: StructureEvide
     evidence += _structure_lines(structure)
     description = f"{what} ({rotation.describe()})"
     p = _fmt_p(t.p_asymptotic)
-    return LineageVerdict("rotated", True, description, f"{description}; de-rotated test p = {p}",
+    summary = f"{description}; de-rotated test p = {p} (not exact: the basis was matched on the embedding rows)"
+    return LineageVerdict("rotated", True, description, summary,
                           p_exact=t.p_exact, p_asymptotic=t.p_asymptotic, z=t.z, evidence=tuple(evidence),
                           details=RotatedDetails(structure.unit_delta(), _strength(rel), copy, rotation,
                                                  derotated=derotated))

@@ -108,6 +108,9 @@ def test_rotation_is_seen_and_recovered(built: dict[str, Path], tmp_path: Path) 
     ref = _model("stories260k")
     for cand in (built["rotated"], _q4(built["rotated"], tmp_path)):
         res = compare(cand, ref, OPTS)
+        # stored F16 or quantized: the cells hold the reference rotated into the candidate's basis
+        assert res.verdict.details.copy is True and res.verdict.details.grid.consistent, res.verdict.summary
+        assert "of the reference after a residual rotation" in res.verdict.description
         assert res.test.p_asymptotic > 1e-3  # the residual test alone is blind to it
         _related(res)
         assert res.verdict.kind == "rotated" and "residual-rotated" in res.structure.kinds
