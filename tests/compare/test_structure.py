@@ -269,6 +269,7 @@ def test_rotation_with_permuted_units_is_seen_through_once_derotated(tmp_path: P
         assert "permuted units" in v.details.derotated.moves and ", units permuted" in v.description
         assert v.description.startswith("rotated copy" if is_copy else "rotated derivative")
         assert v.p_asymptotic == v.details.derotated.test.p_asymptotic and v.z > 100
+        assert "not calibrated" in v.summary  # matched bases: independent pairs reach z 43 (docs/lineage.md)
         rot = res.structure.rotation
         assert rot.recovered and rot.full_rank and rot.fit_residual < 0.05 and rot.permutation_likeness < 0.9
     other = st.rotate_residual(_model("synth-s03"), tmp_path / "other", seed=7, permute_units=True)[0]
