@@ -401,8 +401,8 @@ def _derotated(verdict: Callable[..., LineageVerdict], structure: StructureEvide
     evidence.append(f"the embedding rows are an orthogonal map of the reference's: {rotation.describe()}")
     derotated = structure.derotated
     if derotated is None:
-        text = (f"inconclusive: the calibrated tests see no relation, but the {rotation.describe()}; the candidate "
-                "could not be carried back by it (no circuits on both sides)")
+        text = (f"inconclusive: the calibrated tests see no relation, but the {rotation.describe()}; the layers "
+                "were not carried back by it (a changed layer map, vocabulary or width, or no circuits on both sides)")
         return verdict("inconclusive", None, text, f"{text}; no calibrated p-value")
     t = derotated.test
     evidence.append(f"de-rotated residual-permutation test (the candidate's layers carried back by that rotation): "
