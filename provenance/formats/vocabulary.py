@@ -86,9 +86,11 @@ class Vocabulary:
 
     @property
     def merges_sha256(self) -> str | None:
-        if "merges" in self.known_sha256:
-            return self.known_sha256["merges"]
-        return token_list_sha256(self.merges) if self.merges else None
+        if "merges" not in self.known_sha256:
+            if not self.merges:
+                return None
+            self.known_sha256["merges"] = token_list_sha256(self.merges)  # once: identify and the summary both ask
+        return self.known_sha256["merges"]
 
     @property
     def merges_count(self) -> int | None:
