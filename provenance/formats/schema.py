@@ -126,6 +126,8 @@ class Str(Spec):
 
     def fast(self, values: list[Any]) -> bool:
         chars = self.max_bytes // 4  # a character is at most 4 UTF-8 bytes: no encoding needed below this
+        if values and type(values[0]) is not str:  # not a list of strings (a OneOf's other option): no pass over it
+            return False
         return self.choices is None and set(map(type, values)) <= {str} and max(map(len, values), default=0) <= chars
 
 
