@@ -15,8 +15,11 @@ Quantization chains: the same check with the reference first rounded through an
 intermediate llama.cpp type (:func:`intermediate`), e.g. a Q8_0 file requantized to
 Q4_K_M, whose codes the reference itself does not explain.
 
-Whole tensors are read here (bounded by the largest tensor, like transposed layouts): only
-the tensors a related candidate's alignment touched, or those a chain is tried on.
+Memory: streamed in chunks of rows (:class:`provenance.quant.frame_rows.FrameRows`, shared
+with ``quantcheck --realign``): one chunk of each side plus per-row and per-column vectors,
+never a whole tensor (a 70B MLP matrix holds 235 M weights); the scale fit takes one pass
+over the chunks per round. Only the tensors a related candidate's alignment touched, or
+those a chain is tried on, are checked.
 """
 from __future__ import annotations
 
@@ -32,10 +35,7 @@ from provenance.compare.result import DifferenceShape, TensorComparison
 from provenance.compare.shape import GRID_TOLERANCE_STEPS, cell_residual, grid_shape, rounding_cells
 from provenance.compare.transform import Transform
 from provenance.formats.base import Checkpoint, TensorInfo
-from provenance.quant.rescale import reference_in_frame
-
-SourceMap = Callable[[np.ndarray], np.ndarray]
-"""The reference rows as a quantizer upstream would have left them (chains)."""
+from provenance.quant.frame_rows import FrameRows, SourceMap, rows_per_chunk
 
 
 @dataclass(frozen=True)
@@ -61,16 +61,17 @@ def candidate_is_coarser(cand: TensorInfo, ref: TensorInfo) -> bool:
     return narrow and bits_c <= bits_r
 
 
-def stored_cells(cand: Checkpoint, info: TensorInfo, stop: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Lower and upper cell bounds of every stored weight of rows ``[0, stop)`` (candidate
-    frame), and the stored values."""
+def stored_cells(cand: Checkpoint, info: TensorInfo, start: int = 0,
+                 stop: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lower and upper cell bounds of every stored weight of rows ``[start, stop)`` (candidate
+    frame), and the stored values (float64, ``(rows, row_length)``)."""
     if info.block_size > 1:
         from provenance.codecs.grid import quant_grid
 
-        grid = quant_grid(cand.raw_rows(info.name, 0, stop), int(info.ggml_type))  # type: ignore[arg-type]
+        grid = quant_grid(cand.raw_rows(info.name, start, stop), int(info.ggml_type))  # type: ignore[arg-type]
         lo, hi = grid.cell_bounds(clip=True)
         return lo.double().numpy(), hi.double().numpy(), grid.values().double().numpy()
-    values = torch.from_numpy(np.ascontiguousarray(cand.read_rows(info.name, 0, stop), dtype=np.float32))
+    values = torch.from_numpy(np.ascontiguousarray(cand.read_rows(info.name, start, stop), dtype=np.float32))
     plain = plain_type(info.dtype)
     assert plain is not None
     lo, hi = rounding_cells(values, plain.torch_dtype())
@@ -79,32 +80,46 @@ def stored_cells(cand: Checkpoint, info: TensorInfo, stop: int | None = None) ->
 
 def check_in_candidate_frame(cand: Checkpoint, ref: Checkpoint, name: str, transform: Transform | None,
                              source: SourceMap | None = None, sample_rows: np.ndarray | None = None,
-                             stop: int | None = None) -> FrameCheck:
+                             stop: int | None = None, chunk_rows: int | None = None) -> FrameCheck:
     """Grid consistency of tensor ``name``: the reference (through ``source``, then carried into
     the candidate's frame by ``transform``) against the candidate's stored cells; ``stop``:
-    only the first rows (a probe; no row-permuting ``transform`` then)."""
+    only the first rows (a probe; no row-permuting ``transform`` then). Streamed in chunks of
+    ``chunk_rows`` rows (by default about :data:`provenance.quant.frame_rows.CHUNK_ELEMS`
+    weights): the scale fit takes passes over the chunks, the check one more, and the
+    ``sample_rows`` of the difference's shape are gathered as their chunks pass."""
     c_info = cand.info(name)
-    if stop is not None:
-        stop = min(stop, c_info.n_rows)  # a probe of a tensor shorter than the probe is the whole tensor
-    lo, hi, stored = stored_cells(cand, c_info, stop)
-    x = ref.read_rows(name, 0, stop).astype(np.float64)
-    if source is not None:
-        x = source(x.astype(np.float32)).astype(np.float64)
+    n_rows = c_info.n_rows if stop is None else min(stop, c_info.n_rows)  # a probe may be the whole tensor
+    step = chunk_rows or rows_per_chunk(c_info.row_length)
     transform = transform or Transform()
-    x = reference_in_frame(x, transform, lo, hi, stored)
     refined = transform.row_scale is not None or transform.col_scale is not None
-    width = np.where(np.isfinite(hi - lo), hi - lo, 0.0)
-    tol = GRID_TOLERANCE_STEPS * width
-    low, high = lo - tol, hi + tol
-    x16 = x.astype(np.float16).astype(np.float64)  # llama.cpp quantizes f16-rounded values too
-    inside = ((x >= low) & (x <= high)) | ((x16 >= low) & (x16 <= high))
+    sampled = np.empty(0, np.int64) if sample_rows is None else np.unique(sample_rows[(sample_rows >= 0) & (sample_rows < n_rows)])
+    checked = outside = 0
+    picked: list[tuple[np.ndarray, ...]] = []
+
+    def cells(start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return stored_cells(cand, c_info, start, stop)
+
+    with FrameRows(ref, name, transform, cells, n_rows, step, GRID_TOLERANCE_STEPS, source) as in_frame:
+        for start in range(0, n_rows, step):
+            end = min(n_rows, start + step)
+            lo, hi, _ = cells(start, end)
+            x = in_frame.rows(start, end).reshape(lo.shape)
+            width = np.where(np.isfinite(hi - lo), hi - lo, 0.0)
+            tol = GRID_TOLERANCE_STEPS * width
+            low, high = lo - tol, hi + tol
+            x16 = x.astype(np.float16).astype(np.float64)  # llama.cpp quantizes f16-rounded values too
+            inside = ((x >= low) & (x <= high)) | ((x16 >= low) & (x16 <= high))
+            checked, outside = checked + int(inside.size), outside + int((~inside).sum())
+            here = sampled[(sampled >= start) & (sampled < end)] - start
+            if len(here):
+                picked.append(tuple(a[here] for a in (x, lo, hi, tol, x16, width)))
     shape = None
-    if sample_rows is not None and len(sample_rows):
-        rows = np.unique(sample_rows[(sample_rows >= 0) & (sample_rows < x.shape[0])])
-        t = lambda a: torch.from_numpy(np.ascontiguousarray(a[rows]))  # noqa: E731
+    if sample_rows is not None and picked:
+        x, lo, hi, tol, x16, width = (np.concatenate(parts) for parts in zip(*picked, strict=True))
+        t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
         moved, zeroed = cell_residual(t(x), t(lo), t(hi), t(tol), t(x16))
-        shape = grid_shape(moved.numpy(), zeroed.numpy(), x[rows].astype(np.float32), width[rows])
-    return FrameCheck(c_info.dtype, int(inside.size), int((~inside).sum()), shape, refined)
+        shape = grid_shape(moved.numpy(), zeroed.numpy(), x.astype(np.float32), width)
+    return FrameCheck(c_info.dtype, checked, outside, shape, refined)
 
 
 def check_plain(cand: Checkpoint, ref: Checkpoint, name: str, source: SourceMap, stop: int | None = None) -> FrameCheck:

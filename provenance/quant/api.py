@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -21,17 +21,11 @@ from provenance.formats.packed_read import PackedRowReader
 from provenance.formats.pairing import TensorPair, Unpaired, pair_tensors
 from provenance.progress import Meter, ProgressCallback
 from provenance.quant.error import ErrorStats, error_stats
+from provenance.quant.frame_rows import FrameRows, rows_per_chunk
 from provenance.quant.gridcheck import PRECISIONS, CheckCounts, check_block_rows
 from provenance.quant.options import QuantCheckOptions
 from provenance.quant.packedcheck import check_packed_rows, rows_per_check, writer_recipe
-from provenance.quant.rescale import (
-    CellChunk,
-    ReferenceFrame,
-    reference_rows,
-    refine_factors_streamed,
-    row_inverse,
-    widened_cells,
-)
+from provenance.quant.rescale import ReferenceFrame
 from provenance.quant.result import (
     ErrorSummary,
     GridCounts,
@@ -42,7 +36,6 @@ from provenance.quant.result import (
 )
 from provenance.threads import torch_threads
 
-CHUNK_ELEMS = 1 << 20
 PRECISION_SAMPLE_ELEMS = 1 << 20
 """Weights per tensor used to decide the source precision (the first rows)."""
 
@@ -52,56 +45,25 @@ PRECISION_SAMPLE_ELEMS = 1 << 20
 MAX_PERTURBED_FLIP_FRACTION = 0.25
 MAX_PERTURBED_ERROR_RATIO = 2.0
 
-def _rows_per_chunk(info: TensorInfo) -> int:
-    return max(1, CHUNK_ELEMS // max(1, info.row_length))
-
-
-class _FrameRows:
+def _frame_rows(cand: Checkpoint, ref: Checkpoint, name: str, frame: ReferenceFrame, step: int,
+                fitted: dict[str, tuple[np.ndarray, np.ndarray]]) -> FrameRows:
     """The reference carried into the candidate's frame (``quantcheck --realign``), streamed:
     its free row/column scales are fitted to the candidate's strict cells (the exact recipe
-    check that follows has no tolerance of its own) in passes over chunks of rows, then
-    :meth:`rows` maps any chunk with them. Memory: one chunk of each side and per-row and
-    per-column vectors, never a whole float64 tensor (a 70B MLP matrix holds 235 M weights)."""
+    check that follows has no tolerance of its own); ``fitted``: the factors fitted so far, by
+    tensor (the precision probe and the check of a tensor share one fit)."""
+    from provenance.codecs.grid import quant_grid
 
-    def __init__(self, cand: Checkpoint, ref: Checkpoint, name: str, frame: ReferenceFrame, step: int,
-                 fitted: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
-        """``fitted``: the factors fitted so far, by tensor (the precision probe and the check
-        of a tensor share one fit)."""
-        self.cand, self.name, self.frame, self.step = cand, name, frame, step
-        self.info = cand.info(name)
-        self.inverse = row_inverse(frame)
-        self.reader = ref.row_reader(name, step)
-        self.factors = fitted.get(name)
-        if self.factors is None and (frame.row_scale is not None or frame.col_scale is not None):
-            self.factors = fitted[name] = refine_factors_streamed(
-                self._chunks, self.info.n_rows, self.info.row_length, frame.row_scale is not None,
-                frame.col_scale is not None)
+    info = cand.info(name)
 
-    def _unscaled(self, start: int, stop: int) -> np.ndarray:
-        index = reference_rows(self.frame, start, stop, self.inverse)
-        rows = self.reader.gather(index).numpy().astype(np.float64)
-        return self.frame.unapply_rows(rows, index)
+    def cells(start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        grid = quant_grid(cand.raw_rows(name, start, stop), int(info.ggml_type))  # type: ignore[arg-type]
+        lo, hi = grid.cell_bounds(clip=True)
+        return lo.double().numpy(), hi.double().numpy(), grid.values().double().numpy()
 
-    def _chunks(self) -> Iterator[CellChunk]:
-        from provenance.codecs.grid import quant_grid
-
-        for start in range(0, self.info.n_rows, self.step):
-            stop = min(self.info.n_rows, start + self.step)
-            grid = quant_grid(self.cand.raw_rows(self.name, start, stop), int(self.info.ggml_type))  # type: ignore[arg-type]
-            lo, hi = grid.cell_bounds(clip=True)
-            low, high = widened_cells(lo.double().numpy(), hi.double().numpy(), 0.0)
-            yield self._unscaled(start, stop), grid.values().double().numpy(), low, high
-
-    def rows(self, start: int, stop: int) -> torch.Tensor:
-        """Candidate-frame rows ``[start, stop)`` of the reference, float32."""
-        x = self._unscaled(start, stop)
-        if self.factors is not None:
-            r, c = self.factors
-            x = x * r[start:stop, None] * c[None, :]
-        return torch.from_numpy(x.astype(np.float32))
-
-    def close(self) -> None:
-        self.reader.close()
+    rows = FrameRows(ref, name, frame, cells, info.n_rows, step, 0.0, factors=fitted.get(name))
+    if rows.factors is not None:
+        fitted[name] = rows.factors
+    return rows
 
 
 def _check_tensor(
@@ -114,7 +76,7 @@ def _check_tensor(
     info = cand.info(name)
     counts, errors = CheckCounts(), ErrorStats()
     stop_all = info.n_rows if max_rows is None else min(info.n_rows, max_rows)
-    step = _rows_per_chunk(info)
+    step = rows_per_chunk(info.row_length)
     if info.packing is not None:  # chunks and a sample end on whole writer blocks
         step = rows_per_check(info.packing, step)
         if stop_all < info.n_rows:
@@ -122,11 +84,12 @@ def _check_tensor(
     recipe = writer_recipe(info.packing) if info.packing is not None else None
     ref_info = ref.info(name)
     # in the candidate's frame the reference's rows are gathered through the permutation
-    in_frame = _FrameRows(cand, ref, name, frame, step, {} if fitted is None else fitted) if frame is not None else None
+    in_frame = _frame_rows(cand, ref, name, frame, step, {} if fitted is None else fitted) if frame is not None else None
     with ref.row_reader(name, step) as reference, cand.row_reader(name, step) as stored:
         for start in range(0, stop_all, step):
             stop = min(stop_all, start + step)
-            x = in_frame.rows(start, stop) if in_frame is not None else reference.read(start, stop)
+            x = (torch.from_numpy(in_frame.rows(start, stop).astype(np.float32)) if in_frame is not None
+                 else reference.read(start, stop))
             # a packed layout's codes and grid come through its row reader, a ggml type's from its blocks
             if isinstance(stored, PackedRowReader):
                 c, e = check_packed_rows(x, stored.grid(start, stop), precision, recipe)
@@ -192,7 +155,7 @@ def _plain(cand: Checkpoint, ref: Checkpoint, name: str, info: TensorInfo,
     plain = plain_type(info.dtype)
     narrow = plain.torch_dtype() if plain is not None and plain.narrow_float else None
     errors, same_rounded, same_exact = ErrorStats(), True, True
-    step = _rows_per_chunk(info)
+    step = rows_per_chunk(info.row_length)
     ref_info = ref.info(name)
     with cand.row_reader(name, step) as ours, ref.row_reader(name, step) as theirs:
         for start in range(0, info.n_rows, step):

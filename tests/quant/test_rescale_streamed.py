@@ -62,8 +62,8 @@ def test_realigned_rows_equal_the_whole_tensor_mapping(permuted_q4km: Path, monk
         monkeypatch.setattr(Checkpoint, "read", whole_read)
         fitted: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for name, frame in frames.items():
-            rows = api._FrameRows(cand, ref, name, frame, step=37, fitted=fitted)
+            rows = api._frame_rows(cand, ref, name, frame, step=37, fitted=fitted)
             n = cand.info(name).n_rows
-            got = np.concatenate([rows.rows(a, min(n, a + 37)).numpy() for a in range(0, n, 37)])
+            got = np.concatenate([rows.rows(a, min(n, a + 37)).astype(np.float32) for a in range(0, n, 37)])
             rows.close()
             assert np.array_equal(got, expected[name]), name

@@ -1,0 +1,99 @@
+"""The grid check in the candidate's frame streams in chunks of rows: its counts, refined flag
+and difference shape equal the whole-tensor computation's, and no whole tensor is read (a
+70B MLP matrix holds 235 M weights; docs/lineage.md, "Grid consistency after alignment")."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from provenance.compare.gridframe import FrameCheck, check_in_candidate_frame, intermediate, stored_cells
+from provenance.compare.shape import GRID_TOLERANCE_STEPS, cell_residual, grid_shape
+from provenance.compare.transform import Transform
+from provenance.formats import open_checkpoint
+from provenance.formats.base import Checkpoint
+from provenance.formats.rows import RowReader
+from provenance.quant.rescale import reference_in_frame
+from provenance.watermark.realign import realign
+from tests.compare.test_transformations import TINY, permuted_q4km  # noqa: F401  (the fixture)
+
+
+def _whole_tensor_check(cand: Checkpoint, ref: Checkpoint, name: str, transform: Transform, source: Any,
+                        sample_rows: np.ndarray) -> FrameCheck:
+    """The check on whole float64 tensors, as it was before streaming (the oracle)."""
+    lo, hi, stored = stored_cells(cand, cand.info(name))
+    x = ref.read_rows(name).astype(np.float64)
+    if source is not None:
+        x = source(x.astype(np.float32)).astype(np.float64)
+    x = reference_in_frame(x, transform, lo, hi, stored)
+    width = np.where(np.isfinite(hi - lo), hi - lo, 0.0)
+    tol = GRID_TOLERANCE_STEPS * width
+    x16 = x.astype(np.float16).astype(np.float64)
+    inside = ((x >= lo - tol) & (x <= hi + tol)) | ((x16 >= lo - tol) & (x16 <= hi + tol))
+    rows = np.unique(sample_rows[(sample_rows >= 0) & (sample_rows < x.shape[0])])
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a[rows]))  # noqa: E731
+    moved, zeroed = cell_residual(t(x), t(lo), t(hi), t(tol), t(x16))
+    shape = grid_shape(moved.numpy(), zeroed.numpy(), x[rows].astype(np.float32), width[rows])
+    return FrameCheck(cand.info(name).dtype, int(inside.size), int((~inside).sum()), shape,
+                      transform.row_scale is not None or transform.col_scale is not None)
+
+
+def _sample(n_rows: int) -> np.ndarray:
+    return np.random.default_rng(0).choice(n_rows, size=min(n_rows, 40), replace=False)
+
+
+@pytest.mark.parametrize("chain", [None, "Q8_0"])
+@pytest.mark.parametrize("realigned", [True, False])
+def test_streamed_check_equals_the_whole_tensor_check(permuted_q4km: Path, realigned: bool,  # noqa: F811
+                                                      chain: str | None) -> None:
+    """In the recovered frame (permuted, rescaled: the fit streams too) and left unaligned
+    (most weights outside: a real difference shape), with and without a quantization chain."""
+    with open_checkpoint(permuted_q4km) as cand, open_checkpoint(TINY) as ref:
+        frames = realign(cand, ref).tensors
+        assert any(f.row_scale is not None for f in frames.values()) and any(f.col_scale is not None for f in frames.values())
+        sources = intermediate(ref, chain) if chain else {}
+        outside = 0
+        for name, frame in frames.items():
+            transform = frame if realigned else Transform()
+            sample = _sample(cand.info(name).n_rows)
+            expected = _whole_tensor_check(cand, ref, name, transform, sources.get(name), sample)
+            for chunk_rows in (7, None):
+                got = check_in_candidate_frame(cand, ref, name, transform, sources.get(name), sample, chunk_rows=chunk_rows)
+                assert (got.qtype, got.checked, got.outside, got.refined) == \
+                    (expected.qtype, expected.checked, expected.outside, expected.refined), (name, chunk_rows)
+                assert repr(got.shape) == repr(expected.shape), (name, chunk_rows)
+            outside += expected.outside
+        # unaligned, the permuted units leave most weights outside; aligned without a chain, none
+        assert (outside == 0) == (realigned and chain is None)
+
+
+def test_the_check_reads_no_whole_tensor(permuted_q4km: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    requests: list[int] = []
+
+    def counting(method: Any, rows_of: Any) -> Any:
+        def wrapped(self: Any, *args: Any, **kwargs: Any) -> Any:
+            requests.append(rows_of(self, *args))
+            return method(self, *args, **kwargs)
+        return wrapped
+
+    def span(info: Any, start: int = 0, stop: int | None = None, *_: Any) -> int:
+        return (info.n_rows if stop is None else stop) - start
+
+    monkeypatch.setattr(Checkpoint, "raw_rows", counting(Checkpoint.raw_rows, lambda s, n, *a: span(s.info(n), *a)))
+    monkeypatch.setattr(Checkpoint, "read_rows", counting(Checkpoint.read_rows, lambda s, n, *a: span(s.info(n), *a)))
+    monkeypatch.setattr(RowReader, "read", counting(RowReader.read, lambda s, *a: span(s.info, *a)))
+    with open_checkpoint(permuted_q4km) as cand, open_checkpoint(TINY) as ref:
+        frames = realign(cand, ref).tensors
+        requests.clear()
+        refined = []
+        for name, frame in frames.items():
+            assert cand.info(name).n_rows > 16
+            check = check_in_candidate_frame(cand, ref, name, frame, sample_rows=_sample(cand.info(name).n_rows),
+                                             chunk_rows=16)
+            assert check.outside == 0 and check.shape is not None
+            refined.append(check.refined)
+    assert any(refined)  # the scale fit's passes were chunked too
+    assert requests and max(requests) <= 16
