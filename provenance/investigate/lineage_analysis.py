@@ -127,6 +127,6 @@ def lineage_analysis(state: Investigation) -> None:
         state.lineage[reference] = result
         if result.candidate_hashes is not None:
             state.candidate_hashes = result.candidate_hashes
-        finding, section = lineage_parts(result, state.inputs.candidate, reference)
+        finding, section = lineage_parts(result, state.inputs.candidate, reference, with_figures=state.inputs.figures)
         state.report.findings.append(finding)
         state.report.sections.append(section)
