@@ -4,8 +4,7 @@ Built in: ``json``, ``md``, ``html``, ``csv``, ``sarif``, ``junit`` (:func:`rend
 Each implements :class:`Renderer`; :func:`register` adds another format, and ``write_report``
 and the commands' ``--format`` options pick renderers by name.
 """
-from provenance.report.base import (BaseRenderer, Renderer, UnknownFormat, register, renderer, renderer_names, renderers,
-                                    shows_figures)
+from provenance.report.base import BaseRenderer, Renderer, UnknownFormat, register, renderer, renderer_names, renderers, shows_figures
 from provenance.report.csv_report import CsvRenderer, csv_cell, frame_csv
 from provenance.report.html_report import HtmlRenderer, render_html
 from provenance.report.json_report import JsonRenderer, render_json
