@@ -180,15 +180,17 @@ def cold_read(path: Path) -> float:
     return time.perf_counter() - t0
 
 
-def run(cmd: list[str], reads: list[Path], env: dict[str, str] | None = None) -> tuple[float, float, float, str, float]:
+def run(cmd: list[str], reads: list[Path], env: dict[str, str] | None = None,
+        cwd: Path | None = None) -> tuple[float, float, float, str, float]:
     """Wall seconds, CPU seconds, peak RSS (MB), stderr and the 1-minute load average of one
-    command run cold (the caches of ``reads`` dropped)."""
+    command run cold (the caches of ``reads`` dropped); ``cwd``: a checkout whose code
+    ``python -m provenance.cli`` runs (a baseline)."""
     drop_cache(reads)
     load = os.getloadavg()[0]
     log = CACHE / "last-stderr.txt"
     with open(log, "w") as err:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=cwd)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
     text = log.read_text()
@@ -227,11 +229,11 @@ def verdict_line(stderr: str, prefix: str = "verdict: ") -> str:
     return lines[-1].removeprefix(prefix)[:60] if lines else ""
 
 
-def measure(step: Step, cmd: list[str], reps: int, env: dict[str, str] | None = None) -> str:
+def measure(step: Step, cmd: list[str], reps: int, env: dict[str, str] | None = None, cwd: Path | None = None) -> str:
     stderr = ""
     for _ in range(reps):
         step.floors.append(sum(cold_read(p) for p in step.reads))
-        wall, cpu, rss, stderr, load = run(cmd, step.reads, env)
+        wall, cpu, rss, stderr, load = run(cmd, step.reads, env, cwd)
         step.walls.append(wall)
         step.cpu.append(cpu)
         step.rss_mb.append(rss)

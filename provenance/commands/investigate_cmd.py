@@ -7,9 +7,10 @@ from provenance.commands.common import ExitCode, say
 from provenance.commands.paths import BASE_HELP, MERGE_BASE_HELP, MODEL, download_option
 from provenance.commands.progress import progress_display
 from provenance.commands.refdb_cmd import refdb_option
-from provenance.report import DEFAULT_FORMATS, renderer_names, renderers, write_report
+from provenance.report import DEFAULT_FORMATS, renderer_names, renderers, shows_figures, write_report
 
-FORMAT_HELP = "Comma-separated outputs among " + ", ".join(renderer_names()) + "."
+FORMAT_HELP = ("Comma-separated outputs among " + ", ".join(renderer_names())
+               + ". Figures (PNG) are drawn only when a format that shows them (md, html) is chosen.")
 
 
 @click.command("investigate")
@@ -38,11 +39,11 @@ def command(candidate: str, references: tuple[str, ...], base: str | None, merge
     """
     from provenance.investigate import investigate
 
-    chosen = [r.name for r in renderers(f.strip() for f in formats.split(",") if f.strip())]  # usage error first
+    chosen = renderers(f.strip() for f in formats.split(",") if f.strip())  # usage error first
     with progress_display() as progress:
         report = investigate(candidate, references, key_registry, refdb_dir, progress=progress, base=base,
-                             merge_base=merge_base)
-    files = write_report(report, out_dir, chosen)
+                             merge_base=merge_base, figures=shows_figures(chosen))
+    files = write_report(report, out_dir, [r.name for r in chosen])
     say(report.executive_summary)
     for error in report.errors:
         say(f"warning: {error.get('path', '')}: {error.get('message', '')}")

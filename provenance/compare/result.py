@@ -8,6 +8,7 @@ unchanged. ``to_dict()`` gives the JSON document of schema ``provenance.compare/
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
@@ -738,6 +739,33 @@ class CompareResult:
         mats = t[t["kind"] == "matrix"]
         agg = mats.groupby("layer").agg(mean_pearson=("pearson", "mean"), mean_rel_delta=("rel_delta_norm", "mean"))
         return df.merge(agg, how="left", left_on="layer", right_index=True)
+
+    def table_records(self) -> list[dict[str, Any]]:
+        """:attr:`table` as records, the values ``table.to_dict("records")`` gives, without
+        importing pandas (:mod:`.records`: what the reports hold)."""
+        from provenance.compare.records import records
+
+        return records([t.to_dict() for t in self.tensors], TABLE_COLUMNS)
+
+    def layer_records(self) -> list[dict[str, Any]]:
+        """:attr:`layer_table` as records, the values ``layer_table.to_dict("records")`` gives,
+        without importing pandas (:mod:`.records`)."""
+        from provenance.compare.records import group_means, records
+
+        rows = [layer.to_dict() for layer in self.test.layers] if self.test else []
+        if not rows:
+            return []
+        out = records(rows, list(rows[0]))
+        mats = [t for t in self.table_records() if t["kind"] == "matrix"]
+        keys = [t["layer"] for t in mats]
+        for column, source in (("mean_pearson", "pearson"), ("mean_rel_delta", "rel_delta_norm")):
+            values = [t[source] for t in mats]
+            if not all(isinstance(v, float) for v in values):  # not a float column: pandas' own rules
+                return self.layer_table.to_dict("records")  # type: ignore[no-any-return]
+            means = group_means(keys, values)
+            for row in out:
+                row[column] = means.get(row["layer"], math.nan)
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {

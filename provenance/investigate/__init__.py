@@ -75,7 +75,7 @@ def run_investigation(inputs: Inputs, progress: ProgressCallback | None = None) 
         if index not in spans:
             run(index)
     report.sections = [report.sections[at] for index in range(len(analyses)) for at in spans[index]]
-    section, findings = inspect_section(inspected)
+    section, findings = inspect_section(inspected, with_figures=inputs.figures)
     # Evidence first; the description of the file (long tensor tables) closes the report.
     report.sections.append(section)
     report.findings = sorted(report.findings + findings, key=finding_rank)
@@ -94,17 +94,19 @@ def _hash_pass(candidate: str, progress: ProgressCallback | None) -> CheckpointH
 def investigate(candidate: str | Path, references: tuple[str | Path, ...] | list[str | Path] = (),
                 key_registry: str | Path | None = None, refdb: str | Path | None = None,
                 progress: ProgressCallback | None = None, base: str | Path | None = None,
-                merge_base: str | Path | None = None) -> Report:
+                merge_base: str | Path | None = None, figures: bool = True) -> Report:
     """Run every applicable analysis on ``candidate`` and return the report.
 
     ``base``: the base model a PEFT adapter candidate (or reference) applies to.
     ``merge_base``: the common base of merged references (task arithmetic, TIES, DARE),
     for the merge estimate with two or more references.
+    ``figures=False``: no figures (for reports written only in formats that do not show them,
+    :func:`provenance.report.shows_figures`; every finding, table and number is the same).
     A :class:`provenance.errors.CheckpointError` on the candidate propagates (there is
     nothing to report on); a failure on a reference is recorded in ``report.errors``.
     """
     inputs = Inputs(os.fspath(candidate), tuple(os.fspath(r) for r in references),
                     os.fspath(key_registry) if key_registry else None, os.fspath(refdb) if refdb else None,
                     base=os.fspath(base) if base is not None else None,
-                    merge_base=os.fspath(merge_base) if merge_base is not None else None)
+                    merge_base=os.fspath(merge_base) if merge_base is not None else None, figures=figures)
     return run_investigation(inputs, progress).report

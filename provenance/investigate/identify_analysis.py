@@ -35,7 +35,7 @@ def token_overlap_figure(candidates: list[CandidateMatch]) -> Figure | None:
     return Figure.from_matplotlib("tokenizer-overlap", "Tokenizer overlap with the reference database (sampled token hashes)", figure)
 
 
-def identify_parts(result: IdentifyResult, candidate: str) -> tuple[Finding, Section]:
+def identify_parts(result: IdentifyResult, candidate: str, *, with_figures: bool = True) -> tuple[Finding, Section]:
     best = result.best
     name = os.path.basename(candidate)
     if best is not None:
@@ -51,7 +51,7 @@ def identify_parts(result: IdentifyResult, candidate: str) -> tuple[Finding, Sec
     table = [{"entry": c.entry_id, "family": c.family, "verdict": c.verdict, "score": round(c.score, 3),
               **{e.signal: f"{e.status}: {e.detail}" for e in c.evidence}}
              for c in result.candidates[:TOP_ENTRIES]]
-    figure = token_overlap_figure(result.candidates)
+    figure = token_overlap_figure(result.candidates) if with_figures else None
     section = Section(
         kind="identify", title="Which known model is this? (reference database)", summary=summary + ". " + result.weights_summary,
         data={k: v for k, v in data.items() if k != "candidates"}, tables={"ranked entries": table},
@@ -68,6 +68,6 @@ def identify_analysis(state: Investigation) -> None:
         state.report.errors.append({"path": state.inputs.refdb or "refdb", "message": str(exc)})
         return
     state.identified = result
-    finding, section = identify_parts(result, state.inputs.candidate)
+    finding, section = identify_parts(result, state.inputs.candidate, with_figures=state.inputs.figures)
     state.report.findings.append(finding)
     state.report.sections.append(section)

@@ -22,7 +22,7 @@ def quant_type_figure(report: dict[str, Any]) -> Figure:
     return Figure.from_matplotlib("storage-types", "Parameters per storage type (quantization mix)", figure)
 
 
-def inspect_section(report: dict[str, Any]) -> tuple[Section, list[Finding]]:
+def inspect_section(report: dict[str, Any], *, with_figures: bool = True) -> tuple[Section, list[Finding]]:
     arch = {k: v for k, v in report["architecture"].items() if v is not None}
     tok = report["tokenizer"]
     summary = report["summary"]
@@ -45,7 +45,7 @@ def inspect_section(report: dict[str, Any]) -> tuple[Section, list[Finding]]:
                          "dtype": t["dtype"], "n_bytes": t["n_bytes"], **({"sha256": t["sha256"]} if "sha256" in t else {})}
                         for t in report["tensors"]],
         },
-        figures=[quant_type_figure(report)] if report["quant_types"] else [],
+        figures=[quant_type_figure(report)] if report["quant_types"] and with_figures else [],
     )
     finding = Finding(
         id="format.identity", title="File format", verdict=report["format"],

@@ -84,8 +84,7 @@ def lineage_parts(result: CompareResult, candidate: str, reference: str, *,
                   "structure_kinds": list(result.structure.kinds) if result.structure else [],
                   "unpaired": [u.name for u in result.structure.left_out] if result.structure else []})
     test = result.test.to_dict() if result.test else {}
-    layer_table = result.layer_table
-    tables = {"layers": layer_table.to_dict("records") if len(layer_table) else []}
+    tables = {"layers": result.layer_records()}
     if rows := _alignment_rows(result):
         tables["recovered alignment"] = rows
     if result.structure is not None and result.structure.layer_map is not None and v.related:
@@ -94,7 +93,7 @@ def lineage_parts(result: CompareResult, candidate: str, reference: str, *,
         tables["unpaired tensors"] = [u.to_dict() for u in result.structure.unpaired]
     if result.adapter is not None:
         tables["adapter modules"] = [m.to_dict() for m in result.adapter.modules]
-    tables["tensors"] = result.table.to_dict("records")
+    tables["tensors"] = result.table_records()
     section = Section(
         kind="compare", title=f"Lineage against {ref}", summary=". ".join([text, *v.evidence]) + ".",
         data={"verdict": v.to_dict(), "test": {k: val for k, val in test.items() if k != "layers"},
@@ -127,6 +126,6 @@ def lineage_analysis(state: Investigation) -> None:
         state.lineage[reference] = result
         if result.candidate_hashes is not None:
             state.candidate_hashes = result.candidate_hashes
-        finding, section = lineage_parts(result, state.inputs.candidate, reference)
+        finding, section = lineage_parts(result, state.inputs.candidate, reference, with_figures=state.inputs.figures)
         state.report.findings.append(finding)
         state.report.sections.append(section)

@@ -55,7 +55,10 @@ def mismatch_figure(result: QuantCheckResult, title: str) -> Figure | None:
     return Figure.from_matplotlib("grid-mismatch-per-layer", "Grid mismatches per layer (0 = exact quantization of the reference)", figure)
 
 
-def quant_parts(result: QuantCheckResult, candidate: str, reference: str) -> tuple[Finding, Section]:
+def quant_parts(result: QuantCheckResult, candidate: str, reference: str, *,
+                with_figures: bool = True) -> tuple[Finding, Section]:
+    """The finding and section of one grid check; ``with_figures=False``: no figure (see
+    :func:`provenance.report.shows_figures`)."""
     cand, ref = os.path.basename(candidate), os.path.basename(reference)
     text = SUMMARY.get(result.verdict, "{cand} vs {ref}: nothing to check").format(
         cand=cand, ref=ref, n=result.n_weights_checked, bad=result.n_unexplained, amp=result.amplitude_rel,
@@ -66,7 +69,7 @@ def quant_parts(result: QuantCheckResult, candidate: str, reference: str) -> tup
         statistic={"n_weights_checked": result.n_weights_checked, "n_unexplained": result.n_unexplained,
                    "amplitude_rel": result.amplitude_rel, "source_precision": result.source_precision},
         evidence={"reference": reference, "verdicts": result.verdicts, "unchecked": result.unchecked})
-    figure = mismatch_figure(result, f"{cand} vs {ref}")
+    figure = mismatch_figure(result, f"{cand} vs {ref}") if with_figures else None
     records = [t.record() for t in result.tensors]
     present = [c for c in TABLE_COLUMNS if any(c in r for r in records)]
     rows = [{c: r.get(c) for c in present} for r in records]
@@ -90,6 +93,6 @@ def quant_analysis(state: Investigation) -> None:
             state.report.errors.append(exc.to_dict())
             continue
         state.quantchecks[reference] = result
-        finding, section = quant_parts(result, state.inputs.candidate, reference)
+        finding, section = quant_parts(result, state.inputs.candidate, reference, with_figures=state.inputs.figures)
         state.report.findings.append(finding)
         state.report.sections.append(section)

@@ -33,6 +33,9 @@ class Inputs:
     """``({file path: sha256}, {tensor name: sha256})`` from inspect, reused by identify."""
     base: str | None = None
     """The base model a PEFT adapter candidate or reference applies to."""
+    figures: bool = True
+    """Draw the report's figures (False when no chosen format shows them: matplotlib costs
+    seconds per report, :func:`provenance.report.shows_figures`)."""
 
 
 @dataclass

@@ -72,7 +72,8 @@ def trace_sentence(result: TraceResult, candidate: str) -> str:
         f" (highest: {clients[0].key}, z = {best[1].z:.1f})" if best is not None else "")
 
 
-def trace_parts(result: TraceResult, candidate: str, reference: str | None) -> tuple[Finding, Section]:
+def trace_parts(result: TraceResult, candidate: str, reference: str | None, *,
+                with_figures: bool = True) -> tuple[Finding, Section]:
     clients = result.clients(per_tensor=True)
     best = clients[0].best if clients else None
     summary = trace_sentence(result, candidate)
@@ -92,7 +93,7 @@ def trace_parts(result: TraceResult, candidate: str, reference: str | None) -> t
     )
     table = [{"client": c.key, "accused": c.accused, **{f"z_{s}": v.z for s, v in c.statistics.items()},
               **{f"holm_p_{s}": v.holm_p for s, v in c.statistics.items()}} for c in clients]
-    figures = [f for s in ("reference", "grid", "blind") if (f := decoy_figure(result, clients, s))]
+    figures = [f for s in ("reference", "grid", "blind") if with_figures and (f := decoy_figure(result, clients, s))]
     data = result.to_dict(per_tensor=True)
     section = Section(
         kind="watermark", title="Watermark tracing",
@@ -116,6 +117,6 @@ def watermark_analysis(state: Investigation) -> None:
         state.report.errors.append({"path": state.inputs.key_registry, "message": str(exc)})
         return
     state.traced, state.trace_reference = result, reference
-    finding, section = trace_parts(result, state.inputs.candidate, reference)
+    finding, section = trace_parts(result, state.inputs.candidate, reference, with_figures=state.inputs.figures)
     state.report.findings.append(finding)
     state.report.sections.append(section)

@@ -4,7 +4,7 @@ Built in: ``json``, ``md``, ``html``, ``csv``, ``sarif``, ``junit`` (:func:`rend
 Each implements :class:`Renderer`; :func:`register` adds another format, and ``write_report``
 and the commands' ``--format`` options pick renderers by name.
 """
-from provenance.report.base import BaseRenderer, Renderer, UnknownFormat, register, renderer, renderer_names, renderers
+from provenance.report.base import BaseRenderer, Renderer, UnknownFormat, register, renderer, renderer_names, renderers, shows_figures
 from provenance.report.csv_report import CsvRenderer, csv_cell, frame_csv
 from provenance.report.html_report import HtmlRenderer, render_html
 from provenance.report.json_report import JsonRenderer, render_json
@@ -18,4 +18,4 @@ for _builtin in (JsonRenderer(), MarkdownRenderer(), HtmlRenderer(), CsvRenderer
 
 __all__ = ["DEFAULT_FORMATS", "BaseRenderer", "Renderer", "UnknownFormat", "csv_cell", "frame_csv", "register",
            "render_files", "render_html", "render_json", "render_markdown", "renderer", "renderer_names", "renderers",
-           "write_report"]
+           "shows_figures", "write_report"]

@@ -77,12 +77,23 @@ def renderers(names: Iterable[str]) -> list[Renderer]:
     return chosen
 
 
+def shows_figures(chosen: Iterable[Renderer]) -> bool:
+    """Whether any of ``chosen`` shows figures. Drawing them with matplotlib costs seconds
+    (2.5 s of an ``investigate`` of a 135M model, docs/benchmarks.md), wasted on formats that
+    never display them (JSON, CSV, SARIF, JUnit); a plug-in renderer that does not say is
+    assumed to show them."""
+    return any(getattr(r, "shows_figures", True) for r in chosen)
+
+
 class BaseRenderer:
     """What most renderers share: ``files()`` is the main output alone."""
 
     name: str
     suffix: str
     description: str
+    shows_figures = False
+    """Whether a reader of this format sees the report's figures (HTML embeds them, Markdown
+    links them): commands draw figures only when a chosen format shows them (:func:`shows_figures`)."""
 
     def render(self, reports: Sequence[Report]) -> str:
         raise NotImplementedError

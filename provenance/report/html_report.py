@@ -95,6 +95,7 @@ class HtmlRenderer(BaseRenderer):
     name = "html"
     suffix = ".html"
     description = "one self-contained page (figures embedded, no script)"
+    shows_figures = True
 
     def render(self, reports: Sequence[Report]) -> str:
         if len(reports) == 1:

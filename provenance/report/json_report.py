@@ -17,7 +17,7 @@ BATCH_SCHEMA = "provenance.report-batch/1"
 class JsonRenderer(BaseRenderer):
     name = "json"
     suffix = ".json"
-    description = "the report document (schema provenance.report/1); figures as files beside it"
+    description = "the report document (schema provenance.report/1); figures as files beside it (drawn with md or html)"
 
     def render(self, reports: Sequence[Report]) -> str:
         if len(reports) == 1:

@@ -63,6 +63,7 @@ class MarkdownRenderer(BaseRenderer):
     name = "md"
     suffix = ".md"
     description = "Markdown for people (figures linked as PNG files beside it)"
+    shows_figures = True
 
     def render(self, reports: Sequence[Report]) -> str:
         return "\n---\n\n".join(render_markdown(r) for r in reports)

@@ -141,3 +141,37 @@ def test_ctrl_c_stops_investigate_promptly_and_writes_nothing(tmp_path: Path) ->
     print(f"investigate: exited {elapsed:.2f} s after SIGINT")
     assert elapsed < 3.0, elapsed
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["model.gguf"]
+
+
+def test_figures_are_drawn_only_for_formats_that_show_them(tmp_path: Path) -> None:
+    """``--format json`` draws no figure (matplotlib costs seconds, docs/benchmarks.md) and its
+    report is the one ``--format json,md`` writes, less the figures; md links PNGs beside it."""
+    args = ["investigate", str(QUANT_DIR / "tiny-llama-Q4_K_M.gguf"), "--reference", str(QUANT_DIR / "tiny-llama-f32.gguf")]
+    plain, shown = tmp_path / "json", tmp_path / "md"
+    for out, formats in ((plain, "json"), (shown, "json,md")):
+        result = run_cli(*args, "-o", str(out), "--format", formats)
+        assert result.returncode == 0, result.stderr
+    assert not list(plain.glob("*.png"))
+    pngs = sorted(p.name for p in shown.glob("*.png"))
+    assert "grid-mismatch-per-layer.png" in pngs and "storage-types.png" in pngs
+    assert all(f"]({name})" in (shown / "report.md").read_text() for name in pngs)
+
+    def without_figures(document: dict) -> dict:  # type: ignore[type-arg]
+        document.pop("created")
+        for section in document["sections"]:  # figures, and the run times that vary run to run
+            section.pop("figures")
+            section["data"].pop("timing", None)
+            section["data"].pop("seconds", None)
+        return document
+
+    before, after = (json.loads((out / "report.json").read_text()) for out in (shown, plain))
+    assert [len(s["figures"]) for s in before["sections"]] != [0] * len(before["sections"])
+    assert all(s["figures"] == [] for s in after["sections"])
+    assert json.dumps(without_figures(after), sort_keys=True) == json.dumps(without_figures(before), sort_keys=True)
+
+
+def test_which_formats_show_figures() -> None:
+    from provenance.report import renderers, shows_figures
+
+    assert not shows_figures(renderers(["json", "csv", "sarif", "junit"]))
+    assert shows_figures(renderers(["json", "html"])) and shows_figures(renderers(["md"]))
