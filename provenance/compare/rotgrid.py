@@ -28,9 +28,10 @@ Q8_0/F16 at that shape):
   (sum of width^2 / 12): the copies 0.97-1.01, the derivatives at least 388 (the light fine-tune);
 * every matrix the rotation moves is stored lossy (an F32 matrix has no cells to judge).
 
-Whole tensors are read here in float64 (bounded by the largest tensor, as in
-:mod:`.gridframe`); it runs only for a candidate the unit-space test relates while the
-residual test does not (a rotated candidate).
+Whole tensors are still read here in float64 (bounded by the largest tensor, not yet streamed
+like :mod:`.gridframe`: a writer's ``Q^T W`` mixes rows, so it needs one whole tensor, a
+reader's ``W Q`` could go in row chunks); it runs only for a candidate the unit-space test
+relates while the residual test does not (a rotated candidate).
 """
 from __future__ import annotations
 
