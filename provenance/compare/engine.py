@@ -73,9 +73,12 @@ class GridCheck:
     fine-tune moves weights across cell boundaries.
     """
 
-    def __init__(self, lossy: str, info: TensorInfo, threads: int = 1) -> None:
+    def __init__(self, lossy: str, info: TensorInfo, threads: int = 1, other_f16: bool = False) -> None:
         self.lossy, self.info = lossy, info
         self.threads = threads  # of the compiled cells kernel's tiles (counts and sums do not depend on it)
+        # the other side is stored as F16: its values are their own f16 rounding, which the
+        # compiled kernel then skips (the same counts, less work per weight)
+        self.other_f16 = other_f16
         self.outside = 0
         self.total = 0
         self.noise_energy = 0.0
@@ -181,8 +184,8 @@ class GridCheck:
             return np.zeros(2, dtype=np.int64), np.zeros(1, dtype=np.float64)
 
         # tiles fixed by the data, reduced in their order: the same sums on any thread count
-        tiles = map_tiles(fn, (blocks, values), accumulators, (np.float32(GRID_TOLERANCE_STEPS), *tables),
-                          self.threads, values.size)
+        shared = (np.float32(GRID_TOLERANCE_STEPS), self.other_f16, *tables)
+        tiles = map_tiles(fn, (blocks, values), accumulators, shared, self.threads, values.size)
         noise = 0.0
         for counts, sums in tiles:
             self.outside += int(counts[CELL_OUTSIDE])
@@ -289,7 +292,8 @@ def _grid_check(c_info: TensorInfo, r_info: TensorInfo, threads: int = 1) -> Gri
     lossy = packed[0] if len(packed) == 1 else _lossy_side(c_info, r_info) if not packed else None
     if lossy is None:
         return None
-    return GridCheck(lossy, c_info if lossy == "candidate" else r_info, threads)
+    lossy_info, other_info = (c_info, r_info) if lossy == "candidate" else (r_info, c_info)
+    return GridCheck(lossy, lossy_info, threads, other_f16=other_info.dtype == "F16")
 
 
 def _add_grid_rows(grid: GridCheck, lossy_reader: RowReader, a: int, b: int, lossy_rows: torch.Tensor,

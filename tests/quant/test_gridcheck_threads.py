@@ -22,14 +22,16 @@ from tests.codecs.test_quantize_ref import TRUE_SOURCE
 from tests.conftest import QUANT_DIR
 
 
-def _checked_tensors(quant_file: str) -> list[tuple[str, np.ndarray, np.ndarray, int]]:
-    """(name, reference rows, stored rows, ggml type) of every grid-checkable tensor."""
+def _checked_tensors(quant_file: str) -> list[tuple[str, np.ndarray, np.ndarray, int, bool]]:
+    """(name, reference rows, stored rows, ggml type, reference stored as F16) of every
+    grid-checkable tensor, the reference from the file llama.cpp quantized."""
     out = []
     with open_checkpoint(QUANT_DIR / quant_file) as cand, open_checkpoint(QUANT_DIR / TRUE_SOURCE[quant_file]) as ref:
         for name, info in cand.tensors.items():
             qt = quant_type(info.dtype) if info.block_size > 1 else None
             if qt is not None and qt.check is not None and qt.cells is not None:
-                out.append((name, np.ascontiguousarray(ref.read_rows(name)), cand.raw_rows(name), qt.ggml_type))
+                out.append((name, np.ascontiguousarray(ref.read_rows(name)), cand.raw_rows(name), qt.ggml_type,
+                            ref.info(name).dtype == "F16"))
     return out
 
 
@@ -45,7 +47,7 @@ def test_tiles_are_fixed_by_the_data() -> None:
 def test_check_and_cells_same_on_one_and_two_threads(quant_file: str) -> None:
     tensors = _checked_tensors(quant_file)
     multi_tile = 0
-    for name, x, raw, ggml_type in tensors:
+    for name, x, raw, ggml_type, f16 in tensors:
         multi_tile += len(tile_bounds(raw.shape[0], x.size)) > 2
         xt = torch.from_numpy(x)
         for precision in ("f32", "f16"):
@@ -53,14 +55,16 @@ def test_check_and_cells_same_on_one_and_two_threads(quant_file: str) -> None:
             assert asdict(serial[0]) == asdict(parallel[0]), (name, precision)
             assert asdict(serial[1]) == asdict(parallel[1]), (name, precision)
         cells = []
-        for threads in (1, 2):
-            qt = quant_type(ggml_type)
-            check = GridCheck("candidate", _info(quant_file, name), threads)
-            check.add_compiled(qt, raw, xt)
+        for threads, other_f16 in ((1, False), (2, False), (1, f16), (2, f16)):
+            # the F16 source's values are their own f16 rounding: skipping it changes nothing
+            check = GridCheck("candidate", _info(quant_file, name), threads, other_f16=other_f16)
+            check.add_compiled(quant_type(ggml_type), raw, xt)
             cells.append((check.outside, check.total, check.noise_energy))
-        assert cells[0] == cells[1], name
+        assert cells[1:] == cells[:1] * 3, name
     if quant_file.startswith("tiny-llama"):  # 262k-weight tensors: the split is exercised, not one tile per call
         assert multi_tile >= 1
+    if TRUE_SOURCE[quant_file].endswith("f16.gguf"):  # the f16 rounding skipped, same counts and sums
+        assert all(t[4] for t in tensors)
 
 
 def _info(quant_file: str, name: str):  # type: ignore[no-untyped-def]
