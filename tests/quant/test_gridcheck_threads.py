@@ -6,6 +6,7 @@ and ``compare``."""
 from __future__ import annotations
 
 from dataclasses import asdict
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -39,7 +40,7 @@ def test_tiles_are_fixed_by_the_data() -> None:
     n = 8192  # blocks of 32: 262,144 weights, four tiles whatever the thread count
     bounds = tile_bounds(n, n * 32)
     assert bounds[0] == 0 and bounds[-1] == n and len(bounds) == 5
-    assert all(b - a >= MIN_WEIGHTS_PER_THREAD // 32 for a, b in zip(bounds, bounds[1:], strict=False))
+    assert all(b - a >= MIN_WEIGHTS_PER_THREAD // 32 for a, b in pairwise(bounds))
     assert tile_bounds(10, 320) == [0, 10]
 
 
