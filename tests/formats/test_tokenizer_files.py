@@ -87,6 +87,18 @@ HOSTILE_JSON = {
                         b' "added_tokens": [{"id": 0, "content": "<s>"}]}', "added_tokens[0]"),
     "unigram-bad-entry": (b'{"model": {"type": "Unigram", "vocab": [["a", "x"]]}}', "model.vocab[0][1]"),
     "unknown-model": (b'{"model": {"type": "Magic", "vocab": {}}}', "model.type"),
+    # A duplicate key anywhere could change what is read (which vocabulary, which id, which
+    # added token): each is refused, wherever it stands.
+    "duplicate-top-level-key": (b'{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []},'
+                                b' "model": {"type": "BPE", "vocab": {"b": 0}, "merges": []}}', "tokenizer.json"),
+    "duplicate-model-key": (b'{"model": {"type": "BPE", "vocab": {"a": 0}, "vocab": {"b": 0}, "merges": []}}',
+                            "tokenizer.json"),
+    "duplicate-added-token-key": (b'{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []},'
+                                  b' "added_tokens": [{"id": 1, "content": "<s>", "id": 0}]}', "tokenizer.json"),
+    "merge-pair-not-strings": (b'{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": [["a", "b"], ["a", 3]]}}',
+                               "model.merges[1][1]"),
+    "merge-of-three": (b'{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": [["a", "b"], ["a", "b", "c"]]}}',
+                       "model.merges[1]"),
 }
 
 
@@ -153,3 +165,22 @@ def test_refdb_add_a_tokenizer_alone(hf_tokenizer: Path, tmp_path: Path, capsys:
     code, out, err = run_main(capsys, "identify", "--json", "--refdb", str(tmp_path), str(LLAMA2_SPM))
     doc = json.loads(out)
     assert code == 0 and doc["decision"]["entry_id"] == "my-tokenizer" and doc["decision"]["signal"] == "tokenizer"
+
+
+def test_tokenizer_json_reads_gaps_surrogates_and_both_merge_forms_exactly(tmp_path: Path) -> None:
+    """The fast paths of the reader (C loops, a strict UTF-8 pass) give what the format says
+    for the rare cases too: a lone surrogate (JSON allows ``"\\ud800"``) kept as its bytes, an
+    id gap filled with ``[PAD<id>]``, merges written as strings or as pairs, and the unknown
+    token found among the added tokens."""
+    vocab = {"a": 0, "b": 1, "\ud800x": 2, "ab": 4}
+    added = [{"id": 5, "content": "<unk>"}, {"id": 1, "content": "b"}]
+    for merges in (["a b", "ab \ud800x"], [["a", "b"], ["ab", "\ud800x"]]):
+        path = tmp_path / "tokenizer.json"
+        path.write_text(json.dumps({"model": {"type": "BPE", "vocab": vocab, "merges": merges, "unk_token": "<unk>"},
+                                    "added_tokens": added}))
+        with open_checkpoint(path) as ckpt:
+            read = checkpoint_vocabulary(ckpt)
+        assert read is not None
+        assert read.tokens == [b"a", b"b", b"\xed\xa0\x80x", b"[PAD3]", b"ab", b"<unk>"]
+        assert read.merges == [b"a b", b"ab \xed\xa0\x80x"]
+        assert read.special_tokens == {"unknown": 5}
