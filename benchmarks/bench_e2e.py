@@ -253,7 +253,10 @@ def main() -> None:
     cold_note = check_cold([files["reference"]])
     steps: list[Step] = []
     try:  # Ctrl-C (a step taking too long on a loaded machine) still prints what was measured
-        if "embed" not in args.skip or not files["marked"].exists():
+        # the marked copy is embed's output and the watermark steps' input: made when asked for,
+        # or when a step that reads it is asked for and it is missing
+        needs_marked = not {"detect", "trace", "investigate"} <= args.skip and not files["marked"].exists()
+        if "embed" not in args.skip or needs_marked:
             embedded = embed_step(files, WORK / f"marked-{CLIENT}.gguf", args, env)
             steps += [embedded] if embedded else []
         if "quantize" not in args.skip:

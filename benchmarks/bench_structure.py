@@ -5,10 +5,14 @@ noise), compared in one process with the structure evidence on (the defaults: un
 slices and test, layer signatures and map, probe rows) and off (``max_units=0,
 max_probe_tokens=0, layer_map=False``: exactly the pass before issue #14), alternated
 ``--repeat`` times after one warm-up call each; prints the median wall times and their
-ratio. Then the layer map alone at 80 layers: signatures of 7 circuits of 128 x 128 per
-layer and side, the 80 x 80 distance table, the match and its description.
+ratio. Then the layer map alone at 80 layers, from sketches: per layer and side the
+circuits of a sketch of the sizes ``compare`` keeps (|S| = 128 residual coordinates, |U| =
+128 MLP units; Llama-7B widths 4096 / 11008 / 32 heads and Llama-70B widths 8192 / 28672 /
+64 heads, 8 KV heads), their 7 spectra, then the 80 x 80 distance table, the match and its
+description; also from ready circuits alone (what the streamed pass of a same-depth pair
+already has).
 
-    python benchmarks/bench_structure.py [--layers 4] [--keep DIR] [--repeat 5]
+    python benchmarks/bench_structure.py [--layers 4] [--keep DIR] [--repeat 5] [--map-only]
 """
 from __future__ import annotations
 
@@ -53,27 +57,61 @@ def compare_overhead(cand: str, ref: str, repeat: int) -> dict:
             "unit_test_p": res.structure.unit_test.p_asymptotic if res.structure and res.structure.unit_test else None}
 
 
-def layer_map_80(layers: int = 80, m: int = 128) -> dict:
+#: (name, n_embd, n_ff, n_head, n_head_kv): the widths of the sketches the map starts from
+MAP_SHAPES = (("llama-7b", 4096, 11008, 32, 32), ("llama-70b", 8192, 28672, 64, 8))
+
+
+def _sketch_layer(rng, n_embd: int, n_ff: int, n_head: int, n_head_kv: int, s: int = 128, u: int = 128):
+    """One layer's sketch as ``compare`` keeps it (random values: the cost does not depend on them):
+    columns S of the readers, rows S of the writers, full rows/columns of the units U."""
     import numpy as np
 
-    from provenance.compare.invariants import Circuit
+    head_dim = n_embd // n_head
+
+    def r(*shape: int) -> np.ndarray:
+        return rng.standard_normal(shape, dtype=np.float32)
+
+    parts = {"attn_q": r(n_head * head_dim, s), "attn_k": r(n_head_kv * head_dim, s), "attn_v": r(n_head_kv * head_dim, s),
+             "attn_output": r(s, n_head * head_dim), "ffn_gate": r(n_ff, s), "ffn_up": r(n_ff, s), "ffn_down": r(s, n_ff),
+             "attn_norm": 1 + 0.1 * r(s), "ffn_norm": 1 + 0.1 * r(s)}
+    units = {"ffn_gate": r(u, n_embd), "ffn_up": r(u, n_embd), "ffn_down": r(n_embd, u), "ffn_norm": 1 + 0.1 * r(n_embd)}
+    return parts, units
+
+
+def layer_map_80(layers: int = 80, shape: tuple = MAP_SHAPES[0], pool: int = 4) -> dict:
+    """An ``layers``-layer map from sketches: circuits, spectra, table, match (one torch thread,
+    as in ``compare``). ``pool`` distinct random layer sketches per side are generated up front
+    (outside the timing) and reused, so generating 2 x 80 sketches does not dominate the run."""
+    import numpy as np
+    import torch
+
+    from provenance.compare.invariants import Circuit, HeadLayout, layer_circuits
     from provenance.compare.layermap import LayerSignature, describe, distance_table, match_layers
+    from provenance.compare.unitspace import layer_unit_circuits
 
+    torch.set_num_threads(1)
+    name, n_embd, n_ff, n_head, n_head_kv = shape
+    heads = HeadLayout(n_head, n_head_kv, n_embd // n_head)
     rng = np.random.default_rng(0)
-    labels = ("qk", "ov", "mlp", "gate", "unit_gg", "unit_ud", "unit_gd")
-
-    def circuits(layer: int) -> list[Circuit]:
-        return [Circuit(label, layer, rng.standard_normal((m, m)), True) for label in labels]
-
-    t0 = time.perf_counter()
-    ref = [LayerSignature.of(k, circuits(k)) for k in range(layers)]
-    cand = [LayerSignature.of(k, circuits(k)) for k in range(layers)]
-    t1 = time.perf_counter()
-    table = distance_table(cand, ref)
-    lmap = describe(match_layers(table, range(layers), range(layers)), layers, table)
+    sketches = {side: [_sketch_layer(rng, n_embd, n_ff, n_head, n_head_kv) for _ in range(pool)] for side in ("r", "c")}
+    timing = {"circuits_s": 0.0, "spectra_s": 0.0}
+    signatures: dict[str, list[LayerSignature]] = {"r": [], "c": []}
+    for side in ("r", "c"):
+        for k in range(layers):
+            parts, units = sketches[side][k % pool]
+            t0 = time.perf_counter()
+            mats = {**layer_circuits(parts, heads), **layer_unit_circuits(units)}
+            t1 = time.perf_counter()
+            signatures[side].append(LayerSignature.of(k, [Circuit(label, k, m, True) for label, m in mats.items()]))
+            timing["circuits_s"] += t1 - t0
+            timing["spectra_s"] += time.perf_counter() - t1
     t2 = time.perf_counter()
-    return {"layers": layers, "signatures_s": round(t1 - t0, 3), "table_and_map_s": round(t2 - t1, 3),
-            "total_s": round(t2 - t0, 3), "structure": list(lmap.structure)}
+    table = distance_table(signatures["c"], signatures["r"])
+    lmap = describe(match_layers(table, range(layers), range(layers)), layers, table)
+    timing["table_and_map_s"] = time.perf_counter() - t2
+    return {"shape": name, "layers": layers, "circuits": sorted(mats), **{k: round(v, 3) for k, v in timing.items()},
+            "from_circuits_s": round(timing["spectra_s"] + timing["table_and_map_s"], 3),
+            "from_sketches_s": round(sum(timing.values()), 3), "structure": list(lmap.structure)}
 
 
 def main() -> int:
@@ -83,13 +121,17 @@ def main() -> int:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--keep", type=Path, help="directory for the generated files (kept)")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--map-only", action="store_true", help="only the 80-layer maps (no 7B files written)")
     args = parser.parse_args()
+    maps = [layer_map_80(shape=shape) for shape in MAP_SHAPES]
+    if args.map_only:
+        print(json.dumps({"layer_map": maps}, indent=1))
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         directory = args.keep or Path(tmp)
         directory.mkdir(parents=True, exist_ok=True)
         cand, ref = generate(directory, args.layers)
-        out = {"layers": args.layers, "compare": compare_overhead(str(cand), str(ref), args.repeat),
-               "layer_map": layer_map_80()}
+        out = {"layers": args.layers, "compare": compare_overhead(str(cand), str(ref), args.repeat), "layer_map": maps}
     print(json.dumps(out, indent=1))
     return 0
 

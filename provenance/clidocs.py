@@ -39,9 +39,11 @@ from its options dataclass (`CompareOptions`, `QuantCheckOptions`, `TraceOptions
 defaults below are the Python API's defaults too:
 
 - `--threads N`: the most CPU threads the command keeps busy (compare streams N tensors at once
-  with one torch thread each; quantcheck and quantize split their compiled kernels' blocks between
-  N threads, torch itself on one). Defaults 2 (torch's own intra-op threads slow down badly when
-  another process holds a core, so no command hands them more than one).
+  with one torch thread each, and shares each chunk's grid check out between N threads; quantcheck
+  and quantize split their compiled kernels' blocks between N threads, torch itself on one). The
+  results do not depend on N: the grid checks' sums are reduced in an order fixed by the data.
+  Defaults 2 (torch's own intra-op threads slow down badly when another process holds a core, so
+  no command hands them more than one).
 - `--jobs N` (scan): N worker processes, one model and one CPU thread each, so the same CPU
   budget as `--threads`; scan has no `--threads` (more torch threads per model only slow a busy machine).
 - `--seed N`: the seed of every random draw (permutations, samples, decoy keys); same seed, same result.

@@ -17,9 +17,13 @@ residual-rotated candidates (rotation does not change it; it must not change the
 test's verdict either), and structural derivatives of stories260k and synth-s00 written
 by the real tools (provenance.synth.structure: mergekit passthrough and merges,
 save_pretrained): depth upscaling, a removed layer, swapped layers, vocabulary extended and
-truncated, fewer MLP units, fewer KV heads, residual rotation of the parent and of its
-fine-tune, linear/SLERP/TIES merges; each in fp and Q4_K_M; each must be related at
-p < 1e-6 and described (the structure named, the merge called with its weights).
+truncated, token ids shuffled with some tokens replaced (paired by token string), fewer MLP
+units, fewer KV heads, residual rotation of the parent and of its fine-tune, same-depth slice
+merges seen from each parent (partial copies) and from both (frankenmerge), a frankenmerge of
+another depth, linear/SLERP/TIES merges (several references); each in fp and Q4_K_M; each
+must be related at p < 1e-6 and described (the structure named, every unpaired tensor
+listed, the merge called with its weights). Each is also compared with a reference it is
+independent of (the other parent's family): the false-positive rate per kind.
 
 Every case is a pure function of its spec (seeds fixed), so tests rerun a few cases and
 compare with the committed CSVs. Usage::
@@ -32,6 +36,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import os
 import sys
 import tempfile
@@ -57,11 +62,21 @@ SCHEMES = (None, "Q8_0", "Q4_K_M", "Q2_K", "2bit-emu")
 CSV_FIELDS = ["case", "kind", "candidate", "reference", "permuted", "scheme", "verdict", "p_exact",
               "p_asymptotic", "z", "statistic", "mean_spearman", "seconds", "rotated", "unit_p_exact",
               "unit_p_asymptotic", "unit_z", "structure"]
-STRUCTURE_FIELDS = [*CSV_FIELDS, "expect", "described", "verdict_p_asymptotic", "unit_rel_delta", "merge", "summary"]
+STRUCTURE_FIELDS = [*CSV_FIELDS, "label", "expect", "described", "verdict_p_asymptotic", "verdict_z", "unit_rel_delta",
+                    "merge",
+                    "unpaired", "unpaired_missing", "summary"]
 STRUCTURE_SCHEMES = (None, "Q4_K_M")
 ROTATED_NULL_PAIRS = 40
 #: structural derivatives: id -> (builder, arguments); see provenance.synth.structure
 STRUCTURE_PARENTS = ("stories260k", "synth-s00")
+#: the parent a structural derivative is independent of (its false-positive pair), by parent
+INDEPENDENT_OF = {"stories260k": "synth-s00", "synth-s00": "stories260k"}
+#: the second parent of slice merges and linear/SLERP merges (independent of both parents above)
+SLICE_DONOR = "synth-s01"
+MERGE_DONOR = "synth-s05"
+#: token strings for the vocabulary kinds: the first rows of the real Llama 2 vocabulary GGUF
+#: llama.cpp's converter wrote (../shared/data, read in place)
+LLAMA_VOCAB = ROOT.parent / "shared" / "data" / "gguf-vocab" / "ggml-vocab-llama-spm.gguf"
 
 
 def model_path(model_id: str) -> str:
@@ -78,20 +93,22 @@ def run_case(spec: dict[str, Any], permutations: int = 999) -> dict[str, Any]:
     torch.set_num_threads(1)
     start = time.perf_counter()
     cand = spec.get("candidate_path") or model_path(spec["candidate"])
+    if spec.get("references"):
+        return _run_multi(spec, cand, permutations, start)
     with tempfile.TemporaryDirectory() as tmp:
         if spec.get("rotated"):
             from provenance.synth.structure import rotate_residual
 
             cand = os.fspath(rotate_residual(cand, os.path.join(tmp, "rotated"), seed=int(spec["rotation_seed"]))[0])
-        if spec.get("permuted") or spec.get("scheme"):
+        if spec.get("permuted") or (spec.get("scheme") and not spec.get("prebuilt")):
             tensors, arch, _ = load_canonical(cand)
             if spec.get("permuted"):
                 tensors, _ = apply_symmetries(tensors, arch, seed=int(spec["perm_seed"]))
             cand = os.path.join(tmp, "candidate.gguf")
             write_variant(cand, tensors, arch, spec.get("scheme"), spec["candidate"],
                           base_model=spec["reference"] if spec["kind"] == "derived" else None)
-        result = compare(cand, model_path(spec["reference"]),
-                         CompareOptions(permutations=permutations, threads=1, seed=0))
+        reference = spec.get("reference_path") or model_path(spec["reference"])
+        result = compare(cand, reference, CompareOptions(permutations=permutations, threads=1, seed=0))
         test = result.test
         structure = result.structure
         unit = structure.unit_test if structure else None
@@ -106,16 +123,79 @@ def run_case(spec: dict[str, Any], permutations: int = 999) -> dict[str, Any]:
             "unit_p_exact": unit.p_exact if unit else None, "unit_p_asymptotic": unit.p_asymptotic if unit else None,
             "unit_z": unit.z if unit else None, "structure": "+".join(structure.kinds) if structure else "",
         }
-        if spec["kind"] == "structure":
-            row.update(_describe_structure(spec, result, cand))
+        if spec["kind"] in ("structure", "structure-null"):
+            row.update(_describe_structure(spec, result, cand, reference))
     return row
 
 
-def _describe_structure(spec: dict[str, Any], result: Any, candidate: str) -> dict[str, Any]:
-    """Was the structural derivative described as what it is? (typed fields, not the sentence)"""
+def _run_multi(spec: dict[str, Any], cand: str, permutations: int, start: float) -> dict[str, Any]:
+    """A candidate compared with several references at once (``compare_references``): a merge or
+    a frankenmerge must be named with its parents (and, for a merge, weights that fit)."""
+    from provenance.compare import CompareOptions
+    from provenance.compare.multi import compare_references
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if spec.get("scheme"):
+            cand = _quantized(cand, spec, tmp)
+        refs = [model_path(r) for r in spec["references"]]
+        base = model_path(spec["base"]) if spec.get("base") else None
+        many = compare_references(cand, refs, CompareOptions(permutations=permutations, threads=1, seed=0),
+                                  merge_base=base)
+    tests = [r.test for r in many.results if r.test is not None]
+    ps = [r.verdict.p_asymptotic for r in many.results]
+    verdict = many.verdict
+    expect = spec["expect"]
+    if spec["kind"] == "structure-null":
+        described = verdict.kind == "unrelated"
+    elif expect == "merge":
+        described = (verdict.kind == "merge" and set(verdict.parents) == set(refs)
+                     and (spec.get("weights") is None
+                          or all(abs(w - t) <= 0.1 for w, t in zip(verdict.weights, spec["weights"], strict=True))))
+    else:  # frankenmerge: the slices and their sources as built
+        slices = many.parents.layer_slices
+        described = (verdict.kind == "frankenmerge" and slices is not None
+                     and [(src, a, b) for src, a, b in slices.segments] == [tuple(x) for x in spec["segments"]])
+    related = all(p is not None and p < DETECT for p in ps)
+    return {
+        "case": spec["case"], "kind": spec["kind"], "candidate": spec["candidate"],
+        "reference": "+".join(spec["references"]), "permuted": False, "scheme": spec.get("scheme") or "fp",
+        "verdict": verdict.kind, "p_exact": max((t.p_exact for t in tests), default=None),
+        "p_asymptotic": max((t.p_asymptotic for t in tests), default=None),
+        "z": min((t.z for t in tests), default=None), "statistic": None, "mean_spearman": None,
+        "seconds": round(time.perf_counter() - start, 2), "rotated": False,
+        "unit_p_exact": None, "unit_p_asymptotic": None, "unit_z": None,
+        "structure": "+".join(many.parents.layer_slices.structure) if many.parents.layer_slices else "",
+        "label": spec["label"], "expect": expect,
+        "described": bool(described) and (related if spec["kind"] == "structure" else True),
+        "verdict_p_asymptotic": max((p for p in ps if p is not None), default=None),
+        "verdict_z": min((r.verdict.z for r in many.results if r.verdict.z is not None), default=None),
+        "unit_rel_delta": None,
+        "merge": many.merge.describe() if many.merge else "", "unpaired": 0, "unpaired_missing": "",
+        "summary": verdict.description,
+    }
+
+
+def _quantized(cand: str, spec: dict[str, Any], tmp: str) -> str:
+    from provenance.compare.variants import load_canonical, write_variant
+
+    tensors, arch, _ = load_canonical(cand)
+    out = os.path.join(tmp, "candidate.gguf")
+    write_variant(out, tensors, arch, spec["scheme"], spec["candidate"])
+    return out
+
+
+def _describe_structure(spec: dict[str, Any], result: Any, candidate: str, reference: str) -> dict[str, Any]:
+    """Was the structural derivative described as what it is? (typed fields, not the sentence):
+    the structure named and every tensor that cannot be paired element for element listed
+    (:func:`_expected_unpaired`, read from the two files' tables, not from the comparison)."""
     expect = spec["expect"]
     kinds = set(result.structure.kinds if result.structure else ())
     verdict = result.verdict
+    listed = {u.name for u in verdict.unpaired}
+    if spec["kind"] == "structure-null":
+        return {"label": spec["label"], "expect": expect, "described": verdict.kind == "unrelated",
+                "unit_rel_delta": None, "verdict_p_asymptotic": verdict.p_asymptotic, "verdict_z": verdict.z, "merge": "",
+                "unpaired": len(listed), "unpaired_missing": "", "summary": verdict.summary}
     merge = ""
     if expect == "merge":
         from provenance.compare.merge import estimate_merge
@@ -126,54 +206,144 @@ def _describe_structure(spec: dict[str, Any], result: Any, candidate: str) -> di
         described = estimate.is_merge
     elif expect == "rotated":
         described = verdict.kind == "rotated"
+    elif expect == "partial-copy":
+        details = verdict.details
+        described = verdict.kind == "partial-copy" and tuple(getattr(details, "related_layers", ())) == tuple(spec["layers"])
     else:
         described = expect in kinds and verdict.kind not in ("identical", "unrelated", "inconclusive")
+    layer_map = result.structure.layer_map if result.structure else None
+    missing = sorted(_expected_unpaired(candidate, reference, layer_map.mapping() if layer_map else None,
+                                        spec.get("rows_changed", ())) - listed)
     unit = getattr(verdict.details, "unit_rel_delta", None)
-    return {"expect": expect, "described": bool(described) and bool(verdict.related), "unit_rel_delta": unit,
-            "verdict_p_asymptotic": verdict.p_asymptotic, "merge": merge, "summary": verdict.summary}
+    return {"label": spec["label"], "expect": expect,
+            "described": bool(described) and bool(verdict.related) and not missing, "unit_rel_delta": unit,
+            "verdict_p_asymptotic": verdict.p_asymptotic, "verdict_z": verdict.z, "merge": merge, "unpaired": len(listed),
+            "unpaired_missing": " ".join(missing), "summary": verdict.summary}
+
+
+def _expected_unpaired(candidate: str, reference: str, mapping: dict[int, int] | None,
+                       rows_changed: Any = ()) -> set[str]:
+    """Tensors the verdict must list as unpaired, from the files' tables alone: a candidate tensor
+    whose counterpart (same role, its layer mapped by the layer map; by index without one) is
+    missing or of another shape, a reference tensor no candidate tensor pairs with, and the
+    token-indexed tensors whose rows the builder moved or replaced (``rows_changed``)."""
+    from provenance.formats import open_checkpoint
+
+    with open_checkpoint(candidate) as c, open_checkpoint(reference) as r:
+        cand = {n: (i.layer, i.shape) for n, i in c.tensors.items()}
+        ref = {n: i.shape for n, i in r.tensors.items()}
+    expected: set[str] = {n for n in rows_changed if n in cand or n in ref}
+    covered: set[str] = set()
+    for name, (layer, shape) in cand.items():
+        counterpart = name
+        if layer is not None and mapping is not None:
+            if layer not in mapping:
+                expected.add(name)
+                continue
+            counterpart = name.replace(f"blk.{layer}.", f"blk.{mapping[layer]}.", 1)
+        if ref.get(counterpart) != shape:
+            expected.add(name)
+        covered.add(counterpart)
+    return expected | (set(ref) - covered)
+
+
+def _llama_tokens(n: int) -> list[bytes]:
+    from provenance.formats import open_checkpoint
+    from provenance.formats.vocabulary import checkpoint_vocabulary
+
+    with open_checkpoint(LLAMA_VOCAB) as ckpt:
+        vocab = checkpoint_vocabulary(ckpt)
+    if vocab is None or len(vocab.tokens) < n:
+        raise RuntimeError(f"{LLAMA_VOCAB}: fewer than {n} tokens")
+    return list(vocab.tokens[:n])
 
 
 def structural_candidates(root: Path) -> list[dict[str, Any]]:
     """Build every structural derivative once under ``root`` (deterministic) and return
-    the case specs (the builders are the real tools: mergekit, save_pretrained)."""
+    the case specs (the builders are the real tools: mergekit, save_pretrained, the gguf
+    writer). ``label`` is the kind's row in docs/lineage.md, ``expect`` what must be named."""
     from provenance.synth import structure as st
 
     out: list[dict[str, Any]] = []
+    donor = model_path(SLICE_DONOR)
     for parent in STRUCTURE_PARENTS:
         p = model_path(parent)
         ft = model_path(f"{parent}-ft-medium")
-        builds: list[tuple[str, str, Any]] = [
-            ("upscale", "depth-upscaled", lambda d, p=p, ft=ft: st.passthrough([(p, 0, 4), (p, 1, 5)], d)),
-            ("drop2", "layers-removed", lambda d, p=p, ft=ft: st.passthrough([(p, 0, 2), (p, 3, 5)], d)),
-            ("swap12", "reordered", lambda d, p=p, ft=ft: st.passthrough([(p, 0, 1), (p, 2, 3), (p, 1, 2), (p, 3, 5)], d)),
-            ("vocab576", "vocabulary-extended", lambda d, p=p, ft=ft: st.resize_vocabulary(p, d, 576)),
-            ("vocab448", "vocabulary-truncated", lambda d, p=p, ft=ft: st.resize_vocabulary(p, d, 448)),
-            ("width128", "width-pruned", lambda d, p=p, ft=ft: st.prune_width(p, d, 128)),
-            ("gqa2", "gqa-converted", lambda d, p=p, ft=ft: st.convert_gqa(p, d, 2)),
-            ("rotated", "rotated", lambda d, p=p, ft=ft: st.rotate_residual(p, d, seed=11)),
-            ("ft-rotated", "rotated", lambda d, p=p, ft=ft: st.rotate_residual(ft, d, seed=12)),
+        independent = INDEPENDENT_OF[parent]
+        builds: list[tuple[str, str, str, Any]] = [
+            ("upscale", "depth-upscaled", "depth-upscaled", lambda d, p=p: st.passthrough([(p, 0, 4), (p, 1, 5)], d)),
+            ("drop2", "layers-removed", "layers-removed", lambda d, p=p: st.passthrough([(p, 0, 2), (p, 3, 5)], d)),
+            ("swap12", "reordered", "reordered",
+             lambda d, p=p: st.passthrough([(p, 0, 1), (p, 2, 3), (p, 1, 2), (p, 3, 5)], d)),
+            ("vocab576", "vocabulary-extended", "vocabulary-extended", lambda d, p=p: st.resize_vocabulary(p, d, 576)),
+            ("vocab448", "vocabulary-truncated", "vocabulary-truncated", lambda d, p=p: st.resize_vocabulary(p, d, 448)),
+            ("width128", "width-pruned", "width-pruned", lambda d, p=p: st.prune_width(p, d, 128)),
+            ("gqa2", "gqa-converted", "gqa-converted", lambda d, p=p: st.convert_gqa(p, d, 2)),
+            ("rotated", "rotated copy", "rotated", lambda d, p=p: st.rotate_residual(p, d, seed=11)),
+            ("ft-rotated", "rotated fine-tune", "rotated", lambda d, ft=ft: st.rotate_residual(ft, d, seed=12)),
+            # no calibrated test sees through this one (docs/lineage.md): tabulated, not required
+            ("rotperm", "rotated + MLP units permuted", "rotated",
+             lambda d, p=p: st.rotate_residual(p, d, seed=13, permute_units=True)),
+            ("slices", "slice merge (partial copy)", "partial-copy",
+             lambda d, p=p: st.passthrough([(p, 0, 3), (donor, 3, 5)], d)),
         ]
-        for name, expect, build in builds:
+        for name, label, expect, build in builds:
             path = root / f"{parent}-{name}"
             if not path.exists():
                 build(path)
-            out.append({"id": f"{parent}-{name}", "path": str(path), "reference": parent, "expect": expect})
-        other = "synth-s05"
+            spec = {"id": f"{parent}-{name}", "path": str(path), "reference": parent, "expect": expect,
+                    "label": label, "null_reference": independent}
+            if name == "slices":  # seen from each parent: its own layers related, the others unrelated
+                out.append({**spec, "layers": (0, 1, 2)})
+                out.append({**spec, "reference": SLICE_DONOR, "layers": (3, 4)})
+                continue
+            out.append(spec)
+        # the same slices from both parents at once, and a frankenmerge of another depth
+        for name, label, parents, segments in (
+                ("slices", "frankenmerge (same depth)", [parent, SLICE_DONOR], [(parent, 0, 2), (SLICE_DONOR, 3, 4)]),
+                ("franken8", "frankenmerge (8 layers)", [parent, SLICE_DONOR], [(parent, 0, 3), (SLICE_DONOR, 1, 4)])):
+            path = root / f"{parent}-{name}"
+            if not path.exists():  # "slices" was built above
+                st.passthrough([(p, 0, 4), (donor, 1, 5)], path)
+            out.append({"id": f"{parent}-{name}", "path": str(path), "references": parents, "expect": "frankenmerge",
+                        "label": label, "segments": segments, "null_references": [independent, MERGE_DONOR]})
+        # token ids shuffled and 12 tokens replaced (GGUFs with token lists: paired by token string)
+        tokens = _llama_tokens(512)
+        ref_vocab = root / f"{parent}-vocab.gguf"
+        null_vocab = root / f"{independent}-vocab.gguf"
+        for src, dst in ((p, ref_vocab), (model_path(independent), null_vocab)):
+            if not dst.exists():
+                st.with_vocabulary(src, dst, tokens)
+        for scheme in STRUCTURE_SCHEMES:
+            path = root / f"{parent}-vocab-shuffled-{scheme or 'fp'}.gguf"
+            if not path.exists():
+                st.reorder_vocabulary(p, path, tokens, seed=3, replaced=12, scheme=scheme)
+            out.append({"id": f"{parent}-vocab-shuffled", "path": str(path), "reference": parent,
+                        "reference_path": str(ref_vocab), "expect": "vocabulary-changed", "label": "vocabulary shuffled",
+                        "scheme": scheme, "prebuilt": True, "rows_changed": ("token_embd.weight", "output.weight"),
+                        "null_reference": independent, "null_reference_path": str(null_vocab)})
         merges = [
-            ("linear", "linear", [(ft, {"weight": 0.5}), (model_path(other), {"weight": 0.5})], None, None,
-             [f"{parent}-ft-medium", other]),
-            ("slerp", "slerp", [(ft, {}), (model_path(other), {})], ft, {"t": 0.5}, [f"{parent}-ft-medium", other]),
-            ("ties", "ties", [(model_path(f"{parent}-ft-heavy"), {"weight": 0.5, "density": 0.5}),
-                              (model_path(f"{parent}-lora"), {"weight": 0.5, "density": 0.5})], p, {"normalize": True},
-             [f"{parent}-ft-heavy", f"{parent}-lora"]),
+            ("linear", "merge (linear)", [(ft, {"weight": 0.5}), (model_path(MERGE_DONOR), {"weight": 0.5})], None, None,
+             [f"{parent}-ft-medium", MERGE_DONOR], (0.5, 0.5)),
+            ("slerp", "merge (SLERP)", [(ft, {}), (model_path(MERGE_DONOR), {})], ft, {"t": 0.5},
+             [f"{parent}-ft-medium", MERGE_DONOR], (0.71, 0.71)),
+            ("ties", "merge (TIES)", [(model_path(f"{parent}-ft-heavy"), {"weight": 0.5, "density": 0.5}),
+                                      (model_path(f"{parent}-lora"), {"weight": 0.5, "density": 0.5})], p,
+             {"normalize": True}, [f"{parent}-ft-heavy", f"{parent}-lora"], None),
         ]
-        for name, method, models, base, params, parents in merges:
+        for name, label, models, base, params, parents, weights in merges:
             path = root / f"{parent}-merge-{name}"
             if not path.exists():
-                st.merge(method, models, path, base=base, parameters=params)
-            for ref in parents:
+                st.merge(name, models, path, base=base, parameters=params)
+            merge_base = parent if name == "ties" else None
+            for ref in parents:  # each parent alone: related, and the estimate on both a merge
                 out.append({"id": f"{parent}-merge-{name}", "path": str(path), "reference": ref, "expect": "merge",
-                            "parents": parents, "base": parent if name == "ties" else None})
+                            "label": label, "parents": parents, "base": merge_base, "null_reference": independent})
+            # both parents at once: "merge of A (0.50) and B (0.50)" (TIES: weights not checked, its
+            # trimming shrinks them)
+            out.append({"id": f"{parent}-merge-{name}", "path": str(path), "references": parents, "expect": "merge",
+                            "label": label, "weights": weights, "base": merge_base,
+                            "null_references": [independent, "synth-s07"]})
     return out
 
 
@@ -207,12 +377,30 @@ def cases(manifest: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def structure_cases(built: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each built derivative in fp and Q4_K_M (unless built in one scheme), against its parent
+    (kind ``structure``) and against a reference it is independent of (``structure-null``)."""
     out = []
+    null_seen: set[tuple[str, str | None]] = set()
     for b in built:
-        for scheme in STRUCTURE_SCHEMES:
-            out.append({"case": f"structure:{b['id']}~{b['reference']}:{scheme or 'fp'}", "kind": "structure",
-                        "candidate": b["id"], "candidate_path": b["path"], "reference": b["reference"],
-                        "scheme": scheme, "expect": b["expect"], "parents": b.get("parents"), "base": b.get("base")})
+        for scheme in (b["scheme"],) if "scheme" in b else STRUCTURE_SCHEMES:
+            common = {"candidate": b["id"], "candidate_path": b["path"], "scheme": scheme, "expect": b["expect"],
+                      "label": b["label"], "parents": b.get("parents"), "base": b.get("base"),
+                      "prebuilt": b.get("prebuilt", False), "rows_changed": b.get("rows_changed", ()),
+                      "layers": b.get("layers"), "segments": b.get("segments"), "weights": b.get("weights")}
+            if "references" in b:
+                out.append({**common, "case": f"structure:{b['id']}~{'+'.join(b['references'])}:{scheme or 'fp'}",
+                            "kind": "structure", "references": b["references"], "reference": "+".join(b["references"])})
+                out.append({**common, "case": f"structure-null:{b['id']}~{'+'.join(b['null_references'])}:{scheme or 'fp'}",
+                            "kind": "structure-null", "references": b["null_references"],
+                            "reference": "+".join(b["null_references"]), "base": None})
+                continue
+            out.append({**common, "case": f"structure:{b['id']}~{b['reference']}:{scheme or 'fp'}", "kind": "structure",
+                        "reference": b["reference"], "reference_path": b.get("reference_path")})
+            if (b["id"], scheme) not in null_seen:  # one null pair per candidate file
+                null_seen.add((b["id"], scheme))
+                out.append({**common, "case": f"structure-null:{b['id']}~{b['null_reference']}:{scheme or 'fp'}",
+                            "kind": "structure-null", "reference": b["null_reference"],
+                            "reference_path": b.get("null_reference_path")})
     return out
 
 
@@ -226,14 +414,26 @@ def summarise_structure(null: list[dict[str, Any]], rows: list[dict[str, Any]]) 
     rotated = [r for r in null if r["rotated"]]
     per_kind: dict[str, dict[str, Any]] = {}
     for r in rows:
-        k = per_kind.setdefault(r["expect"], {"pairs": 0, "related_below_1e-6": 0, "described": 0, "schemes": set()})
-        k["pairs"] += 1
+        k = per_kind.setdefault(f"{r['label']} | {r['scheme']}", {
+            "label": r["label"], "scheme": r["scheme"], "pairs": 0, "related_below_1e-6": 0, "described": 0,
+            "max_p_asymptotic": 0.0, "min_z": math.inf, "null_pairs": 0, "null_related": 0, "null_inconclusive": 0,
+            "null_min_p": 1.0})
         p = r["verdict_p_asymptotic"]
+        if r["kind"] == "structure-null":
+            k["null_pairs"] += 1
+            k["null_related"] += int(r["verdict"] not in ("unrelated", "inconclusive"))
+            k["null_inconclusive"] += int(r["verdict"] == "inconclusive")
+            k["null_min_p"] = min(k["null_min_p"], 1.0 if p is None else float(p))
+            continue
+        k["pairs"] += 1
         k["related_below_1e-6"] += int(p is not None and p < DETECT)
         k["described"] += int(bool(r["described"]))
-        k["schemes"].add(r["scheme"])
+        k["max_p_asymptotic"] = max(k["max_p_asymptotic"], 1.0 if p is None else float(p))
+        if r["verdict_z"] is not None:
+            k["min_z"] = min(k["min_z"], float(r["verdict_z"]))
     for k in per_kind.values():
-        k["schemes"] = sorted(k["schemes"])
+        k["min_z"] = None if math.isinf(k["min_z"]) else k["min_z"]
+    nulls = [r for r in rows if r["kind"] == "structure-null"]
     return {
         "unit_test_null": {
             "pairs": len(unit), "rotated_pairs": len(rotated),
@@ -247,7 +447,31 @@ def summarise_structure(null: list[dict[str, Any]], rows: list[dict[str, Any]]) 
                                                                for v in sorted({r["verdict"] for r in rotated})},
                          "min_p_asymptotic": min(r["p_asymptotic"] for r in rotated) if rotated else None},
         "per_kind": per_kind,
+        "structure_null": {"pairs": len(nulls),
+                           "related": sum(r["verdict"] not in ("unrelated", "inconclusive") for r in nulls),
+                           "inconclusive": sum(r["verdict"] == "inconclusive" for r in nulls),
+                           "min_p_asymptotic": min((r["verdict_p_asymptotic"] for r in nulls
+                                                    if r["verdict_p_asymptotic"] is not None), default=None)},
     }
+
+
+def structure_table(per_kind: dict[str, dict[str, Any]]) -> str:
+    """The per-kind table of docs/lineage.md (also written to data/calibration/structure_table.md,
+    which tests/compare/test_calibration.py holds the page to)."""
+    def p(x: float) -> str:
+        return "< 1e-300" if x < 1e-300 else f"{x:.2g}"
+
+    lines = ["| kind | storage | pairs | related at p < 1e-6 | described correctly | largest p | smallest z "
+             "| independent pairs | called related (FPR) | smallest p of those |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for k in per_kind.values():
+        z = "" if k["min_z"] is None else f"{k['min_z']:.0f}"
+        fpr = f"{k['null_related']} ({k['null_related'] / k['null_pairs']:.0%})" if k["null_pairs"] else ""
+        if k["null_inconclusive"]:
+            fpr += f", {k['null_inconclusive']} inconclusive"
+        lines.append(f"| {k['label']} | {k['scheme']} | {k['pairs']} | {k['related_below_1e-6']} | {k['described']} "
+                     f"| {p(k['max_p_asymptotic'])} | {z} | {k['null_pairs']} | {fpr} | {p(k['null_min_p'])} |")
+    return "\n".join(lines) + "\n"
 
 
 def summarise(null: list[dict[str, Any]], derived: list[dict[str, Any]]) -> dict[str, Any]:
@@ -294,12 +518,13 @@ def write_outputs(results: list[dict[str, Any]], out: Path, meta: dict[str, Any]
     out.mkdir(parents=True, exist_ok=True)
     null = [r for r in results if r["kind"] == "null"]
     derived = [r for r in results if r["kind"] == "derived"]
-    structural = [r for r in results if r["kind"] == "structure"]
+    structural = [r for r in results if r["kind"] in ("structure", "structure-null")]
     pd.DataFrame(null, columns=CSV_FIELDS).to_csv(out / "null_pairs.csv", index=False, float_format="%.6g")
     pd.DataFrame(derived, columns=CSV_FIELDS).to_csv(out / "derived_pairs.csv", index=False, float_format="%.6g")
     pd.DataFrame(structural, columns=STRUCTURE_FIELDS).to_csv(out / "structure_pairs.csv", index=False, float_format="%.6g")
     summary = {**meta, **summarise(null, derived), "structure": summarise_structure(null, structural)}
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (out / "structure_table.md").write_text(structure_table(summary["structure"]["per_kind"]))
     _figure(null, derived, out / "null_hist.png")
     return summary
 
@@ -341,12 +566,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--permutations", type=int, default=999)
     parser.add_argument("--quick", action="store_true", help="run 6 cases and print them; write nothing")
+    parser.add_argument("--only", help="run the cases whose name matches this regular expression; print them, write nothing")
+    parser.add_argument("--build-dir", type=Path, help="where the structural derivatives are built (kept; default: a temporary folder)")
     args = parser.parse_args(argv)
     manifest = json.loads((SYNTH / "manifest.json").read_text())
     todo = cases(manifest)
-    build_dir = Path(tempfile.mkdtemp(prefix="calibrate-structure-"))
+    build_dir = args.build_dir or Path(tempfile.mkdtemp(prefix="calibrate-structure-"))
+    build_dir.mkdir(parents=True, exist_ok=True)
     todo += structure_cases(structural_candidates(build_dir))
-    if args.quick:
+    if args.only:
+        import re
+
+        todo = [c for c in todo if re.search(args.only, c["case"])]
+        args.quick = True
+    elif args.quick:
         todo = ([c for c in todo if c["kind"] == "null"][:3] + [c for c in todo if c["kind"] == "derived"][::33][:3]
                 + [c for c in todo if c["kind"] == "structure"][::17][:4])
     t0 = time.perf_counter()

@@ -40,6 +40,12 @@ from provenance.compare.transform import Transform
 GAIN_OVER_IDENTITY = 1.05
 #: scales are applied only when they spread this much (std of log|scale|) or flip signs
 SCALE_SPREAD = 0.05
+#: ... and, when they spread, only when both sides of the pair say the same (a rescale is up x s
+#: with down / s, v x t with o / t): the spread of the two sides' log ratios' difference at most
+#: this fraction of their sum's. Measured (docs/lineage.md): rescaled copies and fine-tunes <= 0.40
+#: (synth-s00-ft-heavy rescaled, then 2bit-emu), merges with an unrelated model >= 1.0 (they change
+#: each unit's up and down norms independently, which no rescale does)
+SCALE_AGREEMENT = 0.65
 #: residual gain rescaling needs this correlation between gain ratios and column shrinkage,
 GAIN_COLUMN_CORR = 0.8
 #: and the columns must have shrunk by the gains' own factor: :func:`_column_fit` at most this
@@ -168,10 +174,22 @@ def _assign(sim: np.ndarray, perm: np.ndarray | None = None,
     return (perm if keep else None), info
 
 
-def _spread_scale(scale: np.ndarray) -> np.ndarray | None:
-    if (scale < 0).any() or float(np.std(np.log(np.abs(scale) + 1e-30))) > SCALE_SPREAD:
-        return scale
-    return None
+def _spread_scale(scale: np.ndarray, disagreement: float = 0.0) -> np.ndarray | None:
+    """The scales to apply, or None: those that spread (and agree, :data:`SCALE_AGREEMENT`) or
+    flip signs."""
+    if float(np.std(np.log(np.abs(scale) + 1e-30))) > SCALE_SPREAD:
+        return scale if disagreement <= SCALE_AGREEMENT else None
+    return scale if (scale < 0).any() else None
+
+
+def _disagreement(forward: np.ndarray, backward: np.ndarray) -> float:
+    """How much the two matrices of a rescaled pair disagree about the scales (up rows x s with
+    down columns / s; v rows x t with o columns / t): ``forward`` = candidate / reference norms of
+    the first, ``backward`` = reference / candidate of the second; the std of the difference of
+    their logs over the std of their sum (0 when they agree exactly)."""
+    lf, lb = np.log(np.maximum(forward, 1e-30)), np.log(np.maximum(backward, 1e-30))
+    total = float(np.std(lf + lb))
+    return float(np.std(lf - lb)) / total if total > 0 else 0.0
 
 
 @dataclass
@@ -302,6 +320,8 @@ class UnitMatch:
     a sign flip), after ``perm``: an estimate for every unit, whether or not it means a
     rescale (that judgement is the caller's: lineage and watermarks need different ones)."""
     info: dict[str, Any]
+    disagreement: float = 0.0
+    """How much up and down disagree about the scales (:func:`_disagreement`; 0 without down)."""
 
 
 def match_mlp_units(ref: dict[str, np.ndarray], cand: dict[str, np.ndarray], *, force: bool = False) -> UnitMatch:
@@ -316,7 +336,8 @@ def match_mlp_units(ref: dict[str, np.ndarray], cand: dict[str, np.ndarray], *, 
     hits = _identity_hits(ref, cand)
     if not force and hits >= IDENTITY_HITS and n > IDENTITY_SAMPLE:
         info: dict[str, Any] = {"identity_hits": round(hits, 4), "moved": 0, "units": n, "assignment": "skipped"}
-        return UnitMatch(None, _mlp_unit_scale(ref, cand, None), info)
+        scale, disagreement = _mlp_unit_scale(ref, cand, None)
+        return UnitMatch(None, scale, info, disagreement)
     sim = None
     if "ffn_gate" in ref and "ffn_gate" in cand:
         sim = _accumulate(sim, _cos(ref["ffn_gate"], cand["ffn_gate"]), False, n)  # gate cannot flip sign (SiLU)
@@ -325,13 +346,14 @@ def match_mlp_units(ref: dict[str, np.ndarray], cand: dict[str, np.ndarray], *, 
         sim = _accumulate(sim, _cos(ref["ffn_down"].T, cand["ffn_down"].T), True, n)
     perm, info = _assign(sim, gain=1.0 if force else GAIN_OVER_IDENTITY)
     info["identity_hits"] = round(hits, 4)
-    return UnitMatch(perm, _mlp_unit_scale(ref, cand, perm), info)
+    scale, disagreement = _mlp_unit_scale(ref, cand, perm)
+    return UnitMatch(perm, scale, info, disagreement)
 
 
 def _mlp(ref: dict[str, np.ndarray], cand: dict[str, np.ndarray]) -> tuple[np.ndarray | None, np.ndarray | None, dict[str, Any]]:
     """Lineage's MLP map: scales are applied only when they spread or flip signs."""
     units = match_mlp_units(ref, cand)
-    scale = _spread_scale(units.scale)
+    scale = _spread_scale(units.scale, units.disagreement)
     if scale is not None:
         units.info["scales"] = _scale_summary(scale)
     return units.perm, scale, units.info
@@ -365,9 +387,11 @@ def _scale_summary(scale: np.ndarray) -> dict[str, Any]:
             "negative": int((scale < 0).sum())}
 
 
-def _mlp_unit_scale(ref: dict[str, np.ndarray], cand: dict[str, np.ndarray], perm: np.ndarray | None) -> np.ndarray:
+def _mlp_unit_scale(ref: dict[str, np.ndarray], cand: dict[str, np.ndarray],
+                    perm: np.ndarray | None) -> tuple[np.ndarray, float]:
     """Per unit: the sign of the up rows' dot product times the geometric mean of the up
-    norm ratio and the inverse down norm ratio (in which a fine-tune's drift cancels)."""
+    norm ratio and the inverse down norm ratio (in which a fine-tune's drift cancels); and
+    the two sides' disagreement (:func:`_disagreement`)."""
     # float64 products of the weights, summed in the orders of the float64 copies this used
     # to take (rows: pairwise per row; down's columns: sequential down the reference's
     # C-ordered copy, pairwise within the candidate's gathered F-ordered one), without them
@@ -377,8 +401,9 @@ def _mlp_unit_scale(ref: dict[str, np.ndarray], cand: dict[str, np.ndarray], per
         dr = _col_norms(ref["ffn_down"])
         down_c = cand["ffn_down"].T  # rows: the columns of the F-ordered gathered copy
         dc = _row_norms(down_c if perm is None else down_c[perm])
-        ratio = np.sqrt(ratio * dr / np.maximum(dc, 1e-30))
-    return sign * ratio
+        backward = dr / np.maximum(dc, 1e-30)
+        return sign * np.sqrt(ratio * dr / np.maximum(dc, 1e-30)), _disagreement(ratio, backward)
+    return sign * ratio, 0.0
 
 
 def _row_mean_abs_cos(ua: np.ndarray, ub: np.ndarray) -> float:
@@ -485,7 +510,7 @@ def _attention(
     o_ratio = np.zeros(nkv * hd)
     np.add.at(o_ratio, kv_of_q, orr / np.maximum(oc, 1e-30))
     o_ratio /= group
-    v_scale = _spread_scale(sign * np.sqrt(ratio * o_ratio))
+    v_scale = _spread_scale(sign * np.sqrt(ratio * o_ratio), _disagreement(ratio, o_ratio))
     info = {"kv_groups": kv_info, "q_heads_moved": moved_q}
     if v_scale is not None:
         info["v_scales"] = _scale_summary(v_scale)

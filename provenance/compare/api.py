@@ -204,7 +204,8 @@ def _run_pairs(cand: Checkpoint, ref: Checkpoint, pairs: list[TensorPair], trans
     def one(pair: TensorPair) -> PairOutcome:
         sample = _sample_rows(ref.info(pair.name), opts) if pair.is_matrix and not light else None
         out = stream_pair(cand, ref, pair, transforms.get(pair.name), sample_rows=sample, sketch=sketch,
-                          grid_check=opts.grid_check and not light, chunk_elems=opts.chunk_elems, stop=stop.is_set)
+                          grid_check=opts.grid_check and not light, chunk_elems=opts.chunk_elems, stop=stop.is_set,
+                          threads=opts.threads)
         if progress is not None:
             progress(pair.name, out.bytes_read)
         return out

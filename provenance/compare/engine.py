@@ -16,6 +16,7 @@ import torch
 
 from provenance.codecs.native import bind
 from provenance.codecs.native.gridcheck import CELL_NOISE, CELL_OUTSIDE, CELL_TOTAL
+from provenance.codecs.native.parallel import map_tiles
 from provenance.codecs.quanttype import QuantType
 from provenance.codecs.registry import find_quant_type
 from provenance.codecs.types import plain_type
@@ -72,8 +73,12 @@ class GridCheck:
     fine-tune moves weights across cell boundaries.
     """
 
-    def __init__(self, lossy: str, info: TensorInfo) -> None:
+    def __init__(self, lossy: str, info: TensorInfo, threads: int = 1, other_f16: bool = False) -> None:
         self.lossy, self.info = lossy, info
+        self.threads = threads  # of the compiled cells kernel's tiles (counts and sums do not depend on it)
+        # the other side is stored as F16: its values are their own f16 rounding, which the
+        # compiled kernel then skips (the same counts, less work per weight)
+        self.other_f16 = other_f16
         self.outside = 0
         self.total = 0
         self.noise_energy = 0.0
@@ -174,12 +179,19 @@ class GridCheck:
         fn, tables = bind(qt.cells)
         blocks = np.ascontiguousarray(lossy_raw).reshape(-1, qt.type_size)
         values = np.ascontiguousarray(other.numpy(), dtype=np.float32).reshape(-1, qt.block_size)
-        counts = np.zeros(2, dtype=np.int64)
-        sums = np.zeros(1, dtype=np.float64)
-        fn(blocks, values, counts, sums, np.float32(GRID_TOLERANCE_STEPS), *tables)
-        self.outside += int(counts[CELL_OUTSIDE])
-        self.total += int(counts[CELL_TOTAL])
-        self.noise_energy += float(sums[CELL_NOISE]) / 12.0
+
+        def accumulators(_weights: int) -> tuple[np.ndarray, np.ndarray]:
+            return np.zeros(2, dtype=np.int64), np.zeros(1, dtype=np.float64)
+
+        # tiles fixed by the data, reduced in their order: the same sums on any thread count
+        shared = (np.float32(GRID_TOLERANCE_STEPS), self.other_f16, *tables)
+        tiles = map_tiles(fn, (blocks, values), accumulators, shared, self.threads, values.size)
+        noise = 0.0
+        for counts, sums in tiles:
+            self.outside += int(counts[CELL_OUTSIDE])
+            self.total += int(counts[CELL_TOTAL])
+            noise += float(sums[CELL_NOISE])
+        self.noise_energy += noise / 12.0
 
     def result(self) -> dict[str, Any]:
         if self.error:
@@ -273,14 +285,15 @@ class _RowSample:
         return dense_shape((self.ref + self.delta).numpy(), self.ref.numpy())
 
 
-def _grid_check(c_info: TensorInfo, r_info: TensorInfo) -> GridCheck | None:
+def _grid_check(c_info: TensorInfo, r_info: TensorInfo, threads: int = 1) -> GridCheck | None:
     """The grid check of the lossy side: a packed layout (GPTQ, NF4, MLX ...) against a
     plain one, else the side with fewer bits per weight; None when neither is lossier."""
     packed = [side for side, info in (("candidate", c_info), ("reference", r_info)) if info.packed]
     lossy = packed[0] if len(packed) == 1 else _lossy_side(c_info, r_info) if not packed else None
     if lossy is None:
         return None
-    return GridCheck(lossy, c_info if lossy == "candidate" else r_info)
+    lossy_info, other_info = (c_info, r_info) if lossy == "candidate" else (r_info, c_info)
+    return GridCheck(lossy, lossy_info, threads, other_f16=other_info.dtype == "F16")
 
 
 def _add_grid_rows(grid: GridCheck, lossy_reader: RowReader, a: int, b: int, lossy_rows: torch.Tensor,
@@ -328,9 +341,13 @@ def stream_pair(
     grid_check: bool = True,
     chunk_elems: int = 1 << 17,
     stop: Callable[[], bool] | None = None,
+    threads: int = 1,
 ) -> PairOutcome:
     """Stream one pair in reference row chunks, candidate mapped through ``transform``;
-    ``stop``: asked before each chunk, :class:`StreamStopped` when it says so (Ctrl-C)."""
+    ``stop``: asked before each chunk, :class:`StreamStopped` when it says so (Ctrl-C);
+    ``threads``: of the compiled grid check, which shares each chunk out in tiles (the
+    pairs themselves run on their own threads, so the last, largest pair of a pass is not
+    left to one core)."""
     t0 = time.perf_counter()
     transform = transform or Transform()
     r_info, c_info = reference.info(pair.name), candidate.info(pair.name)
@@ -345,7 +362,7 @@ def stream_pair(
     else:
         cand_reader = candidate.row_reader(pair.name, step)
     sketches = _pair_sketches(pair, sketch, n_rows, row_len)
-    grid = _grid_check(c_info, r_info) if grid_check and transform.is_identity and pair.layout == "same" else None
+    grid = _grid_check(c_info, r_info, threads) if grid_check and transform.is_identity and pair.layout == "same" else None
     lossy = grid.lossy if grid is not None else None
     # cell residuals of the sampled rows where the candidate is a ggml-quantized side (a packed
     # layout's cells come from its reader, checked whole: its change is judged on the plain delta)

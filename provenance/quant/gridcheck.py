@@ -28,7 +28,7 @@ from provenance.codecs.dequant import as_torch
 from provenance.codecs.grid import QuantGrid, quant_grid
 from provenance.codecs.native import bind
 from provenance.codecs.native import gridcheck as native
-from provenance.codecs.native.parallel import map_split
+from provenance.codecs.native.parallel import map_tiles
 from provenance.codecs.quanttype import QuantType
 from provenance.codecs.recipes import Prediction, predict, supported
 from provenance.codecs.registry import find_quant_type
@@ -194,15 +194,16 @@ def _check_compiled(qt: QuantType, x: torch.Tensor, raw: np.ndarray | torch.Tens
         raise ValueError(f"{qt.name}: {xb.shape[0]} reference blocks for {blocks.shape[0]} stored ones")
     fn, tables = bind(qt.check)
 
-    def accumulators() -> tuple[np.ndarray, ...]:
+    def accumulators(weights: int) -> tuple[np.ndarray, ...]:
         return (np.zeros(native.N_COUNTS, np.int64), np.zeros(native.N_SUMS, np.float64),
-                np.empty(CheckCounts.MAX_KEPT, np.float32))
+                np.empty(min(CheckCounts.MAX_KEPT, weights), np.float32))
 
     shared = (native.PRECISION_CODES[precision], np.float32(NEAR), *tables)
-    parts = map_split(fn, (blocks, xb), accumulators, shared, threads, xb.size)
+    # tiles fixed by the data: the float64 sums are the same on 1 or 2 threads, bit for bit
+    parts = map_tiles(fn, (blocks, xb), accumulators, shared, threads, xb.size)
     n = np.sum([p[0] for p in parts], axis=0)
     totals = np.zeros(native.N_SUMS, np.float64)
-    for _, sums, _ in parts:  # a fixed order: the parts' order
+    for _, sums, _ in parts:  # a fixed order: the tiles' order
         totals += sums
     max_abs = [float(p[1][native.MAX_ABS]) for p in parts]
     kept = np.concatenate([dist[:c[native.N_KEPT]] for c, _, dist in parts])[: CheckCounts.MAX_KEPT]

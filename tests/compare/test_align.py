@@ -99,3 +99,24 @@ def test_alignment_recovers_permutations_and_scales(stories: tuple, tmp_path: Pa
     raw = compare(path, STORIES, CompareOptions(permutations=199, align=False))
     assert raw.verdict.related is True
     assert raw.table[raw.table["role"] == "ffn_up"]["pearson"].abs().max() < 0.3
+
+
+def test_unit_scales_are_named_only_when_up_and_down_agree() -> None:
+    """A rescale moves up rows by s and down columns by 1 / s (the two sides agree, up to a
+    fine-tune's drift); a merge moves them independently (they disagree)."""
+    from provenance.compare.align import SCALE_AGREEMENT, _disagreement, _spread_scale
+
+    rng = np.random.default_rng(0)
+    s = np.exp(rng.uniform(-0.7, 0.7, 512))
+    drift = np.exp(0.05 * rng.standard_normal((2, 512)))
+    forward, backward = s * drift[0], s * drift[1]  # candidate/reference up, reference/candidate down
+    agreeing = _disagreement(forward, backward)
+    assert agreeing < 0.2
+    assert _spread_scale(np.sqrt(forward * backward), agreeing) is not None
+    merged = np.exp(0.2 * rng.standard_normal((2, 512)))  # both norms changed, independently
+    disagreeing = _disagreement(merged[0], 1 / merged[1])
+    assert disagreeing > SCALE_AGREEMENT
+    assert _spread_scale(np.sqrt(merged[0] / merged[1]), disagreeing) is None
+    # a sign flip alone (no spread) is named whatever the ratios say
+    flips = np.where(rng.random(512) < 0.1, -1.0, 1.0)
+    assert _spread_scale(flips, 1.0) is not None

@@ -104,3 +104,14 @@ def test_cli_takes_several_references(built: dict[str, Path], tmp_path: Path, ca
     assert "linear: merge of synth-s00-ft-medium (0.50) and synth-s05 (0.50) (lineage synth-s00-ft-medium" in summary
     assert {p.name for p in out.iterdir()} >= {"report.json", "summary.md", "tensors-0.csv", "tensors-1.csv"}
     assert run(["compare", str(built["linear"])]) == 64  # no reference at all: a usage error
+
+
+@pytest.mark.parametrize("quantized", [False, True])
+def test_a_merge_seen_from_one_parent_names_no_rescaling(built: dict[str, Path], quantized: bool) -> None:
+    """A 50/50 merge with an unrelated model changes each unit's up and down norms independently;
+    the norm ratios spread, but up and down disagree, so no unit or v-channel rescale is claimed
+    (it was: "fine-tune of the reference (rescaled units)", a transformation nobody made)."""
+    res = compare(built["linear-q4" if quantized else "linear"], _model("synth-s00-ft-medium"), OPTS)
+    assert res.verdict.kind == "fine-tune" and res.verdict.related
+    assert res.verdict.transformations == (), res.verdict.description
+    assert "rescaled" not in res.verdict.description

@@ -230,13 +230,13 @@ def iq4_xs_check(blocks, x, counts, sums, dist, precision, near_margin, f16_tabl
 
 
 @kernel
-def iq4_nl_cells(blocks, other, counts, sums, tol_steps, f16_table, lo_mid, hi_mid):  # type: ignore[no-untyped-def]
-    cells(blocks, other, counts, sums, tol_steps, f16_table, _iq4_nl_grid, 1, False, False, 0, 15, lo_mid, hi_mid)
+def iq4_nl_cells(blocks, other, counts, sums, tol_steps, exact16, f16_table, lo_mid, hi_mid):  # type: ignore[no-untyped-def]
+    cells(blocks, other, counts, sums, tol_steps, exact16, f16_table, _iq4_nl_grid, 1, False, False, 0, 15, lo_mid, hi_mid)
 
 
 @kernel
-def iq4_xs_cells(blocks, other, counts, sums, tol_steps, f16_table, lo_mid, hi_mid):  # type: ignore[no-untyped-def]
-    cells(blocks, other, counts, sums, tol_steps, f16_table, _iq4_xs_grid, 8, False, False, 0, 15, lo_mid, hi_mid)
+def iq4_xs_cells(blocks, other, counts, sums, tol_steps, exact16, f16_table, lo_mid, hi_mid):  # type: ignore[no-untyped-def]
+    cells(blocks, other, counts, sums, tol_steps, exact16, f16_table, _iq4_xs_grid, 8, False, False, 0, 15, lo_mid, hi_mid)
 
 
 # ---- descriptors ----------------------------------------------------------------------

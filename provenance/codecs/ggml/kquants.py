@@ -528,28 +528,28 @@ def q6_k_check(blocks, x, counts, sums, dist, precision, near_margin, f16_table)
 
 
 @kernel
-def q2_k_cells(blocks, other, counts, sums, tol_steps, f16_table):  # type: ignore[no-untyped-def]
-    cells(blocks, other, counts, sums, tol_steps, f16_table, _q2_k_grid, 16, True, True, 0, 3, NO_TABLE, NO_TABLE)
+def q2_k_cells(blocks, other, counts, sums, tol_steps, exact16, f16_table):  # type: ignore[no-untyped-def]
+    cells(blocks, other, counts, sums, tol_steps, exact16, f16_table, _q2_k_grid, 16, True, True, 0, 3, NO_TABLE, NO_TABLE)
 
 
 @kernel
-def q3_k_cells(blocks, other, counts, sums, tol_steps, f16_table):  # type: ignore[no-untyped-def]
-    cells(blocks, other, counts, sums, tol_steps, f16_table, _q3_k_grid, 16, True, False, -4, 3, NO_TABLE, NO_TABLE)
+def q3_k_cells(blocks, other, counts, sums, tol_steps, exact16, f16_table):  # type: ignore[no-untyped-def]
+    cells(blocks, other, counts, sums, tol_steps, exact16, f16_table, _q3_k_grid, 16, True, False, -4, 3, NO_TABLE, NO_TABLE)
 
 
 @kernel
-def q4_k_cells(blocks, other, counts, sums, tol_steps, f16_table):  # type: ignore[no-untyped-def]
-    cells(blocks, other, counts, sums, tol_steps, f16_table, _q4_k_grid, 8, True, True, 0, 15, NO_TABLE, NO_TABLE)
+def q4_k_cells(blocks, other, counts, sums, tol_steps, exact16, f16_table):  # type: ignore[no-untyped-def]
+    cells(blocks, other, counts, sums, tol_steps, exact16, f16_table, _q4_k_grid, 8, True, True, 0, 15, NO_TABLE, NO_TABLE)
 
 
 @kernel
-def q5_k_cells(blocks, other, counts, sums, tol_steps, f16_table):  # type: ignore[no-untyped-def]
-    cells(blocks, other, counts, sums, tol_steps, f16_table, _q5_k_grid, 8, True, True, 0, 31, NO_TABLE, NO_TABLE)
+def q5_k_cells(blocks, other, counts, sums, tol_steps, exact16, f16_table):  # type: ignore[no-untyped-def]
+    cells(blocks, other, counts, sums, tol_steps, exact16, f16_table, _q5_k_grid, 8, True, True, 0, 31, NO_TABLE, NO_TABLE)
 
 
 @kernel
-def q6_k_cells(blocks, other, counts, sums, tol_steps, f16_table):  # type: ignore[no-untyped-def]
-    cells(blocks, other, counts, sums, tol_steps, f16_table, _q6_k_grid, 16, True, False, -32, 31, NO_TABLE, NO_TABLE)
+def q6_k_cells(blocks, other, counts, sums, tol_steps, exact16, f16_table):  # type: ignore[no-untyped-def]
+    cells(blocks, other, counts, sums, tol_steps, exact16, f16_table, _q6_k_grid, 16, True, False, -32, 31, NO_TABLE, NO_TABLE)
 
 
 # ---- descriptors ----------------------------------------------------------------------

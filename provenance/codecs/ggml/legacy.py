@@ -527,28 +527,28 @@ def q8_0_check(blocks, x, counts, sums, dist, precision, near_margin, f16_table)
 
 
 @kernel
-def q4_0_cells(blocks, other, counts, sums, tol_steps, f16_table):  # type: ignore[no-untyped-def]
-    cells(blocks, other, counts, sums, tol_steps, f16_table, _q4_0_grid, 1, True, False, -8, 7, NO_TABLE, NO_TABLE)
+def q4_0_cells(blocks, other, counts, sums, tol_steps, exact16, f16_table):  # type: ignore[no-untyped-def]
+    cells(blocks, other, counts, sums, tol_steps, exact16, f16_table, _q4_0_grid, 1, True, False, -8, 7, NO_TABLE, NO_TABLE)
 
 
 @kernel
-def q4_1_cells(blocks, other, counts, sums, tol_steps, f16_table):  # type: ignore[no-untyped-def]
-    cells(blocks, other, counts, sums, tol_steps, f16_table, _q4_1_grid, 1, True, True, 0, 15, NO_TABLE, NO_TABLE)
+def q4_1_cells(blocks, other, counts, sums, tol_steps, exact16, f16_table):  # type: ignore[no-untyped-def]
+    cells(blocks, other, counts, sums, tol_steps, exact16, f16_table, _q4_1_grid, 1, True, True, 0, 15, NO_TABLE, NO_TABLE)
 
 
 @kernel
-def q5_0_cells(blocks, other, counts, sums, tol_steps, f16_table):  # type: ignore[no-untyped-def]
-    cells(blocks, other, counts, sums, tol_steps, f16_table, _q5_0_grid, 1, True, False, -16, 15, NO_TABLE, NO_TABLE)
+def q5_0_cells(blocks, other, counts, sums, tol_steps, exact16, f16_table):  # type: ignore[no-untyped-def]
+    cells(blocks, other, counts, sums, tol_steps, exact16, f16_table, _q5_0_grid, 1, True, False, -16, 15, NO_TABLE, NO_TABLE)
 
 
 @kernel
-def q5_1_cells(blocks, other, counts, sums, tol_steps, f16_table):  # type: ignore[no-untyped-def]
-    cells(blocks, other, counts, sums, tol_steps, f16_table, _q5_1_grid, 1, True, True, 0, 31, NO_TABLE, NO_TABLE)
+def q5_1_cells(blocks, other, counts, sums, tol_steps, exact16, f16_table):  # type: ignore[no-untyped-def]
+    cells(blocks, other, counts, sums, tol_steps, exact16, f16_table, _q5_1_grid, 1, True, True, 0, 31, NO_TABLE, NO_TABLE)
 
 
 @kernel
-def q8_0_cells(blocks, other, counts, sums, tol_steps, f16_table):  # type: ignore[no-untyped-def]
-    cells(blocks, other, counts, sums, tol_steps, f16_table, _q8_0_grid, 1, True, False, -128, 127, NO_TABLE, NO_TABLE)
+def q8_0_cells(blocks, other, counts, sums, tol_steps, exact16, f16_table):  # type: ignore[no-untyped-def]
+    cells(blocks, other, counts, sums, tol_steps, exact16, f16_table, _q8_0_grid, 1, True, False, -128, 127, NO_TABLE, NO_TABLE)
 
 
 # ---- descriptors ----------------------------------------------------------------------

@@ -122,8 +122,8 @@ def q1_0_check(blocks, x, counts, sums, dist, precision, near_margin, f16_table,
 
 
 @kernel
-def q1_0_cells(blocks, other, counts, sums, tol_steps, f16_table, lo_mid, hi_mid):  # type: ignore[no-untyped-def]
-    cells(blocks, other, counts, sums, tol_steps, f16_table, _q1_0_grid, 1, False, False, 0, 1, lo_mid, hi_mid)
+def q1_0_cells(blocks, other, counts, sums, tol_steps, exact16, f16_table, lo_mid, hi_mid):  # type: ignore[no-untyped-def]
+    cells(blocks, other, counts, sums, tol_steps, exact16, f16_table, _q1_0_grid, 1, False, False, 0, 1, lo_mid, hi_mid)
 
 
 def q1_0_levels() -> torch.Tensor:

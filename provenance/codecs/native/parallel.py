@@ -71,17 +71,34 @@ def _wait(futures: Iterable[Future[None]]) -> None:
         f.result()
 
 
-def map_split(fn: Callable[..., None], sliced: tuple[np.ndarray, ...], make_outputs: Callable[[], tuple[np.ndarray, ...]],
-              shared: tuple[Any, ...], threads: int, weights: int) -> list[tuple[np.ndarray, ...]]:
-    """``fn(*parts, *outputs, *shared)`` over up to ``threads`` contiguous parts of the
-    first axis of every array in ``sliced`` (``weights`` in all), each part with its own
-    fresh ``make_outputs()`` (accumulators); returns the parts' outputs in order, for the
-    caller to combine in that fixed order."""
-    bounds = _bounds(sliced[0].shape[0], weights, threads)
-    outputs = [make_outputs() for _ in range(len(bounds) - 1)]
-    if len(outputs) == 1:
-        fn(*sliced, *outputs[0], *shared)
-        return outputs
-    _wait(_pool(os.getpid(), len(outputs)).submit(fn, *(a[lo:hi] for a in sliced), *outputs[k], *shared)
-          for k, (lo, hi) in enumerate(pairwise(bounds)))
+def tile_bounds(n: int, weights: int) -> list[int]:
+    """Split points of ``n`` equal items holding ``weights`` weights in all into tiles of
+    about ``MIN_WEIGHTS_PER_THREAD`` weights: fixed by the data alone, never by the thread
+    count, so that per-tile sums reduced in tile order are the same on any number of threads."""
+    tiles = max(1, min(n, weights // MIN_WEIGHTS_PER_THREAD))
+    return [n * k // tiles for k in range(tiles + 1)]
+
+
+def map_tiles(fn: Callable[..., None], sliced: tuple[np.ndarray, ...],
+              make_outputs: Callable[[int], tuple[np.ndarray, ...]], shared: tuple[Any, ...], threads: int,
+              weights: int) -> list[tuple[np.ndarray, ...]]:
+    """``fn(*tile, *outputs, *shared)`` over the tiles (:func:`tile_bounds`) of the first axis
+    of every array in ``sliced`` (``weights`` in all), each tile with its own fresh
+    ``make_outputs(tile_weights)`` (accumulators); the tiles are shared out in contiguous
+    runs between up to ``threads`` threads. Returns the tiles' outputs in tile order, for
+    the caller to combine in that fixed order: the result does not depend on ``threads``
+    (float sums included, bit for bit)."""
+    n = sliced[0].shape[0]
+    bounds = tile_bounds(n, weights)
+    per_item = weights // max(1, n)
+    outputs = [make_outputs((hi - lo) * per_item) for lo, hi in pairwise(bounds)]
+
+    def run_tiles(first: int, last: int) -> None:
+        for t in range(first, last):
+            lo, hi = bounds[t], bounds[t + 1]
+            fn(*(a[lo:hi] for a in sliced), *outputs[t], *shared)
+
+    tiles = len(outputs)
+    workers = max(1, min(threads, tiles))
+    _run([partial(run_tiles, tiles * k // workers, tiles * (k + 1) // workers) for k in range(workers)])
     return outputs
