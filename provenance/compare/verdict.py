@@ -395,7 +395,7 @@ def _derotated(verdict: Callable[..., LineageVerdict], structure: StructureEvide
     pairs below 1e-6 without the gate, z up to 43). What keeps unrelated models out is the gate
     (:func:`hidden_rotation`: no pool pair passes it, fit residual >= 0.53 against <= 0.03 for
     rotated derivatives) and ``DEROTATED_Z_MIN``. Related: ``rotated`` with the de-rotated test's
-    p and z, stated as uncalibrated."""
+    z and no p-value (its p, uncalibrated, is in the evidence and the details)."""
     rotation = structure.rotation
     assert rotation is not None
     evidence.append(f"the embedding rows are an orthogonal map of the reference's: {rotation.describe()}")
@@ -433,8 +433,11 @@ def _derotated(verdict: Callable[..., LineageVerdict], structure: StructureEvide
     p = _fmt_p(t.p_asymptotic)
     summary = (f"{description}; de-rotated test z = {t.z:.0f}, p = {p} (not calibrated: the basis was matched on the "
                f"embedding rows; independent pairs reach z 43 so matched)")
+    # The verdict carries no p-value: the de-rotated test's is not calibrated (above), and a CI
+    # gate or report reading ``p_asymptotic`` must not take it for one. Its p and z stay in the
+    # evidence and in ``details.derotated.test``.
     return LineageVerdict("rotated", True, description, summary,
-                          p_exact=t.p_exact, p_asymptotic=t.p_asymptotic, z=t.z, evidence=tuple(evidence),
+                          p_exact=None, p_asymptotic=None, z=t.z, evidence=tuple(evidence),
                           details=RotatedDetails(structure.unit_delta(), _strength(rel), copy, rotation,
                                                  derotated=derotated))
 
