@@ -134,7 +134,8 @@ def check_plain(cand: Checkpoint, ref: Checkpoint, name: str, source: SourceMap,
     if stop is not None:
         stop = min(stop, cand.info(name).n_rows)  # a tensor shorter than the probe is the whole tensor
     c = np.ascontiguousarray(cand.read_rows(name, 0, stop), dtype=np.float32)
-    x = torch.from_numpy(np.ascontiguousarray(source(ref.read_rows(name, 0, stop).astype(np.float32)), dtype=np.float32))
+    rows = ref.read_rows(name, 0, stop).astype(np.float32)
+    x = torch.from_numpy(np.ascontiguousarray(source(rows, np.arange(rows.shape[0])), dtype=np.float32))
     c_t = torch.from_numpy(c).reshape(x.shape)
     same = (x == c_t) | (x.to(torch.float16).float() == c_t) | (x.to(torch.bfloat16).float() == c_t)
     return FrameCheck(cand.info(name).dtype, int(same.numel()), int((~same).sum()), None, False)
@@ -149,7 +150,7 @@ def intermediate(ref: Checkpoint, ftype: str) -> dict[str, SourceMap]:
     from provenance.compare.variants import llama_cpp_types
 
     def through(qtype: str) -> SourceMap:
-        def apply(rows: np.ndarray) -> np.ndarray:
+        def apply(rows: np.ndarray, index: np.ndarray) -> np.ndarray:  # row by row: any rows, the index unused
             plain = plain_type(qtype)
             if plain is not None:
                 if not plain.narrow_float:

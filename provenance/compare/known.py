@@ -23,7 +23,7 @@ its norm gains moved). Tensors the alignment moved or stored in a packed layout 
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -87,7 +87,8 @@ def _row_with_change(cand: Checkpoint, ref: Checkpoint, row: TensorComparison, s
     was_changed = not unchanged(row)
     # a tensor inside its grid but for a few codes is only counted again (no shape to judge)
     sample = sample_rows(r_info, result.options) if was_changed else np.zeros(0, dtype=np.int64)
-    changed_ref = source(ref.read_rows(row.name).astype(np.float32))
+    rows = ref.read_rows(row.name).astype(np.float32)
+    changed_ref = source(rows, np.arange(rows.shape[0]))
     if candidate_is_coarser(c_info, r_info):
         check = _quantized_check(cand, row.name, changed_ref, sample) if c_info.block_size > 1 else None
         if check is None:
@@ -97,20 +98,34 @@ def _row_with_change(cand: Checkpoint, ref: Checkpoint, row: TensorComparison, s
                                                     changed_ref[sample]))
 
 
-def judge_with_known_change(cand: Checkpoint, ref: Checkpoint, result: CompareResult, change: KnownChange) -> CompareResult:
+def _to_recheck(cand: Checkpoint, row: TensorComparison, change: KnownChange) -> bool:
+    """Changed, or inside the grid but for a few codes (which the change may explain too), on a
+    matrix the change touches and the pair compared as stored."""
+    return (row.name in change.sources and row.is_matrix and not row.aligned and row.layout == "same"
+            and not cand.info(row.name).packed
+            and (not unchanged(row) or (row.grid_lossy_side == "candidate" and (row.grid_outside or 0) > 0)))
+
+
+def tensors_to_recheck(cand: Checkpoint, result: CompareResult, change: KnownChange) -> list[str]:
+    """The tensors :func:`judge_with_known_change` checks again (what a progress meter counts)."""
+    return [row.name for row in result.tensors if _to_recheck(cand, row, change)] if rejudgeable(result) else []
+
+
+def judge_with_known_change(cand: Checkpoint, ref: Checkpoint, result: CompareResult, change: KnownChange,
+                            progress: Callable[[str, int], None] | None = None) -> CompareResult:
     """``result`` with its verdict decided again after adding ``change`` to the reference (module
-    docstring); ``result`` itself when nothing it judged could be explained by a change."""
+    docstring); ``result`` itself when nothing it judged could be explained by a change.
+    ``progress(name, n_bytes)`` is told each tensor checked again (a whole pass over the
+    changed matrices: minutes at 7B)."""
     if not rejudgeable(result):
         return result
     rows, rechecked = [], 0
     for row in result.tensors:
-        source = change.sources.get(row.name)
-        # changed, or inside the grid but for a few codes (which the change may explain too)
-        if source is not None and row.is_matrix and not row.aligned and row.layout == "same" \
-                and not cand.info(row.name).packed \
-                and (not unchanged(row) or (row.grid_lossy_side == "candidate" and (row.grid_outside or 0) > 0)):
-            row = _row_with_change(cand, ref, row, source, result)
+        if _to_recheck(cand, row, change):
+            row = _row_with_change(cand, ref, row, change.sources[row.name], result)
             rechecked += 1
+            if progress is not None:
+                progress(row.name, cand.info(row.name).n_bytes)
         rows.append(row)
     if not rechecked:
         return result
@@ -128,4 +143,4 @@ def judge_with_known_change(cand: Checkpoint, ref: Checkpoint, result: CompareRe
     return replace(result, verdict=verdict, tensors=tuple(rows), claims=claims)
 
 
-__all__ = ["REJUDGED", "KnownChange", "judge_with_known_change", "rejudgeable"]
+__all__ = ["REJUDGED", "KnownChange", "judge_with_known_change", "rejudgeable", "tensors_to_recheck"]

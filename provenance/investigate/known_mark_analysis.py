@@ -18,12 +18,13 @@ def known_mark_analysis(state: Investigation) -> None:
     if traced is None or reference is None or len(traced.accused) != 1 or state.inputs.key_registry is None:
         return  # nobody, or several clients (collusion: no single mark to add) accused
     result = state.lineage.get(reference)
-    from provenance.compare.known import judge_with_known_change, rejudgeable
+    from provenance.compare.known import judge_with_known_change, rejudgeable, tensors_to_recheck
 
     if result is None or not rejudgeable(result):
         return
     from provenance.formats import open_checkpoint
-    from provenance.investigate.lineage_analysis import lineage_parts
+    from provenance.investigate.lineage_analysis import _name, lineage_parts
+    from provenance.progress import Meter
     from provenance.watermark.known_mark import known_mark
     from provenance.watermark.trace import cached_registry, candidate_arch
 
@@ -34,7 +35,11 @@ def known_mark_analysis(state: Investigation) -> None:
             change = known_mark(cand, ref, key, result)
             if change is None:
                 return
-            judged = judge_with_known_change(cand, ref, result, change)
+            # a second pass over every changed matrix (minutes at 7B): shown like the lineage pass
+            meter = Meter(state.progress, f"lineage vs {_name(reference)} with {traced.accused[0]}'s mark",
+                          sum(cand.info(name).n_bytes for name in tensors_to_recheck(cand, result, change)))
+            judged = judge_with_known_change(cand, ref, result, change,
+                                             progress=lambda name, n: meter.advance(n, name))
     except (CheckpointError, ProvenanceError) as exc:
         state.report.errors.append({"path": reference, "message": str(exc)})
         return

@@ -31,9 +31,11 @@ CHUNK_ELEMS = 1 << 20
 CellRows = Callable[[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]]
 """The candidate's rows ``[start, stop)``: lower and upper cell bounds and stored values
 (float64, ``(rows, row_length)``)."""
-SourceMap = Callable[[np.ndarray], np.ndarray]
-"""Float32 reference rows as a quantizer upstream would have left them (a quantization chain);
-row by row, so any subset of rows maps as the whole tensor would."""
+SourceMap = Callable[[np.ndarray, np.ndarray], np.ndarray]
+"""``(rows, index)``: float32 reference rows, and each one's row number in the reference tensor,
+as a change upstream left them: a quantization chain (row by row: the index does not matter),
+a traced client's watermark (keyed by row number: it does). Any subset of rows, in any order,
+maps as the same rows of the whole tensor would."""
 Factors = tuple[np.ndarray, np.ndarray]
 
 
@@ -69,7 +71,7 @@ class FrameRows:
         index = reference_rows(self.frame, start, stop, self.inverse)
         rows = self.reader.gather(index).numpy()
         if self.source is not None:
-            rows = self.source(rows)
+            rows = self.source(rows, index)
         return self.frame.unapply_rows(rows.astype(np.float64), index)
 
     def _chunks(self) -> Iterator[CellChunk]:

@@ -42,12 +42,20 @@ def marked_names(ref: Checkpoint, key: KeySource, selector: Selector | None = No
     return [name for name, info in ref.tensors.items() if chosen(info) and markable(info) and key.has(name)]
 
 
-def _marked(ref: Checkpoint, name: str, key: KeySource, amplitude: float, rows: np.ndarray) -> np.ndarray:
-    """``rows`` (the reference tensor's rows from row 0) with the mark of ``amplitude`` added."""
+def _marked(ref: Checkpoint, name: str, key: KeySource, amplitude: float, rows: np.ndarray,
+            index: np.ndarray) -> np.ndarray:
+    """``rows`` (the reference tensor's rows ``index``: the key stream is by row number) with the
+    mark of ``amplitude`` added; a contiguous run of rows in one call, others row by row."""
     info = ref.info(name)
     w = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
     out = torch.empty_like(w)
-    mark_into(w, name, (info.n_rows, info.row_length), 0, key, amplitude, out)
+    shape = (info.n_rows, info.row_length)
+    index = np.asarray(index, dtype=np.int64)
+    if len(index) and np.array_equal(index, np.arange(index[0], index[0] + len(index))):
+        mark_into(w, name, shape, int(index[0]), key, amplitude, out)
+    else:
+        for i, row in enumerate(index):
+            mark_into(w[i:i + 1], name, shape, int(row), key, amplitude, out[i:i + 1])
     return out.numpy()
 
 
@@ -81,7 +89,7 @@ def mark_amplitude(cand: Checkpoint, ref: Checkpoint, key: KeySource, names: Ite
             continue
         n = min(rows, info.n_rows)
         w = ref.read_rows(name, 0, n).astype(np.float64)
-        unit = _marked(ref, name, key, 1.0, w).astype(np.float64) - w  # sigma_row(w) * k
+        unit = _marked(ref, name, key, 1.0, w, np.arange(n)).astype(np.float64) - w  # sigma_row(w) * k
         delta = cand.read_rows(name, 0, n).astype(np.float64) - w
         num += float(np.sum(delta * unit))
         den += float(np.sum(unit * unit))
@@ -108,7 +116,7 @@ def known_mark(cand: Checkpoint, ref: Checkpoint, key: KeySource, result: Compar
         return None
 
     def source(name: str) -> SourceMap:
-        return lambda rows: _marked(ref, name, key, amplitude, rows)
+        return lambda rows, index: _marked(ref, name, key, amplitude, rows, index)
 
     return KnownChange(f"client {key.label}'s watermark (amplitude {amplitude:.2g})", {n: source(n) for n in names})
 

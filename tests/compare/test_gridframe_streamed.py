@@ -27,7 +27,7 @@ def _whole_tensor_check(cand: Checkpoint, ref: Checkpoint, name: str, transform:
     lo, hi, stored = stored_cells(cand, cand.info(name))
     x = ref.read_rows(name).astype(np.float64)
     if source is not None:
-        x = source(x.astype(np.float32)).astype(np.float64)
+        x = source(x.astype(np.float32), np.arange(x.shape[0])).astype(np.float64)
     x = reference_in_frame(x, transform, lo, hi, stored)
     width = np.where(np.isfinite(hi - lo), hi - lo, 0.0)
     tol = GRID_TOLERANCE_STEPS * width

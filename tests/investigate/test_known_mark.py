@@ -11,12 +11,14 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from provenance.compare import CompareResult, compare
-from provenance.compare.known import judge_with_known_change
+from provenance.compare.known import judge_with_known_change, tensors_to_recheck
 from provenance.formats import open_checkpoint
 from provenance.investigate import Inputs, Investigation, run_investigation
+from provenance.progress import ProgressUpdate
 from provenance.quant.writer import quantize_model
 from provenance.synth.store import synth_model_path
 from provenance.watermark import DerivedKey, embed_checkpoint
@@ -110,3 +112,48 @@ def test_an_innocent_clients_mark_explains_nothing(files: dict[str, Path]) -> No
         change = known_mark(cand, ref, innocent, result)
         judged = result if change is None else judge_with_known_change(cand, ref, result, change)
     assert judged.verdict.kind == result.verdict.kind == "fine-tune"
+
+
+def test_the_second_pass_over_the_marked_matrices_reports_progress(files: dict[str, Path]) -> None:
+    """Judging again reads every changed matrix once more (minutes at 7B): each one is reported,
+    and investigate shows it as a task of its own with its total known up front."""
+    vendor = synth_model_path("synth-s00")
+    result = compare(files["mark + quantized"], vendor)
+    with open_checkpoint(files["mark + quantized"]) as cand, open_checkpoint(vendor) as ref:
+        change = known_mark(cand, ref, DerivedKey(SECRET, LEAKER), result)
+        assert change is not None
+        expected = tensors_to_recheck(cand, result, change)
+        seen: list[tuple[str, int]] = []
+        judge_with_known_change(cand, ref, result, change, progress=lambda name, n: seen.append((name, n)))
+        assert expected and [name for name, _ in seen] == expected
+        assert all(n == cand.info(name).n_bytes for name, n in seen)
+    updates: list[ProgressUpdate] = []
+    run_investigation(Inputs(str(files["mark + quantized"]), (str(vendor),), str(files["registry"])), updates.append)
+    task = [u for u in updates if "globex's mark" in u.task]
+    assert task and task[-1].total is not None and task[-1].done == task[-1].total > 0
+
+
+def test_the_mark_added_in_row_chunks_is_the_mark_of_those_rows(files: dict[str, Path]) -> None:
+    """The streamed check hands the change a chunk of rows at a time (and a permuted frame any
+    rows): the client's key stream is by row number, so each chunk must get its own rows' mark,
+    as the whole tensor would. Checked with 7-row chunks against one whole-tensor chunk."""
+    from provenance.compare.gridframe import check_in_candidate_frame
+
+    vendor = synth_model_path("synth-s00")
+    result = compare(files["mark + quantized"], vendor)
+    with open_checkpoint(files["mark + quantized"]) as cand, open_checkpoint(vendor) as ref:
+        change = known_mark(cand, ref, DerivedKey(SECRET, LEAKER), result)
+        assert change is not None
+        names = [n for n in tensors_to_recheck(cand, result, change) if cand.info(n).n_rows > 14]
+        assert names
+        for name in names:
+            whole = check_in_candidate_frame(cand, ref, name, None, change.sources[name],
+                                             chunk_rows=cand.info(name).n_rows)
+            chunked = check_in_candidate_frame(cand, ref, name, None, change.sources[name], chunk_rows=7)
+            assert (chunked.checked, chunked.outside) == (whole.checked, whole.outside), name
+            assert whole.outside <= whole.checked // 1000, name  # the marked reference explains the codes
+        rows = np.array([5, 0, 9])  # any rows, in any order: each its own row's mark
+        source = change.sources[names[0]]
+        full = ref.read_rows(names[0]).astype(np.float32)
+        marked = source(full, np.arange(full.shape[0]))
+        assert np.array_equal(source(full[rows], rows), marked[rows])
