@@ -87,15 +87,19 @@ def _row_with_change(cand: Checkpoint, ref: Checkpoint, row: TensorComparison, s
     was_changed = not unchanged(row)
     # a tensor inside its grid but for a few codes is only counted again (no shape to judge)
     sample = sample_rows(r_info, result.options) if was_changed else np.zeros(0, dtype=np.int64)
-    rows = ref.read_rows(row.name).astype(np.float32)
-    changed_ref = source(rows, np.arange(rows.shape[0]))
+
+    def changed_reference() -> np.ndarray:
+        # the whole changed tensor, only where it is used: the narrow-float path streams its own
+        rows = ref.read_rows(row.name).astype(np.float32)
+        return source(rows, np.arange(rows.shape[0]))
+
     if candidate_is_coarser(c_info, r_info):
-        check = _quantized_check(cand, row.name, changed_ref, sample) if c_info.block_size > 1 else None
+        check = _quantized_check(cand, row.name, changed_reference(), sample) if c_info.block_size > 1 else None
         if check is None:
             check = check_in_candidate_frame(cand, ref, row.name, None, source, sample_rows=sample)
         return with_check(row, check if was_changed else replace(check, shape=row.shape_of_change), "reference")
     return replace(row, shape_of_change=dense_shape(cand.read_rows(row.name)[sample].astype(np.float32),
-                                                    changed_ref[sample]))
+                                                    changed_reference()[sample]))
 
 
 def _to_recheck(cand: Checkpoint, row: TensorComparison, change: KnownChange) -> bool:
