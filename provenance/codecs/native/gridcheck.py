@@ -226,6 +226,25 @@ def _step_terms(sc, gap, valid, near):  # type: ignore[no-untyped-def]
 
 
 @inline
+def _clean_sse(x, g, p, has_offset, uniform, levels):  # type: ignore[no-untyped-def]
+    """``sum((clean - x)^2)`` over the block in index order (float64): the squared error of a
+    clean quantization, the predicted level where it is determined (:func:`_values`)."""
+    n_sub = g.scale.shape[0]
+    sub = x.shape[0] // n_sub
+    clean_sse = 0.0
+    for k in range(n_sub):
+        sc = g.scale[k]
+        off = g.offset[k] if has_offset else _F0
+        for j in range(k * sub, (k + 1) * sub):
+            c = g.code[j]
+            s = np.float32(c) if uniform else levels[c]
+            _, clean = _values(sc, off, s, p.level[j], p.valid[j], has_offset)
+            cd = np.float64(clean) - np.float64(x[j])
+            clean_sse += cd * cd
+    return clean_sse
+
+
+@inline
 def check_block(x, g, p, pa, has_alt, uniform, has_offset, tolerant,  # type: ignore[no-untyped-def]
                 levels, qmin, qmax, near_margin, counts, sums, dist):
     """Grid consistency and dequantization error of one block: reference ``x``, stored
@@ -241,7 +260,7 @@ def check_block(x, g, p, pa, has_alt, uniform, has_offset, tolerant,  # type: ig
     n_sub = g.scale.shape[0]
     sub = x.shape[0] // n_sub
     n_checked = n_mismatch = n_steps = 0
-    inv_step = near_inv = sse = ref_ss = clean_sse = abs_steps = 0.0
+    inv_step = near_inv = sse = ref_ss = abs_steps = 0.0
     max_abs = sums[MAX_ABS]
     for k in range(n_sub):
         sc = g.scale[k]
@@ -258,13 +277,11 @@ def check_block(x, g, p, pa, has_alt, uniform, has_offset, tolerant,  # type: ig
             mismatch = valid & (pl != s)
             margin, side_gap = _margin(u, pl, p.idx[j], uniform, levels, qmin, qmax)
             near = (margin >= _F0) & (margin < near_margin)
-            value, clean = _values(sc, off, s, pl, valid, has_offset)
+            value, _ = _values(sc, off, s, pl, valid, has_offset)
             r = np.float64(x[j])
             diff = np.float64(value) - r
-            cd = np.float64(clean) - r
             sse += diff * diff
             ref_ss += r * r
-            clean_sse += cd * cd
             max_abs = _nan_max(max_abs, abs(diff))
             if uniform:
                 n_usable += valid & finite_k
@@ -287,6 +304,10 @@ def check_block(x, g, p, pa, has_alt, uniform, has_offset, tolerant,  # type: ig
             near_inv += inv_k * n_near
             abs_steps += abs_diff / np.float64(step_k)
             n_steps += sub
+    # a clean quantization's values differ from the stored ones only at mismatches: without
+    # one in the block its squared errors are the stored ones', added in the same order, so
+    # clean_sse equals sse bit for bit and is summed again only where a mismatch occurred
+    clean_sse = sse if n_mismatch == 0 else _clean_sse(x, g, p, has_offset, uniform, levels)
     counts[N_WEIGHTS] += x.shape[0]
     counts[N_CHECKED] += n_checked
     counts[N_MISMATCH] += n_mismatch
