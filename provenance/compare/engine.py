@@ -325,6 +325,47 @@ def _add_candidate_grid_rows(grid: GridCheck, cand_reader: RowReader, raw: np.nd
         sample.keep_residual(grid.add(None, c_rows, ref_rows, local))
 
 
+class _PairReads:
+    """Where one pair's chunks come from: reference rows, candidate rows (streamed, gathered
+    through a row permutation, or cut from a whole reshaped tensor) and, for a ggml grid check,
+    the lossy side's stored bytes. In the common case (both sides streamed as stored) a chunk
+    is read into a :class:`SlotBuffers` slot, so the next one can be read and decoded on a
+    worker thread while this one is analysed (:func:`provenance.formats.prefetch.prefetched`);
+    a permuted or reshaped candidate and a packed layout's cells are read in turn."""
+
+    def __init__(self, ref_reader: RowReader, cand_reader: RowReader | None, full_cand: torch.Tensor | None,
+                 transform: Transform, grid: GridCheck | None, step: int) -> None:
+        self.ref_reader, self.cand_reader, self.full_cand, self.transform = ref_reader, cand_reader, full_cand, transform
+        lossy = grid.lossy if grid is not None else None
+        self.lossy_reader = (cand_reader if lossy == "candidate" else ref_reader) if grid is not None else None
+        self.needs_raw = grid is not None and grid.info.quantized and not isinstance(self.lossy_reader, PackedRowReader)
+        self.ahead = (cand_reader is not None and not transform.permutes_rows
+                      and not any(isinstance(r, PackedRowReader) for r in (ref_reader, cand_reader)))
+        self.ref_slots = SlotBuffers(ref_reader, step)
+        self.cand_slots = SlotBuffers(cand_reader, step) if cand_reader is not None else None
+        self.lossy_slots = self.cand_slots if lossy == "candidate" else self.ref_slots
+
+    def load(self, a: int, b: int, slot: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray | None]:
+        """Reference rows, candidate rows (before the transform's values) and the lossy side's
+        stored bytes (None unless a ggml grid is checked) of rows ``[a, b)``."""
+        if self.ahead:
+            assert self.cand_slots is not None and self.lossy_slots is not None
+            return (self.ref_slots.rows(slot, a, b), self.cand_slots.rows(slot, a, b),
+                    self.lossy_slots.raw(slot, a, b) if self.needs_raw else None)
+        ref_rows = self.ref_reader.read(a, b)
+        transform, full_cand, cand_reader = self.transform, self.full_cand, self.cand_reader
+        if full_cand is not None:
+            c_rows = full_cand[torch.from_numpy(transform.candidate_rows(a, b))] if transform.permutes_rows else full_cand[a:b]
+        elif transform.permutes_rows:
+            assert cand_reader is not None
+            c_rows = cand_reader.gather(transform.candidate_rows(a, b))
+        else:
+            assert cand_reader is not None
+            c_rows = cand_reader.read(a, b)
+        raw = self.lossy_reader.raw(a, b) if self.needs_raw and self.lossy_reader is not None else None
+        return ref_rows, c_rows, raw
+
+
 def _pair_sketches(pair: TensorPair, sketch: SketchSpec | tuple[np.ndarray, np.ndarray] | None, n_rows: int,
                    row_len: int) -> tuple[TensorSketch, TensorSketch] | None:
     """The reference's and the candidate's sketch of one tensor (None: not asked for / no part)."""
@@ -371,36 +412,10 @@ def stream_pair(
     # cell residuals of the sampled rows where the candidate is a ggml-quantized side (a packed
     # layout's cells come from its reader, checked whole: its change is judged on the plain delta)
     sample = _RowSample(sample_rows, n_rows, row_len, pair.is_matrix, lossy == "candidate" and not c_info.packed)
-    lossy_reader = (cand_reader if lossy == "candidate" else ref_reader) if grid is not None else None
-    needs_raw = grid is not None and grid.info.quantized and not isinstance(lossy_reader, PackedRowReader)
-    # the common case (both sides streamed as stored) reads and decodes the next chunk on a
-    # worker thread while this one is analysed (formats.prefetch); a permuted or reshaped
-    # candidate and a packed layout's cells are read in turn
-    ahead = (cand_reader is not None and not transform.permutes_rows
-             and not any(isinstance(r, PackedRowReader) for r in (ref_reader, cand_reader)))
-    ref_slots = SlotBuffers(ref_reader, step)
-    cand_slots = SlotBuffers(cand_reader, step) if cand_reader is not None else None
-    lossy_slots = cand_slots if lossy == "candidate" else ref_slots
-
-    def load(a: int, b: int, slot: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray | None]:
-        if ahead:
-            assert cand_slots is not None and lossy_slots is not None
-            return (ref_slots.rows(slot, a, b), cand_slots.rows(slot, a, b),
-                    lossy_slots.raw(slot, a, b) if needs_raw else None)
-        ref_rows = ref_reader.read(a, b)
-        if full_cand is not None:
-            c_rows = full_cand[torch.from_numpy(transform.candidate_rows(a, b))] if transform.permutes_rows else full_cand[a:b]
-        elif transform.permutes_rows:
-            assert cand_reader is not None
-            c_rows = cand_reader.gather(transform.candidate_rows(a, b))
-        else:
-            assert cand_reader is not None
-            c_rows = cand_reader.read(a, b)
-        return ref_rows, c_rows, lossy_reader.raw(a, b) if needs_raw and lossy_reader is not None else None
-
+    reads = _PairReads(ref_reader, cand_reader, full_cand, transform, grid, step)
     ranges = chunk_ranges(n_rows, step)
     try:
-        with closing(prefetched(ranges, load, ahead)) as chunks:
+        with closing(prefetched(ranges, reads.load, reads.ahead)) as chunks:
             for (a, b), (ref_rows, c_rows, raw) in zip(ranges, chunks, strict=True):
                 if stop is not None and stop():
                     raise StreamStopped(pair.name)

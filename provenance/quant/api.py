@@ -20,8 +20,8 @@ from provenance.errors import input_boundary
 from provenance.formats import open_checkpoint
 from provenance.formats.base import Checkpoint, TensorInfo
 from provenance.formats.packed_read import PackedRowReader
-from provenance.formats.prefetch import SlotBuffers, chunk_ranges, prefetched
 from provenance.formats.pairing import TensorPair, Unpaired, pair_tensors
+from provenance.formats.prefetch import SlotBuffers, chunk_ranges, prefetched
 from provenance.progress import Meter, ProgressCallback
 from provenance.quant.error import ErrorStats, error_stats
 from provenance.quant.frame_rows import FrameRows, rows_per_chunk
