@@ -226,6 +226,23 @@ def _step_terms(sc, gap, valid, near):  # type: ignore[no-untyped-def]
 
 
 @inline
+def _add_block(counts, sums, n_weights, n_checked, n_mismatch, n_steps,  # type: ignore[no-untyped-def]
+               inv_step, near_inv, sse, ref_ss, clean_sse, max_abs, abs_steps):
+    """A block's counts and sums into the kernel's accumulators (``max_abs`` replaces)."""
+    counts[N_WEIGHTS] += n_weights
+    counts[N_CHECKED] += n_checked
+    counts[N_MISMATCH] += n_mismatch
+    counts[N_STEPS] += n_steps
+    sums[INV_STEP] += inv_step
+    sums[NEAR_INV] += near_inv
+    sums[SSE] += sse
+    sums[REF_SS] += ref_ss
+    sums[CLEAN_SSE] += clean_sse
+    sums[MAX_ABS] = max_abs
+    sums[ABS_STEPS] += abs_steps
+
+
+@inline
 def _clean_sse(x, g, p, has_offset, uniform, levels):  # type: ignore[no-untyped-def]
     """``sum((clean - x)^2)`` over the block in index order (float64): the squared error of a
     clean quantization, the predicted level where it is determined (:func:`_values`)."""
@@ -308,17 +325,8 @@ def check_block(x, g, p, pa, has_alt, uniform, has_offset, tolerant,  # type: ig
     # one in the block its squared errors are the stored ones', added in the same order, so
     # clean_sse equals sse bit for bit and is summed again only where a mismatch occurred
     clean_sse = sse if n_mismatch == 0 else _clean_sse(x, g, p, has_offset, uniform, levels)
-    counts[N_WEIGHTS] += x.shape[0]
-    counts[N_CHECKED] += n_checked
-    counts[N_MISMATCH] += n_mismatch
-    counts[N_STEPS] += n_steps
-    sums[INV_STEP] += inv_step
-    sums[NEAR_INV] += near_inv
-    sums[SSE] += sse
-    sums[REF_SS] += ref_ss
-    sums[CLEAN_SSE] += clean_sse
-    sums[MAX_ABS] = max_abs
-    sums[ABS_STEPS] += abs_steps
+    _add_block(counts, sums, x.shape[0], n_checked, n_mismatch, n_steps, inv_step, near_inv, sse, ref_ss, clean_sse,
+               max_abs, abs_steps)
 
 
 @inline
@@ -384,17 +392,8 @@ def _check_uniform(x, g, p, pa, has_alt, has_offset, tolerant, qmin, qmax,  # ty
                     _count_mismatch(j, s, c, sc, p.u[j], pl, has_alt and pa.level[j] == s, p.tol[j] if tolerant else _NINF,
                                     True, NO_TABLE, counts, dist)
         clean_sse = _clean_sse(x, g, p, has_offset, True, NO_TABLE)
-    counts[N_WEIGHTS] += x.shape[0]
-    counts[N_CHECKED] += n_checked
-    counts[N_MISMATCH] += n_mismatch
-    counts[N_STEPS] += n_steps
-    sums[INV_STEP] += inv_step
-    sums[NEAR_INV] += near_inv
-    sums[SSE] += sse
-    sums[REF_SS] += ref_ss
-    sums[CLEAN_SSE] += clean_sse
-    sums[MAX_ABS] = np.nan if nan else max_abs
-    sums[ABS_STEPS] += abs_steps
+    _add_block(counts, sums, x.shape[0], n_checked, n_mismatch, n_steps, inv_step, near_inv, sse, ref_ss, clean_sse,
+               np.float64(np.nan) if nan else max_abs, abs_steps)
 
 
 GROUP_WEIGHTS = 256
