@@ -75,7 +75,8 @@ def _check_tensor(
     fitted: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> tuple[CheckCounts, ErrorStats]:
     """One tensor in row chunks: the reference decoded and the candidate's stored blocks read
-    into each reader's reused buffers (memory: one chunk of each, whatever the tensor)."""
+    into reused buffers, the next chunk on a worker thread while this one is checked (memory:
+    two chunks of each, whatever the tensor)."""
     info = cand.info(name)
     counts, errors = CheckCounts(), ErrorStats()
     stop_all = info.n_rows if max_rows is None else min(info.n_rows, max_rows)
