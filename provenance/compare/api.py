@@ -87,7 +87,7 @@ from provenance.compare.views import layer_view, vocabulary_view
 from provenance.errors import input_boundary
 from provenance.formats import open_checkpoint
 from provenance.formats.base import Checkpoint, TensorInfo
-from provenance.formats.vocabulary import checkpoint_vocabulary
+from provenance.formats.vocabulary import checkpoint_vocabulary, stored_token_list
 from provenance.hashing import CheckpointHashes, StreamedDigests
 from provenance.names.arch import ArchRecord
 from provenance.textsafe import safe_text
@@ -576,6 +576,9 @@ def _vocabulary(cand: Checkpoint, ref: Checkpoint) -> VocabularyChange | None:
     ec, er = cand.tensors.get("token_embd.weight"), ref.tensors.get("token_embd.weight")
     if rc is None or rr is None or ec is None or er is None or ec.shape[1] != er.shape[1]:
         return None
+    stored_c, stored_r = stored_token_list(cand), stored_token_list(ref)
+    if rc == rr and stored_c is not None and stored_r is not None and len(stored_c) >= rc and stored_c == stored_r:
+        return None  # the same stored list covering every row: pairing by id (what the lists would say)
     vc, vr = checkpoint_vocabulary(cand), checkpoint_vocabulary(ref)
     if vc is not None and vr is not None:
         by_string = pair_vocabularies(vc.tokens, vr.tokens, rc, rr)

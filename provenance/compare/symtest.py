@@ -32,8 +32,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.special import ndtr
-from scipy.stats import pearson3, rankdata, skew
+from scipy.special import gammainc, gammaincc, ndtr
 
 from provenance.compare.invariants import Circuit
 from provenance.compare.permgather import gather_permuted
@@ -52,6 +51,8 @@ def _average_ranks(x: np.ndarray) -> np.ndarray:
     stable sort rankdata uses is most of the cost of the test's per-layer scoring (6x the
     SIMD quicksort on 16K circuit entries). NaN: rankdata's answer (all NaN)."""
     if np.isnan(x).any():
+        from scipy.stats import rankdata  # only here: scipy.stats costs ~0.5 s to import
+
         return rankdata(x).astype(np.float64)
     order = np.argsort(x)
     y = x[order]
@@ -92,15 +93,54 @@ def conservative_skew(sample: np.ndarray) -> float:
     n = len(sample)
     if n < 3:
         return 0.0
-    return max(0.0, float(skew(sample, bias=False)) + math.sqrt(6.0 / n))
+    return max(0.0, sample_skew(sample) + math.sqrt(6.0 / n))
+
+
+# The two functions below are scipy.stats' ``skew(x, bias=False)`` and ``pearson3.sf`` for
+# the one case the test needs (a 1-D float64 sample, a scalar at loc 0 and scale 1), written
+# out with scipy.special so that ``compare`` does not import scipy.stats (~0.5 s of CPU per
+# process, most of it building the docstrings of its ~100 distributions). Same arithmetic in
+# the same order: tests/compare/test_symtest_moments.py holds them to scipy.stats bit for bit.
+
+def sample_skew(sample: np.ndarray) -> float:
+    """Bias-corrected sample skewness (``scipy.stats.skew(sample, bias=False)``); NaN when
+    the sample's second moment is zero to float64 precision."""
+    n = len(sample)
+    with np.errstate(all="ignore"):
+        mean = sample.mean(keepdims=True)
+        centred = sample - mean
+        m2 = (centred**2).mean()
+        m3 = (centred**2 * centred).mean()
+        if m2 <= (np.finfo(np.float64).eps * mean[0]) ** 2:
+            return math.nan
+        if n > 2:
+            return float(((n - 1.0) * n) ** 0.5 / (n - 2.0) * m3 / m2**1.5)
+        return float(m3 / m2**1.5)
 
 
 def pearson3_sf(z: float, gamma: float) -> float:
     """Upper tail of the standardised Pearson type III law with skewness ``gamma``
-    (the normal tail when ``gamma`` is 0)."""
-    if gamma <= 1e-6:
+    (the normal tail when ``gamma`` is 0).
+
+    For ``gamma > 0`` the law is a gamma law of shape ``alpha = 4 / gamma^2`` shifted and
+    scaled (``x = (y - alpha) / beta``, ``beta = 2 / gamma``), so its tail at ``z`` is
+    ``Q(alpha, beta (z - zeta))``, the regularised upper incomplete gamma function, and 1
+    below the law's lower end ``zeta = -2 / gamma`` (as scipy.stats.pearson3.sf)."""
+    if abs(gamma) < _NORMAL_SKEW:  # where scipy.stats.pearson3 uses the normal law itself
         return float(ndtr(-z))
-    return float(pearson3.sf(z, gamma))
+    beta = 2.0 / gamma
+    alpha = beta**2
+    zeta = 0.0 - alpha / beta
+    shifted = beta * (z - zeta)
+    if math.isnan(shifted):
+        return math.nan
+    if gamma < 0:  # mirrored: the law's upper end is zeta, its tail the lower gamma tail
+        return 0.0 if shifted <= 0 else float(gammainc(alpha, shifted))
+    return 1.0 if shifted <= 0 else float(gammaincc(alpha, shifted))
+
+
+#: scipy.stats.pearson3 treats ``|skew|`` below this as the normal law
+_NORMAL_SKEW = 0.000016
 
 
 class PermutationTest:
