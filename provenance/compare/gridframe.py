@@ -31,6 +31,7 @@ import torch
 
 from provenance.codecs.types import plain_type
 from provenance.compare.copies import GRID_OUTSIDE_MAX, unchanged
+from provenance.compare.narrowcells import INF_BITS, cell_test, count_outside
 from provenance.compare.result import DifferenceShape, TensorComparison
 from provenance.compare.shape import GRID_TOLERANCE_STEPS, cell_residual, grid_shape, rounding_cells
 from provenance.compare.transform import Transform
@@ -78,6 +79,15 @@ def stored_cells(cand: Checkpoint, info: TensorInfo, start: int = 0,
     return lo.double().numpy(), hi.double().numpy(), values.double().numpy()
 
 
+def _compiled_narrow(info: TensorInfo) -> torch.dtype | None:
+    """The 16-bit float type of a tensor the compiled cell test counts (:mod:`.narrowcells`)."""
+    plain = plain_type(info.dtype)
+    if info.block_size > 1 or plain is None or not plain.narrow_float:
+        return None
+    dtype = plain.torch_dtype()
+    return dtype if dtype in INF_BITS else None
+
+
 def check_in_candidate_frame(cand: Checkpoint, ref: Checkpoint, name: str, transform: Transform | None,
                              source: SourceMap | None = None, sample_rows: np.ndarray | None = None,
                              stop: int | None = None, chunk_rows: int | None = None) -> FrameCheck:
@@ -101,22 +111,31 @@ def check_in_candidate_frame(cand: Checkpoint, ref: Checkpoint, name: str, trans
     def cells(start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return stored_cells(cand, c_info, start, stop)
 
+    narrow = _compiled_narrow(c_info)
     with FrameRows(ref, name, transform, cells, n_rows, step, GRID_TOLERANCE_STEPS, source) as in_frame:
         for start in range(0, n_rows, step):
             end = min(n_rows, start + step)
-            lo, hi, _ = cells(start, end)
-            x = in_frame.rows(start, end).reshape(lo.shape)
-            width = np.where(np.isfinite(hi - lo), hi - lo, 0.0)
-            tol = GRID_TOLERANCE_STEPS * width
-            low, high = lo - tol, hi + tol
-            x16 = x.astype(np.float16).astype(np.float64)  # llama.cpp quantizes f16-rounded values too
-            inside = ((x >= low) & (x <= high)) | ((x16 >= low) & (x16 <= high))
-            checked, outside = checked + int(inside.size), outside + int((~inside).sum())
-            if picked is None:
-                picked = np.empty((6, len(sampled), *lo.shape[1:]))
             at, to = np.searchsorted(sampled, [start, end])
+            local = sampled[at:to] - start
+            if narrow is not None:
+                # a 16-bit float candidate: every weight counted in one compiled pass, the
+                # float64 cells built for the sampled rows only (the same counts and rows)
+                values = np.ascontiguousarray(cand.read_rows(name, start, end), dtype=np.float32)
+                x = in_frame.rows(start, end).reshape(values.shape)
+                checked, outside = checked + int(x.size), outside + count_outside(values, x, narrow)
+                lo, hi = (t.double().numpy() for t in rounding_cells(torch.from_numpy(values[local]), narrow))
+                x = x[local]
+                _, tol, x16, width = cell_test(x, lo, hi)
+                local = np.arange(len(local))
+            else:
+                lo, hi, _ = cells(start, end)
+                x = in_frame.rows(start, end).reshape(lo.shape)
+                inside, tol, x16, width = cell_test(x, lo, hi)  # x16: llama.cpp quantizes f16-rounded values too
+                checked, outside = checked + int(inside.size), outside + int((~inside).sum())
+            if picked is None:
+                picked = np.empty((6, len(sampled), *x.shape[1:]))
             for k, a in enumerate((x, lo, hi, tol, x16, width)):
-                np.take(a, sampled[at:to] - start, axis=0, out=picked[k, at:to])
+                np.take(a, local, axis=0, out=picked[k, at:to])
     shape = None
     if picked is not None and len(sampled):
         x, lo, hi, tol, x16, width = picked
