@@ -84,10 +84,11 @@ def cell_test(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray
     (llama.cpp quantizes f16-rounded values too) lies in ``[lo, hi]`` widened by the
     tolerance; also the tolerance, the f16 reading and the cell width (the shape of the
     change needs them)."""
-    width = np.where(np.isfinite(hi - lo), hi - lo, 0.0)
-    tol = GRID_TOLERANCE_STEPS * width
-    low, high = lo - tol, hi + tol
-    x16 = x.astype(np.float16).astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):  # infinite cells and f16 overflow are expected
+        width = np.where(np.isfinite(hi - lo), hi - lo, 0.0)
+        tol = GRID_TOLERANCE_STEPS * width
+        low, high = lo - tol, hi + tol
+        x16 = x.astype(np.float16).astype(np.float64)
     inside = ((x >= low) & (x <= high)) | ((x16 >= low) & (x16 <= high))
     return inside, tol, x16, width
 
