@@ -84,6 +84,7 @@ from provenance.compare.transform import Transform
 from provenance.compare.unitspace import relative_difference, unit_circuits
 from provenance.compare.verdict import alignment_words, decide, hidden_rotation, overall_rel_delta, rotated_relation
 from provenance.compare.views import layer_view, vocabulary_view
+from provenance.document import model_name
 from provenance.errors import input_boundary
 from provenance.formats import open_checkpoint
 from provenance.formats.base import Checkpoint, TensorInfo
@@ -561,7 +562,7 @@ def map_layers_onto(candidate: str | os.PathLike[str], references: list[str | os
                     sig_c = read_signatures(cand, spec, _own_heads(cand.architecture), opts.threads)
                 got = read_signatures(ref, spec, _own_heads(ref.architecture), opts.threads)
             sigs_r += got
-            sources += [os.path.basename(os.path.normpath(os.fspath(reference)))] * len(got)
+            sources += [model_name(reference)] * len(got)
     if not sig_c:
         return None
     table = distance_table(sig_c, sigs_r)
