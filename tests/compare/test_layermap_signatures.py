@@ -1,13 +1,15 @@
 """The layer map's signatures: circuits arranged for their spectra (KV-group sums, syrk) are the
 test's circuits up to float32 rounding, and the worker-thread count changes nothing
-(docs/lineage.md, "Structure evidence"). On the tiny Llama written by transformers
-(8 heads on 4 KV heads, so the group sums are exercised)."""
+(docs/lineage.md, "Structure evidence"). On a trained synth fine-tune (norm gains away from 1,
+so folding them after the product is exercised) and on the tiny Llama written by transformers,
+both with 8 heads on 4 KV heads (so the group sums are exercised)."""
 from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from provenance.compare.api import _own_heads, _sketch_spec
 from provenance.compare.invariants import circuits
@@ -15,6 +17,9 @@ from provenance.compare.layermap import read_signatures, read_sketches
 from provenance.compare.options import CompareOptions
 from provenance.compare.unitspace import unit_circuits
 from provenance.formats import open_checkpoint
+from tests.support.synth_models import synth_model
+
+MODELS = {"synth-s00-ft-medium": lambda _: Path(synth_model("synth-s00-ft-medium")), "hf-llama": lambda llama: llama}
 
 
 def _spec_and_heads(ckpt):  # type: ignore[no-untyped-def]
@@ -23,8 +28,9 @@ def _spec_and_heads(ckpt):  # type: ignore[no-untyped-def]
     return replace(_sketch_spec(ckpt, CompareOptions()), probe_tokens=None), heads
 
 
-def test_spectra_circuits_are_the_tests_circuits_up_to_float32_rounding(hf_llama: Path) -> None:
-    with open_checkpoint(hf_llama) as ckpt:
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_spectra_circuits_are_the_tests_circuits_up_to_float32_rounding(hf_llama: Path, model: str) -> None:
+    with open_checkpoint(MODELS[model](hf_llama)) as ckpt:
         spec, heads = _spec_and_heads(ckpt)
         layers = 0
         for layer, sketch in read_sketches(ckpt, spec):
@@ -36,7 +42,7 @@ def test_spectra_circuits_are_the_tests_circuits_up_to_float32_rounding(hf_llama
                 scale = float(np.abs(matrix).max())
                 assert scale > 0
                 np.testing.assert_allclose(fast[label], matrix, rtol=0, atol=2e-6 * scale, err_msg=f"{layer} {label}")
-            for label in ("gate", "unit_gg", "unit_ud"):  # syrk: exactly symmetric
+            for label in ("gate", "unit_gg", "unit_ud"):  # syrk, gains folded symmetrically: exactly symmetric
                 assert np.array_equal(fast[label], fast[label].T)
             layers += 1
         assert layers == ckpt.architecture.n_layer
