@@ -110,7 +110,7 @@ def run_case(spec: dict[str, Any], permutations: int = 999) -> dict[str, Any]:
             write_variant(cand, tensors, arch, spec.get("scheme"), spec["candidate"],
                           base_model=spec["reference"] if spec["kind"] == "derived" else None)
         reference = spec.get("reference_path") or model_path(spec["reference"])
-        result = compare(cand, reference, CompareOptions(permutations=permutations, threads=1, seed=0))
+        result = compare(cand, reference, CompareOptions(permutations=permutations, first_permutations=0, threads=1, seed=0))
         test = result.test
         structure = result.structure
         unit = structure.unit_test if structure else None
@@ -141,7 +141,7 @@ def _run_multi(spec: dict[str, Any], cand: str, permutations: int, start: float)
             cand = _quantized(cand, spec, tmp)
         refs = [model_path(r) for r in spec["references"]]
         base = model_path(spec["base"]) if spec.get("base") else None
-        many = compare_references(cand, refs, CompareOptions(permutations=permutations, threads=1, seed=0),
+        many = compare_references(cand, refs, CompareOptions(permutations=permutations, first_permutations=0, threads=1, seed=0),
                                   merge_base=base)
     tests = [r.test for r in many.results if r.test is not None]
     ps = [r.verdict.p_asymptotic for r in many.results]

@@ -56,7 +56,7 @@ def run_pair(spec: dict[str, Any]) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     start = time.perf_counter()
-    opts = CompareOptions(permutations=999, threads=1, seed=0)
+    opts = CompareOptions(permutations=999, first_permutations=0, threads=1, seed=0)
     with tempfile.TemporaryDirectory() as tmp:
         cand = model_path(spec["candidate"])
         if spec.get("rotated"):

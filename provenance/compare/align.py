@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from provenance.compare.invariants import HeadLayout
 from provenance.compare.sketch import Sketch
@@ -164,6 +163,10 @@ def _assign(sim: np.ndarray, perm: np.ndarray | None = None,
     if perm is None:
         perm = _dominant_perm(sim)
     if perm is None:
+        # imported here: scipy.optimize costs ~0.3 s per process, and most comparisons
+        # never get here (the identity or a dominant permutation decides)
+        from scipy.optimize import linear_sum_assignment
+
         rows, cols = linear_sum_assignment(sim, maximize=True)
         perm = cols[np.argsort(rows)]
     best = float(sim[np.arange(n), perm].sum())

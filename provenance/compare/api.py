@@ -88,7 +88,7 @@ from provenance.document import model_name
 from provenance.errors import input_boundary
 from provenance.formats import open_checkpoint
 from provenance.formats.base import Checkpoint, TensorInfo
-from provenance.formats.vocabulary import checkpoint_vocabulary
+from provenance.formats.vocabulary import checkpoint_vocabulary, stored_token_list
 from provenance.hashing import CheckpointHashes, StreamedDigests
 from provenance.names.arch import ArchRecord
 from provenance.textsafe import safe_text
@@ -273,7 +273,8 @@ class _Lineage:
         self.unit_test: PermutationTest | None = None
         if test is not None and spec.units is not None and len(spec.units):
             # its own draws (a separate seed): the two tests' nulls are independent
-            self.unit_test = PermutationTest(len(spec.units), opts.permutations, opts.seed + 7)
+            self.unit_test = PermutationTest(len(spec.units), opts.permutations, opts.seed + 7,
+                                             opts.first_permutations)
         self.align_now = test is None  # alignment-only pass: align every layer
         self.remaining: dict[int | None, int] = {}
         self.group_pairs: dict[int | None, list[TensorPair]] = {}
@@ -485,7 +486,8 @@ def _one_pass(cand: Checkpoint, ref: Checkpoint, opts: CompareOptions,
     lineage: _Lineage | None = None
     if reason is None:
         mismatched = [u.name for u in pairing.unpaired if u.reason == "shape-mismatch"]
-        lineage = _Lineage(cand, ref, pairs, spec, heads, opts, PermutationTest(len(residual), opts.permutations, opts.seed),
+        residual_test = PermutationTest(len(residual), opts.permutations, opts.seed, opts.first_permutations)
+        lineage = _Lineage(cand, ref, pairs, spec, heads, opts, residual_test,
                            side_heads=(_own_heads(arch_r), _own_heads(arch_c)), sketch_only=mismatched)
     digests = StreamedDigests(cand, _streamed_in_order(cand, pairs)) if hashes else None
     try:
@@ -577,6 +579,9 @@ def _vocabulary(cand: Checkpoint, ref: Checkpoint) -> VocabularyChange | None:
     ec, er = cand.tensors.get("token_embd.weight"), ref.tensors.get("token_embd.weight")
     if rc is None or rr is None or ec is None or er is None or ec.shape[1] != er.shape[1]:
         return None
+    stored_c, stored_r = stored_token_list(cand), stored_token_list(ref)
+    if rc == rr and stored_c is not None and stored_r is not None and len(stored_c) >= rc and stored_c == stored_r:
+        return None  # the same stored list covering every row: pairing by id (what the lists would say)
     vc, vr = checkpoint_vocabulary(cand), checkpoint_vocabulary(ref)
     if vc is not None and vr is not None:
         by_string = pair_vocabularies(vc.tokens, vr.tokens, rc, rr)
@@ -709,7 +714,10 @@ def derotated_test(cand: Checkpoint, ref: Checkpoint, rotation: np.ndarray, opts
     """The residual-permutation test (and alignment) on ``cand`` carried back by ``rotation``
     (``E_cand ~ E_ref rotation``, read from the embedding rows alone); None without circuits."""
     # layers only: the rotation was fitted on the embedding rows, whose circuit would match by construction
-    run = _one_pass(RotatedView(cand, rotation, layers_only=True), ref, replace(opts, grid_check=False), None)
+    # all permutations at once: its z is held to a gate (verdict.DEROTATED_Z_MIN), which a first
+    # stage's estimate must not decide
+    run = _one_pass(RotatedView(cand, rotation, layers_only=True), ref,
+                    replace(opts, grid_check=False, first_permutations=0), None)
     if run.test is None:
         return None
     mats = [r for r in (_row(o) for o in run.outcomes) if r.is_matrix]

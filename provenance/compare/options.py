@@ -15,6 +15,10 @@ class CompareOptions:
     permutations: int = option(999, "Residual permutations for the exact p-value (floor 1/(N+1)).",
                                range=(19, 1_000_000))
     """Residual permutations for the exact p-value (its floor is 1 / (permutations + 1))."""
+    first_permutations: int = 99
+    """Permutations drawn first: the test stops there when every statistic (the model's and
+    each layer's) lies at least ``symtest.FAR_Z`` null sds beyond the null mean, and draws
+    the rest otherwise (docs/lineage.md, "Two stages"); 0 draws all of them at once."""
     seed: int = seed_option()
     """Seed of the permutations and of the residual/token/row samples (results are reproducible)."""
     max_residual: int = option(128, "Residual coordinates sampled for the test and alignment.", range=(8, 1 << 16))

@@ -88,6 +88,9 @@ class PermutationTestResult:
     layers: tuple[LayerTest, ...] = ()
     null_sample: tuple[float, ...] = field(default=(), repr=False)
     """The first permuted statistics (for the null histogram)."""
+    permutations_planned: int | None = None
+    """The permutations asked for when the test stopped after its first ``permutations``
+    (decided far from every threshold: :data:`provenance.compare.symtest.FAR_Z`); else None."""
 
     @property
     def p_exact_floor(self) -> float:
@@ -99,7 +102,8 @@ class PermutationTestResult:
             "value": self.statistic, "z": self.z,
             "p_exact": self.p_exact, "p_exact_floor": self.p_exact_floor,
             "p_asymptotic": self.p_asymptotic, "asymptotic_assumption": self.ASSUMPTION,
-            "permutations": self.permutations, "perm_mean": self.perm_mean, "perm_sd": self.perm_sd,
+            "permutations": self.permutations, "permutations_planned": self.permutations_planned,
+            "perm_mean": self.perm_mean, "perm_sd": self.perm_sd,
             "layers": [layer.to_dict() for layer in self.layers], "circuits": [c.to_dict() for c in self.circuits],
         }
 

@@ -452,8 +452,10 @@ def _decide(  # noqa: C901 (one decision list, each step a rule of docs/lineage.
     p = _fmt_p(test.p_asymptotic)
     stats = {"p_exact": test.p_exact, "p_asymptotic": test.p_asymptotic, "z": test.z}
     transforms: list[str] = []
+    drawn = (f"{test.permutations} of {test.permutations_planned} permutations: decided far from every threshold"
+             if test.permutations_planned else f"{test.permutations} permutations")
     evidence = [f"residual-permutation test: z = {test.z:.1f}, asymptotic p = {p}, exact p = {test.p_exact:.3g} "
-                f"({test.permutations} permutations, floor {test.p_exact_floor:.3g})"]
+                f"({drawn}, floor {test.p_exact_floor:.3g})"]
 
     def verdict(kind: VerdictKind, related: bool | None, description: str, summary: str | None = None,
                 details: RequantizationDetails | ChangeDetails | CopyDetails | None = None) -> LineageVerdict:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from itertools import chain
+from itertools import chain, repeat
 from typing import Any
 
 from provenance.errors import MalformedCheckpoint
@@ -276,6 +276,28 @@ class Obj(Spec):
                 raise SchemaViolation((*where, key), f"unexpected key (expected only {', '.join(sorted(fields))})")
             spec.check(item, (*where, key))
         return value
+
+    def fast(self, values: list[Any]) -> bool:
+        # a list of small objects (a large vocabulary's ~6,000 added tokens): each field's
+        # values gathered by C loops and checked in one pass, not one walk per object
+        if not set(map(type, values)) <= {dict}:
+            return False
+        if self.others is not None and self.others is not ANY:
+            return False
+        if max(map(len, values), default=0) > self.max_keys:
+            return False
+        if self.others is None and not set().union(*map(dict.keys, values)) <= self.fields.keys():
+            return False
+        for key, spec in self.fields.items():
+            found = list(map(dict.get, values, repeat(key), repeat(_ABSENT)))
+            present = [item for item in found if item is not _ABSENT]
+            if (key in self.required and len(present) != len(values)) or not spec.fast(present):
+                return False
+        return True
+
+
+_ABSENT = object()
+"""A key missing from an object (``None`` is JSON's null)."""
 
 
 @dataclass(frozen=True)

@@ -173,6 +173,16 @@ def vocabulary_from_gguf_metadata(metadata: Mapping[str, Any], where: str = "ggu
     )
 
 
+def stored_token_list(checkpoint: Checkpoint) -> GGUFArray | None:
+    """The GGUF string array :func:`checkpoint_vocabulary` would read its tokens from, unread
+    (None when the checkpoint's vocabulary comes from anywhere else): two of them compare
+    byte for byte without decoding 262k tokens into Python objects."""
+    if isinstance(getattr(checkpoint, "vocabulary", None), Vocabulary):
+        return None
+    tokens = checkpoint.metadata.get("tokenizer.ggml.tokens")
+    return tokens if isinstance(tokens, GGUFArray) and tokens.element_type.name == "STRING" else None
+
+
 def checkpoint_vocabulary(checkpoint: Checkpoint) -> Vocabulary | None:
     """A checkpoint's own tokenizer: its GGUF metadata, the vocabulary a tokenizer-only
     reader parsed, or the tokenizer files beside an HF model (``tokenizer.json``, else

@@ -73,9 +73,16 @@ def test_one_of_names_the_field_of_the_option_that_got_deepest() -> None:
     assert violation("neither", spec).field == "doc"
 
 
-@pytest.mark.parametrize("spec", [Int(0, 5), Num(0, 5), Str(8), BOOL, NULL, Pair(Str(4), Str(4)), OneOf((Str(4), Int(0, 5)))])
+ADDED_TOKEN = Obj({"id": Int(0, 9), "content": Str(4)}, required=frozenset({"id", "content"}))
+
+
+@pytest.mark.parametrize("spec", [Int(0, 5), Num(0, 5), Str(8), BOOL, NULL, Pair(Str(4), Str(4)), OneOf((Str(4), Int(0, 5))),
+                                  ADDED_TOKEN, Obj({"a": Int(0, 5)}, others=None), Obj({"a": Int(0, 5)}, others=Int(0, 1)),
+                                  Obj({"a": Int(0, 5)}, max_keys=1)])
 def test_fast_paths_agree_with_the_item_by_item_walk(spec: object) -> None:
-    samples = [0, 5, 6, -1, 2.5, True, None, "", "abcd", "abcdefghi", ["a", "b"], ["a", 1], [], {"a": 1}]
+    samples = [0, 5, 6, -1, 2.5, True, None, "", "abcd", "abcdefghi", ["a", "b"], ["a", 1], [], {"a": 1},
+               {"a": 7}, {"a": 1, "b": 2}, {}, {"id": 1, "content": "x"}, {"id": 1}, {"id": True, "content": "x"},
+               {"content": "abcdefghi", "id": 2}, {"id": 3, "content": "y", "special": True}, {"a": None}]
     for size in (1, 3):
         for start in range(len(samples) - size + 1):
             values = samples[start:start + size]
@@ -87,6 +94,16 @@ def test_fast_paths_agree_with_the_item_by_item_walk(spec: object) -> None:
                 walked = False
             if spec.fast(values):  # type: ignore[attr-defined]
                 assert walked, values  # fast may say no to a valid list (then the walk decides), never yes to a bad one
+
+
+def test_a_list_of_small_objects_is_checked_in_one_pass() -> None:
+    """~6,000 added tokens pass without a walk per object; a bad one is still named by the walk."""
+    tokens = [{"id": i % 10, "content": "t", "special": False} for i in range(6000)]
+    assert ADDED_TOKEN.fast(tokens) and ADDED_TOKEN.fast([])
+    tokens[4321] = {"id": 3, "content": "abcdefgh"}
+    assert not ADDED_TOKEN.fast(tokens)
+    error = violation(tokens, ListOf(ADDED_TOKEN, 10_000))
+    assert error.field == "[4321].content" and "exceeds the cap" in error.message
 
 
 TRANSFORMERS_CONFIGS = ["LlamaConfig", "MistralConfig", "MixtralConfig", "Qwen2Config", "Qwen2MoeConfig", "GemmaConfig",
