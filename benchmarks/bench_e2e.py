@@ -1,7 +1,7 @@
 """The whole job a user runs, end to end at real size, against the disk floor measured in the same run.
 
     python benchmarks/bench_e2e.py [--shape 7b|70b] [--layers N] [--cache-dir DIR] [--reps 1]
-                                   [--threads 2] [--json out.json] [--skip STEP,...]
+                                   [--threads 2] [--json out.json] [--skip STEP,...] [--baseline CHECKOUT]
 
 Every command runs as a user runs it: ``python -m provenance.cli ...`` in a fresh process
 (progress lines on), the page cache of every file it reads dropped first with
@@ -14,7 +14,9 @@ refuses, or the following read still runs at page-cache speed, the table says so
 * ``quantize --type Q4_K_M`` against llama.cpp's own quantizer (llama-cpp-python built in
   ``.cache/llamacpp``, same thread count) on the reference; the outputs must be byte-identical;
 * ``quantize --type Q8_0``, then ``compare`` of that Q8_0 candidate with the reference (grid
-  check on, the default) and ``quantcheck`` of it;
+  check on, the default) and ``quantcheck`` of it; with ``--baseline CHECKOUT`` each of these two
+  runs first with that checkout's code (``python -m provenance.cli`` in it), then with this one's,
+  and their JSON reports must agree (timings and paths aside);
 * ``watermark detect`` of the marked copy (one client, with the reference), ``watermark trace``
   with the 10- and 100-client registries (the marked client among them);
 * ``investigate`` of the marked copy with the reference and the 10-client registry (floor:
@@ -123,10 +125,49 @@ def summary(stderr: str) -> str:
     return lines[-1][:70] if lines else ""
 
 
-def step(name: str, args: list[str], reads: list[Path], reps: int, env: dict[str, str]) -> Step:
+def step(name: str, args: list[str], reads: list[Path], reps: int, env: dict[str, str], cwd: Path | None = None) -> Step:
     s = Step(name, reads)
-    s.verdict = summary(measure(s, provenance_cmd(*args), reps, env))
+    s.verdict = summary(measure(s, provenance_cmd(*args), reps, env, cwd))
     return s
+
+
+def with_baseline(name: str, args: list[str], reads: list[Path], run_args: argparse.Namespace, env: dict[str, str],
+                  steps: list[Step]) -> None:
+    """One step, preceded by the same command on ``--baseline``'s checkout (same inputs, same
+    minutes, cold both times); each writes its JSON report, and the two documents must say the
+    same (everything but file paths and timings), which the table's outcome says."""
+    if run_args.baseline is None:
+        steps.append(step(name, args, reads, run_args.reps, env))
+        return
+    outputs = []
+    for label, cwd in (("baseline", run_args.baseline), ("this checkout", None)):
+        out = WORK / f"report-{label.replace(' ', '-')}"
+        shutil.rmtree(out, ignore_errors=True)
+        steps.append(step(f"{name} [{label}]", [*args, "-o", str(out)], reads, run_args.reps, env, cwd))
+        outputs.append(out)
+    same = _same_reports(*outputs)
+    steps[-1].verdict = f"{'same report as baseline' if same else 'REPORT DIFFERS FROM BASELINE'}; {steps[-1].verdict}"
+    print(f"  reports: {'the same' if same else 'DIFFERENT'}", flush=True)
+    for out in outputs:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+_VOLATILE = ("timing", "seconds", "elapsed", "time", "created", "generated", "version")
+
+
+def _same_reports(a: Path, b: Path) -> bool:
+    """Whether two report folders' JSON documents agree, timings, versions and file paths aside."""
+    def strip(value: object) -> object:
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if not any(word in k.lower() for word in _VOLATILE)
+                    and not (isinstance(v, str) and os.sep in v)}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+
+    names = sorted(p.name for p in a.glob("*.json"))
+    return bool(names) and names == sorted(p.name for p in b.glob("*.json")) and all(
+        strip(json.loads((a / n).read_text())) == strip(json.loads((b / n).read_text())) for n in names)
 
 
 def embed_step(files: dict[str, Path], out: Path, args: argparse.Namespace, env: dict[str, str]) -> Step | None:
@@ -173,11 +214,11 @@ def q8_steps(reference: Path, args: argparse.Namespace, env: dict[str, str], ste
         steps.append(step("quantize Q8_0 (provenance)", ["quantize", str(reference), str(q8), "--type", "Q8_0",
                                                          "--threads", threads], [reference], 1, env))
         if "compare" not in args.skip:
-            steps.append(step("compare Q8_0 vs F16 (grid check)", ["compare", str(q8), str(reference), "--threads", threads],
-                              [q8, reference], args.reps, env))
+            with_baseline("compare Q8_0 vs F16 (grid check)", ["compare", str(q8), str(reference), "--threads", threads],
+                          [q8, reference], args, env, steps)
         if "quantcheck" not in args.skip:
-            steps.append(step("quantcheck Q8_0 -r F16", ["quantcheck", str(q8), "-r", str(reference), "--threads", threads],
-                              [q8, reference], args.reps, env))
+            with_baseline("quantcheck Q8_0 -r F16", ["quantcheck", str(q8), "-r", str(reference), "--threads", threads],
+                          [q8, reference], args, env, steps)
     finally:
         q8.unlink(missing_ok=True)
 
@@ -242,11 +283,13 @@ def main() -> None:
     ap.add_argument("--registries", type=lambda t: [int(n) for n in t.split(",")], default=[10, 100],
                     help="trace with the registries of these sizes (10 and/or 100 clients)")
     ap.add_argument("--json", help="write the results here too")
+    ap.add_argument("--baseline", type=Path, default=None, help="a checkout (e.g. a worktree of main) whose compare and "
+                    "quantcheck run just before this one's, on the same files; their reports must agree")
     args = ap.parse_args()
     layers = args.layers or SHAPES[args.shape].layers
     WORK.mkdir(parents=True, exist_ok=True)
     quant_bench.CACHE.mkdir(parents=True, exist_ok=True)  # its run() keeps the last stderr there
-    files = cache_files(args.cache_dir, args.shape, layers)
+    files = cache_files(args.cache_dir.resolve(), args.shape, layers)  # absolute: a baseline runs in its own folder
     print(f"disk: {shutil.disk_usage(WORK).free / 1e9:.0f} GB free; cpus: {os.cpu_count()}; load {os.getloadavg()}", flush=True)
     prepare_inputs(files, args.shape, layers)
     env = {**os.environ, "PROVENANCE_PROGRESS_SECONDS": "30", "OMP_WAIT_POLICY": "PASSIVE"}

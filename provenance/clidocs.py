@@ -49,8 +49,10 @@ defaults below are the Python API's defaults too:
 - `--seed N`: the seed of every random draw (permutations, samples, decoy keys); same seed, same result.
 - `--precision auto|f32|f16|bf16`: what the quantizer saw (quantcheck, watermark detect/trace/analyze).
 - Long commands (quantize, quantcheck, compare, inspect --hashes, scan) show progress on stderr: a bar on a
-  terminal, else a plain line every `PROVENANCE_PROGRESS_SECONDS` seconds (default 10). Ctrl-C stops
-  them and removes any partial output.
+  terminal, else a plain line every `PROVENANCE_PROGRESS_SECONDS` seconds (default 10); a phase that
+  reports nothing for that long (a test computed after a pass) still gets a line, the task last heard
+  from and how long ago (`..., last step 12s ago`), so no stretch is silent for more than an interval.
+  Ctrl-C stops them and removes any partial output.
 - `-o/--output`: where results go (a directory for commands that write several files, else a file);
   `--json`: the JSON document on stdout instead of the human summary.
 - `--refdb DIR`: the reference database (identify, investigate, refdb).

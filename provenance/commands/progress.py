@@ -8,11 +8,18 @@ to print one, a last line when it ends::
     provenance: quantize 41% 2.7/6.6 GB 180 MB/s ETA 21s
     provenance: quantize done 6.6 GB in 37s (180 MB/s)
 
-so a long run is visibly alive without filling a log with carriage returns.
+so a long run is visibly alive without filling a log with carriage returns. A phase that
+reports nothing for a whole interval (a test computed after a pass, the start of the next
+one) still gets a line: the task last heard from, and how long ago::
+
+    provenance: lineage vs base.gguf 100% 27.0/27.0 GB, last step 12s ago
+
+so no stretch of a run is silent for more than an interval.
 """
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,6 +33,8 @@ from provenance.textsafe import safe_text
 
 DEFAULT_INTERVAL_S = 10.0
 INTERVAL_ENV = "PROVENANCE_PROGRESS_SECONDS"
+MIN_HEARTBEAT_S = 1.0
+"""The heartbeat wakes at most this often (an interval of 0 prints every update already)."""
 
 
 def _interval() -> float:
@@ -93,23 +102,46 @@ class PlainLines:
         self.started: dict[str, float] = {}
         self.last: dict[str, ProgressUpdate] = {}
         self.printed: dict[str, float] = {}
+        self.heard: dict[str, float] = {}
+        """When each task last reported."""
+        self.said = time.monotonic()
+        """When any line was last printed."""
+        self.lock = threading.Lock()  # updates come from worker threads, ticks from the heartbeat
 
     def _say(self, text: str) -> None:
+        self.said = time.monotonic()
         self.console.print(f"provenance: {safe_text(text)}", markup=False, highlight=False, soft_wrap=True)
 
     def __call__(self, update: ProgressUpdate) -> None:
-        now = time.monotonic()
-        start = self.started.setdefault(update.task, now)
-        self.last[update.task] = update
-        if now - self.printed.get(update.task, start) >= self.interval and update.done:
-            self.printed[update.task] = now
-            self._say(plain_line(update, now - start))
+        with self.lock:
+            now = time.monotonic()
+            start = self.started.setdefault(update.task, now)
+            self.last[update.task] = update
+            self.heard[update.task] = now
+            if now - self.printed.get(update.task, start) >= self.interval and update.done:
+                self.printed[update.task] = now
+                self._say(plain_line(update, now - start))
+
+    def tick(self, now: float | None = None) -> None:
+        """The heartbeat: when nothing was printed for an interval, a line for the task last
+        heard from, saying how long ago that was (a phase without updates of its own)."""
+        with self.lock:
+            now = time.monotonic() if now is None else now
+            if not self.heard or now - self.said < self.interval:
+                return
+            task = max(self.heard, key=self.heard.__getitem__)
+            update = self.last[task]
+            self.printed[task] = now
+            line = plain_line(update, self.heard[task] - self.started[task])
+            self._say(f"{line}, last step {format_seconds(now - self.heard[task])} ago")
+            self.said = now
 
     def close(self) -> None:
-        now = time.monotonic()
-        for task, update in self.last.items():
-            if task in self.printed:
-                self._say(done_line(update, now - self.started[task]))
+        with self.lock:
+            now = time.monotonic()
+            for task, update in self.last.items():
+                if task in self.printed:
+                    self._say(done_line(update, now - self.started[task]))
 
 
 class RichBars:
@@ -144,7 +176,17 @@ def progress_display(console: Console = stderr_console) -> Iterator[ProgressCall
             yield bars
         return
     lines = PlainLines(console, _interval())
+    stop = threading.Event()
+
+    def heartbeat() -> None:
+        while not stop.wait(max(lines.interval, MIN_HEARTBEAT_S)):
+            lines.tick()
+
+    beat = threading.Thread(target=heartbeat, name="provenance-progress", daemon=True)
+    beat.start()
     try:
         yield lines
     finally:
+        stop.set()
+        beat.join()  # its last line, if any, before the done lines
         lines.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,7 @@ from provenance.compare.stats import PairAccumulator, PairStats, effective_rank
 from provenance.compare.transform import Transform
 from provenance.formats.base import Checkpoint, TensorInfo
 from provenance.formats.packed_read import PackedRowReader
+from provenance.formats.prefetch import SlotBuffers, chunk_ranges, prefetched
 from provenance.formats.rows import RowReader
 
 
@@ -296,29 +298,72 @@ def _grid_check(c_info: TensorInfo, r_info: TensorInfo, threads: int = 1) -> Gri
     return GridCheck(lossy, lossy_info, threads, other_f16=other_info.dtype == "F16")
 
 
-def _add_grid_rows(grid: GridCheck, lossy_reader: RowReader, a: int, b: int, lossy_rows: torch.Tensor,
-                   other_rows: torch.Tensor) -> None:
-    """Rows ``[a, b)`` of the lossy side (just read by ``lossy_reader``) into the grid check:
-    a packed layout's cells come from its reader, a ggml type's from its stored blocks."""
+def _add_grid_rows(grid: GridCheck, lossy_reader: RowReader, raw: np.ndarray | None, a: int, b: int,
+                   lossy_rows: torch.Tensor, other_rows: torch.Tensor) -> None:
+    """Rows ``[a, b)`` of the lossy side into the grid check: a packed layout's cells come
+    from its reader, a ggml type's from its stored blocks ``raw`` (None for a narrow float)."""
     if isinstance(lossy_reader, PackedRowReader):
         grid.add_cells(other_rows, *lossy_reader.cells(a, b))
     else:
-        grid.add(lossy_reader.raw(a, b) if grid.info.quantized else None, lossy_rows, other_rows)
+        grid.add(raw, lossy_rows, other_rows)
 
 
-def _add_candidate_grid_rows(grid: GridCheck, cand_reader: RowReader, sample: _RowSample, local: torch.Tensor | None,
-                             a: int, b: int, c_rows: torch.Tensor, ref_rows: torch.Tensor) -> None:
+def _add_candidate_grid_rows(grid: GridCheck, cand_reader: RowReader, raw: np.ndarray | None, sample: _RowSample,
+                             local: torch.Tensor | None, a: int, b: int, c_rows: torch.Tensor,
+                             ref_rows: torch.Tensor) -> None:
     """Rows ``[a, b)`` into the grid check of a lossy candidate: a packed layout's cells from its
-    reader; a ggml type's counts now and its sampled rows' stored bytes kept, their residuals
-    computed once at the end (:meth:`_RowSample.stored_residual`); a narrow float's residuals here."""
+    reader; a ggml type's counts now (its stored blocks ``raw``) and its sampled rows' stored
+    bytes kept, their residuals computed once at the end (:meth:`_RowSample.stored_residual`);
+    a narrow float's residuals here."""
     if isinstance(cand_reader, PackedRowReader):
-        _add_grid_rows(grid, cand_reader, a, b, c_rows, ref_rows)
+        _add_grid_rows(grid, cand_reader, None, a, b, c_rows, ref_rows)
     elif grid.info.quantized:
-        raw = cand_reader.raw(a, b)
+        assert raw is not None
         grid.add(raw, c_rows, ref_rows)
         sample.keep_raw(raw, local)
     else:
         sample.keep_residual(grid.add(None, c_rows, ref_rows, local))
+
+
+class _PairReads:
+    """Where one pair's chunks come from: reference rows, candidate rows (streamed, gathered
+    through a row permutation, or cut from a whole reshaped tensor) and, for a ggml grid check,
+    the lossy side's stored bytes. In the common case (both sides streamed as stored) a chunk
+    is read into a :class:`SlotBuffers` slot, so the next one can be read and decoded on a
+    worker thread while this one is analysed (:func:`provenance.formats.prefetch.prefetched`);
+    a permuted or reshaped candidate and a packed layout's cells are read in turn."""
+
+    def __init__(self, ref_reader: RowReader, cand_reader: RowReader | None, full_cand: torch.Tensor | None,
+                 transform: Transform, grid: GridCheck | None, step: int) -> None:
+        self.ref_reader, self.cand_reader, self.full_cand, self.transform = ref_reader, cand_reader, full_cand, transform
+        lossy = grid.lossy if grid is not None else None
+        self.lossy_reader = (cand_reader if lossy == "candidate" else ref_reader) if grid is not None else None
+        self.needs_raw = grid is not None and grid.info.quantized and not isinstance(self.lossy_reader, PackedRowReader)
+        self.ahead = (cand_reader is not None and not transform.permutes_rows
+                      and not any(isinstance(r, PackedRowReader) for r in (ref_reader, cand_reader)))
+        self.ref_slots = SlotBuffers(ref_reader, step)
+        self.cand_slots = SlotBuffers(cand_reader, step) if cand_reader is not None else None
+        self.lossy_slots = self.cand_slots if lossy == "candidate" else self.ref_slots
+
+    def load(self, a: int, b: int, slot: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray | None]:
+        """Reference rows, candidate rows (before the transform's values) and the lossy side's
+        stored bytes (None unless a ggml grid is checked) of rows ``[a, b)``."""
+        if self.ahead:
+            assert self.cand_slots is not None and self.lossy_slots is not None
+            return (self.ref_slots.rows(slot, a, b), self.cand_slots.rows(slot, a, b),
+                    self.lossy_slots.raw(slot, a, b) if self.needs_raw else None)
+        ref_rows = self.ref_reader.read(a, b)
+        transform, full_cand, cand_reader = self.transform, self.full_cand, self.cand_reader
+        if full_cand is not None:
+            c_rows = full_cand[torch.from_numpy(transform.candidate_rows(a, b))] if transform.permutes_rows else full_cand[a:b]
+        elif transform.permutes_rows:
+            assert cand_reader is not None
+            c_rows = cand_reader.gather(transform.candidate_rows(a, b))
+        else:
+            assert cand_reader is not None
+            c_rows = cand_reader.read(a, b)
+        raw = self.lossy_reader.raw(a, b) if self.needs_raw and self.lossy_reader is not None else None
+        return ref_rows, c_rows, raw
 
 
 def _pair_sketches(pair: TensorPair, sketch: SketchSpec | tuple[np.ndarray, np.ndarray] | None, n_rows: int,
@@ -367,31 +412,24 @@ def stream_pair(
     # cell residuals of the sampled rows where the candidate is a ggml-quantized side (a packed
     # layout's cells come from its reader, checked whole: its change is judged on the plain delta)
     sample = _RowSample(sample_rows, n_rows, row_len, pair.is_matrix, lossy == "candidate" and not c_info.packed)
+    reads = _PairReads(ref_reader, cand_reader, full_cand, transform, grid, step)
+    ranges = chunk_ranges(n_rows, step)
     try:
-        for a in range(0, n_rows, step):
-            if stop is not None and stop():
-                raise StreamStopped(pair.name)
-            b = min(n_rows, a + step)
-            ref_rows = ref_reader.read(a, b)
-            if full_cand is not None:
-                c_rows = full_cand[torch.from_numpy(transform.candidate_rows(a, b))] if transform.permutes_rows else full_cand[a:b]
-            elif transform.permutes_rows:
-                assert cand_reader is not None
-                c_rows = cand_reader.gather(transform.candidate_rows(a, b))
-            else:
-                assert cand_reader is not None
-                c_rows = cand_reader.read(a, b)
-            c_rows = transform.apply(c_rows, a)
-            acc.add(c_rows, ref_rows)
-            if sketches is not None:
-                sketches[0].add(a, ref_rows)
-                sketches[1].add(a, c_rows)
-            local = sample.add(a, b, c_rows, ref_rows)
-            if grid is not None and lossy == "candidate":
-                assert cand_reader is not None  # the grid is checked on same-layout pairs only
-                _add_candidate_grid_rows(grid, cand_reader, sample, local, a, b, c_rows, ref_rows)
-            elif grid is not None:
-                _add_grid_rows(grid, ref_reader, a, b, ref_rows, c_rows)
+        with closing(prefetched(ranges, reads.load, reads.ahead)) as chunks:
+            for (a, b), (ref_rows, c_rows, raw) in zip(ranges, chunks, strict=True):
+                if stop is not None and stop():
+                    raise StreamStopped(pair.name)
+                c_rows = transform.apply(c_rows, a)
+                acc.add(c_rows, ref_rows)
+                if sketches is not None:
+                    sketches[0].add(a, ref_rows)
+                    sketches[1].add(a, c_rows)
+                local = sample.add(a, b, c_rows, ref_rows)
+                if grid is not None and lossy == "candidate":
+                    assert cand_reader is not None  # the grid is checked on same-layout pairs only
+                    _add_candidate_grid_rows(grid, cand_reader, raw, sample, local, a, b, c_rows, ref_rows)
+                elif grid is not None:
+                    _add_grid_rows(grid, ref_reader, raw, a, b, ref_rows, c_rows)
     finally:
         ref_reader.close()
         if cand_reader is not None:

@@ -31,6 +31,7 @@ import torch
 
 from provenance.codecs.types import plain_type
 from provenance.compare.copies import GRID_OUTSIDE_MAX, unchanged
+from provenance.compare.narrowcells import INF_BITS, cell_test, count_outside
 from provenance.compare.result import DifferenceShape, TensorComparison
 from provenance.compare.shape import GRID_TOLERANCE_STEPS, cell_residual, grid_shape, rounding_cells
 from provenance.compare.transform import Transform
@@ -78,15 +79,27 @@ def stored_cells(cand: Checkpoint, info: TensorInfo, start: int = 0,
     return lo.double().numpy(), hi.double().numpy(), values.double().numpy()
 
 
+def _compiled_narrow(info: TensorInfo) -> torch.dtype | None:
+    """The 16-bit float type of a tensor the compiled cell test counts (:mod:`.narrowcells`)."""
+    plain = plain_type(info.dtype)
+    if info.block_size > 1 or plain is None or not plain.narrow_float:
+        return None
+    dtype = plain.torch_dtype()
+    return dtype if dtype in INF_BITS else None
+
+
 def check_in_candidate_frame(cand: Checkpoint, ref: Checkpoint, name: str, transform: Transform | None,
                              source: SourceMap | None = None, sample_rows: np.ndarray | None = None,
-                             stop: int | None = None, chunk_rows: int | None = None) -> FrameCheck:
+                             stop: int | None = None, chunk_rows: int | None = None,
+                             interrupted: Callable[[], bool] | None = None) -> FrameCheck:
     """Grid consistency of tensor ``name``: the reference (through ``source``, then carried into
     the candidate's frame by ``transform``) against the candidate's stored cells; ``stop``:
     only the first rows (a probe; no row-permuting ``transform`` then). Streamed in chunks of
     ``chunk_rows`` rows (by default about :data:`provenance.quant.frame_rows.CHUNK_ELEMS`
     weights): the scale fit takes passes over the chunks, the check one more, and the
-    ``sample_rows`` of the difference's shape are gathered as their chunks pass."""
+    ``sample_rows`` of the difference's shape are gathered as their chunks pass.
+    ``interrupted``: checked before each chunk; once it returns True the check stops there
+    (Ctrl-C in another thread: what it returns is then not used)."""
     c_info = cand.info(name)
     n_rows = c_info.n_rows if stop is None else min(stop, c_info.n_rows)  # a probe may be the whole tensor
     step = chunk_rows or rows_per_chunk(c_info.row_length)
@@ -101,22 +114,37 @@ def check_in_candidate_frame(cand: Checkpoint, ref: Checkpoint, name: str, trans
     def cells(start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return stored_cells(cand, c_info, start, stop)
 
+    narrow = _compiled_narrow(c_info)
     with FrameRows(ref, name, transform, cells, n_rows, step, GRID_TOLERANCE_STEPS, source) as in_frame:
         for start in range(0, n_rows, step):
+            if interrupted is not None and interrupted():
+                break
             end = min(n_rows, start + step)
+            at, to = np.searchsorted(sampled, [start, end])
+            local = sampled[at:to] - start
+            if narrow is not None:
+                # a 16-bit float candidate: every weight counted in one compiled pass; the
+                # sampled rows' float64 cells are built once at the end (the same counts and rows)
+                values = np.ascontiguousarray(cand.read_rows(name, start, end), dtype=np.float32)
+                x = in_frame.rows(start, end).reshape(values.shape)
+                checked, outside = checked + int(x.size), outside + count_outside(values, x, narrow)
+                if picked is None:
+                    picked, stored = np.empty((6, len(sampled), x.shape[1])), np.empty((len(sampled), x.shape[1]), np.float32)
+                np.take(x, local, axis=0, out=picked[0, at:to])
+                np.take(values, local, axis=0, out=stored[at:to])
+                continue
             lo, hi, _ = cells(start, end)
             x = in_frame.rows(start, end).reshape(lo.shape)
-            width = np.where(np.isfinite(hi - lo), hi - lo, 0.0)
-            tol = GRID_TOLERANCE_STEPS * width
-            low, high = lo - tol, hi + tol
-            x16 = x.astype(np.float16).astype(np.float64)  # llama.cpp quantizes f16-rounded values too
-            inside = ((x >= low) & (x <= high)) | ((x16 >= low) & (x16 <= high))
+            inside, tol, x16, width = cell_test(x, lo, hi)  # x16: llama.cpp quantizes f16-rounded values too
             checked, outside = checked + int(inside.size), outside + int((~inside).sum())
             if picked is None:
                 picked = np.empty((6, len(sampled), *lo.shape[1:]))
-            at, to = np.searchsorted(sampled, [start, end])
             for k, a in enumerate((x, lo, hi, tol, x16, width)):
-                np.take(a, sampled[at:to] - start, axis=0, out=picked[k, at:to])
+                np.take(a, local, axis=0, out=picked[k, at:to])
+    if narrow is not None and picked is not None:
+        lo, hi = (t.double().numpy() for t in rounding_cells(torch.from_numpy(stored), narrow))
+        picked[1], picked[2] = lo, hi
+        _, picked[3], picked[4], picked[5] = cell_test(picked[0], lo, hi)
     shape = None
     if picked is not None and len(sampled):
         x, lo, hi, tol, x16, width = picked

@@ -23,7 +23,9 @@ its norm gains moved). Tensors the alignment moved or stored in a packed layout 
 """
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -39,6 +41,7 @@ from provenance.compare.result import CompareResult, TensorComparison
 from provenance.compare.shape import dense_shape, grid_shape
 from provenance.compare.verdict import decide
 from provenance.formats.base import Checkpoint
+from provenance.threads import torch_threads
 
 #: kinds judged again: what a known change could have made look retrained or obfuscated
 REJUDGED = ("fine-tune", "lora-merge", "continued-pretraining", "pruned-copy", "perturbed-copy")
@@ -80,9 +83,10 @@ def _quantized_check(cand: Checkpoint, name: str, changed_ref: np.ndarray, sampl
 
 
 def _row_with_change(cand: Checkpoint, ref: Checkpoint, row: TensorComparison, source: SourceMap,
-                     result: CompareResult) -> TensorComparison:
+                     result: CompareResult, stop: Callable[[], bool] | None = None) -> TensorComparison:
     """``row`` judged against the changed reference: the cells of a quantized (or narrow float)
-    candidate, else the plain difference on the sampled rows."""
+    candidate, else the plain difference on the sampled rows. ``stop``: the streamed check
+    gives up at its next chunk once it returns True (the result is then not used)."""
     c_info, r_info = cand.info(row.name), ref.info(row.name)
     was_changed = not unchanged(row)
     # a tensor inside its grid but for a few codes is only counted again (no shape to judge)
@@ -96,7 +100,7 @@ def _row_with_change(cand: Checkpoint, ref: Checkpoint, row: TensorComparison, s
     if candidate_is_coarser(c_info, r_info):
         check = _quantized_check(cand, row.name, changed_reference(), sample) if c_info.block_size > 1 else None
         if check is None:
-            check = check_in_candidate_frame(cand, ref, row.name, None, source, sample_rows=sample)
+            check = check_in_candidate_frame(cand, ref, row.name, None, source, sample_rows=sample, interrupted=stop)
         return with_check(row, check if was_changed else replace(check, shape=row.shape_of_change), "reference")
     return replace(row, shape_of_change=dense_shape(cand.read_rows(row.name)[sample].astype(np.float32),
                                                     changed_reference()[sample]))
@@ -123,14 +127,32 @@ def judge_with_known_change(cand: Checkpoint, ref: Checkpoint, result: CompareRe
     changed matrices: minutes at 7B)."""
     if not rejudgeable(result):
         return result
-    rows, rechecked = [], 0
-    for row in result.tensors:
-        if _to_recheck(cand, row, change):
-            row = _row_with_change(cand, ref, row, change.sources[row.name], result)
-            rechecked += 1
-            if progress is not None:
-                progress(row.name, cand.info(row.name).n_bytes)
-        rows.append(row)
+    rows = list(result.tensors)
+    todo = [i for i, row in enumerate(rows) if _to_recheck(cand, row, change)]
+    stop = threading.Event()
+
+    def one(i: int) -> TensorComparison:
+        return _row_with_change(cand, ref, rows[i], change.sources[rows[i].name], result, stop.is_set)
+
+    # tensors on result.options.threads threads (the compiled cell test, reads and the mark
+    # release the GIL) where every one is streamed in chunks (16-bit float candidates); a
+    # quantized candidate's check holds a whole changed tensor, so those go one at a time.
+    # One torch thread each, as compare's pass: spinning OpenMP threads on a shared machine
+    # made each chunk's conversions many times slower (docs/benchmarks.md)
+    streamed = all(cand.info(rows[i].name).block_size == 1 for i in todo)
+    threads = max(1, result.options.threads) if streamed else 1
+    with torch_threads(1), ThreadPoolExecutor(max_workers=threads) as pool:
+        try:
+            for i, future in zip(todo, [pool.submit(one, i) for i in todo], strict=True):
+                rows[i] = future.result()
+                if progress is not None:
+                    progress(rows[i].name, cand.info(rows[i].name).n_bytes)
+        except BaseException:
+            # Ctrl-C or a failure: running checks stop at their next chunk, queued ones never start
+            stop.set()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+    rechecked = len(todo)
     if not rechecked:
         return result
     verdict = decide(result.test, rows, cand.architecture, ref.architecture, result.layout, result.alignment,

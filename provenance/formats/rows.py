@@ -249,6 +249,13 @@ class RowReader:
                   else as_row_buffer(out, len(index), self.info.row_length))
         if len(index) == 0:
             return result if out is None else out
+        first = int(index[0])
+        if index[-1] - first == len(index) - 1 and np.array_equal(index, np.arange(first, first + len(index))):
+            # one run in order (an unpermuted frame): decoded straight into place, no index copy
+            for a in range(0, len(index), self.max_rows):
+                b = min(len(index), a + self.max_rows)
+                self.read_into(first + a, first + b, result[a:b])
+            return result if out is None else out
         order = np.argsort(index, kind="stable")
         sorted_idx = index[order]
         breaks = np.flatnonzero(np.diff(sorted_idx) != 1) + 1

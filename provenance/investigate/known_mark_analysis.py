@@ -39,6 +39,7 @@ def known_mark_analysis(state: Investigation) -> None:
             # a second pass over every changed matrix (minutes at 7B): shown like the lineage pass
             meter = Meter(state.progress, f"lineage vs {model_name(reference)} with {traced.accused[0]}'s mark",
                           sum(cand.info(name).n_bytes for name in tensors_to_recheck(cand, result, change)))
+            meter.advance(0)  # the task starts now (its rate and time left count from here)
             judged = judge_with_known_change(cand, ref, result, change,
                                              progress=lambda name, n: meter.advance(n, name))
     except (CheckpointError, ProvenanceError) as exc:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
+from contextlib import closing
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,6 +21,7 @@ from provenance.formats import open_checkpoint
 from provenance.formats.base import Checkpoint, TensorInfo
 from provenance.formats.packed_read import PackedRowReader
 from provenance.formats.pairing import TensorPair, Unpaired, pair_tensors
+from provenance.formats.prefetch import SlotBuffers, chunk_ranges, prefetched
 from provenance.progress import Meter, ProgressCallback
 from provenance.quant.error import ErrorStats, error_stats
 from provenance.quant.frame_rows import FrameRows, rows_per_chunk
@@ -72,7 +75,8 @@ def _check_tensor(
     fitted: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> tuple[CheckCounts, ErrorStats]:
     """One tensor in row chunks: the reference decoded and the candidate's stored blocks read
-    into each reader's reused buffers (memory: one chunk of each, whatever the tensor)."""
+    into reused buffers, the next chunk on a worker thread while this one is checked (memory:
+    two chunks of each, whatever the tensor)."""
     info = cand.info(name)
     counts, errors = CheckCounts(), ErrorStats()
     stop_all = info.n_rows if max_rows is None else min(info.n_rows, max_rows)
@@ -86,19 +90,32 @@ def _check_tensor(
     # in the candidate's frame the reference's rows are gathered through the permutation
     in_frame = _frame_rows(cand, ref, name, frame, step, {} if fitted is None else fitted) if frame is not None else None
     with ref.row_reader(name, step) as reference, cand.row_reader(name, step) as stored:
-        for start in range(0, stop_all, step):
-            stop = min(stop_all, start + step)
+        packed = isinstance(stored, PackedRowReader)
+        # the common case (reference rows as stored, a ggml candidate) reads the next chunk on
+        # a worker thread while this one is checked; a frame's gathers and a packed layout's
+        # grids are read in turn (formats.prefetch)
+        ahead = in_frame is None and not packed
+        ref_slots, cand_slots = SlotBuffers(reference, step), SlotBuffers(stored, step)
+
+        def load(start: int, stop: int, slot: int) -> tuple[torch.Tensor, Any]:
+            if ahead:
+                return ref_slots.rows(slot, start, stop), cand_slots.raw(slot, start, stop)
             x = (torch.from_numpy(in_frame.rows(start, stop).astype(np.float32)) if in_frame is not None
                  else reference.read(start, stop))
-            # a packed layout's codes and grid come through its row reader, a ggml type's from its blocks
-            if isinstance(stored, PackedRowReader):
-                c, e = check_packed_rows(x, stored.grid(start, stop), precision, recipe)
-            else:
-                c, e = check_block_rows(x, stored.raw(start, stop), info.ggml_type, precision, threads)
-            counts.add(c)
-            errors.add(e)
-            if meter is not None:
-                meter.advance(_stored_bytes(info, start, stop) + _stored_bytes(ref_info, start, stop), name)
+            return x, stored.grid(start, stop) if packed else stored.raw(start, stop)
+
+        ranges = chunk_ranges(stop_all, step)
+        with closing(prefetched(ranges, load, ahead)) as chunks:
+            for (start, stop), (x, raw) in zip(ranges, chunks, strict=True):
+                # a packed layout's codes and grid come through its row reader, a ggml type's from its blocks
+                if packed:
+                    c, e = check_packed_rows(x, raw, precision, recipe)
+                else:
+                    c, e = check_block_rows(x, raw, info.ggml_type, precision, threads)
+                counts.add(c)
+                errors.add(e)
+                if meter is not None:
+                    meter.advance(_stored_bytes(info, start, stop) + _stored_bytes(ref_info, start, stop), name)
     if in_frame is not None:
         in_frame.close()
     return counts, errors

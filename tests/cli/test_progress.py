@@ -46,3 +46,44 @@ def test_rich_bar_on_a_terminal() -> None:
         meter = Meter(bars, "quantize", 2_000_000)
         meter.advance(1_000_000, "blk.0.ffn_up.weight")
     assert "quantize" in out.getvalue() and "1.0/2.0 MB" in out.getvalue()
+
+
+def test_a_phase_without_updates_still_gets_a_line_per_interval() -> None:
+    """The heartbeat: silence for an interval prints the task last heard from and how long
+    ago; nothing before any task reported, nothing while lines come anyway."""
+    out = io.StringIO()
+    lines = PlainLines(Console(file=out, width=200), interval=10.0)
+    lines.tick(now=lines.said + 60)
+    assert out.getvalue() == ""  # nothing heard yet
+    meter = Meter(lines, "lineage vs base.gguf", 1000)
+    meter.advance(1000, "output.weight")
+    heard = lines.heard["lineage vs base.gguf"]
+    lines.tick(now=lines.said + 5)
+    assert out.getvalue() == ""  # within the interval
+    lines.tick(now=heard + 12)
+    text = out.getvalue().splitlines()
+    assert len(text) == 1 and text[0].startswith("provenance: lineage vs base.gguf 100% 1.0/1.0 kB")
+    assert text[0].endswith("last step 12s ago")
+    lines.tick(now=heard + 15)
+    assert len(out.getvalue().splitlines()) == 1  # the next one is an interval after the last line
+
+
+def test_the_heartbeat_runs_off_a_terminal(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """progress_display's heartbeat thread prints while the caller is busy and stops with it."""
+    import time
+
+    from provenance.commands import progress as progress_module
+
+    monkeypatch.setenv(progress_module.INTERVAL_ENV, "0")
+    monkeypatch.setattr(progress_module, "MIN_HEARTBEAT_S", 0.05)
+    out = io.StringIO()
+    console = Console(file=out, width=200)
+    with progress_module.progress_display(console) as progress:
+        Meter(progress, "known mark", 10).advance(10)
+        first = len(out.getvalue().splitlines())
+        time.sleep(0.5)  # busy without updates
+        beats = [line for line in out.getvalue().splitlines() if line.endswith("ago")]
+    assert first == 1 and beats
+    after = out.getvalue()
+    time.sleep(0.2)
+    assert out.getvalue() == after  # stopped with the display

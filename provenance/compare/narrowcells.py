@@ -1,0 +1,113 @@
+"""The cell test of an F16/BF16 side, compiled: which weights of ``x`` lie outside the
+rounding cells of stored 16-bit floats.
+
+A weight stored in a narrow float ``v`` stands for the reals halfway to each neighbour,
+``[(v + down) / 2, (v + up) / 2]`` (:func:`provenance.compare.shape.rounding_cells`), widened
+by :data:`~provenance.compare.shape.GRID_TOLERANCE_STEPS` of the cell's width on each side.
+Over a whole matrix that test in numpy/torch costs a dozen float64 passes and a
+``torch.nextafter`` per weight (most of the re-judgement pass of ``investigate`` at 7B:
+docs/benchmarks.md); here one compiled pass over the weights finds the neighbours from the
+16-bit pattern and a 65,536-entry table, computes the same bounds in the same float32 and
+float64 operations, and lists the weights it finds outside. Those few (every weight of a
+copy is inside) are then judged again by the torch/numpy reference formulas, the f16
+reading of ``x`` included, so the count is theirs exactly (tests/compare/test_narrowcells.py).
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from provenance.compare.shape import GRID_TOLERANCE_STEPS, rounding_cells
+from provenance.jit import kernel
+
+#: the 16-bit float types the compiled test knows: their infinity's bit pattern
+INF_BITS = {torch.float16: 0x7C00, torch.bfloat16: 0x7F80}
+
+
+@lru_cache(maxsize=2)
+def _values_table(dtype: torch.dtype) -> np.ndarray:
+    """float32 value of every 16-bit pattern of ``dtype``."""
+    patterns = np.arange(1 << 16, dtype=np.uint32)
+    if dtype == torch.float16:
+        return patterns.astype(np.uint16).view(np.float16).astype(np.float32)
+    return (patterns << 16).view(np.float32)
+
+
+def _bits(values: np.ndarray, dtype: torch.dtype) -> np.ndarray:
+    """The 16-bit patterns of float32 ``values`` that are ``dtype`` values (as read back)."""
+    if dtype == torch.float16:
+        return values.astype(np.float16).view(np.uint16)
+    return (values.view(np.uint32) >> 16).astype(np.uint16)
+
+
+@kernel
+def _flag_outside(bits: np.ndarray, values: np.ndarray, x: np.ndarray, table: np.ndarray, inf_bits: int,
+                  tol_steps: float, flagged: np.ndarray) -> int:  # pragma: no cover - compiled
+    """Positions of ``x`` outside the widened cells of ``values`` (16-bit ``bits``), written to
+    ``flagged``; returns how many. The bounds are :func:`rounding_cells`'s: the neighbours of
+    ``nextafter`` (signed zeros and infinities as IEEE has them), summed and halved in float32."""
+    k = 0
+    half = np.float32(0.5)
+    for i in range(bits.size):
+        # next pattern up and down, without a branch on the sign (random in weights: a
+        # mispredicted branch per weight cost 2.7 ns of the 4.4 per weight this loop took)
+        b = np.int64(bits[i])
+        sign = b >> 15
+        up = b + 1 - 2 * sign
+        down = b - 1 + 2 * sign
+        magnitude = b & 0x7FFF
+        if magnitude == 0:  # either zero: the smallest subnormals either side
+            up, down = 1, 0x8001
+        elif magnitude == inf_bits:  # an infinity stays where it points
+            if sign == 0:
+                up = b
+            else:
+                down = b
+        v = values[i]
+        lo = np.float64((v + table[down & 0xFFFF]) * half)
+        hi = np.float64((v + table[up & 0xFFFF]) * half)
+        width = hi - lo
+        if not np.isfinite(width):
+            width = 0.0
+        tol = tol_steps * width
+        xi = x[i]
+        if not (xi >= lo - tol and xi <= hi + tol):
+            flagged[k] = i
+            k += 1
+    return k
+
+
+def cell_test(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The reference cell test (float64): whether each weight of ``x`` or its f16 rounding
+    (llama.cpp quantizes f16-rounded values too) lies in ``[lo, hi]`` widened by the
+    tolerance; also the tolerance, the f16 reading and the cell width (the shape of the
+    change needs them)."""
+    with np.errstate(invalid="ignore", over="ignore"):  # infinite cells and f16 overflow are expected
+        width = np.where(np.isfinite(hi - lo), hi - lo, 0.0)
+        tol = GRID_TOLERANCE_STEPS * width
+        low, high = lo - tol, hi + tol
+        x16 = x.astype(np.float16).astype(np.float64)
+    inside = ((x >= low) & (x <= high)) | ((x16 >= low) & (x16 <= high))
+    return inside, tol, x16, width
+
+
+def count_outside(values: np.ndarray, x: np.ndarray, dtype: torch.dtype) -> int:
+    """Weights of ``x`` (float64) outside the cells of ``values`` (float32, stored as the 16-bit
+    ``dtype``) by :func:`cell_test`: the compiled pass flags candidates, the reference test
+    decides them."""
+    flat_v = np.ascontiguousarray(values, dtype=np.float32).reshape(-1)
+    flat_x = np.ascontiguousarray(x, dtype=np.float64).reshape(-1)
+    flagged = np.empty(flat_v.size, dtype=np.int64)
+    k = _flag_outside(_bits(flat_v, dtype), flat_v, flat_x, _values_table(dtype), INF_BITS[dtype],
+                      float(GRID_TOLERANCE_STEPS), flagged)
+    if not k:
+        return 0
+    at = flagged[:k]
+    lo, hi = (t.double().numpy() for t in rounding_cells(torch.from_numpy(flat_v[at]), dtype))
+    inside, *_ = cell_test(flat_x[at], lo, hi)
+    return int((~inside).sum())
+
+
+__all__ = ["INF_BITS", "cell_test", "count_outside"]

@@ -1,0 +1,97 @@
+"""Read the next chunk of a streamed pass while the caller analyses the current one.
+
+A streamed pass (``quantcheck``'s grid check, ``compare``'s pair statistics) alternates
+reading a chunk (``preadv`` into a reader's byte buffer, then decoding: a torch cast or a
+compiled dequantizer, all of which release the GIL) and analysing it. Done in turn, the
+analysis waits for every read and decode: ~17% of ``quantcheck``'s per-tensor time at the
+7B shape, more on a cold disk (docs/benchmarks.md, "Hot paths of compare, quantcheck,
+detect"). :func:`prefetched` moves the reading to one worker thread, one chunk ahead.
+
+Memory stays flat: the caller owns two *slots* (buffer sets, one chunk each); the worker
+fills one while the caller holds the other, and a slot is filled again only after the
+caller has asked for the next chunk, i.e. is done with it. Readers are used by the worker
+alone, in chunk order, so their sequential read-ahead (:data:`provenance.formats.rows.READAHEAD_BYTES`)
+works as in a plain loop.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, TypeVar
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from provenance.formats.rows import RowReader
+
+Item = TypeVar("Item")
+
+SLOTS = 2
+"""Buffer sets a prefetched pass needs: the one the caller holds and the one being filled."""
+
+
+def chunk_ranges(n_rows: int, step: int) -> list[tuple[int, int]]:
+    """Rows ``[0, n_rows)`` as consecutive ``(start, stop)`` chunks of at most ``step`` rows."""
+    return [(a, min(n_rows, a + step)) for a in range(0, n_rows, max(1, step))]
+
+
+def prefetched(ranges: Sequence[tuple[int, int]], load: Callable[[int, int, int], Item],
+               ahead: bool = True) -> Iterator[Item]:
+    """``load(start, stop, slot)`` for each range, in order; with ``ahead``, the next range is
+    loaded on a worker thread (into the other of two slots, ``slot`` 0 or 1) while the caller
+    holds the current item. The caller must be done with an item when it asks for the next.
+
+    An exception of ``load`` is raised where its item would have been yielded. Whatever ends
+    the iteration (exhausted, closed early, an exception or Ctrl-C in the caller), the worker's
+    load in flight is waited for before this returns, so no read outlives the caller's buffers
+    and readers. ``ahead=False`` (or a single range) loads on the calling thread, slot 0."""
+    if not ahead or len(ranges) < 2:
+        for start, stop in ranges:
+            yield load(start, stop, 0)
+        return
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="provenance-prefetch")
+    pending: Future[Item] | None = pool.submit(load, *ranges[0], 0)
+    try:
+        for i in range(len(ranges)):
+            assert pending is not None
+            item = pending.result()
+            following = i + 1
+            pending = pool.submit(load, *ranges[following], following % SLOTS) if following < len(ranges) else None
+            yield item
+    finally:
+        if pending is not None:
+            pending.cancel()
+        pool.shutdown(wait=True)
+
+
+class SlotBuffers:
+    """One reader's chunk buffers per slot, for a :func:`prefetched` load: canonical float32
+    rows decoded into the slot's buffer, and a copy of the stored bytes (the reader's own
+    byte buffer is refilled by the next chunk while the caller still checks this one).
+    Allocated on first use, one chunk of ``max_rows`` rows each."""
+
+    def __init__(self, reader: RowReader, max_rows: int) -> None:
+        self.reader, self.max_rows = reader, max_rows
+        self._rows: list[torch.Tensor | None] = [None] * SLOTS
+        self._raw: list[np.ndarray | None] = [None] * SLOTS
+
+    def rows(self, slot: int, start: int, stop: int) -> torch.Tensor:
+        """Canonical rows ``[start, stop)`` in ``slot``'s float32 buffer (a view of it)."""
+        buf = self._rows[slot]
+        if buf is None:
+            buf = self._rows[slot] = torch.empty((self.max_rows, self.reader.info.row_length), dtype=torch.float32)
+        return self.reader.read_into(start, stop, buf[: stop - start])  # type: ignore[return-value]
+
+    def raw(self, slot: int, start: int, stop: int) -> np.ndarray:
+        """Stored bytes of rows ``[start, stop)`` (:meth:`RowReader.raw`) copied into ``slot``'s
+        byte buffer; right after :meth:`rows` of the same range the file is not read again."""
+        buf = self._raw[slot]
+        if buf is None:
+            buf = self._raw[slot] = np.empty((self.max_rows, self.reader.info.row_bytes), dtype=np.uint8)
+        out = buf[: stop - start]
+        np.copyto(out, self.reader.raw(start, stop))
+        return out
+
+
+__all__ = ["SLOTS", "SlotBuffers", "chunk_ranges", "prefetched"]

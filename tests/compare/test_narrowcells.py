@@ -1,0 +1,54 @@
+"""The compiled 16-bit cell test counts exactly what the torch/numpy reference formulas count."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from provenance.compare.narrowcells import cell_test, count_outside
+from provenance.compare.shape import rounding_cells
+
+
+def _reference_outside(values: np.ndarray, x: np.ndarray, dtype: torch.dtype) -> int:
+    lo, hi = (t.double().numpy() for t in rounding_cells(torch.from_numpy(values), dtype))
+    inside, *_ = cell_test(x, lo, hi)
+    return int((~inside).sum())
+
+
+def _stored(dtype: torch.dtype, rng: np.random.Generator) -> np.ndarray:
+    """Every kind of 16-bit value: normals of all sizes, subnormals, signed zeros, the largest
+    finite values, infinities and NaN."""
+    finfo = torch.finfo(dtype)
+    special = [0.0, -0.0, finfo.max, -finfo.max, finfo.tiny, -finfo.tiny, finfo.smallest_normal / 4,
+               -finfo.smallest_normal / 4, np.inf, -np.inf, np.nan, 1.0, -1.0, 2.0, 0.5]
+    normal = rng.standard_normal(20000) * np.exp(rng.uniform(-12, 10, 20000))
+    raw = np.concatenate([np.array(special, dtype=np.float64), normal])
+    return torch.from_numpy(raw).to(dtype).float().numpy()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_compiled_count_equals_the_reference(dtype: torch.dtype) -> None:
+    rng = np.random.default_rng(7)
+    values = _stored(dtype, rng)
+    lo, hi = (t.double().numpy() for t in rounding_cells(torch.from_numpy(values), dtype))
+    with np.errstate(invalid="ignore"):
+        width = np.where(np.isfinite(hi - lo), hi - lo, 1.0)
+    # weights inside, at the cell edges, just past the tolerance, far away, and non-finite
+    offsets = [0.0, 0.5, -0.5, 0.549, -0.549, 0.551, -0.551, 3.0, -3.0]
+    for offset in offsets:
+        x = values.astype(np.float64) + offset * width
+        assert count_outside(values, x, dtype) == _reference_outside(values, x, dtype), offset
+    for x in (lo, hi, np.nextafter(lo, -np.inf), np.nextafter(hi, np.inf), np.full_like(lo, np.nan),
+              np.full_like(lo, np.inf), np.full_like(lo, -np.inf), np.full_like(lo, 65520.0)):
+        assert count_outside(values, x, dtype) == _reference_outside(values, x, dtype)
+    # the test can fail: a weight moved by many cells is counted
+    x = values.astype(np.float64)
+    x[100:110] += 5 * width[100:110]
+    assert count_outside(values, x, dtype) == _reference_outside(values, x, dtype) >= 10
+
+
+def test_two_dimensional_rows_are_counted_whole() -> None:
+    rng = np.random.default_rng(1)
+    values = torch.from_numpy(rng.standard_normal((64, 96))).half().float().numpy()
+    x = values.astype(np.float64) + rng.standard_normal(values.shape) * 1e-3
+    assert count_outside(values, x, torch.float16) == _reference_outside(values, x, torch.float16) > 0
