@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
@@ -18,6 +19,13 @@ from typing import Any
 from provenance.version import __version__
 
 SCHEMA = "provenance.report/1"
+
+
+def model_name(path: str | os.PathLike[str]) -> str:
+    """How reports name a model given by its path: its file or folder name (a trailing separator
+    ignored; the path itself when it has no name, as ``/``)."""
+    text = os.fspath(path)
+    return os.path.basename(os.path.normpath(text)) or text
 
 
 class Severity(str, Enum):

@@ -30,6 +30,8 @@ compare with the committed CSVs. Usage::
 
     python scripts/calibrate_lineage.py            # full run (~10 min on 2 cores)
     python scripts/calibrate_lineage.py --quick    # a handful of cases, prints only
+    python scripts/calibrate_lineage.py --only 'structure(-null)?:[^~]*-rotated~' --update
+        # rerun some structural cases and replace their rows in the committed files
 """
 from __future__ import annotations
 
@@ -404,9 +406,10 @@ def structure_cases(built: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def summarise_structure(null: list[dict[str, Any]], rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The unit-space test's null (all null pairs, rotated ones included) and, per kind of
-    structural derivative, how many were related at p < 1e-6 and described correctly."""
+def summarise_structure(null: list[dict[str, Any]], rows: list[dict[str, Any]], null_test: bool = True) -> dict[str, Any]:
+    """The unit-space test's null (all null pairs, rotated ones included; not with
+    ``null_test=False``) and, per kind of structural derivative, how many were related at
+    p < 1e-6 and described correctly."""
     from scipy.stats import kstest
 
     unit = np.asarray([r["unit_p_asymptotic"] for r in null if r["unit_p_asymptotic"] is not None], dtype=float)
@@ -416,8 +419,8 @@ def summarise_structure(null: list[dict[str, Any]], rows: list[dict[str, Any]]) 
     for r in rows:
         k = per_kind.setdefault(f"{r['label']} | {r['scheme']}", {
             "label": r["label"], "scheme": r["scheme"], "pairs": 0, "related_below_1e-6": 0, "described": 0,
-            "max_p_asymptotic": 0.0, "min_z": math.inf, "null_pairs": 0, "null_related": 0, "null_inconclusive": 0,
-            "null_min_p": 1.0})
+            "max_p_asymptotic": None, "min_z": math.inf, "null_pairs": 0, "null_related": 0, "null_inconclusive": 0,
+            "null_min_p": 1.0, "related_uncalibrated": 0})
         p = r["verdict_p_asymptotic"]
         if r["kind"] == "structure-null":
             k["null_pairs"] += 1
@@ -427,12 +430,17 @@ def summarise_structure(null: list[dict[str, Any]], rows: list[dict[str, Any]]) 
             continue
         k["pairs"] += 1
         k["related_below_1e-6"] += int(p is not None and p < DETECT)
+        # a relation the verdict states without a calibrated p-value (the de-rotated test's z bound)
+        k["related_uncalibrated"] += int(p is None and r["verdict"] not in ("unrelated", "inconclusive"))
         k["described"] += int(bool(r["described"]))
-        k["max_p_asymptotic"] = max(k["max_p_asymptotic"], 1.0 if p is None else float(p))
+        if p is not None:
+            k["max_p_asymptotic"] = max(k["max_p_asymptotic"] or 0.0, float(p))
         if r["verdict_z"] is not None:
             k["min_z"] = min(k["min_z"], float(r["verdict_z"]))
     for k in per_kind.values():
         k["min_z"] = None if math.isinf(k["min_z"]) else k["min_z"]
+    if not null_test:
+        return {"per_kind": per_kind}
     nulls = [r for r in rows if r["kind"] == "structure-null"]
     return {
         "unit_test_null": {
@@ -458,7 +466,9 @@ def summarise_structure(null: list[dict[str, Any]], rows: list[dict[str, Any]]) 
 def structure_table(per_kind: dict[str, dict[str, Any]]) -> str:
     """The per-kind table of docs/lineage.md (also written to data/calibration/structure_table.md,
     which tests/compare/test_calibration.py holds the page to)."""
-    def p(x: float) -> str:
+    def p(x: float | None) -> str:
+        if x is None:
+            return "none calibrated"
         return "< 1e-300" if x < 1e-300 else f"{x:.2g}"
 
     lines = ["| kind | storage | pairs | related at p < 1e-6 | described correctly | largest p | smallest z "
@@ -469,7 +479,10 @@ def structure_table(per_kind: dict[str, dict[str, Any]]) -> str:
         fpr = f"{k['null_related']} ({k['null_related'] / k['null_pairs']:.0%})" if k["null_pairs"] else ""
         if k["null_inconclusive"]:
             fpr += f", {k['null_inconclusive']} inconclusive"
-        lines.append(f"| {k['label']} | {k['scheme']} | {k['pairs']} | {k['related_below_1e-6']} | {k['described']} "
+        related = f"{k['related_below_1e-6']}"
+        if k.get("related_uncalibrated"):
+            related += f" (+{k['related_uncalibrated']} by the de-rotated z >= 100, p not calibrated)"
+        lines.append(f"| {k['label']} | {k['scheme']} | {k['pairs']} | {related} | {k['described']} "
                      f"| {p(k['max_p_asymptotic'])} | {z} | {k['null_pairs']} | {fpr} | {p(k['null_min_p'])} |")
     return "\n".join(lines) + "\n"
 
@@ -529,6 +542,49 @@ def write_outputs(results: list[dict[str, Any]], out: Path, meta: dict[str, Any]
     return summary
 
 
+def update_structure(results: list[dict[str, Any]], out: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """Replace the committed rows of the structural cases in ``results`` (by case) and recompute
+    the per-kind summary of the kinds they belong to, the structural null's counts and the
+    table; the null pool and its summaries are left as committed (no null case may be rerun
+    this way)."""
+    import csv
+    import io
+
+    import pandas as pd
+
+    if any(r["kind"] not in ("structure", "structure-null") for r in results):
+        raise SystemExit("--update replaces structural rows only")
+    # the new rows formatted as write_outputs formats them, then swapped in as text (the other rows untouched)
+    text = pd.DataFrame(results, columns=STRUCTURE_FIELDS).to_csv(index=False, float_format="%.6g")
+    fresh_rows = {r["case"]: r for r in csv.DictReader(io.StringIO(text))}
+    with open(out / "structure_pairs.csv", newline="") as f:
+        committed = list(csv.DictReader(f))
+    missing = set(fresh_rows) - {r["case"] for r in committed}
+    if missing:
+        raise SystemExit(f"--update: cases not in the committed table: {sorted(missing)}")
+    with open(out / "structure_pairs.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=STRUCTURE_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(fresh_rows.get(r["case"], r) for r in committed)
+    summary = json.loads((out / "summary.json").read_text())
+    labels = {r["label"] for r in results}
+    fresh = summarise_structure([], results, null_test=False)
+    per_kind = summary["structure"]["per_kind"]
+    for key, value in fresh["per_kind"].items():
+        if value["label"] in labels:
+            per_kind[key] = value
+    everything = pd.read_csv(out / "structure_pairs.csv")
+    nulls = everything[everything["kind"] == "structure-null"]
+    summary["structure"]["structure_null"] = {
+        "pairs": len(nulls), "related": int((~nulls["verdict"].isin(["unrelated", "inconclusive"])).sum()),
+        "inconclusive": int((nulls["verdict"] == "inconclusive").sum()),
+        "min_p_asymptotic": float(nulls["verdict_p_asymptotic"].min())}
+    summary.setdefault("updates", []).append({**meta, "cases": len(results), "kinds": sorted(labels)})
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (out / "structure_table.md").write_text(structure_table(per_kind))
+    return summary
+
+
 def _figure(null: list[dict[str, Any]], derived: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
@@ -568,6 +624,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="run 6 cases and print them; write nothing")
     parser.add_argument("--only", help="run the cases whose name matches this regular expression; print them, write nothing")
     parser.add_argument("--build-dir", type=Path, help="where the structural derivatives are built (kept; default: a temporary folder)")
+    parser.add_argument("--update", action="store_true",
+                        help="with --only (structural cases): replace their rows in the committed files and recompute "
+                             "the per-kind summary and table of their kinds")
     args = parser.parse_args(argv)
     manifest = json.loads((SYNTH / "manifest.json").read_text())
     todo = cases(manifest)
@@ -578,7 +637,7 @@ def main(argv: list[str] | None = None) -> int:
         import re
 
         todo = [c for c in todo if re.search(args.only, c["case"])]
-        args.quick = True
+        args.quick = not args.update
     elif args.quick:
         todo = ([c for c in todo if c["kind"] == "null"][:3] + [c for c in todo if c["kind"] == "derived"][::33][:3]
                 + [c for c in todo if c["kind"] == "structure"][::17][:4])
@@ -600,6 +659,11 @@ def main(argv: list[str] | None = None) -> int:
 
     meta = {"generator": "scripts/calibrate_lineage.py", "permutations": args.permutations, "torch": torch.__version__,
             "synth_manifest_build_seconds": manifest.get("build_seconds"), "seconds": round(time.perf_counter() - t0, 1)}
+    if args.update:
+        summary = update_structure(results, args.out, meta)
+        print(json.dumps({k: v for k, v in summary["structure"]["per_kind"].items()
+                          if v["label"] in {r["label"] for r in results}}, indent=1, default=str))
+        return 0
     summary = write_outputs(results, args.out, meta)
     print(json.dumps({k: summary[k] for k in ("null", "derived", "structure")}, indent=1, default=str))
     return 0

@@ -84,6 +84,7 @@ from provenance.compare.transform import Transform
 from provenance.compare.unitspace import relative_difference, unit_circuits
 from provenance.compare.verdict import alignment_words, decide, hidden_rotation, overall_rel_delta, rotated_relation
 from provenance.compare.views import layer_view, vocabulary_view
+from provenance.document import model_name
 from provenance.errors import input_boundary
 from provenance.formats import open_checkpoint
 from provenance.formats.base import Checkpoint, TensorInfo
@@ -535,8 +536,8 @@ def _map_by_signatures(cand: Checkpoint, ref: Checkpoint, opts: CompareOptions) 
     if _n_embd(cand) != _n_embd(ref) or not _layers(cand) or not _layers(ref):
         return None
     spec = replace(_sketch_spec(ref, opts), probe_tokens=None)
-    sig_c = read_signatures(cand, spec, _own_heads(cand.architecture))
-    sig_r = read_signatures(ref, spec, _own_heads(ref.architecture))
+    sig_c = read_signatures(cand, spec, _own_heads(cand.architecture), opts.threads)
+    sig_r = read_signatures(ref, spec, _own_heads(ref.architecture), opts.threads)
     table = distance_table(sig_c, sig_r)
     matches = match_layers(table, [s.layer for s in sig_c], [s.layer for s in sig_r])
     return describe(matches, len(sig_r), table)
@@ -560,10 +561,10 @@ def map_layers_onto(candidate: str | os.PathLike[str], references: list[str | os
                     return None
                 spec = replace(_sketch_spec(ref, opts), probe_tokens=None)
                 if sig_c is None:
-                    sig_c = read_signatures(cand, spec, _own_heads(cand.architecture))
-                got = read_signatures(ref, spec, _own_heads(ref.architecture))
+                    sig_c = read_signatures(cand, spec, _own_heads(cand.architecture), opts.threads)
+                got = read_signatures(ref, spec, _own_heads(ref.architecture), opts.threads)
             sigs_r += got
-            sources += [os.path.basename(os.path.normpath(os.fspath(reference)))] * len(got)
+            sources += [model_name(reference)] * len(got)
     if not sig_c:
         return None
     table = distance_table(sig_c, sigs_r)

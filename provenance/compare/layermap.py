@@ -23,17 +23,21 @@ exist).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from provenance.compare.invariants import Circuit, HeadLayout, circuits
-from provenance.compare.sketch import SketchBuilder, SketchSpec, read_sketch
+from provenance.compare.sketch import Sketch, SketchBuilder, SketchSpec, read_sketch
 from provenance.compare.unitspace import unit_circuits
 from provenance.formats.base import Checkpoint
+from provenance.threads import torch_threads
 
 #: a candidate layer maps to its nearest reference layer only within this spectral distance
 MATCH_MAX = 0.35
@@ -64,16 +68,13 @@ class LayerSignature:
         return cls(layer, spectra)
 
 
-def read_signatures(ckpt: Checkpoint, spec: SketchSpec, heads: HeadLayout | None) -> list[LayerSignature]:
-    """Signatures of every layer of one checkpoint, read on its own layer by layer (each
-    sketch tensor once, in bounded chunks; one layer's sketch in memory at a time): for a
-    candidate whose depth differs from the reference's, where no pairing by name exists
-    to stream both at once."""
+def read_sketches(ckpt: Checkpoint, spec: SketchSpec) -> Iterator[tuple[int, Sketch]]:
+    """Each layer's sketch of one checkpoint, read on its own layer by layer (each sketch
+    tensor once, in bounded chunks; one layer's sketch built at a time)."""
     by_layer: dict[int, list[str]] = {}
     for name, info in ckpt.tensors.items():
         if info.layer is not None and SketchBuilder.wants(info.role or ""):
             by_layer.setdefault(int(info.layer), []).append(name)
-    out = []
     for layer in sorted(by_layer):
         builder = SketchBuilder(spec.residual, spec.tokens)
         for name in by_layer[layer]:
@@ -81,8 +82,42 @@ def read_signatures(ckpt: Checkpoint, spec: SketchSpec, heads: HeadLayout | None
             part = read_sketch(ckpt, name, spec)
             builder.add(info.role or "", layer, part.parts())
             builder.add_units(info.role or "", layer, part.unit_part())
-        sketch = builder.finish()
-        out.append(LayerSignature.of(layer, circuits(sketch, heads) + unit_circuits(sketch.units)))
+        yield layer, builder.finish()
+
+
+def read_signatures(ckpt: Checkpoint, spec: SketchSpec, heads: HeadLayout | None,
+                    threads: int = 2) -> list[LayerSignature]:
+    """Signatures of every layer of one checkpoint, read on its own (:func:`read_sketches`):
+    for a candidate whose depth differs from the reference's, where no pairing by name exists
+    to stream both at once. The circuits and spectra of each layer are computed on
+    ``threads`` worker threads while the next layer is read (:func:`signatures_of`)."""
+    return signatures_of(read_sketches(ckpt, spec), heads, threads)
+
+
+def signature(layer: int, sketch: Sketch, heads: HeadLayout | None) -> LayerSignature:
+    """One layer's signature from its sketch: the circuits arranged for their spectra
+    (:func:`provenance.compare.invariants.layer_circuits` with ``for_spectra``), then the SVDs."""
+    return LayerSignature.of(layer, circuits(sketch, heads, for_spectra=True)
+                             + unit_circuits(sketch.units, for_spectra=True))
+
+
+def signatures_of(sketches: Iterable[tuple[int, Sketch]], heads: HeadLayout | None,
+                  threads: int = 2) -> list[LayerSignature]:
+    """Signatures of ``(layer, sketch)`` pairs in order, ``threads`` layers at a time on worker
+    threads (the products and SVDs release the GIL; one BLAS and one torch thread each, so
+    ``threads`` cores at most), at most ``threads + 1`` sketches held at once. Each layer is
+    computed by one thread whatever the count, so the signatures do not depend on it."""
+    out: list[LayerSignature] = []
+    with threadpool_limits(1, user_api="blas"), torch_threads(1):
+        if threads <= 1:
+            return [signature(layer, sketch, heads) for layer, sketch in sketches]
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            pending: deque[Future[LayerSignature]] = deque()
+            for layer, sketch in sketches:
+                pending.append(pool.submit(signature, layer, sketch, heads))
+                while len(pending) > threads:
+                    out.append(pending.popleft().result())
+            out.extend(f.result() for f in pending)
     return out
 
 

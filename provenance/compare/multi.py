@@ -31,16 +31,12 @@ from provenance.compare.merge import MERGE_MIN, MergeEstimate, estimate_merge
 from provenance.compare.options import CompareOptions
 from provenance.compare.result import CompareResult
 from provenance.compare.verdict import layer_relations
+from provenance.document import model_name
 from provenance.errors import input_boundary
 from provenance.textsafe import safe_text
 
 SCHEMA = "provenance.compare-references/1"
 ParentsKind = Literal["frankenmerge", "merge", "derived", "unrelated", "inconclusive"]
-
-
-def reference_name(path: str) -> str:
-    """How reports name a reference: its file or folder name."""
-    return os.path.basename(os.path.normpath(path)) or path
 
 
 def closest_first(results: Mapping[str, CompareResult]) -> list[tuple[str, CompareResult]]:
@@ -114,7 +110,7 @@ def _slices_from_tests(results: Mapping[str, CompareResult]) -> LayerMap | None:
                                                   if ref != own[0])
         if not others_unrelated:
             return None  # a layer related to several references (a merge) or to none: no slices
-        matches.append(LayerMatch(layer, layer, math.nan, math.nan, reference_name(own[0])))
+        matches.append(LayerMatch(layer, layer, math.nan, math.nan, model_name(own[0])))
     lmap = describe(matches, len(depth))
     return lmap if "frankenmerge" in lmap.structure else None
 
@@ -125,7 +121,7 @@ def _depths_differ(results: Mapping[str, CompareResult]) -> bool:
 
 
 def _verdict(results: Mapping[str, CompareResult], merge: MergeEstimate | None, slices: LayerMap | None) -> ParentsVerdict:
-    by_name = {reference_name(ref): ref for ref in results}
+    by_name = {model_name(ref): ref for ref in results}
     if slices is not None and "frankenmerge" in slices.structure:
         sources = [by_name[s] for s in dict.fromkeys(src for src, _, _ in slices.segments) if s in by_name]
         if sources and all(results[s].verdict.related for s in sources):
@@ -133,14 +129,14 @@ def _verdict(results: Mapping[str, CompareResult], merge: MergeEstimate | None, 
     if merge is not None and merge.is_merge:
         parts = [(ref, w) for ref, w in zip(merge.references, merge.weights, strict=True) if w >= MERGE_MIN]
         if all(results[ref].verdict.related for ref, _ in parts if ref in results):
-            names = [f"{reference_name(ref)} ({w:.2f})" for ref, w in zip(merge.references, merge.weights, strict=True)]
+            names = [f"{model_name(ref)} ({w:.2f})" for ref, w in zip(merge.references, merge.weights, strict=True)]
             joined = ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else names[0]
-            on = f" on base {reference_name(merge.base)}" if merge.base else ""
+            on = f" on base {model_name(merge.base)}" if merge.base else ""
             return ParentsVerdict("merge", f"merge of {joined}{on}", merge.references, merge.weights)
     related = closest_first(results)
     if related:
         ref, result = related[0]
-        text = f"derives from {reference_name(ref)}: {result.verdict.description}"
+        text = f"derives from {model_name(ref)}: {result.verdict.description}"
         if merge is not None:
             text += f"; {merge.describe()}"
         return ParentsVerdict("derived", text, tuple(r for r, _ in related))

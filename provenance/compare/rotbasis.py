@@ -28,7 +28,8 @@ def moved_by_rotation(role: str | None) -> bool:
     return role in READER_NORMS or role in WRITERS
 
 
-def _gains(ckpt: Checkpoint, role: str, layer: int | None) -> np.ndarray | None:
+def reference_gains(ckpt: Checkpoint, role: str, layer: int | None) -> np.ndarray | None:
+    """The gains of the norm a reader of ``role`` absorbs (float64), or None."""
     norm = READER_NORMS.get(role)
     if norm is None:
         return None
@@ -38,17 +39,19 @@ def _gains(ckpt: Checkpoint, role: str, layer: int | None) -> np.ndarray | None:
     return ckpt.read(name).reshape(-1).astype(np.float64)
 
 
-def folded_reference(ref: Checkpoint, name: str, role: str, layer: int | None) -> np.ndarray | None:
-    """The reference's tensor ``name`` as a rotation tool starts from it: float64, its norm's
-    gains folded into a reader's columns, and an output head tied to the embedding read from
-    the embedding (a rotated copy unties it). None when the reference has no such tensor."""
+def reference_source(ref: Checkpoint, name: str, role: str) -> str | None:
+    """The reference tensor a rotation tool starts ``name`` from: itself, or for an output head
+    tied to the embedding the embedding (a rotated copy unties it); None when there is none."""
     source = name
     if role == "output" and name not in ref.tensors and ref.architecture.tie_word_embeddings:
         source = "token_embd.weight"
-    if source not in ref.tensors:
-        return None
-    w = ref.read(source).astype(np.float64)
-    gains = _gains(ref, role, layer)
+    return source if source in ref.tensors else None
+
+
+def fold(rows: np.ndarray, gains: np.ndarray | None) -> np.ndarray:
+    """Reference rows (float32, canonical) as a rotation tool starts from them: float64, a
+    reader's norm gains folded into its columns."""
+    w = rows.astype(np.float64)
     if gains is not None and w.ndim == 2 and gains.shape[0] == w.shape[1]:
         w *= gains[None, :]
     return w

@@ -28,10 +28,14 @@ Q8_0/F16 at that shape):
   (sum of width^2 / 12): the copies 0.97-1.01, the derivatives at least 388 (the light fine-tune);
 * every matrix the rotation moves is stored lossy (an F32 matrix has no cells to judge).
 
-Whole tensors are still read here in float64 (bounded by the largest tensor, not yet streamed
-like :mod:`.gridframe`: a writer's ``Q^T W`` mixes rows, so it needs one whole tensor, a
-reader's ``W Q`` could go in row chunks); it runs only for a candidate the unit-space test
-relates while the residual test does not (a rotated candidate).
+Streamed by rows through the readers (as :mod:`.gridframe`): float64 only per chunk of about
+:data:`provenance.quant.frame_rows.CHUNK_ELEMS` weights and in ``d x d`` accumulators, never a
+whole tensor. A reader's ``W Q`` and its share of the cross product are row by row; a writer's
+``Q^T W`` mixes rows, so each block of the candidate's rows takes one pass over the reference's
+rows (``Q[:, block]^T W`` and ``W C_block^T`` summed chunk by chunk): ``d / block`` passes per
+writer and phase, 11 at a 7B ``ffn_down`` with blocks of 4 M weights, cheap beside the ``d^2 n``
+multiply-adds of the rotation itself. It runs only for a candidate the unit-space test relates
+while the residual test does not (a rotated candidate).
 """
 from __future__ import annotations
 
@@ -44,9 +48,10 @@ import torch
 
 from provenance.compare.copies import GRID_OUTSIDE_MAX
 from provenance.compare.gridframe import candidate_is_coarser, stored_cells
-from provenance.compare.rotbasis import WRITERS, folded_reference, moved_by_rotation, unit_gains
+from provenance.compare.rotbasis import WRITERS, fold, moved_by_rotation, reference_gains, reference_source, unit_gains
 from provenance.compare.shape import GRID_TOLERANCE_STEPS
 from provenance.formats.base import Checkpoint
+from provenance.quant.frame_rows import CHUNK_ELEMS, rows_per_chunk
 
 #: a narrow-float tensor's squared error against the rotated reference, over its rounding
 #: noise, at most this (copies 0.97-1.01 measured; the lightest synth fine-tune 388)
@@ -54,6 +59,9 @@ FLOAT_NOISE_MAX = 1.25
 #: share of any one block-quantized tensor's weights outside their cells (copies <= 0.05%, one
 #: weight of a small tensor; derivatives >= 28%); all of them together: ``GRID_OUTSIDE_MAX``
 TENSOR_OUTSIDE_MAX = 0.01
+#: candidate rows per block of a writer (``Q^T W`` mixes rows: each block is one pass over the
+#: reference's rows), in weights: 4 M (32 MB per float64 array of the block)
+WRITER_BLOCK_ELEMS = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -109,11 +117,24 @@ class RotatedGridCheck:
                 "unchecked": list(self.unchecked), "consistent": self.consistent, "description": self.describe()}
 
 
-@dataclass
-class _Tensor:
+@dataclass(frozen=True)
+class _Pair:
+    """One matrix of the check: the candidate's tensor and the reference rows it starts from."""
+
     name: str
+    source: str
     writer: bool
-    reference: np.ndarray
+    gains: np.ndarray | None
+    rows: int
+    row_length: int
+
+
+@dataclass
+class _Block:
+    """Rows ``[start, stop)`` of the candidate: cells, stored values and their widths (float64)."""
+
+    start: int
+    stop: int
     lo: np.ndarray
     hi: np.ndarray
     stored: np.ndarray
@@ -123,19 +144,62 @@ class _Tensor:
         return np.where(np.isfinite(self.hi - self.lo), self.hi - self.lo, 0.0)
 
 
-def _tensors(cand: Checkpoint, ref: Checkpoint, names: Iterable[str]) -> Iterator[_Tensor]:
-    """One tensor at a time: the folded reference and the candidate's cells (float64)."""
+def _pairs(cand: Checkpoint, ref: Checkpoint, names: Iterable[str]) -> Iterator[_Pair]:
     for name in names:
         info = cand.info(name)
-        w = folded_reference(ref, name, info.role or "", info.layer)
-        if w is None or w.shape != tuple(info.shape):
+        role = info.role or ""
+        source = reference_source(ref, name, role)
+        if source is None or len(info.shape) != 2 or tuple(ref.info(source).shape) != tuple(info.shape):
             continue
-        lo, hi, stored = stored_cells(cand, info)
-        yield _Tensor(name, info.role in WRITERS, w, lo.reshape(w.shape), hi.reshape(w.shape), stored.reshape(w.shape))
+        yield _Pair(name, source, role in WRITERS, reference_gains(ref, role, info.layer), info.n_rows, info.row_length)
 
 
-def _rotated(t: _Tensor, q: np.ndarray) -> np.ndarray:
-    return q.T @ t.reference if t.writer else t.reference @ q
+def _blocks(cand: Checkpoint, pair: _Pair, step: int) -> Iterator[_Block]:
+    info = cand.info(pair.name)
+    for start in range(0, pair.rows, step):
+        stop = min(pair.rows, start + step)
+        lo, hi, stored = stored_cells(cand, info, start, stop)
+        yield _Block(start, stop, lo, hi, stored)
+
+
+def _reference_chunks(ref: Checkpoint, pair: _Pair) -> Iterator[tuple[int, int, np.ndarray]]:
+    """The reference rows (folded, float64), one chunk at a time."""
+    step = rows_per_chunk(pair.row_length, CHUNK_ELEMS)
+    with ref.row_reader(pair.source, step) as reader:
+        for start in range(0, pair.rows, step):
+            stop = min(pair.rows, start + step)
+            yield start, stop, fold(reader.read(start, stop).numpy(), pair.gains)
+
+
+def _block_rows(pair: _Pair) -> int:
+    """Candidate rows per block: a chunk for a reader (one pass, row by row); for a writer
+    about :data:`WRITER_BLOCK_ELEMS` weights (each block is one pass over the reference)."""
+    return rows_per_chunk(pair.row_length, WRITER_BLOCK_ELEMS if pair.writer else CHUNK_ELEMS)
+
+
+def _in_basis(ref: Checkpoint, pair: _Pair, block: _Block, q: np.ndarray,
+              chunk: tuple[int, int, np.ndarray] | None) -> np.ndarray:
+    """The reference rotated into the candidate's basis, rows of ``block``: ``R Q`` for a reader
+    (``chunk`` holds those rows), ``Q^T R`` for a writer (summed over a pass of the reference)."""
+    if chunk is not None:
+        return chunk[2] @ q
+    x = np.zeros(block.stored.shape)
+    for start, stop, rows in _reference_chunks(ref, pair):
+        x += q[start:stop, block.start:block.stop].T @ rows
+    return x
+
+
+def _walk(cand: Checkpoint, ref: Checkpoint, pair: _Pair) -> Iterator[tuple[_Block, tuple[int, int, np.ndarray] | None]]:
+    """The candidate's blocks, each with its reference rows for a reader (None for a writer)."""
+    if pair.writer:
+        for block in _blocks(cand, pair, _block_rows(pair)):
+            yield block, None
+        return
+    chunks = _reference_chunks(ref, pair)
+    for block in _blocks(cand, pair, _block_rows(pair)):
+        chunk = next(chunks)
+        assert chunk[0] == block.start and chunk[1] == block.stop
+        yield block, chunk
 
 
 def _lossy(cand: Checkpoint, ref: Checkpoint, name: str) -> bool:
@@ -145,19 +209,33 @@ def _lossy(cand: Checkpoint, ref: Checkpoint, name: str) -> bool:
     return source in ref.tensors and candidate_is_coarser(cand.info(name), ref.info(source))
 
 
+def _noise(cand: Checkpoint, pair: _Pair) -> float:
+    """The mean squared cell width of the candidate's tensor (its rounding noise), read ahead of
+    the fit so each chunk's share goes straight into the one ``d x d`` accumulator."""
+    widths_sq, count = 0.0, 0
+    for block in _blocks(cand, pair, _block_rows(pair)):
+        widths_sq, count = widths_sq + float(np.sum(block.width ** 2)), count + block.stored.size
+    return widths_sq / count if count else 0.0
+
+
 def fit_rotation(cand: Checkpoint, ref: Checkpoint, names: list[str], width: int) -> np.ndarray | None:
     """The orthogonal ``Q`` (``C ~ R Q`` for readers, ``C ~ Q^T R`` for writers) fitted to the
     candidate's stored values on every listed matrix, each weighted by the inverse of its
-    rounding noise; None when nothing fits."""
+    rounding noise (the mean squared cell width); None when nothing fits."""
     cross = np.zeros((width, width))
-    for t in _tensors(cand, ref, names):
-        noise = float(np.mean(t.width ** 2))
+    for pair in _pairs(cand, ref, names):
+        noise = _noise(cand, pair)
         weight = 1.0 / noise if noise > 0 else 0.0
-        # readers: sum R^T C; writers (C^T = R^T Q): sum R C^T
-        cross += weight * (t.reference @ t.stored.T if t.writer else t.reference.T @ t.stored)
+        for block, chunk in _walk(cand, ref, pair):
+            if chunk is not None:  # readers: sum R^T C
+                cross += weight * (chunk[2].T @ block.stored)
+            else:  # writers (C^T = R^T Q): sum R C^T, this block's columns of it
+                for start, stop, rows in _reference_chunks(ref, pair):
+                    cross[start:stop, block.start:block.stop] += weight * (rows @ block.stored.T)
     if not np.any(cross):
         return None
     u, _, vt = torch.linalg.svd(torch.from_numpy(cross))
+    del cross  # d x d each: at 70B widths 0.5 GB
     return (u @ vt).numpy()
 
 
@@ -177,24 +255,30 @@ def check_rotated_grid(cand: Checkpoint, ref: Checkpoint, names: list[str]) -> R
     checked = outside = n_tensors = n_float = 0
     worst, float_ratio, ratio_max, err, energy = 0.0, None, 0.0, 0.0, 0.0
     types: set[str] = set()
-    for t in _tensors(cand, ref, lossy):
-        info = cand.info(t.name)
-        x = _rotated(t, q)
-        width = t.width
-        noise = float(np.sum(width ** 2) / 12)
-        sq = float(np.sum((x - t.stored) ** 2))
+    for pair in _pairs(cand, ref, lossy):
+        info = cand.info(pair.name)
+        noise = sq = 0.0
+        t_checked = t_outside = 0
+        for block, chunk in _walk(cand, ref, pair):
+            x = _in_basis(ref, pair, block, q, chunk)
+            width = block.width
+            noise += float(np.sum(width ** 2))
+            sq += float(np.sum((x - block.stored) ** 2))
+            energy += float(np.sum(block.stored ** 2))
+            if info.block_size > 1:
+                tol = GRID_TOLERANCE_STEPS * width
+                x16 = x.astype(np.float16).astype(np.float64)  # llama.cpp quantizes f16-rounded values
+                inside = ((x >= block.lo - tol) & (x <= block.hi + tol)) | ((x16 >= block.lo - tol) & (x16 <= block.hi + tol))
+                t_checked, t_outside = t_checked + inside.size, t_outside + int((~inside).sum())
+        noise /= 12
         ratio = sq / noise if noise > 0 else float("inf")
         n_tensors += 1
         types.add(info.dtype)
         ratio_max = max(ratio_max, ratio)
-        err, energy = err + sq, energy + float(np.sum(t.stored ** 2))
+        err += sq
         if info.block_size > 1:
-            tol = GRID_TOLERANCE_STEPS * width
-            x16 = x.astype(np.float16).astype(np.float64)  # llama.cpp quantizes f16-rounded values
-            inside = ((x >= t.lo - tol) & (x <= t.hi + tol)) | ((x16 >= t.lo - tol) & (x16 <= t.hi + tol))
-            out = int((~inside).sum())
-            checked, outside = checked + inside.size, outside + out
-            worst = max(worst, out / inside.size)
+            checked, outside = checked + t_checked, outside + t_outside
+            worst = max(worst, t_outside / t_checked if t_checked else 0.0)
         else:
             n_float += 1
             float_ratio = ratio if float_ratio is None else max(float_ratio, ratio)

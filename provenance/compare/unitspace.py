@@ -32,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from provenance.compare.invariants import Circuit
+from provenance.compare.invariants import Circuit, product
 
 UNIT_CIRCUITS = ("unit_gg", "unit_ud", "unit_gd")
 
@@ -41,9 +41,11 @@ def _t(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
 
 
-def layer_unit_circuits(parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def layer_unit_circuits(parts: dict[str, np.ndarray], for_spectra: bool = False) -> dict[str, np.ndarray]:
     """The unit circuits of one layer's unit-space slices (float32 products, float64 out:
-    the test only ranks entries, as in :func:`provenance.compare.invariants.layer_circuits`)."""
+    the test only ranks entries, as in :func:`provenance.compare.invariants.layer_circuits`;
+    ``for_spectra``: the products through :func:`provenance.compare.invariants.product`,
+    three of the five as ``syrk``)."""
     gate, up, down, gains = (parts.get(r) for r in ("ffn_gate", "ffn_up", "ffn_down", "ffn_norm"))
     if gate is None or up is None or down is None or gate.shape != up.shape or down.shape[1] != gate.shape[0]:
         return {}
@@ -53,15 +55,18 @@ def layer_unit_circuits(parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     g, u, d = _t(gate), _t(up), _t(down)
     if f is not None:
         g, u = g * f[None, :], u * f[None, :]
-    out = {"unit_gg": g @ g.T, "unit_ud": (u @ u.T) * (d.T @ d), "unit_gd": (g @ u.T) * (g @ d)}
+    def mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return product(a, b, for_spectra)
+
+    out = {"unit_gg": mm(g, g.T), "unit_ud": mm(u, u.T) * mm(d.T, d), "unit_gd": mm(g, u.T) * mm(g, d)}
     return {label: m.numpy().astype(np.float64) for label, m in out.items()}
 
 
-def unit_circuits(units: dict[int | None, dict[str, np.ndarray]]) -> list[Circuit]:
+def unit_circuits(units: dict[int | None, dict[str, np.ndarray]], for_spectra: bool = False) -> list[Circuit]:
     """All unit circuits of a sketch's unit-space slices, layers in order."""
     result: list[Circuit] = []
     for layer in sorted(k for k in units if k is not None):
-        for label, matrix in layer_unit_circuits(units[layer]).items():
+        for label, matrix in layer_unit_circuits(units[layer], for_spectra).items():
             result.append(Circuit(label, layer, matrix, True))
     return result
 

@@ -22,8 +22,9 @@ def known_mark_analysis(state: Investigation) -> None:
 
     if result is None or not rejudgeable(result):
         return
+    from provenance.document import model_name
     from provenance.formats import open_checkpoint
-    from provenance.investigate.lineage_analysis import _name, lineage_parts
+    from provenance.investigate.lineage_analysis import lineage_parts
     from provenance.progress import Meter
     from provenance.watermark.known_mark import known_mark
     from provenance.watermark.trace import cached_registry, candidate_arch
@@ -36,7 +37,7 @@ def known_mark_analysis(state: Investigation) -> None:
             if change is None:
                 return
             # a second pass over every changed matrix (minutes at 7B): shown like the lineage pass
-            meter = Meter(state.progress, f"lineage vs {_name(reference)} with {traced.accused[0]}'s mark",
+            meter = Meter(state.progress, f"lineage vs {model_name(reference)} with {traced.accused[0]}'s mark",
                           sum(cand.info(name).n_bytes for name in tensors_to_recheck(cand, result, change)))
             meter.advance(0)  # the task starts now (its rate and time left count from here)
             judged = judge_with_known_change(cand, ref, result, change,

@@ -8,16 +8,12 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from provenance.document import Figure, Finding, Section, Severity
+from provenance.document import Figure, Finding, Section, Severity, model_name
 from provenance.errors import CheckpointError
 
 if TYPE_CHECKING:
     from provenance.compare import CompareResult
     from provenance.investigate.state import Investigation
-
-
-def _name(path: str) -> str:
-    return os.path.basename(os.path.normpath(path))
 
 
 def _tensor_bytes(*paths: str) -> int | None:
@@ -37,7 +33,7 @@ def _tensor_bytes(*paths: str) -> int | None:
 
 def lineage_sentence(result: CompareResult, candidate: str, reference: str) -> str:
     """The verdict in one sentence naming both files; its p-value is reported beside it."""
-    v, cand, ref = result.verdict, os.path.basename(candidate), _name(reference)
+    v, cand, ref = result.verdict, os.path.basename(candidate), model_name(reference)
     if v.related:
         return f"{cand} derives from {ref}: {v.description}"
     return f"{cand} is {v.kind.replace('-', ' ')} with respect to {ref}: {v.description}"
@@ -69,7 +65,7 @@ def lineage_parts(result: CompareResult, candidate: str, reference: str, *,
     from provenance.compare.figures import figures
 
     v, claims = result.verdict, result.claims
-    cand, ref = os.path.basename(candidate), _name(reference)
+    cand, ref = os.path.basename(candidate), model_name(reference)
     text = lineage_sentence(result, candidate, reference)
     finding = Finding(
         id="lineage.verdict", title=f"Derived from {ref}?", verdict=v.kind, summary=text,
@@ -117,7 +113,7 @@ def lineage_analysis(state: Investigation) -> None:
 
     for reference in state.inputs.references:
         hashes = state.inputs.hashes and state.candidate_hashes is None
-        meter = Meter(state.progress, f"lineage vs {_name(reference)}", _tensor_bytes(state.inputs.candidate, reference))
+        meter = Meter(state.progress, f"lineage vs {model_name(reference)}", _tensor_bytes(state.inputs.candidate, reference))
         try:
             result = compare(state.inputs.candidate, reference, base=state.inputs.base, hashes=hashes,
                              progress=lambda name, n, meter=meter: meter.advance(n, name))  # type: ignore[misc]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from provenance.document import Finding
+from provenance.document import Finding, model_name
 from provenance.investigate.watermark_analysis import trace_sentence
 from provenance.numbers import format_p
 
@@ -31,10 +31,6 @@ def finding_rank(finding: Finding) -> int:
         if finding.id.startswith(prefix):
             return index
     return len(PRIORITY)
-
-
-def _name(path: str) -> str:
-    return os.path.basename(os.path.normpath(path))
 
 
 def _p(p: float | None) -> str:
@@ -69,9 +65,9 @@ def _merge_sentence(state: Investigation, name: str) -> str | None:
     parts = []
     for reference, weight in zip(merge.references, merge.weights, strict=True):
         result = state.lineage.get(reference)
-        parts.append(f"{_name(reference)} ({weight:.2f}; lineage {_lineage_p(result) if result else 'not compared'})")
+        parts.append(f"{model_name(reference)} ({weight:.2f}; lineage {_lineage_p(result) if result else 'not compared'})")
     joined = ", ".join(parts[:-1]) + f" and {parts[-1]}"
-    base = f" on base {_name(merge.base)}" if merge.base else ""
+    base = f" on base {model_name(merge.base)}" if merge.base else ""
     return f"{name} is a merge of {joined}{base}."
 
 
@@ -172,7 +168,7 @@ def _closest_clause(state: Investigation, name: str) -> str:
     best = traced.clients()[0].best if traced is not None and traced.accused and traced.clients() else None
     what = what_it_is(closest.verdict, quant.verdict if quant is not None else None,
                       quant.amplitude_rel if quant is not None else None, best is not None)
-    clause = f"{name} is {what} of {_name(reference)}"
+    clause = f"{name} is {what} of {model_name(reference)}"
     if traced is not None and best is not None:
         z, p = best[1].z, best[1].p_value
         clause += f", watermarked for client {', '.join(traced.accused)} (watermark z = {z:.1f}, {_p(p)};"
@@ -194,8 +190,8 @@ def executive_summary(state: Investigation) -> str:
     slices = state.layer_slices
     if slices is not None and state.parents is not None and state.parents.verdict.kind == "frankenmerge":
         # the layer map's own description (from its typed segments), each source's lineage p
-        ps = ", ".join(f"{_name(ref)} {_lineage_p(r)}" for ref, r in state.lineage.items()
-                       if _name(ref) in {m.source for m in slices.matches})
+        ps = ", ".join(f"{model_name(ref)} {_lineage_p(r)}" for ref, r in state.lineage.items()
+                       if model_name(ref) in {m.source for m in slices.matches})
         sentences.append(f"{name} is a {slices.description} (lineage {ps}).")
         related = []
     elif (merged := _merge_sentence(state, name)) is not None:
@@ -206,14 +202,14 @@ def executive_summary(state: Investigation) -> str:
         for reference, other in related[1:]:
             q = state.quantchecks.get(reference)
             what = what_it_is(other.verdict, q.verdict if q is not None else None, q.amplitude_rel if q is not None else None, False)
-            sentences.append(f"It also derives from {_name(reference)} ({what.split(' ', 1)[1]}, {_lineage_p(other)}).")
+            sentences.append(f"It also derives from {model_name(reference)} ({what.split(' ', 1)[1]}, {_lineage_p(other)}).")
     elif traced is not None and traced.accused:
         clients = traced.clients()
         best = clients[0].best if clients else None
         sentences.append(trace_sentence(traced, state.inputs.candidate).rstrip(".")
                          + f" ({_p(best[1].p_value if best else None)}).")
     if unrelated:
-        refs = ", ".join(f"{_name(ref)} ({_lineage_p(r)})" for ref, r in unrelated)
+        refs = ", ".join(f"{model_name(ref)} ({_lineage_p(r)})" for ref, r in unrelated)
         sentences.append(f"{'It' if sentences else name} is unrelated to {refs}.")
     if not sentences:
         for finding in sorted(report.findings, key=finding_rank):

@@ -113,6 +113,9 @@ def test_structure_calibration(summary: dict) -> None:
     # tabulated, never called related by chance, but not required to be detected
     blind = rows["label"] == "rotated + MLP units permuted"
     assert blind.any() and not rows[blind]["verdict"].isin(["unrelated", "identical"]).any()
+    # ... since the de-rotated test: related by its z bound, with no calibrated p-value claimed
+    assert (rows[blind]["verdict"] == "rotated").all() and (rows[blind]["verdict_p_asymptotic"] == "").all()
+    assert (rows[blind]["verdict_z"].astype(float) >= 100).all()
     rows = rows[~blind]
     expected = {"depth-upscaled", "layers-removed", "reordered", "vocabulary-extended", "vocabulary-truncated",
                 "vocabulary-changed", "width-pruned", "gqa-converted", "rotated", "partial-copy", "frankenmerge", "merge"}

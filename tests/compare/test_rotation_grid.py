@@ -131,3 +131,23 @@ def test_rotated_copies_of_other_models(tmp_path: Path, source: str) -> None:
     """The rule holds beyond the table's model: copies of stories260k and synth-s00, Q8_0."""
     g = _grid(_rotated(source, tmp_path / "c.gguf", "Q8_0"), source)
     assert g.consistent, g.describe()
+
+
+def test_streamed_in_small_chunks_is_the_same_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Row chunks of the readers and candidate blocks of the writers (each a pass over the
+    reference's rows) change only the summation order: every count equal, every ratio to 1e-12."""
+    from provenance.compare import rotgrid
+
+    cand = _rotated("stories260k-ft-medium", tmp_path / "rot-q4.gguf")
+    whole = _grid(cand, "stories260k-ft-medium")
+    # at this shape every tensor is one chunk by default; force many (rows of 64 and 172 weights)
+    monkeypatch.setattr(rotgrid, "CHUNK_ELEMS", 1000)
+    monkeypatch.setattr(rotgrid, "WRITER_BLOCK_ELEMS", 3000)
+    chunked = _grid(cand, "stories260k-ft-medium")
+    a, b = whole.to_dict(), chunked.to_dict()
+    for key, value in a.items():
+        if isinstance(value, float):
+            assert b[key] == pytest.approx(value, rel=1e-12), key
+        else:
+            assert b[key] == value, key
+    assert a["consistent"] and a["codes_checked"] > 0 and a["float_tensors"] > 0
