@@ -92,18 +92,20 @@ def _row_with_change(cand: Checkpoint, ref: Checkpoint, row: TensorComparison, s
     # a tensor inside its grid but for a few codes is only counted again (no shape to judge)
     sample = sample_rows(r_info, result.options) if was_changed else np.zeros(0, dtype=np.int64)
 
-    def changed_reference() -> np.ndarray:
-        # the whole changed tensor, only where it is used: the narrow-float path streams its own
-        rows = ref.read_rows(row.name).astype(np.float32)
-        return source(rows, np.arange(rows.shape[0]))
-
     if candidate_is_coarser(c_info, r_info):
-        check = _quantized_check(cand, row.name, changed_reference(), sample) if c_info.block_size > 1 else None
+        check = None
+        if c_info.block_size > 1:  # the whole changed tensor: the narrow-float path streams its own
+            whole = ref.read_rows(row.name).astype(np.float32)
+            check = _quantized_check(cand, row.name, source(whole, np.arange(whole.shape[0])), sample)
         if check is None:
             check = check_in_candidate_frame(cand, ref, row.name, None, source, sample_rows=sample, interrupted=stop)
         return with_check(row, check if was_changed else replace(check, shape=row.shape_of_change), "reference")
-    return replace(row, shape_of_change=dense_shape(cand.read_rows(row.name)[sample].astype(np.float32),
-                                                    changed_reference()[sample]))
+    # the plain difference's shape needs the sampled rows only: those are read (and changed), not
+    # two whole tensors (a 70B MLP matrix is 0.9 GB of float32 per side)
+    rows = max(1, len(sample))
+    with cand.row_reader(row.name, rows) as ours, ref.row_reader(row.name, rows) as theirs:
+        c_rows, r_rows = ours.gather(sample).numpy(), theirs.gather(sample).numpy()
+    return replace(row, shape_of_change=dense_shape(c_rows, source(r_rows, sample)))
 
 
 def _to_recheck(cand: Checkpoint, row: TensorComparison, change: KnownChange) -> bool:
