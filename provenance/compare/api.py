@@ -26,7 +26,7 @@ import numpy as np
 from provenance.compare.adapter import AdapterOnBase, adapter_evidence, adapter_verdict, with_base
 from provenance.compare.align import Alignment, align_layer
 from provenance.compare.claims import compare_claims
-from provenance.compare.engine import PairOutcome, stream_pair
+from provenance.compare.engine import PairOutcome, PairTaps, stream_pair
 from provenance.compare.gridframe import explain_codes
 from provenance.compare.invariants import HeadLayout, circuits
 from provenance.compare.layermap import (
@@ -194,19 +194,20 @@ def _run_pairs(cand: Checkpoint, ref: Checkpoint, pairs: list[TensorPair], trans
                opts: CompareOptions, sketch: tuple[np.ndarray, np.ndarray] | None,
                progress: Callable[[str, int], None] | None,
                consume: Callable[[PairOutcome], None] | None = None, light: bool = False,
-               file_order: bool = False) -> list[PairOutcome]:
+               file_order: bool = False, taps: PairTaps | None = None) -> list[PairOutcome]:
     """Stream ``pairs`` on ``opts.threads`` threads; ``consume`` sees each outcome in stream
     order as soon as it is done (in the calling thread), with a bounded number in flight.
     ``light``: statistics and sketches only (no rank sample, no grid check). ``file_order``:
     in the candidate's storage order (what :class:`provenance.hashing.StreamedDigests` needs
-    to hash the bytes as they pass), not layer by layer."""
+    to hash the bytes as they pass), not layer by layer. ``taps``: other analyses fed from the
+    chunks read (:class:`provenance.compare.engine.ChunkTap`)."""
     stop = threading.Event()
 
     def one(pair: TensorPair) -> PairOutcome:
         sample = _sample_rows(ref.info(pair.name), opts) if pair.is_matrix and not light else None
         out = stream_pair(cand, ref, pair, transforms.get(pair.name), sample_rows=sample, sketch=sketch,
                           grid_check=opts.grid_check and not light, chunk_elems=opts.chunk_elems, stop=stop.is_set,
-                          threads=opts.threads)
+                          threads=opts.threads, tap=taps(pair) if taps is not None else None)
         if progress is not None:
             progress(pair.name, out.bytes_read)
         return out
@@ -392,7 +393,8 @@ class _Lineage:
 def compare(candidate: str | os.PathLike[str], reference: str | os.PathLike[str],
             options: CompareOptions | None = None,
             progress: Callable[[str, int], None] | None = None,
-            base: str | os.PathLike[str] | None = None, hashes: bool = False) -> CompareResult:
+            base: str | os.PathLike[str] | None = None, hashes: bool = False,
+            taps: PairTaps | None = None) -> CompareResult:
     """Compare ``candidate`` against ``reference``; see the module docstring.
 
     ``hashes``: also the candidate's file and tensor SHA-256s (``CompareResult.candidate_hashes``),
@@ -402,7 +404,11 @@ def compare(candidate: str | os.PathLike[str], reference: str | os.PathLike[str]
 
     Either side may be a PEFT adapter folder: it is applied to ``base`` (default: the adapter's
     ``base_model_name_or_path``, opened like any model name) and compared as base + adapter; an
-    adapter reference also asks whether the candidate is that merge (``CompareResult.adapter``)."""
+    adapter reference also asks whether the candidate is that merge (``CompareResult.adapter``).
+
+    ``taps``: other analyses fed from the chunks the streamed pass reads, per pair streamed as
+    stored (:class:`provenance.compare.engine.ChunkTap`; e.g. a known change judged in the same
+    pass, :class:`provenance.compare.known.ChangedCells`), so they read nothing themselves."""
     opts = options or CompareOptions()
     t0 = time.perf_counter()
     # Parallelism is across tensors; see DESIGN (2 intra-op threads can be 16-75x slower).
@@ -411,7 +417,7 @@ def compare(candidate: str | os.PathLike[str], reference: str | os.PathLike[str]
         ref = stack.enter_context(open_checkpoint(reference))
         sides = [with_base(ckpt, os.fspath(base) if base is not None else None, stack) for ckpt in (cand, ref)]
         return _compare_open(os.fspath(candidate), os.fspath(reference), sides[0][0], sides[1][0], opts, progress, t0,
-                             adapter_bases=(sides[0][1], sides[1][1]), hashes=hashes)
+                             adapter_bases=(sides[0][1], sides[1][1]), hashes=hashes, taps=taps)
 
 
 @dataclass
@@ -465,7 +471,7 @@ def _streamed_in_order(cand: Checkpoint, pairs: list[TensorPair]) -> list[str]:
 
 
 def _one_pass(cand: Checkpoint, ref: Checkpoint, opts: CompareOptions,
-              progress: Callable[[str, int], None] | None, hashes: bool = False) -> _Pass:
+              progress: Callable[[str, int], None] | None, hashes: bool = False, taps: PairTaps | None = None) -> _Pass:
     """``hashes``: the candidate's file and tensor SHA-256s are taken from the bytes the
     pass reads (tensors streamed in storage order); see :class:`StreamedDigests`."""
     arch_c, arch_r = cand.architecture, ref.architecture
@@ -493,7 +499,8 @@ def _one_pass(cand: Checkpoint, ref: Checkpoint, opts: CompareOptions,
     try:
         with cand.observing(digests) if digests is not None else nullcontext():
             outcomes = _run_pairs(cand, ref, pairs, {}, opts, spec if reason is None else None, progress,
-                                  consume=lineage.consume if lineage is not None else None, file_order=hashes)
+                                  consume=lineage.consume if lineage is not None else None, file_order=hashes,
+                                  taps=taps)
     except BaseException:
         if digests is not None:
             digests.close()
@@ -727,7 +734,8 @@ def derotated_test(cand: Checkpoint, ref: Checkpoint, rotation: np.ndarray, opts
 
 def _compare_open(cpath: str, rpath: str, cand: Checkpoint, ref: Checkpoint, opts: CompareOptions,
                   progress: Callable[[str, int], None] | None, t0: float,
-                  adapter_bases: tuple[str | None, str | None] = (None, None), hashes: bool = False) -> CompareResult:
+                  adapter_bases: tuple[str | None, str | None] = (None, None), hashes: bool = False,
+                  taps: PairTaps | None = None) -> CompareResult:
     arch_c, arch_r = cand.architecture, ref.architecture
     vocab = _vocabulary(cand, ref)
     layer_map = _map_by_signatures(cand, ref, opts) if opts.layer_map and _layers(cand) != _layers(ref) else None
@@ -735,14 +743,14 @@ def _compare_open(cpath: str, rpath: str, cand: Checkpoint, ref: Checkpoint, opt
     # the pass hashes the candidate as it reads it where it reads the stored file itself (not a
     # view of part of it, not an adapter applied to its base)
     streamed_hashes = hashes and cand_v is cand and not isinstance(cand, AdapterOnBase)
-    run = _one_pass(cand_v, ref_v, opts, progress, hashes=streamed_hashes)
+    run = _one_pass(cand_v, ref_v, opts, progress, hashes=streamed_hashes, taps=taps)
     candidate_hashes = CheckpointHashes(*run.digests.finish()) if run.digests is not None else None
     if layer_map is None and run.lineage is not None:
         layer_map = run.lineage.layer_map(len(_layers(ref)))
         if layer_map is not None and not layer_map.is_identity and len(layer_map.mapping()) == len(layer_map.matches):
             # a same-depth candidate whose layers moved (every layer matched elsewhere): compare the right layers
             cand_v, ref_v = _views(cand, ref, layer_map, vocab)
-            run = _one_pass(cand_v, ref_v, opts, progress)
+            run = _one_pass(cand_v, ref_v, opts, progress, taps=taps)
         elif layer_map is not None:
             layer_map = kept_identity(layer_map)
     structure = _structure(cand, ref, run, layer_map, vocab, _widths(arch_c, arch_r, cand, ref))

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -31,6 +31,19 @@ from provenance.formats.base import Checkpoint, TensorInfo
 from provenance.formats.packed_read import PackedRowReader
 from provenance.formats.prefetch import SlotBuffers, chunk_ranges, prefetched
 from provenance.formats.rows import RowReader
+
+
+class ChunkTap(Protocol):
+    """Another analysis fed from the chunks one pair's stream has already read (so it reads
+    nothing itself): rows ``[a, b)`` of the candidate (``c_rows``) and the reference (float32,
+    as stored, row ``a`` first) and, where the candidate is a ggml-quantized side whose grid is
+    checked, its stored bytes (``raw``, else None). Called in the pair's thread, in row order."""
+
+    def add(self, a: int, b: int, c_rows: torch.Tensor, ref_rows: torch.Tensor, raw: np.ndarray | None) -> None: ...
+
+
+PairTaps = Callable[[TensorPair], ChunkTap | None]
+"""Per pair streamed as stored (same layout, identity transform): the tap its chunks feed, if any."""
 
 
 class StreamStopped(Exception):
@@ -387,14 +400,17 @@ def stream_pair(
     chunk_elems: int = 1 << 17,
     stop: Callable[[], bool] | None = None,
     threads: int = 1,
+    tap: ChunkTap | None = None,
 ) -> PairOutcome:
     """Stream one pair in reference row chunks, candidate mapped through ``transform``;
     ``stop``: asked before each chunk, :class:`StreamStopped` when it says so (Ctrl-C);
     ``threads``: of the compiled grid check, which shares each chunk out in tiles (the
     pairs themselves run on their own threads, so the last, largest pair of a pass is not
-    left to one core)."""
+    left to one core). ``tap``: fed every chunk of a pair streamed as stored (ignored otherwise)."""
     t0 = time.perf_counter()
     transform = transform or Transform()
+    if not transform.is_identity or pair.layout != "same":
+        tap = None
     r_info, c_info = reference.info(pair.name), candidate.info(pair.name)
     n_rows, row_len = r_info.n_rows, r_info.row_length
     step = rows_per_chunk(row_len, chunk_elems)
@@ -430,6 +446,8 @@ def stream_pair(
                     _add_candidate_grid_rows(grid, cand_reader, raw, sample, local, a, b, c_rows, ref_rows)
                 elif grid is not None:
                     _add_grid_rows(grid, ref_reader, raw, a, b, ref_rows, c_rows)
+                if tap is not None:
+                    tap.add(a, b, c_rows, ref_rows, raw if lossy == "candidate" else None)
     finally:
         ref_reader.close()
         if cand_reader is not None:

@@ -88,6 +88,64 @@ def _compiled_narrow(info: TensorInfo) -> torch.dtype | None:
     return dtype if dtype in INF_BITS else None
 
 
+class CellCount:
+    """A reference in the candidate's frame counted against the candidate's stored cells, chunk
+    by chunk of rows in any order, with the sampled rows kept for the shape of the change: what
+    :func:`check_in_candidate_frame` streams, and what ``compare``'s pass feeds from the chunks
+    it has already read (a known change judged in the same pass: :mod:`.known`)."""
+
+    def __init__(self, qtype: str, sampled: np.ndarray, narrow: torch.dtype | None) -> None:
+        self.qtype, self.sampled, self.narrow = qtype, sampled, narrow
+        self.checked = self.outside = 0
+        # the sampled rows of x, lo, hi, tol, x16 and width, allocated once: small pieces kept between
+        # chunks would fragment the heap (glibc kept ~0.5 GB more RSS at a 7B MLP matrix)
+        self.picked: np.ndarray | None = None
+        self.stored: np.ndarray | None = None
+
+    def _local(self, start: int, end: int) -> tuple[int, int, np.ndarray]:
+        at, to = (int(v) for v in np.searchsorted(self.sampled, [start, end]))
+        return at, to, self.sampled[at:to] - start
+
+    def add_narrow(self, start: int, values: np.ndarray, x: np.ndarray) -> None:
+        """Rows ``[start, start + len(values))`` of a 16-bit float candidate (``values``, float32)
+        against ``x`` (float64): every weight counted in one compiled pass; the sampled rows'
+        float64 cells are built once in :meth:`result` (the same counts and rows)."""
+        assert self.narrow is not None
+        at, to, local = self._local(start, start + values.shape[0])
+        self.checked, self.outside = self.checked + int(x.size), self.outside + count_outside(values, x, self.narrow)
+        if self.picked is None:
+            self.picked = np.empty((6, len(self.sampled), x.shape[1]))
+            self.stored = np.empty((len(self.sampled), x.shape[1]), np.float32)
+        assert self.stored is not None
+        np.take(x, local, axis=0, out=self.picked[0, at:to])
+        np.take(values, local, axis=0, out=self.stored[at:to])
+
+    def add_cells(self, start: int, lo: np.ndarray, hi: np.ndarray, x: np.ndarray) -> None:
+        """Rows ``[start, start + len(lo))`` against explicit float64 cells ``[lo, hi]``."""
+        at, to, local = self._local(start, start + lo.shape[0])
+        inside, tol, x16, width = cell_test(x, lo, hi)  # x16: llama.cpp quantizes f16-rounded values too
+        self.checked, self.outside = self.checked + int(inside.size), self.outside + int((~inside).sum())
+        if self.picked is None:
+            self.picked = np.empty((6, len(self.sampled), *lo.shape[1:]))
+        for k, a in enumerate((x, lo, hi, tol, x16, width)):
+            np.take(a, local, axis=0, out=self.picked[k, at:to])
+
+    def result(self, refined: bool = False) -> FrameCheck:
+        picked = self.picked
+        if self.narrow is not None and picked is not None:
+            assert self.stored is not None
+            lo, hi = (t.double().numpy() for t in rounding_cells(torch.from_numpy(self.stored), self.narrow))
+            picked[1], picked[2] = lo, hi
+            _, picked[3], picked[4], picked[5] = cell_test(picked[0], lo, hi)
+        shape = None
+        if picked is not None and len(self.sampled):
+            x, lo, hi, tol, x16, width = picked
+            t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
+            moved, zeroed = cell_residual(t(x), t(lo), t(hi), t(tol), t(x16))
+            shape = grid_shape(moved.numpy(), zeroed.numpy(), x.astype(np.float32), width)
+        return FrameCheck(self.qtype, self.checked, self.outside, shape, refined)
+
+
 def check_in_candidate_frame(cand: Checkpoint, ref: Checkpoint, name: str, transform: Transform | None,
                              source: SourceMap | None = None, sample_rows: np.ndarray | None = None,
                              stop: int | None = None, chunk_rows: int | None = None,
@@ -106,52 +164,23 @@ def check_in_candidate_frame(cand: Checkpoint, ref: Checkpoint, name: str, trans
     transform = transform or Transform()
     refined = transform.row_scale is not None or transform.col_scale is not None
     sampled = np.empty(0, np.int64) if sample_rows is None else np.unique(sample_rows[(sample_rows >= 0) & (sample_rows < n_rows)])
-    checked = outside = 0
-    # the sampled rows of x, lo, hi, tol, x16 and width, allocated once: small pieces kept between
-    # chunks would fragment the heap (glibc kept ~0.5 GB more RSS at a 7B MLP matrix)
-    picked: np.ndarray | None = None
+    count = CellCount(c_info.dtype, sampled, _compiled_narrow(c_info))
 
     def cells(start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return stored_cells(cand, c_info, start, stop)
 
-    narrow = _compiled_narrow(c_info)
     with FrameRows(ref, name, transform, cells, n_rows, step, GRID_TOLERANCE_STEPS, source) as in_frame:
         for start in range(0, n_rows, step):
             if interrupted is not None and interrupted():
                 break
             end = min(n_rows, start + step)
-            at, to = np.searchsorted(sampled, [start, end])
-            local = sampled[at:to] - start
-            if narrow is not None:
-                # a 16-bit float candidate: every weight counted in one compiled pass; the
-                # sampled rows' float64 cells are built once at the end (the same counts and rows)
+            if count.narrow is not None:
                 values = np.ascontiguousarray(cand.read_rows(name, start, end), dtype=np.float32)
-                x = in_frame.rows(start, end).reshape(values.shape)
-                checked, outside = checked + int(x.size), outside + count_outside(values, x, narrow)
-                if picked is None:
-                    picked, stored = np.empty((6, len(sampled), x.shape[1])), np.empty((len(sampled), x.shape[1]), np.float32)
-                np.take(x, local, axis=0, out=picked[0, at:to])
-                np.take(values, local, axis=0, out=stored[at:to])
+                count.add_narrow(start, values, in_frame.rows(start, end).reshape(values.shape))
                 continue
             lo, hi, _ = cells(start, end)
-            x = in_frame.rows(start, end).reshape(lo.shape)
-            inside, tol, x16, width = cell_test(x, lo, hi)  # x16: llama.cpp quantizes f16-rounded values too
-            checked, outside = checked + int(inside.size), outside + int((~inside).sum())
-            if picked is None:
-                picked = np.empty((6, len(sampled), *lo.shape[1:]))
-            for k, a in enumerate((x, lo, hi, tol, x16, width)):
-                np.take(a, local, axis=0, out=picked[k, at:to])
-    if narrow is not None and picked is not None:
-        lo, hi = (t.double().numpy() for t in rounding_cells(torch.from_numpy(stored), narrow))
-        picked[1], picked[2] = lo, hi
-        _, picked[3], picked[4], picked[5] = cell_test(picked[0], lo, hi)
-    shape = None
-    if picked is not None and len(sampled):
-        x, lo, hi, tol, x16, width = picked
-        t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
-        moved, zeroed = cell_residual(t(x), t(lo), t(hi), t(tol), t(x16))
-        shape = grid_shape(moved.numpy(), zeroed.numpy(), x.astype(np.float32), width)
-    return FrameCheck(c_info.dtype, checked, outside, shape, refined)
+            count.add_cells(start, lo, hi, in_frame.rows(start, end).reshape(lo.shape))
+    return count.result(refined)
 
 
 def check_plain(cand: Checkpoint, ref: Checkpoint, name: str, source: SourceMap, stop: int | None = None) -> FrameCheck:

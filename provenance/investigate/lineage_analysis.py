@@ -6,6 +6,8 @@ every output format."""
 from __future__ import annotations
 
 import os
+from contextlib import ExitStack
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from provenance.document import Figure, Finding, Section, Severity, model_name
@@ -107,19 +109,26 @@ def lineage_parts(result: CompareResult, candidate: str, reference: str, *,
 
 def lineage_analysis(state: Investigation) -> None:
     """Each reference's comparison; the first that reads the candidate also hashes it as it
-    goes (``state.candidate_hashes``), so the candidate is read once for both."""
+    goes (``state.candidate_hashes``), so the candidate is read once for both, and, with a key
+    registry, judges the traced client's mark as it reads (:func:`.known_mark_analysis.mark_in_pass`)."""
     from provenance.compare import compare
+    from provenance.investigate.known_mark_analysis import mark_in_pass
     from provenance.progress import Meter
 
-    for reference in state.inputs.references:
+    for index, reference in enumerate(state.inputs.references):
         hashes = state.inputs.hashes and state.candidate_hashes is None
-        meter = Meter(state.progress, f"lineage vs {model_name(reference)}", _tensor_bytes(state.inputs.candidate, reference))
-        try:
-            result = compare(state.inputs.candidate, reference, base=state.inputs.base, hashes=hashes,
-                             progress=lambda name, n, meter=meter: meter.advance(n, name))  # type: ignore[misc]
-        except CheckpointError as exc:
-            state.report.errors.append(exc.to_dict())
-            continue
+        with ExitStack() as stack:
+            taps = mark_in_pass(state, reference, stack) if index == 0 else None
+            meter = Meter(state.progress, f"lineage vs {model_name(reference)}",
+                          _tensor_bytes(state.inputs.candidate, reference))
+            try:
+                result = compare(state.inputs.candidate, reference, base=state.inputs.base, hashes=hashes, taps=taps,
+                                 progress=lambda name, n, meter=meter: meter.advance(n, name))  # type: ignore[misc]
+            except CheckpointError as exc:
+                state.report.errors.append(exc.to_dict())
+                continue
+            if taps is not None and state.mark_in_pass is not None:
+                state.mark_in_pass = replace(state.mark_in_pass, checks=taps.checks())
         state.lineage[reference] = result
         if result.candidate_hashes is not None:
             state.candidate_hashes = result.candidate_hashes

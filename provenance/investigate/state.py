@@ -10,6 +10,7 @@ from provenance.document import Report
 
 if TYPE_CHECKING:  # the analyses import torch: load them only when they run
     from provenance.compare import CompareResult
+    from provenance.compare.gridframe import FrameCheck
     from provenance.compare.layermap import LayerMap
     from provenance.compare.merge import MergeEstimate
     from provenance.compare.multi import ParentsEvidence
@@ -18,6 +19,7 @@ if TYPE_CHECKING:  # the analyses import torch: load them only when they run
     from provenance.quant import QuantCheckResult
     from provenance.refdb import IdentifyResult
     from provenance.watermark import TraceResult
+    from provenance.watermark.known_mark import FittedMark
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,17 @@ class Inputs:
     figures: bool = True
     """Draw the report's figures (False when no chosen format shows them: matplotlib costs
     seconds per report, :func:`provenance.report.shows_figures`)."""
+
+
+@dataclass(frozen=True)
+class MarkInPass:
+    """The known-mark re-judgement's checks, made inside the first reference's lineage pass."""
+
+    reference: str
+    fitted: FittedMark
+    """The mark's fit, made before the pass (used only if lineage's own fit reads the same tensors)."""
+    checks: dict[str, FrameCheck]
+    """Per marked matrix the pass checked whole: the changed reference against its cells."""
 
 
 @dataclass
@@ -60,6 +73,12 @@ class Investigation:
     traced: TraceResult | None = None
     trace_reference: str | None = None
     """The owner's model the trace was scored against (None: blind)."""
+    traced_before: tuple[str, TraceResult] | None = None
+    """Tracing against the first reference, made before the lineage pass (it reads ~2% of each
+    file on a strong mark), so that the pass can judge the named client's mark as it reads;
+    the watermark analysis takes it when lineage finds that reference the closest related one."""
+    mark_in_pass: MarkInPass | None = None
+    """The traced client's mark as the lineage pass judged it (:mod:`.known_mark_analysis`)."""
 
     def related_closest_first(self) -> list[tuple[str, CompareResult]]:
         """References the candidate derives from, copies first, then the smallest relative change

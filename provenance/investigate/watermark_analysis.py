@@ -111,8 +111,11 @@ def watermark_analysis(state: Investigation) -> None:
     related = state.related_closest_first()
     reference = related[0][0] if related else None
     try:
-        keys = load_registry(state.inputs.key_registry, candidate_arch(state.inputs.candidate))
-        result = trace(state.inputs.candidate, keys, reference=reference, progress=state.progress)
+        if state.traced_before is not None and state.traced_before[0] == reference:
+            result = state.traced_before[1]  # traced before the lineage pass, against the same model
+        else:
+            keys = load_registry(state.inputs.key_registry, candidate_arch(state.inputs.candidate))
+            result = trace(state.inputs.candidate, keys, reference=reference, progress=state.progress)
     except (CheckpointError, ProvenanceError) as exc:
         state.report.errors.append({"path": state.inputs.key_registry, "message": str(exc)})
         return

@@ -17,6 +17,7 @@ then quantized copy is explained code for code.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -102,18 +103,41 @@ def mark_amplitude(cand: Checkpoint, ref: Checkpoint, key: KeySource, names: Ite
     return float(min(max(fitted, low), high)) if low <= high else fitted
 
 
-def known_mark(cand: Checkpoint, ref: Checkpoint, key: KeySource, result: CompareResult) -> KnownChange | None:
-    """Client ``key``'s mark, at the amplitude fitted on the tensors ``result`` paired without
-    moving them, as a :class:`KnownChange` to the reference; None when none could be fitted."""
+@dataclass(frozen=True)
+class FittedMark:
+    """Client ``key``'s mark fitted on the tensors ``fitted_on`` (what :func:`mark_amplitude`
+    read, in order) at ``amplitude``."""
+
+    key: KeySource
+    fitted_on: tuple[str, ...]
+    amplitude: float
+
+
+def _fittable(cand: Checkpoint, ref: Checkpoint, names: Iterable[str]) -> tuple[str, ...]:
+    """The tensors of ``names`` :func:`mark_amplitude` reads (the others it skips)."""
+    return tuple(n for n in names if n in cand.tensors and cand.info(n).shape == ref.info(n).shape)
+
+
+def _names(ref: Checkpoint, key: KeySource, result: CompareResult) -> tuple[list[str], list[str]]:
+    """The marked tensors ``result`` paired without moving them, and those of them it found changed."""
     paired = {r.name for r in result.tensors if not r.aligned and r.layout == "same"}
     names = [n for n in marked_names(ref, key) if n in paired]
-    # fitted where the mark moved weights out of their cells: inside a coarse grid the quantizer's
-    # pull towards cell centres (K-quant scale searches) biases the fit low (0.81e-3 for 1e-3 on
-    # the SmolLM2 case fitted on every marked tensor)
     changed = {r.name for r in result.tensors if not unchanged(r)}
-    amplitude = mark_amplitude(cand, ref, key, [n for n in names if n in changed])
-    if amplitude is None:
-        return None
+    return names, [n for n in names if n in changed]
+
+
+def fit_before_comparing(cand: Checkpoint, ref: Checkpoint, key: KeySource) -> FittedMark | None:
+    """The mark fitted before lineage has compared the pair, on every marked tensor the two
+    share: so that the comparison's pass can judge it as it reads (:class:`provenance.compare.known.ChangedCells`).
+    :func:`known_mark` uses it only when lineage's own choice of tensors (paired and changed)
+    is the same list: a marked copy's, where every marked tensor changed."""
+    names = _fittable(cand, ref, marked_names(ref, key))
+    amplitude = mark_amplitude(cand, ref, key, names)
+    return None if amplitude is None else FittedMark(key, names, amplitude)
+
+
+def mark_change(ref: Checkpoint, key: KeySource, amplitude: float, names: Iterable[str]) -> KnownChange:
+    """Client ``key``'s mark of ``amplitude`` on tensors ``names`` as a :class:`KnownChange` to the reference."""
 
     def source(name: str) -> SourceMap:
         return lambda rows, index: _marked(ref, name, key, amplitude, rows, index)
@@ -121,4 +145,30 @@ def known_mark(cand: Checkpoint, ref: Checkpoint, key: KeySource, result: Compar
     return KnownChange(f"client {key.label}'s watermark (amplitude {amplitude:.2g})", {n: source(n) for n in names})
 
 
-__all__ = ["PROBE_ROWS", "known_mark", "mark_amplitude", "marked_names"]
+def reusable(fitted: FittedMark, cand: Checkpoint, ref: Checkpoint, key: KeySource, result: CompareResult) -> bool:
+    """Whether :func:`known_mark` takes ``fitted`` as its fit: the same client, fitted on the very
+    tensors lineage's result has it fit on (so the same amplitude, bit for bit)."""
+    return fitted.key.label == key.label and fitted.fitted_on == _fittable(cand, ref, _names(ref, key, result)[1])
+
+
+def known_mark(cand: Checkpoint, ref: Checkpoint, key: KeySource, result: CompareResult,
+               fitted: FittedMark | None = None) -> KnownChange | None:
+    """Client ``key``'s mark, at the amplitude fitted on the tensors ``result`` paired without
+    moving them, as a :class:`KnownChange` to the reference; None when none could be fitted.
+    ``fitted``: a fit made before the comparison (:func:`fit_before_comparing`), reused when it
+    read the very tensors this fit reads (the same amplitude, bit for bit), else fitted again."""
+    names, changed = _names(ref, key, result)
+    # fitted where the mark moved weights out of their cells: inside a coarse grid the quantizer's
+    # pull towards cell centres (K-quant scale searches) biases the fit low (0.81e-3 for 1e-3 on
+    # the SmolLM2 case fitted on every marked tensor)
+    if fitted is not None and reusable(fitted, cand, ref, key, result):
+        amplitude: float | None = fitted.amplitude
+    else:
+        amplitude = mark_amplitude(cand, ref, key, changed)
+    if amplitude is None:
+        return None
+    return mark_change(ref, key, amplitude, names)
+
+
+__all__ = ["PROBE_ROWS", "FittedMark", "fit_before_comparing", "known_mark", "mark_amplitude", "mark_change",
+           "marked_names", "reusable"]
