@@ -108,8 +108,9 @@ class CellCount:
 
     def add_narrow(self, start: int, values: np.ndarray, x: np.ndarray) -> None:
         """Rows ``[start, start + len(values))`` of a 16-bit float candidate (``values``, float32)
-        against ``x`` (float64): every weight counted in one compiled pass; the sampled rows'
-        float64 cells are built once in :meth:`result` (the same counts and rows)."""
+        against ``x`` (float64, or float32 values taken as float64): every weight counted in one
+        compiled pass; the sampled rows' float64 cells are built once in :meth:`result` (the same
+        counts and rows)."""
         assert self.narrow is not None
         at, to, local = self._local(start, start + values.shape[0])
         self.checked, self.outside = self.checked + int(x.size), self.outside + count_outside(values, x, self.narrow)
@@ -117,7 +118,7 @@ class CellCount:
             self.picked = np.empty((6, len(self.sampled), x.shape[1]))
             self.stored = np.empty((len(self.sampled), x.shape[1]), np.float32)
         assert self.stored is not None
-        np.take(x, local, axis=0, out=self.picked[0, at:to])
+        self.picked[0, at:to] = x[local]
         np.take(values, local, axis=0, out=self.stored[at:to])
 
     def add_cells(self, start: int, lo: np.ndarray, hi: np.ndarray, x: np.ndarray) -> None:

@@ -38,7 +38,10 @@ def _values_table(dtype: torch.dtype) -> np.ndarray:
 def _bits(values: np.ndarray, dtype: torch.dtype) -> np.ndarray:
     """The 16-bit patterns of float32 ``values`` that are ``dtype`` values (as read back)."""
     if dtype == torch.float16:
-        return values.astype(np.float16).view(np.uint16)
+        # torch's conversion (vectorised) gives the same patterns as numpy's for every float16
+        # value, 2.5x faster (numpy's was a tenth of investigate's CPU at 7B); a NaN's pattern may
+        # differ, which the test never reads (a NaN weight is flagged either way)
+        return torch.from_numpy(np.ascontiguousarray(values)).to(torch.float16).view(torch.int16).numpy().view(np.uint16)
     return (values.view(np.uint32) >> 16).astype(np.uint16)
 
 
@@ -94,11 +97,11 @@ def cell_test(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray
 
 
 def count_outside(values: np.ndarray, x: np.ndarray, dtype: torch.dtype) -> int:
-    """Weights of ``x`` (float64) outside the cells of ``values`` (float32, stored as the 16-bit
-    ``dtype``) by :func:`cell_test`: the compiled pass flags candidates, the reference test
-    decides them."""
+    """Weights of ``x`` (float64, or float32: compared as the same float64 values, with no
+    float64 copy) outside the cells of ``values`` (float32, stored as the 16-bit ``dtype``) by
+    :func:`cell_test`: the compiled pass flags candidates, the reference test decides them."""
     flat_v = np.ascontiguousarray(values, dtype=np.float32).reshape(-1)
-    flat_x = np.ascontiguousarray(x, dtype=np.float64).reshape(-1)
+    flat_x = np.ascontiguousarray(x, dtype=x.dtype if x.dtype == np.float32 else np.float64).reshape(-1)
     flagged = np.empty(flat_v.size, dtype=np.int64)
     k = _flag_outside(_bits(flat_v, dtype), flat_v, flat_x, _values_table(dtype), INF_BITS[dtype],
                       float(GRID_TOLERANCE_STEPS), flagged)
@@ -106,7 +109,7 @@ def count_outside(values: np.ndarray, x: np.ndarray, dtype: torch.dtype) -> int:
         return 0
     at = flagged[:k]
     lo, hi = (t.double().numpy() for t in rounding_cells(torch.from_numpy(flat_v[at]), dtype))
-    inside, *_ = cell_test(flat_x[at], lo, hi)
+    inside, *_ = cell_test(flat_x[at].astype(np.float64), lo, hi)
     return int((~inside).sum())
 
 

@@ -99,7 +99,8 @@ def classify_difference(x: np.ndarray, w: np.ndarray) -> tuple[ChangeClass, dict
     live = row_rms[row_rms > 0]
     row_cv = float(live.std() / live.mean()) if live.size > 1 else 0.0
     z = r / np.where(row_rms > 0, row_rms, 1.0)[:, None]
-    kurt = float(np.mean(z**4) - 3.0)
+    z2 = z * z  # z**4 calls pow() per weight: 17x slower (14 CPU s of investigate at 7B)
+    kurt = float(np.mean(z2 * z2) - 3.0)
     corr = _corr(delta, w64)
     corr_sigmas = abs(corr) * math.sqrt(delta.size)
     ratio = rank_ratio(r)
