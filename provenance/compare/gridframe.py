@@ -97,9 +97,13 @@ class CellCount:
     def __init__(self, qtype: str, sampled: np.ndarray, narrow: torch.dtype | None) -> None:
         self.qtype, self.sampled, self.narrow = qtype, sampled, narrow
         self.checked = self.outside = 0
-        # the sampled rows of x, lo, hi, tol, x16 and width, allocated once: small pieces kept between
-        # chunks would fragment the heap (glibc kept ~0.5 GB more RSS at a 7B MLP matrix)
+        # the sampled rows, allocated once: small pieces kept between chunks would fragment the
+        # heap (glibc kept ~0.5 GB more RSS at a 7B MLP matrix). Explicit cells keep x, lo, hi,
+        # tol, x16 and width; a 16-bit float candidate only x and its stored values, the rest
+        # built in :meth:`result` (6 float64 arrays of 128 rows of a 70B MLP matrix are 176 MB,
+        # held per matrix in flight while the comparison's pass feeds it)
         self.picked: np.ndarray | None = None
+        self.x: np.ndarray | None = None
         self.stored: np.ndarray | None = None
 
     def _local(self, start: int, end: int) -> tuple[int, int, np.ndarray]:
@@ -114,11 +118,11 @@ class CellCount:
         assert self.narrow is not None
         at, to, local = self._local(start, start + values.shape[0])
         self.checked, self.outside = self.checked + int(x.size), self.outside + count_outside(values, x, self.narrow)
-        if self.picked is None:
-            self.picked = np.empty((6, len(self.sampled), x.shape[1]))
+        if self.x is None:
+            self.x = np.empty((len(self.sampled), x.shape[1]), x.dtype if x.dtype == np.float32 else np.float64)
             self.stored = np.empty((len(self.sampled), x.shape[1]), np.float32)
         assert self.stored is not None
-        self.picked[0, at:to] = x[local]
+        np.take(x, local, axis=0, out=self.x[at:to])
         np.take(values, local, axis=0, out=self.stored[at:to])
 
     def add_cells(self, start: int, lo: np.ndarray, hi: np.ndarray, x: np.ndarray) -> None:
@@ -132,12 +136,12 @@ class CellCount:
             np.take(a, local, axis=0, out=self.picked[k, at:to])
 
     def result(self, refined: bool = False) -> FrameCheck:
-        picked = self.picked
-        if self.narrow is not None and picked is not None:
+        picked: tuple[np.ndarray, ...] | np.ndarray | None = self.picked
+        if self.narrow is not None and self.x is not None:
             assert self.stored is not None
+            x = self.x.astype(np.float64)
             lo, hi = (t.double().numpy() for t in rounding_cells(torch.from_numpy(self.stored), self.narrow))
-            picked[1], picked[2] = lo, hi
-            _, picked[3], picked[4], picked[5] = cell_test(picked[0], lo, hi)
+            picked = (x, lo, hi, *cell_test(x, lo, hi)[1:])
         shape = None
         if picked is not None and len(self.sampled):
             x, lo, hi, tol, x16, width = picked

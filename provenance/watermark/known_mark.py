@@ -132,6 +132,12 @@ def fit_before_comparing(cand: Checkpoint, ref: Checkpoint, key: KeySource) -> F
     :func:`known_mark` uses it only when lineage's own choice of tensors (paired and changed)
     is the same list: a marked copy's, where every marked tensor changed."""
     names = _fittable(cand, ref, marked_names(ref, key))
+    # the probe rows of every tensor asked of the disk at once: read one after the other, cold,
+    # hundreds of small reads each waited for cost seconds before the pass could start
+    for name in names:
+        for ckpt in (cand, ref):
+            info = ckpt.info(name)
+            ckpt.prefetch(info.file, info.offset, min(info.n_bytes, 2 * PROBE_ROWS * info.row_bytes))
     amplitude = mark_amplitude(cand, ref, key, names)
     return None if amplitude is None else FittedMark(key, names, amplitude)
 

@@ -157,3 +157,108 @@ def test_the_mark_added_in_row_chunks_is_the_mark_of_those_rows(files: dict[str,
         full = ref.read_rows(names[0]).astype(np.float32)
         marked = source(full, np.arange(full.shape[0]))
         assert np.array_equal(source(full[rows], rows), marked[rows])
+
+
+def _counted_reads(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Bytes read per file through every reader (``Checkpoint.pread_into``), as they are read."""
+    import os
+
+    from provenance.formats import base
+
+    counts: dict[str, int] = {}
+    pread_into = base.Checkpoint.pread_into
+
+    def counted(self: base.Checkpoint, path: str, buffer: object, offset: int) -> None:
+        pread_into(self, path, buffer, offset)  # type: ignore[arg-type]
+        n = sum(len(b) for b in buffer) if isinstance(buffer, list) else len(buffer)  # type: ignore[arg-type]
+        counts[os.path.realpath(path)] = counts.get(os.path.realpath(path), 0) + n
+
+    monkeypatch.setattr(base.Checkpoint, "pread_into", counted)
+    return counts
+
+
+@pytest.mark.parametrize("label", ["mark only", "mark + quantized"])
+def test_the_mark_is_judged_in_the_lineage_pass_nothing_read_twice(
+        files: dict[str, Path], label: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """investigate traces first, fits the named client's mark, and the lineage pass checks the
+    changed reference against the candidate's cells from the chunks it reads: the re-judgement
+    reads nothing (it read every marked matrix of both files again: 1.6x each file at 7B), and
+    the lineage step reads what the comparison alone reads plus the trace's share (it stops
+    early on a strong mark) and the mark fit's probe rows. The verdict and every re-judged row
+    equal the two-pass judgement's. (On these tiny models the fixed reads, alignment probes
+    and trace, are most of a file; at 7B each file is read 1.02x: docs/benchmarks.md.)"""
+    import os
+
+    from provenance.investigate import registry
+    from provenance.investigate.state import MarkInPass
+    from provenance.watermark import load_registry, trace
+    from provenance.watermark.known_mark import PROBE_ROWS
+
+    vendor = synth_model_path("synth-s00")
+    key = DerivedKey(SECRET, LEAKER)
+    counts = _counted_reads(monkeypatch)
+    result = compare(files[label], vendor, hashes=True)
+    alone = dict(counts)
+    counts.clear()
+    trace(files[label], load_registry(files["registry"]), reference=vendor)
+    traced = dict(counts)
+    with open_checkpoint(files[label]) as cand, open_checkpoint(vendor) as ref:
+        change = known_mark(cand, ref, key, result)
+        assert change is not None
+        two_pass = judge_with_known_change(cand, ref, result, change)
+        rechecked = tensors_to_recheck(cand, result, change)
+        probe: dict[str, int] = {}
+        for ckpt in (cand, ref):
+            for name in marked_names(ref, key):
+                info = ckpt.info(name)
+                path = os.path.realpath(info.file)
+                # the fit reads the probe rows of both sides, the candidate's twice where it is a 16-bit float
+                probe[path] = probe.get(path, 0) + 2 * min(info.n_bytes, PROBE_ROWS * info.row_bytes)
+    per_step: dict[str, dict[str, int]] = {}
+
+    def counted_step(analysis):  # type: ignore[no-untyped-def]
+        def run(state: Investigation) -> None:
+            before = dict(counts)
+            analysis(state)
+            per_step[analysis.__name__] = {p: n - before.get(p, 0) for p, n in counts.items() if n != before.get(p, 0)}
+        run.__name__ = analysis.__name__
+        return run
+
+    monkeypatch.setattr(registry, "ANALYSES", [counted_step(a) for a in registry.ANALYSES])
+    counts.clear()
+    state = run_investigation(Inputs(str(files[label]), (str(vendor),), str(files["registry"])))
+
+    assert per_step["known_mark_analysis"] == {}  # judged in the lineage pass: nothing read again
+    assert isinstance(state.mark_in_pass, MarkInPass) and set(rechecked) <= set(state.mark_in_pass.checks)
+    lineage = per_step["lineage_analysis"]
+    assert set(lineage) == set(alone)
+    for path, n in lineage.items():
+        assert alone[path] <= n <= alone[path] + traced.get(path, 0) + probe[path], (path, n, alone[path])
+    judged = _lineage(state)
+    assert judged.verdict == two_pass.verdict
+    assert judged.tensors == two_pass.tensors
+
+
+def test_the_quantized_re_judgement_streams_row_chunks(files: dict[str, Path]) -> None:
+    """A quantized candidate's check against the changed reference, read on its own in row chunks
+    (what the re-judgement does when the pass could not check a tensor), equals the check the
+    lineage pass made from its own chunks (:class:`ChangedCells`), counts and shape."""
+    from provenance.compare import CompareOptions
+    from provenance.compare.api import _sample_rows
+    from provenance.compare.known import ChangedCells, _quantized_check
+    from provenance.watermark.known_mark import fit_before_comparing, mark_change
+
+    vendor = synth_model_path("synth-s00")
+    key = DerivedKey(SECRET, LEAKER)
+    with open_checkpoint(files["mark + quantized"]) as cand, open_checkpoint(vendor) as ref:
+        fitted = fit_before_comparing(cand, ref, key)
+        assert fitted is not None
+        change = mark_change(ref, key, fitted.amplitude, fitted.fitted_on)
+        cells = ChangedCells(cand, ref, change, CompareOptions())
+        compare(files["mark + quantized"], vendor, taps=cells)
+        checks = cells.checks()
+        quantized = [n for n in checks if cand.info(n).block_size > 1]
+        assert quantized
+        for name in quantized:
+            alone = _quantized_check(cand, ref, name, change.sources[name], _sample_rows(ref.info(name), CompareOptions()))
+            assert alone == checks[name], name
