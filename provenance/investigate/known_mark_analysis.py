@@ -85,9 +85,9 @@ def known_mark_analysis(state: Investigation) -> None:
                 return
             streamed = in_pass.checks if in_pass is not None else {}
             # what the pass did not check, in a second pass (minutes at 7B): shown like the lineage pass
-            meter = Meter(state.progress, f"lineage vs {model_name(reference)} with {traced.accused[0]}'s mark",
-                          sum(cand.info(name).n_bytes for name in tensors_to_recheck(cand, result, change)
-                              if name not in streamed))
+            again = sum(cand.info(name).n_bytes for name in tensors_to_recheck(cand, result, change) if name not in streamed)
+            meter = Meter(state.progress if again else None,
+                          f"lineage vs {model_name(reference)} with {traced.accused[0]}'s mark", again)
             meter.advance(0)  # the task starts now (its rate and time left count from here)
             judged = judge_with_known_change(cand, ref, result, change, progress=lambda name, n: meter.advance(
                 0 if name in streamed else n, name), streamed=streamed)

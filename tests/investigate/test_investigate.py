@@ -158,9 +158,9 @@ def test_ctrl_c_stops_investigate_promptly_and_writes_nothing(tmp_path: Path) ->
 
 @pytest.mark.slow
 def test_ctrl_c_stops_the_known_mark_pass_promptly(tmp_path: Path) -> None:
-    """SIGINT during the pass that judges lineage again with the traced client's mark (the
-    second pass over every marked matrix, minutes at 7B: docs/benchmarks.md): exit 130 within
-    a second or so (asserted < 3 s on a shared machine), no report directory."""
+    """SIGINT during the lineage pass that also judges the traced client's mark (the
+    changed-reference check fed from each chunk read: docs/lineage.md): exit 130 within a
+    second or so (asserted < 3 s on a shared machine), no report directory."""
     from provenance.watermark import DerivedKey, embed_checkpoint
     from tests.watermark.test_cli import _model
 
@@ -172,7 +172,7 @@ def test_ctrl_c_stops_the_known_mark_pass_promptly(tmp_path: Path) -> None:
     (registry / "clients.txt").write_text("acme\nglobex\n")
     embed_checkpoint(reference, marked, DerivedKey(secret, "acme"))
     elapsed = _interrupted(tmp_path, [str(marked), "--reference", str(reference), "--keys", str(registry),
-                                      "--format", "json"], "provenance: lineage vs model.gguf with acme's mark")
+                                      "--format", "json"], "provenance: lineage vs model.gguf")
     print(f"investigate, known-mark pass: exited {elapsed:.2f} s after SIGINT")
     assert elapsed < 3.0, elapsed
 
