@@ -135,20 +135,35 @@ class CellCount:
         for k, a in enumerate((x, lo, hi, tol, x16, width)):
             np.take(a, local, axis=0, out=self.picked[k, at:to])
 
+    def _block(self, rows: slice) -> tuple[np.ndarray, ...]:
+        """x, lo, hi, tol, x16 and width of the sampled rows ``rows`` (float64)."""
+        if self.picked is not None:
+            return tuple(self.picked[:, rows])
+        assert self.x is not None and self.stored is not None and self.narrow is not None
+        x = self.x[rows].astype(np.float64)
+        lo, hi = (t.double().numpy() for t in rounding_cells(torch.from_numpy(self.stored[rows]), self.narrow))
+        return (x, lo, hi, *cell_test(x, lo, hi)[1:])
+
     def result(self, refined: bool = False) -> FrameCheck:
-        picked: tuple[np.ndarray, ...] | np.ndarray | None = self.picked
-        if self.narrow is not None and self.x is not None:
-            assert self.stored is not None
-            x = self.x.astype(np.float64)
-            lo, hi = (t.double().numpy() for t in rounding_cells(torch.from_numpy(self.stored), self.narrow))
-            picked = (x, lo, hi, *cell_test(x, lo, hi)[1:])
+        kept = self.picked[0] if self.picked is not None else self.x
         shape = None
-        if picked is not None and len(self.sampled):
-            x, lo, hi, tol, x16, width = picked
+        if kept is not None and len(self.sampled):
+            # the residual in blocks of sampled rows (every step is per weight): a dozen float64
+            # temporaries of all 128 rows of a 70B MLP matrix were ~0.3 GB at once
+            moved, width = np.empty(kept.shape), np.empty(kept.shape)
+            zeroed = np.empty(kept.shape, dtype=bool)
             t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
-            moved, zeroed = cell_residual(t(x), t(lo), t(hi), t(tol), t(x16))
-            shape = grid_shape(moved.numpy(), zeroed.numpy(), x.astype(np.float32), width)
+            for start in range(0, len(self.sampled), _RESIDUAL_ROWS):
+                rows = slice(start, start + _RESIDUAL_ROWS)
+                x, lo, hi, tol, x16, width[rows] = self._block(rows)
+                block_moved, block_zeroed = cell_residual(t(x), t(lo), t(hi), t(tol), t(x16))
+                moved[rows], zeroed[rows] = block_moved.numpy(), block_zeroed.numpy()
+            shape = grid_shape(moved, zeroed, kept.astype(np.float32), width)
         return FrameCheck(self.qtype, self.checked, self.outside, shape, refined)
+
+
+#: sampled rows whose cell residual is built at once (:meth:`CellCount.result`)
+_RESIDUAL_ROWS = 16
 
 
 def check_in_candidate_frame(cand: Checkpoint, ref: Checkpoint, name: str, transform: Transform | None,

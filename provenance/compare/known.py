@@ -133,19 +133,23 @@ def _quantized_check(cand: Checkpoint, ref: Checkpoint, name: str, source: Sourc
 class _NarrowCells:
     """The changed reference against a 16-bit float candidate's rounding cells, from chunks in order."""
 
-    def __init__(self, info: TensorInfo, sample: np.ndarray, narrow: torch.dtype) -> None:
+    def __init__(self, info: TensorInfo, sample: np.ndarray, narrow: torch.dtype,
+                 finishing: threading.Lock | None = None) -> None:
         self.info, self.rows = info, 0
         self.count: CellCount | None = CellCount(info.dtype, sample, narrow)
         self.done: FrameCheck | None = None
+        self.finishing = finishing or threading.Lock()
 
     def add(self, start: int, values: np.ndarray, x: np.ndarray) -> None:
         assert self.count is not None
         self.count.add_narrow(start, values, x)  # float32: counted as float64 without a copy
         self.rows += values.shape[0]
         if self.rows == self.info.n_rows:
-            # finished now: the sampled rows' float64 buffers (~34 MB at a 7B MLP matrix) are
-            # dropped, not held until the pass ends
-            self.done, self.count = self.count.result(), None
+            # finished now: the sampled rows are dropped, not held until the pass ends. Their
+            # cells and residuals are built in float64 (~0.3 GB at a 70B MLP matrix), one matrix
+            # at a time (``finishing``): the pass's other threads stream on meanwhile
+            with self.finishing:
+                self.done, self.count = self.count.result(), None
 
     def result(self) -> FrameCheck | None:
         return self.done
@@ -185,6 +189,7 @@ class ChangedCells:
         self.cand, self.ref, self.change, self.options = cand, ref, change, options
         self._taps: dict[str, _ChangedTap] = {}
         self._lock = threading.Lock()
+        self._finishing = threading.Lock()
 
     def __call__(self, pair: TensorPair) -> _ChangedTap | None:
         source = self.change.sources.get(pair.name)
@@ -198,7 +203,7 @@ class ChangedCells:
         if c_info.block_size > 1:
             cells: _QuantizedCells | _NarrowCells = _QuantizedCells(c_info, sample)
         elif narrow is not None:
-            cells = _NarrowCells(c_info, sample, narrow)
+            cells = _NarrowCells(c_info, sample, narrow, self._finishing)
         else:
             return None
         tap = _ChangedTap(cells, source)
