@@ -106,8 +106,11 @@ def _change_details(rows: list[TensorComparison], mats: list[TensorComparison], 
 def _low_rank(mats: list[TensorComparison]) -> LowRankEvidence | None:
     """Low-rank deltas in most changed matrices, the others untouched up to storage
     precision (equal, or inside the lossy side's grid): a merged LoRA."""
-    untouched = [r for r in mats if r.max_abs_delta == 0 or inside_grid(r)]
-    changed = [r for r in mats if r not in untouched and r.rank_energy is not None and r.full_rank is not None]
+    untouched: list[TensorComparison] = []
+    rest: list[TensorComparison] = []
+    for r in mats:  # one pass: ``r not in untouched`` compared rows field by field, n^2 / 2 times
+        (untouched if r.max_abs_delta == 0 or inside_grid(r) else rest).append(r)
+    changed = [r for r in rest if r.rank_energy is not None and r.full_rank is not None]
     low = [r for r in changed if r.rank_energy <= LOW_RANK_MAX and r.rank_energy <= LOW_RANK_FRACTION * r.full_rank]
     if not (changed and len(low) >= 0.6 * len(changed) and untouched):
         return None
