@@ -1,0 +1,226 @@
+"""Q8_0's grid check for an f32 source, fused: the recipe, the tests and the error sums of
+:func:`provenance.codecs.native.gridcheck.check` in one pass over the stored bytes, several
+groups at a time, adding exactly what it adds in the same order (every count, kept distance
+and float64 sum bit for bit: ``tests/quant/test_gridcheck_split.py`` holds the production
+kernel to the one-pass loop).
+
+Why a kernel of its own: ``quantcheck`` of a Q8_0 candidate is Q8_0's check and little else
+(docs/benchmarks.md), and the shared pass spent most of its time outside the arithmetic:
+every weight's code widened to an int64 array, its prediction (level, position, validity)
+stored and read back, the source copied, the block maximum a compare-and-select chain, and
+the float64 error sums of a group one dependent chain each (an add every 3-4 cycles, which
+no reassociation may shorten without changing the bits). Here:
+
+* the codes are read as the stored int8 bytes, the prediction is recomputed where it is
+  tested, nothing per weight is stored;
+* ``max |x|`` of a block is the integer maximum of the float bits (the same value for
+  non-NaN floats, NaN detected above the bits of inf), which vectorizes;
+* :data:`FUSED_GROUPS` groups are summed side by side: each group's float64 sums are still
+  one chain in index order (as the shared pass adds them), but four independent chains keep
+  the core busy where one left it waiting.
+
+Only groups with a mismatch (none in a clean quantization) go back to the stored
+prediction for their explanation, distances and a clean quantization's squared error.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from provenance.codecs.native.fields import f16
+from provenance.codecs.native.floats import bits_float, float_bits, round_f16, roundf, safe_inverse
+from provenance.codecs.native.gridcheck import (
+    _F0,
+    _NINF,
+    _ONE,
+    GROUP_WEIGHTS,
+    MAX_ABS,
+    N_SCALE_BAD,
+    NO_TABLE,
+    _add_block,
+    _block_views,
+    _clean_sse,
+    _count_mismatch,
+    _margin,
+    _step_terms,
+    check_workspace,
+)
+from provenance.jit import inline
+
+BLOCK = 32
+"""Weights per Q8_0 block."""
+GROUP_BLOCKS = GROUP_WEIGHTS // BLOCK
+"""Blocks per group of the shared check: its float64 sums restart at every group."""
+FUSED_GROUPS = 4
+"""Groups whose sums run side by side (four chains of float64 adds in flight)."""
+RUN_BLOCKS = GROUP_BLOCKS * FUSED_GROUPS
+"""Blocks per fused run: :func:`check_runs` covers whole runs, the shared check the rest."""
+_QMIN, _QMAX = -128, 127
+_D127 = np.float32(127.0)
+
+
+@inline
+def _absmax(xs):  # type: ignore[no-untyped-def]
+    """``max |x|`` of a block, NaN if any is NaN (``legacy._absmax_nan``): the integer maximum
+    of the bits of ``|x|``, which orders as the floats do and puts NaN above inf."""
+    m = np.uint32(0)
+    for j in range(xs.shape[0]):
+        b = float_bits(xs[j]) & np.uint32(0x7FFFFFFF)
+        m = b if b > m else m
+    return np.float32(np.nan) if m > np.uint32(0x7F800000) else bits_float(np.uint32(m))
+
+
+@inline
+def _block_tests(xs, codes, idn, near_margin):  # type: ignore[no-untyped-def]
+    """One block's weights near a cell boundary and mismatched codes, as the shared pass's
+    first stage counts them (every Q8_0 prediction is valid)."""
+    n_near = np.int32(0)
+    n_bad = np.int32(0)
+    for j in range(BLOCK):
+        u = np.float32(xs[j] * idn)
+        pl = roundf(u)
+        margin, _ = _margin(u, pl, 0, True, NO_TABLE, _QMIN, _QMAX)
+        n_near += np.int32((margin >= _F0) & (margin < near_margin))
+        n_bad += np.int32(pl != np.float32(codes[2 + j]))
+    return n_near, n_bad
+
+
+@inline
+def _terms(sc, code, xv):  # type: ignore[no-untyped-def]
+    """A weight's squared error, squared reference and absolute error (float64), its stored
+    value ``fl(sc * code)`` as the shared pass computes it."""
+    r = np.float64(xv)
+    diff = np.float64(np.float32(sc * np.float32(code))) - r
+    return diff * diff, r * r, abs(diff)
+
+
+@inline
+def _sub_block_end(sc, n_near, absd, inv, near, steps, n_steps):  # type: ignore[no-untyped-def]
+    """A block's (sub-block's) step terms, added as the shared pass adds them."""
+    step_k, finite_k, inv_k, _ = _step_terms(sc, _ONE, True, False)
+    if finite_k:
+        inv += inv_k * np.int32(BLOCK)
+        near += inv_k * n_near
+        steps += absd / np.float64(step_k)
+        n_steps += BLOCK
+    return inv, near, steps, n_steps
+
+
+@inline
+def _mismatched_group(blocks, x, g0, counts, dist, f16_table, grid, predict, ws):  # type: ignore[no-untyped-def]
+    """A group with a mismatch: its stored grid and prediction, each mismatch explained or
+    counted in index order, and a clean quantization's squared error (the shared pass's third
+    stage)."""
+    g, p = ws[0], ws[1]
+    for b in range(GROUP_BLOCKS):
+        gb, pb = _block_views(g, p, b, BLOCK, 1)
+        grid(blocks[g0 + b], f16_table, gb)
+        predict(x[g0 + b], blocks[g0 + b], gb, f16_table, NO_TABLE, pb)
+    for k in range(GROUP_BLOCKS):
+        sc = g.scale[k]
+        for j in range(k * BLOCK, (k + 1) * BLOCK):
+            c = g.code[j]
+            s = np.float32(c)
+            pl = p.level[j]
+            if p.valid[j] & (pl != s):
+                _count_mismatch(j, s, c, sc, p.u[j], pl, False, _NINF, True, NO_TABLE, counts, dist)
+    return _clean_sse(x[g0:g0 + GROUP_BLOCKS].reshape(GROUP_WEIGHTS), g, p, False, True, NO_TABLE)
+
+
+@inline
+def check_runs(blocks, x, counts, sums, dist, near_margin, f16_table, grid, predict):  # type: ignore[no-untyped-def]
+    """The f32-source check of the whole runs of :data:`RUN_BLOCKS` blocks at the start of
+    ``blocks`` / ``x``; returns how many blocks it covered (the caller checks the rest with
+    the shared pass, whose groups then start where the shared pass's would). ``grid`` and
+    ``predict``: Q8_0's block decoder and recipe, for groups with a mismatch."""
+    n_runs = blocks.shape[0] // RUN_BLOCKS
+    signed = blocks.view(np.int8)
+    ws = check_workspace(GROUP_WEIGHTS, GROUP_BLOCKS)
+    scales = np.zeros(RUN_BLOCKS, np.float32)
+    n_near = np.zeros(RUN_BLOCKS, np.int32)
+    n_bad = np.zeros(FUSED_GROUPS, np.int64)
+    mx = sums[MAX_ABS]  # NaN (torch.max's rule) is carried by the flag, applied at the end
+    nan = mx != mx
+    for run in range(n_runs):
+        r0 = run * RUN_BLOCKS
+        # the recipe and the tests, block by block (vectorized within a block)
+        for q in range(FUSED_GROUPS):
+            n_bad[q] = 0
+        for b in range(RUN_BLOCKS):
+            blk = r0 + b
+            sc = f16(blocks[blk], 0, f16_table)
+            scales[b] = sc
+            d = _absmax(x[blk]) / _D127
+            if round_f16(d) != sc:
+                counts[N_SCALE_BAD] += 1
+            near_b, bad_b = _block_tests(x[blk], signed[blk], safe_inverse(d), near_margin)
+            n_near[b] = near_b
+            n_bad[b // GROUP_BLOCKS] += bad_b
+        # the float64 sums: four groups' chains side by side, each in index order
+        sse0 = sse1 = sse2 = sse3 = 0.0
+        ref0 = ref1 = ref2 = ref3 = 0.0
+        inv0 = inv1 = inv2 = inv3 = 0.0
+        near0 = near1 = near2 = near3 = 0.0
+        st0 = st1 = st2 = st3 = 0.0
+        ns0 = ns1 = ns2 = ns3 = 0
+        m0 = m1 = m2 = m3 = 0.0
+        for k in range(GROUP_BLOCKS):
+            b0 = r0 + k
+            b1 = b0 + GROUP_BLOCKS
+            b2 = b1 + GROUP_BLOCKS
+            b3 = b2 + GROUP_BLOCKS
+            sc0 = scales[k]
+            sc1 = scales[k + GROUP_BLOCKS]
+            sc2 = scales[k + 2 * GROUP_BLOCKS]
+            sc3 = scales[k + 3 * GROUP_BLOCKS]
+            x0, x1, x2, x3 = x[b0], x[b1], x[b2], x[b3]
+            c0, c1, c2, c3 = signed[b0], signed[b1], signed[b2], signed[b3]
+            a0 = a1 = a2 = a3 = 0.0
+            for j in range(BLOCK):
+                e, r, a = _terms(sc0, c0[2 + j], x0[j])
+                sse0 += e
+                ref0 += r
+                a0 += a
+                m0 = a if a > m0 else m0
+                e, r, a = _terms(sc1, c1[2 + j], x1[j])
+                sse1 += e
+                ref1 += r
+                a1 += a
+                m1 = a if a > m1 else m1
+                e, r, a = _terms(sc2, c2[2 + j], x2[j])
+                sse2 += e
+                ref2 += r
+                a2 += a
+                m2 = a if a > m2 else m2
+                e, r, a = _terms(sc3, c3[2 + j], x3[j])
+                sse3 += e
+                ref3 += r
+                a3 += a
+                m3 = a if a > m3 else m3
+            # a sum of |diff| is NaN exactly when one of them is (the rest are >= 0, inf at most)
+            nan |= (a0 != a0) | (a1 != a1) | (a2 != a2) | (a3 != a3)
+            inv0, near0, st0, ns0 = _sub_block_end(sc0, n_near[k], a0, inv0, near0, st0, ns0)
+            inv1, near1, st1, ns1 = _sub_block_end(sc1, n_near[k + GROUP_BLOCKS], a1, inv1, near1, st1, ns1)
+            inv2, near2, st2, ns2 = _sub_block_end(sc2, n_near[k + 2 * GROUP_BLOCKS], a2, inv2, near2, st2, ns2)
+            inv3, near3, st3, ns3 = _sub_block_end(sc3, n_near[k + 3 * GROUP_BLOCKS], a3, inv3, near3, st3, ns3)
+        # max is exact in any order; NaN is carried by the flag
+        for m in (m0, m1, m2, m3):
+            mx = m if m > mx else mx
+        peak = np.float64(np.nan) if nan else mx
+        # the groups' totals in group order, as the shared pass adds them
+        for q in range(FUSED_GROUPS):
+            if q == 0:
+                sse, ref, inv, near, st, ns = sse0, ref0, inv0, near0, st0, ns0
+            elif q == 1:
+                sse, ref, inv, near, st, ns = sse1, ref1, inv1, near1, st1, ns1
+            elif q == 2:
+                sse, ref, inv, near, st, ns = sse2, ref2, inv2, near2, st2, ns2
+            else:
+                sse, ref, inv, near, st, ns = sse3, ref3, inv3, near3, st3, ns3
+            clean = sse
+            if n_bad[q]:
+                clean = _mismatched_group(blocks, x, r0 + q * GROUP_BLOCKS, counts, dist, f16_table, grid, predict, ws)
+            _add_block(counts, sums, GROUP_WEIGHTS, GROUP_WEIGHTS, n_bad[q], ns, inv, near, sse, ref, clean, peak, st)
+    return n_runs * RUN_BLOCKS
+
+
+__all__ = ["FUSED_GROUPS", "RUN_BLOCKS", "check_runs"]
