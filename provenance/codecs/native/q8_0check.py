@@ -30,8 +30,13 @@ from provenance.codecs.native.fields import f16
 from provenance.codecs.native.floats import bits_float, float_bits, round_f16, roundf, safe_inverse
 from provenance.codecs.native.gridcheck import (
     _F0,
+    _HALF,
     _NINF,
     _ONE,
+    _PINF,
+    CELL_NOISE,
+    CELL_OUTSIDE,
+    CELL_TOTAL,
     GROUP_WEIGHTS,
     MAX_ABS,
     N_SCALE_BAD,
@@ -223,4 +228,72 @@ def check_runs(blocks, x, counts, sums, dist, near_margin, f16_table, grid, pred
     return n_runs * RUN_BLOCKS
 
 
-__all__ = ["FUSED_GROUPS", "RUN_BLOCKS", "check_runs"]
+
+
+@inline
+def cells_fused(blocks, other, counts, sums, tol_steps, exact16, f16_table):  # type: ignore[no-untyped-def]
+    """Q8_0's cells kernel (:func:`provenance.codecs.native.gridcheck.cells` with Q8_0's grid),
+    block by block from the stored bytes: the codes read as int8 where they are tested (no
+    int64 code array), each block's steps squared into the four interleaved float64 sums of
+    ``gridcheck._sum_squares`` as the block ends (a block is 32 weights, so element ``i``
+    still goes to lane ``i % 4`` in index order: the same sum, bit for bit)."""
+    signed = blocks.view(np.int8)
+    steps = np.zeros(BLOCK, np.float32)
+    a0 = 0.0
+    a1 = 0.0
+    a2 = 0.0
+    a3 = 0.0
+    outside = 0
+    for i in range(blocks.shape[0]):
+        sc = f16(blocks[i], 0, f16_table)
+        c = signed[i]
+        o = other[i]
+        if exact16:
+            outside += cell_counts(c, o, sc, tol_steps, True, steps)
+        else:
+            outside += cell_counts(c, o, sc, tol_steps, False, steps)
+        for j in range(0, BLOCK, 4):
+            s0 = np.float64(steps[j])
+            s1 = np.float64(steps[j + 1])
+            s2 = np.float64(steps[j + 2])
+            s3 = np.float64(steps[j + 3])
+            a0 += s0 * s0
+            a1 += s1 * s1
+            a2 += s2 * s2
+            a3 += s3 * s3
+    counts[CELL_OUTSIDE] += outside
+    counts[CELL_TOTAL] += other.size
+    sums[CELL_NOISE] += (a0 + a1) + (a2 + a3)
+
+
+@inline
+def cell_counts(c, o, sc, tol_steps, exact16, steps):  # type: ignore[no-untyped-def]
+    """``gridcheck.cell_block``'s test on one Q8_0 block (codes ``c[2:]``, scale ``sc``):
+    how many of ``o`` (or their f16 roundings) lie outside their stored cells; each weight's
+    step into ``steps``."""
+    positive = sc >= _F0
+    outside = 0
+    for j in range(BLOCK):
+        code = c[2 + j]
+        level = np.float32(code)
+        a = np.float32(sc * np.float32(level - _HALF))
+        b = np.float32(sc * np.float32(level + _HALF))
+        first = code == _QMIN
+        last = code == _QMAX
+        nan = (a != a) | (b != b)
+        lo = np.float32(np.nan) if nan else (a if a < b else b)
+        hi = np.float32(np.nan) if nan else (b if a < b else a)
+        step = abs(np.float32(hi - lo))
+        steps[j] = step
+        lo = _NINF if (first & positive) | (last & ~positive) else lo
+        hi = _PINF if (last & positive) | (first & ~positive) else hi
+        tol = np.float32(tol_steps * step)
+        low = np.float32(lo - tol)
+        high = np.float32(hi + tol)
+        v = o[j]
+        v16 = v if exact16 else round_f16(v)
+        outside += ((v < low) | (v > high)) & ((v16 < low) | (v16 > high))
+    return outside
+
+
+__all__ = ["FUSED_GROUPS", "RUN_BLOCKS", "cell_counts", "cells_fused", "check_runs"]
