@@ -12,12 +12,18 @@ the float64 error sums of a group one dependent chain each (an add every 3-4 cyc
 no reassociation may shorten without changing the bits). Here:
 
 * the codes are read as the stored int8 bytes, the prediction is recomputed where it is
-  tested, nothing per weight is stored;
+  tested, nothing per weight is stored but the error terms below;
 * ``max |x|`` of a block is the integer maximum of the float bits (the same value for
   non-NaN floats, NaN detected above the bits of inf), which vectorizes;
-* :data:`FUSED_GROUPS` groups are summed side by side: each group's float64 sums are still
-  one chain in index order (as the shared pass adds them), but four independent chains keep
-  the core busy where one left it waiting.
+* a run of :data:`FUSED_GROUPS` groups is done in two stages: block by block, vectorized,
+  the recipe, the tests and each weight's float64 error terms (squared error, squared
+  reference, absolute error) into a small buffer (24 KiB); then the sums alone, the run's
+  groups side by side. Each group's float64 sums are still one chain in index order (as
+  the shared pass adds them), but four groups' independent chains keep the core busy where
+  one chain left it waiting.
+
+Measured (``benchmarks/bench_gridcheck_threads.py``, one thread, CPU time): 3.8-4.0 ns per
+weight in the shared pass, 1.5 here (docs/benchmarks.md).
 
 Only groups with a mismatch (none in a clean quantization) go back to the stored
 prediction for their explanation, distances and a clean quantization's squared error.
@@ -132,6 +138,106 @@ def _mismatched_group(blocks, x, g0, counts, dist, f16_table, grid, predict, ws)
 
 
 @inline
+def _recipe_and_tests(blocks, signed, x, r0, counts, near_margin, f16_table, scales, n_near, n_bad, terms):  # type: ignore[no-untyped-def]
+    """The first stage over a run's blocks (vectorized within a block): the stored scale,
+    the recipe's scale and its test, the weights near a boundary per block, the mismatches
+    per group, and each weight's error terms into ``terms`` (one row per term, in the run's
+    index order)."""
+    for q in range(FUSED_GROUPS):
+        n_bad[q] = 0
+    for b in range(RUN_BLOCKS):
+        blk = r0 + b
+        sc = f16(blocks[blk], 0, f16_table)
+        scales[b] = sc
+        d = _absmax(x[blk]) / _D127
+        if round_f16(d) != sc:
+            counts[N_SCALE_BAD] += 1
+        near_b, bad_b = _block_tests(x[blk], signed[blk], safe_inverse(d), near_margin)
+        n_near[b] = near_b
+        n_bad[b // GROUP_BLOCKS] += bad_b
+        xs = x[blk]
+        cs = signed[blk]
+        at = b * BLOCK
+        for j in range(BLOCK):
+            e, r, a = _terms(sc, cs[2 + j], xs[j])
+            terms[0, at + j] = e
+            terms[1, at + j] = r
+            terms[2, at + j] = a
+
+
+@inline
+def _group_sums(terms, scales, n_near, totals):  # type: ignore[no-untyped-def]
+    """The float64 sums of a run's :data:`FUSED_GROUPS` groups, four chains side by side,
+    each in index order as the shared pass adds it, into ``totals[group]`` (``SSE``,
+    ``REF_SS``, ``INV_STEP``, ``NEAR_INV``, ``ABS_STEPS``, steps counted) from the error
+    terms of :func:`_recipe_and_tests`; returns the largest absolute error and whether one
+    was NaN."""
+    sse0 = sse1 = sse2 = sse3 = 0.0
+    ref0 = ref1 = ref2 = ref3 = 0.0
+    inv0 = inv1 = inv2 = inv3 = 0.0
+    near0 = near1 = near2 = near3 = 0.0
+    st0 = st1 = st2 = st3 = 0.0
+    ns0 = ns1 = ns2 = ns3 = 0
+    m0 = m1 = m2 = m3 = 0.0
+    nan = False
+    es, rs, ab = terms[0], terms[1], terms[2]
+    span = GROUP_BLOCKS * BLOCK
+    for k in range(GROUP_BLOCKS):
+        sc0 = scales[k]
+        sc1 = scales[k + GROUP_BLOCKS]
+        sc2 = scales[k + 2 * GROUP_BLOCKS]
+        sc3 = scales[k + 3 * GROUP_BLOCKS]
+        a0 = a1 = a2 = a3 = 0.0
+        for i in range(k * BLOCK, (k + 1) * BLOCK):
+            sse0 += es[i]
+            ref0 += rs[i]
+            a = ab[i]
+            a0 += a
+            m0 = a if a > m0 else m0
+            sse1 += es[i + span]
+            ref1 += rs[i + span]
+            a = ab[i + span]
+            a1 += a
+            m1 = a if a > m1 else m1
+            sse2 += es[i + 2 * span]
+            ref2 += rs[i + 2 * span]
+            a = ab[i + 2 * span]
+            a2 += a
+            m2 = a if a > m2 else m2
+            sse3 += es[i + 3 * span]
+            ref3 += rs[i + 3 * span]
+            a = ab[i + 3 * span]
+            a3 += a
+            m3 = a if a > m3 else m3
+        # a sum of |diff| is NaN exactly when one of them is (the rest are >= 0, inf at most)
+        nan |= (a0 != a0) | (a1 != a1) | (a2 != a2) | (a3 != a3)
+        inv0, near0, st0, ns0 = _sub_block_end(sc0, n_near[k], a0, inv0, near0, st0, ns0)
+        inv1, near1, st1, ns1 = _sub_block_end(sc1, n_near[k + GROUP_BLOCKS], a1, inv1, near1, st1, ns1)
+        inv2, near2, st2, ns2 = _sub_block_end(sc2, n_near[k + 2 * GROUP_BLOCKS], a2, inv2, near2, st2, ns2)
+        inv3, near3, st3, ns3 = _sub_block_end(sc3, n_near[k + 3 * GROUP_BLOCKS], a3, inv3, near3, st3, ns3)
+    _put_totals(totals, 0, sse0, ref0, inv0, near0, st0, ns0)
+    _put_totals(totals, 1, sse1, ref1, inv1, near1, st1, ns1)
+    _put_totals(totals, 2, sse2, ref2, inv2, near2, st2, ns2)
+    _put_totals(totals, 3, sse3, ref3, inv3, near3, st3, ns3)
+    m01 = m0 if m0 > m1 else m1
+    m23 = m2 if m2 > m3 else m3
+    return (m01 if m01 > m23 else m23), nan
+
+
+_SSE, _REF, _INV, _NEAR, _STEPS, _N_STEPS = range(6)
+
+
+@inline
+def _put_totals(totals, q, sse, ref, inv, near, steps, n_steps):  # type: ignore[no-untyped-def]
+    totals[q, _SSE] = sse
+    totals[q, _REF] = ref
+    totals[q, _INV] = inv
+    totals[q, _NEAR] = near
+    totals[q, _STEPS] = steps
+    totals[q, _N_STEPS] = n_steps
+
+
+@inline
 def check_runs(blocks, x, counts, sums, dist, near_margin, f16_table, grid, predict):  # type: ignore[no-untyped-def]
     """The f32-source check of the whole runs of :data:`RUN_BLOCKS` blocks at the start of
     ``blocks`` / ``x``; returns how many blocks it covered (the caller checks the rest with
@@ -143,91 +249,26 @@ def check_runs(blocks, x, counts, sums, dist, near_margin, f16_table, grid, pred
     scales = np.zeros(RUN_BLOCKS, np.float32)
     n_near = np.zeros(RUN_BLOCKS, np.int32)
     n_bad = np.zeros(FUSED_GROUPS, np.int64)
-    mx = sums[MAX_ABS]  # NaN (torch.max's rule) is carried by the flag, applied at the end
+    totals = np.zeros((FUSED_GROUPS, 6), np.float64)
+    terms = np.zeros((3, RUN_BLOCKS * BLOCK), np.float64)
+    mx = sums[MAX_ABS]  # NaN (torch.max's rule) is carried by the flag, applied at each group's end
     nan = mx != mx
     for run in range(n_runs):
         r0 = run * RUN_BLOCKS
-        # the recipe and the tests, block by block (vectorized within a block)
-        for q in range(FUSED_GROUPS):
-            n_bad[q] = 0
-        for b in range(RUN_BLOCKS):
-            blk = r0 + b
-            sc = f16(blocks[blk], 0, f16_table)
-            scales[b] = sc
-            d = _absmax(x[blk]) / _D127
-            if round_f16(d) != sc:
-                counts[N_SCALE_BAD] += 1
-            near_b, bad_b = _block_tests(x[blk], signed[blk], safe_inverse(d), near_margin)
-            n_near[b] = near_b
-            n_bad[b // GROUP_BLOCKS] += bad_b
-        # the float64 sums: four groups' chains side by side, each in index order
-        sse0 = sse1 = sse2 = sse3 = 0.0
-        ref0 = ref1 = ref2 = ref3 = 0.0
-        inv0 = inv1 = inv2 = inv3 = 0.0
-        near0 = near1 = near2 = near3 = 0.0
-        st0 = st1 = st2 = st3 = 0.0
-        ns0 = ns1 = ns2 = ns3 = 0
-        m0 = m1 = m2 = m3 = 0.0
-        for k in range(GROUP_BLOCKS):
-            b0 = r0 + k
-            b1 = b0 + GROUP_BLOCKS
-            b2 = b1 + GROUP_BLOCKS
-            b3 = b2 + GROUP_BLOCKS
-            sc0 = scales[k]
-            sc1 = scales[k + GROUP_BLOCKS]
-            sc2 = scales[k + 2 * GROUP_BLOCKS]
-            sc3 = scales[k + 3 * GROUP_BLOCKS]
-            x0, x1, x2, x3 = x[b0], x[b1], x[b2], x[b3]
-            c0, c1, c2, c3 = signed[b0], signed[b1], signed[b2], signed[b3]
-            a0 = a1 = a2 = a3 = 0.0
-            for j in range(BLOCK):
-                e, r, a = _terms(sc0, c0[2 + j], x0[j])
-                sse0 += e
-                ref0 += r
-                a0 += a
-                m0 = a if a > m0 else m0
-                e, r, a = _terms(sc1, c1[2 + j], x1[j])
-                sse1 += e
-                ref1 += r
-                a1 += a
-                m1 = a if a > m1 else m1
-                e, r, a = _terms(sc2, c2[2 + j], x2[j])
-                sse2 += e
-                ref2 += r
-                a2 += a
-                m2 = a if a > m2 else m2
-                e, r, a = _terms(sc3, c3[2 + j], x3[j])
-                sse3 += e
-                ref3 += r
-                a3 += a
-                m3 = a if a > m3 else m3
-            # a sum of |diff| is NaN exactly when one of them is (the rest are >= 0, inf at most)
-            nan |= (a0 != a0) | (a1 != a1) | (a2 != a2) | (a3 != a3)
-            inv0, near0, st0, ns0 = _sub_block_end(sc0, n_near[k], a0, inv0, near0, st0, ns0)
-            inv1, near1, st1, ns1 = _sub_block_end(sc1, n_near[k + GROUP_BLOCKS], a1, inv1, near1, st1, ns1)
-            inv2, near2, st2, ns2 = _sub_block_end(sc2, n_near[k + 2 * GROUP_BLOCKS], a2, inv2, near2, st2, ns2)
-            inv3, near3, st3, ns3 = _sub_block_end(sc3, n_near[k + 3 * GROUP_BLOCKS], a3, inv3, near3, st3, ns3)
-        # max is exact in any order; NaN is carried by the flag
-        for m in (m0, m1, m2, m3):
-            mx = m if m > mx else mx
+        _recipe_and_tests(blocks, signed, x, r0, counts, near_margin, f16_table, scales, n_near, n_bad, terms)
+        m, run_nan = _group_sums(terms, scales, n_near, totals)
+        mx = m if m > mx else mx  # max is exact in any order
+        nan |= run_nan
         peak = np.float64(np.nan) if nan else mx
         # the groups' totals in group order, as the shared pass adds them
         for q in range(FUSED_GROUPS):
-            if q == 0:
-                sse, ref, inv, near, st, ns = sse0, ref0, inv0, near0, st0, ns0
-            elif q == 1:
-                sse, ref, inv, near, st, ns = sse1, ref1, inv1, near1, st1, ns1
-            elif q == 2:
-                sse, ref, inv, near, st, ns = sse2, ref2, inv2, near2, st2, ns2
-            else:
-                sse, ref, inv, near, st, ns = sse3, ref3, inv3, near3, st3, ns3
-            clean = sse
+            t = totals[q]
+            clean = t[_SSE]
             if n_bad[q]:
                 clean = _mismatched_group(blocks, x, r0 + q * GROUP_BLOCKS, counts, dist, f16_table, grid, predict, ws)
-            _add_block(counts, sums, GROUP_WEIGHTS, GROUP_WEIGHTS, n_bad[q], ns, inv, near, sse, ref, clean, peak, st)
+            _add_block(counts, sums, GROUP_WEIGHTS, GROUP_WEIGHTS, n_bad[q], np.int64(t[_N_STEPS]), t[_INV], t[_NEAR],
+                       t[_SSE], t[_REF], clean, peak, t[_STEPS])
     return n_runs * RUN_BLOCKS
-
-
 
 
 @inline
