@@ -1,8 +1,9 @@
-"""Q8_0's grid check for an f32 source, fused: the recipe, the tests and the error sums of
+"""Q8_0's grid check, fused: the recipe, the tests and the error sums of
 :func:`provenance.codecs.native.gridcheck.check` in one pass over the stored bytes, several
 groups at a time, adding exactly what it adds in the same order (every count, kept distance
-and float64 sum bit for bit: ``tests/quant/test_gridcheck_split.py`` holds the production
-kernel to the one-pass loop).
+and float64 sum bit for bit: ``tests/codecs/test_q8_0check.py`` holds both kernels here to
+the shared passes, ``tests/quant/test_gridcheck_split.py`` the production check to the
+one-pass loop).
 
 Why a kernel of its own: ``quantcheck`` of a Q8_0 candidate is Q8_0's check and little else
 (docs/benchmarks.md), and the shared pass spent most of its time outside the arithmetic:
@@ -24,6 +25,10 @@ no reassociation may shorten without changing the bits). Here:
 
 Measured (``benchmarks/bench_gridcheck_threads.py``, one thread, CPU time): 3.8-4.0 ns per
 weight in the shared pass, 1.5 here (docs/benchmarks.md).
+
+Under the f16 / bf16 source hypotheses the recipe sees the run rounded to that format
+(computed per run); a run holding an f32 value on a midpoint of the format (both roundings
+are then tried) is left to the shared pass.
 
 Only groups with a mismatch (none in a clean quantization) go back to the stored
 prediction for their explanation, distances and a clean quantization's squared error.
@@ -53,7 +58,9 @@ from provenance.codecs.native.gridcheck import (
     _count_mismatch,
     _margin,
     _step_terms,
+    check,
     check_workspace,
+    source_block,
 )
 from provenance.jit import inline
 
@@ -117,15 +124,15 @@ def _sub_block_end(sc, n_near, absd, inv, near, steps, n_steps):  # type: ignore
 
 
 @inline
-def _mismatched_group(blocks, x, g0, counts, dist, f16_table, grid, predict, ws):  # type: ignore[no-untyped-def]
-    """A group with a mismatch: its stored grid and prediction, each mismatch explained or
-    counted in index order, and a clean quantization's squared error (the shared pass's third
-    stage)."""
+def _mismatched_group(blocks, src, s0, x, g0, counts, dist, f16_table, grid, predict, ws):  # type: ignore[no-untyped-def]
+    """A group with a mismatch (blocks ``g0...`` of ``x``, ``s0...`` of the source ``src`` the
+    recipe sees): its stored grid and prediction, each mismatch explained or counted in index
+    order, and a clean quantization's squared error (the shared pass's third stage)."""
     g, p = ws[0], ws[1]
     for b in range(GROUP_BLOCKS):
         gb, pb = _block_views(g, p, b, BLOCK, 1)
         grid(blocks[g0 + b], f16_table, gb)
-        predict(x[g0 + b], blocks[g0 + b], gb, f16_table, NO_TABLE, pb)
+        predict(src[s0 + b], blocks[g0 + b], gb, f16_table, NO_TABLE, pb)
     for k in range(GROUP_BLOCKS):
         sc = g.scale[k]
         for j in range(k * BLOCK, (k + 1) * BLOCK):
@@ -138,9 +145,11 @@ def _mismatched_group(blocks, x, g0, counts, dist, f16_table, grid, predict, ws)
 
 
 @inline
-def _recipe_and_tests(blocks, signed, x, r0, counts, near_margin, f16_table, scales, n_near, n_bad, terms):  # type: ignore[no-untyped-def]
-    """The first stage over a run's blocks (vectorized within a block): the stored scale,
-    the recipe's scale and its test, the weights near a boundary per block, the mismatches
+def _recipe_and_tests(blocks, signed, src, s0, x, r0, counts, near_margin, f16_table, scales, n_near,  # type: ignore[no-untyped-def]
+                      n_bad, terms):
+    """The first stage over a run's blocks (``r0...`` of ``x``, ``s0...`` of the source
+    ``src`` the recipe sees), vectorized within a block: the stored scale, the recipe's scale
+    and its test, the weights near a boundary per block, the mismatches
     per group, and each weight's error terms into ``terms`` (one row per term, in the run's
     index order)."""
     for q in range(FUSED_GROUPS):
@@ -149,10 +158,10 @@ def _recipe_and_tests(blocks, signed, x, r0, counts, near_margin, f16_table, sca
         blk = r0 + b
         sc = f16(blocks[blk], 0, f16_table)
         scales[b] = sc
-        d = _absmax(x[blk]) / _D127
+        d = _absmax(src[s0 + b]) / _D127
         if round_f16(d) != sc:
             counts[N_SCALE_BAD] += 1
-        near_b, bad_b = _block_tests(x[blk], signed[blk], safe_inverse(d), near_margin)
+        near_b, bad_b = _block_tests(src[s0 + b], signed[blk], safe_inverse(d), near_margin)
         n_near[b] = near_b
         n_bad[b // GROUP_BLOCKS] += bad_b
         xs = x[blk]
@@ -238,36 +247,61 @@ def _put_totals(totals, q, sse, ref, inv, near, steps, n_steps):  # type: ignore
 
 
 @inline
-def check_runs(blocks, x, counts, sums, dist, near_margin, f16_table, grid, predict):  # type: ignore[no-untyped-def]
-    """The f32-source check of the whole runs of :data:`RUN_BLOCKS` blocks at the start of
-    ``blocks`` / ``x``; returns how many blocks it covered (the caller checks the rest with
-    the shared pass, whose groups then start where the shared pass's would). ``grid`` and
-    ``predict``: Q8_0's block decoder and recipe, for groups with a mismatch."""
+def _fused_run(blocks, signed, src, s0, x, r0, counts, sums, dist, near_margin, f16_table, grid,  # type: ignore[no-untyped-def]
+               predict, work, mx, nan):
+    """One run of :data:`RUN_BLOCKS` blocks from block ``r0`` (the recipe on ``src`` from block
+    ``s0``); ``mx`` / ``nan``: the largest absolute error so far and whether one was NaN,
+    returned updated."""
+    ws, scales, n_near, n_bad, totals, terms = work
+    _recipe_and_tests(blocks, signed, src, s0, x, r0, counts, near_margin, f16_table, scales, n_near, n_bad, terms)
+    m, run_nan = _group_sums(terms, scales, n_near, totals)
+    mx = m if m > mx else mx  # max is exact in any order
+    nan |= run_nan
+    peak = np.float64(np.nan) if nan else mx
+    # the groups' totals in group order, as the shared pass adds them
+    for q in range(FUSED_GROUPS):
+        t = totals[q]
+        clean = t[_SSE]
+        if n_bad[q]:
+            clean = _mismatched_group(blocks, src, s0 + q * GROUP_BLOCKS, x, r0 + q * GROUP_BLOCKS, counts, dist, f16_table,
+                                      grid, predict, ws)
+        _add_block(counts, sums, GROUP_WEIGHTS, GROUP_WEIGHTS, n_bad[q], np.int64(t[_N_STEPS]), t[_INV], t[_NEAR],
+                   t[_SSE], t[_REF], clean, peak, t[_STEPS])
+    return mx, nan
+
+
+@inline
+def check_runs(blocks, x, counts, sums, dist, precision, near_margin, f16_table, grid, predict):  # type: ignore[no-untyped-def]
+    """The check of the whole runs of :data:`RUN_BLOCKS` blocks at the start of ``blocks`` /
+    ``x``; returns how many blocks it covered (the caller checks the rest with the shared pass,
+    whose groups then start where the shared pass's would). ``grid`` and ``predict``: Q8_0's
+    block decoder and recipe, for groups with a mismatch. Under the f16 / bf16 hypotheses the
+    recipe sees the run rounded to that format; a run where an f32 value sits on a midpoint
+    of it (both roundings are then tried, :func:`gridcheck.source_block`) goes to the shared
+    pass whole (an F16 or BF16 reference has none)."""
     n_runs = blocks.shape[0] // RUN_BLOCKS
     signed = blocks.view(np.int8)
-    ws = check_workspace(GROUP_WEIGHTS, GROUP_BLOCKS)
-    scales = np.zeros(RUN_BLOCKS, np.float32)
-    n_near = np.zeros(RUN_BLOCKS, np.int32)
-    n_bad = np.zeros(FUSED_GROUPS, np.int64)
-    totals = np.zeros((FUSED_GROUPS, 6), np.float64)
-    terms = np.zeros((3, RUN_BLOCKS * BLOCK), np.float64)
+    work = (check_workspace(GROUP_WEIGHTS, GROUP_BLOCKS), np.zeros(RUN_BLOCKS, np.float32),
+            np.zeros(RUN_BLOCKS, np.int32), np.zeros(FUSED_GROUPS, np.int64), np.zeros((FUSED_GROUPS, 6), np.float64),
+            np.zeros((3, RUN_BLOCKS * BLOCK), np.float64))
+    near = np.zeros((RUN_BLOCKS, BLOCK), np.float32)
+    alt = np.zeros(RUN_BLOCKS * BLOCK, np.float32)
     mx = sums[MAX_ABS]  # NaN (torch.max's rule) is carried by the flag, applied at each group's end
     nan = mx != mx
     for run in range(n_runs):
         r0 = run * RUN_BLOCKS
-        _recipe_and_tests(blocks, signed, x, r0, counts, near_margin, f16_table, scales, n_near, n_bad, terms)
-        m, run_nan = _group_sums(terms, scales, n_near, totals)
-        mx = m if m > mx else mx  # max is exact in any order
-        nan |= run_nan
-        peak = np.float64(np.nan) if nan else mx
-        # the groups' totals in group order, as the shared pass adds them
-        for q in range(FUSED_GROUPS):
-            t = totals[q]
-            clean = t[_SSE]
-            if n_bad[q]:
-                clean = _mismatched_group(blocks, x, r0 + q * GROUP_BLOCKS, counts, dist, f16_table, grid, predict, ws)
-            _add_block(counts, sums, GROUP_WEIGHTS, GROUP_WEIGHTS, n_bad[q], np.int64(t[_N_STEPS]), t[_INV], t[_NEAR],
-                       t[_SSE], t[_REF], clean, peak, t[_STEPS])
+        if precision == 0:
+            mx, nan = _fused_run(blocks, signed, x, r0, x, r0, counts, sums, dist, near_margin, f16_table, grid, predict,
+                                 work, mx, nan)
+        elif not source_block(x[r0:r0 + RUN_BLOCKS].reshape(RUN_BLOCKS * BLOCK), precision,
+                              near.reshape(RUN_BLOCKS * BLOCK), alt):
+            mx, nan = _fused_run(blocks, signed, near, 0, x, r0, counts, sums, dist, near_margin, f16_table, grid, predict,
+                                 work, mx, nan)
+        else:
+            check(blocks[r0:r0 + RUN_BLOCKS], x[r0:r0 + RUN_BLOCKS], counts, sums, dist, precision, near_margin,
+                  f16_table, grid, predict, 1, True, False, False, NO_TABLE, _QMIN, _QMAX)
+            mx = sums[MAX_ABS]
+            nan = mx != mx
     return n_runs * RUN_BLOCKS
 
 
