@@ -523,12 +523,10 @@ def q5_1_check(blocks, x, counts, sums, dist, precision, near_margin, f16_table)
 
 @kernel
 def q8_0_check(blocks, x, counts, sums, dist, precision, near_margin, f16_table):  # type: ignore[no-untyped-def]
-    """The Q8_0 check: whole runs of four groups fused
-    (:func:`provenance.codecs.native.q8_0check.check_runs`), a tile's last blocks the shared
-    check; the same counts, kept distances and float64 sums, bit for bit."""
-    done = check_runs(blocks, x, counts, sums, dist, precision, near_margin, f16_table, _q8_0_grid, _predict_q8_0_block)
-    check(blocks[done:], x[done:], counts, sums, dist, precision, near_margin, f16_table, _q8_0_grid,
-          _predict_q8_0_block, 1, True, False, False, NO_TABLE, -128, 127)
+    """The Q8_0 check: runs of four groups fused, the rest the shared check
+    (:func:`provenance.codecs.native.q8_0check.check_runs`); the same counts, kept distances
+    and float64 sums, bit for bit."""
+    check_runs(blocks, x, counts, sums, dist, precision, near_margin, f16_table, _q8_0_grid, _predict_q8_0_block)
 
 
 @kernel

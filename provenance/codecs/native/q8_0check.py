@@ -272,37 +272,40 @@ def _fused_run(blocks, signed, src, s0, x, r0, counts, sums, dist, near_margin, 
 
 @inline
 def check_runs(blocks, x, counts, sums, dist, precision, near_margin, f16_table, grid, predict):  # type: ignore[no-untyped-def]
-    """The check of the whole runs of :data:`RUN_BLOCKS` blocks at the start of ``blocks`` /
-    ``x``; returns how many blocks it covered (the caller checks the rest with the shared pass,
-    whose groups then start where the shared pass's would). ``grid`` and ``predict``: Q8_0's
-    block decoder and recipe, for groups with a mismatch. Under the f16 / bf16 hypotheses the
-    recipe sees the run rounded to that format; a run where an f32 value sits on a midpoint
-    of it (both roundings are then tried, :func:`gridcheck.source_block`) goes to the shared
-    pass whole (an F16 or BF16 reference has none)."""
-    n_runs = blocks.shape[0] // RUN_BLOCKS
+    """The check of ``blocks`` / ``x``, run by run of :data:`RUN_BLOCKS` blocks: fused, or with
+    the shared pass for a tile's last blocks and for a run where an f32 value sits on a
+    midpoint of the f16 / bf16 hypothesis's format (both roundings are then tried,
+    :func:`gridcheck.source_block`; an F16 or BF16 reference has none). The shared pass's
+    groups start where they would without the runs. ``grid`` and ``predict``: Q8_0's block
+    decoder and recipe. One call site each of the fused run and the shared pass: numba
+    inlines both, and every copy costs compile time."""
+    n = blocks.shape[0]
     signed = blocks.view(np.int8)
     work = (check_workspace(GROUP_WEIGHTS, GROUP_BLOCKS), np.zeros(RUN_BLOCKS, np.float32),
             np.zeros(RUN_BLOCKS, np.int32), np.zeros(FUSED_GROUPS, np.int64), np.zeros((FUSED_GROUPS, 6), np.float64),
             np.zeros((3, RUN_BLOCKS * BLOCK), np.float64))
-    near = np.zeros((RUN_BLOCKS, BLOCK), np.float32)
+    source = np.zeros((RUN_BLOCKS, BLOCK), np.float32)  # the run as the recipe sees it
     alt = np.zeros(RUN_BLOCKS * BLOCK, np.float32)
     mx = sums[MAX_ABS]  # NaN (torch.max's rule) is carried by the flag, applied at each group's end
     nan = mx != mx
-    for run in range(n_runs):
-        r0 = run * RUN_BLOCKS
-        if precision == 0:
-            mx, nan = _fused_run(blocks, signed, x, r0, x, r0, counts, sums, dist, near_margin, f16_table, grid, predict,
-                                 work, mx, nan)
-        elif not source_block(x[r0:r0 + RUN_BLOCKS].reshape(RUN_BLOCKS * BLOCK), precision,
-                              near.reshape(RUN_BLOCKS * BLOCK), alt):
-            mx, nan = _fused_run(blocks, signed, near, 0, x, r0, counts, sums, dist, near_margin, f16_table, grid, predict,
-                                 work, mx, nan)
-        else:
-            check(blocks[r0:r0 + RUN_BLOCKS], x[r0:r0 + RUN_BLOCKS], counts, sums, dist, precision, near_margin,
-                  f16_table, grid, predict, 1, True, False, False, NO_TABLE, _QMIN, _QMAX)
+    at = 0
+    while at < n:
+        end = min(n, at + RUN_BLOCKS)
+        fused = end - at == RUN_BLOCKS
+        src, s0 = x, at  # an f32 source is the reference itself
+        if fused and precision != 0:
+            fused = not source_block(x[at:end].reshape(RUN_BLOCKS * BLOCK), precision, source.reshape(RUN_BLOCKS * BLOCK),
+                                     alt)
+            src, s0 = source, 0
+        if fused:
+            mx, nan = _fused_run(blocks, signed, src, s0, x, at, counts, sums, dist, near_margin, f16_table, grid,
+                                 predict, work, mx, nan)
+        else:  # the run alone, or the rest of the tile
+            check(blocks[at:end], x[at:end], counts, sums, dist, precision, near_margin, f16_table, grid, predict,
+                  1, True, False, False, NO_TABLE, _QMIN, _QMAX)
             mx = sums[MAX_ABS]
             nan = mx != mx
-    return n_runs * RUN_BLOCKS
+        at = end
 
 
 @inline
