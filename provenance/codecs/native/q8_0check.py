@@ -44,7 +44,6 @@ from provenance.codecs.native.gridcheck import (
     _HALF,
     _NINF,
     _ONE,
-    _PINF,
     CELL_NOISE,
     CELL_OUTSIDE,
     CELL_TOTAL,
@@ -58,6 +57,7 @@ from provenance.codecs.native.gridcheck import (
     _count_mismatch,
     _margin,
     _step_terms,
+    cell_test,
     check,
     check_workspace,
     source_block,
@@ -354,23 +354,10 @@ def cell_counts(c, o, sc, tol_steps, exact16, steps):  # type: ignore[no-untyped
     for j in range(BLOCK):
         code = c[2 + j]
         level = np.float32(code)
-        a = np.float32(sc * np.float32(level - _HALF))
-        b = np.float32(sc * np.float32(level + _HALF))
-        first = code == _QMIN
-        last = code == _QMAX
-        nan = (a != a) | (b != b)
-        lo = np.float32(np.nan) if nan else (a if a < b else b)
-        hi = np.float32(np.nan) if nan else (b if a < b else a)
-        step = abs(np.float32(hi - lo))
+        out, step = cell_test(np.float32(level - _HALF), np.float32(level + _HALF), code == _QMIN, code == _QMAX, sc, _F0,
+                              False, positive, tol_steps, o[j], exact16)
         steps[j] = step
-        lo = _NINF if (first & positive) | (last & ~positive) else lo
-        hi = _PINF if (last & positive) | (first & ~positive) else hi
-        tol = np.float32(tol_steps * step)
-        low = np.float32(lo - tol)
-        high = np.float32(hi + tol)
-        v = o[j]
-        v16 = v if exact16 else round_f16(v)
-        outside += ((v < low) | (v > high)) & ((v16 < low) | (v16 > high))
+        outside += out
     return outside
 
 
