@@ -47,6 +47,7 @@ from provenance.codecs.native.floats import c_int, f16_bits, put_u16, round_f16
 from provenance.codecs.native.floats import roundf as c_roundf
 from provenance.codecs.native.floats import safe_inverse as inverse32
 from provenance.codecs.native.gridcheck import NO_TABLE, cells, check
+from provenance.codecs.native.q8_0check import cells_fused, check_runs
 from provenance.codecs.prediction import Prediction, f16_round, roundf, safe_inverse
 from provenance.codecs.quanttype import CompiledKernel, QuantType, Recipe, UniformGrid
 from provenance.jit import inline, kernel
@@ -522,8 +523,10 @@ def q5_1_check(blocks, x, counts, sums, dist, precision, near_margin, f16_table)
 
 @kernel
 def q8_0_check(blocks, x, counts, sums, dist, precision, near_margin, f16_table):  # type: ignore[no-untyped-def]
-    check(blocks, x, counts, sums, dist, precision, near_margin, f16_table, _q8_0_grid, _predict_q8_0_block,
-          1, True, False, False, NO_TABLE, -128, 127)
+    """The Q8_0 check: runs of four groups fused, the rest the shared check
+    (:func:`provenance.codecs.native.q8_0check.check_runs`); the same counts, kept distances
+    and float64 sums, bit for bit."""
+    check_runs(blocks, x, counts, sums, dist, precision, near_margin, f16_table, _q8_0_grid, _predict_q8_0_block)
 
 
 @kernel
@@ -548,7 +551,7 @@ def q5_1_cells(blocks, other, counts, sums, tol_steps, exact16, f16_table):  # t
 
 @kernel
 def q8_0_cells(blocks, other, counts, sums, tol_steps, exact16, f16_table):  # type: ignore[no-untyped-def]
-    cells(blocks, other, counts, sums, tol_steps, exact16, f16_table, _q8_0_grid, 1, True, False, -128, 127, NO_TABLE, NO_TABLE)
+    cells_fused(blocks, other, counts, sums, tol_steps, exact16, f16_table)
 
 
 # ---- descriptors ----------------------------------------------------------------------

@@ -475,6 +475,30 @@ def _sum_squares(v, n):  # type: ignore[no-untyped-def]
 
 
 @inline
+def cell_test(below, above, first, last, sc, off, has_offset, positive, tol_steps, o, exact16):  # type: ignore[no-untyped-def]
+    """One weight of :func:`cell_block`: is ``o`` (and its f16 rounding, unless ``exact16``)
+    outside the stored cell ``[below, above]`` (level units) of scale ``sc`` (and offset),
+    the outer side of an end cell (``first`` / ``last`` code) open, widened by ``tol_steps``
+    steps? Returns that and the cell's step (value units)."""
+    a = np.float32(sc * below)
+    b = np.float32(sc * above)
+    if has_offset:
+        a = np.float32(a + off)
+        b = np.float32(b + off)
+    nan = (a != a) | (b != b)
+    lo = np.float32(np.nan) if nan else (a if a < b else b)
+    hi = np.float32(np.nan) if nan else (b if a < b else a)
+    step = abs(np.float32(hi - lo))
+    lo = _NINF if (first & positive) | (last & ~positive) else lo
+    hi = _PINF if (last & positive) | (first & ~positive) else hi
+    tol = np.float32(tol_steps * step)
+    low = np.float32(lo - tol)
+    high = np.float32(hi + tol)
+    o16 = o if exact16 else round_f16(o)
+    return ((o < low) | (o > high)) & ((o16 < low) | (o16 > high)), step
+
+
+@inline
 def cell_block(other, g, uniform, has_offset, qmin, qmax, lo_mid, hi_mid, tol_steps, exact16, steps, counts):  # type: ignore[no-untyped-def]
     """Is each weight of ``other`` (or its f16 rounding) inside the stored cell of its code,
     within ``tol_steps`` steps (:class:`provenance.compare.engine` grid columns, from
@@ -506,24 +530,9 @@ def cell_block(other, g, uniform, has_offset, qmin, qmax, lo_mid, hi_mid, tol_st
                 above = hi_mid[c]
                 first = c == 0
                 last = c == top
-            a = np.float32(sc * below)
-            b = np.float32(sc * above)
-            if has_offset:
-                a = np.float32(a + off)
-                b = np.float32(b + off)
-            nan = (a != a) | (b != b)
-            lo = np.float32(np.nan) if nan else (a if a < b else b)
-            hi = np.float32(np.nan) if nan else (b if a < b else a)
-            step = abs(np.float32(hi - lo))
+            out, step = cell_test(below, above, first, last, sc, off, has_offset, positive, tol_steps, other[j], exact16)
             steps[j] = step
-            lo = _NINF if (first & positive) | (last & ~positive) else lo
-            hi = _PINF if (last & positive) | (first & ~positive) else hi
-            tol = np.float32(tol_steps * step)
-            low = np.float32(lo - tol)
-            high = np.float32(hi + tol)
-            o = other[j]
-            o16 = o if exact16 else round_f16(o)
-            outside += ((o < low) | (o > high)) & ((o16 < low) | (o16 > high))
+            outside += out
     counts[CELL_OUTSIDE] += outside
     counts[CELL_TOTAL] += other.shape[0]
 
