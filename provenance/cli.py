@@ -28,6 +28,7 @@ import click
 from threadpoolctl import threadpool_limits
 
 from provenance.commands.common import ExitCode, say
+from provenance.commands.process import own_process
 from provenance.errors import ProvenanceError, UsageProblem
 from provenance.textsafe import safe_text
 from provenance.version import __version__
@@ -135,6 +136,7 @@ def run(args: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
+    own_process()  # the executable's own process: its collector settings (commands/process.py)
     code = run(list(sys.argv[1:] if argv is None else argv))
     if code == ExitCode.INTERRUPTED:
         # Everything the command was writing is already cleaned up (atomic outputs remove
