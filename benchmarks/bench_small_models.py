@@ -18,7 +18,7 @@ compare <= 3 s. The machine is shared: the load average is printed beside each f
 before the measured code's, so both see the same load; the table gives both, and the
 ratio of their median CPU seconds. Each code runs once untimed first (its compiled kernels
 and its modules' bytecode are cached in its own ``__pycache__``, as an installed copy has
-them: :mod:`pycache_env`; ``--no-bytecode-cache`` compiles every module in every run instead).
+them: :mod:`pycache_env`).
 """
 from __future__ import annotations
 
@@ -48,11 +48,9 @@ def main() -> None:
     ap.add_argument("--baseline", type=Path, help="a checkout to measure as the baseline, in the same run")
     ap.add_argument("--json", help="write the results here too")
     ap.add_argument("--only", choices=sorted(TARGETS), help="time this command only")
-    pycache_env.add_option(ap)
     args = ap.parse_args()
     quant_bench.CACHE.mkdir(parents=True, exist_ok=True)  # its run() keeps the last stderr there
-    env = pycache_env.child_env({**os.environ, "PROVENANCE_PROGRESS_SECONDS": "30", "OMP_WAIT_POLICY": "PASSIVE"},
-                             not args.no_bytecode_cache)
+    env = pycache_env.child_env({**os.environ, "PROVENANCE_PROGRESS_SECONDS": "30", "OMP_WAIT_POLICY": "PASSIVE"})
     args.case, args.gguf = args.case.resolve(), args.gguf.resolve()  # the baseline runs in its own folder
     vendor, leak, keys = args.case / "vendor", args.case / "leak-finetuned-Q4_K_M.gguf", args.case / "vendor-keys"
     codes = [("before", args.baseline.resolve()), ("after", None)] if args.baseline else [("", None)]
@@ -75,7 +73,7 @@ def main() -> None:
                     stderr = measure(steps[code], quant_bench.provenance_cmd(*cli_args), 1, env, cwd)
                     steps[code].verdict = summary(stderr)
             rows += [(kind, code, steps[code]) for code, _ in codes]
-    print(f"\nmedians of {args.reps} cold runs; {os.cpu_count()} CPUs, shared machine; {pycache_env.describe(env)}")
+    print(f"\nmedians of {args.reps} cold runs; {os.cpu_count()} CPUs, shared machine; {pycache_env.DESCRIPTION}")
     print("| step | code | wall s | cpu s | cpu / before | read floor s | x floor | target s | met | peak RSS MB | load | outcome |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     results = []
