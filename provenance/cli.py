@@ -28,6 +28,7 @@ import click
 from threadpoolctl import threadpool_limits
 
 from provenance.commands.common import ExitCode, say
+from provenance.commands.process import own_process
 from provenance.errors import ProvenanceError, UsageProblem
 from provenance.textsafe import safe_text
 from provenance.version import __version__
@@ -103,7 +104,11 @@ def run(args: list[str]) -> int:
         # numpy's OpenBLAS threads spin between calls (OMP_WAIT_POLICY does not reach them)
         # and the analyses parallelise by themselves (--threads): BLAS threads on top only
         # fought over the cores. One investigate of a 135M model took 77 s of CPU with them,
-        # 27 s without, on the shared 2-core machine (docs/benchmarks.md).
+        # 27 s without, on the shared 2-core machine (docs/benchmarks.md). The limit reaches
+        # only libraries loaded when it is set: numpy is imported here, not left to the
+        # command (compare of a 270M GGUF took 1 s more CPU when numpy came later).
+        import numpy  # noqa: F401
+
         with threadpool_limits(1, user_api="blas"):
             rv = cli.main(args=args, prog_name="provenance", standalone_mode=False)
     except (click.exceptions.Abort, KeyboardInterrupt):
@@ -135,6 +140,7 @@ def run(args: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
+    own_process()  # the executable's own process: its collector settings (commands/process.py)
     code = run(list(sys.argv[1:] if argv is None else argv))
     if code == ExitCode.INTERRUPTED:
         # Everything the command was writing is already cleaned up (atomic outputs remove

@@ -28,6 +28,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
 from provenance.commands.common import stderr_console
+from provenance.commands.process import analysis_starts
 from provenance.progress import ProgressCallback, ProgressUpdate
 from provenance.textsafe import safe_text
 
@@ -170,6 +171,7 @@ class RichBars:
 def progress_display(console: Console = stderr_console) -> Iterator[ProgressCallback]:
     """A callback rendering progress for the duration of the ``with``: rich bars on a
     terminal, plain periodic lines otherwise (closed with one line per finished task)."""
+    analysis_starts()  # the command's imports are done: settle the collector (commands/process.py)
     if console.is_terminal:
         bars = RichBars(console)
         with bars.progress:

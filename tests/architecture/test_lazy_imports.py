@@ -74,3 +74,23 @@ def test_every_command_is_registered_under_its_own_name() -> None:
     for name in COMMAND_MODULES:
         command = cli.get_command(ctx, name)
         assert command is not None and command.name == name
+
+
+def test_version_and_usage_load_no_reader() -> None:
+    """``provenance --version`` (and any command's option parsing) imports none of the
+    readers (nor their gguf package): importing a submodule imports ``provenance`` first,
+    whose exports are lazy (``provenance/__init__.py``). numpy is loaded by the CLI itself,
+    before it limits BLAS threads (a limit reaches only the libraries loaded then)."""
+    out = _python(
+        "import sys\n"
+        "from provenance.cli import main\n"
+        "try:\n"
+        "    main(['--version'])\n"
+        "except SystemExit as exc:\n"
+        "    print('exit', exc.code)\n"
+        "print(sorted(m for m in ('gguf', 'torch', 'provenance.formats') if m in sys.modules), 'numpy' in sys.modules)\n"
+        "import provenance\n"
+        "from provenance import open_checkpoint, inspect_checkpoint, CheckpointError\n"
+        "print(open_checkpoint.__module__, inspect_checkpoint.__module__, CheckpointError.__module__)")
+    lines = out.strip().splitlines()
+    assert lines[-3:] == ["exit 0", "[] True", "provenance.formats provenance.inspect provenance.errors"]

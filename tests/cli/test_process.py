@@ -1,0 +1,44 @@
+"""The executable's collector settings (provenance/commands/process.py): the ``provenance``
+process freezes what its startup made when the analysis starts and collects as Python
+does from then on; a process that runs commands itself (tests, notebooks) is left as it was."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+STORIES = ROOT.parent / "shared" / "data" / "stories260K"
+COMPARE = ["compare", str(STORIES / "stories260K.transpose.bin"), str(STORIES / "stories260K.bin"), "--permutations", "99"]
+
+
+def _python(code: str) -> list[str]:
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip().splitlines()
+
+
+def test_the_executable_freezes_its_startup_and_restores_the_thresholds() -> None:
+    out = _python(
+        "import gc\n"
+        "defaults = gc.get_threshold()\n"
+        "from provenance.cli import main\n"
+        "try:\n"
+        f"    main({COMPARE!r})\n"
+        "except SystemExit as exc:\n"
+        "    print('exit', exc.code)\n"
+        "frozen = gc.get_freeze_count()\n"
+        "import torch, numba  # the analysis's libraries were loaded before the freeze: their objects are in it\n"
+        "print(frozen > 200_000, gc.get_threshold() == defaults)\n")
+    assert out[-2:] == ["exit 0", "True True"]
+
+
+def test_a_process_running_commands_itself_keeps_its_collector() -> None:
+    out = _python(
+        "import gc\n"
+        "defaults = gc.get_threshold()\n"
+        "from click.testing import CliRunner\n"
+        "from provenance.cli import cli, run\n"
+        f"print(CliRunner().invoke(cli, {COMPARE!r}).exit_code, run({COMPARE!r}))\n"
+        "print(gc.get_freeze_count(), gc.get_threshold() == defaults)\n")
+    assert out[-2:] == ["0 0", "0 True"]
