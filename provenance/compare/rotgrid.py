@@ -45,7 +45,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.linalg import blas
 
 from provenance.compare.copies import GRID_OUTSIDE_MAX
 from provenance.compare.gridframe import candidate_is_coarser, stored_cells
@@ -245,6 +244,8 @@ def _cross_product(cand: Checkpoint, ref: Checkpoint, names: list[str], width: i
     """The weighted ``d x d`` cross product ``sum w R^T C`` (Fortran-ordered float64), summed in
     place: a reader's chunk goes through BLAS ``gemm`` with ``beta = 1`` (``R^T C`` of a chunk is
     ``d x d``: two temporaries of 512 MB each at a 70B width otherwise)."""
+    from scipy.linalg import blas  # here, as align.py imports scipy.optimize: only a rotated check needs it
+
     cross = np.zeros((width, width), order="F")
     for pair in _pairs(cand, ref, names):
         noise = _noise(cand, pair)
