@@ -12,7 +12,8 @@ and stored Q8_0 by the project's writer (``compare.variants.write_variant``). Bo
 
 ``check_rotated_grid`` then runs in a fresh process per checkout (this one, and ``--baseline``'s
 first, in the same run), which prints its peak RSS (``ru_maxrss``), wall time and the check's
-counts; the counts must agree. ``--polar-float32`` forces the float32 polar factor at any width
+counts; the counts must agree. The peak is the child's ``VmHWM`` (``ru_maxrss`` survives ``execve``:
+it would include this script's own size at the fork). ``--polar-float32`` forces the float32 polar factor at any width
 (to measure its distance from the float64 one). The machine is shared: the load average is printed.
 """
 from __future__ import annotations
@@ -34,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / ".cache" / "bench-rotgrid"
 
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 import numpy as np
 sys.path.insert(0, sys.argv[1])
 from provenance.compare import rotgrid
@@ -53,7 +54,10 @@ t0 = time.perf_counter()
 with open_checkpoint(sys.argv[2]) as c, open_checkpoint(sys.argv[3]) as r:
     found = rotgrid.check_rotated_grid(c, r, sys.argv[4].split(","))
     seconds = time.perf_counter() - t0
-print(json.dumps({"seconds": seconds, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+# VmHWM, not ru_maxrss: Linux keeps ru_maxrss across execve, so a child forked from this script
+# (which held the generated tensors) would report the parent's size
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"seconds": seconds, "rss_mb": hwm / 1024,
                   "check": found.to_dict() if found else None}))
 """
 
