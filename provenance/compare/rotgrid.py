@@ -48,6 +48,7 @@ import torch
 
 from provenance.compare.copies import GRID_OUTSIDE_MAX
 from provenance.compare.gridframe import candidate_is_coarser, stored_cells
+from provenance.compare.polar import SingularMatrixError, orthogonal_polar_factor, polar_dtype
 from provenance.compare.rotbasis import WRITERS, fold, moved_by_rotation, reference_gains, reference_source, unit_gains
 from provenance.compare.shape import GRID_TOLERANCE_STEPS
 from provenance.formats.base import Checkpoint
@@ -221,22 +222,41 @@ def _noise(cand: Checkpoint, pair: _Pair) -> float:
 def fit_rotation(cand: Checkpoint, ref: Checkpoint, names: list[str], width: int) -> np.ndarray | None:
     """The orthogonal ``Q`` (``C ~ R Q`` for readers, ``C ~ Q^T R`` for writers) fitted to the
     candidate's stored values on every listed matrix, each weighted by the inverse of its
-    rounding noise (the mean squared cell width); None when nothing fits."""
-    cross = np.zeros((width, width))
+    rounding noise (the mean squared cell width); None when nothing fits. Float64."""
+    cross = _cross_product(cand, ref, names, width)
+    if not cross.any():
+        return None
+    # the polar factor in place (:mod:`.polar`: no U, V or SVD workspace), float32 above a 7B
+    # width; the float64 accumulator goes before the iteration's buffers come
+    work = np.asfortranarray(cross, dtype=polar_dtype(width))
+    del cross
+    try:
+        q = orthogonal_polar_factor(work)
+    except SingularMatrixError:
+        # a rank-deficient fit (fewer independent rows than the width): U V^T of an SVD, one of
+        # the many orthogonal factors; its workspace only on this degenerate input
+        u, _, vt = torch.linalg.svd(torch.from_numpy(np.ascontiguousarray(work)))
+        q = (u @ vt).numpy()
+    return q if q.dtype == np.float64 else q.astype(np.float64)
+
+
+def _cross_product(cand: Checkpoint, ref: Checkpoint, names: list[str], width: int) -> np.ndarray:
+    """The weighted ``d x d`` cross product ``sum w R^T C`` (Fortran-ordered float64), summed in
+    place: a reader's chunk goes through BLAS ``gemm`` with ``beta = 1`` (``R^T C`` of a chunk is
+    ``d x d``: two temporaries of 512 MB each at a 70B width otherwise)."""
+    from scipy.linalg import blas  # here, as align.py imports scipy.optimize: only a rotated check needs it
+
+    cross = np.zeros((width, width), order="F")
     for pair in _pairs(cand, ref, names):
         noise = _noise(cand, pair)
         weight = 1.0 / noise if noise > 0 else 0.0
         for block, chunk in _walk(cand, ref, pair):
-            if chunk is not None:  # readers: sum R^T C
-                cross += weight * (chunk[2].T @ block.stored)
+            if chunk is not None:  # readers: sum R^T C; both passed transposed (Fortran views, no copies)
+                cross = blas.dgemm(weight, chunk[2].T, block.stored.T, beta=1.0, c=cross, trans_b=True, overwrite_c=True)
             else:  # writers (C^T = R^T Q): sum R C^T, this block's columns of it
                 for start, stop, rows in _reference_chunks(ref, pair):
                     cross[start:stop, block.start:block.stop] += weight * (rows @ block.stored.T)
-    if not np.any(cross):
-        return None
-    u, _, vt = torch.linalg.svd(torch.from_numpy(cross))
-    del cross  # d x d each: at 70B widths 0.5 GB
-    return (u @ vt).numpy()
+    return cross
 
 
 def check_rotated_grid(cand: Checkpoint, ref: Checkpoint, names: list[str]) -> RotatedGridCheck | None:

@@ -151,3 +151,25 @@ def test_streamed_in_small_chunks_is_the_same_check(tmp_path: Path, monkeypatch:
         else:
             assert b[key] == value, key
     assert a["consistent"] and a["codes_checked"] > 0 and a["float_tensors"] > 0
+
+
+def test_polar_factor_and_its_svd_fallback_give_the_same_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Q is the orthogonal polar factor of the cross product (Newton, in place: compare/polar.py);
+    the SVD's U V^T, kept for a singular cross product, gives the same check (every count equal)."""
+    from provenance.compare import rotgrid
+    from provenance.compare.polar import SingularMatrixError
+
+    cand = _rotated("stories260k-ft-medium", tmp_path / "rot-q4.gguf")
+    newton = _grid(cand, "stories260k-ft-medium").to_dict()
+
+    def singular(x: np.ndarray) -> np.ndarray:
+        raise SingularMatrixError("forced")
+
+    monkeypatch.setattr(rotgrid, "orthogonal_polar_factor", singular)
+    svd = _grid(cand, "stories260k-ft-medium").to_dict()
+    for key, value in newton.items():
+        if isinstance(value, float):
+            assert svd[key] == pytest.approx(value, rel=1e-10), key
+        else:
+            assert svd[key] == value, key
+    assert newton["consistent"] and newton["codes_checked"] > 0
