@@ -330,6 +330,22 @@ def check_block(x, g, p, pa, has_alt, uniform, has_offset, tolerant,  # type: ig
 
 
 @inline
+def count_uniform_mismatches(g, p, pa, has_alt, tolerant, n_sub, sub, counts, dist):  # type: ignore[no-untyped-def]
+    """The split pass's second stage on a uniform grid's block of ``n_sub`` sub-blocks of
+    ``sub`` weights: each mismatch explained (by the alternative prediction ``pa`` when
+    ``has_alt``) or counted, in index order."""
+    for k in range(n_sub):
+        sc = g.scale[k]
+        for j in range(k * sub, (k + 1) * sub):
+            c = g.code[j]
+            s = np.float32(c)
+            pl = p.level[j]
+            if p.valid[j] & (pl != s):
+                _count_mismatch(j, s, c, sc, p.u[j], pl, has_alt and pa.level[j] == s, p.tol[j] if tolerant else _NINF,
+                                True, NO_TABLE, counts, dist)
+
+
+@inline
 def _check_uniform(x, g, p, pa, has_alt, has_offset, tolerant, qmin, qmax,  # type: ignore[no-untyped-def]
                    near_margin, counts, sums, dist):
     """:func:`check_block` for a uniform grid (the legacy and K-quant types), in passes that
@@ -382,15 +398,7 @@ def _check_uniform(x, g, p, pa, has_alt, has_offset, tolerant, qmin, qmax,  # ty
             n_steps += sub
     clean_sse = sse
     if n_mismatch:
-        for k in range(n_sub):
-            sc = g.scale[k]
-            for j in range(k * sub, (k + 1) * sub):
-                c = g.code[j]
-                s = np.float32(c)
-                pl = p.level[j]
-                if p.valid[j] & (pl != s):
-                    _count_mismatch(j, s, c, sc, p.u[j], pl, has_alt and pa.level[j] == s, p.tol[j] if tolerant else _NINF,
-                                    True, NO_TABLE, counts, dist)
+        count_uniform_mismatches(g, p, pa, has_alt, tolerant, n_sub, sub, counts, dist)
         clean_sse = _clean_sse(x, g, p, has_offset, True, NO_TABLE)
     _add_block(counts, sums, x.shape[0], n_checked, n_mismatch, n_steps, inv_step, near_inv, sse, ref_ss, clean_sse,
                np.float64(np.nan) if nan else max_abs, abs_steps)
@@ -451,14 +459,10 @@ def check(blocks, x, counts, sums, dist, precision, near_margin, f16_table,  # t
 
 
 @inline
-def _sum_squares(v, n):  # type: ignore[no-untyped-def]
-    """``sum(float64(v[i])**2)`` over ``v[:n]`` in four interleaved partial sums (a fixed
-    order; independent chains instead of one 4-cycle add latency per element)."""
-    a0 = 0.0
-    a1 = 0.0
-    a2 = 0.0
-    a3 = 0.0
-    m = n - n % 4
+def add_square_lanes(v, m, a0, a1, a2, a3):  # type: ignore[no-untyped-def]
+    """``float64(v[i])**2`` for ``i < m`` (a multiple of 4) added to lane ``i % 4`` in index
+    order: four independent chains instead of one add latency per element. A caller summing
+    several buffers passes the lanes on, so the sum is the same as over their concatenation."""
     for i in range(0, m, 4):
         s0 = np.float64(v[i])
         s1 = np.float64(v[i + 1])
@@ -468,6 +472,15 @@ def _sum_squares(v, n):  # type: ignore[no-untyped-def]
         a1 += s1 * s1
         a2 += s2 * s2
         a3 += s3 * s3
+    return a0, a1, a2, a3
+
+
+@inline
+def _sum_squares(v, n):  # type: ignore[no-untyped-def]
+    """``sum(float64(v[i])**2)`` over ``v[:n]`` in four interleaved partial sums (a fixed
+    order; independent chains instead of one 4-cycle add latency per element)."""
+    m = n - n % 4
+    a0, a1, a2, a3 = add_square_lanes(v, m, 0.0, 0.0, 0.0, 0.0)
     for i in range(m, n):
         s0 = np.float64(v[i])
         a0 += s0 * s0

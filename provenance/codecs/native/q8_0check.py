@@ -42,7 +42,6 @@ from provenance.codecs.native.floats import bits_float, float_bits, round_f16, r
 from provenance.codecs.native.gridcheck import (
     _F0,
     _HALF,
-    _NINF,
     _ONE,
     CELL_NOISE,
     CELL_OUTSIDE,
@@ -54,12 +53,13 @@ from provenance.codecs.native.gridcheck import (
     _add_block,
     _block_views,
     _clean_sse,
-    _count_mismatch,
     _margin,
     _step_terms,
+    add_square_lanes,
     cell_test,
     check,
     check_workspace,
+    count_uniform_mismatches,
     source_block,
 )
 from provenance.jit import inline
@@ -133,14 +133,7 @@ def _mismatched_group(blocks, src, s0, x, g0, counts, dist, f16_table, grid, pre
         gb, pb = _block_views(g, p, b, BLOCK, 1)
         grid(blocks[g0 + b], f16_table, gb)
         predict(src[s0 + b], blocks[g0 + b], gb, f16_table, NO_TABLE, pb)
-    for k in range(GROUP_BLOCKS):
-        sc = g.scale[k]
-        for j in range(k * BLOCK, (k + 1) * BLOCK):
-            c = g.code[j]
-            s = np.float32(c)
-            pl = p.level[j]
-            if p.valid[j] & (pl != s):
-                _count_mismatch(j, s, c, sc, p.u[j], pl, False, _NINF, True, NO_TABLE, counts, dist)
+    count_uniform_mismatches(g, p, p, False, False, GROUP_BLOCKS, BLOCK, counts, dist)
     return _clean_sse(x[g0:g0 + GROUP_BLOCKS].reshape(GROUP_WEIGHTS), g, p, False, True, NO_TABLE)
 
 
@@ -330,15 +323,7 @@ def cells_fused(blocks, other, counts, sums, tol_steps, exact16, f16_table):  # 
             outside += cell_counts(c, o, sc, tol_steps, True, steps)
         else:
             outside += cell_counts(c, o, sc, tol_steps, False, steps)
-        for j in range(0, BLOCK, 4):
-            s0 = np.float64(steps[j])
-            s1 = np.float64(steps[j + 1])
-            s2 = np.float64(steps[j + 2])
-            s3 = np.float64(steps[j + 3])
-            a0 += s0 * s0
-            a1 += s1 * s1
-            a2 += s2 * s2
-            a3 += s3 * s3
+        a0, a1, a2, a3 = add_square_lanes(steps, BLOCK, a0, a1, a2, a3)
     counts[CELL_OUTSIDE] += outside
     counts[CELL_TOTAL] += other.size
     sums[CELL_NOISE] += (a0 + a1) + (a2 + a3)
