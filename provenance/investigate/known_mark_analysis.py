@@ -28,18 +28,18 @@ def mark_in_pass(state: Investigation, reference: str, stack: ExitStack) -> Chan
     from provenance.compare import CompareOptions
     from provenance.compare.known import ChangedCells
     from provenance.formats import open_checkpoint
-    from provenance.watermark import load_registry, trace
+    from provenance.watermark import trace
     from provenance.watermark.known_mark import fit_before_comparing, mark_change
     from provenance.watermark.trace import cached_registry, candidate_arch
 
     try:
         arch = candidate_arch(inputs.candidate)
-        traced = trace(inputs.candidate, load_registry(inputs.key_registry, arch), reference=reference,
-                       progress=state.progress)
+        keys = cached_registry(inputs.key_registry, arch)  # read once: the trace and the accused client's key
+        traced = trace(inputs.candidate, keys, reference=reference, progress=state.progress)
         state.traced_before = (reference, traced)
         if len(traced.accused) != 1:
             return None
-        (key,) = [k for k in cached_registry(inputs.key_registry, arch) if k.label == traced.accused[0]]
+        (key,) = [k for k in keys if k.label == traced.accused[0]]
         cand = stack.enter_context(open_checkpoint(inputs.candidate))
         ref = stack.enter_context(open_checkpoint(reference))
         fitted = fit_before_comparing(cand, ref, key)
