@@ -82,13 +82,19 @@ def _flag_outside(bits: np.ndarray, values: np.ndarray, x: np.ndarray, table: np
     return k
 
 
+def cell_width(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Each cell's width (float64), 0 where it is not finite (an infinite cell gets no tolerance)."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        return np.where(np.isfinite(hi - lo), hi - lo, 0.0)
+
+
 def cell_test(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The reference cell test (float64): whether each weight of ``x`` or its f16 rounding
     (llama.cpp quantizes f16-rounded values too) lies in ``[lo, hi]`` widened by the
     tolerance; also the tolerance, the f16 reading and the cell width (the shape of the
     change needs them)."""
+    width = cell_width(lo, hi)
     with np.errstate(invalid="ignore", over="ignore"):  # infinite cells and f16 overflow are expected
-        width = np.where(np.isfinite(hi - lo), hi - lo, 0.0)
         tol = GRID_TOLERANCE_STEPS * width
         low, high = lo - tol, hi + tol
         x16 = x.astype(np.float16).astype(np.float64)
@@ -146,4 +152,4 @@ def count_outside(values: np.ndarray, x: np.ndarray, dtype: torch.dtype) -> int:
     return int((~inside).sum())
 
 
-__all__ = ["INF_BITS", "cell_test", "count_outside"]
+__all__ = ["INF_BITS", "cell_test", "cell_width", "count_outside"]

@@ -97,3 +97,32 @@ def test_the_check_reads_no_whole_tensor(permuted_q4km: Path, monkeypatch: pytes
             refined.append(check.refined)
     assert any(refined)  # the scale fit's passes were chunked too
     assert requests and max(requests) <= 16
+
+
+@pytest.mark.parametrize("moved", [False, True])
+def test_a_16_bit_candidate_streams_the_whole_tensor_check(moved: bool) -> None:
+    """An F16 candidate (the converter's rounding of the F32 reference): with every weight inside
+    its cell the residual is known to be 0 without building the cells of the sampled rows, and
+    the shape is still the oracle's, field for field; with a change moving weights out, the
+    residual is built and equals the oracle's too."""
+    from tests.conftest import QUANT_DIR
+
+    def shift(rows: np.ndarray, index: np.ndarray) -> np.ndarray:
+        out = rows.astype(np.float32).copy()
+        out[:, ::3] *= np.float32(1.01)  # per weight: the same whether given a chunk or the whole tensor
+        return out
+
+    source = shift if moved else None
+    with open_checkpoint(QUANT_DIR / "tiny-llama-f16.gguf") as cand, open_checkpoint(TINY) as ref:
+        checked = 0
+        for name, info in cand.tensors.items():
+            if len(info.shape) < 2 or info.dtype != "F16":
+                continue
+            sample = _sample(info.n_rows)
+            expected = _whole_tensor_check(cand, ref, name, Transform(), source, sample)
+            got = check_in_candidate_frame(cand, ref, name, None, source, sample, chunk_rows=5)
+            assert (got.checked, got.outside) == (expected.checked, expected.outside), name
+            assert (got.outside == 0) != moved, name
+            assert repr(got.shape) == repr(expected.shape), name
+            checked += 1
+    assert checked >= 5
