@@ -31,7 +31,7 @@ import torch
 
 from provenance.codecs.types import plain_type
 from provenance.compare.copies import GRID_OUTSIDE_MAX, unchanged
-from provenance.compare.narrowcells import INF_BITS, cell_test, cell_width, count_outside
+from provenance.compare.narrowcells import INF_BITS, cell_test, cell_width, count_outside, maybe_outside
 from provenance.compare.result import DifferenceShape, TensorComparison
 from provenance.compare.shape import GRID_TOLERANCE_STEPS, cell_residual, grid_shape, rounding_cells
 from provenance.compare.transform import Transform
@@ -135,48 +135,46 @@ class CellCount:
         for k, a in enumerate((x, lo, hi, tol, x16, width)):
             np.take(a, local, axis=0, out=self.picked[k, at:to])
 
-    def _block(self, rows: slice) -> tuple[np.ndarray, ...]:
-        """x, lo, hi, tol, x16 and width of the sampled rows ``rows`` (float64)."""
+    def _residual(self, rows: slice) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The cell residual of the sampled rows ``rows`` (float64): what :func:`cell_residual`
+        moves and zeroes, and each cell's width. Only weights that may lie outside their cells
+        go through it: inside, a weight moves by 0 and is not zeroed, bit for bit what it
+        gives. Every weight is inside when none was counted outside (a marked copy judged with
+        its exact mark added), and so is a 16-bit candidate's float32 weight that rounds to the
+        value stored (:func:`provenance.compare.narrowcells.maybe_outside`): the cells and
+        residual of every sampled weight in float64 were a sixth of ``investigate``'s CPU at 7B."""
+        t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
         if self.picked is not None:
-            return tuple(self.picked[:, rows])
+            x, lo, hi, tol, x16, width = self.picked[:, rows]
+            if self.outside == 0:
+                return np.zeros(width.shape), np.zeros(width.shape, dtype=bool), width
+            moved, zeroed = cell_residual(t(x), t(lo), t(hi), t(tol), t(x16))
+            return moved.numpy(), zeroed.numpy(), width
         assert self.x is not None and self.stored is not None and self.narrow is not None
-        x = self.x[rows].astype(np.float64)
-        lo, hi = (t.double().numpy() for t in rounding_cells(torch.from_numpy(self.stored[rows]), self.narrow))
-        return (x, lo, hi, *cell_test(x, lo, hi)[1:])
-
-    def _widths(self) -> np.ndarray:
-        """The cell widths of every sampled row (float64), as :meth:`_block` has them."""
-        if self.picked is not None:
-            return self.picked[5].copy()
-        assert self.stored is not None and self.narrow is not None
-        width = np.empty(self.stored.shape)
-        for start in range(0, len(self.sampled), _RESIDUAL_ROWS):  # float64 cells a block at a time, as result's
-            rows = slice(start, start + _RESIDUAL_ROWS)
-            lo, hi = (t.double().numpy() for t in rounding_cells(torch.from_numpy(self.stored[rows]), self.narrow))
-            width[rows] = cell_width(lo, hi)
-        return width
+        stored, x = self.stored[rows], self.x[rows]
+        lo, hi = (v.double().numpy() for v in rounding_cells(torch.from_numpy(stored), self.narrow))
+        width = cell_width(lo, hi)
+        moved, zeroed = np.zeros(width.shape), np.zeros(width.shape, dtype=bool)
+        at = np.empty(0, np.int64) if self.outside == 0 else maybe_outside(x, stored, self.narrow)
+        pick: slice | np.ndarray = slice(None) if at is None else at
+        if at is None or at.size:
+            x_at, lo_at, hi_at = x.reshape(-1)[pick].astype(np.float64), lo.reshape(-1)[pick], hi.reshape(-1)[pick]
+            _, tol, x16, _ = cell_test(x_at, lo_at, hi_at)  # x16: llama.cpp quantizes f16-rounded values too
+            moved_at, zeroed_at = cell_residual(t(x_at), t(lo_at), t(hi_at), t(tol), t(x16))
+            moved.reshape(-1)[pick], zeroed.reshape(-1)[pick] = moved_at.numpy(), zeroed_at.numpy()
+        return moved, zeroed, width
 
     def result(self, refined: bool = False) -> FrameCheck:
         kept = self.picked[0] if self.picked is not None else self.x
         shape = None
-        if kept is not None and len(self.sampled) and self.outside == 0:
-            # every weight was counted inside its cell, the sampled rows' too: the residual
-            # is 0 and nothing is zeroed (what :func:`cell_residual` gives inside, bit for bit),
-            # so only the widths are built (a marked copy judged with its mark added; the
-            # float64 cells and residual of every sampled weight were a tenth of investigate's CPU at 7B)
-            shape = grid_shape(np.zeros(kept.shape), np.zeros(kept.shape, dtype=bool), kept.astype(np.float32),
-                               self._widths())
-        elif kept is not None and len(self.sampled):
+        if kept is not None and len(self.sampled):
             # the residual in blocks of sampled rows (every step is per weight): a dozen float64
             # temporaries of all 128 rows of a 70B MLP matrix were ~0.3 GB at once
             moved, width = np.empty(kept.shape), np.empty(kept.shape)
             zeroed = np.empty(kept.shape, dtype=bool)
-            t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
             for start in range(0, len(self.sampled), _RESIDUAL_ROWS):
                 rows = slice(start, start + _RESIDUAL_ROWS)
-                x, lo, hi, tol, x16, width[rows] = self._block(rows)
-                block_moved, block_zeroed = cell_residual(t(x), t(lo), t(hi), t(tol), t(x16))
-                moved[rows], zeroed[rows] = block_moved.numpy(), block_zeroed.numpy()
+                moved[rows], zeroed[rows], width[rows] = self._residual(rows)
             shape = grid_shape(moved, zeroed, kept.astype(np.float32), width)
         return FrameCheck(self.qtype, self.checked, self.outside, shape, refined)
 

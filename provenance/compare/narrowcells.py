@@ -108,6 +108,14 @@ def cell_test(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray
 _EXACT_EDGES_BELOW = {torch.float16: 0x7C00, torch.bfloat16: 0x7F00}
 
 
+def maybe_outside(x: np.ndarray, values: np.ndarray, dtype: torch.dtype) -> np.ndarray | None:
+    """Positions in the flattened ``x`` (float32 or float64) that may lie outside the cells of
+    ``values`` (float32, stored as the 16-bit ``dtype``), the others being inside
+    (:func:`_not_rounding_to_stored`); None when every weight may be."""
+    flat_v = np.ascontiguousarray(values, dtype=np.float32).reshape(-1)
+    return _not_rounding_to_stored(np.ascontiguousarray(x).reshape(-1), _bits(flat_v, dtype), dtype)
+
+
 def _not_rounding_to_stored(x: np.ndarray, bits: np.ndarray, dtype: torch.dtype) -> np.ndarray | None:
     """Positions of float32 ``x`` that need the cell test against finite stored 16-bit ``bits``;
     None when that is most of them (or ``x`` is float64), so that every weight is tested.
@@ -152,4 +160,4 @@ def count_outside(values: np.ndarray, x: np.ndarray, dtype: torch.dtype) -> int:
     return int((~inside).sum())
 
 
-__all__ = ["INF_BITS", "cell_test", "cell_width", "count_outside"]
+__all__ = ["INF_BITS", "cell_test", "cell_width", "count_outside", "maybe_outside"]

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from provenance.compare.gridframe import FrameCheck, check_in_candidate_frame, intermediate, stored_cells
-from provenance.compare.shape import GRID_TOLERANCE_STEPS, cell_residual, grid_shape
+from provenance.compare.shape import GRID_TOLERANCE_STEPS, cell_residual, grid_shape, rounding_cells
 from provenance.compare.transform import Transform
 from provenance.formats import open_checkpoint
 from provenance.formats.base import Checkpoint
@@ -99,19 +99,21 @@ def test_the_check_reads_no_whole_tensor(permuted_q4km: Path, monkeypatch: pytes
     assert requests and max(requests) <= 16
 
 
-@pytest.mark.parametrize("moved", [False, True])
-def test_a_16_bit_candidate_streams_the_whole_tensor_check(moved: bool) -> None:
+@pytest.mark.parametrize("every", [0, 3, 1])
+def test_a_16_bit_candidate_streams_the_whole_tensor_check(every: int) -> None:
     """An F16 candidate (the converter's rounding of the F32 reference): with every weight inside
     its cell the residual is known to be 0 without building the cells of the sampled rows, and
-    the shape is still the oracle's, field for field; with a change moving weights out, the
-    residual is built and equals the oracle's too."""
+    the shape is still the oracle's, field for field; with a change moving every ``every``-th
+    column out, the residual is built for the weights not rounding to their stored value (a
+    third of them) or for all (every one moved), and equals the oracle's too."""
     from tests.conftest import QUANT_DIR
 
     def shift(rows: np.ndarray, index: np.ndarray) -> np.ndarray:
         out = rows.astype(np.float32).copy()
-        out[:, ::3] *= np.float32(1.01)  # per weight: the same whether given a chunk or the whole tensor
+        out[:, ::every] *= np.float32(1.01)  # per weight: the same whether given a chunk or the whole tensor
         return out
 
+    moved = every > 0
     source = shift if moved else None
     with open_checkpoint(QUANT_DIR / "tiny-llama-f16.gguf") as cand, open_checkpoint(TINY) as ref:
         checked = 0
@@ -126,3 +128,34 @@ def test_a_16_bit_candidate_streams_the_whole_tensor_check(moved: bool) -> None:
             assert repr(got.shape) == repr(expected.shape), name
             checked += 1
     assert checked >= 5
+
+
+@pytest.mark.parametrize("every", [0, 3, 1])
+def test_float32_weights_against_16_bit_cells_give_the_oracle_shape(every: int) -> None:
+    """What the known-change pass feeds (:class:`provenance.compare.known.ChangedCells`): float32
+    weights against a 16-bit candidate's cells, chunk by chunk. Weights that round to their
+    stored value skip the residual's float64 formulas; the count and shape are the oracle's,
+    with none, a third or all of the weights moved out of their cells."""
+    from provenance.compare.gridframe import CellCount
+    from provenance.compare.narrowcells import cell_test
+
+    rng = np.random.default_rng(5)
+    w = (rng.standard_normal((96, 160)) * 0.02).astype(np.float32)
+    stored = torch.from_numpy(w).half().float().numpy()
+    x = w.copy()
+    if every:
+        x[:, ::every] *= np.float32(1.01)
+    sampled = np.sort(rng.choice(96, 40, replace=False))
+    count = CellCount("F16", sampled, torch.float16)
+    for start in range(0, 96, 7):
+        count.add_narrow(start, stored[start:start + 7], x[start:start + 7])
+    got = count.result()
+
+    lo, hi = (t.double().numpy() for t in rounding_cells(torch.from_numpy(stored), torch.float16))
+    inside, tol, x16, width = cell_test(x.astype(np.float64), lo, hi)
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a[sampled]))  # noqa: E731
+    moved, zeroed = cell_residual(t(x.astype(np.float64)), t(lo), t(hi), t(tol), t(x16))
+    expected = grid_shape(moved.numpy(), zeroed.numpy(), x[sampled], width[sampled])
+    assert (got.checked, got.outside) == (x.size, int((~inside).sum()))
+    assert (got.outside > 0) == (every > 0)
+    assert repr(got.shape) == repr(expected)
