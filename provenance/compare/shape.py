@@ -85,13 +85,19 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
 def classify_difference(x: np.ndarray, w: np.ndarray) -> tuple[ChangeClass, dict[str, Any]]:
     """Class and evidence for a plain (unquantized) candidate ``x`` against reference ``w``."""
     x64, w64 = x.astype(np.float64), w.astype(np.float64)
-    delta = x64 - w64
+    return _classify(x, w, x64, w64, x64 - w64, None)
+
+
+def _classify(x: np.ndarray, w: np.ndarray, x64: np.ndarray, w64: np.ndarray, delta: np.ndarray,
+              sigma: np.ndarray | None) -> tuple[ChangeClass, dict[str, Any]]:
+    """:func:`classify_difference` given ``x`` and ``w`` in float64, their difference and, when the
+    caller has it, ``w64``'s row standard deviations (keepdims): :func:`dense_shape` needs them too."""
     if not delta.any():
         return "identical", {}
     for label, dtype in (("f16", torch.float16), ("bf16", torch.bfloat16)):
         if np.array_equal(x, torch.from_numpy(w.astype(np.float32)).to(dtype).float().numpy()):
             return "precision", {"rounded_to": label}
-    sigma = w64.std(axis=1, keepdims=True)
+    sigma = w64.std(axis=1, keepdims=True) if sigma is None else sigma
     sigma = np.where(sigma > 0, sigma, 1.0)
     r = delta / sigma
     rel = float(np.linalg.norm(delta) / max(np.linalg.norm(w64), 1e-30))
@@ -164,11 +170,17 @@ def dense_shape(cand: np.ndarray, ref: np.ndarray) -> DifferenceShape:
     zeroed = (c64 == 0) & (r64 != 0)
     frac, ratio = _zeroed_stats(zeroed, r64)
     rest = np.where(zeroed, r64, c64)  # the difference outside the zeroed weights
+    delta = rest - r64
     norm = float(np.linalg.norm(r64))
-    rest_rel = float(np.linalg.norm(rest - r64)) / norm if norm > 0 else 0.0
-    change, evidence = classify_difference(rest.astype(np.float32), ref)
-    sigma = r64.std(axis=1)
-    rms = np.sqrt(np.mean((rest - r64) ** 2, axis=1))
+    rest_rel = float(np.linalg.norm(delta)) / norm if norm > 0 else 0.0
+    rest32 = rest.astype(np.float32)
+    # the classifier's float64 copies, difference and row deviations are these very arrays when
+    # both sides hold float32 values (every sampled row pair does): not made again
+    exact = all(a.dtype in (np.float32, np.float16) for a in (cand, ref))
+    sigma = r64.std(axis=1, keepdims=True)
+    change, evidence = _classify(rest32, ref, rest, r64, delta, sigma) if exact else classify_difference(rest32, ref)
+    sigma = sigma[:, 0]
+    rms = np.sqrt(np.mean(delta ** 2, axis=1))
     live = sigma > 0
     noise = float(np.sqrt(np.mean((rms[live] / sigma[live]) ** 2))) if live.any() else None
     return DifferenceShape(source="delta", change_class=change, noise_rel=noise, zeroed_fraction=frac,
