@@ -136,8 +136,9 @@ def _not_rounding_to_stored(x: np.ndarray, bits: np.ndarray, dtype: torch.dtype)
     and the tolerance only widens the cell. So such a weight is never counted, and skipping it
     leaves the count as it was. That is every weight of an exact copy, and of a marked copy
     once its mark is added to the reference (the re-judgement of ``investigate``): one
-    vectorised conversion and comparison instead of the bounds of every weight (4-5x less
-    CPU per weight, measured on a 32 x 4096 chunk). Infinities and NaN are always tested
+    vectorised conversion and a comparison instead of the bounds of every weight (in the
+    compiled loop, 0.43 against 1.52 ns of CPU per weight on a marked 32 x 4096 chunk).
+    Infinities and NaN are always tested
     (an infinity's cell is empty for finite weights), and so are the largest bfloat16 values,
     whose sum with a neighbour overflows float32 (:data:`_EXACT_EDGES_BELOW`)."""
     if x.dtype != np.float32:
