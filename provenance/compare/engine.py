@@ -436,8 +436,9 @@ def stream_pair(
     reads = _PairReads(ref_reader, cand_reader, full_cand, transform, grid, step)
     ranges = chunk_ranges(n_rows, step)
     try:
-        # the two files' next chunks are read side by side, on two worker threads
-        with closing(prefetched_each(ranges, (reads.load_reference, reads.load_candidate), reads.ahead)) as chunks:
+        # the two files' next chunks are read side by side, on two worker threads (one with --threads 1)
+        with closing(prefetched_each(ranges, (reads.load_reference, reads.load_candidate), reads.ahead,
+                                     workers=threads)) as chunks:
             for (a, b), ((ref_rows, ref_raw), (c_rows, cand_raw)) in zip(ranges, chunks, strict=True):
                 raw = cand_raw if ref_raw is None else ref_raw
                 if stop is not None and stop():

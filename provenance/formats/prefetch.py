@@ -56,19 +56,22 @@ def prefetched(ranges: Sequence[tuple[int, int]], load: Callable[[int, int, int]
 
 
 def prefetched_each(ranges: Sequence[tuple[int, int]], loads: Sequence[Callable[[int, int, int], Any]],
-                    ahead: bool = True) -> Iterator[tuple[Any, ...]]:
+                    ahead: bool = True, workers: int | None = None) -> Iterator[tuple[Any, ...]]:
     """:func:`prefetched` with several loads per range (e.g. the reference's rows and the
     candidate's stored bytes: two files), yielded together as a tuple in the order of ``loads``;
     with ``ahead`` each load of the next range runs on a worker thread of its own, so the
     files are read and decoded side by side (the reads' system time and the decoding were one
     thread's, the critical path of ``quantcheck``: docs/benchmarks.md, issue #12). Each load
     still runs once per range, in range order, one at a time: a reader used by one load only
-    sees the sequential access its read-ahead expects."""
+    sees the sequential access its read-ahead expects. ``workers``: at most this many worker
+    threads (the command's ``--threads`` budget; 1: the loads of a range one after the other on
+    one worker, as :func:`prefetched`); default one per load."""
     if not ahead or len(ranges) < 2:
         for start, stop in ranges:
             yield tuple(load(start, stop, 0) for load in loads)
         return
-    pool = ThreadPoolExecutor(max_workers=len(loads), thread_name_prefix="provenance-prefetch")
+    pool = ThreadPoolExecutor(max_workers=max(1, min(len(loads), workers or len(loads))),
+                              thread_name_prefix="provenance-prefetch")
 
     def submit(i: int) -> list[Future[Any]]:
         return [pool.submit(load, *ranges[i], i % SLOTS) for load in loads]

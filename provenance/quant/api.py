@@ -92,7 +92,7 @@ def _check_tensor(
     with ref.row_reader(name, step) as reference, cand.row_reader(name, step) as stored:
         packed = isinstance(stored, PackedRowReader)
         # the common case (reference rows as stored, a ggml candidate) reads the next chunk on
-        # two worker threads, one per file, while this one is checked; a frame's gathers and a
+        # two worker threads, one per file (one in all with --threads 1), while this one is checked; a frame's gathers and a
         # packed layout's grids are read in turn (formats.prefetch)
         ahead = in_frame is None and not packed
         ref_slots, cand_slots = SlotBuffers(reference, step), SlotBuffers(stored, step)
@@ -109,7 +109,7 @@ def _check_tensor(
             return stored.grid(start, stop) if packed else stored.raw(start, stop)
 
         ranges = chunk_ranges(stop_all, step)
-        with closing(prefetched_each(ranges, (load_reference, load_candidate), ahead)) as chunks:
+        with closing(prefetched_each(ranges, (load_reference, load_candidate), ahead, workers=threads)) as chunks:
             for (start, stop), (x, raw) in zip(ranges, chunks, strict=True):
                 # a packed layout's codes and grid come through its row reader, a ggml type's from its blocks
                 if packed:

@@ -173,3 +173,22 @@ def test_leaving_a_two_load_pass_early_waits_for_both_loads_in_flight() -> None:
     chunks.close()  # returns only once both are over
     assert sorted(finished) == [("a", 4), ("b", 4)]
     assert not [t for t in threading.enumerate() if t.name.startswith("provenance-prefetch")]
+
+
+def test_one_worker_runs_each_range_loads_in_turn() -> None:
+    """``workers=1`` (``--threads 1``): one worker thread, a range's loads one after the other."""
+    order: list[tuple[str, int]] = []
+    threads: set[int] = set()
+
+    def loader(tag: str):  # type: ignore[no-untyped-def]
+        def load(start: int, stop: int, slot: int) -> int:
+            threads.add(threading.get_ident())
+            order.append((tag, start))
+            return start
+        return load
+
+    ranges = chunk_ranges(16, 4)
+    got = list(prefetched_each(ranges, (loader("a"), loader("b")), workers=1))
+    assert got == [(a, a) for a, _ in ranges]
+    assert order == [(tag, a) for a, _ in ranges for tag in "ab"]
+    assert len(threads) == 1 and threading.get_ident() not in threads
