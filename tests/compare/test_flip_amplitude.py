@@ -119,3 +119,26 @@ def test_certain_bracket_holds_the_exact_mean_on_each_side(seed: int, monkeypatc
     monkeypatch.setattr(shape, "_rate_terms", lambda *args: calls.append(1) or terms(*args))
     assert flip_amplitude(outside, width) == _scipy_amplitude(outside, width)
     assert len(calls) <= 48
+
+
+@pytest.mark.parametrize("case", ["k-quant", "distinct", "under-size", "rare-widths"])
+def test_sampled_distinct_widths_are_numpys_unique_of_the_sample(case: str) -> None:
+    """The distinct widths of the sampled weights and each weight's index into them, from the
+    runs of equal widths: ``np.unique(sample, return_inverse=True)`` exactly, including widths
+    that no sampled weight has (dropped, as ``np.unique`` of the sample never sees them)."""
+    from provenance.compare.shape import _sampled_distinct
+
+    rng = np.random.default_rng(11)
+    if case == "rare-widths":  # 200 widths held by one weight each among 100k: ~1/3 not drawn
+        s = np.repeat(rng.lognormal(-2, 0.5, 100), 998)
+        s[rng.choice(s.size, 200, replace=False)] = rng.lognormal(-2, 0.5, 200)
+    else:
+        w = _widths("distinct" if case == "distinct" else "k-quant", 2_000 if case == "under-size" else 80_000, rng)
+        s = w[np.isfinite(w) & (w > 0)]
+    sample = s if s.size <= 1 << 16 else np.random.default_rng(0).choice(s, 1 << 16, replace=False)
+    distinct, expand = np.unique(sample, return_inverse=True)
+    got_distinct, got_expand = _sampled_distinct(s, 1 << 16)
+    assert got_distinct.dtype == distinct.dtype and np.array_equal(got_distinct, distinct)
+    assert np.array_equal(got_expand, expand)
+    if case == "rare-widths":
+        assert distinct.size < np.unique(s).size  # the branch that drops undrawn widths ran
