@@ -56,10 +56,17 @@ class SortedHashes:
 
     @classmethod
     def of(cls, hashes: np.ndarray) -> SortedHashes:
-        order = np.argsort(hashes, kind="stable")
+        # numpy's default sort (vectorised: 3 ms for 262k hashes, against 17-21 ms for the
+        # stable one), then only the runs of equal hashes (repeated tokens, rare) put in id order
+        order = np.argsort(hashes)
         ordered = hashes[order]
         distinct = np.ones(len(ordered), bool)
         distinct[1:] = ordered[1:] != ordered[:-1]
+        tied = ~distinct
+        tied[:-1] |= ~distinct[1:]  # every member of a run, its first included
+        if tied.any():
+            at = np.flatnonzero(tied)  # the runs lie at these places in hash order: sorted by (hash, id) there
+            order[at] = order[at][np.lexsort((order[at], ordered[at]))]
         return cls(ordered, order.astype(np.int64), distinct)
 
 
