@@ -72,15 +72,22 @@ def _encode_all(texts: list[str]) -> list[bytes]:
         return list(map(_ENCODE, texts))
 
 
-def _by_id_from_mapping(path: str, raw: bytes, vocab: dict[str, int]) -> dict[int, bytes]:
-    by_id = dict(zip(vocab.values(), _encode_all(list(vocab)), strict=True))
+def _tokens_from_mapping(path: str, raw: bytes, vocab: dict[str, int]) -> tuple[list[bytes], dict[int, bytes]]:
+    """``(in_order, by_id)``: the tokens of ids ``0..n-1`` when the vocabulary lists exactly
+    those in that order (the usual file: one C comparison, no 262k-entry index), else none in
+    order and every token by its id."""
+    ids = list(vocab.values())  # integers (the schema checked their types and range)
+    texts = _encode_all(list(vocab))
+    if ids == list(range(len(ids))):
+        return texts, {}
+    by_id = dict(zip(ids, texts, strict=True))
     if len(by_id) != len(vocab):
         seen: set[int] = set()
         for text, token_id in vocab.items():
             if token_id in seen:
                 raise _fail(path, raw, ("model", "vocab"), f"id {token_id} is given to two tokens", text)
             seen.add(token_id)
-    return by_id
+    return [], by_id
 
 
 def _merges(merges: list[str | list[str]] | None) -> list[bytes] | None:
@@ -149,24 +156,31 @@ def _merges_chunk_storage(chunk: list[Any]) -> np.ndarray | None:
     return string_array_layout(np.diff(ends, prepend=-1, append=len(data)) - 1, np.delete(data, ends))
 
 
-def _added(path: str, raw: bytes, added: list[dict[str, Any]] | None, by_id: dict[int, bytes]) -> None:
-    """Merge ``added_tokens`` into ``by_id`` (an added token may restate a vocabulary entry, not replace it)."""
+def _added(path: str, raw: bytes, added: list[dict[str, Any]] | None, in_order: list[bytes],
+           by_id: dict[int, bytes]) -> None:
+    """Merge ``added_tokens`` into the tokens (``in_order``: ids ``0..n-1``; ``by_id``: the
+    others): an added token may restate a vocabulary entry, not replace it."""
+    n = len(in_order)
     for i, item in enumerate(added or ()):
         token_id, content = item["id"], _encode(item["content"])
-        if by_id.get(token_id, content) != content:
-            raise _fail(path, raw, ("added_tokens", i), f"id {token_id} is already the token {by_id[token_id][:40]!r}")
-        by_id[token_id] = content
+        held = in_order[token_id] if token_id < n else by_id.get(token_id, content)
+        if held != content:
+            raise _fail(path, raw, ("added_tokens", i), f"id {token_id} is already the token {held[:40]!r}")
+        if token_id >= n:
+            by_id[token_id] = content
 
 
-def _dense(path: str, raw: bytes, by_id: dict[int, bytes]) -> list[bytes]:
+def _dense(path: str, raw: bytes, in_order: list[bytes], by_id: dict[int, bytes]) -> list[bytes]:
+    """Every token in id order: ``in_order``, then ``by_id``'s from the next id on."""
     if not by_id:
-        return []
-    top = max(by_id)
-    if top >= len(by_id) + MAX_ID_GAP:
-        raise _fail(path, raw, ("model", "vocab"), f"largest id {top} lies far beyond the {len(by_id)} tokens")
-    for i in range(top + 1) if len(by_id) <= top else ():  # a gap (rare): fill it first
+        return in_order
+    start, count, top = len(in_order), len(in_order) + len(by_id), max(by_id)
+    if top >= count + MAX_ID_GAP:
+        raise _fail(path, raw, ("model", "vocab"), f"largest id {top} lies far beyond the {count} tokens")
+    for i in range(start, top + 1) if count <= top else ():  # a gap (rare): fill it first
         by_id.setdefault(i, f"[PAD{i}]".encode())
-    return list(map(by_id.__getitem__, range(top + 1)))  # a C loop over 262k ids
+    in_order.extend(map(by_id.__getitem__, range(start, top + 1)))  # a C loop over 262k ids
+    return in_order
 
 
 def read_tokenizer_json(path: str, *, keep_merges: bool = True) -> Vocabulary:
@@ -208,14 +222,14 @@ def _parse_tokenizer_json(raw: bytes, path: str, keep_merges: bool) -> Vocabular
     if kind == "Unigram":
         if not isinstance(vocab, list):
             raise _fail(path, raw, ("model", "vocab"), "a Unigram vocabulary must be a list of [token, score]")
-        by_id = {i: _encode(token) for i, (token, _) in enumerate(vocab)}
+        in_order, by_id = [_encode(token) for token, _ in vocab], {}
         scores = np.array([score for _, score in vocab], "<f4")
     else:
         if not isinstance(vocab, dict):
             raise _fail(path, raw, ("model", "vocab"), f"a {kind} vocabulary must be an object token -> id")
-        by_id = _by_id_from_mapping(path, raw, vocab)
-    _added(path, raw, data.get("added_tokens"), by_id)
-    tokens = _dense(path, raw, by_id)
+        in_order, by_id = _tokens_from_mapping(path, raw, vocab)
+    _added(path, raw, data.get("added_tokens"), in_order, by_id)
+    tokens = _dense(path, raw, in_order, by_id)
     if scores is not None and len(scores) != len(tokens):
         scores = None  # added tokens beyond the Unigram list carry no score
     special: dict[str, int] = {}

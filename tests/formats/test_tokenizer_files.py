@@ -201,6 +201,23 @@ def test_tokenizer_json_reads_gaps_surrogates_and_both_merge_forms_exactly(tmp_p
         assert read.special_tokens == {"unknown": 5}
 
 
+def test_a_vocabulary_in_id_order_takes_added_tokens_and_gaps_alike(tmp_path: Path) -> None:
+    """The usual file lists ids 0..n-1 in order (read without an index by id): added tokens
+    that restate an entry, lie beyond it with a gap, or contradict it read as in any order."""
+    added = [{"id": 1, "content": "b"}, {"id": 4, "content": "<x>"}]
+    tokens = {}
+    for vocab in ({"a": 0, "b": 1, "c": 2}, {"b": 1, "c": 2, "a": 0}):  # in id order, then not
+        path = tmp_path / "tokenizer.json"
+        path.write_text(json.dumps({"model": {"type": "BPE", "vocab": vocab, "merges": []}, "added_tokens": added}))
+        tokens[len(tokens)] = parse_tokenizer_json(path.read_bytes(), str(path)).tokens
+        path.write_text(json.dumps({"model": {"type": "BPE", "vocab": vocab, "merges": []},
+                                    "added_tokens": [*added, {"id": 2, "content": "z"}]}))
+        with pytest.raises(MalformedCheckpoint) as info:
+            parse_tokenizer_json(path.read_bytes(), str(path))
+        assert info.value.field == "added_tokens[2]" and "already the token b'c'" in str(info.value)
+    assert tokens[0] == tokens[1] == [b"a", b"b", b"c", b"[PAD3]", b"<x>"]
+
+
 MERGE_LISTS = {
     "pairs over three chunks": [[f"t{i}", "\u00e9\u20ac\U0001f600"[: i % 4]] for i in range(2 * CHUNK + 5)],
     "a space inside a pair's token": [["a b", "c"], ["d", " "], ["e", "f"]],
