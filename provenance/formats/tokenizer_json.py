@@ -136,17 +136,16 @@ def _checked_merges_sha256(path: str, raw: bytes, merges: list[Any]) -> str:
 def _merges_chunk_storage(chunk: list[Any]) -> np.ndarray | None:
     """GGUF's string-array storage of one chunk of merges, or None where some item is not
     shown valid (see :func:`_checked_merges_sha256`)."""
-    kinds = set(map(type, chunk))
-    if kinds == {list} and set(map(len, chunk)) == {2}:  # [left, right] pairs, joined "l0 r0 l1 r1 ..."
-        texts, separator, per_merge, cap = chain.from_iterable(chunk), " ", 2, MAX_TOKEN_BYTES
-    elif kinds == {str}:  # "left right" strings, joined "m0\nm1\n..."
-        texts, separator, per_merge, cap = iter(chunk), "\n", 1, MAX_MERGE_BYTES
-    else:
-        return None
     try:
-        data = np.frombuffer(_encode_text(separator.join(texts)), np.uint8)
-    except TypeError:  # an item that is not a string
+        # [left, right] pairs joined "l0 r0 l1 r1 ...", or "left right" strings joined "m0\nm1\n...":
+        # list.__len__ refuses an item that is not a list, str.join one that is not a string
+        if type(chunk[0]) is list and set(map(list.__len__, chunk)) == {2}:
+            text, separator, per_merge, cap = " ".join(chain.from_iterable(chunk)), " ", 2, MAX_TOKEN_BYTES
+        else:
+            text, separator, per_merge, cap = "\n".join(chunk), "\n", 1, MAX_MERGE_BYTES
+    except TypeError:  # an item of another kind: mixed forms, a number, a pair holding a number
         return None
+    data = np.frombuffer(_encode_text(text), np.uint8)
     cuts = np.flatnonzero(data == ord(separator))
     if len(cuts) != per_merge * len(chunk) - 1:  # a separator inside some string: they cannot be cut apart
         return None
