@@ -34,7 +34,7 @@ from provenance.formats.documents import (
 from provenance.formats.files import read_capped
 from provenance.formats.jsonsafe import collector_paused
 from provenance.formats.schema import field_path, key_offset, parse_document, validate
-from provenance.formats.vocabulary import CHUNK, Vocabulary, string_array_layout, string_array_chunk
+from provenance.formats.vocabulary import CHUNK, Vocabulary, string_array_chunk, string_array_layout
 
 MAX_TOKENIZER_JSON_BYTES = 256 * 1024 * 1024
 """The largest released tokenizer.json files are ~35 MB (Gemma 3); 256 MiB bounds the parse."""
