@@ -29,7 +29,7 @@ from provenance.compare.stats import PairAccumulator, PairStats, effective_rank
 from provenance.compare.transform import Transform
 from provenance.formats.base import Checkpoint, TensorInfo
 from provenance.formats.packed_read import PackedRowReader
-from provenance.formats.prefetch import SlotBuffers, chunk_ranges, prefetched
+from provenance.formats.prefetch import SlotBuffers, chunk_ranges, prefetched_each
 from provenance.formats.rows import RowReader
 
 
@@ -356,17 +356,23 @@ class _PairReads:
                       and not any(isinstance(r, PackedRowReader) for r in (ref_reader, cand_reader)))
         self.ref_slots = SlotBuffers(ref_reader, step)
         self.cand_slots = SlotBuffers(cand_reader, step) if cand_reader is not None else None
-        self.lossy_slots = self.cand_slots if lossy == "candidate" else self.ref_slots
 
-    def load(self, a: int, b: int, slot: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray | None]:
-        """Reference rows, candidate rows (before the transform's values) and the lossy side's
-        stored bytes (None unless a ggml grid is checked) of rows ``[a, b)``."""
+    def load_reference(self, a: int, b: int, slot: int) -> tuple[torch.Tensor, np.ndarray | None]:
+        """Reference rows ``[a, b)`` and, where the reference is the ggml side of the grid
+        check, their stored bytes (one file: :meth:`load_candidate` reads the other beside it)."""
+        raw_here = self.needs_raw and self.lossy_reader is self.ref_reader
         if self.ahead:
-            assert self.cand_slots is not None and self.lossy_slots is not None
-            return (self.ref_slots.rows(slot, a, b), self.cand_slots.rows(slot, a, b),
-                    self.lossy_slots.raw(slot, a, b) if self.needs_raw else None)
-        ref_rows = self.ref_reader.read(a, b)
+            return self.ref_slots.rows(slot, a, b), self.ref_slots.raw(slot, a, b) if raw_here else None
+        return self.ref_reader.read(a, b), self.ref_reader.raw(a, b) if raw_here else None
+
+    def load_candidate(self, a: int, b: int, slot: int) -> tuple[torch.Tensor, np.ndarray | None]:
+        """Candidate rows ``[a, b)`` (before the transform's values) and, where the candidate is
+        the ggml side of the grid check, their stored bytes."""
         transform, full_cand, cand_reader = self.transform, self.full_cand, self.cand_reader
+        raw_here = self.needs_raw and cand_reader is not None and self.lossy_reader is cand_reader
+        if self.ahead:
+            assert self.cand_slots is not None
+            return self.cand_slots.rows(slot, a, b), self.cand_slots.raw(slot, a, b) if raw_here else None
         if full_cand is not None:
             c_rows = full_cand[torch.from_numpy(transform.candidate_rows(a, b))] if transform.permutes_rows else full_cand[a:b]
         elif transform.permutes_rows:
@@ -375,8 +381,7 @@ class _PairReads:
         else:
             assert cand_reader is not None
             c_rows = cand_reader.read(a, b)
-        raw = self.lossy_reader.raw(a, b) if self.needs_raw and self.lossy_reader is not None else None
-        return ref_rows, c_rows, raw
+        return c_rows, cand_reader.raw(a, b) if raw_here and cand_reader is not None else None
 
 
 def _pair_sketches(pair: TensorPair, sketch: SketchSpec | tuple[np.ndarray, np.ndarray] | None, n_rows: int,
@@ -431,8 +436,11 @@ def stream_pair(
     reads = _PairReads(ref_reader, cand_reader, full_cand, transform, grid, step)
     ranges = chunk_ranges(n_rows, step)
     try:
-        with closing(prefetched(ranges, reads.load, reads.ahead)) as chunks:
-            for (a, b), (ref_rows, c_rows, raw) in zip(ranges, chunks, strict=True):
+        # the two files' next chunks are read side by side, on two worker threads (one with --threads 1)
+        with closing(prefetched_each(ranges, (reads.load_reference, reads.load_candidate), reads.ahead,
+                                     workers=threads)) as chunks:
+            for (a, b), ((ref_rows, ref_raw), (c_rows, cand_raw)) in zip(ranges, chunks, strict=True):
+                raw = cand_raw if ref_raw is None else ref_raw
                 if stop is not None and stop():
                     raise StreamStopped(pair.name)
                 c_rows = transform.apply(c_rows, a)

@@ -222,13 +222,17 @@ def _rate_terms(a: float, width: np.ndarray, tol_steps: float) -> np.ndarray:
     return np.minimum(1.0, 2 * a / width * (np.exp(-c**2 / 2.0) / _SQRT_2PI - c * ndtr(-c)))
 
 
-_FILTER_REL = 1e-9
+_FILTER_REL = 1e-12
 """How far (relative to the mean of the terms' magnitudes) a counts-weighted mean must be from
 the target for :class:`_OutsideRate` to trust its side without the exact mean. The two means add
-the same terms in different orders and groupings: they differ by rounding only, less than
-``n`` ulps of the sum even for a plain left-to-right sum of ``n = 2^16`` terms (1.5e-11
-relative; numpy's pairwise sum is far closer), so a 1e-9 margin never decides a side the
-exact mean would not."""
+the same terms in different orders and groupings, both with numpy's pairwise summation (which
+``sum`` and ``mean`` always use when no axis is given: numpy's documentation of ``sum``): each
+is within ``(16 + log2(n / 128) + 1)`` units in the last place of the sum of magnitudes of the
+exact sum (blocks of 128 added along 8 lanes, then halves), under 3e-15 relative for the
+``n = 2^16`` terms at most, plus one rounding of each counts-weighted term. A 1e-12 margin is
+over 100 times that bound, so it never decides a side the exact mean would not; it leaves the
+exact mean to the last ~10 of the bisection's ~58 steps (a 1e-9 margin left it ~23: most of
+the cost of ``compare``'s grid residual shape, ~0.9 CPU s of a 135M-parameter investigate)."""
 
 
 class _OutsideRate:
@@ -242,7 +246,8 @@ class _OutsideRate:
     cost, so :meth:`below` first weighs the distinct terms by their counts and takes the exact
     mean only when that estimate is within rounding reach of the target (:data:`_FILTER_REL`):
     the answer is the exact mean's, bit for bit, at a fraction of the cost while the bisection
-    is still far from the root (about the first 35 of its 60 steps)."""
+    is still far from the root (all but the last ~10 of its ~58 steps). :meth:`certain_side`
+    tells more: a side that holds at every amplitude beyond ``a`` too (:func:`_certain_bracket`)."""
 
     def __init__(self, distinct: np.ndarray, expand: np.ndarray, tol_steps: float) -> None:
         self.distinct, self.expand, self.tol_steps = distinct, expand, tol_steps
@@ -254,12 +259,18 @@ class _OutsideRate:
         """The mean over every weight, as numpy's ``mean`` of the spread-back terms adds it."""
         return float(np.mean(_rate_terms(a, self.distinct, self.tol_steps)[self.expand]))
 
-    def below(self, a: float, target: float) -> bool:
-        """Whether :meth:`exact` at ``a`` is below ``target``."""
+    def estimate(self, a: float) -> tuple[float, float, np.ndarray]:
+        """The counts-weighted mean at ``a``, the mean of the weighted terms' magnitudes (the
+        scale of its rounding), and the terms."""
         terms = _rate_terms(a, self.distinct, self.tol_steps)
         weighted = terms * self.counts
         n = self.expand.size
-        estimate, margin = float(weighted.sum()) / n, _FILTER_REL * float(np.abs(weighted).sum()) / n
+        return float(weighted.sum()) / n, float(np.abs(weighted).sum()) / n, terms
+
+    def below(self, a: float, target: float) -> bool:
+        """Whether :meth:`exact` at ``a`` is below ``target``."""
+        estimate, scale, terms = self.estimate(a)
+        margin = _FILTER_REL * scale
         if math.isfinite(estimate) and math.isfinite(margin):
             if estimate < target - margin:
                 return True
@@ -267,6 +278,103 @@ class _OutsideRate:
                 return False
         self.exact_evaluations += 1
         return float(np.mean(terms[self.expand])) < target
+
+    def certain_side(self, a: float, target: float) -> tuple[bool | None, float]:
+        """``(side, estimate)``: whether the rate is below ``target`` at ``a``, at every
+        smaller amplitude too (True), or above it at ``a`` and every larger one (False), when
+        the estimate is over :data:`_CERTAIN_REL` away; None (and NaN) otherwise.
+
+        The rate never decreases with the amplitude: each term is ``2 tol h(c)`` with
+        ``h(c) = (phi(c) - c Q(c)) / c`` and ``h'(c) = -phi(c) / c^2 < 0``, while ``c = tol s / a``
+        falls as ``a`` grows. A side certain at ``a`` with a margin over the rounding of the
+        terms and of both means is then the exact mean's side at every amplitude beyond it."""
+        estimate, scale, _ = self.estimate(a)
+        margin = _CERTAIN_REL * scale
+        if not (math.isfinite(estimate) and math.isfinite(margin)):
+            return None, math.nan
+        if estimate < target - margin:
+            return True, estimate
+        if estimate > target + margin:
+            return False, estimate
+        return None, estimate
+
+
+_CERTAIN_REL = 1e-9
+"""The margin of :meth:`_OutsideRate.certain_side` (relative to the mean term magnitude). Beyond
+the rounding of the two sums (:data:`_FILTER_REL`) it covers the rounding of the terms
+themselves, which compares two amplitudes: ``phi(c) - c Q(c)`` cancels to ``phi(c) / c^2``, so
+a term's relative error grows like ``c^4`` ulps, under 1e-10 for every ``c`` (< 38) at which
+``phi(c)`` is not 0 in float64 and under 1e-13 where the rate is over 1e-7."""
+
+
+def _certain_bracket(rate: _OutsideRate, target: float, lo: float, hi: float) -> tuple[float, float]:
+    """Amplitudes ``(below, above)`` in ``[lo, hi]``: the exact rate is below ``target`` at every
+    amplitude up to ``below`` and above it from ``above`` on (:meth:`_OutsideRate.certain_side`),
+    ``above / below`` within ~1e-8 of 1 when the root can be bracketed that closely; ``(0, inf)``
+    when not even ``lo`` and ``hi`` are certain. Found by the secant method on the log of the
+    estimate against log amplitude (smooth near the root, where the rate itself is steep),
+    bisecting where the secant leaves the bracket, in ~10 evaluations of the rate: the bisection
+    then evaluates only its steps inside the bracket (~25 of ~58)."""
+    if rate.certain_side(lo, target)[0] is not True:
+        return 0.0, math.inf
+    side_hi, est_hi = rate.certain_side(hi, target)
+    if side_hi is not False:
+        return 0.0, math.inf
+    below, above = lo, hi
+    log_target = math.log(target)
+    x_lo, x_hi = math.log(lo), math.log(hi)
+    recent = [(x_hi, math.log(est_hi) - log_target)]  # the last two finite points, for the secant
+    for _ in range(_BRACKET_STEPS):
+        x = math.nan
+        if len(recent) == 2 and recent[0][1] != recent[1][1]:
+            (x0, f0), (x1, f1) = recent
+            x = x1 - f1 * (x1 - x0) / (f1 - f0)
+        if not x_lo < x < x_hi:  # no secant yet, or it leaves the bracket: bisect
+            x = (x_lo + x_hi) / 2
+        a = math.exp(x)
+        side, estimate = rate.certain_side(a, target)
+        if side is None:  # within rounding reach of the root: close in on it from both sides
+            below = next((a * (1 - step) for step in _PROBES if a * (1 - step) > below
+                          and rate.certain_side(a * (1 - step), target)[0] is True), below)
+            above = next((a * (1 + step) for step in _PROBES if a * (1 + step) < above
+                          and rate.certain_side(a * (1 + step), target)[0] is False), above)
+            break
+        if side:
+            below, x_lo = a, x
+        else:
+            above, x_hi = a, x
+        if estimate > 0:
+            recent = [*recent[-1:], (x, math.log(estimate) - log_target)]
+        if above <= below * (1 + 1e-8):
+            break
+    return below, above
+
+
+_PROBES = (1e-8, 1e-6)
+"""Relative offsets from a point within rounding reach of the root at which :func:`_certain_bracket`
+tries to certify each side, closest first."""
+_BRACKET_STEPS = 30
+"""At most this many secant or bisection steps (~10 on the real cases)."""
+
+
+def _sampled_distinct(s: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(sample, return_inverse=True)`` of the widths ``s`` (finite, positive) or, past
+    ``size`` of them, of ``default_rng(0).choice(s, size, replace=False)`` (the same draws: the
+    indices are drawn as that call draws them), without sorting every sampled width: equal widths
+    come in runs (one per K-quant sub-block), so only the runs' first values are sorted and each
+    width takes its run's index (sorting the 65,536 sampled widths was a quarter of the
+    amplitude's cost)."""
+    starts = np.empty(s.size, dtype=bool)
+    starts[0] = True
+    np.not_equal(s[1:], s[:-1], out=starts[1:])
+    distinct, run_index = np.unique(s[starts], return_inverse=True)
+    index = run_index[np.cumsum(starts) - 1]
+    if s.size > size:
+        index = index[np.random.default_rng(0).choice(s.size, size, replace=False)]
+        present = np.bincount(index, minlength=distinct.size) > 0
+        if not present.all():  # widths no sampled weight has: dropped, as np.unique would never see them
+            distinct, index = distinct[present], (np.cumsum(present) - 1)[index]
+    return distinct, index
 
 
 def flip_amplitude(outside: float, width: np.ndarray, tol_steps: float = GRID_TOLERANCE_STEPS) -> float | None:
@@ -279,14 +387,14 @@ def flip_amplitude(outside: float, width: np.ndarray, tol_steps: float = GRID_TO
         return None
     if outside <= 0:
         return 0.0
-    sample = s if s.size <= 1 << 16 else np.random.default_rng(0).choice(s, 1 << 16, replace=False)
     # the 60 bisection steps evaluate the rate on the distinct widths only (see _OutsideRate)
-    distinct, expand = np.unique(sample, return_inverse=True)
-    rate = _OutsideRate(distinct, expand, tol_steps)
+    rate = _OutsideRate(*_sampled_distinct(s, 1 << 16), tol_steps)
     lo, hi = 1e-7, 10.0
+    # the steps outside a bracket of the root known for certain cost nothing (_certain_bracket)
+    certain_below, certain_above = _certain_bracket(rate, outside, lo, hi)
     for _ in range(60):
         mid = math.sqrt(lo * hi)
-        below = rate.below(mid, outside)
+        below = mid <= certain_below or (mid < certain_above and rate.below(mid, outside))
         if mid == (lo if below else hi):
             break  # (lo, hi) is all the loop carries: unchanged now, unchanged for every step left
         if below:

@@ -9,6 +9,7 @@ Hugging Face writes it for an unset field.
 from __future__ import annotations
 
 from provenance.formats.schema import (
+    ANY,
     BOOL,
     Int,
     ListOf,
@@ -172,14 +173,21 @@ SAFETENSORS_INDEX = Obj({
 
 _TOKEN = Str(MAX_TOKEN_BYTES)
 _ID = Int(0, MAX_VOCABULARY)
+MAX_MERGE_BYTES = 2 * MAX_TOKEN_BYTES + 1
+"""A merge written as one string: two tokens and the space between them."""
+
+TOKENIZER_MERGES = ListOf(OneOf((Str(MAX_MERGE_BYTES), Pair(_TOKEN, _TOKEN))), MAX_MERGES)
+"""``model.merges`` of a ``tokenizer.json``: ``"left right"`` (older files) or ``[left, right]``.
+:data:`TOKENIZER_JSON` bounds only the list's length; the reader checks every item against
+this spec in the pass that hashes them (:func:`provenance.formats.tokenizer_json.merges_sha256`:
+515k pairs are 1M strings, walked once instead of twice)."""
 
 TOKENIZER_JSON = Obj({
     "model": Obj({
         "type": optional(_SHORT),
         # token -> id (BPE, WordPiece, WordLevel) or [token, score] in id order (Unigram)
         "vocab": optional(OneOf((MapOf(_ID, MAX_VOCABULARY, key=_TOKEN), ListOf(Pair(_TOKEN, Num()), MAX_VOCABULARY)))),
-        # "left right" (older files) or [left, right]
-        "merges": optional(ListOf(OneOf((Str(2 * MAX_TOKEN_BYTES + 1), Pair(_TOKEN, _TOKEN))), MAX_MERGES)),
+        "merges": optional(ListOf(ANY, MAX_MERGES)),  # items: TOKENIZER_MERGES, checked by the reader
         "unk_token": optional(_TOKEN),
         "unk_id": optional(Int(0, MAX_VOCABULARY)),
     }, required=frozenset({"vocab"})),

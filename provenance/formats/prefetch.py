@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
@@ -45,23 +45,49 @@ def prefetched(ranges: Sequence[tuple[int, int]], load: Callable[[int, int, int]
     An exception of ``load`` is raised where its item would have been yielded. Whatever ends
     the iteration (exhausted, closed early, an exception or Ctrl-C in the caller), the worker's
     load in flight is waited for before this returns, so no read outlives the caller's buffers
-    and readers. ``ahead=False`` (or a single range) loads on the calling thread, slot 0."""
-    if not ahead or len(ranges) < 2:
-        for start, stop in ranges:
-            yield load(start, stop, 0)
-        return
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="provenance-prefetch")
-    pending: Future[Item] | None = pool.submit(load, *ranges[0], 0)
+    and readers. ``ahead=False`` (or a single range) loads on the calling thread, slot 0.
+    :func:`prefetched_each` does the same with several loads per range, each on its own worker."""
+    parts = prefetched_each(ranges, (load,), ahead)
     try:
-        for i in range(len(ranges)):
-            assert pending is not None
-            item = pending.result()
-            following = i + 1
-            pending = pool.submit(load, *ranges[following], following % SLOTS) if following < len(ranges) else None
+        for (item,) in parts:
             yield item
     finally:
-        if pending is not None:
-            pending.cancel()
+        parts.close()  # waits for the load in flight
+
+
+def prefetched_each(ranges: Sequence[tuple[int, int]], loads: Sequence[Callable[[int, int, int], Any]],
+                    ahead: bool = True, workers: int | None = None) -> Iterator[tuple[Any, ...]]:
+    """:func:`prefetched` with several loads per range (e.g. the reference's rows and the
+    candidate's stored bytes: two files), yielded together as a tuple in the order of ``loads``;
+    with ``ahead`` each load of the next range runs on a worker thread of its own, so the
+    files are read and decoded side by side (the reads' system time and the decoding were one
+    thread's, the critical path of ``quantcheck``: docs/benchmarks.md, issue #12). Each load
+    still runs once per range, in range order, one at a time: a reader used by one load only
+    sees the sequential access its read-ahead expects. ``workers``: at most this many worker
+    threads (the command's ``--threads`` budget; 1: the loads of a range one after the other on
+    one worker, as :func:`prefetched`); default one per load."""
+    if not ahead or len(ranges) < 2:
+        for start, stop in ranges:
+            yield tuple(load(start, stop, 0) for load in loads)
+        return
+    pool = ThreadPoolExecutor(max_workers=max(1, min(len(loads), workers or len(loads))),
+                              thread_name_prefix="provenance-prefetch")
+
+    def submit(i: int) -> list[Future[Any]]:
+        return [pool.submit(load, *ranges[i], i % SLOTS) for load in loads]
+
+    pending = submit(0)
+    try:
+        for i in range(len(ranges)):
+            current, pending = pending, []
+            # the first failure is raised here; the other loads of the range are waited for below
+            item = tuple(f.result() for f in current)
+            if i + 1 < len(ranges):
+                pending = submit(i + 1)
+            yield item
+    finally:
+        for f in pending:
+            f.cancel()
         pool.shutdown(wait=True)
 
 
@@ -94,4 +120,4 @@ class SlotBuffers:
         return out
 
 
-__all__ = ["SLOTS", "SlotBuffers", "chunk_ranges", "prefetched"]
+__all__ = ["SLOTS", "SlotBuffers", "chunk_ranges", "prefetched", "prefetched_each"]

@@ -356,13 +356,15 @@ def key_offset(raw: bytes, where: tuple[str | int, ...], base: int = 0) -> int |
     return base if where == () else None
 
 
-def validate(value: Any, spec: Spec, path: str, document: str, *, raw: bytes | None = None, base_offset: int = 0) -> Any:
+def validate(value: Any, spec: Spec, path: str, document: str, *, raw: bytes | None = None, base_offset: int = 0,
+             where: tuple[str | int, ...] = ()) -> Any:
     """``value`` checked against ``spec``; a violation raises :class:`MalformedCheckpoint` with
     ``path``, the field (the JSON path, or ``document`` for the whole) and the offset: of the key in ``raw``
     (the document's bytes, which start at ``base_offset`` in the file), or ``base_offset``
-    itself for a value read from a binary header."""
+    itself for a value read from a binary header. ``where``: the value's own path in the
+    document, when it is a part of one."""
     try:
-        return spec.check(value, ())
+        return spec.check(value, where)
     except SchemaViolation as exc:
         offset = key_offset(raw, exc.where, base_offset) if raw is not None else base_offset or None
         raise MalformedCheckpoint(path, exc.message, field=field_path(exc.where) or document, offset=offset) from None

@@ -59,7 +59,7 @@ def holds_weights(directory: str) -> bool:
 def read_tokenizer_files(files: TokenizerFiles) -> Vocabulary:
     """The vocabulary of a folder's tokenizer files, special ids from its config files."""
     if files.tokenizer_json is not None:
-        vocab = read_tokenizer_json(files.tokenizer_json)
+        vocab = read_tokenizer_json(files.tokenizer_json, keep_merges=False)  # by hash and count, as a GGUF's
     elif files.sentencepiece is not None:
         vocab = read_sentencepiece_model(files.sentencepiece)
     else:

@@ -95,28 +95,33 @@ class Vocabulary:
         return len(self.merges) if self.merges is not None else self.known_merges_count
 
 
-_CHUNK = 1 << 16
+CHUNK = 1 << 16
 """Tokens laid out per numpy pass: bounds the index arrays (64 bytes a token) whatever the list's length."""
 
 
-def _string_array_chunk(tokens: list[bytes]) -> np.ndarray:
-    """GGUF's string-array storage of ``tokens`` (u64 length + bytes, each), placed by numpy:
-    a record's length goes at its start, the joined token bytes fill the rest in order (half
-    the time of packing and joining 2 x 262k Python objects, docs/benchmarks.md)."""
-    lengths = np.fromiter(map(len, tokens), np.int64, len(tokens))
+def string_array_layout(lengths: np.ndarray, body: bytes | np.ndarray) -> np.ndarray:
+    """GGUF's string-array storage of strings given by their byte ``lengths`` (int64) and
+    their bytes joined in order (``body``), placed by numpy: a record's length goes at its
+    start, the body fills the rest in order (half the time of packing and joining 2 x 262k
+    Python objects, docs/benchmarks.md)."""
     ends = np.cumsum(lengths + 8)
-    out = np.empty(int(ends[-1]) if len(tokens) else 0, np.uint8)
+    out = np.empty(int(ends[-1]) if len(lengths) else 0, np.uint8)
     length_at = ((ends - lengths - 8)[:, None] + np.arange(8)).ravel()
     out[length_at] = lengths.astype("<u8").view(np.uint8)
     is_body = np.ones(len(out), bool)
     is_body[length_at] = False
-    out[is_body] = np.frombuffer(b"".join(tokens), np.uint8)
+    out[is_body] = np.frombuffer(body, np.uint8) if isinstance(body, bytes) else body
     return out
+
+
+def string_array_chunk(tokens: list[bytes]) -> np.ndarray:
+    """GGUF's string-array storage of ``tokens`` (u64 length + bytes, each)."""
+    return string_array_layout(np.fromiter(map(len, tokens), np.int64, len(tokens)), b"".join(tokens))
 
 
 def _chunks(tokens: Iterable[bytes | str]) -> Iterator[list[bytes]]:
     items = iter(tokens)
-    while batch := list(islice(items, _CHUNK)):
+    while batch := list(islice(items, CHUNK)):
         if not set(map(type, batch)) <= {bytes}:
             batch = [t.encode("utf-8") if isinstance(t, str) else t for t in batch]
         yield batch
@@ -124,14 +129,14 @@ def _chunks(tokens: Iterable[bytes | str]) -> Iterator[list[bytes]]:
 
 def token_list_bytes(tokens: Iterable[bytes | str]) -> bytes:
     """GGUF's string-array storage of ``tokens`` (u64 length + bytes, each)."""
-    return b"".join(map(_string_array_chunk, _chunks(tokens)))
+    return b"".join(map(string_array_chunk, _chunks(tokens)))
 
 
 def token_list_sha256(tokens: Iterable[bytes | str]) -> str:
     """SHA-256 of GGUF's string-array storage of ``tokens`` (u64 length + bytes, each), chunk by chunk."""
     digest = hashlib.sha256()
     for chunk in _chunks(tokens):
-        digest.update(_string_array_chunk(chunk))
+        digest.update(string_array_chunk(chunk))
     return digest.hexdigest()
 
 

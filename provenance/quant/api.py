@@ -21,7 +21,7 @@ from provenance.formats import open_checkpoint
 from provenance.formats.base import Checkpoint, TensorInfo
 from provenance.formats.packed_read import PackedRowReader
 from provenance.formats.pairing import TensorPair, Unpaired, pair_tensors
-from provenance.formats.prefetch import SlotBuffers, chunk_ranges, prefetched
+from provenance.formats.prefetch import SlotBuffers, chunk_ranges, prefetched_each
 from provenance.progress import Meter, ProgressCallback
 from provenance.quant.error import ErrorStats, error_stats
 from provenance.quant.frame_rows import FrameRows, rows_per_chunk
@@ -92,20 +92,24 @@ def _check_tensor(
     with ref.row_reader(name, step) as reference, cand.row_reader(name, step) as stored:
         packed = isinstance(stored, PackedRowReader)
         # the common case (reference rows as stored, a ggml candidate) reads the next chunk on
-        # a worker thread while this one is checked; a frame's gathers and a packed layout's
-        # grids are read in turn (formats.prefetch)
+        # two worker threads, one per file (one in all with --threads 1), while this one is checked; a frame's gathers and a
+        # packed layout's grids are read in turn (formats.prefetch)
         ahead = in_frame is None and not packed
         ref_slots, cand_slots = SlotBuffers(reference, step), SlotBuffers(stored, step)
 
-        def load(start: int, stop: int, slot: int) -> tuple[torch.Tensor, Any]:
+        def load_reference(start: int, stop: int, slot: int) -> torch.Tensor:
             if ahead:
-                return ref_slots.rows(slot, start, stop), cand_slots.raw(slot, start, stop)
-            x = (torch.from_numpy(in_frame.rows(start, stop).astype(np.float32)) if in_frame is not None
-                 else reference.read(start, stop))
-            return x, stored.grid(start, stop) if packed else stored.raw(start, stop)
+                return ref_slots.rows(slot, start, stop)
+            return (torch.from_numpy(in_frame.rows(start, stop).astype(np.float32)) if in_frame is not None
+                    else reference.read(start, stop))
+
+        def load_candidate(start: int, stop: int, slot: int) -> Any:
+            if ahead:
+                return cand_slots.raw(slot, start, stop)
+            return stored.grid(start, stop) if packed else stored.raw(start, stop)
 
         ranges = chunk_ranges(stop_all, step)
-        with closing(prefetched(ranges, load, ahead)) as chunks:
+        with closing(prefetched_each(ranges, (load_reference, load_candidate), ahead, workers=threads)) as chunks:
             for (start, stop), (x, raw) in zip(ranges, chunks, strict=True):
                 # a packed layout's codes and grid come through its row reader, a ggml type's from its blocks
                 if packed:

@@ -56,10 +56,17 @@ class SortedHashes:
 
     @classmethod
     def of(cls, hashes: np.ndarray) -> SortedHashes:
-        order = np.argsort(hashes, kind="stable")
+        # numpy's default sort (vectorised: 3 ms for 262k hashes, against 17-21 ms for the
+        # stable one), then only the runs of equal hashes (repeated tokens, rare) put in id order
+        order = np.argsort(hashes)
         ordered = hashes[order]
         distinct = np.ones(len(ordered), bool)
         distinct[1:] = ordered[1:] != ordered[:-1]
+        tied = ~distinct
+        tied[:-1] |= ~distinct[1:]  # every member of a run, its first included
+        if tied.any():
+            at = np.flatnonzero(tied)  # the runs lie at these places in hash order: sorted by (hash, id) there
+            order[at] = order[at][np.lexsort((order[at], ordered[at]))]
         return cls(ordered, order.astype(np.int64), distinct)
 
 
@@ -234,10 +241,12 @@ def _sketch_shares(candidate: CandidateVocabulary, ref: TokenizerFingerprint) ->
     aligned = float((ids[in_range] == ref_ids[in_range]).mean()) if in_range.sum() >= MIN_IN_RANGE else None
     # The sketch is complete below tau, so the candidate's tokens below tau estimate the reverse share.
     tau = ref.sketch_hashes[-1] if len(ref.sketch_hashes) >= SKETCH_K else np.uint64(np.iinfo(np.uint64).max)
-    below = candidate.distinct_sorted[: int(np.searchsorted(candidate.distinct_sorted, tau, side="right"))]
-    if len(below) and len(ref.sketch_hashes):
-        at = np.minimum(np.searchsorted(ref.sketch_hashes, below), len(ref.sketch_hashes) - 1)
-        cand_in_ref: float | None = float((ref.sketch_hashes[at] == below).mean())
+    # Those the sketch holds are exactly the sketched tokens the candidate has (every sketched
+    # hash is at most tau): counted above, no search of each candidate hash below tau (all
+    # 262k of them against a small vocabulary's incomplete sketch).
+    below = int(np.searchsorted(candidate.distinct_sorted, tau, side="right"))
+    if below and len(ref.sketch_hashes):
+        cand_in_ref: float | None = int(present.sum()) / below
     else:
         cand_in_ref = None
     jaccard = None

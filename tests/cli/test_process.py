@@ -42,3 +42,28 @@ def test_a_process_running_commands_itself_keeps_its_collector() -> None:
         f"print(CliRunner().invoke(cli, {COMPARE!r}).exit_code, run({COMPARE!r}))\n"
         "print(gc.get_freeze_count(), gc.get_threshold() == defaults)\n")
     assert out[-2:] == ["0 0", "0 True"]
+
+
+def test_investigate_imports_its_analyses_before_the_freeze(tmp_path: Path) -> None:
+    """``investigate`` imports its analyses' modules on first use; the command imports those
+    this run will use before the analysis starts, so the freeze covers them (torch, numba,
+    scipy, compare, quant) instead of every full collection of the analysis walking them."""
+    args = ["investigate", str(STORIES / "stories260K.transpose.bin"), "--reference", str(STORIES / "stories260K.bin"),
+            "-o", str(tmp_path / "report"), "--format", "json"]
+    out = _python(
+        "import gc, sys\n"
+        "import provenance.commands.progress as progress\n"
+        "from provenance.cli import main\n"
+        "starts = progress.analysis_starts\n"
+        "def recorded():\n"
+        "    print('loaded', all(m in sys.modules for m in ('torch', 'numba', 'provenance.compare.api', 'provenance.quant.api')),\n"
+        "          'provenance.watermark.trace' in sys.modules)  # no keys: no tracing modules\n"
+        "    starts()\n"
+        "progress.analysis_starts = recorded\n"
+        "try:\n"
+        f"    main({args!r})\n"
+        "except SystemExit as exc:\n"
+        "    print('exit', exc.code)\n"
+        "print(gc.get_freeze_count() > 200_000)\n")
+    assert [line for line in out if line.startswith(("loaded", "exit", "True", "False"))] == \
+        ["loaded True False", "exit 0", "True"]

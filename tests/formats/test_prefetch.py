@@ -4,6 +4,7 @@ surfaces at its chunk, and however the pass ends no load is left running."""
 from __future__ import annotations
 
 import threading
+import time
 from contextlib import closing
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from provenance.formats import open_checkpoint
-from provenance.formats.prefetch import SlotBuffers, chunk_ranges, prefetched
+from provenance.formats.prefetch import SlotBuffers, chunk_ranges, prefetched, prefetched_each
 from tests.codecs.test_quantize_ref import TRUE_SOURCE
 from tests.conftest import QUANT_DIR
 
@@ -99,3 +100,95 @@ def test_slot_buffers_hold_each_chunk_apart_from_the_readers_buffers() -> None:
                     assert np.array_equal(c_rows.numpy(), cand.read_rows(name, a, b))
                     assert np.array_equal(c_raw, cand.raw_rows(name, a, b))
                     assert np.array_equal(r_rows.numpy(), ref.read_rows(name, a, b))
+
+
+def test_each_load_of_a_range_runs_on_its_own_worker_side_by_side() -> None:
+    """Two loads per range (two files): both of the next range run at once, on two workers
+    (each waits for the other to start: in turn they would time out), and every range's
+    items come back together, in range order, from alternating slots."""
+    ranges = chunk_ranges(30, 4)
+    caller = threading.get_ident()
+    meet = {start: threading.Barrier(2, timeout=10) for start, _ in ranges}
+    threads: dict[str, set[int]] = {"a": set(), "b": set()}
+
+    def loader(tag: str):  # type: ignore[no-untyped-def]
+        def load(start: int, stop: int, slot: int) -> tuple[str, int, int, int]:
+            meet[start].wait()  # BrokenBarrierError unless the other load of this range runs too
+            threads[tag].add(threading.get_ident())
+            return tag, start, stop, slot
+        return load
+
+    got = list(prefetched_each(ranges, (loader("a"), loader("b"))))
+    assert got == [(("a", a, b, i % 2), ("b", a, b, i % 2)) for i, (a, b) in enumerate(ranges)]
+    assert caller not in threads["a"] | threads["b"]
+
+
+def test_one_failing_load_raises_at_its_range_after_the_other_load_is_done() -> None:
+    """A failing load surfaces at its range; the other load of that range, still reading, is
+    waited for before the error reaches the caller, and nothing runs after."""
+    finished: list[tuple[str, int]] = []
+    calls: list[tuple[str, int]] = []
+
+    def slow(start: int, stop: int, slot: int) -> int:
+        calls.append(("slow", start))
+        if start == 8:
+            time.sleep(0.3)
+        finished.append(("slow", start))
+        return start
+
+    def failing(start: int, stop: int, slot: int) -> int:
+        calls.append(("failing", start))
+        if start == 8:
+            raise OSError("short read")
+        return start
+
+    got = []
+    with pytest.raises(OSError, match="short read"):
+        for item in prefetched_each(chunk_ranges(20, 4), (slow, failing)):
+            got.append(item)
+    assert got == [(0, 0), (4, 4)]
+    assert ("slow", 8) in finished  # waited for, not left running
+    time.sleep(0.1)
+    assert max(start for _, start in calls) == 8  # no range after the failing one was started
+
+
+def test_leaving_a_two_load_pass_early_waits_for_both_loads_in_flight() -> None:
+    release = threading.Event()
+    started = {"a": threading.Event(), "b": threading.Event()}
+    finished: list[tuple[str, int]] = []
+
+    def loader(tag: str):  # type: ignore[no-untyped-def]
+        def load(start: int, stop: int, slot: int) -> int:
+            if start:
+                started[tag].set()
+                release.wait(timeout=10)
+                finished.append((tag, start))
+            return start
+        return load
+
+    chunks = prefetched_each(chunk_ranges(12, 4), (loader("a"), loader("b")))
+    assert next(chunks) == (0, 0)
+    assert all(e.wait(timeout=10) for e in started.values())  # both loads of the second range are reading
+    threading.Timer(0.2, release.set).start()
+    chunks.close()  # returns only once both are over
+    assert sorted(finished) == [("a", 4), ("b", 4)]
+    assert not [t for t in threading.enumerate() if t.name.startswith("provenance-prefetch")]
+
+
+def test_one_worker_runs_each_range_loads_in_turn() -> None:
+    """``workers=1`` (``--threads 1``): one worker thread, a range's loads one after the other."""
+    order: list[tuple[str, int]] = []
+    threads: set[int] = set()
+
+    def loader(tag: str):  # type: ignore[no-untyped-def]
+        def load(start: int, stop: int, slot: int) -> int:
+            threads.add(threading.get_ident())
+            order.append((tag, start))
+            return start
+        return load
+
+    ranges = chunk_ranges(16, 4)
+    got = list(prefetched_each(ranges, (loader("a"), loader("b")), workers=1))
+    assert got == [(a, a) for a, _ in ranges]
+    assert order == [(tag, a) for a, _ in ranges for tag in "ab"]
+    assert len(threads) == 1 and threading.get_ident() not in threads

@@ -10,7 +10,8 @@ import pytest
 
 from provenance.errors import CheckpointError, MalformedCheckpoint
 from provenance.formats import detect_format, open_checkpoint
-from provenance.formats.vocabulary import checkpoint_vocabulary
+from provenance.formats.tokenizer_json import parse_tokenizer_json
+from provenance.formats.vocabulary import CHUNK, checkpoint_vocabulary, token_list_sha256
 from tests.conftest import LLAMA2_SPM, VOCAB_DIR
 from tests.refdb.test_refdb import run_main
 
@@ -99,6 +100,17 @@ HOSTILE_JSON = {
                                "model.merges[1][1]"),
     "merge-of-three": (b'{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": [["a", "b"], ["a", "b", "c"]]}}',
                        "model.merges[1]"),
+    # The merges are checked in the pass that hashes them: the caps count UTF-8 bytes
+    # (21,846 three-byte characters are 65,538 bytes, over the 65,536 cap), whatever the form,
+    # the model type, or the chunk of the list the bad item sits in.
+    "merge-token-over-the-cap": (b'{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": [["a", "b"], ["a", "'
+                                 + "\u20ac".encode() * 21846 + b'"]]}}', "model.merges[1][1]"),
+    "merge-string-over-the-cap": (b'{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": ["a b", "'
+                                  + "\u20ac".encode() * 43692 + b'"]}}', "model.merges[1]"),
+    "merge-in-the-second-chunk": (b'{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": ['
+                                  + b'["a", "b"], ' * 65539 + b'["a", null]]}}', "model.merges[65539][1]"),
+    "merges-of-another-model-type": (b'{"model": {"type": "WordPiece", "vocab": {"a": 0}, "merges": [3]}}',
+                                     "model.merges[0]"),
 }
 
 
@@ -182,5 +194,50 @@ def test_tokenizer_json_reads_gaps_surrogates_and_both_merge_forms_exactly(tmp_p
             read = checkpoint_vocabulary(ckpt)
         assert read is not None
         assert read.tokens == [b"a", b"b", b"\xed\xa0\x80x", b"[PAD3]", b"ab", b"<unk>"]
-        assert read.merges == [b"a b", b"ab \xed\xa0\x80x"]
+        # an input's merges are read by count and hash, as a GGUF's; the list where asked for
+        assert read.merges is None and read.merges_count == 2
+        assert read.merges_sha256 == token_list_sha256([b"a b", b"ab \xed\xa0\x80x"])
+        assert parse_tokenizer_json(path.read_bytes(), str(path)).merges == [b"a b", b"ab \xed\xa0\x80x"]
         assert read.special_tokens == {"unknown": 5}
+
+
+def test_a_vocabulary_in_id_order_takes_added_tokens_and_gaps_alike(tmp_path: Path) -> None:
+    """The usual file lists ids 0..n-1 in order (read without an index by id): added tokens
+    that restate an entry, lie beyond it with a gap, or contradict it read as in any order."""
+    added = [{"id": 1, "content": "b"}, {"id": 4, "content": "<x>"}]
+    tokens = {}
+    for vocab in ({"a": 0, "b": 1, "c": 2}, {"b": 1, "c": 2, "a": 0}):  # in id order, then not
+        path = tmp_path / "tokenizer.json"
+        path.write_text(json.dumps({"model": {"type": "BPE", "vocab": vocab, "merges": []}, "added_tokens": added}))
+        tokens[len(tokens)] = parse_tokenizer_json(path.read_bytes(), str(path)).tokens
+        path.write_text(json.dumps({"model": {"type": "BPE", "vocab": vocab, "merges": []},
+                                    "added_tokens": [*added, {"id": 2, "content": "z"}]}))
+        with pytest.raises(MalformedCheckpoint) as info:
+            parse_tokenizer_json(path.read_bytes(), str(path))
+        assert info.value.field == "added_tokens[2]" and "already the token b'c'" in str(info.value)
+    assert tokens[0] == tokens[1] == [b"a", b"b", b"c", b"[PAD3]", b"<x>"]
+
+
+MERGE_LISTS = {
+    "pairs over three chunks": [[f"t{i}", "\u00e9\u20ac\U0001f600"[: i % 4]] for i in range(2 * CHUNK + 5)],
+    "a space inside a pair's token": [["a b", "c"], ["d", " "], ["e", "f"]],
+    "strings, a newline in one": ["a b", "c\nd e", "\U0001f600 x"],
+    "strings and pairs mixed": ["a b", ["c", "d"], "e f"],
+    "lone surrogates and empty tokens": [["\ud800", ""], ["", "\udfff"], ["x", "y"]],
+    "tokens at the byte cap": [["a" * 65536, "\u20ac" * 21845], ["b", "c"]],
+}
+
+
+@pytest.mark.parametrize("case", sorted(MERGE_LISTS))
+def test_merges_hash_as_the_list_of_their_encodings(case: str, tmp_path: Path) -> None:
+    """The merges' one-pass check and hash (no object per merge) equals the list hash of each
+    merge encoded on its own, for every layout its fast path does not take as well."""
+    merges = MERGE_LISTS[case]
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": merges}}))
+    expected = [(m if isinstance(m, str) else " ".join(m)).encode("utf-8", "surrogatepass") for m in merges]
+    by_hash = parse_tokenizer_json(path.read_bytes(), str(path), keep_merges=False)
+    listed = parse_tokenizer_json(path.read_bytes(), str(path))
+    assert listed.merges == expected and by_hash.merges is None
+    assert by_hash.merges_count == listed.merges_count == len(merges)
+    assert by_hash.merges_sha256 == listed.merges_sha256 == token_list_sha256(expected)

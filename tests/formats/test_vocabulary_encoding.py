@@ -7,7 +7,7 @@ import struct
 
 import numpy as np
 
-from provenance.formats.vocabulary import _CHUNK, token_list_bytes, token_list_sha256
+from provenance.formats.vocabulary import CHUNK, token_list_bytes, token_list_sha256
 
 
 def by_definition(tokens: list[bytes | str]) -> bytes:
@@ -17,7 +17,7 @@ def by_definition(tokens: list[bytes | str]) -> bytes:
 
 def test_encoding_is_the_string_array_definition() -> None:
     rng = np.random.default_rng(7)
-    lengths = rng.integers(0, 40, 2 * _CHUNK + 17)  # past two chunk boundaries, empty tokens included
+    lengths = rng.integers(0, 40, 2 * CHUNK + 17)  # past two chunk boundaries, empty tokens included
     random_tokens: list[bytes | str] = [rng.bytes(int(n)) for n in lengths]
     cases: list[list[bytes | str]] = [[], [b""], [b"x" * 70000], random_tokens, ["a", "é", b"\xff", "▁the"] * 1000]
     for tokens in cases:
