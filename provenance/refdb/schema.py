@@ -19,9 +19,10 @@ import numpy as np
 
 from provenance.errors import CheckpointError, ProvenanceError
 from provenance.formats.jsonsafe import loads_strict
+from provenance.formats.vocabulary import MAX_VOCABULARY
 from provenance.refdb.positions import PUBLIC_SEED, SPAN_LENGTH, SPANS_PER_TENSOR, Spans
 from provenance.refdb.summaries import N_QUANTILES, Summary
-from provenance.refdb.tokfp import TokenizerFingerprint
+from provenance.refdb.tokfp import SKETCH_K, TokenizerFingerprint
 from provenance.refdb.weightfp import TensorPrint, WeightFingerprint
 
 SCHEMA = "provenance.refdb-entry/1"
@@ -182,9 +183,30 @@ def decode_entry(text: str, npz: bytes | None, where: str) -> RefEntry:
             entry.tokenizer = TokenizerFingerprint.from_json(tok, arrays["token_sketch_hashes"], arrays["token_sketch_ids"])
         except KeyError as exc:
             raise RefDBError(f"{where}: tokenizer field or array {exc} missing") from None
+        except (TypeError, ValueError) as exc:
+            raise RefDBError(f"{where}: tokenizer fingerprint: {str(exc)[:200]}") from None
+        _check_sketch(entry.tokenizer, where)
     if doc.get("weight_fingerprint"):
         entry.weights = _decode_weights(doc["weight_fingerprint"], arrays, where)
     return entry
+
+
+def _check_sketch(fp: TokenizerFingerprint, where: str) -> None:
+    """What the comparison assumes of a stored sketch (:mod:`provenance.refdb.tokfp`): the
+    bottom-k distinct token hashes, strictly increasing, each with an id inside the vocabulary.
+    An entry file edited or built by other code must not bend the shares (an unsorted sketch
+    moves tau, a repeated hash counts twice: shares above 1)."""
+    hashes, ids = fp.sketch_hashes, fp.sketch_ids
+    if hashes.ndim != 1 or ids.shape != hashes.shape or hashes.size > SKETCH_K:
+        raise RefDBError(f"{where}: tokenizer sketch of {hashes.shape} hashes and {ids.shape} ids "
+                         f"(expected two equal 1-D arrays of at most {SKETCH_K})")
+    if not 0 < fp.vocab_size <= MAX_VOCABULARY or not 0 < fp.distinct_tokens <= fp.vocab_size or hashes.size > fp.distinct_tokens:
+        raise RefDBError(f"{where}: tokenizer of {fp.vocab_size} tokens, {fp.distinct_tokens} distinct, "
+                         f"sketched {hashes.size}: inconsistent")
+    if hashes.size > 1 and not bool(np.all(hashes[1:] > hashes[:-1])):
+        raise RefDBError(f"{where}: tokenizer sketch hashes are not strictly increasing")
+    if ids.size and int(ids.max()) >= fp.vocab_size:
+        raise RefDBError(f"{where}: tokenizer sketch id {int(ids.max())} is outside the {fp.vocab_size}-token vocabulary")
 
 
 def _decode_weights(doc: dict[str, Any], arrays: dict[str, np.ndarray], where: str) -> WeightFingerprint:

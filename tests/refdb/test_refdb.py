@@ -192,3 +192,34 @@ def test_refdb_cli_add_list_show(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert run_main(capsys, "refdb", "show", "nope", "--refdb", str(tmp_path))[0] == 2
     code, out, _ = run_main(capsys, "refdb", "list")  # the shipped database, found without --refdb
     assert code == 0 and "llama-2-tokenizer" in out
+
+
+@pytest.mark.parametrize("tamper", ["unsorted", "repeated", "id outside", "ids short"])
+def test_a_tampered_tokenizer_sketch_is_refused(tamper: str) -> None:
+    """An entry whose sketch arrays were rewritten (its sha256 updated to match) is refused on
+    load: the shares assume the bottom-k distinct hashes in order, with ids in the vocabulary."""
+    import hashlib
+    import io
+
+    entry = build_entry(VOCAB_DIR / "ggml-vocab-gpt-2.gguf", "gpt2-vocab", "gpt-2")
+    text, npz = encode_entry(entry)
+    assert npz is not None
+    with np.load(io.BytesIO(npz), allow_pickle=False) as loaded:
+        arrays = {name: loaded[name].copy() for name in loaded.files}
+    hashes, ids = arrays["token_sketch_hashes"], arrays["token_sketch_ids"]
+    assert hashes.size > 2
+    if tamper == "unsorted":
+        hashes[[0, 1]] = hashes[[1, 0]]
+    elif tamper == "repeated":
+        hashes[1] = hashes[0]
+    elif tamper == "id outside":
+        ids[0] = entry.tokenizer.vocab_size
+    else:
+        arrays["token_sketch_ids"] = ids[:-1]
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    forged = buffer.getvalue()
+    doc = json.loads(text)
+    doc["arrays"]["sha256"] = hashlib.sha256(forged).hexdigest()
+    with pytest.raises(RefDBError, match="tokenizer sketch"):
+        decode_entry(json.dumps(doc), forged, "forged")
