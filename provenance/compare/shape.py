@@ -267,15 +267,25 @@ class _OutsideRate:
         n = self.expand.size
         return float(weighted.sum()) / n, float(np.abs(weighted).sum()) / n, terms
 
+    def _side(self, a: float, target: float, rel: float) -> tuple[bool | None, float, np.ndarray]:
+        """``(side, estimate, terms)`` at ``a``: whether the estimate is below ``target`` (True)
+        or above it (False) by more than ``rel`` of the mean term magnitude; None (and a NaN
+        estimate where it or its margin is not finite) when that is not clear."""
+        estimate, scale, terms = self.estimate(a)
+        margin = rel * scale
+        if not (math.isfinite(estimate) and math.isfinite(margin)):
+            return None, math.nan, terms
+        if estimate < target - margin:
+            return True, estimate, terms
+        if estimate > target + margin:
+            return False, estimate, terms
+        return None, estimate, terms
+
     def below(self, a: float, target: float) -> bool:
         """Whether :meth:`exact` at ``a`` is below ``target``."""
-        estimate, scale, terms = self.estimate(a)
-        margin = _FILTER_REL * scale
-        if math.isfinite(estimate) and math.isfinite(margin):
-            if estimate < target - margin:
-                return True
-            if estimate > target + margin:
-                return False
+        side, _, terms = self._side(a, target, _FILTER_REL)
+        if side is not None:
+            return side
         self.exact_evaluations += 1
         return float(np.mean(terms[self.expand])) < target
 
@@ -288,15 +298,8 @@ class _OutsideRate:
         ``h(c) = (phi(c) - c Q(c)) / c`` and ``h'(c) = -phi(c) / c^2 < 0``, while ``c = tol s / a``
         falls as ``a`` grows. A side certain at ``a`` with a margin over the rounding of the
         terms and of both means is then the exact mean's side at every amplitude beyond it."""
-        estimate, scale, _ = self.estimate(a)
-        margin = _CERTAIN_REL * scale
-        if not (math.isfinite(estimate) and math.isfinite(margin)):
-            return None, math.nan
-        if estimate < target - margin:
-            return True, estimate
-        if estimate > target + margin:
-            return False, estimate
-        return None, estimate
+        side, estimate, _ = self._side(a, target, _CERTAIN_REL)
+        return side, estimate
 
 
 _CERTAIN_REL = 1e-9

@@ -179,7 +179,7 @@ MAX_MERGE_BYTES = 2 * MAX_TOKEN_BYTES + 1
 TOKENIZER_MERGES = ListOf(OneOf((Str(MAX_MERGE_BYTES), Pair(_TOKEN, _TOKEN))), MAX_MERGES)
 """``model.merges`` of a ``tokenizer.json``: ``"left right"`` (older files) or ``[left, right]``.
 :data:`TOKENIZER_JSON` bounds only the list's length; the reader checks every item against
-this spec in the pass that hashes them (:func:`provenance.formats.tokenizer_json.merges_sha256`:
+this spec in the pass that hashes them (:func:`provenance.formats.tokenizer_json._checked_merges_sha256`:
 515k pairs are 1M strings, walked once instead of twice)."""
 
 TOKENIZER_JSON = Obj({
