@@ -105,8 +105,8 @@ def trace_parts(result: TraceResult, candidate: str, reference: str | None, *,
 def watermark_analysis(state: Investigation) -> None:
     if not state.inputs.key_registry:
         return
-    from provenance.watermark import load_registry, trace
-    from provenance.watermark.trace import candidate_arch
+    from provenance.watermark import trace
+    from provenance.watermark.trace import cached_registry, candidate_arch
 
     related = state.related_closest_first()
     reference = related[0][0] if related else None
@@ -114,7 +114,8 @@ def watermark_analysis(state: Investigation) -> None:
         if state.traced_before is not None and state.traced_before[0] == reference:
             result = state.traced_before[1]  # traced before the lineage pass, against the same model
         else:
-            keys = load_registry(state.inputs.key_registry, candidate_arch(state.inputs.candidate))
+            # cached: the trace before the lineage pass read the registry already (known_mark_analysis)
+            keys = cached_registry(state.inputs.key_registry, candidate_arch(state.inputs.candidate))
             result = trace(state.inputs.candidate, keys, reference=reference, progress=state.progress)
     except (CheckpointError, ProvenanceError) as exc:
         state.report.errors.append({"path": state.inputs.key_registry, "message": str(exc)})
