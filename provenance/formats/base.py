@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 import numpy as np
 
 from provenance.errors import MalformedCheckpoint, TensorNotFound, UnsupportedCheckpoint, from_os_error
-from provenance.formats import direct
+from provenance.formats.direct import ModelFile
 from provenance.formats.files import open_regular
 
 if TYPE_CHECKING:  # torch is imported only by the readers that decode (inspect never does)
@@ -162,20 +162,17 @@ class Checkpoint(ABC):
         """Where the input was named from when it was a store name (``hf:``, ``ollama:``), set by ``open_checkpoint``."""
         self.model_card: ModelCard | None = None
         """The folder's ``README.md`` front matter (a Hugging Face snapshot's for a file in one), set by ``open_checkpoint``."""
-        self._fds: dict[str, int] = {}
-        self._direct_fds: dict[str, int | None] = {}
-        """Per file, its ``O_DIRECT`` descriptor for large reads (``None``: read it buffered; docs/architecture.md)."""
+        self._files: dict[str, ModelFile] = {}
+        """Per file, its validated descriptor and how it is read (docs/architecture.md, "Reading cold files")."""
         self._fd_lock = threading.Lock()  # streams of one checkpoint run in threads
         self._bytes_observer: BytesObserver | None = None
 
     # ----- lifecycle ---------------------------------------------------------------
     def close(self) -> None:
         with self._fd_lock:
-            for fd in [*self._fds.values(), *self._direct_fds.values()]:
-                if fd is not None:
-                    os.close(fd)
-            self._fds.clear()
-            self._direct_fds.clear()
+            for file in self._files.values():
+                file.close()
+            self._files.clear()
 
     def __enter__(self) -> Checkpoint:
         return self
@@ -226,34 +223,15 @@ class Checkpoint(ABC):
         return claims
 
     # ----- raw bytes ---------------------------------------------------------------
-    def _fd(self, path: str) -> int:
-        fd = self._fds.get(path)
-        if fd is None:
+    def _file(self, path: str) -> ModelFile:
+        file = self._files.get(path)
+        if file is None:
             with self._fd_lock:
-                fd = self._fds.get(path)
-                if fd is None:
-                    fd = open_regular(path, "tensor data")  # the file may have been swapped since it was validated
-                    self._fds[path] = fd
-        return fd
-
-    def _direct_fd(self, path: str) -> int | None:
-        """The ``O_DIRECT`` descriptor for ``path``'s large reads, or ``None`` (small file, or
-        direct reads refused here): :mod:`provenance.formats.direct`."""
-        if path in self._direct_fds:
-            return self._direct_fds[path]
-        validated = self._fd(path)
-        with self._fd_lock:
-            if path not in self._direct_fds:
-                self._direct_fds[path] = direct.open_direct(validated)
-            return self._direct_fds[path]
-
-    def _no_direct(self, path: str) -> None:
-        """Read ``path`` buffered from now on (its filesystem refused a direct read)."""
-        with self._fd_lock:
-            fd = self._direct_fds.get(path)
-            self._direct_fds[path] = None
-        if fd is not None:
-            os.close(fd)
+                file = self._files.get(path)
+                if file is None:
+                    # opened again, not trusted from the header's open: the file may have been swapped since
+                    file = self._files[path] = ModelFile(open_regular(path, "tensor data"))
+        return file
 
     @contextmanager
     def observing(self, observer: BytesObserver) -> Iterator[None]:
@@ -268,15 +246,13 @@ class Checkpoint(ABC):
         """Fill ``buffer`` (or, scattering, each of a list of at most 1024 buffers in turn)
         with the bytes of ``path`` from ``offset``. Validated ranges only: a short read means
         the file changed after it was validated."""
-        fd = self._fds.get(path) or self._fd(path)
+        file = self._files.get(path) or self._file(path)
         buffers = buffer if isinstance(buffer, list) else [buffer]
         total = sum(len(b) for b in buffers)
         try:
-            done = self._read_direct(path, fd, buffers, offset) if total >= direct.DIRECT_MIN_READ else None
-            if done is None:
-                done = os.preadv(fd, buffers, offset)
+            done = file.preadv(buffers, offset)
             while done < total and len(buffers) == 1:  # one preadv moves at most ~2 GiB on Linux
-                got = os.preadv(fd, [buffers[0][done:]], offset + done)
+                got = file.preadv([buffers[0][done:]], offset + done)
                 if got <= 0:
                     break
                 done += got
@@ -287,29 +263,13 @@ class Checkpoint(ABC):
         if self._bytes_observer is not None:
             self._bytes_observer(path, offset, buffers)
 
-    def _read_direct(self, path: str, fd: int, buffers: list[memoryview], offset: int) -> int | None:
-        """Bytes read into ``buffers`` past the page cache (:func:`provenance.formats.direct.read_into`),
-        or ``None`` when this file is read buffered."""
-        direct_fd = self._direct_fd(path)
-        if direct_fd is None:
-            return None
-        try:
-            return direct.read_into(fd, direct_fd, buffers, offset)
-        except direct.DirectUnsupported:
-            self._no_direct(path)
-            return None
-
     def prefetch(self, path: str, offset: int, n_bytes: int) -> None:
         """Ask the kernel to start reading ``n_bytes`` of ``path`` from ``offset`` into the page
         cache (``posix_fadvise(WILLNEED)``: queued, not waited for), so a streamed pass's next
         chunk arrives from the disk while this one is decoded (docs/lineage.md, Performance).
-        A hint only: where the platform has no ``posix_fadvise`` or refuses, nothing happens."""
-        if n_bytes <= 0 or not hasattr(os, "posix_fadvise") or self._direct_fd(path) is not None:
-            return  # a file read past the page cache: read-ahead into it would read the bytes twice
-        try:
-            os.posix_fadvise(self._fds.get(path) or self._fd(path), offset, n_bytes, os.POSIX_FADV_WILLNEED)
-        except OSError:
-            pass  # a hint refused costs nothing but the overlap
+        A hint only: where the platform has no ``posix_fadvise`` or refuses, or where the file
+        is read past the page cache (docs/architecture.md, "Reading cold files"), nothing happens."""
+        (self._files.get(path) or self._file(path)).will_need(offset, n_bytes)
 
     def _pread(self, path: str, n_bytes: int, offset: int) -> bytearray:
         # A bytearray is writable, so numpy and torch can wrap it without a copy.

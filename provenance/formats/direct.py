@@ -149,6 +149,50 @@ def _direct(direct_fd: int, views: list[memoryview], offset: int) -> int:
     return pos - offset
 
 
+class ModelFile:
+    """A validated regular file's positional reads: large ones past the page cache where the
+    filesystem allows, the others (and all of them after a refusal) buffered. Owns ``fd``
+    (from :func:`provenance.formats.files.open_regular`) and closes it. Safe across threads."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.direct_fd = open_direct(fd)
+        """The ``O_DIRECT`` descriptor, or ``None``: the file is read buffered."""
+
+    def preadv(self, buffers: list[memoryview], offset: int) -> int:
+        """Bytes read into ``buffers`` in turn from ``offset``: short at the end of the file,
+        or (buffered) where one ``preadv`` stops (~2 GiB on Linux)."""
+        direct_fd = self.direct_fd
+        if direct_fd is not None and sum(b.nbytes for b in buffers) >= DIRECT_MIN_READ:
+            try:
+                return read_into(self.fd, direct_fd, buffers, offset)
+            except DirectUnsupported:
+                self._stop_direct(direct_fd)
+        return os.preadv(self.fd, buffers, offset)
+
+    def will_need(self, offset: int, n_bytes: int) -> None:
+        """Ask the kernel to read ``n_bytes`` from ``offset`` into the page cache, unless the file
+        is read direct (the direct read would read them again). A hint: refusals are ignored."""
+        if n_bytes <= 0 or self.direct_fd is not None or not hasattr(os, "posix_fadvise"):
+            return
+        try:
+            os.posix_fadvise(self.fd, offset, n_bytes, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass  # a hint refused costs nothing but the overlap
+
+    def _stop_direct(self, direct_fd: int) -> None:
+        """Read buffered from now on (the filesystem refused a direct read). A read in flight on
+        another thread may still use the descriptor: it is closed with the file, not here."""
+        self.direct_fd = None
+        self._retired = direct_fd
+
+    def close(self) -> None:
+        for fd in (self.direct_fd, getattr(self, "_retired", None), self.fd):
+            if fd is not None:
+                os.close(fd)
+        self.direct_fd = None
+
+
 def read_into(fd: int, direct_fd: int, buffers: Sequence[memoryview], offset: int) -> int:
     """Fill ``buffers`` in turn with the file's bytes from ``offset``: the cached start from the
     page cache through ``fd``, the rest through ``direct_fd`` (:func:`open_direct`). Returns the
@@ -164,4 +208,5 @@ def read_into(fd: int, direct_fd: int, buffers: Sequence[memoryview], offset: in
     return done
 
 
-__all__ = ["ALIGN", "BOUNCE_BYTES", "DIRECT_MIN_FILE", "DIRECT_MIN_READ", "DirectUnsupported", "open_direct", "read_into"]
+__all__ = ["ALIGN", "BOUNCE_BYTES", "DIRECT_MIN_FILE", "DIRECT_MIN_READ", "DirectUnsupported", "ModelFile", "open_direct",
+           "read_into"]

@@ -63,7 +63,7 @@ def test_direct_reads_return_the_files_bytes_at_any_alignment(tmp_path: Path, ev
     cases = [(0, [len(data)]), (1, [5000]), (4095, [1, 4097, 3]), (4096, [8192]), (777, [33000]),
              (len(data) - 10, [10]), (12345, [100, 0, 9000, 7])]
     with _Plain(path) as ckpt:
-        assert ckpt._direct_fd(str(path)) is not None, "ext4 under tmp_path refuses O_DIRECT?"
+        assert ckpt._file(str(path)).direct_fd is not None, "ext4 under tmp_path refuses O_DIRECT?"
         for offset, sizes in cases:
             if state == "cold":
                 _drop(path)
@@ -98,7 +98,7 @@ def test_a_filesystem_refusing_o_direct_reads_buffered(tmp_path: Path, every_fil
     monkeypatch.setattr(os, "open", refuse_direct)
     with _Plain(path) as ckpt:
         assert _read(ckpt, path, [9000], 100) == data[100:9100]
-        assert ckpt._direct_fd(str(path)) is None
+        assert ckpt._file(str(path)).direct_fd is None
 
 
 def test_a_direct_read_refused_midway_falls_back_for_the_file(tmp_path: Path, every_file_direct: None,
@@ -107,7 +107,7 @@ def test_a_direct_read_refused_midway_falls_back_for_the_file(tmp_path: Path, ev
     data = _random_file(path, 8 * direct.ALIGN)
     _drop(path)
     with _Plain(path) as ckpt:
-        direct_fd = ckpt._direct_fd(str(path))
+        direct_fd = ckpt._file(str(path)).direct_fd
         real_preadv = os.preadv
 
         def misaligned(fd: int, buffers: list[memoryview], offset: int, *flags: int) -> int:
@@ -117,7 +117,7 @@ def test_a_direct_read_refused_midway_falls_back_for_the_file(tmp_path: Path, ev
 
         monkeypatch.setattr(os, "preadv", misaligned)
         assert _read(ckpt, path, [20000], 3) == data[3:20003]
-        assert ckpt._direct_fd(str(path)) is None  # the file is read buffered from now on
+        assert ckpt._file(str(path)).direct_fd is None  # the file is read buffered from now on
         assert _read(ckpt, path, [5000], 0) == data[:5000]
 
 
@@ -127,7 +127,7 @@ def test_other_io_errors_of_a_direct_read_are_named(tmp_path: Path, every_file_d
     _random_file(path, 8 * direct.ALIGN)
     _drop(path)
     with _Plain(path) as ckpt:
-        direct_fd = ckpt._direct_fd(str(path))
+        direct_fd = ckpt._file(str(path)).direct_fd
         real_preadv = os.preadv
 
         def failing_disk(fd: int, buffers: list[memoryview], offset: int, *flags: int) -> int:
@@ -145,7 +145,7 @@ def test_small_files_and_small_reads_stay_buffered(tmp_path: Path, monkeypatch: 
     path = tmp_path / "weights.bin"
     _random_file(path, 64 * 1024)
     with _Plain(path) as ckpt:
-        assert ckpt._direct_fd(str(path)) is None  # under DIRECT_MIN_FILE
+        assert ckpt._file(str(path)).direct_fd is None  # under DIRECT_MIN_FILE
     monkeypatch.setattr(direct, "DIRECT_MIN_FILE", 0)
     used: list[int] = []
     real = direct.read_into
