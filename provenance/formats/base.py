@@ -16,7 +16,6 @@ Layout conventions, fixed here once for the whole package:
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
