@@ -190,7 +190,7 @@ def test_real_files_decode_the_same_read_direct(name: str, monkeypatch: pytest.M
     real = direct.read_into
     monkeypatch.setattr(direct, "read_into", lambda *a: direct_reads.append(1) or real(*a))
     # the header's parse leaves the small file in the page cache: every byte from the disk instead
-    monkeypatch.setattr(direct, "_from_cache", lambda fd, views, offset: 0)
+    monkeypatch.setattr(direct, "_all_cached", lambda fd, offset, n_bytes: False)
     read_direct = decoded()
     assert direct_reads, "nothing was read direct"
     assert buffered.keys() == read_direct.keys()
@@ -207,7 +207,7 @@ def test_whole_file_hashes_read_direct_are_the_files_digests(tmp_path: Path, eve
 
     path = tmp_path / "weights.bin"
     data = _random_file(path, 7 * direct.ALIGN + 11)
-    monkeypatch.setattr(direct, "_from_cache", lambda fd, views, offset: 0)
+    monkeypatch.setattr(direct, "_all_cached", lambda fd, offset, n_bytes: False)
     used: list[int] = []
     real = direct.read_into
     monkeypatch.setattr(direct, "read_into", lambda *a: used.append(1) or real(*a))
@@ -222,3 +222,23 @@ def test_whole_file_hashes_read_direct_are_the_files_digests(tmp_path: Path, eve
         assert used
         assert files == {str(model): hashlib.sha256(model.read_bytes()).hexdigest()}
         assert tensors == raw
+
+
+def test_a_range_the_page_cache_holds_is_read_from_it_and_asking_reads_nothing(tmp_path: Path) -> None:
+    """``cachestat(2)`` answers for the range (warm after a buffered read, cold after a drop), and
+    asking does not start a read-ahead (``preadv(RWF_NOWAIT)`` would have)."""
+    path = tmp_path / "weights.bin"
+    data = _random_file(path, 64 * direct.ALIGN)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        _drop(path)
+        if not direct._all_cached(fd, 0, 1) and not direct._cachestat_works:
+            pytest.skip("this kernel has no cachestat(2) (Linux < 6.5): every large read is direct")
+        assert not direct._all_cached(fd, 0, len(data))
+        assert not direct._all_cached(fd, 0, len(data)), "asking read the range into the cache"
+        os.pread(fd, 3 * direct.ALIGN, 5 * direct.ALIGN)
+        assert direct._all_cached(fd, 5 * direct.ALIGN + 7, 2 * direct.ALIGN)
+        _drop(path)
+        assert not direct._all_cached(fd, 5 * direct.ALIGN, direct.ALIGN)
+    finally:
+        os.close(fd)
