@@ -44,6 +44,7 @@ def file_sha256(path: str, progress: Progress | None = None, chunk_bytes: int = 
     try:
         position = 0
         while n := file.preadv([view], position):
+            file.will_need(position + n, chunk_bytes)  # read on while this chunk is hashed
             digest.update(view[:n])
             position += n
             if progress:
@@ -228,6 +229,8 @@ class StreamedDigests:
             n = file.preadv([data], state.position)
         except OSError as exc:
             raise from_os_error(exc, state.path, "file bytes") from exc
+        if not state.expected:  # no stream delivers the bytes after these: read on while they are hashed
+            file.will_need(state.position + n, min(self.chunk_bytes, state.size - state.position - n))
         if not n:
             raise MalformedCheckpoint(state.path, "file shorter than its header says", offset=state.position)
         self.bytes_read_here += n

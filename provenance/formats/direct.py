@@ -33,6 +33,8 @@ import sys
 import threading
 from collections.abc import Sequence
 
+from provenance.formats.ahead import ReadAhead, Scatter
+
 ALIGN = 4096
 """Offset, length and buffer alignment of every ``O_DIRECT`` read: the largest logical block
 size of common disks (512 and 4096), so no device query is needed."""
@@ -125,13 +127,11 @@ def _all_cached(fd: int, offset: int, n_bytes: int) -> bool:
     return stat.nr_cache >= pages
 
 
-def _direct(direct_fd: int, views: list[memoryview], offset: int) -> int:
-    """Fill ``views`` from ``offset`` with ``O_DIRECT`` reads; the bytes delivered (short only at
-    the end of the file)."""
+def _direct(direct_fd: int, scatter: Scatter, offset: int, n_bytes: int) -> int:
+    """Copy ``n_bytes`` from ``offset`` into ``scatter`` with ``O_DIRECT`` reads; the bytes
+    delivered (short only at the end of the file)."""
     bounce = _bounce()
-    total = sum(len(v) for v in views)
-    pos, end = offset, offset + total
-    index, inside = 0, 0  # the view being filled and how far
+    pos, end = offset, offset + n_bytes
     while pos < end:
         start = pos - pos % ALIGN
         want = min(BOUNCE_BYTES, -(-(end - start) // ALIGN) * ALIGN)
@@ -144,14 +144,7 @@ def _direct(direct_fd: int, views: list[memoryview], offset: int) -> int:
         usable = min(got, end - start) - (pos - start)
         if usable <= 0:
             break  # the end of the file
-        source, taken = bounce[pos - start: pos - start + usable], 0
-        while taken < usable:
-            target = views[index]
-            n = min(len(target) - inside, usable - taken)
-            target[inside: inside + n] = source[taken: taken + n]
-            taken, inside = taken + n, inside + n
-            if inside == len(target):
-                index, inside = index + 1, 0
+        scatter.put(bounce[pos - start: pos - start + usable])
         pos += usable
     return pos - offset
 
@@ -165,6 +158,7 @@ class ModelFile:
         self.fd = fd
         self.direct_fd = open_direct(fd)
         """The ``O_DIRECT`` descriptor, or ``None``: the file is read buffered."""
+        self._ahead = ReadAhead(self.direct_fd) if self.direct_fd is not None else None
 
     def preadv(self, buffers: list[memoryview], offset: int) -> int:
         """Bytes read into ``buffers`` in turn from ``offset``: short at the end of the file,
@@ -172,15 +166,21 @@ class ModelFile:
         direct_fd = self.direct_fd
         if direct_fd is not None and sum(b.nbytes for b in buffers) >= DIRECT_MIN_READ:
             try:
-                return read_into(self.fd, direct_fd, buffers, offset)
+                return read_into(self.fd, direct_fd, buffers, offset, self._ahead)
             except DirectUnsupported:
                 self._stop_direct(direct_fd)
         return os.preadv(self.fd, buffers, offset)
 
     def will_need(self, offset: int, n_bytes: int) -> None:
-        """Ask the kernel to read ``n_bytes`` from ``offset`` into the page cache, unless the file
-        is read direct (the direct read would read them again). A hint: refusals are ignored."""
-        if n_bytes <= 0 or self.direct_fd is not None or not hasattr(os, "posix_fadvise"):
+        """Start reading ``n_bytes`` from ``offset`` now, for a read to come: on the file's
+        read-ahead worker when it is read direct (:mod:`provenance.formats.ahead`; the kernel's
+        read-ahead would fill the page cache and the direct read read them again), else by
+        the kernel into the page cache. A hint: refusals are ignored."""
+        ahead = self._ahead
+        if ahead is not None and self.direct_fd is not None:
+            ahead.ask(offset, n_bytes)
+            return
+        if n_bytes <= 0 or not hasattr(os, "posix_fadvise"):
             return
         try:
             os.posix_fadvise(self.fd, offset, n_bytes, os.POSIX_FADV_WILLNEED)
@@ -194,23 +194,31 @@ class ModelFile:
         self._retired = direct_fd
 
     def close(self) -> None:
+        if self._ahead is not None:
+            self._ahead.close()  # its reads in flight use the direct descriptor
         for fd in (self.direct_fd, getattr(self, "_retired", None), self.fd):
             if fd is not None:
                 os.close(fd)
         self.direct_fd = None
 
 
-def read_into(fd: int, direct_fd: int, buffers: Sequence[memoryview], offset: int) -> int:
-    """Fill ``buffers`` in turn with the file's bytes from ``offset``: from the page cache through
-    ``fd`` when it holds the whole range, else through ``direct_fd`` (:func:`open_direct`). Returns the
+def read_into(fd: int, direct_fd: int, buffers: Sequence[memoryview], offset: int, ahead: ReadAhead | None = None) -> int:
+    """Fill ``buffers`` in turn with the file's bytes from ``offset``: what ``ahead``'s windows
+    hold from them, else from the page cache through ``fd`` when it holds the whole range,
+    else through ``direct_fd`` (:func:`open_direct`). Returns the
     bytes read (short only at the end of the file). :class:`DirectUnsupported` when the
     filesystem refuses the direct read (nothing is wrong with the file: read it buffered)."""
     views = _bytes(buffers)
     if views is None:
         raise DirectUnsupported(errno.EINVAL, "buffers not contiguous")
-    if _all_cached(fd, offset, sum(len(v) for v in views)):
+    total = sum(len(v) for v in views)
+    scatter = Scatter(views)
+    done = ahead.take(scatter, offset, total) if ahead is not None else 0
+    if done == total:
+        return done
+    if not done and _all_cached(fd, offset, total):
         return os.preadv(fd, views, offset)
-    return _direct(direct_fd, views, offset)
+    return done + _direct(direct_fd, scatter, offset + done, total - done)
 
 
 __all__ = ["ALIGN", "BOUNCE_BYTES", "DIRECT_MIN_FILE", "DIRECT_MIN_READ", "DirectUnsupported", "ModelFile", "open_direct",

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from provenance.errors import FileAccessError, MalformedCheckpoint
-from provenance.formats import direct, open_checkpoint
+from provenance.formats import ahead, direct, open_checkpoint
 from provenance.formats.base import Checkpoint
 
 LLAMACPP = Path(__file__).resolve().parents[3] / "shared" / "data" / "llamacpp-quant"
@@ -242,3 +242,95 @@ def test_a_range_the_page_cache_holds_is_read_from_it_and_asking_reads_nothing(t
         assert not direct._all_cached(fd, 5 * direct.ALIGN, direct.ALIGN)
     finally:
         os.close(fd)
+
+
+def _direct_fd(path: Path) -> int:
+    return os.open(path, os.O_RDONLY | direct._O_DIRECT)
+
+
+def test_read_ahead_windows_serve_a_stream_and_what_they_lack_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Windows asked ahead hold exactly the file's bytes; a read across two windows, one
+    running past the last window, one before any window and one after the file's end each get
+    the right bytes (from windows as far as they go)."""
+    path = tmp_path / "weights.bin"
+    data = _random_file(path, 40 * direct.ALIGN + 77)
+    _drop(path)
+    monkeypatch.setattr(ahead, "AHEAD_BYTES", 5 * direct.ALIGN)
+    fd = _direct_fd(path)
+    reads = ahead.ReadAhead(fd)
+    try:
+        def take(offset: int, n: int) -> tuple[int, bytes]:
+            out = bytearray(n)
+            got = reads.take(ahead.Scatter([memoryview(out)]), offset, n)
+            return got, bytes(out[:got])
+
+        reads.ask(5000, 5 * direct.ALIGN)  # [5000, 5000 + 5 pages), read from page 1
+        reads.ask(5000 + 5 * direct.ALIGN, 10 * direct.ALIGN)  # clipped to 5 pages
+        reads.ask(90_000, 100)  # a third: refused (two are out)
+        assert len(reads._windows) == 2
+        assert take(4000, 10) == (0, b"")  # before every window
+        got, part = take(7000, 9 * direct.ALIGN)  # across both windows, inside them
+        assert (got, part) == (9 * direct.ALIGN, data[7000:7000 + got])
+        got, part = take(7000 + 9 * direct.ALIGN, 4 * direct.ALIGN)  # past the second window's end
+        assert got == 5000 + 10 * direct.ALIGN - (7000 + 9 * direct.ALIGN) and part == data[7000 + 9 * direct.ALIGN:][:got]
+        assert reads._windows == []  # both gone past: given up, their buffers kept for reuse
+        reads.ask(len(data) - 50, 5 * direct.ALIGN)  # at the end of the file: a short window
+        assert take(len(data) - 50, 200) == (50, data[-50:])
+    finally:
+        reads.close()
+        os.close(fd)
+
+
+def test_a_window_whose_read_fails_leaves_the_range_to_the_caller(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "weights.bin"
+    _random_file(path, 16 * direct.ALIGN)
+
+    def failing(*args: object) -> int:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(ahead, "_read_window", failing)
+    fd = _direct_fd(path)
+    reads = ahead.ReadAhead(fd)
+    try:
+        reads.ask(0, 8 * direct.ALIGN)
+        out = bytearray(100)
+        assert reads.take(ahead.Scatter([memoryview(out)]), 10, 100) == 0
+        assert reads._windows == []
+    finally:
+        reads.close()
+        os.close(fd)
+
+
+@pytest.mark.parametrize("name", ["stories260K-f32.gguf", "tiny-llama-Q4_K_M.gguf"])
+def test_a_streamed_pass_over_a_file_read_direct_is_served_ahead(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Row readers' read-ahead asks become direct windows read on the worker, and every
+    tensor streamed through them decodes as the buffered read does."""
+    from provenance.formats import rows
+
+    path = LLAMACPP / name
+    if not path.exists():
+        pytest.skip(f"{path} not present (../shared/data)")
+
+    def streamed() -> dict[str, np.ndarray]:
+        out = {}
+        with open_checkpoint(path) as ckpt:
+            for tensor in ckpt.tensors:
+                info = ckpt.info(tensor)
+                step = max(1, info.n_rows // 16)
+                with ckpt.row_reader(tensor, step) as reader:
+                    out[tensor] = np.concatenate([reader.read(a, min(info.n_rows, a + step)).numpy().copy()
+                                                  for a in range(0, info.n_rows, step)])
+        return out
+
+    buffered = streamed()
+    monkeypatch.setattr(direct, "DIRECT_MIN_FILE", 0)
+    monkeypatch.setattr(direct, "DIRECT_MIN_READ", 1)
+    monkeypatch.setattr(direct, "_all_cached", lambda fd, offset, n_bytes: False)
+    monkeypatch.setattr(rows, "READAHEAD_BYTES", 8 * direct.ALIGN)
+    served: list[int] = []
+    real_take = ahead.ReadAhead.take
+    monkeypatch.setattr(ahead.ReadAhead, "take", lambda self, *a: served.append(real_take(self, *a)) or served[-1])
+    read_direct = streamed()
+    assert sum(served) > 0, "no bytes came from the read-ahead windows"
+    for tensor, values in buffered.items():
+        np.testing.assert_array_equal(values, read_direct[tensor], err_msg=tensor)
