@@ -215,12 +215,12 @@ def _entry_points(tmp_path: Path) -> dict[str, Callable[[], Any]]:
 
 
 def _fail_reads(monkeypatch: pytest.MonkeyPatch, error: BaseException) -> None:
-    """Every read of tensor bytes (``os.preadv``) and of whole files for hashes raises ``error``."""
+    """Every read of tensor bytes and of whole files for hashes (``os.preadv``, buffered, direct
+    or read ahead: ``formats.direct.ModelFile``) raises ``error``."""
     def failing(*args: object, **kwargs: object) -> None:
         raise error
 
     monkeypatch.setattr(os, "preadv", failing)
-    monkeypatch.setattr("provenance.hashing.open_input", failing)
 
 
 ENTRY_POINTS = ["open_checkpoint", "inspect_checkpoint", "compare", "quantcheck", "identify", "investigate",
