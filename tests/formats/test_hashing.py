@@ -78,3 +78,33 @@ def test_digests_stay_right_when_a_pass_runs_out_of_order(monkeypatch: pytest.Mo
         assert time.monotonic() - t0 < 5.0
         assert digests.finish() == expected
         assert digests.bytes_read_here > 0
+
+
+def test_a_tensor_read_ahead_of_the_file_digest_is_hashed_as_it_is_read() -> None:
+    """A stream ahead of the file digest's position feeds its tensor's digest at once (only the
+    file's digest waits for the bytes in file order); bytes of a tensor read out of order within
+    it (second half first) reach its digest in order all the same."""
+    import hashlib
+
+    from provenance.hashing import StreamedDigests
+
+    with open_checkpoint(QUANT_DIR / "tiny-llama-Q3_K_M.gguf") as checkpoint:
+        expected = checkpoint_sha256s(checkpoint)
+        in_order = sorted(checkpoint.tensors, key=lambda n: checkpoint.info(n).offset)
+        plain = [n for n in in_order if checkpoint.info(n).qk_heads is None and checkpoint.info(n).n_rows > 1]
+        last, halves = plain[-1], plain[-2]
+        digests = StreamedDigests(checkpoint, in_order)
+        with checkpoint.observing(digests):
+            checkpoint.read_rows(last)  # far ahead of the position (nothing before it was read)
+            assert digests.tensor_digests[last].digest.hexdigest() == expected[1][last]
+            assert digests.files[checkpoint.info(last).file].position == 0
+            rows = checkpoint.info(halves).n_rows
+            checkpoint.read_rows(halves, rows // 2, rows)  # its tail first: not its digest's next bytes
+            checkpoint.read_rows(halves, 0, rows // 2)
+            info = checkpoint.info(halves)
+            with open(info.file, "rb") as handle:
+                handle.seek(info.offset)
+                head = handle.read(info.n_bytes - (rows - rows // 2) * info.row_bytes)
+            assert digests.tensor_digests[halves].digest.hexdigest() == hashlib.sha256(head).hexdigest()
+            _stream(checkpoint, [n for n in in_order if n not in (last, halves)], rows_per_read=5, threads=2)
+        assert digests.finish() == expected
