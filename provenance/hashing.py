@@ -181,6 +181,15 @@ class StreamedDigests:
         with self._changed:
             if self._closed:
                 return
+            if offset > state.position:
+                # bytes no stream delivers (the header, padding, tensors the pass leaves out) up to
+                # the next a stream does are read here now: else a pass's first read, past the
+                # header, waited for the position until PENDING_BYTES and then WAIT_S ran out
+                # (~2 s idle at the start of investigate's lineage pass at 7B)
+                before = state.position
+                self._advance(state)
+                if state.position != before:
+                    self._changed.notify_all()
             deadline, seen = time.monotonic() + WAIT_S, state.position
             while offset > state.position and self._pending_bytes + len(view) > PENDING_BYTES:
                 if state.position != seen:  # the stream at the position is moving: keep waiting

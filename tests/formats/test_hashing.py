@@ -97,7 +97,8 @@ def test_a_tensor_read_ahead_of_the_file_digest_is_hashed_as_it_is_read() -> Non
         with checkpoint.observing(digests):
             checkpoint.read_rows(last)  # far ahead of the position (nothing before it was read)
             assert digests.tensor_digests[last].digest.hexdigest() == expected[1][last]
-            assert digests.files[checkpoint.info(last).file].position == 0
+            # the file digest is past the header only (the first tensor is a stream's to deliver)
+            assert digests.files[checkpoint.info(last).file].position == checkpoint.info(in_order[0]).offset
             rows = checkpoint.info(halves).n_rows
             checkpoint.read_rows(halves, rows // 2, rows)  # its tail first: not its digest's next bytes
             checkpoint.read_rows(halves, 0, rows // 2)
@@ -108,3 +109,28 @@ def test_a_tensor_read_ahead_of_the_file_digest_is_hashed_as_it_is_read() -> Non
             assert digests.tensor_digests[halves].digest.hexdigest() == hashlib.sha256(head).hexdigest()
             _stream(checkpoint, [n for n in in_order if n not in (last, halves)], rows_per_read=5, threads=2)
         assert digests.finish() == expected
+
+
+def test_a_pass_past_the_header_does_not_wait_for_the_position(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bytes before the first tensor (the header) are delivered by no stream: they are read
+    as soon as a stream reads past them, not after the kept bytes fill up and the position has
+    stood still for WAIT_S (here set far beyond the test's time limit)."""
+    import time
+
+    import provenance.hashing as hashing
+    from provenance.hashing import StreamedDigests
+
+    monkeypatch.setattr(hashing, "PENDING_BYTES", 10_000)
+    monkeypatch.setattr(hashing, "WAIT_S", 60.0)
+    with open_checkpoint(QUANT_DIR / "tiny-llama-Q3_K_M.gguf") as checkpoint:
+        expected = checkpoint_sha256s(checkpoint)
+        in_order = sorted(checkpoint.tensors, key=lambda n: checkpoint.info(n).offset)
+        assert checkpoint.info(in_order[0]).offset > 0  # a header before the first tensor
+        digests = StreamedDigests(checkpoint, in_order)
+        t0 = time.monotonic()
+        with checkpoint.observing(digests):
+            _stream(checkpoint, in_order, rows_per_read=4, threads=1)
+        assert time.monotonic() - t0 < 10.0
+        assert digests.finish() == expected
+        assert digests.bytes_read_here == sum(s.size for s in checkpoint.files) - sum(
+            checkpoint.info(n).n_bytes for n in in_order)
