@@ -61,23 +61,34 @@ def test_digests_fed_by_a_pass_in_file_order_read_only_what_it_skips(threads: in
 def test_digests_stay_right_when_a_pass_runs_out_of_order(monkeypatch: pytest.MonkeyPatch) -> None:
     """Reads far ahead of the digests' position (a pass in reverse) are kept up to a bound,
     then read again here: the digests are the same and the pass never waits for long."""
+    seconds, same, read_here, _ = _timed_pass(monkeypatch, 50_000, 0.05, reverse=True, rows_per_read=8)
+    assert seconds < 5.0 and same
+    assert read_here > 0
+
+
+def _timed_pass(monkeypatch: pytest.MonkeyPatch, pending: int, wait_s: float, reverse: bool,
+                rows_per_read: int) -> tuple[float, bool, int, int]:
+    """A one-thread pass over every tensor of the tiny GGUF (in file order, or reversed) feeding
+    the digests, with their bounds set: its seconds, whether the digests equal the plain pass's,
+    the bytes the digests read themselves, and the bytes outside the tensors."""
     import time
 
     import provenance.hashing as hashing
     from provenance.hashing import StreamedDigests
 
-    monkeypatch.setattr(hashing, "PENDING_BYTES", 50_000)
-    monkeypatch.setattr(hashing, "WAIT_S", 0.05)
+    monkeypatch.setattr(hashing, "PENDING_BYTES", pending)
+    monkeypatch.setattr(hashing, "WAIT_S", wait_s)
     with open_checkpoint(QUANT_DIR / "tiny-llama-Q3_K_M.gguf") as checkpoint:
         expected = checkpoint_sha256s(checkpoint)
-        names = sorted(checkpoint.tensors, key=lambda n: -checkpoint.info(n).offset)
+        names = sorted(checkpoint.tensors, key=lambda n: -checkpoint.info(n).offset if reverse else checkpoint.info(n).offset)
+        assert min(checkpoint.info(n).offset for n in names) > 0  # a header before the first tensor
         digests = StreamedDigests(checkpoint, names)
         t0 = time.monotonic()
         with checkpoint.observing(digests):
-            _stream(checkpoint, names, rows_per_read=8, threads=1)
-        assert time.monotonic() - t0 < 5.0
-        assert digests.finish() == expected
-        assert digests.bytes_read_here > 0
+            _stream(checkpoint, names, rows_per_read=rows_per_read, threads=1)
+        seconds = time.monotonic() - t0
+        outside = sum(s.size for s in checkpoint.files) - sum(checkpoint.info(n).n_bytes for n in names)
+        return seconds, digests.finish() == expected, digests.bytes_read_here, outside
 
 
 def test_a_tensor_read_ahead_of_the_file_digest_is_hashed_as_it_is_read() -> None:
@@ -115,22 +126,6 @@ def test_a_pass_past_the_header_does_not_wait_for_the_position(monkeypatch: pyte
     """The bytes before the first tensor (the header) are delivered by no stream: they are read
     as soon as a stream reads past them, not after the kept bytes fill up and the position has
     stood still for WAIT_S (here set far beyond the test's time limit)."""
-    import time
-
-    import provenance.hashing as hashing
-    from provenance.hashing import StreamedDigests
-
-    monkeypatch.setattr(hashing, "PENDING_BYTES", 10_000)
-    monkeypatch.setattr(hashing, "WAIT_S", 60.0)
-    with open_checkpoint(QUANT_DIR / "tiny-llama-Q3_K_M.gguf") as checkpoint:
-        expected = checkpoint_sha256s(checkpoint)
-        in_order = sorted(checkpoint.tensors, key=lambda n: checkpoint.info(n).offset)
-        assert checkpoint.info(in_order[0]).offset > 0  # a header before the first tensor
-        digests = StreamedDigests(checkpoint, in_order)
-        t0 = time.monotonic()
-        with checkpoint.observing(digests):
-            _stream(checkpoint, in_order, rows_per_read=4, threads=1)
-        assert time.monotonic() - t0 < 10.0
-        assert digests.finish() == expected
-        assert digests.bytes_read_here == sum(s.size for s in checkpoint.files) - sum(
-            checkpoint.info(n).n_bytes for n in in_order)
+    seconds, same, read_here, outside = _timed_pass(monkeypatch, 10_000, 60.0, reverse=False, rows_per_read=4)
+    assert seconds < 10.0 and same
+    assert read_here == outside
