@@ -119,13 +119,17 @@ class StreamedDigests:
     the bytes a streamed pass reads (install it with ``checkpoint.observing(digests)``), so the
     pass and the hashes read each byte once.
 
-    Digests are taken in file order. A read at the current position is hashed at once,
+    A tensor's digest is fed by the stream reading it, as it reads (outside the lock: the
+    streams on other threads hash their own tensors meanwhile), where the read continues it;
+    bytes it did not get that way (read out of order, or here) reach it in file order below.
+    The files' digests are taken in file order. A read at the current position is hashed at once,
     followed by whatever was kept for what comes next; a read ahead of it is copied and kept
     (up to :data:`PENDING_BYTES`; beyond that the stream waits for the position to come closer,
     and if it stops moving for :data:`WAIT_S` the bytes at the position are read here); a read behind
     it (a second look at bytes already hashed) is ignored. Bytes no stream will deliver --
     outside the ``expected`` tensors: headers, padding, tensors the pass skips -- are read
-    here when the position reaches them, and :meth:`finish` reads whatever is left. A pass
+    here when the position reaches them or a stream reads past them, and :meth:`finish`
+    reads whatever is left. A pass
     over the expected tensors in file order (the thread holding the earliest tensor always
     reads at the position) therefore reads every byte once. Without ``expected``,
     :meth:`finish` is one sequential pass, the file digest on a second thread (hashlib
