@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import mmap
 import os
 import secrets
 import shutil
@@ -87,7 +88,13 @@ def prepare_inputs(files: dict[str, Path], shape: str, layers: int) -> None:
 
 
 def copy_floor(src: Path, dst: Path) -> float:
-    """Seconds to copy ``src`` (cold) to ``dst`` in 16 MB reads and writes, fsync included."""
+    """Seconds to copy ``src`` (cold) to ``dst`` in 16 MB reads and writes, fsync included: the
+    faster of a buffered copy and an ``O_DIRECT`` one (both ends past the page cache, the last
+    block padded then truncated), as ``cold_read`` takes the faster read."""
+    return min(_copy_buffered(src, dst), _copy_direct(src, dst))
+
+
+def _copy_buffered(src: Path, dst: Path) -> float:
     drop_cache([src])
     buffer = bytearray(quant_bench.READ_CHUNK)
     view = memoryview(buffer)
@@ -99,6 +106,37 @@ def copy_floor(src: Path, dst: Path) -> float:
     seconds = time.perf_counter() - t0
     dst.unlink()
     return seconds
+
+
+def _copy_direct(src: Path, dst: Path) -> float:
+    """``inf`` where the filesystem refuses ``O_DIRECT``."""
+    drop_cache([src])
+    align = 4096
+    buffer = mmap.mmap(-1, quant_bench.READ_CHUNK)
+    view = memoryview(buffer)
+    direct = getattr(os, "O_DIRECT", 0)
+    try:
+        fin = os.open(src, os.O_RDONLY | direct)
+        fout = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | direct, 0o644)
+    except OSError:
+        return float("inf")
+    try:
+        t0 = time.perf_counter()
+        offset = 0
+        while n := os.preadv(fin, [view], offset):
+            os.pwritev(fout, [view[: -(-n // align) * align]], offset)
+            offset += n
+        os.ftruncate(fout, offset)
+        os.fsync(fout)
+        return time.perf_counter() - t0
+    except OSError:
+        return float("inf")
+    finally:
+        os.close(fin)
+        os.close(fout)
+        dst.unlink(missing_ok=True)
+        view.release()
+        buffer.close()
 
 
 def check_cold(paths: list[Path]) -> str:

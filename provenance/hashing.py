@@ -16,11 +16,11 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import BinaryIO
 
-from provenance.errors import MalformedCheckpoint
+from provenance.errors import MalformedCheckpoint, from_os_error
 from provenance.formats.base import DEFAULT_CHUNK_BYTES, Checkpoint, FileSpan
-from provenance.formats.files import open_input
+from provenance.formats.direct import ModelFile
+from provenance.formats.files import open_regular
 
 Progress = Callable[[int], None]
 """Called with the number of bytes just hashed."""
@@ -37,14 +37,22 @@ class CheckpointHashes:
 
 
 def file_sha256(path: str, progress: Progress | None = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> str:
+    """SHA-256 of the file at ``path``, read in ``chunk_bytes`` pieces (large files past the page
+    cache: docs/architecture.md, "Reading cold files")."""
     digest = hashlib.sha256()
-    buffer = bytearray(chunk_bytes)
-    view = memoryview(buffer)
-    with open_input(path) as handle:
-        while n := handle.readinto(buffer):
+    view = memoryview(bytearray(chunk_bytes))
+    file = ModelFile(open_regular(path))
+    try:
+        position = 0
+        while n := file.preadv([view], position):
             digest.update(view[:n])
+            position += n
             if progress:
                 progress(n)
+    except OSError as exc:
+        raise from_os_error(exc, path, "file bytes") from exc
+    finally:
+        file.close()
     return digest.hexdigest()
 
 
@@ -156,7 +164,8 @@ class StreamedDigests:
         self._pending_bytes = 0
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="provenance-sha256")
         self._stack = ExitStack()
-        self._handles: dict[str, BinaryIO] = {}
+        self._files_here: dict[str, ModelFile] = {}
+        self._buffer = bytearray()
         self._closed = False
 
     # ----- the stream's side -------------------------------------------------------------
@@ -255,12 +264,17 @@ class StreamedDigests:
             self._pending_bytes -= len(state.pending.pop(o))
 
     def _read_here(self, state: _FileState, stop: int) -> None:
-        handle = self._handles.get(state.path)
-        if handle is None:
-            handle = self._handles[state.path] = self._stack.enter_context(open_input(state.path))
-        handle.seek(state.position)
-        data = bytearray(stop - state.position)
-        n = handle.readinto(data)
+        file = self._files_here.get(state.path)
+        if file is None:
+            file = self._files_here[state.path] = ModelFile(open_regular(state.path))
+            self._stack.callback(file.close)
+        if len(self._buffer) < stop - state.position:  # one buffer, reused: _hash is done with it on return
+            self._buffer = bytearray(stop - state.position)
+        data = memoryview(self._buffer)[:stop - state.position]
+        try:
+            n = file.preadv([data], state.position)
+        except OSError as exc:
+            raise from_os_error(exc, state.path, "file bytes") from exc
         if not n:
             raise MalformedCheckpoint(state.path, "file shorter than its header says", offset=state.position)
         self.bytes_read_here += n

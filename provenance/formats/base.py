@@ -16,7 +16,6 @@ Layout conventions, fixed here once for the whole package:
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 import numpy as np
 
 from provenance.errors import MalformedCheckpoint, TensorNotFound, UnsupportedCheckpoint, from_os_error
+from provenance.formats.direct import ModelFile
 from provenance.formats.files import open_regular
 
 if TYPE_CHECKING:  # torch is imported only by the readers that decode (inspect never does)
@@ -161,16 +161,17 @@ class Checkpoint(ABC):
         """Where the input was named from when it was a store name (``hf:``, ``ollama:``), set by ``open_checkpoint``."""
         self.model_card: ModelCard | None = None
         """The folder's ``README.md`` front matter (a Hugging Face snapshot's for a file in one), set by ``open_checkpoint``."""
-        self._fds: dict[str, int] = {}
+        self._files: dict[str, ModelFile] = {}
+        """Per file, its validated descriptor and how it is read (docs/architecture.md, "Reading cold files")."""
         self._fd_lock = threading.Lock()  # streams of one checkpoint run in threads
         self._bytes_observer: BytesObserver | None = None
 
     # ----- lifecycle ---------------------------------------------------------------
     def close(self) -> None:
         with self._fd_lock:
-            for fd in self._fds.values():
-                os.close(fd)
-            self._fds.clear()
+            for file in self._files.values():
+                file.close()
+            self._files.clear()
 
     def __enter__(self) -> Checkpoint:
         return self
@@ -221,15 +222,15 @@ class Checkpoint(ABC):
         return claims
 
     # ----- raw bytes ---------------------------------------------------------------
-    def _fd(self, path: str) -> int:
-        fd = self._fds.get(path)
-        if fd is None:
+    def _file(self, path: str) -> ModelFile:
+        file = self._files.get(path)
+        if file is None:
             with self._fd_lock:
-                fd = self._fds.get(path)
-                if fd is None:
-                    fd = open_regular(path, "tensor data")  # the file may have been swapped since it was validated
-                    self._fds[path] = fd
-        return fd
+                file = self._files.get(path)
+                if file is None:
+                    # opened again, not trusted from the header's open: the file may have been swapped since
+                    file = self._files[path] = ModelFile(open_regular(path, "tensor data"))
+        return file
 
     @contextmanager
     def observing(self, observer: BytesObserver) -> Iterator[None]:
@@ -244,13 +245,13 @@ class Checkpoint(ABC):
         """Fill ``buffer`` (or, scattering, each of a list of at most 1024 buffers in turn)
         with the bytes of ``path`` from ``offset``. Validated ranges only: a short read means
         the file changed after it was validated."""
-        fd = self._fds.get(path) or self._fd(path)
+        file = self._files.get(path) or self._file(path)
         buffers = buffer if isinstance(buffer, list) else [buffer]
         total = sum(len(b) for b in buffers)
         try:
-            done = os.preadv(fd, buffers, offset)
+            done = file.preadv(buffers, offset)
             while done < total and len(buffers) == 1:  # one preadv moves at most ~2 GiB on Linux
-                got = os.preadv(fd, [buffers[0][done:]], offset + done)
+                got = file.preadv([buffers[0][done:]], offset + done)
                 if got <= 0:
                     break
                 done += got
@@ -265,13 +266,9 @@ class Checkpoint(ABC):
         """Ask the kernel to start reading ``n_bytes`` of ``path`` from ``offset`` into the page
         cache (``posix_fadvise(WILLNEED)``: queued, not waited for), so a streamed pass's next
         chunk arrives from the disk while this one is decoded (docs/lineage.md, Performance).
-        A hint only: where the platform has no ``posix_fadvise`` or refuses, nothing happens."""
-        if n_bytes <= 0 or not hasattr(os, "posix_fadvise"):
-            return
-        try:
-            os.posix_fadvise(self._fds.get(path) or self._fd(path), offset, n_bytes, os.POSIX_FADV_WILLNEED)
-        except OSError:
-            pass  # a hint refused costs nothing but the overlap
+        A hint only: where the platform has no ``posix_fadvise`` or refuses, or where the file
+        is read past the page cache (docs/architecture.md, "Reading cold files"), nothing happens."""
+        (self._files.get(path) or self._file(path)).will_need(offset, n_bytes)
 
     def _pread(self, path: str, n_bytes: int, offset: int) -> bytearray:
         # A bytearray is writable, so numpy and torch can wrap it without a copy.

@@ -145,7 +145,7 @@ def test_reader_threads_share_one_checkpoint() -> None:
 
         with ThreadPoolExecutor(4) as pool:
             assert all(pool.map(stream, names))
-        assert len(ckpt._fds) == 1
+        assert len(ckpt._files) == 1
 
 
 # ----- the dtype table ---------------------------------------------------------------------

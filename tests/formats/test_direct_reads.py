@@ -1,0 +1,244 @@
+"""Large reads past the page cache (``provenance.formats.direct``) return exactly the bytes a
+buffered read returns, wherever the range starts and ends, cold, warm or partly cached, and
+fall back to buffered reads where ``O_DIRECT`` is refused."""
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from provenance.errors import FileAccessError, MalformedCheckpoint
+from provenance.formats import direct, open_checkpoint
+from provenance.formats.base import Checkpoint
+
+LLAMACPP = Path(__file__).resolve().parents[3] / "shared" / "data" / "llamacpp-quant"
+
+
+@pytest.fixture
+def every_file_direct(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Direct reads for any file and read size, pieces of 3 pages (ranges cross many pieces)."""
+    monkeypatch.setattr(direct, "DIRECT_MIN_FILE", 0)
+    monkeypatch.setattr(direct, "DIRECT_MIN_READ", 1)
+    monkeypatch.setattr(direct, "BOUNCE_BYTES", 3 * direct.ALIGN)
+
+
+def _drop(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def _random_file(path: Path, n: int) -> bytes:
+    data = np.random.default_rng(1).integers(0, 256, n, dtype=np.uint8).tobytes()
+    path.write_bytes(data)
+    return data
+
+
+class _Plain(Checkpoint):
+    """A checkpoint with no tensors: the raw-bytes methods of the base class alone."""
+
+    format = "plain"
+
+    @property
+    def architecture(self) -> None:  # type: ignore[override]
+        return None
+
+
+def _read(ckpt: Checkpoint, path: Path, sizes: list[int], offset: int) -> bytes:
+    buffers = [bytearray(n) for n in sizes]
+    ckpt.pread_into(str(path), [memoryview(b) for b in buffers] if len(sizes) > 1 else memoryview(buffers[0]), offset)
+    return b"".join(buffers)
+
+
+@pytest.mark.parametrize("state", ["cold", "warm", "partly cached"])
+def test_direct_reads_return_the_files_bytes_at_any_alignment(tmp_path: Path, every_file_direct: None, state: str) -> None:
+    path = tmp_path / "weights.bin"
+    data = _random_file(path, 10 * direct.ALIGN + 123)  # the end of the file is not aligned either
+    cases = [(0, [len(data)]), (1, [5000]), (4095, [1, 4097, 3]), (4096, [8192]), (777, [33000]),
+             (len(data) - 10, [10]), (12345, [100, 0, 9000, 7])]
+    with _Plain(path) as ckpt:
+        assert ckpt._file(str(path)).direct_fd is not None, "ext4 under tmp_path refuses O_DIRECT?"
+        for offset, sizes in cases:
+            if state == "cold":
+                _drop(path)
+            elif state == "partly cached":
+                _drop(path)
+                with open(path, "rb", buffering=0) as handle:  # the range's first page alone into the cache
+                    os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_RANDOM)  # no kernel read-ahead
+                    handle.seek(offset)
+                    handle.read(1)
+            assert _read(ckpt, path, sizes, offset) == data[offset: offset + sum(sizes)], (offset, sizes)
+
+
+def test_a_read_past_the_end_is_a_short_read_named(tmp_path: Path, every_file_direct: None) -> None:
+    path = tmp_path / "weights.bin"
+    data = _random_file(path, 3 * direct.ALIGN + 5)
+    _drop(path)
+    with _Plain(path) as ckpt, pytest.raises(MalformedCheckpoint, match="short read"):
+        _read(ckpt, path, [100], len(data) - 50)
+
+
+def test_a_filesystem_refusing_o_direct_reads_buffered(tmp_path: Path, every_file_direct: None,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "weights.bin"
+    data = _random_file(path, 5 * direct.ALIGN)
+    real_open = os.open
+
+    def refuse_direct(name: str, flags: int, *args: int) -> int:
+        if flags & direct._O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(name, flags, *args)
+
+    monkeypatch.setattr(os, "open", refuse_direct)
+    with _Plain(path) as ckpt:
+        assert _read(ckpt, path, [9000], 100) == data[100:9100]
+        assert ckpt._file(str(path)).direct_fd is None
+
+
+def test_a_direct_read_refused_midway_falls_back_for_the_file(tmp_path: Path, every_file_direct: None,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "weights.bin"
+    data = _random_file(path, 8 * direct.ALIGN)
+    _drop(path)
+    with _Plain(path) as ckpt:
+        direct_fd = ckpt._file(str(path)).direct_fd
+        real_preadv = os.preadv
+
+        def misaligned(fd: int, buffers: list[memoryview], offset: int, *flags: int) -> int:
+            if fd == direct_fd:
+                raise OSError(errno.EINVAL, "Invalid argument")
+            return real_preadv(fd, buffers, offset, *flags)
+
+        monkeypatch.setattr(os, "preadv", misaligned)
+        assert _read(ckpt, path, [20000], 3) == data[3:20003]
+        assert ckpt._file(str(path)).direct_fd is None  # the file is read buffered from now on
+        assert _read(ckpt, path, [5000], 0) == data[:5000]
+
+
+def test_other_io_errors_of_a_direct_read_are_named(tmp_path: Path, every_file_direct: None,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "weights.bin"
+    _random_file(path, 8 * direct.ALIGN)
+    _drop(path)
+    with _Plain(path) as ckpt:
+        direct_fd = ckpt._file(str(path)).direct_fd
+        real_preadv = os.preadv
+
+        def failing_disk(fd: int, buffers: list[memoryview], offset: int, *flags: int) -> int:
+            if fd == direct_fd:
+                raise OSError(errno.EIO, "Input/output error")
+            return real_preadv(fd, buffers, offset, *flags)
+
+        monkeypatch.setattr(os, "preadv", failing_disk)
+        with pytest.raises(FileAccessError, match=r"weights\.bin.*tensor data.*input/output error"):
+            _read(ckpt, path, [20000], 0)
+
+
+def test_small_files_and_small_reads_stay_buffered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "weights.bin"
+    _random_file(path, 64 * 1024)
+    with _Plain(path) as ckpt:
+        assert ckpt._file(str(path)).direct_fd is None  # under DIRECT_MIN_FILE
+    monkeypatch.setattr(direct, "DIRECT_MIN_FILE", 0)
+    used: list[int] = []
+    real = direct.read_into
+    monkeypatch.setattr(direct, "read_into", lambda *a: used.append(1) or real(*a))
+    with _Plain(path) as ckpt:
+        _read(ckpt, path, [direct.DIRECT_MIN_READ - 1 if direct.DIRECT_MIN_READ <= 65536 else 4096], 0)
+        assert used == []
+
+
+def test_no_read_ahead_into_the_page_cache_for_a_file_read_direct(tmp_path: Path, every_file_direct: None,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "weights.bin"
+    _random_file(path, 8 * direct.ALIGN)
+    hinted: list[int] = []
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, offset, n, advice: hinted.append(advice))
+    with _Plain(path) as ckpt:
+        ckpt.prefetch(str(path), 0, 4 * direct.ALIGN)
+    assert hinted == []
+
+
+@pytest.mark.parametrize("name", ["stories260K-Q8_0.gguf", "tiny-llama-Q4_K_M.gguf"])
+def test_real_files_decode_the_same_read_direct(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every tensor of llama.cpp-written files, decoded row chunk by row chunk, read cold and
+    direct, equals the buffered decode."""
+    path = LLAMACPP / name
+    if not path.exists():
+        pytest.skip(f"{path} not present (../shared/data)")
+
+    def decoded() -> dict[str, np.ndarray]:
+        out = {}
+        with open_checkpoint(path) as ckpt:
+            for tensor in ckpt.tensors:
+                info = ckpt.info(tensor)
+                with ckpt.row_reader(tensor, max(1, info.n_rows // 3)) as reader:
+                    out[tensor] = np.concatenate([reader.read(a, min(info.n_rows, a + reader.max_rows)).numpy().copy()
+                                                  for a in range(0, info.n_rows, reader.max_rows)])
+        return out
+
+    buffered = decoded()
+    monkeypatch.setattr(direct, "DIRECT_MIN_FILE", 0)
+    monkeypatch.setattr(direct, "DIRECT_MIN_READ", 1)
+    direct_reads = []
+    real = direct.read_into
+    monkeypatch.setattr(direct, "read_into", lambda *a: direct_reads.append(1) or real(*a))
+    # the header's parse leaves the small file in the page cache: every byte from the disk instead
+    monkeypatch.setattr(direct, "_all_cached", lambda fd, offset, n_bytes: False)
+    read_direct = decoded()
+    assert direct_reads, "nothing was read direct"
+    assert buffered.keys() == read_direct.keys()
+    for tensor, rows in buffered.items():
+        np.testing.assert_array_equal(rows, read_direct[tensor], err_msg=tensor)
+
+
+def test_whole_file_hashes_read_direct_are_the_files_digests(tmp_path: Path, every_file_direct: None,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """``file_sha256`` and a checkpoint's file and tensor digests, every byte read past the page cache."""
+    import hashlib
+
+    from provenance.hashing import checkpoint_sha256s, file_sha256
+
+    path = tmp_path / "weights.bin"
+    data = _random_file(path, 7 * direct.ALIGN + 11)
+    monkeypatch.setattr(direct, "_all_cached", lambda fd, offset, n_bytes: False)
+    used: list[int] = []
+    real = direct.read_into
+    monkeypatch.setattr(direct, "read_into", lambda *a: used.append(1) or real(*a))
+    assert file_sha256(str(path), chunk_bytes=5000) == hashlib.sha256(data).hexdigest()
+    assert used
+    model = LLAMACPP / "tiny-llama-Q4_K_M.gguf"
+    if model.exists():
+        used.clear()
+        with open_checkpoint(model) as ckpt:
+            files, tensors = checkpoint_sha256s(ckpt, chunk_bytes=1 << 16)
+            raw = {name: hashlib.sha256(ckpt.raw_rows(name).tobytes()).hexdigest() for name in ckpt.tensors}
+        assert used
+        assert files == {str(model): hashlib.sha256(model.read_bytes()).hexdigest()}
+        assert tensors == raw
+
+
+def test_a_range_the_page_cache_holds_is_read_from_it_and_asking_reads_nothing(tmp_path: Path) -> None:
+    """``cachestat(2)`` answers for the range (warm after a buffered read, cold after a drop), and
+    asking does not start a read-ahead (``preadv(RWF_NOWAIT)`` would have)."""
+    path = tmp_path / "weights.bin"
+    data = _random_file(path, 64 * direct.ALIGN)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        _drop(path)
+        if not direct._all_cached(fd, 0, 1) and not direct._cachestat_works:
+            pytest.skip("this kernel has no cachestat(2) (Linux < 6.5): every large read is direct")
+        assert not direct._all_cached(fd, 0, len(data))
+        assert not direct._all_cached(fd, 0, len(data)), "asking read the range into the cache"
+        os.pread(fd, 3 * direct.ALIGN, 5 * direct.ALIGN)
+        assert direct._all_cached(fd, 5 * direct.ALIGN + 7, 2 * direct.ALIGN)
+        _drop(path)
+        assert not direct._all_cached(fd, 5 * direct.ALIGN, direct.ALIGN)
+    finally:
+        os.close(fd)
