@@ -8,6 +8,7 @@ hashes the candidate from the bytes its lineage pass reads, not in a pass of its
 """
 from __future__ import annotations
 
+import bisect
 import hashlib
 import threading
 import time
@@ -72,6 +73,27 @@ PENDING_BYTES = 64 << 20
 WAIT_S = 2.0
 
 
+class _TensorDigest:
+    """One tensor's digest and how far into its bytes ``[begin, end)`` it has got. Fed in
+    byte order by whichever thread holds the bytes at its position first: the stream reading
+    the tensor (as it reads, outside the file-order lock) or the file digest's pass in order."""
+
+    def __init__(self, begin: int, end: int) -> None:
+        self.begin, self.end, self.position = begin, end, begin
+        self.digest = hashlib.sha256()
+        self.lock = threading.Lock()
+
+    def feed(self, offset: int, view: memoryview) -> None:
+        """Bytes of the file from ``offset``: what of them continues this digest is hashed."""
+        start, stop = max(offset, self.begin), min(offset + len(view), self.end)
+        if stop <= start:
+            return
+        with self.lock:
+            if start <= self.position < stop:
+                self.digest.update(view[self.position - offset:stop - offset])
+                self.position = stop
+
+
 class _FileState:
     """One file's digests and how far they have got."""
 
@@ -80,6 +102,7 @@ class _FileState:
         self.position = 0
         self.digest = hashlib.sha256()
         self.tensors = sorted(tensors)
+        self.begins = [begin for begin, _, _ in self.tensors]
         self.expected = sorted(expected)
         self.pending: dict[int, bytes] = {}
 
@@ -105,13 +128,17 @@ class StreamedDigests:
     the bytes a streamed pass reads (install it with ``checkpoint.observing(digests)``), so the
     pass and the hashes read each byte once.
 
-    Digests are taken in file order. A read at the current position is hashed at once,
+    A tensor's digest is fed by the stream reading it, as it reads (outside the lock: the
+    streams on other threads hash their own tensors meanwhile), where the read continues it;
+    bytes it did not get that way (read out of order, or here) reach it in file order below.
+    The files' digests are taken in file order. A read at the current position is hashed at once,
     followed by whatever was kept for what comes next; a read ahead of it is copied and kept
     (up to :data:`PENDING_BYTES`; beyond that the stream waits for the position to come closer,
     and if it stops moving for :data:`WAIT_S` the bytes at the position are read here); a read behind
     it (a second look at bytes already hashed) is ignored. Bytes no stream will deliver --
     outside the ``expected`` tensors: headers, padding, tensors the pass skips -- are read
-    here when the position reaches them, and :meth:`finish` reads whatever is left. A pass
+    here when the position reaches them or a stream reads past them, and :meth:`finish`
+    reads whatever is left. A pass
     over the expected tensors in file order (the thread holding the earliest tensor always
     reads at the position) therefore reads every byte once. Without ``expected``,
     :meth:`finish` is one sequential pass, the file digest on a second thread (hashlib
@@ -130,7 +157,8 @@ class StreamedDigests:
             wanted.setdefault(info.file, []).append((info.offset, info.offset + info.n_bytes))
         self.files = {span.path: _FileState(span, by_file.get(span.path, []), wanted.get(span.path, []))
                       for span in checkpoint.files}
-        self.tensor_digests = {name: hashlib.sha256() for name in checkpoint.tensors}
+        self.tensor_digests = {name: _TensorDigest(info.offset, info.offset + info.n_bytes)
+                               for name, info in checkpoint.tensors.items()}
         self.bytes_read_here = 0
         """Bytes these digests read themselves (not delivered by a stream)."""
         self._changed = threading.Condition()
@@ -147,14 +175,35 @@ class StreamedDigests:
         if state is None:
             return
         for buffer in buffers:
+            # the tensors' digests first, here and now: only the file's digest needs the bytes in
+            # file order (a stream ahead of it keeps them, or waits); a tensor's are read in order
+            self._feed_tensors(state, offset, buffer)
             self._observe(state, offset, buffer)
             offset += len(buffer)
+
+    def _feed_tensors(self, state: _FileState, offset: int, view: memoryview) -> None:
+        """The digests of the tensors ``view`` (bytes of ``state``'s file from ``offset``) overlaps."""
+        end, tensors = offset + len(view), state.tensors
+        for at in range(max(0, bisect.bisect_right(state.begins, offset) - 1), len(tensors)):
+            begin, _, name = tensors[at]
+            if begin >= end:
+                break
+            self.tensor_digests[name].feed(offset, view)
 
     def _observe(self, state: _FileState, offset: int, view: memoryview) -> None:
         end = offset + len(view)
         with self._changed:
             if self._closed:
                 return
+            if offset > state.position:
+                # bytes no stream delivers (the header, padding, tensors the pass leaves out) up to
+                # the next a stream does are read here now: else a pass's first read, past the
+                # header, waited for the position until PENDING_BYTES and then WAIT_S ran out
+                # (~2 s idle at the start of investigate's lineage pass at 7B)
+                before = state.position
+                self._advance(state)
+                if state.position != before:
+                    self._changed.notify_all()
             deadline, seen = time.monotonic() + WAIT_S, state.position
             while offset > state.position and self._pending_bytes + len(view) > PENDING_BYTES:
                 if state.position != seen:  # the stream at the position is moving: keep waiting
@@ -177,23 +226,21 @@ class StreamedDigests:
                 state.pending[offset] = bytes(view)
                 self._pending_bytes += len(view)
                 return
-            self._hash(state, view[state.position - offset:])
+            self._hash(state, view[state.position - offset:], fed=True)
             self._advance(state)
             self._changed.notify_all()
 
     # ----- in file order ----------------------------------------------------------------
-    def _hash(self, state: _FileState, view: memoryview) -> None:
-        """Bytes at ``state.position``, into the file's and the overlapped tensors' digests."""
+    def _hash(self, state: _FileState, view: memoryview, fed: bool = False) -> None:
+        """Bytes at ``state.position``, into the file's and the overlapped tensors' digests;
+        ``fed``: a stream's read whose tensor digests it has just fed (:meth:`__call__`)."""
         start, stop = state.position, state.position + len(view)
-        update = self._pool.submit(state.digest.update, view)
-        for begin, end, name in state.tensors:
-            if begin >= stop:
-                break
-            if end > start:
-                self.tensor_digests[name].update(view[max(begin, start) - start:min(end, stop) - start])
-        while state.tensors and state.tensors[0][1] <= stop:
-            state.tensors.pop(0)
-        update.result()
+        if fed:
+            state.digest.update(view)
+        else:  # bytes read here, or kept: the tensors' digests (where not fed yet) beside the file's
+            update = self._pool.submit(state.digest.update, view)
+            self._feed_tensors(state, start, view)
+            update.result()
         state.position = stop
         if self.progress:
             self.progress(len(view))
@@ -246,7 +293,7 @@ class StreamedDigests:
         finally:
             self.close()
         return ({path: state.digest.hexdigest() for path, state in self.files.items()},
-                {name: digest.hexdigest() for name, digest in self.tensor_digests.items()})
+                {name: tensor.digest.hexdigest() for name, tensor in self.tensor_digests.items()})
 
     def close(self) -> None:
         """Stop (a stream still running returns at once) and let go of files and the hashing thread."""

@@ -31,7 +31,7 @@ import torch
 
 from provenance.codecs.types import plain_type
 from provenance.compare.copies import GRID_OUTSIDE_MAX, unchanged
-from provenance.compare.narrowcells import INF_BITS, cell_test, cell_width, count_outside, maybe_outside
+from provenance.compare.narrowcells import INF_BITS, _bits, cell_test, cell_width, count_outside, maybe_outside
 from provenance.compare.result import DifferenceShape, TensorComparison
 from provenance.compare.shape import GRID_TOLERANCE_STEPS, cell_residual, grid_shape, rounding_cells
 from provenance.compare.transform import Transform
@@ -164,9 +164,36 @@ class CellCount:
             moved.reshape(-1)[pick], zeroed.reshape(-1)[pick] = moved_at.numpy(), zeroed_at.numpy()
         return moved, zeroed, width
 
+    def _all_inside_shape(self) -> DifferenceShape | None:
+        """:func:`grid_shape` of the sampled rows of a 16-bit candidate when no weight was counted
+        outside its cell (a marked copy judged with its mark added: every matrix of ``investigate``'s
+        re-judgement), without building their cells; None where that is not this case or not
+        certain, and the cells are then built (:meth:`result`).
+
+        Every weight inside, the residual is 0 and nothing is zeroed, so :func:`grid_shape` finds
+        no flip (an exact quantization, shares 0) and its noise amplitude is
+        :func:`flip_amplitude` of 0: 0.0 when some weight has a finite positive cell width over
+        its row's deviation, else None. A stored value below :data:`_WIDE_BELOW`'s magnitude has
+        finite neighbours whose sum stays inside float32, so its cell width (half their distance)
+        is finite and positive, and over a row deviation that is positive it stays so (float32
+        values: neither underflow nor overflow in float64). A row of such a value with a
+        positive deviation therefore decides 0.0; without one the cells are built."""
+        if self.outside or self.narrow is None or self.x is None or self.stored is None or not len(self.sampled):
+            return None
+        sigma = self.x.astype(np.float32).astype(np.float64).std(axis=1)  # grid_shape's row deviations
+        live = sigma > 0
+        magnitude = _bits(np.ascontiguousarray(self.stored[live]).reshape(-1), self.narrow) & 0x7FFF
+        if not (magnitude < _WIDE_BELOW[self.narrow]).any():
+            return None
+        return DifferenceShape(source="grid-residual", change_class="exact-quantization", noise_rel=0.0,
+                               zeroed_fraction=0.0, zeroed_magnitude_ratio=None, rest_rel=None,
+                               rest_outside_fraction=0.0)
+
     def result(self, refined: bool = False) -> FrameCheck:
         kept = self.picked[0] if self.picked is not None else self.x
         shape = None
+        if (quick := self._all_inside_shape()) is not None:
+            return FrameCheck(self.qtype, self.checked, self.outside, quick, refined)
         if kept is not None and len(self.sampled):
             # the residual in blocks of sampled rows (every step is per weight): a dozen float64
             # temporaries of all 128 rows of a 70B MLP matrix were ~0.3 GB at once
@@ -181,6 +208,10 @@ class CellCount:
 
 #: sampled rows whose cell residual is built at once (:meth:`CellCount.result`)
 _RESIDUAL_ROWS = 16
+#: per 16-bit type, the magnitudes (bit patterns) below which a stored value's rounding cell has
+#: a finite positive width in float32: float16's below its largest finite value (whose upper
+#: neighbour is infinite), bfloat16's below 2**127 (neighbours there add past float32's largest)
+_WIDE_BELOW = {torch.float16: 0x7BFF, torch.bfloat16: 0x7F00}
 
 
 def check_in_candidate_frame(cand: Checkpoint, ref: Checkpoint, name: str, transform: Transform | None,

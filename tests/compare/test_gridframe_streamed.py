@@ -159,3 +159,38 @@ def test_float32_weights_against_16_bit_cells_give_the_oracle_shape(every: int) 
     assert (got.checked, got.outside) == (x.size, int((~inside).sum()))
     assert (got.outside > 0) == (every > 0)
     assert repr(got.shape) == repr(expected)
+
+
+@pytest.mark.parametrize("case", ["constant rows", "largest finite", "one small value", "bfloat16 large"])
+def test_every_weight_inside_gives_the_oracle_shape_at_the_edges(case: str) -> None:
+    """With every weight inside its cell the shape is known without the cells
+    (:meth:`CellCount._all_inside_shape`) only where a stored value of a row that varies has a
+    finite positive cell width: rows that are constant, or hold only the largest finite values
+    (an infinite neighbour), give the oracle's noise amplitude None, not 0.0."""
+    from provenance.compare.gridframe import CellCount
+
+    narrow = torch.bfloat16 if case.startswith("bfloat16") else torch.float16
+    rng = np.random.default_rng(11)
+    if case == "constant rows":
+        w = np.repeat(rng.standard_normal((24, 1)), 32, axis=1).astype(np.float32)
+    elif case == "bfloat16 large":
+        w = np.where(rng.random((24, 32)) < 0.5, 2.0**127, -(2.0**127)).astype(np.float32)  # an infinite neighbour sum
+    else:
+        w = np.where(rng.random((24, 32)) < 0.5, 65504.0, -65504.0).astype(np.float32)
+        if case == "one small value":
+            w[4, 7] = 0.25  # a sampled row
+    stored = torch.from_numpy(w).to(narrow).float().numpy()
+    x = stored.copy()  # every weight exactly its stored value: inside
+    sampled = np.arange(0, 24, 2)
+    count = CellCount("BF16" if narrow == torch.bfloat16 else "F16", sampled, narrow)
+    for start in range(0, 24, 5):
+        count.add_narrow(start, stored[start:start + 5], x[start:start + 5])
+    got = count.result()
+
+    lo, hi = (t.double().numpy() for t in rounding_cells(torch.from_numpy(stored), narrow))
+    width = np.where(np.isfinite(hi - lo), hi - lo, 0.0)
+    zeros = np.zeros((len(sampled), 32))
+    expected = grid_shape(zeros, zeros.astype(bool), x[sampled], width[sampled])
+    assert got.outside == 0
+    assert repr(got.shape) == repr(expected)
+    assert (expected.noise_rel is None) == (case != "one small value")
