@@ -117,3 +117,41 @@ def test_effective_rank_torch_input_and_blocked_gram_match_numpy_svd() -> None:
     bad = delta.copy()
     bad[3, 7] = np.nan
     assert effective_rank(bad)["rank_energy"] == 0
+
+
+def _lane_oracle(a: np.ndarray, b: np.ndarray, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """What ``pair_sums`` promises, written plainly: per chunk, element ``k`` to lane
+    ``k % LANES``, each lane one sequential float64 sum (``np.cumsum`` adds in order)."""
+    from provenance.compare.pairsums import LANES
+
+    lanes, peak = np.zeros((5, LANES)), np.zeros(LANES, np.float32)
+    for s in range(0, a.size, chunk):
+        x, y = a.ravel()[s:s + chunk].astype(np.float64), b.ravel()[s:s + chunk].astype(np.float64)
+        d, t = x - y, x + y
+        gap = np.abs(a.ravel()[s:s + chunk] - b.ravel()[s:s + chunk])
+        for lane in range(min(LANES, x.size)):
+            for row, terms in enumerate((d, t, d * d, d * t, t * t)):
+                lanes[row, lane] = np.cumsum(np.concatenate([[lanes[row, lane]], terms[lane::LANES]]))[-1]
+            kept = gap[lane::LANES]
+            kept = kept[~np.isnan(kept)]
+            if kept.size:
+                peak[lane] = max(peak[lane], kept.max())
+    return lanes, peak
+
+
+def test_pair_sums_are_sequential_lane_sums_bit_for_bit() -> None:
+    """The vectorized kernel adds exactly what each lane's sequential sum adds (a reassociated
+    or mis-laned kernel changes the bits), NaNs in the sums but not the peak."""
+    from provenance.compare.pairsums import LANES, pair_sums
+
+    rng = np.random.default_rng(11)
+    a = rng.standard_normal(3 * 4096 + 45).astype(np.float32)
+    b = (a + 1e-3 * rng.standard_normal(a.size)).astype(np.float32)
+    a[1000] = np.nan
+    for chunk in (4096, 4096 + 13, 7):
+        lanes, peak = np.zeros((5, LANES)), np.zeros(LANES, np.float32)
+        for s in range(0, a.size, chunk):
+            pair_sums(a[s:s + chunk], b[s:s + chunk], lanes, peak)
+        want_lanes, want_peak = _lane_oracle(a, b, chunk)
+        assert np.array_equal(lanes.view(np.uint64), want_lanes.view(np.uint64))
+        assert np.array_equal(peak, want_peak)

@@ -42,7 +42,9 @@ from provenance.codecs.native.floats import bits_float, float_bits, round_f16, r
 from provenance.codecs.native.gridcheck import (
     _F0,
     _HALF,
+    _NINF,
     _ONE,
+    _PINF,
     CELL_NOISE,
     CELL_OUTSIDE,
     CELL_TOTAL,
@@ -307,7 +309,14 @@ def cells_fused(blocks, other, counts, sums, tol_steps, exact16, f16_table):  # 
     block by block from the stored bytes: the codes read as int8 where they are tested (no
     int64 code array), each block's steps squared into the four interleaved float64 sums of
     ``gridcheck._sum_squares`` as the block ends (a block is 32 weights, so element ``i``
-    still goes to lane ``i % 4`` in index order: the same sum, bit for bit)."""
+    still goes to lane ``i % 4`` in index order: the same sum, bit for bit).
+
+    A block of finite scale ``d`` takes :func:`_finite_block`: its cell bounds ``d * (q -+ 1/2)``
+    are exact in float32 (an f16 times a 9-bit half-integer has at most 20 significant bits,
+    far from float32's range limits), so every weight's step ``|hi - lo|`` is ``|d|`` exactly
+    and each lane adds ``d^2`` eight times, as the per-weight steps added it; the weights'
+    loop then holds no store and vectorizes (2.1 -> 0.8 ns per weight at the 7B shape,
+    issue #12). An infinite or NaN scale (steps that differ by code) takes the general test."""
     signed = blocks.view(np.int8)
     steps = np.zeros(BLOCK, np.float32)
     a0 = 0.0
@@ -319,6 +328,18 @@ def cells_fused(blocks, other, counts, sums, tol_steps, exact16, f16_table):  # 
         sc = f16(blocks[i], 0, f16_table)
         c = signed[i]
         o = other[i]
+        if abs(sc) < _PINF:  # False for NaN
+            if exact16:
+                outside += _finite_block(c, o, sc, tol_steps, True)
+            else:
+                outside += _finite_block(c, o, sc, tol_steps, False)
+            v = np.float64(abs(sc)) * np.float64(abs(sc))
+            for _ in range(BLOCK // 4):
+                a0 += v
+                a1 += v
+                a2 += v
+                a3 += v
+            continue
         if exact16:
             outside += cell_counts(c, o, sc, tol_steps, True, steps)
         else:
@@ -327,6 +348,36 @@ def cells_fused(blocks, other, counts, sums, tol_steps, exact16, f16_table):  # 
     counts[CELL_OUTSIDE] += outside
     counts[CELL_TOTAL] += other.size
     sums[CELL_NOISE] += (a0 + a1) + (a2 + a3)
+
+
+@inline
+def _finite_block(c, o, sc, tol_steps, exact16):  # type: ignore[no-untyped-def]
+    """:func:`cell_counts` of a block of finite scale ``sc``: the same float32 operations per
+    weight (``gridcheck.cell_test``), its step ``|sc|`` known (see :func:`cells_fused`), no NaN
+    bound possible; a loop of selects over a run-time bound, which LLVM vectorizes."""
+    positive = sc >= _F0
+    tol = np.float32(tol_steps * abs(sc))
+    outside = np.int32(0)
+    for j in range(o.shape[0]):
+        code = c[2 + j]
+        level = np.float32(code)
+        a = np.float32(sc * np.float32(level - _HALF))
+        b = np.float32(sc * np.float32(level + _HALF))
+        lo = a if a < b else b
+        hi = b if a < b else a
+        first = code == _QMIN
+        last = code == _QMAX
+        lo = _NINF if (first & positive) | (last & ~positive) else lo
+        hi = _PINF if (last & positive) | (first & ~positive) else hi
+        low = np.float32(lo - tol)
+        high = np.float32(hi + tol)
+        x = o[j]
+        out = (x < low) | (x > high)
+        if not exact16:
+            x16 = round_f16(x)
+            out &= (x16 < low) | (x16 > high)
+        outside += np.int32(out)
+    return outside
 
 
 @inline
