@@ -41,15 +41,13 @@ from provenance.formats.write import write_checkpoint
 from provenance.jit import kernel
 from provenance.progress import Meter, ProgressCallback
 from provenance.threads import torch_threads
+from provenance.watermark.change import Q8_BLOCK, change_sums
 from provenance.watermark.keygen import fill_gaussian
 from provenance.watermark.keys import KeySource
 from provenance.watermark.options import DEFAULT_AMPLITUDE
 from provenance.watermark.plan import row_ranges
 from provenance.watermark.select import Selector, default_selector, markable
-from provenance.watermark.signals import constant_rows, dot64, row_moments
-
-#: Q8_0's block length: the change is reported against its rounding noise
-Q8_BLOCK = 32
+from provenance.watermark.signals import constant_rows, row_moments
 
 
 class EmbedError(ProvenanceError):
@@ -133,27 +131,16 @@ def mark_into(w_t: torch.Tensor, name: str, shape: tuple[int, int], first_row: i
         torch.add(w_t, k * (amplitude * sigma), out=out)
 
 
-@kernel
-def change_sums(w: np.ndarray, stored: np.ndarray, scratch: np.ndarray, sums: np.ndarray) -> None:
-    """Adds ``sum(w**2)`` and ``sum((stored - w)**2)`` of float32 rows to ``sums[0:2]``."""
-    flat_w, flat_s = w.reshape(-1), stored.reshape(-1)
-    n = flat_w.shape[0]
-    for i in range(n):
-        scratch[i] = flat_s[i] - flat_w[i]
-    sums[0] += dot64(flat_w, flat_w)
-    sums[1] += dot64(scratch[:n], scratch[:n])
-
-
 class _Slot:
     """One chunk's buffers: the marked float32 rows, the same in storage type, those read
-    back as float32, and scratch."""
+    back as float32, and the Q8_0 blocks' maxima."""
 
     def __init__(self, rows: int, cols: int, dtype: torch.dtype) -> None:
         self.rows = rows
         self.marked = torch.empty((rows, cols), dtype=torch.float32)
         self.stored = self.marked if dtype == torch.float32 else torch.empty((rows, cols), dtype=dtype)
         self.back = self.marked if dtype == torch.float32 else torch.empty((rows, cols), dtype=torch.float32)
-        self.scratch = torch.empty(rows * cols, dtype=torch.float32)
+        self.amax = torch.empty(rows * cols // Q8_BLOCK, dtype=torch.float32)
 
 
 class _Marker:
@@ -227,12 +214,14 @@ class _Marker:
         if stored is not marked:
             stored.copy_(marked)  # round to nearest even, as converters do
             back.copy_(stored)
-        scratch = slot.scratch[lo * info.row_length:hi * info.row_length]
-        change_sums(w, back.numpy(), scratch.numpy(), sums)
+        if w.size % Q8_BLOCK:  # rows that do not split into Q8_0 blocks: refused as before
+            raise EmbedError(f"{info.name}: rows [{start + lo}, {start + hi}) do not split into blocks of {Q8_BLOCK}")
+        blocks = w.size // Q8_BLOCK
+        amax = slot.amax[lo * info.row_length // Q8_BLOCK:][:blocks]
+        change_sums(w.reshape(-1), back.numpy().reshape(-1), sums, amax.numpy())
         # Q8_0's step per block of 32 (amax / 127), the noise the change is compared with
-        amax = torch.abs(w_t.reshape(-1), out=scratch).view(-1, Q8_BLOCK).amax(dim=1)
         sums[2] += float(amax.double().div_(127.0).square_().sum())
-        sums[3] += amax.numel()
+        sums[3] += blocks
 
     def _release(self) -> None:
         if self._reader is not None:
