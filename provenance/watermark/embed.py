@@ -195,7 +195,6 @@ class _Marker:
         return self._slots[turn]
 
     def _mark(self, start: int, stop: int, turn: int) -> torch.Tensor:
-        info = self.info
         rows = stop - start
         w_t = self._input(start, stop, turn)
         slot = self._slot(turn, rows)
