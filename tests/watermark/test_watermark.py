@@ -421,3 +421,22 @@ def test_trace_and_analysis_results_are_plain_data(marked: dict[float, Path]) ->
     analysis = analyze_checkpoint(marked[1e-2], SOURCE)
     assert pickle.loads(pickle.dumps(analysis)).to_dict() == analysis.to_dict()  # noqa: S301
     assert analysis.changed and analysis.verdict == "iid-perturbation"
+
+
+def test_radius_equals_the_transcription_for_every_input() -> None:
+    """The generator's radius depends on ``r >> 9`` only: all 2**23 values, compiled (leading
+    zero count for the exponent) against the numpy transcription (float64 log2), bit for bit."""
+    import numba
+
+    from provenance.watermark.keygen import _radius
+    from tests.support.keygen_reference import _radius as radius_reference
+
+    @numba.njit
+    def radii(r: np.ndarray, out: np.ndarray) -> None:
+        for i in range(r.shape[0]):
+            out[i] = _radius(r[i])
+
+    r = np.arange(1 << 23, dtype=np.uint64) << np.uint64(9)
+    out = np.empty(r.shape[0], dtype=np.float32)
+    radii(r, out)
+    np.testing.assert_array_equal(out, radius_reference(r))
