@@ -54,6 +54,7 @@ from provenance.codecs.types import type_info
 from provenance.errors import ProvenanceError
 from provenance.fileio import atomic_directory, atomic_file
 from provenance.formats.base import DEFAULT_CHUNK_BYTES, Checkpoint, TensorInfo
+from provenance.formats.direct_out import DirectAppender
 from provenance.formats.dtypes import STORAGE_TYPES, numpy_dtype, storage_type, torch_dtype
 from provenance.formats.gguf_header import DEFAULT_ALIGNMENT, GGUFArray, GGUFKeyValue, ValueType
 from provenance.formats.gguf_reader import GGUFCheckpoint
@@ -286,7 +287,7 @@ def _write_gguf_file(path: Path, arch: str, key_values: Sequence[GGUFKeyValue], 
         writer.close()
     if not tensors:
         return
-    with open(path, "ab") as handle:
+    with DirectAppender(path) as handle:
         handle.write(b"\0" * (-handle.tell() % alignment))
         for out in tensors:
             _write_chunks(handle, out, progress)
@@ -363,7 +364,8 @@ def _safetensors_header(tensors: Sequence[_Output], metadata: Mapping[str, str])
 def _write_safetensors_file(path: Path, tensors: Sequence[_Output], metadata: Mapping[str, str],
                             progress: Progress | None = None) -> None:
     header, ordered = _safetensors_header(tensors, metadata)
-    with open(path, "wb") as handle:
+    Path(path).write_bytes(b"")  # appended to from its start
+    with DirectAppender(path) as handle:
         handle.write(header)
         for out in ordered:
             _write_chunks(handle, out, progress)

@@ -144,16 +144,34 @@ def change_sums(w: np.ndarray, stored: np.ndarray, scratch: np.ndarray, sums: np
     sums[1] += dot64(scratch[:n], scratch[:n])
 
 
+class _Buffers:
+    """Flat buffers shared by every tensor's marker, grown to the largest chunk and then kept:
+    one tensor is marked at a time (the writer asks for the next tensor's first chunk only
+    after writing the last one's, and nothing is read or marked ahead across tensors), and
+    fresh buffers per tensor cost a page fault per 4 KB touched, for each of the ~220 marked
+    tensors of a 7B model: system time."""
+
+    def __init__(self) -> None:
+        self._flat: dict[tuple[str, int, torch.dtype], torch.Tensor] = {}
+
+    def rows(self, role: str, turn: int, rows: int, cols: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """A ``(rows, cols)`` view of buffer ``role`` of slot ``turn``."""
+        key, n = (role, turn, dtype), rows * cols
+        flat = self._flat.get(key)
+        if flat is None or flat.numel() < n:
+            flat = self._flat[key] = torch.empty(n, dtype=dtype)
+        return flat[:n].view(rows, cols)
+
+
 class _Slot:
     """One chunk's buffers: the marked float32 rows, the same in storage type, those read
     back as float32, and scratch."""
 
-    def __init__(self, rows: int, cols: int, dtype: torch.dtype) -> None:
-        self.rows = rows
-        self.marked = torch.empty((rows, cols), dtype=torch.float32)
-        self.stored = self.marked if dtype == torch.float32 else torch.empty((rows, cols), dtype=dtype)
-        self.back = self.marked if dtype == torch.float32 else torch.empty((rows, cols), dtype=torch.float32)
-        self.scratch = torch.empty(rows * cols, dtype=torch.float32)
+    def __init__(self, buffers: _Buffers, turn: int, rows: int, cols: int, dtype: torch.dtype) -> None:
+        self.marked = buffers.rows("marked", turn, rows, cols)
+        self.stored = self.marked if dtype == torch.float32 else buffers.rows("stored", turn, rows, cols, dtype)
+        self.back = self.marked if dtype == torch.float32 else buffers.rows("back", turn, rows, cols)
+        self.scratch = buffers.rows("scratch", turn, 1, rows * cols).view(-1)
 
 
 class _Marker:
@@ -162,19 +180,22 @@ class _Marker:
 
     The writer asks for consecutive chunks of one size and writes each before asking for
     the next, so while it writes one, the next is already being marked on ``pool`` (two
-    buffer slots, alternating): reading, marking and writing overlap; each chunk's rows are
-    split between ``threads`` on ``workers``. The chunks hold whole multiples of 256 weights,
-    so Q8_0's blocks of 32 never straddle two of them."""
+    buffer slots, alternating), and the one after it is being read and decoded on ``reads``
+    (two input buffers, alternating): reading, marking and writing overlap, so a read's wait
+    for the disk or its system time never holds up the marking threads (docs/watermark.md,
+    "Embedding"). Each chunk's rows are split between ``threads`` on ``workers``. The chunks
+    hold whole multiples of 256 weights, so Q8_0's blocks of 32 never straddle two of them."""
 
     def __init__(self, ckpt: Checkpoint, info: TensorInfo, key: KeySource, amplitude: float,
-                 pool: ThreadPoolExecutor, workers: ThreadPoolExecutor, threads: int) -> None:
-        self.ckpt, self.info, self.key, self.amplitude = ckpt, info, key, amplitude
-        self.pool, self.workers, self.threads = pool, workers, threads
+                 pool: ThreadPoolExecutor, workers: ThreadPoolExecutor, threads: int,
+                 reads: ThreadPoolExecutor, buffers: _Buffers) -> None:
+        self.ckpt, self.info, self.key, self.amplitude, self.buffers = ckpt, info, key, amplitude, buffers
+        self.pool, self.workers, self.threads, self.reads = pool, workers, threads, reads
         self.sums = np.zeros(4)
         self._reader: RowReader | None = None
-        self._slots: list[_Slot] = []
         self._turn = 0
         self._ahead: tuple[tuple[int, int], Future[torch.Tensor]] | None = None
+        self._loading: tuple[tuple[int, int], Future[torch.Tensor]] | None = None
 
     def __call__(self, start: int, stop: int) -> torch.Tensor:
         info = self.info
@@ -194,20 +215,13 @@ class _Marker:
         return result
 
     def _slot(self, turn: int, rows: int) -> _Slot:
-        while len(self._slots) < 2:
-            self._slots.append(_Slot(0, self.info.row_length, torch.float32))
-        if self._slots[turn].rows < rows:
-            target = torch_dtype(self.info.dtype)
-            assert target is not None, self.info.dtype  # markable() admits float storage types only
-            self._slots[turn] = _Slot(rows, self.info.row_length, target)
-        return self._slots[turn]
+        target = torch_dtype(self.info.dtype)
+        assert target is not None, self.info.dtype  # markable() admits float storage types only
+        return _Slot(self.buffers, turn, rows, self.info.row_length, target)
 
     def _mark(self, start: int, stop: int, turn: int) -> torch.Tensor:
-        info = self.info
         rows = stop - start
-        if self._reader is None:
-            self._reader = self.ckpt.row_reader(info.name, rows)
-        w_t = self._reader.read(start, stop)
+        w_t = self._input(start, stop, turn)
         slot = self._slot(turn, rows)
         ranges = row_ranges(rows, self.threads)
         sums = np.zeros((len(ranges), 4))
@@ -216,6 +230,26 @@ class _Marker:
             f.result()
         self.sums += sums.sum(axis=0)
         return slot.stored[:rows]
+
+    def _input(self, start: int, stop: int, turn: int) -> torch.Tensor:
+        """Rows ``[start, stop)`` as float32 (loaded ahead when foreseen); starts loading the
+        next chunk into the other input buffer, whose rows were marked before these."""
+        if self._loading is not None and self._loading[0] == (start, stop):
+            w_t = self._loading[1].result()
+        else:
+            if self._loading is not None:  # not the chunk foreseen: let that load finish first
+                self._loading[1].result()
+            w_t = self._load(start, stop, turn)
+        after = (stop, min(self.info.n_rows, 2 * stop - start))
+        self._loading = (after, self.reads.submit(self._load, *after, turn ^ 1)) if after[0] < self.info.n_rows else None
+        return w_t
+
+    def _load(self, start: int, stop: int, turn: int) -> torch.Tensor:
+        rows, info = stop - start, self.info
+        if self._reader is None:
+            self._reader = self.ckpt.row_reader(info.name, rows)
+        buffer = self.buffers.rows("input", turn, rows, info.row_length)
+        return self._reader.read_into(start, stop, buffer)  # type: ignore[return-value]
 
     def _mark_part(self, w_t: torch.Tensor, slot: _Slot, start: int, lo: int, hi: int, sums: np.ndarray) -> None:
         """Rows ``[lo, hi)`` of the chunk: marked, rounded to storage, and their sums."""
@@ -237,7 +271,7 @@ class _Marker:
     def _release(self) -> None:
         if self._reader is not None:
             self._reader.close()
-        self._reader, self._slots = None, []
+        self._reader = None
 
     def change(self) -> TensorChange:
         n = self.info.n_elements
@@ -287,13 +321,16 @@ def embed_checkpoint(
         meter = Meter(progress, "watermark embed", sum(info.n_bytes for info in ckpt.tensors.values()))
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="provenance-embed")
         workers = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="provenance-embed-rows")
+        reads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="provenance-embed-read")
         try:
-            markers = {name: _Marker(ckpt, ckpt.info(name), key, amplitude, pool, workers, max(1, threads))
+            buffers = _Buffers()
+            markers = {name: _Marker(ckpt, ckpt.info(name), key, amplitude, pool, workers, max(1, threads), reads, buffers)
                        for name in ckpt.tensors if name in targets}
             with torch_threads(1):  # our threads split the rows; torch's own would only spin on a shared machine
                 write_checkpoint(ckpt, output, replace=markers, progress=meter.advance)
         finally:  # on Ctrl-C too: the chunk being marked ahead is dropped, not waited for
             pool.shutdown(wait=False, cancel_futures=True)
             workers.shutdown(wait=False, cancel_futures=True)
+            reads.shutdown(wait=False, cancel_futures=True)
         report.tensors = [marker.change() for marker in markers.values()]
     return report

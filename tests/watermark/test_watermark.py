@@ -154,6 +154,32 @@ def test_embed_gguf_keeps_everything_but_the_mark(marked: dict[float, Path]) -> 
         assert np.corrcoef(delta.ravel(), key.ravel())[0, 1] > 0.95
 
 
+def test_embed_in_many_chunks_equals_the_whole_tensor_mark(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With chunks of a few rows, every tensor goes through the read-ahead / mark-ahead
+    pipeline many times (alternating input and output buffers): each stored row must be the
+    whole tensor's ``mark_into`` rounded to f16, and the report the one-chunk run's."""
+    import torch
+
+    from provenance.formats import write
+    from provenance.watermark.embed import mark_into
+
+    key = DerivedKey(SECRET, "acme")
+    whole = embed_checkpoint(SOURCE, tmp_path / "whole.gguf", key, 1e-3)
+    monkeypatch.setattr(write, "CHUNK_WEIGHTS", 1024)
+    report = embed_checkpoint(SOURCE, tmp_path / "chunked.gguf", key, 1e-3)
+    assert same_bytes(tmp_path / "whole.gguf", tmp_path / "chunked.gguf")
+    assert [(t.name, t.n) for t in report.tensors] == [(t.name, t.n) for t in whole.tensors]
+    assert np.allclose([t.rel_change for t in report.tensors], [t.rel_change for t in whole.tensors], rtol=1e-5)
+    with open_checkpoint(SOURCE) as src, open_checkpoint(tmp_path / "chunked.gguf") as out:
+        for change in report.tensors:
+            info = src.info(change.name)
+            assert info.n_rows * info.row_length > 4 * 1024  # several chunks
+            w = torch.from_numpy(src.read_rows(change.name))
+            expected = torch.empty_like(w)
+            mark_into(w, change.name, (info.n_rows, info.row_length), 0, key, 1e-3, expected)
+            assert torch.equal(expected.half().float(), torch.from_numpy(out.read_rows(change.name))), change.name
+
+
 def test_embed_f32_gguf_keeps_f32(tmp_path: Path) -> None:
     out = tmp_path / "f32.gguf"
     report = embed_checkpoint(QUANT_DIR / "tiny-llama-f32.gguf", out, DerivedKey(SECRET, "acme"), 1e-3)
@@ -395,3 +421,22 @@ def test_trace_and_analysis_results_are_plain_data(marked: dict[float, Path]) ->
     analysis = analyze_checkpoint(marked[1e-2], SOURCE)
     assert pickle.loads(pickle.dumps(analysis)).to_dict() == analysis.to_dict()  # noqa: S301
     assert analysis.changed and analysis.verdict == "iid-perturbation"
+
+
+def test_radius_equals_the_transcription_for_every_input() -> None:
+    """The generator's radius depends on ``r >> 9`` only: all 2**23 values, compiled (leading
+    zero count for the exponent) against the numpy transcription (float64 log2), bit for bit."""
+    import numba
+
+    from provenance.watermark.keygen import _radius
+    from tests.support.keygen_reference import _radius as radius_reference
+
+    @numba.njit
+    def radii(r: np.ndarray, out: np.ndarray) -> None:
+        for i in range(r.shape[0]):
+            out[i] = _radius(r[i])
+
+    r = np.arange(1 << 23, dtype=np.uint64) << np.uint64(9)
+    out = np.empty(r.shape[0], dtype=np.float32)
+    radii(r, out)
+    np.testing.assert_array_equal(out, radius_reference(r))
