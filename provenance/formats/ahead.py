@@ -22,7 +22,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 ALIGN = 4096
-"""``O_DIRECT`` alignment (the same as :data:`provenance.formats.direct.ALIGN`)."""
+"""Offset, length and buffer alignment of every ``O_DIRECT`` read and write (reads here and in
+:mod:`provenance.formats.direct`, writes in :mod:`provenance.formats.direct_out`): the largest
+logical block size of common disks (512 and 4096), so no device query is needed."""
 AHEAD_BYTES = 32 << 20
 """The most one window reads: a row reader's read-ahead ask (``formats.rows.READAHEAD_BYTES``)."""
 MAX_WINDOWS = 2

@@ -33,11 +33,8 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from provenance.formats.ahead import ReadAhead, Scatter
+from provenance.formats.ahead import ALIGN, ReadAhead, Scatter
 
-ALIGN = 4096
-"""Offset, length and buffer alignment of every ``O_DIRECT`` read: the largest logical block
-size of common disks (512 and 4096), so no device query is needed."""
 BOUNCE_BYTES = 8 << 20
 """Bytes one ``O_DIRECT`` read moves (the per-thread bounce buffer): large enough to stream at
 the disk's speed, small enough to stay in the last-level cache's neighbourhood for the copy."""

@@ -32,11 +32,10 @@ import os
 from pathlib import Path
 from types import TracebackType
 
+from provenance.formats.ahead import ALIGN
+
 STAGE_BYTES = 16 << 20
 """Bytes staged per write: large enough that a write costs one system call per 16 MiB."""
-ALIGN = 4096
-"""Offset, length and address alignment used for direct writes (a page: what every Linux
-block device's logical block divides)."""
 
 
 class DirectAppender:
