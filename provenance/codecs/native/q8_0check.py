@@ -95,7 +95,7 @@ def _block_tests(xs, codes, idn, near_margin):  # type: ignore[no-untyped-def]
     first stage counts them (every Q8_0 prediction is valid)."""
     n_near = np.int32(0)
     n_bad = np.int32(0)
-    for j in range(BLOCK):
+    for j in range(xs.shape[0]):  # a run-time bound (32): vectorized, where range(BLOCK) is unrolled (jit.py)
         u = np.float32(xs[j] * idn)
         pl = roundf(u)
         margin, _ = _margin(u, pl, 0, True, NO_TABLE, _QMIN, _QMAX)
@@ -162,7 +162,7 @@ def _recipe_and_tests(blocks, signed, src, s0, x, r0, counts, near_margin, f16_t
         xs = x[blk]
         cs = signed[blk]
         at = b * BLOCK
-        for j in range(BLOCK):
+        for j in range(xs.shape[0]):  # a run-time bound, as in _block_tests
             e, r, a = _terms(sc, cs[2 + j], xs[j])
             terms[0, at + j] = e
             terms[1, at + j] = r
