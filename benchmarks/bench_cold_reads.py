@@ -19,6 +19,10 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_quant_e2e import drop_cache
 
 CHUNK = 16 << 20
 WAYS = ("buffered", "willneed", "dontneed", "direct")
@@ -26,10 +30,7 @@ WAYS = ("buffered", "willneed", "dontneed", "direct")
 
 def read_once(path: str, way: str, limit: int) -> tuple[float, float]:
     """(seconds, system CPU seconds) of one cold read of ``path``'s first ``limit`` bytes."""
-    fd = os.open(path, os.O_RDONLY)
-    os.fsync(fd)
-    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    os.close(fd)
+    drop_cache([Path(path)])
     fd = os.open(path, os.O_RDONLY | (os.O_DIRECT if way == "direct" else 0))
     view = memoryview(mmap.mmap(-1, CHUNK))
     before = resource.getrusage(resource.RUSAGE_SELF).ru_stime

@@ -101,8 +101,11 @@ def test_a_filesystem_refusing_o_direct_reads_buffered(tmp_path: Path, every_fil
         assert ckpt._file(str(path)).direct_fd is None
 
 
-def test_a_direct_read_refused_midway_falls_back_for_the_file(tmp_path: Path, every_file_direct: None,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("code", [errno.EINVAL, errno.EIO])
+def test_a_direct_read_refused_falls_back_and_a_failing_disk_is_named(tmp_path: Path, every_file_direct: None,
+                                                                     monkeypatch: pytest.MonkeyPatch, code: int) -> None:
+    """EINVAL (the filesystem refuses the direct read midway): the file is read buffered from
+    then on, with the same bytes. Any other error (EIO): the one-line error names the file."""
     path = tmp_path / "weights.bin"
     data = _random_file(path, 8 * direct.ALIGN)
     _drop(path)
@@ -110,34 +113,19 @@ def test_a_direct_read_refused_midway_falls_back_for_the_file(tmp_path: Path, ev
         direct_fd = ckpt._file(str(path)).direct_fd
         real_preadv = os.preadv
 
-        def misaligned(fd: int, buffers: list[memoryview], offset: int, *flags: int) -> int:
+        def failing(fd: int, buffers: list[memoryview], offset: int, *flags: int) -> int:
             if fd == direct_fd:
-                raise OSError(errno.EINVAL, "Invalid argument")
+                raise OSError(code, os.strerror(code))
             return real_preadv(fd, buffers, offset, *flags)
 
-        monkeypatch.setattr(os, "preadv", misaligned)
+        monkeypatch.setattr(os, "preadv", failing)
+        if code == errno.EIO:
+            with pytest.raises(FileAccessError, match=r"weights\.bin.*tensor data.*input/output error"):
+                _read(ckpt, path, [20000], 0)
+            return
         assert _read(ckpt, path, [20000], 3) == data[3:20003]
         assert ckpt._file(str(path)).direct_fd is None  # the file is read buffered from now on
         assert _read(ckpt, path, [5000], 0) == data[:5000]
-
-
-def test_other_io_errors_of_a_direct_read_are_named(tmp_path: Path, every_file_direct: None,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    path = tmp_path / "weights.bin"
-    _random_file(path, 8 * direct.ALIGN)
-    _drop(path)
-    with _Plain(path) as ckpt:
-        direct_fd = ckpt._file(str(path)).direct_fd
-        real_preadv = os.preadv
-
-        def failing_disk(fd: int, buffers: list[memoryview], offset: int, *flags: int) -> int:
-            if fd == direct_fd:
-                raise OSError(errno.EIO, "Input/output error")
-            return real_preadv(fd, buffers, offset, *flags)
-
-        monkeypatch.setattr(os, "preadv", failing_disk)
-        with pytest.raises(FileAccessError, match=r"weights\.bin.*tensor data.*input/output error"):
-            _read(ckpt, path, [20000], 0)
 
 
 def test_small_files_and_small_reads_stay_buffered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -165,37 +153,17 @@ def test_no_read_ahead_into_the_page_cache_for_a_file_read_direct(tmp_path: Path
     assert hinted == []
 
 
-@pytest.mark.parametrize("name", ["stories260K-Q8_0.gguf", "tiny-llama-Q4_K_M.gguf"])
-def test_real_files_decode_the_same_read_direct(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every tensor of llama.cpp-written files, decoded row chunk by row chunk, read cold and
-    direct, equals the buffered decode."""
-    path = LLAMACPP / name
-    if not path.exists():
-        pytest.skip(f"{path} not present (../shared/data)")
-
-    def decoded() -> dict[str, np.ndarray]:
-        out = {}
-        with open_checkpoint(path) as ckpt:
-            for tensor in ckpt.tensors:
-                info = ckpt.info(tensor)
-                with ckpt.row_reader(tensor, max(1, info.n_rows // 3)) as reader:
-                    out[tensor] = np.concatenate([reader.read(a, min(info.n_rows, a + reader.max_rows)).numpy().copy()
-                                                  for a in range(0, info.n_rows, reader.max_rows)])
-        return out
-
-    buffered = decoded()
-    monkeypatch.setattr(direct, "DIRECT_MIN_FILE", 0)
-    monkeypatch.setattr(direct, "DIRECT_MIN_READ", 1)
-    direct_reads = []
-    real = direct.read_into
-    monkeypatch.setattr(direct, "read_into", lambda *a: direct_reads.append(1) or real(*a))
-    # the header's parse leaves the small file in the page cache: every byte from the disk instead
-    monkeypatch.setattr(direct, "_all_cached", lambda fd, offset, n_bytes: False)
-    read_direct = decoded()
-    assert direct_reads, "nothing was read direct"
-    assert buffered.keys() == read_direct.keys()
-    for tensor, rows in buffered.items():
-        np.testing.assert_array_equal(rows, read_direct[tensor], err_msg=tensor)
+def _decoded(path: Path, parts: int) -> dict[str, np.ndarray]:
+    """Every tensor of ``path`` decoded by a row reader streaming it in ``parts`` chunks."""
+    out = {}
+    with open_checkpoint(path) as ckpt:
+        for tensor in ckpt.tensors:
+            info = ckpt.info(tensor)
+            step = max(1, info.n_rows // parts)
+            with ckpt.row_reader(tensor, step) as reader:
+                out[tensor] = np.concatenate([reader.read(a, min(info.n_rows, a + step)).numpy().copy()
+                                              for a in range(0, info.n_rows, step)])
+    return out
 
 
 def test_whole_file_hashes_read_direct_are_the_files_digests(tmp_path: Path, every_file_direct: None,
@@ -301,36 +269,35 @@ def test_a_window_whose_read_fails_leaves_the_range_to_the_caller(tmp_path: Path
         os.close(fd)
 
 
-@pytest.mark.parametrize("name", ["stories260K-f32.gguf", "tiny-llama-Q4_K_M.gguf"])
-def test_a_streamed_pass_over_a_file_read_direct_is_served_ahead(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Row readers' read-ahead asks become direct windows read on the worker, and every
-    tensor streamed through them decodes as the buffered read does."""
+@pytest.mark.parametrize("mode", ["direct", "read ahead"])
+@pytest.mark.parametrize("name", ["stories260K-Q8_0.gguf", "stories260K-f32.gguf", "tiny-llama-Q4_K_M.gguf"])
+def test_real_files_decode_the_same_read_direct(name: str, mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every tensor of llama.cpp-written files, streamed row chunk by row chunk with every byte
+    from the disk past the page cache (by the caller's reads alone, or mostly from the read-ahead
+    windows the row readers ask for), decodes as the buffered read does."""
     from provenance.formats import rows
 
     path = LLAMACPP / name
     if not path.exists():
         pytest.skip(f"{path} not present (../shared/data)")
-
-    def streamed() -> dict[str, np.ndarray]:
-        out = {}
-        with open_checkpoint(path) as ckpt:
-            for tensor in ckpt.tensors:
-                info = ckpt.info(tensor)
-                step = max(1, info.n_rows // 16)
-                with ckpt.row_reader(tensor, step) as reader:
-                    out[tensor] = np.concatenate([reader.read(a, min(info.n_rows, a + step)).numpy().copy()
-                                                  for a in range(0, info.n_rows, step)])
-        return out
-
-    buffered = streamed()
+    buffered = _decoded(path, 16)
     monkeypatch.setattr(direct, "DIRECT_MIN_FILE", 0)
     monkeypatch.setattr(direct, "DIRECT_MIN_READ", 1)
+    # the header's parse leaves the small file in the page cache: every byte from the disk instead
     monkeypatch.setattr(direct, "_all_cached", lambda fd, offset, n_bytes: False)
-    monkeypatch.setattr(rows, "READAHEAD_BYTES", 8 * direct.ALIGN)
+    if mode == "read ahead":
+        monkeypatch.setattr(rows, "READAHEAD_BYTES", 8 * direct.ALIGN)
+    else:
+        monkeypatch.setattr(ahead.ReadAhead, "ask", lambda self, offset, n_bytes: None)
+    direct_reads: list[int] = []
+    real_read = direct.read_into
+    monkeypatch.setattr(direct, "read_into", lambda *a: direct_reads.append(1) or real_read(*a))
     served: list[int] = []
     real_take = ahead.ReadAhead.take
     monkeypatch.setattr(ahead.ReadAhead, "take", lambda self, *a: served.append(real_take(self, *a)) or served[-1])
-    read_direct = streamed()
-    assert sum(served) > 0, "no bytes came from the read-ahead windows"
+    read_direct = _decoded(path, 16)
+    assert direct_reads, "nothing was read direct"
+    assert (sum(served) > 0) == (mode == "read ahead")
+    assert buffered.keys() == read_direct.keys()
     for tensor, values in buffered.items():
         np.testing.assert_array_equal(values, read_direct[tensor], err_msg=tensor)
