@@ -304,6 +304,43 @@ def build_all(only: set[str] | None = None) -> list[RefEntry]:
     return entries
 
 
+FLOAT64_RTOL = 1e-9
+"""How far a rebuilt float64 weight summary may be from the shipped one and still be the same entry."""
+
+
+def _same_but_float_bits(old_json: Path, old_npz: Path, text: str, npz: bytes | None) -> bool:
+    """Whether a rebuild differs from the shipped entry only in the last bits of its float64
+    weight summaries (and so in the arrays' sha256). Those come from BLAS and numpy's SIMD
+    reductions, whose summation order follows the CPU's vector width: the same code on an
+    AVX-512 machine rebuilt stories260k's summaries 9e-15 away from the AVX2 build (rtol 1e-9
+    here; identify compares summaries to ~1e-2). Every other field, integer array and float16
+    value must still be equal."""
+    import io
+    import json
+
+    import numpy as np
+
+    if npz is None or not (old_json.is_file() and old_npz.is_file()):
+        return False
+    old, new = json.loads(old_json.read_text("utf-8")), json.loads(text)
+    for doc in (old, new):
+        (doc.get("arrays") or {}).pop("sha256", None)
+    if old != new:
+        return False
+    with np.load(old_npz) as a, np.load(io.BytesIO(npz)) as b:
+        if sorted(a.files) != sorted(b.files):
+            return False
+        for name in a.files:
+            x, y = a[name], b[name]
+            if x.dtype != y.dtype or x.shape != y.shape:
+                return False
+            close = np.allclose(x, y, rtol=FLOAT64_RTOL, atol=0.0, equal_nan=True) if x.dtype == np.float64 \
+                else np.array_equal(x, y)
+            if not close:
+                return False
+    return True
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="compare a rebuild with the shipped files; write nothing")
@@ -326,7 +363,7 @@ def main() -> None:
             old_npz = out / f"{entry.id}.npz"
             same = old_json.is_file() and old_json.read_text("utf-8") == text and \
                 (npz is None or (old_npz.is_file() and old_npz.read_bytes() == npz))
-            if not same:
+            if not same and not _same_but_float_bits(old_json, old_npz, text, npz):
                 stale.append(entry.id)
         print(f"checked {len(entries)} entries: " + ("all up to date" if not stale else f"stale: {', '.join(stale)}"))
         raise SystemExit(1 if stale else 0)

@@ -223,3 +223,23 @@ def test_a_tampered_tokenizer_sketch_is_refused(tamper: str) -> None:
     doc["arrays"]["sha256"] = hashlib.sha256(forged).hexdigest()
     with pytest.raises(RefDBError, match="tokenizer sketch"):
         decode_entry(json.dumps(doc), forged, "forged")
+
+
+def test_the_build_check_tolerates_float64_last_bits_and_nothing_more(tmp_path: Path) -> None:
+    """``--check`` passes a rebuild whose float64 weight summaries differ from the shipped ones
+    in their last bits (BLAS and SIMD reductions follow the CPU's vector width) and fails one
+    off by 1e-6: a summary that moved is a stale entry."""
+    import io
+    import shutil
+
+    for factor, expected in ((1 + 4e-15, "all up to date"), (1 + 1e-6, "stale: stories260k")):
+        out = tmp_path / f"db-{factor}"
+        shutil.copytree(ROOT / "data" / "reference_hashes", out)
+        arrays = dict(np.load(out / "stories260k.npz"))
+        arrays["fp_summaries"] = arrays["fp_summaries"] * factor
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        (out / "stories260k.npz").write_bytes(buffer.getvalue())
+        result = subprocess.run([sys.executable, str(ROOT / "scripts" / "build_refdb.py"), "--check", "--only",
+                                 "stories260k", "--out", str(out)], capture_output=True, text=True, timeout=120)
+        assert expected in result.stdout, result.stdout + result.stderr
