@@ -28,6 +28,7 @@ import torch
 
 from provenance.codecs.dequant import as_torch
 from provenance.codecs.kernels import workspace
+from provenance.codecs.native.gridcheck import level_cell_ends
 from provenance.codecs.quanttype import LevelGrid, UniformGrid
 from provenance.codecs.registry import find_quant_type, quant_type
 from provenance.codecs.types import type_info
@@ -111,9 +112,7 @@ class QuantGrid:
             first, last = self.codes == self.qmin, self.codes == self.qmax
         else:
             table = self.levels.to(self.codes.device)
-            mids = (table[1:] + table[:-1]) / 2
-            lo_mid = torch.cat([2 * table[:1] - mids[:1], mids])  # mirrored gap at the ends
-            hi_mid = torch.cat([mids, 2 * table[-1:] - mids[-1:]])
+            lo_mid, hi_mid = level_cell_ends(table)  # mirrored gap at the ends
             idx = self.codes.long()
             below, above = lo_mid[idx], hi_mid[idx]
             first, last = idx == 0, idx == len(table) - 1

@@ -15,7 +15,9 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from provenance.codecs.grid import QuantGrid, quant_grid
 from provenance.codecs.native import bind
+from provenance.codecs.native.cellresidual import grid_cell_residual
 from provenance.codecs.native.gridcheck import CELL_NOISE, CELL_OUTSIDE, CELL_TOTAL
 from provenance.codecs.native.parallel import map_tiles
 from provenance.codecs.quanttype import QuantType
@@ -133,23 +135,37 @@ class GridCheck:
     def residual(self, lossy_raw: np.ndarray, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """Cell residual, zeroed mask and cell width of rows ``x`` in the cells of the stored
         rows ``lossy_raw`` (the same rows; None for a type without a grid)."""
-        if self.error:
+        if x.device.type != "cpu":
+            return self.residual_torch(lossy_raw, x)
+        grid = None if self.error else self._grid(lossy_raw)
+        if grid is None:
             return None
-        cells = self._cells(lossy_raw)
-        if cells is None:
+        # one compiled pass, the values of residual_torch (tests/compare/test_cell_residual.py)
+        return grid_cell_residual(grid, x, GRID_TOLERANCE_STEPS, exact16=self.other_f16)
+
+    def residual_torch(self, lossy_raw: np.ndarray, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """:meth:`residual` in torch ops on the grid's per-weight cells (any device)."""
+        grid = None if self.error else self._grid(lossy_raw)
+        if grid is None:
             return None
-        lo, hi, step = cells
+        lo, hi = grid.cell_bounds(clip=True)
+        step = grid.step().abs()
         return self._sample(x, lo, hi, GRID_TOLERANCE_STEPS * step, x.to(torch.float16).to(torch.float32))
+
+    def _grid(self, lossy_raw: np.ndarray | None) -> QuantGrid | None:
+        """The stored grid of the rows ``lossy_raw`` (None, with the error recorded, for a
+        type without one)."""
+        try:
+            return quant_grid(lossy_raw, int(self.info.ggml_type))  # type: ignore[arg-type]
+        except (NotImplementedError, KeyError, ValueError) as exc:
+            self.error = f"no grid for {self.info.dtype}: {exc}"
+            return None
 
     def _cells(self, lossy_raw: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """Cell bounds and step of the stored rows ``lossy_raw`` (None, with the error
         recorded, for a type without a grid)."""
-        from provenance.codecs.grid import quant_grid
-
-        try:
-            grid = quant_grid(lossy_raw, int(self.info.ggml_type))  # type: ignore[arg-type]
-        except (NotImplementedError, KeyError, ValueError) as exc:
-            self.error = f"no grid for {self.info.dtype}: {exc}"
+        grid = self._grid(lossy_raw)
+        if grid is None:
             return None
         lo, hi = grid.cell_bounds(clip=True)
         return lo, hi, grid.step().abs()

@@ -70,16 +70,21 @@ def check_tables(levels: Callable[[], torch.Tensor]) -> tuple[Callable[[], np.nd
     return (lambda: levels().numpy().astype(np.float32),)
 
 
+def level_cell_ends(table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The lower and upper cell boundary (level units) of each level of a sorted float32
+    table: the midpoints to its neighbours, the outermost mirrored (one definition for
+    :meth:`provenance.codecs.grid.QuantGrid.cell_bounds` and the compiled kernels)."""
+    mids = (table[1:] + table[:-1]) / 2
+    return torch.cat([2 * table[:1] - mids[:1], mids]), torch.cat([mids, 2 * table[-1:] - mids[-1:]])
+
+
 def cell_tables(levels: Callable[[], torch.Tensor]) -> tuple[Callable[[], np.ndarray], Callable[[], np.ndarray]]:
     """The tables a ``LevelGrid`` type's cells kernel takes: the lower and upper cell
     boundary (in level units) of each level, the outermost mirrored, by exactly
     :meth:`provenance.codecs.grid.QuantGrid.cell_bounds`' float32 arithmetic."""
 
     def bounds() -> tuple[np.ndarray, np.ndarray]:
-        table = levels()
-        mids = (table[1:] + table[:-1]) / 2
-        lo_mid = torch.cat([2 * table[:1] - mids[:1], mids])
-        hi_mid = torch.cat([mids, 2 * table[-1:] - mids[-1:]])
+        lo_mid, hi_mid = level_cell_ends(levels())
         return lo_mid.numpy().astype(np.float32), hi_mid.numpy().astype(np.float32)
 
     return (lambda: bounds()[0], lambda: bounds()[1])
@@ -488,11 +493,11 @@ def _sum_squares(v, n):  # type: ignore[no-untyped-def]
 
 
 @inline
-def cell_test(below, above, first, last, sc, off, has_offset, positive, tol_steps, o, exact16):  # type: ignore[no-untyped-def]
-    """One weight of :func:`cell_block`: is ``o`` (and its f16 rounding, unless ``exact16``)
-    outside the stored cell ``[below, above]`` (level units) of scale ``sc`` (and offset),
-    the outer side of an end cell (``first`` / ``last`` code) open, widened by ``tol_steps``
-    steps? Returns that and the cell's step (value units)."""
+def cell_bounds_of(below, above, first, last, sc, off, has_offset, positive):  # type: ignore[no-untyped-def]
+    """One weight's stored cell in value units, as :meth:`provenance.codecs.grid.QuantGrid.cell_bounds`
+    computes it: ``[below, above]`` (level units) through scale ``sc`` (and offset), ordered
+    (NaN when either end is), the outer side of an end cell (``first`` / ``last`` code) open;
+    and its step ``|hi - lo|`` before that opening (``QuantGrid.step``)."""
     a = np.float32(sc * below)
     b = np.float32(sc * above)
     if has_offset:
@@ -504,6 +509,16 @@ def cell_test(below, above, first, last, sc, off, has_offset, positive, tol_step
     step = abs(np.float32(hi - lo))
     lo = _NINF if (first & positive) | (last & ~positive) else lo
     hi = _PINF if (last & positive) | (first & ~positive) else hi
+    return lo, hi, step
+
+
+@inline
+def cell_test(below, above, first, last, sc, off, has_offset, positive, tol_steps, o, exact16):  # type: ignore[no-untyped-def]
+    """One weight of :func:`cell_block`: is ``o`` (and its f16 rounding, unless ``exact16``)
+    outside the stored cell ``[below, above]`` (level units) of scale ``sc`` (and offset),
+    the outer side of an end cell (``first`` / ``last`` code) open, widened by ``tol_steps``
+    steps? Returns that and the cell's step (value units)."""
+    lo, hi, step = cell_bounds_of(below, above, first, last, sc, off, has_offset, positive)
     tol = np.float32(tol_steps * step)
     low = np.float32(lo - tol)
     high = np.float32(hi + tol)
