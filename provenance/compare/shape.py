@@ -193,6 +193,18 @@ def grid_shape(residual: np.ndarray, zeroed: np.ndarray, ref: np.ndarray, step: 
     """The shape of a quantized candidate's grid residual on sampled rows: ``residual`` is the
     smallest move of each reference weight into its stored cell (0 inside; zeroed weights
     excluded), ``step`` each weight's cell width."""
+    if not residual.any() and not zeroed.any():
+        # nothing moved (every weight of an exact copy): no flip to classify and a noise
+        # amplitude of flip_amplitude(0, step / sigma), found without the per-weight quotients
+        return DifferenceShape(source="grid-residual", change_class="exact-quantization",
+                               noise_rel=_unmoved_noise(step, ref), zeroed_fraction=0.0,
+                               zeroed_magnitude_ratio=None, rest_rel=None, rest_outside_fraction=0.0)
+    return _moved_grid_shape(residual, zeroed, ref, step)
+
+
+def _moved_grid_shape(residual: np.ndarray, zeroed: np.ndarray, ref: np.ndarray, step: np.ndarray) -> DifferenceShape:
+    """:func:`grid_shape` from the per-weight arrays (any sample; the tests hold the shortcut for
+    an unmoved one to this)."""
     r64 = ref.astype(np.float64)
     frac, ratio = _zeroed_stats(zeroed, r64)
     outside = residual != 0
@@ -207,6 +219,22 @@ def grid_shape(residual: np.ndarray, zeroed: np.ndarray, ref: np.ndarray, step: 
                            zeroed_magnitude_ratio=ratio, rest_rel=None, rest_outside_fraction=rest_outside,
                            rank_ratio=_finite(evidence.get("rank_ratio")), corr_sigmas=_finite(evidence.get("corr_sigmas")),
                            row_cv=_finite(evidence.get("row_cv")))
+
+
+def _unmoved_noise(step: np.ndarray, ref: np.ndarray) -> float | None:
+    """:func:`flip_amplitude` of no weight outside, over the widths ``step / sigma`` that
+    :func:`grid_shape` gives it (0 where a row's deviation ``sigma`` is 0): 0.0 when some width
+    is finite and positive, else None. Such a quotient is finite and positive exactly when the
+    step is and its row's deviation is positive (a positive float32 step over a float64
+    deviation of float32 values neither underflows nor overflows), so only the deviations of
+    rows with such a step are computed, each as ``grid_shape`` computes it for its row, and
+    only until one is positive (the first, unless the row is constant)."""
+    with np.errstate(invalid="ignore"):
+        rows = np.flatnonzero((np.isfinite(step) & (step > 0)).any(axis=1))
+    for row in rows.tolist():
+        if float(ref[row].astype(np.float64).std()) > 0:
+            return 0.0
+    return None
 
 
 _SQRT_2PI = math.sqrt(2 * math.pi)  # the normal density's constant, as scipy.stats.norm has it
