@@ -91,6 +91,18 @@ def _flag_outside(bits: np.ndarray, rounded: np.ndarray, exact_below: int, value
     return k
 
 
+@kernel
+def _to_test(bits: np.ndarray, rounded: np.ndarray, exact_below: int) -> int:  # pragma: no cover - compiled
+    """How many weights :func:`_flag_outside` would test (the others round to their stored
+    pattern, of a magnitude below ``exact_below``): a branch-free count that vectorizes, so a
+    chunk where none is (every chunk of a copy, or of a marked copy with its mark added) costs
+    ~0.1 ns per weight instead of the per-weight branch of the flagging loop (~1.1)."""
+    n = 0
+    for i in range(bits.size):
+        n += (rounded[i] != bits[i]) | (np.int64(bits[i] & 0x7FFF) >= exact_below)
+    return n
+
+
 def cell_width(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """Each cell's width (float64), 0 where it is not finite (an infinite cell gets no tolerance)."""
     with np.errstate(invalid="ignore", over="ignore"):
@@ -160,6 +172,8 @@ def count_outside(values: np.ndarray, x: np.ndarray, dtype: torch.dtype) -> int:
     # (:func:`_not_rounding_to_stored`): every weight of a marked copy once its mark is added
     exact = flat_x.dtype == np.float32
     rounded, exact_below = (_rounded_bits(flat_x, dtype), _EXACT_EDGES_BELOW[dtype]) if exact else (bits, 0)
+    if exact and not _to_test(bits, rounded, exact_below):
+        return 0  # every weight rounds to its stored value: inside (_not_rounding_to_stored)
     flagged = np.empty(flat_v.size, dtype=np.int64)
     k = _flag_outside(bits, rounded, exact_below, flat_v, flat_x, _values_table(dtype), INF_BITS[dtype],
                       float(GRID_TOLERANCE_STEPS), flagged)
