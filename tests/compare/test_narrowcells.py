@@ -79,3 +79,18 @@ def test_two_dimensional_rows_are_counted_whole() -> None:
     values = torch.from_numpy(rng.standard_normal((64, 96))).half().float().numpy()
     x = values.astype(np.float64) + rng.standard_normal(values.shape) * 1e-3
     assert count_outside(values, x, torch.float16) == _reference_outside(values, x, torch.float16) > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_weights_rounding_to_the_other_zero_or_the_largest_values_count_as_the_reference(dtype: torch.dtype) -> None:
+    """The rounding shortcut compares values: a weight rounding to -0 where +0 is stored (and
+    back) is passed over as inside, the largest values and infinities are always tested."""
+    finfo = torch.finfo(dtype)
+    values = torch.tensor([0.0, -0.0, finfo.max, -finfo.max, 2.0**127 if dtype == torch.bfloat16 else 32768.0,
+                           np.inf, -np.inf, 1.0], dtype=torch.float32).to(dtype).float().numpy()
+    x = np.array([-1e-30, 1e-30, finfo.max, np.inf, 2.0**127 if dtype == torch.bfloat16 else 32768.0,
+                  finfo.max, -np.inf, 1.0], dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        want = _reference_outside(values, x.astype(np.float64), dtype)
+    assert count_outside(values, x, dtype) == want
+    assert count_outside(values, x.astype(np.float64), dtype) == want
