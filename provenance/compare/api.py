@@ -190,6 +190,10 @@ def _sample_rows(info: TensorInfo, opts: CompareOptions) -> np.ndarray:
     return np.sort(rng.choice(info.n_rows, size=min(opts.sample_rows, info.n_rows), replace=False))
 
 
+_PAIRS_IN_FLIGHT_PER_THREAD = 6
+"""Pairs submitted ahead of the oldest unconsumed one, per streaming thread (:func:`_run_pairs`)."""
+
+
 def _run_pairs(cand: Checkpoint, ref: Checkpoint, pairs: list[TensorPair], transforms: dict[str, Transform],
                opts: CompareOptions, sketch: tuple[np.ndarray, np.ndarray] | None,
                progress: Callable[[str, int], None] | None,
@@ -225,7 +229,12 @@ def _run_pairs(cand: Checkpoint, ref: Checkpoint, pairs: list[TensorPair], trans
         for p in order:
             done(one(p))
     else:
-        window = 2 * opts.threads
+        # outcomes are consumed in stream order, so a submitted pair waits on the oldest: with
+        # only 2 per thread in flight, a large matrix at the head (a 45M-weight MLP matrix
+        # behind norms and 16M attention matrices) left a thread idle until it finished. Pairs
+        # queued but not started hold nothing; finished ones hold their sketch parts, which
+        # their layer's group would hold anyway once consumed (about a layer's worth in flight)
+        window = _PAIRS_IN_FLIGHT_PER_THREAD * opts.threads
         pool = ThreadPoolExecutor(max_workers=opts.threads)
         try:
             pending: deque[Future[PairOutcome]] = deque()
