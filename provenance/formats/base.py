@@ -262,13 +262,15 @@ class Checkpoint(ABC):
         if self._bytes_observer is not None:
             self._bytes_observer(path, offset, buffers)
 
-    def prefetch(self, path: str, offset: int, n_bytes: int) -> None:
+    def prefetch(self, path: str, offset: int, n_bytes: int, scattered: bool = False) -> None:
         """Ask the kernel to start reading ``n_bytes`` of ``path`` from ``offset`` into the page
         cache (``posix_fadvise(WILLNEED)``: queued, not waited for), so a streamed pass's next
-        chunk arrives from the disk while this one is decoded (docs/lineage.md, Performance).
-        A hint only: where the platform has no ``posix_fadvise`` or refuses, or where the file
-        is read past the page cache (docs/architecture.md, "Reading cold files"), nothing happens."""
-        (self._files.get(path) or self._file(path)).will_need(offset, n_bytes)
+        chunk arrives from the disk while this one is decoded (docs/lineage.md, Performance);
+        where the file is read past the page cache (docs/architecture.md, "Reading cold files"),
+        on its read-ahead worker instead, or, ``scattered`` (one of many small ranges asked at
+        once), still into the page cache. A hint only: where the platform has no
+        ``posix_fadvise`` or refuses, nothing happens."""
+        (self._files.get(path) or self._file(path)).will_need(offset, n_bytes, scattered)
 
     def _pread(self, path: str, n_bytes: int, offset: int) -> bytearray:
         # A bytearray is writable, so numpy and torch can wrap it without a copy.

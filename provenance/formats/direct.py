@@ -168,13 +168,16 @@ class ModelFile:
                 self._stop_direct(direct_fd)
         return os.preadv(self.fd, buffers, offset)
 
-    def will_need(self, offset: int, n_bytes: int) -> None:
+    def will_need(self, offset: int, n_bytes: int, scattered: bool = False) -> None:
         """Start reading ``n_bytes`` from ``offset`` now, for a read to come: on the file's
         read-ahead worker when it is read direct (:mod:`provenance.formats.ahead`; the kernel's
         read-ahead would fill the page cache and the direct read read them again), else by
-        the kernel into the page cache. A hint: refusals are ignored."""
+        the kernel into the page cache. ``scattered``: one of many small ranges asked at once
+        (probe rows of every tensor), which the read-ahead's two windows would drop: into the
+        page cache then, where the read finds them whole (:func:`read_into`). A hint:
+        refusals are ignored."""
         ahead = self._ahead
-        if ahead is not None and self.direct_fd is not None:
+        if ahead is not None and self.direct_fd is not None and not scattered:
             ahead.ask(offset, n_bytes)
             return
         if n_bytes <= 0 or not hasattr(os, "posix_fadvise"):

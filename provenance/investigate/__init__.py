@@ -22,6 +22,7 @@ from provenance.investigate.inspect_analysis import inspect_section
 from provenance.investigate.state import Inputs, Investigation
 from provenance.investigate.summary import executive_summary, finding_rank
 from provenance.progress import Meter, ProgressCallback
+from provenance.threads import torch_threads
 
 Analysis = Callable[[Investigation], None]
 """Adds its typed result, findings and sections; raises only on bugs (file errors become report errors)."""
@@ -43,7 +44,16 @@ def run_investigation(inputs: Inputs, progress: ProgressCallback | None = None) 
     The candidate is read once: the lineage pass against the first reference streams it
     tensor by tensor and hashes it as it goes (identify and the report's hashes use those
     digests); only without a reference do the hashes take a pass of their own. ``progress``
-    is told the bytes each pass reads (:mod:`provenance.progress`)."""
+    is told the bytes each pass reads (:mod:`provenance.progress`). Torch runs on one thread
+    throughout (docs/cli.md, ``--threads``): the analyses before and after the pass (the
+    watermark screen and fit, the re-judgement) are many small torch operations, which two
+    intra-op threads made 3.5x slower on a busy 2-core machine (the MLP identity screen of
+    32 layers: 9.0 s against 2.6)."""
+    with torch_threads(1):
+        return _run_investigation(inputs, progress)
+
+
+def _run_investigation(inputs: Inputs, progress: ProgressCallback | None) -> Investigation:
     inspected = inspect_checkpoint(inputs.candidate)
     report = Report(subject={"path": inputs.candidate, "format": inspected["format"],
                              "sha256": [f.get("sha256") for f in inspected["files"]]},

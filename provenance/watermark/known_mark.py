@@ -137,7 +137,7 @@ def fit_before_comparing(cand: Checkpoint, ref: Checkpoint, key: KeySource) -> F
     for name in names:
         for ckpt in (cand, ref):
             info = ckpt.info(name)
-            ckpt.prefetch(info.file, info.offset, min(info.n_bytes, 2 * PROBE_ROWS * info.row_bytes))
+            ckpt.prefetch(info.file, info.offset, min(info.n_bytes, 2 * PROBE_ROWS * info.row_bytes), scattered=True)
     amplitude = mark_amplitude(cand, ref, key, names)
     return None if amplitude is None else FittedMark(key, names, amplitude)
 

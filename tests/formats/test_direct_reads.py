@@ -153,6 +153,26 @@ def test_no_read_ahead_into_the_page_cache_for_a_file_read_direct(tmp_path: Path
     assert hinted == []
 
 
+def test_scattered_prefetches_of_a_file_read_direct_go_to_the_page_cache(tmp_path: Path, every_file_direct: None,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many small ranges asked at once (probe rows of every tensor) are more than the read-ahead's
+    windows hold: they are asked of the kernel, and a read of one is then copied from the page
+    cache with the file's bytes."""
+    path = tmp_path / "weights.bin"
+    data = _random_file(path, 64 * direct.ALIGN)
+    hinted: list[tuple[int, int]] = []
+    real = os.posix_fadvise
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, offset, n, advice: hinted.append((offset, n)) or real(fd, offset, n, advice))
+    ranges = [(k * 5 * direct.ALIGN + 100, 3 * direct.ALIGN) for k in range(10)]
+    with _Plain(path) as ckpt:
+        for offset, n in ranges:
+            ckpt.prefetch(str(path), offset, n, scattered=True)
+        assert hinted == ranges
+        assert ckpt._file(str(path))._ahead._windows == []  # no window taken by the hints
+        for offset, n in ranges:
+            assert _read(ckpt, path, [n], offset) == data[offset:offset + n]
+
+
 def _decoded(path: Path, parts: int) -> dict[str, np.ndarray]:
     """Every tensor of ``path`` decoded by a row reader streaming it in ``parts`` chunks."""
     out = {}
