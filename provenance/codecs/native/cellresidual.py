@@ -21,14 +21,13 @@ import numpy as np
 import torch
 
 from provenance.codecs.native.floats import round_f16
-from provenance.codecs.native.gridcheck import NO_TABLE, cell_bounds_of, level_cell_ends
+from provenance.codecs.native.gridcheck import NO_TABLE, cell_bounds_of, code_cell, level_cell_ends
 from provenance.jit import inline, kernel
 
 if TYPE_CHECKING:
     from provenance.codecs.grid import QuantGrid
 
 _F0 = np.float32(0.0)
-_HALF = np.float32(0.5)
 _NAN = np.float32(np.nan)
 
 
@@ -62,18 +61,7 @@ def cell_residuals(codes, scale, offset, has_offset, uniform, qmin, qmax, lo_mid
             off = offset[r, k] if has_offset else _F0
             positive = sc >= _F0
             for j in range(k * sub, (k + 1) * sub):
-                c = codes[r, j]
-                if uniform:
-                    level = np.float32(c)
-                    below = np.float32(level - _HALF)
-                    above = np.float32(level + _HALF)
-                    first = c == qmin
-                    last = c == qmax
-                else:
-                    below = lo_mid[c]
-                    above = hi_mid[c]
-                    first = c == 0
-                    last = c == top
+                below, above, first, last = code_cell(codes[r, j], uniform, qmin, qmax, lo_mid, hi_mid, top)
                 lo, hi, step = cell_bounds_of(below, above, first, last, sc, off, has_offset, positive)
                 tol = np.float32(tol_steps * step)
                 low = np.float32(lo - tol)

@@ -493,6 +493,17 @@ def _sum_squares(v, n):  # type: ignore[no-untyped-def]
 
 
 @inline
+def code_cell(c, uniform, qmin, qmax, lo_mid, hi_mid, top):  # type: ignore[no-untyped-def]
+    """The cell of stored code ``c`` in level units, ``(below, above)``, and whether it is the
+    first / last code (its outer side open): ``level -+ 1/2`` of a uniform type's signed level,
+    the table's ends (``lo_mid`` / ``hi_mid``, ``top`` its last index) of a level type's index."""
+    if uniform:
+        level = np.float32(c)
+        return np.float32(level - _HALF), np.float32(level + _HALF), c == qmin, c == qmax
+    return lo_mid[c], hi_mid[c], c == 0, c == top
+
+
+@inline
 def cell_bounds_of(below, above, first, last, sc, off, has_offset, positive):  # type: ignore[no-untyped-def]
     """One weight's stored cell in value units, as :meth:`provenance.codecs.grid.QuantGrid.cell_bounds`
     computes it: ``[below, above]`` (level units) through scale ``sc`` (and offset), ordered
@@ -546,18 +557,7 @@ def cell_block(other, g, uniform, has_offset, qmin, qmax, lo_mid, hi_mid, tol_st
         off = g.offset[k] if has_offset else _F0
         positive = sc >= _F0
         for j in range(k * sub, (k + 1) * sub):
-            c = g.code[j]
-            if uniform:
-                level = np.float32(c)
-                below = np.float32(level - _HALF)
-                above = np.float32(level + _HALF)
-                first = c == qmin
-                last = c == qmax
-            else:
-                below = lo_mid[c]
-                above = hi_mid[c]
-                first = c == 0
-                last = c == top
+            below, above, first, last = code_cell(g.code[j], uniform, qmin, qmax, lo_mid, hi_mid, top)
             out, step = cell_test(below, above, first, last, sc, off, has_offset, positive, tol_steps, other[j], exact16)
             steps[j] = step
             outside += out
