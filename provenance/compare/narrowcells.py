@@ -170,7 +170,6 @@ def count_outside(values: np.ndarray, x: np.ndarray, dtype: torch.dtype) -> int:
     :func:`cell_test`: the compiled pass flags candidates, the reference test decides them."""
     flat_v = np.ascontiguousarray(values, dtype=np.float32).reshape(-1)
     flat_x = np.ascontiguousarray(x, dtype=x.dtype if x.dtype == np.float32 else np.float64).reshape(-1)
-    bits = _bits(flat_v, dtype)
     # float32 weights that round to their stored value are not tested (:func:`_not_rounding_to_stored`):
     # every weight of a marked copy once its mark is added, but for a few ties
     at = _not_rounding_to_stored(flat_x, flat_v, dtype)
@@ -178,6 +177,7 @@ def count_outside(values: np.ndarray, x: np.ndarray, dtype: torch.dtype) -> int:
         at = np.arange(flat_v.size)
     if not at.size:
         return 0
+    bits = _bits(flat_v, dtype)  # the stored patterns, for the neighbours of the weights tested
     flagged = np.empty(at.size, dtype=np.int64)
     k = _flag_outside(at, bits, flat_v, flat_x, _values_table(dtype), INF_BITS[dtype], float(GRID_TOLERANCE_STEPS),
                       flagged)
