@@ -126,6 +126,14 @@ def _counter(words: np.ndarray, c: np.uint64) -> tuple[np.float32, np.float32, n
     """The four elements of counter ``c`` (one counter: a partial first or last one)."""
     r0, r1, r2, r3 = philox4x32(c & MASK32, c >> np.uint64(32), np.uint64(words[2]), np.uint64(words[3]),
                                 np.uint64(words[0]), np.uint64(words[1]))
+    return _box_muller(r0, r1, r2, r3)
+
+
+@inline
+def _box_muller(r0: np.uint64, r1: np.uint64, r2: np.uint64,
+                r3: np.uint64) -> tuple[np.float32, np.float32, np.float32, np.float32]:
+    """The four elements of one counter's Philox outputs: the Box-Muller pairs of ``(r0, r1)``
+    and ``(r2, r3)``."""
     ra = _radius(r0)
     ca, sa = _cos_sin(r1)
     rb = _radius(r2)
@@ -156,14 +164,11 @@ def _fill_counters(words: np.ndarray, first: np.int64, n_counters: np.int64, out
             r0[j], r1[j], r2[j], r3[j] = np.uint32(p0), np.uint32(p1), np.uint32(p2), np.uint32(p3)
         block = out[4 * b:4 * (b + m)]
         for j in range(m):
-            ra = _radius(np.uint64(r0[j]))
-            ca, sa = _cos_sin(np.uint64(r1[j]))
-            rb = _radius(np.uint64(r2[j]))
-            cb, sb = _cos_sin(np.uint64(r3[j]))
-            block[4 * j] = ra * ca
-            block[4 * j + 1] = ra * sa
-            block[4 * j + 2] = rb * cb
-            block[4 * j + 3] = rb * sb
+            e0, e1, e2, e3 = _box_muller(np.uint64(r0[j]), np.uint64(r1[j]), np.uint64(r2[j]), np.uint64(r3[j]))
+            block[4 * j] = e0
+            block[4 * j + 1] = e1
+            block[4 * j + 2] = e2
+            block[4 * j + 3] = e3
 
 
 @inline
