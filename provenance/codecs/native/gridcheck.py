@@ -538,31 +538,35 @@ def cell_test(below, above, first, last, sc, off, has_offset, positive, tol_step
 
 
 @inline
-def cell_block(other, g, uniform, has_offset, qmin, qmax, lo_mid, hi_mid, tol_steps, exact16, steps, counts):  # type: ignore[no-untyped-def]
+def cell_block(other, g, uniform, has_offset, qmin, qmax, lo_mid, hi_mid, tol_steps, exact16, steps):  # type: ignore[no-untyped-def]
     """Is each weight of ``other`` (or its f16 rounding) inside the stored cell of its code,
     within ``tol_steps`` steps (:class:`provenance.compare.engine` grid columns, from
-    :meth:`provenance.codecs.grid.QuantGrid.cell_bounds`)? Adds the outside count and the
-    total, and writes each weight's step into ``steps`` (summed as ``sum(step^2)`` by
-    :func:`cells`). The per-weight loop is branch-free (selects, an integer count) so LLVM
-    vectorizes it; a float64 sum inside it would not (no reassociation without fast-math).
-    ``exact16`` (a constant where :func:`cells` inlines this): every value of ``other`` is an
-    f16 value already (an F16 side), so its f16 rounding is itself and is not computed (~13%
-    of this loop); the counts are the same either way."""
+    :meth:`provenance.codecs.grid.QuantGrid.cell_bounds`)? Returns how many are outside and
+    writes each weight's step into ``steps`` (summed as ``sum(step^2)`` by :func:`cells`).
+    The per-weight loop is branch-free (selects, an int32 count, int32 codes: every lane
+    32 bits wide) so LLVM vectorizes it; a float64 sum inside it would not (no
+    reassociation without fast-math). ``exact16`` (a constant where :func:`cells` inlines
+    this): every value of ``other`` is an f16 value already (an F16 side), so its f16
+    rounding is itself and is not computed (~13% of this loop); the counts are the same
+    either way."""
     n_sub = g.scale.shape[0]
     sub = other.shape[0] // n_sub
     top = lo_mid.shape[0] - 1
-    outside = 0
+    outside = np.int32(0)
     for k in range(n_sub):
         sc = g.scale[k]
         off = g.offset[k] if has_offset else _F0
         positive = sc >= _F0
-        for j in range(k * sub, (k + 1) * sub):
-            below, above, first, last = code_cell(g.code[j], uniform, qmin, qmax, lo_mid, hi_mid, top)
-            out, step = cell_test(below, above, first, last, sc, off, has_offset, positive, tol_steps, other[j], exact16)
-            steps[j] = step
-            outside += out
-    counts[CELL_OUTSIDE] += outside
-    counts[CELL_TOTAL] += other.shape[0]
+        # views indexed from 0: numba's negative-index fix-up then folds away and the
+        # accesses are provably contiguous (indexed from k * sub, LLVM emitted gathers)
+        at = k * sub
+        codes, values, sub_steps = g.code[at:at + sub], other[at:at + sub], steps[at:at + sub]
+        for j in range(sub):
+            below, above, first, last = code_cell(codes[j], uniform, qmin, qmax, lo_mid, hi_mid, top)
+            out, step = cell_test(below, above, first, last, sc, off, has_offset, positive, tol_steps, values[j], exact16)
+            sub_steps[j] = step
+            outside += np.int32(out)
+    return outside
 
 
 @inline
@@ -570,12 +574,19 @@ def cells(blocks, other, counts, sums, tol_steps, exact16, f16_table,  # type: i
           grid, n_sub, uniform, has_offset, qmin, qmax, lo_mid, hi_mid):
     """The body of every type's cells kernel: ``grid`` (the type's inlined block decoder,
     resolved when the kernel compiles: no function value reaches the loop) on each block of
-    a group of ``GROUP_WEIGHTS``, then :func:`cell_block` over the group; ``sum(step^2)``
-    once at the end. ``exact16``: ``other`` holds f16 values only (:func:`cell_block`)."""
+    a group of ``GROUP_WEIGHTS``, then :func:`cell_block` over the group, whose steps are
+    squared into the four interleaved float64 lanes of :func:`_sum_squares` as the group
+    ends (a group is a multiple of 4 weights, so element ``i`` still goes to lane ``i % 4``
+    in index order: the same sum as over the whole tensor's steps, bit for bit, with a
+    group's scratch in place of a tensor-sized step array). The codes are decoded as int32
+    (every stored code fits), so the cell test's lanes are all 32 bits wide.
+    ``exact16``: ``other`` holds f16 values only (:func:`cell_block`)."""
     bs = other.shape[1]
     group = max(1, GROUP_WEIGHTS // bs)
-    g = grid_block(bs * group, n_sub * group)
-    steps = np.zeros(other.shape[0] * bs, np.float32)
+    g = GridBlock(np.zeros(bs * group, np.int32), np.zeros(n_sub * group, np.float32), np.zeros(n_sub * group, np.float32))
+    steps = np.zeros(bs * group, np.float32)
+    a0, a1, a2, a3 = 0.0, 0.0, 0.0, 0.0
+    outside = 0
     n = blocks.shape[0]
     for first in range(0, n, group):
         m = min(group, n - first)
@@ -584,11 +595,13 @@ def cells(blocks, other, counts, sums, tol_steps, exact16, f16_table,  # type: i
                                                          g.offset[b * n_sub:(b + 1) * n_sub]))
         w = m * bs
         gw = GridBlock(g.code[:w], g.scale[:n_sub * m], g.offset[:n_sub * m])
-        group_other, group_steps = other[first:first + m].reshape(w), steps[first * bs:first * bs + w]
+        group_other = other[first:first + m].reshape(w)
         # two inlined copies, each with exact16 a constant: LLVM drops the f16 rounding from one
         if exact16:
-            cell_block(group_other, gw, uniform, has_offset, qmin, qmax, lo_mid, hi_mid, tol_steps, True, group_steps, counts)
+            outside += cell_block(group_other, gw, uniform, has_offset, qmin, qmax, lo_mid, hi_mid, tol_steps, True, steps)
         else:
-            cell_block(group_other, gw, uniform, has_offset, qmin, qmax, lo_mid, hi_mid, tol_steps, False, group_steps,
-                       counts)
-    sums[CELL_NOISE] += _sum_squares(steps, steps.shape[0])
+            outside += cell_block(group_other, gw, uniform, has_offset, qmin, qmax, lo_mid, hi_mid, tol_steps, False, steps)
+        a0, a1, a2, a3 = add_square_lanes(steps, w, a0, a1, a2, a3)
+    counts[CELL_OUTSIDE] += outside
+    counts[CELL_TOTAL] += other.size
+    sums[CELL_NOISE] += (a0 + a1) + (a2 + a3)
