@@ -37,7 +37,7 @@ from provenance.codecs.kernels._common import (
     plane,
     scale_products,
 )
-from provenance.codecs.native.fields import f16, k_sub_scale
+from provenance.codecs.native.fields import add_bits, f16, k_sub_scale, put_bits
 from provenance.codecs.native.floats import clamp
 from provenance.codecs.native.gridcheck import NO_TABLE, cells, check
 from provenance.codecs.prediction import Prediction
@@ -388,9 +388,13 @@ K_RECIPE = Recipe(predict_k)
 
 
 @inline
-def _crumb(b, start, w):  # type: ignore[no-untyped-def]
-    """2-bit code of weight ``w`` (``h*128 + s*32 + j``: bits ``2s`` of byte ``start + h*32 + j``)."""
-    return (np.int64(b[start + (w >> 7) * 32 + (w & 31)]) >> (2 * ((w >> 5) & 3))) & 3
+def _crumbs(b, start, bias, code):  # type: ignore[no-untyped-def]
+    """2-bit codes plus ``bias`` (weight ``h*128 + s*32 + j``: bits ``2s`` of byte
+    ``start + h*32 + j``), in runs of 32 (``fields.put_bits``)."""
+    for h in range(2):
+        src = b[start + 32 * h:start + 32 * h + 32]
+        for s in range(4):
+            put_bits(src, code[128 * h + 32 * s:128 * h + 32 * s + 32], 2 * s, 3, bias)
 
 
 @inline
@@ -400,8 +404,7 @@ def _q2_k_grid(b, f16_table, g):  # type: ignore[no-untyped-def]
         sc = np.int64(b[k])
         g.scale[k] = d * np.float32(sc & 0xF)
         g.offset[k] = -(dmin * np.float32(sc >> 4))
-    for w in range(g.code.shape[0]):
-        g.code[w] = _crumb(b, 16, w)
+    _crumbs(b, 16, 0, g.code)
 
 
 @inline
@@ -411,9 +414,10 @@ def _q3_k_grid(b, f16_table, g):  # type: ignore[no-untyped-def]
         low = (np.int64(b[96 + (k & 7)]) >> (4 * (k >> 3))) & 0xF
         high = (np.int64(b[104 + (k & 3)]) >> (2 * (k >> 2))) & 3
         g.scale[k] = d * np.float32((low | (high << 4)) - 32)
-    for w in range(g.code.shape[0]):
-        h = (np.int64(b[w & 31]) >> (w >> 5)) & 1
-        g.code[w] = _crumb(b, 32, w) - 4 + 4 * h
+    # crumb - 4 + 4 * (bit w >> 5 of hmask byte w & 31)
+    _crumbs(b, 32, -4, g.code)
+    for r in range(8):
+        add_bits(b[0:32], g.code[32 * r:32 * r + 32], r, 1, 2)
 
 
 @inline
@@ -426,20 +430,27 @@ def _q45_k_scales(b, f16_table, g):  # type: ignore[no-untyped-def]
 
 
 @inline
+def _k_nibbles(b, start, code):  # type: ignore[no-untyped-def]
+    """Q4_K/Q5_K low nibbles: byte ``start + c*32 + j`` holds weights ``c*64 + j`` (low)
+    and ``c*64 + 32 + j`` (high)."""
+    for c in range(4):
+        src = b[start + 32 * c:start + 32 * c + 32]
+        put_bits(src, code[64 * c:64 * c + 32], 0, 0xF, 0)
+        put_bits(src, code[64 * c + 32:64 * c + 64], 4, 0xF, 0)
+
+
+@inline
 def _q4_k_grid(b, f16_table, g):  # type: ignore[no-untyped-def]
     _q45_k_scales(b, f16_table, g)
-    for w in range(g.code.shape[0]):
-        q = np.int64(b[16 + (w >> 6) * 32 + (w & 31)])
-        g.code[w] = (q >> 4) if (w >> 5) & 1 else q & 0xF
+    _k_nibbles(b, 16, g.code)
 
 
 @inline
 def _q5_k_grid(b, f16_table, g):  # type: ignore[no-untyped-def]
     _q45_k_scales(b, f16_table, g)
-    for w in range(g.code.shape[0]):
-        q = np.int64(b[48 + (w >> 6) * 32 + (w & 31)])
-        low = (q >> 4) if (w >> 5) & 1 else q & 0xF
-        g.code[w] = low | (((np.int64(b[16 + (w & 31)]) >> (w >> 5)) & 1) << 4)
+    _k_nibbles(b, 48, g.code)
+    for r in range(8):  # fifth bit: bit w >> 5 of byte 16 + (w & 31)
+        add_bits(b[16:48], g.code[32 * r:32 * r + 32], r, 1, 4)
 
 
 @inline
@@ -448,11 +459,15 @@ def _q6_k_grid(b, f16_table, g):  # type: ignore[no-untyped-def]
     for k in range(16):
         sc = np.int64(b[192 + k])
         g.scale[k] = d * np.float32(sc - 256 if sc > 127 else sc)
-    for w in range(g.code.shape[0]):
-        h, t, j = w >> 7, (w >> 6) & 1, w & 63
-        lo = (np.int64(b[h * 64 + j]) >> (4 * t)) & 0xF
-        hi = (np.int64(b[128 + h * 32 + (j & 31)]) >> (2 * (2 * t + (j >> 5)))) & 3
-        g.code[w] = (lo | (hi << 4)) - 32
+    # weight h*128 + t*64 + half*32 + i: (ql[h*64 + half*32 + i] >> 4t) & 15 | ((qh[128 + h*32 + i] >> 2(2t + half)) & 3) << 4, - 32
+    for h in range(2):
+        high = b[128 + 32 * h:160 + 32 * h]
+        for t in range(2):
+            for half in range(2):
+                at = 128 * h + 64 * t + 32 * half
+                out = g.code[at:at + 32]
+                put_bits(b[64 * h + 32 * half:64 * h + 32 * half + 32], out, 4 * t, 0xF, -32)
+                add_bits(high, out, 2 * (2 * t + half), 3, 4)
 
 
 @inline
@@ -464,11 +479,13 @@ def _predict_k_block(x, b, g, f16_table, levels, p, has_offset, qmin, qmax):  # 
         d = g.scale[k]
         den = d if d != np.float32(0.0) else np.float32(1.0)
         dm = -g.offset[k]
-        for j in range(k * sub, (k + 1) * sub):
-            v = np.float32(np.float32(x[j] + dm) / den) if has_offset else np.float32(x[j] / den)
-            p.u[j] = v
-            p.level[j] = clamp(np.float32(np.rint(v)), qmin, qmax)
-            p.valid[j] = d != np.float32(0.0)
+        at = k * sub  # 0-based views: contiguous accesses LLVM vectorizes (gridcheck.cell_block)
+        xk, u, level, valid = x[at:at + sub], p.u[at:at + sub], p.level[at:at + sub], p.valid[at:at + sub]
+        for j in range(sub):
+            v = np.float32(np.float32(xk[j] + dm) / den) if has_offset else np.float32(xk[j] / den)
+            u[j] = v
+            level[j] = clamp(np.float32(np.rint(v)), qmin, qmax)
+            valid[j] = d != np.float32(0.0)
     return True
 
 

@@ -42,7 +42,7 @@ from provenance.codecs.kernels._common import (
     plane,
     spread_bits,
 )
-from provenance.codecs.native.fields import f16, u32
+from provenance.codecs.native.fields import f16, put_bits, u32
 from provenance.codecs.native.floats import c_int, f16_bits, put_u16, round_f16
 from provenance.codecs.native.floats import roundf as c_roundf
 from provenance.codecs.native.floats import safe_inverse as inverse32
@@ -358,44 +358,48 @@ def quantize_q8_0_compiled(x, out, f16_table):  # type: ignore[no-untyped-def]
 
 
 @inline
-def _nibble(b, start, j, half):  # type: ignore[no-untyped-def]
-    q = np.int64(b[start + (j if j < half else j - half)])
-    return q & 0xF if j < half else q >> 4
+def _nibbles(b, start, bias, code):  # type: ignore[no-untyped-def]
+    """The 16 nibble bytes at ``start``: weight ``j`` the low nibble of byte ``j``, weight
+    ``16 + j`` its high nibble, plus ``bias`` (runs over 0-based views, ``fields.put_bits``)."""
+    src = b[start:start + 16]
+    put_bits(src, code[0:16], 0, 0xF, bias)
+    put_bits(src, code[16:32], 4, 0xF, bias)
 
 
 @inline
-def _fifth_bit(b, at, j):  # type: ignore[no-untyped-def]
-    return ((u32(b, at) >> j) & 1) << 4
+def _add_fifth_bits(b, at, code):  # type: ignore[no-untyped-def]
+    """Bit ``j`` of the u32 at ``at`` as bit 4 of weight ``j``."""
+    qh = u32(b, at)
+    for j in range(code.shape[0]):
+        code[j] += np.int32((qh >> j) & 1) << 4
 
 
 @inline
 def _q4_0_grid(b, f16_table, g):  # type: ignore[no-untyped-def]
     g.scale[0] = f16(b, 0, f16_table)
-    for j in range(g.code.shape[0]):
-        g.code[j] = _nibble(b, 2, j, 16) - 8
+    _nibbles(b, 2, -8, g.code)
 
 
 @inline
 def _q4_1_grid(b, f16_table, g):  # type: ignore[no-untyped-def]
     g.scale[0] = f16(b, 0, f16_table)
     g.offset[0] = f16(b, 2, f16_table)
-    for j in range(g.code.shape[0]):
-        g.code[j] = _nibble(b, 4, j, 16)
+    _nibbles(b, 4, 0, g.code)
 
 
 @inline
 def _q5_0_grid(b, f16_table, g):  # type: ignore[no-untyped-def]
     g.scale[0] = f16(b, 0, f16_table)
-    for j in range(g.code.shape[0]):
-        g.code[j] = (_nibble(b, 6, j, 16) | _fifth_bit(b, 2, j)) - 16
+    _nibbles(b, 6, -16, g.code)
+    _add_fifth_bits(b, 2, g.code)
 
 
 @inline
 def _q5_1_grid(b, f16_table, g):  # type: ignore[no-untyped-def]
     g.scale[0] = f16(b, 0, f16_table)
     g.offset[0] = f16(b, 2, f16_table)
-    for j in range(g.code.shape[0]):
-        g.code[j] = _nibble(b, 8, j, 16) | _fifth_bit(b, 4, j)
+    _nibbles(b, 8, 0, g.code)
+    _add_fifth_bits(b, 4, g.code)
 
 
 @inline

@@ -34,3 +34,22 @@ def k_sub_scale(b, j, d, dmin):  # type: ignore[no-untyped-def]
         sc = (np.int64(b[at + j + 4]) & 0xF) | ((np.int64(b[at + j - 4]) >> 6) << 4)
         mn = (np.int64(b[at + j + 4]) >> 4) | ((np.int64(b[at + j]) >> 6) << 4)
     return d * np.float32(sc), dmin * np.float32(mn)
+
+
+# The grid decoders write codes in runs over 0-based views (a run of bytes in, a run of
+# codes out): indexed from 0, numba's negative-index fix-up folds away, the accesses are
+# provably contiguous and LLVM vectorizes the loop; a per-weight byte address computed
+# from the weight's index (``start + (w >> 7) * 32 + (w & 31)``) kept it scalar.
+
+@inline
+def put_bits(src, out, shift, mask, bias):  # type: ignore[no-untyped-def]
+    """``out[j] = ((src[j] >> shift) & mask) + bias`` over ``src``."""
+    for j in range(src.shape[0]):
+        out[j] = ((np.int32(src[j]) >> shift) & mask) + bias
+
+
+@inline
+def add_bits(src, out, shift, mask, left):  # type: ignore[no-untyped-def]
+    """``out[j] += ((src[j] >> shift) & mask) << left`` over ``src`` (a code's high bits)."""
+    for j in range(src.shape[0]):
+        out[j] += ((np.int32(src[j]) >> shift) & mask) << left

@@ -373,11 +373,14 @@ def _check_uniform(x, g, p, pa, has_alt, has_offset, tolerant, qmin, qmax,  # ty
         sc = g.scale[k]
         off = g.offset[k] if has_offset else _F0
         n_usable = n_near = n_bad = np.int32(0)
-        for j in range(k * sub, (k + 1) * sub):
-            s = np.float32(g.code[j])
-            pl = p.level[j]
-            valid = p.valid[j]
-            margin, _ = _margin(p.u[j], pl, 0, True, NO_TABLE, qmin, qmax)
+        at = k * sub  # 0-based views: contiguous accesses LLVM vectorizes (see cell_block)
+        codes, levels_k, valid_k, u_k, xk = g.code[at:at + sub], p.level[at:at + sub], p.valid[at:at + sub], \
+            p.u[at:at + sub], x[at:at + sub]
+        for j in range(sub):
+            s = np.float32(codes[j])
+            pl = levels_k[j]
+            valid = valid_k[j]
+            margin, _ = _margin(u_k[j], pl, 0, True, NO_TABLE, qmin, qmax)
             near = (margin >= _F0) & (margin < near_margin)
             n_usable += np.int32(valid)
             n_near += np.int32(valid & near)
@@ -386,9 +389,9 @@ def _check_uniform(x, g, p, pa, has_alt, has_offset, tolerant, qmin, qmax,  # ty
         n_mismatch += n_bad
         step_k, finite_k, inv_k, _ = _step_terms(sc, _ONE, True, False)
         abs_diff = 0.0
-        for j in range(k * sub, (k + 1) * sub):
-            value, _ = _values(sc, off, np.float32(g.code[j]), _F0, False, has_offset)
-            r = np.float64(x[j])
+        for j in range(sub):
+            value, _ = _values(sc, off, np.float32(codes[j]), _F0, False, has_offset)
+            r = np.float64(xk[j])
             diff = np.float64(value) - r
             sse += diff * diff
             ref_ss += r * r
