@@ -22,7 +22,7 @@ from gguf import GGMLQuantizationType as T
 from gguf import quants as gq
 
 from provenance.codecs.kernels._common import Decoded, DeviceTables, Workspace, f16_field, gather, u16_field
-from provenance.codecs.native.fields import f16, u16
+from provenance.codecs.native.fields import f16, put_bits, u16
 from provenance.codecs.native.floats import safe_inverse as inverse32
 from provenance.codecs.native.gridcheck import cell_tables, cells, check, check_tables
 from provenance.codecs.prediction import F16_REL, Prediction, best_index, safe_inverse
@@ -154,12 +154,16 @@ IQ4_RECIPE = Recipe(predict_iq4, tolerant=True)
 
 
 @inline
+def _iq4_nibbles(src, code):  # type: ignore[no-untyped-def]
+    """32 level indices from 16 bytes: low nibbles first, then high (``fields.put_bits``)."""
+    put_bits(src, code[0:16], 0, 0xF, 0)
+    put_bits(src, code[16:32], 4, 0xF, 0)
+
+
+@inline
 def _iq4_nl_grid(b, f16_table, g):  # type: ignore[no-untyped-def]
     g.scale[0] = f16(b, 0, f16_table)
-    for j in range(16):
-        q = np.int64(b[2 + j])
-        g.code[j] = q & 0xF
-        g.code[16 + j] = q >> 4
+    _iq4_nibbles(b[2:18], g.code[0:32])
 
 
 @inline
@@ -170,10 +174,7 @@ def _iq4_xs_grid(b, f16_table, g):  # type: ignore[no-untyped-def]
         low = (np.int64(b[4 + (s >> 1)]) >> (4 * (s & 1))) & 0xF
         high = (high_bits >> (2 * s)) & 3
         g.scale[s] = d * np.float32((low | (high << 4)) - 32)
-        for j in range(16):
-            q = np.int64(b[8 + 16 * s + j])
-            g.code[32 * s + j] = q & 0xF
-            g.code[32 * s + 16 + j] = q >> 4
+        _iq4_nibbles(b[8 + 16 * s:24 + 16 * s], g.code[32 * s:32 * s + 32])
 
 
 @inline
@@ -206,14 +207,17 @@ def _predict_iq4_block(x, b, g, f16_table, levels, p):  # type: ignore[no-untype
     for k in range(g.scale.shape[0]):
         dl = g.scale[k]
         inv = inverse32(dl)
-        for j in range(k * sub, (k + 1) * sub):
-            v = np.float32(x[j] * inv)
+        at = k * sub  # 0-based views (gridcheck.cell_block)
+        xk, u, idx, level = x[at:at + sub], p.u[at:at + sub], p.idx[at:at + sub], p.level[at:at + sub]
+        valid, tol = p.valid[at:at + sub], p.tol[at:at + sub]
+        for j in range(sub):
+            v = np.float32(xk[j] * inv)
             i = _best_index(levels, v)
-            p.u[j] = v
-            p.idx[j] = i
-            p.level[j] = levels[i]
-            p.valid[j] = dl != np.float32(0.0)
-            p.tol[j] = np.float32(np.float32(abs(v) * np.float32(rel + rel)) + np.float32(1e-4))
+            u[j] = v
+            idx[j] = i
+            level[j] = levels[i]
+            valid[j] = dl != np.float32(0.0)
+            tol[j] = np.float32(np.float32(abs(v) * np.float32(rel + rel)) + np.float32(1e-4))
     return True
 
 

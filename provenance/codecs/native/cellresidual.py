@@ -60,22 +60,25 @@ def cell_residuals(codes, scale, offset, has_offset, uniform, qmin, qmax, lo_mid
             sc = scale[r, k]
             off = offset[r, k] if has_offset else _F0
             positive = sc >= _F0
-            for j in range(k * sub, (k + 1) * sub):
-                below, above, first, last = code_cell(codes[r, j], uniform, qmin, qmax, lo_mid, hi_mid, top)
+            at = k * sub  # 0-based views (gridcheck.cell_block)
+            codes_k, x_k, zeroed_k, moved_k, width_k = codes[r, at:at + sub], x[r, at:at + sub], zeroed[r, at:at + sub], \
+                moved[r, at:at + sub], width[r, at:at + sub]
+            for j in range(sub):
+                below, above, first, last = code_cell(codes_k[j], uniform, qmin, qmax, lo_mid, hi_mid, top)
                 lo, hi, step = cell_bounds_of(below, above, first, last, sc, off, has_offset, positive)
                 tol = np.float32(tol_steps * step)
                 low = np.float32(lo - tol)
                 high = np.float32(hi + tol)
-                v = x[r, j]
+                v = x_k[j]
                 inside = (v >= low) & (v <= high)
                 if not exact16 and not inside:
                     v16 = round_f16(v)
                     inside = (v16 >= low) & (v16 <= high)
                 out = ~inside & (low <= _F0) & (high >= _F0) & (v != _F0)
-                zeroed[r, j] = out
-                moved[r, j] = _F0 if inside or out else np.float32(_clamp(v, low, high) - v)
+                zeroed_k[j] = out
+                moved_k[j] = _F0 if inside or out else np.float32(_clamp(v, low, high) - v)
                 w = np.float32(hi - lo)
-                width[r, j] = w if np.isfinite(w) else _F0
+                width_k[j] = w if np.isfinite(w) else _F0
 
 
 def grid_cell_residual(grid: QuantGrid, x: torch.Tensor, tol_steps: float,
