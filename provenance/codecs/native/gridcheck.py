@@ -122,15 +122,16 @@ def source_block(x, precision, near, alt):  # type: ignore[no-untyped-def]
         for j in range(x.shape[0]):
             near[j] = x[j]
         return False
+    # branch-free (``&`` / ``|``, not ``and`` / ``or``): LLVM vectorizes the loop
     any_alt = False
     for j in range(x.shape[0]):
         v = x[j]
         r = _narrow(v, precision)
         near[j] = r
         other = np.float32(_TWO * v) - r
-        ambiguous = r != v and np.float32(other - v) == np.float32(v - r) and _narrow(other, precision) == other
+        ambiguous = (r != v) & (np.float32(other - v) == np.float32(v - r)) & (_narrow(other, precision) == other)
         alt[j] = other if ambiguous else r
-        any_alt = any_alt or ambiguous
+        any_alt |= ambiguous
     return any_alt
 
 
