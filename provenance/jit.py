@@ -13,7 +13,11 @@ Dequantization inner loop bounds are derived from ``out.shape[1]`` at run time, 
 constants: with a constant bound LLVM unrolls the loop fully and its SLP vectorizer gives
 up, because it cannot prove that the output row does not overlap the input block; with a
 run-time bound the loop vectorizer emits one overlap check and AVX code (2.5-3.5x faster
-measured on Q8_0, Q4_0, Q6_K). Numba's cache does not see edits to inlined helpers
+measured on Q8_0, Q4_0, Q6_K). Loops index 0-based views (``v = a[at:at + n]``, then
+``v[j]`` for ``j`` in ``range(n)``), not ``a[at + j]`` with ``at`` a run-time product such as
+``k * sub``: numba fixes up negative indices with a select, LLVM cannot then prove the
+accesses contiguous, and it emits gathers and scatters (the grid checks' cell test: 6.4 ->
+1.0 ns per weight, docs/benchmarks.md). Numba's cache does not see edits to inlined helpers
 defined in another module (:mod:`provenance.codecs.native.fields`); clear
 ``__pycache__`` after changing them.
 """
