@@ -459,7 +459,8 @@ def _q6_k_grid(b, f16_table, g):  # type: ignore[no-untyped-def]
     for k in range(16):
         sc = np.int64(b[192 + k])
         g.scale[k] = d * np.float32(sc - 256 if sc > 127 else sc)
-    # weight h*128 + t*64 + half*32 + i: (ql[h*64 + half*32 + i] >> 4t) & 15 | ((qh[128 + h*32 + i] >> 2(2t + half)) & 3) << 4, - 32
+    # weight h*128 + t*64 + half*32 + i: low nibble t of byte h*64 + half*32 + i, high crumb
+    # 2t + half of byte 128 + h*32 + i, minus 32
     for h in range(2):
         high = b[128 + 32 * h:160 + 32 * h]
         for t in range(2):
