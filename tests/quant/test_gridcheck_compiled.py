@@ -86,6 +86,41 @@ def test_check_equals_torch_on_awkward_data(name: str) -> None:
                 assert_same_check(check_block_rows(xt, raw, qt.ggml_type, precision, threads=threads), want)
 
 
+def _random_stored(name: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Hostile stored bytes (random: NaN, infinite, negative, zero and subnormal scales,
+    every code) and a reference of the same shape."""
+    qt = quant_type(name)
+    rng = np.random.default_rng(seed)
+    width = 2 * max(256, qt.block_size)
+    raw = rng.integers(0, 256, (6, width // qt.block_size * qt.type_size), dtype=np.uint8)
+    return raw, (rng.standard_normal((6, width)) * 0.05).astype(np.float32)
+
+
+@pytest.mark.parametrize("name", CHECKED)
+def test_check_equals_torch_on_random_stored_bytes(name: str) -> None:
+    """A weight whose stored step is not finite adds nothing to ``abs_steps`` (the level
+    types' kernel added NaN: an infinite error times a 0 factor)."""
+    qt = quant_type(name)
+    for seed in range(3):
+        raw, x = _random_stored(name, seed)
+        xt = torch.from_numpy(x)
+        for precision in ("f32", "f16"):
+            assert_same_check(check_block_rows(xt, raw, qt.ggml_type, precision, threads=1),
+                              check_block_rows_torch(xt, raw, qt.ggml_type, precision))
+
+
+@pytest.mark.parametrize("name", CELLS)
+def test_cells_equal_torch_on_random_stored_bytes(name: str) -> None:
+    """The noise energy sums finite steps only, as the torch path does (it was NaN as soon
+    as one stored scale was infinite or NaN)."""
+    for seed in range(3):
+        raw, x = _random_stored(name, seed)
+        for other in (x, x.astype(np.float16).astype(np.float32)):
+            got, want = _cells(name, raw, other, True), _cells(name, raw, other, False)
+            assert got[:2] == want[:2] and _close(got[2], want[2])
+            assert math.isfinite(got[2])
+
+
 @pytest.mark.parametrize("quant_file", sorted(TRUE_SOURCE))
 def test_check_equals_torch_on_every_real_tensor(quant_file: str) -> None:
     source = QUANT_DIR / TRUE_SOURCE[quant_file].replace("f16", "f32")

@@ -315,7 +315,10 @@ def check_block(x, g, p, pa, has_alt, uniform, has_offset, tolerant,  # type: ig
                 _, _, _, near_term = _step_terms(sc, side_gap, valid & finite, near)
                 inv_step += inv
                 near_inv += near_term
-                abs_steps += abs(diff) / np.float64(step if finite else _ONE) * np.float64(finite)
+                # a select, not a 0/1 factor: an infinite or NaN error times 0 would be NaN
+                # where the torch path adds 0 for a weight without a finite step
+                term = abs(diff) / np.float64(step if finite else _ONE)
+                abs_steps += term if finite else 0.0
                 n_steps += finite
             n_checked += valid
             n_mismatch += mismatch
@@ -532,13 +535,15 @@ def cell_test(below, above, first, last, sc, off, has_offset, positive, tol_step
     """One weight of :func:`cell_block`: is ``o`` (and its f16 rounding, unless ``exact16``)
     outside the stored cell ``[below, above]`` (level units) of scale ``sc`` (and offset),
     the outer side of an end cell (``first`` / ``last`` code) open, widened by ``tol_steps``
-    steps? Returns that and the cell's step (value units)."""
+    steps? Returns that and the cell's step (value units) as the noise sum takes it: 0 where
+    it is not finite (an infinite or NaN stored scale), as the torch path sums only finite
+    steps (adding 0.0 leaves every other sum's bits as they were)."""
     lo, hi, step = cell_bounds_of(below, above, first, last, sc, off, has_offset, positive)
     tol = np.float32(tol_steps * step)
     low = np.float32(lo - tol)
     high = np.float32(hi + tol)
     o16 = o if exact16 else round_f16(o)
-    return ((o < low) | (o > high)) & ((o16 < low) | (o16 > high)), step
+    return ((o < low) | (o > high)) & ((o16 < low) | (o16 > high)), step if step < _PINF else _F0
 
 
 @inline
