@@ -33,7 +33,7 @@ from provenance.codecs.native.floats import round_bf16, round_f16
 from provenance.jit import inline
 
 GridBlock = namedtuple("GridBlock", ["code", "scale", "offset"])
-"""One decoded block: ``code`` int64 per weight (the signed level of a uniform type, the
+"""One decoded block: ``code`` int32 per weight (the signed level of a uniform type, the
 index into the sorted level table otherwise), ``scale`` / ``offset`` float32 per sub-block."""
 
 Predicted = namedtuple("Predicted", ["level", "idx", "u", "valid", "tol"])
@@ -92,7 +92,7 @@ def cell_tables(levels: Callable[[], torch.Tensor]) -> tuple[Callable[[], np.nda
 
 @inline
 def grid_block(block_size, n_sub):  # type: ignore[no-untyped-def]
-    return GridBlock(np.zeros(block_size, np.int64), np.zeros(n_sub, np.float32), np.zeros(n_sub, np.float32))
+    return GridBlock(np.zeros(block_size, np.int32), np.zeros(n_sub, np.float32), np.zeros(n_sub, np.float32))
 
 
 @inline
@@ -488,18 +488,6 @@ def add_square_lanes(v, m, a0, a1, a2, a3):  # type: ignore[no-untyped-def]
 
 
 @inline
-def _sum_squares(v, n):  # type: ignore[no-untyped-def]
-    """``sum(float64(v[i])**2)`` over ``v[:n]`` in four interleaved partial sums (a fixed
-    order; independent chains instead of one 4-cycle add latency per element)."""
-    m = n - n % 4
-    a0, a1, a2, a3 = add_square_lanes(v, m, 0.0, 0.0, 0.0, 0.0)
-    for i in range(m, n):
-        s0 = np.float64(v[i])
-        a0 += s0 * s0
-    return (a0 + a1) + (a2 + a3)
-
-
-@inline
 def code_cell(c, uniform, qmin, qmax, lo_mid, hi_mid, top):  # type: ignore[no-untyped-def]
     """The cell of stored code ``c`` in level units, ``(below, above)``, and whether it is the
     first / last code (its outer side open): ``level -+ 1/2`` of a uniform type's signed level,
@@ -584,15 +572,15 @@ def cells(blocks, other, counts, sums, tol_steps, exact16, f16_table,  # type: i
     """The body of every type's cells kernel: ``grid`` (the type's inlined block decoder,
     resolved when the kernel compiles: no function value reaches the loop) on each block of
     a group of ``GROUP_WEIGHTS``, then :func:`cell_block` over the group, whose steps are
-    squared into the four interleaved float64 lanes of :func:`_sum_squares` as the group
+    squared into four interleaved float64 lanes (:func:`add_square_lanes`) as the group
     ends (a group is a multiple of 4 weights, so element ``i`` still goes to lane ``i % 4``
     in index order: the same sum as over the whole tensor's steps, bit for bit, with a
-    group's scratch in place of a tensor-sized step array). The codes are decoded as int32
-    (every stored code fits), so the cell test's lanes are all 32 bits wide.
+    group's scratch in place of a tensor-sized step array). The codes are int32
+    (:func:`grid_block`), so the cell test's lanes are all 32 bits wide.
     ``exact16``: ``other`` holds f16 values only (:func:`cell_block`)."""
     bs = other.shape[1]
     group = max(1, GROUP_WEIGHTS // bs)
-    g = GridBlock(np.zeros(bs * group, np.int32), np.zeros(n_sub * group, np.float32), np.zeros(n_sub * group, np.float32))
+    g = grid_block(bs * group, n_sub * group)
     steps = np.zeros(bs * group, np.float32)
     a0, a1, a2, a3 = 0.0, 0.0, 0.0, 0.0
     outside = 0

@@ -307,8 +307,8 @@ def check_runs(blocks, x, counts, sums, dist, precision, near_margin, f16_table,
 def cells_fused(blocks, other, counts, sums, tol_steps, exact16, f16_table):  # type: ignore[no-untyped-def]
     """Q8_0's cells kernel (:func:`provenance.codecs.native.gridcheck.cells` with Q8_0's grid),
     block by block from the stored bytes: the codes read as int8 where they are tested (no
-    int64 code array), each block's steps squared into the four interleaved float64 sums of
-    ``gridcheck._sum_squares`` as the block ends (a block is 32 weights, so element ``i``
+    code array), each block's steps squared into the four interleaved float64 lanes of
+    ``gridcheck.add_square_lanes`` as the block ends (a block is 32 weights, so element ``i``
     still goes to lane ``i % 4`` in index order: the same sum, bit for bit).
 
     A block of finite scale ``d`` takes :func:`_finite_block`: its cell bounds ``d * (q -+ 1/2)``
