@@ -22,7 +22,7 @@ from gguf import GGMLQuantizationType as T
 from gguf import quants as gq
 
 from provenance.codecs.kernels._common import Decoded, DeviceTables, Workspace, f16_field, gather, u16_field
-from provenance.codecs.native.fields import f16, put_bits, u16
+from provenance.codecs.native.fields import f16, split_nibbles, u16
 from provenance.codecs.native.floats import safe_inverse as inverse32
 from provenance.codecs.native.gridcheck import cell_tables, cells, check, check_tables
 from provenance.codecs.prediction import F16_REL, Prediction, best_index, safe_inverse
@@ -154,16 +154,9 @@ IQ4_RECIPE = Recipe(predict_iq4, tolerant=True)
 
 
 @inline
-def _iq4_nibbles(src, code):  # type: ignore[no-untyped-def]
-    """32 level indices from 16 bytes: low nibbles first, then high (``fields.put_bits``)."""
-    put_bits(src, code[0:16], 0, 0xF, 0)
-    put_bits(src, code[16:32], 4, 0xF, 0)
-
-
-@inline
 def _iq4_nl_grid(b, f16_table, g):  # type: ignore[no-untyped-def]
     g.scale[0] = f16(b, 0, f16_table)
-    _iq4_nibbles(b[2:18], g.code[0:32])
+    split_nibbles(b[2:18], g.code, 0)
 
 
 @inline
@@ -174,7 +167,7 @@ def _iq4_xs_grid(b, f16_table, g):  # type: ignore[no-untyped-def]
         low = (np.int64(b[4 + (s >> 1)]) >> (4 * (s & 1))) & 0xF
         high = (high_bits >> (2 * s)) & 3
         g.scale[s] = d * np.float32((low | (high << 4)) - 32)
-        _iq4_nibbles(b[8 + 16 * s:24 + 16 * s], g.code[32 * s:32 * s + 32])
+        split_nibbles(b[8 + 16 * s:24 + 16 * s], g.code[32 * s:32 * s + 32], 0)
 
 
 @inline

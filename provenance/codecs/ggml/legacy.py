@@ -42,7 +42,7 @@ from provenance.codecs.kernels._common import (
     plane,
     spread_bits,
 )
-from provenance.codecs.native.fields import f16, put_bits, u32
+from provenance.codecs.native.fields import f16, split_nibbles, u32
 from provenance.codecs.native.floats import c_int, f16_bits, put_u16, round_f16
 from provenance.codecs.native.floats import roundf as c_roundf
 from provenance.codecs.native.floats import safe_inverse as inverse32
@@ -358,15 +358,6 @@ def quantize_q8_0_compiled(x, out, f16_table):  # type: ignore[no-untyped-def]
 
 
 @inline
-def _nibbles(b, start, bias, code):  # type: ignore[no-untyped-def]
-    """The 16 nibble bytes at ``start``: weight ``j`` the low nibble of byte ``j``, weight
-    ``16 + j`` its high nibble, plus ``bias`` (runs over 0-based views, ``fields.put_bits``)."""
-    src = b[start:start + 16]
-    put_bits(src, code[0:16], 0, 0xF, bias)
-    put_bits(src, code[16:32], 4, 0xF, bias)
-
-
-@inline
 def _add_fifth_bits(b, at, code):  # type: ignore[no-untyped-def]
     """Bit ``j`` of the u32 at ``at`` as bit 4 of weight ``j``."""
     qh = u32(b, at)
@@ -377,20 +368,20 @@ def _add_fifth_bits(b, at, code):  # type: ignore[no-untyped-def]
 @inline
 def _q4_0_grid(b, f16_table, g):  # type: ignore[no-untyped-def]
     g.scale[0] = f16(b, 0, f16_table)
-    _nibbles(b, 2, -8, g.code)
+    split_nibbles(b[2:18], g.code, -8)
 
 
 @inline
 def _q4_1_grid(b, f16_table, g):  # type: ignore[no-untyped-def]
     g.scale[0] = f16(b, 0, f16_table)
     g.offset[0] = f16(b, 2, f16_table)
-    _nibbles(b, 4, 0, g.code)
+    split_nibbles(b[4:20], g.code, 0)
 
 
 @inline
 def _q5_0_grid(b, f16_table, g):  # type: ignore[no-untyped-def]
     g.scale[0] = f16(b, 0, f16_table)
-    _nibbles(b, 6, -16, g.code)
+    split_nibbles(b[6:22], g.code, -16)
     _add_fifth_bits(b, 2, g.code)
 
 
@@ -398,7 +389,7 @@ def _q5_0_grid(b, f16_table, g):  # type: ignore[no-untyped-def]
 def _q5_1_grid(b, f16_table, g):  # type: ignore[no-untyped-def]
     g.scale[0] = f16(b, 0, f16_table)
     g.offset[0] = f16(b, 2, f16_table)
-    _nibbles(b, 8, 0, g.code)
+    split_nibbles(b[8:24], g.code, 0)
     _add_fifth_bits(b, 4, g.code)
 
 

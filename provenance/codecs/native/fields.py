@@ -53,3 +53,11 @@ def add_bits(src, out, shift, mask, left):  # type: ignore[no-untyped-def]
     """``out[j] += ((src[j] >> shift) & mask) << left`` over ``src`` (a code's high bits)."""
     for j in range(src.shape[0]):
         out[j] += ((np.int32(src[j]) >> shift) & mask) << left
+
+
+@inline
+def split_nibbles(src, code, bias):  # type: ignore[no-untyped-def]
+    """32 codes from the 16 bytes of ``src`` (ggml's 32-weight blocks): weight ``j`` the low
+    nibble of byte ``j``, weight ``16 + j`` its high nibble, plus ``bias``."""
+    put_bits(src, code[0:16], 0, 0xF, bias)
+    put_bits(src, code[16:32], 4, 0xF, bias)
