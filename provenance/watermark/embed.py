@@ -11,10 +11,10 @@ marked (a metadata flag would tell the leaker what to strip).
   sharded) becomes a full directory copy: config, tokenizer and other files copied,
   shards rewritten under the same names. Canonical q/k rows go back to HF's layout.
 
-The marked rows are computed by one compiled pass per chunk (:func:`mark_rows`): the row's
-standard deviation, the key generated in place (:mod:`.keygen`), ``w + a sigma k`` in
-float32, then one torch cast to the storage type into a reused buffer; no float64 copy of
-anything larger than a row's sums.
+The marked rows are computed by one compiled pass per row (:func:`mark_store_rows`): the
+row's standard deviation, the key generated in place (:mod:`.keygen`), ``w + a sigma k`` in
+float32, rounded to the storage type, and the row's terms of the reported change; no float64
+copy of anything larger than a row's sums (docs/watermark.md, "Embedding").
 
 The amplitude ``a`` is relative to each row's standard deviation. The default 1e-3 sits
 ~5x below Q8_0's rounding noise (step ~ amax/127 ~ 0.017 sigma for Gaussian-like
@@ -32,13 +32,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from provenance.codecs.native.floats import bits_float, float_bits, store_bf16, store_f16
 from provenance.errors import ProvenanceError, input_boundary
 from provenance.formats import open_checkpoint
 from provenance.formats.base import Checkpoint, TensorInfo
 from provenance.formats.dtypes import torch_dtype
 from provenance.formats.rows import RowReader
 from provenance.formats.write import write_checkpoint
-from provenance.jit import kernel
+from provenance.jit import inline, kernel
 from provenance.progress import Meter, ProgressCallback
 from provenance.threads import torch_threads
 from provenance.watermark.keygen import fill_gaussian
@@ -50,6 +51,12 @@ from provenance.watermark.signals import constant_rows, dot64, row_moments
 
 #: Q8_0's block length: the change is reported against its rounding noise
 Q8_BLOCK = 32
+#: :func:`mark_store_rows`'s code of each storage type
+STORAGE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+#: parts of a chunk's rows per marking thread, taken in turn by whichever thread is free: a
+#: fixed half each would leave one thread idle while the reading and writing threads
+#: slow the other
+PARTS_PER_THREAD = 4
 
 
 class EmbedError(ProvenanceError):
@@ -104,6 +111,17 @@ class EmbedReport:
         }
 
 
+@inline
+def _mark_row(w: np.ndarray, words: np.ndarray, start: np.int64, amplitude: float, ones: np.ndarray,
+              zero: np.ndarray, out: np.ndarray) -> None:
+    """``out = w + float32(amplitude * sigma(w)) * key[start:]`` for one float32 row."""
+    _, sigma = row_moments(w, ones, zero, out)
+    fill_gaussian(words, start, out)
+    scale = np.float32(amplitude * sigma)
+    for c in range(w.shape[0]):
+        out[c] = w[c] + scale * out[c]
+
+
 @kernel
 def mark_rows(w: np.ndarray, words: np.ndarray, first: np.int64, amplitude: float, out: np.ndarray) -> None:
     """``out = w + float32(amplitude * sigma_row(w)) * key`` (float32; the caller rounds to
@@ -111,11 +129,82 @@ def mark_rows(w: np.ndarray, words: np.ndarray, first: np.int64, amplitude: floa
     rows, cols = w.shape
     ones, zero = constant_rows(cols)
     for r in range(rows):
-        _, sigma = row_moments(w[r], ones, zero, out[r])
-        fill_gaussian(words, first + r * cols, out[r])
-        scale = np.float32(amplitude * sigma)
-        for c in range(cols):
-            out[r, c] = w[r, c] + scale * out[r, c]
+        _mark_row(w[r], words, first + r * cols, amplitude, ones, zero, out[r])
+
+
+@inline
+def _row_change(w: np.ndarray, diff: np.ndarray, block: int, out: np.ndarray) -> None:
+    """A row's terms of :class:`TensorChange`: ``out = (sum w^2, sum diff^2, sum over its
+    blocks of ``block`` (Q8_0's 32) of (amax|w| / 127)^2)``. A block's maximum compares the
+    bits of ``|w|`` as integers (ordered as the floats, NaN above inf: a NaN block stays
+    NaN, as ``torch.amax``), a reduction LLVM vectorizes, where a float ``max`` is not;
+    ``block`` is a run-time value so that the loop is vectorized, not unrolled into
+    branches (0.2 against 0.9 ns per weight)."""
+    n = w.shape[0]
+    out[0] = dot64(w, w)
+    out[1] = dot64(diff, diff)
+    steps = 0.0
+    for b in range(0, n, block):
+        v = w[b:min(n, b + block)]
+        top = np.int32(0)
+        for j in range(v.shape[0]):
+            a = np.int32(np.int64(float_bits(v[j])) & 0x7FFFFFFF)
+            top = a if a > top else top
+        step = np.float64(bits_float(np.uint32(top))) / 127.0
+        steps += step * step
+    out[2] = steps
+
+
+@inline
+def _store_row(w: np.ndarray, marked: np.ndarray, storage: int, bits: np.ndarray, stored: np.ndarray,
+               diff: np.ndarray, block: int, change: np.ndarray) -> None:
+    """One marked row as stored: ``storage`` 1 (f16) or 2 (bf16) its uint16 ``bits``,
+    rounded to nearest even (:func:`store_f16`, :func:`store_bf16`), 0 (f32) its float32
+    values in ``stored`` (the same array as ``marked`` when marked in place); the stored
+    change in ``diff`` (may be ``marked``) and its terms in ``change`` (:func:`_row_change`)."""
+    if storage == 1:
+        for c in range(w.shape[0]):
+            h, back = store_f16(marked[c])
+            bits[c] = np.uint16(h)
+            diff[c] = back - w[c]
+    elif storage == 2:
+        for c in range(w.shape[0]):
+            h, back = store_bf16(marked[c])
+            bits[c] = np.uint16(h)
+            diff[c] = back - w[c]
+    else:
+        for c in range(w.shape[0]):
+            v = marked[c]
+            stored[c] = v
+            diff[c] = v - w[c]
+    _row_change(w, diff, block, change)
+
+
+@kernel
+def mark_store_rows(w: np.ndarray, words: np.ndarray, first: np.int64, amplitude: float, storage: int,
+                    bits: np.ndarray, stored: np.ndarray, block: int, change: np.ndarray) -> None:
+    """The marked rows of ``w`` (:func:`mark_rows`) as stored (:func:`_store_row`: ``bits``
+    for 16-bit storage, ``stored`` float32 rows for F32, the other one unused), each row's
+    change terms in ``change[r]``: one pass per row while it is in cache (torch's two casts,
+    the change sums and the block maxima as passes of their own cost as much again as the
+    marking: docs/watermark.md, "Embedding")."""
+    rows, cols = w.shape
+    ones, zero = constant_rows(cols)
+    row, diff = np.empty(cols, dtype=np.float32), np.empty(cols, dtype=np.float32)
+    for r in range(rows):
+        marked = stored[r] if storage == 0 else row
+        _mark_row(w[r], words, first + r * cols, amplitude, ones, zero, marked)
+        _store_row(w[r], marked, storage, bits[r] if storage != 0 else bits[0], marked, diff, block, change[r])
+
+
+@kernel
+def store_marked_rows(w: np.ndarray, marked: np.ndarray, storage: int, bits: np.ndarray, stored: np.ndarray,
+                      block: int, change: np.ndarray) -> None:
+    """:func:`mark_store_rows` for rows already marked (a key given as arrays)."""
+    diff = np.empty(w.shape[1], dtype=np.float32)
+    for r in range(w.shape[0]):
+        _store_row(w[r], marked[r], storage, bits[r] if storage != 0 else bits[0],
+                   stored[r] if storage == 0 else diff, diff, block, change[r])
 
 
 def mark_into(w_t: torch.Tensor, name: str, shape: tuple[int, int], first_row: int, key: KeySource, amplitude: float,
@@ -131,17 +220,6 @@ def mark_into(w_t: torch.Tensor, name: str, shape: tuple[int, int], first_row: i
         k = torch.from_numpy(np.ascontiguousarray(key.rows(name, shape, first_row, first_row + w_t.shape[0])))
         sigma = w_t.double().std(dim=1, unbiased=False, keepdim=True).float()
         torch.add(w_t, k * (amplitude * sigma), out=out)
-
-
-@kernel
-def change_sums(w: np.ndarray, stored: np.ndarray, scratch: np.ndarray, sums: np.ndarray) -> None:
-    """Adds ``sum(w**2)`` and ``sum((stored - w)**2)`` of float32 rows to ``sums[0:2]``."""
-    flat_w, flat_s = w.reshape(-1), stored.reshape(-1)
-    n = flat_w.shape[0]
-    for i in range(n):
-        scratch[i] = flat_s[i] - flat_w[i]
-    sums[0] += dot64(flat_w, flat_w)
-    sums[1] += dot64(scratch[:n], scratch[:n])
 
 
 class _Buffers:
@@ -164,14 +242,17 @@ class _Buffers:
 
 
 class _Slot:
-    """One chunk's buffers: the marked float32 rows, the same in storage type, those read
-    back as float32, and scratch."""
+    """One chunk's buffers: the marked rows in storage type, those as the kernels write
+    them (``bits``: uint16 for F16/BF16, ``values``: float32 for F32; the other a 1 x 1
+    stand-in), and each row's change terms."""
 
     def __init__(self, buffers: _Buffers, turn: int, rows: int, cols: int, dtype: torch.dtype) -> None:
-        self.marked = buffers.rows("marked", turn, rows, cols)
-        self.stored = self.marked if dtype == torch.float32 else buffers.rows("stored", turn, rows, cols, dtype)
-        self.back = self.marked if dtype == torch.float32 else buffers.rows("back", turn, rows, cols)
-        self.scratch = buffers.rows("scratch", turn, 1, rows * cols).view(-1)
+        self.storage = STORAGE_CODES[dtype]
+        self.stored = buffers.rows("stored", turn, rows, cols, dtype)
+        wide = self.storage == 0
+        self.values = self.stored.numpy() if wide else np.zeros((1, 1), np.float32)
+        self.bits = np.zeros((1, 1), np.uint16) if wide else self.stored.view(torch.int16).numpy().view(np.uint16)
+        self.change = buffers.rows("change", turn, rows, 3, torch.float64).numpy()
 
 
 class _Marker:
@@ -223,12 +304,16 @@ class _Marker:
         rows = stop - start
         w_t = self._input(start, stop, turn)
         slot = self._slot(turn, rows)
-        ranges = row_ranges(rows, self.threads)
-        sums = np.zeros((len(ranges), 4))
-        futures = [self.workers.submit(self._mark_part, w_t, slot, start, lo, hi, sums[p]) for p, (lo, hi) in enumerate(ranges)]
+        # each row's terms are summed in row order below, so neither this split nor the
+        # chunk size changes a bit of the report
+        ranges = row_ranges(rows, self.threads * PARTS_PER_THREAD)
+        futures = [self.workers.submit(self._mark_part, w_t, slot, start, lo, hi) for lo, hi in ranges]
         for f in futures:
             f.result()
-        self.sums += sums.sum(axis=0)
+        change = slot.change[:rows]
+        for k in range(3):  # a running sum (cumsum is sequential), carried across chunks
+            self.sums[k] = np.cumsum(np.concatenate(([self.sums[k]], change[:, k])))[-1]
+        self.sums[3] += rows * -(-self.info.row_length // Q8_BLOCK)
         return slot.stored[:rows]
 
     def _input(self, start: int, stop: int, turn: int) -> torch.Tensor:
@@ -251,22 +336,20 @@ class _Marker:
         buffer = self.buffers.rows("input", turn, rows, info.row_length)
         return self._reader.read_into(start, stop, buffer)  # type: ignore[return-value]
 
-    def _mark_part(self, w_t: torch.Tensor, slot: _Slot, start: int, lo: int, hi: int, sums: np.ndarray) -> None:
-        """Rows ``[lo, hi)`` of the chunk: marked, rounded to storage, and their sums."""
+    def _mark_part(self, w_t: torch.Tensor, slot: _Slot, start: int, lo: int, hi: int) -> None:
+        """Rows ``[lo, hi)`` of the chunk: marked, rounded to storage, and their change terms."""
         info = self.info
-        w_t = w_t[lo:hi]
-        w = w_t.numpy()
-        marked, stored, back = slot.marked[lo:hi], slot.stored[lo:hi], slot.back[lo:hi]
-        mark_into(w_t, info.name, (info.n_rows, info.row_length), start + lo, self.key, self.amplitude, marked)
-        if stored is not marked:
-            stored.copy_(marked)  # round to nearest even, as converters do
-            back.copy_(stored)
-        scratch = slot.scratch[lo * info.row_length:hi * info.row_length]
-        change_sums(w, back.numpy(), scratch.numpy(), sums)
-        # Q8_0's step per block of 32 (amax / 127), the noise the change is compared with
-        amax = torch.abs(w_t.reshape(-1), out=scratch).view(-1, Q8_BLOCK).amax(dim=1)
-        sums[2] += float(amax.double().div_(127.0).square_().sum())
-        sums[3] += amax.numel()
+        w = w_t[lo:hi].numpy()
+        bits = slot.bits[lo:hi] if slot.storage else slot.bits
+        values = slot.values if slot.storage else slot.values[lo:hi]
+        words = getattr(self.key, "words", None)
+        if words is not None:
+            mark_store_rows(w, words(info.name), np.int64((start + lo) * info.row_length), self.amplitude, slot.storage,
+                            bits, values, Q8_BLOCK, slot.change[lo:hi])
+            return
+        marked = torch.empty(w.shape, dtype=torch.float32)  # a key given as arrays (tests, small keys)
+        mark_into(w_t[lo:hi], info.name, (info.n_rows, info.row_length), start + lo, self.key, self.amplitude, marked)
+        store_marked_rows(w, marked.numpy(), slot.storage, bits, values, Q8_BLOCK, slot.change[lo:hi])
 
     def _release(self) -> None:
         if self._reader is not None:

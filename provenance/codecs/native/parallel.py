@@ -15,6 +15,7 @@ is interrupted at once (docs/quantization.md, "provenance quantize").
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import cache, partial
@@ -84,8 +85,8 @@ def map_tiles(fn: Callable[..., None], sliced: tuple[np.ndarray, ...],
               weights: int) -> list[tuple[np.ndarray, ...]]:
     """``fn(*tile, *outputs, *shared)`` over the tiles (:func:`tile_bounds`) of the first axis
     of every array in ``sliced`` (``weights`` in all), each tile with its own fresh
-    ``make_outputs(tile_weights)`` (accumulators); the tiles are shared out in contiguous
-    runs between up to ``threads`` threads. Returns the tiles' outputs in tile order, for
+    ``make_outputs(tile_weights)`` (accumulators); up to ``threads`` threads take the tiles
+    one at a time, in order. Returns the tiles' outputs in tile order, for
     the caller to combine in that fixed order: the result does not depend on ``threads``
     (float sums included, bit for bit)."""
     n = sliced[0].shape[0]
@@ -100,5 +101,21 @@ def map_tiles(fn: Callable[..., None], sliced: tuple[np.ndarray, ...],
 
     tiles = len(outputs)
     workers = max(1, min(threads, tiles))
-    _run([partial(run_tiles, tiles * k // workers, tiles * (k + 1) // workers) for k in range(workers)])
+    if workers == 1:
+        run_tiles(0, tiles)
+        return outputs
+    # tiles are handed out one at a time, not in fixed runs: the reading threads of a pass
+    # take a core now and then, and a fixed half would leave the other thread idle at the end
+    taken, lock = [0], threading.Lock()
+
+    def take_tiles() -> None:
+        while True:
+            with lock:
+                t = taken[0]
+                taken[0] += 1
+            if t >= tiles:
+                return
+            run_tiles(t, t + 1)
+
+    _run([take_tiles] * workers)
     return outputs
