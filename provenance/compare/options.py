@@ -42,7 +42,7 @@ class CompareOptions:
     """Elements per streamed chunk: the arithmetic costs the same per element from 64K to 4M,
     the per-chunk overhead does not: Python, and the hand-offs to the threads that read ahead
     and check the grid (~0.3 ms of wake-ups per call on a 2-vCPU VM). 7B Q4_K_M vs F16, cold:
-    512K 65.7 s, 2M 50.1 s, 4M 57.0 s (peak RSS 0.92, 1.07, 1.19 GB; docs/benchmarks.md)."""
+    512K 65.7 s, 2M 50.1 s, 4M 57.0 s (peak RSS 901, 1046, 1165 MB; docs/benchmarks.md)."""
     max_units: int = option(128, "MLP units sampled for the rotation-blind unit-space test (0: no such test).",
                             range=(0, 1 << 16))
     """MLP units kept whole for the rotation-blind unit-space test (:mod:`.unitspace`); 0: no such test."""
