@@ -1,5 +1,6 @@
 """What the ``provenance`` executable may do to its own process that a library imported into
-someone else's must not: how Python's cyclic garbage collector runs.
+someone else's must not: how Python's cyclic garbage collector runs (and, :mod:`.heap`, when the
+C heap returns freed memory).
 
 The collector walks every container object alive at each full collection, and starts one
 each time the objects alive have grown by a quarter. A command imports torch, numba and
@@ -23,6 +24,8 @@ from __future__ import annotations
 
 import gc
 
+from provenance.commands.heap import fix_mmap_threshold
+
 STARTUP_THRESHOLD = 1_000_000
 """Net new container objects between young collections until the analysis starts (Python's
 default: 700). Imports make ~400k; at 100k each young collection still walked ~100k of
@@ -34,7 +37,9 @@ _defaults: list[tuple[int, int, int]] = []
 
 
 def own_process() -> None:
-    """The executable's process from here on: collect rarely until the analysis starts."""
+    """The executable's process from here on: collect rarely until the analysis starts; large
+    freed arrays go back to the system (:mod:`.heap`)."""
+    fix_mmap_threshold()
     if not _defaults:
         _defaults.append(gc.get_threshold())
         gc.set_threshold(STARTUP_THRESHOLD, *_defaults[0][1:])

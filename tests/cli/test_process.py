@@ -67,3 +67,27 @@ def test_investigate_imports_its_analyses_before_the_freeze(tmp_path: Path) -> N
         "print(gc.get_freeze_count() > 200_000)\n")
     assert [line for line in out if line.startswith(("loaded", "exit", "True", "False"))] == \
         ["loaded True False", "exit 0", "True"]
+
+
+def test_the_executable_fixes_glibcs_mmap_threshold_unless_the_environment_sets_it() -> None:
+    """provenance/commands/heap.py: large freed arrays go back to the system (its effect on peak
+    RSS is measured in docs/benchmarks.md; here, that the setting is made and when it is not)."""
+    import os
+    import platform
+
+    from provenance.commands import heap
+
+    code = ("from provenance.commands import heap, process\n"
+            "calls = []\n"
+            "heap_fix = process.fix_mmap_threshold\n"
+            "process.fix_mmap_threshold = lambda: calls.append(heap_fix()) or calls[-1]\n"
+            "process.own_process()\n"
+            "print(calls)\n")
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == ("[True]" if glibc else "[False]")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=ROOT,
+                          env={**env, "MALLOC_MMAP_THRESHOLD_": str(heap.MMAP_THRESHOLD)})
+    assert done.stdout.strip() == "[False]"  # the user's own setting stands
