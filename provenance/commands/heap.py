@@ -46,10 +46,11 @@ def fix_mmap_threshold(threshold: int = MMAP_THRESHOLD) -> bool:
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-        gnu = libc.gnu_get_libc_version  # glibc's own symbol: musl has mallopt as a stub
-    except (OSError, AttributeError):
+    except OSError:
         return False
-    del gnu
+    # glibc's own symbol: musl, for one, has a mallopt that does nothing
+    if not hasattr(libc, "gnu_get_libc_version") or not hasattr(libc, "mallopt"):
+        return False
+    mallopt = libc.mallopt
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     return bool(mallopt(_M_MMAP_THRESHOLD, threshold))
