@@ -21,6 +21,10 @@ back to the system when freed. Measured cold on that 70B slice:
 | 4 MiB | 1291 | 6.7 s |
 | 1 MiB | 1241 | 7.3 s |
 
+The price is glibc's trim threshold, fixed at 128 KiB with it: the heap's top is handed back and
+faulted in again, ~6 CPU s of a 7B ``investigate`` (92.9 -> 106.3 s wall in a same-run pair). A
+64 MiB trim threshold removed that cost, but put the 70B slice back at 1557 MiB.
+
 A ``MALLOC_MMAP_THRESHOLD_`` in the environment (glibc's own tunable) is left as the user set
 it. Only the executable does this (:func:`provenance.commands.process.own_process`): a library
 imported into a notebook leaves its host's allocator alone.
