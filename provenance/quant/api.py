@@ -40,9 +40,9 @@ from provenance.quant.result import (
 from provenance.threads import torch_threads
 
 PRECISION_SAMPLE_ELEMS = 1 << 20
+"""Weights per tensor used to decide the source precision (the first rows)."""
 CHECK_CHUNK_ELEMS = 1 << 22
 """Weights per chunk of the grid check (two slots of float32 rows and stored bytes: ~40 MB)."""
-"""Weights per tensor used to decide the source precision (the first rows)."""
 
 # Verdict thresholds. A perturbed source flips a small fraction of codes and keeps the
 # error at the clean-quantization level; an unrelated one flips most codes and its
