@@ -184,7 +184,7 @@ def _store_row(w: np.ndarray, marked: np.ndarray, storage: int, bits: np.ndarray
 def mark_store_rows(w: np.ndarray, words: np.ndarray, first: np.int64, amplitude: float, storage: int,
                     bits: np.ndarray, stored: np.ndarray, block: int, change: np.ndarray) -> None:
     """The marked rows of ``w`` (:func:`mark_rows`) as stored (:func:`_store_row`: ``bits``
-    for 16-bit storage, ``stored`` float32 rows for F32, the other one unused), each row's
+    for 16-bit storage, ``stored`` float32 rows for F32, the other one rows of width 0), each row's
     change terms in ``change[r]``: one pass per row while it is in cache (torch's two casts,
     the change sums and the block maxima as passes of their own cost as much again as the
     marking: docs/watermark.md, "Embedding")."""
@@ -194,7 +194,7 @@ def mark_store_rows(w: np.ndarray, words: np.ndarray, first: np.int64, amplitude
     for r in range(rows):
         marked = stored[r] if storage == 0 else row
         _mark_row(w[r], words, first + r * cols, amplitude, ones, zero, marked)
-        _store_row(w[r], marked, storage, bits[r] if storage != 0 else bits[0], marked, diff, block, change[r])
+        _store_row(w[r], marked, storage, bits[r], marked, diff, block, change[r])
 
 
 @kernel
@@ -203,8 +203,7 @@ def store_marked_rows(w: np.ndarray, marked: np.ndarray, storage: int, bits: np.
     """:func:`mark_store_rows` for rows already marked (a key given as arrays)."""
     diff = np.empty(w.shape[1], dtype=np.float32)
     for r in range(w.shape[0]):
-        _store_row(w[r], marked[r], storage, bits[r] if storage != 0 else bits[0],
-                   stored[r] if storage == 0 else diff, diff, block, change[r])
+        _store_row(w[r], marked[r], storage, bits[r], stored[r], diff, block, change[r])
 
 
 def mark_into(w_t: torch.Tensor, name: str, shape: tuple[int, int], first_row: int, key: KeySource, amplitude: float,
@@ -243,15 +242,15 @@ class _Buffers:
 
 class _Slot:
     """One chunk's buffers: the marked rows in storage type, those as the kernels write
-    them (``bits``: uint16 for F16/BF16, ``values``: float32 for F32; the other a 1 x 1
-    stand-in), and each row's change terms."""
+    them (``bits``: uint16 for F16/BF16, ``values``: float32 for F32; the other as many
+    rows of width 0), and each row's change terms."""
 
     def __init__(self, buffers: _Buffers, turn: int, rows: int, cols: int, dtype: torch.dtype) -> None:
         self.storage = STORAGE_CODES[dtype]
         self.stored = buffers.rows("stored", turn, rows, cols, dtype)
         wide = self.storage == 0
-        self.values = self.stored.numpy() if wide else np.zeros((1, 1), np.float32)
-        self.bits = np.zeros((1, 1), np.uint16) if wide else self.stored.view(torch.int16).numpy().view(np.uint16)
+        self.values = self.stored.numpy() if wide else np.zeros((rows, 0), np.float32)
+        self.bits = np.zeros((rows, 0), np.uint16) if wide else self.stored.view(torch.int16).numpy().view(np.uint16)
         self.change = buffers.rows("change", turn, rows, 3, torch.float64).numpy()
 
 
@@ -310,9 +309,8 @@ class _Marker:
         futures = [self.workers.submit(self._mark_part, w_t, slot, start, lo, hi) for lo, hi in ranges]
         for f in futures:
             f.result()
-        change = slot.change[:rows]
-        for k in range(3):  # a running sum (cumsum is sequential), carried across chunks
-            self.sums[k] = np.cumsum(np.concatenate(([self.sums[k]], change[:, k])))[-1]
+        # a running sum of each term (cumsum adds in order along the axis), carried across chunks
+        self.sums[:3] = np.cumsum(np.concatenate((self.sums[None, :3], slot.change[:rows])), axis=0)[-1]
         self.sums[3] += rows * -(-self.info.row_length // Q8_BLOCK)
         return slot.stored[:rows]
 
@@ -340,16 +338,15 @@ class _Marker:
         """Rows ``[lo, hi)`` of the chunk: marked, rounded to storage, and their change terms."""
         info = self.info
         w = w_t[lo:hi].numpy()
-        bits = slot.bits[lo:hi] if slot.storage else slot.bits
-        values = slot.values if slot.storage else slot.values[lo:hi]
+        bits, values, change = slot.bits[lo:hi], slot.values[lo:hi], slot.change[lo:hi]
         words = getattr(self.key, "words", None)
         if words is not None:
             mark_store_rows(w, words(info.name), np.int64((start + lo) * info.row_length), self.amplitude, slot.storage,
-                            bits, values, Q8_BLOCK, slot.change[lo:hi])
+                            bits, values, Q8_BLOCK, change)
             return
         marked = torch.empty(w.shape, dtype=torch.float32)  # a key given as arrays (tests, small keys)
         mark_into(w_t[lo:hi], info.name, (info.n_rows, info.row_length), start + lo, self.key, self.amplitude, marked)
-        store_marked_rows(w, marked.numpy(), slot.storage, bits, values, Q8_BLOCK, slot.change[lo:hi])
+        store_marked_rows(w, marked.numpy(), slot.storage, bits, values, Q8_BLOCK, change)
 
     def _release(self) -> None:
         if self._reader is not None:

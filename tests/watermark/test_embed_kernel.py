@@ -45,8 +45,8 @@ def test_fused_mark_equals_torch_casts_and_float64_sums(dtype: torch.dtype, cols
     bits_ref, terms_ref = _expected(w, marked, dtype)
     storage = STORAGE_CODES[dtype]
     for fused in (True, False):  # the key's generator in the kernel, or rows marked beforehand
-        bits = np.zeros(w.shape, np.uint16) if storage else np.zeros((1, 1), np.uint16)
-        values = np.zeros(w.shape, np.float32) if storage == 0 else np.zeros((1, 1), np.float32)
+        bits = np.zeros(w.shape, np.uint16) if storage else np.zeros((w.shape[0], 0), np.uint16)
+        values = np.zeros(w.shape, np.float32) if storage == 0 else np.zeros((w.shape[0], 0), np.float32)
         change = np.zeros((w.shape[0], 3))
         if fused:
             mark_store_rows(w, WORDS, np.int64(3 * cols), 1e-3, storage, bits, values, Q8_BLOCK, change)
